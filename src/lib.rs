@@ -1,0 +1,30 @@
+//! # grainwire
+//!
+//! A reliable-UDP RPC stack for games. This release contains the transport: reliable and
+//! unreliable delivery classes on our own sans-IO reliability core, inside laminar's connection
+//! manager, driven by one tokio task per socket.
+//!
+//! ```no_run
+//! use grainwire::transport::{Delivery, Endpoint, Event};
+//! use grainwire::TransportConfig;
+//!
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! let mut server = Endpoint::bind("127.0.0.1:0".parse()?, TransportConfig::server())?;
+//! let client = Endpoint::bind("127.0.0.1:0".parse()?, TransportConfig::default())?;
+//! let conn = client.connect(server.local_addr()).await?;
+//! conn.send(Delivery::reliable_ordered(0), bytes::Bytes::from_static(b"hello"))?;
+//! while let Some(event) = server.next_event().await {
+//!     if let Event::Message { payload, .. } = event {
+//!         assert_eq!(&payload[..], b"hello");
+//!         break;
+//!     }
+//! }
+//! # Ok(()) }
+//! ```
+
+pub mod config;
+pub mod error;
+pub mod proto;
+pub mod transport;
+
+pub use config::TransportConfig;

@@ -1,0 +1,360 @@
+//! The stateless gate in front of every endpoint: what to do with a datagram before any
+//! per-peer state exists.
+//!
+//! A `HELLO` is answered with a cookie (a SipHash MAC of the client's address, nonce and a
+//! coarse clock, under a secret); only a `CONNECT` echoing a valid, fresh cookie creates a
+//! session. So a spoofed source address never costs the server memory, and because a `HELLO`
+//! is padded to at least the size of any answer, the gate cannot be used to amplify traffic.
+//! Versions are checked before anything else. A data packet from an address with no session
+//! is answered with `RESET`, so a peer that outlived our restart learns it at once.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use super::siphash::siphash24;
+use super::wire::{self, Cookie, Handshake, Packet, RejectReason, VERSION};
+
+/// What to do with a datagram.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Ignore it.
+    Drop,
+    /// Send the reply written into `out` back to the sender, keep nothing.
+    Reply,
+    /// Hand it to the address's existing session.
+    Pass,
+    /// A valid `CONNECT` from a new address: create a session for it.
+    Admit {
+        /// The client's nonce.
+        nonce: u32,
+        /// The client's receive window.
+        window: u64,
+    },
+}
+
+/// The gate's configuration and secret.
+#[derive(Debug, Clone)]
+pub struct Gate {
+    k0: u64,
+    k1: u64,
+    epoch: Instant,
+    lifetime_secs: u64,
+    accept: bool,
+}
+
+impl Gate {
+    /// A gate with the 128-bit secret `(k0, k1)`, its cookie clock starting at `epoch`.
+    pub fn new(secret: (u64, u64), epoch: Instant, lifetime: Duration, accept: bool) -> Self {
+        Self {
+            k0: secret.0,
+            k1: secret.1,
+            epoch,
+            lifetime_secs: lifetime.as_secs().max(1),
+            accept,
+        }
+    }
+
+    fn mac(&self, addr: SocketAddr, nonce: u32, time: u32) -> u64 {
+        let mut buf = [0u8; 16 + 2 + 4 + 4];
+        let n = match addr.ip() {
+            IpAddr::V4(ip) => {
+                buf[..4].copy_from_slice(&ip.octets());
+                4
+            }
+            IpAddr::V6(ip) => {
+                buf[..16].copy_from_slice(&ip.octets());
+                16
+            }
+        };
+        buf[n..n + 2].copy_from_slice(&addr.port().to_le_bytes());
+        buf[n + 2..n + 6].copy_from_slice(&nonce.to_le_bytes());
+        buf[n + 6..n + 10].copy_from_slice(&time.to_le_bytes());
+        siphash24(self.k0, self.k1, &buf[..n + 10])
+    }
+
+    fn clock(&self, now: Instant) -> u32 {
+        now.saturating_duration_since(self.epoch).as_secs() as u32
+    }
+
+    /// Issues a cookie for `addr`'s attempt `nonce`.
+    pub fn cookie(&self, now: Instant, addr: SocketAddr, nonce: u32) -> Cookie {
+        let time = self.clock(now);
+        Cookie {
+            time,
+            mac: self.mac(addr, nonce, time),
+        }
+    }
+
+    /// Whether `cookie` was issued by us to `addr` for `nonce`, within the cookie lifetime.
+    pub fn verify(&self, now: Instant, addr: SocketAddr, nonce: u32, cookie: &Cookie) -> bool {
+        let now = u64::from(self.clock(now));
+        let t = u64::from(cookie.time);
+        t <= now
+            && now - t <= self.lifetime_secs
+            && self.mac(addr, nonce, cookie.time) == cookie.mac
+    }
+
+    /// Decides about `datagram` from `from`. `known` says whether `from` has a session; `full`
+    /// whether no new session may be created. A reply, if any, is written into `out`.
+    pub fn filter(
+        &self,
+        now: Instant,
+        from: SocketAddr,
+        datagram: &[u8],
+        known: bool,
+        full: bool,
+        out: &mut Vec<u8>,
+    ) -> Verdict {
+        out.clear();
+        let packet = match wire::decode_packet(datagram) {
+            Ok(p) => p,
+            // A session counts what it cannot decode; strangers get nothing.
+            Err(_) => return if known { Verdict::Pass } else { Verdict::Drop },
+        };
+        let hs = match packet {
+            Packet::Data(h, _) => {
+                if known {
+                    return Verdict::Pass;
+                }
+                wire::encode_handshake(out, &Handshake::Reset { tag: h.tag });
+                if out.len() > datagram.len() {
+                    out.clear();
+                    return Verdict::Drop; // never answer with more than we got
+                }
+                return Verdict::Reply;
+            }
+            Packet::Handshake(hs) => hs,
+        };
+        match hs.body {
+            Handshake::Hello { nonce } => {
+                let reply = if hs.version != VERSION {
+                    Handshake::Reject {
+                        nonce,
+                        reason: RejectReason::VersionMismatch { supported: VERSION },
+                    }
+                } else if !self.accept {
+                    Handshake::Reject {
+                        nonce,
+                        reason: RejectReason::NotAccepting,
+                    }
+                } else {
+                    Handshake::Challenge {
+                        nonce,
+                        cookie: self.cookie(now, from, nonce),
+                    }
+                };
+                wire::encode_handshake(out, &reply);
+                Verdict::Reply
+            }
+            Handshake::Connect {
+                nonce,
+                cookie,
+                window,
+            } => {
+                if !self.accept || !self.verify(now, from, nonce, &cookie) {
+                    Verdict::Drop
+                } else if known {
+                    Verdict::Pass
+                } else if full {
+                    let reply = Handshake::Reject {
+                        nonce,
+                        reason: RejectReason::ServerFull,
+                    };
+                    wire::encode_handshake(out, &reply);
+                    Verdict::Reply
+                } else {
+                    Verdict::Admit { nonce, window }
+                }
+            }
+            _ if known => Verdict::Pass,
+            _ => Verdict::Drop,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    fn hs(body: Handshake) -> Vec<u8> {
+        let mut v = Vec::new();
+        wire::encode_handshake(&mut v, &body);
+        v
+    }
+
+    #[test]
+    fn hello_challenge_connect_admits_only_with_a_valid_fresh_cookie() {
+        let t0 = Instant::now();
+        let gate = Gate::new((1, 2), t0, Duration::from_secs(10), true);
+        let client = addr("127.0.0.1:4000");
+        let mut out = Vec::new();
+        assert_eq!(
+            gate.filter(
+                t0,
+                client,
+                &hs(Handshake::Hello { nonce: 7 }),
+                false,
+                false,
+                &mut out
+            ),
+            Verdict::Reply
+        );
+        let Ok(Packet::Handshake(reply)) = wire::decode_packet(&out) else {
+            panic!()
+        };
+        let Handshake::Challenge { nonce: 7, cookie } = reply.body else {
+            panic!("{reply:?}")
+        };
+        let connect = hs(Handshake::Connect {
+            nonce: 7,
+            cookie,
+            window: 99,
+        });
+        let t1 = t0 + Duration::from_secs(3);
+        assert_eq!(
+            gate.filter(t1, client, &connect, false, false, &mut out),
+            Verdict::Admit {
+                nonce: 7,
+                window: 99
+            }
+        );
+        assert_eq!(
+            gate.filter(t1, client, &connect, true, false, &mut out),
+            Verdict::Pass
+        );
+        // Another address, another nonce, a forged MAC, or a stale cookie: dropped.
+        assert_eq!(
+            gate.filter(t1, addr("127.0.0.1:4001"), &connect, false, false, &mut out),
+            Verdict::Drop
+        );
+        let other_nonce = hs(Handshake::Connect {
+            nonce: 8,
+            cookie,
+            window: 99,
+        });
+        assert_eq!(
+            gate.filter(t1, client, &other_nonce, false, false, &mut out),
+            Verdict::Drop
+        );
+        let forged = hs(Handshake::Connect {
+            nonce: 7,
+            cookie: Cookie {
+                mac: cookie.mac ^ 1,
+                ..cookie
+            },
+            window: 99,
+        });
+        assert_eq!(
+            gate.filter(t1, client, &forged, false, false, &mut out),
+            Verdict::Drop
+        );
+        let late = t0 + Duration::from_secs(12);
+        assert_eq!(
+            gate.filter(late, client, &connect, false, false, &mut out),
+            Verdict::Drop
+        );
+        // Full: a typed rejection.
+        assert_eq!(
+            gate.filter(t1, client, &connect, false, true, &mut out),
+            Verdict::Reply
+        );
+        let Ok(Packet::Handshake(r)) = wire::decode_packet(&out) else {
+            panic!()
+        };
+        assert_eq!(
+            r.body,
+            Handshake::Reject {
+                nonce: 7,
+                reason: RejectReason::ServerFull
+            }
+        );
+    }
+
+    #[test]
+    fn versions_and_strangers() {
+        let t0 = Instant::now();
+        let gate = Gate::new((1, 2), t0, Duration::from_secs(10), true);
+        let from = addr("[::1]:5");
+        let mut out = Vec::new();
+        let mut old = Vec::new();
+        wire::encode_handshake_version(&mut old, 7, &Handshake::Hello { nonce: 1 });
+        assert_eq!(
+            gate.filter(t0, from, &old, false, false, &mut out),
+            Verdict::Reply
+        );
+        let Ok(Packet::Handshake(r)) = wire::decode_packet(&out) else {
+            panic!()
+        };
+        assert_eq!(
+            r.body,
+            Handshake::Reject {
+                nonce: 1,
+                reason: RejectReason::VersionMismatch { supported: VERSION }
+            }
+        );
+        // Garbage and unsolicited handshake answers from strangers: dropped, nothing written.
+        for junk in [
+            &b"\x00garbage"[..],
+            &hs(Handshake::Accept {
+                nonce: 1,
+                tag: 2,
+                window: 3,
+            }),
+        ] {
+            assert_eq!(
+                gate.filter(t0, from, junk, false, false, &mut out),
+                Verdict::Drop
+            );
+            assert!(out.is_empty());
+            assert_eq!(
+                gate.filter(t0, from, junk, true, false, &mut out),
+                Verdict::Pass
+            );
+        }
+        // A data packet from a stranger gets a RESET echoing its tag, never larger than it.
+        let mut data = Vec::new();
+        wire::encode_data_header(&mut data, 0xabcd, 1, 1);
+        data.extend_from_slice(&[2, 2, 2, 2]);
+        assert_eq!(
+            gate.filter(t0, from, &data, false, false, &mut out),
+            Verdict::Reply
+        );
+        assert!(out.len() <= data.len());
+        let Ok(Packet::Handshake(r)) = wire::decode_packet(&out) else {
+            panic!()
+        };
+        assert_eq!(r.body, Handshake::Reset { tag: 0xabcd });
+        data.truncate(7);
+        assert_eq!(
+            gate.filter(t0, from, &data, false, false, &mut out),
+            Verdict::Drop
+        );
+        // A client endpoint does not accept.
+        let client = Gate::new((1, 2), t0, Duration::from_secs(10), false);
+        assert_eq!(
+            client.filter(
+                t0,
+                from,
+                &hs(Handshake::Hello { nonce: 1 }),
+                false,
+                false,
+                &mut out
+            ),
+            Verdict::Reply
+        );
+        let Ok(Packet::Handshake(r)) = wire::decode_packet(&out) else {
+            panic!()
+        };
+        assert_eq!(
+            r.body,
+            Handshake::Reject {
+                nonce: 1,
+                reason: RejectReason::NotAccepting
+            }
+        );
+    }
+}

@@ -1,0 +1,12 @@
+//! The sans-IO core: wire format, reliability, sessions. No sockets, no tasks, no clock reads:
+//! time comes in as an argument, bytes go out through buffers. Everything here is testable
+//! without a network, and every decoder is fuzzed.
+
+pub mod channel;
+pub mod gate;
+pub mod ids;
+pub mod rng;
+pub mod session;
+pub(crate) mod siphash;
+pub mod stats;
+pub mod wire;

@@ -1,0 +1,528 @@
+//! One session with one peer: the handshake, then a [`Channel`], keepalive, idle timeout and
+//! close. Sans-IO.
+//!
+//! Client: `HELLO` (until a `CHALLENGE`) → `CONNECT` with the cookie (until an `ACCEPT`) →
+//! established. Both are retransmitted with doubling intervals until `handshake_timeout`.
+//! Server: created by the endpoint's [`Gate`](super::gate::Gate) from a valid `CONNECT`,
+//! established at once; a repeated `CONNECT` is answered with the same `ACCEPT`, one with a
+//! new nonce means the client restarted, and ends this session ([`DisconnectReason::Replaced`]).
+//!
+//! Closing: [`Session::close`] keeps sending queued reliable data for up to `close_linger`,
+//! then sends `CLOSE` and lingers a few RTTs answering late packets with `CLOSE` again.
+//!
+//! Call order, as for every sans-IO type here: feed inputs with `handle_datagram` and
+//! `handle_timeout`, then drain `poll_transmit` until it returns `false` and `poll_event` until
+//! `None`; sleep until `next_timeout`.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use super::channel::{Channel, Datagram, Delivered, PacketOutcome};
+use super::stats::ConnectionStats;
+use super::wire::{self, Class, CloseKind, Cookie, Handshake, Packet, RejectReason, VERSION};
+use crate::config::TransportConfig;
+use crate::error::{DisconnectReason, ProtocolViolation, SendError};
+
+/// Something the application should learn about.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SessionEvent {
+    /// The handshake completed.
+    Connected,
+    /// A message arrived.
+    Message(Delivered),
+    /// The session ended. Always the last event.
+    Closed(DisconnectReason),
+}
+
+#[derive(Debug)]
+enum State {
+    /// Client: sending `HELLO`.
+    Hello {
+        started: Instant,
+        next: Instant,
+        interval: Duration,
+    },
+    /// Client: sending `CONNECT` with the cookie.
+    Connecting {
+        started: Instant,
+        cookie: Cookie,
+        next: Instant,
+        interval: Duration,
+        first_sent: Option<Instant>,
+        attempts: u32,
+    },
+    /// Handshake done.
+    Established,
+    /// Local close requested: flushing reliable data until done or `deadline`.
+    Closing { deadline: Instant, code: u32 },
+    /// `CLOSE` sent; answering stragglers with `CLOSE` until `until`.
+    Draining { until: Instant, kind: CloseKind },
+    /// Over.
+    Closed,
+}
+
+/// A session with one peer. See the module docs.
+#[derive(Debug)]
+pub struct Session {
+    cfg: Arc<TransportConfig>,
+    state: State,
+    nonce: u32,
+    tag: u32,
+    channel: Option<Channel>,
+    events: VecDeque<SessionEvent>,
+    last_received: Instant,
+    established_at: Instant,
+    ping_pending: bool,
+    accept_pending: bool,
+    close_again: bool,
+    closed_stats: Option<ConnectionStats>,
+}
+
+impl Session {
+    /// A client session about to say `HELLO`. `nonce` identifies this attempt (the epoch).
+    pub fn client(cfg: Arc<TransportConfig>, nonce: u32, now: Instant) -> Self {
+        let interval = cfg.handshake_retry;
+        Self::new(
+            cfg,
+            State::Hello {
+                started: now,
+                next: now,
+                interval,
+            },
+            nonce,
+            0,
+            None,
+            now,
+        )
+    }
+
+    /// A server session for a `CONNECT` the gate admitted; `tag` is this session's random tag.
+    pub fn server(
+        cfg: Arc<TransportConfig>,
+        nonce: u32,
+        tag: u32,
+        peer_window: u64,
+        now: Instant,
+    ) -> Self {
+        let channel = Channel::new(&cfg, peer_window, now);
+        let mut s = Self::new(cfg, State::Established, nonce, tag, Some(channel), now);
+        s.accept_pending = true;
+        s.events.push_back(SessionEvent::Connected);
+        s
+    }
+
+    fn new(
+        cfg: Arc<TransportConfig>,
+        state: State,
+        nonce: u32,
+        tag: u32,
+        channel: Option<Channel>,
+        now: Instant,
+    ) -> Self {
+        Self {
+            cfg,
+            state,
+            nonce,
+            tag,
+            channel,
+            events: VecDeque::new(),
+            last_received: now,
+            established_at: now,
+            ping_pending: false,
+            accept_pending: false,
+            close_again: false,
+            closed_stats: None,
+        }
+    }
+
+    /// The client's nonce (this session's epoch on the client side).
+    pub fn nonce(&self) -> u32 {
+        self.nonce
+    }
+
+    /// Whether the handshake completed and the session is not closing.
+    pub fn is_established(&self) -> bool {
+        matches!(self.state, State::Established)
+    }
+
+    /// Whether the session is over and may be dropped.
+    pub fn is_closed(&self) -> bool {
+        matches!(self.state, State::Closed)
+    }
+
+    /// Queues a message for the peer.
+    pub fn send(&mut self, class: Class, stream: u8, payload: Bytes) -> Result<(), SendError> {
+        match (&self.state, self.channel.as_mut()) {
+            (State::Established, Some(ch)) => ch.send(class, stream, payload),
+            _ => Err(SendError::Closed),
+        }
+    }
+
+    /// The peer's receive window (0 before the handshake completes).
+    pub fn peer_window(&self) -> u64 {
+        self.channel.as_ref().map_or(0, Channel::peer_window)
+    }
+
+    /// Bytes held for sending (see [`Channel::queued_bytes`]).
+    pub fn queued_bytes(&self) -> usize {
+        self.channel.as_ref().map_or(0, Channel::queued_bytes)
+    }
+
+    /// Bytes released from the send buffer since the last call.
+    pub fn take_released(&mut self) -> usize {
+        self.channel.as_mut().map_or(0, Channel::take_released)
+    }
+
+    /// Closes the session with an application `code`: queued reliable data is flushed first
+    /// (up to `close_linger`), then the peer is told.
+    pub fn close(&mut self, now: Instant, code: u32) {
+        match self.state {
+            State::Established => {
+                self.state = State::Closing {
+                    deadline: now + self.cfg.close_linger,
+                    code,
+                }
+            }
+            State::Hello { .. } | State::Connecting { .. } => {
+                self.finish(DisconnectReason::ClosedLocally)
+            }
+            _ => {}
+        }
+    }
+
+    /// Ends the session now, without telling the peer (the endpoint is going away).
+    pub fn abort(&mut self, reason: DisconnectReason) {
+        if !self.is_closed() {
+            self.finish(reason);
+        }
+    }
+
+    fn finish(&mut self, reason: DisconnectReason) {
+        if !matches!(self.state, State::Draining { .. }) {
+            self.events.push_back(SessionEvent::Closed(reason));
+        }
+        self.closed_stats = Some(self.stats_now());
+        self.state = State::Closed;
+        if let Some(ch) = self.channel.as_mut() {
+            ch.discard_queued();
+        }
+    }
+
+    /// Starts draining: `CLOSE` goes out now and again to any straggler, for a few RTTs.
+    fn drain(&mut self, now: Instant, kind: CloseKind, reason: DisconnectReason) {
+        let rtt = self
+            .channel
+            .as_ref()
+            .map_or(self.cfg.initial_rtt, Channel::rtt);
+        self.events.push_back(SessionEvent::Closed(reason));
+        self.state = State::Draining {
+            until: now + (rtt * 3).max(self.cfg.min_rto * 3),
+            kind,
+        };
+        self.close_again = true;
+        if let Some(ch) = self.channel.as_mut() {
+            ch.discard_queued();
+        }
+    }
+
+    /// Takes a datagram from the peer.
+    pub fn handle_datagram(&mut self, now: Instant, data: &[u8]) {
+        if self.is_closed() {
+            return;
+        }
+        let packet = match wire::decode_packet(data) {
+            Ok(p) => p,
+            Err(_) => {
+                if let Some(ch) = self.channel.as_mut() {
+                    ch.count_malformed();
+                }
+                return;
+            }
+        };
+        match packet {
+            Packet::Handshake(hs) => self.on_handshake(now, hs.version, hs.body),
+            Packet::Data(h, frames) => {
+                if h.tag != self.tag || self.channel.is_none() {
+                    return; // another session's packet (or not established yet)
+                }
+                if let State::Draining { .. } = self.state {
+                    self.close_again = true;
+                    return;
+                }
+                self.on_data(now, h.pn_truncated, h.pn_len, frames, data);
+            }
+        }
+    }
+
+    fn on_data(&mut self, now: Instant, pn: u32, pn_len: u8, frames: &[u8], data: &[u8]) {
+        let Some(ch) = self.channel.as_mut() else {
+            return;
+        };
+        let events = &mut self.events;
+        let mut dgram = Datagram::new(data);
+        let r = ch.handle_packet(now, pn, pn_len, frames, &mut dgram, &mut |d| {
+            events.push_back(SessionEvent::Message(d));
+        });
+        match r {
+            Ok(PacketOutcome::Accepted { close }) => {
+                self.last_received = now;
+                match close {
+                    Some(CloseKind::Application(code)) => {
+                        self.finish(DisconnectReason::ClosedByPeer { code })
+                    }
+                    Some(CloseKind::ProtocolViolation) => {
+                        self.finish(DisconnectReason::ProtocolViolation(
+                            ProtocolViolation::ReportedByPeer,
+                        ));
+                    }
+                    None => {}
+                }
+            }
+            Ok(PacketOutcome::Duplicate | PacketOutcome::Malformed) => {}
+            Err(v) => {
+                tracing::debug!(violation = %v, "peer violated the protocol; closing");
+                self.drain(
+                    now,
+                    CloseKind::ProtocolViolation,
+                    DisconnectReason::ProtocolViolation(v),
+                );
+            }
+        }
+    }
+
+    fn on_handshake(&mut self, now: Instant, version: u8, body: Handshake) {
+        match (&mut self.state, body) {
+            (State::Hello { started, .. }, Handshake::Challenge { nonce, cookie })
+                if nonce == self.nonce =>
+            {
+                let started = *started;
+                self.last_received = now;
+                let interval = self.cfg.handshake_retry;
+                self.state = State::Connecting {
+                    started,
+                    cookie,
+                    next: now,
+                    interval,
+                    first_sent: None,
+                    attempts: 0,
+                };
+            }
+            (
+                State::Connecting {
+                    first_sent,
+                    attempts,
+                    ..
+                },
+                Handshake::Accept { nonce, tag, window },
+            ) if nonce == self.nonce => {
+                // Karn: an RTT sample only from an attempt that was not repeated.
+                let sample = (*attempts == 1)
+                    .then(|| first_sent.map(|t| now.saturating_duration_since(t)))
+                    .flatten();
+                let mut ch = Channel::new(&self.cfg, window, now);
+                if let Some(s) = sample {
+                    ch.set_initial_rtt(s);
+                }
+                self.channel = Some(ch);
+                self.tag = tag;
+                self.state = State::Established;
+                self.last_received = now;
+                self.established_at = now;
+                self.events.push_back(SessionEvent::Connected);
+            }
+            (
+                State::Hello { .. } | State::Connecting { .. },
+                Handshake::Reject { nonce, reason },
+            ) if nonce == self.nonce => {
+                let reason = match reason {
+                    RejectReason::VersionMismatch { supported } => {
+                        DisconnectReason::VersionMismatch {
+                            ours: VERSION,
+                            theirs: supported,
+                        }
+                    }
+                    _ => DisconnectReason::Rejected,
+                };
+                self.finish(reason);
+            }
+            (State::Established | State::Closing { .. }, Handshake::Connect { nonce, .. }) => {
+                if nonce == self.nonce {
+                    self.accept_pending = true; // our ACCEPT was lost
+                    self.last_received = now;
+                } else {
+                    self.finish(DisconnectReason::Replaced);
+                }
+            }
+            (_, Handshake::Reset { tag }) if tag == self.tag && self.channel.is_some() => {
+                self.finish(DisconnectReason::Reset);
+            }
+            _ => {
+                let _ = version;
+            }
+        }
+    }
+
+    /// Runs timers: handshake retries and timeout, idle timeout, keepalive, retransmission.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        match self.state {
+            State::Hello { started, .. } | State::Connecting { started, .. } => {
+                if now >= started + self.cfg.handshake_timeout {
+                    self.finish(DisconnectReason::Timeout);
+                }
+            }
+            State::Established | State::Closing { .. } => {
+                if now >= self.last_received + self.cfg.idle_timeout {
+                    self.finish(DisconnectReason::Timeout);
+                    return;
+                }
+                let Some(ch) = self.channel.as_mut() else {
+                    return;
+                };
+                ch.handle_timeout(now);
+                let last = ch.last_eliciting_sent().unwrap_or(self.established_at);
+                if now >= last + self.cfg.keepalive_interval {
+                    self.ping_pending = true;
+                }
+            }
+            State::Draining { until, .. } => {
+                if now >= until {
+                    self.closed_stats = Some(self.stats_now());
+                    self.state = State::Closed;
+                }
+            }
+            State::Closed => {}
+        }
+    }
+
+    /// When `handle_timeout` should run next.
+    pub fn next_timeout(&self) -> Option<Instant> {
+        match &self.state {
+            State::Hello { started, next, .. } | State::Connecting { started, next, .. } => {
+                Some((*next).min(*started + self.cfg.handshake_timeout))
+            }
+            State::Established | State::Closing { .. } => {
+                let ch = self.channel.as_ref()?;
+                let keepalive = ch.last_eliciting_sent().unwrap_or(self.established_at)
+                    + self.cfg.keepalive_interval;
+                let idle = self.last_received + self.cfg.idle_timeout;
+                let mut t = keepalive.min(idle);
+                if let Some(c) = ch.next_timeout() {
+                    t = t.min(c);
+                }
+                if let State::Closing { deadline, .. } = self.state {
+                    t = t.min(deadline);
+                }
+                Some(t)
+            }
+            State::Draining { until, .. } => Some(*until),
+            State::Closed => None,
+        }
+    }
+
+    /// Writes the next datagram to send into `out` (cleared first); `false` when there is none.
+    pub fn poll_transmit(&mut self, now: Instant, out: &mut Vec<u8>) -> bool {
+        out.clear();
+        match &mut self.state {
+            State::Hello { next, interval, .. } => {
+                if now < *next {
+                    return false;
+                }
+                *next = now + *interval;
+                *interval = (*interval * 2).min(self.cfg.handshake_timeout);
+                wire::encode_handshake(out, &Handshake::Hello { nonce: self.nonce });
+                true
+            }
+            State::Connecting {
+                cookie,
+                next,
+                interval,
+                first_sent,
+                attempts,
+                ..
+            } => {
+                if now < *next {
+                    return false;
+                }
+                *next = now + *interval;
+                *interval = (*interval * 2).min(self.cfg.handshake_timeout);
+                first_sent.get_or_insert(now);
+                *attempts += 1;
+                let body = Handshake::Connect {
+                    nonce: self.nonce,
+                    cookie: *cookie,
+                    window: self.cfg.receive_window,
+                };
+                wire::encode_handshake(out, &body);
+                true
+            }
+            State::Established | State::Closing { .. } => self.transmit_established(now, out),
+            State::Draining { kind, .. } => {
+                if !std::mem::take(&mut self.close_again) {
+                    return false;
+                }
+                let kind = *kind;
+                self.channel
+                    .as_mut()
+                    .is_some_and(|ch| ch.write_packet(now, self.tag, out, false, Some(kind)))
+            }
+            State::Closed => false,
+        }
+    }
+
+    fn transmit_established(&mut self, now: Instant, out: &mut Vec<u8>) -> bool {
+        if std::mem::take(&mut self.accept_pending) {
+            let body = Handshake::Accept {
+                nonce: self.nonce,
+                tag: self.tag,
+                window: self.cfg.receive_window,
+            };
+            wire::encode_handshake(out, &body);
+            return true;
+        }
+        let Some(ch) = self.channel.as_mut() else {
+            return false;
+        };
+        if let State::Closing { deadline, code } = self.state {
+            if ch.is_flushed() || now >= deadline {
+                let kind = CloseKind::Application(code);
+                let sent = ch.write_packet(now, self.tag, out, false, Some(kind));
+                self.drain(now, kind, DisconnectReason::ClosedLocally);
+                self.close_again = false;
+                return sent;
+            }
+        }
+        let ping = self.ping_pending;
+        if ch.write_packet(now, self.tag, out, ping, None) {
+            self.ping_pending = false;
+            return true;
+        }
+        false
+    }
+
+    /// The next event for the application.
+    pub fn poll_event(&mut self) -> Option<SessionEvent> {
+        self.events.pop_front()
+    }
+
+    fn stats_now(&self) -> ConnectionStats {
+        match &self.channel {
+            Some(ch) => {
+                let mut s = ch.stats();
+                s.last_received = s.last_received.max(self.last_received);
+                s
+            }
+            None => ConnectionStats::new(self.last_received),
+        }
+    }
+
+    /// A statistics snapshot (frozen at the moment the session closed).
+    pub fn stats(&self) -> ConnectionStats {
+        self.closed_stats.unwrap_or_else(|| self.stats_now())
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,461 @@
+//! Handshake packets and the data packet header.
+
+use super::WireError;
+use super::codec::{Reader, put_uint, put_varint};
+
+/// The first four bytes of every handshake packet. The first byte has its high bit clear, which
+/// is what tells handshake packets from data packets.
+pub const MAGIC: [u8; 4] = *b"GWIR";
+/// The protocol version this build speaks.
+pub const VERSION: u8 = 1;
+/// A `HELLO` is padded to at least this many bytes, so that no server answer is larger than the
+/// request that caused it: a spoofed `HELLO` cannot be used to amplify traffic.
+pub const HELLO_LEN: usize = 32;
+
+const KIND_HELLO: u8 = 1;
+const KIND_CHALLENGE: u8 = 2;
+const KIND_CONNECT: u8 = 3;
+const KIND_ACCEPT: u8 = 4;
+const KIND_REJECT: u8 = 5;
+const KIND_RESET: u8 = 6;
+
+const DATA_BIT: u8 = 0x80;
+const PN_LEN_SHIFT: u8 = 4;
+const DATA_RESERVED: u8 = 0x4f;
+
+/// A stateless cookie: the server's coarse clock and a keyed MAC over the client's address,
+/// nonce and that clock. The server keeps nothing until a client echoes a valid one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cookie {
+    /// Seconds on the server's cookie clock when it was issued.
+    pub time: u32,
+    /// SipHash-2-4 of (address, nonce, time) under the server secret.
+    pub mac: u64,
+}
+
+/// Why a server refused a connection attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RejectReason {
+    /// The client speaks another protocol version; `supported` is the server's.
+    VersionMismatch {
+        /// The version the server speaks.
+        supported: u8,
+    },
+    /// The server is at its connection limit.
+    ServerFull,
+    /// The endpoint does not accept incoming connections.
+    NotAccepting,
+}
+
+/// The body of a handshake packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handshake {
+    /// Client → server: "I want a session". Padded to [`HELLO_LEN`].
+    Hello {
+        /// The client's nonce for this connection attempt (its session epoch).
+        nonce: u32,
+    },
+    /// Server → client, stateless: "echo this cookie".
+    Challenge {
+        /// The nonce of the `HELLO` being answered.
+        nonce: u32,
+        /// The cookie to echo.
+        cookie: Cookie,
+    },
+    /// Client → server: the echoed cookie; the server creates state only now.
+    Connect {
+        /// The client's nonce.
+        nonce: u32,
+        /// The echoed cookie.
+        cookie: Cookie,
+        /// The client's receive window in bytes (flow-control credit for the server).
+        window: u64,
+    },
+    /// Server → client: the session is established.
+    Accept {
+        /// The client's nonce.
+        nonce: u32,
+        /// The session tag every data packet of this session carries.
+        tag: u32,
+        /// The server's receive window in bytes.
+        window: u64,
+    },
+    /// Server → client: refused.
+    Reject {
+        /// The client's nonce.
+        nonce: u32,
+        /// Why.
+        reason: RejectReason,
+    },
+    /// "I have no session with that tag": sent statelessly in answer to a data packet from an
+    /// unknown address, so that a peer of a restarted or forgotten session learns it at once.
+    Reset {
+        /// The tag of the data packet being answered.
+        tag: u32,
+    },
+}
+
+/// A decoded handshake packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HandshakePacket {
+    /// The sender's protocol version. Only `HELLO` and `REJECT` are decoded for versions other
+    /// than [`VERSION`]; their layout is frozen.
+    pub version: u8,
+    /// The body.
+    pub body: Handshake,
+}
+
+/// The header of a data packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DataHeader {
+    /// The session tag.
+    pub tag: u32,
+    /// The packet number's low bytes.
+    pub pn_truncated: u32,
+    /// How many bytes of the packet number were sent (1, 2 or 4).
+    pub pn_len: u8,
+}
+
+/// A decoded datagram.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Packet<'a> {
+    /// A handshake packet.
+    Handshake(HandshakePacket),
+    /// A data packet: its header and the undecoded frames (read them with
+    /// [`FrameReader`](super::FrameReader)).
+    Data(DataHeader, &'a [u8]),
+}
+
+/// Decodes a datagram's header. Data frames are decoded lazily by
+/// [`FrameReader`](super::FrameReader).
+pub fn decode_packet(buf: &[u8]) -> Result<Packet<'_>, WireError> {
+    let first = *buf.first().ok_or(WireError::Empty)?;
+    let mut r = Reader::new(buf);
+    if first & DATA_BIT != 0 {
+        let flags = r.u8()?;
+        if flags & DATA_RESERVED != 0 {
+            return Err(WireError::ReservedBits(flags));
+        }
+        let pn_len = match (flags >> PN_LEN_SHIFT) & 0x3 {
+            0 => 1,
+            1 => 2,
+            2 => 4,
+            _ => return Err(WireError::ReservedBits(flags)),
+        };
+        let tag = r.u32()?;
+        let pn_truncated = r.uint(pn_len)?;
+        let frames = r.rest();
+        if frames.is_empty() {
+            return Err(WireError::NoFrames);
+        }
+        return Ok(Packet::Data(
+            DataHeader {
+                tag,
+                pn_truncated,
+                pn_len: pn_len as u8,
+            },
+            frames,
+        ));
+    }
+    if r.bytes(4)? != MAGIC {
+        return Err(WireError::BadMagic);
+    }
+    let version = r.u8()?;
+    let kind = r.u8()?;
+    let body = match (kind, version == VERSION) {
+        (KIND_HELLO, _) => {
+            let nonce = r.u32()?;
+            if buf.len() < HELLO_LEN {
+                return Err(WireError::ShortHello);
+            }
+            r.rest();
+            Handshake::Hello { nonce }
+        }
+        (KIND_REJECT, _) => {
+            let nonce = r.u32()?;
+            let reason = match r.u8()? {
+                1 => RejectReason::VersionMismatch { supported: r.u8()? },
+                2 => RejectReason::ServerFull,
+                3 => RejectReason::NotAccepting,
+                other => {
+                    return Err(WireError::OutOfRange {
+                        field: "reject reason",
+                        value: other.into(),
+                    });
+                }
+            };
+            if version != VERSION {
+                r.rest(); // later versions may append fields
+            }
+            Handshake::Reject { nonce, reason }
+        }
+        (_, false) => return Err(WireError::UnsupportedVersion(version)),
+        (KIND_CHALLENGE, true) => Handshake::Challenge {
+            nonce: r.u32()?,
+            cookie: cookie(&mut r)?,
+        },
+        (KIND_CONNECT, true) => Handshake::Connect {
+            nonce: r.u32()?,
+            cookie: cookie(&mut r)?,
+            window: r.varint()?,
+        },
+        (KIND_ACCEPT, true) => Handshake::Accept {
+            nonce: r.u32()?,
+            tag: r.u32()?,
+            window: r.varint()?,
+        },
+        (KIND_RESET, true) => Handshake::Reset { tag: r.u32()? },
+        (other, true) => return Err(WireError::UnknownHandshake(other)),
+    };
+    if !r.is_empty() {
+        return Err(WireError::OutOfRange {
+            field: "trailing bytes",
+            value: r.remaining() as u64,
+        });
+    }
+    Ok(Packet::Handshake(HandshakePacket { version, body }))
+}
+
+fn cookie(r: &mut Reader<'_>) -> Result<Cookie, WireError> {
+    Ok(Cookie {
+        time: r.u32()?,
+        mac: r.u64()?,
+    })
+}
+
+/// Appends a handshake packet of our [`VERSION`]; a `HELLO` is padded to [`HELLO_LEN`].
+pub fn encode_handshake(out: &mut Vec<u8>, body: &Handshake) {
+    encode_handshake_version(out, VERSION, body);
+}
+
+/// Like [`encode_handshake`] with an explicit version (tests use it to play an old peer).
+pub fn encode_handshake_version(out: &mut Vec<u8>, version: u8, body: &Handshake) {
+    let start = out.len();
+    out.extend_from_slice(&MAGIC);
+    out.push(version);
+    let put_cookie = |out: &mut Vec<u8>, c: &Cookie| {
+        out.extend_from_slice(&c.time.to_le_bytes());
+        out.extend_from_slice(&c.mac.to_le_bytes());
+    };
+    match *body {
+        Handshake::Hello { nonce } => {
+            out.push(KIND_HELLO);
+            out.extend_from_slice(&nonce.to_le_bytes());
+            out.resize(start + HELLO_LEN, 0);
+        }
+        Handshake::Challenge { nonce, cookie } => {
+            out.push(KIND_CHALLENGE);
+            out.extend_from_slice(&nonce.to_le_bytes());
+            put_cookie(out, &cookie);
+        }
+        Handshake::Connect {
+            nonce,
+            cookie,
+            window,
+        } => {
+            out.push(KIND_CONNECT);
+            out.extend_from_slice(&nonce.to_le_bytes());
+            put_cookie(out, &cookie);
+            put_varint(out, window);
+        }
+        Handshake::Accept { nonce, tag, window } => {
+            out.push(KIND_ACCEPT);
+            out.extend_from_slice(&nonce.to_le_bytes());
+            out.extend_from_slice(&tag.to_le_bytes());
+            put_varint(out, window);
+        }
+        Handshake::Reject { nonce, reason } => {
+            out.push(KIND_REJECT);
+            out.extend_from_slice(&nonce.to_le_bytes());
+            match reason {
+                RejectReason::VersionMismatch { supported } => {
+                    out.extend_from_slice(&[1, supported])
+                }
+                RejectReason::ServerFull => out.push(2),
+                RejectReason::NotAccepting => out.push(3),
+            }
+        }
+        Handshake::Reset { tag } => {
+            out.push(KIND_RESET);
+            out.extend_from_slice(&tag.to_le_bytes());
+        }
+    }
+}
+
+/// Appends a data packet header. `pn_len` must be 1, 2 or 4.
+pub fn encode_data_header(out: &mut Vec<u8>, tag: u32, pn_truncated: u32, pn_len: u8) {
+    let code = match pn_len {
+        1 => 0,
+        2 => 1,
+        _ => 2,
+    };
+    let len = if code == 2 { 4 } else { pn_len as usize };
+    out.push(DATA_BIT | (code << PN_LEN_SHIFT));
+    out.extend_from_slice(&tag.to_le_bytes());
+    put_uint(out, pn_truncated, len);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn round_trip(body: Handshake) {
+        let mut out = Vec::new();
+        encode_handshake(&mut out, &body);
+        assert!(out.len() <= HELLO_LEN || matches!(body, Handshake::Hello { .. }));
+        match decode_packet(&out) {
+            Ok(Packet::Handshake(p)) => {
+                assert_eq!(p.version, VERSION);
+                assert_eq!(p.body, body);
+            }
+            other => panic!("{body:?} decoded as {other:?}"),
+        }
+        // Every strict prefix is rejected with a typed error, never a panic.
+        for cut in 0..out.len() {
+            assert!(decode_packet(&out[..cut]).is_err(), "{body:?} cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn handshake_round_trips() {
+        let cookie = Cookie {
+            time: 77,
+            mac: 0xdead_beef_0bad_f00d,
+        };
+        round_trip(Handshake::Hello { nonce: 5 });
+        round_trip(Handshake::Challenge { nonce: 5, cookie });
+        round_trip(Handshake::Connect {
+            nonce: 5,
+            cookie,
+            window: 4 << 20,
+        });
+        round_trip(Handshake::Accept {
+            nonce: 5,
+            tag: 0xabcd_ef01,
+            window: 1 << 20,
+        });
+        round_trip(Handshake::Reject {
+            nonce: 5,
+            reason: RejectReason::VersionMismatch { supported: 1 },
+        });
+        round_trip(Handshake::Reject {
+            nonce: 5,
+            reason: RejectReason::ServerFull,
+        });
+        round_trip(Handshake::Reject {
+            nonce: 5,
+            reason: RejectReason::NotAccepting,
+        });
+        round_trip(Handshake::Reset { tag: 9 });
+    }
+
+    #[test]
+    fn no_server_answer_is_larger_than_a_hello() {
+        let cookie = Cookie {
+            time: u32::MAX,
+            mac: u64::MAX,
+        };
+        for body in [
+            Handshake::Challenge {
+                nonce: u32::MAX,
+                cookie,
+            },
+            Handshake::Reject {
+                nonce: 1,
+                reason: RejectReason::VersionMismatch { supported: 1 },
+            },
+            Handshake::Reset { tag: 1 },
+        ] {
+            let mut out = Vec::new();
+            encode_handshake(&mut out, &body);
+            assert!(out.len() <= HELLO_LEN, "{body:?} is {} bytes", out.len());
+        }
+    }
+
+    #[test]
+    fn rejects_bad_magic_version_kind_and_trailing() {
+        let mut hello = Vec::new();
+        encode_handshake(&mut hello, &Handshake::Hello { nonce: 1 });
+        let mut bad = hello.clone();
+        bad[0] = b'X';
+        assert_eq!(decode_packet(&bad), Err(WireError::BadMagic));
+        // A HELLO of another version is still readable (so it can be answered with a REJECT)...
+        let mut other = Vec::new();
+        encode_handshake_version(&mut other, 9, &Handshake::Hello { nonce: 3 });
+        assert_eq!(
+            decode_packet(&other),
+            Ok(Packet::Handshake(HandshakePacket {
+                version: 9,
+                body: Handshake::Hello { nonce: 3 }
+            }))
+        );
+        // ...but nothing else of another version is.
+        let mut accept = Vec::new();
+        encode_handshake_version(
+            &mut accept,
+            9,
+            &Handshake::Accept {
+                nonce: 1,
+                tag: 2,
+                window: 3,
+            },
+        );
+        assert_eq!(
+            decode_packet(&accept),
+            Err(WireError::UnsupportedVersion(9))
+        );
+        let mut unknown = hello[..6].to_vec();
+        unknown[5] = 42;
+        assert_eq!(
+            decode_packet(&unknown),
+            Err(WireError::UnknownHandshake(42))
+        );
+        let mut trailing = Vec::new();
+        encode_handshake(&mut trailing, &Handshake::Reset { tag: 1 });
+        trailing.push(0);
+        assert!(matches!(
+            decode_packet(&trailing),
+            Err(WireError::OutOfRange { .. })
+        ));
+        assert_eq!(
+            decode_packet(&hello[..HELLO_LEN - 1]),
+            Err(WireError::ShortHello)
+        );
+        assert_eq!(decode_packet(&[]), Err(WireError::Empty));
+    }
+
+    #[test]
+    fn data_header_round_trips_and_rejects_reserved_bits() {
+        for (pn, len) in [(0x12u32, 1u8), (0x1234, 2), (0x1234_5678, 4)] {
+            let mut out = Vec::new();
+            encode_data_header(&mut out, 0xfeed_f00d, pn, len);
+            out.push(0x02); // a PING frame
+            match decode_packet(&out) {
+                Ok(Packet::Data(h, frames)) => {
+                    assert_eq!(
+                        h,
+                        DataHeader {
+                            tag: 0xfeed_f00d,
+                            pn_truncated: pn,
+                            pn_len: len
+                        }
+                    );
+                    assert_eq!(frames, &[0x02]);
+                }
+                other => panic!("{other:?}"),
+            }
+            let mut no_frames = out.clone();
+            no_frames.pop();
+            assert_eq!(decode_packet(&no_frames), Err(WireError::NoFrames));
+        }
+        assert_eq!(
+            decode_packet(&[0x81, 0, 0, 0, 0, 0, 2]),
+            Err(WireError::ReservedBits(0x81))
+        );
+        assert_eq!(
+            decode_packet(&[0xb0, 0, 0, 0, 0, 0, 2]),
+            Err(WireError::ReservedBits(0xb0))
+        );
+    }
+}

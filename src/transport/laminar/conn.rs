@@ -1,0 +1,328 @@
+//! Our `laminar::Connection`: a [`Session`] plus the wiring to the application.
+//!
+//! laminar 0.5 requires a connection's event types to implement a trait it does not export,
+//! so they must be its own `Packet` (in) and `SocketEvent` (out). We use them only as signals:
+//! an empty `Packet` to an address makes the manager create that address's connection, which
+//! takes its configuration from the driver's [`scope`]; a `SocketEvent::Disconnect` tells the
+//! driver a session ended. Everything else travels outside laminar's channels: each session
+//! has its own command inbox (drained in `update`, which the manager calls on every connection
+//! every pass) and hands events straight to the application's channel.
+//!
+//! A connection created without a configuration (a datagram racing a session's end) stays
+//! inert and is dropped at the end of the pass.
+
+use std::cell::RefCell;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use bytes::Bytes;
+use crossbeam::channel::Receiver;
+use laminar::{ConnectionMessenger, Packet, SocketEvent};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::config::TransportConfig;
+use crate::error::{ConnectError, DisconnectReason};
+use crate::proto::channel::send::MESSAGE_COST;
+use crate::proto::session::{Session, SessionEvent};
+use crate::proto::wire::Class;
+use crate::transport::{ConnShared, Connection, Delivery, EndpointShared, Event};
+
+/// What a handle asks of its session.
+#[derive(Debug)]
+pub(crate) enum Command {
+    Send {
+        class: Class,
+        stream: u8,
+        payload: Bytes,
+    },
+    Close {
+        code: u32,
+    },
+    Abort {
+        reason: DisconnectReason,
+    },
+}
+
+/// What every connection of one endpoint shares with the driver.
+#[derive(Debug)]
+pub(crate) struct Sink {
+    pub(crate) config: Arc<TransportConfig>,
+    pub(crate) events: mpsc::UnboundedSender<Event>,
+    pub(crate) endpoint: Arc<EndpointShared>,
+    /// Earliest protocol deadline of any session, in nanoseconds since `epoch`; each
+    /// connection lowers it in `update`, the driver resets it before each pass.
+    pub(crate) next_deadline: AtomicU64,
+    pub(crate) epoch: Instant,
+}
+
+impl Sink {
+    fn emit(&self, e: Event) {
+        self.endpoint.backlog.fetch_add(1, Ordering::AcqRel);
+        if self.events.send(e).is_err() {
+            // The application dropped the endpoint: nobody will take it.
+            self.endpoint.backlog.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+
+    fn report_deadline(&self, at: Instant) {
+        let nanos = at
+            .saturating_duration_since(self.epoch)
+            .as_nanos()
+            .min(u128::from(u64::MAX - 1)) as u64;
+        self.next_deadline.fetch_min(nanos, Ordering::AcqRel);
+    }
+}
+
+/// Which side opened the session.
+#[derive(Debug)]
+pub(crate) enum Role {
+    Client {
+        nonce: u32,
+        done: oneshot::Sender<Result<Connection, ConnectError>>,
+    },
+    Server {
+        nonce: u32,
+        tag: u32,
+        window: u64,
+    },
+}
+
+/// Everything a connection needs, prepared by the driver before laminar creates it.
+#[derive(Debug)]
+pub(crate) struct Init {
+    pub(crate) shared: Arc<ConnShared>,
+    pub(crate) inbox: Receiver<Command>,
+    pub(crate) sink: Arc<Sink>,
+    pub(crate) role: Role,
+}
+
+thread_local! {
+    /// Connections to configure during the current `manual_poll`. Set by the driver around
+    /// each call (which is synchronous), so it never leaks between endpoints on one thread.
+    static SCOPE: RefCell<Vec<(SocketAddr, Init)>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` (a `manual_poll`) with `inits` available to `create_connection`; returns the ones
+/// not taken.
+pub(crate) fn scope<R>(inits: &mut Vec<(SocketAddr, Init)>, f: impl FnOnce() -> R) -> R {
+    SCOPE.with(|s| std::mem::swap(&mut *s.borrow_mut(), inits));
+    let r = f();
+    SCOPE.with(|s| std::mem::swap(&mut *s.borrow_mut(), inits));
+    r
+}
+
+fn take_init(addr: SocketAddr) -> Option<Init> {
+    SCOPE.with(|s| {
+        let mut s = s.borrow_mut();
+        let i = s.iter().position(|(a, _)| *a == addr)?;
+        Some(s.swap_remove(i).1)
+    })
+}
+
+/// The empty packet that makes laminar create `addr`'s connection.
+pub(crate) fn poke(addr: SocketAddr) -> Packet {
+    Packet::unreliable(addr, Vec::new())
+}
+
+#[derive(Debug)]
+struct Live {
+    session: Session,
+    shared: Arc<ConnShared>,
+    inbox: Receiver<Command>,
+    sink: Arc<Sink>,
+    connect_done: Option<oneshot::Sender<Result<Connection, ConnectError>>>,
+    connected: bool,
+    dirty: bool,
+    buf: Vec<u8>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Conn {
+    addr: SocketAddr,
+    live: Option<Box<Live>>,
+    gone_reported: bool,
+}
+
+impl Live {
+    fn new(init: Init, now: Instant) -> Self {
+        let cfg = init.sink.config.clone();
+        let (session, done) = match init.role {
+            Role::Client { nonce, done } => (Session::client(cfg, nonce, now), Some(done)),
+            Role::Server { nonce, tag, window } => {
+                (Session::server(cfg, nonce, tag, window, now), None)
+            }
+        };
+        let buf = Vec::with_capacity(init.sink.config.max_datagram_size);
+        Self {
+            session,
+            shared: init.shared,
+            inbox: init.inbox,
+            sink: init.sink,
+            connect_done: done,
+            connected: false,
+            dirty: true,
+            buf,
+        }
+    }
+
+    /// Applies the handles' commands.
+    fn drain_inbox(&mut self, now: Instant) {
+        while let Ok(cmd) = self.inbox.try_recv() {
+            self.dirty = true;
+            match cmd {
+                Command::Send {
+                    class,
+                    stream,
+                    payload,
+                } => {
+                    let len = payload.len();
+                    if self.session.send(class, stream, payload).is_err() {
+                        // Closed meanwhile: give the bytes back.
+                        self.shared.release(len + MESSAGE_COST);
+                    }
+                }
+                Command::Close { code } => self.session.close(now, code),
+                Command::Abort { reason } => self.session.abort(reason),
+            }
+        }
+    }
+
+    /// Hands session events to the application.
+    fn pump(&mut self) {
+        while let Some(e) = self.session.poll_event() {
+            match e {
+                SessionEvent::Connected => {
+                    self.connected = true;
+                    self.shared.set_open(self.session.peer_window());
+                    let conn = Connection {
+                        shared: self.shared.clone(),
+                    };
+                    if let Some(done) = self.connect_done.take() {
+                        let _ = done.send(Ok(conn.clone()));
+                    }
+                    self.sink.emit(Event::Connected(conn));
+                }
+                SessionEvent::Message(d) => {
+                    let delivery = Delivery::join(d.class, d.stream);
+                    self.sink.emit(Event::Message {
+                        peer: self.shared.peer,
+                        delivery,
+                        payload: d.payload,
+                    });
+                }
+                SessionEvent::Closed(reason) => {
+                    self.shared.set_closed(reason);
+                    if let Some(done) = self.connect_done.take() {
+                        let _ = done.send(Err(ConnectError::Failed(reason)));
+                    }
+                    if self.connected {
+                        self.sink.emit(Event::Disconnected {
+                            peer: self.shared.peer,
+                            reason,
+                        });
+                    }
+                }
+            }
+        }
+        let released = self.session.take_released();
+        self.shared.release(released);
+    }
+}
+
+impl laminar::Connection for Conn {
+    type SendEvent = Packet;
+    type ReceiveEvent = SocketEvent;
+
+    fn create_connection(
+        _messenger: &mut impl ConnectionMessenger<SocketEvent>,
+        address: SocketAddr,
+        time: Instant,
+    ) -> Self {
+        let live = take_init(address).map(|init| Box::new(Live::new(init, time)));
+        Conn {
+            addr: address,
+            live,
+            gone_reported: false,
+        }
+    }
+
+    fn is_established(&self) -> bool {
+        self.live.is_some()
+    }
+
+    fn should_drop(
+        &mut self,
+        messenger: &mut impl ConnectionMessenger<SocketEvent>,
+        _time: Instant,
+    ) -> bool {
+        let Some(live) = &self.live else { return true };
+        if !live.session.is_closed() {
+            return false;
+        }
+        if !self.gone_reported {
+            self.gone_reported = true;
+            messenger.send_event(&self.addr, SocketEvent::Disconnect(self.addr));
+        }
+        true
+    }
+
+    fn process_packet(
+        &mut self,
+        _messenger: &mut impl ConnectionMessenger<SocketEvent>,
+        payload: &[u8],
+        time: Instant,
+    ) {
+        if let Some(live) = self.live.as_mut() {
+            live.session.handle_datagram(time, payload);
+            live.dirty = true;
+            live.pump();
+        }
+    }
+
+    fn process_event(
+        &mut self,
+        _messenger: &mut impl ConnectionMessenger<SocketEvent>,
+        _poke: Packet,
+        _time: Instant,
+    ) {
+        // The poke only made laminar create this connection; `create_connection` configured it.
+    }
+
+    fn update(&mut self, messenger: &mut impl ConnectionMessenger<SocketEvent>, time: Instant) {
+        let Some(live) = self.live.as_mut() else {
+            return;
+        };
+        live.drain_inbox(time);
+        if live.session.next_timeout().is_some_and(|t| t <= time) {
+            live.session.handle_timeout(time);
+            live.dirty = true;
+        }
+        if live.dirty {
+            while live.session.poll_transmit(time, &mut live.buf) {
+                messenger.send_packet(&self.addr, &live.buf);
+            }
+            live.pump();
+            let stats = live.session.stats();
+            match live.shared.stats.lock() {
+                Ok(mut s) => *s = stats,
+                Err(p) => *p.into_inner() = stats,
+            }
+            live.dirty = false;
+        }
+        if let Some(t) = live.session.next_timeout() {
+            live.sink.report_deadline(t);
+        }
+    }
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        // Dropped with the endpoint's task: make sure handles and waiters learn it.
+        if !self.session.is_closed() {
+            self.session.abort(DisconnectReason::EndpointClosed);
+            self.pump();
+        }
+    }
+}

@@ -1,0 +1,279 @@
+//! The only module that names laminar: laminar 0.5's `ConnectionManager` with our
+//! `Connection` ([`conn`]) and our `DatagramSocket` ([`socket`]), driven by one tokio task.
+//!
+//! The task sleeps until one of: the socket is readable, a command or send arrives, the
+//! application drained events it had fallen behind on, or the earliest protocol deadline of any
+//! session (retransmission, delayed ack, keepalive, idle timeout) is due. Then it runs one
+//! `manual_poll` pass: read datagrams (up to a budget), apply queued commands, run every
+//! session's timers and transmit. No fixed sleeps, no busy polling: idle, it does not wake.
+//! laminar's own `Socket::start_polling` (a 1 ms sleep per loop) is never used.
+
+mod conn;
+mod socket;
+
+pub(crate) use self::conn::Command;
+
+use std::collections::HashMap;
+use std::collections::hash_map::RandomState;
+use std::hash::BuildHasher;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{Notify, mpsc, oneshot};
+
+use self::conn::{Conn, Init, Role, Sink};
+use self::socket::GatedSocket;
+use crate::config::TransportConfig;
+use crate::error::{ConnectError, DisconnectReason};
+use crate::proto::gate::Gate;
+use crate::proto::ids::PeerId;
+use crate::proto::rng::SplitMix64;
+use crate::transport::io::Io;
+use crate::transport::{ConnShared, Connection, EndpointShared, Event};
+
+/// Requests from `Endpoint` handles to the task.
+#[derive(Debug)]
+pub(crate) enum DriverCmd {
+    Connect {
+        addr: SocketAddr,
+        done: oneshot::Sender<Result<Connection, ConnectError>>,
+    },
+    Shutdown {
+        done: Option<oneshot::Sender<()>>,
+    },
+}
+
+type Manager<I> = laminar::ConnectionManager<GatedSocket<I>, Conn>;
+
+pub(crate) struct Driver<I: Io> {
+    mgr: Manager<I>,
+    sink: Arc<Sink>,
+    cmds: mpsc::UnboundedReceiver<DriverCmd>,
+    rng: SplitMix64,
+    /// Every live session, by address.
+    conns: HashMap<SocketAddr, Arc<ConnShared>>,
+    /// Sessions to create in the next pass (see `conn::scope`).
+    inits: Vec<(SocketAddr, Init)>,
+}
+
+/// 64 bits from the OS's randomness (std seeds every `RandomState` from it).
+fn os_random() -> u64 {
+    RandomState::new().hash_one(0x5eed_u64)
+}
+
+impl<I: Io> Driver<I> {
+    pub(crate) fn new(
+        io: I,
+        config: Arc<TransportConfig>,
+        local_addr: SocketAddr,
+        events: mpsc::UnboundedSender<Event>,
+        cmds: mpsc::UnboundedReceiver<DriverCmd>,
+    ) -> (Self, Arc<EndpointShared>) {
+        let now = tokio::time::Instant::now().into_std();
+        let mut lam = laminar::Config::default();
+        // One byte more than the largest datagram we accept, to detect truncation.
+        lam.receive_buffer_max_size = config.max_datagram_size + 1;
+        // Unconfigured connections (a datagram racing a session's end) are dropped within the
+        // pass anyway; this only bounds them.
+        lam.max_unestablished_connections = 16;
+        let mut rng = SplitMix64::new(os_random());
+        let gate = Gate::new(
+            (rng.next_u64(), rng.next_u64()),
+            now,
+            config.cookie_lifetime,
+            config.accept_incoming,
+        );
+        let socket = GatedSocket::new(io, gate, config.max_connections, now);
+        let mgr = laminar::ConnectionManager::new(socket, lam);
+        let shared = Arc::new(EndpointShared {
+            config: config.clone(),
+            local_addr,
+            wake: Notify::new(),
+            backlog: AtomicUsize::new(0),
+            reading_paused: AtomicBool::new(false),
+            next_peer: AtomicU64::new(1),
+            stopped: AtomicBool::new(false),
+        });
+        let sink = Arc::new(Sink {
+            config,
+            events,
+            endpoint: shared.clone(),
+            next_deadline: AtomicU64::new(u64::MAX),
+            epoch: now,
+        });
+        let driver = Self {
+            mgr,
+            sink,
+            cmds,
+            rng,
+            conns: HashMap::new(),
+            inits: Vec::new(),
+        };
+        (driver, shared)
+    }
+
+    /// Prepares a session at `addr`; laminar creates it in the next pass.
+    fn create(&mut self, addr: SocketAddr, role: Role, now: Instant) {
+        let ep = &self.sink.endpoint;
+        let peer = PeerId(ep.next_peer.fetch_add(1, Ordering::Relaxed));
+        let (tx, inbox) = crossbeam::channel::unbounded();
+        let shared = Arc::new(ConnShared::new(peer, addr, ep.clone(), tx, now));
+        self.conns.insert(addr, shared.clone());
+        self.inits.push((
+            addr,
+            Init {
+                shared,
+                inbox,
+                sink: self.sink.clone(),
+                role,
+            },
+        ));
+        // The manager owns the receiver; it lives as long as `self`.
+        let _ = self.mgr.event_sender().send(conn::poke(addr));
+    }
+
+    /// Sends `cmd` to every live session.
+    fn broadcast(&self, cmd: impl Fn() -> Command) {
+        for c in self.conns.values() {
+            let _ = c.inbox.send(cmd());
+        }
+    }
+
+    fn on_cmd(&mut self, cmd: DriverCmd, now: Instant, shutdown: &mut Option<Shutdown>) {
+        match cmd {
+            DriverCmd::Connect { addr, done } => {
+                if shutdown.is_some() {
+                    let _ = done.send(Err(ConnectError::EndpointClosed));
+                } else if self.mgr.socket().is_known(&addr) {
+                    let _ = done.send(Err(ConnectError::AlreadyConnected));
+                } else {
+                    self.mgr.socket_mut().add_outgoing(addr);
+                    let nonce = self.rng.next_u32();
+                    self.create(addr, Role::Client { nonce, done }, now);
+                }
+            }
+            DriverCmd::Shutdown { done } => self.begin_shutdown(now, done, shutdown),
+        }
+    }
+
+    fn begin_shutdown(
+        &mut self,
+        now: Instant,
+        done: Option<oneshot::Sender<()>>,
+        shutdown: &mut Option<Shutdown>,
+    ) {
+        if let Some(s) = shutdown {
+            s.waiters.extend(done);
+            return;
+        }
+        self.mgr.socket_mut().refusing = true;
+        self.broadcast(|| Command::Close { code: 0 });
+        let cfg = &self.sink.config;
+        let deadline = now + cfg.close_linger + cfg.max_rto * 3;
+        *shutdown = Some(Shutdown {
+            deadline,
+            waiters: done.into_iter().collect(),
+        });
+    }
+
+    /// One pass of laminar's manager.
+    fn poll(&mut self, now: Instant) {
+        for (addr, nonce, window) in std::mem::take(&mut self.mgr.socket_mut().admitted) {
+            let tag = self.rng.next_u32();
+            self.create(addr, Role::Server { nonce, tag, window }, now);
+        }
+        let ep = &self.sink.endpoint;
+        let paused = ep.backlog.load(Ordering::Acquire) >= self.sink.config.event_backlog;
+        ep.reading_paused.store(paused, Ordering::Release);
+        let socket = self.mgr.socket_mut();
+        socket.paused = paused;
+        socket.begin(now, self.sink.config.max_datagrams_per_poll);
+        self.sink.next_deadline.store(u64::MAX, Ordering::Release);
+        let mgr = &mut self.mgr;
+        conn::scope(&mut self.inits, || mgr.manual_poll(now));
+        // Every init is taken in the pass after it was made; one left over means laminar did
+        // not create the connection, and its waiter learns through the dropped `done`.
+        self.inits.clear();
+        while let Ok(ev) = self.mgr.event_receiver().try_recv() {
+            if let laminar::SocketEvent::Disconnect(addr) = ev {
+                self.mgr.socket_mut().forget(&addr);
+                self.conns.remove(&addr);
+            }
+        }
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        let nanos = self.sink.next_deadline.load(Ordering::Acquire);
+        let protocol = (nanos != u64::MAX).then(|| self.sink.epoch + Duration::from_nanos(nanos));
+        [protocol, self.mgr.socket().io.next_arrival()]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    /// The task: runs until shut down.
+    pub(crate) async fn run(mut self) {
+        let mut shutdown: Option<Shutdown> = None;
+        loop {
+            let now = tokio::time::Instant::now().into_std();
+            while let Ok(cmd) = self.cmds.try_recv() {
+                self.on_cmd(cmd, now, &mut shutdown);
+            }
+            self.poll(now);
+            if let Some(s) = &shutdown {
+                if self.mgr.socket().known_count() == 0 || now >= s.deadline {
+                    break;
+                }
+            }
+            let socket = self.mgr.socket();
+            if !socket.admitted.is_empty() || socket.budget_exhausted() {
+                // More work is ready; let other tasks run first.
+                tokio::task::yield_now().await;
+                continue;
+            }
+            let deadline = [self.next_deadline(), shutdown.as_ref().map(|s| s.deadline)]
+                .into_iter()
+                .flatten()
+                .min();
+            let Self {
+                mgr, sink, cmds, ..
+            } = &mut self;
+            let socket = mgr.socket();
+            let readable = std::future::poll_fn(|cx| socket.io.poll_readable(cx));
+            let sleep =
+                tokio::time::sleep_until(tokio::time::Instant::from_std(deadline.unwrap_or(now)));
+            tokio::select! {
+                biased;
+                cmd = cmds.recv(), if shutdown.is_none() => {
+                    let now = tokio::time::Instant::now().into_std();
+                    match cmd {
+                        Some(cmd) => self.on_cmd(cmd, now, &mut shutdown),
+                        None => self.begin_shutdown(now, None, &mut shutdown),
+                    }
+                }
+                _ = sink.endpoint.wake.notified() => {}
+                _ = readable, if !socket.paused => {}
+                _ = sleep, if deadline.is_some() => {}
+            }
+        }
+        // Whatever did not finish in time ends now.
+        let now = tokio::time::Instant::now().into_std();
+        self.broadcast(|| Command::Abort {
+            reason: DisconnectReason::EndpointClosed,
+        });
+        self.poll(now);
+        self.sink.endpoint.stopped.store(true, Ordering::Release);
+        if let Some(s) = shutdown {
+            for w in s.waiters {
+                let _ = w.send(());
+            }
+        }
+    }
+}
+
+struct Shutdown {
+    deadline: Instant,
+    waiters: Vec<oneshot::Sender<()>>,
+}

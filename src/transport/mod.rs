@@ -1,0 +1,421 @@
+//! Moving messages between peers over UDP: the public transport API.
+//!
+//! An [`Endpoint`] is one UDP socket and the task that drives it. It connects to peers
+//! ([`Endpoint::connect`]) and, if configured to, accepts them; each session is a
+//! [`Connection`] handle. Everything that happens arrives as an [`Event`] from
+//! [`Endpoint::next_event`], in order per peer: `Connected`, its messages, `Disconnected`.
+//!
+//! Delivery classes ([`Delivery`]): reliable-ordered on 256 independent streams, reliable-
+//! unordered (exactly once), unreliable, and unreliable-sequenced (latest wins per stream).
+//! Messages up to `max_message_size` (default 1 MiB) of any class are chunked as needed.
+//!
+//! Under the hood: laminar 0.5's `ConnectionManager` with our own `Connection` (the sans-IO
+//! [`Session`](crate::proto::session::Session)) and our own `DatagramSocket` behind a stateless
+//! handshake gate, driven by one tokio task per socket that sleeps until the socket is
+//! readable, a command arrives or the earliest protocol timer is due.
+
+mod io;
+mod laminar;
+#[cfg(feature = "test-util")]
+pub mod sim;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Instant;
+
+use bytes::Bytes;
+use tokio::sync::{Notify, mpsc, oneshot};
+
+use crate::config::TransportConfig;
+use crate::error::{BindError, ConnectError, DisconnectReason, SendError};
+use crate::proto::channel::max_message_for;
+use crate::proto::channel::send::MESSAGE_COST;
+pub use crate::proto::ids::{PeerId, StreamId};
+pub use crate::proto::stats::ConnectionStats;
+use crate::proto::wire::Class;
+
+use self::laminar::{Command, Driver, DriverCmd};
+
+/// How a message travels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Delivery {
+    /// Retransmitted until acknowledged; delivered in send order within its stream. A loss on
+    /// one stream never delays another.
+    ReliableOrdered(StreamId),
+    /// Retransmitted until acknowledged; delivered as it arrives, exactly once.
+    ReliableUnordered,
+    /// Sent once; may be lost. Never duplicated.
+    Unreliable,
+    /// Sent once; within its stream a message older than one already delivered is dropped.
+    UnreliableSequenced(StreamId),
+}
+
+impl Delivery {
+    /// Reliable-ordered on stream `stream`.
+    pub const fn reliable_ordered(stream: u8) -> Self {
+        Self::ReliableOrdered(StreamId(stream))
+    }
+
+    /// Unreliable-sequenced on stream `stream`.
+    pub const fn unreliable_sequenced(stream: u8) -> Self {
+        Self::UnreliableSequenced(StreamId(stream))
+    }
+
+    pub(crate) fn split(self) -> (Class, u8) {
+        match self {
+            Self::ReliableOrdered(s) => (Class::ReliableOrdered, s.0),
+            Self::ReliableUnordered => (Class::ReliableUnordered, 0),
+            Self::Unreliable => (Class::Unreliable, 0),
+            Self::UnreliableSequenced(s) => (Class::Sequenced, s.0),
+        }
+    }
+
+    pub(crate) fn join(class: Class, stream: u8) -> Self {
+        match class {
+            Class::ReliableOrdered => Self::ReliableOrdered(StreamId(stream)),
+            Class::ReliableUnordered => Self::ReliableUnordered,
+            Class::Unreliable => Self::Unreliable,
+            Class::Sequenced => Self::UnreliableSequenced(StreamId(stream)),
+        }
+    }
+}
+
+/// Something that happened on an endpoint.
+#[derive(Debug)]
+pub enum Event {
+    /// A session was established (one we opened or, on a server, one a peer opened).
+    Connected(Connection),
+    /// A message arrived.
+    Message {
+        /// From whom.
+        peer: PeerId,
+        /// Its delivery class and stream.
+        delivery: Delivery,
+        /// The message.
+        payload: Bytes,
+    },
+    /// A session ended; nothing more comes from this `peer`.
+    Disconnected {
+        /// Who.
+        peer: PeerId,
+        /// Why.
+        reason: DisconnectReason,
+    },
+}
+
+/// State shared between an endpoint's handles and its task.
+#[derive(Debug)]
+pub(crate) struct EndpointShared {
+    pub(crate) config: Arc<TransportConfig>,
+    pub(crate) local_addr: SocketAddr,
+    /// Wakes the task: sends were queued, or the application drained events.
+    pub(crate) wake: Notify,
+    /// Events handed to the application and not yet taken.
+    pub(crate) backlog: AtomicUsize,
+    pub(crate) reading_paused: AtomicBool,
+    pub(crate) next_peer: AtomicU64,
+    pub(crate) stopped: AtomicBool,
+}
+
+const CONNECTING: u8 = 0;
+const OPEN: u8 = 1;
+const CLOSED: u8 = 2;
+
+/// State shared between a connection's handles and its session in the endpoint's task.
+#[derive(Debug)]
+pub(crate) struct ConnShared {
+    pub(crate) peer: PeerId,
+    pub(crate) addr: SocketAddr,
+    pub(crate) endpoint: Arc<EndpointShared>,
+    /// The session's command inbox, drained by the endpoint's task every pass.
+    pub(crate) inbox: crossbeam::channel::Sender<Command>,
+    /// Send-buffer bytes charged and not yet released (see `TransportConfig::send_buffer`).
+    pub(crate) queued: AtomicUsize,
+    state: AtomicU8,
+    reason: OnceLock<DisconnectReason>,
+    pub(crate) peer_window: AtomicU64,
+    /// The latest statistics, published by the endpoint's task after each pass that touched
+    /// this session. A plain mutex: held only to copy a small value, never across an await, so
+    /// that `stats()` can be called synchronously from a game loop.
+    pub(crate) stats: Mutex<ConnectionStats>,
+    /// Notified when send-buffer bytes are released or the session closes.
+    pub(crate) room: Notify,
+}
+
+impl ConnShared {
+    pub(crate) fn new(
+        peer: PeerId,
+        addr: SocketAddr,
+        endpoint: Arc<EndpointShared>,
+        inbox: crossbeam::channel::Sender<Command>,
+        now: Instant,
+    ) -> Self {
+        Self {
+            peer,
+            addr,
+            endpoint,
+            inbox,
+            queued: AtomicUsize::new(0),
+            state: AtomicU8::new(CONNECTING),
+            reason: OnceLock::new(),
+            peer_window: AtomicU64::new(0),
+            stats: Mutex::new(ConnectionStats::new(now)),
+            room: Notify::new(),
+        }
+    }
+
+    pub(crate) fn set_open(&self, peer_window: u64) {
+        self.peer_window.store(peer_window, Ordering::Release);
+        self.state.store(OPEN, Ordering::Release);
+    }
+
+    pub(crate) fn set_closed(&self, reason: DisconnectReason) {
+        let _ = self.reason.set(reason);
+        self.state.store(CLOSED, Ordering::Release);
+        self.room.notify_waiters();
+    }
+
+    pub(crate) fn release(&self, bytes: usize) {
+        if bytes > 0 {
+            self.queued.fetch_sub(bytes, Ordering::AcqRel);
+            self.room.notify_waiters();
+        }
+    }
+}
+
+/// A handle to one session. Cheap to clone; all clones refer to the same session. Dropping
+/// handles does not close the session: call [`Connection::close`].
+#[derive(Clone)]
+pub struct Connection {
+    pub(crate) shared: Arc<ConnShared>,
+}
+
+impl fmt::Debug for Connection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Connection")
+            .field("peer", &self.shared.peer)
+            .field("addr", &self.shared.addr)
+            .finish()
+    }
+}
+
+impl Connection {
+    /// This session's id on this endpoint.
+    pub fn peer_id(&self) -> PeerId {
+        self.shared.peer
+    }
+
+    /// The peer's address.
+    pub fn remote_addr(&self) -> SocketAddr {
+        self.shared.addr
+    }
+
+    /// Whether the session is established and not closed.
+    pub fn is_connected(&self) -> bool {
+        self.shared.state.load(Ordering::Acquire) == OPEN
+    }
+
+    /// Why the session ended, once it has.
+    pub fn disconnect_reason(&self) -> Option<DisconnectReason> {
+        self.shared.reason.get().copied()
+    }
+
+    /// The largest message this connection accepts for `delivery`.
+    pub fn max_message_size(&self, delivery: Delivery) -> usize {
+        let cfg = &self.shared.endpoint.config;
+        max_message_for(
+            cfg,
+            self.shared.peer_window.load(Ordering::Acquire),
+            delivery.split().0,
+        )
+    }
+
+    /// Queues a message. Never blocks: fails at once if the message is too large, the send
+    /// buffer is full, or the session is closed.
+    pub fn send(&self, delivery: Delivery, payload: impl Into<Bytes>) -> Result<(), SendError> {
+        let payload = payload.into();
+        self.try_charge(delivery, payload.len())?;
+        self.enqueue(delivery, payload);
+        Ok(())
+    }
+
+    /// Queues a message, waiting for room in the send buffer if it is full.
+    pub async fn send_wait(
+        &self,
+        delivery: Delivery,
+        payload: impl Into<Bytes>,
+    ) -> Result<(), SendError> {
+        let payload = payload.into();
+        loop {
+            let room = self.shared.room.notified();
+            tokio::pin!(room);
+            room.as_mut().enable();
+            match self.try_charge(delivery, payload.len()) {
+                Err(SendError::BufferFull { .. }) => room.await,
+                Err(e) => return Err(e),
+                Ok(()) => break,
+            }
+        }
+        self.enqueue(delivery, payload);
+        Ok(())
+    }
+
+    fn try_charge(&self, delivery: Delivery, len: usize) -> Result<(), SendError> {
+        if !self.is_connected() {
+            return Err(SendError::Closed);
+        }
+        let max = self.max_message_size(delivery);
+        if len > max {
+            return Err(SendError::MessageTooLarge { size: len, max });
+        }
+        let limit = self.shared.endpoint.config.send_buffer;
+        let cost = len + MESSAGE_COST;
+        let before = self.shared.queued.fetch_add(cost, Ordering::AcqRel);
+        if before + cost > limit && before > 0 {
+            self.shared.queued.fetch_sub(cost, Ordering::AcqRel);
+            return Err(SendError::BufferFull {
+                queued: before,
+                limit,
+            });
+        }
+        Ok(())
+    }
+
+    fn enqueue(&self, delivery: Delivery, payload: Bytes) {
+        let (class, stream) = delivery.split();
+        self.command(Command::Send {
+            class,
+            stream,
+            payload,
+        });
+    }
+
+    fn command(&self, cmd: Command) {
+        // The receiver lives as long as the session; if it is gone, the command has no object.
+        let _ = self.shared.inbox.send(cmd);
+        self.shared.endpoint.wake.notify_one();
+    }
+
+    /// Closes the session with an application `code` the peer will see
+    /// ([`DisconnectReason::ClosedByPeer`]). Queued reliable messages are still delivered, for
+    /// up to `close_linger`.
+    pub fn close(&self, code: u32) {
+        self.command(Command::Close { code });
+    }
+
+    /// The latest statistics snapshot (refreshed by the endpoint's task as it works).
+    pub fn stats(&self) -> ConnectionStats {
+        match self.shared.stats.lock() {
+            Ok(s) => *s,
+            Err(poisoned) => *poisoned.into_inner(),
+        }
+    }
+}
+
+/// One UDP socket, any number of sessions, and the task that drives them.
+///
+/// The task runs until [`Endpoint::close`] completes or the `Endpoint` is dropped (then it
+/// closes every session, lingering at most `close_linger` to flush, and stops).
+#[must_use = "dropping the endpoint shuts it down"]
+#[derive(Debug)]
+pub struct Endpoint {
+    shared: Arc<EndpointShared>,
+    driver: mpsc::UnboundedSender<DriverCmd>,
+    events: mpsc::UnboundedReceiver<Event>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Endpoint {
+    /// Binds a UDP socket at `addr` and starts its task on the current tokio runtime.
+    pub fn bind(addr: SocketAddr, config: TransportConfig) -> Result<Self, BindError> {
+        config.validate()?;
+        let io = io::UdpIo::bind(addr, config.socket_buffer_size)?;
+        Self::start(io, config)
+    }
+
+    pub(crate) fn start(io: impl io::Io, config: TransportConfig) -> Result<Self, BindError> {
+        let local_addr = io.local_addr()?;
+        let (driver_tx, driver_rx) = mpsc::unbounded_channel();
+        let (events_tx, events_rx) = mpsc::unbounded_channel();
+        let config = Arc::new(config);
+        let (driver, shared) = Driver::new(io, config, local_addr, events_tx, driver_rx);
+        let task = tokio::spawn(driver.run());
+        Ok(Self {
+            shared,
+            driver: driver_tx,
+            events: events_rx,
+            task: Some(task),
+        })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.shared.local_addr
+    }
+
+    /// The configuration in use.
+    pub fn config(&self) -> &TransportConfig {
+        &self.shared.config
+    }
+
+    /// Opens a session to `addr` and waits for the handshake (at most `handshake_timeout`).
+    pub async fn connect(&self, addr: SocketAddr) -> Result<Connection, ConnectError> {
+        let (tx, rx) = oneshot::channel();
+        self.driver
+            .send(DriverCmd::Connect { addr, done: tx })
+            .map_err(|_| ConnectError::EndpointClosed)?;
+        rx.await.map_err(|_| ConnectError::EndpointClosed)?
+    }
+
+    /// The next event; `None` once the endpoint has shut down and every event was taken.
+    pub async fn next_event(&mut self) -> Option<Event> {
+        let e = self.events.recv().await?;
+        self.took_event();
+        Some(e)
+    }
+
+    /// The next event if one is ready.
+    pub fn try_next_event(&mut self) -> Option<Event> {
+        let e = self.events.try_recv().ok()?;
+        self.took_event();
+        Some(e)
+    }
+
+    fn took_event(&self) {
+        let left = self.shared.backlog.fetch_sub(1, Ordering::AcqRel) - 1;
+        if self.shared.reading_paused.load(Ordering::Acquire)
+            && left <= self.shared.config.event_backlog / 2
+        {
+            self.shared.wake.notify_one();
+        }
+    }
+
+    /// Closes every session (flushing queued reliable data for up to `close_linger`), then
+    /// stops the task. Events keep arriving until it is done.
+    pub async fn close(&mut self) {
+        let (tx, rx) = oneshot::channel();
+        if self
+            .driver
+            .send(DriverCmd::Shutdown { done: Some(tx) })
+            .is_ok()
+        {
+            let _ = rx.await;
+        }
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+
+    /// Whether the task has stopped.
+    pub fn is_closed(&self) -> bool {
+        self.shared.stopped.load(Ordering::Acquire)
+    }
+}
+
+impl Drop for Endpoint {
+    fn drop(&mut self) {
+        let _ = self.driver.send(DriverCmd::Shutdown { done: None });
+    }
+}

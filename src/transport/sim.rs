@@ -1,0 +1,389 @@
+//! A seeded in-memory network for deterministic tests (feature `test-util`).
+//!
+//! Sockets bound on a [`SimNetwork`] exchange datagrams through it, with loss, latency and
+//! jitter, duplication, reordering and an MTU applied per link. Every link has its own
+//! random stream derived from the network's seed and the two addresses, so what happens on one
+//! link does not depend on traffic elsewhere. Time is tokio's clock: under
+//! `tokio::time::pause()` (or `#[tokio::test(start_paused = true)]`) a test runs on virtual
+//! time, as fast as the CPU allows and the same way every run.
+//!
+//! ```no_run
+//! # async fn demo() {
+//! use grainwire::transport::sim::{SimConfig, SimNetwork};
+//! use grainwire::TransportConfig;
+//!
+//! let net = SimNetwork::new(7, SimConfig { loss: 0.05, ..SimConfig::default() });
+//! let server = net.endpoint("10.0.0.1:9000".parse().unwrap(), TransportConfig::server()).unwrap();
+//! let client = net.endpoint("10.0.0.2:0".parse().unwrap(), TransportConfig::default()).unwrap();
+//! let conn = client.connect(server.local_addr()).await.unwrap();
+//! # }
+//! ```
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::io;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use super::Endpoint;
+use super::io::Io;
+use crate::config::TransportConfig;
+use crate::error::BindError;
+use crate::proto::rng::SplitMix64;
+use crate::proto::siphash::siphash24;
+
+/// How a link behaves. Probabilities are per datagram.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SimConfig {
+    /// Probability that a datagram is lost.
+    pub loss: f64,
+    /// Probability that a datagram is delivered twice (each copy with its own delay).
+    pub duplicate: f64,
+    /// One-way latency.
+    pub delay: Duration,
+    /// Extra latency, uniform in `0..jitter` (reorders datagrams sent closer than that).
+    pub jitter: Duration,
+    /// Probability that a datagram is held back by `reorder_delay` more.
+    pub reorder: f64,
+    /// How long a reordered datagram is held back.
+    pub reorder_delay: Duration,
+    /// Datagrams larger than this are dropped.
+    pub mtu: usize,
+    /// Datagrams waiting at one socket beyond this many are dropped (a full socket buffer).
+    pub queue_limit: usize,
+}
+
+impl Default for SimConfig {
+    /// A clean 10 ms link: no loss, no duplication, no reordering, 1500-byte MTU.
+    fn default() -> Self {
+        Self {
+            loss: 0.0,
+            duplicate: 0.0,
+            delay: Duration::from_millis(10),
+            jitter: Duration::ZERO,
+            reorder: 0.0,
+            reorder_delay: Duration::from_millis(5),
+            mtu: 1500,
+            queue_limit: 4096,
+        }
+    }
+}
+
+/// What the network did, in total.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SimStats {
+    /// Datagrams handed to the network.
+    pub sent: u64,
+    /// Datagrams delivered to a socket (duplicates count twice).
+    pub delivered: u64,
+    /// Dropped by `loss` or a link that is down.
+    pub lost: u64,
+    /// Extra copies made by `duplicate`.
+    pub duplicated: u64,
+    /// Dropped for exceeding the MTU.
+    pub oversize: u64,
+    /// Dropped at a full socket queue or an unbound address.
+    pub undeliverable: u64,
+}
+
+#[derive(Debug)]
+struct Link {
+    rng: SplitMix64,
+    seq: u64,
+}
+
+type Queued = Reverse<(Instant, SocketAddr, u64, Vec<u8>)>;
+
+#[derive(Debug, Default)]
+struct SocketState {
+    queue: BinaryHeap<Queued>,
+    waker: Option<Waker>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    seed: u64,
+    config: SimConfig,
+    overrides: HashMap<(SocketAddr, SocketAddr), SimConfig>,
+    down: HashMap<SocketAddr, bool>,
+    links: HashMap<(SocketAddr, SocketAddr), Link>,
+    sockets: HashMap<SocketAddr, SocketState>,
+    next_port: u16,
+    stats: SimStats,
+}
+
+/// The simulated network. Cheap to clone; clones are the same network.
+#[derive(Debug, Clone)]
+pub struct SimNetwork {
+    // One lock for the whole network: sockets on several tasks share it, each access is a
+    // short synchronous section, and it is never held across an await.
+    inner: Arc<Mutex<Inner>>,
+}
+
+fn addr_bytes(a: &SocketAddr) -> [u8; 18] {
+    let mut b = [0u8; 18];
+    match a.ip() {
+        std::net::IpAddr::V4(ip) => b[..4].copy_from_slice(&ip.octets()),
+        std::net::IpAddr::V6(ip) => b[..16].copy_from_slice(&ip.octets()),
+    }
+    b[16..].copy_from_slice(&a.port().to_le_bytes());
+    b
+}
+
+impl SimNetwork {
+    /// A network whose every link behaves as `config`, random streams derived from `seed`.
+    pub fn new(seed: u64, config: SimConfig) -> Self {
+        let inner = Inner {
+            seed,
+            config,
+            overrides: HashMap::new(),
+            down: HashMap::new(),
+            links: HashMap::new(),
+            sockets: HashMap::new(),
+            next_port: 40000,
+            stats: SimStats::default(),
+        };
+        Self {
+            inner: Arc::new(Mutex::new(inner)),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        match self.inner.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        }
+    }
+
+    /// Changes the behaviour of every link without an override.
+    pub fn set_config(&self, config: SimConfig) {
+        self.lock().config = config;
+    }
+
+    /// Overrides the behaviour of the link from `from` to `to` (one direction).
+    pub fn set_link(&self, from: SocketAddr, to: SocketAddr, config: SimConfig) {
+        self.lock().overrides.insert((from, to), config);
+    }
+
+    /// Cuts (`true`) or restores every link to and from `addr`: a host that crashed or lost
+    /// its network. Its sockets stay bound.
+    pub fn set_down(&self, addr: SocketAddr, down: bool) {
+        self.lock().down.insert(addr, down);
+    }
+
+    /// What the network did so far.
+    pub fn stats(&self) -> SimStats {
+        self.lock().stats
+    }
+
+    fn bind_io(&self, mut addr: SocketAddr) -> io::Result<SimIo> {
+        let mut inner = self.lock();
+        if addr.port() == 0 {
+            loop {
+                let port = inner.next_port;
+                inner.next_port = inner.next_port.checked_add(1).unwrap_or(40000);
+                addr.set_port(port);
+                if !inner.sockets.contains_key(&addr) {
+                    break;
+                }
+            }
+        }
+        if inner.sockets.contains_key(&addr) {
+            return Err(io::ErrorKind::AddrInUse.into());
+        }
+        inner.sockets.insert(addr, SocketState::default());
+        Ok(SimIo {
+            net: self.clone(),
+            addr,
+        })
+    }
+
+    /// Starts an [`Endpoint`] on this network at `addr` (port 0 picks a free one). Must be
+    /// called inside a tokio runtime.
+    pub fn endpoint(
+        &self,
+        addr: SocketAddr,
+        config: TransportConfig,
+    ) -> Result<Endpoint, BindError> {
+        config.validate()?;
+        Endpoint::start(self.bind_io(addr)?, config)
+    }
+
+    /// A bare socket on this network, for tests that speak raw datagrams.
+    pub fn raw_socket(&self, addr: SocketAddr) -> io::Result<RawSocket> {
+        Ok(RawSocket {
+            io: self.bind_io(addr)?,
+        })
+    }
+
+    fn send(&self, now: Instant, from: SocketAddr, to: SocketAddr, data: &[u8]) {
+        let mut guard = self.lock();
+        let inner = &mut *guard;
+        inner.stats.sent += 1;
+        let cfg = inner
+            .overrides
+            .get(&(from, to))
+            .unwrap_or(&inner.config)
+            .clone();
+        if data.len() > cfg.mtu {
+            inner.stats.oversize += 1;
+            return;
+        }
+        let seed = inner.seed;
+        let link = inner.links.entry((from, to)).or_insert_with(|| {
+            let mut key = [0u8; 36];
+            key[..18].copy_from_slice(&addr_bytes(&from));
+            key[18..].copy_from_slice(&addr_bytes(&to));
+            Link {
+                rng: SplitMix64::new(siphash24(seed, !seed, &key)),
+                seq: 0,
+            }
+        });
+        let cut = inner.down.get(&from).copied().unwrap_or(false)
+            || inner.down.get(&to).copied().unwrap_or(false);
+        // Draw the same numbers whatever the outcome, so one decision never shifts the next.
+        let lost = link.rng.next_f64() < cfg.loss;
+        let dup = link.rng.next_f64() < cfg.duplicate;
+        let mut arrivals = [Duration::ZERO; 2];
+        for a in &mut arrivals {
+            let jitter = cfg.jitter.mul_f64(link.rng.next_f64());
+            let reorder = if link.rng.next_f64() < cfg.reorder {
+                cfg.reorder_delay
+            } else {
+                Duration::ZERO
+            };
+            *a = cfg.delay + jitter + reorder;
+        }
+        if lost || cut {
+            inner.stats.lost += 1;
+            return;
+        }
+        let copies = if dup { 2 } else { 1 };
+        inner.stats.duplicated += copies - 1;
+        for arrival in &arrivals[..copies as usize] {
+            link.seq += 1;
+            let seq = link.seq;
+            match inner.sockets.get_mut(&to) {
+                Some(s) if s.queue.len() < cfg.queue_limit => {
+                    s.queue
+                        .push(Reverse((now + *arrival, from, seq, data.to_vec())));
+                    inner.stats.delivered += 1;
+                    if let Some(w) = s.waker.take() {
+                        w.wake();
+                    }
+                }
+                _ => inner.stats.undeliverable += 1,
+            }
+        }
+    }
+}
+
+/// One socket on a [`SimNetwork`].
+#[derive(Debug)]
+pub(crate) struct SimIo {
+    net: SimNetwork,
+    addr: SocketAddr,
+}
+
+impl Drop for SimIo {
+    fn drop(&mut self) {
+        self.net.lock().sockets.remove(&self.addr);
+    }
+}
+
+impl SimIo {
+    fn pop(&self, now: Instant) -> Option<(SocketAddr, Vec<u8>)> {
+        let mut inner = self.net.lock();
+        let s = inner.sockets.get_mut(&self.addr)?;
+        match s.queue.peek() {
+            Some(Reverse((at, ..))) if *at <= now => {}
+            _ => return None,
+        }
+        let Reverse((_, from, _, data)) = s.queue.pop()?;
+        Some((from, data))
+    }
+}
+
+impl Io for SimIo {
+    fn recv_from(&mut self, now: Instant, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
+        let (from, data) = self.pop(now).ok_or(io::ErrorKind::WouldBlock)?;
+        // Like a kernel: a datagram longer than the buffer is truncated to it.
+        let n = data.len().min(buf.len());
+        buf[..n].copy_from_slice(&data[..n]);
+        Ok((n, from))
+    }
+
+    fn send_to(&mut self, now: Instant, to: SocketAddr, buf: &[u8]) -> io::Result<usize> {
+        self.net.send(now, self.addr, to, buf);
+        Ok(buf.len())
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        Ok(self.addr)
+    }
+
+    fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let now = tokio::time::Instant::now().into_std();
+        let mut inner = self.net.lock();
+        let Some(s) = inner.sockets.get_mut(&self.addr) else {
+            return Poll::Pending;
+        };
+        match s.queue.peek() {
+            Some(Reverse((at, ..))) if *at <= now => Poll::Ready(Ok(())),
+            _ => {
+                s.waker = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        }
+    }
+
+    fn next_arrival(&self) -> Option<Instant> {
+        let inner = self.net.lock();
+        inner
+            .sockets
+            .get(&self.addr)?
+            .queue
+            .peek()
+            .map(|Reverse((at, ..))| *at)
+    }
+}
+
+/// A bare datagram socket on a [`SimNetwork`], for tests that send hand-made datagrams.
+#[derive(Debug)]
+pub struct RawSocket {
+    io: SimIo,
+}
+
+impl RawSocket {
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.io.addr
+    }
+
+    /// Sends one datagram.
+    pub fn send_to(&self, to: SocketAddr, data: &[u8]) {
+        let now = tokio::time::Instant::now().into_std();
+        self.io.net.send(now, self.io.addr, to, data);
+    }
+
+    /// Receives the next datagram, waiting for it.
+    pub async fn recv(&self) -> (SocketAddr, Vec<u8>) {
+        loop {
+            let now = tokio::time::Instant::now().into_std();
+            if let Some(d) = self.io.pop(now) {
+                return d;
+            }
+            match self.io.next_arrival() {
+                Some(at) => tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await,
+                None => std::future::poll_fn(|cx| self.io.poll_readable(cx).map(|_| ())).await,
+            }
+        }
+    }
+
+    /// Receives the next datagram if one is due, or waits at most `timeout` of (virtual) time.
+    pub async fn recv_timeout(&self, timeout: Duration) -> Option<(SocketAddr, Vec<u8>)> {
+        tokio::time::timeout(timeout, self.recv()).await.ok()
+    }
+}
