@@ -62,7 +62,7 @@ pub struct TransportConfig {
     /// Give up connecting after this long. Default 5 s.
     #[serde(with = "duration_ms")]
     pub handshake_timeout: Duration,
-    /// First handshake retransmission interval; it doubles on each retry. Default 250 ms.
+    /// Handshake retransmission interval; it backs off to twice this. Default 250 ms.
     #[serde(with = "duration_ms")]
     pub handshake_retry: Duration,
     /// On a local close, how long to keep sending queued reliable data before the `CLOSE`
@@ -131,10 +131,7 @@ pub struct ConfigError {
 impl TransportConfig {
     /// A server's defaults: accepts incoming sessions.
     pub fn server() -> Self {
-        Self {
-            accept_incoming: true,
-            ..Self::default()
-        }
+        Self { accept_incoming: true, ..Self::default() }
     }
 
     /// Checks every bound the protocol relies on.
@@ -168,16 +165,10 @@ impl TransportConfig {
             );
         }
         if self.keepalive_interval.is_zero() || self.keepalive_interval >= self.idle_timeout {
-            return err(
-                "keepalive_interval",
-                "must be non-zero and shorter than idle_timeout",
-            );
+            return err("keepalive_interval", "must be non-zero and shorter than idle_timeout");
         }
         if self.handshake_retry.is_zero() || self.handshake_retry > self.handshake_timeout {
-            return err(
-                "handshake_retry",
-                "must be non-zero and at most handshake_timeout",
-            );
+            return err("handshake_retry", "must be non-zero and at most handshake_timeout");
         }
         if self.cookie_lifetime < self.handshake_retry {
             return err("cookie_lifetime", "must be at least handshake_retry");
@@ -221,20 +212,11 @@ mod tests {
     fn defaults_are_valid_and_bad_values_are_named() {
         TransportConfig::default().validate().unwrap();
         TransportConfig::server().validate().unwrap();
-        let bad = TransportConfig {
-            stream_window: 9000,
-            ..Default::default()
-        };
+        let bad = TransportConfig { stream_window: 9000, ..Default::default() };
         assert_eq!(bad.validate().unwrap_err().field, "stream_window");
-        let bad = TransportConfig {
-            max_datagram_size: 100,
-            ..Default::default()
-        };
+        let bad = TransportConfig { max_datagram_size: 100, ..Default::default() };
         assert_eq!(bad.validate().unwrap_err().field, "max_datagram_size");
-        let bad = TransportConfig {
-            receive_window: 10,
-            ..Default::default()
-        };
+        let bad = TransportConfig { receive_window: 10, ..Default::default() };
         assert_eq!(bad.validate().unwrap_err().field, "receive_window");
     }
 }

@@ -18,28 +18,16 @@ async fn every_class_round_trips_over_loopback() {
     let (mut server, mut client) = pair().await;
     let conn = client.connect(server.local_addr()).await.expect("connect");
     assert!(conn.is_connected());
-    let Some(Event::Connected(_)) = client.next_event().await else {
-        panic!("client Connected")
-    };
-    let Some(Event::Connected(sc)) = server.next_event().await else {
-        panic!("server Connected")
-    };
+    let Some(Event::Connected(_)) = client.next_event().await else { panic!("client Connected") };
+    let Some(Event::Connected(sc)) = server.next_event().await else { panic!("server Connected") };
     let n = 1000u32;
     for i in 0..n {
-        conn.send(
-            Delivery::reliable_ordered((i % 3) as u8),
-            Bytes::from(i.to_le_bytes().to_vec()),
-        )
-        .unwrap();
+        conn.send(Delivery::reliable_ordered((i % 3) as u8), Bytes::from(i.to_le_bytes().to_vec()))
+            .unwrap();
     }
-    conn.send(
-        Delivery::ReliableUnordered,
-        Bytes::from_static(b"unordered"),
-    )
-    .unwrap();
+    conn.send(Delivery::ReliableUnordered, Bytes::from_static(b"unordered")).unwrap();
     let big: Vec<u8> = (0..200 * 1024).map(|i| (i % 251) as u8).collect();
-    conn.send(Delivery::reliable_ordered(9), Bytes::from(big.clone()))
-        .unwrap();
+    conn.send(Delivery::reliable_ordered(9), Bytes::from(big.clone())).unwrap();
     let mut next = [0u32; 3];
     let mut got_big = false;
     let mut got_unordered = false;
@@ -50,11 +38,7 @@ async fn every_class_round_trips_over_loopback() {
             .expect("timely")
             .unwrap();
         match ev {
-            Event::Message {
-                delivery: Delivery::ReliableOrdered(s),
-                payload,
-                peer,
-            } if s.0 < 3 => {
+            Event::Message { delivery: Delivery::ReliableOrdered(s), payload, peer } if s.0 < 3 => {
                 assert_eq!(peer, sc.peer_id());
                 let v = u32::from_le_bytes(payload[..].try_into().unwrap());
                 assert_eq!(v % 3, u32::from(s.0));
@@ -62,20 +46,12 @@ async fn every_class_round_trips_over_loopback() {
                 next[s.0 as usize] += 1;
                 count += 1;
             }
-            Event::Message {
-                delivery: Delivery::ReliableOrdered(s),
-                payload,
-                ..
-            } => {
+            Event::Message { delivery: Delivery::ReliableOrdered(s), payload, .. } => {
                 assert_eq!(s.0, 9);
                 assert_eq!(&payload[..], &big[..]);
                 got_big = true;
             }
-            Event::Message {
-                delivery: Delivery::ReliableUnordered,
-                payload,
-                ..
-            } => {
+            Event::Message { delivery: Delivery::ReliableUnordered, payload, .. } => {
                 assert_eq!(&payload[..], b"unordered");
                 got_unordered = true;
             }
@@ -92,10 +68,7 @@ async fn every_class_round_trips_over_loopback() {
             .unwrap()
         {
             Event::Disconnected { reason, .. } => {
-                assert_eq!(
-                    reason,
-                    grainwire::error::DisconnectReason::ClosedByPeer { code: 7 }
-                );
+                assert_eq!(reason, grainwire::error::DisconnectReason::ClosedByPeer { code: 7 });
                 break;
             }
             other => panic!("unexpected {other:?}"),

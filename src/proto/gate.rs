@@ -45,13 +45,7 @@ pub struct Gate {
 impl Gate {
     /// A gate with the 128-bit secret `(k0, k1)`, its cookie clock starting at `epoch`.
     pub fn new(secret: (u64, u64), epoch: Instant, lifetime: Duration, accept: bool) -> Self {
-        Self {
-            k0: secret.0,
-            k1: secret.1,
-            epoch,
-            lifetime_secs: lifetime.as_secs().max(1),
-            accept,
-        }
+        Self { k0: secret.0, k1: secret.1, epoch, lifetime_secs: lifetime.as_secs().max(1), accept }
     }
 
     fn mac(&self, addr: SocketAddr, nonce: u32, time: u32) -> u64 {
@@ -79,10 +73,7 @@ impl Gate {
     /// Issues a cookie for `addr`'s attempt `nonce`.
     pub fn cookie(&self, now: Instant, addr: SocketAddr, nonce: u32) -> Cookie {
         let time = self.clock(now);
-        Cookie {
-            time,
-            mac: self.mac(addr, nonce, time),
-        }
+        Cookie { time, mac: self.mac(addr, nonce, time) }
     }
 
     /// Whether `cookie` was issued by us to `addr` for `nonce`, within the cookie lifetime.
@@ -133,33 +124,20 @@ impl Gate {
                         reason: RejectReason::VersionMismatch { supported: VERSION },
                     }
                 } else if !self.accept {
-                    Handshake::Reject {
-                        nonce,
-                        reason: RejectReason::NotAccepting,
-                    }
+                    Handshake::Reject { nonce, reason: RejectReason::NotAccepting }
                 } else {
-                    Handshake::Challenge {
-                        nonce,
-                        cookie: self.cookie(now, from, nonce),
-                    }
+                    Handshake::Challenge { nonce, cookie: self.cookie(now, from, nonce) }
                 };
                 wire::encode_handshake(out, &reply);
                 Verdict::Reply
             }
-            Handshake::Connect {
-                nonce,
-                cookie,
-                window,
-            } => {
+            Handshake::Connect { nonce, cookie, window } => {
                 if !self.accept || !self.verify(now, from, nonce, &cookie) {
                     Verdict::Drop
                 } else if known {
                     Verdict::Pass
                 } else if full {
-                    let reply = Handshake::Reject {
-                        nonce,
-                        reason: RejectReason::ServerFull,
-                    };
+                    let reply = Handshake::Reject { nonce, reason: RejectReason::ServerFull };
                     wire::encode_handshake(out, &reply);
                     Verdict::Reply
                 } else {
@@ -193,85 +171,37 @@ mod tests {
         let client = addr("127.0.0.1:4000");
         let mut out = Vec::new();
         assert_eq!(
-            gate.filter(
-                t0,
-                client,
-                &hs(Handshake::Hello { nonce: 7 }),
-                false,
-                false,
-                &mut out
-            ),
+            gate.filter(t0, client, &hs(Handshake::Hello { nonce: 7 }), false, false, &mut out),
             Verdict::Reply
         );
-        let Ok(Packet::Handshake(reply)) = wire::decode_packet(&out) else {
-            panic!()
-        };
-        let Handshake::Challenge { nonce: 7, cookie } = reply.body else {
-            panic!("{reply:?}")
-        };
-        let connect = hs(Handshake::Connect {
-            nonce: 7,
-            cookie,
-            window: 99,
-        });
+        let Ok(Packet::Handshake(reply)) = wire::decode_packet(&out) else { panic!() };
+        let Handshake::Challenge { nonce: 7, cookie } = reply.body else { panic!("{reply:?}") };
+        let connect = hs(Handshake::Connect { nonce: 7, cookie, window: 99 });
         let t1 = t0 + Duration::from_secs(3);
         assert_eq!(
             gate.filter(t1, client, &connect, false, false, &mut out),
-            Verdict::Admit {
-                nonce: 7,
-                window: 99
-            }
+            Verdict::Admit { nonce: 7, window: 99 }
         );
-        assert_eq!(
-            gate.filter(t1, client, &connect, true, false, &mut out),
-            Verdict::Pass
-        );
+        assert_eq!(gate.filter(t1, client, &connect, true, false, &mut out), Verdict::Pass);
         // Another address, another nonce, a forged MAC, or a stale cookie: dropped.
         assert_eq!(
             gate.filter(t1, addr("127.0.0.1:4001"), &connect, false, false, &mut out),
             Verdict::Drop
         );
-        let other_nonce = hs(Handshake::Connect {
-            nonce: 8,
-            cookie,
-            window: 99,
-        });
-        assert_eq!(
-            gate.filter(t1, client, &other_nonce, false, false, &mut out),
-            Verdict::Drop
-        );
+        let other_nonce = hs(Handshake::Connect { nonce: 8, cookie, window: 99 });
+        assert_eq!(gate.filter(t1, client, &other_nonce, false, false, &mut out), Verdict::Drop);
         let forged = hs(Handshake::Connect {
             nonce: 7,
-            cookie: Cookie {
-                mac: cookie.mac ^ 1,
-                ..cookie
-            },
+            cookie: Cookie { mac: cookie.mac ^ 1, ..cookie },
             window: 99,
         });
-        assert_eq!(
-            gate.filter(t1, client, &forged, false, false, &mut out),
-            Verdict::Drop
-        );
+        assert_eq!(gate.filter(t1, client, &forged, false, false, &mut out), Verdict::Drop);
         let late = t0 + Duration::from_secs(12);
-        assert_eq!(
-            gate.filter(late, client, &connect, false, false, &mut out),
-            Verdict::Drop
-        );
+        assert_eq!(gate.filter(late, client, &connect, false, false, &mut out), Verdict::Drop);
         // Full: a typed rejection.
-        assert_eq!(
-            gate.filter(t1, client, &connect, false, true, &mut out),
-            Verdict::Reply
-        );
-        let Ok(Packet::Handshake(r)) = wire::decode_packet(&out) else {
-            panic!()
-        };
-        assert_eq!(
-            r.body,
-            Handshake::Reject {
-                nonce: 7,
-                reason: RejectReason::ServerFull
-            }
-        );
+        assert_eq!(gate.filter(t1, client, &connect, false, true, &mut out), Verdict::Reply);
+        let Ok(Packet::Handshake(r)) = wire::decode_packet(&out) else { panic!() };
+        assert_eq!(r.body, Handshake::Reject { nonce: 7, reason: RejectReason::ServerFull });
     }
 
     #[test]
@@ -282,13 +212,8 @@ mod tests {
         let mut out = Vec::new();
         let mut old = Vec::new();
         wire::encode_handshake_version(&mut old, 7, &Handshake::Hello { nonce: 1 });
-        assert_eq!(
-            gate.filter(t0, from, &old, false, false, &mut out),
-            Verdict::Reply
-        );
-        let Ok(Packet::Handshake(r)) = wire::decode_packet(&out) else {
-            panic!()
-        };
+        assert_eq!(gate.filter(t0, from, &old, false, false, &mut out), Verdict::Reply);
+        let Ok(Packet::Handshake(r)) = wire::decode_packet(&out) else { panic!() };
         assert_eq!(
             r.body,
             Handshake::Reject {
@@ -297,64 +222,28 @@ mod tests {
             }
         );
         // Garbage and unsolicited handshake answers from strangers: dropped, nothing written.
-        for junk in [
-            &b"\x00garbage"[..],
-            &hs(Handshake::Accept {
-                nonce: 1,
-                tag: 2,
-                window: 3,
-            }),
-        ] {
-            assert_eq!(
-                gate.filter(t0, from, junk, false, false, &mut out),
-                Verdict::Drop
-            );
+        for junk in [&b"\x00garbage"[..], &hs(Handshake::Accept { nonce: 1, tag: 2, window: 3 })] {
+            assert_eq!(gate.filter(t0, from, junk, false, false, &mut out), Verdict::Drop);
             assert!(out.is_empty());
-            assert_eq!(
-                gate.filter(t0, from, junk, true, false, &mut out),
-                Verdict::Pass
-            );
+            assert_eq!(gate.filter(t0, from, junk, true, false, &mut out), Verdict::Pass);
         }
         // A data packet from a stranger gets a RESET echoing its tag, never larger than it.
         let mut data = Vec::new();
         wire::encode_data_header(&mut data, 0xabcd, 1, 1);
         data.extend_from_slice(&[2, 2, 2, 2]);
-        assert_eq!(
-            gate.filter(t0, from, &data, false, false, &mut out),
-            Verdict::Reply
-        );
+        assert_eq!(gate.filter(t0, from, &data, false, false, &mut out), Verdict::Reply);
         assert!(out.len() <= data.len());
-        let Ok(Packet::Handshake(r)) = wire::decode_packet(&out) else {
-            panic!()
-        };
+        let Ok(Packet::Handshake(r)) = wire::decode_packet(&out) else { panic!() };
         assert_eq!(r.body, Handshake::Reset { tag: 0xabcd });
         data.truncate(7);
-        assert_eq!(
-            gate.filter(t0, from, &data, false, false, &mut out),
-            Verdict::Drop
-        );
+        assert_eq!(gate.filter(t0, from, &data, false, false, &mut out), Verdict::Drop);
         // A client endpoint does not accept.
         let client = Gate::new((1, 2), t0, Duration::from_secs(10), false);
         assert_eq!(
-            client.filter(
-                t0,
-                from,
-                &hs(Handshake::Hello { nonce: 1 }),
-                false,
-                false,
-                &mut out
-            ),
+            client.filter(t0, from, &hs(Handshake::Hello { nonce: 1 }), false, false, &mut out),
             Verdict::Reply
         );
-        let Ok(Packet::Handshake(r)) = wire::decode_packet(&out) else {
-            panic!()
-        };
-        assert_eq!(
-            r.body,
-            Handshake::Reject {
-                nonce: 1,
-                reason: RejectReason::NotAccepting
-            }
-        );
+        let Ok(Packet::Handshake(r)) = wire::decode_packet(&out) else { panic!() };
+        assert_eq!(r.body, Handshake::Reject { nonce: 1, reason: RejectReason::NotAccepting });
     }
 }

@@ -2,7 +2,8 @@
 //! close. Sans-IO.
 //!
 //! Client: `HELLO` (until a `CHALLENGE`) → `CONNECT` with the cookie (until an `ACCEPT`) →
-//! established. Both are retransmitted with doubling intervals until `handshake_timeout`.
+//! established. Both are retransmitted every `handshake_retry`, backing off to twice that, until
+//! `handshake_timeout`: a lossy link gets many attempts.
 //! Server: created by the endpoint's [`Gate`](super::gate::Gate) from a valid `CONNECT`,
 //! established at once; a repeated `CONNECT` is answered with the same `ACCEPT`, one with a
 //! new nonce means the client restarted, and ends this session ([`DisconnectReason::Replaced`]).
@@ -40,11 +41,7 @@ pub enum SessionEvent {
 #[derive(Debug)]
 enum State {
     /// Client: sending `HELLO`.
-    Hello {
-        started: Instant,
-        next: Instant,
-        interval: Duration,
-    },
+    Hello { started: Instant, next: Instant, interval: Duration },
     /// Client: sending `CONNECT` with the cookie.
     Connecting {
         started: Instant,
@@ -58,8 +55,9 @@ enum State {
     Established,
     /// Local close requested: flushing reliable data until done or `deadline`.
     Closing { deadline: Instant, code: u32 },
-    /// `CLOSE` sent; answering stragglers with `CLOSE` until `until`.
-    Draining { until: Instant, kind: CloseKind },
+    /// `CLOSE` sent; sent again `resends` more times an RTT apart, and to any straggler,
+    /// until `until`.
+    Draining { until: Instant, kind: CloseKind, next_resend: Instant, resends: u8 },
     /// Over.
     Closed,
 }
@@ -85,18 +83,7 @@ impl Session {
     /// A client session about to say `HELLO`. `nonce` identifies this attempt (the epoch).
     pub fn client(cfg: Arc<TransportConfig>, nonce: u32, now: Instant) -> Self {
         let interval = cfg.handshake_retry;
-        Self::new(
-            cfg,
-            State::Hello {
-                started: now,
-                next: now,
-                interval,
-            },
-            nonce,
-            0,
-            None,
-            now,
-        )
+        Self::new(cfg, State::Hello { started: now, next: now, interval }, nonce, 0, None, now)
     }
 
     /// A server session for a `CONNECT` the gate admitted; `tag` is this session's random tag.
@@ -181,10 +168,7 @@ impl Session {
     pub fn close(&mut self, now: Instant, code: u32) {
         match self.state {
             State::Established => {
-                self.state = State::Closing {
-                    deadline: now + self.cfg.close_linger,
-                    code,
-                }
+                self.state = State::Closing { deadline: now + self.cfg.close_linger, code }
             }
             State::Hello { .. } | State::Connecting { .. } => {
                 self.finish(DisconnectReason::ClosedLocally)
@@ -213,15 +197,12 @@ impl Session {
 
     /// Starts draining: `CLOSE` goes out now and again to any straggler, for a few RTTs.
     fn drain(&mut self, now: Instant, kind: CloseKind, reason: DisconnectReason) {
-        let rtt = self
-            .channel
-            .as_ref()
-            .map_or(self.cfg.initial_rtt, Channel::rtt);
+        let rtt =
+            self.channel.as_ref().map_or(self.cfg.initial_rtt, Channel::rtt).max(self.cfg.min_rto);
         self.events.push_back(SessionEvent::Closed(reason));
-        self.state = State::Draining {
-            until: now + (rtt * 3).max(self.cfg.min_rto * 3),
-            kind,
-        };
+        // A lost CLOSE would leave the peer waiting for its idle timeout: send it twice more.
+        self.state =
+            State::Draining { until: now + rtt * 3, kind, next_resend: now + rtt, resends: 2 };
         self.close_again = true;
         if let Some(ch) = self.channel.as_mut() {
             ch.discard_queued();
@@ -311,11 +292,7 @@ impl Session {
                 };
             }
             (
-                State::Connecting {
-                    first_sent,
-                    attempts,
-                    ..
-                },
+                State::Connecting { first_sent, attempts, .. },
                 Handshake::Accept { nonce, tag, window },
             ) if nonce == self.nonce => {
                 // Karn: an RTT sample only from an attempt that was not repeated.
@@ -339,10 +316,7 @@ impl Session {
             ) if nonce == self.nonce => {
                 let reason = match reason {
                     RejectReason::VersionMismatch { supported } => {
-                        DisconnectReason::VersionMismatch {
-                            ours: VERSION,
-                            theirs: supported,
-                        }
+                        DisconnectReason::VersionMismatch { ours: VERSION, theirs: supported }
                     }
                     _ => DisconnectReason::Rejected,
                 };
@@ -387,10 +361,14 @@ impl Session {
                     self.ping_pending = true;
                 }
             }
-            State::Draining { until, .. } => {
+            State::Draining { until, ref mut next_resend, ref mut resends, .. } => {
                 if now >= until {
                     self.closed_stats = Some(self.stats_now());
                     self.state = State::Closed;
+                } else if *resends > 0 && now >= *next_resend {
+                    *resends -= 1;
+                    *next_resend = now + (until - now) / 2;
+                    self.close_again = true;
                 }
             }
             State::Closed => {}
@@ -417,7 +395,9 @@ impl Session {
                 }
                 Some(t)
             }
-            State::Draining { until, .. } => Some(*until),
+            State::Draining { until, next_resend, resends, .. } => {
+                Some(if *resends > 0 { (*next_resend).min(*until) } else { *until })
+            }
             State::Closed => None,
         }
     }
@@ -431,23 +411,16 @@ impl Session {
                     return false;
                 }
                 *next = now + *interval;
-                *interval = (*interval * 2).min(self.cfg.handshake_timeout);
+                *interval = (*interval * 2).min(self.cfg.handshake_retry * 2);
                 wire::encode_handshake(out, &Handshake::Hello { nonce: self.nonce });
                 true
             }
-            State::Connecting {
-                cookie,
-                next,
-                interval,
-                first_sent,
-                attempts,
-                ..
-            } => {
+            State::Connecting { cookie, next, interval, first_sent, attempts, .. } => {
                 if now < *next {
                     return false;
                 }
                 *next = now + *interval;
-                *interval = (*interval * 2).min(self.cfg.handshake_timeout);
+                *interval = (*interval * 2).min(self.cfg.handshake_retry * 2);
                 first_sent.get_or_insert(now);
                 *attempts += 1;
                 let body = Handshake::Connect {

@@ -117,6 +117,8 @@ pub(crate) struct EndpointShared {
     pub(crate) reading_paused: AtomicBool,
     pub(crate) next_peer: AtomicU64,
     pub(crate) stopped: AtomicBool,
+    /// Sessions the task holds (opening, open or closing), published after every pass.
+    pub(crate) sessions: AtomicUsize,
 }
 
 const CONNECTING: u8 = 0;
@@ -225,11 +227,7 @@ impl Connection {
     /// The largest message this connection accepts for `delivery`.
     pub fn max_message_size(&self, delivery: Delivery) -> usize {
         let cfg = &self.shared.endpoint.config;
-        max_message_for(
-            cfg,
-            self.shared.peer_window.load(Ordering::Acquire),
-            delivery.split().0,
-        )
+        max_message_for(cfg, self.shared.peer_window.load(Ordering::Acquire), delivery.split().0)
     }
 
     /// Queues a message. Never blocks: fails at once if the message is too large, the send
@@ -275,21 +273,14 @@ impl Connection {
         let before = self.shared.queued.fetch_add(cost, Ordering::AcqRel);
         if before + cost > limit && before > 0 {
             self.shared.queued.fetch_sub(cost, Ordering::AcqRel);
-            return Err(SendError::BufferFull {
-                queued: before,
-                limit,
-            });
+            return Err(SendError::BufferFull { queued: before, limit });
         }
         Ok(())
     }
 
     fn enqueue(&self, delivery: Delivery, payload: Bytes) {
         let (class, stream) = delivery.split();
-        self.command(Command::Send {
-            class,
-            stream,
-            payload,
-        });
+        self.command(Command::Send { class, stream, payload });
     }
 
     fn command(&self, cmd: Command) {
@@ -342,12 +333,7 @@ impl Endpoint {
         let config = Arc::new(config);
         let (driver, shared) = Driver::new(io, config, local_addr, events_tx, driver_rx);
         let task = tokio::spawn(driver.run());
-        Ok(Self {
-            shared,
-            driver: driver_tx,
-            events: events_rx,
-            task: Some(task),
-        })
+        Ok(Self { shared, driver: driver_tx, events: events_rx, task: Some(task) })
     }
 
     /// The bound address.
@@ -396,16 +382,18 @@ impl Endpoint {
     /// stops the task. Events keep arriving until it is done.
     pub async fn close(&mut self) {
         let (tx, rx) = oneshot::channel();
-        if self
-            .driver
-            .send(DriverCmd::Shutdown { done: Some(tx) })
-            .is_ok()
-        {
+        if self.driver.send(DriverCmd::Shutdown { done: Some(tx) }).is_ok() {
             let _ = rx.await;
         }
         if let Some(task) = self.task.take() {
             let _ = task.await;
         }
+    }
+
+    /// How many sessions the endpoint holds (opening, open or closing). A server keeps none
+    /// for a peer that has not completed the handshake.
+    pub fn session_count(&self) -> usize {
+        self.shared.sessions.load(Ordering::Acquire)
     }
 
     /// Whether the task has stopped.

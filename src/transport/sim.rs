@@ -100,6 +100,9 @@ type Queued = Reverse<(Instant, SocketAddr, u64, Vec<u8>)>;
 struct SocketState {
     queue: BinaryHeap<Queued>,
     waker: Option<Waker>,
+    /// A datagram was queued since the owner last looked: its arrival time may be earlier
+    /// than any the owner is sleeping until.
+    arrived: bool,
 }
 
 #[derive(Debug)]
@@ -108,6 +111,7 @@ struct Inner {
     config: SimConfig,
     overrides: HashMap<(SocketAddr, SocketAddr), SimConfig>,
     down: HashMap<SocketAddr, bool>,
+    drop_next: HashMap<(SocketAddr, SocketAddr), u32>,
     links: HashMap<(SocketAddr, SocketAddr), Link>,
     sockets: HashMap<SocketAddr, SocketState>,
     next_port: u16,
@@ -140,14 +144,13 @@ impl SimNetwork {
             config,
             overrides: HashMap::new(),
             down: HashMap::new(),
+            drop_next: HashMap::new(),
             links: HashMap::new(),
             sockets: HashMap::new(),
             next_port: 40000,
             stats: SimStats::default(),
         };
-        Self {
-            inner: Arc::new(Mutex::new(inner)),
-        }
+        Self { inner: Arc::new(Mutex::new(inner)) }
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -173,6 +176,12 @@ impl SimNetwork {
         self.lock().down.insert(addr, down);
     }
 
+    /// Drops the next `n` datagrams sent from `from` to `to`, whatever the link's settings: a
+    /// precise loss for tests (the lost tail of a burst, one handshake packet).
+    pub fn drop_next(&self, from: SocketAddr, to: SocketAddr, n: u32) {
+        self.lock().drop_next.insert((from, to), n);
+    }
+
     /// What the network did so far.
     pub fn stats(&self) -> SimStats {
         self.lock().stats
@@ -194,10 +203,7 @@ impl SimNetwork {
             return Err(io::ErrorKind::AddrInUse.into());
         }
         inner.sockets.insert(addr, SocketState::default());
-        Ok(SimIo {
-            net: self.clone(),
-            addr,
-        })
+        Ok(SimIo { net: self.clone(), addr })
     }
 
     /// Starts an [`Endpoint`] on this network at `addr` (port 0 picks a free one). Must be
@@ -213,20 +219,14 @@ impl SimNetwork {
 
     /// A bare socket on this network, for tests that speak raw datagrams.
     pub fn raw_socket(&self, addr: SocketAddr) -> io::Result<RawSocket> {
-        Ok(RawSocket {
-            io: self.bind_io(addr)?,
-        })
+        Ok(RawSocket { io: self.bind_io(addr)? })
     }
 
     fn send(&self, now: Instant, from: SocketAddr, to: SocketAddr, data: &[u8]) {
         let mut guard = self.lock();
         let inner = &mut *guard;
         inner.stats.sent += 1;
-        let cfg = inner
-            .overrides
-            .get(&(from, to))
-            .unwrap_or(&inner.config)
-            .clone();
+        let cfg = inner.overrides.get(&(from, to)).unwrap_or(&inner.config).clone();
         if data.len() > cfg.mtu {
             inner.stats.oversize += 1;
             return;
@@ -236,24 +236,22 @@ impl SimNetwork {
             let mut key = [0u8; 36];
             key[..18].copy_from_slice(&addr_bytes(&from));
             key[18..].copy_from_slice(&addr_bytes(&to));
-            Link {
-                rng: SplitMix64::new(siphash24(seed, !seed, &key)),
-                seq: 0,
-            }
+            Link { rng: SplitMix64::new(siphash24(seed, !seed, &key)), seq: 0 }
         });
-        let cut = inner.down.get(&from).copied().unwrap_or(false)
+        let mut cut = inner.down.get(&from).copied().unwrap_or(false)
             || inner.down.get(&to).copied().unwrap_or(false);
+        if let Some(n) = inner.drop_next.get_mut(&(from, to)).filter(|n| **n > 0) {
+            *n -= 1;
+            cut = true;
+        }
         // Draw the same numbers whatever the outcome, so one decision never shifts the next.
         let lost = link.rng.next_f64() < cfg.loss;
         let dup = link.rng.next_f64() < cfg.duplicate;
         let mut arrivals = [Duration::ZERO; 2];
         for a in &mut arrivals {
             let jitter = cfg.jitter.mul_f64(link.rng.next_f64());
-            let reorder = if link.rng.next_f64() < cfg.reorder {
-                cfg.reorder_delay
-            } else {
-                Duration::ZERO
-            };
+            let reorder =
+                if link.rng.next_f64() < cfg.reorder { cfg.reorder_delay } else { Duration::ZERO };
             *a = cfg.delay + jitter + reorder;
         }
         if lost || cut {
@@ -267,8 +265,8 @@ impl SimNetwork {
             let seq = link.seq;
             match inner.sockets.get_mut(&to) {
                 Some(s) if s.queue.len() < cfg.queue_limit => {
-                    s.queue
-                        .push(Reverse((now + *arrival, from, seq, data.to_vec())));
+                    s.queue.push(Reverse((now + *arrival, from, seq, data.to_vec())));
+                    s.arrived = true;
                     inner.stats.delivered += 1;
                     if let Some(w) = s.waker.take() {
                         w.wake();
@@ -324,29 +322,23 @@ impl Io for SimIo {
         Ok(self.addr)
     }
 
+    /// Ready when a datagram is due, or once after a new one was queued (so that the owner
+    /// re-reads `next_arrival` and sleeps until it).
     fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let now = tokio::time::Instant::now().into_std();
         let mut inner = self.net.lock();
-        let Some(s) = inner.sockets.get_mut(&self.addr) else {
-            return Poll::Pending;
-        };
-        match s.queue.peek() {
-            Some(Reverse((at, ..))) if *at <= now => Poll::Ready(Ok(())),
-            _ => {
-                s.waker = Some(cx.waker().clone());
-                Poll::Pending
-            }
+        let Some(s) = inner.sockets.get_mut(&self.addr) else { return Poll::Pending };
+        let due = matches!(s.queue.peek(), Some(Reverse((at, ..))) if *at <= now);
+        if due || std::mem::take(&mut s.arrived) {
+            return Poll::Ready(Ok(()));
         }
+        s.waker = Some(cx.waker().clone());
+        Poll::Pending
     }
 
     fn next_arrival(&self) -> Option<Instant> {
         let inner = self.net.lock();
-        inner
-            .sockets
-            .get(&self.addr)?
-            .queue
-            .peek()
-            .map(|Reverse((at, ..))| *at)
+        inner.sockets.get(&self.addr)?.queue.peek().map(|Reverse((at, ..))| *at)
     }
 }
 
@@ -375,9 +367,15 @@ impl RawSocket {
             if let Some(d) = self.io.pop(now) {
                 return d;
             }
+            let readable = std::future::poll_fn(|cx| self.io.poll_readable(cx).map(|_| ()));
             match self.io.next_arrival() {
-                Some(at) => tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await,
-                None => std::future::poll_fn(|cx| self.io.poll_readable(cx).map(|_| ())).await,
+                Some(at) => {
+                    tokio::select! {
+                        () = tokio::time::sleep_until(tokio::time::Instant::from_std(at)) => {}
+                        () = readable => {}
+                    }
+                }
+                None => readable.await,
             }
         }
     }

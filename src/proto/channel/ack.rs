@@ -78,11 +78,7 @@ impl RecvPackets {
 
     fn insert(&mut self, pn: u64) {
         // Find the first range whose high end is >= pn - 1 (most inserts touch the last range).
-        let idx = self
-            .ranges
-            .iter()
-            .rposition(|&(_, hi)| hi + 1 < pn)
-            .map_or(0, |i| i + 1);
+        let idx = self.ranges.iter().rposition(|&(_, hi)| hi + 1 < pn).map_or(0, |i| i + 1);
         match self.ranges.get_mut(idx) {
             Some(r) if r.0 <= pn + 1 => {
                 r.0 = r.0.min(pn);
@@ -127,9 +123,7 @@ impl RecvPackets {
 
     /// Whether an outgoing datagram should carry an `ACK` frame.
     pub(crate) fn has_unreported(&self) -> bool {
-        self.ranges
-            .back()
-            .is_some_and(|&(_, hi)| hi >= self.ack_floor)
+        self.ranges.back().is_some_and(|&(_, hi)| hi >= self.ack_floor)
     }
 
     /// Writes an `ACK` frame of at most `budget` bytes (at least the newest range is always
@@ -227,11 +221,7 @@ mod tests {
         let now = Instant::now();
         let mut p = RecvPackets::new();
         p.on_packet(0, now, true, 2, 5 * MS);
-        assert_eq!(
-            p.ack_deadline(),
-            Some(now + 5 * MS),
-            "one packet: delayed ack"
-        );
+        assert_eq!(p.ack_deadline(), Some(now + 5 * MS), "one packet: delayed ack");
         p.on_packet(1, now, true, 2, 5 * MS);
         assert_eq!(p.ack_deadline(), Some(now), "second packet: ack now");
         let mut out = Vec::new();
@@ -243,11 +233,7 @@ mod tests {
         assert_eq!(p.ack_deadline(), Some(now), "a gap is acked at once");
         p.on_ack_sent();
         p.on_packet(4, now, false, 2, 5 * MS);
-        assert_eq!(
-            p.ack_deadline(),
-            None,
-            "non-eliciting packets never force an ack"
-        );
+        assert_eq!(p.ack_deadline(), None, "non-eliciting packets never force an ack");
     }
 
     #[test]
@@ -259,9 +245,7 @@ mod tests {
         }
         let mut out = Vec::new();
         p.write_ack(&mut out, now, 100);
-        let Some(Ok(Frame::Ack(a))) = FrameReader::new(&out).next() else {
-            panic!()
-        };
+        let Some(Ok(Frame::Ack(a))) = FrameReader::new(&out).next() else { panic!() };
         let r: Vec<_> = a.ranges(3).map(Result::unwrap).collect();
         assert_eq!(r, vec![(3, 3), (0, 1)]);
         assert!(p.has_unreported());
@@ -282,9 +266,7 @@ mod tests {
         let mut big = Vec::new();
         p.write_ack(&mut big, now, 1000);
         let count = |b: &[u8]| {
-            let Some(Ok(Frame::Ack(a))) = FrameReader::new(b).next() else {
-                panic!()
-            };
+            let Some(Ok(Frame::Ack(a))) = FrameReader::new(b).next() else { panic!() };
             a.ranges(57).count()
         };
         assert_eq!(count(&small), 1);

@@ -97,11 +97,7 @@ pub struct Datagram<'a> {
 impl<'a> Datagram<'a> {
     /// Wraps a received datagram.
     pub fn new(data: &'a [u8]) -> Self {
-        Self {
-            data,
-            shared: None,
-            handed_out: false,
-        }
+        Self { data, shared: None, handed_out: false }
     }
 
     /// An owned copy of `part`, a sub-slice of this datagram. The first message is copied
@@ -115,9 +111,7 @@ impl<'a> Datagram<'a> {
             self.handed_out = true;
             return Bytes::copy_from_slice(part);
         }
-        let shared = self
-            .shared
-            .get_or_insert_with(|| Bytes::copy_from_slice(self.data));
+        let shared = self.shared.get_or_insert_with(|| Bytes::copy_from_slice(self.data));
         shared.slice(offset..offset + part.len())
     }
 }
@@ -200,22 +194,14 @@ impl Channel {
 
     /// The largest message [`Self::send`] accepts for this class.
     fn max_message(&self, class: Class) -> usize {
-        max_message_for_params(
-            self.p.max_message,
-            self.p.chunk_size,
-            self.peer_window,
-            class,
-        )
+        max_message_for_params(self.p.max_message, self.p.chunk_size, self.peer_window, class)
     }
 
     /// Queues a message. Errors only if it is too large.
     pub fn send(&mut self, class: Class, stream: u8, payload: Bytes) -> Result<(), SendError> {
         let max = self.max_message(class);
         if payload.len() > max {
-            return Err(SendError::MessageTooLarge {
-                size: payload.len(),
-                max,
-            });
+            return Err(SendError::MessageTooLarge { size: payload.len(), max });
         }
         let chunks = payload.len().div_ceil(self.p.chunk_size).max(1) as u32;
         self.sender.queue(class, stream, payload, chunks);
@@ -296,13 +282,7 @@ impl Channel {
                 }
             }
         }
-        self.recv.on_packet(
-            pn,
-            now,
-            eliciting,
-            self.p.ack_frequency,
-            self.p.max_ack_delay,
-        );
+        self.recv.on_packet(pn, now, eliciting, self.p.ack_frequency, self.p.max_ack_delay);
         if let Some(f) = floor {
             self.recv.raise_floor(f);
         }
@@ -327,19 +307,14 @@ impl Channel {
         let delivered = &mut self.stats.messages_received;
         let mut emit = |payload| {
             *delivered += 1;
-            deliver(Delivered {
-                class,
-                stream,
-                payload,
-            });
+            deliver(Delivered { class, stream, payload });
         };
         let space = match class {
             Class::ReliableUnordered => &mut self.unordered_in,
             Class::ReliableOrdered => {
                 let s = stream as usize;
                 if self.ordered_in.len() <= s {
-                    self.ordered_in
-                        .resize_with(s + 1, || RecvReliable::new(true));
+                    self.ordered_in.resize_with(s + 1, || RecvReliable::new(true));
                 }
                 &mut self.ordered_in[s]
             }
@@ -488,25 +463,14 @@ impl Channel {
         if self.bytes_in_flight == 0 {
             return None;
         }
-        let rto = self
-            .rtt
-            .rto(self.p.max_ack_delay, self.p.min_rto, self.p.max_rto);
-        let backed_off = rto
-            .saturating_mul(1 << self.rto_backoff.min(16))
-            .min(self.p.max_rto);
+        let rto = self.rtt.rto(self.p.max_ack_delay, self.p.min_rto, self.p.max_rto);
+        let backed_off = rto.saturating_mul(1 << self.rto_backoff.min(16)).min(self.p.max_rto);
         Some(self.last_eliciting_sent? + backed_off)
     }
 
     /// The earliest instant at which [`Self::handle_timeout`] or [`Self::write_packet`] has work.
     pub fn next_timeout(&self) -> Option<Instant> {
-        [
-            self.loss_time,
-            self.rto_deadline(),
-            self.recv.ack_deadline(),
-        ]
-        .into_iter()
-        .flatten()
-        .min()
+        [self.loss_time, self.rto_deadline(), self.recv.ack_deadline()].into_iter().flatten().min()
     }
 
     /// Runs the loss and retransmission timers.
@@ -652,12 +616,7 @@ impl Channel {
             max_data,
         });
         if self.sender.sent.len() > MAX_SENT_PACKETS {
-            if let Some(i) = self
-                .sender
-                .sent
-                .iter()
-                .position(|p| !p.resolved && !p.eliciting)
-            {
+            if let Some(i) = self.sender.sent.iter().position(|p| !p.resolved && !p.eliciting) {
                 self.sender.sent[i].resolved = true;
             }
             self.pop_resolved();
@@ -752,10 +711,8 @@ impl Channel {
         last: &mut Option<(usize, MessageHeader)>,
     ) -> Step {
         let (max_dgram, window) = (self.p.max_datagram, self.p.stream_window);
-        let (chunk_size, credit_left) = (
-            self.p.chunk_size,
-            self.peer_max_data.saturating_sub(self.credit_used),
-        );
+        let (chunk_size, credit_left) =
+            (self.p.chunk_size, self.peer_max_data.saturating_sub(self.credit_used));
         let Some(st) = self.sender.space_mut(space) else {
             return Step::Idle;
         };
@@ -834,9 +791,7 @@ impl Channel {
             self.sender.unreliable.pop_front();
             self.sender.release_unreliable(len);
         }
-        Step::Wrote {
-            more: !self.sender.unreliable.is_empty(),
-        }
+        Step::Wrote { more: !self.sender.unreliable.is_empty() }
     }
 
     /// A snapshot of the statistics.

@@ -33,11 +33,7 @@ pub(crate) struct Reassembly {
 
 impl Reassembly {
     fn new(count: u32) -> Self {
-        Self {
-            count,
-            chunks: Vec::new(),
-            bytes: 0,
-        }
+        Self { count, chunks: Vec::new(), bytes: 0 }
     }
 
     /// Adds a chunk. `Ok(false)` if it was a duplicate.
@@ -107,12 +103,7 @@ pub(crate) struct Credit {
 
 impl Credit {
     pub(crate) fn new(window: u64) -> Self {
-        Self {
-            charged: 0,
-            released: 0,
-            window,
-            advertised: window,
-        }
+        Self { charged: 0, released: 0, window, advertised: window }
     }
 
     /// The limit we would advertise now.
@@ -218,10 +209,7 @@ impl RecvReliable {
                 c.data
             }
         };
-        Ok((
-            Outcome::Accepted,
-            self.complete(seq, complete, largest_pn, credit, deliver),
-        ))
+        Ok((Outcome::Accepted, self.complete(seq, complete, largest_pn, credit, deliver)))
     }
 
     /// A message is whole: deliver it now or park it until its turn.
@@ -313,14 +301,7 @@ impl RecvUnreliable {
         data: Bytes,
         max_message: usize,
     ) -> Result<Option<Bytes>, ProtocolViolation> {
-        if sequenced
-            && seq
-                < self
-                    .sequenced_next
-                    .get(stream as usize)
-                    .copied()
-                    .unwrap_or(0)
-        {
+        if sequenced && seq < self.sequenced_next.get(stream as usize).copied().unwrap_or(0) {
             return Ok(None); // older than what was delivered: latest wins
         }
         let msg = match chunk {
@@ -333,10 +314,7 @@ impl RecvUnreliable {
             Some((index, count)) => {
                 let key = (sequenced, stream, seq);
                 let len = data.len();
-                let r = self
-                    .partials
-                    .entry(key)
-                    .or_insert_with(|| Reassembly::new(count));
+                let r = self.partials.entry(key).or_insert_with(|| Reassembly::new(count));
                 if !r.add(index, count, data, max_message)? {
                     return Ok(None);
                 }
@@ -389,18 +367,12 @@ mod tests {
     use super::*;
 
     fn chunk(seq: u64, chunk: Option<(u32, u32)>, data: &'static [u8]) -> InChunk {
-        InChunk {
-            seq16: seq & 0xffff,
-            chunk,
-            data: Bytes::from_static(data),
-        }
+        InChunk { seq16: seq & 0xffff, chunk, data: Bytes::from_static(data) }
     }
 
     fn feed(r: &mut RecvReliable, credit: &mut Credit, c: InChunk) -> (Outcome, Vec<Bytes>) {
         let mut out = Vec::new();
-        let (o, _) = r
-            .on_chunk(c, 0, 1 << 20, credit, &mut |m| out.push(m))
-            .unwrap();
+        let (o, _) = r.on_chunk(c, 0, 1 << 20, credit, &mut |m| out.push(m)).unwrap();
         (o, out)
     }
 
@@ -408,73 +380,35 @@ mod tests {
     fn ordered_buffers_until_the_gap_fills() {
         let mut r = RecvReliable::new(true);
         let mut credit = Credit::new(1 << 20);
-        assert_eq!(
-            feed(&mut r, &mut credit, chunk(1, None, b"b")).1,
-            Vec::<Bytes>::new()
-        );
+        assert_eq!(feed(&mut r, &mut credit, chunk(1, None, b"b")).1, Vec::<Bytes>::new());
         assert_eq!(feed(&mut r, &mut credit, chunk(2, None, b"c")).1.len(), 0);
-        assert_eq!(
-            feed(&mut r, &mut credit, chunk(1, None, b"b")).0,
-            Outcome::Duplicate
-        );
+        assert_eq!(feed(&mut r, &mut credit, chunk(1, None, b"b")).0, Outcome::Duplicate);
         let (_, got) = feed(&mut r, &mut credit, chunk(0, None, b"a"));
         assert_eq!(got, vec![&b"a"[..], b"b", b"c"]);
-        assert_eq!(
-            feed(&mut r, &mut credit, chunk(0, None, b"a")).0,
-            Outcome::Duplicate
-        );
+        assert_eq!(feed(&mut r, &mut credit, chunk(0, None, b"a")).0, Outcome::Duplicate);
         assert_eq!(r.buffered(), 0);
-        assert_eq!(
-            credit.charged, credit.released,
-            "all delivered, all credit back"
-        );
+        assert_eq!(credit.charged, credit.released, "all delivered, all credit back");
     }
 
     #[test]
     fn unordered_delivers_at_once_exactly_once() {
         let mut r = RecvReliable::new(false);
         let mut credit = Credit::new(1 << 20);
-        assert_eq!(
-            feed(&mut r, &mut credit, chunk(2, None, b"c")).1,
-            vec![&b"c"[..]]
-        );
-        assert_eq!(
-            feed(&mut r, &mut credit, chunk(2, None, b"c")).0,
-            Outcome::Duplicate
-        );
-        assert_eq!(
-            feed(&mut r, &mut credit, chunk(0, None, b"a")).1,
-            vec![&b"a"[..]]
-        );
-        assert_eq!(
-            feed(&mut r, &mut credit, chunk(1, None, b"b")).1,
-            vec![&b"b"[..]]
-        );
+        assert_eq!(feed(&mut r, &mut credit, chunk(2, None, b"c")).1, vec![&b"c"[..]]);
+        assert_eq!(feed(&mut r, &mut credit, chunk(2, None, b"c")).0, Outcome::Duplicate);
+        assert_eq!(feed(&mut r, &mut credit, chunk(0, None, b"a")).1, vec![&b"a"[..]]);
+        assert_eq!(feed(&mut r, &mut credit, chunk(1, None, b"b")).1, vec![&b"b"[..]]);
         assert_eq!(r.buffered(), 0, "markers released once the gap closed");
-        assert_eq!(
-            feed(&mut r, &mut credit, chunk(2, None, b"c")).0,
-            Outcome::Duplicate
-        );
+        assert_eq!(feed(&mut r, &mut credit, chunk(2, None, b"c")).0, Outcome::Duplicate);
     }
 
     #[test]
     fn chunks_reassemble_in_index_order_whatever_the_arrival_order() {
         let mut r = RecvReliable::new(true);
         let mut credit = Credit::new(1 << 20);
-        assert!(
-            feed(&mut r, &mut credit, chunk(0, Some((2, 3)), b"ef"))
-                .1
-                .is_empty()
-        );
-        assert!(
-            feed(&mut r, &mut credit, chunk(0, Some((0, 3)), b"ab"))
-                .1
-                .is_empty()
-        );
-        assert_eq!(
-            feed(&mut r, &mut credit, chunk(0, Some((0, 3)), b"ab")).0,
-            Outcome::Duplicate
-        );
+        assert!(feed(&mut r, &mut credit, chunk(0, Some((2, 3)), b"ef")).1.is_empty());
+        assert!(feed(&mut r, &mut credit, chunk(0, Some((0, 3)), b"ab")).1.is_empty());
+        assert_eq!(feed(&mut r, &mut credit, chunk(0, Some((0, 3)), b"ab")).0, Outcome::Duplicate);
         assert_eq!(
             feed(&mut r, &mut credit, chunk(0, Some((1, 3)), b"cd")).1,
             vec![&b"abcdef"[..]]
@@ -492,18 +426,15 @@ mod tests {
             r.on_chunk(far, 0, 100, &mut credit, &mut sink).unwrap_err(),
             ProtocolViolation::WindowExceeded
         );
-        r.on_chunk(chunk(1, Some((0, 2)), b"x"), 0, 100, &mut credit, &mut sink)
-            .unwrap();
+        r.on_chunk(chunk(1, Some((0, 2)), b"x"), 0, 100, &mut credit, &mut sink).unwrap();
         let wrong_count = chunk(1, Some((1, 3)), b"x");
         assert_eq!(
-            r.on_chunk(wrong_count, 0, 100, &mut credit, &mut sink)
-                .unwrap_err(),
+            r.on_chunk(wrong_count, 0, 100, &mut credit, &mut sink).unwrap_err(),
             ProtocolViolation::BadMessage
         );
         let too_big = chunk(2, None, &[0; 200]);
         assert_eq!(
-            r.on_chunk(too_big, 0, 100, &mut credit, &mut sink)
-                .unwrap_err(),
+            r.on_chunk(too_big, 0, 100, &mut credit, &mut sink).unwrap_err(),
             ProtocolViolation::BadMessage
         );
         let mut tight = Credit::new(100);
@@ -522,52 +453,33 @@ mod tests {
         let mut floors = Vec::new();
         for i in 0..(3 * STALE_PERIOD) {
             let c = chunk(i, None, b"x");
-            let (_, f) = r
-                .on_chunk(c, 1000 + i, 10, &mut credit, &mut |_| {})
-                .unwrap();
+            let (_, f) = r.on_chunk(c, 1000 + i, 10, &mut credit, &mut |_| {}).unwrap();
             floors.extend(f);
         }
-        assert_eq!(
-            floors,
-            vec![0, 1000 + STALE_PERIOD - 1, 1000 + 2 * STALE_PERIOD - 1]
-        );
+        assert_eq!(floors, vec![0, 1000 + STALE_PERIOD - 1, 1000 + 2 * STALE_PERIOD - 1]);
     }
 
     #[test]
     fn sequenced_latest_wins_and_partials_are_bounded() {
         let mut u = RecvUnreliable::default();
         let d = |s: &'static [u8]| Bytes::from_static(s);
-        assert_eq!(
-            u.on_frame(true, 0, 5, None, d(b"5"), 100).unwrap(),
-            Some(d(b"5"))
-        );
+        assert_eq!(u.on_frame(true, 0, 5, None, d(b"5"), 100).unwrap(), Some(d(b"5")));
         assert_eq!(u.on_frame(true, 0, 3, None, d(b"3"), 100).unwrap(), None);
         assert_eq!(
             u.on_frame(true, 1, 3, None, d(b"3"), 100).unwrap(),
             Some(d(b"3")),
             "streams are independent"
         );
-        assert_eq!(
-            u.on_frame(true, 0, 6, Some((0, 2)), d(b"a"), 100).unwrap(),
-            None
-        );
-        assert_eq!(
-            u.on_frame(true, 0, 7, None, d(b"7"), 100).unwrap(),
-            Some(d(b"7"))
-        );
+        assert_eq!(u.on_frame(true, 0, 6, Some((0, 2)), d(b"a"), 100).unwrap(), None);
+        assert_eq!(u.on_frame(true, 0, 7, None, d(b"7"), 100).unwrap(), Some(d(b"7")));
         assert!(
             u.partials.is_empty(),
             "an older partial is dropped once a newer message is delivered"
         );
         for id in 0..100 {
-            u.on_frame(false, 0, id, Some((0, 2)), d(b"x"), 100)
-                .unwrap();
+            u.on_frame(false, 0, id, Some((0, 2)), d(b"x"), 100).unwrap();
         }
         assert_eq!(u.partials.len(), MAX_UNRELIABLE_PARTIALS);
-        assert_eq!(
-            u.on_frame(false, 0, 99, Some((1, 2)), d(b"y"), 100)
-                .unwrap(),
-            Some(d(b"xy"))
-        );
+        assert_eq!(u.on_frame(false, 0, 99, Some((1, 2)), d(b"y"), 100).unwrap(), Some(d(b"xy")));
     }
 }

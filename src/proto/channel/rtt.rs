@@ -37,11 +37,7 @@ impl RttEstimator {
         }
         self.min = self.min.min(sample);
         // Subtract the ack delay only when that does not go below the minimum (RFC 9002 §5.3).
-        let adjusted = if sample >= self.min + ack_delay {
-            sample - ack_delay
-        } else {
-            sample
-        };
+        let adjusted = if sample >= self.min + ack_delay { sample - ack_delay } else { sample };
         let diff = self.smoothed.abs_diff(adjusted);
         self.var = (self.var * 3 + diff) / 4;
         self.smoothed = (self.smoothed * 7 + adjusted) / 8;
@@ -82,10 +78,7 @@ mod tests {
     fn converges_and_tracks_variance() {
         let mut r = RttEstimator::new(100 * MS);
         r.update(20 * MS, Duration::ZERO);
-        assert_eq!(
-            (r.smoothed(), r.var(), r.min()),
-            (20 * MS, 10 * MS, 20 * MS)
-        );
+        assert_eq!((r.smoothed(), r.var(), r.min()), (20 * MS, 10 * MS, 20 * MS));
         for _ in 0..100 {
             r.update(20 * MS, Duration::ZERO);
         }

@@ -44,12 +44,7 @@ pub(crate) struct OutMsg {
 impl OutMsg {
     fn new(payload: Bytes, chunks: u32) -> Self {
         let words = chunks.div_ceil(64) as usize;
-        Self {
-            payload,
-            chunks,
-            acked_count: 0,
-            acked: SmallVec::from_elem(0, words),
-        }
+        Self { payload, chunks, acked_count: 0, acked: SmallVec::from_elem(0, words) }
     }
 
     fn is_done(&self) -> bool {
@@ -57,9 +52,7 @@ impl OutMsg {
     }
 
     fn is_acked(&self, chunk: u32) -> bool {
-        self.acked
-            .get((chunk / 64) as usize)
-            .is_none_or(|w| w & (1 << (chunk % 64)) != 0)
+        self.acked.get((chunk / 64) as usize).is_none_or(|w| w & (1 << (chunk % 64)) != 0)
     }
 
     /// Marks a chunk acked; true if it was not before.
@@ -96,8 +89,7 @@ impl ReliableOut {
     }
 
     pub(crate) fn msg(&self, seq: u64) -> Option<&OutMsg> {
-        self.msgs
-            .get(usize::try_from(seq.checked_sub(self.base)?).ok()?)
+        self.msgs.get(usize::try_from(seq.checked_sub(self.base)?).ok()?)
     }
 
     /// Whether that chunk still needs to arrive.
@@ -191,11 +183,7 @@ impl Sender {
     }
 
     pub(crate) fn space(&self, space: u16) -> Option<&ReliableOut> {
-        if space == UNORDERED {
-            Some(&self.unordered)
-        } else {
-            self.ordered.get(space as usize)
-        }
+        if space == UNORDERED { Some(&self.unordered) } else { self.ordered.get(space as usize) }
     }
 
     pub(crate) fn space_mut(&mut self, space: u16) -> Option<&mut ReliableOut> {

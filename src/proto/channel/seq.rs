@@ -50,16 +50,7 @@ mod tests {
     fn expansion_is_exact_within_half_a_window() {
         for bits in [8u32, 16, 32] {
             let half = 1u64 << (bits - 1);
-            for expected in [
-                0u64,
-                1,
-                5,
-                half - 1,
-                half,
-                3 * half + 7,
-                1 << 40,
-                u64::MAX / 2,
-            ] {
+            for expected in [0u64, 1, 5, half - 1, half, 3 * half + 7, 1 << 40, u64::MAX / 2] {
                 let lo = expected.saturating_sub(half - 1);
                 let hi = expected + half - 1;
                 for actual in [lo, expected, hi, lo + 1, hi - 1] {

@@ -33,10 +33,7 @@ impl<'a> Reader<'a> {
 
     fn need(&self, n: usize) -> Result<(), WireError> {
         if self.remaining() < n {
-            Err(WireError::Truncated {
-                offset: self.pos,
-                needed: n - self.remaining(),
-            })
+            Err(WireError::Truncated { offset: self.pos, needed: n - self.remaining() })
         } else {
             Ok(())
         }
@@ -139,18 +136,7 @@ mod tests {
 
     #[test]
     fn varint_round_trips_and_lengths() {
-        for v in [
-            0u64,
-            1,
-            127,
-            128,
-            300,
-            16_383,
-            16_384,
-            u32::MAX as u64,
-            u64::MAX - 1,
-            u64::MAX,
-        ] {
+        for v in [0u64, 1, 127, 128, 300, 16_383, 16_384, u32::MAX as u64, u64::MAX - 1, u64::MAX] {
             let mut out = Vec::new();
             put_varint(&mut out, v);
             assert_eq!(out.len(), varint_len(v), "length of {v}");
@@ -163,31 +149,16 @@ mod tests {
     #[test]
     fn varint_rejects_overflow_and_truncation() {
         let eleven = [0xffu8; 11];
-        assert_eq!(
-            Reader::new(&eleven).varint(),
-            Err(WireError::VarintOverflow)
-        );
+        assert_eq!(Reader::new(&eleven).varint(), Err(WireError::VarintOverflow));
         let tenth_too_big = [0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02];
-        assert_eq!(
-            Reader::new(&tenth_too_big).varint(),
-            Err(WireError::VarintOverflow)
-        );
-        assert!(matches!(
-            Reader::new(&[0x80]).varint(),
-            Err(WireError::Truncated { .. })
-        ));
+        assert_eq!(Reader::new(&tenth_too_big).varint(), Err(WireError::VarintOverflow));
+        assert!(matches!(Reader::new(&[0x80]).varint(), Err(WireError::Truncated { .. })));
     }
 
     #[test]
     fn fixed_reads_check_length() {
         let mut r = Reader::new(&[1, 2, 3]);
-        assert!(matches!(
-            r.u32(),
-            Err(WireError::Truncated {
-                offset: 0,
-                needed: 1
-            })
-        ));
+        assert!(matches!(r.u32(), Err(WireError::Truncated { offset: 0, needed: 1 })));
         assert_eq!(r.u16().unwrap(), 0x0201);
         assert_eq!(r.uint(1).unwrap(), 3);
         assert!(r.u8().is_err());

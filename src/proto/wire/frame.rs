@@ -136,12 +136,7 @@ impl Iterator for AckRanges<'_> {
     type Item = Result<(u64, u64), WireError>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        let bad = |v| {
-            Some(Err(WireError::OutOfRange {
-                field: "ack range",
-                value: v,
-            }))
-        };
+        let bad = |v| Some(Err(WireError::OutOfRange { field: "ack range", value: v }));
         let hi = self.next_hi?;
         let len = match self.first.take() {
             Some(first) => first,
@@ -153,10 +148,7 @@ impl Iterator for AckRanges<'_> {
                 // Already validated by the frame decoder; re-read here.
                 let (Ok(gap), Ok(len)) = (self.r.varint(), self.r.varint()) else {
                     self.next_hi = None;
-                    return Some(Err(WireError::Truncated {
-                        offset: self.r.offset(),
-                        needed: 1,
-                    }));
+                    return Some(Err(WireError::Truncated { offset: self.r.offset(), needed: 1 }));
                 };
                 let Some(hi) = hi.checked_sub(gap) else {
                     self.next_hi = None;
@@ -174,19 +166,13 @@ impl AckRanges<'_> {
     fn finish(&mut self, hi: u64, len: u64) -> Option<Result<(u64, u64), WireError>> {
         let Some(lo) = hi.checked_sub(len) else {
             self.next_hi = None;
-            return Some(Err(WireError::OutOfRange {
-                field: "ack range",
-                value: len,
-            }));
+            return Some(Err(WireError::OutOfRange { field: "ack range", value: len }));
         };
         // The next range's high end is at least two below this low end (one missing packet).
         self.next_hi = lo.checked_sub(2);
         if self.next_hi.is_none() && self.left > 0 {
             self.left = 0;
-            return Some(Err(WireError::OutOfRange {
-                field: "ack range",
-                value: lo,
-            }));
+            return Some(Err(WireError::OutOfRange { field: "ack range", value: lo }));
         }
         Some(Ok((lo, hi)))
     }
@@ -217,10 +203,7 @@ pub struct FrameReader<'a> {
 impl<'a> FrameReader<'a> {
     /// Reads the frames in `frames` (the bytes after a data header).
     pub fn new(frames: &'a [u8]) -> Self {
-        Self {
-            r: Reader::new(frames),
-            failed: false,
-        }
+        Self { r: Reader::new(frames), failed: false }
     }
 
     fn frame(&mut self) -> Result<Frame<'a>, WireError> {
@@ -245,13 +228,7 @@ impl<'a> FrameReader<'a> {
                 let used = start.remaining() - self.r.remaining();
                 let mut start = start;
                 let rest = start.bytes(used)?;
-                Ok(Frame::Ack(AckFrame {
-                    largest,
-                    delay_us,
-                    first_range,
-                    range_count,
-                    rest,
-                }))
+                Ok(Frame::Ack(AckFrame { largest, delay_us, first_range, range_count, rest }))
             }
             FRAME_PING => Ok(Frame::Ping),
             FRAME_CLOSE => {
@@ -297,16 +274,10 @@ impl<'a> FrameReader<'a> {
             let index = self.r.varint_u32("chunk index")?;
             let count = self.r.varint_u32("chunk count")?;
             if !(2..=MAX_CHUNKS).contains(&count) {
-                return Err(WireError::OutOfRange {
-                    field: "chunk count",
-                    value: count.into(),
-                });
+                return Err(WireError::OutOfRange { field: "chunk count", value: count.into() });
             }
             if index >= count {
-                return Err(WireError::OutOfRange {
-                    field: "chunk index",
-                    value: index.into(),
-                });
+                return Err(WireError::OutOfRange { field: "chunk index", value: index.into() });
             }
             Some((index, count))
         } else {
@@ -314,21 +285,13 @@ impl<'a> FrameReader<'a> {
         };
         let payload = if ty & MSG_LEN != 0 {
             let len = self.r.varint()?;
-            let len = usize::try_from(len).map_err(|_| WireError::OutOfRange {
-                field: "message length",
-                value: len,
-            })?;
+            let len = usize::try_from(len)
+                .map_err(|_| WireError::OutOfRange { field: "message length", value: len })?;
             self.r.bytes(len)?
         } else {
             self.r.rest()
         };
-        Ok(MessageFrame {
-            class,
-            stream,
-            seq,
-            chunk,
-            payload,
-        })
+        Ok(MessageFrame { class, stream, seq, chunk, payload })
     }
 }
 
@@ -485,13 +448,7 @@ mod tests {
                 chunk: None,
                 len: 3,
             },
-            MessageHeader {
-                class: Class::Unreliable,
-                stream: 0,
-                seq: 0,
-                chunk: None,
-                len: 3,
-            },
+            MessageHeader { class: Class::Unreliable, stream: 0, seq: 0, chunk: None, len: 3 },
             MessageHeader {
                 class: Class::Unreliable,
                 stream: 0,
@@ -519,9 +476,7 @@ mod tests {
             }
             let frames: Vec<_> = FrameReader::new(&out).collect::<Result<_, _>>().unwrap();
             assert_eq!(frames.len(), 5 + headers.len());
-            let Frame::Ack(ack) = frames[0] else {
-                panic!("{:?}", frames[0])
-            };
+            let Frame::Ack(ack) = frames[0] else { panic!("{:?}", frames[0]) };
             assert_eq!((ack.largest, ack.delay_us), (100, 17));
             let ranges: Vec<_> = ack.ranges(100).collect::<Result<_, _>>().unwrap();
             assert_eq!(ranges, vec![(90, 100), (50, 60), (0, 10)]);
@@ -530,14 +485,8 @@ mod tests {
             assert_eq!(frames[3], Frame::Close(CloseKind::ProtocolViolation));
             assert_eq!(frames[4], Frame::MaxData(1 << 33));
             for (h, f) in headers.iter().zip(&frames[5..]) {
-                let Frame::Message(m) = f else {
-                    panic!("{f:?}")
-                };
-                let seq = if h.class.is_reliable() {
-                    h.seq & 0xffff
-                } else {
-                    h.seq
-                };
+                let Frame::Message(m) = f else { panic!("{f:?}") };
+                let seq = if h.class.is_reliable() { h.seq & 0xffff } else { h.seq };
                 assert_eq!(
                     (m.class, m.stream, m.seq, m.chunk, m.payload),
                     (h.class, h.stream, seq, h.chunk, &b"abc"[..])
@@ -564,10 +513,7 @@ mod tests {
         for (bytes, what) in cases {
             let mut it = FrameReader::new(bytes);
             assert!(matches!(it.next(), Some(Err(_))), "{what}: {bytes:?}");
-            assert!(
-                it.next().is_none(),
-                "{what}: reader must stop after an error"
-            );
+            assert!(it.next().is_none(), "{what}: reader must stop after an error");
         }
     }
 
@@ -575,16 +521,12 @@ mod tests {
     fn ack_ranges_reject_underflow() {
         let mut out = Vec::new();
         encode_ack(&mut out, 0, &[(5, 10)]);
-        let Some(Ok(Frame::Ack(ack))) = FrameReader::new(&out).next() else {
-            panic!()
-        };
+        let Some(Ok(Frame::Ack(ack))) = FrameReader::new(&out).next() else { panic!() };
         // Decoded against a largest smaller than the first range: underflow, typed error.
         assert!(ack.ranges(3).any(|r| r.is_err()));
         // A gap that runs below zero.
         let bytes = [0x01, 10, 0, 0, 0, 0, 1, 2, 50, 0];
-        let Some(Ok(Frame::Ack(ack))) = FrameReader::new(&bytes).next() else {
-            panic!()
-        };
+        let Some(Ok(Frame::Ack(ack))) = FrameReader::new(&bytes).next() else { panic!() };
         assert!(ack.ranges(10).any(|r| r.is_err()));
     }
 }

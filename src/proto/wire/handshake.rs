@@ -149,14 +149,7 @@ pub fn decode_packet(buf: &[u8]) -> Result<Packet<'_>, WireError> {
         if frames.is_empty() {
             return Err(WireError::NoFrames);
         }
-        return Ok(Packet::Data(
-            DataHeader {
-                tag,
-                pn_truncated,
-                pn_len: pn_len as u8,
-            },
-            frames,
-        ));
+        return Ok(Packet::Data(DataHeader { tag, pn_truncated, pn_len: pn_len as u8 }, frames));
     }
     if r.bytes(4)? != MAGIC {
         return Err(WireError::BadMagic);
@@ -191,37 +184,24 @@ pub fn decode_packet(buf: &[u8]) -> Result<Packet<'_>, WireError> {
             Handshake::Reject { nonce, reason }
         }
         (_, false) => return Err(WireError::UnsupportedVersion(version)),
-        (KIND_CHALLENGE, true) => Handshake::Challenge {
-            nonce: r.u32()?,
-            cookie: cookie(&mut r)?,
-        },
-        (KIND_CONNECT, true) => Handshake::Connect {
-            nonce: r.u32()?,
-            cookie: cookie(&mut r)?,
-            window: r.varint()?,
-        },
-        (KIND_ACCEPT, true) => Handshake::Accept {
-            nonce: r.u32()?,
-            tag: r.u32()?,
-            window: r.varint()?,
-        },
+        (KIND_CHALLENGE, true) => Handshake::Challenge { nonce: r.u32()?, cookie: cookie(&mut r)? },
+        (KIND_CONNECT, true) => {
+            Handshake::Connect { nonce: r.u32()?, cookie: cookie(&mut r)?, window: r.varint()? }
+        }
+        (KIND_ACCEPT, true) => {
+            Handshake::Accept { nonce: r.u32()?, tag: r.u32()?, window: r.varint()? }
+        }
         (KIND_RESET, true) => Handshake::Reset { tag: r.u32()? },
         (other, true) => return Err(WireError::UnknownHandshake(other)),
     };
     if !r.is_empty() {
-        return Err(WireError::OutOfRange {
-            field: "trailing bytes",
-            value: r.remaining() as u64,
-        });
+        return Err(WireError::OutOfRange { field: "trailing bytes", value: r.remaining() as u64 });
     }
     Ok(Packet::Handshake(HandshakePacket { version, body }))
 }
 
 fn cookie(r: &mut Reader<'_>) -> Result<Cookie, WireError> {
-    Ok(Cookie {
-        time: r.u32()?,
-        mac: r.u64()?,
-    })
+    Ok(Cookie { time: r.u32()?, mac: r.u64()? })
 }
 
 /// Appends a handshake packet of our [`VERSION`]; a `HELLO` is padded to [`HELLO_LEN`].
@@ -249,11 +229,7 @@ pub fn encode_handshake_version(out: &mut Vec<u8>, version: u8, body: &Handshake
             out.extend_from_slice(&nonce.to_le_bytes());
             put_cookie(out, &cookie);
         }
-        Handshake::Connect {
-            nonce,
-            cookie,
-            window,
-        } => {
+        Handshake::Connect { nonce, cookie, window } => {
             out.push(KIND_CONNECT);
             out.extend_from_slice(&nonce.to_le_bytes());
             put_cookie(out, &cookie);
@@ -319,52 +295,26 @@ mod tests {
 
     #[test]
     fn handshake_round_trips() {
-        let cookie = Cookie {
-            time: 77,
-            mac: 0xdead_beef_0bad_f00d,
-        };
+        let cookie = Cookie { time: 77, mac: 0xdead_beef_0bad_f00d };
         round_trip(Handshake::Hello { nonce: 5 });
         round_trip(Handshake::Challenge { nonce: 5, cookie });
-        round_trip(Handshake::Connect {
-            nonce: 5,
-            cookie,
-            window: 4 << 20,
-        });
-        round_trip(Handshake::Accept {
-            nonce: 5,
-            tag: 0xabcd_ef01,
-            window: 1 << 20,
-        });
+        round_trip(Handshake::Connect { nonce: 5, cookie, window: 4 << 20 });
+        round_trip(Handshake::Accept { nonce: 5, tag: 0xabcd_ef01, window: 1 << 20 });
         round_trip(Handshake::Reject {
             nonce: 5,
             reason: RejectReason::VersionMismatch { supported: 1 },
         });
-        round_trip(Handshake::Reject {
-            nonce: 5,
-            reason: RejectReason::ServerFull,
-        });
-        round_trip(Handshake::Reject {
-            nonce: 5,
-            reason: RejectReason::NotAccepting,
-        });
+        round_trip(Handshake::Reject { nonce: 5, reason: RejectReason::ServerFull });
+        round_trip(Handshake::Reject { nonce: 5, reason: RejectReason::NotAccepting });
         round_trip(Handshake::Reset { tag: 9 });
     }
 
     #[test]
     fn no_server_answer_is_larger_than_a_hello() {
-        let cookie = Cookie {
-            time: u32::MAX,
-            mac: u64::MAX,
-        };
+        let cookie = Cookie { time: u32::MAX, mac: u64::MAX };
         for body in [
-            Handshake::Challenge {
-                nonce: u32::MAX,
-                cookie,
-            },
-            Handshake::Reject {
-                nonce: 1,
-                reason: RejectReason::VersionMismatch { supported: 1 },
-            },
+            Handshake::Challenge { nonce: u32::MAX, cookie },
+            Handshake::Reject { nonce: 1, reason: RejectReason::VersionMismatch { supported: 1 } },
             Handshake::Reset { tag: 1 },
         ] {
             let mut out = Vec::new();
@@ -395,33 +345,17 @@ mod tests {
         encode_handshake_version(
             &mut accept,
             9,
-            &Handshake::Accept {
-                nonce: 1,
-                tag: 2,
-                window: 3,
-            },
+            &Handshake::Accept { nonce: 1, tag: 2, window: 3 },
         );
-        assert_eq!(
-            decode_packet(&accept),
-            Err(WireError::UnsupportedVersion(9))
-        );
+        assert_eq!(decode_packet(&accept), Err(WireError::UnsupportedVersion(9)));
         let mut unknown = hello[..6].to_vec();
         unknown[5] = 42;
-        assert_eq!(
-            decode_packet(&unknown),
-            Err(WireError::UnknownHandshake(42))
-        );
+        assert_eq!(decode_packet(&unknown), Err(WireError::UnknownHandshake(42)));
         let mut trailing = Vec::new();
         encode_handshake(&mut trailing, &Handshake::Reset { tag: 1 });
         trailing.push(0);
-        assert!(matches!(
-            decode_packet(&trailing),
-            Err(WireError::OutOfRange { .. })
-        ));
-        assert_eq!(
-            decode_packet(&hello[..HELLO_LEN - 1]),
-            Err(WireError::ShortHello)
-        );
+        assert!(matches!(decode_packet(&trailing), Err(WireError::OutOfRange { .. })));
+        assert_eq!(decode_packet(&hello[..HELLO_LEN - 1]), Err(WireError::ShortHello));
         assert_eq!(decode_packet(&[]), Err(WireError::Empty));
     }
 
@@ -433,14 +367,7 @@ mod tests {
             out.push(0x02); // a PING frame
             match decode_packet(&out) {
                 Ok(Packet::Data(h, frames)) => {
-                    assert_eq!(
-                        h,
-                        DataHeader {
-                            tag: 0xfeed_f00d,
-                            pn_truncated: pn,
-                            pn_len: len
-                        }
-                    );
+                    assert_eq!(h, DataHeader { tag: 0xfeed_f00d, pn_truncated: pn, pn_len: len });
                     assert_eq!(frames, &[0x02]);
                 }
                 other => panic!("{other:?}"),
@@ -449,13 +376,7 @@ mod tests {
             no_frames.pop();
             assert_eq!(decode_packet(&no_frames), Err(WireError::NoFrames));
         }
-        assert_eq!(
-            decode_packet(&[0x81, 0, 0, 0, 0, 0, 2]),
-            Err(WireError::ReservedBits(0x81))
-        );
-        assert_eq!(
-            decode_packet(&[0xb0, 0, 0, 0, 0, 0, 2]),
-            Err(WireError::ReservedBits(0xb0))
-        );
+        assert_eq!(decode_packet(&[0x81, 0, 0, 0, 0, 0, 2]), Err(WireError::ReservedBits(0x81)));
+        assert_eq!(decode_packet(&[0xb0, 0, 0, 0, 0, 0, 2]), Err(WireError::ReservedBits(0xb0)));
     }
 }

@@ -32,17 +32,9 @@ use crate::transport::{ConnShared, Connection, Delivery, EndpointShared, Event};
 /// What a handle asks of its session.
 #[derive(Debug)]
 pub(crate) enum Command {
-    Send {
-        class: Class,
-        stream: u8,
-        payload: Bytes,
-    },
-    Close {
-        code: u32,
-    },
-    Abort {
-        reason: DisconnectReason,
-    },
+    Send { class: Class, stream: u8, payload: Bytes },
+    Close { code: u32 },
+    Abort { reason: DisconnectReason },
 }
 
 /// What every connection of one endpoint shares with the driver.
@@ -67,10 +59,9 @@ impl Sink {
     }
 
     fn report_deadline(&self, at: Instant) {
-        let nanos = at
-            .saturating_duration_since(self.epoch)
-            .as_nanos()
-            .min(u128::from(u64::MAX - 1)) as u64;
+        let nanos =
+            at.saturating_duration_since(self.epoch).as_nanos().min(u128::from(u64::MAX - 1))
+                as u64;
         self.next_deadline.fetch_min(nanos, Ordering::AcqRel);
     }
 }
@@ -78,15 +69,8 @@ impl Sink {
 /// Which side opened the session.
 #[derive(Debug)]
 pub(crate) enum Role {
-    Client {
-        nonce: u32,
-        done: oneshot::Sender<Result<Connection, ConnectError>>,
-    },
-    Server {
-        nonce: u32,
-        tag: u32,
-        window: u64,
-    },
+    Client { nonce: u32, done: oneshot::Sender<Result<Connection, ConnectError>> },
+    Server { nonce: u32, tag: u32, window: u64 },
 }
 
 /// Everything a connection needs, prepared by the driver before laminar creates it.
@@ -172,11 +156,7 @@ impl Live {
         while let Ok(cmd) = self.inbox.try_recv() {
             self.dirty = true;
             match cmd {
-                Command::Send {
-                    class,
-                    stream,
-                    payload,
-                } => {
+                Command::Send { class, stream, payload } => {
                     let len = payload.len();
                     if self.session.send(class, stream, payload).is_err() {
                         // Closed meanwhile: give the bytes back.
@@ -196,9 +176,7 @@ impl Live {
                 SessionEvent::Connected => {
                     self.connected = true;
                     self.shared.set_open(self.session.peer_window());
-                    let conn = Connection {
-                        shared: self.shared.clone(),
-                    };
+                    let conn = Connection { shared: self.shared.clone() };
                     if let Some(done) = self.connect_done.take() {
                         let _ = done.send(Ok(conn.clone()));
                     }
@@ -218,10 +196,7 @@ impl Live {
                         let _ = done.send(Err(ConnectError::Failed(reason)));
                     }
                     if self.connected {
-                        self.sink.emit(Event::Disconnected {
-                            peer: self.shared.peer,
-                            reason,
-                        });
+                        self.sink.emit(Event::Disconnected { peer: self.shared.peer, reason });
                     }
                 }
             }
@@ -241,11 +216,7 @@ impl laminar::Connection for Conn {
         time: Instant,
     ) -> Self {
         let live = take_init(address).map(|init| Box::new(Live::new(init, time)));
-        Conn {
-            addr: address,
-            live,
-            gone_reported: false,
-        }
+        Conn { addr: address, live, gone_reported: false }
     }
 
     fn is_established(&self) -> bool {

@@ -36,13 +36,8 @@ use crate::transport::{ConnShared, Connection, EndpointShared, Event};
 /// Requests from `Endpoint` handles to the task.
 #[derive(Debug)]
 pub(crate) enum DriverCmd {
-    Connect {
-        addr: SocketAddr,
-        done: oneshot::Sender<Result<Connection, ConnectError>>,
-    },
-    Shutdown {
-        done: Option<oneshot::Sender<()>>,
-    },
+    Connect { addr: SocketAddr, done: oneshot::Sender<Result<Connection, ConnectError>> },
+    Shutdown { done: Option<oneshot::Sender<()>> },
 }
 
 type Manager<I> = laminar::ConnectionManager<GatedSocket<I>, Conn>;
@@ -95,6 +90,7 @@ impl<I: Io> Driver<I> {
             reading_paused: AtomicBool::new(false),
             next_peer: AtomicU64::new(1),
             stopped: AtomicBool::new(false),
+            sessions: AtomicUsize::new(0),
         });
         let sink = Arc::new(Sink {
             config,
@@ -103,14 +99,7 @@ impl<I: Io> Driver<I> {
             next_deadline: AtomicU64::new(u64::MAX),
             epoch: now,
         });
-        let driver = Self {
-            mgr,
-            sink,
-            cmds,
-            rng,
-            conns: HashMap::new(),
-            inits: Vec::new(),
-        };
+        let driver = Self { mgr, sink, cmds, rng, conns: HashMap::new(), inits: Vec::new() };
         (driver, shared)
     }
 
@@ -121,15 +110,7 @@ impl<I: Io> Driver<I> {
         let (tx, inbox) = crossbeam::channel::unbounded();
         let shared = Arc::new(ConnShared::new(peer, addr, ep.clone(), tx, now));
         self.conns.insert(addr, shared.clone());
-        self.inits.push((
-            addr,
-            Init {
-                shared,
-                inbox,
-                sink: self.sink.clone(),
-                role,
-            },
-        ));
+        self.inits.push((addr, Init { shared, inbox, sink: self.sink.clone(), role }));
         // The manager owns the receiver; it lives as long as `self`.
         let _ = self.mgr.event_sender().send(conn::poke(addr));
     }
@@ -172,10 +153,7 @@ impl<I: Io> Driver<I> {
         self.broadcast(|| Command::Close { code: 0 });
         let cfg = &self.sink.config;
         let deadline = now + cfg.close_linger + cfg.max_rto * 3;
-        *shutdown = Some(Shutdown {
-            deadline,
-            waiters: done.into_iter().collect(),
-        });
+        *shutdown = Some(Shutdown { deadline, waiters: done.into_iter().collect() });
     }
 
     /// One pass of laminar's manager.
@@ -202,15 +180,16 @@ impl<I: Io> Driver<I> {
                 self.conns.remove(&addr);
             }
         }
+        self.sink.endpoint.sessions.store(self.conns.len(), Ordering::Release);
     }
 
     fn next_deadline(&self) -> Option<Instant> {
         let nanos = self.sink.next_deadline.load(Ordering::Acquire);
         let protocol = (nanos != u64::MAX).then(|| self.sink.epoch + Duration::from_nanos(nanos));
-        [protocol, self.mgr.socket().io.next_arrival()]
-            .into_iter()
-            .flatten()
-            .min()
+        // While reading is paused, datagrams waiting in the socket are no reason to wake.
+        let socket = self.mgr.socket();
+        let arrival = if socket.paused { None } else { socket.io.next_arrival() };
+        [protocol, arrival].into_iter().flatten().min()
     }
 
     /// The task: runs until shut down.
@@ -237,9 +216,7 @@ impl<I: Io> Driver<I> {
                 .into_iter()
                 .flatten()
                 .min();
-            let Self {
-                mgr, sink, cmds, ..
-            } = &mut self;
+            let Self { mgr, sink, cmds, .. } = &mut self;
             let socket = mgr.socket();
             let readable = std::future::poll_fn(|cx| socket.io.poll_readable(cx));
             let sleep =
@@ -260,9 +237,7 @@ impl<I: Io> Driver<I> {
         }
         // Whatever did not finish in time ends now.
         let now = tokio::time::Instant::now().into_std();
-        self.broadcast(|| Command::Abort {
-            reason: DisconnectReason::EndpointClosed,
-        });
+        self.broadcast(|| Command::Abort { reason: DisconnectReason::EndpointClosed });
         self.poll(now);
         self.sink.endpoint.stopped.store(true, Ordering::Release);
         if let Some(s) = shutdown {

@@ -114,10 +114,7 @@ impl<I: Io> laminar::DatagramSocket for GatedSocket<I> {
             }
             let known = self.known.contains_key(&from);
             let full = self.refusing || self.incoming >= self.max_incoming;
-            match self
-                .gate
-                .filter(self.now, from, &buffer[..len], known, full, &mut self.reply)
-            {
+            match self.gate.filter(self.now, from, &buffer[..len], known, full, &mut self.reply) {
                 Verdict::Pass => {
                     let buffer: &'a [u8] = buffer;
                     return Ok((&buffer[..len], from));

@@ -1,0 +1,389 @@
+//! Session lifecycle over the simulated network: the stateless handshake, versions, hostile
+//! datagrams, restarts on either side, timeouts, keepalive and close.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use grainwire::TransportConfig;
+use grainwire::error::{ConnectError, DisconnectReason};
+use grainwire::proto::rng::SplitMix64;
+use grainwire::proto::wire::{self, Handshake, Packet, RejectReason, VERSION};
+use grainwire::transport::sim::{SimConfig, SimNetwork};
+use grainwire::transport::{Delivery, Endpoint, Event, PeerId};
+
+const SERVER: &str = "10.0.0.1:9000";
+const CLIENT: &str = "10.0.0.2:5000";
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+fn net() -> SimNetwork {
+    SimNetwork::new(42, SimConfig { delay: Duration::from_millis(20), ..SimConfig::default() })
+}
+
+fn hs(version: u8, body: Handshake) -> Vec<u8> {
+    let mut v = Vec::new();
+    wire::encode_handshake_version(&mut v, version, &body);
+    v
+}
+
+fn decode_hs(data: &[u8]) -> Handshake {
+    match wire::decode_packet(data) {
+        Ok(Packet::Handshake(p)) => p.body,
+        other => panic!("expected a handshake packet, got {other:?}"),
+    }
+}
+
+async fn next(ep: &mut Endpoint) -> Event {
+    tokio::time::timeout(Duration::from_secs(120), ep.next_event())
+        .await
+        .expect("an event in time")
+        .expect("open")
+}
+
+/// Waits for the next event that is not `Connected`.
+async fn next_non_connect(ep: &mut Endpoint) -> Event {
+    loop {
+        match next(ep).await {
+            Event::Connected(_) => continue,
+            e => return e,
+        }
+    }
+}
+
+async fn disconnected(ep: &mut Endpoint, peer: PeerId) -> DisconnectReason {
+    loop {
+        if let Event::Disconnected { peer: p, reason } = next(ep).await {
+            if p == peer {
+                return reason;
+            }
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn other_versions_are_rejected_with_ours_and_leave_no_state() {
+    let net = net();
+    let server = net.endpoint(addr(SERVER), TransportConfig::server()).unwrap();
+    let raw = net.raw_socket(addr(CLIENT)).unwrap();
+    raw.send_to(server.local_addr(), &hs(VERSION + 1, Handshake::Hello { nonce: 3 }));
+    let (_, reply) = raw.recv().await;
+    assert_eq!(
+        decode_hs(&reply),
+        Handshake::Reject {
+            nonce: 3,
+            reason: RejectReason::VersionMismatch { supported: VERSION }
+        }
+    );
+    assert_eq!(server.session_count(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_client_told_of_another_version_fails_with_a_typed_error() {
+    let net = net();
+    let fake_server = net.raw_socket(addr(SERVER)).unwrap();
+    let client = net.endpoint(addr(CLIENT), TransportConfig::default()).unwrap();
+    let answer = async {
+        let (from, hello) = fake_server.recv().await;
+        let Handshake::Hello { nonce } = decode_hs(&hello) else { panic!() };
+        let reject =
+            Handshake::Reject { nonce, reason: RejectReason::VersionMismatch { supported: 9 } };
+        fake_server.send_to(from, &hs(9, reject));
+    };
+    let (result, ()) = tokio::join!(client.connect(addr(SERVER)), answer);
+    match result {
+        Err(ConnectError::Failed(DisconnectReason::VersionMismatch {
+            ours: VERSION,
+            theirs: 9,
+        })) => {}
+        other => panic!("expected a version mismatch, got {other:?}"),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn wrong_magic_gets_no_answer_and_no_state() {
+    let net = net();
+    let server = net.endpoint(addr(SERVER), TransportConfig::server()).unwrap();
+    let raw = net.raw_socket(addr(CLIENT)).unwrap();
+    let mut hello = hs(VERSION, Handshake::Hello { nonce: 1 });
+    hello[..4].copy_from_slice(b"NOPE");
+    raw.send_to(server.local_addr(), &hello);
+    assert_eq!(raw.recv_timeout(Duration::from_secs(2)).await, None);
+    assert_eq!(server.session_count(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_address_that_never_echoes_the_cookie_leaves_no_state() {
+    let net = net();
+    let server = net.endpoint(addr(SERVER), TransportConfig::server()).unwrap();
+    let raw = net.raw_socket(addr(CLIENT)).unwrap();
+    for nonce in 0..100 {
+        raw.send_to(server.local_addr(), &hs(VERSION, Handshake::Hello { nonce }));
+        let (_, reply) = raw.recv().await;
+        let Handshake::Challenge { nonce: n, cookie } = decode_hs(&reply) else { panic!() };
+        assert_eq!(n, nonce);
+        // A CONNECT with a tampered cookie, or for another nonce: dropped silently.
+        let forged = wire::Cookie { mac: cookie.mac ^ 1, ..cookie };
+        raw.send_to(
+            server.local_addr(),
+            &hs(VERSION, Handshake::Connect { nonce, cookie: forged, window: 1 << 20 }),
+        );
+        raw.send_to(
+            server.local_addr(),
+            &hs(VERSION, Handshake::Connect { nonce: nonce + 1, cookie, window: 1 << 20 }),
+        );
+    }
+    assert_eq!(raw.recv_timeout(Duration::from_secs(2)).await, None);
+    assert_eq!(server.session_count(), 0);
+    // The echo, made late, after the cookie expired: still nothing.
+    raw.send_to(server.local_addr(), &hs(VERSION, Handshake::Hello { nonce: 500 }));
+    let Handshake::Challenge { cookie, .. } = decode_hs(&raw.recv().await.1) else { panic!() };
+    tokio::time::sleep(Duration::from_secs(30)).await; // virtual time: let the cookie expire
+    raw.send_to(
+        server.local_addr(),
+        &hs(VERSION, Handshake::Connect { nonce: 500, cookie, window: 1 << 20 }),
+    );
+    assert_eq!(raw.recv_timeout(Duration::from_secs(2)).await, None);
+    assert_eq!(server.session_count(), 0);
+}
+
+/// Valid-looking packets with random corruption, plus pure noise, from many addresses.
+fn hostile_datagrams(seed: u64, n: usize) -> Vec<(u16, Vec<u8>)> {
+    let mut rng = SplitMix64::new(seed);
+    let mut templates = vec![
+        hs(VERSION, Handshake::Hello { nonce: 1 }),
+        hs(
+            VERSION,
+            Handshake::Connect { nonce: 1, cookie: wire::Cookie { time: 0, mac: 0 }, window: 99 },
+        ),
+        hs(VERSION, Handshake::Accept { nonce: 1, tag: 2, window: 99 }),
+        hs(VERSION, Handshake::Reset { tag: 2 }),
+    ];
+    let mut data = Vec::new();
+    wire::encode_data_header(&mut data, 7, 1, 1);
+    data.extend_from_slice(&[0x40, 0, 0, b'x', 0x02, 0x01, 0, 0, 0, 0, 0, 0, 0]);
+    templates.push(data);
+    (0..n)
+        .map(|i| {
+            let port = 20000 + rng.below(500) as u16;
+            let mut d = if i % 3 == 0 {
+                let len = rng.below(1500) as usize;
+                (0..len).map(|_| rng.next_u32() as u8).collect()
+            } else {
+                templates[rng.below(templates.len() as u64) as usize].clone()
+            };
+            for _ in 0..rng.below(4) {
+                if !d.is_empty() {
+                    let at = rng.below(d.len() as u64) as usize;
+                    d[at] = rng.next_u32() as u8;
+                }
+            }
+            if rng.below(4) == 0 {
+                d.truncate(rng.below(d.len() as u64 + 1) as usize);
+            }
+            (port, d)
+        })
+        .collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn random_datagrams_never_panic_and_leave_no_state() {
+    let net = net();
+    let mut server = net.endpoint(addr(SERVER), TransportConfig::server()).unwrap();
+    let mut sockets = std::collections::HashMap::new();
+    for (port, d) in hostile_datagrams(0xbad, 20_000) {
+        let raw = sockets
+            .entry(port)
+            .or_insert_with(|| net.raw_socket(SocketAddr::new(addr(CLIENT).ip(), port)).unwrap());
+        raw.send_to(addr(SERVER), &d);
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await; // virtual time: let them all arrive
+    assert_eq!(server.session_count(), 0);
+    // The server still serves a real client.
+    let client = net.endpoint(addr(CLIENT), TransportConfig::default()).unwrap();
+    let conn = client.connect(addr(SERVER)).await.unwrap();
+    conn.send(Delivery::ReliableUnordered, Bytes::from_static(b"still here")).unwrap();
+    let Event::Message { payload, .. } = next_non_connect(&mut server).await else { panic!() };
+    assert_eq!(&payload[..], b"still here");
+    assert_eq!(server.session_count(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_restarted_client_is_a_new_session_and_replaces_the_old() {
+    let net = net();
+    let mut server = net.endpoint(addr(SERVER), TransportConfig::server()).unwrap();
+    let mut first = net.endpoint(addr(CLIENT), TransportConfig::default()).unwrap();
+    let c1 = first.connect(addr(SERVER)).await.unwrap();
+    c1.send(Delivery::reliable_ordered(0), Bytes::from_static(b"old")).unwrap();
+    let Event::Connected(old) = next(&mut server).await else { panic!() };
+    let Event::Message { payload, .. } = next(&mut server).await else { panic!() };
+    assert_eq!(&payload[..], b"old");
+    // The client process dies without a word (its CLOSE is lost), and restarts on the same port.
+    net.set_down(addr(CLIENT), true);
+    first.close().await;
+    drop(first);
+    net.set_down(addr(CLIENT), false);
+    let second = net.endpoint(addr(CLIENT), TransportConfig::default()).unwrap();
+    let c2 = second.connect(addr(SERVER)).await.unwrap();
+    c2.send(Delivery::reliable_ordered(0), Bytes::from_static(b"new")).unwrap();
+    assert_eq!(disconnected(&mut server, old.peer_id()).await, DisconnectReason::Replaced);
+    let Event::Connected(new) = next(&mut server).await else { panic!() };
+    assert_ne!(new.peer_id(), old.peer_id());
+    let Event::Message { peer, payload, .. } = next(&mut server).await else { panic!() };
+    assert_eq!(
+        (peer, &payload[..]),
+        (new.peer_id(), &b"new"[..]),
+        "nothing of the old session merges in"
+    );
+    assert_eq!(server.session_count(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_restarted_server_resets_its_old_clients_at_once() {
+    let net = net();
+    let mut server = net.endpoint(addr(SERVER), TransportConfig::server()).unwrap();
+    let mut client = net.endpoint(addr(CLIENT), TransportConfig::default()).unwrap();
+    let conn = client.connect(addr(SERVER)).await.unwrap();
+    // The server process dies without a word and restarts on the same address.
+    net.set_down(addr(SERVER), true);
+    server.close().await;
+    drop(server);
+    net.set_down(addr(SERVER), false);
+    let _restarted = net.endpoint(addr(SERVER), TransportConfig::server()).unwrap();
+    let t0 = tokio::time::Instant::now();
+    conn.send(Delivery::reliable_ordered(0), Bytes::from_static(b"anyone?")).unwrap();
+    assert_eq!(disconnected(&mut client, conn.peer_id()).await, DisconnectReason::Reset);
+    assert!(
+        t0.elapsed() < Duration::from_millis(200),
+        "reset after {:?}, not the idle timeout",
+        t0.elapsed()
+    );
+    assert!(!conn.is_connected());
+    assert_eq!(
+        conn.send(Delivery::Unreliable, Bytes::new()),
+        Err(grainwire::error::SendError::Closed)
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn silence_times_out_and_keepalive_keeps_an_idle_session_alive() {
+    let net = net();
+    let mut server = net.endpoint(addr(SERVER), TransportConfig::server()).unwrap();
+    let mut client = net.endpoint(addr(CLIENT), TransportConfig::default()).unwrap();
+    let conn = client.connect(addr(SERVER)).await.unwrap();
+    let Event::Connected(sc) = next(&mut server).await else { panic!() };
+    // A minute with no application traffic: pings keep it up and measure the RTT.
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert!(conn.is_connected() && sc.is_connected());
+    let rtt = conn.stats().rtt;
+    assert!(rtt >= Duration::from_millis(39) && rtt <= Duration::from_millis(45), "rtt {rtt:?}");
+    assert!(conn.stats().packets_sent > 50, "{:?}", conn.stats());
+    // The network goes silent: both sides time out after the idle timeout.
+    net.set_down(addr(SERVER), true);
+    let t0 = tokio::time::Instant::now();
+    assert_eq!(disconnected(&mut server, sc.peer_id()).await, DisconnectReason::Timeout);
+    assert_eq!(disconnected(&mut client, conn.peer_id()).await, DisconnectReason::Timeout);
+    let idle = TransportConfig::default().idle_timeout;
+    assert!(
+        t0.elapsed() >= idle - Duration::from_secs(1)
+            && t0.elapsed() <= idle + Duration::from_secs(1)
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn connect_times_out_without_a_server() {
+    let net = net();
+    let client = net.endpoint(addr(CLIENT), TransportConfig::default()).unwrap();
+    let t0 = tokio::time::Instant::now();
+    match client.connect(addr(SERVER)).await {
+        Err(ConnectError::Failed(DisconnectReason::Timeout)) => {}
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(t0.elapsed(), TransportConfig::default().handshake_timeout);
+    assert_eq!(client.session_count(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn close_flushes_queued_reliable_data_then_tells_the_peer() {
+    let net = SimNetwork::new(
+        3,
+        SimConfig { loss: 0.1, delay: Duration::from_millis(20), ..SimConfig::default() },
+    );
+    let mut server = net.endpoint(addr(SERVER), TransportConfig::server()).unwrap();
+    let mut client = net.endpoint(addr(CLIENT), TransportConfig::default()).unwrap();
+    let conn = client.connect(addr(SERVER)).await.unwrap();
+    for i in 0..300u32 {
+        conn.send(Delivery::reliable_ordered(1), Bytes::from(i.to_le_bytes().to_vec())).unwrap();
+    }
+    conn.close(42);
+    assert_eq!(
+        conn.send(Delivery::Unreliable, Bytes::new()).err(),
+        None.or(conn.send(Delivery::Unreliable, Bytes::new()).err())
+    );
+    let mut got = 0u32;
+    loop {
+        match next_non_connect(&mut server).await {
+            Event::Message { payload, .. } => {
+                assert_eq!(payload[..], got.to_le_bytes());
+                got += 1;
+            }
+            Event::Disconnected { reason, .. } => {
+                assert_eq!(reason, DisconnectReason::ClosedByPeer { code: 42 });
+                break;
+            }
+            Event::Connected(_) => unreachable!(),
+        }
+    }
+    assert_eq!(got, 300, "every queued message arrived before the close");
+    assert_eq!(disconnected(&mut client, conn.peer_id()).await, DisconnectReason::ClosedLocally);
+    // Both sides forget the session once the close has drained.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!((server.session_count(), client.session_count()), (0, 0));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_full_server_and_a_non_server_reject_with_a_typed_error() {
+    let net = net();
+    let server = net
+        .endpoint(addr(SERVER), TransportConfig { max_connections: 1, ..TransportConfig::server() })
+        .unwrap();
+    let a = net.endpoint(addr("10.0.0.3:1"), TransportConfig::default()).unwrap();
+    let b = net.endpoint(addr("10.0.0.4:1"), TransportConfig::default()).unwrap();
+    let _ca = a.connect(server.local_addr()).await.unwrap();
+    match b.connect(server.local_addr()).await {
+        Err(ConnectError::Failed(DisconnectReason::Rejected)) => {}
+        other => panic!("{other:?}"),
+    }
+    match b.connect(a.local_addr()).await {
+        Err(ConnectError::Failed(DisconnectReason::Rejected)) => {}
+        other => panic!("{other:?}"),
+    }
+    match a.connect(server.local_addr()).await {
+        Err(ConnectError::AlreadyConnected) => {}
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn endpoint_close_ends_every_session_and_the_task() {
+    let net = net();
+    let mut server = net.endpoint(addr(SERVER), TransportConfig::server()).unwrap();
+    let mut client = net.endpoint(addr(CLIENT), TransportConfig::default()).unwrap();
+    let conn = client.connect(addr(SERVER)).await.unwrap();
+    let Event::Connected(sc) = next(&mut server).await else { panic!() };
+    server.close().await;
+    assert!(server.is_closed());
+    assert_eq!(
+        disconnected(&mut client, conn.peer_id()).await,
+        DisconnectReason::ClosedByPeer { code: 0 }
+    );
+    assert!(!sc.is_connected());
+    // The server's event stream ends after its last events.
+    while let Some(ev) = server.next_event().await {
+        if let Event::Disconnected { reason, .. } = ev {
+            assert_eq!(reason, DisconnectReason::ClosedLocally);
+        }
+    }
+}
