@@ -21,9 +21,16 @@ pub(crate) trait Io: Debug + Send + Sync + 'static {
 }
 
 /// A tokio UDP socket.
+///
+/// Receives go through tokio, whose readiness tracking wakes the task. Sends go through a
+/// duplicate of the same socket as a plain non-blocking std socket: tokio's `try_send_to`
+/// refuses to even try while it has not yet seen the socket become writable (right after
+/// binding, for instance), which would silently drop the first datagrams; the kernel, asked
+/// directly, says `WouldBlock` only when its buffer is really full.
 #[derive(Debug)]
 pub(crate) struct UdpIo {
     socket: tokio::net::UdpSocket,
+    sender: std::net::UdpSocket,
 }
 
 impl UdpIo {
@@ -39,8 +46,10 @@ impl UdpIo {
         }
         socket.set_nonblocking(true)?;
         socket.bind(&addr.into())?;
-        let socket = tokio::net::UdpSocket::from_std(socket.into())?;
-        Ok(Self { socket })
+        let std: std::net::UdpSocket = socket.into();
+        let sender = std.try_clone()?;
+        let socket = tokio::net::UdpSocket::from_std(std)?;
+        Ok(Self { socket, sender })
     }
 }
 
@@ -50,7 +59,7 @@ impl Io for UdpIo {
     }
 
     fn send_to(&mut self, _now: Instant, to: SocketAddr, buf: &[u8]) -> io::Result<usize> {
-        self.socket.try_send_to(buf, to)
+        self.sender.send_to(buf, to)
     }
 
     fn local_addr(&self) -> io::Result<SocketAddr> {

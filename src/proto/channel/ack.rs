@@ -25,6 +25,8 @@ pub(crate) struct RecvPackets {
     /// Packet numbers below this need no more acknowledging: the peer saw an ack covering them.
     ack_floor: u64,
     largest_at: Option<(u64, Instant)>,
+    /// The largest packet number that asked for an ack.
+    largest_eliciting: Option<u64>,
     eliciting_unacked: u32,
     ack_deadline: Option<Instant>,
 }
@@ -36,6 +38,7 @@ impl RecvPackets {
             floor: 0,
             ack_floor: 0,
             largest_at: None,
+            largest_eliciting: None,
             eliciting_unacked: 0,
             ack_deadline: None,
         }
@@ -67,6 +70,7 @@ impl RecvPackets {
         if !eliciting {
             return;
         }
+        self.largest_eliciting = Some(self.largest_eliciting.map_or(pn, |l| l.max(pn)));
         self.eliciting_unacked += 1;
         if !in_order || self.eliciting_unacked >= ack_frequency {
             // A gap (or a late arrival) is acknowledged at once so the sender can retransmit.
@@ -121,9 +125,11 @@ impl RecvPackets {
         self.ack_deadline
     }
 
-    /// Whether an outgoing datagram should carry an `ACK` frame.
+    /// Whether an outgoing datagram should carry an `ACK` frame: some packet that asked for
+    /// an ack is not known to have been acknowledged. (Packets that asked for none, such as
+    /// the peer's own acks, are reported along but never cause an `ACK`.)
     pub(crate) fn has_unreported(&self) -> bool {
-        self.ranges.back().is_some_and(|&(_, hi)| hi >= self.ack_floor)
+        self.largest_eliciting.is_some_and(|l| l >= self.ack_floor)
     }
 
     /// Writes an `ACK` frame of at most `budget` bytes (at least the newest range is always
@@ -243,15 +249,17 @@ mod tests {
         for pn in [0, 1, 3] {
             p.on_packet(pn, now, true, 2, MS);
         }
+        p.on_packet(4, now, false, 2, MS);
         let mut out = Vec::new();
         p.write_ack(&mut out, now, 100);
         let Some(Ok(Frame::Ack(a))) = FrameReader::new(&out).next() else { panic!() };
-        let r: Vec<_> = a.ranges(3).map(Result::unwrap).collect();
-        assert_eq!(r, vec![(3, 3), (0, 1)]);
+        let r: Vec<_> = a.ranges(4).map(Result::unwrap).collect();
+        assert_eq!(r, vec![(3, 4), (0, 1)]);
         assert!(p.has_unreported());
-        p.on_ack_acked(3);
+        p.on_ack_acked(4);
         assert!(!p.has_unreported());
-        assert_eq!(p.write_ack(&mut out, now, 100), None);
+        p.on_packet(5, now, false, 2, MS);
+        assert!(!p.has_unreported(), "a packet asking for no ack does not make one due");
     }
 
     #[test]

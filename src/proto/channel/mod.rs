@@ -503,14 +503,17 @@ impl Channel {
     }
 
     /// Whether a new `MAX_DATA` should go out: a quarter of the window was released since the
-    /// last one, or everything received was delivered (the peer may be waiting for credit).
+    /// last one, or the peer may be blocked (what it may still send would not fit one chunk).
     fn max_data_due(&self) -> Option<u64> {
-        let limit = self.credit.limit();
-        if limit <= self.credit.advertised {
+        let c = &self.credit;
+        let limit = c.limit();
+        if limit <= c.advertised {
             return None;
         }
-        let quarter = limit - self.credit.advertised >= self.credit.window / 4;
-        (quarter || self.credit.charged == self.credit.released).then_some(limit)
+        let quarter = limit - c.advertised >= c.window / 4;
+        let starved =
+            c.advertised - c.charged.min(c.advertised) < self.p.chunk_size as u64 + CHUNK_COST;
+        (quarter || starved).then_some(limit)
     }
 
     fn has_new_data(&self) -> bool {

@@ -1,1 +1,194 @@
+//! Channel scripts on a manual clock: loss recovery, packing, windows and credit.
 
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use super::*;
+
+const MS: Duration = Duration::from_millis(1);
+const TAG: u32 = 5;
+
+fn cfg() -> TransportConfig {
+    TransportConfig::default()
+}
+
+fn pair(cfg: &TransportConfig, now: Instant) -> (Channel, Channel) {
+    (Channel::new(cfg, cfg.receive_window, now), Channel::new(cfg, cfg.receive_window, now))
+}
+
+/// Everything `from` wants to send now.
+fn transmit(from: &mut Channel, now: Instant) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut buf = Vec::new();
+    while from.write_packet(now, TAG, &mut buf, false, None) {
+        out.push(buf.clone());
+    }
+    out
+}
+
+/// Delivers datagrams to `to`; returns the messages it produced.
+fn receive(to: &mut Channel, now: Instant, datagrams: &[Vec<u8>]) -> Vec<Bytes> {
+    let mut got = Vec::new();
+    for d in datagrams {
+        let Ok(wire::Packet::Data(h, frames)) = wire::decode_packet(d) else { panic!("not data") };
+        let mut dg = Datagram::new(d);
+        to.handle_packet(now, h.pn_truncated, h.pn_len, frames, &mut dg, &mut |m| {
+            got.push(m.payload)
+        })
+        .unwrap();
+    }
+    got
+}
+
+#[test]
+fn small_messages_share_datagrams() {
+    let now = Instant::now();
+    let (mut a, mut b) = pair(&cfg(), now);
+    for i in 0..200u8 {
+        a.send(Class::ReliableOrdered, 0, Bytes::from(vec![i; 10])).unwrap();
+    }
+    let sent = transmit(&mut a, now);
+    assert!(sent.len() <= 3, "{} datagrams for 200 x 10 bytes", sent.len());
+    assert!(sent.iter().all(|d| d.len() <= 1200));
+    let got = receive(&mut b, now, &sent);
+    assert_eq!(got.len(), 200);
+    assert!(got.iter().enumerate().all(|(i, m)| m[..] == [i as u8; 10]));
+}
+
+#[test]
+fn a_gap_is_repaired_by_fast_retransmit_before_any_timer() {
+    let now = Instant::now();
+    let (mut a, mut b) = pair(&cfg(), now);
+    for i in 0..6u8 {
+        a.send(Class::ReliableOrdered, 0, Bytes::from(vec![i; 1000])).unwrap();
+    }
+    let sent = transmit(&mut a, now);
+    assert_eq!(sent.len(), 6, "one 1000-byte message per datagram");
+    let t1 = now + 10 * MS;
+    // Datagram 1 is lost; the receiver holds 2..5 back for order and acks the gap at once.
+    let got = receive(
+        &mut b,
+        t1,
+        &[sent[0].clone(), sent[2].clone(), sent[3].clone(), sent[4].clone(), sent[5].clone()],
+    );
+    assert_eq!(got.len(), 1);
+    let acks = transmit(&mut b, t1);
+    assert!(!acks.is_empty(), "a gap is acknowledged without delay");
+    let t2 = t1 + 10 * MS;
+    assert!(receive(&mut a, t2, &acks).is_empty());
+    // Three later packets were acked: packet 1 is lost, resent now, long before the RTO.
+    let resent = transmit(&mut a, t2);
+    assert_eq!(resent.len(), 1);
+    assert_eq!(a.stats().retransmissions, 1);
+    let got = receive(&mut b, t2 + 10 * MS, &resent);
+    assert_eq!(got.iter().map(|m| m[0]).collect::<Vec<_>>(), vec![1, 2, 3, 4, 5]);
+}
+
+#[test]
+fn a_lost_tail_is_resent_by_the_timer_with_backoff() {
+    let now = Instant::now();
+    let (mut a, mut b) = pair(&cfg(), now);
+    a.set_initial_rtt(20 * MS);
+    a.send(Class::ReliableUnordered, 0, Bytes::from_static(b"tail")).unwrap();
+    assert_eq!(transmit(&mut a, now).len(), 1); // lost
+    let rto = a.next_timeout().expect("timer armed");
+    assert!(rto > now && rto <= now + 100 * MS, "{:?}", rto - now);
+    assert!(transmit(&mut a, rto - MS).is_empty(), "nothing before the timer");
+    a.handle_timeout(rto);
+    let again = transmit(&mut a, rto);
+    assert_eq!(again.len(), 1); // lost again
+    let rto2 = a.next_timeout().unwrap();
+    assert!(
+        rto2 - rto >= (rto - now) * 2 - MS,
+        "backoff doubles: {:?} then {:?}",
+        rto - now,
+        rto2 - rto
+    );
+    a.handle_timeout(rto2);
+    let third = transmit(&mut a, rto2);
+    assert_eq!(receive(&mut b, rto2 + 10 * MS, &third), vec![Bytes::from_static(b"tail")]);
+    assert_eq!(a.stats().packets_lost, 2);
+}
+
+#[test]
+fn the_congestion_window_bounds_bytes_in_flight() {
+    let now = Instant::now();
+    let c = TransportConfig { initial_window_packets: 4, ..cfg() };
+    let (mut a, _) = pair(&c, now);
+    for _ in 0..100 {
+        a.send(Class::ReliableOrdered, 0, Bytes::from(vec![0; 1000])).unwrap();
+    }
+    let sent = transmit(&mut a, now);
+    assert_eq!(sent.len(), 4);
+    assert!(a.stats().bytes_in_flight <= 4 * 1200);
+}
+
+#[test]
+fn credit_stops_the_sender_and_max_data_resumes_it() {
+    let now = Instant::now();
+    let c = TransportConfig { max_message_size: 2000, receive_window: 4000, ..cfg() };
+    let (mut a, mut b) = pair(&c, now);
+    for i in 0..20u8 {
+        a.send(Class::ReliableOrdered, 0, Bytes::from(vec![i; 900])).unwrap();
+    }
+    let first = transmit(&mut a, now);
+    // 4000 bytes of credit at 900 + 64 per message: four messages.
+    let got = receive(&mut b, now, &first);
+    assert_eq!(got.len(), 4);
+    let mut t = now;
+    let mut total = got.len();
+    for _ in 0..50 {
+        t += 5 * MS;
+        b.handle_timeout(t);
+        let back = transmit(&mut b, t);
+        receive(&mut a, t, &back);
+        let more = transmit(&mut a, t);
+        total += receive(&mut b, t, &more).len();
+        if total == 20 {
+            break;
+        }
+    }
+    assert_eq!(total, 20, "credit came back as messages were delivered");
+}
+
+#[test]
+fn chunked_messages_survive_reordering_and_duplication() {
+    let now = Instant::now();
+    let (mut a, mut b) = pair(&cfg(), now);
+    let big: Vec<u8> = (0..20_000u32).map(|i| i as u8).collect();
+    a.send(Class::ReliableOrdered, 4, Bytes::from(big.clone())).unwrap();
+    let mut sent = transmit(&mut a, now);
+    assert!(sent.len() >= 18);
+    sent.reverse();
+    let dup = sent[3].clone();
+    sent.push(dup);
+    let got = receive(&mut b, now, &sent);
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0][..], big[..]);
+    assert_eq!(b.stats().duplicates, 1);
+}
+
+#[test]
+fn acks_stop_repeating_once_the_peer_saw_them() {
+    let now = Instant::now();
+    let (mut a, mut b) = pair(&cfg(), now);
+    a.send(Class::ReliableOrdered, 0, Bytes::from_static(b"x")).unwrap();
+    receive(&mut b, now, &transmit(&mut a, now));
+    b.send(Class::ReliableOrdered, 0, Bytes::from_static(b"y")).unwrap();
+    let with_ack = transmit(&mut b, now);
+    receive(&mut a, now, &with_ack);
+    // a acks b's packet (which carried b's ack); once b sees that, b stops re-acking.
+    a.handle_timeout(now + 5 * MS);
+    receive(&mut b, now + 5 * MS, &transmit(&mut a, now + 5 * MS));
+    b.send(Class::ReliableOrdered, 0, Bytes::from_static(b"z")).unwrap();
+    let later = transmit(&mut b, now + 6 * MS);
+    let frames: Vec<_> = later
+        .iter()
+        .flat_map(|d| {
+            let Ok(wire::Packet::Data(_, f)) = wire::decode_packet(d) else { panic!() };
+            FrameReader::new(f).map(|f| matches!(f, Ok(Frame::Ack(_)))).collect::<Vec<_>>()
+        })
+        .collect();
+    assert_eq!(frames, vec![false], "only the message, no stale ack");
+}

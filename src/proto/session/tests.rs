@@ -1,1 +1,252 @@
+//! Session scripts without sockets: two sessions and a gate exchanging datagrams by hand on
+//! a manual clock.
 
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use super::*;
+use crate::proto::gate::{Gate, Verdict};
+
+const MS: Duration = Duration::from_millis(1);
+
+struct Pair {
+    now: Instant,
+    client: Session,
+    server: Session,
+    gate: Gate,
+    client_addr: SocketAddr,
+}
+
+fn cfg() -> Arc<TransportConfig> {
+    Arc::new(TransportConfig::server())
+}
+
+fn drain(s: &mut Session, now: Instant) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut buf = Vec::new();
+    while s.poll_transmit(now, &mut buf) {
+        out.push(buf.clone());
+    }
+    out
+}
+
+fn events(s: &mut Session) -> Vec<SessionEvent> {
+    std::iter::from_fn(|| s.poll_event()).collect()
+}
+
+/// Runs the handshake through a real gate and returns the established pair.
+fn establish() -> Pair {
+    let now = Instant::now();
+    let client_addr: SocketAddr = "127.0.0.1:5555".parse().unwrap();
+    let gate = Gate::new((11, 22), now, Duration::from_secs(10), true);
+    let mut client = Session::client(cfg(), 77, now);
+    let hello = drain(&mut client, now);
+    assert_eq!(hello.len(), 1);
+    let mut reply = Vec::new();
+    assert_eq!(gate.filter(now, client_addr, &hello[0], false, false, &mut reply), Verdict::Reply);
+    client.handle_datagram(now, &reply);
+    let connect = drain(&mut client, now);
+    let Verdict::Admit { nonce, window } =
+        gate.filter(now, client_addr, &connect[0], false, false, &mut reply)
+    else {
+        panic!("not admitted")
+    };
+    assert_eq!(nonce, 77);
+    let mut server = Session::server(cfg(), nonce, 0xfeed, window, now);
+    assert_eq!(events(&mut server), vec![SessionEvent::Connected]);
+    for d in drain(&mut server, now) {
+        client.handle_datagram(now + 10 * MS, &d);
+    }
+    assert_eq!(events(&mut client), vec![SessionEvent::Connected]);
+    assert!(client.is_established() && server.is_established());
+    Pair { now: now + 10 * MS, client, server, gate, client_addr }
+}
+
+impl Pair {
+    /// Delivers everything each side has to send, both ways, until quiet.
+    fn exchange(&mut self) {
+        for _ in 0..100 {
+            let c = drain(&mut self.client, self.now);
+            let s = drain(&mut self.server, self.now);
+            if c.is_empty() && s.is_empty() {
+                return;
+            }
+            for d in c {
+                self.server.handle_datagram(self.now, &d);
+            }
+            for d in s {
+                self.client.handle_datagram(self.now, &d);
+            }
+        }
+        panic!("no quiet after 100 rounds");
+    }
+
+    fn advance(&mut self, by: Duration) {
+        self.now += by;
+        self.client.handle_timeout(self.now);
+        self.server.handle_timeout(self.now);
+    }
+}
+
+fn messages(evs: &[SessionEvent]) -> Vec<Bytes> {
+    evs.iter()
+        .filter_map(|e| match e {
+            SessionEvent::Message(d) => Some(d.payload.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn handshake_then_messages_both_ways() {
+    let mut p = establish();
+    p.client.send(Class::ReliableOrdered, 0, Bytes::from_static(b"ping")).unwrap();
+    p.server.send(Class::Unreliable, 0, Bytes::from_static(b"pong")).unwrap();
+    p.exchange();
+    assert_eq!(messages(&events(&mut p.server)), vec![Bytes::from_static(b"ping")]);
+    assert_eq!(messages(&events(&mut p.client)), vec![Bytes::from_static(b"pong")]);
+}
+
+#[test]
+fn a_repeated_connect_is_accepted_again_and_a_new_nonce_replaces_the_session() {
+    let mut p = establish();
+    let connect = {
+        let mut c = Session::client(cfg(), 77, p.now);
+        let hello = drain(&mut c, p.now);
+        let mut reply = Vec::new();
+        p.gate.filter(p.now, p.client_addr, &hello[0], true, false, &mut reply);
+        c.handle_datagram(p.now, &reply);
+        drain(&mut c, p.now).remove(0)
+    };
+    // Same nonce: our ACCEPT was lost, answer again.
+    p.server.handle_datagram(p.now, &connect);
+    let again = drain(&mut p.server, p.now);
+    assert!(matches!(
+        wire::decode_packet(&again[0]),
+        Ok(Packet::Handshake(h)) if matches!(h.body, Handshake::Accept { nonce: 77, tag: 0xfeed, .. })
+    ));
+    // A new nonce: the client restarted; this session is over.
+    let mut restarted = Session::client(cfg(), 78, p.now);
+    let hello = drain(&mut restarted, p.now);
+    let mut reply = Vec::new();
+    p.gate.filter(p.now, p.client_addr, &hello[0], true, false, &mut reply);
+    restarted.handle_datagram(p.now, &reply);
+    let connect = drain(&mut restarted, p.now).remove(0);
+    p.server.handle_datagram(p.now, &connect);
+    assert_eq!(events(&mut p.server), vec![SessionEvent::Closed(DisconnectReason::Replaced)]);
+    assert!(p.server.is_closed());
+}
+
+#[test]
+fn reset_with_our_tag_ends_the_session_any_other_is_ignored() {
+    let mut p = establish();
+    let mut reset = Vec::new();
+    wire::encode_handshake(&mut reset, &Handshake::Reset { tag: 0xbeef });
+    p.client.handle_datagram(p.now, &reset);
+    assert!(p.client.is_established());
+    reset.clear();
+    wire::encode_handshake(&mut reset, &Handshake::Reset { tag: 0xfeed });
+    p.client.handle_datagram(p.now, &reset);
+    assert_eq!(events(&mut p.client), vec![SessionEvent::Closed(DisconnectReason::Reset)]);
+}
+
+#[test]
+fn idle_timeout_and_keepalive() {
+    let mut p = establish();
+    let idle = p.client.cfg.idle_timeout;
+    // With pings exchanged, a long quiet period stays connected.
+    for _ in 0..30 {
+        p.advance(Duration::from_millis(500));
+        p.exchange();
+    }
+    assert!(p.client.is_established() && p.server.is_established());
+    // Nothing exchanged: both time out once the idle timeout passes.
+    p.advance(idle - MS);
+    assert!(p.client.is_established());
+    p.advance(2 * MS);
+    assert_eq!(events(&mut p.client), vec![SessionEvent::Closed(DisconnectReason::Timeout)]);
+    assert!(p.client.is_closed());
+}
+
+#[test]
+fn close_flushes_then_the_peer_sees_the_code_and_close_is_resent() {
+    let mut p = establish();
+    for i in 0..50u8 {
+        p.client.send(Class::ReliableOrdered, 0, Bytes::from(vec![i])).unwrap();
+    }
+    p.client.close(p.now, 9);
+    assert_eq!(p.client.send(Class::Unreliable, 0, Bytes::new()), Err(SendError::Closed));
+    // The first flight is lost: close waits for the data to be acked, retransmitting.
+    drain(&mut p.client, p.now);
+    p.advance(Duration::from_millis(400));
+    for _ in 0..5 {
+        // Delayed acks need the clock to move.
+        p.exchange();
+        p.advance(5 * MS);
+    }
+    let evs = events(&mut p.server);
+    assert_eq!(messages(&evs).len(), 50);
+    assert_eq!(evs.last(), Some(&SessionEvent::Closed(DisconnectReason::ClosedByPeer { code: 9 })));
+    assert_eq!(events(&mut p.client), vec![SessionEvent::Closed(DisconnectReason::ClosedLocally)]);
+    p.advance(Duration::from_secs(2));
+    assert!(p.client.is_closed() && p.server.is_closed());
+}
+
+#[test]
+fn a_lost_close_is_sent_again_while_draining() {
+    let mut p = establish();
+    p.client.close(p.now, 1);
+    let mut closes = drain(&mut p.client, p.now).len();
+    assert_eq!(closes, 1);
+    while !p.client.is_closed() {
+        p.advance(MS);
+        closes += drain(&mut p.client, p.now).len();
+    }
+    assert_eq!(closes, 3, "sent once and resent twice, none of them answered");
+}
+
+#[test]
+fn a_protocol_violation_closes_both_sides_with_typed_reasons() {
+    let mut p = establish();
+    // An ACK for a packet number the client never sent.
+    let mut bad = Vec::new();
+    wire::encode_data_header(&mut bad, 0xfeed, 0, 1);
+    wire::encode_ack(&mut bad, 0, &[(1000, 1000)]);
+    p.client.handle_datagram(p.now, &bad);
+    assert_eq!(
+        events(&mut p.client),
+        vec![SessionEvent::Closed(DisconnectReason::ProtocolViolation(
+            ProtocolViolation::AckOfUnsentPacket
+        ))]
+    );
+    p.exchange();
+    assert_eq!(
+        events(&mut p.server),
+        vec![SessionEvent::Closed(DisconnectReason::ProtocolViolation(
+            ProtocolViolation::ReportedByPeer
+        ))]
+    );
+}
+
+#[test]
+fn handshake_retries_then_times_out() {
+    let now = Instant::now();
+    let mut c = Session::client(cfg(), 1, now);
+    let retry = c.cfg.handshake_retry;
+    let mut sent = drain(&mut c, now).len();
+    let mut t = now;
+    while !c.is_closed() {
+        t = c.next_timeout().unwrap();
+        c.handle_timeout(t);
+        sent += drain(&mut c, t).len();
+    }
+    assert_eq!(t, now + c.cfg.handshake_timeout);
+    // Every retry interval is `retry` or twice that: many attempts on a lossy link.
+    assert!(
+        sent as u32 >= c.cfg.handshake_timeout.as_millis() as u32 / (2 * retry.as_millis() as u32)
+    );
+    assert_eq!(events(&mut c), vec![SessionEvent::Closed(DisconnectReason::Timeout)]);
+}
