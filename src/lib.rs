@@ -24,6 +24,8 @@
 
 pub mod config;
 pub mod error;
+#[cfg(feature = "test-util")]
+pub mod fuzz;
 pub mod proto;
 pub mod transport;
 

@@ -20,17 +20,17 @@ pub(crate) trait Io: Debug + Send + Sync + 'static {
     fn next_arrival(&self) -> Option<Instant>;
 }
 
-/// A tokio UDP socket.
+/// A UDP socket driven by tokio.
 ///
-/// Receives go through tokio, whose readiness tracking wakes the task. Sends go through a
-/// duplicate of the same socket as a plain non-blocking std socket: tokio's `try_send_to`
-/// refuses to even try while it has not yet seen the socket become writable (right after
-/// binding, for instance), which would silently drop the first datagrams; the kernel, asked
-/// directly, says `WouldBlock` only when its buffer is really full.
+/// Registered with tokio for *read* readiness only (an `AsyncFd`): a UDP socket becomes
+/// writable again after nearly every send, and a registration that also asked for write
+/// readiness would wake the task for each of those edges, for nothing. Sends go straight to
+/// the kernel, non-blocking; it says `WouldBlock` only when its buffer is really full, which
+/// the transport treats as a loss. (tokio's own `UdpSocket::try_send_to` would also refuse to
+/// try before it has seen the socket become writable, dropping the first datagrams.)
 #[derive(Debug)]
 pub(crate) struct UdpIo {
-    socket: tokio::net::UdpSocket,
-    sender: std::net::UdpSocket,
+    fd: tokio::io::unix::AsyncFd<std::net::UdpSocket>,
 }
 
 impl UdpIo {
@@ -46,28 +46,34 @@ impl UdpIo {
         }
         socket.set_nonblocking(true)?;
         socket.bind(&addr.into())?;
-        let std: std::net::UdpSocket = socket.into();
-        let sender = std.try_clone()?;
-        let socket = tokio::net::UdpSocket::from_std(std)?;
-        Ok(Self { socket, sender })
+        // `with_interest` is deprecated because a registered fd that its owner closes or
+        // replaces breaks I/O safety; here the `AsyncFd` owns the socket and only lends `&`
+        // to it, so the fd lives exactly as long as the registration. The replacement,
+        // `register_with_interest`, is `unsafe`, which this crate forbids.
+        #[allow(deprecated)]
+        let fd = tokio::io::unix::AsyncFd::with_interest(
+            std::net::UdpSocket::from(socket),
+            tokio::io::Interest::READABLE,
+        )?;
+        Ok(Self { fd })
     }
 }
 
 impl Io for UdpIo {
     fn recv_from(&mut self, _now: Instant, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
-        self.socket.try_recv_from(buf)
+        self.fd.try_io(tokio::io::Interest::READABLE, |s| s.recv_from(buf))
     }
 
     fn send_to(&mut self, _now: Instant, to: SocketAddr, buf: &[u8]) -> io::Result<usize> {
-        self.sender.send_to(buf, to)
+        self.fd.get_ref().send_to(buf, to)
     }
 
     fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.socket.local_addr()
+        self.fd.get_ref().local_addr()
     }
 
     fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.socket.poll_recv_ready(cx)
+        self.fd.poll_read_ready(cx).map_ok(|mut guard| guard.retain_ready())
     }
 
     fn next_arrival(&self) -> Option<Instant> {

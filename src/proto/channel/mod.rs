@@ -532,11 +532,19 @@ impl Channel {
         close: Option<CloseKind>,
     ) -> bool {
         out.clear();
+        let ack_due = self.recv.ack_deadline().is_some_and(|d| d <= now);
+        if !ack_due
+            && !ping
+            && close.is_none()
+            && !self.has_new_data()
+            && self.max_data_due().is_none()
+        {
+            return false; // the common "nothing more" answer, without touching anything
+        }
         let max = self.p.max_datagram;
         let pn = self.next_pn;
         let pn_len = seq::pn_len(pn, self.largest_acked);
         wire::encode_data_header(out, tag, pn as u32, pn_len);
-        let ack_due = self.recv.ack_deadline().is_some_and(|d| d <= now);
         let can_elicit = self.bytes_in_flight + max as u64 <= self.cc.window();
         let data_waiting = can_elicit && self.has_new_data();
         let ack_largest =

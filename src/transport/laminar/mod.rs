@@ -195,6 +195,14 @@ impl<I: Io> Driver<I> {
     /// The task: runs until shut down.
     pub(crate) async fn run(mut self) {
         let mut shutdown: Option<Shutdown> = None;
+        // One timer for the task's whole life. It is only ever moved *earlier*: moving a tokio
+        // timer earlier than the time driver's next wake-up costs an eventfd write, and doing
+        // that on every pass (deadlines shift with each packet) costs about a microsecond per
+        // round trip. A timer left later than needed just fires early; the pass that follows
+        // finds nothing due and arms it again.
+        let timer = tokio::time::sleep_until(tokio::time::Instant::now());
+        tokio::pin!(timer);
+        let mut armed: Option<Instant> = None;
         loop {
             let now = tokio::time::Instant::now().into_std();
             while let Ok(cmd) = self.cmds.try_recv() {
@@ -216,11 +224,15 @@ impl<I: Io> Driver<I> {
                 .into_iter()
                 .flatten()
                 .min();
+            if let Some(d) = deadline {
+                if armed.is_none_or(|a| d < a) {
+                    timer.as_mut().reset(tokio::time::Instant::from_std(d));
+                    armed = Some(d);
+                }
+            }
             let Self { mgr, sink, cmds, .. } = &mut self;
             let socket = mgr.socket();
             let readable = std::future::poll_fn(|cx| socket.io.poll_readable(cx));
-            let sleep =
-                tokio::time::sleep_until(tokio::time::Instant::from_std(deadline.unwrap_or(now)));
             tokio::select! {
                 biased;
                 cmd = cmds.recv(), if shutdown.is_none() => {
@@ -232,7 +244,7 @@ impl<I: Io> Driver<I> {
                 }
                 _ = sink.endpoint.wake.notified() => {}
                 _ = readable, if !socket.paused => {}
-                _ = sleep, if deadline.is_some() => {}
+                _ = &mut timer, if armed.is_some() => armed = None,
             }
         }
         // Whatever did not finish in time ends now.

@@ -1,0 +1,148 @@
+//! The fuzz targets' corpus, replayed on stable Rust, plus bounded random inputs: the decoders
+//! and sessions must take any bytes without panicking.
+
+use std::path::Path;
+
+use grainwire::fuzz::{self, FUZZ_NONCE, FUZZ_TAG};
+use grainwire::proto::rng::SplitMix64;
+use grainwire::proto::wire::{self, Class, CloseKind, Cookie, Handshake, MessageHeader};
+
+fn corpus(target: &str) -> Vec<Vec<u8>> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus").join(target);
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    files.iter().map(|p| std::fs::read(p).unwrap()).collect()
+}
+
+#[test]
+fn decode_datagram_corpus_replays() {
+    let inputs = corpus("decode_datagram");
+    assert!(inputs.len() >= 10, "the corpus is there");
+    for input in inputs {
+        fuzz::decode_datagram(&input);
+    }
+}
+
+#[test]
+fn session_corpus_replays() {
+    let inputs = corpus("session");
+    assert!(inputs.len() >= 5, "the corpus is there");
+    for input in inputs {
+        fuzz::session(&input);
+    }
+}
+
+/// Well-formed datagrams of every kind, for the seed corpus and for mutation below.
+fn valid_datagrams() -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    let cookie = Cookie { time: 1, mac: 2 };
+    for body in [
+        Handshake::Hello { nonce: FUZZ_NONCE },
+        Handshake::Challenge { nonce: FUZZ_NONCE, cookie },
+        Handshake::Connect { nonce: FUZZ_NONCE, cookie, window: 1 << 20 },
+        Handshake::Accept { nonce: FUZZ_NONCE, tag: FUZZ_TAG, window: 1 << 20 },
+        Handshake::Reject { nonce: FUZZ_NONCE, reason: wire::RejectReason::ServerFull },
+        Handshake::Reset { tag: FUZZ_TAG },
+    ] {
+        let mut v = Vec::new();
+        wire::encode_handshake(&mut v, &body);
+        out.push(v);
+    }
+    let classes =
+        [Class::ReliableOrdered, Class::ReliableUnordered, Class::Unreliable, Class::Sequenced];
+    for (pn, class) in classes.iter().enumerate() {
+        let mut v = Vec::new();
+        wire::encode_data_header(&mut v, FUZZ_TAG, pn as u32, 1);
+        wire::encode_ack(
+            &mut v,
+            10,
+            &[(0, 3), (6, 6)].map(|(a, b)| (a, b)).into_iter().rev().collect::<Vec<_>>(),
+        );
+        wire::encode_ping(&mut v);
+        wire::encode_max_data(&mut v, 1 << 21);
+        for (i, chunk) in [None, Some((0, 2)), Some((1, 2))].into_iter().enumerate() {
+            let h = MessageHeader { class: *class, stream: i as u8, seq: pn as u64, chunk, len: 3 };
+            wire::encode_message_header(&mut v, &h, false);
+            v.extend_from_slice(b"abc");
+        }
+        out.push(v);
+    }
+    let mut close = Vec::new();
+    wire::encode_data_header(&mut close, FUZZ_TAG, 9, 2);
+    wire::encode_close(&mut close, CloseKind::Application(3));
+    out.push(close);
+    out
+}
+
+/// Frames datagrams as the session target reads them: `[step][len][bytes]`.
+fn session_input(datagrams: &[Vec<u8>], step: u8) -> Vec<u8> {
+    let mut v = Vec::new();
+    for d in datagrams {
+        v.push(step);
+        v.push(d.len().min(255) as u8);
+        v.extend_from_slice(&d[..d.len().min(255)]);
+    }
+    v
+}
+
+fn mutate(rng: &mut SplitMix64, d: &mut Vec<u8>) {
+    for _ in 0..rng.below(4) {
+        if d.is_empty() {
+            break;
+        }
+        let at = rng.below(d.len() as u64) as usize;
+        match rng.below(3) {
+            0 => d[at] = rng.next_u32() as u8,
+            1 => d.truncate(at),
+            _ => d.insert(at, rng.next_u32() as u8),
+        }
+    }
+}
+
+#[test]
+fn random_and_mutated_inputs_never_panic() {
+    let mut rng = SplitMix64::new(0x5eed_f00d);
+    let valid = valid_datagrams();
+    for _ in 0..50_000 {
+        let d = if rng.below(2) == 0 {
+            (0..rng.below(300)).map(|_| rng.next_u32() as u8).collect::<Vec<_>>()
+        } else {
+            let mut d = valid[rng.below(valid.len() as u64) as usize].clone();
+            mutate(&mut rng, &mut d);
+            d
+        };
+        fuzz::decode_datagram(&d);
+    }
+    for _ in 0..1_000 {
+        let n = 1 + rng.below(20) as usize;
+        let datagrams: Vec<_> = (0..n)
+            .map(|_| {
+                let mut d = valid[rng.below(valid.len() as u64) as usize].clone();
+                mutate(&mut rng, &mut d);
+                d
+            })
+            .collect();
+        fuzz::session(&session_input(&datagrams, rng.below(50) as u8));
+    }
+}
+
+/// Writes the seed corpus: `cargo test --features test-util --test fuzz_corpus -- --ignored`.
+#[test]
+#[ignore = "writes files; run by hand to refresh the seed corpus"]
+fn write_seed_corpus() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus");
+    let valid = valid_datagrams();
+    let dir = root.join("decode_datagram");
+    std::fs::create_dir_all(&dir).unwrap();
+    for (i, d) in valid.iter().enumerate() {
+        std::fs::write(dir.join(format!("seed-{i:02}")), d).unwrap();
+    }
+    let dir = root.join("session");
+    std::fs::create_dir_all(&dir).unwrap();
+    for (i, step) in [0u8, 1, 20, 200, 255].into_iter().enumerate() {
+        std::fs::write(dir.join(format!("seed-{i:02}")), session_input(&valid, step)).unwrap();
+    }
+}
