@@ -39,8 +39,11 @@ pub struct TransportConfig {
     /// Upper bound of the retransmission timeout, backoff included. Default 2 s.
     #[serde(with = "duration_ms")]
     pub max_rto: Duration,
-    /// Longest we hold an acknowledgement hoping to piggy-back it. Should match the peer's
-    /// setting (its retransmission timer allows for it). Default 2 ms.
+    /// Longest we hold an acknowledgement hoping to piggy-back it on a reply. Should match the
+    /// peer's setting (its retransmission timer allows for it). Default 25 ms, as in QUIC:
+    /// acks of request/response traffic ride on the responses anyway, and a timer only a few
+    /// milliseconds out, re-armed around every packet, costs several microseconds per round
+    /// trip on virtual machines (each near kernel timer reprograms the virtual APIC).
     #[serde(with = "duration_ms")]
     pub max_ack_delay: Duration,
     /// Acknowledge at once after this many ack-eliciting datagrams. Default 2.
@@ -98,7 +101,7 @@ impl Default for TransportConfig {
             initial_rtt: Duration::from_millis(100),
             min_rto: Duration::from_millis(10),
             max_rto: Duration::from_secs(2),
-            max_ack_delay: Duration::from_millis(2),
+            max_ack_delay: Duration::from_millis(25),
             ack_frequency: 2,
             initial_window_packets: 32,
             min_window_packets: 4,

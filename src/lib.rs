@@ -22,6 +22,10 @@
 //! # Ok(()) }
 //! ```
 
+#![forbid(unsafe_code)]
+// Library code handles every failure; `expect` only under a local invariant with a message.
+#![warn(clippy::unwrap_used)]
+
 pub mod config;
 pub mod error;
 #[cfg(feature = "test-util")]

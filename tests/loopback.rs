@@ -61,18 +61,13 @@ async fn every_class_round_trips_over_loopback() {
     let stats = conn.stats();
     assert!(stats.packets_sent > 0);
     conn.close(7);
-    loop {
-        match tokio::time::timeout(Duration::from_secs(10), server.next_event())
-            .await
-            .unwrap()
-            .unwrap()
-        {
-            Event::Disconnected { reason, .. } => {
-                assert_eq!(reason, grainwire::error::DisconnectReason::ClosedByPeer { code: 7 });
-                break;
-            }
-            other => panic!("unexpected {other:?}"),
+    let ev =
+        tokio::time::timeout(Duration::from_secs(10), server.next_event()).await.unwrap().unwrap();
+    match ev {
+        Event::Disconnected { reason, .. } => {
+            assert_eq!(reason, grainwire::error::DisconnectReason::ClosedByPeer { code: 7 });
         }
+        other => panic!("unexpected {other:?}"),
     }
 }
 

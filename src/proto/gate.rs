@@ -97,6 +97,9 @@ impl Gate {
         out: &mut Vec<u8>,
     ) -> Verdict {
         out.clear();
+        if known && wire::is_data(datagram) {
+            return Verdict::Pass; // the session decodes it; no need to do it twice
+        }
         let packet = match wire::decode_packet(datagram) {
             Ok(p) => p,
             // A session counts what it cannot decode; strangers get nothing.

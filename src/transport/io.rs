@@ -18,6 +18,13 @@ pub(crate) trait Io: Debug + Send + Sync + 'static {
     fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
     /// When a datagram not yet deliverable will become so (simulated latency).
     fn next_arrival(&self) -> Option<Instant>;
+    /// The current time on this I/O's clock: the system clock for real sockets, tokio's
+    /// (possibly paused) clock for the simulated network.
+    fn now(&self) -> Instant;
+    /// Whether `now` is tokio's clock, which tests may pause (then timers must be tokio's).
+    fn virtual_time(&self) -> bool {
+        false
+    }
 }
 
 /// A UDP socket driven by tokio.
@@ -78,5 +85,9 @@ impl Io for UdpIo {
 
     fn next_arrival(&self) -> Option<Instant> {
         None
+    }
+
+    fn now(&self) -> Instant {
+        Instant::now()
     }
 }

@@ -22,7 +22,8 @@ pub mod sim;
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -111,7 +112,7 @@ pub(crate) struct EndpointShared {
     pub(crate) config: Arc<TransportConfig>,
     pub(crate) local_addr: SocketAddr,
     /// Wakes the task: sends were queued, or the application drained events.
-    pub(crate) wake: Notify,
+    pub(crate) wake: Signal,
     /// Events handed to the application and not yet taken.
     pub(crate) backlog: AtomicUsize,
     pub(crate) reading_paused: AtomicBool,
@@ -119,6 +120,55 @@ pub(crate) struct EndpointShared {
     pub(crate) stopped: AtomicBool,
     /// Sessions the task holds (opening, open or closing), published after every pass.
     pub(crate) sessions: AtomicUsize,
+}
+
+/// A wake-up flag for the endpoint's task, set from any thread. Cheaper than a `Notify` on
+/// the hot path: setting an already set flag costs one atomic swap, and the task clears it at
+/// the start of each pass, so wake-ups that the pass itself serves cost nothing more.
+#[derive(Debug, Default)]
+pub(crate) struct Signal {
+    set: AtomicBool,
+    /// A waker is stored (the task waits, or waited and was not woken since).
+    registered: AtomicBool,
+    // Held only to store or take the waker; never across an await.
+    waker: Mutex<Option<Waker>>,
+}
+
+impl Signal {
+    fn waker(&self) -> MutexGuard<'_, Option<Waker>> {
+        match self.waker.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        }
+    }
+
+    /// Sets the flag and wakes the task if it waits.
+    pub(crate) fn notify(&self) {
+        if !self.set.swap(true, Ordering::AcqRel) && self.registered.swap(false, Ordering::AcqRel) {
+            if let Some(w) = self.waker().take() {
+                w.wake();
+            }
+        }
+    }
+
+    /// Clears the flag; true if it was set.
+    pub(crate) fn clear(&self) -> bool {
+        self.set.swap(false, Ordering::AcqRel)
+    }
+
+    /// Ready once the flag is set (and clears it). Only ever polled by the endpoint's own
+    /// task, whose waker does not change, so a stored waker is kept until a notify takes it.
+    pub(crate) fn poll(&self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.clear() {
+            return Poll::Ready(());
+        }
+        if !self.registered.load(Ordering::Acquire) {
+            *self.waker() = Some(cx.waker().clone());
+            self.registered.store(true, Ordering::Release);
+        }
+        // A notify between the first check and storing the waker found no waker to wake.
+        if self.clear() { Poll::Ready(()) } else { Poll::Pending }
+    }
 }
 
 const CONNECTING: u8 = 0;
@@ -286,7 +336,7 @@ impl Connection {
     fn command(&self, cmd: Command) {
         // The receiver lives as long as the session; if it is gone, the command has no object.
         let _ = self.shared.inbox.send(cmd);
-        self.shared.endpoint.wake.notify_one();
+        self.shared.endpoint.wake.notify();
     }
 
     /// Closes the session with an application `code` the peer will see
@@ -352,6 +402,7 @@ impl Endpoint {
         self.driver
             .send(DriverCmd::Connect { addr, done: tx })
             .map_err(|_| ConnectError::EndpointClosed)?;
+        self.shared.wake.notify();
         rx.await.map_err(|_| ConnectError::EndpointClosed)?
     }
 
@@ -374,7 +425,7 @@ impl Endpoint {
         if self.shared.reading_paused.load(Ordering::Acquire)
             && left <= self.shared.config.event_backlog / 2
         {
-            self.shared.wake.notify_one();
+            self.shared.wake.notify();
         }
     }
 
@@ -383,6 +434,7 @@ impl Endpoint {
     pub async fn close(&mut self) {
         let (tx, rx) = oneshot::channel();
         if self.driver.send(DriverCmd::Shutdown { done: Some(tx) }).is_ok() {
+            self.shared.wake.notify();
             let _ = rx.await;
         }
         if let Some(task) = self.task.take() {
@@ -405,5 +457,6 @@ impl Endpoint {
 impl Drop for Endpoint {
     fn drop(&mut self) {
         let _ = self.driver.send(DriverCmd::Shutdown { done: None });
+        self.shared.wake.notify();
     }
 }

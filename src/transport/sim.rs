@@ -336,6 +336,14 @@ impl Io for SimIo {
         Poll::Pending
     }
 
+    fn now(&self) -> Instant {
+        tokio::time::Instant::now().into_std()
+    }
+
+    fn virtual_time(&self) -> bool {
+        true
+    }
+
     fn next_arrival(&self) -> Option<Instant> {
         let inner = self.net.lock();
         inner.sockets.get(&self.addr)?.queue.peek().map(|Reverse((at, ..))| *at)

@@ -5,14 +5,14 @@
 //! argument, bytes go out through a buffer).
 //!
 //! * **Packets** carry a 64-bit packet number that is never reused; retransmitted data goes out
-//!   in new packets. Acks name packet numbers in ranges ([`ack`]), piggy-backed on every
+//!   in new packets. Acks name packet numbers in ranges (`ack`), piggy-backed on every
 //!   datagram while the peer has not seen one, and sent alone after at most `max_ack_delay`.
 //! * **Loss** is detected from acks (a packet 3 numbers or 9/8 RTT older than an acked one)
-//!   and by a retransmission timer from the measured RTT with exponential backoff ([`rtt`]).
+//!   and by a retransmission timer from the measured RTT with exponential backoff (`rtt`).
 //!   Lost chunks of reliable messages are queued again; unreliable data is not.
-//! * **Windows:** a congestion window bounds bytes in flight ([`congestion`]); each reliable
+//! * **Windows:** a congestion window bounds bytes in flight (`congestion`); each reliable
 //!   space has a message window; the peer's flow-control credit bounds reliable bytes it must
-//!   buffer ([`recv`]).
+//!   buffer (`recv`).
 //! * **Messages** larger than one datagram travel in chunks with an explicit index and count,
 //!   reassembled by index whatever the arrival order; many small messages share a datagram.
 //!

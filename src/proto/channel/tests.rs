@@ -179,10 +179,11 @@ fn acks_stop_repeating_once_the_peer_saw_them() {
     let with_ack = transmit(&mut b, now);
     receive(&mut a, now, &with_ack);
     // a acks b's packet (which carried b's ack); once b sees that, b stops re-acking.
-    a.handle_timeout(now + 5 * MS);
-    receive(&mut b, now + 5 * MS, &transmit(&mut a, now + 5 * MS));
+    let acked = now + cfg().max_ack_delay;
+    a.handle_timeout(acked);
+    receive(&mut b, acked, &transmit(&mut a, acked));
     b.send(Class::ReliableOrdered, 0, Bytes::from_static(b"z")).unwrap();
-    let later = transmit(&mut b, now + 6 * MS);
+    let later = transmit(&mut b, acked + MS);
     let frames: Vec<_> = later
         .iter()
         .flat_map(|d| {

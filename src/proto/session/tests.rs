@@ -185,7 +185,7 @@ fn close_flushes_then_the_peer_sees_the_code_and_close_is_resent() {
     for _ in 0..5 {
         // Delayed acks need the clock to move.
         p.exchange();
-        p.advance(5 * MS);
+        p.advance(p.client.cfg.max_ack_delay);
     }
     let evs = events(&mut p.server);
     assert_eq!(messages(&evs).len(), 50);

@@ -127,6 +127,11 @@ pub enum Packet<'a> {
     Data(DataHeader, &'a [u8]),
 }
 
+/// Whether a datagram is a data packet (judged by its first byte only).
+pub fn is_data(datagram: &[u8]) -> bool {
+    datagram.first().is_some_and(|b| b & DATA_BIT != 0)
+}
+
 /// Decodes a datagram's header. Data frames are decoded lazily by
 /// [`FrameReader`](super::FrameReader).
 pub fn decode_packet(buf: &[u8]) -> Result<Packet<'_>, WireError> {

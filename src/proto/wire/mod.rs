@@ -27,6 +27,7 @@ pub use frame::{
 pub use handshake::{
     Cookie, DataHeader, HELLO_LEN, Handshake, HandshakePacket, MAGIC, Packet, RejectReason,
     VERSION, decode_packet, encode_data_header, encode_handshake, encode_handshake_version,
+    is_data,
 };
 
 pub(crate) use codec::varint_len;

@@ -10,6 +10,7 @@
 
 mod conn;
 mod socket;
+mod timer;
 
 pub(crate) use self::conn::Command;
 
@@ -21,10 +22,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 
 use self::conn::{Conn, Init, Role, Sink};
 use self::socket::GatedSocket;
+use self::timer::Timer;
 use crate::config::TransportConfig;
 use crate::error::{ConnectError, DisconnectReason};
 use crate::proto::gate::Gate;
@@ -66,13 +68,15 @@ impl<I: Io> Driver<I> {
         events: mpsc::UnboundedSender<Event>,
         cmds: mpsc::UnboundedReceiver<DriverCmd>,
     ) -> (Self, Arc<EndpointShared>) {
-        let now = tokio::time::Instant::now().into_std();
-        let mut lam = laminar::Config::default();
-        // One byte more than the largest datagram we accept, to detect truncation.
-        lam.receive_buffer_max_size = config.max_datagram_size + 1;
-        // Unconfigured connections (a datagram racing a session's end) are dropped within the
-        // pass anyway; this only bounds them.
-        lam.max_unestablished_connections = 16;
+        let now = io.now();
+        let lam = laminar::Config {
+            // One byte more than the largest datagram we accept, to detect truncation.
+            receive_buffer_max_size: config.max_datagram_size + 1,
+            // Unconfigured connections (a datagram racing a session's end) are dropped within
+            // the pass anyway; this only bounds them.
+            max_unestablished_connections: 16,
+            ..laminar::Config::default()
+        };
         let mut rng = SplitMix64::new(os_random());
         let gate = Gate::new(
             (rng.next_u64(), rng.next_u64()),
@@ -85,7 +89,7 @@ impl<I: Io> Driver<I> {
         let shared = Arc::new(EndpointShared {
             config: config.clone(),
             local_addr,
-            wake: Notify::new(),
+            wake: Default::default(),
             backlog: AtomicUsize::new(0),
             reading_paused: AtomicBool::new(false),
             next_peer: AtomicU64::new(1),
@@ -156,8 +160,24 @@ impl<I: Io> Driver<I> {
         *shutdown = Some(Shutdown { deadline, waiters: done.into_iter().collect() });
     }
 
-    /// One pass of laminar's manager.
-    fn poll(&mut self, now: Instant) {
+    fn now(&self) -> Instant {
+        self.mgr.socket().io.now()
+    }
+
+    fn make_timer(&self) -> Timer {
+        let now = self.now();
+        if self.mgr.socket().io.virtual_time() {
+            return Timer::tokio(now);
+        }
+        // Without a thread (the system refused one), fall back to a tokio timer.
+        Timer::thread(self.sink.endpoint.clone(), now).unwrap_or_else(|_| Timer::tokio(now))
+    }
+
+    /// One pass of laminar's manager. Returns whether it handed events to the application.
+    fn poll(&mut self, now: Instant) -> bool {
+        // Whatever the handles asked for until now, this pass serves.
+        self.sink.endpoint.wake.clear();
+        let backlog_before = self.sink.endpoint.backlog.load(Ordering::Acquire);
         for (addr, nonce, window) in std::mem::take(&mut self.mgr.socket_mut().admitted) {
             let tag = self.rng.next_u32();
             self.create(addr, Role::Server { nonce, tag, window }, now);
@@ -181,6 +201,7 @@ impl<I: Io> Driver<I> {
             }
         }
         self.sink.endpoint.sessions.store(self.conns.len(), Ordering::Release);
+        self.sink.endpoint.backlog.load(Ordering::Acquire) > backlog_before
     }
 
     fn next_deadline(&self) -> Option<Instant> {
@@ -195,20 +216,20 @@ impl<I: Io> Driver<I> {
     /// The task: runs until shut down.
     pub(crate) async fn run(mut self) {
         let mut shutdown: Option<Shutdown> = None;
-        // One timer for the task's whole life. It is only ever moved *earlier*: moving a tokio
-        // timer earlier than the time driver's next wake-up costs an eventfd write, and doing
-        // that on every pass (deadlines shift with each packet) costs about a microsecond per
-        // round trip. A timer left later than needed just fires early; the pass that follows
-        // finds nothing due and arms it again.
-        let timer = tokio::time::sleep_until(tokio::time::Instant::now());
-        tokio::pin!(timer);
-        let mut armed: Option<Instant> = None;
+        let mut timer = self.make_timer();
         loop {
-            let now = tokio::time::Instant::now().into_std();
-            while let Ok(cmd) = self.cmds.try_recv() {
-                self.on_cmd(cmd, now, &mut shutdown);
+            let now = self.now();
+            loop {
+                match self.cmds.try_recv() {
+                    Ok(cmd) => self.on_cmd(cmd, now, &mut shutdown),
+                    // Every `Endpoint` is gone: shut down.
+                    Err(mpsc::error::TryRecvError::Disconnected) if shutdown.is_none() => {
+                        self.begin_shutdown(now, None, &mut shutdown);
+                    }
+                    Err(_) => break,
+                }
             }
-            self.poll(now);
+            let delivered = self.poll(now);
             if let Some(s) = &shutdown {
                 if self.mgr.socket().known_count() == 0 || now >= s.deadline {
                     break;
@@ -220,35 +241,27 @@ impl<I: Io> Driver<I> {
                 tokio::task::yield_now().await;
                 continue;
             }
+            let _ = delivered;
             let deadline = [self.next_deadline(), shutdown.as_ref().map(|s| s.deadline)]
                 .into_iter()
                 .flatten()
                 .min();
             if let Some(d) = deadline {
-                if armed.is_none_or(|a| d < a) {
-                    timer.as_mut().reset(tokio::time::Instant::from_std(d));
-                    armed = Some(d);
-                }
+                timer.arm(d);
             }
-            let Self { mgr, sink, cmds, .. } = &mut self;
+            let Self { mgr, sink, .. } = &mut self;
             let socket = mgr.socket();
             let readable = std::future::poll_fn(|cx| socket.io.poll_readable(cx));
+            // Commands from `Endpoint` handles (and their dropping) come with a wake signal.
             tokio::select! {
                 biased;
-                cmd = cmds.recv(), if shutdown.is_none() => {
-                    let now = tokio::time::Instant::now().into_std();
-                    match cmd {
-                        Some(cmd) => self.on_cmd(cmd, now, &mut shutdown),
-                        None => self.begin_shutdown(now, None, &mut shutdown),
-                    }
-                }
-                _ = sink.endpoint.wake.notified() => {}
+                _ = std::future::poll_fn(|cx| sink.endpoint.wake.poll(cx)) => {}
                 _ = readable, if !socket.paused => {}
-                _ = &mut timer, if armed.is_some() => armed = None,
+                _ = std::future::poll_fn(|cx| timer.poll(cx)) => {}
             }
         }
         // Whatever did not finish in time ends now.
-        let now = tokio::time::Instant::now().into_std();
+        let now = self.now();
         self.broadcast(|| Command::Abort { reason: DisconnectReason::EndpointClosed });
         self.poll(now);
         self.sink.endpoint.stopped.store(true, Ordering::Release);

@@ -1,0 +1,148 @@
+//! Heap allocations per message on the steady-state paths, counted by a counting allocator:
+//! the sans-IO channel (send: queue + pack; receive: unpack + deliver) and the whole stack
+//! (endpoint to endpoint over loopback UDP, both on one thread).
+//!
+//! The numbers are printed (`cargo test --test alloc -- --nocapture`) and bounded here.
+
+// A global allocator is an `unsafe impl`; it only forwards to `System` and counts. The library
+// itself forbids unsafe code.
+#![allow(unsafe_code)]
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use grainwire::TransportConfig;
+use grainwire::proto::channel::{Channel, Datagram};
+use grainwire::proto::wire::{self, Class, Packet};
+use grainwire::transport::{Delivery, Endpoint, Event};
+
+struct Counting;
+
+thread_local! {
+    static ALLOCS: Cell<u64> = const { Cell::new(0) };
+}
+
+// SAFETY: every method forwards to the system allocator with the caller's arguments; the
+// count is a thread-local cell, touched with `try_with` so it is safe during thread teardown.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let _ = ALLOCS.try_with(|c| c.set(c.get() + 1));
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        let _ = ALLOCS.try_with(|c| c.set(c.get() + 1));
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+fn allocs() -> u64 {
+    ALLOCS.with(Cell::get)
+}
+
+fn deliver(to: &mut Channel, now: Instant, d: &[u8]) -> usize {
+    let Ok(Packet::Data(h, frames)) = wire::decode_packet(d) else { panic!("data packet") };
+    let mut n = 0;
+    let mut dg = Datagram::new(d);
+    to.handle_packet(now, h.pn_truncated, h.pn_len, frames, &mut dg, &mut |m| n += m.payload.len())
+        .unwrap();
+    n
+}
+
+/// (send-path, receive-path) allocations per message for `batch` messages per datagram.
+fn channel_allocs(batch: usize) -> (f64, f64) {
+    let cfg = TransportConfig::default();
+    let mut now = Instant::now();
+    let mut a = Channel::new(&cfg, cfg.receive_window, now);
+    let mut z = Channel::new(&cfg, cfg.receive_window, now);
+    let payload = Bytes::from_static(&[7u8; 32]);
+    let mut buf = Vec::with_capacity(1200);
+    let (mut send, mut recv, mut msgs) = (0, 0, 0);
+    for round in 0..3000 {
+        now += Duration::from_micros(50);
+        let before = allocs();
+        for _ in 0..batch {
+            a.send(Class::ReliableOrdered, 0, payload.clone()).unwrap();
+        }
+        let mut datagrams = Vec::new();
+        while a.write_packet(now, 1, &mut buf, false, None) {
+            datagrams.push(std::mem::take(&mut buf));
+            buf.reserve(1200);
+        }
+        let sent = allocs() - before - datagrams.len() as u64 * 2; // the test's own copies
+        let before = allocs();
+        for d in &datagrams {
+            deliver(&mut z, now, d);
+        }
+        let received = allocs() - before;
+        // Acks flow back.
+        z.handle_timeout(now + Duration::from_millis(5));
+        while z.write_packet(now + Duration::from_millis(5), 1, &mut buf, false, None) {
+            deliver(&mut a, now, &buf);
+        }
+        if round >= 1000 {
+            send += sent;
+            recv += received;
+            msgs += batch;
+        }
+    }
+    (send as f64 / msgs as f64, recv as f64 / msgs as f64)
+}
+
+#[test]
+fn channel_hot_paths_allocate_little() {
+    let (s1, r1) = channel_allocs(1);
+    let (s30, r30) = channel_allocs(30);
+    println!(
+        "channel allocations per message: send {s1:.2} / receive {r1:.2} (one per datagram); send {s30:.2} / receive {r30:.2} (30 per datagram)"
+    );
+    assert!(s1 <= 0.05 && s30 <= 0.05, "send path: {s1} {s30}");
+    assert!(r1 <= 1.05, "receive path, one per datagram: {r1}");
+    assert!(r30 <= 0.15, "receive path, 30 per datagram: {r30}");
+}
+
+#[test]
+fn endpoint_round_trip_allocations() {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let mut server =
+            Endpoint::bind("127.0.0.1:0".parse().unwrap(), TransportConfig::server()).unwrap();
+        let mut client =
+            Endpoint::bind("127.0.0.1:0".parse().unwrap(), TransportConfig::default()).unwrap();
+        let conn = client.connect(server.local_addr()).await.unwrap();
+        let Some(Event::Connected(back)) = server.next_event().await else { panic!() };
+        let msg = Bytes::from_static(&[7u8; 32]);
+        let mut total = 0;
+        let n = 3000;
+        for i in 0..n + 500 {
+            let before = allocs();
+            conn.send(Delivery::reliable_ordered(0), msg.clone()).unwrap();
+            let payload = loop {
+                if let Some(Event::Message { payload, .. }) = server.next_event().await {
+                    break payload;
+                }
+            };
+            back.send(Delivery::reliable_ordered(0), payload).unwrap();
+            loop {
+                if let Some(Event::Message { .. }) = client.next_event().await {
+                    break;
+                }
+            }
+            if i >= 500 {
+                total += allocs() - before;
+            }
+        }
+        let per_rt = total as f64 / n as f64;
+        println!(
+            "endpoint round trip (two 32-byte messages, request and echo): {per_rt:.2} allocations"
+        );
+        assert!(per_rt <= 4.0, "{per_rt}");
+    });
+}
