@@ -112,6 +112,7 @@ fn server(count_window: Option<(Duration, Duration)>) -> (SocketAddr, mpsc::Rece
             let mut conns = std::collections::HashMap::new();
             let mut first = None;
             let mut counted = 0u64;
+            let mut reported = false;
             while let Some(ev) = ep.next_event().await {
                 match ev {
                     Event::Connected(c) => {
@@ -128,9 +129,10 @@ fn server(count_window: Option<(Duration, Duration)>) -> (SocketAddr, mpsc::Rece
                             let el = t0.elapsed();
                             if el >= warmup && el < warmup + window {
                                 counted += 1;
-                            } else if el >= warmup + window {
+                            } else if el >= warmup + window && !reported {
+                                // Report once; keep the endpoint up until the process ends.
                                 let _ = count_tx.send(counted);
-                                return;
+                                reported = true;
                             }
                         }
                     },
@@ -231,7 +233,10 @@ fn throughput(a: &Args) -> String {
         let deadline = Instant::now() + warmup + window + Duration::from_secs(5);
         while Instant::now() < deadline {
             for _ in 0..256 {
-                conn.send_wait(Delivery::reliable_ordered(0), msg.clone()).await.expect("send");
+                if let Err(e) = conn.send_wait(Delivery::reliable_ordered(0), msg.clone()).await {
+                    let why = conn.disconnect_reason();
+                    panic!("send failed: {e} (session ended: {why:?}; {:?})", conn.stats());
+                }
             }
             if let Ok(n) = count.try_recv() {
                 return (n, conn.stats());
