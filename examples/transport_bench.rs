@@ -18,6 +18,8 @@
 //! * `throughput`: 32-byte reliable-ordered messages one way, pipelined as fast as the
 //!   transport takes them (`send_wait`); messages/s counted at the receiver over `--secs` after a
 //!   0.5 s warm-up.
+//! * `idle`: one established session with no traffic for `--secs`; the CPU time the whole
+//!   process used meanwhile (Linux, from `/proc/self/stat`). Not in the default set.
 
 use std::net::SocketAddr;
 use std::sync::mpsc;
@@ -57,10 +59,10 @@ fn parse() -> Args {
             "--calls" => a.calls = num(val("--calls")) as usize,
             "--warmup" => a.warmup = num(val("--warmup")) as usize,
             "--secs" => a.secs = num(val("--secs")),
-            "latency" | "raw-latency" | "throughput" => a.modes.push(arg),
+            "latency" | "raw-latency" | "throughput" | "idle" => a.modes.push(arg),
             other => {
                 eprintln!(
-                    "usage: transport_bench [latency|raw-latency|throughput]... [--payload N] [--calls N] [--warmup N] [--secs S]\nunknown: {other}"
+                    "usage: transport_bench [latency|raw-latency|throughput|idle]... [--payload N] [--calls N] [--warmup N] [--secs S]\nunknown: {other}"
                 );
                 std::process::exit(2)
             }
@@ -255,12 +257,46 @@ fn throughput(a: &Args) -> String {
     )
 }
 
+/// User + system CPU time of this process, from `/proc/self/stat` (Linux).
+fn cpu_time() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which is in parentheses and may contain spaces).
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    // USER_HZ is 100 on Linux.
+    Some(Duration::from_millis(ticks * 10))
+}
+
+fn idle(a: &Args) -> String {
+    let (addr, _) = server(None);
+    let secs = a.secs;
+    let rt = runtime();
+    let task = rt.spawn(async move {
+        let client = Endpoint::bind("127.0.0.1:0".parse().expect("addr"), TransportConfig::default())
+            .expect("bind");
+        let conn = client.connect(addr).await.expect("connect");
+        let before = cpu_time();
+        let packets = conn.stats().packets_sent;
+        tokio::time::sleep(Duration::from_secs_f64(secs)).await;
+        let used = cpu_time().zip(before).map(|(after, before)| after - before);
+        (used, conn.stats().packets_sent - packets, conn.is_connected())
+    });
+    let (used, packets, connected) = rt.block_on(task).expect("the client task");
+    let cpu = used.map_or("null".to_string(), |d| format!("{:.1}", d.as_secs_f64() * 1000.0));
+    format!(
+        "{{\"peer\":\"grainwire-transport\",\"mode\":\"idle\",\"secs\":{},\"cpu_ms\":{cpu},\"client_datagrams\":{packets},\"connected\":{connected}}}",
+        a.secs
+    )
+}
+
 fn main() {
     let a = parse();
     for mode in &a.modes {
         let line = match mode.as_str() {
             "latency" => latency(&a),
             "raw-latency" => raw_latency(&a),
+            "idle" => idle(&a),
             _ => throughput(&a),
         };
         println!("{line}");
