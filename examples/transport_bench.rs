@@ -273,8 +273,9 @@ fn idle(a: &Args) -> String {
     let secs = a.secs;
     let rt = runtime();
     let task = rt.spawn(async move {
-        let client = Endpoint::bind("127.0.0.1:0".parse().expect("addr"), TransportConfig::default())
-            .expect("bind");
+        let client =
+            Endpoint::bind("127.0.0.1:0".parse().expect("addr"), TransportConfig::default())
+                .expect("bind");
         let conn = client.connect(addr).await.expect("connect");
         let before = cpu_time();
         let packets = conn.stats().packets_sent;
