@@ -125,11 +125,6 @@ impl Session {
         }
     }
 
-    /// The client's nonce (this session's epoch on the client side).
-    pub fn nonce(&self) -> u32 {
-        self.nonce
-    }
-
     /// Whether the handshake completed and the session is not closing.
     pub fn is_established(&self) -> bool {
         matches!(self.state, State::Established)
@@ -151,11 +146,6 @@ impl Session {
     /// The peer's receive window (0 before the handshake completes).
     pub fn peer_window(&self) -> u64 {
         self.channel.as_ref().map_or(0, Channel::peer_window)
-    }
-
-    /// Bytes held for sending (see [`Channel::queued_bytes`]).
-    pub fn queued_bytes(&self) -> usize {
-        self.channel.as_ref().map_or(0, Channel::queued_bytes)
     }
 
     /// Bytes released from the send buffer since the last call.
@@ -224,7 +214,7 @@ impl Session {
             }
         };
         match packet {
-            Packet::Handshake(hs) => self.on_handshake(now, hs.version, hs.body),
+            Packet::Handshake(hs) => self.on_handshake(now, hs.body),
             Packet::Data(h, frames) => {
                 if h.tag != self.tag || self.channel.is_none() {
                     return; // another session's packet (or not established yet)
@@ -274,7 +264,7 @@ impl Session {
         }
     }
 
-    fn on_handshake(&mut self, now: Instant, version: u8, body: Handshake) {
+    fn on_handshake(&mut self, now: Instant, body: Handshake) {
         match (&mut self.state, body) {
             (State::Hello { started, .. }, Handshake::Challenge { nonce, cookie })
                 if nonce == self.nonce =>
@@ -333,9 +323,7 @@ impl Session {
             (_, Handshake::Reset { tag }) if tag == self.tag && self.channel.is_some() => {
                 self.finish(DisconnectReason::Reset);
             }
-            _ => {
-                let _ = version;
-            }
+            _ => {} // not for this state, or another attempt's: ignore
         }
     }
 

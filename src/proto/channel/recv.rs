@@ -256,11 +256,14 @@ impl RecvReliable {
         self.advance(largest_pn)
     }
 
-    /// Every [`STALE_PERIOD`] messages, packets numbered below the largest seen one period ago
-    /// become stale. Such a packet was sent before this space's first missing message was
-    /// `expected - STALE_PERIOD` or later… so any reliable message number it carries is within
-    /// `2·STALE_PERIOD + MAX_STREAM_WINDOW < 2^15` of `expected`, where 16-bit expansion is exact;
-    /// anything older is dropped before it is read.
+    /// Every [`STALE_PERIOD`] messages, packets numbered below the largest seen one period
+    /// earlier become stale. Why that suffices: a packet numbered above that mark was sent
+    /// after the packet that carried (at least) message `E₁ − 1`, where `E₁` was the first
+    /// missing message one period ago, so every message of this space it carries is at least
+    /// `E₁ − MAX_STREAM_WINDOW` (the sender never runs further ahead of its acks). And
+    /// `expected` is below `E₁ + 2·STALE_PERIOD` until the next period. So any message number
+    /// such a packet carries lies within `2·STALE_PERIOD + MAX_STREAM_WINDOW < 2^15` of
+    /// `expected`, where the 16-bit expansion is exact; older packets are dropped unread.
     fn advance(&mut self, largest_pn: u64) -> Option<u64> {
         if self.expected < self.seq_mark + STALE_PERIOD {
             return None;

@@ -156,9 +156,8 @@ pub(crate) struct Sender {
     pub(crate) retransmit: VecDeque<ChunkRef>,
     pub(crate) sent: VecDeque<SentPacket>,
     spare_chunk_vecs: Vec<Vec<ChunkRef>>,
-    /// Bytes charged to the send buffer per reliable message, parallel to the queues:
-    /// payload length + [`MESSAGE_COST`]. Released when the message is fully acked.
-    pub(crate) queued_bytes: usize,
+    /// Send-buffer bytes (payload + [`MESSAGE_COST`] per message) released since the owner
+    /// last took them: reliable messages once fully acked, unreliable ones once sent.
     pub(crate) released_bytes: usize,
     pub(crate) messages_in_flight: u64,
 }
@@ -176,7 +175,6 @@ impl Sender {
             retransmit: VecDeque::new(),
             sent: VecDeque::new(),
             spare_chunk_vecs: Vec::new(),
-            queued_bytes: 0,
             released_bytes: 0,
             messages_in_flight: 0,
         }
@@ -223,7 +221,6 @@ impl Sender {
 
     /// Queues a message; `chunks` is how many chunks it will travel in.
     pub(crate) fn queue(&mut self, class: Class, stream: u8, payload: Bytes, chunks: u32) {
-        self.queued_bytes += payload.len() + MESSAGE_COST;
         self.messages_in_flight += 1;
         match class {
             Class::ReliableOrdered | Class::ReliableUnordered => {
@@ -276,7 +273,6 @@ impl Sender {
     }
 
     fn release(&mut self, bytes: usize, msgs: u64) {
-        self.queued_bytes -= bytes;
         self.released_bytes += bytes;
         self.messages_in_flight -= msgs;
     }

@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use super::*;
+use crate::proto::wire;
 
 const MS: Duration = Duration::from_millis(1);
 const TAG: u32 = 5;
