@@ -71,6 +71,7 @@ impl Channel {
         if let Some(sample) = rtt_sample {
             let delay = Duration::from_micros(a.delay_us).min(self.p.max_ack_delay);
             self.rtt.update(sample, delay);
+            self.rto = self.rtt.rto(self.p.max_ack_delay, self.p.min_rto, self.p.max_rto);
         }
         self.detect_lost(now);
         Ok(())
@@ -134,8 +135,11 @@ impl Channel {
         if self.bytes_in_flight == 0 {
             return None;
         }
-        let rto = self.rtt.rto(self.p.max_ack_delay, self.p.min_rto, self.p.max_rto);
-        let backed_off = rto.saturating_mul(1 << self.rto_backoff.min(16)).min(self.p.max_rto);
+        let backed_off = if self.rto_backoff == 0 {
+            self.rto
+        } else {
+            self.rto.saturating_mul(1 << self.rto_backoff.min(16)).min(self.p.max_rto)
+        };
         Some(self.last_eliciting_sent? + backed_off)
     }
 

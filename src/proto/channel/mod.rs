@@ -131,6 +131,8 @@ pub struct Channel {
     bytes_in_flight: u64,
     cc: Congestion,
     rtt: RttEstimator,
+    /// The retransmission timeout before backoff, recomputed with each RTT sample.
+    rto: Duration,
     rto_backoff: u32,
     last_eliciting_sent: Option<Instant>,
     loss_time: Option<Instant>,
@@ -173,6 +175,11 @@ impl Channel {
                 cfg.max_window,
             ),
             rtt: RttEstimator::new(cfg.initial_rtt),
+            rto: RttEstimator::new(cfg.initial_rtt).rto(
+                cfg.max_ack_delay,
+                cfg.min_rto,
+                cfg.max_rto,
+            ),
             rto_backoff: 0,
             last_eliciting_sent: None,
             loss_time: None,
@@ -192,6 +199,7 @@ impl Channel {
     /// Seeds the RTT estimate (the handshake's round trip).
     pub fn set_initial_rtt(&mut self, sample: Duration) {
         self.rtt.update(sample, Duration::ZERO);
+        self.rto = self.rtt.rto(self.p.max_ack_delay, self.p.min_rto, self.p.max_rto);
     }
 
     /// The largest message [`Self::send`] accepts for this class.

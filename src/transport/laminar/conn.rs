@@ -266,7 +266,8 @@ impl laminar::Connection for Conn {
             return;
         };
         live.drain_inbox(time);
-        if live.session.next_timeout().is_some_and(|t| t <= time) {
+        let mut next = live.session.next_timeout();
+        if next.is_some_and(|t| t <= time) {
             live.session.handle_timeout(time);
             live.dirty = true;
         }
@@ -281,8 +282,9 @@ impl laminar::Connection for Conn {
                 Err(p) => *p.into_inner() = stats,
             }
             live.dirty = false;
+            next = live.session.next_timeout();
         }
-        if let Some(t) = live.session.next_timeout() {
+        if let Some(t) = next {
             live.sink.report_deadline(t);
         }
     }

@@ -50,8 +50,11 @@ impl ThreadTimer {
             endpoint,
         });
         let s = shared.clone();
-        let handle =
-            thread::Builder::new().name("grainwire-timer".into()).spawn(move || run(&s))?;
+        // A loop of atomics and parking: a small stack is plenty.
+        let handle = thread::Builder::new()
+            .name("grainwire-timer".into())
+            .stack_size(64 * 1024)
+            .spawn(move || run(&s))?;
         Ok(Self { shared, thread: handle.thread().clone() })
     }
 
