@@ -110,10 +110,20 @@ async fn run(kind: Kind, loss: f64, seed: u64) {
     }
 }
 
+/// Seeds per loss rate: 20, or `GRAINWIRE_SEEDS` for a longer soak (the failing seed is in the
+/// panic message; rerun it alone by setting `GRAINWIRE_SEED`).
+fn seeds() -> Vec<u64> {
+    if let Some(one) = std::env::var("GRAINWIRE_SEED").ok().and_then(|s| s.parse().ok()) {
+        return vec![one];
+    }
+    let n = std::env::var("GRAINWIRE_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(20u64);
+    (0..n).map(|i| i * 7919 + 1).collect()
+}
+
 async fn sweep(kind: Kind) {
     for loss in [0.0, 0.05, 0.2] {
-        for seed in 0..20 {
-            run(kind, loss, seed * 7919 + 1).await;
+        for seed in seeds() {
+            run(kind, loss, seed).await;
         }
     }
 }
