@@ -1,6 +1,13 @@
-//! Identifier newtypes.
+//! Identifier newtypes. Grain identity hashes are stable: the same value in every process,
+//! build and platform (golden-value tests pin them), because clients use them to route and
+//! servers to place.
 
 use std::fmt;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use super::siphash::stable_hash;
 
 /// One of the 256 reliable-ordered (or unreliable-sequenced) streams of a connection. Order is
 /// kept within a stream; a loss on one stream never delays another.
@@ -22,5 +29,235 @@ pub struct PeerId(pub u64);
 impl fmt::Display for PeerId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "peer#{}", self.0)
+    }
+}
+
+/// The low 32 bits of the stable hash of a name.
+const fn hash32(name: &str) -> u32 {
+    stable_hash(name.as_bytes()) as u32
+}
+
+/// A grain type: what a server hosts and activates. Its id is the stable hash of its name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct GrainType(pub u32);
+
+impl GrainType {
+    /// The grain type named `name`.
+    pub const fn of(name: &str) -> Self {
+        Self(hash32(name))
+    }
+}
+
+impl fmt::Display for GrainType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "type:{:08x}", self.0)
+    }
+}
+
+/// A grain interface (a `#[grain]` trait). Its id is the stable hash of its name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct InterfaceId(pub u32);
+
+impl InterfaceId {
+    /// The interface named `name`.
+    pub const fn of(name: &str) -> Self {
+        Self(hash32(name))
+    }
+}
+
+/// A method of an interface, derived from the method's *name* (never its position), so that
+/// reordering a trait changes nothing on the wire. Collisions within one interface are
+/// rejected at compile time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct MethodId(pub u16);
+
+impl MethodId {
+    /// The method named `name`.
+    pub const fn of(name: &str) -> Self {
+        Self((stable_hash(name.as_bytes()) >> 48) as u16)
+    }
+}
+
+/// A call in a client's correlation table: the slot it occupies and that slot's generation
+/// (the guard against a late response matching a later call in the same slot).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RequestId {
+    /// Index in the table.
+    pub slot: u32,
+    /// How many times the slot was used before (wire: low 16 bits).
+    pub generation: u32,
+}
+
+/// A server, as it names itself in its handshake.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ServerId(pub Arc<str>);
+
+impl ServerId {
+    /// A server id from a string.
+    pub fn new(id: impl Into<Arc<str>>) -> Self {
+        Self(id.into())
+    }
+
+    /// The id as a string.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for ServerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The key that tells grains of one type apart.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum GrainKey {
+    /// An integer key.
+    Int(i64),
+    /// A string key.
+    Str(Arc<str>),
+    /// A 128-bit id (a UUID, for instance).
+    Id(u128),
+    /// An integer plus a string extension.
+    IntExt(i64, Arc<str>),
+    /// A 128-bit id plus a string extension.
+    IdExt(u128, Arc<str>),
+}
+
+impl GrainKey {
+    /// Appends the canonical bytes of the key (the input of its stable hash).
+    pub(crate) fn canonical(&self, out: &mut Vec<u8>) {
+        let ext = |out: &mut Vec<u8>, s: &str| {
+            out.extend_from_slice(&(s.len() as u32).to_le_bytes());
+            out.extend_from_slice(s.as_bytes());
+        };
+        match self {
+            GrainKey::Int(i) => {
+                out.push(0);
+                out.extend_from_slice(&i.to_le_bytes());
+            }
+            GrainKey::Str(s) => {
+                out.push(1);
+                ext(out, s);
+            }
+            GrainKey::Id(u) => {
+                out.push(2);
+                out.extend_from_slice(&u.to_le_bytes());
+            }
+            GrainKey::IntExt(i, s) => {
+                out.push(3);
+                out.extend_from_slice(&i.to_le_bytes());
+                ext(out, s);
+            }
+            GrainKey::IdExt(u, s) => {
+                out.push(4);
+                out.extend_from_slice(&u.to_le_bytes());
+                ext(out, s);
+            }
+        }
+    }
+}
+
+impl fmt::Display for GrainKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            GrainKey::Int(i) => write!(f, "{i}"),
+            GrainKey::Str(s) => write!(f, "{s:?}"),
+            GrainKey::Id(u) => write!(f, "{u:032x}"),
+            GrainKey::IntExt(i, s) => write!(f, "{i}+{s:?}"),
+            GrainKey::IdExt(u, s) => write!(f, "{u:032x}+{s:?}"),
+        }
+    }
+}
+
+macro_rules! int_keys {
+    ($($t:ty),*) => {$(
+        impl From<$t> for GrainKey {
+            fn from(v: $t) -> Self {
+                GrainKey::Int(v as i64)
+            }
+        }
+    )*};
+}
+int_keys!(i8, i16, i32, i64, u8, u16, u32);
+
+impl From<&str> for GrainKey {
+    fn from(s: &str) -> Self {
+        GrainKey::Str(s.into())
+    }
+}
+
+impl From<String> for GrainKey {
+    fn from(s: String) -> Self {
+        GrainKey::Str(s.into())
+    }
+}
+
+impl From<u128> for GrainKey {
+    fn from(v: u128) -> Self {
+        GrainKey::Id(v)
+    }
+}
+
+/// A grain: its type and its key. Equal ids are the same grain everywhere.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct GrainId {
+    /// The grain's type.
+    pub ty: GrainType,
+    /// Its key within the type.
+    pub key: GrainKey,
+}
+
+impl GrainId {
+    /// The grain of type `ty` with key `key`.
+    pub fn new(ty: GrainType, key: impl Into<GrainKey>) -> Self {
+        Self { ty, key: key.into() }
+    }
+
+    /// The stable 64-bit hash of this id: SipHash-2-4 under a fixed key of the type id and the
+    /// key's canonical bytes. The same in every process, build and platform.
+    pub fn stable_hash(&self) -> u64 {
+        let mut buf = Vec::with_capacity(32);
+        buf.extend_from_slice(&self.ty.0.to_le_bytes());
+        self.key.canonical(&mut buf);
+        stable_hash(&buf)
+    }
+}
+
+impl fmt::Display for GrainId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.ty, self.key)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Golden values: these must never change (they are on the wire and decide placement).
+    #[test]
+    fn stable_hashes_are_pinned() {
+        let player = GrainType::of("Player");
+        assert_eq!(player, GrainType(0x0e4c_bf76));
+        assert_eq!(InterfaceId::of("Player"), InterfaceId(0x0e4c_bf76));
+        assert_eq!(MethodId::of("join"), MethodId(0xc8e8));
+        assert_eq!(GrainId::new(player, 42).stable_hash(), 0x57ff_0d8a_8b0c_a2bc);
+        assert_eq!(GrainId::new(player, "alice").stable_hash(), 0x2287_7127_7188_b8df);
+        assert_eq!(GrainId::new(player, 7u128).stable_hash(), 0xdcc6_7f61_bce6_2bd9);
+        let ext = GrainId { ty: player, key: GrainKey::IntExt(1, "eu".into()) };
+        assert_eq!(ext.stable_hash(), 0x5be4_d32f_e4c8_3426);
+        let ext = GrainId { ty: player, key: GrainKey::IdExt(1, "eu".into()) };
+        assert_eq!(ext.stable_hash(), 0x4f50_cda7_ab83_d0b8);
+    }
+
+    #[test]
+    fn value_equality_and_distinct_hashes() {
+        let t = GrainType::of("Room");
+        assert_eq!(GrainId::new(t, 1), GrainId::new(t, 1i64));
+        assert_ne!(GrainId::new(t, 1).stable_hash(), GrainId::new(t, 2).stable_hash());
+        // Int(1) and Id(1) are different keys with different hashes.
+        assert_ne!(GrainId::new(t, 1).stable_hash(), GrainId::new(t, 1u128).stable_hash());
+        assert_ne!(GrainId::new(t, 1), GrainId::new(GrainType::of("Other"), 1));
     }
 }

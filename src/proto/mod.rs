@@ -5,8 +5,10 @@
 pub mod channel;
 pub mod gate;
 pub mod ids;
+pub mod in_flight;
+pub mod manifest;
 pub mod rng;
 pub mod session;
-pub(crate) mod siphash;
+pub mod siphash;
 pub mod stats;
 pub mod wire;

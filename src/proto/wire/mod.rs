@@ -18,6 +18,7 @@
 mod codec;
 mod frame;
 mod handshake;
+pub mod rpc;
 
 pub use frame::{
     AckFrame, AckRanges, Class, CloseKind, Frame, FrameReader, MAX_ACK_RANGES, MAX_CHUNKS,

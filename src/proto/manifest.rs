@@ -1,0 +1,139 @@
+//! What a server hosts: its id and, per grain type, the interface, its version and contract
+//! hash, and the index requests use for it on the wire. Sent by the server at the start of
+//! every session (and again when it changes).
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use super::ids::{GrainType, InterfaceId, ServerId};
+use super::wire::{WireError, rpc};
+
+/// One hosted grain type.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostedGrain {
+    /// The grain type's name.
+    pub name: Arc<str>,
+    /// Its id (the stable hash of the name).
+    pub grain_type: GrainType,
+    /// The interface it implements.
+    pub interface: InterfaceId,
+    /// The interface's version.
+    pub version: u8,
+    /// Hash of the interface's methods and signatures, to catch a contract that changed
+    /// without a version bump.
+    pub contract: u64,
+    /// The number requests use for this type on the wire (unique within the server).
+    pub index: u32,
+}
+
+/// A server's manifest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// The server's id.
+    pub server_id: ServerId,
+    /// What it hosts.
+    pub grains: Vec<HostedGrain>,
+}
+
+/// Why a caller's interface cannot be used with a server's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Incompatibility {
+    /// The server does not host the grain type.
+    #[error("the server does not host this grain type")]
+    NotHosted,
+    /// The server's interface version differs.
+    #[error("interface version mismatch: caller {caller}, server {server}")]
+    Version {
+        /// The caller's version.
+        caller: u8,
+        /// The server's version.
+        server: u8,
+    },
+    /// Same version, different methods or signatures: the interface changed without a version
+    /// bump on one side.
+    #[error("interface contract mismatch at version {version}")]
+    Contract {
+        /// The version both claim.
+        version: u8,
+    },
+}
+
+impl Manifest {
+    /// Encodes as a manifest frame.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(64 + 48 * self.grains.len());
+        rpc::encode_manifest_head(&mut out);
+        // Serializing plain structs into a Vec cannot fail.
+        postcard::to_extend(self, out).expect("plain structs always serialize into a Vec")
+    }
+
+    /// Decodes the payload of a manifest frame.
+    pub fn decode(payload: &[u8]) -> Result<Self, WireError> {
+        postcard::from_bytes(payload)
+            .map_err(|_| WireError::OutOfRange { field: "manifest", value: payload.len() as u64 })
+    }
+
+    /// The entry for `grain_type`, if hosted.
+    pub fn find(&self, grain_type: GrainType) -> Option<&HostedGrain> {
+        self.grains.iter().find(|g| g.grain_type == grain_type)
+    }
+
+    /// The entry for `grain_type` if the server's interface matches the caller's.
+    pub fn compatible(
+        &self,
+        grain_type: GrainType,
+        interface: InterfaceId,
+        version: u8,
+        contract: u64,
+    ) -> Result<&HostedGrain, Incompatibility> {
+        let g = self.find(grain_type).ok_or(Incompatibility::NotHosted)?;
+        if g.interface != interface {
+            return Err(Incompatibility::NotHosted);
+        }
+        if g.version != version {
+            return Err(Incompatibility::Version { caller: version, server: g.version });
+        }
+        if g.contract != contract {
+            return Err(Incompatibility::Contract { version });
+        }
+        Ok(g)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::wire::rpc::{RpcFrame, decode_rpc};
+
+    fn grain(name: &str, version: u8, contract: u64, index: u32) -> HostedGrain {
+        HostedGrain {
+            name: name.into(),
+            grain_type: GrainType::of(name),
+            interface: InterfaceId::of(name),
+            version,
+            contract,
+            index,
+        }
+    }
+
+    #[test]
+    fn round_trips_and_checks_compatibility() {
+        let m = Manifest {
+            server_id: ServerId::new("eu-1"),
+            grains: vec![grain("Player", 2, 77, 0), grain("Room", 1, 5, 1)],
+        };
+        let bytes = m.encode();
+        let Ok(RpcFrame::Manifest(payload)) = decode_rpc(&bytes) else { panic!() };
+        assert_eq!(Manifest::decode(payload).unwrap(), m);
+        let player = GrainType::of("Player");
+        let iface = InterfaceId::of("Player");
+        assert_eq!(m.compatible(player, iface, 2, 77).unwrap().index, 0);
+        assert_eq!(m.compatible(player, iface, 1, 77), Err(Incompatibility::Version { caller: 1, server: 2 }));
+        assert_eq!(m.compatible(player, iface, 2, 78), Err(Incompatibility::Contract { version: 2 }));
+        assert_eq!(m.compatible(GrainType::of("Nope"), iface, 2, 77), Err(Incompatibility::NotHosted));
+        assert!(Manifest::decode(&payload[..payload.len() - 1]).is_err());
+        assert!(Manifest::decode(&[0xff; 9]).is_err());
+    }
+}

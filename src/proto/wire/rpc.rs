@@ -1,0 +1,407 @@
+//! RPC frames, carried as messages on the transport's channels.
+//!
+//! Every frame starts with one head byte: the low 3 bits say the kind; the rest are flags
+//! (requests: the key's kind and whether a deadline follows; responses: the status).
+//!
+//! ```text
+//! request   head | slot varint | gen u16 | type index varint | version u8 | method u16
+//!                | [deadline ms varint] | key | arguments (postcard) to the end
+//! one-way   head | type index varint | version u8 | method u16 | [deadline ms] | key | args
+//! cancel    head | slot varint | gen u16
+//! response  head(status) | slot varint | gen u16 | result or error (postcard) to the end
+//! manifest  head | manifest (postcard) to the end
+//! ```
+//!
+//! The type index is the server's number for a hosted grain type, from its manifest: one
+//! byte instead of a 4-byte type id and 4-byte interface id. With a small integer key and a
+//! 32-byte argument, a request fits a 64-byte datagram with every transport header.
+
+use super::WireError;
+use super::codec::{Reader, put_varint};
+use crate::proto::ids::{GrainKey, MethodId, RequestId};
+
+const KIND_REQUEST: u8 = 1;
+const KIND_ONE_WAY: u8 = 2;
+const KIND_CANCEL: u8 = 3;
+const KIND_RESPONSE: u8 = 4;
+const KIND_MANIFEST: u8 = 5;
+const KEY_SHIFT: u8 = 3;
+const HAS_DEADLINE: u8 = 0x40;
+const STATUS_SHIFT: u8 = 3;
+
+/// Longest string extension or string key accepted on the wire.
+pub const MAX_KEY_STRING: usize = 1024;
+
+/// How a call ended, as the server says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Status {
+    /// The method returned; the payload is its result.
+    Ok = 0,
+    /// The method returned an application error; the payload is the error.
+    AppError = 1,
+    /// The server hosts no such grain type.
+    UnknownGrainType = 2,
+    /// The interface has no such method.
+    UnknownMethod = 3,
+    /// The server's interface version differs from the caller's.
+    IncompatibleVersion = 4,
+    /// The call's deadline passed before it completed on the server.
+    DeadlineExceeded = 5,
+    /// Too many calls from this connection are pending on the server.
+    Overloaded = 6,
+    /// The method panicked.
+    HandlerPanicked = 7,
+    /// The server is shutting down.
+    ShuttingDown = 8,
+    /// The server could not decode the arguments.
+    BadRequest = 9,
+}
+
+impl Status {
+    fn from_bits(b: u8) -> Result<Self, WireError> {
+        Ok(match b {
+            0 => Self::Ok,
+            1 => Self::AppError,
+            2 => Self::UnknownGrainType,
+            3 => Self::UnknownMethod,
+            4 => Self::IncompatibleVersion,
+            5 => Self::DeadlineExceeded,
+            6 => Self::Overloaded,
+            7 => Self::HandlerPanicked,
+            8 => Self::ShuttingDown,
+            9 => Self::BadRequest,
+            other => return Err(WireError::OutOfRange { field: "status", value: other.into() }),
+        })
+    }
+}
+
+/// The routing part of a request or one-way call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallHeader {
+    /// The server's index of the grain type (from its manifest).
+    pub type_index: u32,
+    /// The caller's interface version.
+    pub version: u8,
+    /// The method.
+    pub method: MethodId,
+    /// Relative deadline in milliseconds, if any.
+    pub deadline_ms: Option<u32>,
+    /// The grain's key.
+    pub key: GrainKey,
+}
+
+/// A decoded RPC frame; payloads borrow from the message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RpcFrame<'a> {
+    /// A call that wants a response.
+    Request {
+        /// Correlation id.
+        id: RequestId,
+        /// Routing.
+        call: CallHeader,
+        /// The arguments.
+        args: &'a [u8],
+    },
+    /// A call without response.
+    OneWay {
+        /// Routing.
+        call: CallHeader,
+        /// The arguments.
+        args: &'a [u8],
+    },
+    /// The caller gave up on a call.
+    Cancel {
+        /// Correlation id.
+        id: RequestId,
+    },
+    /// The outcome of a call.
+    Response {
+        /// Correlation id.
+        id: RequestId,
+        /// How it ended.
+        status: Status,
+        /// The result or error.
+        payload: &'a [u8],
+    },
+    /// The server's manifest (postcard).
+    Manifest(&'a [u8]),
+}
+
+fn put_id(out: &mut Vec<u8>, id: RequestId) {
+    put_varint(out, id.slot.into());
+    out.extend_from_slice(&(id.generation as u16).to_le_bytes());
+}
+
+fn read_id(r: &mut Reader<'_>) -> Result<RequestId, WireError> {
+    Ok(RequestId { slot: r.varint_u32("request slot")?, generation: u32::from(r.u16()?) })
+}
+
+fn key_tag(key: &GrainKey) -> u8 {
+    match key {
+        GrainKey::Int(_) => 0,
+        GrainKey::Str(_) => 1,
+        GrainKey::Id(_) => 2,
+        GrainKey::IntExt(..) => 3,
+        GrainKey::IdExt(..) => 4,
+    }
+}
+
+fn zigzag(i: i64) -> u64 {
+    ((i << 1) ^ (i >> 63)) as u64
+}
+
+fn unzigzag(u: u64) -> i64 {
+    ((u >> 1) as i64) ^ -((u & 1) as i64)
+}
+
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    put_varint(out, s.len() as u64);
+    out.extend_from_slice(s.as_bytes());
+}
+
+fn read_str(r: &mut Reader<'_>) -> Result<std::sync::Arc<str>, WireError> {
+    let len = r.varint()?;
+    if len > MAX_KEY_STRING as u64 {
+        return Err(WireError::OutOfRange { field: "key string length", value: len });
+    }
+    let bytes = r.bytes(len as usize)?;
+    std::str::from_utf8(bytes)
+        .map(Into::into)
+        .map_err(|_| WireError::OutOfRange { field: "key string utf-8", value: len })
+}
+
+fn read_u128(r: &mut Reader<'_>) -> Result<u128, WireError> {
+    let b = r.bytes(16)?;
+    let mut a = [0u8; 16];
+    a.copy_from_slice(b);
+    Ok(u128::from_le_bytes(a))
+}
+
+fn put_key(out: &mut Vec<u8>, key: &GrainKey) {
+    match key {
+        GrainKey::Int(i) => put_varint(out, zigzag(*i)),
+        GrainKey::Str(s) => put_str(out, s),
+        GrainKey::Id(u) => out.extend_from_slice(&u.to_le_bytes()),
+        GrainKey::IntExt(i, s) => {
+            put_varint(out, zigzag(*i));
+            put_str(out, s);
+        }
+        GrainKey::IdExt(u, s) => {
+            out.extend_from_slice(&u.to_le_bytes());
+            put_str(out, s);
+        }
+    }
+}
+
+fn read_key(r: &mut Reader<'_>, tag: u8) -> Result<GrainKey, WireError> {
+    Ok(match tag {
+        0 => GrainKey::Int(unzigzag(r.varint()?)),
+        1 => GrainKey::Str(read_str(r)?),
+        2 => GrainKey::Id(read_u128(r)?),
+        3 => GrainKey::IntExt(unzigzag(r.varint()?), read_str(r)?),
+        4 => GrainKey::IdExt(read_u128(r)?, read_str(r)?),
+        other => return Err(WireError::OutOfRange { field: "key kind", value: other.into() }),
+    })
+}
+
+/// Appends a request (`id: Some`) or one-way call (`None`) up to its arguments; the caller
+/// appends the postcard-encoded arguments right after.
+pub fn encode_call(out: &mut Vec<u8>, id: Option<RequestId>, call: &CallHeader) {
+    let kind = if id.is_some() { KIND_REQUEST } else { KIND_ONE_WAY };
+    let mut head = kind | (key_tag(&call.key) << KEY_SHIFT);
+    if call.deadline_ms.is_some() {
+        head |= HAS_DEADLINE;
+    }
+    out.push(head);
+    if let Some(id) = id {
+        put_id(out, id);
+    }
+    encode_call_routing(out, call);
+}
+
+fn encode_call_routing(out: &mut Vec<u8>, call: &CallHeader) {
+    put_varint(out, call.type_index.into());
+    out.push(call.version);
+    out.extend_from_slice(&call.method.0.to_le_bytes());
+    if let Some(d) = call.deadline_ms {
+        put_varint(out, d.into());
+    }
+    put_key(out, &call.key);
+}
+
+/// The bytes a request's correlation id takes (see [`encode_request_prefix`]).
+pub fn request_prefix_len(id: RequestId) -> usize {
+    1 + super::varint_len(id.slot.into()) + 2
+}
+
+/// Writes a request's head byte and id into `out` (exactly [`request_prefix_len`] bytes), for
+/// callers that encoded the rest of the request (see [`encode_request_body`]) before the id was
+/// known: the body's first byte is the head's flags.
+pub fn encode_request_prefix(mut out: &mut [u8], id: RequestId, flags: u8) {
+    use bytes::BufMut;
+    out.put_u8(KIND_REQUEST | flags);
+    put_varint(&mut out, id.slot.into());
+    out.put_u16_le(id.generation as u16);
+}
+
+/// Appends a request's routing part without its head byte and id, returning the flags that
+/// belong in the head (see [`encode_request_prefix`]).
+pub fn encode_request_body(out: &mut Vec<u8>, call: &CallHeader) -> u8 {
+    let mut flags = key_tag(&call.key) << KEY_SHIFT;
+    if call.deadline_ms.is_some() {
+        flags |= HAS_DEADLINE;
+    }
+    encode_call_routing(out, call);
+    flags
+}
+
+/// Appends a cancel frame.
+pub fn encode_cancel(out: &mut Vec<u8>, id: RequestId) {
+    out.push(KIND_CANCEL);
+    put_id(out, id);
+}
+
+/// Appends a response header; the caller appends the payload.
+pub fn encode_response(out: &mut Vec<u8>, id: RequestId, status: Status) {
+    out.push(KIND_RESPONSE | ((status as u8) << STATUS_SHIFT));
+    put_id(out, id);
+}
+
+/// Appends a manifest frame's head; the caller appends the postcard-encoded manifest.
+pub fn encode_manifest_head(out: &mut Vec<u8>) {
+    out.push(KIND_MANIFEST);
+}
+
+/// Decodes one RPC frame.
+pub fn decode_rpc(buf: &[u8]) -> Result<RpcFrame<'_>, WireError> {
+    let mut r = Reader::new(buf);
+    let head = r.u8()?;
+    match head & 0x7 {
+        KIND_REQUEST | KIND_ONE_WAY => {
+            if head & 0x80 != 0 {
+                return Err(WireError::ReservedBits(head));
+            }
+            let id = if head & 0x7 == KIND_REQUEST { Some(read_id(&mut r)?) } else { None };
+            let type_index = r.varint_u32("type index")?;
+            let version = r.u8()?;
+            let method = MethodId(r.u16()?);
+            let deadline_ms =
+                if head & HAS_DEADLINE != 0 { Some(r.varint_u32("deadline")?) } else { None };
+            let key = read_key(&mut r, (head >> KEY_SHIFT) & 0x7)?;
+            let call = CallHeader { type_index, version, method, deadline_ms, key };
+            let args = r.rest();
+            Ok(match id {
+                Some(id) => RpcFrame::Request { id, call, args },
+                None => RpcFrame::OneWay { call, args },
+            })
+        }
+        KIND_CANCEL => {
+            if head != KIND_CANCEL {
+                return Err(WireError::ReservedBits(head));
+            }
+            let id = read_id(&mut r)?;
+            if !r.is_empty() {
+                return Err(WireError::OutOfRange { field: "trailing bytes", value: r.remaining() as u64 });
+            }
+            Ok(RpcFrame::Cancel { id })
+        }
+        KIND_RESPONSE => {
+            let status = Status::from_bits(head >> STATUS_SHIFT)?;
+            let id = read_id(&mut r)?;
+            Ok(RpcFrame::Response { id, status, payload: r.rest() })
+        }
+        KIND_MANIFEST if head == KIND_MANIFEST => Ok(RpcFrame::Manifest(r.rest())),
+        _ => Err(WireError::UnknownFrame(head)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn call(key: GrainKey, deadline: Option<u32>) -> CallHeader {
+        CallHeader { type_index: 3, version: 2, method: MethodId(0xbeef), deadline_ms: deadline, key }
+    }
+
+    #[test]
+    fn frames_round_trip() {
+        let id = RequestId { slot: 300, generation: 0x1_2345 };
+        let wire_id = RequestId { slot: 300, generation: 0x2345 };
+        let keys = [
+            GrainKey::Int(-5),
+            GrainKey::Str("alice".into()),
+            GrainKey::Id(u128::MAX - 3),
+            GrainKey::IntExt(i64::MIN, "x".into()),
+            GrainKey::IdExt(9, "".into()),
+        ];
+        for key in keys {
+            for deadline in [None, Some(5000)] {
+                let c = call(key.clone(), deadline);
+                let mut out = Vec::new();
+                encode_call(&mut out, Some(id), &c);
+                out.extend_from_slice(b"args");
+                assert_eq!(decode_rpc(&out), Ok(RpcFrame::Request { id: wire_id, call: c.clone(), args: b"args" }));
+                // The split form (body first, id later) encodes the same bytes.
+                let mut body = Vec::new();
+                let flags = encode_request_body(&mut body, &c);
+                let mut split = vec![0u8; request_prefix_len(id)];
+                encode_request_prefix(&mut split, id, flags);
+                split.extend_from_slice(&body);
+                split.extend_from_slice(b"args");
+                assert_eq!(split, out);
+                out.clear();
+                encode_call(&mut out, None, &c);
+                assert_eq!(decode_rpc(&out), Ok(RpcFrame::OneWay { call: c, args: b"" }));
+            }
+        }
+        let mut out = Vec::new();
+        encode_cancel(&mut out, id);
+        assert_eq!(decode_rpc(&out), Ok(RpcFrame::Cancel { id: wire_id }));
+        out.clear();
+        encode_response(&mut out, id, Status::HandlerPanicked);
+        out.push(7);
+        assert_eq!(
+            decode_rpc(&out),
+            Ok(RpcFrame::Response { id: wire_id, status: Status::HandlerPanicked, payload: &[7] })
+        );
+        out.clear();
+        encode_manifest_head(&mut out);
+        out.push(1);
+        assert_eq!(decode_rpc(&out), Ok(RpcFrame::Manifest(&[1])));
+    }
+
+    #[test]
+    fn a_32_byte_call_is_compact() {
+        let c = CallHeader { type_index: 0, version: 1, method: MethodId(7), deadline_ms: Some(5000), key: GrainKey::Int(42) };
+        let mut out = Vec::new();
+        encode_call(&mut out, Some(RequestId { slot: 3, generation: 9 }), &c);
+        assert_eq!(out.len(), 1 + 3 + 1 + 1 + 2 + 2 + 1, "head, id, type, version, method, deadline, key");
+    }
+
+    #[test]
+    fn malformed_frames_are_typed_errors() {
+        let long_key = {
+            let mut v = vec![KIND_ONE_WAY | (1 << KEY_SHIFT), 0, 1, 0, 0];
+            put_varint(&mut v, 5000);
+            v
+        };
+        let cases: &[(&[u8], &str)] = &[
+            (&[], "empty"),
+            (&[0], "kind 0"),
+            (&[7], "kind 7"),
+            (&[KIND_REQUEST], "truncated id"),
+            (&[KIND_REQUEST | 0x80, 0, 0, 0], "reserved bit"),
+            (&[KIND_ONE_WAY | (5 << KEY_SHIFT), 0, 1, 0, 0], "key kind 5"),
+            (&long_key, "key string too long"),
+            (&[KIND_ONE_WAY | (1 << KEY_SHIFT), 0, 1, 0, 0, 2, 0xff, 0xfe], "key not utf-8"),
+            (&[KIND_CANCEL, 1, 0, 0, 9], "cancel with trailing bytes"),
+            (&[KIND_CANCEL | 8, 1, 0, 0], "cancel flags"),
+            (&[KIND_RESPONSE | (31 << STATUS_SHIFT), 1, 0, 0], "unknown status"),
+            (&[KIND_MANIFEST | 8], "manifest flags"),
+        ];
+        for (bytes, what) in cases {
+            assert!(decode_rpc(bytes).is_err(), "{what}: {bytes:?}");
+        }
+    }
+}
