@@ -31,6 +31,7 @@ pub mod error;
 #[cfg(feature = "test-util")]
 pub mod fuzz;
 pub mod proto;
+pub(crate) mod sync;
 pub mod transport;
 
 pub use config::TransportConfig;

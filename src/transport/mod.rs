@@ -22,13 +22,13 @@ pub mod sim;
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
-use std::task::{Context, Poll, Waker};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
 use bytes::Bytes;
 use tokio::sync::{Notify, mpsc, oneshot};
 
+pub(crate) use crate::sync::Signal;
 use crate::config::TransportConfig;
 use crate::error::{BindError, ConnectError, DisconnectReason, SendError};
 use crate::proto::channel::max_message_for;
@@ -38,6 +38,33 @@ pub use crate::proto::stats::ConnectionStats;
 use crate::proto::wire::Class;
 
 use self::laminar::{Command, Driver, DriverCmd};
+
+/// What an endpoint's task can run on top of its sessions instead of handing their events to
+/// the application: the RPC client and server. Everything here runs inside the endpoint's
+/// task, so its state has exactly one owner and needs no lock.
+pub(crate) trait Service: Send + 'static {
+    /// Runs at the start of each pass, before the sessions: work queued by handles. What it
+    /// sends (with [`Connection::push`]) goes out in the same pass.
+    fn poll(&mut self, now: Instant);
+    /// One session event, in order per peer, after the sessions' part of the pass.
+    fn event(&mut self, event: Event, now: Instant);
+    /// When `poll` has timed work next.
+    fn next_deadline(&mut self) -> Option<Instant>;
+    /// The endpoint begins to shut down.
+    fn shutdown(&mut self, now: Instant);
+}
+
+/// No service: events go to the application.
+pub(crate) struct NoService;
+
+impl Service for NoService {
+    fn poll(&mut self, _now: Instant) {}
+    fn event(&mut self, _event: Event, _now: Instant) {}
+    fn next_deadline(&mut self) -> Option<Instant> {
+        None
+    }
+    fn shutdown(&mut self, _now: Instant) {}
+}
 
 /// How a message travels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -120,55 +147,6 @@ pub(crate) struct EndpointShared {
     pub(crate) stopped: AtomicBool,
     /// Sessions the task holds (opening, open or closing), published after every pass.
     pub(crate) sessions: AtomicUsize,
-}
-
-/// A wake-up flag for the endpoint's task, set from any thread. Cheaper than a `Notify` on
-/// the hot path: setting an already set flag costs one atomic swap, and the task clears it at
-/// the start of each pass, so wake-ups that the pass itself serves cost nothing more.
-#[derive(Debug, Default)]
-pub(crate) struct Signal {
-    set: AtomicBool,
-    /// A waker is stored (the task waits, or waited and was not woken since).
-    registered: AtomicBool,
-    // Held only to store or take the waker; never across an await.
-    waker: Mutex<Option<Waker>>,
-}
-
-impl Signal {
-    fn waker(&self) -> MutexGuard<'_, Option<Waker>> {
-        match self.waker.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        }
-    }
-
-    /// Sets the flag and wakes the task if it waits.
-    pub(crate) fn notify(&self) {
-        if !self.set.swap(true, Ordering::AcqRel) && self.registered.swap(false, Ordering::AcqRel) {
-            if let Some(w) = self.waker().take() {
-                w.wake();
-            }
-        }
-    }
-
-    /// Clears the flag; true if it was set.
-    pub(crate) fn clear(&self) -> bool {
-        self.set.swap(false, Ordering::AcqRel)
-    }
-
-    /// Ready once the flag is set (and clears it). Only ever polled by the endpoint's own
-    /// task, whose waker does not change, so a stored waker is kept until a notify takes it.
-    pub(crate) fn poll(&self, cx: &mut Context<'_>) -> Poll<()> {
-        if self.clear() {
-            return Poll::Ready(());
-        }
-        if !self.registered.load(Ordering::Acquire) {
-            *self.waker() = Some(cx.waker().clone());
-            self.registered.store(true, Ordering::Release);
-        }
-        // A notify between the first check and storing the waker found no waker to wake.
-        if self.clear() { Poll::Ready(()) } else { Poll::Pending }
-    }
 }
 
 const CONNECTING: u8 = 0;
@@ -333,6 +311,21 @@ impl Connection {
         self.command(Command::Send { class, stream, payload });
     }
 
+    /// Queues a message from inside the endpoint's task (a service), without waking the task:
+    /// the pass that runs the service transmits it. No send-buffer limit: the service bounds
+    /// what it sends by the calls it holds.
+    pub(crate) fn push(&self, delivery: Delivery, payload: Bytes) {
+        let (class, stream) = delivery.split();
+        self.shared.queued.fetch_add(payload.len() + MESSAGE_COST, Ordering::AcqRel);
+        let _ = self.shared.inbox.send(Command::Send { class, stream, payload });
+    }
+
+    /// Queues a message without the send-buffer limit, waking the task (from other tasks).
+    pub(crate) fn send_unbounded(&self, delivery: Delivery, payload: Bytes) {
+        self.push(delivery, payload);
+        self.shared.endpoint.wake.notify();
+    }
+
     fn command(&self, cmd: Command) {
         // The receiver lives as long as the session; if it is gone, the command has no object.
         let _ = self.shared.inbox.send(cmd);
@@ -348,10 +341,7 @@ impl Connection {
 
     /// The latest statistics snapshot (refreshed by the endpoint's task as it works).
     pub fn stats(&self) -> ConnectionStats {
-        match self.shared.stats.lock() {
-            Ok(s) => *s,
-            Err(poisoned) => *poisoned.into_inner(),
-        }
+        *crate::sync::lock(&self.shared.stats)
     }
 }
 
@@ -377,13 +367,34 @@ impl Endpoint {
     }
 
     pub(crate) fn start(io: impl io::Io, config: TransportConfig) -> Result<Self, BindError> {
+        let (events_tx, events_rx) = mpsc::unbounded_channel();
+        Self::start_inner(io, config, Some(events_tx), events_rx, |_| NoService)
+    }
+
+    /// Starts an endpoint whose session events go to a service built by `make_service`.
+    pub(crate) fn start_service<S: Service>(
+        io: impl io::Io,
+        config: TransportConfig,
+        make_service: impl FnOnce(&Arc<EndpointShared>) -> S,
+    ) -> Result<Self, BindError> {
+        // No events reach the application; `next_event` ends at once.
+        let (_, events_rx) = mpsc::unbounded_channel();
+        Self::start_inner(io, config, None, events_rx, make_service)
+    }
+
+    fn start_inner<S: Service>(
+        io: impl io::Io,
+        config: TransportConfig,
+        app: Option<mpsc::UnboundedSender<Event>>,
+        events: mpsc::UnboundedReceiver<Event>,
+        make_service: impl FnOnce(&Arc<EndpointShared>) -> S,
+    ) -> Result<Self, BindError> {
         let local_addr = io.local_addr()?;
         let (driver_tx, driver_rx) = mpsc::unbounded_channel();
-        let (events_tx, events_rx) = mpsc::unbounded_channel();
         let config = Arc::new(config);
-        let (driver, shared) = Driver::new(io, config, local_addr, events_tx, driver_rx);
+        let (driver, shared) = Driver::new(io, config, local_addr, app, driver_rx, make_service);
         let task = tokio::spawn(driver.run());
-        Ok(Self { shared, driver: driver_tx, events: events_rx, task: Some(task) })
+        Ok(Self { shared, driver: driver_tx, events, task: Some(task) })
     }
 
     /// The bound address.

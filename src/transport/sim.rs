@@ -154,10 +154,7 @@ impl SimNetwork {
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
-        match self.inner.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        }
+        crate::sync::lock(&self.inner)
     }
 
     /// Changes the behaviour of every link without an override.

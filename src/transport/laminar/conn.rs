@@ -37,11 +37,20 @@ pub(crate) enum Command {
     Abort { reason: DisconnectReason },
 }
 
+/// Where session events go.
+#[derive(Debug)]
+pub(crate) enum EventTarget {
+    /// To the application, through `Endpoint::next_event`.
+    App(mpsc::UnboundedSender<Event>),
+    /// To the endpoint's service, within the task's pass.
+    Service(crossbeam::channel::Sender<Event>),
+}
+
 /// What every connection of one endpoint shares with the driver.
 #[derive(Debug)]
 pub(crate) struct Sink {
     pub(crate) config: Arc<TransportConfig>,
-    pub(crate) events: mpsc::UnboundedSender<Event>,
+    pub(crate) events: EventTarget,
     pub(crate) endpoint: Arc<EndpointShared>,
     /// Earliest protocol deadline of any session, in nanoseconds since `epoch`; each
     /// connection lowers it in `update`, the driver resets it before each pass.
@@ -51,10 +60,18 @@ pub(crate) struct Sink {
 
 impl Sink {
     fn emit(&self, e: Event) {
-        self.endpoint.backlog.fetch_add(1, Ordering::AcqRel);
-        if self.events.send(e).is_err() {
-            // The application dropped the endpoint: nobody will take it.
-            self.endpoint.backlog.fetch_sub(1, Ordering::AcqRel);
+        match &self.events {
+            EventTarget::App(tx) => {
+                self.endpoint.backlog.fetch_add(1, Ordering::AcqRel);
+                if tx.send(e).is_err() {
+                    // The application dropped the endpoint: nobody will take it.
+                    self.endpoint.backlog.fetch_sub(1, Ordering::AcqRel);
+                }
+            }
+            // The service takes them within the same pass; its receiver lives in the driver.
+            EventTarget::Service(tx) => {
+                let _ = tx.send(e);
+            }
         }
     }
 
@@ -277,10 +294,7 @@ impl laminar::Connection for Conn {
             }
             live.pump();
             let stats = live.session.stats();
-            match live.shared.stats.lock() {
-                Ok(mut s) => *s = stats,
-                Err(p) => *p.into_inner() = stats,
-            }
+            *crate::sync::lock(&live.shared.stats) = stats;
             live.dirty = false;
             next = live.session.next_timeout();
         }

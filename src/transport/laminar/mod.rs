@@ -12,7 +12,7 @@ mod conn;
 mod socket;
 mod timer;
 
-pub(crate) use self::conn::Command;
+pub(crate) use self::conn::{Command, EventTarget};
 
 use std::collections::HashMap;
 use std::collections::hash_map::RandomState;
@@ -33,7 +33,7 @@ use crate::proto::gate::Gate;
 use crate::proto::ids::PeerId;
 use crate::proto::rng::SplitMix64;
 use crate::transport::io::Io;
-use crate::transport::{ConnShared, Connection, EndpointShared, Event};
+use crate::transport::{ConnShared, Connection, EndpointShared, Event, Service};
 
 /// Requests from `Endpoint` handles to the task.
 #[derive(Debug)]
@@ -44,8 +44,11 @@ pub(crate) enum DriverCmd {
 
 type Manager<I> = laminar::ConnectionManager<GatedSocket<I>, Conn>;
 
-pub(crate) struct Driver<I: Io> {
+pub(crate) struct Driver<I: Io, S: Service> {
     mgr: Manager<I>,
+    service: S,
+    /// Session events for the service (when it takes them).
+    service_events: Option<crossbeam::channel::Receiver<Event>>,
     sink: Arc<Sink>,
     cmds: mpsc::UnboundedReceiver<DriverCmd>,
     rng: SplitMix64,
@@ -60,13 +63,16 @@ fn os_random() -> u64 {
     RandomState::new().hash_one(0x5eed_u64)
 }
 
-impl<I: Io> Driver<I> {
+impl<I: Io, S: Service> Driver<I, S> {
+    /// A driver whose session events go to the application (`app` is `Some`) or to the
+    /// service `make_service` builds.
     pub(crate) fn new(
         io: I,
         config: Arc<TransportConfig>,
         local_addr: SocketAddr,
-        events: mpsc::UnboundedSender<Event>,
+        app: Option<mpsc::UnboundedSender<Event>>,
         cmds: mpsc::UnboundedReceiver<DriverCmd>,
+        make_service: impl FnOnce(&Arc<EndpointShared>) -> S,
     ) -> (Self, Arc<EndpointShared>) {
         let now = io.now();
         let lam = laminar::Config {
@@ -96,6 +102,13 @@ impl<I: Io> Driver<I> {
             stopped: AtomicBool::new(false),
             sessions: AtomicUsize::new(0),
         });
+        let (events, service_events) = match app {
+            Some(tx) => (EventTarget::App(tx), None),
+            None => {
+                let (tx, rx) = crossbeam::channel::unbounded();
+                (EventTarget::Service(tx), Some(rx))
+            }
+        };
         let sink = Arc::new(Sink {
             config,
             events,
@@ -103,7 +116,17 @@ impl<I: Io> Driver<I> {
             next_deadline: AtomicU64::new(u64::MAX),
             epoch: now,
         });
-        let driver = Self { mgr, sink, cmds, rng, conns: HashMap::new(), inits: Vec::new() };
+        let service = make_service(&shared);
+        let driver = Self {
+            mgr,
+            service,
+            service_events,
+            sink,
+            cmds,
+            rng,
+            conns: HashMap::new(),
+            inits: Vec::new(),
+        };
         (driver, shared)
     }
 
@@ -154,6 +177,7 @@ impl<I: Io> Driver<I> {
             return;
         }
         self.mgr.socket_mut().refusing = true;
+        self.service.shutdown(now);
         self.broadcast(|| Command::Close { code: 0 });
         let cfg = &self.sink.config;
         let deadline = now + cfg.close_linger + cfg.max_rto * 3;
@@ -177,6 +201,8 @@ impl<I: Io> Driver<I> {
     fn poll(&mut self, now: Instant) -> bool {
         // Whatever the handles asked for until now, this pass serves.
         self.sink.endpoint.wake.clear();
+        // The service's queued work first, so that what it sends goes out in this pass.
+        self.service.poll(now);
         let backlog_before = self.sink.endpoint.backlog.load(Ordering::Acquire);
         for (addr, nonce, window) in std::mem::take(&mut self.mgr.socket_mut().admitted) {
             let tag = self.rng.next_u32();
@@ -201,16 +227,21 @@ impl<I: Io> Driver<I> {
             }
         }
         self.sink.endpoint.sessions.store(self.conns.len(), Ordering::Release);
+        if let Some(rx) = &self.service_events {
+            while let Ok(e) = rx.try_recv() {
+                self.service.event(e, now);
+            }
+        }
         self.sink.endpoint.backlog.load(Ordering::Acquire) > backlog_before
     }
 
-    fn next_deadline(&self) -> Option<Instant> {
+    fn next_deadline(&mut self) -> Option<Instant> {
         let nanos = self.sink.next_deadline.load(Ordering::Acquire);
         let protocol = (nanos != u64::MAX).then(|| self.sink.epoch + Duration::from_nanos(nanos));
         // While reading is paused, datagrams waiting in the socket are no reason to wake.
         let socket = self.mgr.socket();
         let arrival = if socket.paused { None } else { socket.io.next_arrival() };
-        [protocol, arrival].into_iter().flatten().min()
+        [protocol, arrival, self.service.next_deadline()].into_iter().flatten().min()
     }
 
     /// The task: runs until shut down.
