@@ -119,3 +119,134 @@ pub enum BindError {
     #[error("bind failed: {0}")]
     Io(#[from] io::Error),
 }
+
+/// A (de)serialization failure of call arguments or results. Opaque: the codec is an
+/// implementation detail.
+#[derive(Debug)]
+pub struct CodecError(pub(crate) postcard::Error);
+
+impl std::fmt::Display for CodecError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for CodecError {}
+
+/// Why a grain call did not produce the method's value.
+///
+/// `E` is the method's application error type when the method returns `Result<T, E>`;
+/// otherwise it is `Infallible` and [`CallError::Application`] never occurs.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum CallError<E = std::convert::Infallible> {
+    /// The method returned this error.
+    Application(E),
+    /// The call's deadline passed here before a response arrived (the server was told to
+    /// cancel it).
+    Timeout,
+    /// The server saw the deadline pass before the call completed there.
+    DeadlineExceeded,
+    /// The server does not host this grain type.
+    UnknownGrainType,
+    /// The server's interface has no such method.
+    UnknownMethod,
+    /// The server hosts this grain type with another interface version (or the same version
+    /// with a different contract).
+    IncompatibleVersion {
+        /// The caller's version.
+        ours: u8,
+        /// The server's version (equal to ours when only the contract differs).
+        theirs: u8,
+    },
+    /// Too many calls pending: the server has too many from this client, or this client has
+    /// too many outstanding (`ClientConfig::max_pending_calls`). Retry later.
+    Overloaded,
+    /// The method panicked on the server.
+    HandlerPanicked,
+    /// The server is shutting down.
+    ShuttingDown,
+    /// The server could not decode the arguments (client and server disagree on the types).
+    BadRequest,
+    /// The client has no connection to a server for this call.
+    NotConnected,
+    /// The connection was lost while the call was pending.
+    Disconnected(DisconnectReason),
+    /// The arguments could not be encoded.
+    Encode(CodecError),
+    /// The response could not be decoded.
+    Decode(CodecError),
+    /// The encoded call is larger than the connection accepts.
+    TooLarge {
+        /// The call's size.
+        size: usize,
+        /// The limit.
+        max: usize,
+    },
+}
+
+impl<E: std::fmt::Debug> std::fmt::Display for CallError<E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Application(e) => write!(f, "application error: {e:?}"),
+            Self::Timeout => f.write_str("call timed out"),
+            Self::DeadlineExceeded => f.write_str("deadline exceeded on the server"),
+            Self::UnknownGrainType => f.write_str("the server does not host this grain type"),
+            Self::UnknownMethod => f.write_str("unknown method"),
+            Self::IncompatibleVersion { ours, theirs } => {
+                write!(f, "incompatible interface: ours v{ours}, the server's v{theirs}")
+            }
+            Self::Overloaded => f.write_str("server overloaded"),
+            Self::HandlerPanicked => f.write_str("the grain method panicked"),
+            Self::ShuttingDown => f.write_str("the server is shutting down"),
+            Self::BadRequest => f.write_str("the server could not decode the arguments"),
+            Self::NotConnected => f.write_str("not connected"),
+            Self::Disconnected(r) => write!(f, "connection lost: {r}"),
+            Self::Encode(e) => write!(f, "could not encode the arguments: {e}"),
+            Self::Decode(e) => write!(f, "could not decode the response: {e}"),
+            Self::TooLarge { size, max } => write!(f, "call of {size} bytes exceeds {max}"),
+        }
+    }
+}
+
+impl<E: std::fmt::Debug> std::error::Error for CallError<E> {}
+
+impl<E> CallError<E> {
+    /// The same error with another application error type; `Application` maps through `f`.
+    pub fn map_app<F>(self, f: impl FnOnce(E) -> F) -> CallError<F> {
+        match self {
+            Self::Application(e) => CallError::Application(f(e)),
+            Self::Timeout => CallError::Timeout,
+            Self::DeadlineExceeded => CallError::DeadlineExceeded,
+            Self::UnknownGrainType => CallError::UnknownGrainType,
+            Self::UnknownMethod => CallError::UnknownMethod,
+            Self::IncompatibleVersion { ours, theirs } => {
+                CallError::IncompatibleVersion { ours, theirs }
+            }
+            Self::Overloaded => CallError::Overloaded,
+            Self::HandlerPanicked => CallError::HandlerPanicked,
+            Self::ShuttingDown => CallError::ShuttingDown,
+            Self::BadRequest => CallError::BadRequest,
+            Self::NotConnected => CallError::NotConnected,
+            Self::Disconnected(r) => CallError::Disconnected(r),
+            Self::Encode(e) => CallError::Encode(e),
+            Self::Decode(e) => CallError::Decode(e),
+            Self::TooLarge { size, max } => CallError::TooLarge { size, max },
+        }
+    }
+
+    /// Whether the call certainly did not run on the server (safe to retry anywhere).
+    pub fn not_executed(&self) -> bool {
+        matches!(
+            self,
+            Self::UnknownGrainType
+                | Self::UnknownMethod
+                | Self::IncompatibleVersion { .. }
+                | Self::Overloaded
+                | Self::ShuttingDown
+                | Self::NotConnected
+                | Self::Encode(_)
+                | Self::TooLarge { .. }
+        )
+    }
+}

@@ -26,12 +26,23 @@
 // Library code handles every failure; `expect` only under a local invariant with a message.
 #![warn(clippy::unwrap_used)]
 
+pub mod client;
 pub mod config;
 pub mod error;
 #[cfg(feature = "test-util")]
 pub mod fuzz;
+pub mod grain;
 pub mod proto;
+pub mod server;
 pub(crate) mod sync;
 pub mod transport;
 
+pub use client::{Client, ClientConfig};
 pub use config::TransportConfig;
+pub use error::CallError;
+pub use grain::{GrainInterface, GrainRef};
+pub use proto::ids::{GrainId, GrainKey, GrainType, ServerId};
+pub use server::{Server, ServerConfig};
+
+#[doc(hidden)]
+pub use grain::private as __private;

@@ -54,4 +54,3 @@ impl Signal {
         if self.clear() { Poll::Ready(()) } else { Poll::Pending }
     }
 }
-

@@ -127,8 +127,8 @@ pub enum GrainKey {
 
 impl GrainKey {
     /// Appends the canonical bytes of the key (the input of its stable hash).
-    pub(crate) fn canonical(&self, out: &mut Vec<u8>) {
-        let ext = |out: &mut Vec<u8>, s: &str| {
+    pub(crate) fn canonical(&self, out: &mut smallvec::SmallVec<[u8; 64]>) {
+        let ext = |out: &mut smallvec::SmallVec<[u8; 64]>, s: &str| {
             out.extend_from_slice(&(s.len() as u32).to_le_bytes());
             out.extend_from_slice(s.as_bytes());
         };
@@ -218,7 +218,7 @@ impl GrainId {
     /// The stable 64-bit hash of this id: SipHash-2-4 under a fixed key of the type id and the
     /// key's canonical bytes. The same in every process, build and platform.
     pub fn stable_hash(&self) -> u64 {
-        let mut buf = Vec::with_capacity(32);
+        let mut buf = smallvec::SmallVec::<[u8; 64]>::new();
         buf.extend_from_slice(&self.ty.0.to_le_bytes());
         self.key.canonical(&mut buf);
         stable_hash(&buf)

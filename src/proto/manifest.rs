@@ -130,9 +130,18 @@ mod tests {
         let player = GrainType::of("Player");
         let iface = InterfaceId::of("Player");
         assert_eq!(m.compatible(player, iface, 2, 77).unwrap().index, 0);
-        assert_eq!(m.compatible(player, iface, 1, 77), Err(Incompatibility::Version { caller: 1, server: 2 }));
-        assert_eq!(m.compatible(player, iface, 2, 78), Err(Incompatibility::Contract { version: 2 }));
-        assert_eq!(m.compatible(GrainType::of("Nope"), iface, 2, 77), Err(Incompatibility::NotHosted));
+        assert_eq!(
+            m.compatible(player, iface, 1, 77),
+            Err(Incompatibility::Version { caller: 1, server: 2 })
+        );
+        assert_eq!(
+            m.compatible(player, iface, 2, 78),
+            Err(Incompatibility::Contract { version: 2 })
+        );
+        assert_eq!(
+            m.compatible(GrainType::of("Nope"), iface, 2, 77),
+            Err(Incompatibility::NotHosted)
+        );
         assert!(Manifest::decode(&payload[..payload.len() - 1]).is_err());
         assert!(Manifest::decode(&[0xff; 9]).is_err());
     }

@@ -14,7 +14,7 @@
 //! handshake gate, driven by one tokio task per socket that sleeps until the socket is
 //! readable, a command arrives or the earliest protocol timer is due.
 
-mod io;
+pub(crate) mod io;
 mod laminar;
 #[cfg(feature = "test-util")]
 pub mod sim;
@@ -28,7 +28,6 @@ use std::time::Instant;
 use bytes::Bytes;
 use tokio::sync::{Notify, mpsc, oneshot};
 
-pub(crate) use crate::sync::Signal;
 use crate::config::TransportConfig;
 use crate::error::{BindError, ConnectError, DisconnectReason, SendError};
 use crate::proto::channel::max_message_for;
@@ -36,6 +35,7 @@ use crate::proto::channel::send::MESSAGE_COST;
 pub use crate::proto::ids::{PeerId, StreamId};
 pub use crate::proto::stats::ConnectionStats;
 use crate::proto::wire::Class;
+pub(crate) use crate::sync::Signal;
 
 use self::laminar::{Command, Driver, DriverCmd};
 
@@ -457,6 +457,11 @@ impl Endpoint {
     /// for a peer that has not completed the handshake.
     pub fn session_count(&self) -> usize {
         self.shared.sessions.load(Ordering::Acquire)
+    }
+
+    /// Wakes the endpoint's task (after queueing work for its service).
+    pub(crate) fn wake(&self) {
+        self.shared.wake.notify();
     }
 
     /// Whether the task has stopped.

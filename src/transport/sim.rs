@@ -184,7 +184,7 @@ impl SimNetwork {
         self.lock().stats
     }
 
-    fn bind_io(&self, mut addr: SocketAddr) -> io::Result<SimIo> {
+    pub(crate) fn bind_io(&self, mut addr: SocketAddr) -> io::Result<SimIo> {
         let mut inner = self.lock();
         if addr.port() == 0 {
             loop {

@@ -262,9 +262,14 @@ pub fn encode_cancel(out: &mut Vec<u8>, id: RequestId) {
     put_id(out, id);
 }
 
+/// The head byte of a response with `status` (to rewrite it in a response built in place).
+pub fn response_head(status: Status) -> u8 {
+    KIND_RESPONSE | ((status as u8) << STATUS_SHIFT)
+}
+
 /// Appends a response header; the caller appends the payload.
 pub fn encode_response(out: &mut Vec<u8>, id: RequestId, status: Status) {
-    out.push(KIND_RESPONSE | ((status as u8) << STATUS_SHIFT));
+    out.push(response_head(status));
     put_id(out, id);
 }
 
@@ -302,7 +307,10 @@ pub fn decode_rpc(buf: &[u8]) -> Result<RpcFrame<'_>, WireError> {
             }
             let id = read_id(&mut r)?;
             if !r.is_empty() {
-                return Err(WireError::OutOfRange { field: "trailing bytes", value: r.remaining() as u64 });
+                return Err(WireError::OutOfRange {
+                    field: "trailing bytes",
+                    value: r.remaining() as u64,
+                });
             }
             Ok(RpcFrame::Cancel { id })
         }
@@ -321,7 +329,13 @@ mod tests {
     use super::*;
 
     fn call(key: GrainKey, deadline: Option<u32>) -> CallHeader {
-        CallHeader { type_index: 3, version: 2, method: MethodId(0xbeef), deadline_ms: deadline, key }
+        CallHeader {
+            type_index: 3,
+            version: 2,
+            method: MethodId(0xbeef),
+            deadline_ms: deadline,
+            key,
+        }
     }
 
     #[test]
@@ -341,7 +355,10 @@ mod tests {
                 let mut out = Vec::new();
                 encode_call(&mut out, Some(id), &c);
                 out.extend_from_slice(b"args");
-                assert_eq!(decode_rpc(&out), Ok(RpcFrame::Request { id: wire_id, call: c.clone(), args: b"args" }));
+                assert_eq!(
+                    decode_rpc(&out),
+                    Ok(RpcFrame::Request { id: wire_id, call: c.clone(), args: b"args" })
+                );
                 // The split form (body first, id later) encodes the same bytes.
                 let mut body = Vec::new();
                 let flags = encode_request_body(&mut body, &c);
@@ -373,10 +390,20 @@ mod tests {
 
     #[test]
     fn a_32_byte_call_is_compact() {
-        let c = CallHeader { type_index: 0, version: 1, method: MethodId(7), deadline_ms: Some(5000), key: GrainKey::Int(42) };
+        let c = CallHeader {
+            type_index: 0,
+            version: 1,
+            method: MethodId(7),
+            deadline_ms: Some(5000),
+            key: GrainKey::Int(42),
+        };
         let mut out = Vec::new();
         encode_call(&mut out, Some(RequestId { slot: 3, generation: 9 }), &c);
-        assert_eq!(out.len(), 1 + 3 + 1 + 1 + 2 + 2 + 1, "head, id, type, version, method, deadline, key");
+        assert_eq!(
+            out.len(),
+            1 + 3 + 1 + 1 + 2 + 2 + 1,
+            "head, id, type, version, method, deadline, key"
+        );
     }
 
     #[test]

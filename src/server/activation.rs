@@ -1,0 +1,252 @@
+//! One activation: a grain instance and the task that runs its calls one at a time, in arrival
+//! order. The server's service (in the endpoint task) fills its mailbox; the task takes calls
+//! from it, runs them, answers on the caller's connection and reports each call done.
+//!
+//! A call is cut short when the service signals its cancellation (the caller gave up, or its
+//! deadline passed): the task drops the call's future. A panic fails the call with
+//! `HandlerPanicked` and the instance is replaced by a fresh one from the factory (its state
+//! may be broken), without losing the calls queued behind it.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::marker::PhantomData;
+use std::panic::AssertUnwindSafe;
+use std::pin::pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::Poll;
+use std::time::Instant;
+
+use bytes::Bytes;
+use crossbeam::channel::Sender;
+
+use crate::grain::private::Dispatch;
+use crate::proto::ids::{GrainId, MethodId, RequestId};
+use crate::proto::wire::rpc::{self, Status};
+use crate::sync::{Signal, lock};
+use crate::transport::{Connection, Delivery, EndpointShared};
+
+/// A call for an activation.
+#[derive(Debug)]
+pub(crate) struct Job {
+    /// Unique per call on this server.
+    pub(crate) token: u64,
+    /// Where to answer (`None` for one-way calls).
+    pub(crate) reply: Option<(Connection, RequestId)>,
+    pub(crate) method: MethodId,
+    pub(crate) args: Bytes,
+    pub(crate) deadline: Instant,
+}
+
+/// What activations tell the service.
+#[derive(Debug)]
+pub(crate) enum Report {
+    /// A call ended (answered, failed or cancelled).
+    Done { token: u64 },
+    /// An activation finished deactivating; its task is ending.
+    Gone { grain: GrainId },
+}
+
+/// The channel from activations back to the service.
+#[derive(Debug, Clone)]
+pub(crate) struct Reporter {
+    pub(crate) tx: Sender<Report>,
+    pub(crate) endpoint: Arc<EndpointShared>,
+}
+
+impl Reporter {
+    fn report(&self, r: Report) {
+        // The service outlives its activations' reports only until shutdown; then nobody
+        // listens and nothing needs to.
+        let _ = self.tx.send(r);
+        self.endpoint.wake.notify();
+    }
+}
+
+/// The queue between the service and one activation's task. A mutex rather than a channel
+/// because the service also removes queued calls (cancelled or expired); held only for a
+/// queue operation, never across an await.
+#[derive(Debug, Default)]
+pub(crate) struct Mailbox {
+    queue: Mutex<VecDeque<Job>>,
+    signal: Signal,
+    closing: AtomicBool,
+    /// The call running now (0 when none).
+    running: AtomicU64,
+    /// The running call to cut short, and the signal that says so.
+    cancel_token: AtomicU64,
+    cancel: Signal,
+}
+
+impl Mailbox {
+    pub(crate) fn push(&self, job: Job) {
+        lock(&self.queue).push_back(job);
+        self.signal.notify();
+    }
+
+    /// Takes a queued call out; `None` if it is running or done.
+    pub(crate) fn remove(&self, token: u64) -> Option<Job> {
+        let mut q = lock(&self.queue);
+        let i = q.iter().position(|j| j.token == token)?;
+        q.remove(i)
+    }
+
+    /// Cuts the call short if it is running.
+    pub(crate) fn cancel_running(&self, token: u64) {
+        if self.running.load(Ordering::Acquire) == token {
+            self.cancel_token.store(token, Ordering::Release);
+            self.cancel.notify();
+        }
+    }
+
+    /// Asks the task to finish the queued calls and deactivate.
+    pub(crate) fn close(&self) {
+        self.closing.store(true, Ordering::Release);
+        self.signal.notify();
+    }
+
+    /// Queued calls (the service's idle check).
+    pub(crate) fn is_empty(&self) -> bool {
+        lock(&self.queue).is_empty()
+    }
+
+    fn pop(&self) -> Option<Job> {
+        lock(&self.queue).pop_front()
+    }
+}
+
+/// Starts activations of one grain type: the type-erased part of a `Host`.
+pub(crate) trait Spawn: Send + Sync + 'static {
+    fn spawn(
+        &self,
+        grain: GrainId,
+        mailbox: Arc<Mailbox>,
+        reporter: Reporter,
+    ) -> tokio::task::JoinHandle<()>;
+}
+
+/// [`Spawn`] for interface `I` implemented by `G`, made by factory `F`.
+pub(crate) struct Typed<I, G, F> {
+    pub(crate) factory: Arc<F>,
+    pub(crate) _types: PhantomData<fn() -> (I, G)>,
+}
+
+impl<I, G, F> Spawn for Typed<I, G, F>
+where
+    I: Dispatch<G>,
+    G: Send + 'static,
+    F: Fn(&GrainId) -> G + Send + Sync + 'static,
+{
+    fn spawn(
+        &self,
+        grain: GrainId,
+        mailbox: Arc<Mailbox>,
+        reporter: Reporter,
+    ) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(run::<I, G, F>(self.factory.clone(), grain, mailbox, reporter))
+    }
+}
+
+/// Polls `f`, turning a panic into `None`.
+async fn catch_unwind<T>(f: impl Future<Output = T>) -> Option<T> {
+    let mut f = pin!(f);
+    std::future::poll_fn(|cx| {
+        match std::panic::catch_unwind(AssertUnwindSafe(|| f.as_mut().poll(cx))) {
+            Ok(Poll::Ready(v)) => Poll::Ready(Some(v)),
+            Ok(Poll::Pending) => Poll::Pending,
+            Err(_) => Poll::Ready(None),
+        }
+    })
+    .await
+}
+
+/// Makes a grain instance and runs its activation hook; `None` if either panicked.
+async fn activate<I: Dispatch<G>, G, F: Fn(&GrainId) -> G>(factory: &F, id: &GrainId) -> Option<G> {
+    let mut grain = std::panic::catch_unwind(AssertUnwindSafe(|| factory(id))).ok()?;
+    catch_unwind(I::activate(&mut grain, id)).await?;
+    Some(grain)
+}
+
+enum Ran {
+    Finished(Status),
+    Panicked,
+    Cancelled,
+}
+
+async fn run<I, G, F>(factory: Arc<F>, id: GrainId, mailbox: Arc<Mailbox>, reporter: Reporter)
+where
+    I: Dispatch<G>,
+    G: Send + 'static,
+    F: Fn(&GrainId) -> G + Send + Sync + 'static,
+{
+    let mut grain = activate::<I, G, F>(&factory, &id).await;
+    loop {
+        let Some(job) = mailbox.pop() else {
+            if mailbox.closing.load(Ordering::Acquire) && mailbox.is_empty() {
+                break;
+            }
+            std::future::poll_fn(|cx| mailbox.signal.poll(cx)).await;
+            continue;
+        };
+        let status = if Instant::now() >= job.deadline {
+            Some(Status::DeadlineExceeded)
+        } else if let Some(g) = grain.as_mut() {
+            mailbox.cancel.clear();
+            mailbox.running.store(job.token, Ordering::Release);
+            let mut out = Vec::with_capacity(64);
+            let header = job.reply.as_ref().map(|(_, rid)| {
+                rpc::encode_response(&mut out, *rid, Status::Ok);
+                out.len()
+            });
+            let ran = {
+                let call = pin!(catch_unwind(I::dispatch(g, job.method, &job.args, &mut out)));
+                let mut call = call;
+                std::future::poll_fn(|cx| {
+                    if mailbox.cancel.poll(cx).is_ready()
+                        && mailbox.cancel_token.load(Ordering::Acquire) == job.token
+                    {
+                        return Poll::Ready(Ran::Cancelled);
+                    }
+                    call.as_mut().poll(cx).map(|r| r.map_or(Ran::Panicked, Ran::Finished))
+                })
+                .await
+            };
+            mailbox.running.store(0, Ordering::Release);
+            match ran {
+                Ran::Finished(status) => {
+                    if let (Some((conn, _)), Some(h)) = (&job.reply, header) {
+                        if !matches!(status, Status::Ok | Status::AppError) {
+                            out.truncate(h);
+                        }
+                        out[0] = rpc::response_head(status);
+                        conn.send_unbounded(Delivery::ReliableUnordered, Bytes::from(out));
+                    }
+                    None
+                }
+                Ran::Panicked => {
+                    tracing::warn!(grain = %id, method = job.method.0, "grain method panicked; replacing the instance");
+                    // The instance's state may be broken: start over with a fresh one.
+                    grain = activate::<I, G, F>(&factory, &id).await;
+                    Some(Status::HandlerPanicked)
+                }
+                // The caller gave up (no answer wanted) or the deadline passed (say so).
+                Ran::Cancelled if Instant::now() >= job.deadline => Some(Status::DeadlineExceeded),
+                Ran::Cancelled => None,
+            }
+        } else {
+            // Activation failed (its hook or factory panicked): fail calls until replaced.
+            grain = activate::<I, G, F>(&factory, &id).await;
+            Some(Status::HandlerPanicked)
+        };
+        if let (Some(status), Some((conn, rid))) = (status, &job.reply) {
+            let mut out = Vec::with_capacity(8);
+            rpc::encode_response(&mut out, *rid, status);
+            conn.send_unbounded(Delivery::ReliableUnordered, Bytes::from(out));
+        }
+        reporter.report(Report::Done { token: job.token });
+    }
+    if let Some(g) = grain.as_mut() {
+        let _ = catch_unwind(I::deactivate(g)).await;
+    }
+    reporter.report(Report::Gone { grain: id });
+}
