@@ -41,6 +41,7 @@ pub use client::{Client, ClientConfig};
 pub use config::TransportConfig;
 pub use error::CallError;
 pub use grain::{GrainInterface, GrainRef};
+pub use grainwire_macros::grain;
 pub use proto::ids::{GrainId, GrainKey, GrainType, ServerId};
 pub use server::{Server, ServerConfig};
 

@@ -78,11 +78,13 @@ pub(crate) struct ServerService {
     all_gone: Vec<oneshot::Sender<()>>,
 }
 
+/// Answers a call from the service itself. Wakes the task: this may run after the pass's
+/// transmissions (from `event`).
 fn respond(conn: &Connection, id: RequestId, status: Status, payload: &[u8]) {
     let mut out = Vec::with_capacity(8 + payload.len());
     rpc::encode_response(&mut out, id, status);
     out.extend_from_slice(payload);
-    conn.push(Delivery::ReliableUnordered, Bytes::from(out));
+    conn.send_unbounded(Delivery::ReliableUnordered, Bytes::from(out));
 }
 
 impl ServerService {
@@ -366,7 +368,10 @@ impl Service for ServerService {
     fn event(&mut self, event: Event, now: Instant) {
         match event {
             Event::Connected(conn) => {
-                conn.push(Delivery::reliable_ordered(0), self.shared.manifest_frame.clone());
+                conn.send_unbounded(
+                    Delivery::reliable_ordered(0),
+                    self.shared.manifest_frame.clone(),
+                );
                 let peer = conn.peer_id();
                 self.peers.insert(
                     peer,

@@ -44,9 +44,10 @@ use self::laminar::{Command, Driver, DriverCmd};
 /// task, so its state has exactly one owner and needs no lock.
 pub(crate) trait Service: Send + 'static {
     /// Runs at the start of each pass, before the sessions: work queued by handles. What it
-    /// sends (with [`Connection::push`]) goes out in the same pass.
+    /// sends with [`Connection::push`] goes out in the same pass.
     fn poll(&mut self, now: Instant);
-    /// One session event, in order per peer, after the sessions' part of the pass.
+    /// One session event, in order per peer, after the sessions' part of the pass. What it
+    /// sends must wake the task ([`Connection::send_unbounded`]): this pass has transmitted.
     fn event(&mut self, event: Event, now: Instant);
     /// When `poll` has timed work next.
     fn next_deadline(&mut self) -> Option<Instant>;

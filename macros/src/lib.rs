@@ -1,0 +1,523 @@
+//! `#[grainwire::grain]`: turns a trait into a grain interface.
+//!
+//! ```ignore
+//! #[grainwire::grain]                      // or #[grain(name = "player", version = 2)]
+//! pub trait Player {
+//!     async fn join(&mut self, name: String) -> u32;
+//!     async fn damage(&mut self, hp: u32) -> Result<u32, Dead>;   // application error `Dead`
+//!     #[one_way] async fn ping(&mut self, n: u64);                // reliable, no response
+//!     #[timeout_ms = 250] async fn position(&self) -> (f32, f32);  // this method's deadline
+//! }
+//! ```
+//!
+//! generates
+//!
+//! * the trait servers implement: the same methods as `fn … -> impl Future<Output = T> + Send`
+//!   (implement them with `async fn`), activation hooks `on_activate`/`on_deactivate` with empty
+//!   defaults, and `Player::host(factory)` to host the grain on a server;
+//! * `PlayerRef`, the typed reference clients call: the same methods, taking `&self` and
+//!   returning `Result<T, CallError>` (`Result<T, CallError<E>>` for `Result<T, E>`).
+//!
+//! Method ids come from method *names* (collisions fail compilation; `#[id = N]` overrides),
+//! never from declaration order. Arguments and results are serde types. Generated code only
+//! names `::grainwire::__private`.
+
+use proc_macro::TokenStream;
+use proc_macro2::TokenStream as TokenStream2;
+use quote::{format_ident, quote};
+use syn::parse::Parser;
+use syn::punctuated::Punctuated;
+use syn::spanned::Spanned;
+use syn::{
+    Attribute, Expr, ExprLit, FnArg, GenericArgument, ItemTrait, Lit, Meta, Pat, PathArguments,
+    ReturnType, Token, TraitItem, TraitItemFn, Type,
+};
+
+/// Turns a trait into a grain interface; see the crate docs.
+#[proc_macro_attribute]
+pub fn grain(attr: TokenStream, item: TokenStream) -> TokenStream {
+    match expand(attr.into(), item.into()) {
+        Ok(t) => t.into(),
+        Err(e) => e.to_compile_error().into(),
+    }
+}
+
+/// `#[grain(...)]` arguments.
+struct Options {
+    name: Option<String>,
+    version: u8,
+}
+
+fn parse_options(attr: TokenStream2) -> syn::Result<Options> {
+    let mut o = Options { name: None, version: 1 };
+    let metas = Punctuated::<Meta, Token![,]>::parse_terminated.parse2(attr)?;
+    for meta in metas {
+        let nv = match &meta {
+            Meta::NameValue(nv) => nv,
+            other => {
+                return Err(syn::Error::new(
+                    other.span(),
+                    "expected `name = \"...\"` or `version = N`",
+                ));
+            }
+        };
+        if nv.path.is_ident("name") {
+            o.name = Some(lit_str(&nv.value)?);
+        } else if nv.path.is_ident("version") {
+            o.version = lit_int(&nv.value)?;
+        } else {
+            return Err(syn::Error::new(
+                nv.path.span(),
+                "unknown option: expected `name` or `version`",
+            ));
+        }
+    }
+    Ok(o)
+}
+
+fn lit_str(e: &Expr) -> syn::Result<String> {
+    match e {
+        Expr::Lit(ExprLit { lit: Lit::Str(s), .. }) => Ok(s.value()),
+        other => Err(syn::Error::new(other.span(), "expected a string literal")),
+    }
+}
+
+fn lit_int<N: std::str::FromStr<Err = std::num::ParseIntError> + std::fmt::Display>(
+    e: &Expr,
+) -> syn::Result<N> {
+    match e {
+        Expr::Lit(ExprLit { lit: Lit::Int(i), .. }) => i.base10_parse(),
+        other => Err(syn::Error::new(other.span(), "expected an integer literal")),
+    }
+}
+
+/// One method, validated.
+struct Method {
+    sig_fn: TraitItemFn,
+    name: syn::Ident,
+    args: Vec<(syn::Ident, Type)>,
+    /// `(T, Some(E))` for `Result<T, E>`.
+    output: Type,
+    app_error: Option<(Type, Type)>,
+    one_way: bool,
+    timeout_ms: Option<u64>,
+    id: Option<u16>,
+    docs: Vec<Attribute>,
+}
+
+const RESERVED: &[&str] = &["on_activate", "on_deactivate", "host"];
+
+fn method(item: &TraitItem) -> syn::Result<Method> {
+    let f = match item {
+        TraitItem::Fn(f) => f,
+        other => {
+            return Err(syn::Error::new(
+                other.span(),
+                "a #[grain] trait may only contain methods (no types, constants or macros)",
+            ));
+        }
+    };
+    let sig = &f.sig;
+    if sig.asyncness.is_none() {
+        return Err(syn::Error::new(sig.fn_token.span, "grain methods must be `async fn`"));
+    }
+    if let Some(d) = &f.default {
+        return Err(syn::Error::new(d.span(), "grain methods cannot have a default body"));
+    }
+    if !sig.generics.params.is_empty() || sig.generics.where_clause.is_some() {
+        return Err(syn::Error::new(sig.generics.span(), "grain methods cannot be generic"));
+    }
+    if let Some(v) = &sig.variadic {
+        return Err(syn::Error::new(v.span(), "grain methods cannot be variadic"));
+    }
+    if sig.unsafety.is_some() || sig.constness.is_some() || sig.abi.is_some() {
+        return Err(syn::Error::new(sig.span(), "grain methods must be plain `async fn`"));
+    }
+    let name = sig.ident.clone();
+    if RESERVED.contains(&name.to_string().as_str()) {
+        return Err(syn::Error::new(
+            name.span(),
+            format!("`{name}` is reserved for the grain's own hooks"),
+        ));
+    }
+    let mut inputs = sig.inputs.iter();
+    match inputs.next() {
+        Some(FnArg::Receiver(r)) if r.reference.is_some() && r.colon_token.is_none() => {}
+        Some(other) => {
+            return Err(syn::Error::new(
+                other.span(),
+                "grain methods take `&self` or `&mut self` first",
+            ));
+        }
+        None => {
+            return Err(syn::Error::new(
+                sig.paren_token.span.join(),
+                "grain methods take `&self` or `&mut self`",
+            ));
+        }
+    }
+    let mut args = Vec::new();
+    for a in inputs {
+        let FnArg::Typed(pt) = a else {
+            return Err(syn::Error::new(a.span(), "unexpected receiver"));
+        };
+        let Pat::Ident(pi) = &*pt.pat else {
+            return Err(syn::Error::new(
+                pt.pat.span(),
+                "grain method arguments must be plain names (`name: Type`)",
+            ));
+        };
+        if pi.by_ref.is_some() || pi.subpat.is_some() {
+            return Err(syn::Error::new(
+                pi.span(),
+                "grain method arguments must be plain names (`name: Type`)",
+            ));
+        }
+        check_owned(&pt.ty)?;
+        args.push((pi.ident.clone(), (*pt.ty).clone()));
+    }
+    let output: Type = match &sig.output {
+        ReturnType::Default => syn::parse_quote!(()),
+        ReturnType::Type(_, t) => {
+            check_owned(t)?;
+            (**t).clone()
+        }
+    };
+    let app_error = result_types(&output);
+    let mut one_way = false;
+    let mut timeout_ms = None;
+    let mut id = None;
+    let mut docs = Vec::new();
+    for a in &f.attrs {
+        if a.path().is_ident("one_way") {
+            a.meta.require_path_only()?;
+            one_way = true;
+        } else if a.path().is_ident("timeout_ms") {
+            timeout_ms = Some(lit_int::<u64>(&a.meta.require_name_value()?.value)?);
+        } else if a.path().is_ident("id") {
+            id = Some(lit_int::<u16>(&a.meta.require_name_value()?.value)?);
+        } else if a.path().is_ident("doc") {
+            docs.push(a.clone());
+        } else {
+            return Err(syn::Error::new(
+                a.span(),
+                "unknown attribute on a grain method: expected #[one_way], #[timeout_ms = N] or #[id = N]",
+            ));
+        }
+    }
+    if one_way && !matches!(&output, Type::Tuple(t) if t.elems.is_empty()) {
+        return Err(syn::Error::new(output.span(), "#[one_way] methods return nothing"));
+    }
+    let mut sig_fn = f.clone();
+    sig_fn.attrs.retain(|a| a.path().is_ident("doc"));
+    Ok(Method { sig_fn, name, args, output, app_error, one_way, timeout_ms, id, docs })
+}
+
+/// Arguments and results travel by value: no references, no `impl Trait`.
+fn check_owned(t: &Type) -> syn::Result<()> {
+    match t {
+        Type::Reference(r) => Err(syn::Error::new(
+            r.span(),
+            "grain method arguments and results must be owned types (e.g. `String`, not `&str`): they cross the network",
+        )),
+        Type::ImplTrait(i) => {
+            Err(syn::Error::new(i.span(), "`impl Trait` is not supported in grain methods"))
+        }
+        Type::BareFn(b) => {
+            Err(syn::Error::new(b.span(), "function pointers cannot cross the network"))
+        }
+        Type::Tuple(tt) => tt.elems.iter().try_for_each(check_owned),
+        Type::Paren(p) => check_owned(&p.elem),
+        Type::Path(p) => {
+            for seg in &p.path.segments {
+                if let PathArguments::AngleBracketed(ab) = &seg.arguments {
+                    for ga in &ab.args {
+                        match ga {
+                            GenericArgument::Type(t) => check_owned(t)?,
+                            GenericArgument::Lifetime(l) => {
+                                return Err(syn::Error::new(
+                                    l.span(),
+                                    "grain method types cannot borrow (no lifetimes)",
+                                ));
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+            }
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
+
+/// `Some((T, E))` when `t` is `Result<T, E>` (by its last path segment).
+fn result_types(t: &Type) -> Option<(Type, Type)> {
+    let Type::Path(p) = t else { return None };
+    let seg = p.path.segments.last()?;
+    if seg.ident != "Result" {
+        return None;
+    }
+    let PathArguments::AngleBracketed(ab) = &seg.arguments else { return None };
+    let mut tys = ab.args.iter().filter_map(|a| match a {
+        GenericArgument::Type(t) => Some(t.clone()),
+        _ => None,
+    });
+    let (ok, err) = (tys.next()?, tys.next()?);
+    tys.next().is_none().then_some((ok, err))
+}
+
+fn norm(ts: impl quote::ToTokens) -> String {
+    ts.to_token_stream().to_string().split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+fn expand(attr: TokenStream2, item: TokenStream2) -> syn::Result<TokenStream2> {
+    let opts = parse_options(attr)?;
+    let tr: ItemTrait = syn::parse2(item)?;
+    if !tr.generics.params.is_empty() || tr.generics.where_clause.is_some() {
+        return Err(syn::Error::new(tr.generics.span(), "a #[grain] trait cannot be generic"));
+    }
+    if !tr.supertraits.is_empty() {
+        return Err(syn::Error::new(
+            tr.supertraits.span(),
+            "a #[grain] trait cannot have supertraits",
+        ));
+    }
+    if tr.unsafety.is_some() || tr.auto_token.is_some() {
+        return Err(syn::Error::new(tr.trait_token.span, "a #[grain] trait must be a plain trait"));
+    }
+    let methods = tr.items.iter().map(method).collect::<syn::Result<Vec<_>>>()?;
+    let vis = &tr.vis;
+    let trait_name = &tr.ident;
+    let grain_name = opts.name.unwrap_or_else(|| trait_name.to_string());
+    let version = opts.version;
+    let ref_name = format_ident!("{}Ref", trait_name);
+    let info_static = format_ident!("__GRAINWIRE_{}_INFO", trait_name.to_string().to_uppercase());
+    let methods_static =
+        format_ident!("__GRAINWIRE_{}_METHODS", trait_name.to_string().to_uppercase());
+    let p = quote!(::grainwire::__private);
+    let attrs = &tr.attrs;
+
+    // The contract: name, version and every method's id, shape and types, sorted by name.
+    let mut contract: Vec<String> = methods
+        .iter()
+        .map(|m| {
+            let args: Vec<String> = m.args.iter().map(|(_, t)| norm(t)).collect();
+            format!(
+                "{}({})->{}{}",
+                m.name,
+                args.join(","),
+                norm(&m.output),
+                if m.one_way { "!" } else { "" }
+            )
+        })
+        .collect();
+    contract.sort();
+    let contract = format!("{grain_name} v{version}: {}", contract.join("; "));
+
+    let mut trait_items = Vec::new();
+    let mut ref_methods = Vec::new();
+    let mut method_infos = Vec::new();
+    let mut id_consts = Vec::new();
+    let mut id_names = Vec::new();
+    let mut arms = Vec::new();
+    for (i, m) in methods.iter().enumerate() {
+        let name = &m.name;
+        let name_str = name.to_string();
+        let id_const = format_ident!("__M_{}", name_str.to_uppercase());
+        let id_expr = match m.id {
+            Some(n) => quote!(#p::MethodId(#n)),
+            None => quote!(#p::MethodId::of(#name_str)),
+        };
+        id_consts.push(quote!(const #id_const: #p::MethodId = #id_expr;));
+        id_names.push(id_const.clone());
+        let one_way = m.one_way;
+        let timeout = match m.timeout_ms {
+            Some(ms) => quote!(::core::option::Option::Some(#p::Duration::from_millis(#ms))),
+            None => quote!(::core::option::Option::None),
+        };
+        let arg_tys: Vec<&Type> = m.args.iter().map(|(_, t)| t).collect();
+        let size_hint = 16 * m.args.len();
+        method_infos.push(quote! {
+            #p::MethodInfo { name: #name_str, id: #id_const, one_way: #one_way, timeout: #timeout, size_hint: #size_hint }
+        });
+
+        // Server side: the same signature, as a `Send` future.
+        let mut f = m.sig_fn.clone();
+        f.sig.asyncness = None;
+        let out = &m.output;
+        f.sig.output = syn::parse_quote_spanned! {out.span()=>
+            -> impl ::core::future::Future<Output = #out> + ::core::marker::Send
+        };
+        trait_items.push(quote!(#f));
+
+        // Client side.
+        let docs = &m.docs;
+        let call_doc = format!("Calls `{name_str}` on the grain.");
+        let arg_names: Vec<&syn::Ident> = m.args.iter().map(|(n, _)| n).collect();
+        let arg_decls = m.args.iter().map(|(n, t)| quote!(#n: #t));
+        let tuple = quote!((#(#arg_names,)*));
+        let tuple_ty = quote!((#(#arg_tys,)*));
+        let info = quote!(&#methods_static[#i]);
+        ref_methods.push(if m.one_way {
+            quote! {
+                #[doc = #call_doc]
+                #(#docs)*
+                /// One-way: queued reliably, in order with this grain's other calls; no response.
+                pub async fn #name(&self, #(#arg_decls),*) -> ::core::result::Result<(), #p::CallError> {
+                    self.inner.call_one_way::<#tuple_ty>(#info, &#tuple)
+                }
+            }
+        } else if let Some((ok, err)) = &m.app_error {
+            quote! {
+                #[doc = #call_doc]
+                #(#docs)*
+                pub async fn #name(&self, #(#arg_decls),*) -> ::core::result::Result<#ok, #p::CallError<#err>> {
+                    self.inner.call_result::<#tuple_ty, #ok, #err>(#info, &#tuple).await
+                }
+            }
+        } else {
+            quote! {
+                #[doc = #call_doc]
+                #(#docs)*
+                pub async fn #name(&self, #(#arg_decls),*) -> ::core::result::Result<#out, #p::CallError> {
+                    self.inner.call::<#tuple_ty, #out>(#info, &#tuple).await
+                }
+            }
+        });
+
+        // Dispatch.
+        let call = quote!(<__G as #trait_name>::#name(grain, #(#arg_names),*).await);
+        let encode = if m.app_error.is_some() {
+            quote! {
+                match #call {
+                    ::core::result::Result::Ok(v) => #p::encode_ok(out, &v),
+                    ::core::result::Result::Err(e) => #p::encode_app_err(out, &e),
+                }
+            }
+        } else {
+            quote!(#p::encode_ok(out, &#call))
+        };
+        arms.push(quote! {
+            #id_const => {
+                let #tuple: #tuple_ty = match #p::decode_args(args) {
+                    ::core::result::Result::Ok(a) => a,
+                    ::core::result::Result::Err(status) => return status,
+                };
+                #encode
+            }
+        });
+    }
+    let n_methods = methods.len();
+    let ref_doc = format!(
+        "A reference to a `{trait_name}` grain, made by `Client::grain`: call its methods through the client."
+    );
+
+    let host_doc =
+        format!("Hosts `{trait_name}` grains, each activation made by `factory` from its id.");
+    Ok(quote! {
+        #(#attrs)*
+        #vis trait #trait_name: ::core::marker::Send + 'static {
+            #(#trait_items)*
+
+            /// Runs when the grain is activated, before its first call.
+            fn on_activate(&mut self, id: &#p::GrainId) -> impl ::core::future::Future<Output = ()> + ::core::marker::Send {
+                let _ = id;
+                async {}
+            }
+
+            /// Runs when the grain is deactivated (idle, or the server shutting down).
+            fn on_deactivate(&mut self) -> impl ::core::future::Future<Output = ()> + ::core::marker::Send {
+                async {}
+            }
+
+            #[doc = #host_doc]
+            fn host<__F>(factory: __F) -> #p::Host
+            where
+                Self: ::core::marker::Sized,
+                __F: ::core::ops::Fn(&#p::GrainId) -> Self + ::core::marker::Send + ::core::marker::Sync + 'static,
+            {
+                #p::host::<#ref_name, Self, __F>(factory)
+            }
+        }
+
+        #[doc = #ref_doc]
+        #[derive(Debug, Clone)]
+        #vis struct #ref_name {
+            inner: #p::GrainRef,
+        }
+
+        #[allow(non_upper_case_globals)]
+        static #methods_static: [#p::MethodInfo; #n_methods] = {
+            #(#id_consts)*
+            [#(#method_infos),*]
+        };
+
+        #[allow(non_upper_case_globals)]
+        static #info_static: #p::InterfaceInfo = #p::InterfaceInfo {
+            name: #grain_name,
+            id: #p::InterfaceId::of(#grain_name),
+            grain_type: #p::GrainType::of(#grain_name),
+            version: #version,
+            contract: #p::contract_hash(#contract),
+            methods: &#methods_static,
+        };
+
+        const _: () = {
+            #(#id_consts)*
+            #p::assert_unique_method_ids(#grain_name, &[#(#id_names),*]);
+        };
+
+        impl #ref_name {
+            #(#ref_methods)*
+
+            /// The grain's id.
+            pub fn id(&self) -> &#p::GrainId {
+                self.inner.id()
+            }
+
+            /// The same reference with every call's deadline set to `timeout`.
+            pub fn with_timeout(&self, timeout: #p::Duration) -> Self {
+                Self { inner: self.inner.with_timeout(timeout) }
+            }
+        }
+
+        impl #p::GrainInterface for #ref_name {
+            fn info() -> &'static #p::InterfaceInfo {
+                &#info_static
+            }
+            fn from_grain_ref(r: #p::GrainRef) -> Self {
+                Self { inner: r }
+            }
+            fn grain_ref(&self) -> &#p::GrainRef {
+                &self.inner
+            }
+        }
+
+        impl<__G: #trait_name> #p::Dispatch<__G> for #ref_name {
+            #[allow(unused_variables, clippy::unit_arg, clippy::let_unit_value)]
+            fn dispatch<'a>(
+                grain: &'a mut __G,
+                method: #p::MethodId,
+                args: &'a [u8],
+                out: &'a mut ::std::vec::Vec<u8>,
+            ) -> impl ::core::future::Future<Output = #p::Status> + ::core::marker::Send + 'a {
+                #(#id_consts)*
+                async move {
+                    match method {
+                        #(#arms)*
+                        _ => #p::Status::UnknownMethod,
+                    }
+                }
+            }
+
+            fn activate<'a>(grain: &'a mut __G, id: &'a #p::GrainId) -> impl ::core::future::Future<Output = ()> + ::core::marker::Send + 'a {
+                <__G as #trait_name>::on_activate(grain, id)
+            }
+
+            fn deactivate(grain: &mut __G) -> impl ::core::future::Future<Output = ()> + ::core::marker::Send + '_ {
+                <__G as #trait_name>::on_deactivate(grain)
+            }
+        }
+    })
+}
