@@ -35,7 +35,8 @@ impl CallCell {
         Self { state: Mutex::new(State::Pending { waker: None, id: None, cancelled: false }) }
     }
 
-    /// Completes the call; false if it was already done or cancelled.
+    /// Completes the call; false if it was already done or cancelled. Exactly one of
+    /// `complete` (true) and `cancel` (`Some`) ends each call: that side counts it finished.
     pub(crate) fn complete(&self, outcome: Outcome) -> bool {
         let mut s = lock(&self.state);
         match &mut *s {
@@ -69,12 +70,13 @@ impl CallCell {
         matches!(&*lock(&self.state), State::Pending { cancelled: true, .. })
     }
 
-    /// The caller gives up; returns where the call went if it is still pending there.
-    pub(crate) fn cancel(&self) -> Option<(PeerId, RequestId)> {
+    /// The caller gives up. `None` if the call had already ended; otherwise where it went,
+    /// if it was sent yet.
+    pub(crate) fn cancel(&self) -> Option<Option<(PeerId, RequestId)>> {
         match &mut *lock(&self.state) {
-            State::Pending { cancelled, id, .. } => {
+            State::Pending { cancelled, id, .. } if !*cancelled => {
                 *cancelled = true;
-                id.take()
+                Some(id.take())
             }
             _ => None,
         }

@@ -332,17 +332,9 @@ impl Client {
             shared.finished_one();
             return Err(CallError::Overloaded);
         }
-        let now = Instant::now();
         let cell = Arc::new(CallCell::new());
-        let cmd = ClientCmd::Call {
-            peer,
-            frame,
-            flags,
-            stream: r.stream,
-            deadline: now + timeout,
-            started: now,
-            cell: cell.clone(),
-        };
+        let cmd =
+            ClientCmd::Call { peer, frame, flags, stream: r.stream, timeout, cell: cell.clone() };
         // The receiver lives in the client's task; if it is gone, the cell says so below.
         if shared.cmds.send(cmd).is_err() {
             shared.finished_one();
@@ -403,9 +395,12 @@ impl Drop for CallFuture {
         if self.cell.is_finished() {
             return;
         }
-        if let Some((peer, id)) = self.cell.cancel() {
-            if self.shared.cmds.send(ClientCmd::Cancel { peer, id }).is_ok() {
-                self.shared.wake();
+        if let Some(sent) = self.cell.cancel() {
+            self.shared.finished_one();
+            if let Some((peer, id)) = sent {
+                if self.shared.cmds.send(ClientCmd::Cancel { peer, id }).is_ok() {
+                    self.shared.wake();
+                }
             }
         }
     }

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes};
 use crossbeam::channel::Receiver;
@@ -34,8 +34,9 @@ pub(crate) enum ClientCmd {
         frame: Vec<u8>,
         flags: u8,
         stream: u8,
-        deadline: Instant,
-        started: Instant,
+        /// The call's deadline, from when the service takes it (on the endpoint's clock,
+        /// which is tokio's virtual one on the simulated network).
+        timeout: Duration,
         cell: Arc<CallCell>,
     },
     /// A caller gave up on a call.
@@ -68,17 +69,17 @@ impl ClientService {
     fn fail(&self, cell: &CallCell, error: CallError<Infallible>, timeout: bool, now: Instant) {
         if cell.complete(Err(error)) {
             lock(&self.shared.accounting).failure(timeout, now);
+            self.shared.finished_one();
         }
-        self.shared.finished_one();
     }
 
     fn call(&mut self, cmd: ClientCmd, now: Instant) {
         match cmd {
-            ClientCmd::Call { peer, mut frame, flags, stream, deadline, started, cell } => {
+            ClientCmd::Call { peer, mut frame, flags, stream, timeout, cell } => {
+                let (started, deadline) = (now, now + timeout);
                 lock(&self.shared.accounting).total += 1;
                 if cell.is_cancelled() {
-                    self.shared.finished_one();
-                    return;
+                    return; // dropped before it was sent; the drop counted it finished
                 }
                 let Some(p) = self.peers.get_mut(&peer) else {
                     self.fail(&cell, CallError::NotConnected, false, now);
@@ -105,7 +106,6 @@ impl ClientService {
         let Some(p) = self.peers.get_mut(&peer) else { return };
         if let Some(pending) = p.in_flight.remove(id) {
             send_cancel(&p.conn, pending.stream, id);
-            self.shared.finished_one();
         }
     }
 
@@ -120,6 +120,7 @@ impl ClientService {
         let Some(p) = self.peers.get_mut(&peer) else { return };
         let Some(pending) = p.in_flight.remove(id) else { return }; // late, or cancelled
         if pending.cell.complete(Ok((status, payload))) {
+            self.shared.finished_one();
             let mut acc = lock(&self.shared.accounting);
             if matches!(status, Status::Ok) {
                 acc.success(now.saturating_duration_since(pending.started), now);
@@ -127,7 +128,6 @@ impl ClientService {
                 acc.failure(false, now);
             }
         }
-        self.shared.finished_one();
     }
 
     fn message(&mut self, peer: PeerId, payload: Bytes, now: Instant) {

@@ -147,6 +147,12 @@ where
     }
 }
 
+/// The time on the server's clock: tokio's, which tests on the simulated network pause (it is
+/// the system clock otherwise).
+fn now() -> Instant {
+    tokio::time::Instant::now().into_std()
+}
+
 /// Polls `f`, turning a panic into `None`.
 async fn catch_unwind<T>(f: impl Future<Output = T>) -> Option<T> {
     let mut f = pin!(f);
@@ -188,7 +194,7 @@ where
             std::future::poll_fn(|cx| mailbox.signal.poll(cx)).await;
             continue;
         };
-        let status = if Instant::now() >= job.deadline {
+        let status = if now() >= job.deadline {
             Some(Status::DeadlineExceeded)
         } else if let Some(g) = grain.as_mut() {
             mailbox.cancel.clear();
@@ -230,7 +236,7 @@ where
                     Some(Status::HandlerPanicked)
                 }
                 // The caller gave up (no answer wanted) or the deadline passed (say so).
-                Ran::Cancelled if Instant::now() >= job.deadline => Some(Status::DeadlineExceeded),
+                Ran::Cancelled if now() >= job.deadline => Some(Status::DeadlineExceeded),
                 Ran::Cancelled => None,
             }
         } else {
