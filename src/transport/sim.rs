@@ -112,6 +112,8 @@ struct Inner {
     overrides: HashMap<(SocketAddr, SocketAddr), SimConfig>,
     down: HashMap<SocketAddr, bool>,
     drop_next: HashMap<(SocketAddr, SocketAddr), u32>,
+    /// Sizes of the datagrams sent, when recording.
+    recorded: Option<Vec<(SocketAddr, SocketAddr, usize)>>,
     links: HashMap<(SocketAddr, SocketAddr), Link>,
     sockets: HashMap<SocketAddr, SocketState>,
     next_port: u16,
@@ -145,6 +147,7 @@ impl SimNetwork {
             overrides: HashMap::new(),
             down: HashMap::new(),
             drop_next: HashMap::new(),
+            recorded: None,
             links: HashMap::new(),
             sockets: HashMap::new(),
             next_port: 40000,
@@ -177,6 +180,16 @@ impl SimNetwork {
     /// precise loss for tests (the lost tail of a burst, one handshake packet).
     pub fn drop_next(&self, from: SocketAddr, to: SocketAddr, n: u32) {
         self.lock().drop_next.insert((from, to), n);
+    }
+
+    /// Starts recording the size of every datagram sent (and clears what was recorded).
+    pub fn record_sizes(&self) {
+        self.lock().recorded = Some(Vec::new());
+    }
+
+    /// The datagrams sent since `record_sizes`: (from, to, bytes).
+    pub fn recorded_sizes(&self) -> Vec<(SocketAddr, SocketAddr, usize)> {
+        self.lock().recorded.clone().unwrap_or_default()
     }
 
     /// What the network did so far.
@@ -223,6 +236,9 @@ impl SimNetwork {
         let mut guard = self.lock();
         let inner = &mut *guard;
         inner.stats.sent += 1;
+        if let Some(r) = inner.recorded.as_mut() {
+            r.push((from, to, data.len()));
+        }
         let cfg = inner.overrides.get(&(from, to)).unwrap_or(&inner.config).clone();
         if data.len() > cfg.mtu {
             inner.stats.oversize += 1;

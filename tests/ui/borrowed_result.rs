@@ -1,0 +1,6 @@
+#[grainwire::grain]
+trait Player {
+    async fn names(&self) -> Vec<&'static str>;
+}
+
+fn main() {}

@@ -1,0 +1,6 @@
+#[grainwire::grain]
+trait Player {
+    async fn join(&mut self, name: impl Into<String>) -> u32;
+}
+
+fn main() {}

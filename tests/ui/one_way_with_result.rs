@@ -1,0 +1,7 @@
+#[grainwire::grain]
+trait Player {
+    #[one_way]
+    async fn ping(&mut self) -> u32;
+}
+
+fn main() {}

@@ -1,0 +1,6 @@
+#[grainwire::grain]
+trait Player {
+    async fn host(&mut self) -> u32;
+}
+
+fn main() {}

@@ -1,0 +1,6 @@
+#[grainwire::grain(colour = "red")]
+trait Player {
+    async fn join(&mut self) -> u32;
+}
+
+fn main() {}
