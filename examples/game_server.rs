@@ -1,0 +1,76 @@
+//! A game server hosting the demo grains until SIGINT or SIGTERM.
+//!
+//! ```sh
+//! cargo run --release --example game_server -- --bind 127.0.0.1:7777 [--server-id eu-1] [--grains player,room,echo]
+//! ```
+//!
+//! Prints one line `listening on ADDR` once it accepts connections; on SIGINT/SIGTERM it shuts
+//! down gracefully (pending calls finish, grains deactivate) and exits 0.
+
+#[path = "common/args.rs"]
+#[allow(dead_code)] // shared with the other examples
+mod args;
+#[path = "common/game.rs"]
+mod game;
+
+use std::io::Write;
+
+use grainwire::{Server, ServerConfig};
+
+const USAGE: &str = "game_server --bind ADDR [--server-id ID] [--grains player,room,echo]";
+
+#[tokio::main]
+async fn main() {
+    let a = args::Args::parse(USAGE);
+    let bind = a.get("bind").unwrap_or_else(|| args::fail(USAGE, "--bind is required"));
+    let addr = bind
+        .parse()
+        .unwrap_or_else(|_| args::fail(USAGE, &format!("--bind: not an address: {bind}")));
+    let grains: Vec<String> = match a.get("grains") {
+        Some(list) => list.split(',').filter(|s| !s.is_empty()).map(str::to_string).collect(),
+        None => game::GRAIN_NAMES.iter().map(|s| s.to_string()).collect(),
+    };
+    let config = ServerConfig {
+        server_id: a.get("server-id").map(str::to_string),
+        ..ServerConfig::default()
+    };
+    let mut builder = Server::builder(config);
+    for g in &grains {
+        let host = game::host(g).unwrap_or_else(|| {
+            args::fail(
+                USAGE,
+                &format!("unknown grain type {g}; known: {}", game::GRAIN_NAMES.join(",")),
+            )
+        });
+        builder = builder.host(host);
+    }
+    let server = match builder.bind(addr) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("cannot start: {e}");
+            std::process::exit(1);
+        }
+    };
+    println!("listening on {}", server.local_addr());
+    let _ = std::io::stdout().flush();
+    eprintln!("server id {}, hosting {}", server.server_id(), grains.join(","));
+    wait_for_signal().await;
+    eprintln!("shutting down");
+    server.shutdown().await;
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).expect("a SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
