@@ -153,7 +153,12 @@ impl GrainRef {
 pub mod private {
     use std::future::Future;
 
+    use bytes::BytesMut;
     use serde::{Deserialize, Serialize};
+
+    use crate::arena;
+    use crate::proto::ids::RequestId;
+    use crate::proto::wire::rpc;
 
     pub use crate::error::CallError;
     pub use crate::grain::{GrainInterface, GrainRef, InterfaceInfo, MethodInfo};
@@ -193,7 +198,7 @@ pub mod private {
             grain: &'a mut G,
             method: MethodId,
             args: &'a [u8],
-            out: &'a mut Vec<u8>,
+            out: &'a mut Reply,
         ) -> impl Future<Output = Status> + Send + 'a;
         /// The activation hook.
         fn activate<'a>(grain: &'a mut G, id: &'a GrainId) -> impl Future<Output = ()> + Send + 'a;
@@ -206,34 +211,49 @@ pub mod private {
         postcard::from_bytes(args).map_err(|_| Status::BadRequest)
     }
 
-    /// Appends a method's return value.
-    pub fn encode_ok<T: Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) -> Status {
-        encode(out, value, Status::Ok)
+    /// Where a dispatched method leaves its encoded answer: the whole response frame (header
+    /// and value), built only when the caller waits for one.
+    #[derive(Debug)]
+    pub struct Reply {
+        to: Option<RequestId>,
+        frame: Option<BytesMut>,
     }
 
-    /// Appends a method's application error.
-    pub fn encode_app_err<E: Serialize + ?Sized>(out: &mut Vec<u8>, error: &E) -> Status {
-        encode(out, error, Status::AppError)
-    }
+    impl Reply {
+        /// An answer to request `to`; `None` for a one-way call (nothing is encoded).
+        pub(crate) fn new(to: Option<RequestId>) -> Self {
+            Self { to, frame: None }
+        }
 
-    /// Lets postcard append to a borrowed buffer.
-    struct Append<'a>(&'a mut Vec<u8>);
-
-    impl Extend<u8> for Append<'_> {
-        fn extend<I: IntoIterator<Item = u8>>(&mut self, iter: I) {
-            self.0.extend(iter);
+        /// The response frame, if a value or application error was encoded.
+        pub(crate) fn take(&mut self) -> Option<BytesMut> {
+            self.frame.take()
         }
     }
 
-    fn encode<T: Serialize + ?Sized>(out: &mut Vec<u8>, value: &T, ok: Status) -> Status {
-        let len = out.len();
-        match postcard::to_extend(value, Append(out)) {
-            Ok(_) => ok,
-            Err(_) => {
-                // A serde impl failed: report a bad request rather than send a partial value.
-                out.truncate(len);
-                Status::BadRequest
+    /// Encodes a method's return value as the answer.
+    pub fn encode_ok<T: Serialize + ?Sized>(out: &mut Reply, value: &T) -> Status {
+        encode(out, value, Status::Ok)
+    }
+
+    /// Encodes a method's application error as the answer.
+    pub fn encode_app_err<E: Serialize + ?Sized>(out: &mut Reply, error: &E) -> Status {
+        encode(out, error, Status::AppError)
+    }
+
+    fn encode<T: Serialize + ?Sized>(out: &mut Reply, value: &T, status: Status) -> Status {
+        let Some(id) = out.to else { return status }; // nobody waits for it
+        let (frame, encoded) = arena::frame(64, |buf| {
+            rpc::encode_response(buf, id, status);
+            arena::encode(buf, value)
+        });
+        match encoded {
+            Ok(()) => {
+                out.frame = Some(frame);
+                status
             }
+            // A serde impl failed: report a bad request rather than send a partial value.
+            Err(_) => Status::BadRequest,
         }
     }
 

@@ -26,6 +26,7 @@
 // Library code handles every failure; `expect` only under a local invariant with a message.
 #![warn(clippy::unwrap_used)]
 
+pub(crate) mod arena;
 pub mod client;
 pub mod config;
 pub mod error;

@@ -500,7 +500,7 @@ fn expand(attr: TokenStream2, item: TokenStream2) -> syn::Result<TokenStream2> {
                 grain: &'a mut __G,
                 method: #p::MethodId,
                 args: &'a [u8],
-                out: &'a mut ::std::vec::Vec<u8>,
+                out: &'a mut #p::Reply,
             ) -> impl ::core::future::Future<Output = #p::Status> + ::core::marker::Send + 'a {
                 #(#id_consts)*
                 async move {

@@ -35,6 +35,12 @@ impl CallCell {
         Self { state: Mutex::new(State::Pending { waker: None, id: None, cancelled: false }) }
     }
 
+    /// Makes a cell whose call ended new again, for the next call.
+    pub(crate) fn reset(&mut self) {
+        *self.state.get_mut().unwrap_or_else(std::sync::PoisonError::into_inner) =
+            State::Pending { waker: None, id: None, cancelled: false };
+    }
+
     /// Completes the call; false if it was already done or cancelled. Exactly one of
     /// `complete` (true) and `cancel` (`Some`) ends each call: that side counts it finished.
     pub(crate) fn complete(&self, outcome: Outcome) -> bool {

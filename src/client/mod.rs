@@ -26,12 +26,14 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::BufMut;
+use crossbeam::queue::ArrayQueue;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
 use self::cell::{CallCell, Outcome};
 use self::service::{ClientCmd, ClientService, PREFIX_GAP};
+use crate::arena;
 use crate::config::{TransportConfig, duration_ms};
 use crate::error::{BindError, CallError, CodecError, ConnectError, DisconnectReason};
 use crate::grain::{GrainRef, InterfaceInfo, MethodInfo};
@@ -116,6 +118,8 @@ pub(crate) struct ClientShared {
     changed: Notify,
     accounting: Mutex<CallAccounting>,
     pending: AtomicUsize,
+    /// Finished calls' cells, reused by later calls (saves an allocation per call).
+    spare_cells: ArrayQueue<Arc<CallCell>>,
 }
 
 impl ClientShared {
@@ -216,6 +220,7 @@ impl Client {
             changed: Notify::new(),
             accounting: Mutex::new(CallAccounting::new(Instant::now())),
             pending: AtomicUsize::new(0),
+            spare_cells: ArrayQueue::new(SPARE_CELLS),
         });
         let s = shared.clone();
         let endpoint = Endpoint::start_service(io, config.transport, move |ep| {
@@ -319,11 +324,12 @@ impl Client {
             deadline_ms: Some(timeout.as_millis().min(u128::from(u32::MAX)) as u32),
             key: r.id.key.clone(),
         };
-        let mut frame = Vec::with_capacity(PREFIX_GAP + 24 + method.size_hint);
-        frame.resize(PREFIX_GAP, 0);
-        let flags = rpc::encode_request_body(&mut frame, &call);
-        let frame =
-            postcard::to_extend(args, frame).map_err(|e| CallError::Encode(CodecError(e)))?;
+        let (frame, encoded) = arena::frame(PREFIX_GAP + 24 + method.size_hint, |out| {
+            out.put_bytes(0, PREFIX_GAP);
+            let flags = rpc::encode_request_body(out, &call);
+            arena::encode(out, args).map(|()| flags)
+        });
+        let flags = encoded.map_err(|e| CallError::Encode(CodecError(e)))?;
         let max = conn.max_message_size(Delivery::reliable_ordered(r.stream));
         if frame.len() - PREFIX_GAP > max {
             return Err(CallError::TooLarge { size: frame.len() - PREFIX_GAP, max });
@@ -332,7 +338,7 @@ impl Client {
             shared.finished_one();
             return Err(CallError::Overloaded);
         }
-        let cell = Arc::new(CallCell::new());
+        let cell = shared.spare_cells.pop().unwrap_or_else(|| Arc::new(CallCell::new()));
         let cmd =
             ClientCmd::Call { peer, frame, flags, stream: r.stream, timeout, cell: cell.clone() };
         // The receiver lives in the client's task; if it is gone, the cell says so below.
@@ -360,12 +366,13 @@ impl Client {
             deadline_ms: None,
             key: r.id.key.clone(),
         };
-        let mut frame = Vec::with_capacity(24 + method.size_hint);
-        rpc::encode_call(&mut frame, None, &call);
-        let frame =
-            postcard::to_extend(args, frame).map_err(|e| CallError::Encode(CodecError(e)))?;
+        let (frame, encoded) = arena::frame(24 + method.size_hint, |out| {
+            rpc::encode_call(out, None, &call);
+            arena::encode(out, args)
+        });
+        encoded.map_err(|e| CallError::Encode(CodecError(e)))?;
         lock(&self.shared.accounting).total += 1;
-        conn.send(Delivery::reliable_ordered(r.stream), Bytes::from(frame)).map_err(|e| match e {
+        conn.send(Delivery::reliable_ordered(r.stream), frame.freeze()).map_err(|e| match e {
             crate::error::SendError::MessageTooLarge { size, max } => {
                 CallError::TooLarge { size, max }
             }
@@ -374,6 +381,9 @@ impl Client {
         })
     }
 }
+
+/// How many finished calls' cells a client keeps for reuse.
+const SPARE_CELLS: usize = 256;
 
 /// A pending call. Dropping it before it completes cancels the call.
 #[derive(Debug)]
@@ -392,16 +402,21 @@ impl Future for CallFuture {
 
 impl Drop for CallFuture {
     fn drop(&mut self) {
-        if self.cell.is_finished() {
-            return;
-        }
-        if let Some(sent) = self.cell.cancel() {
-            self.shared.finished_one();
-            if let Some((peer, id)) = sent {
-                if self.shared.cmds.send(ClientCmd::Cancel { peer, id }).is_ok() {
-                    self.shared.wake();
+        if !self.cell.is_finished() {
+            if let Some(sent) = self.cell.cancel() {
+                self.shared.finished_one();
+                if let Some((peer, id)) = sent {
+                    if self.shared.cmds.send(ClientCmd::Cancel { peer, id }).is_ok() {
+                        self.shared.wake();
+                    }
                 }
             }
+        }
+        if let Some(cell) = Arc::get_mut(&mut self.cell) {
+            // Nobody else holds the cell any more (the service let go of it): keep it for
+            // another call.
+            cell.reset();
+            let _ = self.shared.spare_cells.push(self.cell.clone());
         }
     }
 }

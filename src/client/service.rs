@@ -8,7 +8,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::{Buf, Bytes};
+use bytes::{Buf, Bytes, BytesMut};
 use crossbeam::channel::Receiver;
 
 use super::cell::CallCell;
@@ -31,7 +31,7 @@ pub(crate) enum ClientCmd {
     /// arguments; `flags` go into the head byte.
     Call {
         peer: PeerId,
-        frame: Vec<u8>,
+        frame: BytesMut,
         flags: u8,
         stream: u8,
         /// The call's deadline, from when the service takes it (on the endpoint's clock,
@@ -90,9 +90,8 @@ impl ClientService {
                 let len = rpc::request_prefix_len(id);
                 let start = PREFIX_GAP - len;
                 rpc::encode_request_prefix(&mut frame[start..PREFIX_GAP], id, flags);
-                let mut bytes = Bytes::from(frame);
-                bytes.advance(start);
-                p.conn.push(Delivery::reliable_ordered(stream), bytes);
+                frame.advance(start);
+                p.conn.push(Delivery::reliable_ordered(stream), frame.freeze());
                 if !cell.set_id(peer, id) {
                     // Dropped while we sent it: take it back.
                     self.cancel(peer, id);

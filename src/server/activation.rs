@@ -20,7 +20,8 @@ use std::time::Instant;
 use bytes::Bytes;
 use crossbeam::channel::Sender;
 
-use crate::grain::private::Dispatch;
+use crate::arena;
+use crate::grain::private::{Dispatch, Reply};
 use crate::proto::ids::{GrainId, MethodId, RequestId};
 use crate::proto::wire::rpc::{self, Status};
 use crate::sync::{Signal, lock};
@@ -199,13 +200,9 @@ where
         } else if let Some(g) = grain.as_mut() {
             mailbox.cancel.clear();
             mailbox.running.store(job.token, Ordering::Release);
-            let mut out = Vec::with_capacity(64);
-            let header = job.reply.as_ref().map(|(_, rid)| {
-                rpc::encode_response(&mut out, *rid, Status::Ok);
-                out.len()
-            });
+            let mut reply = Reply::new(job.reply.as_ref().map(|(_, rid)| *rid));
             let ran = {
-                let call = pin!(catch_unwind(I::dispatch(g, job.method, &job.args, &mut out)));
+                let call = pin!(catch_unwind(I::dispatch(g, job.method, &job.args, &mut reply)));
                 let mut call = call;
                 std::future::poll_fn(|cx| {
                     if mailbox.cancel.poll(cx).is_ready()
@@ -219,16 +216,15 @@ where
             };
             mailbox.running.store(0, Ordering::Release);
             match ran {
-                Ran::Finished(status) => {
-                    if let (Some((conn, _)), Some(h)) = (&job.reply, header) {
-                        if !matches!(status, Status::Ok | Status::AppError) {
-                            out.truncate(h);
-                        }
-                        out[0] = rpc::response_head(status);
-                        conn.send_unbounded(Delivery::ReliableUnordered, Bytes::from(out));
+                Ran::Finished(status) => match (&job.reply, reply.take()) {
+                    // The value (or application error) was encoded with its response header.
+                    (Some((conn, _)), Some(frame)) => {
+                        conn.send_unbounded(Delivery::ReliableUnordered, frame.freeze());
+                        None
                     }
-                    None
-                }
+                    (Some(_), None) => Some(status),
+                    (None, _) => None,
+                },
                 Ran::Panicked => {
                     tracing::warn!(grain = %id, method = job.method.0, "grain method panicked; replacing the instance");
                     // The instance's state may be broken: start over with a fresh one.
@@ -245,9 +241,8 @@ where
             Some(Status::HandlerPanicked)
         };
         if let (Some(status), Some((conn, rid))) = (status, &job.reply) {
-            let mut out = Vec::with_capacity(8);
-            rpc::encode_response(&mut out, *rid, status);
-            conn.send_unbounded(Delivery::ReliableUnordered, Bytes::from(out));
+            let (frame, ()) = arena::frame(8, |out| rpc::encode_response(out, *rid, status));
+            conn.send_unbounded(Delivery::ReliableUnordered, frame.freeze());
         }
         reporter.report(Report::Done { token: job.token });
     }

@@ -16,6 +16,8 @@
 //! byte instead of a 4-byte type id and 4-byte interface id. With a small integer key and a
 //! 32-byte argument, a request fits a 64-byte datagram with every transport header.
 
+use bytes::BufMut;
+
 use super::WireError;
 use super::codec::{Reader, put_varint};
 use crate::proto::ids::{GrainKey, MethodId, RequestId};
@@ -128,9 +130,9 @@ pub enum RpcFrame<'a> {
     Manifest(&'a [u8]),
 }
 
-fn put_id(out: &mut Vec<u8>, id: RequestId) {
+fn put_id(out: &mut impl BufMut, id: RequestId) {
     put_varint(out, id.slot.into());
-    out.extend_from_slice(&(id.generation as u16).to_le_bytes());
+    out.put_slice(&(id.generation as u16).to_le_bytes());
 }
 
 fn read_id(r: &mut Reader<'_>) -> Result<RequestId, WireError> {
@@ -155,9 +157,9 @@ fn unzigzag(u: u64) -> i64 {
     ((u >> 1) as i64) ^ -((u & 1) as i64)
 }
 
-fn put_str(out: &mut Vec<u8>, s: &str) {
+fn put_str(out: &mut impl BufMut, s: &str) {
     put_varint(out, s.len() as u64);
-    out.extend_from_slice(s.as_bytes());
+    out.put_slice(s.as_bytes());
 }
 
 fn read_str(r: &mut Reader<'_>) -> Result<std::sync::Arc<str>, WireError> {
@@ -178,17 +180,17 @@ fn read_u128(r: &mut Reader<'_>) -> Result<u128, WireError> {
     Ok(u128::from_le_bytes(a))
 }
 
-fn put_key(out: &mut Vec<u8>, key: &GrainKey) {
+fn put_key(out: &mut impl BufMut, key: &GrainKey) {
     match key {
         GrainKey::Int(i) => put_varint(out, zigzag(*i)),
         GrainKey::Str(s) => put_str(out, s),
-        GrainKey::Id(u) => out.extend_from_slice(&u.to_le_bytes()),
+        GrainKey::Id(u) => out.put_slice(&u.to_le_bytes()),
         GrainKey::IntExt(i, s) => {
             put_varint(out, zigzag(*i));
             put_str(out, s);
         }
         GrainKey::IdExt(u, s) => {
-            out.extend_from_slice(&u.to_le_bytes());
+            out.put_slice(&u.to_le_bytes());
             put_str(out, s);
         }
     }
@@ -207,23 +209,23 @@ fn read_key(r: &mut Reader<'_>, tag: u8) -> Result<GrainKey, WireError> {
 
 /// Appends a request (`id: Some`) or one-way call (`None`) up to its arguments; the caller
 /// appends the postcard-encoded arguments right after.
-pub fn encode_call(out: &mut Vec<u8>, id: Option<RequestId>, call: &CallHeader) {
+pub fn encode_call(out: &mut impl BufMut, id: Option<RequestId>, call: &CallHeader) {
     let kind = if id.is_some() { KIND_REQUEST } else { KIND_ONE_WAY };
     let mut head = kind | (key_tag(&call.key) << KEY_SHIFT);
     if call.deadline_ms.is_some() {
         head |= HAS_DEADLINE;
     }
-    out.push(head);
+    out.put_u8(head);
     if let Some(id) = id {
         put_id(out, id);
     }
     encode_call_routing(out, call);
 }
 
-fn encode_call_routing(out: &mut Vec<u8>, call: &CallHeader) {
+fn encode_call_routing(out: &mut impl BufMut, call: &CallHeader) {
     put_varint(out, call.type_index.into());
-    out.push(call.version);
-    out.extend_from_slice(&call.method.0.to_le_bytes());
+    out.put_u8(call.version);
+    out.put_slice(&call.method.0.to_le_bytes());
     if let Some(d) = call.deadline_ms {
         put_varint(out, d.into());
     }
@@ -239,7 +241,6 @@ pub fn request_prefix_len(id: RequestId) -> usize {
 /// callers that encoded the rest of the request (see [`encode_request_body`]) before the id was
 /// known: the body's first byte is the head's flags.
 pub fn encode_request_prefix(mut out: &mut [u8], id: RequestId, flags: u8) {
-    use bytes::BufMut;
     out.put_u8(KIND_REQUEST | flags);
     put_varint(&mut out, id.slot.into());
     out.put_u16_le(id.generation as u16);
@@ -247,7 +248,7 @@ pub fn encode_request_prefix(mut out: &mut [u8], id: RequestId, flags: u8) {
 
 /// Appends a request's routing part without its head byte and id, returning the flags that
 /// belong in the head (see [`encode_request_prefix`]).
-pub fn encode_request_body(out: &mut Vec<u8>, call: &CallHeader) -> u8 {
+pub fn encode_request_body(out: &mut impl BufMut, call: &CallHeader) -> u8 {
     let mut flags = key_tag(&call.key) << KEY_SHIFT;
     if call.deadline_ms.is_some() {
         flags |= HAS_DEADLINE;
@@ -257,8 +258,8 @@ pub fn encode_request_body(out: &mut Vec<u8>, call: &CallHeader) -> u8 {
 }
 
 /// Appends a cancel frame.
-pub fn encode_cancel(out: &mut Vec<u8>, id: RequestId) {
-    out.push(KIND_CANCEL);
+pub fn encode_cancel(out: &mut impl BufMut, id: RequestId) {
+    out.put_u8(KIND_CANCEL);
     put_id(out, id);
 }
 
@@ -268,14 +269,14 @@ pub fn response_head(status: Status) -> u8 {
 }
 
 /// Appends a response header; the caller appends the payload.
-pub fn encode_response(out: &mut Vec<u8>, id: RequestId, status: Status) {
-    out.push(response_head(status));
+pub fn encode_response(out: &mut impl BufMut, id: RequestId, status: Status) {
+    out.put_u8(response_head(status));
     put_id(out, id);
 }
 
 /// Appends a manifest frame's head; the caller appends the postcard-encoded manifest.
-pub fn encode_manifest_head(out: &mut Vec<u8>) {
-    out.push(KIND_MANIFEST);
+pub fn encode_manifest_head(out: &mut impl BufMut) {
+    out.put_u8(KIND_MANIFEST);
 }
 
 /// Decodes one RPC frame.
