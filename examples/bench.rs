@@ -208,7 +208,7 @@ fn main() {
     let warmup: u64 = a.num(USAGE, "warmup", 2_000);
     let inflight: u64 = a.num(USAGE, "inflight", 64);
     let secs: f64 = a.num(USAGE, "secs", 3.0);
-    if calls == 0 || inflight == 0 || !(secs > 0.0) {
+    if calls == 0 || inflight == 0 || !secs.is_finite() || secs <= 0.0 {
         args::fail(USAGE, "--calls, --inflight and --secs must be positive");
     }
     let addr = start_server();
