@@ -87,3 +87,41 @@ pub fn session(data: &[u8]) {
         let _ = gate.filter(now, from, d, false, false, &mut out);
     }
 }
+
+/// Decodes one RPC frame (and, inside it, what the server and client decode next: a manifest,
+/// or arguments of a few shapes). A frame that decodes must re-encode to the same frame.
+pub fn rpc_frame(data: &[u8]) {
+    use crate::proto::manifest::Manifest;
+    use crate::proto::wire::rpc::{self, RpcFrame};
+
+    type Shapes = (u64, String, Vec<u8>, Option<(f32, i32)>, Vec<String>);
+
+    let Ok(frame) = rpc::decode_rpc(data) else { return };
+    let mut again = Vec::new();
+    match &frame {
+        RpcFrame::Request { id, call, args } => {
+            rpc::encode_call(&mut again, Some(*id), call);
+            again.extend_from_slice(args);
+            let _ = crate::grain::private::decode_args::<Shapes>(args);
+        }
+        RpcFrame::OneWay { call, args } => {
+            rpc::encode_call(&mut again, None, call);
+            again.extend_from_slice(args);
+            let _ = crate::grain::private::decode_args::<(String,)>(args);
+        }
+        RpcFrame::Cancel { id } => rpc::encode_cancel(&mut again, *id),
+        RpcFrame::Response { id, status, payload } => {
+            rpc::encode_response(&mut again, *id, *status);
+            again.extend_from_slice(payload);
+        }
+        RpcFrame::Manifest(payload) => {
+            if let Ok(m) = Manifest::decode(payload) {
+                let encoded = m.encode();
+                assert_eq!(rpc::decode_rpc(&encoded), Ok(RpcFrame::Manifest(&encoded[1..])));
+                assert_eq!(Manifest::decode(&encoded[1..]).as_ref(), Ok(&m), "manifest round trip");
+            }
+            return;
+        }
+    }
+    assert_eq!(rpc::decode_rpc(&again).as_ref(), Ok(&frame), "RPC frame round trip");
+}

@@ -4,7 +4,10 @@
 use std::path::Path;
 
 use grainwire::fuzz::{self, FUZZ_NONCE, FUZZ_TAG};
+use grainwire::proto::ids::{GrainKey, GrainType, InterfaceId, MethodId, RequestId, ServerId};
+use grainwire::proto::manifest::{HostedGrain, Manifest};
 use grainwire::proto::rng::SplitMix64;
+use grainwire::proto::wire::rpc::{self, CallHeader, Status};
 use grainwire::proto::wire::{self, Class, CloseKind, Cookie, Handshake, MessageHeader};
 
 fn corpus(target: &str) -> Vec<Vec<u8>> {
@@ -33,6 +36,76 @@ fn session_corpus_replays() {
     for input in inputs {
         fuzz::session(&input);
     }
+}
+
+#[test]
+fn rpc_frame_corpus_replays() {
+    let inputs = corpus("rpc_frame");
+    assert!(inputs.len() >= 8, "the corpus is there");
+    for input in inputs {
+        fuzz::rpc_frame(&input);
+    }
+}
+
+/// Well-formed RPC frames of every kind and key shape.
+fn valid_rpc_frames() -> Vec<Vec<u8>> {
+    let keys = [
+        GrainKey::Int(-5),
+        GrainKey::Str("player-1".into()),
+        GrainKey::Id(u128::MAX - 3),
+        GrainKey::IntExt(1 << 40, "eu".into()),
+        GrainKey::IdExt(7, "ext".into()),
+    ];
+    let mut out = Vec::new();
+    for (i, key) in keys.into_iter().enumerate() {
+        let call = CallHeader {
+            type_index: i as u32,
+            version: 2,
+            method: MethodId(0xBEEF),
+            deadline_ms: (i % 2 == 0).then_some(5_000),
+            key,
+        };
+        let id = RequestId { slot: 300 * i as u32, generation: 9 };
+        let args = postcard::to_allocvec(&(
+            42u64,
+            "name",
+            vec![1u8, 2, 3],
+            Some((1.5f32, -2i32)),
+            vec!["a"],
+        ))
+        .unwrap();
+        let mut v = Vec::new();
+        rpc::encode_call(&mut v, Some(id), &call);
+        v.extend_from_slice(&args);
+        out.push(v);
+        let mut v = Vec::new();
+        rpc::encode_call(&mut v, None, &call);
+        v.extend_from_slice(&postcard::to_allocvec(&("one way",)).unwrap());
+        out.push(v);
+    }
+    let id = RequestId { slot: 1, generation: 1 };
+    let mut v = Vec::new();
+    rpc::encode_cancel(&mut v, id);
+    out.push(v);
+    for status in [Status::Ok, Status::AppError, Status::DeadlineExceeded, Status::Overloaded] {
+        let mut v = Vec::new();
+        rpc::encode_response(&mut v, id, status);
+        v.extend_from_slice(b"\x03abc");
+        out.push(v);
+    }
+    let manifest = Manifest {
+        server_id: ServerId::new("server-a"),
+        grains: vec![HostedGrain {
+            name: "Player".into(),
+            grain_type: GrainType::of("Player"),
+            interface: InterfaceId::of("Player"),
+            version: 1,
+            contract: 0x1234_5678_9abc_def0,
+            index: 0,
+        }],
+    };
+    out.push(manifest.encode());
+    out
 }
 
 /// Well-formed datagrams of every kind, for the seed corpus and for mutation below.
@@ -116,6 +189,17 @@ fn random_and_mutated_inputs_never_panic() {
         };
         fuzz::decode_datagram(&d);
     }
+    let frames = valid_rpc_frames();
+    for _ in 0..50_000 {
+        let d = if rng.below(4) == 0 {
+            (0..rng.below(80)).map(|_| rng.next_u32() as u8).collect::<Vec<_>>()
+        } else {
+            let mut d = frames[rng.below(frames.len() as u64) as usize].clone();
+            mutate(&mut rng, &mut d);
+            d
+        };
+        fuzz::rpc_frame(&d);
+    }
     for _ in 0..1_000 {
         let n = 1 + rng.below(20) as usize;
         let datagrams: Vec<_> = (0..n)
@@ -138,6 +222,11 @@ fn write_seed_corpus() {
     let dir = root.join("decode_datagram");
     std::fs::create_dir_all(&dir).unwrap();
     for (i, d) in valid.iter().enumerate() {
+        std::fs::write(dir.join(format!("seed-{i:02}")), d).unwrap();
+    }
+    let dir = root.join("rpc_frame");
+    std::fs::create_dir_all(&dir).unwrap();
+    for (i, d) in valid_rpc_frames().iter().enumerate() {
         std::fs::write(dir.join(format!("seed-{i:02}")), d).unwrap();
     }
     let dir = root.join("session");
