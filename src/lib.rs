@@ -1,26 +1,45 @@
 //! # grainwire
 //!
-//! A reliable-UDP RPC stack for games. This release contains the transport: reliable and
-//! unreliable delivery classes on our own sans-IO reliability core, inside laminar's connection
-//! manager, driven by one tokio task per socket.
+//! A reliable-UDP RPC stack for games. Game servers host *grains*: virtual actors addressed
+//! by grain type and key, activated on their first call and deactivated when idle. Game
+//! clients call them through typed references generated from a Rust trait, over our own
+//! reliable channels on UDP.
 //!
-//! ```no_run
-//! use grainwire::transport::{Delivery, Endpoint, Event};
-//! use grainwire::TransportConfig;
+//! ```
+//! use grainwire::{Client, ClientConfig, GrainId, Server, ServerConfig};
 //!
-//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
-//! let mut server = Endpoint::bind("127.0.0.1:0".parse()?, TransportConfig::server())?;
-//! let client = Endpoint::bind("127.0.0.1:0".parse()?, TransportConfig::default())?;
-//! let conn = client.connect(server.local_addr()).await?;
-//! conn.send(Delivery::reliable_ordered(0), bytes::Bytes::from_static(b"hello"))?;
-//! while let Some(event) = server.next_event().await {
-//!     if let Event::Message { payload, .. } = event {
-//!         assert_eq!(&payload[..], b"hello");
-//!         break;
+//! #[grainwire::grain]
+//! trait Counter {
+//!     /// Adds `n`; returns the new total.
+//!     async fn add(&mut self, n: u64) -> u64;
+//! }
+//!
+//! struct Total(u64);
+//!
+//! impl Counter for Total {
+//!     async fn add(&mut self, n: u64) -> u64 {
+//!         self.0 += n;
+//!         self.0
 //!     }
 //! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let server = Server::builder(ServerConfig::default())
+//!     .host(Counter::host(|_: &GrainId| Total(0)))   // one fresh `Total` per activation
+//!     .bind("127.0.0.1:0".parse()?)?;
+//! let client = Client::connect(server.local_addr(), ClientConfig::default()).await?;
+//! let counter: CounterRef = client.grain(7);            // grain "Counter" with key 7
+//! assert_eq!(counter.add(2).await?, 2);
+//! assert_eq!(counter.add(3).await?, 5);                // the same activation, its state kept
+//! client.disconnect().await;
+//! server.shutdown().await;
 //! # Ok(()) }
 //! ```
+//!
+//! Underneath is [`transport`]: reliable and unreliable delivery classes on our own sans-IO
+//! reliability core ([`proto`]), inside laminar's connection manager, driven by one tokio task
+//! per socket. It can be used on its own.
 
 #![forbid(unsafe_code)]
 // Library code handles every failure; `expect` only under a local invariant with a message.

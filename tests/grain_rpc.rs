@@ -47,6 +47,8 @@ trait Worker {
     async fn explode(&mut self) -> u32;
     /// How many calls this instance served.
     async fn served(&self) -> u32;
+    /// Holds `data` for `ms` (virtual time), then returns its length.
+    async fn hold(&mut self, data: Vec<u8>, ms: u64) -> usize;
 }
 
 struct WorkerGrain {
@@ -94,6 +96,10 @@ impl Worker for WorkerGrain {
     }
     async fn served(&self) -> u32 {
         self.served
+    }
+    async fn hold(&mut self, data: Vec<u8>, ms: u64) -> usize {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        data.len()
     }
     async fn on_activate(&mut self, _id: &GrainId) {
         self.log.activations.fetch_add(1, Ordering::SeqCst);
@@ -363,6 +369,44 @@ async fn too_many_pending_calls_are_refused_as_overloaded() {
     let overloaded = results.iter().filter(|r| matches!(r, Err(CallError::Overloaded))).count();
     assert_eq!((ok, overloaded), (8, 12), "{results:?}");
     assert!(log.max_running.load(Ordering::SeqCst) <= 8);
+}
+
+#[tokio::test(start_paused = true)]
+async fn pending_argument_bytes_are_capped_per_connection() {
+    let net = SimNetwork::new(20, SimConfig::default());
+    let log = Arc::new(Log::default());
+    let cfg = ServerConfig { max_pending_bytes_per_connection: 1000, ..ServerConfig::default() };
+    let (_server, client) = setup(&net, &log, cfg, ClientConfig::default()).await;
+    let refs: Vec<WorkerRef> = (0..5).map(|k| client.grain(k)).collect();
+    // Each call holds about 400 argument bytes for a second: two fit in 1000 bytes.
+    let results = futures_join_all(refs.iter().map(|w| w.hold(vec![7; 400], 1000))).await;
+    let ok = results.iter().filter(|r| matches!(r, Ok(400))).count();
+    let overloaded = results.iter().filter(|r| matches!(r, Err(CallError::Overloaded))).count();
+    assert_eq!((ok, overloaded), (2, 3), "{results:?}");
+    // With nothing pending, one call bigger than the budget is still taken.
+    assert_eq!(refs[0].hold(vec![1; 5000], 1).await.unwrap(), 5000);
+}
+
+#[tokio::test(start_paused = true)]
+async fn activations_are_capped_and_the_cap_frees_up_as_grains_idle_out() {
+    let net = SimNetwork::new(19, SimConfig::default());
+    let log = Arc::new(Log::default());
+    let cfg = ServerConfig {
+        max_activations: 2,
+        idle_deactivation: Duration::from_secs(10),
+        ..ServerConfig::default()
+    };
+    let (server, client) = setup(&net, &log, cfg, ClientConfig::default()).await;
+    let refs: Vec<WorkerRef> = (0..3).map(|k| client.grain(k)).collect();
+    assert_eq!(refs[0].work(1).await.unwrap(), 1);
+    assert_eq!(refs[1].work(2).await.unwrap(), 2);
+    assert!(matches!(refs[2].work(3).await, Err(CallError::Overloaded)), "a third grain");
+    assert_eq!(refs[0].work(4).await.unwrap(), 4, "active grains keep serving");
+    assert_eq!(server.activation_count(), 2);
+    assert!(log.runs.lock().unwrap().get(&3).is_none(), "the refused call never ran");
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    assert_eq!(server.activation_count(), 0, "both idled out");
+    assert_eq!(refs[2].work(5).await.unwrap(), 5, "room again");
 }
 
 #[grainwire::grain(name = "Worker", version = 2)]

@@ -134,5 +134,6 @@ async fn a_call_with_a_32_byte_argument_fits_a_64_byte_datagram() {
         .collect();
     assert_eq!(requests.len(), 100, "one datagram per call: {requests:?}");
     let max = *requests.iter().max().unwrap();
+    println!("request datagrams with a 32-byte argument: at most {max} bytes");
     assert!(max <= 64, "a request datagram took {max} bytes: {requests:?}");
 }

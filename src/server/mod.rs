@@ -54,6 +54,14 @@ pub struct ServerConfig {
     pub idle_deactivation: Duration,
     /// Calls one connection may have pending; more are answered `Overloaded`. Default 1024.
     pub max_pending_per_connection: usize,
+    /// Argument bytes one connection's pending calls may hold; a call that would go over is
+    /// answered `Overloaded` (one call alone is always taken, up to the transport's
+    /// `max_message_size`). Default 4 MiB.
+    pub max_pending_bytes_per_connection: usize,
+    /// Activations the server holds at once; a call that would activate one more is answered
+    /// `Overloaded` until idle ones are deactivated. Bounds the memory clients can make the
+    /// server spend by calling many keys. Default 100,000.
+    pub max_activations: usize,
     /// The deadline of a call that carries none (one-way calls). Default 30 s.
     #[serde(with = "duration_ms")]
     pub default_deadline: Duration,
@@ -69,6 +77,8 @@ impl Default for ServerConfig {
             transport: TransportConfig::server(),
             idle_deactivation: Duration::from_secs(300),
             max_pending_per_connection: 1024,
+            max_pending_bytes_per_connection: 4 << 20,
+            max_activations: 100_000,
             default_deadline: Duration::from_secs(30),
             shutdown_timeout: Duration::from_secs(10),
         }

@@ -50,6 +50,8 @@ struct CallRecord {
     id: Option<RequestId>,
     grain: GrainId,
     mailbox: Arc<Mailbox>,
+    /// The size of its arguments (counted against the peer's byte budget).
+    bytes: usize,
 }
 
 struct PeerState {
@@ -58,6 +60,8 @@ struct PeerState {
     by_id: HashMap<RequestId, u64>,
     /// All pending calls from this peer (requests and one-way).
     pending: usize,
+    /// The argument bytes of those calls.
+    pending_bytes: usize,
     /// The session ended; the state stays until its running calls finish.
     gone: bool,
 }
@@ -116,7 +120,12 @@ impl ServerService {
     }
 
     /// Checks a call against what is hosted; the registered type, or the status to answer.
-    fn admit(&self, peer: PeerId, call: &CallHeader) -> Result<usize, (Status, Vec<u8>)> {
+    fn admit(
+        &self,
+        peer: PeerId,
+        call: &CallHeader,
+        args: usize,
+    ) -> Result<usize, (Status, Vec<u8>)> {
         if !self.accepting {
             return Err((Status::ShuttingDown, Vec::new()));
         }
@@ -129,8 +138,12 @@ impl ServerService {
         if reg.info.method(call.method).is_none() {
             return Err((Status::UnknownMethod, Vec::new()));
         }
-        let load = self.peers.get(&peer).map_or(0, |p| p.pending);
-        if load >= self.shared.config.max_pending_per_connection {
+        let (calls, bytes) = self.peers.get(&peer).map_or((0, 0), |p| (p.pending, p.pending_bytes));
+        let config = &self.shared.config;
+        // A call is admitted while under both budgets (a lone call always fits the bytes).
+        if calls >= config.max_pending_per_connection
+            || (calls > 0 && bytes + args > config.max_pending_bytes_per_connection)
+        {
             return Err((Status::Overloaded, Vec::new()));
         }
         Ok(index)
@@ -144,7 +157,7 @@ impl ServerService {
         args: Bytes,
         now: Instant,
     ) {
-        let index = match self.admit(peer, &call) {
+        let index = match self.admit(peer, &call, args.len()) {
             Ok(i) => i,
             Err((status, payload)) => {
                 if let (Some(id), Some(p)) = (id, self.peers.get(&peer)) {
@@ -153,6 +166,15 @@ impl ServerService {
                 return;
             }
         };
+        let grain = GrainId { ty: self.shared.registry[index].info.grain_type, key: call.key };
+        if self.activations.len() >= self.shared.config.max_activations
+            && !self.activations.contains_key(&grain)
+        {
+            if let (Some(id), Some(p)) = (id, self.peers.get(&peer)) {
+                respond(&p.conn, id, Status::Overloaded, &[]);
+            }
+            return;
+        }
         let Some(p) = self.peers.get_mut(&peer) else { return };
         let deadline = now
             + call
@@ -165,10 +187,11 @@ impl ServerService {
             p.by_id.insert(id, token);
         }
         p.pending += 1;
-        let grain = GrainId { ty: self.shared.registry[index].info.grain_type, key: call.key };
+        p.pending_bytes += args.len();
+        let bytes = args.len();
         let job = Job { token, reply, method: call.method, args, deadline };
         let mailbox = self.route(grain.clone(), index, job, now);
-        self.calls.insert(token, CallRecord { peer, id, grain, mailbox });
+        self.calls.insert(token, CallRecord { peer, id, grain, mailbox, bytes });
         self.deadlines.push(Reverse((deadline, token)));
     }
 
@@ -217,6 +240,7 @@ impl ServerService {
         let Some(rec) = self.calls.remove(&token) else { return };
         if let Some(p) = self.peers.get_mut(&rec.peer) {
             p.pending -= 1;
+            p.pending_bytes -= rec.bytes;
             if let Some(id) = rec.id {
                 p.by_id.remove(&id);
             }
@@ -375,7 +399,13 @@ impl Service for ServerService {
                 let peer = conn.peer_id();
                 self.peers.insert(
                     peer,
-                    PeerState { conn, by_id: HashMap::new(), pending: 0, gone: false },
+                    PeerState {
+                        conn,
+                        by_id: HashMap::new(),
+                        pending: 0,
+                        pending_bytes: 0,
+                        gone: false,
+                    },
                 );
             }
             Event::Message { peer, payload, .. } => self.message(peer, payload, now),
