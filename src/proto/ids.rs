@@ -200,6 +200,20 @@ impl From<u128> for GrainKey {
     }
 }
 
+impl<S: Into<Arc<str>>> From<(i64, S)> for GrainKey {
+    /// A compound key: an integer with a string extension.
+    fn from((i, ext): (i64, S)) -> Self {
+        GrainKey::IntExt(i, ext.into())
+    }
+}
+
+impl<S: Into<Arc<str>>> From<(u128, S)> for GrainKey {
+    /// A compound key: a 128-bit id with a string extension.
+    fn from((id, ext): (u128, S)) -> Self {
+        GrainKey::IdExt(id, ext.into())
+    }
+}
+
 /// A grain: its type and its key. Equal ids are the same grain everywhere.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct GrainId {
@@ -259,5 +273,12 @@ mod tests {
         // Int(1) and Id(1) are different keys with different hashes.
         assert_ne!(GrainId::new(t, 1).stable_hash(), GrainId::new(t, 1u128).stable_hash());
         assert_ne!(GrainId::new(t, 1), GrainId::new(GrainType::of("Other"), 1));
+    }
+
+    #[test]
+    fn compound_keys_convert_from_tuples() {
+        assert_eq!(GrainKey::from((7i64, "eu")), GrainKey::IntExt(7, "eu".into()));
+        assert_eq!(GrainKey::from((7u128, String::from("eu"))), GrainKey::IdExt(7, "eu".into()));
+        assert_ne!(GrainKey::from((7i64, "eu")), GrainKey::from((7i64, "us")));
     }
 }
