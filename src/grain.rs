@@ -1,9 +1,9 @@
 //! Grain references and the traits `#[grain]` generated code implements.
 //!
-//! A `#[grain]` trait `Player` yields a reference type `PlayerRef`: `client.grain::<PlayerRef>(key)`
-//! makes one, and its methods are the trait's, returning `Result<T, CallError>` (or
-//! `Result<T, CallError<E>>` for methods returning `Result<T, E>`). Generated code reaches only
-//! [`crate::__private`].
+//! A `#[grain]` trait `Player` yields a reference type `PlayerRef`:
+//! `client.grain::<PlayerRef>(key)` makes one, and its methods are the trait's, returning
+//! `Result<T, CallError>` (or `Result<T, CallError<E>>` for methods returning `Result<T, E>`).
+//! Generated code reaches only [`crate::__private`].
 
 use std::time::Duration;
 

@@ -13,9 +13,10 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     }
 }
 
-/// A wake-up flag for one task (an endpoint's, an activation's), set from any thread. Cheaper than a `Notify` on
-/// the hot path: setting an already set flag costs one atomic swap, and the task clears it at
-/// the start of each pass, so wake-ups that the pass itself serves cost nothing more.
+/// A wake-up flag for one task (an endpoint's, an activation's), set from any thread. Cheaper
+/// than a `Notify` on the hot path: setting an already set flag costs one atomic swap, and the
+/// task clears it at the start of each pass, so wake-ups that the pass itself serves cost
+/// nothing more.
 #[derive(Debug, Default)]
 pub(crate) struct Signal {
     set: AtomicBool,

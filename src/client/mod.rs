@@ -9,9 +9,9 @@
 //! # Ok(()) }
 //! ```
 //!
-//! The client's endpoint task owns the correlation table (see [`service`]): a call is queued
-//! to it, sent, completed by its response, by its deadline, or by the loss of the connection,
-//! whichever comes first, always exactly once. Dropping a call's future cancels it locally and
+//! The client's endpoint task owns the correlation table: a call is queued to it, sent, and
+//! completed by its response, by its deadline, or by the loss of the connection, whichever
+//! comes first, always exactly once. Dropping a call's future cancels it locally and
 //! tells the server.
 
 mod cell;

@@ -13,9 +13,9 @@
 //! # Ok(()) }
 //! ```
 //!
-//! The server's endpoint task runs the dispatcher ([`service`]); each activation is a task of
-//! its own ([`activation`]). Calls to one grain run one at a time in arrival order; calls to
-//! different grains run concurrently (in parallel on a multi-threaded runtime).
+//! The server's endpoint task runs the dispatcher; each activation is a task of its own. Calls
+//! to one grain run one at a time in arrival order; calls to different grains run concurrently
+//! (in parallel on a multi-threaded runtime).
 
 mod activation;
 mod service;
