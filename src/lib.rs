@@ -67,3 +67,9 @@ pub use server::{Server, ServerConfig};
 
 #[doc(hidden)]
 pub use grain::private as __private;
+
+/// A starting instant for tests of the sans-IO core, which never reads the clock itself.
+#[cfg(test)]
+pub(crate) fn test_epoch() -> std::time::Instant {
+    std::time::Instant::now()
+}

@@ -169,7 +169,7 @@ mod tests {
 
     #[test]
     fn hello_challenge_connect_admits_only_with_a_valid_fresh_cookie() {
-        let t0 = Instant::now();
+        let t0 = crate::test_epoch();
         let gate = Gate::new((1, 2), t0, Duration::from_secs(10), true);
         let client = addr("127.0.0.1:4000");
         let mut out = Vec::new();
@@ -209,7 +209,7 @@ mod tests {
 
     #[test]
     fn versions_and_strangers() {
-        let t0 = Instant::now();
+        let t0 = crate::test_epoch();
         let gate = Gate::new((1, 2), t0, Duration::from_secs(10), true);
         let from = addr("[::1]:5");
         let mut out = Vec::new();

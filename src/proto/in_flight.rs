@@ -162,7 +162,7 @@ mod tests {
 
     #[test]
     fn insert_remove_and_generations_guard_reuse() {
-        let t0 = Instant::now();
+        let t0 = crate::test_epoch();
         let mut f = InFlight::new();
         let a = f.insert("a", t0 + MS);
         assert_eq!(f.get(a), Some(&"a"));
@@ -183,7 +183,7 @@ mod tests {
 
     #[test]
     fn expire_in_deadline_order_and_compact() {
-        let t0 = Instant::now();
+        let t0 = crate::test_epoch();
         let mut f = InFlight::new();
         let late = f.insert(3, t0 + 30 * MS);
         let early = f.insert(1, t0 + 10 * MS);
@@ -209,7 +209,7 @@ mod tests {
 
     #[test]
     fn wire_ids_match_on_the_low_16_bits_of_the_generation() {
-        let t0 = Instant::now();
+        let t0 = crate::test_epoch();
         let mut f = InFlight::new();
         let id = f.insert('x', t0);
         let wire = RequestId { slot: id.slot, generation: id.generation & 0xffff };

@@ -260,7 +260,7 @@ mod tests {
 
     #[test]
     fn accounting_snapshot() {
-        let t = Instant::now();
+        let t = crate::test_epoch();
         let mut a = CallAccounting::new(t);
         a.total = 3;
         a.success(Duration::from_micros(100), t);

@@ -197,7 +197,7 @@ mod tests {
 
     #[test]
     fn merges_ranges_and_detects_duplicates() {
-        let now = Instant::now();
+        let now = crate::test_epoch();
         let mut p = RecvPackets::new();
         for pn in [0, 1, 2, 5, 7, 6, 4, 10, 3] {
             assert!(!p.is_duplicate(pn));
@@ -212,7 +212,7 @@ mod tests {
 
     #[test]
     fn forgets_old_ranges_but_keeps_them_duplicates() {
-        let now = Instant::now();
+        let now = crate::test_epoch();
         let mut p = RecvPackets::new();
         for i in 0..100 {
             p.on_packet(i * 2, now, false, 2, MS);
@@ -224,7 +224,7 @@ mod tests {
 
     #[test]
     fn ack_scheduling() {
-        let now = Instant::now();
+        let now = crate::test_epoch();
         let mut p = RecvPackets::new();
         p.on_packet(0, now, true, 2, 5 * MS);
         assert_eq!(p.ack_deadline(), Some(now + 5 * MS), "one packet: delayed ack");
@@ -244,7 +244,7 @@ mod tests {
 
     #[test]
     fn ack_of_ack_stops_reporting() {
-        let now = Instant::now();
+        let now = crate::test_epoch();
         let mut p = RecvPackets::new();
         for pn in [0, 1, 3] {
             p.on_packet(pn, now, true, 2, MS);
@@ -264,7 +264,7 @@ mod tests {
 
     #[test]
     fn ack_budget_limits_ranges_but_keeps_the_newest() {
-        let now = Instant::now();
+        let now = crate::test_epoch();
         let mut p = RecvPackets::new();
         for i in 0..20 {
             p.on_packet(i * 3, now, true, 2, MS);

@@ -75,7 +75,7 @@ mod tests {
 
     #[test]
     fn slow_start_then_halving_once_per_episode() {
-        let t0 = Instant::now();
+        let t0 = crate::test_epoch();
         let mut c = Congestion::new(1000, 10, 2, 1_000_000);
         assert_eq!(c.window(), 10_000);
         c.on_ack(5000, t0);
@@ -95,7 +95,7 @@ mod tests {
 
     #[test]
     fn bounded_by_max() {
-        let t0 = Instant::now();
+        let t0 = crate::test_epoch();
         let mut c = Congestion::new(1000, 10, 2, 20_000);
         for _ in 0..10 {
             c.on_ack(10_000, t0);

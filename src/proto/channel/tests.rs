@@ -44,7 +44,7 @@ fn receive(to: &mut Channel, now: Instant, datagrams: &[Vec<u8>]) -> Vec<Bytes> 
 
 #[test]
 fn small_messages_share_datagrams() {
-    let now = Instant::now();
+    let now = crate::test_epoch();
     let (mut a, mut b) = pair(&cfg(), now);
     for i in 0..200u8 {
         a.send(Class::ReliableOrdered, 0, Bytes::from(vec![i; 10])).unwrap();
@@ -59,7 +59,7 @@ fn small_messages_share_datagrams() {
 
 #[test]
 fn a_gap_is_repaired_by_fast_retransmit_before_any_timer() {
-    let now = Instant::now();
+    let now = crate::test_epoch();
     let (mut a, mut b) = pair(&cfg(), now);
     for i in 0..6u8 {
         a.send(Class::ReliableOrdered, 0, Bytes::from(vec![i; 1000])).unwrap();
@@ -88,7 +88,7 @@ fn a_gap_is_repaired_by_fast_retransmit_before_any_timer() {
 
 #[test]
 fn a_lost_tail_is_resent_by_the_timer_with_backoff() {
-    let now = Instant::now();
+    let now = crate::test_epoch();
     let (mut a, mut b) = pair(&cfg(), now);
     a.set_initial_rtt(20 * MS);
     a.send(Class::ReliableUnordered, 0, Bytes::from_static(b"tail")).unwrap();
@@ -114,7 +114,7 @@ fn a_lost_tail_is_resent_by_the_timer_with_backoff() {
 
 #[test]
 fn the_congestion_window_bounds_bytes_in_flight() {
-    let now = Instant::now();
+    let now = crate::test_epoch();
     let c = TransportConfig { initial_window_packets: 4, ..cfg() };
     let (mut a, _) = pair(&c, now);
     for _ in 0..100 {
@@ -127,7 +127,7 @@ fn the_congestion_window_bounds_bytes_in_flight() {
 
 #[test]
 fn credit_stops_the_sender_and_max_data_resumes_it() {
-    let now = Instant::now();
+    let now = crate::test_epoch();
     let c = TransportConfig { max_message_size: 2000, receive_window: 4000, ..cfg() };
     let (mut a, mut b) = pair(&c, now);
     for i in 0..20u8 {
@@ -155,7 +155,7 @@ fn credit_stops_the_sender_and_max_data_resumes_it() {
 
 #[test]
 fn chunked_messages_survive_reordering_and_duplication() {
-    let now = Instant::now();
+    let now = crate::test_epoch();
     let (mut a, mut b) = pair(&cfg(), now);
     let big: Vec<u8> = (0..20_000u32).map(|i| i as u8).collect();
     a.send(Class::ReliableOrdered, 4, Bytes::from(big.clone())).unwrap();
@@ -172,7 +172,7 @@ fn chunked_messages_survive_reordering_and_duplication() {
 
 #[test]
 fn acks_stop_repeating_once_the_peer_saw_them() {
-    let now = Instant::now();
+    let now = crate::test_epoch();
     let (mut a, mut b) = pair(&cfg(), now);
     a.send(Class::ReliableOrdered, 0, Bytes::from_static(b"x")).unwrap();
     receive(&mut b, now, &transmit(&mut a, now));

@@ -39,7 +39,7 @@ fn events(s: &mut Session) -> Vec<SessionEvent> {
 
 /// Runs the handshake through a real gate and returns the established pair.
 fn establish() -> Pair {
-    let now = Instant::now();
+    let now = crate::test_epoch();
     let client_addr: SocketAddr = "127.0.0.1:5555".parse().unwrap();
     let gate = Gate::new((11, 22), now, Duration::from_secs(10), true);
     let mut client = Session::client(cfg(), 77, now);
@@ -233,7 +233,7 @@ fn a_protocol_violation_closes_both_sides_with_typed_reasons() {
 
 #[test]
 fn handshake_retries_then_times_out() {
-    let now = Instant::now();
+    let now = crate::test_epoch();
     let mut c = Session::client(cfg(), 1, now);
     let retry = c.cfg.handshake_retry;
     let mut sent = drain(&mut c, now).len();

@@ -6,7 +6,7 @@
 //! session (retransmission, delayed ack, keepalive, idle timeout) is due. Then it runs one
 //! `manual_poll` pass: read datagrams (up to a budget), apply queued commands, run every
 //! session's timers and transmit. No fixed sleeps, no busy polling: idle, it does not wake.
-//! laminar's own `Socket::start_polling` (a 1 ms sleep per loop) is never used.
+//! laminar's own socket polling loop (a 1 ms sleep per loop) is never used.
 
 mod conn;
 mod socket;
