@@ -95,6 +95,7 @@ fn valid_rpc_frames() -> Vec<Vec<u8>> {
     }
     let manifest = Manifest {
         server_id: ServerId::new("server-a"),
+        weight: 3,
         grains: vec![HostedGrain {
             name: "Player".into(),
             grain_type: GrainType::of("Player"),

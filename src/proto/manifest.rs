@@ -32,6 +32,9 @@ pub struct HostedGrain {
 pub struct Manifest {
     /// The server's id.
     pub server_id: ServerId,
+    /// Its placement weight: under consistent placement its expected share of grains is
+    /// `weight / Σ weights` of the servers hosting a type. At least 1 (0 reads as 1).
+    pub weight: u32,
     /// What it hosts.
     pub grains: Vec<HostedGrain>,
 }
@@ -122,6 +125,7 @@ mod tests {
     fn round_trips_and_checks_compatibility() {
         let m = Manifest {
             server_id: ServerId::new("eu-1"),
+            weight: 1,
             grains: vec![grain("Player", 2, 77, 0), grain("Room", 1, 5, 1)],
         };
         let bytes = m.encode();

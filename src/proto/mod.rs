@@ -8,6 +8,7 @@ pub mod ids;
 pub mod in_flight;
 pub mod manifest;
 pub mod rng;
+pub mod route;
 pub mod session;
 pub mod siphash;
 pub mod stats;

@@ -47,6 +47,9 @@ use crate::transport::Endpoint;
 pub struct ServerConfig {
     /// The id the server gives in its handshake. Default: random.
     pub server_id: Option<String>,
+    /// This server's placement weight (clients' consistent placement gives it
+    /// `weight / Σ weights` of a grain type's grains). Default 1.
+    pub weight: u32,
     /// The transport's options (`accept_incoming` is forced on).
     pub transport: TransportConfig,
     /// Deactivate a grain after this long without calls. Default 5 min.
@@ -74,6 +77,7 @@ impl Default for ServerConfig {
     fn default() -> Self {
         Self {
             server_id: None,
+            weight: 1,
             transport: TransportConfig::server(),
             idle_deactivation: Duration::from_secs(300),
             max_pending_per_connection: 1024,
@@ -182,7 +186,8 @@ impl ServerBuilder {
             });
             registry.push(Registered { info: h.info, spawn: h.spawn });
         }
-        Ok((config, registry, Manifest { server_id, grains }))
+        let weight = config.weight.max(1);
+        Ok((config, registry, Manifest { server_id, weight, grains }))
     }
 
     /// Starts the server on a UDP socket at `addr`, on the current tokio runtime.
