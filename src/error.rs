@@ -94,7 +94,7 @@ pub enum DisconnectReason {
 }
 
 /// Why [`Endpoint::connect`](crate::transport::Endpoint::connect) failed.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConnectError {
     /// The handshake did not complete.
@@ -170,6 +170,9 @@ pub enum CallError<E = std::convert::Infallible> {
     BadRequest,
     /// The client has no connection to a server for this call.
     NotConnected,
+    /// The reference requires a server (`Affinity::Required`) that is not connected, not
+    /// healthy, or does not host the grain type.
+    ServerUnavailable(crate::proto::ids::ServerId),
     /// The connection was lost while the call was pending.
     Disconnected(DisconnectReason),
     /// The arguments could not be encoded.
@@ -201,6 +204,7 @@ impl<E: std::fmt::Debug> std::fmt::Display for CallError<E> {
             Self::ShuttingDown => f.write_str("the server is shutting down"),
             Self::BadRequest => f.write_str("the server could not decode the arguments"),
             Self::NotConnected => f.write_str("not connected"),
+            Self::ServerUnavailable(s) => write!(f, "required server {s} is unavailable"),
             Self::Disconnected(r) => write!(f, "connection lost: {r}"),
             Self::Encode(e) => write!(f, "could not encode the arguments: {e}"),
             Self::Decode(e) => write!(f, "could not decode the response: {e}"),
@@ -228,6 +232,7 @@ impl<E> CallError<E> {
             Self::ShuttingDown => CallError::ShuttingDown,
             Self::BadRequest => CallError::BadRequest,
             Self::NotConnected => CallError::NotConnected,
+            Self::ServerUnavailable(s) => CallError::ServerUnavailable(s),
             Self::Disconnected(r) => CallError::Disconnected(r),
             Self::Encode(e) => CallError::Encode(e),
             Self::Decode(e) => CallError::Decode(e),
@@ -245,6 +250,7 @@ impl<E> CallError<E> {
                 | Self::Overloaded
                 | Self::ShuttingDown
                 | Self::NotConnected
+                | Self::ServerUnavailable(_)
                 | Self::Encode(_)
                 | Self::TooLarge { .. }
         )

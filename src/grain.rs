@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::client::{CallFuture, Client, decode_outcome};
 use crate::error::CallError;
 use crate::proto::ids::{GrainId, GrainKey, GrainType, InterfaceId, MethodId};
+use crate::proto::route::Affinity;
 
 /// What a grain interface is, for routing and compatibility checks.
 #[derive(Debug)]
@@ -46,6 +47,9 @@ pub struct MethodInfo {
     pub id: MethodId,
     /// Reliable, no response (`#[one_way]`).
     pub one_way: bool,
+    /// Safe to run twice (`#[idempotent]`): retried once on another server when its server
+    /// dies or shuts down while the call is pending.
+    pub idempotent: bool,
     /// Its deadline if set on the method (`#[timeout_ms = N]`).
     pub timeout: Option<Duration>,
     /// Expected size of the encoded arguments, to size buffers.
@@ -71,15 +75,19 @@ pub struct GrainRef {
     /// The ordered stream this grain's calls travel on: calls to one grain arrive in order,
     /// calls to different grains do not wait for each other.
     pub(crate) stream: u8,
+    /// The grain id's stable hash: its placement under consistent hashing.
+    pub(crate) hash: u64,
     pub(crate) timeout: Option<Duration>,
+    pub(crate) affinity: Affinity,
 }
 
 impl GrainRef {
     pub(crate) fn new(client: Client, info: &'static InterfaceInfo, key: GrainKey) -> Self {
         let id = GrainId { ty: info.grain_type, key };
         // Stream 0 carries control frames; grains use 1..=255.
-        let stream = 1 + (id.stable_hash() % 255) as u8;
-        Self { client, info, id, stream, timeout: None }
+        let hash = id.stable_hash();
+        let stream = 1 + (hash % 255) as u8;
+        Self { client, info, id, stream, hash, timeout: None, affinity: Affinity::None }
     }
 
     /// The grain's id.
@@ -96,6 +104,17 @@ impl GrainRef {
     /// the client's default).
     pub fn with_timeout(&self, timeout: Duration) -> Self {
         Self { timeout: Some(timeout), ..self.clone() }
+    }
+
+    /// The same reference with calls routed by `affinity`: to a preferred server while it is
+    /// available, or only to a required one.
+    pub fn with_affinity(&self, affinity: Affinity) -> Self {
+        Self { affinity, ..self.clone() }
+    }
+
+    /// The reference's affinity.
+    pub fn affinity(&self) -> &Affinity {
+        &self.affinity
     }
 
     /// Calls a method that returns `T`.
@@ -162,7 +181,8 @@ pub mod private {
 
     pub use crate::error::CallError;
     pub use crate::grain::{GrainInterface, GrainRef, InterfaceInfo, MethodInfo};
-    pub use crate::proto::ids::{GrainId, GrainKey, GrainType, InterfaceId, MethodId};
+    pub use crate::proto::ids::{GrainId, GrainKey, GrainType, InterfaceId, MethodId, ServerId};
+    pub use crate::proto::route::Affinity;
     pub use crate::proto::wire::rpc::Status;
     pub use crate::server::Host;
     pub use std::time::Duration;

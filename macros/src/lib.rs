@@ -7,6 +7,7 @@
 //!     async fn damage(&mut self, hp: u32) -> Result<u32, Dead>;   // application error `Dead`
 //!     #[one_way] async fn ping(&mut self, n: u64);                // reliable, no response
 //!     #[timeout_ms = 250] async fn position(&self) -> (f32, f32);  // this method's deadline
+//!     #[idempotent] async fn name(&self) -> String;               // retried once elsewhere
 //! }
 //! ```
 //!
@@ -100,6 +101,7 @@ struct Method {
     output: Type,
     app_error: Option<(Type, Type)>,
     one_way: bool,
+    idempotent: bool,
     timeout_ms: Option<u64>,
     id: Option<u16>,
     docs: Vec<Attribute>,
@@ -185,6 +187,7 @@ fn method(item: &TraitItem) -> syn::Result<Method> {
     };
     let app_error = result_types(&output);
     let mut one_way = false;
+    let mut idempotent = false;
     let mut timeout_ms = None;
     let mut id = None;
     let mut docs = Vec::new();
@@ -192,6 +195,9 @@ fn method(item: &TraitItem) -> syn::Result<Method> {
         if a.path().is_ident("one_way") {
             a.meta.require_path_only()?;
             one_way = true;
+        } else if a.path().is_ident("idempotent") {
+            a.meta.require_path_only()?;
+            idempotent = true;
         } else if a.path().is_ident("timeout_ms") {
             timeout_ms = Some(lit_int::<u64>(&a.meta.require_name_value()?.value)?);
         } else if a.path().is_ident("id") {
@@ -201,7 +207,7 @@ fn method(item: &TraitItem) -> syn::Result<Method> {
         } else {
             return Err(syn::Error::new(
                 a.span(),
-                "unknown attribute on a grain method: expected #[one_way], #[timeout_ms = N] or #[id = N]",
+                "unknown attribute on a grain method: expected #[one_way], #[idempotent], #[timeout_ms = N] or #[id = N]",
             ));
         }
     }
@@ -210,7 +216,7 @@ fn method(item: &TraitItem) -> syn::Result<Method> {
     }
     let mut sig_fn = f.clone();
     sig_fn.attrs.retain(|a| a.path().is_ident("doc"));
-    Ok(Method { sig_fn, name, args, output, app_error, one_way, timeout_ms, id, docs })
+    Ok(Method { sig_fn, name, args, output, app_error, one_way, idempotent, timeout_ms, id, docs })
 }
 
 /// Arguments and results travel by value: no references, no `impl Trait`.
@@ -332,6 +338,7 @@ fn expand(attr: TokenStream2, item: TokenStream2) -> syn::Result<TokenStream2> {
         id_consts.push(quote!(const #id_const: #p::MethodId = #id_expr;));
         id_names.push(id_const.clone());
         let one_way = m.one_way;
+        let idempotent = m.idempotent;
         let timeout = match m.timeout_ms {
             Some(ms) => quote!(::core::option::Option::Some(#p::Duration::from_millis(#ms))),
             None => quote!(::core::option::Option::None),
@@ -339,7 +346,7 @@ fn expand(attr: TokenStream2, item: TokenStream2) -> syn::Result<TokenStream2> {
         let arg_tys: Vec<&Type> = m.args.iter().map(|(_, t)| t).collect();
         let size_hint = 16 * m.args.len();
         method_infos.push(quote! {
-            #p::MethodInfo { name: #name_str, id: #id_const, one_way: #one_way, timeout: #timeout, size_hint: #size_hint }
+            #p::MethodInfo { name: #name_str, id: #id_const, one_way: #one_way, idempotent: #idempotent, timeout: #timeout, size_hint: #size_hint }
         });
 
         // Server side: the same signature, as a `Send` future.
@@ -479,6 +486,23 @@ fn expand(attr: TokenStream2, item: TokenStream2) -> syn::Result<TokenStream2> {
             /// The same reference with every call's deadline set to `timeout`.
             pub fn with_timeout(&self, timeout: #p::Duration) -> Self {
                 Self { inner: self.inner.with_timeout(timeout) }
+            }
+
+            /// The same reference with calls routed by `affinity` (a preferred or a required
+            /// server).
+            pub fn with_affinity(&self, affinity: #p::Affinity) -> Self {
+                Self { inner: self.inner.with_affinity(affinity) }
+            }
+
+            /// The same reference, sent to `server` while it is available (else routed as usual).
+            pub fn prefer(&self, server: &#p::ServerId) -> Self {
+                self.with_affinity(#p::Affinity::Preferred(server.clone()))
+            }
+
+            /// The same reference, sent only to `server` (`CallError::ServerUnavailable` when it
+            /// is not available).
+            pub fn require(&self, server: &#p::ServerId) -> Self {
+                self.with_affinity(#p::Affinity::Required(server.clone()))
             }
         }
 

@@ -1,36 +1,53 @@
 //! The client side of RPC, run inside the endpoint's task ([`Service`]): it owns the
-//! correlation tables (one per server session), so calls are inserted, completed, expired and
-//! cancelled by their one owner, and a response completes its call within the pass that
-//! received it.
+//! correlation tables (one per server session) and the routing snapshot, so calls are inserted,
+//! completed, expired, cancelled and retried by their one owner, and a response completes its
+//! call within the pass that received it.
+//!
+//! It also judges servers' health (nothing heard for `health_timeout` = dead), rebuilds and
+//! publishes the routing snapshot when servers, health or manifests change, holds calls that
+//! wait for a server in on-demand mode, and reports server events.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use crossbeam::channel::Receiver;
 
 use super::cell::CallCell;
-use super::{ClientShared, ServerView};
-use crate::error::CallError;
+use super::pool::Phase;
+use super::{ClientEvent, ClientShared, ConnectMode, ServerView, route_error};
+use crate::error::{CallError, DisconnectReason};
 use crate::proto::ids::{PeerId, RequestId};
 use crate::proto::in_flight::InFlight;
 use crate::proto::manifest::Manifest;
+use crate::proto::route::{Affinity, Load, RouteTable, ServerEntry, Target};
 use crate::proto::wire::rpc::{self, RpcFrame, Status};
 use crate::sync::lock;
 use crate::transport::{Connection, Delivery, Event, Service};
 
-/// Room left in front of an encoded call for its head byte and request id.
-pub(crate) const PREFIX_GAP: usize = 8;
+/// Room left in front of an encoded call for its head byte, request id and type index.
+pub(crate) const PREFIX_GAP: usize = 16;
 
-/// What call futures ask of the service.
+/// What a call routes by, kept to route it again (after waiting for a server, or for a retry).
+#[derive(Debug, Clone)]
+pub(crate) struct Again {
+    pub(crate) target: Target,
+    pub(crate) hash: u64,
+    pub(crate) affinity: Affinity,
+    /// The method is `#[idempotent]`: it may be sent once more, elsewhere.
+    pub(crate) idempotent: bool,
+}
+
+/// What call futures and connection tasks ask of the service.
 #[derive(Debug)]
 pub(crate) enum ClientCmd {
-    /// Send a request: `frame` holds [`PREFIX_GAP`] free bytes, then the call's routing and
-    /// arguments; `flags` go into the head byte.
+    /// Send a request: `frame` holds [`PREFIX_GAP`] free bytes, then the call's
+    /// server-independent part and arguments; `flags` go into the head byte. `to` is the
+    /// server the caller routed it to (`None`: wait for one, on-demand mode).
     Call {
-        peer: PeerId,
+        to: Option<(PeerId, u32)>,
         frame: BytesMut,
         flags: u8,
         stream: u8,
@@ -38,32 +55,78 @@ pub(crate) enum ClientCmd {
         /// which is tokio's virtual one on the simulated network).
         timeout: Duration,
         cell: Arc<CallCell>,
+        again: Option<Again>,
     },
     /// A caller gave up on a call.
     Cancel { peer: PeerId, id: RequestId },
+    /// A connection task changed state.
+    Poke,
+}
+
+/// A call not yet in a correlation table.
+#[derive(Debug)]
+struct Call {
+    frame: BytesMut,
+    flags: u8,
+    stream: u8,
+    started: Instant,
+    deadline: Instant,
+    cell: Arc<CallCell>,
+    again: Option<Again>,
+    /// Sent once already (to a server that died).
+    retried: bool,
 }
 
 #[derive(Debug)]
 struct Pending {
     cell: Arc<CallCell>,
     stream: u8,
+    flags: u8,
     started: Instant,
+    deadline: Instant,
+    again: Option<Again>,
+    /// The server-independent part of an idempotent call, to send it again elsewhere.
+    body: Option<Bytes>,
 }
 
 struct PeerState {
     conn: Connection,
     in_flight: InFlight<Pending>,
+    manifest: Option<Arc<Manifest>>,
+    load: Arc<Load>,
 }
 
 pub(crate) struct ClientService {
     shared: Arc<ClientShared>,
     cmds: Receiver<ClientCmd>,
     peers: HashMap<PeerId, PeerState>,
+    /// Sessions in the order they were established.
+    order: Vec<PeerId>,
+    routes: Arc<RouteTable>,
+    /// Calls waiting for a server (on-demand mode).
+    parked: Vec<Call>,
+    /// Origin of the load estimates' nanosecond clock.
+    epoch: Option<Instant>,
+    next_health_check: Option<Instant>,
 }
 
 impl ClientService {
     pub(crate) fn new(shared: Arc<ClientShared>, cmds: Receiver<ClientCmd>) -> Self {
-        Self { shared, cmds, peers: HashMap::new() }
+        Self {
+            shared,
+            cmds,
+            peers: HashMap::new(),
+            order: Vec::new(),
+            routes: Arc::default(),
+            parked: Vec::new(),
+            epoch: None,
+            next_health_check: None,
+        }
+    }
+
+    fn nanos(&mut self, now: Instant) -> u64 {
+        let epoch = *self.epoch.get_or_insert(now);
+        now.saturating_duration_since(epoch).as_nanos() as u64
     }
 
     fn fail(&self, cell: &CallCell, error: CallError<Infallible>, timeout: bool, now: Instant) {
@@ -73,38 +136,165 @@ impl ClientService {
         }
     }
 
-    fn call(&mut self, cmd: ClientCmd, now: Instant) {
+    fn command(&mut self, cmd: ClientCmd, now: Instant) {
         match cmd {
-            ClientCmd::Call { peer, mut frame, flags, stream, timeout, cell } => {
-                let (started, deadline) = (now, now + timeout);
+            ClientCmd::Call { to, frame, flags, stream, timeout, cell, again } => {
                 lock(&self.shared.accounting).total += 1;
-                if cell.is_cancelled() {
-                    return; // dropped before it was sent; the drop counted it finished
-                }
-                let Some(p) = self.peers.get_mut(&peer) else {
-                    self.fail(&cell, CallError::NotConnected, false, now);
-                    return;
+                let call = Call {
+                    frame,
+                    flags,
+                    stream,
+                    started: now,
+                    deadline: now + timeout,
+                    cell,
+                    again,
+                    retried: false,
                 };
-                let id =
-                    p.in_flight.insert(Pending { cell: cell.clone(), stream, started }, deadline);
-                let len = rpc::request_prefix_len(id);
-                let start = PREFIX_GAP - len;
-                rpc::encode_request_prefix(&mut frame[start..PREFIX_GAP], id, flags);
-                frame.advance(start);
-                p.conn.push(Delivery::reliable_ordered(stream), frame.freeze());
-                if !cell.set_id(peer, id) {
-                    // Dropped while we sent it: take it back.
-                    self.cancel(peer, id);
-                }
+                self.dispatch(call, to, now);
             }
-            ClientCmd::Cancel { peer, id } => self.cancel(peer, id),
+            ClientCmd::Cancel { peer, id } => self.cancel(peer, id, now),
+            ClientCmd::Poke => self.retry_parked(now),
         }
     }
 
-    fn cancel(&mut self, peer: PeerId, id: RequestId) {
+    /// Sends `call` to `to` if that server is still there, else routes it again.
+    fn dispatch(&mut self, call: Call, to: Option<(PeerId, u32)>, now: Instant) {
+        if call.cell.is_cancelled() {
+            return; // dropped before it was sent; the drop counted it finished
+        }
+        let to = match to {
+            Some((peer, index)) if self.peers.contains_key(&peer) => (peer, index),
+            // Its server left since the caller routed it (it was never sent: route again),
+            // or it waits for one.
+            _ => match self.reroute(&call, None) {
+                Ok(to) => to,
+                Err(e) => return self.park_or_fail(call, e, now),
+            },
+        };
+        self.send(call, to, now);
+    }
+
+    fn reroute(&self, call: &Call, exclude: Option<PeerId>) -> Result<(PeerId, u32), CallError> {
+        let Some(a) = &call.again else { return Err(CallError::NotConnected) };
+        match self.routes.route_excluding(&a.target, a.hash, &a.affinity, exclude) {
+            Ok(d) => {
+                tracing::debug!(
+                    server = %d.candidate.server, reason = ?d.reason, strategy = d.strategy,
+                    candidates = d.candidates, retry = exclude.is_some(), "routed"
+                );
+                Ok((d.candidate.peer, d.candidate.type_index))
+            }
+            Err(e) => {
+                let gone = lock(&self.shared.view).last_gone.filter(|_| self.peers.is_empty());
+                Err(route_error(e, &gone))
+            }
+        }
+    }
+
+    /// On-demand: keeps a call that no connected server takes until a server connects; else
+    /// fails it.
+    fn park_or_fail(&mut self, call: Call, error: CallError, now: Instant) {
+        if self.shared.config.mode == ConnectMode::OnDemand && self.demand_next() {
+            self.parked.push(call);
+        } else {
+            self.fail(&call.cell, error, false, now);
+        }
+    }
+
+    /// On-demand: makes sure a server is being connected. False when none is left to try.
+    fn demand_next(&self) -> bool {
+        let slots = &self.shared.slots;
+        if slots.iter().any(|s| matches!(s.phase(), Phase::Connecting | Phase::Connected)) {
+            return true;
+        }
+        slots.iter().any(|s| s.demand())
+    }
+
+    /// Routes parked calls again (a server connected or an attempt failed).
+    fn retry_parked(&mut self, now: Instant) {
+        if self.parked.is_empty() {
+            return;
+        }
+        for call in std::mem::take(&mut self.parked) {
+            self.dispatch(call, None, now);
+        }
+    }
+
+    fn send(&mut self, mut call: Call, (peer, type_index): (PeerId, u32), now: Instant) {
+        let Some(p) = self.peers.get_mut(&peer) else {
+            return self.fail(&call.cell, CallError::NotConnected, false, now);
+        };
+        let delivery = Delivery::reliable_ordered(call.stream);
+        let size = call.frame.len() - PREFIX_GAP;
+        let max = p.conn.max_message_size(delivery);
+        if size > max {
+            return self.fail(&call.cell, CallError::TooLarge { size, max }, false, now);
+        }
+        let retry = call.again.as_ref().is_some_and(|a| a.idempotent) && !call.retried;
+        let pending = Pending {
+            cell: call.cell.clone(),
+            stream: call.stream,
+            flags: call.flags,
+            started: call.started,
+            deadline: call.deadline,
+            again: call.again,
+            body: None,
+        };
+        let id = p.in_flight.insert(pending, call.deadline);
+        let start = PREFIX_GAP - rpc::request_prefix_len(id, type_index);
+        rpc::encode_request_prefix(&mut call.frame[start..PREFIX_GAP], id, type_index, call.flags);
+        let mut frame = call.frame.freeze();
+        if retry {
+            if let Some(pending) = p.in_flight.get_mut(id) {
+                pending.body = Some(frame.slice(PREFIX_GAP..));
+            }
+        }
+        frame.advance(start);
+        p.conn.push(delivery, frame);
+        p.load.started();
+        if !call.cell.set_id(peer, id) {
+            // Dropped while we sent it: take it back.
+            self.cancel(peer, id, now);
+        }
+    }
+
+    fn cancel(&mut self, peer: PeerId, id: RequestId, now: Instant) {
         let Some(p) = self.peers.get_mut(&peer) else { return };
         if let Some(pending) = p.in_flight.remove(id) {
             send_cancel(&p.conn, pending.stream, id);
+            let decay = self.shared.config.latency_decay;
+            let load = p.load.clone();
+            let t = self.nanos(now);
+            load.finished(None, t, decay);
+        }
+    }
+
+    /// Sends an idempotent call once more, to another server; false if it cannot be.
+    fn retry(&mut self, pending: Pending, from: PeerId, now: Instant) -> Result<(), Pending> {
+        let Some(body) = &pending.body else { return Err(pending) };
+        if pending.cell.is_cancelled() {
+            return Ok(());
+        }
+        let mut frame = BytesMut::with_capacity(PREFIX_GAP + body.len());
+        frame.put_bytes(0, PREFIX_GAP);
+        frame.extend_from_slice(body);
+        let call = Call {
+            frame,
+            flags: pending.flags,
+            stream: pending.stream,
+            started: pending.started,
+            deadline: pending.deadline,
+            cell: pending.cell.clone(),
+            again: pending.again.clone(),
+            retried: true,
+        };
+        match self.reroute(&call, Some(from)) {
+            Ok(to) => {
+                tracing::debug!(?from, to = ?to.0, "idempotent call sent again");
+                self.send(call, to, now);
+                Ok(())
+            }
+            Err(_) => Err(pending),
         }
     }
 
@@ -116,13 +306,26 @@ impl ClientService {
         payload: Bytes,
         now: Instant,
     ) {
+        let t = self.nanos(now);
+        let decay = self.shared.config.latency_decay;
         let Some(p) = self.peers.get_mut(&peer) else { return };
         let Some(pending) = p.in_flight.remove(id) else { return }; // late, or cancelled
+        let latency = now.saturating_duration_since(pending.started);
+        p.load.finished(Some(latency), t, decay);
+        let pending = if status == Status::ShuttingDown && pending.body.is_some() {
+            // It did not run there: an idempotent call may go elsewhere.
+            match self.retry(pending, peer, now) {
+                Ok(()) => return,
+                Err(p) => p,
+            }
+        } else {
+            pending
+        };
         if pending.cell.complete(Ok((status, payload))) {
             self.shared.finished_one();
             let mut acc = lock(&self.shared.accounting);
             if matches!(status, Status::Ok) {
-                acc.success(now.saturating_duration_since(pending.started), now);
+                acc.success(latency, now);
             } else {
                 acc.failure(false, now);
             }
@@ -135,7 +338,7 @@ impl ClientService {
                 (id, status, payload.len() - body.len())
             }
             Ok(RpcFrame::Manifest(body)) => {
-                self.manifest(peer, body);
+                self.manifest(peer, body, now);
                 return;
             }
             Ok(other) => {
@@ -152,15 +355,114 @@ impl ClientService {
         self.response(peer, id, status, body, now);
     }
 
-    fn manifest(&mut self, peer: PeerId, body: &[u8]) {
-        match Manifest::decode(body) {
-            Ok(m) => self.shared.publish(|v| {
-                if let Some(s) = v.server.as_mut().filter(|s| s.peer == peer) {
-                    s.manifest = Some(Arc::new(m));
-                }
-            }),
-            Err(error) => tracing::warn!(?peer, %error, "undecodable manifest from a server"),
+    fn manifest(&mut self, peer: PeerId, body: &[u8], now: Instant) {
+        let m = match Manifest::decode(body) {
+            Ok(m) => Arc::new(m),
+            Err(error) => {
+                tracing::warn!(?peer, %error, "undecodable manifest from a server");
+                return;
+            }
+        };
+        let Some(p) = self.peers.get_mut(&peer) else { return };
+        let first = p.manifest.is_none();
+        let addr = p.conn.remote_addr();
+        p.manifest = Some(m.clone());
+        tracing::debug!(
+            ?peer, server = %m.server_id, %addr, grain_types = m.grains.len(), first,
+            "manifest"
+        );
+        if let Some(slot) = self.shared.slots.iter().find(|s| s.addrs.contains(&addr)) {
+            slot.mark_ready();
         }
+        self.rebuild();
+        let server = m.server_id.clone();
+        self.shared.emit(if first {
+            ClientEvent::Connected { server, addr }
+        } else {
+            ClientEvent::ManifestChanged { server, addr }
+        });
+        self.retry_parked(now);
+    }
+
+    /// Rebuilds the routing snapshot from the live sessions and publishes it.
+    fn rebuild(&mut self) {
+        let mut entries: Vec<ServerEntry> = Vec::with_capacity(self.order.len());
+        for peer in &self.order {
+            let Some(p) = self.peers.get(peer) else { continue };
+            let Some(m) = &p.manifest else { continue };
+            if entries.iter().any(|e| e.manifest.server_id == m.server_id) {
+                // The same server reached twice (two addresses): the older session serves.
+                continue;
+            }
+            entries.push(ServerEntry { peer: *peer, manifest: m.clone(), load: p.load.clone() });
+        }
+        self.routes = Arc::new(RouteTable::build(&entries, &self.shared.strategies));
+        let servers: Vec<ServerView> = self
+            .order
+            .iter()
+            .filter_map(|peer| {
+                let p = self.peers.get(peer)?;
+                Some(ServerView {
+                    peer: *peer,
+                    conn: p.conn.clone(),
+                    manifest: p.manifest.clone(),
+                    load: p.load.clone(),
+                })
+            })
+            .collect();
+        let routes = self.routes.clone();
+        self.shared.publish(|v| {
+            v.routes = routes;
+            v.servers = servers;
+        });
+    }
+
+    /// A server's session ended (or it was judged dead): it leaves routing, its pending calls
+    /// fail at once, idempotent ones go to another server.
+    fn lose_peer(&mut self, peer: PeerId, reason: DisconnectReason, now: Instant) {
+        let Some(mut p) = self.peers.remove(&peer) else {
+            self.shared.changed.notify_waiters();
+            return;
+        };
+        self.order.retain(|x| *x != peer);
+        self.shared.publish(|v| v.last_gone = Some(reason));
+        self.rebuild();
+        let mut lost = Vec::new();
+        p.in_flight.drain(|_, pending| lost.push(pending));
+        let (mut retried, mut failed) = (0, 0);
+        for pending in lost {
+            if let Err(pending) = self.retry(pending, peer, now) {
+                failed += 1;
+                self.fail(&pending.cell, CallError::Disconnected(reason), false, now);
+            } else {
+                retried += 1;
+            }
+        }
+        let addr = p.conn.remote_addr();
+        let server = p.manifest.as_ref().map(|m| m.server_id.clone());
+        tracing::debug!(?peer, ?server, %addr, %reason, failed, retried, "server lost");
+        self.shared.emit(ClientEvent::Disconnected { server, addr, reason });
+        self.retry_parked(now);
+    }
+
+    /// Judges servers from which nothing arrived for `health_timeout` dead.
+    fn check_health(&mut self, now: Instant) {
+        let limit = self.shared.config.health_timeout;
+        let dead: Vec<PeerId> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| now.saturating_duration_since(p.conn.stats().last_received) > limit)
+            .map(|(peer, _)| *peer)
+            .collect();
+        for peer in dead {
+            if let Some(p) = self.peers.get(&peer) {
+                tracing::debug!(?peer, addr = %p.conn.remote_addr(), "server silent: judged dead");
+                p.conn.abort(DisconnectReason::Timeout);
+            }
+            self.lose_peer(peer, DisconnectReason::Timeout, now);
+        }
+        self.next_health_check =
+            (!self.peers.is_empty()).then(|| now + (limit / 4).max(Duration::from_millis(1)));
     }
 }
 
@@ -173,14 +475,29 @@ fn send_cancel(conn: &Connection, stream: u8, id: RequestId) {
 impl Service for ClientService {
     fn poll(&mut self, now: Instant) {
         while let Ok(cmd) = self.cmds.try_recv() {
-            self.call(cmd, now);
+            self.command(cmd, now);
         }
+        if self.next_health_check.is_some_and(|t| now >= t) {
+            self.check_health(now);
+        }
+        let t = self.nanos(now);
+        let decay = self.shared.config.latency_decay;
         let mut expired = Vec::new();
         for (peer, p) in &mut self.peers {
             p.in_flight.expire(now, |id, pending| {
                 send_cancel(&p.conn, pending.stream, id);
+                p.load.finished(None, t, decay);
                 expired.push((*peer, pending.cell));
             });
+        }
+        if self.parked.iter().any(|c| c.deadline <= now || c.cell.is_cancelled()) {
+            let (gone, keep) = std::mem::take(&mut self.parked)
+                .into_iter()
+                .partition(|c| c.deadline <= now || c.cell.is_cancelled());
+            self.parked = keep;
+            for call in gone {
+                expired.push((PeerId(0), call.cell));
+            }
         }
         for (_, cell) in expired {
             self.fail(&cell, CallError::Timeout, true, now);
@@ -191,33 +508,31 @@ impl Service for ClientService {
         match event {
             Event::Connected(conn) => {
                 let peer = conn.peer_id();
-                self.shared.publish(|v| {
-                    v.server =
-                        Some(ServerView { peer, conn: conn.clone(), manifest: None, gone: None });
-                });
-                self.peers.insert(peer, PeerState { conn, in_flight: InFlight::new() });
+                let load = Arc::new(Load::new(conn.stats().rtt));
+                self.peers.insert(
+                    peer,
+                    PeerState { conn, in_flight: InFlight::new(), manifest: None, load },
+                );
+                self.order.push(peer);
+                self.rebuild();
+                if self.next_health_check.is_none() {
+                    self.next_health_check = Some(now + self.shared.config.health_timeout / 4);
+                }
             }
             Event::Message { peer, payload, .. } => self.message(peer, payload, now),
-            Event::Disconnected { peer, reason } => {
-                if let Some(mut p) = self.peers.remove(&peer) {
-                    let mut cells = Vec::new();
-                    p.in_flight.drain(|_, pending| cells.push(pending.cell));
-                    for cell in cells {
-                        self.fail(&cell, CallError::Disconnected(reason), false, now);
-                    }
-                }
-                self.shared.publish(|v| {
-                    if let Some(s) = v.server.as_mut().filter(|s| s.peer == peer) {
-                        s.gone = Some(reason);
-                    }
-                });
-            }
+            Event::Disconnected { peer, reason } => self.lose_peer(peer, reason, now),
         }
     }
 
     fn next_deadline(&mut self) -> Option<Instant> {
-        self.peers.values_mut().filter_map(|p| p.in_flight.next_deadline()).min()
+        let calls = self.peers.values_mut().filter_map(|p| p.in_flight.next_deadline()).min();
+        let parked = self.parked.iter().map(|c| c.deadline).min();
+        [calls, parked, self.next_health_check].into_iter().flatten().min()
     }
 
-    fn shutdown(&mut self, _now: Instant) {}
+    fn shutdown(&mut self, now: Instant) {
+        for call in std::mem::take(&mut self.parked) {
+            self.fail(&call.cell, CallError::NotConnected, false, now);
+        }
+    }
 }

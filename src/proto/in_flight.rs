@@ -95,6 +95,15 @@ impl<T> InFlight<T> {
         e.value.as_ref().map(|(v, _)| v)
     }
 
+    /// The pending call `id`, to change it.
+    pub fn get_mut(&mut self, id: RequestId) -> Option<&mut T> {
+        let e = self.entries.get_mut(id.slot as usize)?;
+        if e.generation as u16 != id.generation as u16 {
+            return None;
+        }
+        e.value.as_mut().map(|(v, _)| v)
+    }
+
     fn compact(&mut self) {
         if self.deadlines.len() > 2 * self.live + 2 * MIN_FREE {
             let entries = &self.entries;

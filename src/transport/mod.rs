@@ -134,6 +134,25 @@ pub enum Event {
     },
 }
 
+/// Opens sessions from an endpoint without owning it (the endpoint's owner shuts it down).
+#[derive(Debug, Clone)]
+pub(crate) struct Connector {
+    shared: Arc<EndpointShared>,
+    driver: mpsc::UnboundedSender<DriverCmd>,
+}
+
+impl Connector {
+    /// See [`Endpoint::connect`].
+    pub(crate) async fn connect(&self, addr: SocketAddr) -> Result<Connection, ConnectError> {
+        let (tx, rx) = oneshot::channel();
+        self.driver
+            .send(DriverCmd::Connect { addr, done: tx })
+            .map_err(|_| ConnectError::EndpointClosed)?;
+        self.shared.wake.notify();
+        rx.await.map_err(|_| ConnectError::EndpointClosed)?
+    }
+}
+
 /// State shared between an endpoint's handles and its task.
 #[derive(Debug)]
 pub(crate) struct EndpointShared {
@@ -340,6 +359,25 @@ impl Connection {
         self.command(Command::Close { code });
     }
 
+    /// Ends the session at once, without flushing, reporting `reason` locally (the peer sees
+    /// the session go silent). For a peer judged dead.
+    pub(crate) fn abort(&self, reason: DisconnectReason) {
+        self.command(Command::Abort { reason });
+    }
+
+    /// Waits until the session has ended and returns why.
+    pub async fn closed(&self) -> DisconnectReason {
+        loop {
+            let room = self.shared.room.notified();
+            tokio::pin!(room);
+            room.as_mut().enable();
+            if let Some(reason) = self.disconnect_reason() {
+                return reason;
+            }
+            room.await;
+        }
+    }
+
     /// The latest statistics snapshot (refreshed by the endpoint's task as it works).
     pub fn stats(&self) -> ConnectionStats {
         *crate::sync::lock(&self.shared.stats)
@@ -410,12 +448,12 @@ impl Endpoint {
 
     /// Opens a session to `addr` and waits for the handshake (at most `handshake_timeout`).
     pub async fn connect(&self, addr: SocketAddr) -> Result<Connection, ConnectError> {
-        let (tx, rx) = oneshot::channel();
-        self.driver
-            .send(DriverCmd::Connect { addr, done: tx })
-            .map_err(|_| ConnectError::EndpointClosed)?;
-        self.shared.wake.notify();
-        rx.await.map_err(|_| ConnectError::EndpointClosed)?
+        self.connector().connect(addr).await
+    }
+
+    /// A handle that opens sessions from this endpoint (for background reconnection).
+    pub(crate) fn connector(&self) -> Connector {
+        Connector { shared: self.shared.clone(), driver: self.driver.clone() }
     }
 
     /// The next event; `None` once the endpoint has shut down and every event was taken.

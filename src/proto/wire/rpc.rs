@@ -224,6 +224,10 @@ pub fn encode_call(out: &mut impl BufMut, id: Option<RequestId>, call: &CallHead
 
 fn encode_call_routing(out: &mut impl BufMut, call: &CallHeader) {
     put_varint(out, call.type_index.into());
+    encode_call_tail(out, call);
+}
+
+fn encode_call_tail(out: &mut impl BufMut, call: &CallHeader) {
     out.put_u8(call.version);
     out.put_slice(&call.method.0.to_le_bytes());
     if let Some(d) = call.deadline_ms {
@@ -232,28 +236,30 @@ fn encode_call_routing(out: &mut impl BufMut, call: &CallHeader) {
     put_key(out, &call.key);
 }
 
-/// The bytes a request's correlation id takes (see [`encode_request_prefix`]).
-pub fn request_prefix_len(id: RequestId) -> usize {
-    1 + super::varint_len(id.slot.into()) + 2
+/// The bytes a request's head, id and type index take (see [`encode_request_prefix`]).
+pub fn request_prefix_len(id: RequestId, type_index: u32) -> usize {
+    1 + super::varint_len(id.slot.into()) + 2 + super::varint_len(type_index.into())
 }
 
-/// Writes a request's head byte and id into `out` (exactly [`request_prefix_len`] bytes), for
-/// callers that encoded the rest of the request (see [`encode_request_body`]) before the id was
-/// known: the body's first byte is the head's flags.
-pub fn encode_request_prefix(mut out: &mut [u8], id: RequestId, flags: u8) {
+/// Writes a request's head byte, id and grain type index into `out` (exactly
+/// [`request_prefix_len`] bytes), for callers that encoded the rest of the request (see
+/// [`encode_request_body`]) before the id and the server were known: `flags` go into the head.
+pub fn encode_request_prefix(mut out: &mut [u8], id: RequestId, type_index: u32, flags: u8) {
     out.put_u8(KIND_REQUEST | flags);
     put_varint(&mut out, id.slot.into());
     out.put_u16_le(id.generation as u16);
+    put_varint(&mut out, type_index.into());
 }
 
-/// Appends a request's routing part without its head byte and id, returning the flags that
-/// belong in the head (see [`encode_request_prefix`]).
+/// Appends the part of a request that does not depend on the server it goes to (everything
+/// after the type index), returning the flags that belong in the head (see
+/// [`encode_request_prefix`]). `call.type_index` is not written.
 pub fn encode_request_body(out: &mut impl BufMut, call: &CallHeader) -> u8 {
     let mut flags = key_tag(&call.key) << KEY_SHIFT;
     if call.deadline_ms.is_some() {
         flags |= HAS_DEADLINE;
     }
-    encode_call_routing(out, call);
+    encode_call_tail(out, call);
     flags
 }
 
@@ -363,8 +369,8 @@ mod tests {
                 // The split form (body first, id later) encodes the same bytes.
                 let mut body = Vec::new();
                 let flags = encode_request_body(&mut body, &c);
-                let mut split = vec![0u8; request_prefix_len(id)];
-                encode_request_prefix(&mut split, id, flags);
+                let mut split = vec![0u8; request_prefix_len(id, c.type_index)];
+                encode_request_prefix(&mut split, id, c.type_index, flags);
                 split.extend_from_slice(&body);
                 split.extend_from_slice(b"args");
                 assert_eq!(split, out);

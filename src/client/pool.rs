@@ -1,0 +1,184 @@
+//! The connection pool: one task per slot (per server address, or one for the whole list in
+//! single mode) that connects, waits for the session to end, and reconnects with exponential
+//! backoff and jitter. Routing state lives in the client's endpoint task; slots only say what
+//! they are doing.
+
+use std::hash::BuildHasher;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+
+use super::{ClientEvent, ClientShared, ConnectMode};
+use crate::error::ConnectError;
+use crate::proto::rng::SplitMix64;
+use crate::sync::lock;
+use crate::transport::Connector;
+
+/// What a slot is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Phase {
+    /// Not connected, not trying (on-demand: until a call needs it).
+    Idle,
+    /// A handshake is under way.
+    Connecting,
+    /// The session is up; the manifest has not arrived.
+    Connected,
+    /// The session is up and the manifest known: the server takes calls.
+    Ready,
+    /// Waiting before the next attempt.
+    Backoff,
+}
+
+#[derive(Debug)]
+struct SlotState {
+    phase: Phase,
+    /// Every address was tried once, or the server is ready.
+    settled: bool,
+    /// The last error of each address.
+    errors: Vec<Option<ConnectError>>,
+}
+
+/// One connection task's addresses and state.
+#[derive(Debug)]
+pub(crate) struct Slot {
+    pub(crate) addrs: Vec<SocketAddr>,
+    state: Mutex<SlotState>,
+    demand: Notify,
+}
+
+impl Slot {
+    pub(crate) fn new(addrs: Vec<SocketAddr>) -> Self {
+        let errors = vec![None; addrs.len()];
+        Self {
+            addrs,
+            state: Mutex::new(SlotState { phase: Phase::Idle, settled: false, errors }),
+            demand: Notify::new(),
+        }
+    }
+
+    pub(crate) fn phase(&self) -> Phase {
+        lock(&self.state).phase
+    }
+
+    pub(crate) fn settled(&self) -> bool {
+        lock(&self.state).settled
+    }
+
+    pub(crate) fn errors(&self) -> Vec<(SocketAddr, Option<ConnectError>)> {
+        self.addrs.iter().copied().zip(lock(&self.state).errors.iter().copied()).collect()
+    }
+
+    fn set_phase(&self, phase: Phase) {
+        lock(&self.state).phase = phase;
+    }
+
+    /// The server's manifest arrived (called by the client's task).
+    pub(crate) fn mark_ready(&self) {
+        let mut s = lock(&self.state);
+        s.phase = Phase::Ready;
+        s.settled = true;
+    }
+
+    /// On-demand: starts connecting if idle. Returns whether it did.
+    pub(crate) fn demand(&self) -> bool {
+        let mut s = lock(&self.state);
+        if s.phase != Phase::Idle {
+            return false;
+        }
+        s.phase = Phase::Connecting;
+        drop(s);
+        self.demand.notify_one();
+        true
+    }
+}
+
+/// 64 bits from the OS's randomness (std seeds every `RandomState` from it).
+pub(crate) fn os_seed() -> u64 {
+    std::collections::hash_map::RandomState::new().hash_one(0x6a17_7e12_u64)
+}
+
+/// `d` ± 25 %.
+fn jitter(d: Duration, rng: &mut SplitMix64) -> Duration {
+    d.mul_f64(0.75 + 0.5 * rng.next_f64())
+}
+
+/// Runs slot `index` until the client closes.
+pub(crate) async fn run(shared: Arc<ClientShared>, index: usize, connector: Connector, seed: u64) {
+    let slot = &shared.slots[index];
+    let cfg = &shared.config;
+    let on_demand = cfg.mode == ConnectMode::OnDemand;
+    let mut rng = SplitMix64::new(seed);
+    let mut backoff = cfg.reconnect_min;
+    let mut next = 0;
+    loop {
+        if shared.closing.load(std::sync::atomic::Ordering::Acquire) {
+            return;
+        }
+        if on_demand {
+            loop {
+                let wanted = slot.demand.notified();
+                if slot.phase() == Phase::Connecting {
+                    break;
+                }
+                wanted.await;
+            }
+        } else {
+            slot.set_phase(Phase::Connecting);
+        }
+        let addr = slot.addrs[next];
+        match connector.connect(addr).await {
+            Ok(conn) => {
+                {
+                    let mut s = lock(&slot.state);
+                    // The manifest may have been handled before this task ran again.
+                    if s.phase == Phase::Connecting {
+                        s.phase = Phase::Connected;
+                    }
+                    s.errors[next] = None;
+                }
+                backoff = cfg.reconnect_min;
+                shared.poke();
+                let reason = conn.closed().await;
+                tracing::debug!(%addr, %reason, "session ended");
+                next = 0;
+                if on_demand {
+                    slot.set_phase(Phase::Idle);
+                    shared.poke();
+                } else {
+                    // A short pause, so a server that restarts in place is not hammered.
+                    slot.set_phase(Phase::Backoff);
+                    shared.poke();
+                    tokio::time::sleep(jitter(cfg.reconnect_min, &mut rng)).await;
+                }
+            }
+            Err(error) => {
+                let wrapped = next + 1 == slot.addrs.len();
+                {
+                    let mut s = lock(&slot.state);
+                    s.errors[next] = Some(error);
+                    if wrapped {
+                        s.settled = true;
+                    }
+                }
+                next = (next + 1) % slot.addrs.len();
+                if !wrapped {
+                    continue; // single mode: the next address at once
+                }
+                let wait = jitter(backoff, &mut rng);
+                backoff = (backoff * 2).min(cfg.reconnect_max);
+                tracing::debug!(%addr, %error, ?wait, "connect failed");
+                shared.emit(ClientEvent::ConnectFailed { addr, error, retry_in: Some(wait) });
+                slot.set_phase(Phase::Backoff);
+                shared.changed.notify_waiters();
+                shared.poke();
+                tokio::time::sleep(wait).await;
+                if on_demand {
+                    slot.set_phase(Phase::Idle);
+                    shared.poke();
+                }
+            }
+        }
+    }
+}
