@@ -80,7 +80,7 @@ async fn the_server_checks_every_call_and_answers_with_a_typed_status() {
             .unwrap();
     let (mut ep, conn, manifest) = raw(&net).await;
     assert_eq!(manifest.server_id.as_str(), "s1");
-    assert_eq!(&manifest, &**server.manifest());
+    assert_eq!(manifest, *server.manifest());
     let blob = manifest.grains[0].clone();
     assert_eq!((&*blob.name, blob.version, blob.index), ("Blob", 3, 0));
     assert_eq!(blob.contract, BlobRef::info().contract);

@@ -719,12 +719,12 @@ impl Client {
             shared.finished_one();
             return Err(CallError::Overloaded);
         }
-        let again = (method.idempotent || to.is_none()).then(|| Again {
+        let again = Again {
             target,
             hash: r.hash,
             affinity: r.affinity.clone(),
             idempotent: method.idempotent,
-        });
+        };
         let cell = shared.spare_cells.pop().unwrap_or_else(|| Arc::new(CallCell::new()));
         let cmd = ClientCmd::Call {
             to,

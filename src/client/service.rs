@@ -55,7 +55,7 @@ pub(crate) enum ClientCmd {
         /// which is tokio's virtual one on the simulated network).
         timeout: Duration,
         cell: Arc<CallCell>,
-        again: Option<Again>,
+        again: Again,
     },
     /// A caller gave up on a call.
     Cancel { peer: PeerId, id: RequestId },
@@ -72,8 +72,8 @@ struct Call {
     started: Instant,
     deadline: Instant,
     cell: Arc<CallCell>,
-    again: Option<Again>,
-    /// Sent once already (to a server that died).
+    again: Again,
+    /// Sent once already (to a server that died or refused it).
     retried: bool,
 }
 
@@ -84,9 +84,10 @@ struct Pending {
     flags: u8,
     started: Instant,
     deadline: Instant,
-    again: Option<Again>,
-    /// The server-independent part of an idempotent call, to send it again elsewhere.
-    body: Option<Bytes>,
+    again: Again,
+    retried: bool,
+    /// The server-independent part of the call, to send it again elsewhere.
+    body: Bytes,
 }
 
 struct PeerState {
@@ -175,7 +176,7 @@ impl ClientService {
     }
 
     fn reroute(&self, call: &Call, exclude: Option<PeerId>) -> Result<(PeerId, u32), CallError> {
-        let Some(a) = &call.again else { return Err(CallError::NotConnected) };
+        let a = &call.again;
         match self.routes.route_excluding(&a.target, a.hash, &a.affinity, exclude) {
             Ok(d) => {
                 tracing::debug!(
@@ -230,7 +231,6 @@ impl ClientService {
         if size > max {
             return self.fail(&call.cell, CallError::TooLarge { size, max }, false, now);
         }
-        let retry = call.again.as_ref().is_some_and(|a| a.idempotent) && !call.retried;
         let pending = Pending {
             cell: call.cell.clone(),
             stream: call.stream,
@@ -238,16 +238,16 @@ impl ClientService {
             started: call.started,
             deadline: call.deadline,
             again: call.again,
-            body: None,
+            retried: call.retried,
+            body: Bytes::new(),
         };
         let id = p.in_flight.insert(pending, call.deadline);
         let start = PREFIX_GAP - rpc::request_prefix_len(id, type_index);
         rpc::encode_request_prefix(&mut call.frame[start..PREFIX_GAP], id, type_index, call.flags);
         let mut frame = call.frame.freeze();
-        if retry {
-            if let Some(pending) = p.in_flight.get_mut(id) {
-                pending.body = Some(frame.slice(PREFIX_GAP..));
-            }
+        if let Some(pending) = p.in_flight.get_mut(id) {
+            // A reference to the same buffer (no copy), in case it must go elsewhere.
+            pending.body = frame.slice(PREFIX_GAP..);
         }
         frame.advance(start);
         p.conn.push(delivery, frame);
@@ -269,12 +269,16 @@ impl ClientService {
         }
     }
 
-    /// Sends an idempotent call once more, to another server; false if it cannot be.
+    /// Sends a call once more, to another server; gives it back if it was sent twice already
+    /// or no other server takes it.
     fn retry(&mut self, pending: Pending, from: PeerId, now: Instant) -> Result<(), Pending> {
-        let Some(body) = &pending.body else { return Err(pending) };
+        if pending.retried {
+            return Err(pending);
+        }
         if pending.cell.is_cancelled() {
             return Ok(());
         }
+        let body = &pending.body;
         let mut frame = BytesMut::with_capacity(PREFIX_GAP + body.len());
         frame.put_bytes(0, PREFIX_GAP);
         frame.extend_from_slice(body);
@@ -312,8 +316,9 @@ impl ClientService {
         let Some(pending) = p.in_flight.remove(id) else { return }; // late, or cancelled
         let latency = now.saturating_duration_since(pending.started);
         p.load.finished(Some(latency), t, decay);
-        let pending = if status == Status::ShuttingDown && pending.body.is_some() {
-            // It did not run there: an idempotent call may go elsewhere.
+        let pending = if matches!(status, Status::ShuttingDown | Status::UnknownGrainType) {
+            // It did not run there (the server is stopping, or stopped hosting the type since
+            // its last manifest): it may go elsewhere, once.
             match self.retry(pending, peer, now) {
                 Ok(()) => return,
                 Err(p) => p,
@@ -431,7 +436,13 @@ impl ClientService {
         p.in_flight.drain(|_, pending| lost.push(pending));
         let (mut retried, mut failed) = (0, 0);
         for pending in lost {
-            if let Err(pending) = self.retry(pending, peer, now) {
+            // It may have run there: only an idempotent call may go elsewhere.
+            let again = if pending.again.idempotent {
+                self.retry(pending, peer, now)
+            } else {
+                Err(pending)
+            };
+            if let Err(pending) = again {
                 failed += 1;
                 self.fail(&pending.cell, CallError::Disconnected(reason), false, now);
             } else {

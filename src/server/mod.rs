@@ -22,8 +22,8 @@ mod service;
 
 use std::marker::PhantomData;
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -36,9 +36,10 @@ use crate::config::{TransportConfig, duration_ms};
 use crate::error::BindError;
 use crate::grain::InterfaceInfo;
 use crate::grain::private::Dispatch;
-use crate::proto::ids::{GrainId, ServerId};
+use crate::proto::ids::{GrainId, GrainType, ServerId};
 use crate::proto::manifest::{HostedGrain, Manifest};
 use crate::proto::rng::SplitMix64;
+use crate::sync::lock;
 use crate::transport::Endpoint;
 
 /// Options of a [`Server`].
@@ -99,6 +100,9 @@ pub enum ServerError {
     /// Two hosted grain types have the same name (or names whose ids collide).
     #[error("grain type `{0}` is hosted twice (or its id collides with another's)")]
     DuplicateGrainType(&'static str),
+    /// The grain type was never given to the builder (`host` or `register`).
+    #[error("grain type {0} is not registered on this server")]
+    NotRegistered(GrainType),
 }
 
 /// A grain type to host: made by the `host` function of a `#[grain]` trait, e.g.
@@ -131,18 +135,22 @@ impl Host {
     }
 }
 
-/// One hosted grain type, at its index in the manifest.
+/// One registered grain type, at its index in the manifest.
 pub(crate) struct Registered {
     pub(crate) info: &'static InterfaceInfo,
     pub(crate) spawn: Arc<dyn Spawn>,
+    /// Whether it is hosted now (in the manifest, calls admitted).
+    pub(crate) hosted: AtomicBool,
 }
 
-/// What the server's handle and its task share (immutable after start, plus counters).
+/// What the server's handle and its task share (the registry is fixed at start; which types
+/// are hosted, the manifest and counters change).
 pub(crate) struct ServerShared {
     pub(crate) config: ServerConfig,
     pub(crate) registry: Vec<Registered>,
-    pub(crate) manifest: Arc<Manifest>,
-    pub(crate) manifest_frame: Bytes,
+    pub(crate) server_id: ServerId,
+    /// The current manifest and its encoded frame.
+    pub(crate) manifest: Mutex<(Arc<Manifest>, Bytes)>,
     pub(crate) activations: AtomicUsize,
     pub(crate) calls_done: AtomicU64,
 }
@@ -152,17 +160,24 @@ pub(crate) struct ServerShared {
 #[must_use = "a builder does nothing until `bind`"]
 pub struct ServerBuilder {
     config: ServerConfig,
-    hosts: Vec<Host>,
+    hosts: Vec<(Host, bool)>,
 }
 
 impl ServerBuilder {
     /// Hosts a grain type.
     pub fn host(mut self, host: Host) -> Self {
-        self.hosts.push(host);
+        self.hosts.push((host, true));
         self
     }
 
-    fn prepare(self) -> Result<(ServerConfig, Vec<Registered>, Manifest), ServerError> {
+    /// Registers a grain type without hosting it yet: it is not in the manifest until
+    /// [`Server::set_hosting`] turns it on.
+    pub fn register(mut self, host: Host) -> Self {
+        self.hosts.push((host, false));
+        self
+    }
+
+    fn prepare(self) -> Result<(ServerConfig, Vec<Registered>, ServerId), ServerError> {
         let mut config = self.config;
         config.transport.accept_incoming = true;
         config.transport.validate().map_err(BindError::from)?;
@@ -171,31 +186,25 @@ impl ServerBuilder {
             None => ServerId::new(format!("{:016x}", SplitMix64::new(seed()).next_u64())),
         };
         let mut registry: Vec<Registered> = Vec::new();
-        let mut grains = Vec::new();
-        for (i, h) in self.hosts.into_iter().enumerate() {
+        for (h, hosted) in self.hosts {
             if registry.iter().any(|r| r.info.grain_type == h.info.grain_type) {
                 return Err(ServerError::DuplicateGrainType(h.info.name));
             }
-            grains.push(HostedGrain {
-                name: h.info.name.into(),
-                grain_type: h.info.grain_type,
-                interface: h.info.id,
-                version: h.info.version,
-                contract: h.info.contract,
-                index: i as u32,
+            registry.push(Registered {
+                info: h.info,
+                spawn: h.spawn,
+                hosted: AtomicBool::new(hosted),
             });
-            registry.push(Registered { info: h.info, spawn: h.spawn });
         }
-        let weight = config.weight.max(1);
-        Ok((config, registry, Manifest { server_id, weight, grains }))
+        Ok((config, registry, server_id))
     }
 
     /// Starts the server on a UDP socket at `addr`, on the current tokio runtime.
     pub fn bind(self, addr: SocketAddr) -> Result<Server, ServerError> {
-        let (config, registry, manifest) = self.prepare()?;
+        let (config, registry, server_id) = self.prepare()?;
         let io = crate::transport::io::UdpIo::bind(addr, config.transport.socket_buffer_size)
             .map_err(BindError::from)?;
-        Server::start(io, config, registry, manifest)
+        Server::start(io, config, registry, server_id)
     }
 
     /// Starts the server on the simulated network at `addr`.
@@ -205,9 +214,9 @@ impl ServerBuilder {
         net: &crate::transport::sim::SimNetwork,
         addr: SocketAddr,
     ) -> Result<Server, ServerError> {
-        let (config, registry, manifest) = self.prepare()?;
+        let (config, registry, server_id) = self.prepare()?;
         let io = net.bind_io(addr).map_err(BindError::from)?;
-        Server::start(io, config, registry, manifest)
+        Server::start(io, config, registry, server_id)
     }
 }
 
@@ -228,7 +237,33 @@ pub struct Server {
 
 impl std::fmt::Debug for ServerShared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ServerShared").field("manifest", &self.manifest).finish()
+        f.debug_struct("ServerShared").field("manifest", &lock(&self.manifest).0).finish()
+    }
+}
+
+impl ServerShared {
+    /// The manifest of what is hosted now.
+    fn build_manifest(&self) -> Manifest {
+        let grains = self
+            .registry
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.hosted.load(Ordering::Acquire))
+            .map(|(i, r)| HostedGrain {
+                name: r.info.name.into(),
+                grain_type: r.info.grain_type,
+                interface: r.info.id,
+                version: r.info.version,
+                contract: r.info.contract,
+                index: i as u32,
+            })
+            .collect();
+        Manifest { server_id: self.server_id.clone(), weight: self.config.weight.max(1), grains }
+    }
+
+    /// The current manifest frame (sent to every new session).
+    pub(crate) fn manifest_frame(&self) -> Bytes {
+        lock(&self.manifest).1.clone()
     }
 }
 
@@ -242,17 +277,24 @@ impl Server {
         io: impl crate::transport::io::Io,
         config: ServerConfig,
         registry: Vec<Registered>,
-        manifest: Manifest,
+        server_id: ServerId,
     ) -> Result<Self, ServerError> {
-        let manifest_frame = Bytes::from(manifest.encode());
-        let shared = Arc::new(ServerShared {
+        let mut shared = ServerShared {
             config: config.clone(),
             registry,
-            manifest: Arc::new(manifest),
-            manifest_frame,
+            manifest: Mutex::new((
+                Arc::new(Manifest { server_id: server_id.clone(), weight: 1, grains: Vec::new() }),
+                Bytes::new(),
+            )),
+            server_id,
             activations: AtomicUsize::new(0),
             calls_done: AtomicU64::new(0),
-        });
+        };
+        let manifest = shared.build_manifest();
+        let frame = Bytes::from(manifest.encode());
+        *shared.manifest.get_mut().unwrap_or_else(std::sync::PoisonError::into_inner) =
+            (Arc::new(manifest), frame);
+        let shared = Arc::new(shared);
         let (cmd_tx, cmd_rx) = crossbeam::channel::unbounded();
         let (report_tx, report_rx) = crossbeam::channel::unbounded();
         let s = shared.clone();
@@ -270,12 +312,55 @@ impl Server {
 
     /// The id it gives in its handshake.
     pub fn server_id(&self) -> &ServerId {
-        &self.shared.manifest.server_id
+        &self.shared.server_id
     }
 
-    /// What it hosts.
-    pub fn manifest(&self) -> &Arc<Manifest> {
-        &self.shared.manifest
+    /// What it hosts now.
+    pub fn manifest(&self) -> Arc<Manifest> {
+        lock(&self.shared.manifest).0.clone()
+    }
+
+    /// Starts (`true`) or stops hosting the grain type behind the reference type `R`, which
+    /// the builder was given (`host` or `register`). Every connected client gets the new
+    /// manifest at once and routes by it. Stopping deactivates the type's activations (their
+    /// hooks run); calls that were already on their way are answered `UnknownGrainType`, and
+    /// clients send those once more to another server (the call did not run here). Returns
+    /// whether anything changed.
+    pub fn set_hosting<R: crate::grain::GrainInterface>(
+        &self,
+        hosted: bool,
+    ) -> Result<bool, ServerError> {
+        self.set_hosting_type(R::info().grain_type, hosted)
+    }
+
+    /// [`set_hosting`](Self::set_hosting) by grain type.
+    pub fn set_hosting_type(
+        &self,
+        grain_type: GrainType,
+        hosted: bool,
+    ) -> Result<bool, ServerError> {
+        let index = self
+            .shared
+            .registry
+            .iter()
+            .position(|r| r.info.grain_type == grain_type)
+            .ok_or(ServerError::NotRegistered(grain_type))?;
+        let changed = {
+            // Under the manifest's lock: concurrent changes publish in order.
+            let mut m = lock(&self.shared.manifest);
+            if self.shared.registry[index].hosted.swap(hosted, Ordering::AcqRel) == hosted {
+                false
+            } else {
+                let manifest = self.shared.build_manifest();
+                let frame = Bytes::from(manifest.encode());
+                *m = (Arc::new(manifest), frame);
+                true
+            }
+        };
+        if changed {
+            self.command(ServerCmd::ManifestChanged { index, hosted });
+        }
+        Ok(changed)
     }
 
     /// Grains active now.

@@ -27,6 +27,9 @@ pub(crate) enum ServerCmd {
     Drain(oneshot::Sender<()>),
     /// Deactivate every activation; answer once all are gone.
     DeactivateAll(oneshot::Sender<()>),
+    /// Registry entry `index` was turned on or off: send the new manifest to every session
+    /// (and deactivate the type's activations when it is off).
+    ManifestChanged { index: usize, hosted: bool },
 }
 
 enum Life {
@@ -130,8 +133,12 @@ impl ServerService {
             return Err((Status::ShuttingDown, Vec::new()));
         }
         let index = call.type_index as usize;
-        let reg: &Registered =
-            self.shared.registry.get(index).ok_or((Status::UnknownGrainType, Vec::new()))?;
+        let reg: &Registered = self
+            .shared
+            .registry
+            .get(index)
+            .filter(|r| r.hosted.load(Ordering::Acquire))
+            .ok_or((Status::UnknownGrainType, Vec::new()))?;
         if call.version != reg.info.version {
             return Err((Status::IncompatibleVersion, vec![reg.info.version]));
         }
@@ -363,6 +370,18 @@ impl Service for ServerService {
                         self.drained.push(done);
                     }
                 }
+                ServerCmd::ManifestChanged { index, hosted } => {
+                    let frame = self.shared.manifest_frame();
+                    for p in self.peers.values().filter(|p| !p.gone) {
+                        p.conn.push(Delivery::reliable_ordered(0), frame.clone());
+                    }
+                    if !hosted {
+                        self.activations
+                            .values_mut()
+                            .filter(|a| a.index == index)
+                            .for_each(Self::deactivate);
+                    }
+                }
                 ServerCmd::DeactivateAll(done) => {
                     if self.activations.is_empty() {
                         let _ = done.send(());
@@ -392,10 +411,7 @@ impl Service for ServerService {
     fn event(&mut self, event: Event, now: Instant) {
         match event {
             Event::Connected(conn) => {
-                conn.send_unbounded(
-                    Delivery::reliable_ordered(0),
-                    self.shared.manifest_frame.clone(),
-                );
+                conn.send_unbounded(Delivery::reliable_ordered(0), self.shared.manifest_frame());
                 let peer = conn.peer_id();
                 self.peers.insert(
                     peer,

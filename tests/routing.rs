@@ -1,0 +1,607 @@
+//! One client, many servers, over the simulated network: routing by manifest, strategy and
+//! affinity; placement agreement and movement; manifest updates; health, failover, idempotent
+//! retries and reconnection; the connection modes; client events.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use grainwire::client::{
+    Affinity, ClientEvent, ConnectMode, ConsistentHash, LowestLatency, RoundRobin,
+};
+use grainwire::error::DisconnectReason;
+use grainwire::transport::sim::{SimConfig, SimNetwork};
+use grainwire::{CallError, Client, ClientConfig, Server, ServerConfig, ServerId};
+use tokio::sync::broadcast;
+
+#[grainwire::grain]
+trait Echo {
+    /// Records call `n` on this server; returns the server's id.
+    async fn hit(&mut self, n: u64) -> String;
+    /// The same, safe to run twice.
+    #[idempotent]
+    async fn peek(&mut self, n: u64) -> String;
+    /// Waits `ms` (virtual time), then records `n`.
+    async fn slow(&mut self, n: u64, ms: u64) -> String;
+    /// The same, idempotent.
+    #[idempotent]
+    async fn slow_peek(&mut self, n: u64, ms: u64) -> String;
+}
+
+#[grainwire::grain]
+trait Lobby {
+    /// Returns the server's id.
+    async fn hit(&mut self, n: u64) -> String;
+}
+
+/// Every execution: (server, call number).
+#[derive(Default)]
+struct Log {
+    runs: Mutex<Vec<(String, u64)>>,
+}
+
+impl Log {
+    fn runs_of(&self, n: u64) -> usize {
+        self.runs.lock().unwrap().iter().filter(|(_, m)| *m == n).count()
+    }
+}
+
+struct EchoGrain {
+    server: String,
+    log: Arc<Log>,
+}
+
+impl EchoGrain {
+    fn record(&self, n: u64) -> String {
+        self.log.runs.lock().unwrap().push((self.server.clone(), n));
+        self.server.clone()
+    }
+}
+
+impl Echo for EchoGrain {
+    async fn hit(&mut self, n: u64) -> String {
+        self.record(n)
+    }
+    async fn peek(&mut self, n: u64) -> String {
+        self.record(n)
+    }
+    async fn slow(&mut self, n: u64, ms: u64) -> String {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        self.record(n)
+    }
+    async fn slow_peek(&mut self, n: u64, ms: u64) -> String {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        self.record(n)
+    }
+}
+
+struct LobbyGrain {
+    server: String,
+}
+
+impl Lobby for LobbyGrain {
+    async fn hit(&mut self, _n: u64) -> String {
+        self.server.clone()
+    }
+}
+
+/// Which grain types a server hosts (registered but not hosted: `Lobby` off).
+#[derive(Clone, Copy, PartialEq)]
+enum Hosts {
+    Echo,
+    Lobby,
+    Both,
+    EchoLobbyOff,
+}
+
+/// Servers at 10.0.0.{1..}:7000 on one simulated network, named `s0`, `s1`, ...
+struct Fleet {
+    net: SimNetwork,
+    log: Arc<Log>,
+    servers: Vec<Option<Server>>,
+    hosts: Vec<Hosts>,
+}
+
+fn server_addr(i: usize) -> SocketAddr {
+    format!("10.0.0.{}:7000", i + 1).parse().unwrap()
+}
+
+fn client_addr(i: usize) -> SocketAddr {
+    format!("10.0.1.{}:9000", i + 1).parse().unwrap()
+}
+
+fn name(i: usize) -> String {
+    format!("s{i}")
+}
+
+impl Fleet {
+    fn new(net: SimNetwork, hosts: &[Hosts]) -> Self {
+        let mut f = Self { net, log: Arc::default(), servers: Vec::new(), hosts: hosts.to_vec() };
+        for i in 0..hosts.len() {
+            let s = f.bind(i).expect("bind");
+            f.servers.push(Some(s));
+        }
+        f
+    }
+
+    fn bind(&self, i: usize) -> Option<Server> {
+        let config = ServerConfig { server_id: Some(name(i)), ..ServerConfig::default() };
+        let (log, server) = (self.log.clone(), name(i));
+        let echo = Echo::host(move |_| EchoGrain { server: server.clone(), log: log.clone() });
+        let server = name(i);
+        let lobby = Lobby::host(move |_| LobbyGrain { server: server.clone() });
+        let b = Server::builder(config);
+        let b = match self.hosts[i] {
+            Hosts::Echo => b.host(echo),
+            Hosts::Lobby => b.host(lobby),
+            Hosts::Both => b.host(echo).host(lobby),
+            Hosts::EchoLobbyOff => b.host(echo).register(lobby),
+        };
+        b.bind_sim(&self.net, server_addr(i)).ok()
+    }
+
+    fn addrs(&self) -> Vec<SocketAddr> {
+        (0..self.servers.len()).map(server_addr).collect()
+    }
+
+    /// The server's host crashes: its links go silent, the process is gone.
+    fn kill(&mut self, i: usize) {
+        self.net.set_down(server_addr(i), true);
+        self.servers[i] = None;
+    }
+
+    /// It comes back on the same address with the same id (after the old socket is released).
+    async fn restart(&mut self, i: usize) {
+        self.net.set_down(server_addr(i), false);
+        for _ in 0..100 {
+            if let Some(s) = self.bind(i) {
+                self.servers[i] = Some(s);
+                return;
+            }
+            // The dead endpoint's task still holds the address for its linger.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("could not rebind {}", server_addr(i));
+    }
+
+    fn server(&self, i: usize) -> &Server {
+        self.servers[i].as_ref().unwrap()
+    }
+
+    async fn client(&self, n: usize, mode: ConnectMode, strategy: &str) -> Client {
+        let config = ClientConfig {
+            seed: Some(n as u64 + 1),
+            transport: grainwire::TransportConfig {
+                // An address that does not answer costs this long in single mode.
+                handshake_timeout: Duration::from_secs(1),
+                ..grainwire::TransportConfig::default()
+            },
+            ..ClientConfig::default()
+        };
+        let b = Client::builder().config(config).servers(self.addrs()).mode(mode);
+        let b = match strategy {
+            "rr" => b.strategy(RoundRobin),
+            "ll" => b.strategy(LowestLatency),
+            _ => b.strategy(ConsistentHash),
+        };
+        b.connect_sim(&self.net, client_addr(n)).await.unwrap()
+    }
+}
+
+fn clean() -> SimNetwork {
+    SimNetwork::new(
+        1,
+        SimConfig {
+            delay: Duration::from_millis(2),
+            jitter: Duration::from_millis(1),
+            ..SimConfig::default()
+        },
+    )
+}
+
+/// Waits (virtual time, at most 60 s) for an event matching `want`.
+async fn event(
+    rx: &mut broadcast::Receiver<ClientEvent>,
+    want: impl Fn(&ClientEvent) -> bool,
+) -> ClientEvent {
+    let wait = async {
+        loop {
+            match rx.recv().await {
+                Ok(e) if want(&e) => return e,
+                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                Err(broadcast::error::RecvError::Closed) => panic!("client closed"),
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(60), wait).await.expect("event in time")
+}
+
+fn connected(i: usize) -> impl Fn(&ClientEvent) -> bool {
+    move |e| matches!(e, ClientEvent::Connected { server, .. } if server.0.as_ref() == name(i))
+}
+
+fn disconnected(i: usize) -> impl Fn(&ClientEvent) -> bool {
+    move |e| matches!(e, ClientEvent::Disconnected { server: Some(server), .. } if server.0.as_ref() == name(i))
+}
+
+/// Where each of `keys` goes (the server that answered).
+async fn placement(client: &Client, keys: std::ops::Range<i64>) -> BTreeMap<i64, String> {
+    let mut out = BTreeMap::new();
+    for k in keys {
+        let e: EchoRef = client.grain(k);
+        out.insert(k, e.hit(k as u64).await.unwrap());
+    }
+    out
+}
+
+fn counts(p: &BTreeMap<i64, String>) -> BTreeMap<String, usize> {
+    let mut c = BTreeMap::new();
+    for s in p.values() {
+        *c.entry(s.clone()).or_default() += 1;
+    }
+    c
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_type_hosted_only_on_one_server_always_goes_there() {
+    let fleet = Fleet::new(clean(), &[Hosts::Echo, Hosts::Both, Hosts::Echo]);
+    let client = fleet.client(0, ConnectMode::Multi, "rr").await;
+    assert_eq!(client.servers().len(), 3);
+    for k in 0..60 {
+        let l: LobbyRef = client.grain(k);
+        assert_eq!(l.hit(k as u64).await.unwrap(), "s1");
+    }
+    // Echo is everywhere: round-robin spreads it evenly.
+    let c = counts(&placement(&client, 0..90).await);
+    assert_eq!(c.values().copied().collect::<Vec<_>>(), [30, 30, 30], "{c:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn consistent_placement_agrees_across_clients_and_spreads() {
+    let fleet = Fleet::new(clean(), &[Hosts::Echo; 5]);
+    let a = fleet.client(0, ConnectMode::Multi, "ch").await;
+    let b = fleet.client(1, ConnectMode::Multi, "ch").await;
+    let pa = placement(&a, 0..300).await;
+    let pb = placement(&b, 0..300).await;
+    assert_eq!(pa, pb, "two independent clients send every grain to the same server");
+    let c = counts(&pa);
+    assert_eq!(c.len(), 5, "{c:?}");
+    assert!(c.values().all(|&n| (35..=85).contains(&n)), "{c:?}");
+    // Calling again goes to the same place (the grain's activation lives there).
+    assert_eq!(placement(&a, 0..300).await, pa);
+}
+
+#[tokio::test(start_paused = true)]
+async fn lowest_latency_avoids_a_slow_server_without_herding() {
+    let fleet = Fleet::new(clean(), &[Hosts::Echo; 3]);
+    // s0 is far away: 40 ms each way instead of 2.
+    let far = SimConfig { delay: Duration::from_millis(40), ..SimConfig::default() };
+    fleet.net.set_link(client_addr(0), server_addr(0), far.clone());
+    fleet.net.set_link(server_addr(0), client_addr(0), far);
+    let client = fleet.client(0, ConnectMode::Multi, "ll").await;
+    let mut tasks = tokio::task::JoinSet::new();
+    for t in 0..8u64 {
+        let e: EchoRef = client.grain(t as i64);
+        tasks.spawn(async move {
+            let mut got = Vec::new();
+            for i in 0..50 {
+                got.push(e.hit(t * 100 + i).await.unwrap());
+            }
+            got
+        });
+    }
+    let mut c: HashMap<String, usize> = HashMap::new();
+    while let Some(r) = tasks.join_next().await {
+        for s in r.unwrap() {
+            *c.entry(s).or_default() += 1;
+        }
+    }
+    let (slow, a, b) = (c.get("s0").copied().unwrap_or(0), c["s1"], c["s2"]);
+    assert!(slow < 400 / 20, "the slow server got {slow} of 400: {c:?}");
+    assert!(a.abs_diff(b) < 400 / 4, "the fast servers share the load: {c:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn affinity_required_and_preferred() {
+    let mut fleet = Fleet::new(clean(), &[Hosts::Echo, Hosts::Echo, Hosts::Both]);
+    let client = fleet.client(0, ConnectMode::Multi, "ch").await;
+    let s2 = ServerId::new("s2");
+    for k in 0..20i64 {
+        let e: EchoRef = client.grain(k);
+        assert_eq!(e.require(&s2).hit(1).await.unwrap(), "s2");
+        assert_eq!(e.prefer(&s2).hit(1).await.unwrap(), "s2");
+        let l: LobbyRef = client.grain(k);
+        // Required on a server that does not host the type.
+        let r = l.require(&ServerId::new("s0")).hit(1).await;
+        assert!(
+            matches!(r, Err(CallError::ServerUnavailable(ref s)) if s.0.as_ref() == "s0"),
+            "{r:?}"
+        );
+    }
+    let mut events = client.events();
+    fleet.kill(2);
+    event(&mut events, disconnected(2)).await;
+    let plain = placement(&client, 0..20).await;
+    for k in 0..20i64 {
+        let e: EchoRef = client.grain(k);
+        let r = e.require(&s2).hit(1).await;
+        assert!(matches!(r, Err(CallError::ServerUnavailable(_))), "{r:?}");
+        // Preferred falls back to the strategy's choice.
+        assert_eq!(e.prefer(&s2).hit(1).await.unwrap(), plain[&k]);
+        assert_eq!(e.with_affinity(Affinity::None).hit(1).await.unwrap(), plain[&k]);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn removing_one_of_ten_servers_moves_only_its_grains_and_it_gets_them_back() {
+    let mut fleet = Fleet::new(clean(), &[Hosts::Echo; 10]);
+    let client = fleet.client(0, ConnectMode::Multi, "ch").await;
+    let mut events = client.events();
+    let before = placement(&client, 0..1000).await;
+    fleet.kill(3);
+    let t0 = tokio::time::Instant::now();
+    event(&mut events, disconnected(3)).await;
+    // Judged dead by silence, well before the transport's idle timeout (10 s).
+    let took = t0.elapsed();
+    assert!(took < Duration::from_secs(5), "detected after {took:?}");
+    let during = placement(&client, 0..1000).await;
+    let mut moved = 0;
+    for (k, s) in &before {
+        if s == "s3" {
+            assert_ne!(during[k], "s3");
+            moved += 1;
+        } else {
+            assert_eq!(&during[k], s, "grain {k} moved although its server stayed");
+        }
+    }
+    let share = moved as f64 / before.len() as f64;
+    println!("removing 1 of 10 servers moved {:.1} % of 1000 grains (all its own)", share * 100.0);
+    assert!((0.05..0.15).contains(&share), "{share}");
+    // It returns (same id): reconnected in the background, it gets exactly its grains back.
+    fleet.restart(3).await;
+    event(&mut events, connected(3)).await;
+    assert_eq!(placement(&client, 0..1000).await, before);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_manifest_update_reroutes_at_once() {
+    let fleet = Fleet::new(clean(), &[Hosts::EchoLobbyOff, Hosts::Both]);
+    let client = fleet.client(0, ConnectMode::Multi, "rr").await;
+    let mut events = client.events();
+    for k in 0..10 {
+        assert_eq!(client.grain::<LobbyRef>(k).hit(0).await.unwrap(), "s1");
+    }
+    // s0 starts hosting Lobby, s1 stops: every client is told, routing follows.
+    assert!(fleet.server(0).set_hosting::<LobbyRef>(true).unwrap());
+    event(&mut events, |e| matches!(e, ClientEvent::ManifestChanged { .. })).await;
+    assert!(fleet.server(1).set_hosting::<LobbyRef>(false).unwrap());
+    assert!(!fleet.server(1).set_hosting::<LobbyRef>(false).unwrap(), "no change");
+    event(
+        &mut events,
+        |e| matches!(e, ClientEvent::ManifestChanged { server, .. } if server.0.as_ref() == "s1"),
+    )
+    .await;
+    for k in 0..10 {
+        assert_eq!(client.grain::<LobbyRef>(k).hit(0).await.unwrap(), "s0");
+    }
+    let mut hosted: Vec<_> =
+        client.servers().iter().map(|s| (s.id.0.to_string(), s.grain_types)).collect();
+    hosted.sort();
+    assert_eq!(hosted, [("s0".to_string(), 2), ("s1".to_string(), 1)]);
+    // Not registered at all: a typed error.
+    assert!(fleet.server(0).set_hosting_type(grainwire::GrainType::of("Nope"), true).is_err());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_call_racing_a_manifest_change_is_sent_elsewhere() {
+    let fleet = Fleet::new(clean(), &[Hosts::Both, Hosts::Both]);
+    let client = fleet.client(0, ConnectMode::Multi, "ch").await;
+    // Wherever grain 1 is placed, that server stops hosting Lobby while a call is on its way.
+    let l: LobbyRef = client.grain(1);
+    let first = l.hit(0).await.unwrap();
+    let i = if first == "s0" { 0 } else { 1 };
+    let call = tokio::spawn(async move { l.hit(1).await });
+    // The call is queued; the server turns the type off before it arrives.
+    fleet.server(i).set_hosting::<LobbyRef>(false).unwrap();
+    let answered = call.await.unwrap().unwrap();
+    assert_eq!(answered, name(1 - i), "answered UnknownGrainType there, sent once more");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_dead_servers_calls_fail_at_once_and_idempotent_ones_go_elsewhere() {
+    let mut fleet = Fleet::new(clean(), &[Hosts::Echo, Hosts::Echo]);
+    let client = fleet.client(0, ConnectMode::Multi, "rr").await;
+    let mut events = client.events();
+    // A plain and an idempotent long call on each server (preferred: the idempotent one may
+    // go elsewhere when its server dies).
+    let e: EchoRef = client.grain(1);
+    let e = e.with_timeout(Duration::from_secs(60));
+    let (s0, s1) = (ServerId::new("s0"), ServerId::new("s1"));
+    let mut plain = Vec::new();
+    let mut idem = Vec::new();
+    for (n, server) in [(0u64, &s0), (1, &s1)] {
+        let e = e.prefer(server);
+        plain.push(tokio::spawn(async move { (n, e.slow(n, 10_000).await) }));
+    }
+    for (n, server) in [(2u64, &s0), (3, &s1)] {
+        let e = e.prefer(server);
+        idem.push(tokio::spawn(async move { (n, e.slow_peek(n, 10_000).await) }));
+    }
+    // Let them reach their servers, then s0 dies.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let t0 = tokio::time::Instant::now();
+    fleet.kill(0);
+    event(&mut events, disconnected(0)).await;
+    let mut lost = 0;
+    for t in plain {
+        let (n, r) = t.await.unwrap();
+        match r {
+            Ok(s) => assert_eq!(s, "s1", "call {n}"),
+            Err(CallError::Disconnected(DisconnectReason::Timeout)) => {
+                lost += 1;
+                assert!(
+                    t0.elapsed() < Duration::from_secs(5),
+                    "failed at once, not at its deadline"
+                );
+            }
+            Err(e) => panic!("call {n}: {e}"),
+        }
+    }
+    assert_eq!(lost, 1, "the plain call on s0 fails, the one on s1 completes");
+    for t in idem {
+        let (n, r) = t.await.unwrap();
+        assert_eq!(r.unwrap(), "s1", "idempotent call {n} completes, on the survivor");
+    }
+    // New calls go to the survivor at once.
+    for n in 10..20 {
+        assert_eq!(e.hit(n).await.unwrap(), "s1");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn failover_under_loss_every_call_has_exactly_one_outcome() {
+    for seed in [11u64, 12, 13] {
+        let net = SimNetwork::new(seed, SimConfig::default());
+        let mut fleet = Fleet::new(net, &[Hosts::Echo; 3]);
+        let config = ClientConfig {
+            seed: Some(seed),
+            default_timeout: Duration::from_secs(4),
+            ..ClientConfig::default()
+        };
+        let client = Client::builder()
+            .config(config)
+            .servers(fleet.addrs())
+            .connect_sim(&fleet.net, client_addr(0))
+            .await
+            .unwrap();
+        fleet.net.set_config(SimConfig {
+            loss: 0.1,
+            duplicate: 0.02,
+            delay: Duration::from_millis(5),
+            jitter: Duration::from_millis(3),
+            reorder: 0.05,
+            reorder_delay: Duration::from_millis(5),
+            ..SimConfig::default()
+        });
+        let mut tasks = tokio::task::JoinSet::new();
+        for g in 0..30i64 {
+            let e: EchoRef = client.grain(g);
+            tasks.spawn(async move {
+                let mut out = Vec::new();
+                for i in 0..20u64 {
+                    let n = g as u64 * 1000 + i;
+                    // Half the grains start with a plain call, half with an idempotent one.
+                    let idempotent = (i + g as u64) % 2 == 1;
+                    let r = if idempotent { e.slow_peek(n, 20).await } else { e.slow(n, 20).await };
+                    out.push((n, idempotent, r));
+                }
+                out
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        fleet.kill(1);
+        let mut results = Vec::new();
+        let all = async {
+            while let Some(r) = tasks.join_next().await {
+                results.extend(r.unwrap());
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(120), all).await.expect("no call hangs");
+        assert_eq!(results.len(), 600);
+        let (mut ok, mut lost) = (0, 0);
+        for (n, idempotent, r) in &results {
+            let (n, idempotent) = (*n, *idempotent);
+            let runs = fleet.log.runs_of(n);
+            match r {
+                Ok(_) => {
+                    ok += 1;
+                    assert!(
+                        runs >= 1 && (idempotent || runs == 1),
+                        "seed {seed}: call {n} ran {runs}x"
+                    );
+                }
+                Err(CallError::Disconnected(_) | CallError::Timeout) => {
+                    lost += 1;
+                    assert!(runs <= 1, "seed {seed}: call {n} ran {runs}x");
+                }
+                Err(e) => panic!("seed {seed}: call {n}: {e}"),
+            }
+        }
+        println!("seed {seed}: {ok} ok, {lost} lost to the dead server");
+        assert!(ok >= 570, "seed {seed}: later calls succeed on the survivors ({ok} ok)");
+        assert!(client.servers().iter().all(|s| s.id.0.as_ref() != "s1"));
+        client.disconnect().await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn single_mode_takes_the_first_reachable_server_and_fails_over_in_order() {
+    let mut fleet = Fleet::new(clean(), &[Hosts::Echo; 3]);
+    fleet.kill(0);
+    let client = fleet.client(0, ConnectMode::Single, "ch").await;
+    assert_eq!(client.servers().len(), 1);
+    assert_eq!(client.server_id().unwrap().0.as_ref(), "s1");
+    let mut events = client.events();
+    fleet.kill(1);
+    event(&mut events, connected(2)).await;
+    assert_eq!(client.grain::<EchoRef>(5).hit(0).await.unwrap(), "s2");
+}
+
+#[tokio::test(start_paused = true)]
+async fn on_demand_mode_connects_when_a_call_needs_a_server() {
+    let fleet = Fleet::new(clean(), &[Hosts::Echo, Hosts::Echo, Hosts::Lobby]);
+    let client = fleet.client(0, ConnectMode::OnDemand, "ch").await;
+    assert!(client.servers().is_empty(), "nothing connected before the first call");
+    assert_eq!(fleet.server(0).session_count(), 0);
+    // Echo: the first server of the list hosts it; only it is connected.
+    assert_eq!(client.grain::<EchoRef>(1).hit(0).await.unwrap(), "s0");
+    assert_eq!(client.servers().len(), 1);
+    // Lobby: s1 is tried (does not host it), then s2.
+    assert_eq!(client.grain::<LobbyRef>(1).hit(0).await.unwrap(), "s2");
+    assert_eq!(client.servers().len(), 3);
+    // A type nobody hosts fails once the list is exhausted.
+    let fleet2 = Fleet::new(SimNetwork::new(2, SimConfig::default()), &[Hosts::Echo]);
+    let c2 = fleet2.client(1, ConnectMode::OnDemand, "ch").await;
+    let r = c2.grain::<LobbyRef>(1).hit(0).await;
+    assert!(matches!(r, Err(CallError::UnknownGrainType)), "{r:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn multi_mode_connects_all_and_reconnects_a_server_that_returns() {
+    let mut fleet = Fleet::new(clean(), &[Hosts::Echo; 3]);
+    fleet.kill(2);
+    // s2 is down at the start: connect returns with the other two once s2's attempt failed.
+    let client = fleet.client(0, ConnectMode::Multi, "rr").await;
+    let mut events = client.events();
+    let mut ids: Vec<_> = client.servers().iter().map(|s| s.id.0.to_string()).collect();
+    ids.sort();
+    assert_eq!(ids, ["s0", "s1"]);
+    let failed = event(&mut events, |e| matches!(e, ClientEvent::ConnectFailed { .. })).await;
+    let ClientEvent::ConnectFailed { addr, retry_in, .. } = failed else { unreachable!() };
+    assert_eq!(addr, server_addr(2));
+    assert!(retry_in.unwrap() > Duration::ZERO);
+    fleet.restart(2).await;
+    event(&mut events, connected(2)).await;
+    assert_eq!(client.servers().len(), 3);
+    let c = counts(&placement(&client, 0..30).await);
+    assert_eq!(c.len(), 3, "{c:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn connecting_to_nothing_is_a_typed_error() {
+    let net = SimNetwork::new(3, SimConfig::default());
+    let config =
+        ClientConfig { connect_timeout: Duration::from_secs(2), ..ClientConfig::default() };
+    let r = Client::builder()
+        .config(config.clone())
+        .servers([server_addr(0), server_addr(1)])
+        .connect_sim(&net, client_addr(0))
+        .await;
+    assert!(
+        matches!(r, Err(grainwire::client::ClientError::Unreachable(ref v)) if v.len() == 2),
+        "{r:?}"
+    );
+    let r = Client::builder().config(config).connect_sim(&net, client_addr(1)).await;
+    assert!(matches!(r, Err(grainwire::client::ClientError::NoServers)), "{r:?}");
+}
