@@ -271,12 +271,12 @@ impl ClientService {
 
     /// Sends a call once more, to another server; gives it back if it was sent twice already
     /// or no other server takes it.
-    fn retry(&mut self, pending: Pending, from: PeerId, now: Instant) -> Result<(), Pending> {
+    fn retry(&mut self, pending: Pending, from: PeerId, now: Instant) -> Option<Pending> {
         if pending.retried {
-            return Err(pending);
+            return Some(pending);
         }
         if pending.cell.is_cancelled() {
-            return Ok(());
+            return None;
         }
         let body = &pending.body;
         let mut frame = BytesMut::with_capacity(PREFIX_GAP + body.len());
@@ -296,9 +296,9 @@ impl ClientService {
             Ok(to) => {
                 tracing::debug!(?from, to = ?to.0, "idempotent call sent again");
                 self.send(call, to, now);
-                Ok(())
+                None
             }
-            Err(_) => Err(pending),
+            Err(_) => Some(pending),
         }
     }
 
@@ -320,8 +320,8 @@ impl ClientService {
             // It did not run there (the server is stopping, or stopped hosting the type since
             // its last manifest): it may go elsewhere, once.
             match self.retry(pending, peer, now) {
-                Ok(()) => return,
-                Err(p) => p,
+                None => return,
+                Some(p) => p,
             }
         } else {
             pending
@@ -440,9 +440,9 @@ impl ClientService {
             let again = if pending.again.idempotent {
                 self.retry(pending, peer, now)
             } else {
-                Err(pending)
+                Some(pending)
             };
-            if let Err(pending) = again {
+            if let Some(pending) = again {
                 failed += 1;
                 self.fail(&pending.cell, CallError::Disconnected(reason), false, now);
             } else {

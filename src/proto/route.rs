@@ -203,7 +203,7 @@ impl PickContext<'_> {
 fn thread_rng() -> u64 {
     use std::cell::Cell;
     thread_local! {
-        static STATE: Cell<u64> = const { Cell::new(0x5eed_0f_7011_u64) };
+        static STATE: Cell<u64> = const { Cell::new(0x5eed_f011_5eed_f011_u64) };
     }
     STATE.with(|s| {
         // SplitMix64.
