@@ -6,6 +6,8 @@
 //! cargo run --release --example bench -- latency                    # one call outstanding
 //! cargo run --release --example bench -- throughput --inflight 64   # 64 calls kept in flight
 //! taskset -c 0 cargo run --release --example bench -- latency       # whole process on one core
+//! cargo run --release --example bench -- latency --servers 10       # routed over 10 servers
+//! cargo run --release --example bench -- placement                  # placement quality, 1M keys
 //! ```
 //!
 //! Every call is `EchoRef::echo(Vec<u8>)` on the demo `Echo` grain with a `--payload`-byte
@@ -13,6 +15,13 @@
 //!
 //! * `latency`: `--warmup` calls unrecorded, then `--calls` calls timed one by one (call →
 //!   result); p50/p99/p99.9/mean/max in µs. One grain (key 0).
+//! * `--servers N` (latency, throughput): N servers host the grain (all on the server thread),
+//!   the client connects to all of them and routes every call by consistent placement; compare
+//!   with `--servers 1` for the cost of routing.
+//! * `placement`: no network. Weighted rendezvous placement of 1M random grain keys over 10
+//!   and 100 servers: busiest/mean server load, the share moved when an 11th (101st) server
+//!   joins and when one leaves (and how many moved although their server stayed), a weight-2
+//!   server's share.
 //! * `throughput`: `--inflight` calls kept outstanding, each caller on its own grain (keys
 //!   `0..inflight`, so activations and ordered streams do not serialize the callers);
 //!   completions counted over a `--secs` window that starts 0.5 s after the first call;
@@ -38,38 +47,48 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use game::{Echo, EchoRef, EchoState};
-use grainwire::{Client, ClientConfig, GrainId, Server, ServerConfig};
+use grainwire::client::ConnectMode;
+use grainwire::{Client, GrainId, Server, ServerConfig};
 
-const USAGE: &str =
-    "bench latency|throughput [--payload N] [--calls N] [--warmup N] [--inflight N] [--secs S]";
+const USAGE: &str = "bench latency|throughput|placement [--payload N] [--calls N] [--warmup N] \
+     [--inflight N] [--secs S] [--servers N]";
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a tokio runtime")
 }
 
-/// Starts the echo server on its own thread and runtime; returns its address. The thread
+/// Starts `n` echo servers on one thread and runtime; returns their addresses. The thread
 /// serves until the process exits.
-fn start_server() -> SocketAddr {
+fn start_servers(n: usize) -> Vec<SocketAddr> {
     let (addr_tx, addr_rx) = mpsc::channel();
     thread::Builder::new()
         .name("server".into())
         .spawn(move || {
             let rt = runtime();
             rt.block_on(async move {
-                let server = Server::builder(ServerConfig::default())
-                    .host(Echo::host(|_: &GrainId| EchoState))
-                    .bind("127.0.0.1:0".parse().expect("an address"))
-                    .unwrap_or_else(|e| {
-                        eprintln!("cannot bind the server: {e}");
-                        std::process::exit(1)
-                    });
-                addr_tx.send(server.local_addr()).expect("main thread waits");
+                let mut servers = Vec::new();
+                for i in 0..n {
+                    let config = ServerConfig {
+                        server_id: Some(format!("bench-{i}")),
+                        ..Default::default()
+                    };
+                    let server = Server::builder(config)
+                        .host(Echo::host(|_: &GrainId| EchoState))
+                        .bind("127.0.0.1:0".parse().expect("an address"))
+                        .unwrap_or_else(|e| {
+                            eprintln!("cannot bind the server: {e}");
+                            std::process::exit(1)
+                        });
+                    servers.push(server);
+                }
+                let addrs = servers.iter().map(Server::local_addr).collect();
+                addr_tx.send(addrs).expect("main thread waits");
                 std::future::pending::<()>().await;
-                drop(server);
+                drop(servers);
             })
         })
         .expect("a server thread");
-    addr_rx.recv().expect("the server thread reports its address")
+    addr_rx.recv().expect("the server thread reports its addresses")
 }
 
 /// The `i`-th request body: `payload` bytes starting with `i` (so a stale answer is caught).
@@ -119,18 +138,27 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
-/// Connects to the server on the calling runtime (the client's endpoint task lives there).
-async fn connect(addr: SocketAddr) -> Client {
-    Client::connect(addr, ClientConfig::default()).await.unwrap_or_else(|e| {
-        eprintln!("cannot connect to {addr}: {e}");
+/// Connects to the servers on the calling runtime (the client's endpoint task lives there):
+/// single mode for one, multi mode (consistent placement) for more.
+async fn connect(addrs: Vec<SocketAddr>) -> Client {
+    let mode = if addrs.len() == 1 { ConnectMode::Single } else { ConnectMode::Multi };
+    let client = Client::builder().servers(addrs.clone()).mode(mode).connect().await;
+    let client = client.unwrap_or_else(|e| {
+        eprintln!("cannot connect to {addrs:?}: {e}");
         std::process::exit(1)
-    })
+    });
+    if client.servers().len() != addrs.len() {
+        eprintln!("connected to {} of {} servers", client.servers().len(), addrs.len());
+        std::process::exit(1);
+    }
+    client
 }
 
-fn latency(addr: SocketAddr, payload: usize, warmup: u64, calls: u64) -> String {
+fn latency(addrs: Vec<SocketAddr>, payload: usize, warmup: u64, calls: u64) -> String {
+    let servers = addrs.len();
     let rt = runtime();
     let task = rt.spawn(async move {
-        let client = connect(addr).await;
+        let client = connect(addrs).await;
         let echo: EchoRef = client.grain(0);
         for i in 0..warmup {
             call(&echo, i, payload).await;
@@ -149,7 +177,7 @@ fn latency(addr: SocketAddr, payload: usize, warmup: u64, calls: u64) -> String 
     let mean = us.iter().sum::<f64>() / us.len() as f64;
     us.sort_by(f64::total_cmp);
     format!(
-        "{{\"peer\":\"grainwire\",\"mode\":\"latency\",\"payload\":{payload},\"calls\":{calls},\"p50_us\":{:.1},\"p99_us\":{:.1},\"p999_us\":{:.1},\"mean_us\":{mean:.1},\"max_us\":{:.1}}}",
+        "{{\"peer\":\"grainwire\",\"mode\":\"latency\",\"servers\":{servers},\"payload\":{payload},\"calls\":{calls},\"p50_us\":{:.1},\"p99_us\":{:.1},\"p999_us\":{:.1},\"mean_us\":{mean:.1},\"max_us\":{:.1}}}",
         percentile(&us, 0.5),
         percentile(&us, 0.99),
         percentile(&us, 0.999),
@@ -157,10 +185,11 @@ fn latency(addr: SocketAddr, payload: usize, warmup: u64, calls: u64) -> String 
     )
 }
 
-fn throughput(addr: SocketAddr, payload: usize, inflight: u64, secs: f64) -> String {
+fn throughput(addrs: Vec<SocketAddr>, payload: usize, inflight: u64, secs: f64) -> String {
+    let servers = addrs.len();
     let rt = runtime();
     let task = rt.spawn(async move {
-        let client = connect(addr).await;
+        let client = connect(addrs).await;
         let counting = Arc::new(AtomicBool::new(false));
         let stop = Arc::new(AtomicBool::new(false));
         let counted = Arc::new(AtomicU64::new(0));
@@ -193,16 +222,20 @@ fn throughput(addr: SocketAddr, payload: usize, inflight: u64, secs: f64) -> Str
     });
     let rate = rt.block_on(task).expect("the client task");
     format!(
-        "{{\"peer\":\"grainwire\",\"mode\":\"throughput\",\"payload\":{payload},\"inflight\":{inflight},\"secs\":{secs},\"calls_per_sec\":{rate:.0}}}"
+        "{{\"peer\":\"grainwire\",\"mode\":\"throughput\",\"servers\":{servers},\"payload\":{payload},\"inflight\":{inflight},\"secs\":{secs},\"calls_per_sec\":{rate:.0}}}"
     )
 }
 
 fn main() {
     let a = args::Args::parse(USAGE);
     let mode = match a.positional.as_slice() {
-        [m] if m == "latency" || m == "throughput" => m.clone(),
-        _ => args::fail(USAGE, "give exactly one mode: latency or throughput"),
+        [m] if m == "latency" || m == "throughput" || m == "placement" => m.clone(),
+        _ => args::fail(USAGE, "give exactly one mode: latency, throughput or placement"),
     };
+    if mode == "placement" {
+        println!("{}", placement::run(1_000_000));
+        return;
+    }
     let payload: usize = a.num(USAGE, "payload", 32);
     let calls: u64 = a.num(USAGE, "calls", 20_000);
     let warmup: u64 = a.num(USAGE, "warmup", 2_000);
@@ -211,11 +244,117 @@ fn main() {
     if calls == 0 || inflight == 0 || !secs.is_finite() || secs <= 0.0 {
         args::fail(USAGE, "--calls, --inflight and --secs must be positive");
     }
-    let addr = start_server();
+    let servers: usize = a.num(USAGE, "servers", 1);
+    if servers == 0 || servers > 1000 {
+        args::fail(USAGE, "--servers must be 1..=1000");
+    }
+    let addrs = start_servers(servers);
     let line = if mode == "latency" {
-        latency(addr, payload, warmup, calls)
+        latency(addrs, payload, warmup, calls)
     } else {
-        throughput(addr, payload, inflight, secs)
+        throughput(addrs, payload, inflight, secs)
     };
     println!("{line}");
+}
+
+/// Placement quality without a network: the routing snapshot over synthetic manifests.
+mod placement {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use grainwire::proto::ids::{GrainId, GrainType, InterfaceId, PeerId, ServerId};
+    use grainwire::proto::manifest::{HostedGrain, Manifest};
+    use grainwire::proto::rng::SplitMix64;
+    use grainwire::proto::route::{
+        Affinity, ConsistentHash, Load, RouteTable, ServerEntry, Strategies, Target,
+    };
+
+    const TYPE: &str = "Player";
+
+    fn server(i: usize, weight: u32) -> ServerEntry {
+        ServerEntry {
+            peer: PeerId(i as u64 + 1),
+            manifest: Arc::new(Manifest {
+                server_id: ServerId::new(format!("server-{i}")),
+                weight,
+                grains: vec![HostedGrain {
+                    name: TYPE.into(),
+                    grain_type: GrainType::of(TYPE),
+                    interface: InterfaceId::of(TYPE),
+                    version: 1,
+                    contract: 0,
+                    index: 0,
+                }],
+            }),
+            load: Arc::new(Load::new(Duration::from_millis(1))),
+        }
+    }
+
+    /// The server index (peer - 1) of every key.
+    fn place(servers: &[ServerEntry], keys: &[u64]) -> Vec<u32> {
+        let table = RouteTable::build(servers, &Strategies::new(Arc::new(ConsistentHash)));
+        let t = Target {
+            grain_type: GrainType::of(TYPE),
+            interface: InterfaceId::of(TYPE),
+            version: 1,
+            contract: 0,
+        };
+        keys.iter()
+            .map(|&h| {
+                let d = table.route(&t, h, &Affinity::None).expect("hosted");
+                d.candidate.peer.0 as u32 - 1
+            })
+            .collect()
+    }
+
+    fn max_over_mean(assigned: &[u32], n: usize) -> f64 {
+        let mut counts = vec![0u64; n];
+        for &s in assigned {
+            counts[s as usize] += 1;
+        }
+        let max = *counts.iter().max().unwrap_or(&0) as f64;
+        max / (assigned.len() as f64 / n as f64)
+    }
+
+    /// Percent of keys that moved, and percent that moved although `stayed(old server)`.
+    fn moved(before: &[u32], after: &[u32], stayed: impl Fn(u32, u32) -> bool) -> (f64, f64) {
+        let n = before.len() as f64 / 100.0;
+        let changed = before.iter().zip(after).filter(|(a, b)| a != b);
+        let total = changed.clone().count() as f64;
+        let excess = changed.filter(|&(&a, &b)| stayed(a, b)).count() as f64;
+        (total / n, excess / n)
+    }
+
+    pub(super) fn run(keys: usize) -> String {
+        let mut rng = SplitMix64::new(2026);
+        let keys: Vec<u64> = (0..keys)
+            .map(|_| GrainId::new(GrainType::of(TYPE), u128::from(rng.next_u64())).stable_hash())
+            .collect();
+        let mut out = Vec::new();
+        for n in [10usize, 100] {
+            let fleet: Vec<_> = (0..n).map(|i| server(i, 1)).collect();
+            let before = place(&fleet, &keys);
+            let balance = max_over_mean(&before, n);
+            // Join: a key may only move to the newcomer (index n).
+            let grown: Vec<_> = (0..=n).map(|i| server(i, 1)).collect();
+            let (added, add_excess) = moved(&before, &place(&grown, &keys), |_, to| to != n as u32);
+            // Leave: only the leaver's keys may move.
+            let leaver = (n / 2) as u32;
+            let shrunk: Vec<_> =
+                (0..n).filter(|&i| i as u32 != leaver).map(|i| server(i, 1)).collect();
+            let (removed, remove_excess) =
+                moved(&before, &place(&shrunk, &keys), |from, _| from != leaver);
+            let mut weighted: Vec<_> = (0..n).map(|i| server(i, 1)).collect();
+            weighted[0] = server(0, 2);
+            let heavy = place(&weighted, &keys).iter().filter(|&&s| s == 0).count() as f64
+                / keys.len() as f64
+                * 100.0;
+            out.push(format!(
+                "\"{n}\":{{\"max_over_mean\":{balance:.4},\"add_moved_pct\":{added:.3},\"add_ideal_pct\":{:.3},\"add_excess_pct\":{add_excess:.3},\"remove_moved_pct\":{removed:.3},\"remove_excess_pct\":{remove_excess:.3},\"weight2_share_pct\":{heavy:.3},\"weight2_ideal_pct\":{:.3}}}",
+                100.0 / (n + 1) as f64,
+                200.0 / (n + 1) as f64,
+            ));
+        }
+        format!("{{\"mode\":\"placement\",\"keys\":{},{}}}", keys.len(), out.join(","))
+    }
 }

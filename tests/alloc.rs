@@ -198,3 +198,68 @@ fn grain_call_allocations() {
         client.disconnect().await;
     });
 }
+
+/// Routing a call (every strategy, every affinity) allocates nothing: the snapshot is built
+/// once, a pick only reads it.
+#[test]
+fn routing_picks_allocate_nothing() {
+    use std::sync::Arc;
+
+    use grainwire::proto::ids::{GrainType, InterfaceId, PeerId, ServerId};
+    use grainwire::proto::manifest::{HostedGrain, Manifest};
+    use grainwire::proto::route::{
+        Affinity, ConsistentHash, Load, LowestLatency, RoundRobin, RouteTable, ServerEntry,
+        Strategies, Strategy, Target,
+    };
+
+    let servers: Vec<ServerEntry> = (0..100)
+        .map(|i| ServerEntry {
+            peer: PeerId(i + 1),
+            manifest: Arc::new(Manifest {
+                server_id: ServerId::new(format!("server-{i}")),
+                // Mixed weights take the weighted path of the rendezvous scan.
+                weight: 1 + (i % 3) as u32,
+                grains: vec![HostedGrain {
+                    name: "Player".into(),
+                    grain_type: GrainType::of("Player"),
+                    interface: InterfaceId::of("Player"),
+                    version: 1,
+                    contract: 0,
+                    index: 0,
+                }],
+            }),
+            load: Arc::new(Load::new(Duration::from_micros(100 + i))),
+        })
+        .collect();
+    let target = Target {
+        grain_type: GrainType::of("Player"),
+        interface: InterfaceId::of("Player"),
+        version: 1,
+        contract: 0,
+    };
+    let strategies: [Arc<dyn Strategy>; 3] =
+        [Arc::new(ConsistentHash), Arc::new(RoundRobin), Arc::new(LowestLatency)];
+    let affinities = [
+        Affinity::None,
+        Affinity::Preferred(ServerId::new("server-7")),
+        Affinity::Preferred(ServerId::new("elsewhere")),
+        Affinity::Required(ServerId::new("server-42")),
+    ];
+    for s in strategies {
+        for n in [10, 100] {
+            let table = RouteTable::build(&servers[..n], &Strategies::new(s.clone()));
+            let before = allocs();
+            let mut sum = 0u64;
+            for i in 0..20_000u64 {
+                let a = &affinities[(i % 4) as usize];
+                if let Ok(d) = table.route(&target, i.wrapping_mul(0x9e37_79b9_7f4a_7c15), a) {
+                    sum += d.candidate.peer.0;
+                }
+            }
+            let used = allocs() - before;
+            println!("{} over {n} servers: {used} allocations in 20,000 picks", s.name());
+            assert_eq!(used, 0, "{}", s.name());
+            assert!(sum > 0);
+        }
+    }
+}
