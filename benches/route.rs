@@ -34,6 +34,7 @@ fn fleet(n: usize, types: u32) -> Vec<ServerEntry> {
             manifest: Arc::new(Manifest {
                 server_id: ServerId::new(format!("server-{i}")),
                 weight: 1,
+                draining: false,
                 grains: (0..types).map(hosted).collect(),
             }),
             load: Arc::new(Load::new(Duration::from_micros(200 + 10 * i as u64))),

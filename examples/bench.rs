@@ -73,7 +73,7 @@ fn start_servers(n: usize) -> Vec<SocketAddr> {
                         ..Default::default()
                     };
                     let server = Server::builder(config)
-                        .host(Echo::host(|_: &GrainId| EchoState))
+                        .host(Echo::host(|_: &GrainId| EchoState { server: "bench".into() }))
                         .bind("127.0.0.1:0".parse().expect("an address"))
                         .unwrap_or_else(|e| {
                             eprintln!("cannot bind the server: {e}");
@@ -277,6 +277,7 @@ mod placement {
             manifest: Arc::new(Manifest {
                 server_id: ServerId::new(format!("server-{i}")),
                 weight,
+                draining: false,
                 grains: vec![HostedGrain {
                     name: TYPE.into(),
                     grain_type: GrainType::of(TYPE),

@@ -1,48 +1,136 @@
-//! grainwire in one process: a game server hosting three grain types and a client calling
-//! them over loopback UDP, with an application error, a one-way call, a missing grain type,
-//! concurrency, and a statistics table. Exits 0.
+//! grainwire in one process: three game servers hosting different grain types and one client
+//! routing every call by their manifests and a strategy per grain type, over loopback UDP.
+//! One server is stopped mid-run while calls continue, then comes back and gets its grains
+//! back. Also: an application error, one-way calls, a grain type nobody hosts, concurrency and
+//! a statistics table. Exits 0.
 //!
 //! ```sh
 //! cargo run --release --example demo
 //! ```
 
 #[path = "common/game.rs"]
+#[allow(dead_code)] // GRAIN_NAMES is for game_server's --grains
 mod game;
 
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use game::{Defeated, EchoRef, PlayerRef, RoomRef};
-use grainwire::{CallError, Client, ClientConfig, Server, ServerConfig};
+use grainwire::client::{ClientEvent, ConnectMode, ConsistentHash, RoundRobin};
+use grainwire::{CallError, Client, Server, ServerConfig};
+use tokio::sync::broadcast;
 
-/// A grain type the server does not host.
+/// A grain type no server hosts.
 #[grainwire::grain]
 trait Leaderboard {
     /// The top scores.
     async fn top(&self) -> Vec<u32>;
 }
 
+type Error = Box<dyn std::error::Error>;
+
 fn us(d: Duration) -> f64 {
     d.as_secs_f64() * 1e6
 }
 
-#[tokio::main(flavor = "current_thread")]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let mut builder = Server::builder(ServerConfig {
-        server_id: Some("demo-1".into()),
-        ..ServerConfig::default()
-    });
-    for name in game::GRAIN_NAMES {
-        builder = builder.host(game::host(name).ok_or("unknown grain type")?);
-    }
-    let server = builder.bind("127.0.0.1:0".parse()?)?;
-    println!("server {} listening on {}", server.server_id(), server.local_addr());
+/// Who hosts what.
+const FLEET: [(&str, &[&str]); 3] =
+    [("eu-1", &["player", "echo"]), ("eu-2", &["room", "echo"]), ("eu-3", &["player", "echo"])];
 
-    let client = Client::connect(server.local_addr(), ClientConfig::default()).await?;
-    let manifest = client.manifest().ok_or("no manifest")?;
-    println!("client connected to {}; it hosts:", manifest.server_id);
-    for g in &manifest.grains {
-        println!("  {:<8} v{}  contract {:016x}", g.name, g.version, g.contract);
+fn start(id: &str, grains: &[&str], addr: SocketAddr) -> Result<Server, Error> {
+    let config = ServerConfig { server_id: Some(id.into()), ..ServerConfig::default() };
+    let mut builder = Server::builder(config);
+    for g in grains {
+        builder = builder.host(game::host(g, id).ok_or("unknown grain type")?);
     }
+    Ok(builder.bind(addr)?)
+}
+
+/// Waits (at most 15 s) for an event matching `want`.
+async fn wait_for(
+    events: &mut broadcast::Receiver<ClientEvent>,
+    want: impl Fn(&ClientEvent) -> bool,
+) -> Result<ClientEvent, Error> {
+    let wait = async {
+        loop {
+            match events.recv().await {
+                Ok(e) if want(&e) => return Ok(e),
+                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                Err(e) => return Err(Error::from(e)),
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(15), wait).await?
+}
+
+/// Where each player lives.
+async fn placement(client: &Client, players: &[&str]) -> Result<BTreeMap<String, String>, Error> {
+    let mut out = BTreeMap::new();
+    for p in players {
+        out.insert(p.to_string(), client.grain::<PlayerRef>(*p).server().await?);
+    }
+    Ok(out)
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> Result<(), Error> {
+    let mut servers = Vec::new();
+    for (id, grains) in FLEET {
+        let s = start(id, grains, "127.0.0.1:0".parse()?)?;
+        println!("server {id} on {} hosts {}", s.local_addr(), grains.join(", "));
+        servers.push(Some(s));
+    }
+    let addrs: Vec<SocketAddr> = servers.iter().flatten().map(Server::local_addr).collect();
+
+    // One client, connected to all three; players placed by consistent hashing (every client
+    // agrees), echo calls spread round-robin.
+    let client = Client::builder()
+        .servers(addrs.clone())
+        .mode(ConnectMode::Multi)
+        .strategy(ConsistentHash)
+        .strategy_for::<EchoRef>(RoundRobin)
+        .connect()
+        .await?;
+    let mut events = client.events();
+    let mut known = client.servers();
+    known.sort_by(|a, b| a.id.cmp(&b.id));
+    println!("\nthe client knows {} servers:", known.len());
+    for s in known {
+        let types: Vec<&str> = s.manifest.grains.iter().map(|g| &*g.name).collect();
+        println!("  {:<5} {}  {}", s.id, s.addr, types.join(", "));
+    }
+
+    // Routing by manifest: only eu-2 hosts rooms.
+    let lobby: RoomRef = client.grain("lobby");
+    lobby.say("ann".into(), "hi".into()).await?;
+    let n = lobby.say("bob".into(), "hello ann".into()).await?;
+    println!("\nthe lobby (only eu-2 hosts rooms) has seen {n} lines: {:?}", lobby.recent().await?);
+    // Nobody hosts leaderboards: a typed error, nothing is sent.
+    match client.grain::<LeaderboardRef>(1).top().await {
+        Err(CallError::UnknownGrainType) => {
+            println!("leaderboard: nobody hosts it (UnknownGrainType)")
+        }
+        other => println!("leaderboard: unexpected {other:?}"),
+    }
+
+    // Routing by strategy: players by consistent placement over eu-1 and eu-3.
+    let players = ["ann", "bob", "cat", "dan", "eve", "fay", "gus", "hal"];
+    let before = placement(&client, &players).await?;
+    println!("\nplayers by consistent placement (eu-1 and eu-3 host players):");
+    for (p, s) in &before {
+        println!("  {p} lives on {s}");
+    }
+    // Echo round-robin over all three.
+    let mut spread: BTreeMap<String, u32> = BTreeMap::new();
+    for i in 0..300u64 {
+        let (v, server) = client.grain::<EchoRef>(i as i64).derive_at(i).await?;
+        assert_eq!(v, i * 2 + 1);
+        *spread.entry(server).or_default() += 1;
+    }
+    println!("300 echo calls, round-robin: {spread:?}");
 
     // A player: calls, an application error, one-way moves.
     let ann: PlayerRef = client.grain("ann");
@@ -59,18 +147,74 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     println!("ann moved three times, now at {:?}", ann.position().await?);
 
-    // A chat room.
-    let lobby: RoomRef = client.grain("lobby");
-    lobby.say("ann".into(), "hi".into()).await?;
-    let n = lobby.say("bob".into(), "hello ann".into()).await?;
-    println!("\nthe lobby has seen {n} lines: {:?}", lobby.recent().await?);
+    // eu-3 stops while calls keep coming.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let errors = Arc::new(std::sync::Mutex::new(BTreeMap::<String, u64>::new()));
+    let load = {
+        let (client, stop, ok, failed) = (client.clone(), stop.clone(), ok.clone(), failed.clone());
+        let errors = errors.clone();
+        tokio::spawn(async move {
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let p: PlayerRef = client.grain(players[(i % 8) as usize]);
+                let e: EchoRef = client.grain(i as i64);
+                for r in [p.server().await.map(drop), e.derive(i).await.map(drop)] {
+                    let counter = if r.is_ok() { &ok } else { &failed };
+                    counter.fetch_add(1, Ordering::Relaxed);
+                    if let Err(e) = r {
+                        let mut errors = errors.lock().unwrap_or_else(|p| p.into_inner());
+                        *errors.entry(e.to_string()).or_default() += 1;
+                    }
+                }
+                i += 1;
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let eu3_addr = addrs[2];
+    let eu3 = servers[2].take().ok_or("eu-3 runs")?;
+    println!("\nstopping eu-3 with calls in flight ...");
+    eu3.shutdown().await;
+    let gone = wait_for(&mut events, |e| matches!(e, ClientEvent::Disconnected { .. })).await?;
+    if let ClientEvent::Disconnected { server, reason, .. } = gone {
+        println!("event: {} disconnected ({reason})", server.map_or("?".into(), |s| s.to_string()));
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let during = placement(&client, &players).await?;
+    let moved: Vec<&String> = before.keys().filter(|p| before[*p] != during[*p]).collect();
+    println!(
+        "calls continue on eu-1 and eu-2: {} ok, {} failed so far; only eu-3's players moved: {moved:?}",
+        ok.load(Ordering::Relaxed),
+        failed.load(Ordering::Relaxed)
+    );
+    if before.iter().any(|(p, s)| s != "eu-3" && during[p] != *s) {
+        return Err("a player moved although its server stayed".into());
+    }
 
-    // A grain type the server does not host: a typed error, before anything is sent.
-    match client.grain::<LeaderboardRef>(1).top().await {
-        Err(CallError::UnknownGrainType) => {
-            println!("leaderboard: not hosted here (UnknownGrainType)")
-        }
-        other => println!("leaderboard: unexpected {other:?}"),
+    // eu-3 comes back on the same address with the same id: reconnected in the background.
+    servers[2] = Some(start("eu-3", FLEET[2].1, eu3_addr)?);
+    println!("\nrestarting eu-3 on {eu3_addr} ...");
+    wait_for(
+        &mut events,
+        |e| matches!(e, ClientEvent::Connected { server, .. } if server.0.as_ref() == "eu-3"),
+    )
+    .await?;
+    let after = placement(&client, &players).await?;
+    println!(
+        "event: eu-3 connected again; its players are back: {}",
+        if after == before { "yes" } else { "NO" }
+    );
+    stop.store(true, Ordering::Relaxed);
+    load.await?;
+    println!(
+        "during the whole episode: {} calls ok, {} failed {:?}",
+        ok.load(Ordering::Relaxed),
+        failed.load(Ordering::Relaxed),
+        errors.lock().unwrap_or_else(|p| p.into_inner())
+    );
+    if after != before {
+        return Err("placement did not recover".into());
     }
 
     // One call at a time, then 64 at once over 64 grains.
@@ -104,13 +248,27 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     while let Some(r) = tasks.join_next().await {
         r??;
     }
-    let took = t.elapsed();
     println!(
-        "32,000 calls, 64 in flight over 64 grains: {:.0} calls/s",
-        32_000.0 / took.as_secs_f64()
+        "32,000 calls, 64 in flight over 64 grains and 3 servers: {:.0} calls/s",
+        32_000.0 / t.elapsed().as_secs_f64()
     );
-    println!("the server holds {} activations", server.activation_count());
 
+    println!(
+        "\n{:<6} {:>8} {:>10} {:>12} {:>9}",
+        "server", "pending", "rtt µs", "latency µs", "types"
+    );
+    let mut known = client.servers();
+    known.sort_by(|a, b| a.id.cmp(&b.id));
+    for s in known {
+        println!(
+            "{:<6} {:>8} {:>10.1} {:>12.1} {:>9}",
+            s.id,
+            s.pending,
+            us(s.rtt),
+            us(s.latency),
+            s.grain_types
+        );
+    }
     let s = client.stats();
     println!(
         "\n{:<10} {:>8} {:>8} {:>9} {:>8} {:>9} {:>9} {:>9}",
@@ -127,20 +285,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         us(s.p50),
         us(s.p99)
     );
-    if let Some(t) = client.transport_stats() {
-        println!(
-            "\ntransport: rtt {:.1} µs, {} datagrams out / {} in, {} bytes out, {} retransmitted, {:.1}% loss",
-            us(t.rtt),
-            t.packets_sent,
-            t.packets_received,
-            t.bytes_sent,
-            t.retransmissions,
-            t.loss * 100.0
-        );
-    }
 
     client.disconnect().await;
-    server.shutdown().await;
+    for s in servers.into_iter().flatten() {
+        s.shutdown().await;
+    }
     println!("\nshut down cleanly");
     Ok(())
 }

@@ -1,10 +1,19 @@
-//! A load client for `game_server`: makes N calls to the demo `Echo` grain over many keys,
-//! C at a time, checks every answer, and prints one JSON line
-//! `{"calls":N,"ok":..,"failed":..,"p50_us":..,"p99_us":..}`. Exits 1 if any call failed.
+//! A load client for one or more `game_server`s: makes N calls to the demo `Echo` grain over
+//! many keys, C at a time, routed by the servers' manifests and a strategy, checks every
+//! answer, and prints one JSON line
+//! `{"calls":N,"ok":..,"failed":..,"lost_to_dead_server":..,"p50_us":..,"p99_us":..,
+//! "per_server":{"<server id>":<calls>,..}}`.
 //!
 //! ```sh
 //! cargo run --release --example game_client -- --connect 127.0.0.1:7777 --calls 10000 --concurrency 16
+//! cargo run --release --example game_client -- --connect 127.0.0.1:7777 --connect 127.0.0.1:7778 \
+//!     --mode multi --strategy consistent-hash --calls 100000 --concurrency 16
 //! ```
+//!
+//! It keeps running through a server's death: calls that were pending on a server that died
+//! fail (counted in `failed` and in `lost_to_dead_server`); later calls go to the survivors,
+//! and to the server again once it is back. Exits 1 if any call failed for another reason (or
+//! nothing succeeded).
 
 #[path = "common/args.rs"]
 mod args;
@@ -12,12 +21,16 @@ mod args;
 #[allow(dead_code)] // the client uses only the references, not the grain state
 mod game;
 
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use game::EchoRef;
-use grainwire::{Client, ClientConfig};
+use grainwire::client::{ConnectMode, ConsistentHash, LowestLatency, RoundRobin};
+use grainwire::{CallError, Client};
 
-const USAGE: &str = "game_client --connect ADDR --calls N [--concurrency C]";
+const USAGE: &str = "game_client --connect ADDR [--connect ADDR ...] --calls N [--concurrency C] \
+     [--keys K] [--mode single|multi|on-demand] [--strategy round-robin|consistent-hash|lowest-latency]";
 
 fn percentile(sorted: &[Duration], p: f64) -> f64 {
     if sorted.is_empty() {
@@ -26,24 +39,64 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize].as_secs_f64() * 1e6
 }
 
+#[derive(Default)]
+struct Tally {
+    ok: u64,
+    failed: u64,
+    lost: u64,
+    latencies: Vec<Duration>,
+    per_server: BTreeMap<String, u64>,
+}
+
+fn json_escape(s: &str) -> String {
+    s.chars()
+        .flat_map(|c| match c {
+            '"' => vec!['\\', '"'],
+            '\\' => vec!['\\', '\\'],
+            c if (c as u32) < 0x20 => format!("\\u{:04x}", c as u32).chars().collect(),
+            c => vec![c],
+        })
+        .collect()
+}
+
 #[tokio::main]
 async fn main() {
     let a = args::Args::parse(USAGE);
-    let connect = a.get("connect").unwrap_or_else(|| args::fail(USAGE, "--connect is required"));
-    let addr = connect
-        .parse()
-        .unwrap_or_else(|_| args::fail(USAGE, &format!("--connect: not an address: {connect}")));
+    let addrs: Vec<SocketAddr> = a
+        .all("connect")
+        .iter()
+        .map(|s| {
+            s.parse()
+                .unwrap_or_else(|_| args::fail(USAGE, &format!("--connect: not an address: {s}")))
+        })
+        .collect();
+    if addrs.is_empty() {
+        args::fail(USAGE, "--connect is required");
+    }
     let calls: u64 = a.num(USAGE, "calls", 0);
     if calls == 0 {
         args::fail(USAGE, "--calls must be at least 1");
     }
     let concurrency: u64 = a.num(USAGE, "concurrency", 1).clamp(1, calls);
-    let client = match Client::connect(addr, ClientConfig::default()).await {
+    let keys: u64 = a.num(USAGE, "keys", 1024).max(1);
+    let mode: ConnectMode = match a.get("mode") {
+        Some(m) => m.parse().unwrap_or_else(|e: String| args::fail(USAGE, &e)),
+        None if addrs.len() == 1 => ConnectMode::Single,
+        None => ConnectMode::Multi,
+    };
+    let builder = Client::builder().servers(addrs.clone()).mode(mode);
+    let builder = match a.get("strategy").unwrap_or("consistent-hash") {
+        "round-robin" => builder.strategy(RoundRobin),
+        "consistent-hash" => builder.strategy(ConsistentHash),
+        "lowest-latency" => builder.strategy(LowestLatency),
+        other => args::fail(USAGE, &format!("unknown strategy {other}")),
+    };
+    let client = match builder.connect().await {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("cannot connect to {addr}: {e}");
+            eprintln!("cannot connect to {addrs:?}: {e}");
             println!(
-                "{{\"calls\":{calls},\"ok\":0,\"failed\":{calls},\"p50_us\":0.0,\"p99_us\":0.0}}"
+                "{{\"calls\":{calls},\"ok\":0,\"failed\":{calls},\"lost_to_dead_server\":0,\"p50_us\":0.0,\"p99_us\":0.0,\"per_server\":{{}}}}"
             );
             std::process::exit(1);
         }
@@ -51,47 +104,64 @@ async fn main() {
     let mut tasks = tokio::task::JoinSet::new();
     for w in 0..concurrency {
         let client = client.clone();
-        // Worker w makes calls w, w + C, w + 2C, ... each to grain key (call % 1024).
+        // Worker w makes calls w, w + C, w + 2C, ... each to grain key (call % keys).
         tasks.spawn(async move {
-            let (mut ok, mut failed, mut latencies) = (0u64, 0u64, Vec::new());
+            let mut t = Tally::default();
             let mut n = w;
             while n < calls {
-                let echo: EchoRef = client.grain((n % 1024) as i64);
-                let t = Instant::now();
-                match echo.derive(n).await {
-                    Ok(v) if v == n * 2 + 1 => {
-                        ok += 1;
-                        latencies.push(t.elapsed());
+                let echo: EchoRef = client.grain((n % keys) as i64);
+                let start = Instant::now();
+                match echo.derive_at(n).await {
+                    Ok((v, server)) if v == n * 2 + 1 => {
+                        t.ok += 1;
+                        t.latencies.push(start.elapsed());
+                        *t.per_server.entry(server).or_default() += 1;
                     }
-                    Ok(v) => {
+                    Ok((v, _)) => {
                         eprintln!("call {n}: wrong answer {v}");
-                        failed += 1;
+                        t.failed += 1;
+                    }
+                    Err(e @ CallError::Disconnected(_)) => {
+                        // Pending on a server whose session ended (it died or stopped).
+                        eprintln!("call {n}: {e}");
+                        t.failed += 1;
+                        t.lost += 1;
                     }
                     Err(e) => {
                         eprintln!("call {n}: {e}");
-                        failed += 1;
+                        t.failed += 1;
                     }
                 }
                 n += concurrency;
             }
-            (ok, failed, latencies)
+            t
         });
     }
-    let (mut ok, mut failed, mut latencies) = (0, 0, Vec::new());
+    let mut all = Tally::default();
     while let Some(r) = tasks.join_next().await {
-        let (o, f, l) = r.expect("a worker task");
-        ok += o;
-        failed += f;
-        latencies.extend(l);
+        let t = r.expect("a worker task");
+        all.ok += t.ok;
+        all.failed += t.failed;
+        all.lost += t.lost;
+        all.latencies.extend(t.latencies);
+        for (s, n) in t.per_server {
+            *all.per_server.entry(s).or_default() += n;
+        }
     }
-    latencies.sort();
+    all.latencies.sort();
+    let per_server: Vec<String> =
+        all.per_server.iter().map(|(s, n)| format!("\"{}\":{n}", json_escape(s))).collect();
     println!(
-        "{{\"calls\":{calls},\"ok\":{ok},\"failed\":{failed},\"p50_us\":{:.1},\"p99_us\":{:.1}}}",
-        percentile(&latencies, 0.5),
-        percentile(&latencies, 0.99)
+        "{{\"calls\":{calls},\"ok\":{},\"failed\":{},\"lost_to_dead_server\":{},\"p50_us\":{:.1},\"p99_us\":{:.1},\"per_server\":{{{}}}}}",
+        all.ok,
+        all.failed,
+        all.lost,
+        percentile(&all.latencies, 0.5),
+        percentile(&all.latencies, 0.99),
+        per_server.join(",")
     );
     client.disconnect().await;
-    if failed > 0 {
+    if all.failed > all.lost || all.ok == 0 {
         std::process::exit(1);
     }
 }

@@ -4,6 +4,9 @@
 //! cargo run --release --example game_server -- --bind 127.0.0.1:7777 [--server-id eu-1] [--grains player,room,echo]
 //! ```
 //!
+//! `--grains` chooses which demo grain types it hosts (default: all); `--server-id` defaults
+//! to the bind address.
+//!
 //! Prints one line `listening on ADDR` once it accepts connections; on SIGINT/SIGTERM it shuts
 //! down gracefully (pending calls finish, grains deactivate) and exits 0.
 
@@ -30,13 +33,13 @@ async fn main() {
         Some(list) => list.split(',').filter(|s| !s.is_empty()).map(str::to_string).collect(),
         None => game::GRAIN_NAMES.iter().map(|s| s.to_string()).collect(),
     };
-    let config = ServerConfig {
-        server_id: a.get("server-id").map(str::to_string),
-        ..ServerConfig::default()
-    };
+    // Without --server-id the bind address names the server: stable across restarts, so a
+    // restarted server gets its grains back under consistent placement.
+    let server_id = a.get("server-id").unwrap_or(bind).to_string();
+    let config = ServerConfig { server_id: Some(server_id.clone()), ..ServerConfig::default() };
     let mut builder = Server::builder(config);
     for g in &grains {
-        let host = game::host(g).unwrap_or_else(|| {
+        let host = game::host(g, &server_id).unwrap_or_else(|| {
             args::fail(
                 USAGE,
                 &format!("unknown grain type {g}; known: {}", game::GRAIN_NAMES.join(",")),

@@ -219,6 +219,7 @@ fn routing_picks_allocate_nothing() {
                 server_id: ServerId::new(format!("server-{i}")),
                 // Mixed weights take the weighted path of the rendezvous scan.
                 weight: 1 + (i % 3) as u32,
+                draining: false,
                 grains: vec![HostedGrain {
                     name: "Player".into(),
                     grain_type: GrainType::of("Player"),

@@ -96,6 +96,7 @@ fn valid_rpc_frames() -> Vec<Vec<u8>> {
     let manifest = Manifest {
         server_id: ServerId::new("server-a"),
         weight: 3,
+        draining: true,
         grains: vec![HostedGrain {
             name: "Player".into(),
             grain_type: GrainType::of("Player"),

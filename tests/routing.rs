@@ -605,3 +605,35 @@ async fn connecting_to_nothing_is_a_typed_error() {
     let r = Client::builder().config(config).connect_sim(&net, client_addr(1)).await;
     assert!(matches!(r, Err(grainwire::client::ClientError::NoServers)), "{r:?}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_graceful_stop_loses_no_calls() {
+    let mut fleet = Fleet::new(clean(), &[Hosts::Echo; 3]);
+    let client = fleet.client(0, ConnectMode::Multi, "ch").await;
+    let mut tasks = tokio::task::JoinSet::new();
+    for g in 0..24i64 {
+        let e: EchoRef = client.grain(g);
+        tasks.spawn(async move {
+            let mut out = Vec::new();
+            for i in 0..40u64 {
+                out.push(e.slow(g as u64 * 1000 + i, 15).await);
+            }
+            out
+        });
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // s1 shuts down gracefully: it says it is draining (clients route new calls elsewhere at
+    // once), finishes what it has, then closes.
+    let s1 = fleet.servers[1].take().unwrap();
+    s1.shutdown().await;
+    let mut n = 0;
+    while let Some(r) = tasks.join_next().await {
+        for r in r.unwrap() {
+            r.unwrap();
+            n += 1;
+        }
+    }
+    assert_eq!(n, 24 * 40);
+    let runs = fleet.log.runs.lock().unwrap().len();
+    assert_eq!(runs, 24 * 40, "every call ran exactly once");
+}

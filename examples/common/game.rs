@@ -27,6 +27,9 @@ pub(crate) trait Player {
     /// Where the player is.
     #[timeout_ms = 500]
     async fn position(&self) -> (f32, f32);
+    /// The id of the server the player's activation lives on (safe to ask twice).
+    #[idempotent]
+    async fn server(&self) -> String;
 }
 
 /// A chat room.
@@ -45,6 +48,8 @@ pub(crate) trait Echo {
     async fn echo(&mut self, data: Vec<u8>) -> Vec<u8>;
     /// Returns `n * 2 + 1` (so a client can check each answer belongs to its call).
     async fn derive(&mut self, n: u64) -> u64;
+    /// Returns `n * 2 + 1` and the id of the server that ran the call.
+    async fn derive_at(&mut self, n: u64) -> (u64, String);
 }
 
 /// The player grain's state.
@@ -53,6 +58,7 @@ pub(crate) struct PlayerState {
     name: String,
     health: u32,
     position: (f32, f32),
+    server: std::sync::Arc<str>,
 }
 
 impl Player for PlayerState {
@@ -75,6 +81,9 @@ impl Player for PlayerState {
     }
     async fn position(&self) -> (f32, f32) {
         self.position
+    }
+    async fn server(&self) -> String {
+        self.server.to_string()
     }
 }
 
@@ -99,9 +108,11 @@ impl Room for RoomState {
     }
 }
 
-/// The echo grain (stateless).
+/// The echo grain (stateless but for the id of the server it runs on).
 #[derive(Debug)]
-pub(crate) struct EchoState;
+pub(crate) struct EchoState {
+    pub(crate) server: std::sync::Arc<str>,
+}
 
 impl Echo for EchoState {
     async fn echo(&mut self, data: Vec<u8>) -> Vec<u8> {
@@ -110,21 +121,29 @@ impl Echo for EchoState {
     async fn derive(&mut self, n: u64) -> u64 {
         n.wrapping_mul(2).wrapping_add(1)
     }
+    async fn derive_at(&mut self, n: u64) -> (u64, String) {
+        (n.wrapping_mul(2).wrapping_add(1), self.server.to_string())
+    }
 }
 
 /// The grain types, by the names `--grains` takes.
 pub(crate) const GRAIN_NAMES: [&str; 3] = ["player", "room", "echo"];
 
-/// The host for the grain type named `name` (see [`GRAIN_NAMES`]).
-pub(crate) fn host(name: &str) -> Option<Host> {
+/// The host for the grain type named `name` (see [`GRAIN_NAMES`]) on the server `server`.
+pub(crate) fn host(name: &str, server: &str) -> Option<Host> {
+    let server: std::sync::Arc<str> = server.into();
     Some(match name {
-        "player" => Player::host(|_: &GrainId| PlayerState {
-            name: String::new(),
-            health: 100,
-            position: (0.0, 0.0),
-        }),
+        "player" => {
+            let server = server.clone();
+            Player::host(move |_: &GrainId| PlayerState {
+                name: String::new(),
+                health: 100,
+                position: (0.0, 0.0),
+                server: server.clone(),
+            })
+        }
         "room" => Room::host(|_: &GrainId| RoomState::default()),
-        "echo" => Echo::host(|_: &GrainId| EchoState),
+        "echo" => Echo::host(move |_: &GrainId| EchoState { server: server.clone() }),
         _ => return None,
     })
 }

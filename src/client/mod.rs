@@ -384,6 +384,7 @@ pub(crate) fn route_error(e: RouteError, gone: &Option<DisconnectReason>) -> Cal
             CallError::IncompatibleVersion { ours, theirs }
         }
         RouteError::Unavailable(s) => CallError::ServerUnavailable(s),
+        RouteError::Draining => CallError::ShuttingDown,
     }
 }
 

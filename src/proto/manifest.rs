@@ -35,6 +35,9 @@ pub struct Manifest {
     /// Its placement weight: under consistent placement its expected share of grains is
     /// `weight / Σ weights` of the servers hosting a type. At least 1 (0 reads as 1).
     pub weight: u32,
+    /// The server is shutting down: it finishes what it has, takes nothing new. Clients route
+    /// around it (and answer `ShuttingDown` when only draining servers host a type).
+    pub draining: bool,
     /// What it hosts.
     pub grains: Vec<HostedGrain>,
 }
@@ -126,6 +129,7 @@ mod tests {
         let m = Manifest {
             server_id: ServerId::new("eu-1"),
             weight: 1,
+            draining: false,
             grains: vec![grain("Player", 2, 77, 0), grain("Room", 1, 5, 1)],
         };
         let bytes = m.encode();

@@ -396,6 +396,8 @@ pub enum RouteError {
     },
     /// The required server is not connected, not healthy or does not host the type.
     Unavailable(ServerId),
+    /// Only servers that are shutting down host the type.
+    Draining,
 }
 
 /// The hosts of one grain type with one interface, version and contract.
@@ -485,16 +487,24 @@ impl Strategies {
 #[derive(Debug, Default)]
 pub struct RouteTable {
     types: HashMap<GrainType, TypeRoutes, BuildHasherDefault<IdentityHasher>>,
+    /// Types hosted by servers that are shutting down (for a precise error).
+    draining: Vec<GrainType>,
     servers: usize,
 }
 
 impl RouteTable {
-    /// The table for `servers` (connected and healthy, with their manifests).
+    /// The table for `servers` (connected and healthy, with their manifests). Servers whose
+    /// manifest says they are draining take no calls.
     pub fn build(servers: &[ServerEntry], strategies: &Strategies) -> Self {
         let mut types: HashMap<GrainType, TypeRoutes, BuildHasherDefault<IdentityHasher>> =
             HashMap::default();
+        let mut draining = Vec::new();
         for s in servers {
             let m = &s.manifest;
+            if m.draining {
+                draining.extend(m.grains.iter().map(|g| g.grain_type));
+                continue;
+            }
             let hash = server_hash(&m.server_id);
             for g in &m.grains {
                 let t = types.entry(g.grain_type).or_insert_with(|| TypeRoutes {
@@ -537,7 +547,7 @@ impl RouteTable {
                 v.hashes = v.candidates.iter().map(|c| c.hash).collect();
             }
         }
-        Self { types, servers: servers.len() }
+        Self { types, draining, servers: servers.len() }
     }
 
     /// How many servers the table routes to.
@@ -580,6 +590,7 @@ impl RouteTable {
             return Err(match affinity {
                 Affinity::Required(s) => unavailable(s),
                 _ if self.servers == 0 => RouteError::NoServers,
+                _ if self.draining.contains(&target.grain_type) => RouteError::Draining,
                 _ => RouteError::NotHosted,
             });
         };

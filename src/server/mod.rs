@@ -258,7 +258,17 @@ impl ServerShared {
                 index: i as u32,
             })
             .collect();
-        Manifest { server_id: self.server_id.clone(), weight: self.config.weight.max(1), grains }
+        Manifest {
+            server_id: self.server_id.clone(),
+            weight: self.config.weight.max(1),
+            draining: false,
+            grains,
+        }
+    }
+
+    /// The current manifest.
+    pub(crate) fn manifest(&self) -> Arc<Manifest> {
+        lock(&self.manifest).0.clone()
     }
 
     /// The current manifest frame (sent to every new session).
@@ -283,7 +293,12 @@ impl Server {
             config: config.clone(),
             registry,
             manifest: Mutex::new((
-                Arc::new(Manifest { server_id: server_id.clone(), weight: 1, grains: Vec::new() }),
+                Arc::new(Manifest {
+                    server_id: server_id.clone(),
+                    weight: 1,
+                    draining: false,
+                    grains: Vec::new(),
+                }),
                 Bytes::new(),
             )),
             server_id,
@@ -317,7 +332,7 @@ impl Server {
 
     /// What it hosts now.
     pub fn manifest(&self) -> Arc<Manifest> {
-        lock(&self.shared.manifest).0.clone()
+        self.shared.manifest()
     }
 
     /// Starts (`true`) or stops hosting the grain type behind the reference type `R`, which
@@ -384,9 +399,11 @@ impl Server {
         sent
     }
 
-    /// Stops gracefully: new calls are refused (`ShuttingDown`), pending calls may finish (up
-    /// to `shutdown_timeout`), every grain is deactivated (its hook runs; up to
-    /// `shutdown_timeout` again), then every session is closed.
+    /// Stops gracefully: clients are told it is draining (they route new calls elsewhere at
+    /// once), calls that still arrive are refused (`ShuttingDown`; clients send them once more
+    /// elsewhere), pending calls may finish (up to `shutdown_timeout`), every grain is
+    /// deactivated (its hook runs; up to `shutdown_timeout` again), then every session is
+    /// closed.
     pub async fn shutdown(mut self) {
         let limit = self.shared.config.shutdown_timeout;
         let (tx, rx) = oneshot::channel();

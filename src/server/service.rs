@@ -17,6 +17,7 @@ use tokio::sync::oneshot;
 use super::activation::{Job, Mailbox, Report, Reporter};
 use super::{Registered, ServerShared};
 use crate::proto::ids::{GrainId, PeerId, RequestId};
+use crate::proto::manifest::Manifest;
 use crate::proto::wire::rpc::{self, CallHeader, RpcFrame, Status};
 use crate::transport::{Connection, Delivery, Event, Service};
 
@@ -364,6 +365,13 @@ impl Service for ServerService {
             match cmd {
                 ServerCmd::Drain(done) => {
                     self.accepting = false;
+                    // Tell clients at once: they route new calls elsewhere while the pending
+                    // ones finish here.
+                    let draining = Manifest { draining: true, ..(*self.shared.manifest()).clone() };
+                    let frame = Bytes::from(draining.encode());
+                    for p in self.peers.values().filter(|p| !p.gone) {
+                        p.conn.push(Delivery::reliable_ordered(0), frame.clone());
+                    }
                     if self.calls.is_empty() {
                         let _ = done.send(());
                     } else {

@@ -17,7 +17,12 @@ fn hosted(name: &str, version: u8, index: u32) -> HostedGrain {
 fn server(id: &str, peer: u64, weight: u32, grains: Vec<HostedGrain>) -> ServerEntry {
     ServerEntry {
         peer: PeerId(peer),
-        manifest: Arc::new(Manifest { server_id: ServerId::new(id), weight, grains }),
+        manifest: Arc::new(Manifest {
+            server_id: ServerId::new(id),
+            weight,
+            draining: false,
+            grains,
+        }),
         load: Arc::new(Load::new(Duration::from_millis(1))),
     }
 }
@@ -283,4 +288,22 @@ fn a_strategy_returning_garbage_falls_back_to_the_first() {
     let table = RouteTable::build(&fleet(3), &strategies(Wild));
     let d = table.route(&target("Player", 1), 0, &Affinity::None).unwrap();
     assert_eq!((d.candidate.server.0.as_ref(), d.strategy), ("server-0", "wild"));
+}
+
+#[test]
+fn draining_servers_take_no_calls() {
+    let mut servers = fleet(2);
+    let m = &servers[1].manifest;
+    servers[1].manifest = Arc::new(Manifest { draining: true, ..(**m).clone() });
+    let table = RouteTable::build(&servers, &strategies(RoundRobin));
+    for _ in 0..10 {
+        let d = table.route(&target("Player", 1), 0, &Affinity::None).unwrap();
+        assert_eq!(d.candidate.server.0.as_ref(), "server-0");
+    }
+    servers.remove(0);
+    let table = RouteTable::build(&servers, &strategies(RoundRobin));
+    assert_eq!(
+        table.route(&target("Player", 1), 0, &Affinity::None).unwrap_err(),
+        RouteError::Draining
+    );
 }
