@@ -1,0 +1,126 @@
+//! A client and three servers over real loopback UDP: routing by manifest and strategy, a
+//! server stopping mid-run with calls continuing, and its return on the same address.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use grainwire::client::{ClientEvent, ConnectMode, RoundRobin};
+use grainwire::{Client, Server, ServerConfig};
+use tokio::sync::broadcast;
+
+#[grainwire::grain]
+trait Where {
+    /// The id of the server that ran the call, and `n`.
+    async fn at(&mut self, n: u64) -> (String, u64);
+}
+
+#[grainwire::grain]
+trait Only {
+    /// The id of the server that ran the call.
+    async fn at(&mut self) -> String;
+}
+
+struct Here(String);
+
+impl Where for Here {
+    async fn at(&mut self, n: u64) -> (String, u64) {
+        (self.0.clone(), n)
+    }
+}
+
+impl Only for Here {
+    async fn at(&mut self) -> String {
+        self.0.clone()
+    }
+}
+
+fn start(id: &str, addr: SocketAddr, only: bool) -> Server {
+    let config = ServerConfig { server_id: Some(id.into()), ..ServerConfig::default() };
+    let name = id.to_string();
+    let b = Server::builder(config).host(Where::host(move |_| Here(name.clone())));
+    let name = id.to_string();
+    let b = if only { b.host(Only::host(move |_| Here(name.clone()))) } else { b };
+    b.bind(addr).unwrap()
+}
+
+async fn until(rx: &mut broadcast::Receiver<ClientEvent>, want: impl Fn(&ClientEvent) -> bool) {
+    let wait = async {
+        loop {
+            match rx.recv().await {
+                Ok(e) if want(&e) => return,
+                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                Err(e) => panic!("{e}"),
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), wait).await.expect("the event in time");
+}
+
+#[tokio::test]
+async fn a_fleet_over_loopback_routes_survives_a_stop_and_takes_the_server_back() {
+    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let mut servers = vec![Some(start("a", any, false)), Some(start("b", any, true))];
+    servers.push(Some(start("c", any, false)));
+    let addrs: Vec<SocketAddr> = servers.iter().flatten().map(Server::local_addr).collect();
+    let client = Client::builder()
+        .servers(addrs.clone())
+        .mode(ConnectMode::Multi)
+        .strategy_for::<WhereRef>(RoundRobin)
+        .connect()
+        .await
+        .unwrap();
+    let mut events = client.events();
+    assert_eq!(client.servers().len(), 3);
+    // By manifest: only b hosts `Only`.
+    for k in 0..10 {
+        assert_eq!(client.grain::<OnlyRef>(k).at().await.unwrap(), "b");
+    }
+    // By strategy: round-robin over all three.
+    let mut seen: BTreeMap<String, u32> = BTreeMap::new();
+    for n in 0..30u64 {
+        let (s, m) = client.grain::<WhereRef>(n as i64).at(n).await.unwrap();
+        assert_eq!(m, n);
+        *seen.entry(s).or_default() += 1;
+    }
+    assert_eq!(seen.values().copied().collect::<Vec<_>>(), [10, 10, 10], "{seen:?}");
+
+    // c stops gracefully while calls are in flight: none fails, they go to a and b.
+    let caller = {
+        let client = client.clone();
+        tokio::spawn(async move {
+            let mut calls = Vec::new();
+            for n in 0..300u64 {
+                calls.push(client.grain::<WhereRef>(n as i64).at(n).await);
+            }
+            calls
+        })
+    };
+    servers[2].take().unwrap().shutdown().await;
+    until(&mut events, |e| matches!(e, ClientEvent::Disconnected { .. })).await;
+    for r in caller.await.unwrap() {
+        r.unwrap();
+    }
+    for n in 0..20u64 {
+        let (s, _) = client.grain::<WhereRef>(n as i64).at(n).await.unwrap();
+        assert_ne!(s, "c");
+    }
+
+    // c returns on the same address: reconnected in the background, it takes calls again.
+    servers[2] = Some(start("c", addrs[2], false));
+    until(
+        &mut events,
+        |e| matches!(e, ClientEvent::Connected { server, .. } if server.0.as_ref() == "c"),
+    )
+    .await;
+    let mut back = 0;
+    for n in 0..30u64 {
+        let (s, _) = client.grain::<WhereRef>(n as i64).at(n).await.unwrap();
+        back += u32::from(s == "c");
+    }
+    assert_eq!(back, 10);
+    client.disconnect().await;
+    for s in servers.into_iter().flatten() {
+        s.shutdown().await;
+    }
+}
