@@ -101,6 +101,8 @@ struct Fleet {
     log: Arc<Log>,
     servers: Vec<Option<Server>>,
     hosts: Vec<Hosts>,
+    /// Placement weight per server (default 1).
+    weights: Vec<u32>,
 }
 
 fn server_addr(i: usize) -> SocketAddr {
@@ -117,7 +119,17 @@ fn name(i: usize) -> String {
 
 impl Fleet {
     fn new(net: SimNetwork, hosts: &[Hosts]) -> Self {
-        let mut f = Self { net, log: Arc::default(), servers: Vec::new(), hosts: hosts.to_vec() };
+        Self::weighted(net, hosts, &vec![1; hosts.len()])
+    }
+
+    fn weighted(net: SimNetwork, hosts: &[Hosts], weights: &[u32]) -> Self {
+        let mut f = Self {
+            net,
+            log: Arc::default(),
+            servers: Vec::new(),
+            hosts: hosts.to_vec(),
+            weights: weights.to_vec(),
+        };
         for i in 0..hosts.len() {
             let s = f.bind(i).expect("bind");
             f.servers.push(Some(s));
@@ -126,7 +138,11 @@ impl Fleet {
     }
 
     fn bind(&self, i: usize) -> Option<Server> {
-        let config = ServerConfig { server_id: Some(name(i)), ..ServerConfig::default() };
+        let config = ServerConfig {
+            server_id: Some(name(i)),
+            weight: self.weights[i],
+            ..ServerConfig::default()
+        };
         let (log, server) = (self.log.clone(), name(i));
         let echo = Echo::host(move |_| EchoGrain { server: server.clone(), log: log.clone() });
         let server = name(i);
@@ -636,4 +652,13 @@ async fn a_graceful_stop_loses_no_calls() {
     assert_eq!(n, 24 * 40);
     let runs = fleet.log.runs.lock().unwrap().len();
     assert_eq!(runs, 24 * 40, "every call ran exactly once");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_heavier_server_gets_its_share_of_grains() {
+    let fleet = Fleet::weighted(clean(), &[Hosts::Echo; 2], &[3, 1]);
+    let client = fleet.client(0, ConnectMode::Multi, "ch").await;
+    let c = counts(&placement(&client, 0..800).await);
+    let heavy = c["s0"] as f64 / 800.0;
+    assert!((0.70..0.80).contains(&heavy), "weight 3 of 4 got {heavy}: {c:?}");
 }

@@ -364,9 +364,12 @@ impl ClientShared {
         }
     }
 
-    /// On-demand: whether some server is not connected yet (a call may wait for it).
+    /// On-demand: whether some server is not connected yet or its manifest is on its way (a
+    /// call may wait for it).
     pub(crate) fn could_connect_more(&self) -> bool {
-        self.slots.iter().any(|s| s.phase() != Phase::Connected)
+        self.slots
+            .iter()
+            .any(|s| matches!(s.phase(), Phase::Idle | Phase::Connecting | Phase::Connected))
     }
 }
 

@@ -109,6 +109,7 @@ pub(crate) struct ClientService {
     /// Origin of the load estimates' nanosecond clock.
     epoch: Option<Instant>,
     next_health_check: Option<Instant>,
+    last_health_check: Option<Instant>,
 }
 
 impl ClientService {
@@ -122,6 +123,7 @@ impl ClientService {
             parked: Vec::new(),
             epoch: None,
             next_health_check: None,
+            last_health_check: None,
         }
     }
 
@@ -435,9 +437,11 @@ impl ClientService {
         let mut lost = Vec::new();
         p.in_flight.drain(|_, pending| lost.push(pending));
         let (mut retried, mut failed) = (0, 0);
+        let closing = self.shared.closing.load(std::sync::atomic::Ordering::Acquire);
         for pending in lost {
-            // It may have run there: only an idempotent call may go elsewhere.
-            let again = if pending.again.idempotent {
+            // It may have run there: only an idempotent call may go elsewhere (and not while
+            // the client itself is closing).
+            let again = if pending.again.idempotent && !closing {
                 self.retry(pending, peer, now)
             } else {
                 Some(pending)
@@ -459,6 +463,17 @@ impl ClientService {
     /// Judges servers from which nothing arrived for `health_timeout` dead.
     fn check_health(&mut self, now: Instant) {
         let limit = self.shared.config.health_timeout;
+        let period = (limit / 4).max(Duration::from_millis(1));
+        let stalled = self
+            .last_health_check
+            .is_some_and(|last| now.saturating_duration_since(last) > limit / 2);
+        self.last_health_check = Some(now);
+        if stalled {
+            // This task itself did not run for a while (a paused process, a long hitch): the
+            // silence may be ours. Give every server one more period before judging.
+            self.next_health_check = Some(now + period);
+            return;
+        }
         let dead: Vec<PeerId> = self
             .peers
             .iter()
@@ -472,8 +487,7 @@ impl ClientService {
             }
             self.lose_peer(peer, DisconnectReason::Timeout, now);
         }
-        self.next_health_check =
-            (!self.peers.is_empty()).then(|| now + (limit / 4).max(Duration::from_millis(1)));
+        self.next_health_check = (!self.peers.is_empty()).then(|| now + period);
     }
 }
 
