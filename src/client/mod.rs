@@ -29,32 +29,33 @@
 //! [`CallError::Disconnected`], unless its method is `#[idempotent]`: then it is sent once more,
 //! to another server.
 
+mod builder;
 mod cell;
+mod options;
 mod pool;
 pub(crate) mod service;
 
 use std::convert::Infallible;
-use std::fmt;
 use std::future::Future;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::pin::Pin;
-use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::BufMut;
 use crossbeam::queue::ArrayQueue;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, broadcast};
 
+pub use self::builder::ClientBuilder;
 use self::cell::{CallCell, Outcome};
+pub use self::options::{ClientConfig, ClientError, ClientEvent, ConnectMode, ServerInfo};
 use self::pool::{Phase, Slot};
-use self::service::{Again, ClientCmd, ClientService, PREFIX_GAP};
+use self::service::{Again, ClientCmd, PREFIX_GAP};
 use crate::arena;
-use crate::config::{TransportConfig, duration_ms};
-use crate::error::{BindError, CallError, CodecError, ConnectError, DisconnectReason};
+use crate::error::{CallError, CodecError, ConnectError, DisconnectReason};
 use crate::grain::{GrainInterface, GrainRef, InterfaceInfo, MethodInfo};
 use crate::proto::ids::{PeerId, ServerId};
 use crate::proto::manifest::Manifest;
@@ -68,201 +69,6 @@ pub use crate::proto::stats::CallStats;
 use crate::proto::wire::rpc::{self, CallHeader, Status};
 use crate::sync::lock;
 use crate::transport::{Connection, Delivery, Endpoint, EndpointShared};
-
-/// Which of its servers a client connects to, and when.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum ConnectMode {
-    /// One server: the first of the list that answers. When it is lost, the list is tried
-    /// again from the start.
-    Single,
-    /// Every server, eagerly; each lost one is reconnected in the background. The default.
-    #[default]
-    Multi,
-    /// None at first. A call whose grain type no connected server hosts connects the next
-    /// server of the list (in order) and waits for its manifest, until one hosts the type or
-    /// the list is exhausted. A lost server is reconnected when a call needs it again.
-    OnDemand,
-}
-
-impl FromStr for ConnectMode {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "single" => Ok(Self::Single),
-            "multi" => Ok(Self::Multi),
-            "on-demand" => Ok(Self::OnDemand),
-            other => Err(format!("unknown mode {other:?}: expected single, multi or on-demand")),
-        }
-    }
-}
-
-/// Options of a [`Client`].
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct ClientConfig {
-    /// The transport's options.
-    pub transport: TransportConfig,
-    /// A call's deadline when neither the method (`#[grain(timeout_ms = ..)]`) nor the call
-    /// (`with_timeout`) sets one. Default 5 s.
-    #[serde(with = "duration_ms")]
-    pub default_timeout: Duration,
-    /// How long `connect` waits for servers' handshakes and manifests. Default 5 s.
-    #[serde(with = "duration_ms")]
-    pub connect_timeout: Duration,
-    /// Calls that may be pending at once; more fail at once with `CallError::Overloaded`.
-    /// Default 65536.
-    pub max_pending_calls: usize,
-    /// Which servers to connect to, and when. Default [`ConnectMode::Multi`].
-    pub mode: ConnectMode,
-    /// First wait before reconnecting to a server; doubled after each failed attempt, up to
-    /// `reconnect_max`, with ±25 % random jitter. Default 200 ms.
-    #[serde(with = "duration_ms")]
-    pub reconnect_min: Duration,
-    /// Longest wait between reconnection attempts. Default 5 s.
-    #[serde(with = "duration_ms")]
-    pub reconnect_max: Duration,
-    /// A server from which nothing arrived for this long (while keepalive pings go out every
-    /// `transport.keepalive_interval`) is judged dead before the transport's idle timeout:
-    /// it leaves routing at once, its pending calls fail (`#[idempotent]` ones are retried
-    /// elsewhere), its session is dropped and reconnected. Default 3 s (three missed pings);
-    /// at least twice the keepalive interval.
-    #[serde(with = "duration_ms")]
-    pub health_timeout: Duration,
-    /// Time constant of the peak-EWMA latency estimate that [`LowestLatency`] uses.
-    /// Default 10 s.
-    #[serde(with = "duration_ms")]
-    pub latency_decay: Duration,
-    /// Seed of the reconnection jitter; `None` (the default) draws one from the OS.
-    pub seed: Option<u64>,
-}
-
-impl Default for ClientConfig {
-    fn default() -> Self {
-        Self {
-            transport: TransportConfig::default(),
-            default_timeout: Duration::from_secs(5),
-            connect_timeout: Duration::from_secs(5),
-            max_pending_calls: 65536,
-            mode: ConnectMode::Multi,
-            reconnect_min: Duration::from_millis(200),
-            reconnect_max: Duration::from_secs(5),
-            health_timeout: Duration::from_secs(3),
-            latency_decay: Duration::from_secs(10),
-            seed: None,
-        }
-    }
-}
-
-impl ClientConfig {
-    fn validate(&self) -> Result<(), ClientError> {
-        let bad = |field, problem| Err(ClientError::Config { field, problem });
-        if self.reconnect_min.is_zero() || self.reconnect_max < self.reconnect_min {
-            return bad("reconnect_min", "must be non-zero and at most reconnect_max");
-        }
-        if self.health_timeout < self.transport.keepalive_interval * 2 {
-            return bad("health_timeout", "must be at least twice transport.keepalive_interval");
-        }
-        if self.latency_decay.is_zero() {
-            return bad("latency_decay", "must be non-zero");
-        }
-        self.transport.validate().map_err(BindError::from)?;
-        Ok(())
-    }
-}
-
-/// Why a client could not connect.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum ClientError {
-    /// The local endpoint could not start.
-    #[error(transparent)]
-    Bind(#[from] BindError),
-    /// An option is out of range.
-    #[error("invalid client option {field}: {problem}")]
-    Config {
-        /// The option.
-        field: &'static str,
-        /// What is wrong with it.
-        problem: &'static str,
-    },
-    /// No server address was given.
-    #[error("no server address given")]
-    NoServers,
-    /// The session could not be established (one server address).
-    #[error(transparent)]
-    Connect(#[from] ConnectError),
-    /// No server could be reached within the connect timeout; the last error of each address
-    /// (`None`: the attempt had not ended).
-    #[error("no server reachable: {0:?}")]
-    Unreachable(Vec<(SocketAddr, Option<ConnectError>)>),
-    /// A session was established but the server sent no manifest in time.
-    #[error("the server sent no manifest within the connect timeout")]
-    NoManifest,
-    /// The session ended before the manifest arrived.
-    #[error("disconnected during the handshake: {0}")]
-    Disconnected(DisconnectReason),
-}
-
-/// Something that happened to one of a client's servers. See [`Client::events`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum ClientEvent {
-    /// A server's session is up and its manifest arrived: calls route to it from now on.
-    Connected {
-        /// The server's id.
-        server: ServerId,
-        /// Its address.
-        addr: SocketAddr,
-    },
-    /// A server's session ended (or it was judged dead: [`DisconnectReason::Timeout`]). Calls
-    /// no longer route to it; unless the client is closing, it will be reconnected.
-    Disconnected {
-        /// The server's id, if its manifest had arrived.
-        server: Option<ServerId>,
-        /// Its address.
-        addr: SocketAddr,
-        /// Why.
-        reason: DisconnectReason,
-    },
-    /// A connected server sent a new manifest; routing already follows it.
-    ManifestChanged {
-        /// The server's id.
-        server: ServerId,
-        /// Its address.
-        addr: SocketAddr,
-    },
-    /// An attempt to connect failed; the next one follows after `retry_in`.
-    ConnectFailed {
-        /// The address.
-        addr: SocketAddr,
-        /// Why.
-        error: ConnectError,
-        /// The wait before the next attempt (`None` in on-demand mode: when a call needs it).
-        retry_in: Option<Duration>,
-    },
-}
-
-/// What a client knows of one connected server. See [`Client::servers`].
-#[derive(Debug, Clone)]
-#[non_exhaustive]
-pub struct ServerInfo {
-    /// The server's id (from its manifest).
-    pub id: ServerId,
-    /// Its address.
-    pub addr: SocketAddr,
-    /// Grain types it hosts.
-    pub grain_types: usize,
-    /// Its manifest.
-    pub manifest: Arc<Manifest>,
-    /// Calls pending on it.
-    pub pending: u32,
-    /// Peak-EWMA of its calls' latency (starts at the handshake's RTT).
-    pub latency: Duration,
-    /// The transport's smoothed round-trip time.
-    pub rtt: Duration,
-}
 
 /// What the client's task publishes for callers and `Client` methods.
 #[derive(Debug, Default)]
@@ -395,148 +201,6 @@ pub(crate) fn route_error(e: RouteError, gone: &Option<DisconnectReason>) -> Cal
 #[derive(Debug, Clone)]
 pub struct Client {
     pub(crate) shared: Arc<ClientShared>,
-}
-
-fn unspecified_for(addr: SocketAddr) -> SocketAddr {
-    match addr.ip() {
-        IpAddr::V4(ip) if ip.is_loopback() => SocketAddr::new(Ipv4Addr::LOCALHOST.into(), 0),
-        IpAddr::V4(_) => SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), 0),
-        IpAddr::V6(ip) if ip.is_loopback() => SocketAddr::new(Ipv6Addr::LOCALHOST.into(), 0),
-        IpAddr::V6(_) => SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), 0),
-    }
-}
-
-/// Sets up a [`Client`]: its servers, mode, strategies and options.
-#[must_use = "a builder does nothing until `connect`"]
-pub struct ClientBuilder {
-    config: ClientConfig,
-    addrs: Vec<SocketAddr>,
-    strategies: Strategies,
-}
-
-impl fmt::Debug for ClientBuilder {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ClientBuilder").field("addrs", &self.addrs).finish_non_exhaustive()
-    }
-}
-
-impl ClientBuilder {
-    /// Replaces the options (the mode set by [`mode`](Self::mode) is part of them).
-    pub fn config(mut self, config: ClientConfig) -> Self {
-        self.config = config;
-        self
-    }
-
-    /// Adds a server address.
-    pub fn server(mut self, addr: SocketAddr) -> Self {
-        self.addrs.push(addr);
-        self
-    }
-
-    /// Adds server addresses.
-    pub fn servers(mut self, addrs: impl IntoIterator<Item = SocketAddr>) -> Self {
-        self.addrs.extend(addrs);
-        self
-    }
-
-    /// Sets the connection mode (default [`ConnectMode::Multi`]).
-    pub fn mode(mut self, mode: ConnectMode) -> Self {
-        self.config.mode = mode;
-        self
-    }
-
-    /// Sets the strategy of every grain type without its own (default [`ConsistentHash`]).
-    pub fn strategy(mut self, strategy: impl Strategy) -> Self {
-        self.strategies.set_default(Arc::new(strategy));
-        self
-    }
-
-    /// Sets the strategy of the grain type behind the reference type `R`.
-    pub fn strategy_for<R: GrainInterface>(mut self, strategy: impl Strategy) -> Self {
-        self.strategies.set(R::info().grain_type, Arc::new(strategy));
-        self
-    }
-
-    /// Starts the client on a UDP socket and connects as the mode says: `Single` waits for the
-    /// first reachable server, `Multi` for every server to answer or fail once (at least one
-    /// must be up), `OnDemand` returns at once. Waits at most `connect_timeout`.
-    pub async fn connect(self) -> Result<Client, ClientError> {
-        let first = *self.addrs.first().ok_or(ClientError::NoServers)?;
-        self.config.validate()?;
-        let io = crate::transport::io::UdpIo::bind(
-            unspecified_for(first),
-            self.config.transport.socket_buffer_size,
-        )
-        .map_err(BindError::from)?;
-        self.start(io).await
-    }
-
-    /// Like [`connect`](Self::connect), over the simulated network from `local` (port 0 picks
-    /// one).
-    #[cfg(feature = "test-util")]
-    pub async fn connect_sim(
-        self,
-        net: &crate::transport::sim::SimNetwork,
-        local: SocketAddr,
-    ) -> Result<Client, ClientError> {
-        if self.addrs.is_empty() {
-            return Err(ClientError::NoServers);
-        }
-        self.config.validate()?;
-        let io = net.bind_io(local).map_err(BindError::from)?;
-        self.start(io).await
-    }
-
-    async fn start(self, io: impl crate::transport::io::Io) -> Result<Client, ClientError> {
-        let Self { config, addrs, strategies } = self;
-        let (tx, rx) = crossbeam::channel::unbounded();
-        let slots: Box<[Slot]> = match config.mode {
-            ConnectMode::Single => vec![Slot::new(addrs.clone())].into(),
-            _ => addrs.iter().map(|&a| Slot::new(vec![a])).collect(),
-        };
-        let shared = Arc::new(ClientShared {
-            config: config.clone(),
-            endpoint: Mutex::new(None),
-            task: OnceLock::new(),
-            cmds: tx,
-            view: Mutex::new(View::default()),
-            changed: Notify::new(),
-            accounting: Mutex::new(CallAccounting::new(Instant::now())),
-            pending: AtomicUsize::new(0),
-            spare_cells: ArrayQueue::new(SPARE_CELLS),
-            strategies,
-            slots,
-            events: broadcast::channel(EVENT_BACKLOG).0,
-            closing: AtomicBool::new(false),
-            tasks: Mutex::new(Vec::new()),
-        });
-        let s = shared.clone();
-        let endpoint = Endpoint::start_service(io, config.transport.clone(), move |ep| {
-            let _ = s.task.set(ep.clone());
-            ClientService::new(s, rx)
-        })?;
-        let connector = endpoint.connector();
-        *lock(&shared.endpoint) = Some(endpoint);
-        let mut seed = config.seed.unwrap_or_else(pool::os_seed);
-        {
-            let mut tasks = lock(&shared.tasks);
-            for i in 0..shared.slots.len() {
-                seed = crate::proto::route::fmix64(seed.wrapping_add(i as u64 + 1));
-                tasks.push(tokio::spawn(pool::run(shared.clone(), i, connector.clone(), seed)));
-            }
-        }
-        let client = Client { shared };
-        if config.mode == ConnectMode::OnDemand {
-            return Ok(client);
-        }
-        match client.wait_connected(config.connect_timeout).await {
-            Ok(()) => Ok(client),
-            Err(e) => {
-                client.disconnect().await;
-                Err(e)
-            }
-        }
-    }
 }
 
 impl Client {

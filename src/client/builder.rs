@@ -1,0 +1,166 @@
+//! Setting up a [`Client`]: servers, mode, strategies, options; starting its endpoint and
+//! connection tasks, and waiting as the mode says.
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicUsize};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Instant;
+
+use crossbeam::queue::ArrayQueue;
+use tokio::sync::{Notify, broadcast};
+
+use super::pool::{self, Slot};
+use super::service::ClientService;
+use super::{
+    Client, ClientConfig, ClientError, ClientShared, ConnectMode, EVENT_BACKLOG, SPARE_CELLS,
+    Strategy, View,
+};
+use crate::error::BindError;
+use crate::grain::GrainInterface;
+use crate::proto::route::Strategies;
+use crate::proto::stats::CallAccounting;
+use crate::sync::lock;
+use crate::transport::Endpoint;
+
+fn unspecified_for(addr: SocketAddr) -> SocketAddr {
+    match addr.ip() {
+        IpAddr::V4(ip) if ip.is_loopback() => SocketAddr::new(Ipv4Addr::LOCALHOST.into(), 0),
+        IpAddr::V4(_) => SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), 0),
+        IpAddr::V6(ip) if ip.is_loopback() => SocketAddr::new(Ipv6Addr::LOCALHOST.into(), 0),
+        IpAddr::V6(_) => SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), 0),
+    }
+}
+
+/// Sets up a [`Client`]: its servers, mode, strategies and options.
+#[must_use = "a builder does nothing until `connect`"]
+pub struct ClientBuilder {
+    pub(super) config: ClientConfig,
+    pub(super) addrs: Vec<SocketAddr>,
+    pub(super) strategies: Strategies,
+}
+
+impl fmt::Debug for ClientBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientBuilder").field("addrs", &self.addrs).finish_non_exhaustive()
+    }
+}
+
+impl ClientBuilder {
+    /// Replaces the options (the mode set by [`mode`](Self::mode) is part of them).
+    pub fn config(mut self, config: ClientConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Adds a server address.
+    pub fn server(mut self, addr: SocketAddr) -> Self {
+        self.addrs.push(addr);
+        self
+    }
+
+    /// Adds server addresses.
+    pub fn servers(mut self, addrs: impl IntoIterator<Item = SocketAddr>) -> Self {
+        self.addrs.extend(addrs);
+        self
+    }
+
+    /// Sets the connection mode (default [`ConnectMode::Multi`]).
+    pub fn mode(mut self, mode: ConnectMode) -> Self {
+        self.config.mode = mode;
+        self
+    }
+
+    /// Sets the strategy of every grain type without its own (default [`ConsistentHash`](super::ConsistentHash)).
+    pub fn strategy(mut self, strategy: impl Strategy) -> Self {
+        self.strategies.set_default(Arc::new(strategy));
+        self
+    }
+
+    /// Sets the strategy of the grain type behind the reference type `R`.
+    pub fn strategy_for<R: GrainInterface>(mut self, strategy: impl Strategy) -> Self {
+        self.strategies.set(R::info().grain_type, Arc::new(strategy));
+        self
+    }
+
+    /// Starts the client on a UDP socket and connects as the mode says: `Single` waits for the
+    /// first reachable server, `Multi` for every server to answer or fail once (at least one
+    /// must be up), `OnDemand` returns at once. Waits at most `connect_timeout`.
+    pub async fn connect(self) -> Result<Client, ClientError> {
+        let first = *self.addrs.first().ok_or(ClientError::NoServers)?;
+        self.config.validate()?;
+        let io = crate::transport::io::UdpIo::bind(
+            unspecified_for(first),
+            self.config.transport.socket_buffer_size,
+        )
+        .map_err(BindError::from)?;
+        self.start(io).await
+    }
+
+    /// Like [`connect`](Self::connect), over the simulated network from `local` (port 0 picks
+    /// one).
+    #[cfg(feature = "test-util")]
+    pub async fn connect_sim(
+        self,
+        net: &crate::transport::sim::SimNetwork,
+        local: SocketAddr,
+    ) -> Result<Client, ClientError> {
+        if self.addrs.is_empty() {
+            return Err(ClientError::NoServers);
+        }
+        self.config.validate()?;
+        let io = net.bind_io(local).map_err(BindError::from)?;
+        self.start(io).await
+    }
+
+    async fn start(self, io: impl crate::transport::io::Io) -> Result<Client, ClientError> {
+        let Self { config, addrs, strategies } = self;
+        let (tx, rx) = crossbeam::channel::unbounded();
+        let slots: Box<[Slot]> = match config.mode {
+            ConnectMode::Single => vec![Slot::new(addrs.clone())].into(),
+            _ => addrs.iter().map(|&a| Slot::new(vec![a])).collect(),
+        };
+        let shared = Arc::new(ClientShared {
+            config: config.clone(),
+            endpoint: Mutex::new(None),
+            task: OnceLock::new(),
+            cmds: tx,
+            view: Mutex::new(View::default()),
+            changed: Notify::new(),
+            accounting: Mutex::new(CallAccounting::new(Instant::now())),
+            pending: AtomicUsize::new(0),
+            spare_cells: ArrayQueue::new(SPARE_CELLS),
+            strategies,
+            slots,
+            events: broadcast::channel(EVENT_BACKLOG).0,
+            closing: AtomicBool::new(false),
+            tasks: Mutex::new(Vec::new()),
+        });
+        let s = shared.clone();
+        let endpoint = Endpoint::start_service(io, config.transport.clone(), move |ep| {
+            let _ = s.task.set(ep.clone());
+            ClientService::new(s, rx)
+        })?;
+        let connector = endpoint.connector();
+        *lock(&shared.endpoint) = Some(endpoint);
+        let mut seed = config.seed.unwrap_or_else(pool::os_seed);
+        {
+            let mut tasks = lock(&shared.tasks);
+            for i in 0..shared.slots.len() {
+                seed = crate::proto::route::fmix64(seed.wrapping_add(i as u64 + 1));
+                tasks.push(tokio::spawn(pool::run(shared.clone(), i, connector.clone(), seed)));
+            }
+        }
+        let client = Client { shared };
+        if config.mode == ConnectMode::OnDemand {
+            return Ok(client);
+        }
+        match client.wait_connected(config.connect_timeout).await {
+            Ok(()) => Ok(client),
+            Err(e) => {
+                client.disconnect().await;
+                Err(e)
+            }
+        }
+    }
+}

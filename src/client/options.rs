@@ -1,0 +1,208 @@
+//! A client's options, errors, events and server descriptions.
+
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::{TransportConfig, duration_ms};
+use crate::error::{BindError, ConnectError, DisconnectReason};
+use crate::proto::ids::ServerId;
+use crate::proto::manifest::Manifest;
+
+/// Which of its servers a client connects to, and when.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ConnectMode {
+    /// One server: the first of the list that answers. When it is lost, the list is tried
+    /// again from the start.
+    Single,
+    /// Every server, eagerly; each lost one is reconnected in the background. The default.
+    #[default]
+    Multi,
+    /// None at first. A call whose grain type no connected server hosts connects the next
+    /// server of the list (in order) and waits for its manifest, until one hosts the type or
+    /// the list is exhausted. A lost server is reconnected when a call needs it again.
+    OnDemand,
+}
+
+impl FromStr for ConnectMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "single" => Ok(Self::Single),
+            "multi" => Ok(Self::Multi),
+            "on-demand" => Ok(Self::OnDemand),
+            other => Err(format!("unknown mode {other:?}: expected single, multi or on-demand")),
+        }
+    }
+}
+
+/// Options of a [`Client`](super::Client).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClientConfig {
+    /// The transport's options.
+    pub transport: TransportConfig,
+    /// A call's deadline when neither the method (`#[grain(timeout_ms = ..)]`) nor the call
+    /// (`with_timeout`) sets one. Default 5 s.
+    #[serde(with = "duration_ms")]
+    pub default_timeout: Duration,
+    /// How long `connect` waits for servers' handshakes and manifests. Default 5 s.
+    #[serde(with = "duration_ms")]
+    pub connect_timeout: Duration,
+    /// Calls that may be pending at once; more fail at once with `CallError::Overloaded`.
+    /// Default 65536.
+    pub max_pending_calls: usize,
+    /// Which servers to connect to, and when. Default [`ConnectMode::Multi`].
+    pub mode: ConnectMode,
+    /// First wait before reconnecting to a server; doubled after each failed attempt, up to
+    /// `reconnect_max`, with ±25 % random jitter. Default 200 ms.
+    #[serde(with = "duration_ms")]
+    pub reconnect_min: Duration,
+    /// Longest wait between reconnection attempts. Default 5 s.
+    #[serde(with = "duration_ms")]
+    pub reconnect_max: Duration,
+    /// A server from which nothing arrived for this long (while keepalive pings go out every
+    /// `transport.keepalive_interval`) is judged dead before the transport's idle timeout:
+    /// it leaves routing at once, its pending calls fail (`#[idempotent]` ones are retried
+    /// elsewhere), its session is dropped and reconnected. Default 3 s (three missed pings);
+    /// at least twice the keepalive interval.
+    #[serde(with = "duration_ms")]
+    pub health_timeout: Duration,
+    /// Time constant of the peak-EWMA latency estimate that [`LowestLatency`](super::LowestLatency) uses.
+    /// Default 10 s.
+    #[serde(with = "duration_ms")]
+    pub latency_decay: Duration,
+    /// Seed of the reconnection jitter; `None` (the default) draws one from the OS.
+    pub seed: Option<u64>,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        Self {
+            transport: TransportConfig::default(),
+            default_timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(5),
+            max_pending_calls: 65536,
+            mode: ConnectMode::Multi,
+            reconnect_min: Duration::from_millis(200),
+            reconnect_max: Duration::from_secs(5),
+            health_timeout: Duration::from_secs(3),
+            latency_decay: Duration::from_secs(10),
+            seed: None,
+        }
+    }
+}
+
+impl ClientConfig {
+    pub(super) fn validate(&self) -> Result<(), ClientError> {
+        let bad = |field, problem| Err(ClientError::Config { field, problem });
+        if self.reconnect_min.is_zero() || self.reconnect_max < self.reconnect_min {
+            return bad("reconnect_min", "must be non-zero and at most reconnect_max");
+        }
+        if self.health_timeout < self.transport.keepalive_interval * 2 {
+            return bad("health_timeout", "must be at least twice transport.keepalive_interval");
+        }
+        if self.latency_decay.is_zero() {
+            return bad("latency_decay", "must be non-zero");
+        }
+        self.transport.validate().map_err(BindError::from)?;
+        Ok(())
+    }
+}
+
+/// Why a client could not connect.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// The local endpoint could not start.
+    #[error(transparent)]
+    Bind(#[from] BindError),
+    /// An option is out of range.
+    #[error("invalid client option {field}: {problem}")]
+    Config {
+        /// The option.
+        field: &'static str,
+        /// What is wrong with it.
+        problem: &'static str,
+    },
+    /// No server address was given.
+    #[error("no server address given")]
+    NoServers,
+    /// The session could not be established (one server address).
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    /// No server could be reached within the connect timeout; the last error of each address
+    /// (`None`: the attempt had not ended).
+    #[error("no server reachable: {0:?}")]
+    Unreachable(Vec<(SocketAddr, Option<ConnectError>)>),
+    /// A session was established but the server sent no manifest in time.
+    #[error("the server sent no manifest within the connect timeout")]
+    NoManifest,
+    /// The session ended before the manifest arrived.
+    #[error("disconnected during the handshake: {0}")]
+    Disconnected(DisconnectReason),
+}
+
+/// Something that happened to one of a client's servers. See [`Client::events`](super::Client::events).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ClientEvent {
+    /// A server's session is up and its manifest arrived: calls route to it from now on.
+    Connected {
+        /// The server's id.
+        server: ServerId,
+        /// Its address.
+        addr: SocketAddr,
+    },
+    /// A server's session ended (or it was judged dead: [`DisconnectReason::Timeout`]). Calls
+    /// no longer route to it; unless the client is closing, it will be reconnected.
+    Disconnected {
+        /// The server's id, if its manifest had arrived.
+        server: Option<ServerId>,
+        /// Its address.
+        addr: SocketAddr,
+        /// Why.
+        reason: DisconnectReason,
+    },
+    /// A connected server sent a new manifest; routing already follows it.
+    ManifestChanged {
+        /// The server's id.
+        server: ServerId,
+        /// Its address.
+        addr: SocketAddr,
+    },
+    /// An attempt to connect failed; the next one follows after `retry_in`.
+    ConnectFailed {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        error: ConnectError,
+        /// The wait before the next attempt (`None` in on-demand mode: when a call needs it).
+        retry_in: Option<Duration>,
+    },
+}
+
+/// What a client knows of one connected server. See [`Client::servers`](super::Client::servers).
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ServerInfo {
+    /// The server's id (from its manifest).
+    pub id: ServerId,
+    /// Its address.
+    pub addr: SocketAddr,
+    /// Grain types it hosts.
+    pub grain_types: usize,
+    /// Its manifest.
+    pub manifest: Arc<Manifest>,
+    /// Calls pending on it.
+    pub pending: u32,
+    /// Peak-EWMA of its calls' latency (starts at the handshake's RTT).
+    pub latency: Duration,
+    /// The transport's smoothed round-trip time.
+    pub rtt: Duration,
+}
