@@ -662,3 +662,30 @@ async fn a_heavier_server_gets_its_share_of_grains() {
     let heavy = c["s0"] as f64 / 800.0;
     assert!((0.70..0.80).contains(&heavy), "weight 3 of 4 got {heavy}: {c:?}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn dropping_the_last_handle_stops_the_client() {
+    let fleet = Fleet::new(clean(), &[Hosts::Echo; 2]);
+    let client = fleet.client(0, ConnectMode::Multi, "ch").await;
+    let e: EchoRef = client.grain(1);
+    e.hit(1).await.unwrap();
+    let mut events = client.events();
+    drop(client);
+    // A reference keeps the client alive.
+    assert_eq!(e.hit(2).await.unwrap().len(), 2);
+    drop(e);
+    // Then its sessions close, its tasks end and its state is freed: the event stream ends.
+    let mut gone = 0;
+    let ended = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            match events.recv().await {
+                Ok(ClientEvent::Disconnected { .. }) => gone += 1,
+                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                Err(broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the client's state was never freed");
+    assert_eq!(gone, 2, "both sessions were closed");
+}

@@ -151,7 +151,7 @@ impl ClientBuilder {
                 tasks.push(tokio::spawn(pool::run(shared.clone(), i, connector.clone(), seed)));
             }
         }
-        let client = Client { shared };
+        let client = Client::new(shared);
         if config.mode == ConnectMode::OnDemand {
             return Ok(client);
         }

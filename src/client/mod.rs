@@ -197,13 +197,44 @@ pub(crate) fn route_error(e: RouteError, gone: &Option<DisconnectReason>) -> Cal
     }
 }
 
-/// A client of one or more game servers. Cheap to clone; clones share the connections.
+/// A client of one or more game servers. Cheap to clone; clones (and grain references made
+/// from them) share the connections. When the last one is dropped, the client stops as
+/// [`disconnect`](Self::disconnect) would, without waiting.
 #[derive(Debug, Clone)]
 pub struct Client {
     pub(crate) shared: Arc<ClientShared>,
+    /// Shared by every handle: its drop stops the client (the endpoint task and the connection
+    /// tasks hold `shared`, so `shared` alone would never be dropped).
+    _owner: Arc<Owner>,
+}
+
+#[derive(Debug)]
+struct Owner(Arc<ClientShared>);
+
+impl Drop for Owner {
+    fn drop(&mut self) {
+        self.0.stop_tasks();
+        // Dropping the endpoint handle shuts its task down (sessions are closed, pending calls
+        // fail with `Disconnected`), which drops the service and with it the last `shared`.
+        drop(lock(&self.0.endpoint).take());
+    }
+}
+
+impl ClientShared {
+    /// Stops reconnecting: the connection tasks end.
+    fn stop_tasks(&self) {
+        self.closing.store(true, Ordering::Release);
+        for t in lock(&self.tasks).drain(..) {
+            t.abort();
+        }
+    }
 }
 
 impl Client {
+    pub(crate) fn new(shared: Arc<ClientShared>) -> Self {
+        Self { _owner: Arc::new(Owner(shared.clone())), shared }
+    }
+
     /// A builder: servers, mode, strategies, options.
     pub fn builder() -> ClientBuilder {
         ClientBuilder {
@@ -348,10 +379,7 @@ impl Client {
     /// Stops reconnecting, closes every session (pending calls fail with `Disconnected`) and
     /// stops the endpoint.
     pub async fn disconnect(&self) {
-        self.shared.closing.store(true, Ordering::Release);
-        for t in lock(&self.shared.tasks).drain(..) {
-            t.abort();
-        }
+        self.shared.stop_tasks();
         let endpoint = lock(&self.shared.endpoint).take();
         if let Some(mut ep) = endpoint {
             ep.close().await;
