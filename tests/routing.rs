@@ -689,3 +689,60 @@ async fn dropping_the_last_handle_stops_the_client() {
     assert!(ended.is_ok(), "the client's state was never freed");
     assert_eq!(gone, 2, "both sessions were closed");
 }
+
+/// Records debug events' fields as `name=value` text.
+#[derive(Clone, Default)]
+struct Capture(Arc<Mutex<Vec<String>>>);
+
+struct Fields(String);
+
+impl tracing::field::Visit for Fields {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        self.0.push_str(&format!("{}={:?} ", field.name(), value));
+    }
+}
+
+impl tracing::Subscriber for Capture {
+    fn enabled(&self, m: &tracing::Metadata<'_>) -> bool {
+        *m.level() <= tracing::Level::DEBUG
+    }
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+    fn event(&self, e: &tracing::Event<'_>) {
+        let mut f = Fields(String::new());
+        e.record(&mut f);
+        self.0.lock().unwrap().push(f.0);
+    }
+    fn enter(&self, _: &tracing::span::Id) {}
+    fn exit(&self, _: &tracing::span::Id) {}
+}
+
+#[test]
+fn every_routing_decision_is_traced_with_its_reason() {
+    let capture = Capture::default();
+    let _guard = tracing::subscriber::set_default(capture.clone());
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().start_paused(true).build();
+    rt.unwrap().block_on(async {
+        let fleet = Fleet::new(clean(), &[Hosts::Echo, Hosts::Both]);
+        let client = fleet.client(0, ConnectMode::Multi, "ch").await;
+        client.grain::<EchoRef>(1).hit(1).await.unwrap();
+        client.grain::<LobbyRef>(1).hit(1).await.unwrap();
+        client.grain::<EchoRef>(2).prefer(&ServerId::new("s0")).hit(1).await.unwrap();
+    });
+    let lines = capture.0.lock().unwrap().clone();
+    let routed: Vec<&String> = lines.iter().filter(|l| l.contains("message=routed")).collect();
+    assert_eq!(routed.len(), 3, "{lines:#?}");
+    assert!(
+        routed[0].contains("reason=Strategy") && routed[0].contains("strategy=\"consistent-hash\"")
+    );
+    assert!(routed[0].contains("candidates=2"), "{}", routed[0]);
+    assert!(routed[1].contains("server=s1") && routed[1].contains("reason=Only"), "{}", routed[1]);
+    assert!(
+        routed[2].contains("server=s0") && routed[2].contains("reason=Preferred"),
+        "{}",
+        routed[2]
+    );
+}
