@@ -74,6 +74,40 @@ impl Slot {
         lock(&self.state).phase = phase;
     }
 
+    /// On-demand: waits until the client's task asks for this server.
+    async fn wanted(&self) {
+        loop {
+            let wanted = self.demand.notified();
+            if self.phase() == Phase::Connecting {
+                return;
+            }
+            wanted.await;
+        }
+    }
+
+    /// The session to address `i` is up.
+    fn connected(&self, i: usize) {
+        let mut s = lock(&self.state);
+        // The manifest may have been handled before this task ran again.
+        if s.phase == Phase::Connecting {
+            s.phase = Phase::Connected;
+        }
+        s.errors[i] = None;
+    }
+
+    /// Connecting to address `i` failed; true if every address has now been tried (the slot
+    /// waits before the next round).
+    fn failed(&self, i: usize, error: ConnectError) -> bool {
+        let mut s = lock(&self.state);
+        s.errors[i] = Some(error);
+        let wrapped = i + 1 == self.addrs.len();
+        if wrapped {
+            s.settled = true;
+            s.phase = Phase::Backoff;
+        }
+        wrapped
+    }
+
     /// The server's manifest arrived (called by the client's task).
     pub(crate) fn mark_ready(&self) {
         let mut s = lock(&self.state);
@@ -104,7 +138,7 @@ fn jitter(d: Duration, rng: &mut SplitMix64) -> Duration {
     d.mul_f64(0.75 + 0.5 * rng.next_f64())
 }
 
-/// Runs slot `index` until the client closes.
+/// Runs slot `index` until the client closes (or its task is aborted).
 pub(crate) async fn run(shared: Arc<ClientShared>, index: usize, connector: Connector, seed: u64) {
     let slot = &shared.slots[index];
     let cfg = &shared.config;
@@ -112,32 +146,16 @@ pub(crate) async fn run(shared: Arc<ClientShared>, index: usize, connector: Conn
     let mut rng = SplitMix64::new(seed);
     let mut backoff = cfg.reconnect_min;
     let mut next = 0;
-    loop {
-        if shared.closing.load(std::sync::atomic::Ordering::Acquire) {
-            return;
-        }
+    while !shared.closing.load(std::sync::atomic::Ordering::Acquire) {
         if on_demand {
-            loop {
-                let wanted = slot.demand.notified();
-                if slot.phase() == Phase::Connecting {
-                    break;
-                }
-                wanted.await;
-            }
+            slot.wanted().await;
         } else {
             slot.set_phase(Phase::Connecting);
         }
         let addr = slot.addrs[next];
         match connector.connect(addr).await {
             Ok(conn) => {
-                {
-                    let mut s = lock(&slot.state);
-                    // The manifest may have been handled before this task ran again.
-                    if s.phase == Phase::Connecting {
-                        s.phase = Phase::Connected;
-                    }
-                    s.errors[next] = None;
-                }
+                slot.connected(next);
                 backoff = cfg.reconnect_min;
                 shared.poke();
                 let reason = conn.closed().await;
@@ -154,14 +172,7 @@ pub(crate) async fn run(shared: Arc<ClientShared>, index: usize, connector: Conn
                 }
             }
             Err(error) => {
-                let wrapped = next + 1 == slot.addrs.len();
-                {
-                    let mut s = lock(&slot.state);
-                    s.errors[next] = Some(error);
-                    if wrapped {
-                        s.settled = true;
-                    }
-                }
+                let wrapped = slot.failed(next, error);
                 next = (next + 1) % slot.addrs.len();
                 if !wrapped {
                     continue; // single mode: the next address at once
@@ -170,7 +181,6 @@ pub(crate) async fn run(shared: Arc<ClientShared>, index: usize, connector: Conn
                 backoff = (backoff * 2).min(cfg.reconnect_max);
                 tracing::debug!(%addr, %error, ?wait, "connect failed");
                 shared.emit(ClientEvent::ConnectFailed { addr, error, retry_in: Some(wait) });
-                slot.set_phase(Phase::Backoff);
                 shared.changed.notify_waiters();
                 shared.poke();
                 tokio::time::sleep(wait).await;

@@ -309,23 +309,7 @@ impl RouteTable {
         exclude: Option<PeerId>,
     ) -> Result<Decision<'_>, RouteError> {
         let unavailable = |s: &ServerId| RouteError::Unavailable(s.clone());
-        let Some(t) = self.types.get(&target.grain_type) else {
-            return Err(match affinity {
-                Affinity::Required(s) => unavailable(s),
-                _ if self.servers == 0 => RouteError::NoServers,
-                _ if self.draining.contains(&target.grain_type) => RouteError::Draining,
-                _ => RouteError::NotHosted,
-            });
-        };
-        let Some(v) = t.variants.iter().find(|v| v.matches(target)) else {
-            if let Affinity::Required(s) = affinity {
-                return Err(unavailable(s));
-            }
-            return Err(match t.variants.iter().find(|v| v.interface == target.interface) {
-                Some(v) => RouteError::Incompatible { ours: target.version, theirs: v.version },
-                None => RouteError::NotHosted,
-            });
-        };
+        let (t, v) = self.variant(target, affinity)?;
         let list: &[Candidate] = &v.candidates;
         let decision = |i: usize, reason| Decision {
             candidate: &list[i],
@@ -363,25 +347,60 @@ impl RouteTable {
                 Ok(decision(if i < list.len() { i } else { 0 }, fallback))
             }
             Some(skip) => {
-                // Pick among the others: a small copy on this rare path (a retry).
-                let rest: Vec<Candidate> = list
-                    .iter()
-                    .enumerate()
-                    .filter(|&(i, _)| i != skip)
-                    .map(|(_, c)| c.clone())
-                    .collect();
-                if rest.is_empty() {
-                    return Err(RouteError::NotHosted);
-                }
-                let uniform = rest.iter().all(|c| c.weight == rest[0].weight);
-                let hashes: Vec<u64> = rest.iter().map(|c| c.hash).collect();
-                let candidates = Candidates { list: &rest, hashes: &hashes, uniform };
-                let i = t.strategy.pick(&ctx, candidates).min(rest.len() - 1);
-                let peer = rest[i].peer;
-                let j = list.iter().position(|c| c.peer == peer).unwrap_or(0);
-                Ok(decision(j, fallback))
+                let i = Self::pick_excluding(t, v, &ctx, skip)?;
+                Ok(decision(i, fallback))
             }
         }
+    }
+
+    /// The grain type's routes and the hosts with the caller's interface, or why there are
+    /// none.
+    fn variant(
+        &self,
+        target: &Target,
+        affinity: &Affinity,
+    ) -> Result<(&TypeRoutes, &Variant), RouteError> {
+        let unavailable = |s: &ServerId| RouteError::Unavailable(s.clone());
+        let Some(t) = self.types.get(&target.grain_type) else {
+            return Err(match affinity {
+                Affinity::Required(s) => unavailable(s),
+                _ if self.servers == 0 => RouteError::NoServers,
+                _ if self.draining.contains(&target.grain_type) => RouteError::Draining,
+                _ => RouteError::NotHosted,
+            });
+        };
+        let Some(v) = t.variants.iter().find(|v| v.matches(target)) else {
+            if let Affinity::Required(s) = affinity {
+                return Err(unavailable(s));
+            }
+            return Err(match t.variants.iter().find(|v| v.interface == target.interface) {
+                Some(v) => RouteError::Incompatible { ours: target.version, theirs: v.version },
+                None => RouteError::NotHosted,
+            });
+        };
+        Ok((t, v))
+    }
+
+    /// The strategy's pick among the variant's candidates but `skip` (a retry elsewhere): a
+    /// small copy on this rare path. The index is into the whole candidate list.
+    fn pick_excluding(
+        t: &TypeRoutes,
+        v: &Variant,
+        ctx: &PickContext<'_>,
+        skip: usize,
+    ) -> Result<usize, RouteError> {
+        let list = &v.candidates;
+        let rest: Vec<Candidate> =
+            list.iter().enumerate().filter(|&(i, _)| i != skip).map(|(_, c)| c.clone()).collect();
+        if rest.is_empty() {
+            return Err(RouteError::NotHosted);
+        }
+        let uniform = rest.iter().all(|c| c.weight == rest[0].weight);
+        let hashes: Vec<u64> = rest.iter().map(|c| c.hash).collect();
+        let candidates = Candidates { list: &rest, hashes: &hashes, uniform };
+        let i = t.strategy.pick(ctx, candidates).min(rest.len() - 1);
+        let peer = rest[i].peer;
+        Ok(list.iter().position(|c| c.peer == peer).unwrap_or(0))
     }
 }
 
