@@ -477,7 +477,9 @@ async fn a_dead_servers_calls_fail_at_once_and_idempotent_ones_go_elsewhere() {
 
 #[tokio::test(start_paused = true)]
 async fn failover_under_loss_every_call_has_exactly_one_outcome() {
-    for seed in [11u64, 12, 13] {
+    // Three seeds, or `GRAINWIRE_SEEDS` of them for a longer soak.
+    let n = std::env::var("GRAINWIRE_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(3u64);
+    for seed in 11..11 + n {
         let net = SimNetwork::new(seed, SimConfig::default());
         let mut fleet = Fleet::new(net, &[Hosts::Echo; 3]);
         let config = ClientConfig {
