@@ -37,6 +37,12 @@
 //! # Ok(()) }
 //! ```
 //!
+//! One client talks to many servers at once ([`client::Client::builder`]): each server lists the
+//! grain types it hosts in its handshake, and every call is routed by those manifests, the
+//! grain type's [`client::Strategy`] (consistent placement by default, round-robin, lowest
+//! latency, or your own) and the reference's [`client::Affinity`]; a server that dies leaves
+//! routing within seconds and is reconnected when it returns.
+//!
 //! Underneath is [`transport`]: reliable and unreliable delivery classes on our own sans-IO
 //! reliability core ([`proto`]), inside laminar's connection manager, driven by one tokio task
 //! per socket. It can be used on its own.
