@@ -59,7 +59,9 @@ impl ClientBuilder {
         self
     }
 
-    /// Adds server addresses.
+    /// Adds server addresses (in order: single and on-demand modes try them in this order).
+    /// The client's socket is bound for the first address's IP family (and on loopback if the
+    /// first address is loopback): give addresses of one family. Duplicates are ignored.
     pub fn servers(mut self, addrs: impl IntoIterator<Item = SocketAddr>) -> Self {
         self.addrs.extend(addrs);
         self
@@ -114,7 +116,10 @@ impl ClientBuilder {
     }
 
     async fn start(self, io: impl crate::transport::io::Io) -> Result<Client, ClientError> {
-        let Self { config, addrs, strategies } = self;
+        let Self { config, mut addrs, strategies } = self;
+        // The same address twice would be two slots fighting over one session.
+        let mut seen = std::collections::HashSet::new();
+        addrs.retain(|a| seen.insert(*a));
         let (tx, rx) = crossbeam::channel::unbounded();
         let slots: Box<[Slot]> = match config.mode {
             ConnectMode::Single => vec![Slot::new(addrs.clone())].into(),
