@@ -1,8 +1,15 @@
-//! Small synchronization pieces shared by the endpoint task and the RPC layer.
+//! Small pieces shared by the endpoint task and the RPC layer: locking, wake-up flags, seeds.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
+
+/// 64 bits from the OS's randomness (std seeds every `RandomState` from it): seeds for nonces,
+/// cookie keys, server ids and reconnection jitter when the configuration gives none.
+pub(crate) fn os_seed() -> u64 {
+    use std::hash::BuildHasher;
+    std::collections::hash_map::RandomState::new().hash_one(0x5eed_u64)
+}
 
 /// Locks `m`, taking the value over if a panicking thread poisoned it: every critical section
 /// in this crate leaves the data consistent before anything that can panic.

@@ -148,7 +148,7 @@ impl ClientBuilder {
         })?;
         let connector = endpoint.connector();
         *lock(&shared.endpoint) = Some(endpoint);
-        let mut seed = config.seed.unwrap_or_else(pool::os_seed);
+        let mut seed = config.seed.unwrap_or_else(crate::sync::os_seed);
         {
             let mut tasks = lock(&shared.tasks);
             for i in 0..shared.slots.len() {

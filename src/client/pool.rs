@@ -3,7 +3,6 @@
 //! backoff and jitter. Routing state lives in the client's endpoint task; slots only say what
 //! they are doing.
 
-use std::hash::BuildHasher;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -126,11 +125,6 @@ impl Slot {
         self.demand.notify_one();
         true
     }
-}
-
-/// 64 bits from the OS's randomness (std seeds every `RandomState` from it).
-pub(crate) fn os_seed() -> u64 {
-    std::collections::hash_map::RandomState::new().hash_one(0x6a17_7e12_u64)
 }
 
 /// `d` ± 25 %.

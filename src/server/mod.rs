@@ -183,7 +183,10 @@ impl ServerBuilder {
         config.transport.validate().map_err(BindError::from)?;
         let server_id = match &config.server_id {
             Some(id) => ServerId::new(id.as_str()),
-            None => ServerId::new(format!("{:016x}", SplitMix64::new(seed()).next_u64())),
+            None => ServerId::new(format!(
+                "{:016x}",
+                SplitMix64::new(crate::sync::os_seed()).next_u64()
+            )),
         };
         let mut registry: Vec<Registered> = Vec::new();
         for (h, hosted) in self.hosts {
@@ -218,11 +221,6 @@ impl ServerBuilder {
         let io = net.bind_io(addr).map_err(BindError::from)?;
         Server::start(io, config, registry, server_id)
     }
-}
-
-fn seed() -> u64 {
-    use std::hash::BuildHasher;
-    std::collections::hash_map::RandomState::new().hash_one(0x5e_u8)
 }
 
 /// A running game server. Dropping it stops it at once; [`Server::shutdown`] stops it

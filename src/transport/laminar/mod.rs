@@ -15,8 +15,6 @@ mod timer;
 pub(crate) use self::conn::{Command, EventTarget};
 
 use std::collections::HashMap;
-use std::collections::hash_map::RandomState;
-use std::hash::BuildHasher;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -58,11 +56,6 @@ pub(crate) struct Driver<I: Io, S: Service> {
     inits: Vec<(SocketAddr, Init)>,
 }
 
-/// 64 bits from the OS's randomness (std seeds every `RandomState` from it).
-fn os_random() -> u64 {
-    RandomState::new().hash_one(0x5eed_u64)
-}
-
 impl<I: Io, S: Service> Driver<I, S> {
     /// A driver whose session events go to the application (`app` is `Some`) or to the
     /// service `make_service` builds.
@@ -83,7 +76,7 @@ impl<I: Io, S: Service> Driver<I, S> {
             max_unestablished_connections: 16,
             ..laminar::Config::default()
         };
-        let mut rng = SplitMix64::new(os_random());
+        let mut rng = SplitMix64::new(crate::sync::os_seed());
         let gate = Gate::new(
             (rng.next_u64(), rng.next_u64()),
             now,
