@@ -451,16 +451,12 @@ impl Client {
     ) -> Result<(), CallError<Infallible>> {
         let shared = &self.shared;
         let target = target_of(iface);
-        let (conn, type_index) = {
-            let view = lock(&shared.view);
-            let d = view
-                .routes
-                .route(&target, r.hash, &r.affinity)
-                .map_err(|e| route_error(e, &view.last_gone.filter(|_| view.servers.is_empty())))?;
-            let peer = d.candidate.peer;
-            let conn = view.servers.iter().find(|s| s.peer == peer).map(|s| s.conn.clone());
-            (conn.ok_or(CallError::NotConnected)?, d.candidate.type_index)
-        };
+        // Routed like a call, but it never waits for a server.
+        let (peer, type_index) = shared.route(&target, r)?.ok_or(CallError::NotConnected)?;
+        let view = lock(&shared.view);
+        let conn = view.servers.iter().find(|s| s.peer == peer).map(|s| s.conn.clone());
+        drop(view);
+        let conn = conn.ok_or(CallError::NotConnected)?;
         let call = CallHeader {
             type_index,
             version: iface.version,
