@@ -62,6 +62,12 @@ pub struct TransportConfig {
     /// Default 10 s.
     #[serde(with = "duration_ms")]
     pub idle_timeout: Duration,
+    /// Close the session (reason: [`Stalled`](crate::error::DisconnectReason::Stalled)) when
+    /// data has waited this long for the peer to acknowledge any of it: a peer that advertises
+    /// no credit, never acks, or lets its receive buffer fill, is not kept forever at the cost
+    /// of what is queued for it (TCP's user timeout). Default 10 s.
+    #[serde(with = "duration_ms")]
+    pub stall_timeout: Duration,
     /// Give up connecting after this long. Default 5 s.
     #[serde(with = "duration_ms")]
     pub handshake_timeout: Duration,
@@ -74,8 +80,19 @@ pub struct TransportConfig {
     pub close_linger: Duration,
     /// Whether the endpoint accepts incoming sessions (a server). Default false.
     pub accept_incoming: bool,
-    /// Most incoming sessions at once; further attempts are rejected. Default 4096.
+    /// Most incoming sessions at once; further attempts are rejected
+    /// ([`Rejection::ServerFull`](crate::error::Rejection)). Default 4096.
     pub max_connections: usize,
+    /// Most incoming sessions from one address at once (an IPv4 address, or an IPv6 /64);
+    /// further attempts are rejected
+    /// ([`Rejection::TooManyFromAddress`](crate::error::Rejection)). Default 64: a household
+    /// behind one NAT with several players is far below it, one host cannot take every slot.
+    /// Raise it for carrier-grade NATs or load tests from one machine.
+    pub max_connections_per_ip: usize,
+    /// Datagrams per second a source address without a session may send (handshakes, and
+    /// anything else a stranger sends), checked before any other work; the rest are dropped
+    /// and counted. The budget refills continuously, up to one second's worth. Default 32.
+    pub handshake_rate_per_ip: u32,
     /// How long a handshake cookie stays valid. Default 10 s.
     #[serde(with = "duration_ms")]
     pub cookie_lifetime: Duration,
@@ -108,11 +125,14 @@ impl Default for TransportConfig {
             max_window: 1 << 20,
             keepalive_interval: Duration::from_secs(1),
             idle_timeout: Duration::from_secs(10),
+            stall_timeout: Duration::from_secs(10),
             handshake_timeout: Duration::from_secs(5),
             handshake_retry: Duration::from_millis(250),
             close_linger: Duration::from_secs(1),
             accept_incoming: false,
             max_connections: 4096,
+            max_connections_per_ip: 64,
+            handshake_rate_per_ip: 32,
             cookie_lifetime: Duration::from_secs(10),
             event_backlog: 65536,
             socket_buffer_size: 4 << 20,
@@ -170,11 +190,20 @@ impl TransportConfig {
         if self.keepalive_interval.is_zero() || self.keepalive_interval >= self.idle_timeout {
             return err("keepalive_interval", "must be non-zero and shorter than idle_timeout");
         }
+        if self.stall_timeout.is_zero() {
+            return err("stall_timeout", "must be non-zero");
+        }
         if self.handshake_retry.is_zero() || self.handshake_retry > self.handshake_timeout {
             return err("handshake_retry", "must be non-zero and at most handshake_timeout");
         }
         if self.cookie_lifetime < self.handshake_retry {
             return err("cookie_lifetime", "must be at least handshake_retry");
+        }
+        if self.max_connections_per_ip == 0 || self.handshake_rate_per_ip == 0 {
+            return err(
+                "max_connections_per_ip",
+                "max_connections_per_ip and handshake_rate_per_ip must be non-zero",
+            );
         }
         if self.event_backlog == 0 || self.max_datagrams_per_poll == 0 {
             return err(

@@ -79,9 +79,9 @@ pub enum DisconnectReason {
         /// The peer's version.
         theirs: u8,
     },
-    /// The server refused the connection (full, or not accepting).
-    #[error("rejected by the server")]
-    Rejected,
+    /// The server refused the connection, and said why.
+    #[error("rejected by the server: {0}")]
+    Rejected(Rejection),
     /// The peer no longer knows this session: it restarted, or dropped it.
     #[error("session reset by the peer")]
     Reset,
@@ -91,6 +91,28 @@ pub enum DisconnectReason {
     /// The local endpoint shut down.
     #[error("endpoint shut down")]
     EndpointClosed,
+    /// Data waited for the peer's acknowledgement longer than `stall_timeout` (it advertised
+    /// no room, stopped acknowledging, or its network lost everything), or more of it piled up
+    /// than twice the `send_buffer`: the peer does not drain what is sent to it. Reported on
+    /// the side that gave up and, from its `CLOSE`, on the peer.
+    #[error("stalled: the peer did not take what was sent to it")]
+    Stalled,
+}
+
+/// Why a server refused a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Rejection {
+    /// It holds as many sessions as it allows (`max_connections`).
+    #[error("the server is full")]
+    ServerFull,
+    /// It does not accept incoming sessions (not a server, or shutting down).
+    #[error("the server does not accept sessions")]
+    NotAccepting,
+    /// Our address (IPv4, or IPv6 /64) holds as many sessions as the server allows one address
+    /// (`max_connections_per_ip`).
+    #[error("too many sessions from this address")]
+    TooManyFromAddress,
 }
 
 /// Why [`Endpoint::connect`](crate::transport::Endpoint::connect) failed.

@@ -125,3 +125,61 @@ pub fn rpc_frame(data: &[u8]) {
     }
     assert_eq!(rpc::decode_rpc(&again).as_ref(), Ok(&frame), "RPC frame round trip");
 }
+
+/// Feeds a script of message chunks to an ordered and an unordered reliable space and to the
+/// unreliable classes, as a hostile peer would: any count, index, length and order. Each step
+/// is 6 bytes: `[target/flags][seq][count][index][length selector][length]`. Checks what the
+/// receive path promises: delivered messages fit `max_message`, what is held stays within the
+/// flow-control credit and the unreliable budget, and work stays bounded.
+pub fn reassembly(data: &[u8]) {
+    use crate::proto::channel::MIN_CHUNK;
+    use crate::proto::channel::recv::{Credit, InChunk, RecvReliable, RecvUnreliable};
+
+    let max = 8 * MIN_CHUNK;
+    let window = 16 * MIN_CHUNK as u64;
+    let body: Vec<u8> = (0..=max).map(|i| i as u8).collect();
+    let mut spaces = [RecvReliable::new(true), RecvReliable::new(false)];
+    let mut credits = [Credit::new(window), Credit::new(window)];
+    let mut broken = [false; 2];
+    let mut unreliable = RecvUnreliable::default();
+    for step in data.chunks_exact(6).take(20_000) {
+        let count = u32::from(step[2] % 16);
+        let index = u32::from(step[3] % 16);
+        // Mostly lengths a sender would cut, sometimes anything.
+        let len = match step[4] % 4 {
+            0 => MIN_CHUNK,
+            1 => usize::from(step[5]) % (MIN_CHUNK + 1),
+            2 => MIN_CHUNK + usize::from(step[5]) % 8,
+            _ => usize::from(step[4]) << 2 | usize::from(step[5]),
+        }
+        .min(body.len());
+        let chunk = (step[0] & 0x10 != 0).then_some((index, count));
+        let part = &body[..len];
+        let mut dg = crate::proto::channel::Datagram::new(part);
+        let mut check = |m: bytes::Bytes| assert!(m.len() <= max, "delivered beyond max");
+        match step[0] % 3 {
+            s @ (0 | 1) => {
+                let s = s as usize;
+                if broken[s] {
+                    continue;
+                }
+                let c = InChunk { seq16: u64::from(step[1]), chunk, data: part };
+                let credit = &mut credits[s];
+                if spaces[s].on_chunk(c, &mut dg, 0, max, credit, &mut check).is_err() {
+                    broken[s] = true; // the session would close here
+                }
+                assert!(credits[s].held() <= window + max as u64, "held beyond the credit");
+            }
+            _ => {
+                let sequenced = step[0] & 0x20 != 0;
+                let seq = u64::from(step[1]);
+                let r =
+                    unreliable.on_frame(sequenced, step[0] >> 6, seq, chunk, part, &mut dg, max);
+                if let Ok(Some(m)) = r {
+                    check(m);
+                }
+                assert!(unreliable.held() <= 2 * max as u64, "unreliable budget");
+            }
+        }
+    }
+}

@@ -47,6 +47,36 @@ fn rpc_frame_corpus_replays() {
     }
 }
 
+#[test]
+fn reassembly_corpus_replays() {
+    let inputs = corpus("reassembly");
+    assert!(inputs.len() >= 4, "the corpus is there");
+    for input in inputs {
+        fuzz::reassembly(&input);
+    }
+}
+
+/// Scripts for the reassembly target: whole messages and chunked ones in several orders, on
+/// each receive path (see `grainwire::fuzz::reassembly` for the step layout).
+fn reassembly_scripts() -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    for target in [0u8, 1, 2, 2 | 0x20] {
+        let mut v = Vec::new();
+        for seq in 0..4u8 {
+            v.extend_from_slice(&[target, seq, 0, 0, 1, 20]); // a whole message
+        }
+        for order in [[0u8, 1, 2], [2, 1, 0], [1, 2, 0]] {
+            for (n, i) in order.into_iter().enumerate() {
+                let last = i == 2;
+                let len_sel = if last { 1 } else { 0 };
+                v.extend_from_slice(&[target | 0x10, 9 + n as u8, 3, i, len_sel, 17]);
+            }
+        }
+        out.push(v);
+    }
+    out
+}
+
 /// Well-formed RPC frames of every kind and key shape.
 fn valid_rpc_frames() -> Vec<Vec<u8>> {
     let keys = [
@@ -202,6 +232,15 @@ fn random_and_mutated_inputs_never_panic() {
         };
         fuzz::rpc_frame(&d);
     }
+    let scripts = reassembly_scripts();
+    for _ in 0..5_000 {
+        let mut d = scripts[rng.below(scripts.len() as u64) as usize].clone();
+        if rng.below(4) == 0 {
+            d = (0..rng.below(600)).map(|_| rng.next_u32() as u8).collect();
+        }
+        mutate(&mut rng, &mut d);
+        fuzz::reassembly(&d);
+    }
     for _ in 0..1_000 {
         let n = 1 + rng.below(20) as usize;
         let datagrams: Vec<_> = (0..n)
@@ -229,6 +268,11 @@ fn write_seed_corpus() {
     let dir = root.join("rpc_frame");
     std::fs::create_dir_all(&dir).unwrap();
     for (i, d) in valid_rpc_frames().iter().enumerate() {
+        std::fs::write(dir.join(format!("seed-{i:02}")), d).unwrap();
+    }
+    let dir = root.join("reassembly");
+    std::fs::create_dir_all(&dir).unwrap();
+    for (i, d) in reassembly_scripts().iter().enumerate() {
         std::fs::write(dir.join(format!("seed-{i:02}")), d).unwrap();
     }
     let dir = root.join("session");

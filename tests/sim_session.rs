@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use grainwire::TransportConfig;
-use grainwire::error::{ConnectError, DisconnectReason};
+use grainwire::error::{ConnectError, DisconnectReason, Rejection};
 use grainwire::proto::rng::SplitMix64;
 use grainwire::proto::wire::{self, Handshake, Packet, RejectReason, VERSION};
 use grainwire::transport::sim::{SimConfig, SimNetwork};
@@ -117,7 +117,9 @@ async fn wrong_magic_gets_no_answer_and_no_state() {
 #[tokio::test(start_paused = true)]
 async fn an_address_that_never_echoes_the_cookie_leaves_no_state() {
     let net = net();
-    let server = net.endpoint(addr(SERVER), TransportConfig::server()).unwrap();
+    // 300 handshake packets at once from one address: above the default rate (tested below).
+    let cfg = TransportConfig { handshake_rate_per_ip: 1000, ..TransportConfig::server() };
+    let server = net.endpoint(addr(SERVER), cfg).unwrap();
     let raw = net.raw_socket(addr(CLIENT)).unwrap();
     for nonce in 0..100 {
         raw.send_to(server.local_addr(), &hs(VERSION, Handshake::Hello { nonce }));
@@ -353,11 +355,11 @@ async fn a_full_server_and_a_non_server_reject_with_a_typed_error() {
     let b = net.endpoint(addr("10.0.0.4:1"), TransportConfig::default()).unwrap();
     let _ca = a.connect(server.local_addr()).await.unwrap();
     match b.connect(server.local_addr()).await {
-        Err(ConnectError::Failed(DisconnectReason::Rejected)) => {}
+        Err(ConnectError::Failed(DisconnectReason::Rejected(Rejection::ServerFull))) => {}
         other => panic!("{other:?}"),
     }
     match b.connect(a.local_addr()).await {
-        Err(ConnectError::Failed(DisconnectReason::Rejected)) => {}
+        Err(ConnectError::Failed(DisconnectReason::Rejected(Rejection::NotAccepting))) => {}
         other => panic!("{other:?}"),
     }
     match a.connect(server.local_addr()).await {
@@ -386,4 +388,114 @@ async fn endpoint_close_ends_every_session_and_the_task() {
             assert_eq!(reason, DisconnectReason::ClosedLocally);
         }
     }
+}
+
+#[tokio::test(start_paused = true)]
+async fn one_address_gets_its_share_of_sessions_and_others_still_connect() {
+    let net = net();
+    let cfg = TransportConfig { max_connections_per_ip: 2, ..TransportConfig::server() };
+    let server = net.endpoint(addr(SERVER), cfg).unwrap();
+    let mut held = Vec::new();
+    for port in 1..=2 {
+        let ep =
+            net.endpoint(addr(&format!("10.0.0.7:{port}")), TransportConfig::default()).unwrap();
+        let conn = ep.connect(addr(SERVER)).await.unwrap();
+        held.push((ep, conn));
+    }
+    let third = net.endpoint(addr("10.0.0.7:3"), TransportConfig::default()).unwrap();
+    match third.connect(addr(SERVER)).await {
+        Err(ConnectError::Failed(DisconnectReason::Rejected(Rejection::TooManyFromAddress))) => {}
+        other => panic!("{other:?}"),
+    }
+    // Another address is served; and once one of the first address's sessions ends, that
+    // address may open another.
+    let other = net.endpoint(addr("10.0.0.8:1"), TransportConfig::default()).unwrap();
+    let _other = other.connect(addr(SERVER)).await.unwrap();
+    let stats = server.stats();
+    assert_eq!((stats.rejected_per_ip, stats.sessions), (1, 3), "{stats:?}");
+    held[0].1.close(0);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    third.connect(addr(SERVER)).await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_flood_from_one_address_is_rate_limited_before_the_gate_and_others_connect() {
+    let net = net();
+    let server = net.endpoint(addr(SERVER), TransportConfig::server()).unwrap();
+    let raw = net.raw_socket(addr(CLIENT)).unwrap();
+    for nonce in 0..1000 {
+        raw.send_to(server.local_addr(), &hs(VERSION, Handshake::Hello { nonce }));
+    }
+    let mut answered = 0;
+    while raw.recv_timeout(Duration::from_millis(100)).await.is_some() {
+        answered += 1;
+    }
+    let limit = TransportConfig::default().handshake_rate_per_ip as usize;
+    assert_eq!(answered, limit, "one second's budget of answers");
+    assert_eq!(server.stats().handshakes_rate_limited, 1000 - limit as u64);
+    // Another address is unaffected, and the budget refills.
+    let client = net.endpoint(addr("10.0.0.3:1"), TransportConfig::default()).unwrap();
+    let _conn = client.connect(addr(SERVER)).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    raw.send_to(server.local_addr(), &hs(VERSION, Handshake::Hello { nonce: 5000 }));
+    assert!(raw.recv_timeout(Duration::from_millis(100)).await.is_some());
+    assert_eq!(server.session_count(), 1);
+}
+
+async fn message(ep: &mut Endpoint) -> Bytes {
+    loop {
+        if let Event::Message { payload, .. } = next(ep).await {
+            return payload;
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn idle_sessions_are_parked_and_come_back_for_datagrams_commands_and_timers() {
+    let net = net();
+    let cfg = TransportConfig { max_connections_per_ip: 100, ..TransportConfig::server() };
+    let mut server = net.endpoint(addr(SERVER), cfg).unwrap();
+    let mut clients = Vec::new();
+    for port in 1..=50 {
+        let ep =
+            net.endpoint(addr(&format!("10.0.0.3:{port}")), TransportConfig::default()).unwrap();
+        let conn = ep.connect(addr(SERVER)).await.unwrap();
+        clients.push((ep, conn));
+    }
+    let mut server_side = Vec::new();
+    while server_side.len() < 50 {
+        if let Event::Connected(c) = next(&mut server).await {
+            server_side.push(c);
+        }
+    }
+    // Three idle timeouts long: the parked sessions' timers (keepalives) keep them all alive,
+    // and most of the time they wait parked, outside laminar's manager.
+    let mut most_parked = 0;
+    for _ in 0..60 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        most_parked = most_parked.max(server.stats().parked_sessions);
+    }
+    assert!(most_parked >= 45, "parked at most {most_parked} of 50");
+    assert_eq!(server.session_count(), 50);
+    assert!(clients.iter().all(|(_, c)| c.is_connected()));
+    // A command for a parked session (a send) and a datagram from a parked session's peer
+    // each bring it back at once: one network delay (20 ms), not a timer.
+    let (ep, conn) = &mut clients[7];
+    let on_server = server_side.iter().find(|c| c.remote_addr() == ep.local_addr()).unwrap();
+    assert!(server.stats().parked_sessions >= 45);
+    let start = tokio::time::Instant::now();
+    on_server.send(Delivery::reliable_ordered(1), Bytes::from_static(b"wake")).unwrap();
+    assert_eq!(&message(ep).await[..], b"wake");
+    assert!(start.elapsed() <= Duration::from_millis(25), "{:?}", start.elapsed());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let start = tokio::time::Instant::now();
+    conn.send(Delivery::reliable_ordered(1), Bytes::from_static(b"hi")).unwrap();
+    assert_eq!(&message(&mut server).await[..], b"hi");
+    assert!(start.elapsed() <= Duration::from_millis(25), "{:?}", start.elapsed());
+    // Closing a parked session works and its peer learns it.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    on_server.close(9);
+    assert_eq!(disconnected(ep, conn.peer_id()).await, DisconnectReason::ClosedByPeer { code: 9 });
+    tokio::time::sleep(Duration::from_secs(1)).await; // its CLOSE lingers a few RTTs
+    assert_eq!(server.session_count(), 49);
 }

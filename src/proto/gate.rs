@@ -153,9 +153,104 @@ impl Gate {
     }
 }
 
+/// The key an address counts under for per-address limits: an IPv4 address (an IPv4-mapped
+/// IPv6 address counts as its IPv4 address), or an IPv6 address's /64 prefix, which one host
+/// or household usually gets whole.
+pub fn address_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => {
+            let mut o = v6.octets();
+            o[8..].fill(0);
+            IpAddr::V6(o.into())
+        }
+        v4 => v4,
+    }
+}
+
+/// Buckets of a [`HandshakeLimiter`]: a fixed table, whatever the number of strangers.
+pub const LIMITER_BUCKETS: usize = 4096;
+
+/// A budget of handshake packets per source address, applied before the gate does any work
+/// for a stranger: a token bucket per address key (see [`address_key`]), refilled at `rate` per
+/// second up to `rate`. The buckets live in a fixed table indexed by a keyed hash, so strangers
+/// cost no memory; two addresses that share a bucket share its budget (an attacker cannot
+/// choose which, the key is secret).
+#[derive(Debug, Clone)]
+pub struct HandshakeLimiter {
+    k0: u64,
+    k1: u64,
+    epoch: Instant,
+    rate: f32,
+    /// Tokens and the time of their last refill (milliseconds since `epoch`), per bucket.
+    buckets: Box<[(f32, u32)]>,
+}
+
+impl HandshakeLimiter {
+    /// A limiter allowing `rate` handshake packets per second per address key (and as many at
+    /// once), with the hash secret `(k0, k1)` and its clock starting at `epoch`.
+    pub fn new(secret: (u64, u64), epoch: Instant, rate: u32) -> Self {
+        let rate = rate.max(1) as f32;
+        Self {
+            k0: secret.0,
+            k1: secret.1,
+            epoch,
+            rate,
+            buckets: vec![(rate, 0); LIMITER_BUCKETS].into_boxed_slice(),
+        }
+    }
+
+    /// Whether a handshake packet from `ip` may be looked at now (and spends its token).
+    pub fn allow(&mut self, now: Instant, ip: IpAddr) -> bool {
+        let key = address_key(ip);
+        let mut buf = [0u8; 16];
+        let n = match key {
+            IpAddr::V4(a) => {
+                buf[..4].copy_from_slice(&a.octets());
+                4
+            }
+            IpAddr::V6(a) => {
+                buf.copy_from_slice(&a.octets());
+                16
+            }
+        };
+        let i = (siphash24(self.k0, self.k1, &buf[..n]) % LIMITER_BUCKETS as u64) as usize;
+        let ms = now.saturating_duration_since(self.epoch).as_millis().min(u128::from(u32::MAX));
+        let ms = ms as u32;
+        let (tokens, at) = &mut self.buckets[i];
+        let elapsed = ms.saturating_sub(*at) as f32 / 1000.0;
+        *tokens = (*tokens + elapsed * self.rate).min(self.rate);
+        *at = ms;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_limiter_allows_a_rate_per_address_and_refills() {
+        let t0 = crate::test_epoch();
+        let mut l = HandshakeLimiter::new((3, 4), t0, 10);
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let b: IpAddr = "192.0.2.2".parse().unwrap();
+        assert_eq!((0..30).filter(|_| l.allow(t0, a)).count(), 10, "a burst of one second");
+        assert!(l.allow(t0, b), "another address has its own budget");
+        let later = t0 + Duration::from_millis(500);
+        assert_eq!((0..30).filter(|_| l.allow(later, a)).count(), 5, "refilled at the rate");
+        // An IPv6 /64 is one address; an IPv4-mapped address is its IPv4 address.
+        let v6a: IpAddr = "2001:db8::1".parse().unwrap();
+        let v6b: IpAddr = "2001:db8::2:3".parse().unwrap();
+        assert_eq!(address_key(v6a), address_key(v6b));
+        assert_ne!(address_key(v6a), address_key("2001:db8:0:1::1".parse().unwrap()));
+        assert_eq!(address_key("::ffff:192.0.2.1".parse().unwrap()), a);
+        assert_eq!((0..30).filter(|_| l.allow(t0, v6a) || l.allow(t0, v6b)).count(), 10);
+    }
 
     fn addr(s: &str) -> SocketAddr {
         s.parse().unwrap()

@@ -25,7 +25,7 @@ use super::channel::{Channel, Datagram, Delivered, PacketOutcome};
 use super::stats::ConnectionStats;
 use super::wire::{self, Class, CloseKind, Cookie, Handshake, Packet, RejectReason, VERSION};
 use crate::config::TransportConfig;
-use crate::error::{DisconnectReason, ProtocolViolation, SendError};
+use crate::error::{DisconnectReason, ProtocolViolation, Rejection, SendError};
 
 /// Something the application should learn about.
 #[derive(Debug, Clone, PartialEq)]
@@ -148,9 +148,24 @@ impl Session {
         self.channel.as_ref().map_or(0, Channel::peer_window)
     }
 
-    /// Bytes released from the send buffer since the last call.
-    pub fn take_released(&mut self) -> usize {
-        self.channel.as_mut().map_or(0, Channel::take_released)
+    /// Bytes and messages released from the send buffer since the last call.
+    pub fn take_released(&mut self) -> (usize, usize) {
+        self.channel.as_mut().map_or((0, 0), Channel::take_released)
+    }
+
+    /// Gives up on a peer that does not drain what is sent to it: queued data is dropped, the
+    /// peer is told (`CLOSE`), and the session ends with [`DisconnectReason::Stalled`].
+    pub fn stall(&mut self, now: Instant) {
+        match self.state {
+            State::Established | State::Closing { .. } => {
+                tracing::debug!("peer stalled; closing");
+                self.drain(now, CloseKind::Stalled, DisconnectReason::Stalled);
+            }
+            State::Hello { .. } | State::Connecting { .. } => {
+                self.finish(DisconnectReason::Stalled)
+            }
+            State::Draining { .. } | State::Closed => {}
+        }
     }
 
     /// Closes the session with an application `code`: queued reliable data is flushed first
@@ -249,6 +264,7 @@ impl Session {
                             ProtocolViolation::ReportedByPeer,
                         ));
                     }
+                    Some(CloseKind::Stalled) => self.finish(DisconnectReason::Stalled),
                     None => {}
                 }
             }
@@ -308,7 +324,13 @@ impl Session {
                     RejectReason::VersionMismatch { supported } => {
                         DisconnectReason::VersionMismatch { ours: VERSION, theirs: supported }
                     }
-                    _ => DisconnectReason::Rejected,
+                    RejectReason::ServerFull => DisconnectReason::Rejected(Rejection::ServerFull),
+                    RejectReason::TooManyFromAddress => {
+                        DisconnectReason::Rejected(Rejection::TooManyFromAddress)
+                    }
+                    RejectReason::NotAccepting => {
+                        DisconnectReason::Rejected(Rejection::NotAccepting)
+                    }
                 };
                 self.finish(reason);
             }
@@ -343,6 +365,10 @@ impl Session {
                 let Some(ch) = self.channel.as_mut() else {
                     return;
                 };
+                if ch.stalled_since().is_some_and(|t| now >= t + self.cfg.stall_timeout) {
+                    self.stall(now);
+                    return;
+                }
                 ch.handle_timeout(now);
                 let last = ch.last_eliciting_sent().unwrap_or(self.established_at);
                 if now >= last + self.cfg.keepalive_interval {
@@ -377,6 +403,9 @@ impl Session {
                 let mut t = keepalive.min(idle);
                 if let Some(c) = ch.next_timeout() {
                     t = t.min(c);
+                }
+                if let Some(s) = ch.stalled_since() {
+                    t = t.min(s + self.cfg.stall_timeout);
                 }
                 if let State::Closing { deadline, .. } = self.state {
                     t = t.min(deadline);

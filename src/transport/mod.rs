@@ -153,6 +153,42 @@ impl Connector {
     }
 }
 
+/// What an endpoint refused or dropped, counted by its task.
+#[derive(Debug, Default)]
+pub(crate) struct EndpointCounters {
+    pub(crate) rate_limited: AtomicU64,
+    pub(crate) rejected_full: AtomicU64,
+    pub(crate) rejected_per_ip: AtomicU64,
+    pub(crate) oversize: AtomicU64,
+    pub(crate) sends_dropped: AtomicU64,
+    pub(crate) stalled: AtomicU64,
+    pub(crate) parked: AtomicUsize,
+}
+
+/// An endpoint's counters of what it refused and why, and its sessions: a snapshot.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct EndpointStats {
+    /// Sessions held now (opening, open or closing).
+    pub sessions: usize,
+    /// Of those, idle ones the task does not visit until they have work or a timer is due.
+    pub parked_sessions: usize,
+    /// Datagrams from addresses without a session dropped because their address was over its
+    /// `handshake_rate_per_ip`.
+    pub handshakes_rate_limited: u64,
+    /// Sessions refused because the endpoint was full (`max_connections`).
+    pub rejected_full: u64,
+    /// Sessions refused because their address held `max_connections_per_ip` already.
+    pub rejected_per_ip: u64,
+    /// Datagrams dropped for being larger than `max_datagram_size`.
+    pub datagrams_oversize: u64,
+    /// Datagrams not sent because the socket's buffer was full (a loss, recovered as one).
+    pub sends_dropped: u64,
+    /// Sessions closed because the peer did not take what was sent to it
+    /// ([`DisconnectReason::Stalled`]).
+    pub sessions_stalled: u64,
+}
+
 /// State shared between an endpoint's handles and its task.
 #[derive(Debug)]
 pub(crate) struct EndpointShared {
@@ -167,6 +203,27 @@ pub(crate) struct EndpointShared {
     pub(crate) stopped: AtomicBool,
     /// Sessions the task holds (opening, open or closing), published after every pass.
     pub(crate) sessions: AtomicUsize,
+    pub(crate) counters: Arc<EndpointCounters>,
+    /// Parked sessions that were given a command: the task unparks them in its next pass.
+    /// Held only to push or take addresses.
+    pub(crate) ready: Mutex<Vec<SocketAddr>>,
+}
+
+impl EndpointShared {
+    pub(crate) fn stats(&self) -> EndpointStats {
+        let c = &self.counters;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        EndpointStats {
+            sessions: self.sessions.load(Ordering::Acquire),
+            parked_sessions: c.parked.load(Ordering::Relaxed),
+            handshakes_rate_limited: get(&c.rate_limited),
+            rejected_full: get(&c.rejected_full),
+            rejected_per_ip: get(&c.rejected_per_ip),
+            datagrams_oversize: get(&c.oversize),
+            sends_dropped: get(&c.sends_dropped),
+            sessions_stalled: get(&c.stalled),
+        }
+    }
 }
 
 const CONNECTING: u8 = 0;
@@ -183,6 +240,11 @@ pub(crate) struct ConnShared {
     pub(crate) inbox: crossbeam::channel::Sender<Command>,
     /// Send-buffer bytes charged and not yet released (see `TransportConfig::send_buffer`).
     pub(crate) queued: AtomicUsize,
+    /// Messages charged and not yet released.
+    pub(crate) queued_msgs: AtomicUsize,
+    /// The session is parked: idle, outside laminar's manager until it has work. A handle
+    /// that queues a command for it puts its address on the endpoint's ready list.
+    pub(crate) parked: AtomicBool,
     state: AtomicU8,
     reason: OnceLock<DisconnectReason>,
     pub(crate) peer_window: AtomicU64,
@@ -208,6 +270,8 @@ impl ConnShared {
             endpoint,
             inbox,
             queued: AtomicUsize::new(0),
+            queued_msgs: AtomicUsize::new(0),
+            parked: AtomicBool::new(false),
             state: AtomicU8::new(CONNECTING),
             reason: OnceLock::new(),
             peer_window: AtomicU64::new(0),
@@ -227,10 +291,22 @@ impl ConnShared {
         self.room.notify_waiters();
     }
 
-    pub(crate) fn release(&self, bytes: usize) {
+    pub(crate) fn release(&self, bytes: usize, messages: usize) {
         if bytes > 0 {
             self.queued.fetch_sub(bytes, Ordering::AcqRel);
+            self.queued_msgs.fetch_sub(messages, Ordering::AcqRel);
             self.room.notify_waiters();
+        }
+    }
+
+    /// Queues a command for the session (it wakes nothing: callers decide).
+    pub(crate) fn command(&self, cmd: Command) {
+        // The receiver lives as long as the session; if it is gone, the command has no object.
+        let _ = self.inbox.send(cmd);
+        // Paired with the task's parking (a SeqCst store, then a look at the inbox): either
+        // the task sees this command, or this sees the session parked and asks for it.
+        if self.parked.load(Ordering::SeqCst) {
+            crate::sync::lock(&self.endpoint.ready).push(self.addr);
         }
     }
 }
@@ -308,6 +384,17 @@ impl Connection {
         Ok(())
     }
 
+    /// Bytes queued on this connection and not yet acknowledged (or sent, for unreliable
+    /// messages), with a bookkeeping cost per message.
+    pub fn queued_bytes(&self) -> usize {
+        self.shared.queued.load(Ordering::Acquire)
+    }
+
+    /// Messages queued on this connection and not yet acknowledged (or sent).
+    pub fn queued_messages(&self) -> usize {
+        self.shared.queued_msgs.load(Ordering::Acquire)
+    }
+
     fn try_charge(&self, delivery: Delivery, len: usize) -> Result<(), SendError> {
         if !self.is_connected() {
             return Err(SendError::Closed);
@@ -323,6 +410,7 @@ impl Connection {
             self.shared.queued.fetch_sub(cost, Ordering::AcqRel);
             return Err(SendError::BufferFull { queued: before, limit });
         }
+        self.shared.queued_msgs.fetch_add(1, Ordering::AcqRel);
         Ok(())
     }
 
@@ -332,23 +420,35 @@ impl Connection {
     }
 
     /// Queues a message from inside the endpoint's task (a service), without waking the task:
-    /// the pass that runs the service transmits it. No send-buffer limit: the service bounds
-    /// what it sends by the calls it holds.
-    pub(crate) fn push(&self, delivery: Delivery, payload: Bytes) {
+    /// the pass that runs the service transmits it. The service bounds what it sends by the
+    /// calls it admits, which look at [`queued_bytes`](Self::queued_bytes); as a last resort,
+    /// a peer that lets more than twice `send_buffer` pile up is given up on (the session
+    /// closes as [`Stalled`](DisconnectReason::Stalled)) and the message is dropped (`false`).
+    pub(crate) fn push(&self, delivery: Delivery, payload: Bytes) -> bool {
+        let cost = payload.len() + MESSAGE_COST;
+        let limit = self.shared.endpoint.config.send_buffer.saturating_mul(2);
+        let before = self.shared.queued.fetch_add(cost, Ordering::AcqRel);
+        if before + cost > limit && before > 0 {
+            self.shared.queued.fetch_sub(cost, Ordering::AcqRel);
+            self.command(Command::Stall);
+            self.shared.endpoint.wake.notify();
+            return false;
+        }
+        self.shared.queued_msgs.fetch_add(1, Ordering::AcqRel);
         let (class, stream) = delivery.split();
-        self.shared.queued.fetch_add(payload.len() + MESSAGE_COST, Ordering::AcqRel);
-        let _ = self.shared.inbox.send(Command::Send { class, stream, payload });
+        self.shared.command(Command::Send { class, stream, payload });
+        true
     }
 
-    /// Queues a message without the send-buffer limit, waking the task (from other tasks).
-    pub(crate) fn send_unbounded(&self, delivery: Delivery, payload: Bytes) {
-        self.push(delivery, payload);
+    /// [`push`](Self::push), waking the task (from other tasks).
+    pub(crate) fn send_unbounded(&self, delivery: Delivery, payload: Bytes) -> bool {
+        let queued = self.push(delivery, payload);
         self.shared.endpoint.wake.notify();
+        queued
     }
 
     fn command(&self, cmd: Command) {
-        // The receiver lives as long as the session; if it is gone, the command has no object.
-        let _ = self.shared.inbox.send(cmd);
+        self.shared.command(cmd);
         self.shared.endpoint.wake.notify();
     }
 
@@ -501,6 +601,11 @@ impl Endpoint {
     /// Wakes the endpoint's task (after queueing work for its service).
     pub(crate) fn wake(&self) {
         self.shared.wake.notify();
+    }
+
+    /// What the endpoint refused or dropped, and its sessions.
+    pub fn stats(&self) -> EndpointStats {
+        self.shared.stats()
     }
 
     /// Whether the task has stopped.

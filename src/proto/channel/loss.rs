@@ -150,6 +150,7 @@ impl Channel {
 
     /// Runs the loss and retransmission timers.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.observe_progress(now);
         if self.loss_time.is_some_and(|t| t <= now) {
             self.detect_lost(now);
         }

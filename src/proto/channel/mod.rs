@@ -37,6 +37,7 @@ use bytes::Bytes;
 use self::ack::RecvPackets;
 use self::congestion::Congestion;
 use self::recv::{Credit, InChunk, Outcome, RecvReliable, RecvUnreliable};
+pub use self::recv::{Datagram, MIN_CHUNK};
 use self::rtt::RttEstimator;
 use self::send::{CHUNK_COST, Sender, UNORDERED};
 use crate::config::TransportConfig;
@@ -88,36 +89,6 @@ pub enum PacketOutcome {
     Malformed,
 }
 
-/// A received datagram, copied into a shared buffer only when a second message needs it.
-#[derive(Debug)]
-pub struct Datagram<'a> {
-    data: &'a [u8],
-    shared: Option<Bytes>,
-    handed_out: bool,
-}
-
-impl<'a> Datagram<'a> {
-    /// Wraps a received datagram.
-    pub fn new(data: &'a [u8]) -> Self {
-        Self { data, shared: None, handed_out: false }
-    }
-
-    /// An owned copy of `part`, a sub-slice of this datagram. The first message is copied
-    /// alone (one allocation); later ones share one copy of the whole datagram.
-    fn bytes(&mut self, part: &[u8]) -> Bytes {
-        let offset = (part.as_ptr() as usize).wrapping_sub(self.data.as_ptr() as usize);
-        if offset > self.data.len() || offset + part.len() > self.data.len() {
-            return Bytes::copy_from_slice(part);
-        }
-        if !self.handed_out {
-            self.handed_out = true;
-            return Bytes::copy_from_slice(part);
-        }
-        let shared = self.shared.get_or_insert_with(|| Bytes::copy_from_slice(self.data));
-        shared.slice(offset..offset + part.len())
-    }
-}
-
 /// Room to keep in a data-carrying datagram for the frame header of a full chunk.
 const CHUNK_FRAME_HEADER: usize = 12;
 
@@ -146,6 +117,11 @@ pub struct Channel {
     unreliable_in: RecvUnreliable,
     credit: Credit,
     max_data_acked: u64,
+    /// The last time the peer acknowledged new reliable data (or the congestion window let an
+    /// unreliable message go), or nothing was outstanding.
+    last_progress: Instant,
+    /// `sender.progress` at `last_progress`.
+    progress_mark: u64,
     stats: ConnectionStats,
 }
 
@@ -192,6 +168,8 @@ impl Channel {
             unreliable_in: RecvUnreliable::default(),
             credit: Credit::new(cfg.receive_window),
             max_data_acked: cfg.receive_window,
+            last_progress: now,
+            progress_mark: 0,
             stats: ConnectionStats::new(now),
         }
     }
@@ -224,9 +202,35 @@ impl Channel {
         self.peer_window
     }
 
-    /// Bytes released from the send buffer since the last call.
-    pub fn take_released(&mut self) -> usize {
-        std::mem::take(&mut self.sender.released_bytes)
+    /// Bytes and messages released from the send buffer since the last call.
+    pub fn take_released(&mut self) -> (usize, usize) {
+        (
+            std::mem::take(&mut self.sender.released_bytes),
+            std::mem::take(&mut self.sender.released_messages),
+        )
+    }
+
+    /// Notes the peer's progress: new reliable data acknowledged, or nothing outstanding.
+    fn observe_progress(&mut self, now: Instant) {
+        let acked = self.sender.progress;
+        if self.sender.messages_in_flight == 0 || acked != self.progress_mark {
+            self.last_progress = now;
+            self.progress_mark = acked;
+        }
+    }
+
+    /// Since when queued or sent data has waited without the peer acknowledging any of it;
+    /// `None` while nothing is outstanding. A peer that advertised no credit, or never acks,
+    /// stalls its session this way (see `TransportConfig::stall_timeout`).
+    pub fn stalled_since(&self) -> Option<Instant> {
+        (self.sender.messages_in_flight > 0).then_some(self.last_progress)
+    }
+
+    /// Reliable bytes received and not yet delivered (out of order, or partly reassembled), and
+    /// partial unreliable messages, with their per-chunk bookkeeping cost: what the peer makes
+    /// us hold.
+    pub fn receive_held(&self) -> u64 {
+        self.credit.held() + self.unreliable_in.held()
     }
 
     /// Whether every reliable message was acknowledged and nothing is queued.
@@ -280,9 +284,9 @@ impl Channel {
                 }
                 Frame::Message(m) => {
                     eliciting = true;
-                    let data = datagram.bytes(m.payload);
-                    let f = self
-                        .on_message(m.class, m.stream, m.seq, m.chunk, data, largest_pn, deliver)?;
+                    let f = self.on_message(
+                        m.class, m.stream, m.seq, m.chunk, m.payload, datagram, largest_pn, deliver,
+                    )?;
                     floor = floor.max(f);
                 }
             }
@@ -291,6 +295,7 @@ impl Channel {
         if let Some(f) = floor {
             self.recv.raise_floor(f);
         }
+        self.observe_progress(now);
         self.stats.packets_received += 1;
         self.stats.bytes_received += datagram.data.len() as u64;
         self.stats.last_received = now;
@@ -304,7 +309,8 @@ impl Channel {
         stream: u8,
         seq16: u64,
         chunk: Option<(u32, u32)>,
-        data: Bytes,
+        data: &[u8],
+        datagram: &mut Datagram<'_>,
         largest_pn: u64,
         deliver: &mut impl FnMut(Delivered),
     ) -> Result<Option<u64>, ProtocolViolation> {
@@ -331,6 +337,7 @@ impl Channel {
                     seq16,
                     chunk,
                     data,
+                    datagram,
                     max_message,
                 )? {
                     emit(m);
@@ -339,8 +346,14 @@ impl Channel {
             }
         };
         let chunk = InChunk { seq16, chunk, data };
-        let (outcome, floor) =
-            space.on_chunk(chunk, largest_pn, max_message, &mut self.credit, &mut emit)?;
+        let (outcome, floor) = space.on_chunk(
+            chunk,
+            datagram,
+            largest_pn,
+            max_message,
+            &mut self.credit,
+            &mut emit,
+        )?;
         if outcome == Outcome::Duplicate {
             self.stats.duplicates += 1;
         }

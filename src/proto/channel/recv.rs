@@ -1,12 +1,24 @@
 //! The receiving half of a channel: ordering, duplicate suppression, reassembly of chunked
 //! messages and flow-control accounting.
 //!
-//! Memory is bounded three ways: reliable data waiting here (out of order, or partly
-//! reassembled) is covered by the flow-control credit we advertise, each reliable space holds
-//! at most [`MAX_STREAM_WINDOW`] messages past its first missing one, and partial unreliable
-//! messages share a small budget with the oldest evicted first.
+//! Memory is bounded, and what is held is what is counted:
+//!
+//! * reliable data waiting here (out of order, or partly reassembled) is covered by the
+//!   flow-control credit we advertise, charged per chunk as its bytes plus [`CHUNK_COST`];
+//! * anything kept beyond the pass that received it is copied out of its datagram (a 1-byte
+//!   chunk never keeps a 1,200-byte datagram alive); only messages handed to the application at
+//!   once share their datagram's copy;
+//! * each reliable space holds at most [`MAX_STREAM_WINDOW`] messages past its first missing one;
+//! * partial unreliable messages share a budget of `max_message` bytes and
+//!   [`MAX_UNRELIABLE_PARTIALS`] messages, the oldest evicted first.
+//!
+//! Chunks are addressed by index: every chunk but the last has the same length (at least
+//! [`MIN_CHUNK`] bytes), the last is no longer, none is empty, and `count` must fit
+//! `max_message`; anything else is a [`ProtocolViolation::BadMessage`]. A chunk costs O(1)
+//! whatever the arrival order: in-order chunks are appended to the message, early ones wait in a
+//! table by index until the gap before them closes.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use bytes::Bytes;
 
@@ -21,72 +33,172 @@ use crate::error::ProtocolViolation;
 /// (see `RecvReliable::advance`).
 const STALE_PERIOD: u64 = 8192;
 /// Partial unreliable messages kept at once.
-const MAX_UNRELIABLE_PARTIALS: usize = 32;
+pub(crate) const MAX_UNRELIABLE_PARTIALS: usize = 32;
+/// The shortest chunk a sender may cut (all but the last chunk of a message have this length
+/// or more): what the smallest allowed datagram (256 bytes) leaves after its headers. It bounds
+/// how many chunks a message of `max_message` bytes may claim.
+pub const MIN_CHUNK: usize = 256 - 48;
 
-/// Chunks of one message received so far, sorted by index.
-#[derive(Debug, Default)]
+/// A received datagram, copied into a shared buffer only when a second message needs it.
+#[derive(Debug)]
+pub struct Datagram<'a> {
+    pub(crate) data: &'a [u8],
+    shared: Option<Bytes>,
+    handed_out: bool,
+}
+
+impl<'a> Datagram<'a> {
+    /// Wraps a received datagram.
+    pub fn new(data: &'a [u8]) -> Self {
+        Self { data, shared: None, handed_out: false }
+    }
+
+    /// An owned copy of `part`, a sub-slice of this datagram, for a message delivered now. The
+    /// first message is copied alone (one allocation); later ones share one copy of the whole
+    /// datagram.
+    pub(crate) fn bytes(&mut self, part: &[u8]) -> Bytes {
+        let offset = (part.as_ptr() as usize).wrapping_sub(self.data.as_ptr() as usize);
+        if offset > self.data.len() || offset + part.len() > self.data.len() {
+            return Bytes::copy_from_slice(part);
+        }
+        if !self.handed_out {
+            self.handed_out = true;
+            return Bytes::copy_from_slice(part);
+        }
+        let shared = self.shared.get_or_insert_with(|| Bytes::copy_from_slice(self.data));
+        shared.slice(offset..offset + part.len())
+    }
+}
+
+/// The chunks of one message received so far. See the module docs for the rules.
+#[derive(Debug)]
 pub(crate) struct Reassembly {
     count: u32,
-    chunks: Vec<(u32, Bytes)>,
+    /// The length of every chunk but the last; 0 until one of them arrived.
+    chunk_len: u32,
+    /// The last chunk's length; 0 until it arrived.
+    last_len: u32,
+    /// Chunks `0..next`, concatenated.
+    head: Vec<u8>,
+    next: u32,
+    /// Chunks past `next` that arrived early, each its own copy, by index.
+    ahead: HashMap<u32, Box<[u8]>>,
+    received: u32,
+    /// Payload bytes received.
     bytes: usize,
 }
 
 impl Reassembly {
-    fn new(count: u32) -> Self {
-        Self { count, chunks: Vec::new(), bytes: 0 }
+    /// A message announced as `count` chunks; a violation if they cannot fit `max` bytes.
+    fn new(count: u32, max: usize) -> Result<Self, ProtocolViolation> {
+        // The smallest message of `count` chunks: `count - 1` chunks of MIN_CHUNK and 1 byte.
+        let smallest = (count as usize).saturating_sub(1).saturating_mul(MIN_CHUNK) + 1;
+        if count < 2 || smallest > max {
+            return Err(ProtocolViolation::BadMessage);
+        }
+        Ok(Self {
+            count,
+            chunk_len: 0,
+            last_len: 0,
+            head: Vec::new(),
+            next: 0,
+            ahead: HashMap::new(),
+            received: 0,
+            bytes: 0,
+        })
     }
 
-    /// Adds a chunk. `Ok(false)` if it was a duplicate.
+    /// Adds chunk `index` of `count`. `Ok(false)` if it was a duplicate.
     fn add(
         &mut self,
         index: u32,
         count: u32,
-        data: Bytes,
+        data: &[u8],
         max: usize,
     ) -> Result<bool, ProtocolViolation> {
-        if count != self.count || self.bytes + data.len() > max {
+        let len = data.len();
+        if count != self.count || index >= count || len == 0 || len > u32::MAX as usize {
             return Err(ProtocolViolation::BadMessage);
         }
-        match self.chunks.binary_search_by_key(&index, |c| c.0) {
-            Ok(_) => Ok(false),
-            Err(pos) => {
-                self.bytes += data.len();
-                self.chunks.insert(pos, (index, data));
-                Ok(true)
+        let len32 = len as u32;
+        if index + 1 < count {
+            if len < MIN_CHUNK {
+                return Err(ProtocolViolation::BadMessage);
+            }
+            if self.chunk_len == 0 {
+                let total =
+                    (count as usize - 1).saturating_mul(len) + self.last_len.max(1) as usize;
+                if total > max || self.last_len > len32 {
+                    return Err(ProtocolViolation::BadMessage);
+                }
+                self.chunk_len = len32;
+            } else if len32 != self.chunk_len {
+                return Err(ProtocolViolation::BadMessage);
+            }
+        } else {
+            if self.chunk_len != 0 && len32 > self.chunk_len {
+                return Err(ProtocolViolation::BadMessage);
+            }
+            if self.last_len != 0 && self.last_len != len32 {
+                return Err(ProtocolViolation::BadMessage);
             }
         }
+        if index < self.next || self.ahead.contains_key(&index) {
+            return Ok(false);
+        }
+        if self.bytes + len > max {
+            return Err(ProtocolViolation::BadMessage);
+        }
+        if index + 1 == count {
+            self.last_len = len32;
+        }
+        self.bytes += len;
+        self.received += 1;
+        if index == self.next {
+            self.head.extend_from_slice(data);
+            self.next += 1;
+            while let Some(c) = self.ahead.remove(&self.next) {
+                self.head.extend_from_slice(&c);
+                self.next += 1;
+            }
+        } else {
+            self.ahead.insert(index, data.into());
+        }
+        Ok(true)
     }
 
     fn is_complete(&self) -> bool {
-        self.chunks.len() == self.count as usize
+        self.next == self.count
+    }
+
+    /// Its flow-control cost so far.
+    fn cost(&self) -> u64 {
+        self.bytes as u64 + u64::from(self.received) * CHUNK_COST
     }
 
     fn assemble(self) -> Bytes {
-        let mut out = Vec::with_capacity(self.bytes);
-        for (_, c) in &self.chunks {
-            out.extend_from_slice(c);
-        }
-        Bytes::from(out)
+        Bytes::from(self.head)
     }
 }
 
-/// Where a received message frame stands.
+/// Where a received message stands.
 #[derive(Debug)]
 pub(crate) enum Slot {
     /// Some chunks arrived.
     Partial(Reassembly),
-    /// Complete, waiting for an earlier message (ordered spaces).
-    Complete(Bytes),
+    /// Complete (its own copy), waiting for an earlier message (ordered spaces), with its
+    /// flow-control cost.
+    Complete(Bytes, u64),
     /// Delivered out of order (unordered space): remembered to drop duplicates.
     Delivered,
 }
 
 /// One received chunk (or whole message) handed to a reliable space.
 #[derive(Debug)]
-pub(crate) struct InChunk {
+pub(crate) struct InChunk<'a> {
     pub(crate) seq16: u64,
     pub(crate) chunk: Option<(u32, u32)>,
-    pub(crate) data: Bytes,
+    pub(crate) data: &'a [u8],
 }
 
 /// Flow-control accounting shared by the reliable spaces of one connection.
@@ -111,12 +223,18 @@ impl Credit {
         self.released + self.window
     }
 
-    fn charge(&mut self, len: usize) -> Result<(), ProtocolViolation> {
-        self.charged += len as u64 + CHUNK_COST;
+    /// Reliable bytes (with their per-chunk cost) held here and not yet delivered.
+    pub(crate) fn held(&self) -> u64 {
+        self.charged - self.released
+    }
+
+    fn charge(&mut self, len: usize) -> Result<u64, ProtocolViolation> {
+        let cost = len as u64 + CHUNK_COST;
+        self.charged += cost;
         if self.charged > self.advertised {
             return Err(ProtocolViolation::CreditExceeded);
         }
-        Ok(())
+        Ok(cost)
     }
 }
 
@@ -127,8 +245,6 @@ pub(crate) struct RecvReliable {
     /// Ordered: the next message to deliver. Unordered: the lowest not yet delivered.
     expected: u64,
     slots: BTreeMap<u64, Slot>,
-    /// Credit cost of each partial or buffered message, to release it on delivery.
-    costs: BTreeMap<u64, u64>,
     seq_mark: u64,
     pn_mark: u64,
 }
@@ -142,24 +258,25 @@ pub(crate) enum Outcome {
     Duplicate,
 }
 
+/// A message that became whole: still in its datagram (a whole message in one frame), or
+/// reassembled into its own buffer.
+enum Whole<'a> {
+    InDatagram(&'a [u8]),
+    Owned(Bytes),
+}
+
 impl RecvReliable {
     pub(crate) fn new(ordered: bool) -> Self {
-        Self {
-            ordered,
-            expected: 0,
-            slots: BTreeMap::new(),
-            costs: BTreeMap::new(),
-            seq_mark: 0,
-            pn_mark: 0,
-        }
+        Self { ordered, expected: 0, slots: BTreeMap::new(), seq_mark: 0, pn_mark: 0 }
     }
 
-    /// Takes one chunk; delivers every message it completes (in order, for ordered spaces)
-    /// through `deliver`. `max_message` bounds a reassembled message. Returns a new stale floor
-    /// for packet numbers when a period passed (see [`STALE_PERIOD`]).
+    /// Takes one chunk of `datagram`; delivers every message it completes (in order, for
+    /// ordered spaces) through `deliver`. `max_message` bounds a reassembled message. Returns a
+    /// new stale floor for packet numbers when a period passed (see [`STALE_PERIOD`]).
     pub(crate) fn on_chunk(
         &mut self,
-        c: InChunk,
+        c: InChunk<'_>,
+        datagram: &mut Datagram<'_>,
         largest_pn: u64,
         max_message: usize,
         credit: &mut Credit,
@@ -173,60 +290,68 @@ impl RecvReliable {
             return Err(ProtocolViolation::WindowExceeded);
         }
         let len = c.data.len();
-        let complete = match (self.slots.get_mut(&seq), c.chunk) {
-            (Some(Slot::Complete(_) | Slot::Delivered), _) => {
+        let (whole, cost) = match (self.slots.get_mut(&seq), c.chunk) {
+            (Some(Slot::Complete(..) | Slot::Delivered), _) => {
                 return Ok((Outcome::Duplicate, None));
             }
-            (Some(Slot::Partial(_)), None) | (None, None) if len > max_message => {
-                return Err(ProtocolViolation::BadMessage);
-            }
             (Some(Slot::Partial(_)), None) => return Err(ProtocolViolation::BadMessage),
+            (None, None) => {
+                if len > max_message {
+                    return Err(ProtocolViolation::BadMessage);
+                }
+                (Whole::InDatagram(c.data), credit.charge(len)?)
+            }
             (Some(Slot::Partial(r)), Some((index, count))) => {
                 if !r.add(index, count, c.data, max_message)? {
                     return Ok((Outcome::Duplicate, None));
                 }
                 credit.charge(len)?;
-                *self.costs.entry(seq).or_default() += len as u64 + CHUNK_COST;
                 if !r.is_complete() {
                     return Ok((Outcome::Accepted, None));
                 }
                 let Some(Slot::Partial(r)) = self.slots.remove(&seq) else {
                     unreachable!("matched Partial above")
                 };
-                r.assemble()
+                let cost = r.cost();
+                (Whole::Owned(r.assemble()), cost)
             }
             (None, Some((index, count))) => {
-                let mut r = Reassembly::new(count);
+                let mut r = Reassembly::new(count, max_message)?;
                 r.add(index, count, c.data, max_message)?;
                 credit.charge(len)?;
-                self.costs.insert(seq, len as u64 + CHUNK_COST);
                 self.slots.insert(seq, Slot::Partial(r));
                 return Ok((Outcome::Accepted, None));
             }
-            (None, None) => {
-                credit.charge(len)?;
-                self.costs.insert(seq, len as u64 + CHUNK_COST);
-                c.data
-            }
         };
-        Ok((Outcome::Accepted, self.complete(seq, complete, largest_pn, credit, deliver)))
+        let floor = self.complete(seq, whole, cost, datagram, largest_pn, credit, deliver);
+        Ok((Outcome::Accepted, floor))
     }
 
-    /// A message is whole: deliver it now or park it until its turn.
+    /// A message is whole: deliver it now or park it (its own copy) until its turn.
+    #[allow(clippy::too_many_arguments)] // the message and where its bytes and credit go
     fn complete(
         &mut self,
         seq: u64,
-        msg: Bytes,
+        whole: Whole<'_>,
+        cost: u64,
+        datagram: &mut Datagram<'_>,
         largest_pn: u64,
         credit: &mut Credit,
         deliver: &mut impl FnMut(Bytes),
     ) -> Option<u64> {
         if self.ordered && seq != self.expected {
-            self.slots.insert(seq, Slot::Complete(msg));
+            let owned = match whole {
+                Whole::InDatagram(d) => Bytes::copy_from_slice(d),
+                Whole::Owned(b) => b,
+            };
+            self.slots.insert(seq, Slot::Complete(owned, cost));
             return None;
         }
-        credit.released += self.costs.remove(&seq).unwrap_or(0);
-        deliver(msg);
+        credit.released += cost;
+        deliver(match whole {
+            Whole::InDatagram(d) => datagram.bytes(d),
+            Whole::Owned(b) => b,
+        });
         if seq != self.expected {
             // Unordered, ahead of the first gap: remember it to drop duplicates.
             self.slots.insert(seq, Slot::Delivered);
@@ -241,10 +366,9 @@ impl RecvReliable {
                     Slot::Delivered => {
                         e.remove();
                     }
-                    Slot::Complete(_) => {
-                        let (s, slot) = e.remove_entry();
-                        if let Slot::Complete(m) = slot {
-                            credit.released += self.costs.remove(&s).unwrap_or(0);
+                    Slot::Complete(..) => {
+                        if let Slot::Complete(m, cost) = e.remove() {
+                            credit.released += cost;
                             deliver(m);
                         }
                     }
@@ -289,47 +413,60 @@ pub(crate) struct RecvUnreliable {
     sequenced_next: Vec<u64>,
     /// Partial messages keyed by (is sequenced, stream, id), oldest id first.
     partials: BTreeMap<(bool, u8, u64), Reassembly>,
-    partial_bytes: usize,
+    /// Their cost: bytes plus [`CHUNK_COST`] per chunk.
+    partial_cost: u64,
 }
 
 impl RecvUnreliable {
-    /// Takes an unreliable or sequenced message frame. Returns the message if it is whole and
-    /// should be delivered.
+    /// Takes an unreliable or sequenced message frame of `datagram`. Returns the message if it
+    /// is whole and should be delivered.
+    #[allow(clippy::too_many_arguments)] // one frame's fields, passed apart to avoid a struct copy
     pub(crate) fn on_frame(
         &mut self,
         sequenced: bool,
         stream: u8,
         seq: u64,
         chunk: Option<(u32, u32)>,
-        data: Bytes,
+        data: &[u8],
+        datagram: &mut Datagram<'_>,
         max_message: usize,
     ) -> Result<Option<Bytes>, ProtocolViolation> {
         if sequenced && seq < self.sequenced_next.get(stream as usize).copied().unwrap_or(0) {
             return Ok(None); // older than what was delivered: latest wins
+        }
+        if sequenced && seq == u64::MAX {
+            // No number follows it, so "latest wins" could not hold: no sender gets there.
+            return Err(ProtocolViolation::BadMessage);
         }
         let msg = match chunk {
             None => {
                 if data.len() > max_message {
                     return Err(ProtocolViolation::BadMessage);
                 }
-                data
+                datagram.bytes(data)
             }
             Some((index, count)) => {
                 let key = (sequenced, stream, seq);
-                let len = data.len();
-                let r = self.partials.entry(key).or_insert_with(|| Reassembly::new(count));
-                if !r.add(index, count, data, max_message)? {
+                let r = match self.partials.entry(key) {
+                    std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+                    std::collections::btree_map::Entry::Vacant(e) => {
+                        e.insert(Reassembly::new(count, max_message)?)
+                    }
+                };
+                let before = r.cost();
+                let added = r.add(index, count, data, max_message)?;
+                self.partial_cost += r.cost() - before;
+                if !added {
                     return Ok(None);
                 }
-                self.partial_bytes += len;
-                if !self.partials.get(&key).is_some_and(Reassembly::is_complete) {
+                if !r.is_complete() {
                     self.evict(max_message);
                     return Ok(None);
                 }
                 let Some(r) = self.partials.remove(&key) else {
                     return Ok(None);
                 };
-                self.partial_bytes -= r.bytes;
+                self.partial_cost -= r.cost();
                 r.assemble()
             }
         };
@@ -340,28 +477,34 @@ impl RecvUnreliable {
             }
             self.sequenced_next[s] = seq + 1;
             // Older partials on this stream can never be delivered now.
-            let stale: Vec<_> = self
-                .partials
-                .range((true, stream, 0)..(true, stream, seq))
-                .map(|(k, _)| *k)
-                .collect();
-            for k in stale {
+            while let Some((&k, _)) =
+                self.partials.range((true, stream, 0)..(true, stream, seq)).next()
+            {
                 if let Some(r) = self.partials.remove(&k) {
-                    self.partial_bytes -= r.bytes;
+                    self.partial_cost -= r.cost();
                 }
             }
         }
         Ok(Some(msg))
     }
 
-    /// Drops the oldest partial messages while over budget.
+    /// Drops the oldest partial messages while over budget: [`MAX_UNRELIABLE_PARTIALS`]
+    /// messages, and twice `max_message` of cost (a whole message of `max_message` bytes fits
+    /// with its per-chunk cost).
     fn evict(&mut self, max_message: usize) {
-        while self.partials.len() > MAX_UNRELIABLE_PARTIALS || self.partial_bytes > max_message {
+        while self.partials.len() > MAX_UNRELIABLE_PARTIALS
+            || self.partial_cost > 2 * max_message as u64
+        {
             let Some((_, r)) = self.partials.pop_first() else {
                 break;
             };
-            self.partial_bytes -= r.bytes;
+            self.partial_cost -= r.cost();
         }
+    }
+
+    /// What partial messages hold now (bytes plus per-chunk cost).
+    pub(crate) fn held(&self) -> u64 {
+        self.partial_cost
     }
 }
 
@@ -369,14 +512,24 @@ impl RecvUnreliable {
 mod tests {
     use super::*;
 
-    fn chunk(seq: u64, chunk: Option<(u32, u32)>, data: &'static [u8]) -> InChunk {
-        InChunk { seq16: seq & 0xffff, chunk, data: Bytes::from_static(data) }
+    fn chunk(seq: u64, chunk: Option<(u32, u32)>, data: &[u8]) -> InChunk<'_> {
+        InChunk { seq16: seq & 0xffff, chunk, data }
     }
 
-    fn feed(r: &mut RecvReliable, credit: &mut Credit, c: InChunk) -> (Outcome, Vec<Bytes>) {
+    fn feed_max(
+        r: &mut RecvReliable,
+        credit: &mut Credit,
+        c: InChunk<'_>,
+        max: usize,
+    ) -> Result<(Outcome, Vec<Bytes>), ProtocolViolation> {
         let mut out = Vec::new();
-        let (o, _) = r.on_chunk(c, 0, 1 << 20, credit, &mut |m| out.push(m)).unwrap();
-        (o, out)
+        let mut dg = Datagram::new(c.data);
+        let (o, _) = r.on_chunk(c, &mut dg, 0, max, credit, &mut |m| out.push(m))?;
+        Ok((o, out))
+    }
+
+    fn feed(r: &mut RecvReliable, credit: &mut Credit, c: InChunk<'_>) -> (Outcome, Vec<Bytes>) {
+        feed_max(r, credit, c, 1 << 20).unwrap()
     }
 
     #[test]
@@ -386,6 +539,7 @@ mod tests {
         assert_eq!(feed(&mut r, &mut credit, chunk(1, None, b"b")).1, Vec::<Bytes>::new());
         assert_eq!(feed(&mut r, &mut credit, chunk(2, None, b"c")).1.len(), 0);
         assert_eq!(feed(&mut r, &mut credit, chunk(1, None, b"b")).0, Outcome::Duplicate);
+        assert_eq!(credit.held(), 2 * (1 + CHUNK_COST), "held messages keep their credit");
         let (_, got) = feed(&mut r, &mut credit, chunk(0, None, b"a"));
         assert_eq!(got, vec![&b"a"[..], b"b", b"c"]);
         assert_eq!(feed(&mut r, &mut credit, chunk(0, None, b"a")).0, Outcome::Duplicate);
@@ -405,48 +559,131 @@ mod tests {
         assert_eq!(feed(&mut r, &mut credit, chunk(2, None, b"c")).0, Outcome::Duplicate);
     }
 
+    /// Three chunks of `MIN_CHUNK` bytes, the last shorter: (data, chunks).
+    fn message(last: usize) -> (Vec<u8>, Vec<Vec<u8>>) {
+        let data: Vec<u8> = (0..2 * MIN_CHUNK + last).map(|i| i as u8).collect();
+        let chunks = data.chunks(MIN_CHUNK).map(<[u8]>::to_vec).collect();
+        (data, chunks)
+    }
+
     #[test]
     fn chunks_reassemble_in_index_order_whatever_the_arrival_order() {
-        let mut r = RecvReliable::new(true);
-        let mut credit = Credit::new(1 << 20);
-        assert!(feed(&mut r, &mut credit, chunk(0, Some((2, 3)), b"ef")).1.is_empty());
-        assert!(feed(&mut r, &mut credit, chunk(0, Some((0, 3)), b"ab")).1.is_empty());
-        assert_eq!(feed(&mut r, &mut credit, chunk(0, Some((0, 3)), b"ab")).0, Outcome::Duplicate);
-        assert_eq!(
-            feed(&mut r, &mut credit, chunk(0, Some((1, 3)), b"cd")).1,
-            vec![&b"abcdef"[..]]
-        );
-        assert_eq!(credit.charged, credit.released);
+        let (data, c) = message(5);
+        for order in [[0, 1, 2], [2, 0, 1], [1, 2, 0], [2, 1, 0]] {
+            let mut r = RecvReliable::new(true);
+            let mut credit = Credit::new(1 << 20);
+            let mut got = Vec::new();
+            for (n, &i) in order.iter().enumerate() {
+                let (o, out) = feed(&mut r, &mut credit, chunk(0, Some((i, 3)), &c[i as usize]));
+                assert_eq!(o, Outcome::Accepted);
+                if n < 2 {
+                    let again = feed(&mut r, &mut credit, chunk(0, Some((i, 3)), &c[i as usize]));
+                    assert_eq!(again.0, Outcome::Duplicate, "{order:?}");
+                }
+                got.extend(out);
+            }
+            assert_eq!(got, vec![Bytes::from(data.clone())], "{order:?}");
+            assert_eq!(credit.charged, credit.released);
+        }
     }
+
+    #[test]
+    fn chunk_rules_are_enforced() {
+        let (_, c) = message(5);
+        let bad = |r: &mut RecvReliable, credit: &mut Credit, c: InChunk<'_>, max| {
+            feed_max(r, credit, c, max).unwrap_err()
+        };
+        let mut credit = Credit::new(1 << 30);
+        // Empty chunks, short middle chunks, chunks of unequal length, a last chunk longer
+        // than the others.
+        let mut r = RecvReliable::new(true);
+        assert_eq!(bad(&mut r, &mut credit, chunk(0, Some((0, 3)), b""), 1000), BadMessage);
+        assert_eq!(bad(&mut r, &mut credit, chunk(1, Some((0, 3)), &[1; 10]), 1000), BadMessage);
+        feed_max(&mut r, &mut credit, chunk(2, Some((0, 3)), &c[0]), 1000).unwrap();
+        let longer = vec![0; MIN_CHUNK + 1];
+        assert_eq!(bad(&mut r, &mut credit, chunk(2, Some((1, 3)), &longer), 1000), BadMessage);
+        let mut r = RecvReliable::new(true);
+        feed_max(&mut r, &mut credit, chunk(0, Some((2, 3)), &longer), 1000).unwrap();
+        assert_eq!(
+            bad(&mut r, &mut credit, chunk(0, Some((0, 3)), &c[0]), 1000),
+            BadMessage,
+            "the last chunk arrived first and is longer than the others"
+        );
+        // A count that cannot fit the largest message, whatever the chunk sizes.
+        let mut r = RecvReliable::new(true);
+        let max = 10 * MIN_CHUNK;
+        assert_eq!(bad(&mut r, &mut credit, chunk(0, Some((0, 12)), &c[0]), max), BadMessage);
+        assert_eq!(bad(&mut r, &mut credit, chunk(0, Some((10, 11)), b"x"), max), BadMessage);
+        feed_max(&mut r, &mut credit, chunk(0, Some((9, 10)), b"x"), max).unwrap();
+        // Chunks whose length makes the message too large.
+        let mut r = RecvReliable::new(true);
+        let big = vec![0; 2 * MIN_CHUNK];
+        assert_eq!(bad(&mut r, &mut credit, chunk(0, Some((0, 6)), &big), max), BadMessage);
+    }
+
+    use ProtocolViolation::BadMessage;
 
     #[test]
     fn violations_are_typed() {
         let mut r = RecvReliable::new(true);
         let mut credit = Credit::new(1 << 20);
-        let mut sink = |_| {};
         let far = chunk(u64::from(MAX_STREAM_WINDOW), None, b"x");
         assert_eq!(
-            r.on_chunk(far, 0, 100, &mut credit, &mut sink).unwrap_err(),
+            feed_max(&mut r, &mut credit, far, 100).unwrap_err(),
             ProtocolViolation::WindowExceeded
         );
-        r.on_chunk(chunk(1, Some((0, 2)), b"x"), 0, 100, &mut credit, &mut sink).unwrap();
-        let wrong_count = chunk(1, Some((1, 3)), b"x");
+        let (_, c) = message(1);
+        feed_max(&mut r, &mut credit, chunk(1, Some((0, 2)), &c[0]), 1000).unwrap();
+        let wrong_count = chunk(1, Some((1, 3)), &c[1]);
+        assert_eq!(feed_max(&mut r, &mut credit, wrong_count, 1000).unwrap_err(), BadMessage);
+        let too_big = [0; 200];
         assert_eq!(
-            r.on_chunk(wrong_count, 0, 100, &mut credit, &mut sink).unwrap_err(),
-            ProtocolViolation::BadMessage
-        );
-        let too_big = chunk(2, None, &[0; 200]);
-        assert_eq!(
-            r.on_chunk(too_big, 0, 100, &mut credit, &mut sink).unwrap_err(),
-            ProtocolViolation::BadMessage
+            feed_max(&mut r, &mut credit, chunk(2, None, &too_big), 100).unwrap_err(),
+            BadMessage
         );
         let mut tight = Credit::new(100);
         let mut r = RecvReliable::new(true);
-        let big = chunk(5, None, &[0; 50]);
         assert_eq!(
-            r.on_chunk(big, 0, 1000, &mut tight, &mut sink).unwrap_err(),
+            feed_max(&mut r, &mut tight, chunk(5, None, &[0; 50]), 1000).unwrap_err(),
             ProtocolViolation::CreditExceeded
         );
+    }
+
+    #[test]
+    fn a_buffered_message_owns_its_bytes_and_a_delivered_one_may_share() {
+        // Two messages in one datagram; the second waits behind a gap.
+        let datagram = [1u8, 2, 3, 4, 5, 6];
+        let mut r = RecvReliable::new(true);
+        let mut credit = Credit::new(1 << 20);
+        let mut dg = Datagram::new(&datagram);
+        let mut out = Vec::new();
+        let first = chunk(0, None, &datagram[..2]);
+        r.on_chunk(first, &mut dg, 0, 100, &mut credit, &mut |m| out.push(m)).unwrap();
+        let held = chunk(2, None, &datagram[4..]);
+        r.on_chunk(held, &mut dg, 0, 100, &mut credit, &mut |m| out.push(m)).unwrap();
+        assert!(dg.shared.is_none(), "the held message was copied alone, not the datagram");
+        let Some(Slot::Complete(b, _)) = r.slots.get(&2) else { panic!("held") };
+        assert_eq!(&b[..], &[5, 6]);
+        let next = chunk(1, None, &datagram[2..4]);
+        r.on_chunk(next, &mut dg, 0, 100, &mut credit, &mut |m| out.push(m)).unwrap();
+        assert_eq!(out, vec![&[1u8, 2][..], &[3, 4], &[5, 6]]);
+    }
+
+    #[test]
+    fn reassembly_costs_constant_work_per_chunk() {
+        // The worst order for a sorted insert: descending. 5,000 chunks must reassemble with
+        // work proportional to their number (counted: each is moved at most twice).
+        let n = 5000u32;
+        let max = n as usize * MIN_CHUNK;
+        let mut r = Reassembly::new(n, max).unwrap();
+        let body = vec![7u8; MIN_CHUNK];
+        for i in (0..n).rev() {
+            assert!(r.add(i, n, &body, max).unwrap());
+            assert!(r.ahead.len() <= (n - i) as usize);
+        }
+        assert!(r.is_complete());
+        assert!(r.ahead.is_empty());
+        assert_eq!(r.assemble().len(), max);
     }
 
     #[test]
@@ -456,33 +693,58 @@ mod tests {
         let mut floors = Vec::new();
         for i in 0..(3 * STALE_PERIOD) {
             let c = chunk(i, None, b"x");
-            let (_, f) = r.on_chunk(c, 1000 + i, 10, &mut credit, &mut |_| {}).unwrap();
+            let mut dg = Datagram::new(b"x");
+            let (_, f) = r.on_chunk(c, &mut dg, 1000 + i, 10, &mut credit, &mut |_| {}).unwrap();
             floors.extend(f);
         }
         assert_eq!(floors, vec![0, 1000 + STALE_PERIOD - 1, 1000 + 2 * STALE_PERIOD - 1]);
+    }
+
+    fn unrel(
+        u: &mut RecvUnreliable,
+        sequenced: bool,
+        stream: u8,
+        seq: u64,
+        chunk: Option<(u32, u32)>,
+        data: &[u8],
+    ) -> Result<Option<Bytes>, ProtocolViolation> {
+        let mut dg = Datagram::new(data);
+        u.on_frame(sequenced, stream, seq, chunk, data, &mut dg, 100 * MIN_CHUNK)
     }
 
     #[test]
     fn sequenced_latest_wins_and_partials_are_bounded() {
         let mut u = RecvUnreliable::default();
         let d = |s: &'static [u8]| Bytes::from_static(s);
-        assert_eq!(u.on_frame(true, 0, 5, None, d(b"5"), 100).unwrap(), Some(d(b"5")));
-        assert_eq!(u.on_frame(true, 0, 3, None, d(b"3"), 100).unwrap(), None);
+        assert_eq!(unrel(&mut u, true, 0, 5, None, b"5").unwrap(), Some(d(b"5")));
+        assert_eq!(unrel(&mut u, true, 0, 3, None, b"3").unwrap(), None);
         assert_eq!(
-            u.on_frame(true, 1, 3, None, d(b"3"), 100).unwrap(),
+            unrel(&mut u, true, 1, 3, None, b"3").unwrap(),
             Some(d(b"3")),
             "streams are independent"
         );
-        assert_eq!(u.on_frame(true, 0, 6, Some((0, 2)), d(b"a"), 100).unwrap(), None);
-        assert_eq!(u.on_frame(true, 0, 7, None, d(b"7"), 100).unwrap(), Some(d(b"7")));
+        let (data, c) = message(1);
+        assert_eq!(unrel(&mut u, true, 0, 6, Some((0, 3)), &c[0]).unwrap(), None);
+        assert_eq!(unrel(&mut u, true, 0, 7, None, b"7").unwrap(), Some(d(b"7")));
         assert!(
             u.partials.is_empty(),
             "an older partial is dropped once a newer message is delivered"
         );
+        assert_eq!(u.held(), 0);
         for id in 0..100 {
-            u.on_frame(false, 0, id, Some((0, 2)), d(b"x"), 100).unwrap();
+            unrel(&mut u, false, 0, id, Some((0, 3)), &c[0]).unwrap();
         }
         assert_eq!(u.partials.len(), MAX_UNRELIABLE_PARTIALS);
-        assert_eq!(u.on_frame(false, 0, 99, Some((1, 2)), d(b"y"), 100).unwrap(), Some(d(b"xy")));
+        assert_eq!(u.held(), MAX_UNRELIABLE_PARTIALS as u64 * (MIN_CHUNK as u64 + CHUNK_COST));
+        assert_eq!(unrel(&mut u, false, 0, 99, Some((1, 3)), &c[1]).unwrap(), None);
+        assert_eq!(unrel(&mut u, false, 0, 99, Some((2, 3)), &c[2]).unwrap(), Some(data.into()));
+        assert_eq!(u.partials.len(), MAX_UNRELIABLE_PARTIALS - 1);
+        assert_eq!(
+            unrel(&mut u, true, 2, u64::MAX, None, b"x").unwrap_err(),
+            BadMessage,
+            "no sequence number follows the last one"
+        );
+        assert_eq!(unrel(&mut u, true, 2, u64::MAX - 1, None, b"x").unwrap(), Some(d(b"x")));
+        assert_eq!(unrel(&mut u, false, 0, 200, Some((0, 2)), b"").unwrap_err(), BadMessage);
     }
 }

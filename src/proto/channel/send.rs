@@ -97,13 +97,21 @@ impl ReliableOut {
         self.msg(c.seq).is_some_and(|m| !m.is_acked(c.chunk))
     }
 
-    /// Marks a chunk acked. When that completes its message, drops the payload and returns
-    /// the bytes it had charged to the send buffer; fully acked messages leave the front.
-    fn ack(&mut self, c: &ChunkRef) -> Option<usize> {
-        let idx = usize::try_from(c.seq.checked_sub(self.base)?).ok()?;
-        let m = self.msgs.get_mut(idx)?;
-        if !m.ack(c.chunk) || !m.is_done() {
-            return None;
+    /// Marks a chunk acked: whether it was not acked before, and, when that completes its
+    /// message, the bytes it had charged to the send buffer (the payload is dropped and fully
+    /// acked messages leave the front).
+    fn ack(&mut self, c: &ChunkRef) -> (bool, Option<usize>) {
+        let Some(idx) = c.seq.checked_sub(self.base).and_then(|i| usize::try_from(i).ok()) else {
+            return (false, None);
+        };
+        let Some(m) = self.msgs.get_mut(idx) else {
+            return (false, None);
+        };
+        if !m.ack(c.chunk) {
+            return (false, None);
+        }
+        if !m.is_done() {
+            return (true, None);
         }
         let released = m.payload.len() + MESSAGE_COST;
         m.payload = Bytes::new();
@@ -112,7 +120,7 @@ impl ReliableOut {
             self.base += 1;
         }
         self.next_new = self.next_new.max(self.base);
-        Some(released)
+        (true, Some(released))
     }
 }
 
@@ -159,7 +167,12 @@ pub(crate) struct Sender {
     /// Send-buffer bytes (payload + [`MESSAGE_COST`] per message) released since the owner
     /// last took them: reliable messages once fully acked, unreliable ones once sent.
     pub(crate) released_bytes: usize,
+    /// Messages released since the owner last took them (see `released_bytes`).
+    pub(crate) released_messages: usize,
     pub(crate) messages_in_flight: u64,
+    /// Reliable chunks acknowledged plus unreliable messages sent, so far (never decreases):
+    /// the peer's progress in taking what we send.
+    pub(crate) progress: u64,
 }
 
 impl Sender {
@@ -176,7 +189,9 @@ impl Sender {
             sent: VecDeque::new(),
             spare_chunk_vecs: Vec::new(),
             released_bytes: 0,
+            released_messages: 0,
             messages_in_flight: 0,
+            progress: 0,
         }
     }
 
@@ -269,11 +284,13 @@ impl Sender {
 
     /// An unreliable message left the queue (sent whole, or dropped on close).
     pub(crate) fn release_unreliable(&mut self, len: usize) {
+        self.progress += 1;
         self.release(len + MESSAGE_COST, 1);
     }
 
     fn release(&mut self, bytes: usize, msgs: u64) {
         self.released_bytes += bytes;
+        self.released_messages += msgs as usize;
         self.messages_in_flight -= msgs;
     }
 
@@ -282,7 +299,12 @@ impl Sender {
         let Some(out) = self.space_mut(c.space) else {
             return;
         };
-        if let Some(bytes) = out.ack(c) {
+        let (newly, done) = out.ack(c);
+        self.progress += u64::from(newly);
+        if let Some(bytes) = done {
+            let Some(out) = self.space_mut(c.space) else {
+                return;
+            };
             let unblocked = out.has_new();
             self.release(bytes, 1);
             if unblocked {

@@ -21,6 +21,7 @@ impl Channel {
         close: Option<CloseKind>,
     ) -> bool {
         out.clear();
+        self.observe_progress(now);
         let ack_due = self.recv.ack_deadline().is_some_and(|d| d <= now);
         if !ack_due
             && !ping

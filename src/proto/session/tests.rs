@@ -250,3 +250,66 @@ fn handshake_retries_then_times_out() {
     );
     assert_eq!(events(&mut c), vec![SessionEvent::Closed(DisconnectReason::Timeout)]);
 }
+
+/// A peer that keeps its session alive (pings) but never acknowledges data, or never granted
+/// room for it: the session gives up after `stall_timeout` with `Stalled`, and tells the peer.
+#[test]
+fn a_peer_that_takes_nothing_stalls_the_session() {
+    for zero_window in [false, true] {
+        let now = crate::test_epoch();
+        let mut server =
+            Session::server(cfg(), 5, 0xfeed, if zero_window { 0 } else { 1 << 20 }, now);
+        events(&mut server);
+        server.send(Class::ReliableOrdered, 1, Bytes::from(vec![7; 5000])).unwrap();
+        let stall = cfg().stall_timeout;
+        let mut t = now;
+        let mut closed = None;
+        while t < now + stall + Duration::from_secs(2) {
+            t += Duration::from_millis(250);
+            server.handle_timeout(t);
+            let sent = drain(&mut server, t); // sent, or blocked; nothing comes back
+            if let Some(e) = events(&mut server).into_iter().find_map(|e| match e {
+                SessionEvent::Closed(r) => Some(r),
+                _ => None,
+            }) {
+                closed = Some((e, t, sent));
+                break;
+            }
+            // The peer's keepalive, with no ack in it: the session is not idle.
+            let mut ping = Vec::new();
+            wire::encode_data_header(&mut ping, 0xfeed, (t - now).as_millis() as u32, 4);
+            wire::encode_ping(&mut ping);
+            server.handle_datagram(t, &ping);
+        }
+        let (reason, at, sent) = closed.expect("the session closed");
+        assert_eq!(reason, DisconnectReason::Stalled, "zero window: {zero_window}");
+        assert!(
+            at >= now + stall && at <= now + stall + Duration::from_millis(300),
+            "{:?}",
+            at - now
+        );
+        // It tells the peer why.
+        let close = sent.iter().find_map(|d| {
+            let Ok(Packet::Data(_, frames)) = wire::decode_packet(d) else { return None };
+            wire::FrameReader::new(frames).flatten().find_map(|f| match f {
+                wire::Frame::Close(k) => Some(k),
+                _ => None,
+            })
+        });
+        assert_eq!(close, Some(CloseKind::Stalled));
+    }
+}
+
+#[test]
+fn a_peer_that_acknowledges_keeps_a_long_transfer_alive() {
+    let mut p = establish();
+    // 40 s of steady traffic, four times the stall timeout: never stalled.
+    for i in 0..160u32 {
+        p.server.send(Class::ReliableOrdered, 1, Bytes::from(vec![i as u8; 3000])).unwrap();
+        p.exchange();
+        p.advance(Duration::from_millis(250));
+        assert!(p.server.is_established(), "stalled after {i} rounds");
+    }
+    let evs = events(&mut p.client);
+    assert_eq!(messages(&evs).len(), 160);
+}

@@ -46,6 +46,9 @@ pub enum RejectReason {
     ServerFull,
     /// The endpoint does not accept incoming connections.
     NotAccepting,
+    /// The client's address (its IPv4 address, or its IPv6 /64) holds as many sessions as the
+    /// server allows one address.
+    TooManyFromAddress,
 }
 
 /// The body of a handshake packet.
@@ -176,6 +179,7 @@ pub fn decode_packet(buf: &[u8]) -> Result<Packet<'_>, WireError> {
                 1 => RejectReason::VersionMismatch { supported: r.u8()? },
                 2 => RejectReason::ServerFull,
                 3 => RejectReason::NotAccepting,
+                4 => RejectReason::TooManyFromAddress,
                 other => {
                     return Err(WireError::OutOfRange {
                         field: "reject reason",
@@ -255,6 +259,7 @@ pub fn encode_handshake_version(out: &mut Vec<u8>, version: u8, body: &Handshake
                 }
                 RejectReason::ServerFull => out.push(2),
                 RejectReason::NotAccepting => out.push(3),
+                RejectReason::TooManyFromAddress => out.push(4),
             }
         }
         Handshake::Reset { tag } => {
@@ -311,6 +316,7 @@ mod tests {
         });
         round_trip(Handshake::Reject { nonce: 5, reason: RejectReason::ServerFull });
         round_trip(Handshake::Reject { nonce: 5, reason: RejectReason::NotAccepting });
+        round_trip(Handshake::Reject { nonce: 5, reason: RejectReason::TooManyFromAddress });
         round_trip(Handshake::Reset { tag: 9 });
     }
 

@@ -10,8 +10,17 @@
 //!
 //! A connection created without a configuration (a datagram racing a session's end) stays
 //! inert and is dropped at the end of the pass.
+//!
+//! **Parking.** laminar's manager visits every connection it holds on every pass. So that idle
+//! sessions cost a pass nothing, a session with nothing to do for [`PARK_AFTER`] passes in a row
+//! leaves the manager (`should_drop` says yes without reporting an end) and waits, whole, in
+//! the driver's parked table with its next deadline. It comes back (through `create_connection`,
+//! which takes it from the table) when a datagram arrives from its peer, its deadline is due,
+//! or a handle queues a command for it (the handle sees the `parked` flag and puts the address
+//! on the endpoint's ready list).
 
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -32,10 +41,23 @@ use crate::transport::{ConnShared, Connection, Delivery, EndpointShared, Event};
 /// What a handle asks of its session.
 #[derive(Debug)]
 pub(crate) enum Command {
-    Send { class: Class, stream: u8, payload: Bytes },
-    Close { code: u32 },
-    Abort { reason: DisconnectReason },
+    Send {
+        class: Class,
+        stream: u8,
+        payload: Bytes,
+    },
+    Close {
+        code: u32,
+    },
+    Abort {
+        reason: DisconnectReason,
+    },
+    /// The peer lets more pile up than it may: give up on it.
+    Stall,
 }
+
+/// Idle passes in a row after which a session is parked.
+pub(crate) const PARK_AFTER: u8 = 2;
 
 /// Where session events go.
 #[derive(Debug)]
@@ -99,27 +121,65 @@ pub(crate) struct Init {
     pub(crate) role: Role,
 }
 
-thread_local! {
-    /// Connections to configure during the current `manual_poll`. Set by the driver around
-    /// each call (which is synchronous), so it never leaks between endpoints on one thread.
-    static SCOPE: RefCell<Vec<(SocketAddr, Init)>> = const { RefCell::new(Vec::new()) };
+/// A session waiting outside laminar's manager (see the module docs).
+#[derive(Debug)]
+pub(crate) struct Parked {
+    live: Box<Live>,
+    /// Distinguishes this parking from earlier ones of the same address in the deadline heap.
+    pub(crate) generation: u64,
+    /// When its session has timed work next.
+    pub(crate) deadline: Option<Instant>,
 }
 
-/// Runs `f` (a `manual_poll`) with `inits` available to `create_connection`; returns the ones
-/// not taken.
-pub(crate) fn scope<R>(inits: &mut Vec<(SocketAddr, Init)>, f: impl FnOnce() -> R) -> R {
-    SCOPE.with(|s| std::mem::swap(&mut *s.borrow_mut(), inits));
+/// What the driver lends a `manual_poll`: sessions to create, the parked table, and the
+/// sessions parked during the pass (with their next deadline), to enter into the heap.
+#[derive(Debug, Default)]
+pub(crate) struct Scope {
+    pub(crate) inits: Vec<(SocketAddr, Init)>,
+    pub(crate) parked: HashMap<SocketAddr, Parked>,
+    pub(crate) just_parked: Vec<(SocketAddr, Option<Instant>, u64)>,
+    pub(crate) next_generation: u64,
+}
+
+thread_local! {
+    /// The driver's [`Scope`] during the current `manual_poll`. Set by the driver around each
+    /// call (which is synchronous), so it never leaks between endpoints on one thread.
+    static SCOPE: RefCell<Scope> = RefCell::new(Scope::default());
+}
+
+/// Runs `f` (a `manual_poll`) with `scope` available to the connections.
+pub(crate) fn scope<R>(scope: &mut Scope, f: impl FnOnce() -> R) -> R {
+    SCOPE.with(|s| std::mem::swap(&mut *s.borrow_mut(), scope));
     let r = f();
-    SCOPE.with(|s| std::mem::swap(&mut *s.borrow_mut(), inits));
+    SCOPE.with(|s| std::mem::swap(&mut *s.borrow_mut(), scope));
     r
 }
 
 fn take_init(addr: SocketAddr) -> Option<Init> {
     SCOPE.with(|s| {
         let mut s = s.borrow_mut();
-        let i = s.iter().position(|(a, _)| *a == addr)?;
-        Some(s.swap_remove(i).1)
+        let i = s.inits.iter().position(|(a, _)| *a == addr)?;
+        Some(s.inits.swap_remove(i).1)
     })
+}
+
+/// The parked session of `addr`, taken back into the manager.
+fn unpark(addr: SocketAddr) -> Option<Box<Live>> {
+    let p = SCOPE.with(|s| s.borrow_mut().parked.remove(&addr))?;
+    p.live.shared.parked.store(false, Ordering::SeqCst);
+    Some(p.live)
+}
+
+/// Moves an idle session into the parked table.
+fn park(addr: SocketAddr, live: Box<Live>) {
+    let next = live.session.next_timeout();
+    SCOPE.with(|s| {
+        let mut s = s.borrow_mut();
+        let generation = s.next_generation;
+        s.next_generation += 1;
+        s.just_parked.push((addr, next, generation));
+        s.parked.insert(addr, Parked { live, generation, deadline: next });
+    });
 }
 
 /// The empty packet that makes laminar create `addr`'s connection.
@@ -136,6 +196,8 @@ struct Live {
     connect_done: Option<oneshot::Sender<Result<Connection, ConnectError>>>,
     connected: bool,
     dirty: bool,
+    /// Something happened to it in this pass (a datagram, a command, a timer).
+    worked: bool,
     buf: Vec<u8>,
 }
 
@@ -144,6 +206,8 @@ pub(crate) struct Conn {
     addr: SocketAddr,
     live: Option<Box<Live>>,
     gone_reported: bool,
+    /// Passes in a row with nothing to do.
+    idle_passes: u8,
 }
 
 impl Live {
@@ -164,6 +228,7 @@ impl Live {
             connect_done: done,
             connected: false,
             dirty: true,
+            worked: true,
             buf,
         }
     }
@@ -176,14 +241,31 @@ impl Live {
                 Command::Send { class, stream, payload } => {
                     let len = payload.len();
                     if self.session.send(class, stream, payload).is_err() {
-                        // Closed meanwhile: give the bytes back.
-                        self.shared.release(len + MESSAGE_COST);
+                        // Closed meanwhile (or too large): give the bytes back.
+                        self.shared.release(len + MESSAGE_COST, 1);
                     }
                 }
                 Command::Close { code } => self.session.close(now, code),
                 Command::Abort { reason } => self.session.abort(reason),
+                Command::Stall => self.session.stall(now),
             }
         }
+    }
+
+    /// Whether it may leave the manager: established, nothing queued, nothing happened for
+    /// [`PARK_AFTER`] passes. Raises the `parked` flag first, then looks at the inbox once
+    /// more (a handle queues, then looks at the flag): a command never goes unseen.
+    fn try_park(&self) -> bool {
+        if !self.connected || !self.session.is_established() || self.dirty {
+            return false;
+        }
+        self.shared.parked.store(true, Ordering::SeqCst);
+        std::sync::atomic::fence(Ordering::SeqCst);
+        if !self.inbox.is_empty() {
+            self.shared.parked.store(false, Ordering::SeqCst);
+            return false;
+        }
+        true
     }
 
     /// Hands session events to the application.
@@ -208,6 +290,9 @@ impl Live {
                     });
                 }
                 SessionEvent::Closed(reason) => {
+                    if reason == DisconnectReason::Stalled {
+                        self.sink.endpoint.counters.stalled.fetch_add(1, Ordering::Relaxed);
+                    }
                     self.shared.set_closed(reason);
                     if let Some(done) = self.connect_done.take() {
                         let _ = done.send(Err(ConnectError::Failed(reason)));
@@ -218,8 +303,8 @@ impl Live {
                 }
             }
         }
-        let released = self.session.take_released();
-        self.shared.release(released);
+        let (bytes, messages) = self.session.take_released();
+        self.shared.release(bytes, messages);
     }
 }
 
@@ -232,8 +317,11 @@ impl laminar::Connection for Conn {
         address: SocketAddr,
         time: Instant,
     ) -> Self {
-        let live = take_init(address).map(|init| Box::new(Live::new(init, time)));
-        Conn { addr: address, live, gone_reported: false }
+        let live = match unpark(address) {
+            Some(live) => Some(live),
+            None => take_init(address).map(|init| Box::new(Live::new(init, time))),
+        };
+        Conn { addr: address, live, gone_reported: false, idle_passes: 0 }
     }
 
     fn is_established(&self) -> bool {
@@ -245,9 +333,20 @@ impl laminar::Connection for Conn {
         messenger: &mut impl ConnectionMessenger<SocketEvent>,
         _time: Instant,
     ) -> bool {
-        let Some(live) = &self.live else { return true };
+        let Some(live) = self.live.as_mut() else { return true };
         if !live.session.is_closed() {
-            return false;
+            if std::mem::take(&mut live.worked) {
+                self.idle_passes = 0;
+                return false;
+            }
+            self.idle_passes = self.idle_passes.saturating_add(1);
+            if self.idle_passes < PARK_AFTER || !live.try_park() {
+                return false;
+            }
+            if let Some(live) = self.live.take() {
+                park(self.addr, live);
+            }
+            return true;
         }
         if !self.gone_reported {
             self.gone_reported = true;
@@ -265,6 +364,7 @@ impl laminar::Connection for Conn {
         if let Some(live) = self.live.as_mut() {
             live.session.handle_datagram(time, payload);
             live.dirty = true;
+            live.worked = true;
             live.pump();
         }
     }
@@ -289,6 +389,7 @@ impl laminar::Connection for Conn {
             live.dirty = true;
         }
         if live.dirty {
+            live.worked = true;
             while live.session.poll_transmit(time, &mut live.buf) {
                 messenger.send_packet(&self.addr, &live.buf);
             }

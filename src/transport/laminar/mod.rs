@@ -14,7 +14,8 @@ mod timer;
 
 pub(crate) use self::conn::{Command, EventTarget};
 
-use std::collections::HashMap;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -22,16 +23,16 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
-use self::conn::{Conn, Init, Role, Sink};
-use self::socket::GatedSocket;
+use self::conn::{Conn, Role, Scope, Sink};
+use self::socket::{DoorLimits, GatedSocket};
 use self::timer::Timer;
 use crate::config::TransportConfig;
 use crate::error::{ConnectError, DisconnectReason};
-use crate::proto::gate::Gate;
+use crate::proto::gate::{Gate, HandshakeLimiter};
 use crate::proto::ids::PeerId;
 use crate::proto::rng::SplitMix64;
 use crate::transport::io::Io;
-use crate::transport::{ConnShared, Connection, EndpointShared, Event, Service};
+use crate::transport::{ConnShared, Connection, EndpointCounters, EndpointShared, Event, Service};
 
 /// Requests from `Endpoint` handles to the task.
 #[derive(Debug)]
@@ -52,8 +53,11 @@ pub(crate) struct Driver<I: Io, S: Service> {
     rng: SplitMix64,
     /// Every live session, by address.
     conns: HashMap<SocketAddr, Arc<ConnShared>>,
-    /// Sessions to create in the next pass (see `conn::scope`).
-    inits: Vec<(SocketAddr, Init)>,
+    /// Sessions to create in the next pass, and parked ones (see `conn::scope`).
+    scope: Scope,
+    /// Parked sessions' deadlines: (when, parking generation, address). Entries of sessions
+    /// that came back earlier are stale and skipped (their generation no longer matches).
+    parked_deadlines: BinaryHeap<Reverse<(Instant, u64, SocketAddr)>>,
 }
 
 impl<I: Io, S: Service> Driver<I, S> {
@@ -71,9 +75,12 @@ impl<I: Io, S: Service> Driver<I, S> {
         let lam = laminar::Config {
             // One byte more than the largest datagram we accept, to detect truncation.
             receive_buffer_max_size: config.max_datagram_size + 1,
-            // Unconfigured connections (a datagram racing a session's end) are dropped within
-            // the pass anyway; this only bounds them.
-            max_unestablished_connections: 16,
+            // laminar counts every connection it creates from a datagram against this bound,
+            // established or not, and drops those over it: parked sessions come back that way,
+            // so it must never bind. Unconfigured connections (a datagram racing a session's
+            // end) are dropped within the pass anyway, and a pass reads a bounded number of
+            // datagrams.
+            max_unestablished_connections: u16::MAX,
             ..laminar::Config::default()
         };
         let mut rng = SplitMix64::new(crate::sync::os_seed());
@@ -83,7 +90,17 @@ impl<I: Io, S: Service> Driver<I, S> {
             config.cookie_lifetime,
             config.accept_incoming,
         );
-        let socket = GatedSocket::new(io, gate, config.max_connections, now);
+        let limiter = HandshakeLimiter::new(
+            (rng.next_u64(), rng.next_u64()),
+            now,
+            config.handshake_rate_per_ip,
+        );
+        let limits = DoorLimits {
+            max_incoming: config.max_connections,
+            max_per_ip: config.max_connections_per_ip,
+        };
+        let counters = Arc::new(EndpointCounters::default());
+        let socket = GatedSocket::new(io, gate, limiter, limits, counters.clone(), now);
         let mgr = laminar::ConnectionManager::new(socket, lam);
         let shared = Arc::new(EndpointShared {
             config: config.clone(),
@@ -94,6 +111,8 @@ impl<I: Io, S: Service> Driver<I, S> {
             next_peer: AtomicU64::new(1),
             stopped: AtomicBool::new(false),
             sessions: AtomicUsize::new(0),
+            counters,
+            ready: Default::default(),
         });
         let (events, service_events) = match app {
             Some(tx) => (EventTarget::App(tx), None),
@@ -118,7 +137,8 @@ impl<I: Io, S: Service> Driver<I, S> {
             cmds,
             rng,
             conns: HashMap::new(),
-            inits: Vec::new(),
+            scope: Scope::default(),
+            parked_deadlines: BinaryHeap::new(),
         };
         (driver, shared)
     }
@@ -130,16 +150,58 @@ impl<I: Io, S: Service> Driver<I, S> {
         let (tx, inbox) = crossbeam::channel::unbounded();
         let shared = Arc::new(ConnShared::new(peer, addr, ep.clone(), tx, now));
         self.conns.insert(addr, shared.clone());
-        self.inits.push((addr, Init { shared, inbox, sink: self.sink.clone(), role }));
+        let init = conn::Init { shared, inbox, sink: self.sink.clone(), role };
+        self.scope.inits.push((addr, init));
         // The manager owns the receiver; it lives as long as `self`.
         let _ = self.mgr.event_sender().send(conn::poke(addr));
     }
 
-    /// Sends `cmd` to every live session.
+    /// Sends `cmd` to every live session (parked ones come back for it in the next pass).
     fn broadcast(&self, cmd: impl Fn() -> Command) {
         for c in self.conns.values() {
-            let _ = c.inbox.send(cmd());
+            c.command(cmd());
         }
+    }
+
+    /// Brings parked sessions back into the manager for this pass: those a handle gave a
+    /// command, and those whose deadline is due.
+    fn unpark_due(&mut self, now: Instant) {
+        let ready = std::mem::take(&mut *crate::sync::lock(&self.sink.endpoint.ready));
+        for addr in ready {
+            if self.scope.parked.contains_key(&addr) {
+                let _ = self.mgr.event_sender().send(conn::poke(addr));
+            }
+        }
+        while let Some(Reverse((at, generation, addr))) = self.parked_deadlines.peek().copied() {
+            if at > now {
+                break;
+            }
+            self.parked_deadlines.pop();
+            if self.scope.parked.get(&addr).is_some_and(|p| p.generation == generation) {
+                let _ = self.mgr.event_sender().send(conn::poke(addr));
+            }
+        }
+    }
+
+    /// Enters the sessions parked during the pass into the deadline heap.
+    fn note_parked(&mut self) {
+        for (addr, at, generation) in self.scope.just_parked.drain(..) {
+            if let Some(at) = at {
+                self.parked_deadlines.push(Reverse((at, generation, addr)));
+            }
+        }
+        // Entries of sessions that came back before their deadline linger until it passes;
+        // rebuild the heap if they outnumber the live ones.
+        if self.parked_deadlines.len() > 2 * self.scope.parked.len() + 1024 {
+            self.parked_deadlines = self
+                .scope
+                .parked
+                .iter()
+                .filter_map(|(a, p)| Some(Reverse((p.deadline?, p.generation, *a))))
+                .collect();
+        }
+        let parked = self.scope.parked.len();
+        self.sink.endpoint.counters.parked.store(parked, Ordering::Relaxed);
     }
 
     fn on_cmd(&mut self, cmd: DriverCmd, now: Instant, shutdown: &mut Option<Shutdown>) {
@@ -208,11 +270,13 @@ impl<I: Io, S: Service> Driver<I, S> {
         socket.paused = paused;
         socket.begin(now, self.sink.config.max_datagrams_per_poll);
         self.sink.next_deadline.store(u64::MAX, Ordering::Release);
+        self.unpark_due(now);
         let mgr = &mut self.mgr;
-        conn::scope(&mut self.inits, || mgr.manual_poll(now));
+        conn::scope(&mut self.scope, || mgr.manual_poll(now));
         // Every init is taken in the pass after it was made; one left over means laminar did
         // not create the connection, and its waiter learns through the dropped `done`.
-        self.inits.clear();
+        self.scope.inits.clear();
+        self.note_parked();
         while let Ok(ev) = self.mgr.event_receiver().try_recv() {
             if let laminar::SocketEvent::Disconnect(addr) = ev {
                 self.mgr.socket_mut().forget(&addr);
@@ -231,10 +295,11 @@ impl<I: Io, S: Service> Driver<I, S> {
     fn next_deadline(&mut self) -> Option<Instant> {
         let nanos = self.sink.next_deadline.load(Ordering::Acquire);
         let protocol = (nanos != u64::MAX).then(|| self.sink.epoch + Duration::from_nanos(nanos));
+        let parked = self.parked_deadlines.peek().map(|Reverse((at, _, _))| *at);
         // While reading is paused, datagrams waiting in the socket are no reason to wake.
         let socket = self.mgr.socket();
         let arrival = if socket.paused { None } else { socket.io.next_arrival() };
-        [protocol, arrival, self.service.next_deadline()].into_iter().flatten().min()
+        [protocol, parked, arrival, self.service.next_deadline()].into_iter().flatten().min()
     }
 
     /// The task: runs until shut down.

@@ -5,14 +5,30 @@
 //! addresses with a session pass. Handshake packets from strangers are answered here,
 //! statelessly, and a `CONNECT` with a valid cookie is set aside for the driver, which creates
 //! the session.
+//!
+//! Before the gate spends anything on a stranger's datagram, the source address's handshake
+//! budget is checked (a fixed table of token buckets); an admitted `CONNECT` is refused when
+//! the server is full or the address already holds `max_connections_per_ip` sessions.
+//! Everything refused is counted.
 
 use std::collections::HashMap;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use crate::proto::gate::{Gate, Verdict};
+use crate::proto::gate::{Gate, HandshakeLimiter, Verdict, address_key};
+use crate::proto::wire::{self, Handshake, RejectReason};
+use crate::transport::EndpointCounters;
 use crate::transport::io::Io;
+
+/// Limits of the front door, from the transport's configuration.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct DoorLimits {
+    pub(crate) max_incoming: usize,
+    pub(crate) max_per_ip: usize,
+}
 
 #[derive(Debug)]
 pub(crate) struct GatedSocket<I: Io> {
@@ -22,7 +38,11 @@ pub(crate) struct GatedSocket<I: Io> {
     /// Addresses with a session; the flag says whether the peer opened it.
     known: HashMap<SocketAddr, bool>,
     incoming: usize,
-    max_incoming: usize,
+    /// Incoming sessions per address key (see [`address_key`]); only keys with sessions.
+    per_ip: HashMap<IpAddr, u32>,
+    limits: DoorLimits,
+    limiter: HandshakeLimiter,
+    counters: Arc<EndpointCounters>,
     /// Datagrams still allowed in this pass.
     budget: usize,
     /// Not reading: the application is behind on events.
@@ -32,26 +52,32 @@ pub(crate) struct GatedSocket<I: Io> {
     reply: Vec<u8>,
     /// Valid `CONNECT`s from new addresses: (address, nonce, client window).
     pub(crate) admitted: Vec<(SocketAddr, u32, u64)>,
-    pub(crate) dropped_sends: u64,
-    pub(crate) oversize: u64,
 }
 
 impl<I: Io> GatedSocket<I> {
-    pub(crate) fn new(io: I, gate: Gate, max_incoming: usize, now: Instant) -> Self {
+    pub(crate) fn new(
+        io: I,
+        gate: Gate,
+        limiter: HandshakeLimiter,
+        limits: DoorLimits,
+        counters: Arc<EndpointCounters>,
+        now: Instant,
+    ) -> Self {
         Self {
             io,
             gate,
             now,
             known: HashMap::new(),
             incoming: 0,
-            max_incoming,
+            per_ip: HashMap::new(),
+            limits,
+            limiter,
+            counters,
             budget: 0,
             paused: false,
             refusing: false,
             reply: Vec::new(),
             admitted: Vec::new(),
-            dropped_sends: 0,
-            oversize: 0,
         }
     }
 
@@ -83,7 +109,31 @@ impl<I: Io> GatedSocket<I> {
     pub(crate) fn forget(&mut self, addr: &SocketAddr) {
         if self.known.remove(addr) == Some(true) {
             self.incoming -= 1;
+            let key = address_key(addr.ip());
+            if let Some(n) = self.per_ip.get_mut(&key) {
+                *n -= 1;
+                if *n == 0 {
+                    self.per_ip.remove(&key);
+                }
+            }
         }
+    }
+
+    /// Takes or refuses a valid `CONNECT` from a new address.
+    fn admit(&mut self, from: SocketAddr, nonce: u32, window: u64) {
+        let key = address_key(from.ip());
+        let held = self.per_ip.get(&key).copied().unwrap_or(0);
+        if held as usize >= self.limits.max_per_ip {
+            self.counters.rejected_per_ip.fetch_add(1, Ordering::Relaxed);
+            let reply = Handshake::Reject { nonce, reason: RejectReason::TooManyFromAddress };
+            wire::encode_handshake(&mut self.reply, &reply);
+            let _ = self.io.send_to(self.now, from, &self.reply);
+            return;
+        }
+        *self.per_ip.entry(key).or_default() += 1;
+        self.known.insert(from, true);
+        self.incoming += 1;
+        self.admitted.push((from, nonce, window));
     }
 }
 
@@ -92,7 +142,7 @@ impl<I: Io> laminar::DatagramSocket for GatedSocket<I> {
         match self.io.send_to(self.now, *addr, payload) {
             // A full socket buffer is a loss like any other; retransmission covers it.
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                self.dropped_sends += 1;
+                self.counters.sends_dropped.fetch_add(1, Ordering::Relaxed);
                 Ok(0)
             }
             r => r,
@@ -109,11 +159,15 @@ impl<I: Io> laminar::DatagramSocket for GatedSocket<I> {
             if len >= buffer.len() {
                 // The buffer is one byte larger than the largest datagram we accept, so a full
                 // buffer means the datagram was truncated: drop it.
-                self.oversize += 1;
+                self.counters.oversize.fetch_add(1, Ordering::Relaxed);
                 continue;
             }
             let known = self.known.contains_key(&from);
-            let full = self.refusing || self.incoming >= self.max_incoming;
+            if !known && !self.limiter.allow(self.now, from.ip()) {
+                self.counters.rate_limited.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            let full = self.refusing || self.incoming >= self.limits.max_incoming;
             match self.gate.filter(self.now, from, &buffer[..len], known, full, &mut self.reply) {
                 Verdict::Pass => {
                     let buffer: &'a [u8] = buffer;
@@ -121,13 +175,12 @@ impl<I: Io> laminar::DatagramSocket for GatedSocket<I> {
                 }
                 Verdict::Drop => {}
                 Verdict::Reply => {
+                    if full && is_reject(&self.reply) {
+                        self.counters.rejected_full.fetch_add(1, Ordering::Relaxed);
+                    }
                     let _ = self.io.send_to(self.now, from, &self.reply);
                 }
-                Verdict::Admit { nonce, window } => {
-                    self.known.insert(from, true);
-                    self.incoming += 1;
-                    self.admitted.push((from, nonce, window));
-                }
+                Verdict::Admit { nonce, window } => self.admit(from, nonce, window),
             }
         }
     }
@@ -139,4 +192,12 @@ impl<I: Io> laminar::DatagramSocket for GatedSocket<I> {
     fn is_blocking_mode(&self) -> bool {
         false
     }
+}
+
+/// Whether `reply` is a `REJECT` (to count refusals of a full server).
+fn is_reject(reply: &[u8]) -> bool {
+    matches!(
+        wire::decode_packet(reply),
+        Ok(wire::Packet::Handshake(h)) if matches!(h.body, Handshake::Reject { .. })
+    )
 }
