@@ -188,7 +188,8 @@ pub enum CallError<E = std::convert::Infallible> {
     HandlerPanicked,
     /// The server is shutting down.
     ShuttingDown,
-    /// The server could not decode the arguments (client and server disagree on the types).
+    /// The server could not decode the call: its arguments (client and server disagree on the
+    /// types), its key or its deadline.
     BadRequest,
     /// The client has no connection to a server for this call.
     NotConnected,
@@ -204,6 +205,14 @@ pub enum CallError<E = std::convert::Infallible> {
     /// The encoded call is larger than the connection accepts.
     TooLarge {
         /// The call's size.
+        size: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The method ran on the server, but its answer is larger than the connection carries
+    /// (`max_message_size`, or what the client's receive window allows), so it was not sent.
+    ResponseTooLarge {
+        /// The answer's size.
         size: usize,
         /// The limit.
         max: usize,
@@ -224,13 +233,16 @@ impl<E: std::fmt::Debug> std::fmt::Display for CallError<E> {
             Self::Overloaded => f.write_str("server overloaded"),
             Self::HandlerPanicked => f.write_str("the grain method panicked"),
             Self::ShuttingDown => f.write_str("the server is shutting down"),
-            Self::BadRequest => f.write_str("the server could not decode the arguments"),
+            Self::BadRequest => f.write_str("the server could not decode the call"),
             Self::NotConnected => f.write_str("not connected"),
             Self::ServerUnavailable(s) => write!(f, "required server {s} is unavailable"),
             Self::Disconnected(r) => write!(f, "connection lost: {r}"),
             Self::Encode(e) => write!(f, "could not encode the arguments: {e}"),
             Self::Decode(e) => write!(f, "could not decode the response: {e}"),
             Self::TooLarge { size, max } => write!(f, "call of {size} bytes exceeds {max}"),
+            Self::ResponseTooLarge { size, max } => {
+                write!(f, "the method ran but its answer of {size} bytes exceeds {max}")
+            }
         }
     }
 }
@@ -259,6 +271,7 @@ impl<E> CallError<E> {
             Self::Encode(e) => CallError::Encode(e),
             Self::Decode(e) => CallError::Decode(e),
             Self::TooLarge { size, max } => CallError::TooLarge { size, max },
+            Self::ResponseTooLarge { size, max } => CallError::ResponseTooLarge { size, max },
         }
     }
 

@@ -123,20 +123,27 @@ impl GrainRef {
         A: Serialize + ?Sized,
         T: for<'de> Deserialize<'de>,
     {
-        let outcome = self.start(method, args)?.await;
+        let outcome = self.start(method, args).await?.await;
         // A method that returns no `Result` has no application error: the server never says
         // `AppError` for it, so one would mean client and server disagree on the interface.
         decode_outcome(outcome, self.info.version, |_| CallError::BadRequest)
     }
 
-    fn start<A: Serialize + ?Sized, E>(
+    /// Queues the call. A call that fails at once (no server to route it to, say) still
+    /// yields once to the runtime before it returns, so a caller that retries in a loop never
+    /// starves the tasks that would fix it (the connection pool reconnecting).
+    async fn start<A: Serialize + ?Sized, E>(
         &self,
         method: &MethodInfo,
         args: &A,
     ) -> Result<CallFuture, CallError<E>> {
-        self.client
-            .call_raw(self.info, method, self, args)
-            .map_err(|e| e.map_app(|never| match never {}))
+        match self.client.call_raw(self.info, method, self, args) {
+            Ok(f) => Ok(f),
+            Err(e) => {
+                tokio::task::yield_now().await;
+                Err(e.map_app(|never| match never {}))
+            }
+        }
     }
 
     /// Calls a method that returns `Result<T, E>`.
@@ -150,20 +157,25 @@ impl GrainRef {
         T: for<'de> Deserialize<'de>,
         E: for<'de> Deserialize<'de>,
     {
-        let outcome = self.start(method, args)?.await;
+        let outcome = self.start(method, args).await?.await;
         decode_outcome(outcome, self.info.version, |payload| match postcard::from_bytes(payload) {
             Ok(e) => CallError::Application(e),
             Err(e) => CallError::Decode(crate::error::CodecError(e)),
         })
     }
 
-    /// Sends a one-way call (reliable, in order with the grain's other calls, no response).
-    pub fn call_one_way<A: Serialize + ?Sized>(
+    /// Sends a one-way call (reliable, in order with the grain's other calls, no response). A
+    /// call that fails yields once before it returns (see [`call`](Self::call)).
+    pub async fn call_one_way<A: Serialize + ?Sized>(
         &self,
         method: &MethodInfo,
         args: &A,
     ) -> Result<(), CallError> {
-        self.client.send_one_way(self.info, method, self, args)
+        let sent = self.client.send_one_way(self.info, method, self, args);
+        if sent.is_err() {
+            tokio::task::yield_now().await;
+        }
+        sent
     }
 }
 

@@ -61,6 +61,8 @@ pub mod grain;
 pub mod proto;
 pub mod server;
 pub(crate) mod sync;
+#[cfg(feature = "test-util")]
+pub mod testing;
 pub mod transport;
 
 pub use client::{Client, ClientConfig};

@@ -124,3 +124,36 @@ async fn a_fleet_over_loopback_routes_survives_a_stop_and_takes_the_server_back(
         s.shutdown().await;
     }
 }
+
+/// Callers that retry in a tight loop while no server is connected yield on every failed call,
+/// so the connection pool's reconnect (a task on the same thread) is not starved: the calls
+/// succeed again soon after the server is back, long before the loops would end.
+#[tokio::test]
+async fn callers_spinning_without_a_server_do_not_starve_the_reconnect() {
+    let first = start("spin", "127.0.0.1:0".parse().unwrap(), false);
+    let addr = first.local_addr();
+    let client = Client::builder().server(addr).connect().await.unwrap();
+    let mut events = client.events();
+    let r: WhereRef = client.grain(1);
+    r.at(0).await.unwrap();
+    first.shutdown().await;
+    until(&mut events, |e| matches!(e, ClientEvent::Disconnected { .. })).await;
+    // The same address again (the old socket is closed by now).
+    let _again = start("spin", addr, false);
+    let mut callers = tokio::task::JoinSet::new();
+    for w in 0..16 {
+        let r: WhereRef = client.grain(w);
+        // Bounded: far more iterations than a reconnect needs when the pool gets to run.
+        callers.spawn(async move {
+            for i in 0..2_000_000u64 {
+                if r.at(i).await.is_ok() {
+                    return Some(i);
+                }
+            }
+            None
+        });
+    }
+    while let Some(done) = callers.join_next().await {
+        assert!(done.unwrap().is_some(), "a caller never got through");
+    }
+}

@@ -375,10 +375,11 @@ async fn too_many_pending_calls_are_refused_as_overloaded() {
 async fn pending_argument_bytes_are_capped_per_connection() {
     let net = SimNetwork::new(20, SimConfig::default());
     let log = Arc::new(Log::default());
-    let cfg = ServerConfig { max_pending_bytes_per_connection: 1000, ..ServerConfig::default() };
+    let cfg = ServerConfig { max_pending_bytes_per_connection: 1500, ..ServerConfig::default() };
     let (_server, client) = setup(&net, &log, cfg, ClientConfig::default()).await;
     let refs: Vec<WorkerRef> = (0..5).map(|k| client.grain(k)).collect();
-    // Each call holds about 400 argument bytes for a second: two fit in 1000 bytes.
+    // Each call holds about 400 argument bytes (and 256 of bookkeeping) for a second: two fit
+    // in 1500 bytes.
     let results = futures_join_all(refs.iter().map(|w| w.hold(vec![7; 400], 1000))).await;
     let ok = results.iter().filter(|r| matches!(r, Ok(400))).count();
     let overloaded = results.iter().filter(|r| matches!(r, Err(CallError::Overloaded))).count();
@@ -388,7 +389,7 @@ async fn pending_argument_bytes_are_capped_per_connection() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn activations_are_capped_and_the_cap_frees_up_as_grains_idle_out() {
+async fn at_the_activation_cap_the_least_recently_used_idle_grain_makes_room() {
     let net = SimNetwork::new(19, SimConfig::default());
     let log = Arc::new(Log::default());
     let cfg = ServerConfig {
@@ -397,16 +398,32 @@ async fn activations_are_capped_and_the_cap_frees_up_as_grains_idle_out() {
         ..ServerConfig::default()
     };
     let (server, client) = setup(&net, &log, cfg, ClientConfig::default()).await;
-    let refs: Vec<WorkerRef> = (0..3).map(|k| client.grain(k)).collect();
+    let refs: Vec<WorkerRef> = (0..4).map(|k| client.grain(k)).collect();
     assert_eq!(refs[0].work(1).await.unwrap(), 1);
     assert_eq!(refs[1].work(2).await.unwrap(), 2);
-    assert!(matches!(refs[2].work(3).await, Err(CallError::Overloaded)), "a third grain");
-    assert_eq!(refs[0].work(4).await.unwrap(), 4, "active grains keep serving");
+    assert_eq!(refs[0].work(3).await.unwrap(), 3, "grain 0 is now the more recently used");
+    // A third grain: grain 1 (idle the longest) is deactivated to make room.
+    assert_eq!(refs[2].work(4).await.unwrap(), 4);
+    tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(server.activation_count(), 2);
-    assert!(log.runs.lock().unwrap().get(&3).is_none(), "the refused call never ran");
+    assert_eq!(log.deactivations.load(Ordering::SeqCst), 1, "its hook ran");
+    assert_eq!(server.stats().activations_evicted, 1);
+    assert_eq!(refs[0].served().await.unwrap(), 2, "grain 0 kept its state");
+    assert_eq!(refs[1].served().await.unwrap(), 0, "grain 1 starts afresh");
+    // Every activation busy: a new grain is refused, and the refused call never runs.
+    let naps = futures_join_all([refs[0].nap(1000), refs[1].nap(1000)]);
+    let refused = async {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        refs[3].work(5).await
+    };
+    let (naps, refused) = tokio::join!(naps, refused);
+    assert!(naps.iter().all(Result::is_ok), "{naps:?}");
+    assert!(matches!(refused, Err(CallError::Overloaded)), "{refused:?}");
+    assert!(log.runs.lock().unwrap().get(&5).is_none(), "the refused call never ran");
+    assert_eq!(server.stats().overloaded_activations, 1);
     tokio::time::sleep(Duration::from_secs(20)).await;
-    assert_eq!(server.activation_count(), 0, "both idled out");
-    assert_eq!(refs[2].work(5).await.unwrap(), 5, "room again");
+    assert_eq!(server.activation_count(), 0, "all idled out");
+    assert_eq!(refs[3].work(6).await.unwrap(), 6, "room again");
 }
 
 #[grainwire::grain(name = "Worker", version = 2)]

@@ -10,7 +10,9 @@ use grainwire::proto::manifest::Manifest;
 use grainwire::proto::wire::rpc::{self, CallHeader, RpcFrame, Status};
 use grainwire::transport::sim::{SimConfig, SimNetwork};
 use grainwire::transport::{Connection, Delivery, Endpoint, Event};
-use grainwire::{Client, ClientConfig, GrainInterface, Server, ServerConfig, TransportConfig};
+use grainwire::{
+    CallError, Client, ClientConfig, GrainInterface, Server, ServerConfig, TransportConfig,
+};
 
 #[grainwire::grain(version = 3)]
 trait Blob {
@@ -136,4 +138,87 @@ async fn a_call_with_a_32_byte_argument_fits_a_64_byte_datagram() {
     let max = *requests.iter().max().unwrap();
     println!("request datagrams with a 32-byte argument: at most {max} bytes");
     assert!(max <= 64, "a request datagram took {max} bytes: {requests:?}");
+}
+
+/// Requests whose id decodes but whose key or deadline does not: each is answered
+/// `BadRequest` (before, they got no answer and the caller waited for its deadline).
+#[tokio::test(start_paused = true)]
+async fn a_request_that_does_not_decode_but_names_its_id_is_answered_bad_request() {
+    let net = SimNetwork::new(3, SimConfig::default());
+    let server = Server::builder(ServerConfig::default())
+        .host(Blob::host(|_| BlobGrain))
+        .bind_sim(&net, addr(SERVER))
+        .unwrap();
+    let (mut ep, conn, _) = raw(&net).await;
+    let id = |slot| RequestId { slot, generation: 1 };
+    // head | slot varint | gen u16 | type index | version | method u16 | deadline | key ...
+    let head = |key_kind: u8| 1 | (key_kind << 3) | 0x40;
+    let prefix = |slot: u8, key_kind: u8| vec![head(key_kind), slot, 1, 0, 0, 3, 0, 0, 0x80, 0x08];
+    let mut frames = Vec::new();
+    frames.push(prefix(1, 7)); // key kind 7
+    let mut v = prefix(2, 1);
+    v.extend_from_slice(&[2, 0xff, 0xfe]); // a string key that is not UTF-8
+    frames.push(v);
+    let mut v = prefix(3, 1);
+    v.extend_from_slice(&[0x81, 0x08]); // a string key of 1,025 bytes
+    v.extend_from_slice(&[b'k'; 1025]);
+    frames.push(v);
+    // A deadline beyond u32: a 5-byte varint of 2^35.
+    let mut v = vec![head(0), 4, 1, 0, 0, 3, 0, 0, 0x80, 0x80, 0x80, 0x80, 0x80, 0x01, 2];
+    v.extend_from_slice(&postcard::to_allocvec(&[9u8; 32]).unwrap());
+    frames.push(v);
+    for f in &frames {
+        assert!(rpc::decode_rpc(f).is_err(), "{f:?} must not decode");
+        assert!(rpc::request_id(f).is_some(), "{f:?} names its id");
+        conn.send(Delivery::reliable_ordered(1), Bytes::from(f.clone())).unwrap();
+    }
+    let mut answered: Vec<(u32, Status)> = Vec::new();
+    for _ in 0..frames.len() {
+        let (slot, status, _) = answer(&mut ep).await;
+        answered.push((slot, status));
+    }
+    answered.sort_by_key(|a| a.0);
+    assert_eq!(answered, (1..=4).map(|s| (id(s).slot, Status::BadRequest)).collect::<Vec<_>>());
+    assert_eq!(server.stats().bad_requests, 4);
+    assert_eq!(server.activation_count(), 0, "nothing was activated for them");
+}
+
+#[grainwire::grain]
+trait Dump {
+    /// `n` bytes.
+    async fn bytes(&mut self, n: u32) -> Vec<u8>;
+}
+
+struct DumpGrain;
+
+impl Dump for DumpGrain {
+    async fn bytes(&mut self, n: u32) -> Vec<u8> {
+        vec![1; n as usize]
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_answer_too_large_for_the_connection_is_a_typed_error_not_a_timeout() {
+    let net = SimNetwork::new(4, SimConfig::default());
+    let transport = TransportConfig { max_message_size: 64 << 10, ..TransportConfig::server() };
+    let server = Server::builder(ServerConfig { transport, ..ServerConfig::default() })
+        .host(Dump::host(|_| DumpGrain))
+        .bind_sim(&net, addr(SERVER))
+        .unwrap();
+    let client =
+        Client::connect_sim(&net, addr("10.0.0.2:1"), addr(SERVER), ClientConfig::default())
+            .await
+            .unwrap();
+    let d: DumpRef = client.grain(1);
+    assert_eq!(d.bytes(60_000).await.unwrap().len(), 60_000);
+    let start = tokio::time::Instant::now();
+    match d.bytes(100_000).await {
+        Err(CallError::ResponseTooLarge { size, max }) => {
+            assert!(size > 100_000 && max <= 64 << 10, "{size} {max}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(start.elapsed() < Duration::from_secs(1), "answered at once, not at the deadline");
+    assert_eq!(server.stats().responses_too_large, 1);
+    assert_eq!(d.bytes(10).await.unwrap().len(), 10, "the grain serves on");
 }

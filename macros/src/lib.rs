@@ -372,7 +372,7 @@ fn expand(attr: TokenStream2, item: TokenStream2) -> syn::Result<TokenStream2> {
                 #(#docs)*
                 /// One-way: queued reliably, in order with this grain's other calls; no response.
                 pub async fn #name(&self, #(#arg_decls),*) -> ::core::result::Result<(), #p::CallError> {
-                    self.inner.call_one_way::<#tuple_ty>(#info, &#tuple)
+                    self.inner.call_one_way::<#tuple_ty>(#info, &#tuple).await
                 }
             }
         } else if let Some((ok, err)) = &m.app_error {

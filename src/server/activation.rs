@@ -20,6 +20,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use crossbeam::channel::Sender;
 
+use super::ServerCounters;
 use crate::arena;
 use crate::grain::private::{Dispatch, Reply};
 use crate::proto::ids::{GrainId, MethodId, RequestId};
@@ -48,11 +49,14 @@ pub(crate) enum Report {
     Gone { grain: GrainId },
 }
 
-/// The channel from activations back to the service.
+/// The channel from activations back to the service, and what they need to know of the
+/// server.
 #[derive(Debug, Clone)]
 pub(crate) struct Reporter {
     pub(crate) tx: Sender<Report>,
     pub(crate) endpoint: Arc<EndpointShared>,
+    pub(crate) limits: AnswerLimits,
+    pub(crate) counters: Arc<ServerCounters>,
 }
 
 impl Reporter {
@@ -64,12 +68,54 @@ impl Reporter {
     }
 }
 
+/// A mailbox's queue: jobs in token order (tokens only grow, and a mailbox gets its jobs in
+/// the order they were made), so a queued job is found by binary search. A removed job leaves
+/// a hole (`None`) that `pop` skips: removing costs O(log n), whatever the queue's length.
+#[derive(Debug, Default)]
+struct Queue {
+    jobs: VecDeque<(u64, Option<Job>)>,
+    /// Jobs not removed.
+    live: usize,
+}
+
+impl Queue {
+    fn push(&mut self, job: Job) {
+        debug_assert!(self.jobs.back().is_none_or(|(t, _)| *t < job.token), "token order");
+        self.jobs.push_back((job.token, Some(job)));
+        self.live += 1;
+    }
+
+    fn pop(&mut self) -> Option<Job> {
+        while let Some((_, job)) = self.jobs.pop_front() {
+            if let Some(job) = job {
+                self.live -= 1;
+                return Some(job);
+            }
+        }
+        None
+    }
+
+    fn remove(&mut self, token: u64) -> Option<Job> {
+        let i = self.jobs.binary_search_by_key(&token, |(t, _)| *t).ok()?;
+        let job = self.jobs.get_mut(i)?.1.take()?;
+        self.live -= 1;
+        // Holes at either end go at once; the rest when `pop` reaches them.
+        while self.jobs.back().is_some_and(|(_, j)| j.is_none()) {
+            self.jobs.pop_back();
+        }
+        while self.jobs.front().is_some_and(|(_, j)| j.is_none()) {
+            self.jobs.pop_front();
+        }
+        Some(job)
+    }
+}
+
 /// The queue between the service and one activation's task. A mutex rather than a channel
 /// because the service also removes queued calls (cancelled or expired); held only for a
 /// queue operation, never across an await.
 #[derive(Debug, Default)]
 pub(crate) struct Mailbox {
-    queue: Mutex<VecDeque<Job>>,
+    queue: Mutex<Queue>,
     signal: Signal,
     closing: AtomicBool,
     /// The call running now (0 when none).
@@ -81,15 +127,13 @@ pub(crate) struct Mailbox {
 
 impl Mailbox {
     pub(crate) fn push(&self, job: Job) {
-        lock(&self.queue).push_back(job);
+        lock(&self.queue).push(job);
         self.signal.notify();
     }
 
     /// Takes a queued call out; `None` if it is running or done.
     pub(crate) fn remove(&self, token: u64) -> Option<Job> {
-        let mut q = lock(&self.queue);
-        let i = q.iter().position(|j| j.token == token)?;
-        q.remove(i)
+        lock(&self.queue).remove(token)
     }
 
     /// Cuts the call short if it is running.
@@ -106,13 +150,13 @@ impl Mailbox {
         self.signal.notify();
     }
 
-    /// Queued calls (the service's idle check).
+    /// Whether no call is queued.
     pub(crate) fn is_empty(&self) -> bool {
-        lock(&self.queue).is_empty()
+        lock(&self.queue).live == 0
     }
 
     fn pop(&self) -> Option<Job> {
-        lock(&self.queue).pop_front()
+        lock(&self.queue).pop()
     }
 }
 
@@ -180,6 +224,41 @@ enum Ran {
     Cancelled,
 }
 
+/// Whether the caller's connection holds more unacknowledged answers than it may: its call is
+/// answered `Overloaded` instead of run (it did not run, so the caller may retry).
+fn caller_not_draining(job: &Job, limits: &AnswerLimits) -> bool {
+    job.reply.as_ref().is_some_and(|(conn, _)| {
+        conn.queued_bytes() >= limits.bytes || conn.queued_messages() >= limits.messages
+    })
+}
+
+/// How much a caller's connection may hold of answers not yet acknowledged before its next
+/// call is refused: the transport's `send_buffer` in bytes, and twice the per-connection
+/// pending-call budget (plus 64) in answers. The count matters as much as the bytes: a small
+/// answer carved from an arena chunk keeps up to a chunk alive while it waits.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct AnswerLimits {
+    pub(crate) bytes: usize,
+    pub(crate) messages: usize,
+}
+
+/// Sends a call's answer, or says why it could not go: a frame over the connection's limit
+/// becomes a `ResponseTooLarge` status with the sizes.
+fn answer(conn: &Connection, rid: RequestId, frame: Bytes, counters: &ServerCounters) {
+    let max = conn.max_message_size(Delivery::ReliableUnordered);
+    if frame.len() <= max {
+        conn.send_unbounded(Delivery::ReliableUnordered, frame);
+        return;
+    }
+    counters.responses_too_large.fetch_add(1, Ordering::Relaxed);
+    let size = frame.len();
+    let (status, ()) = arena::frame(24, |out| {
+        rpc::encode_response(out, rid, Status::ResponseTooLarge);
+        rpc::encode_too_large(out, size, max);
+    });
+    conn.send_unbounded(Delivery::ReliableUnordered, status.freeze());
+}
+
 async fn run<I, G, F>(factory: Arc<F>, id: GrainId, mailbox: Arc<Mailbox>, reporter: Reporter)
 where
     I: Dispatch<G>,
@@ -187,6 +266,7 @@ where
     F: Fn(&GrainId) -> G + Send + Sync + 'static,
 {
     let mut grain = activate::<I, G, F>(&factory, &id).await;
+    let limits = reporter.limits;
     loop {
         let Some(job) = mailbox.pop() else {
             if mailbox.closing.load(Ordering::Acquire) && mailbox.is_empty() {
@@ -197,6 +277,9 @@ where
         };
         let status = if now() >= job.deadline {
             Some(Status::DeadlineExceeded)
+        } else if caller_not_draining(&job, &limits) {
+            reporter.counters.overloaded_send_queue.fetch_add(1, Ordering::Relaxed);
+            Some(Status::Overloaded)
         } else if let Some(g) = grain.as_mut() {
             mailbox.cancel.clear();
             mailbox.running.store(job.token, Ordering::Release);
@@ -218,8 +301,8 @@ where
             match ran {
                 Ran::Finished(status) => match (&job.reply, reply.take()) {
                     // The value (or application error) was encoded with its response header.
-                    (Some((conn, _)), Some(frame)) => {
-                        conn.send_unbounded(Delivery::ReliableUnordered, frame.freeze());
+                    (Some((conn, rid)), Some(frame)) => {
+                        answer(conn, *rid, frame.freeze(), &reporter.counters);
                         None
                     }
                     (Some(_), None) => Some(status),
@@ -245,9 +328,48 @@ where
             conn.send_unbounded(Delivery::ReliableUnordered, frame.freeze());
         }
         reporter.report(Report::Done { token: job.token });
+        if !mailbox.is_empty() {
+            // More calls wait: let the endpoint's task and other grains run first, so a busy
+            // grain never holds its thread for more than one call at a time.
+            tokio::task::yield_now().await;
+        }
     }
     if let Some(g) = grain.as_mut() {
         let _ = catch_unwind(I::deactivate(g)).await;
     }
     reporter.report(Report::Gone { grain: id });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(token: u64) -> Job {
+        Job {
+            token,
+            reply: None,
+            method: MethodId(0),
+            args: Bytes::new(),
+            deadline: Instant::now(),
+        }
+    }
+
+    #[test]
+    fn queued_calls_are_removed_by_token_and_pop_skips_the_holes() {
+        let mut q = Queue::default();
+        for t in 1..=10_000 {
+            q.push(job(t));
+        }
+        // Cancel every other call, the last one and a missing one: each is one binary search.
+        for t in (2..=10_000).step_by(2) {
+            assert_eq!(q.remove(t).map(|j| j.token), Some(t));
+        }
+        assert!(q.remove(4).is_none(), "already removed");
+        assert!(q.remove(20_000).is_none(), "never queued");
+        assert_eq!(q.live, 5_000);
+        assert!(q.jobs.len() <= 10_000, "holes at the ends go at once");
+        let popped: Vec<u64> = std::iter::from_fn(|| q.pop()).map(|j| j.token).collect();
+        assert_eq!(popped, (1..10_000).step_by(2).collect::<Vec<_>>());
+        assert_eq!((q.live, q.jobs.len()), (0, 0));
+    }
 }

@@ -19,6 +19,7 @@
 
 mod activation;
 mod service;
+mod table;
 
 use std::marker::PhantomData;
 use std::net::SocketAddr;
@@ -30,7 +31,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
-use self::activation::{Reporter, Spawn, Typed};
+use self::activation::{AnswerLimits, Reporter, Spawn, Typed};
 use self::service::{ServerCmd, ServerService};
 use crate::config::{TransportConfig, duration_ms};
 use crate::error::BindError;
@@ -40,7 +41,7 @@ use crate::proto::ids::{GrainId, GrainType, ServerId};
 use crate::proto::manifest::{HostedGrain, Manifest};
 use crate::proto::rng::SplitMix64;
 use crate::sync::lock;
-use crate::transport::Endpoint;
+use crate::transport::{Endpoint, EndpointStats};
 
 /// Options of a [`Server`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -56,16 +57,33 @@ pub struct ServerConfig {
     /// Deactivate a grain after this long without calls. Default 5 min.
     #[serde(with = "duration_ms")]
     pub idle_deactivation: Duration,
-    /// Calls one connection may have pending; more are answered `Overloaded`. Default 1024.
+    /// Calls one connection may have pending; more are answered `Overloaded`. It also bounds
+    /// the answers a connection may leave unacknowledged: while it holds twice that many (plus
+    /// 64), or the transport's `send_buffer` in bytes, its calls are answered `Overloaded`
+    /// instead of admitted or run. Default 1024.
     pub max_pending_per_connection: usize,
-    /// Argument bytes one connection's pending calls may hold; a call that would go over is
-    /// answered `Overloaded` (one call alone is always taken, up to the transport's
-    /// `max_message_size`). Default 4 MiB.
+    /// Bytes one connection's pending calls may hold (arguments plus 256 bytes of bookkeeping
+    /// each); a call that would go over is answered `Overloaded` (one call alone is always
+    /// taken, up to the transport's `max_message_size`). Default 4 MiB.
     pub max_pending_bytes_per_connection: usize,
-    /// Activations the server holds at once; a call that would activate one more is answered
-    /// `Overloaded` until idle ones are deactivated. Bounds the memory clients can make the
-    /// server spend by calling many keys. Default 100,000.
+    /// Calls pending on the whole server; more are answered `Overloaded`. Default 65,536.
+    pub max_pending_calls: usize,
+    /// Bytes all pending calls may hold, counted as in `max_pending_bytes_per_connection`.
+    /// Default 256 MiB.
+    pub max_pending_bytes: usize,
+    /// Bytes of answers (and everything else) queued for all clients and not yet
+    /// acknowledged; above it new calls are answered `Overloaded`. Default 256 MiB.
+    pub max_queued_answer_bytes: usize,
+    /// Activations the server holds at once. A call that needs one more makes the least
+    /// recently used idle activation deactivate (evicted: its hook runs, its state is gone, its
+    /// next call activates it afresh); if every activation is busy, or more than a sixteenth of
+    /// this budget is still deactivating, the call is answered `Overloaded`. Bounds the memory
+    /// clients can make the server spend by calling many keys. Default 100,000.
     pub max_activations: usize,
+    /// Activations created by one connection's calls that may exist at once; a call that needs
+    /// one more is answered `Overloaded`. Keeps one client from churning everybody's grains out.
+    /// Default 10,000.
+    pub max_activations_per_connection: usize,
     /// The deadline of a call that carries none (one-way calls). Default 30 s.
     #[serde(with = "duration_ms")]
     pub default_deadline: Duration,
@@ -83,7 +101,11 @@ impl Default for ServerConfig {
             idle_deactivation: Duration::from_secs(300),
             max_pending_per_connection: 1024,
             max_pending_bytes_per_connection: 4 << 20,
+            max_pending_calls: 65_536,
+            max_pending_bytes: 256 << 20,
+            max_queued_answer_bytes: 256 << 20,
             max_activations: 100_000,
+            max_activations_per_connection: 10_000,
             default_deadline: Duration::from_secs(30),
             shutdown_timeout: Duration::from_secs(10),
         }
@@ -143,6 +165,54 @@ pub(crate) struct Registered {
     pub(crate) hosted: AtomicBool,
 }
 
+/// What the server counts, published by its task and its activations.
+#[derive(Debug, Default)]
+pub(crate) struct ServerCounters {
+    pub(crate) activations: AtomicUsize,
+    pub(crate) pending_calls: AtomicUsize,
+    pub(crate) pending_bytes: AtomicUsize,
+    pub(crate) overloaded_pending: AtomicU64,
+    pub(crate) overloaded_send_queue: AtomicU64,
+    pub(crate) overloaded_server: AtomicU64,
+    pub(crate) overloaded_activations: AtomicU64,
+    pub(crate) activations_evicted: AtomicU64,
+    pub(crate) bad_requests: AtomicU64,
+    pub(crate) responses_too_large: AtomicU64,
+}
+
+/// A server's counters: what it holds, and what it refused and why. A snapshot
+/// ([`Server::stats`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ServerStats {
+    /// The endpoint's own: sessions, refused handshakes, stalled peers, queued bytes.
+    pub transport: EndpointStats,
+    /// Activations held now (active or deactivating).
+    pub activations: usize,
+    /// Calls pending now.
+    pub pending_calls: usize,
+    /// What they hold (arguments plus bookkeeping).
+    pub pending_bytes: usize,
+    /// Calls completed (answered, failed or cancelled) so far.
+    pub calls_completed: u64,
+    /// Calls answered `Overloaded` because their connection had too many pending (count or
+    /// bytes).
+    pub overloaded_pending: u64,
+    /// Calls answered `Overloaded` because their connection did not drain its answers.
+    pub overloaded_send_queue: u64,
+    /// Calls answered `Overloaded` because the server as a whole was at a budget.
+    pub overloaded_server: u64,
+    /// Calls answered `Overloaded` for want of an activation (the connection's share, or none
+    /// idle to evict).
+    pub overloaded_activations: u64,
+    /// Idle activations deactivated to make room for new ones.
+    pub activations_evicted: u64,
+    /// Frames from clients that did not decode (answered `BadRequest` when their id did).
+    pub bad_requests: u64,
+    /// Answers too large for their connection (answered `ResponseTooLarge`).
+    pub responses_too_large: u64,
+}
+
 /// What the server's handle and its task share (the registry is fixed at start; which types
 /// are hosted, the manifest and counters change).
 pub(crate) struct ServerShared {
@@ -151,7 +221,7 @@ pub(crate) struct ServerShared {
     pub(crate) server_id: ServerId,
     /// The current manifest and its encoded frame.
     pub(crate) manifest: Mutex<(Arc<Manifest>, Bytes)>,
-    pub(crate) activations: AtomicUsize,
+    pub(crate) counters: Arc<ServerCounters>,
     pub(crate) calls_done: AtomicU64,
 }
 
@@ -300,7 +370,7 @@ impl Server {
                 Bytes::new(),
             )),
             server_id,
-            activations: AtomicUsize::new(0),
+            counters: Arc::default(),
             calls_done: AtomicU64::new(0),
         };
         let manifest = shared.build_manifest();
@@ -311,8 +381,13 @@ impl Server {
         let (cmd_tx, cmd_rx) = crossbeam::channel::unbounded();
         let (report_tx, report_rx) = crossbeam::channel::unbounded();
         let s = shared.clone();
+        let limits = AnswerLimits {
+            bytes: config.transport.send_buffer,
+            messages: 2 * config.max_pending_per_connection + 64,
+        };
+        let counters = shared.counters.clone();
         let endpoint = Endpoint::start_service(io, config.transport, move |ep| {
-            let reporter = Reporter { tx: report_tx, endpoint: ep.clone() };
+            let reporter = Reporter { tx: report_tx, endpoint: ep.clone(), limits, counters };
             ServerService::new(s, reporter, report_rx, cmd_rx)
         })?;
         Ok(Self { shared, endpoint, cmds: cmd_tx })
@@ -378,7 +453,27 @@ impl Server {
 
     /// Grains active now.
     pub fn activation_count(&self) -> usize {
-        self.shared.activations.load(Ordering::Acquire)
+        self.shared.counters.activations.load(Ordering::Relaxed)
+    }
+
+    /// What the server holds now, and what it refused and why.
+    pub fn stats(&self) -> ServerStats {
+        let c = &self.shared.counters;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        ServerStats {
+            transport: self.endpoint.stats(),
+            activations: c.activations.load(Ordering::Relaxed),
+            pending_calls: c.pending_calls.load(Ordering::Relaxed),
+            pending_bytes: c.pending_bytes.load(Ordering::Relaxed),
+            calls_completed: self.shared.calls_done.load(Ordering::Relaxed),
+            overloaded_pending: get(&c.overloaded_pending),
+            overloaded_send_queue: get(&c.overloaded_send_queue),
+            overloaded_server: get(&c.overloaded_server),
+            overloaded_activations: get(&c.overloaded_activations),
+            activations_evicted: get(&c.activations_evicted),
+            bad_requests: get(&c.bad_requests),
+            responses_too_large: get(&c.responses_too_large),
+        }
     }
 
     /// Calls completed (answered, failed or cancelled) so far.

@@ -1,11 +1,19 @@
 //! The server side of RPC, run inside the endpoint's task ([`Service`]): it decodes calls,
-//! checks them (grain type, version, method, load), routes each to its grain's activation
+//! checks them (grain type, version, method, budgets), routes each to its grain's activation
 //! (creating it on the first call), tracks every call until its activation reports it done,
-//! and enforces deadlines and cancellations. Idle activations are deactivated by a periodic
-//! sweep; none of this needs a timer per call or per grain.
+//! and enforces deadlines and cancellations. Idle activations are deactivated by a sweep of the
+//! activation table's LRU queue; none of this needs a timer per call or per grain.
+//!
+//! Admission, in order (the first that fails answers the call; see `ServerConfig`):
+//! the server accepts calls; the type is hosted in the caller's version and has the method;
+//! the caller's connection is under its pending-call count and bytes, and drains its answers
+//! (under the transport's `send_buffer` and the pending-call count in unacknowledged answers);
+//! the server as a whole is under its pending calls, pending bytes and queued answer bytes; and
+//! a call that needs a new activation finds room: under the caller's activation share, and under
+//! `max_activations` once the least recently used idle activation is evicted if need be.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -15,11 +23,15 @@ use crossbeam::channel::Receiver;
 use tokio::sync::oneshot;
 
 use super::activation::{Job, Mailbox, Report, Reporter};
+use super::table::{Activation, Life, Table};
 use super::{Registered, ServerShared};
 use crate::proto::ids::{GrainId, PeerId, RequestId};
 use crate::proto::manifest::Manifest;
 use crate::proto::wire::rpc::{self, CallHeader, RpcFrame, Status};
 use crate::transport::{Connection, Delivery, Event, Service};
+
+/// What a call costs the server beyond its arguments: its job, its record and their entries.
+const CALL_COST: usize = 256;
 
 /// What the `Server` handle asks of the service.
 #[derive(Debug)]
@@ -33,28 +45,12 @@ pub(crate) enum ServerCmd {
     ManifestChanged { index: usize, hosted: bool },
 }
 
-enum Life {
-    Active,
-    /// Told to deactivate; calls that arrive meanwhile wait here for the next activation.
-    Deactivating(Vec<Job>),
-}
-
-struct Activation {
-    mailbox: Arc<Mailbox>,
-    life: Life,
-    /// Calls routed to it and not reported done.
-    busy: usize,
-    last_used: Instant,
-    task: tokio::task::JoinHandle<()>,
-    index: usize,
-}
-
 struct CallRecord {
     peer: PeerId,
     id: Option<RequestId>,
     grain: GrainId,
     mailbox: Arc<Mailbox>,
-    /// The size of its arguments (counted against the peer's byte budget).
+    /// What it is charged against the byte budgets: its arguments plus [`CALL_COST`].
     bytes: usize,
 }
 
@@ -62,12 +58,23 @@ struct PeerState {
     conn: Connection,
     /// Pending requests from this peer, by id.
     by_id: HashMap<RequestId, u64>,
-    /// All pending calls from this peer (requests and one-way).
-    pending: usize,
-    /// The argument bytes of those calls.
+    /// Every pending call from this peer (requests and one-way), by token.
+    calls: HashSet<u64>,
+    /// What those calls are charged (see [`CallRecord::bytes`]).
     pending_bytes: usize,
+    /// Activations this peer's calls created that are still there.
+    activations: usize,
     /// The session ended; the state stays until its running calls finish.
     gone: bool,
+}
+
+/// Why a call is refused, to count it.
+#[derive(Debug, Clone, Copy)]
+enum Refusal {
+    Pending,
+    SendQueue,
+    Server,
+    Activations,
 }
 
 pub(crate) struct ServerService {
@@ -75,9 +82,11 @@ pub(crate) struct ServerService {
     reporter: Reporter,
     reports: Receiver<Report>,
     cmds: Receiver<ServerCmd>,
-    activations: HashMap<GrainId, Activation>,
+    table: Table,
     peers: HashMap<PeerId, PeerState>,
     calls: HashMap<u64, CallRecord>,
+    /// What every pending call is charged, together.
+    pending_bytes: usize,
     deadlines: BinaryHeap<Reverse<(Instant, u64)>>,
     next_token: u64,
     next_sweep: Option<Instant>,
@@ -87,7 +96,8 @@ pub(crate) struct ServerService {
 }
 
 /// Answers a call from the service itself. Wakes the task: this may run after the pass's
-/// transmissions (from `event`).
+/// transmissions (from `event`). Its own small buffer, not an arena chunk: an answer that waits
+/// for a peer that does not drain holds only its own bytes.
 fn respond(conn: &Connection, id: RequestId, status: Status, payload: &[u8]) {
     let mut out = Vec::with_capacity(8 + payload.len());
     rpc::encode_response(&mut out, id, status);
@@ -107,9 +117,10 @@ impl ServerService {
             reporter,
             reports,
             cmds,
-            activations: HashMap::new(),
+            table: Table::default(),
             peers: HashMap::new(),
             calls: HashMap::new(),
+            pending_bytes: 0,
             deadlines: BinaryHeap::new(),
             next_token: 1,
             next_sweep: None,
@@ -123,12 +134,25 @@ impl ServerService {
         self.shared.config.idle_deactivation
     }
 
-    /// Checks a call against what is hosted; the registered type, or the status to answer.
+    fn refuse(&self, why: Refusal) -> (Status, Vec<u8>) {
+        let c = &self.shared.counters;
+        let counter = match why {
+            Refusal::Pending => &c.overloaded_pending,
+            Refusal::SendQueue => &c.overloaded_send_queue,
+            Refusal::Server => &c.overloaded_server,
+            Refusal::Activations => &c.overloaded_activations,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        (Status::Overloaded, Vec::new())
+    }
+
+    /// Checks a call against what is hosted and the budgets; the registered type, or the
+    /// status to answer.
     fn admit(
         &self,
-        peer: PeerId,
+        p: &PeerState,
         call: &CallHeader,
-        args: usize,
+        cost: usize,
     ) -> Result<usize, (Status, Vec<u8>)> {
         if !self.accepting {
             return Err((Status::ShuttingDown, Vec::new()));
@@ -146,15 +170,49 @@ impl ServerService {
         if reg.info.method(call.method).is_none() {
             return Err((Status::UnknownMethod, Vec::new()));
         }
-        let (calls, bytes) = self.peers.get(&peer).map_or((0, 0), |p| (p.pending, p.pending_bytes));
         let config = &self.shared.config;
+        let calls = p.calls.len();
         // A call is admitted while under both budgets (a lone call always fits the bytes).
         if calls >= config.max_pending_per_connection
-            || (calls > 0 && bytes + args > config.max_pending_bytes_per_connection)
+            || (calls > 0 && p.pending_bytes + cost > config.max_pending_bytes_per_connection)
         {
-            return Err((Status::Overloaded, Vec::new()));
+            return Err(self.refuse(Refusal::Pending));
+        }
+        let limits = self.reporter.limits;
+        if p.conn.queued_bytes() >= limits.bytes || p.conn.queued_messages() >= limits.messages {
+            return Err(self.refuse(Refusal::SendQueue));
+        }
+        if self.calls.len() >= config.max_pending_calls
+            || self.pending_bytes + cost > config.max_pending_bytes
+            || self.reporter.endpoint.queued_total.load(Ordering::Relaxed)
+                >= config.max_queued_answer_bytes
+        {
+            return Err(self.refuse(Refusal::Server));
         }
         Ok(index)
+    }
+
+    /// Makes room for a new activation for `peer`, or says why there is none.
+    fn room_for_activation(&mut self, peer: PeerId) -> Result<(), (Status, Vec<u8>)> {
+        let config = &self.shared.config;
+        let share = self.peers.get(&peer).map_or(0, |p| p.activations);
+        if share >= config.max_activations_per_connection {
+            return Err(self.refuse(Refusal::Activations));
+        }
+        // Deactivating activations still hold their memory: they count until they are gone,
+        // and at most a sixteenth of the budget may be on its way out at once.
+        let limit = config.max_activations;
+        let leaving_limit = (limit / 16).max(1);
+        if self.table.len() - self.table.deactivating() >= limit {
+            if self.table.deactivating() >= leaving_limit || !self.table.evict_one() {
+                return Err(self.refuse(Refusal::Activations));
+            }
+            self.shared.counters.activations_evicted.fetch_add(1, Ordering::Relaxed);
+        }
+        if self.table.len() >= limit + leaving_limit {
+            return Err(self.refuse(Refusal::Activations));
+        }
+        Ok(())
     }
 
     fn call(
@@ -165,23 +223,18 @@ impl ServerService {
         args: Bytes,
         now: Instant,
     ) {
-        let index = match self.admit(peer, &call, args.len()) {
+        let cost = args.len() + CALL_COST;
+        let Some(p) = self.peers.get(&peer) else { return };
+        let admitted = self.admit(p, &call, cost);
+        let index = match admitted {
             Ok(i) => i,
-            Err((status, payload)) => {
-                if let (Some(id), Some(p)) = (id, self.peers.get(&peer)) {
-                    respond(&p.conn, id, status, &payload);
-                }
-                return;
-            }
+            Err((status, payload)) => return self.answer(peer, id, status, &payload),
         };
         let grain = GrainId { ty: self.shared.registry[index].info.grain_type, key: call.key };
-        if self.activations.len() >= self.shared.config.max_activations
-            && !self.activations.contains_key(&grain)
-        {
-            if let (Some(id), Some(p)) = (id, self.peers.get(&peer)) {
-                respond(&p.conn, id, Status::Overloaded, &[]);
+        if self.table.key_of(&grain).is_none() {
+            if let Err((status, payload)) = self.room_for_activation(peer) {
+                return self.answer(peer, id, status, &payload);
             }
-            return;
         }
         let Some(p) = self.peers.get_mut(&peer) else { return };
         let deadline = now
@@ -194,25 +247,41 @@ impl ServerService {
         if let Some(id) = id {
             p.by_id.insert(id, token);
         }
-        p.pending += 1;
-        p.pending_bytes += args.len();
-        let bytes = args.len();
+        p.calls.insert(token);
+        p.pending_bytes += cost;
+        self.pending_bytes += cost;
         let job = Job { token, reply, method: call.method, args, deadline };
-        let mailbox = self.route(grain.clone(), index, job, now);
-        self.calls.insert(token, CallRecord { peer, id, grain, mailbox, bytes });
+        let mailbox = self.route(peer, grain.clone(), index, job, now);
+        self.calls.insert(token, CallRecord { peer, id, grain, mailbox, bytes: cost });
         self.deadlines.push(Reverse((deadline, token)));
+        self.publish();
     }
 
-    /// Hands a job to its grain's activation, activating it if needed.
-    fn route(&mut self, grain: GrainId, index: usize, job: Job, now: Instant) -> Arc<Mailbox> {
-        if let Some(a) = self.activations.get_mut(&grain) {
-            a.busy += 1;
-            a.last_used = now;
-            match &mut a.life {
-                Life::Active => a.mailbox.push(job),
-                Life::Deactivating(waiting) => waiting.push(job),
+    /// Answers a refused call, if it is a request from a peer still there.
+    fn answer(&self, peer: PeerId, id: Option<RequestId>, status: Status, payload: &[u8]) {
+        if let (Some(id), Some(p)) = (id, self.peers.get(&peer)) {
+            respond(&p.conn, id, status, payload);
+        }
+    }
+
+    /// Hands a job to its grain's activation, activating it (for `creator`) if needed.
+    fn route(
+        &mut self,
+        creator: PeerId,
+        grain: GrainId,
+        index: usize,
+        job: Job,
+        now: Instant,
+    ) -> Arc<Mailbox> {
+        if let Some(key) = self.table.key_of(&grain) {
+            self.table.call_started(key, now);
+            if let Some(a) = self.table.get_mut(key) {
+                match &mut a.life {
+                    Life::Active => a.mailbox.push(job),
+                    Life::Deactivating(waiting) => waiting.push(job),
+                }
+                return a.mailbox.clone();
             }
-            return a.mailbox.clone();
         }
         let mailbox = Arc::new(Mailbox::default());
         mailbox.push(job);
@@ -221,18 +290,12 @@ impl ServerService {
             mailbox.clone(),
             self.reporter.clone(),
         );
-        self.activations.insert(
-            grain,
-            Activation {
-                mailbox: mailbox.clone(),
-                life: Life::Active,
-                busy: 1,
-                last_used: now,
-                task,
-                index,
-            },
-        );
-        self.shared.activations.store(self.activations.len(), Ordering::Release);
+        let a = Activation::new(grain, mailbox.clone(), task, index, creator, now);
+        let key = self.table.insert(a);
+        self.table.call_started(key, now);
+        if let Some(p) = self.peers.get_mut(&creator) {
+            p.activations += 1;
+        }
         if self.next_sweep.is_none() {
             self.next_sweep = Some(now + self.sweep_period());
         }
@@ -243,22 +306,30 @@ impl ServerService {
         (self.idle() / 4).max(Duration::from_millis(10))
     }
 
+    /// Publishes the counts the `Server` handle reads.
+    fn publish(&self) {
+        let c = &self.shared.counters;
+        c.activations.store(self.table.len(), Ordering::Relaxed);
+        c.pending_calls.store(self.calls.len(), Ordering::Relaxed);
+        c.pending_bytes.store(self.pending_bytes, Ordering::Relaxed);
+    }
+
     /// A call ended: forget it.
     fn finished(&mut self, token: u64, now: Instant) {
         let Some(rec) = self.calls.remove(&token) else { return };
+        self.pending_bytes -= rec.bytes;
         if let Some(p) = self.peers.get_mut(&rec.peer) {
-            p.pending -= 1;
+            p.calls.remove(&token);
             p.pending_bytes -= rec.bytes;
             if let Some(id) = rec.id {
                 p.by_id.remove(&id);
             }
-            if p.gone && p.pending == 0 {
+            if p.gone && p.calls.is_empty() {
                 self.peers.remove(&rec.peer);
             }
         }
-        if let Some(a) = self.activations.get_mut(&rec.grain) {
-            a.busy = a.busy.saturating_sub(1);
-            a.last_used = now;
+        if let Some(key) = self.table.key_of(&rec.grain) {
+            self.table.call_done(key, now);
         }
         self.shared.calls_done.fetch_add(1, Ordering::Relaxed);
         if self.calls.is_empty() && !self.accepting {
@@ -266,6 +337,7 @@ impl ServerService {
                 let _ = d.send(());
             }
         }
+        self.publish();
     }
 
     /// Stops a call: removes it from its mailbox if queued (answering with `status` if any),
@@ -284,16 +356,19 @@ impl ServerService {
     }
 
     fn gone(&mut self, grain: GrainId, now: Instant) {
-        let Some(a) = self.activations.remove(&grain) else { return };
+        let Some(a) = self.table.remove(&grain) else { return };
+        if let Some(p) = self.peers.get_mut(&a.creator) {
+            p.activations = p.activations.saturating_sub(1);
+        }
         if let Life::Deactivating(waiting) = a.life {
             // Calls came in while it deactivated: start a fresh activation for them.
             let mut jobs = waiting.into_iter();
             if let Some(first) = jobs.next() {
-                let mailbox = self.route(grain.clone(), a.index, first, now);
+                let mailbox = self.route(a.creator, grain.clone(), a.index, first, now);
                 for job in jobs {
                     mailbox.push(job);
                 }
-                if let Some(na) = self.activations.get_mut(&grain) {
+                if let Some(na) = self.table.by_grain_mut(&grain) {
                     na.busy = a.busy;
                 }
                 for rec in self.calls.values_mut().filter(|r| r.grain == grain) {
@@ -301,29 +376,21 @@ impl ServerService {
                 }
             }
         }
-        self.shared.activations.store(self.activations.len(), Ordering::Release);
-        if self.activations.is_empty() {
+        self.publish();
+        if self.table.is_empty() {
             for d in self.all_gone.drain(..) {
                 let _ = d.send(());
             }
         }
     }
 
-    fn deactivate(a: &mut Activation) {
-        if matches!(a.life, Life::Active) {
-            a.life = Life::Deactivating(Vec::new());
-            a.mailbox.close();
-        }
-    }
-
     fn sweep(&mut self, now: Instant) {
         let idle = self.idle();
-        for a in self.activations.values_mut() {
-            if a.busy == 0 && now >= a.last_used + idle && a.mailbox.is_empty() {
-                Self::deactivate(a);
-            }
-        }
-        self.next_sweep = (!self.activations.is_empty()).then(|| now + self.sweep_period());
+        self.table.sweep(now, idle);
+        self.next_sweep = (!self.table.is_empty()).then(|| {
+            let period = now + self.sweep_period();
+            self.table.next_expiry(idle).map_or(period, |t| t.max(period))
+        });
     }
 
     fn message(&mut self, peer: PeerId, payload: Bytes, now: Instant) {
@@ -343,13 +410,75 @@ impl ServerService {
                 return;
             }
             Err(error) => {
-                tracing::debug!(?peer, %error, "undecodable frame from a client; ignored");
+                self.shared.counters.bad_requests.fetch_add(1, Ordering::Relaxed);
+                match rpc::request_id(&payload) {
+                    // Its id is known: say that the call itself is bad.
+                    Some(id) => self.answer(peer, Some(id), Status::BadRequest, &[]),
+                    None => tracing::debug!(?peer, %error, "undecodable frame from a client"),
+                }
                 return;
             }
         };
         let mut args = payload;
         args.advance(head);
         self.call(peer, id, call, args, now);
+    }
+
+    fn on_disconnected(&mut self, peer: PeerId, now: Instant) {
+        // Nobody waits for this peer's queued calls any more; running ones finish.
+        let tokens: Vec<u64> =
+            self.peers.get(&peer).map(|p| p.calls.iter().copied().collect()).unwrap_or_default();
+        for t in tokens {
+            if let Some(rec) = self.calls.get(&t) {
+                if rec.mailbox.remove(t).is_some() {
+                    self.finished(t, now);
+                }
+            }
+        }
+        if let Some(p) = self.peers.get_mut(&peer) {
+            p.by_id.clear();
+            p.gone = true;
+        }
+        if self.peers.get(&peer).is_some_and(|p| p.calls.is_empty()) {
+            self.peers.remove(&peer);
+        }
+    }
+
+    fn command(&mut self, cmd: ServerCmd) {
+        match cmd {
+            ServerCmd::Drain(done) => {
+                self.accepting = false;
+                // Tell clients at once: they route new calls elsewhere while the pending ones
+                // finish here.
+                let draining = Manifest { draining: true, ..(*self.shared.manifest()).clone() };
+                let frame = Bytes::from(draining.encode());
+                for p in self.peers.values().filter(|p| !p.gone) {
+                    p.conn.push(Delivery::reliable_ordered(0), frame.clone());
+                }
+                if self.calls.is_empty() {
+                    let _ = done.send(());
+                } else {
+                    self.drained.push(done);
+                }
+            }
+            ServerCmd::ManifestChanged { index, hosted } => {
+                let frame = self.shared.manifest_frame();
+                for p in self.peers.values().filter(|p| !p.gone) {
+                    p.conn.push(Delivery::reliable_ordered(0), frame.clone());
+                }
+                if !hosted {
+                    self.table.deactivate_where(|a| a.index == index);
+                }
+            }
+            ServerCmd::DeactivateAll(done) => {
+                if self.table.is_empty() {
+                    let _ = done.send(());
+                } else {
+                    self.table.deactivate_where(|_| true);
+                    self.all_gone.push(done);
+                }
+            }
+        }
     }
 }
 
@@ -362,43 +491,7 @@ impl Service for ServerService {
             }
         }
         while let Ok(cmd) = self.cmds.try_recv() {
-            match cmd {
-                ServerCmd::Drain(done) => {
-                    self.accepting = false;
-                    // Tell clients at once: they route new calls elsewhere while the pending
-                    // ones finish here.
-                    let draining = Manifest { draining: true, ..(*self.shared.manifest()).clone() };
-                    let frame = Bytes::from(draining.encode());
-                    for p in self.peers.values().filter(|p| !p.gone) {
-                        p.conn.push(Delivery::reliable_ordered(0), frame.clone());
-                    }
-                    if self.calls.is_empty() {
-                        let _ = done.send(());
-                    } else {
-                        self.drained.push(done);
-                    }
-                }
-                ServerCmd::ManifestChanged { index, hosted } => {
-                    let frame = self.shared.manifest_frame();
-                    for p in self.peers.values().filter(|p| !p.gone) {
-                        p.conn.push(Delivery::reliable_ordered(0), frame.clone());
-                    }
-                    if !hosted {
-                        self.activations
-                            .values_mut()
-                            .filter(|a| a.index == index)
-                            .for_each(Self::deactivate);
-                    }
-                }
-                ServerCmd::DeactivateAll(done) => {
-                    if self.activations.is_empty() {
-                        let _ = done.send(());
-                    } else {
-                        self.activations.values_mut().for_each(Self::deactivate);
-                        self.all_gone.push(done);
-                    }
-                }
-            }
+            self.command(cmd);
         }
         while let Some(Reverse((deadline, token))) = self.deadlines.peek().copied() {
             if !self.calls.contains_key(&token) {
@@ -426,32 +519,15 @@ impl Service for ServerService {
                     PeerState {
                         conn,
                         by_id: HashMap::new(),
-                        pending: 0,
+                        calls: HashSet::new(),
                         pending_bytes: 0,
+                        activations: 0,
                         gone: false,
                     },
                 );
             }
             Event::Message { peer, payload, .. } => self.message(peer, payload, now),
-            Event::Disconnected { peer, .. } => {
-                // Nobody waits for this peer's queued calls any more; running ones finish.
-                let tokens: Vec<u64> =
-                    self.calls.iter().filter(|(_, r)| r.peer == peer).map(|(t, _)| *t).collect();
-                for t in tokens {
-                    if let Some(rec) = self.calls.get(&t) {
-                        if rec.mailbox.remove(t).is_some() {
-                            self.finished(t, now);
-                        }
-                    }
-                }
-                if let Some(p) = self.peers.get_mut(&peer) {
-                    p.by_id.clear();
-                    p.gone = true;
-                }
-                if self.peers.get(&peer).is_some_and(|p| p.pending == 0) {
-                    self.peers.remove(&peer);
-                }
-            }
+            Event::Disconnected { peer, .. } => self.on_disconnected(peer, now),
         }
     }
 
@@ -468,16 +544,14 @@ impl Service for ServerService {
 
     fn shutdown(&mut self, _now: Instant) {
         self.accepting = false;
-        for a in self.activations.values_mut() {
-            Self::deactivate(a);
-        }
+        self.table.deactivate_where(|_| true);
     }
 }
 
 impl Drop for ServerService {
     fn drop(&mut self) {
         // The endpoint's task is ending: activations go with it.
-        for a in self.activations.values() {
+        for a in self.table.values() {
             a.task.abort();
         }
     }

@@ -187,6 +187,9 @@ pub struct EndpointStats {
     /// Sessions closed because the peer did not take what was sent to it
     /// ([`DisconnectReason::Stalled`]).
     pub sessions_stalled: u64,
+    /// Bytes queued for all peers and not yet acknowledged (with a bookkeeping cost per
+    /// message).
+    pub queued_bytes: usize,
 }
 
 /// State shared between an endpoint's handles and its task.
@@ -204,6 +207,9 @@ pub(crate) struct EndpointShared {
     /// Sessions the task holds (opening, open or closing), published after every pass.
     pub(crate) sessions: AtomicUsize,
     pub(crate) counters: Arc<EndpointCounters>,
+    /// Send-buffer bytes charged on every session and not yet released: what the endpoint
+    /// holds queued for its peers.
+    pub(crate) queued_total: AtomicUsize,
     /// Parked sessions that were given a command: the task unparks them in its next pass.
     /// Held only to push or take addresses.
     pub(crate) ready: Mutex<Vec<SocketAddr>>,
@@ -222,6 +228,7 @@ impl EndpointShared {
             datagrams_oversize: get(&c.oversize),
             sends_dropped: get(&c.sends_dropped),
             sessions_stalled: get(&c.stalled),
+            queued_bytes: self.queued_total.load(Ordering::Relaxed),
         }
     }
 }
@@ -293,6 +300,7 @@ impl ConnShared {
 
     pub(crate) fn release(&self, bytes: usize, messages: usize) {
         if bytes > 0 {
+            self.endpoint.queued_total.fetch_sub(bytes, Ordering::Relaxed);
             self.queued.fetch_sub(bytes, Ordering::AcqRel);
             self.queued_msgs.fetch_sub(messages, Ordering::AcqRel);
             self.room.notify_waiters();
@@ -308,6 +316,15 @@ impl ConnShared {
         if self.parked.load(Ordering::SeqCst) {
             crate::sync::lock(&self.endpoint.ready).push(self.addr);
         }
+    }
+}
+
+impl Drop for ConnShared {
+    fn drop(&mut self) {
+        // Whatever is still charged here (a command that raced the session's end) no longer
+        // counts toward the endpoint's total.
+        let left = *self.queued.get_mut();
+        self.endpoint.queued_total.fetch_sub(left, Ordering::Relaxed);
     }
 }
 
@@ -411,6 +428,7 @@ impl Connection {
             return Err(SendError::BufferFull { queued: before, limit });
         }
         self.shared.queued_msgs.fetch_add(1, Ordering::AcqRel);
+        self.shared.endpoint.queued_total.fetch_add(cost, Ordering::Relaxed);
         Ok(())
     }
 
@@ -435,6 +453,7 @@ impl Connection {
             return false;
         }
         self.shared.queued_msgs.fetch_add(1, Ordering::AcqRel);
+        self.shared.endpoint.queued_total.fetch_add(cost, Ordering::Relaxed);
         let (class, stream) = delivery.split();
         self.shared.command(Command::Send { class, stream, payload });
         true

@@ -238,9 +238,10 @@ impl Channel {
         self.sender.messages_in_flight == 0
     }
 
-    /// Drops everything still queued (the session is closing for good).
+    /// Drops everything still queued (the session is closing for good); what it had charged
+    /// to the send buffer is released.
     pub fn discard_queued(&mut self) {
-        self.sender = Sender::new();
+        self.sender.discard();
     }
 
     /// Takes a received data packet: `pn_truncated`/`pn_len` from its header, `frames` the rest.

@@ -282,6 +282,27 @@ impl Sender {
         }
     }
 
+    /// Everything still queued or unacknowledged is dropped (the session is closing for good):
+    /// its charge is released, so that the owner's send-buffer accounting ends at zero.
+    pub(crate) fn discard(&mut self) {
+        let mut bytes = 0;
+        let mut msgs = 0u64;
+        for out in self.ordered.iter().chain(std::iter::once(&self.unordered)) {
+            for m in out.msgs.iter().filter(|m| !m.is_done()) {
+                bytes += m.payload.len() + MESSAGE_COST;
+                msgs += 1;
+            }
+        }
+        for m in &self.unreliable {
+            bytes += m.payload.len() + MESSAGE_COST;
+            msgs += 1;
+        }
+        let (released, released_msgs) = (self.released_bytes, self.released_messages);
+        *self = Self::new();
+        self.released_bytes = released + bytes;
+        self.released_messages = released_msgs + msgs as usize;
+    }
+
     /// An unreliable message left the queue (sent whole, or dropped on close).
     pub(crate) fn release_unreliable(&mut self, len: usize) {
         self.progress += 1;

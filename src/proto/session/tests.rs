@@ -313,3 +313,16 @@ fn a_peer_that_acknowledges_keeps_a_long_transfer_alive() {
     let evs = events(&mut p.client);
     assert_eq!(messages(&evs).len(), 160);
 }
+
+#[test]
+fn the_peer_of_a_stalled_session_learns_why() {
+    let mut p = establish();
+    p.server.stall(p.now);
+    let sent = drain(&mut p.server, p.now);
+    assert!(!sent.is_empty(), "the CLOSE goes out");
+    for d in sent {
+        p.client.handle_datagram(p.now, &d);
+    }
+    assert_eq!(events(&mut p.client), vec![SessionEvent::Closed(DisconnectReason::Stalled)]);
+    assert_eq!(events(&mut p.server), vec![SessionEvent::Closed(DisconnectReason::Stalled)]);
+}

@@ -56,8 +56,11 @@ pub enum Status {
     HandlerPanicked = 7,
     /// The server is shutting down.
     ShuttingDown = 8,
-    /// The server could not decode the arguments.
+    /// The server could not decode the arguments, or the call itself (its key or deadline).
     BadRequest = 9,
+    /// The method ran, but its answer is larger than the connection carries; the payload is
+    /// the answer's size and the limit (two varints).
+    ResponseTooLarge = 10,
 }
 
 impl Status {
@@ -73,6 +76,7 @@ impl Status {
             7 => Self::HandlerPanicked,
             8 => Self::ShuttingDown,
             9 => Self::BadRequest,
+            10 => Self::ResponseTooLarge,
             other => return Err(WireError::OutOfRange { field: "status", value: other.into() }),
         })
     }
@@ -285,6 +289,28 @@ pub fn encode_manifest_head(out: &mut impl BufMut) {
     out.put_u8(KIND_MANIFEST);
 }
 
+/// The id of a request whose head and id decode, whatever follows: a server answers such a
+/// frame `BadRequest` when the rest of it does not decode (a bad key or deadline).
+pub fn request_id(buf: &[u8]) -> Option<RequestId> {
+    let mut r = Reader::new(buf);
+    let head = r.u8().ok()?;
+    (head & 0x7 == KIND_REQUEST && head & 0x80 == 0).then(|| read_id(&mut r).ok()).flatten()
+}
+
+/// Appends the payload of a [`Status::ResponseTooLarge`] answer.
+pub fn encode_too_large(out: &mut impl BufMut, size: usize, max: usize) {
+    put_varint(out, size as u64);
+    put_varint(out, max as u64);
+}
+
+/// Reads the payload of a [`Status::ResponseTooLarge`] answer: (size, limit).
+pub fn decode_too_large(payload: &[u8]) -> Option<(usize, usize)> {
+    let mut r = Reader::new(payload);
+    let size = usize::try_from(r.varint().ok()?).ok()?;
+    let max = usize::try_from(r.varint().ok()?).ok()?;
+    Some((size, max))
+}
+
 /// Decodes one RPC frame.
 pub fn decode_rpc(buf: &[u8]) -> Result<RpcFrame<'_>, WireError> {
     let mut r = Reader::new(buf);
@@ -437,5 +463,27 @@ mod tests {
         for (bytes, what) in cases {
             assert!(decode_rpc(bytes).is_err(), "{what}: {bytes:?}");
         }
+    }
+
+    #[test]
+    fn a_request_that_does_not_decode_still_names_its_id() {
+        let id = RequestId { slot: 70_000, generation: 3 };
+        let mut out = Vec::new();
+        encode_call(&mut out, Some(id), &call(GrainKey::Int(1), None));
+        let bad_key = {
+            let mut v = out.clone();
+            v[0] = (v[0] & !(0x7 << KEY_SHIFT)) | (7 << KEY_SHIFT);
+            v
+        };
+        assert!(decode_rpc(&bad_key).is_err());
+        assert_eq!(request_id(&bad_key), Some(id));
+        assert_eq!(request_id(&out[..2]), None, "the id itself is cut short");
+        let mut one_way = Vec::new();
+        encode_call(&mut one_way, None, &call(GrainKey::Int(1), None));
+        assert_eq!(request_id(&one_way), None, "a one-way call has no id to answer");
+        let mut p = Vec::new();
+        encode_too_large(&mut p, 5 << 20, 1 << 20);
+        assert_eq!(decode_too_large(&p), Some((5 << 20, 1 << 20)));
+        assert_eq!(decode_too_large(&p[..1]), None);
     }
 }

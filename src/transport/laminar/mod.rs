@@ -112,6 +112,7 @@ impl<I: Io, S: Service> Driver<I, S> {
             stopped: AtomicBool::new(false),
             sessions: AtomicUsize::new(0),
             counters,
+            queued_total: AtomicUsize::new(0),
             ready: Default::default(),
         });
         let (events, service_events) = match app {

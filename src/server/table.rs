@@ -1,0 +1,279 @@
+//! The server's activation table: every activation in a slab, an index by grain id, and the
+//! idle ones in least-recently-used order, so that the idle sweep and eviction cost what they
+//! remove, not what the server holds.
+//!
+//! An activation is *idle* while no call is routed to it. Each time it becomes idle it is
+//! appended to the LRU queue with a fresh stamp; an entry whose stamp no longer matches its
+//! activation's (it got busy again, or left) is stale and skipped. Stale entries are dropped
+//! when they reach the front, and the queue is rebuilt when they outnumber the live ones.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use slab::Slab;
+
+use super::activation::{Job, Mailbox};
+use crate::proto::ids::{GrainId, PeerId};
+
+pub(super) enum Life {
+    Active,
+    /// Told to deactivate; calls that arrive meanwhile wait here for the next activation.
+    Deactivating(Vec<Job>),
+}
+
+pub(super) struct Activation {
+    pub(super) grain: GrainId,
+    pub(super) mailbox: Arc<Mailbox>,
+    pub(super) life: Life,
+    /// Calls routed to it and not reported done.
+    pub(super) busy: usize,
+    pub(super) last_used: Instant,
+    pub(super) task: tokio::task::JoinHandle<()>,
+    /// Its grain type's index in the registry.
+    pub(super) index: usize,
+    /// The connection whose call activated it (its share of activations).
+    pub(super) creator: PeerId,
+    /// Its stamp in the LRU queue while idle; 0 while busy.
+    stamp: u64,
+}
+
+impl Activation {
+    pub(super) fn new(
+        grain: GrainId,
+        mailbox: Arc<Mailbox>,
+        task: tokio::task::JoinHandle<()>,
+        index: usize,
+        creator: PeerId,
+        now: Instant,
+    ) -> Self {
+        Self {
+            grain,
+            mailbox,
+            life: Life::Active,
+            busy: 0,
+            last_used: now,
+            task,
+            index,
+            creator,
+            stamp: 0,
+        }
+    }
+
+    pub(super) fn is_active(&self) -> bool {
+        matches!(self.life, Life::Active)
+    }
+}
+
+/// See the module docs.
+#[derive(Default)]
+pub(super) struct Table {
+    slab: Slab<Activation>,
+    index: HashMap<GrainId, usize>,
+    /// (slab key, stamp) of activations that became idle, oldest first.
+    lru: VecDeque<(usize, u64)>,
+    next_stamp: u64,
+    /// Activations told to deactivate and not gone yet.
+    deactivating: usize,
+}
+
+impl Table {
+    /// Activations held (active or deactivating).
+    pub(super) fn len(&self) -> usize {
+        self.slab.len()
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.slab.is_empty()
+    }
+
+    /// Activations told to deactivate and not gone yet.
+    pub(super) fn deactivating(&self) -> usize {
+        self.deactivating
+    }
+
+    pub(super) fn key_of(&self, grain: &GrainId) -> Option<usize> {
+        self.index.get(grain).copied()
+    }
+
+    pub(super) fn get_mut(&mut self, key: usize) -> Option<&mut Activation> {
+        self.slab.get_mut(key)
+    }
+
+    pub(super) fn by_grain_mut(&mut self, grain: &GrainId) -> Option<&mut Activation> {
+        let key = self.key_of(grain)?;
+        self.slab.get_mut(key)
+    }
+
+    pub(super) fn values(&self) -> impl Iterator<Item = &Activation> {
+        self.slab.iter().map(|(_, a)| a)
+    }
+
+    /// Adds an activation (busy: its first call is on its way); returns its key.
+    pub(super) fn insert(&mut self, a: Activation) -> usize {
+        let grain = a.grain.clone();
+        let key = self.slab.insert(a);
+        self.index.insert(grain, key);
+        key
+    }
+
+    /// Removes the activation of `grain` (its task ended).
+    pub(super) fn remove(&mut self, grain: &GrainId) -> Option<Activation> {
+        let key = self.index.remove(grain)?;
+        let a = self.slab.try_remove(key)?;
+        if !a.is_active() {
+            self.deactivating -= 1;
+        }
+        Some(a)
+    }
+
+    /// A call was routed to `key`.
+    pub(super) fn call_started(&mut self, key: usize, now: Instant) {
+        if let Some(a) = self.slab.get_mut(key) {
+            a.busy += 1;
+            a.last_used = now;
+            a.stamp = 0;
+        }
+    }
+
+    /// A call routed to `key` ended; the activation may have become idle.
+    pub(super) fn call_done(&mut self, key: usize, now: Instant) {
+        let Some(a) = self.slab.get_mut(key) else { return };
+        a.busy = a.busy.saturating_sub(1);
+        a.last_used = now;
+        if a.busy == 0 && a.is_active() {
+            self.next_stamp += 1;
+            a.stamp = self.next_stamp;
+            self.lru.push_back((key, self.next_stamp));
+            if self.lru.len() > 2 * self.slab.len() + 1024 {
+                self.compact();
+            }
+        }
+    }
+
+    fn compact(&mut self) {
+        let slab = &self.slab;
+        self.lru.retain(|(k, s)| slab.get(*k).is_some_and(|a| a.stamp == *s));
+    }
+
+    /// Tells activation `key` to deactivate (its queued calls run first).
+    pub(super) fn deactivate(&mut self, key: usize) {
+        let Some(a) = self.slab.get_mut(key) else { return };
+        if a.is_active() {
+            a.life = Life::Deactivating(Vec::new());
+            a.stamp = 0;
+            a.mailbox.close();
+            self.deactivating += 1;
+        }
+    }
+
+    /// The least recently used idle activation, taken out of the LRU queue.
+    fn pop_idle(&mut self) -> Option<usize> {
+        while let Some((key, stamp)) = self.lru.pop_front() {
+            if self.slab.get(key).is_some_and(|a| a.stamp == stamp && a.busy == 0) {
+                return Some(key);
+            }
+        }
+        None
+    }
+
+    /// Deactivates the least recently used idle activation, to make room; false if every
+    /// activation is busy.
+    pub(super) fn evict_one(&mut self) -> bool {
+        match self.pop_idle() {
+            Some(key) => {
+                self.deactivate(key);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Deactivates every activation idle for `idle` or longer; returns how many.
+    pub(super) fn sweep(&mut self, now: Instant, idle: Duration) -> usize {
+        let mut n = 0;
+        while let Some(&(key, stamp)) = self.lru.front() {
+            match self.slab.get(key) {
+                Some(a) if a.stamp == stamp => {
+                    if now < a.last_used + idle {
+                        break; // the rest became idle later
+                    }
+                    self.lru.pop_front();
+                    self.deactivate(key);
+                    n += 1;
+                }
+                _ => {
+                    self.lru.pop_front();
+                }
+            }
+        }
+        n
+    }
+
+    /// When the oldest idle activation's idle time runs out.
+    pub(super) fn next_expiry(&mut self, idle: Duration) -> Option<Instant> {
+        while let Some(&(key, stamp)) = self.lru.front() {
+            match self.slab.get(key) {
+                Some(a) if a.stamp == stamp => return Some(a.last_used + idle),
+                _ => {
+                    self.lru.pop_front();
+                }
+            }
+        }
+        None
+    }
+
+    /// Deactivates every activation for which `f` holds.
+    pub(super) fn deactivate_where(&mut self, f: impl Fn(&Activation) -> bool) {
+        let keys: Vec<usize> = self.slab.iter().filter(|(_, a)| f(a)).map(|(k, _)| k).collect();
+        for k in keys {
+            self.deactivate(k);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::ids::{GrainKey, GrainType};
+
+    fn grain(k: i64) -> GrainId {
+        GrainId { ty: GrainType::of("T"), key: GrainKey::Int(k) }
+    }
+
+    #[tokio::test]
+    async fn idle_activations_leave_in_lru_order_and_busy_ones_stay() {
+        let t0 = crate::test_epoch();
+        let mut t = Table::default();
+        let mut keys = Vec::new();
+        for i in 0..5 {
+            let task = tokio::spawn(async {});
+            let a = Activation::new(grain(i), Arc::default(), task, 0, PeerId(1), t0);
+            let k = t.insert(a);
+            t.call_started(k, t0);
+            keys.push(k);
+        }
+        // 3, 1, 4 become idle in that order; 0 and 2 stay busy.
+        for (n, i) in [3, 1, 4].into_iter().enumerate() {
+            t.call_done(keys[i], t0 + Duration::from_secs(n as u64));
+        }
+        // 1 gets busy again: its entry is stale.
+        t.call_started(keys[1], t0 + Duration::from_secs(5));
+        assert!(t.evict_one());
+        assert!(!t.slab[keys[3]].is_active(), "the least recently used idle one");
+        assert_eq!(t.deactivating(), 1);
+        assert!(t.evict_one());
+        assert!(!t.slab[keys[4]].is_active());
+        assert!(!t.evict_one(), "only busy ones are left");
+        // The sweep takes only those idle long enough, oldest first.
+        t.call_done(keys[1], t0 + Duration::from_secs(10));
+        t.call_done(keys[0], t0 + Duration::from_secs(20));
+        let idle = Duration::from_secs(30);
+        assert_eq!(t.next_expiry(idle), Some(t0 + Duration::from_secs(40)));
+        assert_eq!(t.sweep(t0 + Duration::from_secs(45), idle), 1);
+        assert!(!t.slab[keys[1]].is_active() && t.slab[keys[0]].is_active());
+        assert_eq!(t.next_expiry(idle), Some(t0 + Duration::from_secs(50)));
+        assert!(t.remove(&grain(3)).is_some());
+        assert_eq!((t.len(), t.deactivating()), (4, 2));
+    }
+}
