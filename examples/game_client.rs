@@ -2,7 +2,8 @@
 //! many keys, C at a time, routed by the servers' manifests and a strategy, checks every
 //! answer, and prints one JSON line
 //! `{"calls":N,"ok":..,"failed":..,"lost_to_dead_server":..,"p50_us":..,"p99_us":..,
-//! "per_server":{"<server id>":<calls>,..}}`.
+//! "max_gap_ms":..,"per_server":{"<server id>":<calls>,..},"errors":{"<kind>":<calls>,..}}`
+//! (`max_gap_ms`: the longest stretch in which no call succeeded).
 //!
 //! ```sh
 //! cargo run --release --example game_client -- --connect 127.0.0.1:7777 --calls 10000 --concurrency 16
@@ -12,8 +13,9 @@
 //!
 //! It keeps running through a server's death: calls that were pending on a server that died
 //! fail (counted in `failed` and in `lost_to_dead_server`); later calls go to the survivors,
-//! and to the server again once it is back. Exits 1 if any call failed for another reason (or
-//! nothing succeeded).
+//! and to the server again once it is back. `errors` counts failures by kind. Exits 1 if any
+//! call failed for another reason (for example `NotConnected`: made while no server was
+//! connected, sent nowhere), or nothing succeeded.
 
 #[path = "common/args.rs"]
 mod args;
@@ -46,6 +48,29 @@ struct Tally {
     lost: u64,
     latencies: Vec<Duration>,
     per_server: BTreeMap<String, u64>,
+    /// Failures by kind (the error's variant name).
+    errors: BTreeMap<String, u64>,
+    /// When each successful call ended, in microseconds since the run started.
+    done_at: Vec<u64>,
+}
+
+impl Tally {
+    /// Counts a failure; prints the first few of each kind (a flood of identical lines would
+    /// slow the run down more than the failures themselves).
+    fn fail(&mut self, n: u64, kind: String, what: &dyn std::fmt::Display) {
+        self.failed += 1;
+        let seen = self.errors.entry(kind).or_default();
+        *seen += 1;
+        if *seen <= 3 {
+            eprintln!("call {n}: {what}");
+        }
+    }
+}
+
+/// The variant name of a call error (`Disconnected`, `NotConnected`, ...).
+fn kind(e: &CallError) -> String {
+    let debug = format!("{e:?}");
+    debug.split(['(', ' ', '{']).next().unwrap_or("Error").to_string()
 }
 
 fn json_escape(s: &str) -> String {
@@ -96,12 +121,13 @@ async fn main() {
         Err(e) => {
             eprintln!("cannot connect to {addrs:?}: {e}");
             println!(
-                "{{\"calls\":{calls},\"ok\":0,\"failed\":{calls},\"lost_to_dead_server\":0,\"p50_us\":0.0,\"p99_us\":0.0,\"per_server\":{{}}}}"
+                "{{\"calls\":{calls},\"ok\":0,\"failed\":{calls},\"lost_to_dead_server\":0,\"p50_us\":0.0,\"p99_us\":0.0,\"per_server\":{{}},\"errors\":{{\"ConnectFailed\":{calls}}}}}"
             );
             std::process::exit(1);
         }
     };
     let mut tasks = tokio::task::JoinSet::new();
+    let run_start = Instant::now();
     for w in 0..concurrency {
         let client = client.clone();
         // Worker w makes calls w, w + C, w + 2C, ... each to grain key (call % keys).
@@ -115,22 +141,17 @@ async fn main() {
                     Ok((v, server)) if v == n * 2 + 1 => {
                         t.ok += 1;
                         t.latencies.push(start.elapsed());
+                        t.done_at.push(run_start.elapsed().as_micros() as u64);
                         *t.per_server.entry(server).or_default() += 1;
                     }
-                    Ok((v, _)) => {
-                        eprintln!("call {n}: wrong answer {v}");
-                        t.failed += 1;
-                    }
+                    Ok((v, _)) => t.fail(n, "WrongAnswer".into(), &format!("wrong answer {v}")),
                     Err(e @ CallError::Disconnected(_)) => {
                         // Pending on a server whose session ended (it died or stopped).
-                        eprintln!("call {n}: {e}");
-                        t.failed += 1;
                         t.lost += 1;
+                        t.fail(n, kind(&e), &e);
                     }
-                    Err(e) => {
-                        eprintln!("call {n}: {e}");
-                        t.failed += 1;
-                    }
+                    // Sent nowhere (no server connected), refused, or failed otherwise.
+                    Err(e) => t.fail(n, kind(&e), &e),
                 }
                 n += concurrency;
             }
@@ -147,18 +168,28 @@ async fn main() {
         for (s, n) in t.per_server {
             *all.per_server.entry(s).or_default() += n;
         }
+        for (k, n) in t.errors {
+            *all.errors.entry(k).or_default() += n;
+        }
+        all.done_at.extend(t.done_at);
     }
+    // The longest stretch without a successful call (a server's death or restart).
+    all.done_at.sort_unstable();
+    let max_gap = all.done_at.windows(2).map(|w| w[1] - w[0]).max().unwrap_or(0);
     all.latencies.sort();
     let per_server: Vec<String> =
         all.per_server.iter().map(|(s, n)| format!("\"{}\":{n}", json_escape(s))).collect();
+    let errors: Vec<String> = all.errors.iter().map(|(k, n)| format!("\"{k}\":{n}")).collect();
     println!(
-        "{{\"calls\":{calls},\"ok\":{},\"failed\":{},\"lost_to_dead_server\":{},\"p50_us\":{:.1},\"p99_us\":{:.1},\"per_server\":{{{}}}}}",
+        "{{\"calls\":{calls},\"ok\":{},\"failed\":{},\"lost_to_dead_server\":{},\"p50_us\":{:.1},\"p99_us\":{:.1},\"max_gap_ms\":{:.1},\"per_server\":{{{}}},\"errors\":{{{}}}}}",
         all.ok,
         all.failed,
         all.lost,
         percentile(&all.latencies, 0.5),
         percentile(&all.latencies, 0.99),
-        per_server.join(",")
+        max_gap as f64 / 1000.0,
+        per_server.join(","),
+        errors.join(",")
     );
     client.disconnect().await;
     if all.failed > all.lost || all.ok == 0 {

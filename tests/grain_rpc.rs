@@ -503,4 +503,9 @@ async fn losing_the_connection_fails_pending_calls_at_once() {
         t0.elapsed()
     );
     assert!(!client.is_connected());
+    // A call made now is sent nowhere: `NotConnected`, not `Disconnected` (that one says the
+    // call was pending on a server when it was lost, and may have run); the reason is kept.
+    let r = w.work(1).await;
+    assert!(matches!(r, Err(CallError::NotConnected)), "{r:?}");
+    assert!(client.disconnect_reason().is_some());
 }

@@ -165,7 +165,7 @@ impl ClientShared {
                     return Ok(None);
                 }
                 tracing::debug!(grain = %r.id, error = ?e, "no route");
-                Err(route_error(e, &view_gone(self)))
+                Err(route_error(e))
             }
         }
     }
@@ -184,10 +184,13 @@ fn view_gone(shared: &ClientShared) -> Option<DisconnectReason> {
     if v.servers.is_empty() { v.last_gone } else { None }
 }
 
-/// The error a call gets when it cannot be routed.
-pub(crate) fn route_error(e: RouteError, gone: &Option<DisconnectReason>) -> CallError<Infallible> {
+/// The error a call gets when it cannot be routed. With no server at all it is
+/// `NotConnected`, never `Disconnected`: that one is for calls that were pending on a server
+/// when it was lost (they may have run); this call was sent nowhere
+/// ([`Client::disconnect_reason`] says why the last server went).
+pub(crate) fn route_error(e: RouteError) -> CallError<Infallible> {
     match e {
-        RouteError::NoServers => gone.map_or(CallError::NotConnected, CallError::Disconnected),
+        RouteError::NoServers => CallError::NotConnected,
         RouteError::NotHosted => CallError::UnknownGrainType,
         RouteError::Incompatible { ours, theirs } => {
             CallError::IncompatibleVersion { ours, theirs }

@@ -187,10 +187,7 @@ impl ClientService {
                 );
                 Ok((d.candidate.peer, d.candidate.type_index))
             }
-            Err(e) => {
-                let gone = lock(&self.shared.view).last_gone.filter(|_| self.peers.is_empty());
-                Err(route_error(e, &gone))
-            }
+            Err(e) => Err(route_error(e)),
         }
     }
 
