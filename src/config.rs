@@ -23,6 +23,14 @@ pub struct TransportConfig {
     /// Flow-control credit: reliable bytes the peer may have buffered here, not yet delivered
     /// to the application. At least `max_message_size`. Default 4 MiB.
     pub receive_window: u64,
+    /// Bytes all sessions of the endpoint together may hold received and not yet delivered
+    /// (out-of-order and partly reassembled reliable messages, partial unreliable ones). Above
+    /// it, a session that holds more than an equal share is shed (closed with
+    /// [`Shed`](crate::error::DisconnectReason::Shed), what it held freed) and counted;
+    /// sessions under their share are served as usual (a session that delivers what it
+    /// receives holds nothing). Each session is bounded on its own by `receive_window`.
+    /// Default 256 MiB.
+    pub max_receive_buffered: usize,
     /// Bytes a connection may hold queued and unacknowledged before
     /// [`SendError::BufferFull`](crate::error::SendError). Each message also counts 64 bytes of
     /// bookkeeping. At least `max_message_size`. Default 8 MiB.
@@ -113,6 +121,7 @@ impl Default for TransportConfig {
             max_datagram_size: 1200,
             max_message_size: 1 << 20,
             receive_window: 4 << 20,
+            max_receive_buffered: 256 << 20,
             send_buffer: 8 << 20,
             stream_window: 4096,
             initial_rtt: Duration::from_millis(100),
@@ -168,6 +177,9 @@ impl TransportConfig {
         }
         if self.receive_window < self.max_message_size as u64 {
             return err("receive_window", "must be at least max_message_size");
+        }
+        if self.max_receive_buffered == 0 {
+            return err("max_receive_buffered", "must be non-zero");
         }
         if self.send_buffer < self.max_message_size {
             return err("send_buffer", "must be at least max_message_size");

@@ -97,6 +97,11 @@ pub enum DisconnectReason {
     /// the side that gave up and, from its `CLOSE`, on the peer.
     #[error("stalled: the peer did not take what was sent to it")]
     Stalled,
+    /// The endpoint was over `max_receive_buffered` and this session held more received,
+    /// undelivered data than its share: it was shed to keep the endpoint within its memory.
+    /// Reported on the side that shed it and, from its `CLOSE`, on the peer.
+    #[error("shed: the peer was over its share of the endpoint's memory")]
+    Shed,
 }
 
 /// Why a server refused a session.

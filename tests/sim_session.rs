@@ -499,3 +499,63 @@ async fn idle_sessions_are_parked_and_come_back_for_datagrams_commands_and_timer
     tokio::time::sleep(Duration::from_secs(1)).await; // its CLOSE lingers a few RTTs
     assert_eq!(server.session_count(), 49);
 }
+
+/// Raw sessions that send reliable messages behind a gap (message 0 never comes), so the
+/// endpoint must hold them: past `max_receive_buffered` in all, a session over its share is
+/// shed, what it held freed, and another session is served as usual.
+#[tokio::test(start_paused = true)]
+async fn received_data_held_by_all_sessions_has_one_budget() {
+    use grainwire::testing::{RawEvent, RawPeer};
+    let net = net();
+    let limit = 256 << 10;
+    let cfg = TransportConfig { max_receive_buffered: limit, ..TransportConfig::server() };
+    let mut server = net.endpoint(addr(SERVER), cfg).unwrap();
+    let mut peers = Vec::new();
+    for port in 1..=2u16 {
+        let sock = net.raw_socket(addr(&format!("10.0.0.5:{port}"))).unwrap();
+        let mut peer = RawPeer::new(u32::from(port), 1 << 20);
+        sock.send_to(addr(SERVER), &peer.hello());
+        while !peer.is_established() {
+            let (_, d) = sock.recv().await;
+            if let RawEvent::Reply(r) = peer.on_datagram(&d) {
+                sock.send_to(addr(SERVER), &r);
+            }
+        }
+        peers.push((sock, peer));
+    }
+    // The first session sends 1,000 KB behind a gap on stream 1: far more than the budget.
+    let (sock, peer) = &mut peers[0];
+    let mut shed = None;
+    let mut most = 0;
+    for seq in 1..=1000u64 {
+        let mut frames = Vec::new();
+        RawPeer::message(&mut frames, wire::Class::ReliableOrdered, 1, seq, None, &[1; 1000]);
+        sock.send_to(addr(SERVER), &peer.data(&frames).unwrap());
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        most = most.max(server.stats().receive_held);
+        while let Some((_, d)) = sock.recv_timeout(Duration::ZERO).await {
+            if let RawEvent::Ended(kind) = peer.on_datagram(&d) {
+                shed = shed.or(kind);
+            }
+        }
+        if shed.is_some() {
+            break;
+        }
+    }
+    assert_eq!(shed, Some(wire::CloseKind::Shed), "the hog was told why");
+    let slack = 1100; // the datagram that crossed the budget
+    assert!(most <= limit as u64 + slack, "held {most}");
+    let stats = server.stats();
+    assert_eq!((stats.sessions_shed, stats.receive_held), (1, 0), "{stats:?}");
+    // The second session is under its share: its messages are delivered.
+    let (sock, peer) = &mut peers[1];
+    let mut frames = Vec::new();
+    RawPeer::message(&mut frames, wire::Class::ReliableOrdered, 1, 0, None, b"fine");
+    sock.send_to(addr(SERVER), &peer.data(&frames).unwrap());
+    loop {
+        if let Event::Message { payload, .. } = next(&mut server).await {
+            assert_eq!(&payload[..], b"fine");
+            break;
+        }
+    }
+}

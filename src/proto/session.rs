@@ -148,6 +148,12 @@ impl Session {
         self.channel.as_ref().map_or(0, Channel::peer_window)
     }
 
+    /// What the peer makes us hold, received and not yet delivered (see
+    /// [`Channel::receive_held`]).
+    pub fn receive_held(&self) -> u64 {
+        self.channel.as_ref().map_or(0, Channel::receive_held)
+    }
+
     /// Bytes and messages released from the send buffer since the last call.
     pub fn take_released(&mut self) -> (usize, usize) {
         self.channel.as_mut().map_or((0, 0), Channel::take_released)
@@ -156,14 +162,21 @@ impl Session {
     /// Gives up on a peer that does not drain what is sent to it: queued data is dropped, the
     /// peer is told (`CLOSE`), and the session ends with [`DisconnectReason::Stalled`].
     pub fn stall(&mut self, now: Instant) {
+        self.give_up(now, CloseKind::Stalled, DisconnectReason::Stalled);
+    }
+
+    /// Sheds the session to keep the endpoint within its memory ([`DisconnectReason::Shed`]).
+    pub fn shed(&mut self, now: Instant) {
+        self.give_up(now, CloseKind::Shed, DisconnectReason::Shed);
+    }
+
+    fn give_up(&mut self, now: Instant, kind: CloseKind, reason: DisconnectReason) {
         match self.state {
             State::Established | State::Closing { .. } => {
-                tracing::debug!("peer stalled; closing");
-                self.drain(now, CloseKind::Stalled, DisconnectReason::Stalled);
+                tracing::debug!(%reason, "giving up on the peer");
+                self.drain(now, kind, reason);
             }
-            State::Hello { .. } | State::Connecting { .. } => {
-                self.finish(DisconnectReason::Stalled)
-            }
+            State::Hello { .. } | State::Connecting { .. } => self.finish(reason),
             State::Draining { .. } | State::Closed => {}
         }
     }
@@ -265,6 +278,7 @@ impl Session {
                         ));
                     }
                     Some(CloseKind::Stalled) => self.finish(DisconnectReason::Stalled),
+                    Some(CloseKind::Shed) => self.finish(DisconnectReason::Shed),
                     None => {}
                 }
             }

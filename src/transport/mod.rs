@@ -162,7 +162,10 @@ pub(crate) struct EndpointCounters {
     pub(crate) oversize: AtomicU64,
     pub(crate) sends_dropped: AtomicU64,
     pub(crate) stalled: AtomicU64,
+    pub(crate) shed: AtomicU64,
     pub(crate) parked: AtomicUsize,
+    /// What every session holds received and not yet delivered, together.
+    pub(crate) receive_held: AtomicU64,
 }
 
 /// An endpoint's counters of what it refused and why, and its sessions: a snapshot.
@@ -190,6 +193,11 @@ pub struct EndpointStats {
     /// Bytes queued for all peers and not yet acknowledged (with a bookkeeping cost per
     /// message).
     pub queued_bytes: usize,
+    /// Bytes all sessions hold received and not yet delivered (with their bookkeeping cost).
+    pub receive_held: u64,
+    /// Sessions shed because the endpoint was over `max_receive_buffered` and they held more
+    /// than their share ([`DisconnectReason::Shed`]).
+    pub sessions_shed: u64,
 }
 
 /// State shared between an endpoint's handles and its task.
@@ -229,6 +237,8 @@ impl EndpointShared {
             sends_dropped: get(&c.sends_dropped),
             sessions_stalled: get(&c.stalled),
             queued_bytes: self.queued_total.load(Ordering::Relaxed),
+            receive_held: get(&c.receive_held),
+            sessions_shed: get(&c.shed),
         }
     }
 }

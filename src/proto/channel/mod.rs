@@ -239,9 +239,14 @@ impl Channel {
     }
 
     /// Drops everything still queued (the session is closing for good); what it had charged
-    /// to the send buffer is released.
+    /// to the send buffer is released. Received data not delivered yet is dropped too: it never
+    /// will be.
     pub fn discard_queued(&mut self) {
         self.sender.discard();
+        self.ordered_in.clear();
+        self.unordered_in = RecvReliable::new(false);
+        self.unreliable_in = RecvUnreliable::default();
+        self.credit.released = self.credit.charged;
     }
 
     /// Takes a received data packet: `pn_truncated`/`pn_len` from its header, `frames` the rest.

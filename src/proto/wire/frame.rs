@@ -70,6 +70,9 @@ pub enum CloseKind {
     /// The sender gave up on us: its data waited for our acknowledgement too long, or more of
     /// it piled up than it buffers for one peer.
     Stalled,
+    /// The sender shed us to stay within its memory: we made it hold more received data than
+    /// our share while it was at its limit.
+    Shed,
 }
 
 /// The fields of a message frame, without its payload (used to encode).
@@ -239,6 +242,7 @@ impl<'a> FrameReader<'a> {
                     0 => CloseKind::Application(self.r.varint_u32("close code")?),
                     1 => CloseKind::ProtocolViolation,
                     2 => CloseKind::Stalled,
+                    3 => CloseKind::Shed,
                     other => {
                         return Err(WireError::OutOfRange {
                             field: "close kind",
@@ -347,6 +351,7 @@ pub fn encode_close(out: &mut Vec<u8>, kind: CloseKind) {
         }
         CloseKind::ProtocolViolation => out.push(1),
         CloseKind::Stalled => out.push(2),
+        CloseKind::Shed => out.push(3),
     }
 }
 
@@ -476,12 +481,13 @@ mod tests {
             encode_close(&mut out, CloseKind::Application(42));
             encode_close(&mut out, CloseKind::ProtocolViolation);
             encode_close(&mut out, CloseKind::Stalled);
+            encode_close(&mut out, CloseKind::Shed);
             encode_max_data(&mut out, 1 << 33);
             for (i, h) in headers.iter().enumerate() {
                 msg(&mut out, *h, b"abc", last && i == headers.len() - 1);
             }
             let frames: Vec<_> = FrameReader::new(&out).collect::<Result<_, _>>().unwrap();
-            assert_eq!(frames.len(), 6 + headers.len());
+            assert_eq!(frames.len(), 7 + headers.len());
             let Frame::Ack(ack) = frames[0] else { panic!("{:?}", frames[0]) };
             assert_eq!((ack.largest, ack.delay_us), (100, 17));
             let ranges: Vec<_> = ack.ranges(100).collect::<Result<_, _>>().unwrap();
@@ -490,8 +496,9 @@ mod tests {
             assert_eq!(frames[2], Frame::Close(CloseKind::Application(42)));
             assert_eq!(frames[3], Frame::Close(CloseKind::ProtocolViolation));
             assert_eq!(frames[4], Frame::Close(CloseKind::Stalled));
-            assert_eq!(frames[5], Frame::MaxData(1 << 33));
-            for (h, f) in headers.iter().zip(&frames[6..]) {
+            assert_eq!(frames[5], Frame::Close(CloseKind::Shed));
+            assert_eq!(frames[6], Frame::MaxData(1 << 33));
+            for (h, f) in headers.iter().zip(&frames[7..]) {
                 let Frame::Message(m) = f else { panic!("{f:?}") };
                 let seq = if h.class.is_reliable() { h.seq & 0xffff } else { h.seq };
                 assert_eq!(

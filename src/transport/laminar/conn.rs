@@ -198,6 +198,8 @@ struct Live {
     dirty: bool,
     /// Something happened to it in this pass (a datagram, a command, a timer).
     worked: bool,
+    /// Its share of the endpoint's `receive_held`.
+    held: u64,
     buf: Vec<u8>,
 }
 
@@ -229,6 +231,7 @@ impl Live {
             connected: false,
             dirty: true,
             worked: true,
+            held: 0,
             buf,
         }
     }
@@ -249,6 +252,32 @@ impl Live {
                 Command::Abort { reason } => self.session.abort(reason),
                 Command::Stall => self.session.stall(now),
             }
+        }
+    }
+
+    /// Whether the endpoint holds more received data than `max_receive_buffered` and this
+    /// session more than an equal share of it: then it is shed.
+    fn over_memory_share(&self) -> bool {
+        let ep = &self.sink.endpoint;
+        let limit = self.sink.config.max_receive_buffered as u64;
+        if ep.counters.receive_held.load(Ordering::Relaxed) <= limit {
+            return false;
+        }
+        let sessions = ep.sessions.load(Ordering::Relaxed).max(1) as u64;
+        self.held > limit / sessions
+    }
+
+    /// Brings the endpoint's `receive_held` up to date with this session's.
+    fn account_held(&mut self) {
+        let now = self.session.receive_held();
+        if now != self.held {
+            let total = &self.sink.endpoint.counters.receive_held;
+            if now > self.held {
+                total.fetch_add(now - self.held, Ordering::Relaxed);
+            } else {
+                total.fetch_sub(self.held - now, Ordering::Relaxed);
+            }
+            self.held = now;
         }
     }
 
@@ -365,6 +394,12 @@ impl laminar::Connection for Conn {
             live.session.handle_datagram(time, payload);
             live.dirty = true;
             live.worked = true;
+            live.account_held();
+            if live.over_memory_share() {
+                live.sink.endpoint.counters.shed.fetch_add(1, Ordering::Relaxed);
+                live.session.shed(time);
+                live.account_held();
+            }
             live.pump();
         }
     }
@@ -412,5 +447,7 @@ impl Drop for Live {
             self.session.abort(DisconnectReason::EndpointClosed);
             self.pump();
         }
+        // What it held goes with it.
+        self.sink.endpoint.counters.receive_held.fetch_sub(self.held, Ordering::Relaxed);
     }
 }
