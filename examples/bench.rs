@@ -22,6 +22,9 @@
 //!   and 100 servers: busiest/mean server load, the share moved when an 11th (101st) server
 //!   joins and when one leaves (and how many moved although their server stayed), a weight-2
 //!   server's share.
+//! * `busy`: `--calls` (1,000) calls queued at once on one grain whose method burns `--spin-us`
+//!   (700) µs of CPU, on the server thread with the endpoint's task, while a probe calls another
+//!   grain one call at a time: `probe_max_us` is the longest the server did not answer.
 //! * `throughput`: `--inflight` calls kept outstanding, each caller on its own grain (keys
 //!   `0..inflight`, so activations and ordered streams do not serialize the callers);
 //!   completions counted over a `--secs` window that starts 0.5 s after the first call;
@@ -50,8 +53,28 @@ use game::{Echo, EchoRef, EchoState};
 use grainwire::client::ConnectMode;
 use grainwire::{Client, GrainId, Server, ServerConfig};
 
-const USAGE: &str = "bench latency|throughput|placement [--payload N] [--calls N] [--warmup N] \
-     [--inflight N] [--secs S] [--servers N]";
+const USAGE: &str = "bench latency|throughput|placement|busy [--payload N] [--calls N] \
+     [--warmup N] [--inflight N] [--secs S] [--servers N] [--spin-us N]";
+
+/// A grain that keeps its thread busy: for `busy`.
+#[grainwire::grain]
+trait Spin {
+    /// Burns `micros` of CPU without awaiting; returns how many rounds it ran.
+    async fn spin(&mut self, micros: u64) -> u64;
+}
+
+struct Spinner;
+
+impl Spin for Spinner {
+    async fn spin(&mut self, micros: u64) -> u64 {
+        let until = Instant::now() + Duration::from_micros(micros);
+        let mut rounds = 0u64;
+        while Instant::now() < until {
+            rounds = std::hint::black_box(rounds + 1);
+        }
+        rounds
+    }
+}
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a tokio runtime")
@@ -74,6 +97,7 @@ fn start_servers(n: usize) -> Vec<SocketAddr> {
                     };
                     let server = Server::builder(config)
                         .host(Echo::host(|_: &GrainId| EchoState { server: "bench".into() }))
+                        .host(Spin::host(|_: &GrainId| Spinner))
                         .bind("127.0.0.1:0".parse().expect("an address"))
                         .unwrap_or_else(|e| {
                             eprintln!("cannot bind the server: {e}");
@@ -185,6 +209,56 @@ fn latency(addrs: Vec<SocketAddr>, payload: usize, warmup: u64, calls: u64) -> S
     )
 }
 
+/// `busy`: `calls` calls queued at once on one grain that burns `spin_us` of CPU each (the
+/// server's endpoint task and its activations share one thread), while a probe calls another
+/// grain one call at a time. The probe's worst latency is the longest the endpoint was
+/// unavailable while the busy grain worked.
+fn busy(addrs: Vec<SocketAddr>, calls: u64, spin_us: u64) -> String {
+    let rt = runtime();
+    let task = rt.spawn(async move {
+        let client = connect(addrs).await;
+        let spinner: SpinRef = client.grain(1);
+        let echo: EchoRef = client.grain(2);
+        call(&echo, 0, 32).await;
+        let start = Instant::now();
+        let queued = tokio::spawn(async move {
+            let mut set = tokio::task::JoinSet::new();
+            for _ in 0..calls {
+                let s = spinner.clone();
+                set.spawn(async move { s.spin(spin_us).await });
+            }
+            while let Some(r) = set.join_next().await {
+                if let Err(e) = r.expect("a spin task") {
+                    eprintln!("spin: {e}");
+                    std::process::exit(1);
+                }
+            }
+            start.elapsed()
+        });
+        let mut us = Vec::new();
+        let mut i = 1;
+        while !queued.is_finished() {
+            let t = Instant::now();
+            call(&echo, i, 32).await;
+            us.push(t.elapsed().as_secs_f64() * 1e6);
+            i += 1;
+        }
+        let busy_for = queued.await.expect("the spinning calls");
+        client.disconnect().await;
+        (us, busy_for)
+    });
+    let (mut us, busy_for) = rt.block_on(task).expect("the client task");
+    us.sort_by(f64::total_cmp);
+    format!(
+        "{{\"peer\":\"grainwire\",\"mode\":\"busy\",\"busy_calls\":{calls},\"spin_us\":{spin_us},\"busy_secs\":{:.3},\"probe_calls\":{},\"probe_p50_us\":{:.1},\"probe_p99_us\":{:.1},\"probe_max_us\":{:.1}}}",
+        busy_for.as_secs_f64(),
+        us.len(),
+        percentile(&us, 0.5),
+        percentile(&us, 0.99),
+        us[us.len() - 1],
+    )
+}
+
 fn throughput(addrs: Vec<SocketAddr>, payload: usize, inflight: u64, secs: f64) -> String {
     let servers = addrs.len();
     let rt = runtime();
@@ -229,8 +303,8 @@ fn throughput(addrs: Vec<SocketAddr>, payload: usize, inflight: u64, secs: f64) 
 fn main() {
     let a = args::Args::parse(USAGE);
     let mode = match a.positional.as_slice() {
-        [m] if m == "latency" || m == "throughput" || m == "placement" => m.clone(),
-        _ => args::fail(USAGE, "give exactly one mode: latency, throughput or placement"),
+        [m] if ["latency", "throughput", "placement", "busy"].contains(&m.as_str()) => m.clone(),
+        _ => args::fail(USAGE, "give exactly one mode: latency, throughput, placement or busy"),
     };
     if mode == "placement" {
         println!("{}", placement::run(1_000_000));
@@ -249,10 +323,10 @@ fn main() {
         args::fail(USAGE, "--servers must be 1..=1000");
     }
     let addrs = start_servers(servers);
-    let line = if mode == "latency" {
-        latency(addrs, payload, warmup, calls)
-    } else {
-        throughput(addrs, payload, inflight, secs)
+    let line = match mode.as_str() {
+        "latency" => latency(addrs, payload, warmup, calls),
+        "busy" => busy(addrs, a.num(USAGE, "calls", 1000), a.num(USAGE, "spin-us", 700)),
+        _ => throughput(addrs, payload, inflight, secs),
     };
     println!("{line}");
 }

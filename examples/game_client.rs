@@ -2,7 +2,7 @@
 //! many keys, C at a time, routed by the servers' manifests and a strategy, checks every
 //! answer, and prints one JSON line
 //! `{"calls":N,"ok":..,"failed":..,"lost_to_dead_server":..,"p50_us":..,"p99_us":..,
-//! "max_gap_ms":..,"per_server":{"<server id>":<calls>,..},"errors":{"<kind>":<calls>,..}}`
+//! "max_us":..,"max_gap_ms":..,"per_server":{"<server id>":<calls>,..},"errors":{"<kind>":<calls>,..}}`
 //! (`max_gap_ms`: the longest stretch in which no call succeeded).
 //!
 //! ```sh
@@ -32,7 +32,8 @@ use grainwire::client::{ConnectMode, ConsistentHash, LowestLatency, RoundRobin};
 use grainwire::{CallError, Client};
 
 const USAGE: &str = "game_client --connect ADDR [--connect ADDR ...] --calls N [--concurrency C] \
-     [--keys K] [--mode single|multi|on-demand] [--strategy round-robin|consistent-hash|lowest-latency]";
+     [--keys K] [--mode single|multi|on-demand] [--strategy round-robin|consistent-hash|lowest-latency] \
+     [--secs S]";
 
 fn percentile(sorted: &[Duration], p: f64) -> f64 {
     if sorted.is_empty() {
@@ -98,12 +99,16 @@ async fn main() {
     if addrs.is_empty() {
         args::fail(USAGE, "--connect is required");
     }
-    let calls: u64 = a.num(USAGE, "calls", 0);
+    let secs_given = a.get("secs").is_some();
+    let calls: u64 = a.num(USAGE, "calls", if secs_given { u64::MAX } else { 0 });
     if calls == 0 {
         args::fail(USAGE, "--calls must be at least 1");
     }
-    let concurrency: u64 = a.num(USAGE, "concurrency", 1).clamp(1, calls);
+    let concurrency: u64 = a.num(USAGE, "concurrency", 1).clamp(1, calls.min(1 << 16));
     let keys: u64 = a.num(USAGE, "keys", 1024).max(1);
+    // With --secs, workers stop starting calls after that long (the count is then a bound).
+    let secs: f64 = a.num(USAGE, "secs", 0.0);
+    let until = (secs > 0.0).then(|| Instant::now() + Duration::from_secs_f64(secs));
     let mode: ConnectMode = match a.get("mode") {
         Some(m) => m.parse().unwrap_or_else(|e: String| args::fail(USAGE, &e)),
         None if addrs.len() == 1 => ConnectMode::Single,
@@ -120,8 +125,9 @@ async fn main() {
         Ok(c) => c,
         Err(e) => {
             eprintln!("cannot connect to {addrs:?}: {e}");
+            let calls = if secs_given { 0 } else { calls };
             println!(
-                "{{\"calls\":{calls},\"ok\":0,\"failed\":{calls},\"lost_to_dead_server\":0,\"p50_us\":0.0,\"p99_us\":0.0,\"per_server\":{{}},\"errors\":{{\"ConnectFailed\":{calls}}}}}"
+                "{{\"calls\":{calls},\"ok\":0,\"failed\":{calls},\"lost_to_dead_server\":0,\"p50_us\":0.0,\"p99_us\":0.0,\"max_us\":0.0,\"max_gap_ms\":0.0,\"per_server\":{{}},\"errors\":{{\"ConnectFailed\":{calls}}}}}"
             );
             std::process::exit(1);
         }
@@ -134,7 +140,7 @@ async fn main() {
         tasks.spawn(async move {
             let mut t = Tally::default();
             let mut n = w;
-            while n < calls {
+            while n < calls && until.is_none_or(|u| Instant::now() < u) {
                 let echo: EchoRef = client.grain((n % keys) as i64);
                 let start = Instant::now();
                 match echo.derive_at(n).await {
@@ -181,12 +187,14 @@ async fn main() {
         all.per_server.iter().map(|(s, n)| format!("\"{}\":{n}", json_escape(s))).collect();
     let errors: Vec<String> = all.errors.iter().map(|(k, n)| format!("\"{k}\":{n}")).collect();
     println!(
-        "{{\"calls\":{calls},\"ok\":{},\"failed\":{},\"lost_to_dead_server\":{},\"p50_us\":{:.1},\"p99_us\":{:.1},\"max_gap_ms\":{:.1},\"per_server\":{{{}}},\"errors\":{{{}}}}}",
+        "{{\"calls\":{},\"ok\":{},\"failed\":{},\"lost_to_dead_server\":{},\"p50_us\":{:.1},\"p99_us\":{:.1},\"max_us\":{:.1},\"max_gap_ms\":{:.1},\"per_server\":{{{}}},\"errors\":{{{}}}}}",
+        all.ok + all.failed,
         all.ok,
         all.failed,
         all.lost,
         percentile(&all.latencies, 0.5),
         percentile(&all.latencies, 0.99),
+        percentile(&all.latencies, 1.0),
         max_gap as f64 / 1000.0,
         per_server.join(","),
         errors.join(",")

@@ -5,7 +5,9 @@
 //! ```
 //!
 //! `--grains` chooses which demo grain types it hosts (default: all); `--server-id` defaults
-//! to the bind address.
+//! to the bind address. `--max-connections` (4096) and `--max-connections-per-ip` (64) set the
+//! transport's session limits; `--stats-every S` prints the server's statistics (what it
+//! holds, what it refused and why) to stderr every S seconds.
 //!
 //! Prints one line `listening on ADDR` once it accepts connections; on SIGINT/SIGTERM it shuts
 //! down gracefully (pending calls finish, grains deactivate) and exits 0.
@@ -20,7 +22,8 @@ use std::io::Write;
 
 use grainwire::{Server, ServerConfig};
 
-const USAGE: &str = "game_server --bind ADDR [--server-id ID] [--grains player,room,echo]";
+const USAGE: &str = "game_server --bind ADDR [--server-id ID] [--grains player,room,echo] \
+     [--max-connections N] [--max-connections-per-ip N] [--stats-every SECS]";
 
 #[tokio::main]
 async fn main() {
@@ -36,7 +39,10 @@ async fn main() {
     // Without --server-id the bind address names the server: stable across restarts, so a
     // restarted server gets its grains back under consistent placement.
     let server_id = a.get("server-id").unwrap_or(bind).to_string();
-    let config = ServerConfig { server_id: Some(server_id.clone()), ..ServerConfig::default() };
+    let mut config = ServerConfig { server_id: Some(server_id.clone()), ..ServerConfig::default() };
+    let t = &mut config.transport;
+    t.max_connections = a.num(USAGE, "max-connections", t.max_connections);
+    t.max_connections_per_ip = a.num(USAGE, "max-connections-per-ip", t.max_connections_per_ip);
     let mut builder = Server::builder(config);
     for g in &grains {
         let host = game::host(g, &server_id).unwrap_or_else(|| {
@@ -57,7 +63,21 @@ async fn main() {
     println!("listening on {}", server.local_addr());
     let _ = std::io::stdout().flush();
     eprintln!("server id {}, hosting {}", server.server_id(), grains.join(","));
-    wait_for_signal().await;
+    let every: f64 = a.num(USAGE, "stats-every", 0.0);
+    if every > 0.0 {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs_f64(every));
+        tick.tick().await;
+        let signal = wait_for_signal();
+        tokio::pin!(signal);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => eprintln!("{:?}", server.stats()),
+                () = &mut signal => break,
+            }
+        }
+    } else {
+        wait_for_signal().await;
+    }
     eprintln!("shutting down");
     server.shutdown().await;
 }

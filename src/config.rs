@@ -32,8 +32,8 @@ pub struct TransportConfig {
     /// Default 256 MiB.
     pub max_receive_buffered: usize,
     /// Bytes a connection may hold queued and unacknowledged before
-    /// [`SendError::BufferFull`](crate::error::SendError). Each message also counts 64 bytes of
-    /// bookkeeping. At least `max_message_size`. Default 8 MiB.
+    /// [`SendError::BufferFull`](crate::error::SendError). Each message also counts 160 bytes
+    /// of bookkeeping (what holding it costs). At least `max_message_size`. Default 8 MiB.
     pub send_buffer: usize,
     /// Reliable messages per stream that may be sent and not yet acknowledged.
     /// At most [`MAX_STREAM_WINDOW`]. Default 4096.
@@ -62,8 +62,10 @@ pub struct TransportConfig {
     pub min_window_packets: u32,
     /// Largest congestion window, in bytes. Default 1 MiB.
     pub max_window: u64,
-    /// Send a ping after this long without sending anything that asks for an ack; keeps the
-    /// session alive and the RTT measured. Default 1 s.
+    /// Send a ping after this long without sending anything that asks for an ack and without
+    /// hearing from the peer; keeps the session alive and the RTT measured. Default 1 s; 3 s in
+    /// [`TransportConfig::server`], so that clients' pings (each answered by an ack) keep idle
+    /// sessions alive and the server sends no pings of its own.
     #[serde(with = "duration_ms")]
     pub keepalive_interval: Duration,
     /// Close the session (reason: timeout) after this long without hearing from the peer.
@@ -161,9 +163,14 @@ pub struct ConfigError {
 }
 
 impl TransportConfig {
-    /// A server's defaults: accepts incoming sessions.
+    /// A server's defaults: accepts incoming sessions; keepalive after 3 s (see
+    /// `keepalive_interval`).
     pub fn server() -> Self {
-        Self { accept_incoming: true, ..Self::default() }
+        Self {
+            accept_incoming: true,
+            keepalive_interval: Duration::from_secs(3),
+            ..Self::default()
+        }
     }
 
     /// Checks every bound the protocol relies on.

@@ -39,14 +39,58 @@ pub struct RawPeer {
     window: u64,
     tag: Option<u32>,
     next_pn: u64,
-    /// Packet numbers received from the server (low 32 bits as sent), for acknowledgements.
-    received: Vec<u32>,
+    /// Packet numbers received from the server (expanded from their truncated form), for
+    /// acknowledgements.
+    received: Vec<u64>,
+    /// The largest of them.
+    largest: Option<u64>,
+    /// The server's flow-control limit for our reliable data (its window, raised by `MAX_DATA`).
+    credit_limit: u64,
+    /// What our reliable messages have cost of it.
+    credit_used: u64,
+    /// What the server's reliable message frames have cost us (payload plus 64 per frame,
+    /// retransmissions included: an overestimate, so our grants are generous).
+    received_cost: u64,
 }
 
 impl RawPeer {
     /// A peer with handshake nonce `nonce` that grants the server `window` bytes of credit.
     pub fn new(nonce: u32, window: u64) -> Self {
-        Self { nonce, window, tag: None, next_pn: 0, received: Vec::new() }
+        Self {
+            nonce,
+            window,
+            tag: None,
+            next_pn: 0,
+            received: Vec::new(),
+            largest: None,
+            credit_limit: 0,
+            credit_used: 0,
+            received_cost: 0,
+        }
+    }
+
+    /// Appends a `MAX_DATA` frame that gives the server another window of credit beyond what
+    /// it sent (a peer that never does this lets at most one window of reliable data in).
+    pub fn grant(&self, frames: &mut Vec<u8>) {
+        if self.window > 0 {
+            wire::encode_max_data(frames, self.received_cost + self.window);
+        }
+    }
+
+    /// Whether a reliable message of `len` bytes fits the server's credit now (each costs its
+    /// length plus 64 bytes of the server's bookkeeping); if so, it is charged.
+    pub fn charge(&mut self, len: usize) -> bool {
+        let cost = len as u64 + 64;
+        if self.credit_used + cost > self.credit_limit {
+            return false;
+        }
+        self.credit_used += cost;
+        true
+    }
+
+    /// Drops what was received so far from the acknowledgement list (after an `ACK` went out).
+    pub fn forget_received(&mut self) {
+        self.received.clear();
     }
 
     /// The `HELLO` that starts the handshake.
@@ -71,24 +115,41 @@ impl RawPeer {
                     wire::encode_handshake(&mut out, &body);
                     RawEvent::Reply(out)
                 }
-                Handshake::Accept { nonce, tag, .. } if nonce == self.nonce => {
+                Handshake::Accept { nonce, tag, window } if nonce == self.nonce => {
                     self.tag = Some(tag);
+                    self.credit_limit = self.credit_limit.max(window);
                     RawEvent::Established
                 }
                 Handshake::Reject { .. } | Handshake::Reset { .. } => RawEvent::Ended(None),
                 _ => RawEvent::Nothing,
             },
             Ok(Packet::Data(h, frames)) if Some(h.tag) == self.tag => {
-                if self.received.len() < 1 << 16 {
-                    self.received.push(h.pn_truncated);
+                // The recent ones are enough to acknowledge (older ones were acknowledged, or the
+                // server sends their data again in new packets).
+                if self.received.len() >= 1024 {
+                    self.received.drain(..512);
                 }
+                let expected = self.largest.map_or(0, |l| l + 1);
+                let pn = crate::proto::channel::seq::expand(
+                    expected,
+                    h.pn_truncated.into(),
+                    u32::from(h.pn_len) * 8,
+                );
+                self.largest = Some(self.largest.map_or(pn, |l| l.max(pn)));
+                self.received.push(pn);
                 let mut messages = Vec::new();
                 for f in FrameReader::new(frames).flatten() {
+                    if let Frame::Message(m) = &f {
+                        if m.class.is_reliable() {
+                            self.received_cost += m.payload.len() as u64 + 64;
+                        }
+                    }
                     match f {
                         Frame::Message(m) if m.chunk.is_none() => {
                             messages.push(Bytes::copy_from_slice(m.payload));
                         }
                         Frame::Close(kind) => return RawEvent::Ended(Some(kind)),
+                        Frame::MaxData(max) => self.credit_limit = self.credit_limit.max(max),
                         _ => {}
                     }
                 }
@@ -123,9 +184,10 @@ impl RawPeer {
         frames.extend_from_slice(payload);
     }
 
-    /// Appends an `ACK` frame for everything received so far (what a well-behaved peer sends).
+    /// Appends an `ACK` frame for everything received so far (what a well-behaved peer sends;
+    /// the most recent 64 ranges).
     pub fn ack(&mut self, frames: &mut Vec<u8>) {
-        let mut pns: Vec<u64> = self.received.iter().map(|&p| u64::from(p)).collect();
+        let mut pns = self.received.clone();
         pns.sort_unstable();
         pns.dedup();
         let mut ranges: Vec<(u64, u64)> = Vec::new();

@@ -384,8 +384,7 @@ impl Session {
                     return;
                 }
                 ch.handle_timeout(now);
-                let last = ch.last_eliciting_sent().unwrap_or(self.established_at);
-                if now >= last + self.cfg.keepalive_interval {
+                if now >= self.keepalive_due() {
                     self.ping_pending = true;
                 }
             }
@@ -403,6 +402,15 @@ impl Session {
         }
     }
 
+    /// When a keepalive ping is due: after `keepalive_interval` in which we neither sent
+    /// anything that asks for an ack nor heard from the peer. A peer that pings us keeps the
+    /// session alive for both (our acks answer it), so only the side with the shorter interval
+    /// pings: a server with a longer one than its clients sends no keepalives of its own.
+    fn keepalive_due(&self) -> Instant {
+        let sent = self.channel.as_ref().and_then(Channel::last_eliciting_sent);
+        sent.unwrap_or(self.established_at).max(self.last_received) + self.cfg.keepalive_interval
+    }
+
     /// When `handle_timeout` should run next.
     pub fn next_timeout(&self) -> Option<Instant> {
         match &self.state {
@@ -411,8 +419,7 @@ impl Session {
             }
             State::Established | State::Closing { .. } => {
                 let ch = self.channel.as_ref()?;
-                let keepalive = ch.last_eliciting_sent().unwrap_or(self.established_at)
-                    + self.cfg.keepalive_interval;
+                let keepalive = self.keepalive_due();
                 let idle = self.last_received + self.cfg.idle_timeout;
                 let mut t = keepalive.min(idle);
                 if let Some(c) = ch.next_timeout() {

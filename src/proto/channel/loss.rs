@@ -117,8 +117,9 @@ impl Channel {
         }
         self.sender.recycle_chunk_vec(chunks);
         if max_data.is_some_and(|m| m > self.max_data_acked) {
-            // Our credit update was lost: advertise again.
-            self.credit.advertised = self.max_data_acked;
+            // Our credit update may be lost: advertise again. (The peer may have seen it all the
+            // same, so the limit we enforce stays where it was.)
+            self.max_data_resend = true;
         }
     }
 

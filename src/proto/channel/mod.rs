@@ -117,6 +117,8 @@ pub struct Channel {
     unreliable_in: RecvUnreliable,
     credit: Credit,
     max_data_acked: u64,
+    /// A packet that carried our latest `MAX_DATA` was declared lost: send it again.
+    max_data_resend: bool,
     /// The last time the peer acknowledged new reliable data (or the congestion window let an
     /// unreliable message go), or nothing was outstanding.
     last_progress: Instant,
@@ -168,6 +170,7 @@ impl Channel {
             unreliable_in: RecvUnreliable::default(),
             credit: Credit::new(cfg.receive_window),
             max_data_acked: cfg.receive_window,
+            max_data_resend: false,
             last_progress: now,
             progress_mark: 0,
             stats: ConnectionStats::new(now),
@@ -381,6 +384,9 @@ impl Channel {
     fn max_data_due(&self) -> Option<u64> {
         let c = &self.credit;
         let limit = c.limit();
+        if self.max_data_resend {
+            return Some(limit.max(c.advertised));
+        }
         if limit <= c.advertised {
             return None;
         }

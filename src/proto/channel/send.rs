@@ -21,8 +21,11 @@ const SPACES: usize = 258;
 
 /// Flow-control cost of one chunk beyond its payload (the receiver's bookkeeping).
 pub(crate) const CHUNK_COST: u64 = 64;
-/// Send-buffer cost of one message beyond its payload.
-pub(crate) const MESSAGE_COST: usize = 64;
+/// Send-buffer cost of one message beyond its payload: what holding it really costs (its
+/// queue entry, its allocation's overhead, its trip through the session's inbox). Measured: a
+/// server holding 270,000 small answers for a peer that granted no credit grew by about 150
+/// bytes per answer beyond the payload.
+pub(crate) const MESSAGE_COST: usize = 160;
 
 /// One chunk of one reliable message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

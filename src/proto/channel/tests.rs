@@ -194,3 +194,38 @@ fn acks_stop_repeating_once_the_peer_saw_them() {
         .collect();
     assert_eq!(frames, vec![false], "only the message, no stale ack");
 }
+
+/// A `MAX_DATA` that reached the peer but whose packet the receiver declared lost (the peer's
+/// acks were lost): the peer may use the credit it saw, and the receiver must not call that a
+/// violation. (It did: it lowered its limit back to the last acknowledged one.)
+#[test]
+fn credit_seen_by_the_peer_stays_granted_when_its_packet_is_declared_lost() {
+    let now = crate::test_epoch();
+    let c = TransportConfig { max_message_size: 2000, receive_window: 4000, ..cfg() };
+    let (mut a, mut b) = pair(&c, now);
+    for i in 0..8u8 {
+        a.send(Class::ReliableOrdered, 0, Bytes::from(vec![i; 900])).unwrap();
+    }
+    let got = receive(&mut b, now, &transmit(&mut a, now));
+    assert_eq!(got.len(), 4, "the first window's worth");
+    // b grants more credit (its acks and MAX_DATA reach a), but a's acks of that packet are
+    // lost: b's retransmission timer declares it lost.
+    let t = now + 5 * MS;
+    b.handle_timeout(t);
+    let grant = transmit(&mut b, t);
+    assert!(!grant.is_empty());
+    receive(&mut a, t, &grant);
+    let later = t + Duration::from_secs(3);
+    b.handle_timeout(later);
+    // a sends with the credit it saw: accepted, not a violation.
+    let more = transmit(&mut a, later);
+    let mut dg_got = 0;
+    for d in &more {
+        let Ok(wire::Packet::Data(h, frames)) = wire::decode_packet(d) else { panic!("not data") };
+        let mut dg = Datagram::new(d);
+        let r =
+            b.handle_packet(later, h.pn_truncated, h.pn_len, frames, &mut dg, &mut |_| dg_got += 1);
+        assert!(r.is_ok(), "{r:?}");
+    }
+    assert!(dg_got > 0, "a used the credit it was given");
+}

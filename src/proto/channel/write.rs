@@ -85,7 +85,9 @@ impl Channel {
             self.recv.on_ack_sent();
         }
         if let Some(m) = max_data {
-            self.credit.advertised = m;
+            // The limit we enforce only ever rises: the peer may act on any value we sent.
+            self.credit.advertised = self.credit.advertised.max(m);
+            self.max_data_resend = false;
         }
         self.record_sent(now, out.len(), eliciting, chunks, ack_largest, max_data);
         true

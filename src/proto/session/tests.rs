@@ -163,7 +163,12 @@ fn idle_timeout_and_keepalive() {
         p.exchange();
     }
     assert!(p.client.is_established() && p.server.is_established());
-    // Nothing exchanged: both time out once the idle timeout passes.
+    // Nothing exchanged after one last message each way: both time out once the idle timeout
+    // passes.
+    p.client.send(Class::Unreliable, 0, Bytes::from_static(b"c")).unwrap();
+    p.server.send(Class::Unreliable, 0, Bytes::from_static(b"s")).unwrap();
+    p.exchange();
+    events(&mut p.client);
     p.advance(idle - MS);
     assert!(p.client.is_established());
     p.advance(2 * MS);
@@ -325,4 +330,44 @@ fn the_peer_of_a_stalled_session_learns_why() {
     }
     assert_eq!(events(&mut p.client), vec![SessionEvent::Closed(DisconnectReason::Stalled)]);
     assert_eq!(events(&mut p.server), vec![SessionEvent::Closed(DisconnectReason::Stalled)]);
+}
+
+/// Each side pings after its keepalive interval without sending or hearing anything: a client
+/// pinging every second keeps a server with a longer interval from sending pings of its own
+/// (its acks answer the client's), which halves an idle session's traffic.
+#[test]
+fn only_the_side_with_the_shorter_keepalive_pings() {
+    let mut p = establish();
+    let client_cfg = Arc::new(TransportConfig {
+        keepalive_interval: Duration::from_secs(1),
+        ..TransportConfig::server()
+    });
+    p.client.cfg = client_cfg;
+    let pings = |d: &[Vec<u8>]| {
+        d.iter()
+            .filter(|d| {
+                let Ok(Packet::Data(_, frames)) = wire::decode_packet(d) else { return false };
+                wire::FrameReader::new(frames).flatten().any(|f| f == wire::Frame::Ping)
+            })
+            .count()
+    };
+    let (mut from_client, mut from_server) = (0, 0);
+    for _ in 0..300 {
+        p.advance(Duration::from_millis(100));
+        for _ in 0..3 {
+            let c = drain(&mut p.client, p.now);
+            let s = drain(&mut p.server, p.now);
+            from_client += pings(&c);
+            from_server += pings(&s);
+            for d in c {
+                p.server.handle_datagram(p.now, &d);
+            }
+            for d in s {
+                p.client.handle_datagram(p.now, &d);
+            }
+        }
+    }
+    assert!((25..=31).contains(&from_client), "the client pinged {from_client} times in 30 s");
+    assert_eq!(from_server, 0, "the server never needed to ping");
+    assert!(p.client.is_established() && p.server.is_established());
 }

@@ -1,0 +1,633 @@
+//! Hostile and idle clients, for measuring what they cost a `game_server`: each speaks the wire
+//! format by hand (`grainwire::testing::RawPeer`) over real UDP, behaving as a real client
+//! would not. Prints one JSON line with what it sent and what the server answered; the server's
+//! memory and CPU are measured from outside (`scripts/attacks.sh`).
+//!
+//! ```sh
+//! cargo run --release --example attack -- --target 127.0.0.1:7777 zero-window --count 3000000
+//! ```
+//!
+//! Attacks (what each did to the server before the fixes is in BENCHMARKS.md):
+//!
+//! | name | what it does |
+//! |---|---|
+//! | `zero-window` | a session that grants the server no credit (it acks), sending tiny requests |
+//! | `no-ack` | a session that never acknowledges anything, sending tiny requests |
+//! | `big-answers` | fills a room with 16 lines of 60 KB, then asks for them (~1 MB each) without granting credit |
+//! | `empty-chunks` | chunks of length 0 of a message claiming 250,000 chunks, last first |
+//! | `chunks` | well-formed minimum-size chunks of 1 MiB messages, last first |
+//! | `partials` | the 1-byte last chunk of ever new unreliable messages |
+//! | `gap` | reliable messages behind a gap on every stream, up to the credit (`--conns` sessions) |
+//! | `activations` | calls to ever new grain keys |
+//! | `slots` | as many sessions from one address as the server allows, held open |
+//! | `busy` | fills a room, then queues 1,000 calls for its ~1 MB of lines |
+//! | `idle` | `--count` idle sessions from many loopback addresses, kept alive for `--secs` |
+
+#[path = "common/args.rs"]
+mod args;
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use grainwire::proto::ids::{GrainKey, MethodId, RequestId};
+use grainwire::proto::manifest::Manifest;
+use grainwire::proto::wire::rpc::{self, CallHeader, RpcFrame};
+use grainwire::proto::wire::{self, Class, CloseKind};
+use grainwire::testing::{RawEvent, RawPeer};
+use tokio::net::UdpSocket;
+
+const USAGE: &str = "attack --target ADDR <zero-window|no-ack|big-answers|empty-chunks|chunks|\
+     partials|gap|activations|slots|busy|idle> [--count N] [--secs S] [--conns N] [--bind IP]";
+
+/// Datagrams we send stay under the server's default `max_datagram_size` (1200).
+const DATAGRAM: usize = 1150;
+/// A minimum-size chunk (what a 256-byte datagram leaves).
+const MIN_CHUNK: usize = 208;
+
+/// One hand-driven session and what it saw.
+struct Raw {
+    sock: UdpSocket,
+    peer: RawPeer,
+    manifest: Manifest,
+    /// Next message number per reliable space (0..=255 ordered, 256 unordered).
+    seq: Vec<u64>,
+    next_slot: u32,
+    sent: u64,
+    answers: BTreeMap<String, u64>,
+    /// Requests answered (a retransmitted answer counts once).
+    answered: std::collections::HashSet<u32>,
+    /// Datagrams received from the server.
+    received: u64,
+    closed: Option<String>,
+}
+
+/// What the server hosts, learned once from a well-behaved session (a session that grants no
+/// credit never receives the manifest).
+static MANIFEST: std::sync::OnceLock<Manifest> = std::sync::OnceLock::new();
+
+async fn connect(target: SocketAddr, ip: IpAddr, window: u64) -> std::io::Result<Raw> {
+    if window == 0 && MANIFEST.get().is_none() {
+        let r = Box::pin(connect(target, ip, 1 << 20)).await?;
+        let _ = MANIFEST.set(r.manifest.clone());
+    }
+    let sock = UdpSocket::bind(SocketAddr::new(ip, 0)).await?;
+    sock.connect(target).await?;
+    let mut peer = RawPeer::new(rand_nonce(), window);
+    let mut buf = vec![0u8; 2048];
+    let deadline = Instant::now() + Duration::from_secs(5);
+    // The handshake packet to send again every 250 ms until answered, as a real client does.
+    let mut last = peer.hello();
+    sock.send(&last).await?;
+    let mut manifest = MANIFEST.get().cloned().filter(|_| window == 0);
+    while manifest.is_none() || !peer.is_established() {
+        if Instant::now() >= deadline {
+            return Err(std::io::ErrorKind::TimedOut.into());
+        }
+        let n = match tokio::time::timeout(Duration::from_millis(250), sock.recv(&mut buf)).await {
+            Ok(r) => r?,
+            Err(_) => {
+                if !peer.is_established() {
+                    sock.send(&last).await?;
+                }
+                continue;
+            }
+        };
+        match peer.on_datagram(&buf[..n]) {
+            RawEvent::Reply(r) => {
+                sock.send(&r).await?;
+                last = r;
+            }
+            RawEvent::Messages(ms) => {
+                for m in ms {
+                    if let Ok(RpcFrame::Manifest(body)) = rpc::decode_rpc(&m) {
+                        manifest = Manifest::decode(body).ok();
+                    }
+                }
+            }
+            RawEvent::Ended(_) => return Err(std::io::ErrorKind::ConnectionRefused.into()),
+            _ => {}
+        }
+    }
+    let manifest = manifest.expect("loop ends with a manifest");
+    let _ = MANIFEST.set(manifest.clone());
+    // Acknowledge the manifest, as any client does (or the server gives up on us as stalled).
+    let mut frames = Vec::new();
+    peer.ack(&mut frames);
+    if let Some(d) = peer.data(&frames).filter(|_| !frames.is_empty()) {
+        sock.send(&d).await?;
+    }
+    Ok(Raw {
+        sock,
+        peer,
+        manifest,
+        seq: vec![0; 257],
+        next_slot: 1,
+        sent: 0,
+        answers: BTreeMap::new(),
+        answered: Default::default(),
+        received: 0,
+        closed: None,
+    })
+}
+
+fn rand_nonce() -> u32 {
+    use std::hash::BuildHasher;
+    std::collections::hash_map::RandomState::new().hash_one(Instant::now()) as u32
+}
+
+impl Raw {
+    /// The manifest index and version of grain type `name`.
+    fn grain(&self, name: &str) -> (u32, u8) {
+        let g = self.manifest.grains.iter().find(|g| &*g.name == name);
+        let g = g.unwrap_or_else(|| panic!("the server does not host {name}"));
+        (g.index, g.version)
+    }
+
+    /// A request frame for `method` of grain type `name` with key `key`.
+    fn request(&mut self, name: &str, method: &str, key: GrainKey, args: &[u8]) -> Vec<u8> {
+        let (type_index, version) = self.grain(name);
+        let call = CallHeader {
+            type_index,
+            version,
+            method: MethodId::of(method),
+            deadline_ms: Some(30_000),
+            key,
+        };
+        let mut out = Vec::with_capacity(24 + args.len());
+        let id = RequestId { slot: self.next_slot, generation: 1 };
+        self.next_slot = self.next_slot.wrapping_add(1).max(1);
+        rpc::encode_call(&mut out, Some(id), &call);
+        out.extend_from_slice(args);
+        out
+    }
+
+    async fn send(&mut self, frames: &[u8]) {
+        if let Some(d) = self.peer.data(frames) {
+            self.sent += 1;
+            let _ = self.sock.send(&d).await;
+        }
+    }
+
+    /// Reads what the server sent (without waiting), counting answers by status; with `ack`,
+    /// acknowledges it. False once the server closed the session.
+    async fn drain(&mut self, ack: bool) -> bool {
+        let mut buf = vec![0u8; 2048];
+        let mut got = false;
+        while let Ok(n) = self.sock.try_recv(&mut buf) {
+            got = true;
+            self.received += 1;
+            match self.peer.on_datagram(&buf[..n]) {
+                RawEvent::Messages(ms) => {
+                    for m in ms {
+                        if let Ok(RpcFrame::Response { id, status, .. }) = rpc::decode_rpc(&m) {
+                            if self.answered.insert(id.slot) {
+                                *self.answers.entry(format!("{status:?}")).or_default() += 1;
+                            }
+                        }
+                    }
+                }
+                RawEvent::Ended(kind) => {
+                    self.closed = Some(match kind {
+                        Some(CloseKind::Application(c)) => format!("closed {c}"),
+                        Some(k) => format!("{k:?}"),
+                        None => "reset".into(),
+                    });
+                    return false;
+                }
+                _ => {}
+            }
+        }
+        if ack && got {
+            let mut frames = Vec::new();
+            self.peer.ack(&mut frames);
+            self.peer.grant(&mut frames);
+            if !frames.is_empty() {
+                self.send(&frames).await;
+            }
+        }
+        true
+    }
+
+    /// Waits up to `d` for the server, then drains.
+    async fn settle(&mut self, d: Duration, ack: bool) -> bool {
+        let _ = tokio::time::timeout(d, self.sock.readable()).await;
+        self.drain(ack).await
+    }
+
+    /// Sends whole reliable-unordered messages, packed into datagrams, within the server's
+    /// credit (waiting for it as a sender must); returns how many were sent. Stops when the
+    /// session is closed or no credit came for 10 s.
+    async fn send_messages(&mut self, msgs: &[Vec<u8>], ack: bool) -> usize {
+        let mut frames = Vec::new();
+        let mut sent = 0;
+        for m in msgs {
+            let mut waited = 0;
+            while !self.peer.charge(m.len()) {
+                if !frames.is_empty() {
+                    let f = std::mem::take(&mut frames);
+                    self.send(&f).await;
+                }
+                if !self.settle(Duration::from_millis(20), ack).await || waited > 500 {
+                    return sent;
+                }
+                waited += 1;
+            }
+            sent += 1;
+            if frames.len() + m.len() + 12 > DATAGRAM {
+                let f = std::mem::take(&mut frames);
+                self.send(&f).await;
+            }
+            let seq = self.seq[256];
+            self.seq[256] += 1;
+            RawPeer::message(&mut frames, Class::ReliableUnordered, 0, seq, None, m);
+        }
+        if !frames.is_empty() {
+            self.send(&frames).await;
+        }
+        self.drain(ack).await;
+        sent
+    }
+
+    /// Sends one reliable-unordered message in chunks of `chunk` bytes, in the given order.
+    async fn send_chunked(&mut self, msg: &[u8], chunk: usize, order: &[u32], ack: bool) -> bool {
+        let count = msg.len().div_ceil(chunk) as u32;
+        let seq = self.seq[256];
+        self.seq[256] += 1;
+        let mut frames = Vec::new();
+        for &i in order {
+            let part = &msg[i as usize * chunk..((i as usize + 1) * chunk).min(msg.len())];
+            while !self.peer.charge(part.len()) {
+                if !self.settle(Duration::from_millis(20), ack).await {
+                    return false;
+                }
+            }
+            if frames.len() + part.len() + 16 > DATAGRAM {
+                let f = std::mem::take(&mut frames);
+                self.send(&f).await;
+                if !self.drain(ack).await {
+                    return false;
+                }
+            }
+            RawPeer::message(&mut frames, Class::ReliableUnordered, 0, seq, Some((i, count)), part);
+        }
+        if !frames.is_empty() {
+            self.send(&frames).await;
+        }
+        self.drain(ack).await
+    }
+}
+
+fn json(attack: &str, r: &Raw, extra: &str) -> String {
+    let answers: Vec<String> = r.answers.iter().map(|(k, n)| format!("\"{k}\":{n}")).collect();
+    let closed = r.closed.as_deref().map_or("null".to_string(), |c| format!("\"{c}\""));
+    format!(
+        "{{\"attack\":\"{attack}\",\"datagrams\":{},\"received\":{},\"answers\":{{{}}},\"closed\":{closed}{extra}}}",
+        r.sent,
+        r.received,
+        answers.join(",")
+    )
+}
+
+fn derive_args(n: u64) -> Vec<u8> {
+    postcard::to_allocvec(&(n,)).expect("encodes")
+}
+
+/// Tiny requests as fast as the credit allows, on one session after another (the server
+/// closes each one it gives up on), until `count` were sent.
+async fn flood(target: SocketAddr, ip: IpAddr, window: u64, ack: bool, count: u64) -> String {
+    let mut sessions = 0;
+    let mut total_sent = 0u64;
+    let mut datagrams = 0;
+    let mut last = None;
+    let start = Instant::now();
+    while total_sent < count && start.elapsed() < Duration::from_secs(60) {
+        let Ok(mut r) = connect(target, ip, window).await else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        sessions += 1;
+        while total_sent < count {
+            let batch: Vec<Vec<u8>> = (0..500)
+                .map(|i| r.request("Echo", "derive", GrainKey::Int(i), &derive_args(7)))
+                .collect();
+            let sent = r.send_messages(&batch, ack).await;
+            total_sent += sent as u64;
+            if sent < batch.len() {
+                break;
+            }
+        }
+        while r.closed.is_none() && r.settle(Duration::from_millis(500), ack).await {}
+        datagrams += r.sent;
+        last = Some(r);
+    }
+    let mut r = last.expect("at least one session");
+    r.sent = datagrams;
+    let name = if ack { "zero-window" } else { "no-ack" };
+    json(name, &r, &format!(",\"requests\":{total_sent},\"sessions\":{sessions}"))
+}
+
+async fn fill_room(r: &mut Raw) {
+    let line = "x".repeat(60_000);
+    for i in 0..16 {
+        let args = postcard::to_allocvec(&(format!("who{i}"), line.clone())).expect("encodes");
+        let m = r.request("Room", "say", GrainKey::Int(0), &args);
+        let order: Vec<u32> = (0..m.len().div_ceil(1100) as u32).collect();
+        r.send_chunked(&m, 1100, &order, true).await;
+    }
+    r.settle(Duration::from_millis(200), true).await;
+}
+
+async fn big_answers(target: SocketAddr, ip: IpAddr) -> String {
+    // Fill the room through a well-behaved session, then ask through one that grants nothing.
+    let mut filler = connect(target, ip, 1 << 20).await.expect("connect");
+    fill_room(&mut filler).await;
+    let mut r = connect(target, ip, 0).await.expect("connect");
+    let asks: Vec<Vec<u8>> =
+        (0..1000).map(|_| r.request("Room", "recent", GrainKey::Int(0), &[])).collect();
+    r.send_messages(&asks, true).await;
+    while r.closed.is_none() && r.settle(Duration::from_millis(500), true).await {}
+    json("big-answers", &r, "")
+}
+
+async fn empty_chunks(target: SocketAddr, ip: IpAddr, count: u32) -> String {
+    let start = Instant::now();
+    let mut sent = 0u32;
+    let mut sessions = 0;
+    let mut last = None;
+    while sent < count && start.elapsed() < Duration::from_secs(20) {
+        let Ok(mut r) = connect(target, ip, 1 << 20).await else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        sessions += 1;
+        let seq = r.seq[256];
+        while sent < count && r.closed.is_none() {
+            let mut frames = Vec::new();
+            for _ in 0..100 {
+                let index = count - 1 - sent;
+                RawPeer::message(
+                    &mut frames,
+                    Class::ReliableUnordered,
+                    0,
+                    seq,
+                    Some((index, count)),
+                    &[],
+                );
+                sent += 1;
+            }
+            r.send(&frames).await;
+            r.drain(true).await;
+        }
+        r.settle(Duration::from_millis(100), true).await;
+        last = Some(r);
+    }
+    let r = last.expect("a session");
+    json("empty-chunks", &r, &format!(",\"chunks\":{sent},\"sessions\":{sessions}"))
+}
+
+async fn chunks(target: SocketAddr, ip: IpAddr, count: u32) -> String {
+    let mut r = connect(target, ip, 1 << 20).await.expect("connect");
+    let msg = vec![0u8; (1 << 20) - 1024];
+    let per = msg.len().div_ceil(MIN_CHUNK) as u32;
+    let order: Vec<u32> = (0..per).rev().collect();
+    let start = Instant::now();
+    let mut sent = 0;
+    while sent < count && r.closed.is_none() {
+        if !r.send_chunked(&msg, MIN_CHUNK, &order, true).await {
+            break;
+        }
+        sent += per;
+    }
+    r.settle(Duration::from_millis(200), true).await;
+    let secs = start.elapsed().as_secs_f64();
+    json("chunks", &r, &format!(",\"chunks\":{sent},\"secs\":{secs:.2}"))
+}
+
+async fn partials(target: SocketAddr, ip: IpAddr, count: u32) -> String {
+    let mut r = connect(target, ip, 1 << 20).await.expect("connect");
+    let mut frames = Vec::new();
+    for id in 0..u64::from(count) {
+        // The last chunk (1 byte) of a message of 4,000 chunks, a new message every time.
+        RawPeer::message(&mut frames, Class::Unreliable, 0, id, Some((3999, 4000)), b"x");
+        if frames.len() > DATAGRAM - 16 {
+            let f = std::mem::take(&mut frames);
+            r.send(&f).await;
+            if !r.drain(true).await {
+                break;
+            }
+        }
+    }
+    r.settle(Duration::from_millis(200), true).await;
+    json("partials", &r, &format!(",\"chunks\":{count}"))
+}
+
+async fn gap(target: SocketAddr, ip: IpAddr, conns: usize) -> String {
+    let mut held = Vec::new();
+    for _ in 0..conns {
+        let Ok(mut r) = connect(target, ip, 1 << 20).await else { continue };
+        // Message 0 of each stream never comes: everything after it must be held.
+        let body = vec![1u8; 1000];
+        'fill: for stream in 1..=255u8 {
+            for seq in 1..=32u64 {
+                if !r.peer.charge(body.len()) {
+                    break 'fill;
+                }
+                let mut frames = Vec::new();
+                RawPeer::message(&mut frames, Class::ReliableOrdered, stream, seq, None, &body);
+                r.send(&frames).await;
+            }
+            if !r.drain(true).await {
+                break;
+            }
+        }
+        r.settle(Duration::from_millis(50), true).await;
+        held.push(r);
+    }
+    // Keep them alive a moment so the measurement sees what they hold.
+    for _ in 0..10 {
+        for r in &mut held {
+            let mut frames = Vec::new();
+            wire::encode_ping(&mut frames);
+            r.peer.ack(&mut frames);
+            r.send(&frames).await;
+            r.drain(true).await;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let shed = held.iter().filter(|r| r.closed.is_some()).count();
+    let r = held.pop().expect("a session");
+    json("gap", &r, &format!(",\"sessions\":{conns},\"closed_sessions\":{shed}"))
+}
+
+async fn activations(target: SocketAddr, ip: IpAddr, count: u64) -> String {
+    let mut r = connect(target, ip, 1 << 20).await.expect("connect");
+    let mut k = 0i64;
+    while (k as u64) < count && r.closed.is_none() {
+        let batch: Vec<Vec<u8>> = (0..200)
+            .map(|_| {
+                k += 1;
+                r.request("Echo", "derive", GrainKey::Int(1_000_000 + k), &derive_args(1))
+            })
+            .collect();
+        if r.send_messages(&batch, true).await < batch.len() {
+            break;
+        }
+        r.settle(Duration::from_millis(2), true).await;
+    }
+    for _ in 0..20 {
+        r.settle(Duration::from_millis(50), true).await;
+    }
+    json("activations", &r, &format!(",\"keys\":{k}"))
+}
+
+/// One keepalive round: a ping (with acks) on every session.
+async fn ping_all(sessions: &mut [Raw]) {
+    for r in sessions.iter_mut() {
+        let mut frames = Vec::new();
+        wire::encode_ping(&mut frames);
+        r.peer.ack(&mut frames);
+        r.send(&frames).await;
+        r.drain(true).await;
+    }
+}
+
+async fn keepalive(sessions: &mut [Raw], secs: u64) {
+    let until = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < until {
+        ping_all(sessions).await;
+        tokio::time::sleep(Duration::from_millis(900)).await;
+    }
+}
+
+async fn slots(target: SocketAddr, ip: IpAddr, count: usize, secs: u64) -> String {
+    let mut held = Vec::new();
+    let mut refused = 0;
+    let mut pinged = Instant::now();
+    for _ in 0..count {
+        match connect(target, ip, 1 << 20).await {
+            Ok(r) => held.push(r),
+            Err(e) => {
+                eprintln!("session {}: {e}", held.len() + 1);
+                refused += 1;
+                if refused >= 16 {
+                    break;
+                }
+            }
+        }
+        // Keep what we hold alive while we open more.
+        if pinged.elapsed() > Duration::from_millis(900) {
+            ping_all(&mut held).await;
+            pinged = Instant::now();
+        }
+    }
+    keepalive(&mut held, secs).await;
+    let open = held.iter().filter(|r| r.closed.is_none()).count();
+    format!(
+        "{{\"attack\":\"slots\",\"accepted\":{},\"refused\":{refused},\"open_at_end\":{open}}}",
+        held.len()
+    )
+}
+
+async fn busy(target: SocketAddr, ip: IpAddr) -> String {
+    let mut r = connect(target, ip, 1 << 20).await.expect("connect");
+    fill_room(&mut r).await;
+    let asks: Vec<Vec<u8>> =
+        (0..1000).map(|_| r.request("Room", "recent", GrainKey::Int(0), &[])).collect();
+    let start = Instant::now();
+    r.send_messages(&asks, true).await;
+    while r.answers.values().sum::<u64>() < 1016 && start.elapsed() < Duration::from_secs(30) {
+        if !r.settle(Duration::from_millis(20), true).await {
+            break;
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    json("busy", &r, &format!(",\"secs\":{secs:.2}"))
+}
+
+/// One loopback address's share of the idle sessions: opens `count` (as fast as the server's
+/// handshake budget for the address allows), then keeps them alive, forever.
+async fn idle_address(
+    target: SocketAddr,
+    ip: IpAddr,
+    count: usize,
+    up: std::rc::Rc<std::cell::Cell<usize>>,
+) {
+    let mut held: Vec<Raw> = Vec::with_capacity(count);
+    let mut pinged = Instant::now();
+    while held.len() < count {
+        if let Ok(r) = connect(target, ip, 1 << 20).await {
+            held.push(r);
+            up.set(up.get() + 1);
+        }
+        if pinged.elapsed() > Duration::from_millis(900) {
+            ping_all(&mut held).await;
+            pinged = Instant::now();
+        }
+    }
+    loop {
+        ping_all(&mut held).await;
+        let open = held.iter().filter(|r| r.closed.is_none()).count();
+        if open < held.len() {
+            eprintln!("{ip}: {} of {} sessions closed", held.len() - open, held.len());
+        }
+        tokio::time::sleep(Duration::from_millis(900)).await;
+    }
+}
+
+async fn idle(target: SocketAddr, count: usize, secs: u64) -> String {
+    let up = std::rc::Rc::new(std::cell::Cell::new(0));
+    let local = tokio::task::LocalSet::new();
+    let start = Instant::now();
+    let addresses = count.div_ceil(64);
+    for a in 0..addresses {
+        // 64 sessions per loopback address (the server's default share per address).
+        let ip = IpAddr::V4(Ipv4Addr::new(127, 1, (a / 250) as u8, 1 + (a % 250) as u8));
+        let n = 64.min(count - a * 64);
+        local.spawn_local(idle_address(target, ip, n, up.clone()));
+    }
+    local
+        .run_until(async {
+            while up.get() < count && start.elapsed() < Duration::from_secs(120) {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            let connect_secs = start.elapsed().as_secs_f64();
+            eprintln!("{} idle sessions up in {connect_secs:.1} s", up.get());
+            println!("{{\"idle_sessions\":{},\"connect_secs\":{connect_secs:.1}}}", up.get());
+            tokio::time::sleep(Duration::from_secs(secs)).await;
+        })
+        .await;
+    format!("{{\"attack\":\"idle\",\"sessions\":{}}}", up.get())
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() {
+    let a = args::Args::parse(USAGE);
+    let target: SocketAddr = a
+        .get("target")
+        .unwrap_or_else(|| args::fail(USAGE, "--target is required"))
+        .parse()
+        .unwrap_or_else(|_| args::fail(USAGE, "--target: not an address"));
+    let ip: IpAddr = a
+        .get("bind")
+        .unwrap_or("127.0.0.1")
+        .parse()
+        .unwrap_or_else(|_| args::fail(USAGE, "--bind: not an IP address"));
+    let name = a.positional.first().map(String::as_str).unwrap_or("");
+    let secs: u64 = a.num(USAGE, "secs", 10);
+    let line = match name {
+        "zero-window" => flood(target, ip, 0, true, a.num(USAGE, "count", 3_000_000)).await,
+        "no-ack" => flood(target, ip, 1 << 20, false, a.num(USAGE, "count", 3_000_000)).await,
+        "big-answers" => big_answers(target, ip).await,
+        "empty-chunks" => empty_chunks(target, ip, a.num(USAGE, "count", 250_000)).await,
+        "chunks" => chunks(target, ip, a.num(USAGE, "count", 250_000)).await,
+        "partials" => partials(target, ip, a.num(USAGE, "count", 1_000_000)).await,
+        "gap" => gap(target, ip, a.num(USAGE, "conns", 1)).await,
+        "activations" => activations(target, ip, a.num(USAGE, "count", 100_000)).await,
+        "slots" => slots(target, ip, a.num(USAGE, "count", 5000), secs).await,
+        "busy" => busy(target, ip).await,
+        "idle" => idle(target, a.num(USAGE, "count", 1000), secs).await,
+        other => args::fail(USAGE, &format!("unknown attack `{other}`")),
+    };
+    println!("{line}");
+}
