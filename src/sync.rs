@@ -1,5 +1,7 @@
 //! Small pieces shared by the endpoint task and the RPC layer: locking, wake-up flags, seeds.
 
+#[cfg(test)]
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
@@ -23,7 +25,13 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// A wake-up flag for one task (an endpoint's, an activation's), set from any thread. Cheaper
 /// than a `Notify` on the hot path: setting an already set flag costs one atomic swap, and the
 /// task clears it at the start of each pass, so wake-ups that the pass itself serves cost
-/// nothing more.
+/// nothing more; setting it while the task runs (no waker stored) costs one more atomic load.
+///
+/// `registered` is true exactly while `waker` holds a waker: both change together, under the
+/// lock. (An earlier version cleared `registered` before taking the lock; a notifier paused
+/// between the two could take a waker the task had stored again meanwhile, leaving
+/// `registered` set over an empty slot, and the next notify woke no one: an endpoint that
+/// stopped until a datagram arrived.)
 #[derive(Debug, Default)]
 pub(crate) struct Signal {
     set: AtomicBool,
@@ -31,21 +39,41 @@ pub(crate) struct Signal {
     registered: AtomicBool,
     // Held only to store or take the waker; never across an await.
     waker: Mutex<Option<Waker>>,
+    /// Tests pause a notifier here, between the flag and the waker, to interleave the task.
+    #[cfg(test)]
+    pause: Option<Arc<std::sync::Barrier>>,
 }
 
 impl Signal {
     /// Sets the flag and wakes the task if it waits.
     pub(crate) fn notify(&self) {
-        if !self.set.swap(true, Ordering::AcqRel) && self.registered.swap(false, Ordering::AcqRel) {
-            if let Some(w) = lock(&self.waker).take() {
-                w.wake();
+        // SeqCst: the flag's store and the `registered` load below pair with `poll`'s store of
+        // `registered` and its second look at the flag (store then load on both sides), so at
+        // least one side sees the other's write.
+        if self.set.swap(true, Ordering::SeqCst) || !self.registered.load(Ordering::SeqCst) {
+            return;
+        }
+        #[cfg(test)]
+        if let Some(b) = &self.pause {
+            b.wait();
+            b.wait();
+        }
+        let waker = {
+            let mut slot = lock(&self.waker);
+            let w = slot.take();
+            if w.is_some() {
+                self.registered.store(false, Ordering::SeqCst);
             }
+            w
+        };
+        if let Some(w) = waker {
+            w.wake();
         }
     }
 
     /// Clears the flag; true if it was set.
     pub(crate) fn clear(&self) -> bool {
-        self.set.swap(false, Ordering::AcqRel)
+        self.set.swap(false, Ordering::SeqCst)
     }
 
     /// Ready once the flag is set (and clears it). Only ever polled by its one task, whose
@@ -54,11 +82,96 @@ impl Signal {
         if self.clear() {
             return Poll::Ready(());
         }
-        if !self.registered.load(Ordering::Acquire) {
-            *lock(&self.waker) = Some(cx.waker().clone());
-            self.registered.store(true, Ordering::Release);
+        if !self.registered.load(Ordering::SeqCst) {
+            let mut slot = lock(&self.waker);
+            *slot = Some(cx.waker().clone());
+            self.registered.store(true, Ordering::SeqCst);
         }
-        // A notify between the first check and storing the waker found no waker to wake.
+        // A notify between the first look and storing the waker found no waker to wake.
         if self.clear() { Poll::Ready(()) } else { Poll::Pending }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicU64;
+    use std::sync::mpsc;
+    use std::task::Wake;
+
+    /// Counts its wakes and reports each on a channel.
+    struct Probe {
+        wakes: AtomicU64,
+        tx: Mutex<mpsc::Sender<()>>,
+    }
+
+    impl Wake for Probe {
+        fn wake(self: Arc<Self>) {
+            self.wake_by_ref();
+        }
+        fn wake_by_ref(self: &Arc<Self>) {
+            self.wakes.fetch_add(1, Ordering::SeqCst);
+            let _ = lock(&self.tx).send(());
+        }
+    }
+
+    #[test]
+    fn the_stored_waker_and_its_flag_change_together() {
+        let (tx, rx) = mpsc::channel();
+        let probe = Arc::new(Probe { wakes: AtomicU64::new(0), tx: Mutex::new(tx) });
+        let waker = Waker::from(probe.clone());
+        let mut cx = Context::from_waker(&waker);
+        let s = Signal::default();
+        // Waiting stores the waker; a notify takes it and wakes once.
+        assert!(s.poll(&mut cx).is_pending());
+        assert!(s.registered.load(Ordering::SeqCst) && lock(&s.waker).is_some());
+        s.notify();
+        assert_eq!(probe.wakes.load(Ordering::SeqCst), 1);
+        assert!(!s.registered.load(Ordering::SeqCst) && lock(&s.waker).is_none());
+        // Further notifies while the flag is set wake no one; the poll consumes the flag.
+        s.notify();
+        assert_eq!(probe.wakes.load(Ordering::SeqCst), 1);
+        assert!(s.poll(&mut cx).is_ready());
+        // A notify while the task runs (no waker stored) only sets the flag.
+        s.notify();
+        assert_eq!(probe.wakes.load(Ordering::SeqCst), 1);
+        assert!(s.clear());
+        assert!(s.poll(&mut cx).is_pending());
+        s.notify();
+        assert_eq!(probe.wakes.load(Ordering::SeqCst), 2);
+        drop(rx);
+    }
+
+    /// The interleaving that lost wake-ups: a notifier paused between setting the flag and
+    /// taking the waker while the task consumes the flag and waits again. Afterwards, with the
+    /// task waiting, the next notify must wake it.
+    #[test]
+    fn a_notify_interleaved_with_the_task_never_disables_the_next() {
+        let (tx, rx) = mpsc::channel();
+        let probe = Arc::new(Probe { wakes: AtomicU64::new(0), tx: Mutex::new(tx) });
+        let waker = Waker::from(probe.clone());
+        let mut cx = Context::from_waker(&waker);
+        let pause = Arc::new(std::sync::Barrier::new(2));
+        let s = Arc::new(Signal { pause: Some(pause.clone()), ..Signal::default() });
+        assert!(s.poll(&mut cx).is_pending());
+        let notifier = {
+            let s = s.clone();
+            std::thread::spawn(move || s.notify())
+        };
+        pause.wait();
+        // The notifier is paused with the flag set: the task (woken by something else) runs a
+        // pass, consuming the flag, and waits again.
+        assert!(s.poll(&mut cx).is_ready());
+        assert!(s.poll(&mut cx).is_pending());
+        pause.wait();
+        notifier.join().unwrap();
+        while s.poll(&mut cx).is_ready() {}
+        while rx.try_recv().is_ok() {}
+        // Waiting, flag clear, no notifier running: this notify must wake the task.
+        let s = Arc::into_inner(s).unwrap();
+        let s = Signal { pause: None, ..s };
+        s.notify();
+        assert!(rx.try_recv().is_ok(), "the notify woke no one");
     }
 }
