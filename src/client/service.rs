@@ -457,10 +457,19 @@ impl ClientService {
         self.retry_parked(now);
     }
 
-    /// Judges servers from which nothing arrived for `health_timeout` dead.
+    /// How often servers' health is checked, and how long a server with calls pending on it
+    /// may stay silent before it is probed: a twelfth of `health_timeout` (250 ms by default).
+    fn health_period(&self) -> Duration {
+        (self.shared.config.health_timeout / 12).max(Duration::from_millis(1))
+    }
+
+    /// Judges servers from which nothing arrived for `health_timeout` dead, and probes those
+    /// that owe answers and went quiet for a period: a server that restarted (and so forgot
+    /// the calls it acknowledged) answers the probe with a `RESET` at once, instead of the
+    /// next keepalive or the health verdict.
     fn check_health(&mut self, now: Instant) {
         let limit = self.shared.config.health_timeout;
-        let period = (limit / 4).max(Duration::from_millis(1));
+        let period = self.health_period();
         let stalled = self
             .last_health_check
             .is_some_and(|last| now.saturating_duration_since(last) > limit / 2);
@@ -471,12 +480,15 @@ impl ClientService {
             self.next_health_check = Some(now + period);
             return;
         }
-        let dead: Vec<PeerId> = self
-            .peers
-            .iter()
-            .filter(|(_, p)| now.saturating_duration_since(p.conn.stats().last_received) > limit)
-            .map(|(peer, _)| *peer)
-            .collect();
+        let mut dead = Vec::new();
+        for (peer, p) in &self.peers {
+            let silent = now.saturating_duration_since(p.conn.stats().last_received);
+            if silent > limit {
+                dead.push(*peer);
+            } else if silent >= period && !p.in_flight.is_empty() {
+                p.conn.ping();
+            }
+        }
         for peer in dead {
             if let Some(p) = self.peers.get(&peer) {
                 tracing::debug!(?peer, addr = %p.conn.remote_addr(), "server silent: judged dead");
@@ -538,7 +550,7 @@ impl Service for ClientService {
                 self.order.push(peer);
                 self.rebuild();
                 if self.next_health_check.is_none() {
-                    self.next_health_check = Some(now + self.shared.config.health_timeout / 4);
+                    self.next_health_check = Some(now + self.health_period());
                 }
             }
             Event::Message { peer, payload, .. } => self.message(peer, payload, now),

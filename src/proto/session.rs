@@ -165,6 +165,15 @@ impl Session {
         self.give_up(now, CloseKind::Stalled, DisconnectReason::Stalled);
     }
 
+    /// Asks for an ack-eliciting packet now (a `PING` if nothing else goes out): a probe of a
+    /// peer that owes us something and has gone quiet. A peer that restarted answers it with a
+    /// `RESET`.
+    pub fn ping(&mut self) {
+        if matches!(self.state, State::Established) {
+            self.ping_pending = true;
+        }
+    }
+
     /// Sheds the session to keep the endpoint within its memory ([`DisconnectReason::Shed`]).
     pub fn shed(&mut self, now: Instant) {
         self.give_up(now, CloseKind::Shed, DisconnectReason::Shed);

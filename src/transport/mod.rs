@@ -494,6 +494,14 @@ impl Connection {
         self.command(Command::Abort { reason });
     }
 
+    /// Sends an ack-eliciting packet now, whatever the keepalive schedule (a `PING` if there is
+    /// nothing else to send): a probe of a peer that owes an answer and has gone quiet. The
+    /// peer's ack refreshes [`ConnectionStats::last_received`]; a peer that restarted answers
+    /// with a `RESET`, which ends the session ([`DisconnectReason::Reset`]).
+    pub fn ping(&self) {
+        self.command(Command::Ping);
+    }
+
     /// Waits until the session has ended and returns why.
     pub async fn closed(&self) -> DisconnectReason {
         loop {

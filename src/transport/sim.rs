@@ -98,6 +98,9 @@ type Queued = Reverse<(Instant, SocketAddr, u64, Vec<u8>)>;
 
 #[derive(Debug, Default)]
 struct SocketState {
+    /// Which binding of the address this is (a killed socket's handle must not reach the
+    /// socket bound after it).
+    generation: u64,
     queue: BinaryHeap<Queued>,
     waker: Option<Waker>,
     /// A datagram was queued since the owner last looked: its arrival time may be earlier
@@ -116,6 +119,7 @@ struct Inner {
     recorded: Option<Vec<(SocketAddr, SocketAddr, usize)>>,
     links: HashMap<(SocketAddr, SocketAddr), Link>,
     sockets: HashMap<SocketAddr, SocketState>,
+    next_generation: u64,
     next_port: u16,
     stats: SimStats,
 }
@@ -150,6 +154,7 @@ impl SimNetwork {
             recorded: None,
             links: HashMap::new(),
             sockets: HashMap::new(),
+            next_generation: 1,
             next_port: 40000,
             stats: SimStats::default(),
         };
@@ -174,6 +179,13 @@ impl SimNetwork {
     /// its network. Its sockets stay bound.
     pub fn set_down(&self, addr: SocketAddr, down: bool) {
         self.lock().down.insert(addr, down);
+    }
+
+    /// Kills the process owning the socket at `addr`, as SIGKILL would: the socket is closed
+    /// at once (what was queued for it is lost, its owner can send and receive nothing more)
+    /// and the address is free for a new bind, while the owner's tasks wind down unseen.
+    pub fn kill(&self, addr: SocketAddr) {
+        self.lock().sockets.remove(&addr);
     }
 
     /// Drops the next `n` datagrams sent from `from` to `to`, whatever the link's settings: a
@@ -212,8 +224,10 @@ impl SimNetwork {
         if inner.sockets.contains_key(&addr) {
             return Err(io::ErrorKind::AddrInUse.into());
         }
-        inner.sockets.insert(addr, SocketState::default());
-        Ok(SimIo { net: self.clone(), addr })
+        let generation = inner.next_generation;
+        inner.next_generation += 1;
+        inner.sockets.insert(addr, SocketState { generation, ..SocketState::default() });
+        Ok(SimIo { net: self.clone(), addr, generation })
     }
 
     /// Starts an [`Endpoint`] on this network at `addr` (port 0 picks a free one). Must be
@@ -296,18 +310,33 @@ impl SimNetwork {
 pub(crate) struct SimIo {
     net: SimNetwork,
     addr: SocketAddr,
+    generation: u64,
 }
 
 impl Drop for SimIo {
     fn drop(&mut self) {
-        self.net.lock().sockets.remove(&self.addr);
+        let mut inner = self.net.lock();
+        if inner.sockets.get(&self.addr).is_some_and(|s| s.generation == self.generation) {
+            inner.sockets.remove(&self.addr);
+        }
     }
 }
 
 impl SimIo {
+    /// This handle's socket, unless it was killed (or its address bound again since).
+    fn state<'a>(&self, inner: &'a mut Inner) -> Option<&'a mut SocketState> {
+        inner.sockets.get_mut(&self.addr).filter(|s| s.generation == self.generation)
+    }
+
+    fn send(&self, now: Instant, to: SocketAddr, data: &[u8]) {
+        if self.state(&mut self.net.lock()).is_some() {
+            self.net.send(now, self.addr, to, data);
+        }
+    }
+
     fn pop(&self, now: Instant) -> Option<(SocketAddr, Vec<u8>)> {
         let mut inner = self.net.lock();
-        let s = inner.sockets.get_mut(&self.addr)?;
+        let s = self.state(&mut inner)?;
         match s.queue.peek() {
             Some(Reverse((at, ..))) if *at <= now => {}
             _ => return None,
@@ -327,7 +356,7 @@ impl Io for SimIo {
     }
 
     fn send_to(&mut self, now: Instant, to: SocketAddr, buf: &[u8]) -> io::Result<usize> {
-        self.net.send(now, self.addr, to, buf);
+        self.send(now, to, buf);
         Ok(buf.len())
     }
 
@@ -340,7 +369,7 @@ impl Io for SimIo {
     fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let now = tokio::time::Instant::now().into_std();
         let mut inner = self.net.lock();
-        let Some(s) = inner.sockets.get_mut(&self.addr) else { return Poll::Pending };
+        let Some(s) = self.state(&mut inner) else { return Poll::Pending };
         let due = matches!(s.queue.peek(), Some(Reverse((at, ..))) if *at <= now);
         if due || std::mem::take(&mut s.arrived) {
             return Poll::Ready(Ok(()));
@@ -358,8 +387,8 @@ impl Io for SimIo {
     }
 
     fn next_arrival(&self) -> Option<Instant> {
-        let inner = self.net.lock();
-        inner.sockets.get(&self.addr)?.queue.peek().map(|Reverse((at, ..))| *at)
+        let mut inner = self.net.lock();
+        self.state(&mut inner)?.queue.peek().map(|Reverse((at, ..))| *at)
     }
 }
 
@@ -378,7 +407,7 @@ impl RawSocket {
     /// Sends one datagram.
     pub fn send_to(&self, to: SocketAddr, data: &[u8]) {
         let now = tokio::time::Instant::now().into_std();
-        self.io.net.send(now, self.io.addr, to, data);
+        self.io.send(now, to, data);
     }
 
     /// Receives the next datagram, waiting for it.

@@ -79,7 +79,15 @@ impl Channel {
             return false;
         }
         if let Some((start, h)) = last_msg {
-            elide_last_length(out, start, &h);
+            // The last message's length is implied by the datagram's, unless padding follows.
+            let saved = wire::message_header_len(&h, false) - wire::message_header_len(&h, true);
+            if out.len() - saved >= wire::RESET_LEN {
+                elide_last_length(out, start, &h);
+            }
+        }
+        // An eliciting packet is never shorter than the RESET a restarted peer answers it with.
+        while eliciting && out.len() < wire::RESET_LEN {
+            wire::encode_ping(out);
         }
         if ack_largest.is_some() {
             self.recv.on_ack_sent();

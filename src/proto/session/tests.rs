@@ -153,6 +153,40 @@ fn reset_with_our_tag_ends_the_session_any_other_is_ignored() {
     assert_eq!(events(&mut p.client), vec![SessionEvent::Closed(DisconnectReason::Reset)]);
 }
 
+/// A server that restarted knows nothing of its old sessions: its gate answers their packets
+/// with a RESET, but only packets at least as long as the RESET (no amplification). A
+/// keepalive, the only thing an idle client sends, is padded to that length, so the client
+/// learns of the restart from its next ping instead of waiting for its idle timeout.
+#[test]
+fn a_keepalive_to_a_restarted_server_earns_a_reset() {
+    let mut p = establish();
+    p.exchange();
+    let restarted = Gate::new((33, 44), p.now, Duration::from_secs(10), true);
+    let mut reply = Vec::new();
+    let mut pings = 0;
+    for _ in 0..20 {
+        p.advance(Duration::from_millis(500));
+        for d in drain(&mut p.client, p.now) {
+            let Ok(Packet::Data(_, frames)) = wire::decode_packet(&d) else { continue };
+            if !wire::FrameReader::new(frames).flatten().any(|f| f == wire::Frame::Ping) {
+                continue;
+            }
+            pings += 1;
+            assert!(d.len() >= wire::RESET_LEN, "a {}-byte ping", d.len());
+            assert_eq!(
+                restarted.filter(p.now, p.client_addr, &d, false, false, &mut reply),
+                Verdict::Reply
+            );
+            p.client.handle_datagram(p.now, &reply);
+        }
+        if p.client.is_closed() {
+            break;
+        }
+    }
+    assert_eq!(pings, 1, "the first ping ends it");
+    assert_eq!(events(&mut p.client), vec![SessionEvent::Closed(DisconnectReason::Reset)]);
+}
+
 #[test]
 fn idle_timeout_and_keepalive() {
     let mut p = establish();

@@ -11,6 +11,10 @@ pub const VERSION: u8 = 1;
 /// A `HELLO` is padded to at least this many bytes, so that no server answer is larger than the
 /// request that caused it: a spoofed `HELLO` cannot be used to amplify traffic.
 pub const HELLO_LEN: usize = 32;
+/// The length of a `RESET`. A gate answers a stranger's data packet with one only if the packet
+/// is at least this long (no amplification), so every ack-eliciting data packet is padded to it:
+/// a keepalive that outlived the server's restart still earns the `RESET` that ends it at once.
+pub const RESET_LEN: usize = 10;
 
 const KIND_HELLO: u8 = 1;
 const KIND_CHALLENGE: u8 = 2;
@@ -318,6 +322,9 @@ mod tests {
         round_trip(Handshake::Reject { nonce: 5, reason: RejectReason::NotAccepting });
         round_trip(Handshake::Reject { nonce: 5, reason: RejectReason::TooManyFromAddress });
         round_trip(Handshake::Reset { tag: 9 });
+        let mut reset = Vec::new();
+        encode_handshake(&mut reset, &Handshake::Reset { tag: 9 });
+        assert_eq!(reset.len(), RESET_LEN);
     }
 
     #[test]

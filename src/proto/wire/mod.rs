@@ -26,9 +26,9 @@ pub use frame::{
     encode_ping, message_header_len,
 };
 pub use handshake::{
-    Cookie, DataHeader, HELLO_LEN, Handshake, HandshakePacket, MAGIC, Packet, RejectReason,
-    VERSION, decode_packet, encode_data_header, encode_handshake, encode_handshake_version,
-    is_data,
+    Cookie, DataHeader, HELLO_LEN, Handshake, HandshakePacket, MAGIC, Packet, RESET_LEN,
+    RejectReason, VERSION, decode_packet, encode_data_header, encode_handshake,
+    encode_handshake_version, is_data,
 };
 
 pub(crate) use codec::varint_len;

@@ -54,6 +54,8 @@ pub(crate) enum Command {
     },
     /// The peer lets more pile up than it may: give up on it.
     Stall,
+    /// Send an ack-eliciting packet now.
+    Ping,
 }
 
 /// Idle passes in a row after which a session is parked.
@@ -251,6 +253,7 @@ impl Live {
                 Command::Close { code } => self.session.close(now, code),
                 Command::Abort { reason } => self.session.abort(reason),
                 Command::Stall => self.session.stall(now),
+                Command::Ping => self.session.ping(),
             }
         }
     }
