@@ -1,6 +1,7 @@
-//! Grain RPC benchmark over real loopback UDP, laid out like `../shared/peers` so the numbers
-//! compare as ratios: the server on its own thread with its own single-threaded tokio runtime,
-//! the client on the main thread with another. Prints exactly one JSON line.
+//! Grain RPC benchmark over real loopback UDP, laid out like the peer harness that
+//! `scripts/compare-peers.sh` runs beside it, so the numbers compare as ratios: the server on
+//! its own thread with its own single-threaded tokio runtime, the client on the main thread
+//! with another. Prints exactly one JSON line.
 //!
 //! ```sh
 //! cargo run --release --example bench -- latency                    # one call outstanding

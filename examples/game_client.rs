@@ -13,9 +13,10 @@
 //!
 //! It keeps running through a server's death: calls that were pending on a server that died
 //! fail (counted in `failed` and in `lost_to_dead_server`); later calls go to the survivors,
-//! and to the server again once it is back. `errors` counts failures by kind. Exits 1 if any
-//! call failed for another reason (for example `NotConnected`: made while no server was
-//! connected, sent nowhere), or nothing succeeded.
+//! and to the server again once it is back. `--secs S` stops starting calls after S seconds;
+//! `--pace-us P` starts each worker's calls at most every P µs (a probe beside other load).
+//! `errors` counts failures by kind. Exits 1 if any call failed for another reason (for example
+//! `NotConnected`: made while no server was connected, sent nowhere), or nothing succeeded.
 
 #[path = "common/args.rs"]
 mod args;
@@ -33,7 +34,7 @@ use grainwire::{CallError, Client};
 
 const USAGE: &str = "game_client --connect ADDR [--connect ADDR ...] --calls N [--concurrency C] \
      [--keys K] [--mode single|multi|on-demand] [--strategy round-robin|consistent-hash|lowest-latency] \
-     [--secs S]";
+     [--secs S] [--pace-us P]";
 
 fn percentile(sorted: &[Duration], p: f64) -> f64 {
     if sorted.is_empty() {
@@ -109,6 +110,8 @@ async fn main() {
     // With --secs, workers stop starting calls after that long (the count is then a bound).
     let secs: f64 = a.num(USAGE, "secs", 0.0);
     let until = (secs > 0.0).then(|| Instant::now() + Duration::from_secs_f64(secs));
+    // With --pace-us, each worker starts a call at most every P µs (a probe, not a load).
+    let pace = Duration::from_micros(a.num(USAGE, "pace-us", 0));
     let mode: ConnectMode = match a.get("mode") {
         Some(m) => m.parse().unwrap_or_else(|e: String| args::fail(USAGE, &e)),
         None if addrs.len() == 1 => ConnectMode::Single,
@@ -140,7 +143,12 @@ async fn main() {
         tasks.spawn(async move {
             let mut t = Tally::default();
             let mut n = w;
+            let mut next = tokio::time::Instant::now();
             while n < calls && until.is_none_or(|u| Instant::now() < u) {
+                if !pace.is_zero() {
+                    next += pace;
+                    tokio::time::sleep_until(next).await;
+                }
                 let echo: EchoRef = client.grain((n % keys) as i64);
                 let start = Instant::now();
                 match echo.derive_at(n).await {

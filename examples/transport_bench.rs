@@ -1,5 +1,5 @@
-//! Transport benchmark over real loopback UDP, laid out like `../shared/peers`: the server on its
-//! own thread with its own single-threaded tokio runtime, the client on the main thread with
+//! Transport benchmark over real loopback UDP, laid out like an external peer harness: the server
+//! on its own thread with its own single-threaded tokio runtime, the client on the main thread with
 //! another. Prints one JSON line per mode.
 //!
 //! The application side of each endpoint runs as a spawned task, as a game's network loop

@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# The `bench` example beside ../shared/peers in the same run, interleaved, and the medians.
+# The `bench` example beside a peers harness (not part of this repository) in the same run,
+# interleaved, and the medians.
 #   scripts/compare-peers.sh [rounds=3]
 # Each round runs, for grainwire and each peer: latency pinned to CPU 0 (taskset), latency
 # unpinned, and throughput unpinned (32-byte payload, 64 in flight). Prints a markdown table
 # of medians (min–max) and the p50 ratios to `udp-tokio`. Raw lines go to target/compare-peers.jsonl.
-# The peers harness is built from ../shared/peers into target/peers (PEERS_BIN overrides).
+# PEERS_BIN names the harness binary: `peers <udp-tokio|tarpc|quinn> <latency|throughput>`
+# printing the same JSON lines as `bench`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${1:-3}
@@ -12,8 +14,8 @@ peers=(udp-tokio tarpc quinn)
 cargo build -q --release --example bench
 ours=target/release/examples/bench
 if [ -z "${PEERS_BIN:-}" ]; then
-  CARGO_TARGET_DIR="$PWD/target/peers" cargo build -q --release --manifest-path ../shared/peers/Cargo.toml
-  PEERS_BIN=target/peers/release/peers
+  echo "set PEERS_BIN to the peers harness binary" >&2
+  exit 2
 fi
 out=target/compare-peers.jsonl
 : > "$out"

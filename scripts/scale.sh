@@ -11,11 +11,13 @@ n=${1:-10000}
 rounds=${2:-3}
 cargo build -q --release --examples
 bin=target/release/examples
+# SERVER_BIN runs another game_server binary (an earlier build, say) with the same sessions.
+server_bin=${SERVER_BIN:-$bin/game_server}
 port=7990
 kib() { awk -v k="$2" '$1 == k":" {print $2}' "/proc/$1/status"; }
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 hz=$(getconf CLK_TCK)
-"$bin/game_server" --bind "127.0.0.1:$port" --max-connections $((n + 100)) > /dev/null 2>&1 &
+"$server_bin" --bind "127.0.0.1:$port" --max-connections $((n + 100)) > /dev/null 2>&1 &
 server=$!
 trap 'kill $server $idle 2> /dev/null || true' EXIT
 idle=
