@@ -164,18 +164,19 @@ impl GrainRef {
         })
     }
 
-    /// Sends a one-way call (reliable, in order with the grain's other calls, no response). A
-    /// call that fails yields once before it returns (see [`call`](Self::call)).
+    /// Sends a one-way call (reliable, in order with the grain's other calls, no response):
+    /// done once queued behind the calls made before it. A call that fails yields once before
+    /// it returns (see [`call`](Self::call)).
     pub async fn call_one_way<A: Serialize + ?Sized>(
         &self,
         method: &MethodInfo,
         args: &A,
     ) -> Result<(), CallError> {
-        let sent = self.client.send_one_way(self.info, method, self, args);
-        if sent.is_err() {
+        let queued = self.client.one_way_raw(self.info, method, self, args);
+        if queued.is_err() {
             tokio::task::yield_now().await;
         }
-        sent
+        queued.map_err(|e| e.map_app(|never| match never {}))
     }
 }
 

@@ -231,6 +231,43 @@ async fn calls_to_one_grain_arrive_in_order_even_when_pipelined() {
     assert_eq!(history, (0..500).collect::<Vec<_>>());
 }
 
+/// Calls and one-way calls to one grain run in the order they were made, whatever their kind:
+/// `join!` of a call and a one-way call, and pipelined runs mixing both, under loss,
+/// duplication and reordering, three seeds.
+#[tokio::test(start_paused = true)]
+async fn calls_and_one_way_calls_to_one_grain_run_in_the_order_they_were_made() {
+    for seed in [21, 22, 23] {
+        let net = lossy(seed, 0.0);
+        let log = Arc::new(Log::default());
+        let (_server, client) =
+            setup(&net, &log, ServerConfig::default(), ClientConfig::default()).await;
+        net.set_config(SimConfig { loss: 0.1, ..lossy_config() });
+        let w: WorkerRef = client.grain(7);
+        let mut expected = Vec::new();
+        for i in 0..20u64 {
+            let (a, b, c) = tokio::join!(w.work(3 * i), w.note(3 * i + 1), w.work(3 * i + 2));
+            assert_eq!(a.unwrap(), 3 * i);
+            b.unwrap();
+            assert_eq!(c.unwrap(), 3 * i + 2);
+            expected.extend([3 * i, 3 * i + 1, 3 * i + 2]);
+        }
+        // Pipelined: 300 calls in flight at once, every third one a call, the rest one-way.
+        let base = 1_000u64;
+        let calls = (0..300u64).map(|n| {
+            let w = w.clone();
+            async move {
+                if n % 3 == 0 { w.work(base + n).await.map(|_| ()) } else { w.note(base + n).await }
+            }
+        });
+        for r in futures_join_all(calls).await {
+            r.unwrap();
+        }
+        expected.extend((0..300u64).map(|n| base + n));
+        let history = w.history().await.unwrap();
+        assert_eq!(history, expected, "seed {seed}");
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn one_grain_runs_one_call_at_a_time_and_different_grains_run_together() {
     let net = SimNetwork::new(12, SimConfig::default());

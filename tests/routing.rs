@@ -39,9 +39,17 @@ trait Lobby {
 #[derive(Default)]
 struct Log {
     runs: Mutex<Vec<(String, u64)>>,
+    /// When each `Echo` call started running: (server, call number, virtual time).
+    started: Mutex<Vec<(String, u64, tokio::time::Instant)>>,
 }
 
 impl Log {
+    /// Where and when call `n` started.
+    fn started(&self, n: u64) -> Vec<(String, tokio::time::Instant)> {
+        let started = self.started.lock().unwrap();
+        started.iter().filter(|(_, m, _)| *m == n).map(|(s, _, t)| (s.clone(), *t)).collect()
+    }
+
     fn runs_of(&self, n: u64) -> usize {
         self.runs.lock().unwrap().iter().filter(|(_, m)| *m == n).count()
     }
@@ -53,6 +61,11 @@ struct EchoGrain {
 }
 
 impl EchoGrain {
+    fn start(&self, n: u64) {
+        let now = tokio::time::Instant::now();
+        self.log.started.lock().unwrap().push((self.server.clone(), n, now));
+    }
+
     fn record(&self, n: u64) -> String {
         self.log.runs.lock().unwrap().push((self.server.clone(), n));
         self.server.clone()
@@ -61,16 +74,20 @@ impl EchoGrain {
 
 impl Echo for EchoGrain {
     async fn hit(&mut self, n: u64) -> String {
+        self.start(n);
         self.record(n)
     }
     async fn peek(&mut self, n: u64) -> String {
+        self.start(n);
         self.record(n)
     }
     async fn slow(&mut self, n: u64, ms: u64) -> String {
+        self.start(n);
         tokio::time::sleep(Duration::from_millis(ms)).await;
         self.record(n)
     }
     async fn slow_peek(&mut self, n: u64, ms: u64) -> String {
+        self.start(n);
         tokio::time::sleep(Duration::from_millis(ms)).await;
         self.record(n)
     }
@@ -214,6 +231,13 @@ fn clean() -> SimNetwork {
             ..SimConfig::default()
         },
     )
+}
+
+/// Every link 2 ms, no jitter: a frame that leaves when it should arrives at a known instant.
+const HOP: Duration = Duration::from_millis(2);
+
+fn fixed() -> SimNetwork {
+    SimNetwork::new(1, SimConfig { delay: HOP, ..SimConfig::default() })
 }
 
 /// Waits (virtual time, at most 60 s) for an event matching `want`.
@@ -690,4 +714,58 @@ async fn dropping_the_last_handle_stops_the_client() {
     .await;
     assert!(ended.is_ok(), "the client's state was never freed");
     assert_eq!(gone, 2, "both sessions were closed");
+}
+
+// What the client's task sends while handling a session event (a lost server, a manifest, a
+// response) leaves in that pass, on an otherwise idle connection: each of the three paths
+// arrives exactly one hop after the event that caused it, not at some later wake-up (a
+// delayed ack, a keepalive).
+
+#[tokio::test(start_paused = true)]
+async fn an_idempotent_call_retried_after_a_lost_server_leaves_at_once() {
+    let mut fleet = Fleet::new(fixed(), &[Hosts::Echo, Hosts::Echo]);
+    let client = fleet.client(0, ConnectMode::Multi, "rr").await;
+    let mut events = client.events();
+    let e: EchoRef = client.grain(1);
+    let e = e.with_timeout(Duration::from_secs(60)).prefer(&ServerId::new("s0"));
+    let call = tokio::spawn(async move { e.slow_peek(7, 100).await });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(fleet.log.started(7).len(), 1, "running on s0");
+    // s0 restarts: the client's next packet to it earns a RESET, and the session ends.
+    fleet.net.kill(server_addr(0));
+    fleet.servers[0] = fleet.bind(0);
+    event(&mut events, disconnected(0)).await;
+    let lost_at = tokio::time::Instant::now();
+    assert_eq!(call.await.unwrap().unwrap(), "s1");
+    let started = fleet.log.started(7);
+    assert_eq!(started[1], ("s1".to_string(), lost_at + HOP), "sent once more, at once");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_call_waiting_for_a_server_leaves_with_the_manifest() {
+    let fleet = Fleet::new(fixed(), &[Hosts::Echo]);
+    let client = fleet.client(0, ConnectMode::OnDemand, "ch").await;
+    let mut events = client.events();
+    let e: EchoRef = client.grain(1);
+    let call = tokio::spawn(async move { e.hit(3).await });
+    event(&mut events, connected(0)).await;
+    let manifest_at = tokio::time::Instant::now();
+    assert_eq!(call.await.unwrap().unwrap(), "s0");
+    assert_eq!(fleet.log.started(3), [("s0".to_string(), manifest_at + HOP)]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_call_refused_as_unknown_grain_type_goes_elsewhere_at_once() {
+    let fleet = Fleet::new(fixed(), &[Hosts::Echo, Hosts::Echo]);
+    let client = fleet.client(0, ConnectMode::Multi, "ch").await;
+    let e: EchoRef = client.grain(1);
+    let first = e.hit(0).await.unwrap();
+    let i = if first == "s0" { 0 } else { 1 };
+    // The server stops hosting Echo while the call is on its way: it answers
+    // UnknownGrainType one hop after the call left, the client sends it elsewhere one hop later.
+    let sent_at = tokio::time::Instant::now();
+    let call = tokio::spawn(async move { e.hit(5).await });
+    fleet.server(i).set_hosting::<EchoRef>(false).unwrap();
+    assert_eq!(call.await.unwrap().unwrap(), name(1 - i));
+    assert_eq!(fleet.log.started(5), [(name(1 - i), sent_at + 3 * HOP)]);
 }

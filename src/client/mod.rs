@@ -68,7 +68,7 @@ use crate::proto::stats::CallAccounting;
 pub use crate::proto::stats::CallStats;
 use crate::proto::wire::rpc::{self, CallHeader, Status};
 use crate::sync::lock;
-use crate::transport::{Connection, Delivery, Endpoint, EndpointShared};
+use crate::transport::{Connection, Endpoint, EndpointShared};
 
 /// What the client's task publishes for callers and `Client` methods.
 #[derive(Debug, Default)]
@@ -83,7 +83,6 @@ pub(crate) struct View {
 
 #[derive(Debug, Clone)]
 pub(crate) struct ServerView {
-    pub(crate) peer: PeerId,
     pub(crate) conn: Connection,
     pub(crate) manifest: Option<Arc<Manifest>>,
     pub(crate) load: Arc<Load>,
@@ -398,14 +397,50 @@ impl Client {
         args: &A,
     ) -> Result<CallFuture, CallError<Infallible>> {
         let shared = &self.shared;
+        let cell = shared.spare_cells.pop().unwrap_or_else(|| Arc::new(CallCell::new()));
+        if let Err(e) = self.submit(iface, method, r, args, Some(cell.clone())) {
+            let _ = shared.spare_cells.push(cell); // never used: as good as new
+            return Err(e);
+        }
+        Ok(CallFuture { cell, shared: shared.clone() })
+    }
+
+    /// Queues a one-way call. It is done once queued: the client's task writes it on the
+    /// grain's stream in the order calls were made (it holds a pending slot until then, the
+    /// same backpressure as calls), and a failure there (its server left meanwhile) is only
+    /// counted, as a one-way call lost with its connection would be.
+    pub(crate) fn one_way_raw<A: Serialize + ?Sized>(
+        &self,
+        iface: &InterfaceInfo,
+        method: &MethodInfo,
+        r: &GrainRef,
+        args: &A,
+    ) -> Result<(), CallError<Infallible>> {
+        self.submit(iface, method, r, args, None)
+    }
+
+    /// Encodes a call and hands it to the client's task, the one writer of every grain
+    /// stream's frames: calls and one-way calls to a grain leave in the order they were made.
+    fn submit<A: Serialize + ?Sized>(
+        &self,
+        iface: &InterfaceInfo,
+        method: &MethodInfo,
+        r: &GrainRef,
+        args: &A,
+        cell: Option<Arc<CallCell>>,
+    ) -> Result<(), CallError<Infallible>> {
+        let shared = &self.shared;
         let target = target_of(iface);
         let to = shared.route(&target, r)?;
         let timeout = r.timeout.or(method.timeout).unwrap_or(shared.config.default_timeout);
+        let one_way = cell.is_none();
         let call = CallHeader {
             type_index: 0, // written by the client's task once the server is known
             version: iface.version,
             method: method.id,
-            deadline_ms: Some(timeout.as_millis().min(u128::from(u32::MAX)) as u32),
+            // A one-way call has no deadline on the server (nobody waits for it); here its
+            // timeout bounds how long it may wait for a server (on-demand mode).
+            deadline_ms: (!one_way).then(|| timeout.as_millis().min(u128::from(u32::MAX)) as u32),
             key: r.id.key.clone(),
         };
         let (frame, encoded) = arena::frame(PREFIX_GAP + 24 + method.size_hint, |out| {
@@ -414,6 +449,12 @@ impl Client {
             arena::encode(out, args).map(|()| flags)
         });
         let flags = encoded.map_err(|e| CallError::Encode(CodecError(e)))?;
+        let (size, max) = (frame.len() - PREFIX_GAP, shared.config.transport.max_message_size);
+        if one_way && size > max {
+            // A call finds out in the client's task (against its server's limit); a one-way
+            // call has nobody to tell there.
+            return Err(CallError::TooLarge { size, max });
+        }
         if shared.pending.fetch_add(1, Ordering::AcqRel) >= shared.config.max_pending_calls {
             shared.finished_one();
             return Err(CallError::Overloaded);
@@ -424,62 +465,14 @@ impl Client {
             affinity: r.affinity.clone(),
             idempotent: method.idempotent,
         };
-        let cell = shared.spare_cells.pop().unwrap_or_else(|| Arc::new(CallCell::new()));
-        let cmd = ClientCmd::Call {
-            to,
-            frame,
-            flags,
-            stream: r.stream,
-            timeout,
-            cell: cell.clone(),
-            again,
-        };
-        // The receiver lives in the client's task; if it is gone, the cell says so below.
+        let cmd = ClientCmd::Call { to, frame, flags, stream: r.stream, timeout, cell, again };
+        // The receiver lives in the client's task; if it is gone, the client is closed.
         if shared.cmds.send(cmd).is_err() {
             shared.finished_one();
             return Err(CallError::NotConnected);
         }
         shared.wake();
-        Ok(CallFuture { cell, shared: shared.clone() })
-    }
-
-    /// Sends a one-way call: routed like any call, queued on the grain's ordered stream, no
-    /// response. It needs a connected server now (it never waits for one).
-    pub(crate) fn send_one_way<A: Serialize + ?Sized>(
-        &self,
-        iface: &InterfaceInfo,
-        method: &MethodInfo,
-        r: &GrainRef,
-        args: &A,
-    ) -> Result<(), CallError<Infallible>> {
-        let shared = &self.shared;
-        let target = target_of(iface);
-        // Routed like a call, but it never waits for a server.
-        let (peer, type_index) = shared.route(&target, r)?.ok_or(CallError::NotConnected)?;
-        let view = lock(&shared.view);
-        let conn = view.servers.iter().find(|s| s.peer == peer).map(|s| s.conn.clone());
-        drop(view);
-        let conn = conn.ok_or(CallError::NotConnected)?;
-        let call = CallHeader {
-            type_index,
-            version: iface.version,
-            method: method.id,
-            deadline_ms: None,
-            key: r.id.key.clone(),
-        };
-        let (frame, encoded) = arena::frame(24 + method.size_hint, |out| {
-            rpc::encode_call(out, None, &call);
-            arena::encode(out, args)
-        });
-        encoded.map_err(|e| CallError::Encode(CodecError(e)))?;
-        lock(&shared.accounting).total += 1;
-        conn.send(Delivery::reliable_ordered(r.stream), frame.freeze()).map_err(|e| match e {
-            crate::error::SendError::MessageTooLarge { size, max } => {
-                CallError::TooLarge { size, max }
-            }
-            crate::error::SendError::BufferFull { .. } => CallError::Overloaded,
-            _ => CallError::NotConnected,
-        })
+        Ok(())
     }
 }
 

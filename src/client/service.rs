@@ -54,7 +54,9 @@ pub(crate) enum ClientCmd {
         /// The call's deadline, from when the service takes it (on the endpoint's clock,
         /// which is tokio's virtual one on the simulated network).
         timeout: Duration,
-        cell: Arc<CallCell>,
+        /// Where the caller waits for the outcome; `None` for a one-way call, which ends once
+        /// it is queued on its connection (or fails here, counted as an error).
+        cell: Option<Arc<CallCell>>,
         again: Again,
     },
     /// A caller gave up on a call.
@@ -71,7 +73,8 @@ struct Call {
     stream: u8,
     started: Instant,
     deadline: Instant,
-    cell: Arc<CallCell>,
+    /// `None` for a one-way call.
+    cell: Option<Arc<CallCell>>,
     again: Again,
     /// Sent once already (to a server that died or refused it).
     retried: bool,
@@ -132,8 +135,15 @@ impl ClientService {
         now.saturating_duration_since(epoch).as_nanos() as u64
     }
 
-    fn fail(&self, cell: &CallCell, error: CallError<Infallible>, timeout: bool, now: Instant) {
-        if cell.complete(Err(error)) {
+    /// Ends a call with `error` (a one-way call, `cell` `None`, is only counted).
+    fn fail(
+        &self,
+        cell: Option<&CallCell>,
+        error: CallError<Infallible>,
+        timeout: bool,
+        now: Instant,
+    ) {
+        if cell.is_none_or(|c| c.complete(Err(error))) {
             lock(&self.shared.accounting).failure(timeout, now);
             self.shared.finished_one();
         }
@@ -162,7 +172,7 @@ impl ClientService {
 
     /// Sends `call` to `to` if that server is still there, else routes it again.
     fn dispatch(&mut self, call: Call, to: Option<(PeerId, u32)>, now: Instant) {
-        if call.cell.is_cancelled() {
+        if call.cell.as_ref().is_some_and(|c| c.is_cancelled()) {
             return; // dropped before it was sent; the drop counted it finished
         }
         let to = match to {
@@ -197,7 +207,7 @@ impl ClientService {
         if self.shared.config.mode == ConnectMode::OnDemand && self.demand_next() {
             self.parked.push(call);
         } else {
-            self.fail(&call.cell, error, false, now);
+            self.fail(call.cell.as_deref(), error, false, now);
         }
     }
 
@@ -222,16 +232,28 @@ impl ClientService {
 
     fn send(&mut self, mut call: Call, (peer, type_index): (PeerId, u32), now: Instant) {
         let Some(p) = self.peers.get_mut(&peer) else {
-            return self.fail(&call.cell, CallError::NotConnected, false, now);
+            return self.fail(call.cell.as_deref(), CallError::NotConnected, false, now);
         };
         let delivery = Delivery::reliable_ordered(call.stream);
         let size = call.frame.len() - PREFIX_GAP;
         let max = p.conn.max_message_size(delivery);
         if size > max {
-            return self.fail(&call.cell, CallError::TooLarge { size, max }, false, now);
+            return self.fail(call.cell.as_deref(), CallError::TooLarge { size, max }, false, now);
         }
+        let Some(cell) = call.cell else {
+            // A one-way call: written on the grain's stream in the order calls were made, like
+            // any call, and done.
+            let start = PREFIX_GAP - rpc::request_prefix_len(None, type_index);
+            let prefix = &mut call.frame[start..PREFIX_GAP];
+            rpc::encode_request_prefix(prefix, None, type_index, call.flags);
+            let mut frame = call.frame.freeze();
+            frame.advance(start);
+            p.conn.push(delivery, frame);
+            self.shared.finished_one();
+            return;
+        };
         let pending = Pending {
-            cell: call.cell.clone(),
+            cell: cell.clone(),
             stream: call.stream,
             flags: call.flags,
             started: call.started,
@@ -241,8 +263,13 @@ impl ClientService {
             body: Bytes::new(),
         };
         let id = p.in_flight.insert(pending, call.deadline);
-        let start = PREFIX_GAP - rpc::request_prefix_len(id, type_index);
-        rpc::encode_request_prefix(&mut call.frame[start..PREFIX_GAP], id, type_index, call.flags);
+        let start = PREFIX_GAP - rpc::request_prefix_len(Some(id), type_index);
+        rpc::encode_request_prefix(
+            &mut call.frame[start..PREFIX_GAP],
+            Some(id),
+            type_index,
+            call.flags,
+        );
         let mut frame = call.frame.freeze();
         if let Some(pending) = p.in_flight.get_mut(id) {
             // A reference to the same buffer (no copy), in case it must go elsewhere.
@@ -251,7 +278,7 @@ impl ClientService {
         frame.advance(start);
         p.conn.push(delivery, frame);
         p.load.started();
-        if !call.cell.set_id(peer, id) {
+        if !cell.set_id(peer, id) {
             // Dropped while we sent it: take it back.
             self.cancel(peer, id, now);
         }
@@ -287,7 +314,7 @@ impl ClientService {
             stream: pending.stream,
             started: pending.started,
             deadline: pending.deadline,
-            cell: pending.cell.clone(),
+            cell: Some(pending.cell.clone()),
             again: pending.again.clone(),
             retried: true,
         };
@@ -407,7 +434,6 @@ impl ClientService {
             .filter_map(|peer| {
                 let p = self.peers.get(peer)?;
                 Some(ServerView {
-                    peer: *peer,
                     conn: p.conn.clone(),
                     manifest: p.manifest.clone(),
                     load: p.load.clone(),
@@ -445,7 +471,7 @@ impl ClientService {
             };
             if let Some(pending) = again {
                 failed += 1;
-                self.fail(&pending.cell, CallError::Disconnected(reason), false, now);
+                self.fail(Some(&pending.cell), CallError::Disconnected(reason), false, now);
             } else {
                 retried += 1;
             }
@@ -517,24 +543,24 @@ impl Service for ClientService {
         let t = self.nanos(now);
         let decay = self.shared.config.latency_decay;
         let mut expired = Vec::new();
-        for (peer, p) in &mut self.peers {
+        for p in self.peers.values_mut() {
             p.in_flight.expire(now, |id, pending| {
                 send_cancel(&p.conn, pending.stream, id);
                 p.load.finished(None, t, decay);
-                expired.push((*peer, pending.cell));
+                expired.push(Some(pending.cell));
             });
         }
-        if self.parked.iter().any(|c| c.deadline <= now || c.cell.is_cancelled()) {
-            let (gone, keep) = std::mem::take(&mut self.parked)
-                .into_iter()
-                .partition(|c| c.deadline <= now || c.cell.is_cancelled());
+        let gone =
+            |c: &Call| c.deadline <= now || c.cell.as_ref().is_some_and(|c| c.is_cancelled());
+        if self.parked.iter().any(gone) {
+            let (gone, keep) = std::mem::take(&mut self.parked).into_iter().partition(gone);
             self.parked = keep;
             for call in gone {
-                expired.push((PeerId(0), call.cell));
+                expired.push(call.cell);
             }
         }
-        for (_, cell) in expired {
-            self.fail(&cell, CallError::Timeout, true, now);
+        for cell in expired {
+            self.fail(cell.as_deref(), CallError::Timeout, true, now);
         }
     }
 
@@ -566,7 +592,7 @@ impl Service for ClientService {
 
     fn shutdown(&mut self, now: Instant) {
         for call in std::mem::take(&mut self.parked) {
-            self.fail(&call.cell, CallError::NotConnected, false, now);
+            self.fail(call.cell.as_deref(), CallError::NotConnected, false, now);
         }
     }
 }

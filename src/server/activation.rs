@@ -247,7 +247,7 @@ pub(crate) struct AnswerLimits {
 fn answer(conn: &Connection, rid: RequestId, frame: Bytes, counters: &ServerCounters) {
     let max = conn.max_message_size(Delivery::ReliableUnordered);
     if frame.len() <= max {
-        conn.send_unbounded(Delivery::ReliableUnordered, frame);
+        conn.push(Delivery::ReliableUnordered, frame);
         return;
     }
     counters.responses_too_large.fetch_add(1, Ordering::Relaxed);
@@ -256,7 +256,7 @@ fn answer(conn: &Connection, rid: RequestId, frame: Bytes, counters: &ServerCoun
         rpc::encode_response(out, rid, Status::ResponseTooLarge);
         rpc::encode_too_large(out, size, max);
     });
-    conn.send_unbounded(Delivery::ReliableUnordered, status.freeze());
+    conn.push(Delivery::ReliableUnordered, status.freeze());
 }
 
 async fn run<I, G, F>(factory: Arc<F>, id: GrainId, mailbox: Arc<Mailbox>, reporter: Reporter)
@@ -325,7 +325,7 @@ where
         };
         if let (Some(status), Some((conn, rid))) = (status, &job.reply) {
             let (frame, ()) = arena::frame(8, |out| rpc::encode_response(out, *rid, status));
-            conn.send_unbounded(Delivery::ReliableUnordered, frame.freeze());
+            conn.push(Delivery::ReliableUnordered, frame.freeze());
         }
         reporter.report(Report::Done { token: job.token });
         if !mailbox.is_empty() {

@@ -102,7 +102,7 @@ fn respond(conn: &Connection, id: RequestId, status: Status, payload: &[u8]) {
     let mut out = Vec::with_capacity(8 + payload.len());
     rpc::encode_response(&mut out, id, status);
     out.extend_from_slice(payload);
-    conn.send_unbounded(Delivery::ReliableUnordered, Bytes::from(out));
+    conn.push(Delivery::ReliableUnordered, Bytes::from(out));
 }
 
 impl ServerService {
@@ -512,7 +512,7 @@ impl Service for ServerService {
     fn event(&mut self, event: Event, now: Instant) {
         match event {
             Event::Connected(conn) => {
-                conn.send_unbounded(Delivery::reliable_ordered(0), self.shared.manifest_frame());
+                conn.push(Delivery::reliable_ordered(0), self.shared.manifest_frame());
                 let peer = conn.peer_id();
                 self.peers.insert(
                     peer,

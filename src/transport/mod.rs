@@ -16,6 +16,7 @@
 
 pub(crate) mod io;
 mod laminar;
+mod pass;
 #[cfg(feature = "test-util")]
 pub mod sim;
 
@@ -47,7 +48,8 @@ pub(crate) trait Service: Send + 'static {
     /// sends with [`Connection::push`] goes out in the same pass.
     fn poll(&mut self, now: Instant);
     /// One session event, in order per peer, after the sessions' part of the pass. What it
-    /// sends must wake the task ([`Connection::send_unbounded`]): this pass has transmitted.
+    /// sends with [`Connection::push`] goes out before the task waits again (it runs one more
+    /// pass).
     fn event(&mut self, event: Event, now: Instant);
     /// When `poll` has timed work next.
     fn next_deadline(&mut self) -> Option<Instant>;
@@ -447,11 +449,13 @@ impl Connection {
         self.command(Command::Send { class, stream, payload });
     }
 
-    /// Queues a message from inside the endpoint's task (a service), without waking the task:
-    /// the pass that runs the service transmits it. The service bounds what it sends by the
-    /// calls it admits, which look at [`queued_bytes`](Self::queued_bytes); as a last resort,
-    /// a peer that lets more than twice `send_buffer` pile up is given up on (the session
-    /// closes as [`Stalled`](DisconnectReason::Stalled)) and the message is dropped (`false`).
+    /// Queues a message for the endpoint's task to transmit, the one way RPC code sends: from
+    /// the endpoint's service (in `poll` it leaves in the same pass, in `event` before the
+    /// task waits again) or from any other task (which wakes the endpoint's). What is sent is
+    /// bounded by the calls admitted, which look at [`queued_bytes`](Self::queued_bytes); as a
+    /// last resort, a peer that lets more than twice `send_buffer` pile up is given up on (the
+    /// session closes as [`Stalled`](DisconnectReason::Stalled)) and the message is dropped
+    /// (`false`).
     pub(crate) fn push(&self, delivery: Delivery, payload: Bytes) -> bool {
         let cost = payload.len() + MESSAGE_COST;
         let limit = self.shared.endpoint.config.send_buffer.saturating_mul(2);
@@ -459,21 +463,16 @@ impl Connection {
         if before + cost > limit && before > 0 {
             self.shared.queued.fetch_sub(cost, Ordering::AcqRel);
             self.command(Command::Stall);
-            self.shared.endpoint.wake.notify();
             return false;
         }
         self.shared.queued_msgs.fetch_add(1, Ordering::AcqRel);
         self.shared.endpoint.queued_total.fetch_add(cost, Ordering::Relaxed);
         let (class, stream) = delivery.split();
         self.shared.command(Command::Send { class, stream, payload });
+        if pass::queued(&self.shared.endpoint) {
+            self.shared.endpoint.wake.notify();
+        }
         true
-    }
-
-    /// [`push`](Self::push), waking the task (from other tasks).
-    pub(crate) fn send_unbounded(&self, delivery: Delivery, payload: Bytes) -> bool {
-        let queued = self.push(delivery, payload);
-        self.shared.endpoint.wake.notify();
-        queued
     }
 
     fn command(&self, cmd: Command) {
@@ -655,5 +654,73 @@ impl Drop for Endpoint {
     fn drop(&mut self) {
         let _ = self.driver.send(DriverCmd::Shutdown { done: None });
         self.shared.wake.notify();
+    }
+}
+
+#[cfg(all(test, feature = "test-util"))]
+mod tests {
+    use std::collections::HashMap;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::transport::sim::{SimConfig, SimNetwork};
+
+    /// A service that answers every message from within `event`.
+    struct Echoer {
+        conns: HashMap<PeerId, Connection>,
+    }
+
+    impl Service for Echoer {
+        fn poll(&mut self, _now: Instant) {}
+        fn event(&mut self, event: Event, _now: Instant) {
+            match event {
+                Event::Connected(c) => {
+                    self.conns.insert(c.peer_id(), c);
+                }
+                Event::Message { peer, delivery, payload } => {
+                    if let Some(c) = self.conns.get(&peer) {
+                        assert!(c.push(delivery, payload));
+                    }
+                }
+                Event::Disconnected { peer, .. } => {
+                    self.conns.remove(&peer);
+                }
+            }
+        }
+        fn next_deadline(&mut self) -> Option<Instant> {
+            None
+        }
+        fn shutdown(&mut self, _now: Instant) {}
+    }
+
+    /// The send contract: what a service queues while handling an event leaves before the
+    /// endpoint's task waits again, on an otherwise idle session: the echo of each message
+    /// arrives exactly two hops after it was sent (it used to wait for the delayed ack's
+    /// timer, which took the task through another pass).
+    #[tokio::test(start_paused = true)]
+    async fn what_a_service_sends_from_an_event_leaves_in_that_pass() {
+        const HOP: Duration = Duration::from_millis(5);
+        let net = SimNetwork::new(3, SimConfig { delay: HOP, ..SimConfig::default() });
+        let server_addr: SocketAddr = "10.0.0.1:1".parse().unwrap();
+        let io = net.bind_io(server_addr).unwrap();
+        let _server = Endpoint::start_service(io, TransportConfig::server(), |_| Echoer {
+            conns: HashMap::new(),
+        })
+        .unwrap();
+        let mut client =
+            net.endpoint("10.0.0.2:1".parse().unwrap(), TransportConfig::default()).unwrap();
+        let conn = client.connect(server_addr).await.unwrap();
+        let Some(Event::Connected(_)) = client.next_event().await else { panic!("connected") };
+        for i in 0..20u8 {
+            // Idle between rounds: acks and keepalives all settled.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let sent = tokio::time::Instant::now();
+            conn.send(Delivery::reliable_ordered(1), vec![i; 8]).unwrap();
+            let Some(Event::Message { payload, .. }) = client.next_event().await else {
+                panic!("echo")
+            };
+            assert_eq!(payload[..], [i; 8]);
+            assert_eq!(sent.elapsed(), 2 * HOP, "round {i}");
+        }
     }
 }

@@ -21,19 +21,17 @@ pub(crate) fn expand(expected: u64, truncated: u64, bits: u32) -> u64 {
 }
 
 /// How many bytes of packet number `pn` to send so that a receiver that has seen at least
-/// `largest_acked` expands it correctly: the distance must stay under half the range.
+/// `largest_acked` expands it correctly: the distance must stay under half the range. Never
+/// fewer than two: the receiver expands relative to the largest number it has *received*, so
+/// a packet overtaken by half a range of later ones would expand to a number never sent (and
+/// its ack end the session). One byte allowed only 128 packets of reordering, which a
+/// sender queuing many small messages reaches within milliseconds; two bytes allow 32,768.
 pub(crate) fn pn_len(pn: u64, largest_acked: Option<u64>) -> u8 {
     let unacked = match largest_acked {
         Some(l) => pn.saturating_sub(l),
         None => pn + 1,
     };
-    if unacked < 1 << 7 {
-        1
-    } else if unacked < 1 << 15 {
-        2
-    } else {
-        4
-    }
+    if unacked < 1 << 15 { 2 } else { 4 }
 }
 
 #[cfg(test)]
@@ -67,9 +65,10 @@ mod tests {
 
     #[test]
     fn pn_len_grows_with_the_unacked_distance() {
-        assert_eq!(pn_len(0, None), 1);
-        assert_eq!(pn_len(200, Some(100)), 1);
+        assert_eq!(pn_len(0, None), 2);
+        assert_eq!(pn_len(200, Some(100)), 2);
         assert_eq!(pn_len(300, Some(100)), 2);
+        assert_eq!(pn_len(40_000, Some(100)), 4);
         assert_eq!(pn_len(100_000, Some(1)), 4);
     }
 }

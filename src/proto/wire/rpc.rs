@@ -240,18 +240,31 @@ fn encode_call_tail(out: &mut impl BufMut, call: &CallHeader) {
     put_key(out, &call.key);
 }
 
-/// The bytes a request's head, id and type index take (see [`encode_request_prefix`]).
-pub fn request_prefix_len(id: RequestId, type_index: u32) -> usize {
-    1 + super::varint_len(id.slot.into()) + 2 + super::varint_len(type_index.into())
+/// The bytes a request's head, id (none for a one-way call) and type index take (see
+/// [`encode_request_prefix`]).
+pub fn request_prefix_len(id: Option<RequestId>, type_index: u32) -> usize {
+    let id_len = id.map_or(0, |id| super::varint_len(id.slot.into()) + 2);
+    1 + id_len + super::varint_len(type_index.into())
 }
 
-/// Writes a request's head byte, id and grain type index into `out` (exactly
-/// [`request_prefix_len`] bytes), for callers that encoded the rest of the request (see
-/// [`encode_request_body`]) before the id and the server were known: `flags` go into the head.
-pub fn encode_request_prefix(mut out: &mut [u8], id: RequestId, type_index: u32, flags: u8) {
-    out.put_u8(KIND_REQUEST | flags);
-    put_varint(&mut out, id.slot.into());
-    out.put_u16_le(id.generation as u16);
+/// Writes a request's head byte, id (a call) or none (a one-way call) and grain type index
+/// into `out` (exactly [`request_prefix_len`] bytes), for callers that encoded the rest of the
+/// request (see [`encode_request_body`]) before the id and the server were known: `flags` go
+/// into the head.
+pub fn encode_request_prefix(
+    mut out: &mut [u8],
+    id: Option<RequestId>,
+    type_index: u32,
+    flags: u8,
+) {
+    match id {
+        Some(id) => {
+            out.put_u8(KIND_REQUEST | flags);
+            put_varint(&mut out, id.slot.into());
+            out.put_u16_le(id.generation as u16);
+        }
+        None => out.put_u8(KIND_ONE_WAY | flags),
+    }
     put_varint(&mut out, type_index.into());
 }
 
@@ -395,13 +408,18 @@ mod tests {
                 // The split form (body first, id later) encodes the same bytes.
                 let mut body = Vec::new();
                 let flags = encode_request_body(&mut body, &c);
-                let mut split = vec![0u8; request_prefix_len(id, c.type_index)];
-                encode_request_prefix(&mut split, id, c.type_index, flags);
+                let mut split = vec![0u8; request_prefix_len(Some(id), c.type_index)];
+                encode_request_prefix(&mut split, Some(id), c.type_index, flags);
                 split.extend_from_slice(&body);
                 split.extend_from_slice(b"args");
                 assert_eq!(split, out);
                 out.clear();
                 encode_call(&mut out, None, &c);
+                // And a one-way call's.
+                let mut split = vec![0u8; request_prefix_len(None, c.type_index)];
+                encode_request_prefix(&mut split, None, c.type_index, flags);
+                split.extend_from_slice(&body);
+                assert_eq!(split, out);
                 assert_eq!(decode_rpc(&out), Ok(RpcFrame::OneWay { call: c, args: b"" }));
             }
         }

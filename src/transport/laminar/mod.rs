@@ -32,6 +32,7 @@ use crate::proto::gate::{Gate, HandshakeLimiter};
 use crate::proto::ids::PeerId;
 use crate::proto::rng::SplitMix64;
 use crate::transport::io::Io;
+use crate::transport::pass::{self, Phase};
 use crate::transport::{ConnShared, Connection, EndpointCounters, EndpointShared, Event, Service};
 
 /// Requests from `Endpoint` handles to the task.
@@ -253,13 +254,14 @@ impl<I: Io, S: Service> Driver<I, S> {
         Timer::thread(self.sink.endpoint.clone(), now).unwrap_or_else(|_| Timer::tokio(now))
     }
 
-    /// One pass of laminar's manager. Returns whether it handed events to the application.
+    /// One pass of laminar's manager. Returns whether the service queued messages after the
+    /// sessions transmitted (while handling events): then another pass must run at once.
     fn poll(&mut self, now: Instant) -> bool {
         // Whatever the handles asked for until now, this pass serves.
         self.sink.endpoint.wake.clear();
         // The service's queued work first, so that what it sends goes out in this pass.
+        pass::enter(&self.sink.endpoint, Phase::Transmitting);
         self.service.poll(now);
-        let backlog_before = self.sink.endpoint.backlog.load(Ordering::Acquire);
         for (addr, nonce, window) in std::mem::take(&mut self.mgr.socket_mut().admitted) {
             let tag = self.rng.next_u32();
             self.create(addr, Role::Server { nonce, tag, window }, now);
@@ -285,12 +287,13 @@ impl<I: Io, S: Service> Driver<I, S> {
             }
         }
         self.sink.endpoint.sessions.store(self.conns.len(), Ordering::Release);
+        pass::enter(&self.sink.endpoint, Phase::Events);
         if let Some(rx) = &self.service_events {
             while let Ok(e) = rx.try_recv() {
                 self.service.event(e, now);
             }
         }
-        self.sink.endpoint.backlog.load(Ordering::Acquire) > backlog_before
+        pass::leave() == Phase::EventsSent
     }
 
     fn next_deadline(&mut self) -> Option<Instant> {
@@ -307,6 +310,9 @@ impl<I: Io, S: Service> Driver<I, S> {
     pub(crate) async fn run(mut self) {
         let mut shutdown: Option<Shutdown> = None;
         let mut timer = self.make_timer();
+        // Passes run back to back because events made the service send: every few, let other
+        // tasks run.
+        let mut again_in_a_row = 0u32;
         loop {
             let now = self.now();
             loop {
@@ -319,26 +325,33 @@ impl<I: Io, S: Service> Driver<I, S> {
                     Err(_) => break,
                 }
             }
-            let delivered = self.poll(now);
+            let again = self.poll(now);
             if let Some(s) = &shutdown {
                 if self.mgr.socket().known_count() == 0 || now >= s.deadline {
                     break;
                 }
             }
+            if again {
+                // What the service sent while handling events leaves now, not at some later
+                // wake-up.
+                again_in_a_row += 1;
+                if again_in_a_row % 16 == 0 {
+                    tokio::task::yield_now().await;
+                }
+                continue;
+            }
+            again_in_a_row = 0;
             let socket = self.mgr.socket();
             if !socket.admitted.is_empty() || socket.budget_exhausted() {
                 // More work is ready; let other tasks run first.
                 tokio::task::yield_now().await;
                 continue;
             }
-            let _ = delivered;
             let deadline = [self.next_deadline(), shutdown.as_ref().map(|s| s.deadline)]
                 .into_iter()
                 .flatten()
                 .min();
-            if let Some(d) = deadline {
-                timer.arm(d);
-            }
+            timer.arm(deadline);
             let Self { mgr, sink, .. } = &mut self;
             let socket = mgr.socket();
             let readable = std::future::poll_fn(|cx| socket.io.poll_readable(cx));

@@ -9,8 +9,11 @@
 //! deadline and sets the task's wake signal; arming it costs an atomic compare, and a syscall
 //! only when a deadline moves earlier than the one it sleeps for.
 //!
-//! Both are only ever moved *earlier*. A timer left later than needed fires early; the pass
-//! that follows finds nothing due and arms it again.
+//! The thread timer is only ever moved *earlier* (moving it later would cost a syscall for
+//! nothing): left later than needed, it fires early, and the pass that follows finds nothing
+//! due and arms it again. The tokio timer is set to exactly the next deadline (or none), so the
+//! simulated network runs no pass that real time would not need: a frame that only a spurious
+//! pass would have sent shows up in tests as late.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -125,14 +128,20 @@ impl Timer {
         Timer::Tokio(TokioTimer { sleep, armed: None })
     }
 
-    /// Makes sure the task wakes no later than `at`.
-    pub(crate) fn arm(&mut self, at: Instant) {
+    /// Makes sure the task wakes no later than `at` (`None`: nothing is due).
+    pub(crate) fn arm(&mut self, at: Option<Instant>) {
         match self {
-            Timer::Thread(t) => t.arm(at),
+            Timer::Thread(t) => {
+                if let Some(at) = at {
+                    t.arm(at);
+                }
+            }
             Timer::Tokio(t) => {
-                if t.armed.is_none_or(|a| at < a) {
-                    t.sleep.as_mut().reset(tokio::time::Instant::from_std(at));
-                    t.armed = Some(at);
+                if t.armed != at {
+                    if let Some(at) = at {
+                        t.sleep.as_mut().reset(tokio::time::Instant::from_std(at));
+                    }
+                    t.armed = at;
                 }
             }
         }
