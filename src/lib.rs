@@ -58,6 +58,13 @@ pub mod error;
 #[cfg(feature = "test-util")]
 pub mod fuzz;
 pub mod grain;
+pub mod interface;
+/// The sans-IO core: wire formats, reliability, sessions, the gate, ids, routing snapshots.
+/// Public for the fuzz targets, the benches and wire-level tests, not as an API: it changes
+/// when the protocol does. What users need of it is re-exported where they look for it (ids at
+/// the root and in [`grain`](mod@grain), strategies and call statistics in [`client`], connection
+/// statistics in [`transport`], options in [`config`], errors in [`error`]).
+#[doc(hidden)]
 pub mod proto;
 pub mod server;
 pub(crate) mod sync;
@@ -66,15 +73,16 @@ pub mod testing;
 pub mod transport;
 
 pub use client::{Client, ClientConfig};
+pub use client::{GrainInterface, GrainRef};
 pub use config::TransportConfig;
 pub use error::CallError;
-pub use grain::{GrainInterface, GrainRef};
 pub use grainwire_macros::grain;
 pub use proto::ids::{GrainId, GrainKey, GrainType, ServerId};
 pub use server::{Server, ServerConfig};
 
 #[doc(hidden)]
-pub use grain::private as __private;
+#[path = "private.rs"]
+pub mod __private;
 
 /// A starting instant for tests of the sans-IO core, which never reads the clock itself.
 #[cfg(test)]

@@ -10,9 +10,7 @@ use grainwire::proto::manifest::Manifest;
 use grainwire::proto::wire::rpc::{self, CallHeader, RpcFrame, Status};
 use grainwire::transport::sim::{SimConfig, SimNetwork};
 use grainwire::transport::{Connection, Delivery, Endpoint, Event};
-use grainwire::{
-    CallError, Client, ClientConfig, GrainInterface, Server, ServerConfig, TransportConfig,
-};
+use grainwire::{CallError, Client, ClientConfig, Server, ServerConfig, TransportConfig};
 
 #[grainwire::grain(version = 3)]
 trait Blob {

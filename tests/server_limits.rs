@@ -12,7 +12,7 @@ use grainwire::proto::wire::rpc::{self, CallHeader};
 use grainwire::proto::wire::{self, Class, CloseKind};
 use grainwire::testing::{RawEvent, RawPeer};
 use grainwire::transport::sim::{RawSocket, SimConfig, SimNetwork};
-use grainwire::{CallError, Client, ClientConfig, GrainInterface, Server, ServerConfig};
+use grainwire::{CallError, Client, ClientConfig, Server, ServerConfig};
 use grainwire::{GrainId, TransportConfig};
 
 const SERVER: &str = "10.0.0.1:7000";

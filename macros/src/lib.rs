@@ -478,6 +478,11 @@ fn expand(attr: TokenStream2, item: TokenStream2) -> syn::Result<TokenStream2> {
         impl #ref_name {
             #(#ref_methods)*
 
+            /// The interface's metadata: name, ids, version, contract hash, methods.
+            pub fn info() -> &'static #p::InterfaceInfo {
+                &#info_static
+            }
+
             /// The grain's id.
             pub fn id(&self) -> &#p::GrainId {
                 self.inner.id()
@@ -506,10 +511,13 @@ fn expand(attr: TokenStream2, item: TokenStream2) -> syn::Result<TokenStream2> {
             }
         }
 
-        impl #p::GrainInterface for #ref_name {
+        impl #p::Interface for #ref_name {
             fn info() -> &'static #p::InterfaceInfo {
                 &#info_static
             }
+        }
+
+        impl #p::GrainInterface for #ref_name {
             fn from_grain_ref(r: #p::GrainRef) -> Self {
                 Self { inner: r }
             }

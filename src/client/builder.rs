@@ -10,6 +10,7 @@ use std::time::Instant;
 use crossbeam::queue::ArrayQueue;
 use tokio::sync::{Notify, broadcast};
 
+use super::GrainInterface;
 use super::pool::{self, Slot};
 use super::service::ClientService;
 use super::{
@@ -17,7 +18,6 @@ use super::{
     Strategy, View,
 };
 use crate::error::BindError;
-use crate::grain::GrainInterface;
 use crate::proto::route::Strategies;
 use crate::proto::stats::CallAccounting;
 use crate::sync::lock;

@@ -20,7 +20,7 @@
 //! after the handshake (and again when it changes). The client keeps a routing snapshot of
 //! which connected, healthy server hosts which type at which interface version, rebuilt only
 //! when that changes, and routes each call by it, the grain type's [`Strategy`] and the
-//! reference's [`Affinity`] (see [`route`](crate::proto::route)).
+//! reference's [`Affinity`].
 //!
 //! The client's endpoint task owns the correlation tables: a call is queued to it, sent, and
 //! completed by its response, by its deadline, or by the loss of its server, whichever comes
@@ -33,6 +33,7 @@ mod builder;
 mod cell;
 mod options;
 mod pool;
+mod reference;
 pub(crate) mod service;
 
 use std::convert::Infallible;
@@ -50,13 +51,15 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, broadcast};
 
 pub use self::builder::ClientBuilder;
-use self::cell::{CallCell, Outcome};
+use self::cell::CallCell;
+pub(crate) use self::cell::Outcome;
 pub use self::options::{ClientConfig, ClientError, ClientEvent, ConnectMode, ServerInfo};
 use self::pool::{Phase, Slot};
+pub use self::reference::{Answer, GrainInterface, GrainRef, Invocation, Invoked, Invoker};
 use self::service::{Again, ClientCmd, PREFIX_GAP};
 use crate::arena;
 use crate::error::{CallError, CodecError, ConnectError, DisconnectReason};
-use crate::grain::{GrainInterface, GrainRef, InterfaceInfo, MethodInfo};
+use crate::interface::{InterfaceInfo, MethodInfo};
 use crate::proto::ids::{PeerId, ServerId};
 use crate::proto::manifest::Manifest;
 pub use crate::proto::route::{

@@ -3,6 +3,8 @@
 //! without a network, and every decoder is fuzzed.
 
 pub mod channel;
+pub mod config;
+pub mod error;
 pub mod gate;
 pub mod ids;
 pub mod in_flight;

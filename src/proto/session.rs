@@ -24,8 +24,8 @@ use bytes::Bytes;
 use super::channel::{Channel, Datagram, Delivered, PacketOutcome};
 use super::stats::ConnectionStats;
 use super::wire::{self, Class, CloseKind, Cookie, Handshake, Packet, RejectReason, VERSION};
-use crate::config::TransportConfig;
-use crate::error::{DisconnectReason, ProtocolViolation, Rejection, SendError};
+use crate::proto::config::TransportConfig;
+use crate::proto::error::{DisconnectReason, ProtocolViolation, Rejection, SendError};
 
 /// Something the application should learn about.
 #[derive(Debug, Clone, PartialEq)]

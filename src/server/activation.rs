@@ -21,10 +21,9 @@ use bytes::Bytes;
 use crossbeam::channel::Sender;
 
 use super::ServerCounters;
-use crate::arena;
-use crate::grain::private::{Dispatch, Reply};
+use super::dispatch::{self, Dispatch, Reply};
 use crate::proto::ids::{GrainId, MethodId, RequestId};
-use crate::proto::wire::rpc::{self, Status};
+use crate::proto::wire::rpc::Status;
 use crate::sync::{Signal, lock};
 use crate::transport::{Connection, Delivery, EndpointShared};
 
@@ -251,12 +250,7 @@ fn answer(conn: &Connection, rid: RequestId, frame: Bytes, counters: &ServerCoun
         return;
     }
     counters.responses_too_large.fetch_add(1, Ordering::Relaxed);
-    let size = frame.len();
-    let (status, ()) = arena::frame(24, |out| {
-        rpc::encode_response(out, rid, Status::ResponseTooLarge);
-        rpc::encode_too_large(out, size, max);
-    });
-    conn.push(Delivery::ReliableUnordered, status.freeze());
+    conn.push(Delivery::ReliableUnordered, dispatch::too_large(rid, frame.len(), max));
 }
 
 async fn run<I, G, F>(factory: Arc<F>, id: GrainId, mailbox: Arc<Mailbox>, reporter: Reporter)
@@ -324,8 +318,7 @@ where
             Some(Status::HandlerPanicked)
         };
         if let (Some(status), Some((conn, rid))) = (status, &job.reply) {
-            let (frame, ()) = arena::frame(8, |out| rpc::encode_response(out, *rid, status));
-            conn.push(Delivery::ReliableUnordered, frame.freeze());
+            conn.push(Delivery::ReliableUnordered, dispatch::status(*rid, status, &[]));
         }
         reporter.report(Report::Done { token: job.token });
         if !mailbox.is_empty() {

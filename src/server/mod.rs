@@ -18,6 +18,7 @@
 //! (in parallel on a multi-threaded runtime).
 
 mod activation;
+pub mod dispatch;
 mod service;
 mod table;
 
@@ -32,11 +33,11 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
 use self::activation::{AnswerLimits, Reporter, Spawn, Typed};
+use self::dispatch::Dispatch;
 use self::service::{ServerCmd, ServerService};
 use crate::config::{TransportConfig, duration_ms};
 use crate::error::BindError;
-use crate::grain::InterfaceInfo;
-use crate::grain::private::Dispatch;
+use crate::interface::{Interface, InterfaceInfo};
 use crate::proto::ids::{GrainId, GrainType, ServerId};
 use crate::proto::manifest::{HostedGrain, Manifest};
 use crate::proto::rng::SplitMix64;
@@ -414,10 +415,7 @@ impl Server {
     /// hooks run); calls that were already on their way are answered `UnknownGrainType`, and
     /// clients send those once more to another server (the call did not run here). Returns
     /// whether anything changed.
-    pub fn set_hosting<R: crate::grain::GrainInterface>(
-        &self,
-        hosted: bool,
-    ) -> Result<bool, ServerError> {
+    pub fn set_hosting<R: Interface>(&self, hosted: bool) -> Result<bool, ServerError> {
         self.set_hosting_type(R::info().grain_type, hosted)
     }
 

@@ -23,6 +23,7 @@ use crossbeam::channel::Receiver;
 use tokio::sync::oneshot;
 
 use super::activation::{Job, Mailbox, Report, Reporter};
+use super::dispatch;
 use super::table::{Activation, Life, Table};
 use super::{Registered, ServerShared};
 use crate::proto::ids::{GrainId, PeerId, RequestId};
@@ -95,14 +96,9 @@ pub(crate) struct ServerService {
     all_gone: Vec<oneshot::Sender<()>>,
 }
 
-/// Answers a call from the service itself. Wakes the task: this may run after the pass's
-/// transmissions (from `event`). Its own small buffer, not an arena chunk: an answer that waits
-/// for a peer that does not drain holds only its own bytes.
+/// Answers a call from the service itself (a refusal: the call did not run).
 fn respond(conn: &Connection, id: RequestId, status: Status, payload: &[u8]) {
-    let mut out = Vec::with_capacity(8 + payload.len());
-    rpc::encode_response(&mut out, id, status);
-    out.extend_from_slice(payload);
-    conn.push(Delivery::ReliableUnordered, Bytes::from(out));
+    conn.push(Delivery::ReliableUnordered, dispatch::status(id, status, payload));
 }
 
 impl ServerService {

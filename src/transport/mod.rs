@@ -10,7 +10,7 @@
 //! Messages up to `max_message_size` (default 1 MiB) of any class are chunked as needed.
 //!
 //! Under the hood: laminar 0.5's `ConnectionManager` with our own `Connection` (the sans-IO
-//! [`Session`](crate::proto::session::Session)) and our own `DatagramSocket` behind a stateless
+//! `Session` of `proto`) and our own `DatagramSocket` behind a stateless
 //! handshake gate, driven by one tokio task per socket that sleeps until the socket is
 //! readable, a command arrives or the earliest protocol timer is due.
 

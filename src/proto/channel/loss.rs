@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use super::{Channel, LOSS_EWMA, seq};
-use crate::error::ProtocolViolation;
+use crate::proto::error::ProtocolViolation;
 use crate::proto::wire;
 
 impl Channel {

@@ -40,8 +40,8 @@ use self::recv::{Credit, InChunk, Outcome, RecvReliable, RecvUnreliable};
 pub use self::recv::{Datagram, MIN_CHUNK};
 use self::rtt::RttEstimator;
 use self::send::{CHUNK_COST, Sender, UNORDERED};
-use crate::config::TransportConfig;
-use crate::error::{ProtocolViolation, SendError};
+use crate::proto::config::TransportConfig;
+use crate::proto::error::{ProtocolViolation, SendError};
 use crate::proto::stats::ConnectionStats;
 use crate::proto::wire::{Class, CloseKind, Frame, FrameReader};
 

@@ -24,8 +24,8 @@ use bytes::Bytes;
 
 use super::send::CHUNK_COST;
 use super::seq;
-use crate::config::MAX_STREAM_WINDOW;
-use crate::error::ProtocolViolation;
+use crate::proto::config::MAX_STREAM_WINDOW;
+use crate::proto::error::ProtocolViolation;
 
 /// Every this many messages on one reliable space, packets older than the largest packet
 /// number seen one such period earlier are dropped as stale. This keeps a datagram that the

@@ -1,0 +1,255 @@
+//! Grain references: what `#[grain]` generated reference types (`PlayerRef`) wrap. A reference
+//! builds requests and decodes outcomes; it calls through a [`Client`], or through an
+//! [`Invoker`], the seam that lets code holding references be tested without a network.
+
+use std::convert::Infallible;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use super::{CallFuture, Client, Outcome, decode_outcome};
+use crate::error::{CallError, CodecError};
+use crate::interface::{Interface, InterfaceInfo, MethodInfo};
+use crate::proto::ids::{GrainId, GrainKey};
+use crate::proto::route::Affinity;
+use crate::proto::wire::rpc::Status;
+
+/// Implemented by each generated reference type (e.g. `PlayerRef`).
+pub trait GrainInterface: Interface + Sized + Clone + Send + Sync {
+    /// Wraps an untyped reference.
+    fn from_grain_ref(r: GrainRef) -> Self;
+    /// The untyped reference inside.
+    fn grain_ref(&self) -> &GrainRef;
+}
+
+/// One call handed to an [`Invoker`].
+#[derive(Debug)]
+pub struct Invocation {
+    /// The grain called.
+    pub grain: GrainId,
+    /// The method called.
+    pub method: &'static MethodInfo,
+    args: Bytes,
+}
+
+impl Invocation {
+    /// The call's arguments, as the tuple of the method's parameter types (`(u32,)` for
+    /// `hit(&mut self, damage: u32)`).
+    pub fn args<A: DeserializeOwned>(&self) -> Result<A, CallError> {
+        postcard::from_bytes(&self.args).map_err(|e| CallError::Decode(CodecError(e)))
+    }
+}
+
+/// What an [`Invoker`] answers a call with: the method's value, or its application error (for
+/// a method returning `Result<T, E>`).
+#[derive(Debug, Clone)]
+pub struct Answer {
+    status: Status,
+    payload: Bytes,
+}
+
+impl Answer {
+    /// The method returned `value` (for a `Result<T, E>` method: `Ok(value)`, pass `value`).
+    pub fn ok<T: Serialize + ?Sized>(value: &T) -> Result<Self, CallError> {
+        Self::encode(Status::Ok, value)
+    }
+
+    /// The method failed with its application error `error`.
+    pub fn app_error<E: Serialize + ?Sized>(error: &E) -> Result<Self, CallError> {
+        Self::encode(Status::AppError, error)
+    }
+
+    fn encode<T: Serialize + ?Sized>(status: Status, value: &T) -> Result<Self, CallError> {
+        let payload = postcard::to_allocvec(value).map_err(|e| CallError::Encode(CodecError(e)))?;
+        Ok(Self { status, payload: payload.into() })
+    }
+}
+
+/// A future an [`Invoker`] returns.
+pub type Invoked = Pin<Box<dyn Future<Output = Result<Answer, CallError>> + Send>>;
+
+/// Answers calls in place of the network: implement it to test game code that holds grain
+/// references, with [`GrainRef::with_invoker`] (typed: `grainwire::grain::stub::<PlayerRef>`).
+/// A call through an invoker encodes its arguments and decodes its answer as a real call
+/// does, so a stub sees exactly what a server would.
+pub trait Invoker: Send + Sync + 'static {
+    /// Answers one call (a one-way call too: its answer is dropped).
+    fn invoke(&self, call: Invocation) -> Invoked;
+}
+
+/// How a reference's calls travel.
+#[derive(Clone)]
+enum Via {
+    Client(Client),
+    Invoker(Arc<dyn Invoker>),
+}
+
+impl fmt::Debug for Via {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Via::Client(c) => c.fmt(f),
+            Via::Invoker(_) => f.write_str("Invoker"),
+        }
+    }
+}
+
+/// An untyped reference to one grain through one client: what generated references wrap.
+#[derive(Debug, Clone)]
+pub struct GrainRef {
+    via: Via,
+    pub(crate) info: &'static InterfaceInfo,
+    pub(crate) id: GrainId,
+    /// The ordered stream this grain's calls travel on: calls to one grain arrive in order,
+    /// calls to different grains do not wait for each other.
+    pub(crate) stream: u8,
+    /// The grain id's stable hash: its placement under consistent hashing.
+    pub(crate) hash: u64,
+    pub(crate) timeout: Option<Duration>,
+    pub(crate) affinity: Affinity,
+}
+
+impl GrainRef {
+    pub(crate) fn new(client: Client, info: &'static InterfaceInfo, key: GrainKey) -> Self {
+        Self::via(Via::Client(client), info, key)
+    }
+
+    /// A reference whose calls `invoker` answers (no client, no network).
+    pub fn with_invoker(
+        invoker: Arc<dyn Invoker>,
+        info: &'static InterfaceInfo,
+        key: GrainKey,
+    ) -> Self {
+        Self::via(Via::Invoker(invoker), info, key)
+    }
+
+    fn via(via: Via, info: &'static InterfaceInfo, key: GrainKey) -> Self {
+        let id = GrainId { ty: info.grain_type, key };
+        // Stream 0 carries control frames; grains use 1..=255.
+        let hash = id.stable_hash();
+        let stream = 1 + (hash % 255) as u8;
+        Self { via, info, id, stream, hash, timeout: None, affinity: Affinity::None }
+    }
+
+    /// The grain's id.
+    pub fn id(&self) -> &GrainId {
+        &self.id
+    }
+
+    /// The interface it is called through.
+    pub fn interface(&self) -> &'static InterfaceInfo {
+        self.info
+    }
+
+    /// The same reference with calls' deadline set to `timeout` (overriding the method's and
+    /// the client's default).
+    pub fn with_timeout(&self, timeout: Duration) -> Self {
+        Self { timeout: Some(timeout), ..self.clone() }
+    }
+
+    /// The same reference with calls routed by `affinity`: to a preferred server while it is
+    /// available, or only to a required one.
+    pub fn with_affinity(&self, affinity: Affinity) -> Self {
+        Self { affinity, ..self.clone() }
+    }
+
+    /// The reference's affinity.
+    pub fn affinity(&self) -> &Affinity {
+        &self.affinity
+    }
+
+    /// Calls a method that returns `T`.
+    pub async fn call<A, T>(&self, method: &'static MethodInfo, args: &A) -> Result<T, CallError>
+    where
+        A: Serialize + ?Sized,
+        T: for<'de> Deserialize<'de>,
+    {
+        let outcome = self.outcome(method, args).await?;
+        // A method that returns no `Result` has no application error: the server never says
+        // `AppError` for it, so one would mean client and server disagree on the interface.
+        decode_outcome(outcome, self.info.version, |_| CallError::BadRequest)
+    }
+
+    /// Calls a method that returns `Result<T, E>`.
+    pub async fn call_result<A, T, E>(
+        &self,
+        method: &'static MethodInfo,
+        args: &A,
+    ) -> Result<T, CallError<E>>
+    where
+        A: Serialize + ?Sized,
+        T: for<'de> Deserialize<'de>,
+        E: for<'de> Deserialize<'de>,
+    {
+        let outcome = self.outcome(method, args).await?;
+        decode_outcome(outcome, self.info.version, |payload| match postcard::from_bytes(payload) {
+            Ok(e) => CallError::Application(e),
+            Err(e) => CallError::Decode(CodecError(e)),
+        })
+    }
+
+    /// Sends a one-way call (reliable, in order with the grain's other calls, no response):
+    /// done once queued behind the calls made before it. A call that fails yields once before
+    /// it returns (see [`call`](Self::call)).
+    pub async fn call_one_way<A: Serialize + ?Sized>(
+        &self,
+        method: &'static MethodInfo,
+        args: &A,
+    ) -> Result<(), CallError> {
+        let queued = match &self.via {
+            Via::Client(client) => client.one_way_raw(self.info, method, self, args),
+            Via::Invoker(invoker) => self.invoke(invoker, method, args).await.map(|_| ()),
+        };
+        if queued.is_err() {
+            tokio::task::yield_now().await;
+        }
+        queued.map_err(|e| e.map_app(|never| match never {}))
+    }
+
+    /// Runs the call to its outcome (the server's status and payload, or a local error).
+    async fn outcome<A: Serialize + ?Sized, E>(
+        &self,
+        method: &'static MethodInfo,
+        args: &A,
+    ) -> Result<Outcome, CallError<E>> {
+        match &self.via {
+            Via::Client(client) => Ok(self.start(client, method, args).await?.await),
+            Via::Invoker(invoker) => Ok(self.invoke(invoker, method, args).await),
+        }
+    }
+
+    /// Queues the call. A call that fails at once (no server to route it to, say) still
+    /// yields once to the runtime before it returns, so a caller that retries in a loop never
+    /// starves the tasks that would fix it (the connection pool reconnecting).
+    async fn start<A: Serialize + ?Sized, E>(
+        &self,
+        client: &Client,
+        method: &MethodInfo,
+        args: &A,
+    ) -> Result<CallFuture, CallError<E>> {
+        match client.call_raw(self.info, method, self, args) {
+            Ok(f) => Ok(f),
+            Err(e) => {
+                tokio::task::yield_now().await;
+                Err(e.map_app(|never| match never {}))
+            }
+        }
+    }
+
+    async fn invoke<A: Serialize + ?Sized>(
+        &self,
+        invoker: &Arc<dyn Invoker>,
+        method: &'static MethodInfo,
+        args: &A,
+    ) -> Result<(Status, Bytes), CallError<Infallible>> {
+        let args = postcard::to_allocvec(args).map_err(|e| CallError::Encode(CodecError(e)))?;
+        let call = Invocation { grain: self.id.clone(), method, args: args.into() };
+        let answer = invoker.invoke(call).await?;
+        Ok((answer.status, answer.payload))
+    }
+}

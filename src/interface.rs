@@ -1,0 +1,61 @@
+//! What a grain interface is: the metadata `#[grain]` generates for a trait, shared by the
+//! client (routing, deadlines, retries) and the server (dispatch, manifests). Depends on the
+//! ids only.
+
+use std::time::Duration;
+
+use crate::proto::ids::{GrainType, InterfaceId, MethodId};
+
+/// What a grain interface is, for routing and compatibility checks.
+#[derive(Debug)]
+pub struct InterfaceInfo {
+    /// The trait's name (also the grain type's name).
+    pub name: &'static str,
+    /// The interface id.
+    pub id: InterfaceId,
+    /// The grain type implementing it.
+    pub grain_type: GrainType,
+    /// The interface version (`#[grain(version = N)]`).
+    pub version: u8,
+    /// Hash of the methods and their signatures.
+    pub contract: u64,
+    /// The methods.
+    pub methods: &'static [MethodInfo],
+}
+
+impl InterfaceInfo {
+    /// The method with this id.
+    pub fn method(&self, id: MethodId) -> Option<&MethodInfo> {
+        self.methods.iter().find(|m| m.id == id)
+    }
+
+    /// The method named `name`.
+    pub fn method_named(&self, name: &str) -> Option<&MethodInfo> {
+        self.methods.iter().find(|m| m.name == name)
+    }
+}
+
+/// One method of a grain interface.
+#[derive(Debug)]
+pub struct MethodInfo {
+    /// The method's name.
+    pub name: &'static str,
+    /// Its id (from its name).
+    pub id: MethodId,
+    /// Reliable, no response (`#[one_way]`).
+    pub one_way: bool,
+    /// Safe to run twice (`#[idempotent]`): retried once on another server when its server
+    /// dies or shuts down while the call is pending.
+    pub idempotent: bool,
+    /// Its deadline if set on the method (`#[timeout_ms = N]`).
+    pub timeout: Option<Duration>,
+    /// Expected size of the encoded arguments, to size buffers.
+    pub size_hint: usize,
+}
+
+/// A grain interface: implemented by each generated reference type (e.g. `PlayerRef`), which
+/// names its interface wherever one is asked for (`Server::set_hosting::<PlayerRef>`).
+pub trait Interface: 'static {
+    /// The interface.
+    fn info() -> &'static InterfaceInfo;
+}

@@ -1,0 +1,121 @@
+//! The crate's dependency rules, checked on its sources: which modules each layer may name
+//! through `crate::`. The README's architecture section states the same rules.
+//!
+//! * `proto` (the sans-IO core) names nothing outside itself;
+//! * `sync` and `arena` (small utilities) name nothing in the crate;
+//! * `config`, `error` and `interface` name only `proto` (and each other);
+//! * `transport` names `proto`, `config`, `error`, `sync`;
+//! * `client` and `server` name those, `arena` and `interface`, but never each other;
+//! * `grain` (the public face) and `__private` (the facade of generated code) are named by
+//!   nothing in the crate.
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+fn sources(dir: &Path, out: &mut Vec<PathBuf>) {
+    for entry in fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            sources(&path, out);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path);
+        }
+    }
+}
+
+/// The top-level modules a source names as `crate::<module>`, outside comments.
+fn named(source: &str) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    for line in source.lines() {
+        let code = match line.find("//") {
+            Some(i) => &line[..i],
+            None => line,
+        };
+        let mut rest = code;
+        while let Some(i) = rest.find("crate::") {
+            rest = &rest[i + "crate::".len()..];
+            if let Some(group) = rest.strip_prefix('{') {
+                // `crate::{a, b::c}`: every first segment inside the braces.
+                let inner = &group[..group.find('}').unwrap_or(group.len())];
+                for item in inner.split(',') {
+                    let first = item.trim().split("::").next().unwrap_or("").trim();
+                    if !first.is_empty() {
+                        names.insert(first.to_string());
+                    }
+                }
+            } else {
+                let end =
+                    rest.find(|c: char| !(c.is_alphanumeric() || c == '_')).unwrap_or(rest.len());
+                names.insert(rest[..end].to_string());
+            }
+        }
+    }
+    names
+}
+
+/// The layer a source file belongs to: its top-level module.
+fn layer(src: &Path, file: &Path) -> String {
+    let rel = file.strip_prefix(src).unwrap();
+    let first = rel.components().next().unwrap().as_os_str().to_string_lossy().to_string();
+    first.trim_end_matches(".rs").to_string()
+}
+
+fn allowed(layer: &str) -> Option<&'static [&'static str]> {
+    Some(match layer {
+        "proto" => &["proto"],
+        "sync" | "arena" => &[],
+        "config" | "error" | "interface" => &["proto", "config", "error"],
+        "transport" => &["proto", "config", "error", "sync", "transport"],
+        "client" => {
+            &["proto", "config", "error", "sync", "arena", "interface", "transport", "client"]
+        }
+        "server" => {
+            &["proto", "config", "error", "sync", "arena", "interface", "transport", "server"]
+        }
+        "grain" => &["proto", "interface", "client"],
+        // The crate root, the generated code's facade and the test-only helpers may name
+        // anything.
+        "lib" | "private" | "testing" | "fuzz" => return None,
+        other => panic!("a new top-level module `{other}`: give it a rule here and in the README"),
+    })
+}
+
+#[test]
+fn every_module_names_only_the_layers_below_it() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    sources(&src, &mut files);
+    assert!(files.len() > 30, "read the sources: {} files", files.len());
+    let mut broken = Vec::new();
+    for file in &files {
+        let layer = layer(&src, file);
+        let text = fs::read_to_string(file).unwrap();
+        for name in named(&text) {
+            // Every module's unit tests share the crate root's test clock.
+            if name == "test_epoch" {
+                continue;
+            }
+            if name == "grain" || name == "__private" {
+                broken.push(format!(
+                    "{}: names `crate::{name}`, which nothing imports",
+                    file.display()
+                ));
+                continue;
+            }
+            if let Some(ok) = allowed(&layer) {
+                if !ok.contains(&name.as_str()) {
+                    broken.push(format!("{} ({layer}): names `crate::{name}`", file.display()));
+                }
+            }
+        }
+    }
+    assert!(broken.is_empty(), "layer rules broken:\n{}", broken.join("\n"));
+}
+
+#[test]
+fn the_checker_sees_what_it_must() {
+    let names =
+        named("use crate::{proto::ids, sync};\nlet x = crate::client::X; // crate::server\n");
+    assert_eq!(names.into_iter().collect::<Vec<_>>(), ["client", "proto", "sync"]);
+}
