@@ -55,3 +55,54 @@ async fn calls_round_trip() {
     assert_eq!(server.activation_count(), 2);
     server.shutdown().await;
 }
+
+/// Arguments named like the generated code's own locals compile and arrive in order.
+#[grainwire::grain]
+trait Shadow {
+    #[allow(clippy::too_many_arguments)]
+    async fn mix(
+        &mut self,
+        grain: u32,
+        out: u32,
+        args: u32,
+        method: u32,
+        id: u32,
+        inner: u32,
+        status: u32,
+    ) -> Vec<u32>;
+    async fn fallible(&mut self, v: u32, e: u32, a: u32) -> Result<u32, u32>;
+}
+
+struct ShadowGrain;
+
+impl Shadow for ShadowGrain {
+    async fn mix(
+        &mut self,
+        grain: u32,
+        out: u32,
+        args: u32,
+        method: u32,
+        id: u32,
+        inner: u32,
+        status: u32,
+    ) -> Vec<u32> {
+        vec![grain, out, args, method, id, inner, status]
+    }
+    async fn fallible(&mut self, v: u32, e: u32, a: u32) -> Result<u32, u32> {
+        if v > 0 { Ok(v + e + a) } else { Err(e + a) }
+    }
+}
+
+#[tokio::test]
+async fn argument_names_never_clash_with_generated_code() {
+    let server = Server::builder(ServerConfig::default())
+        .host(Shadow::host(|_| ShadowGrain))
+        .bind("127.0.0.1:0".parse().unwrap())
+        .unwrap();
+    let client = Client::connect(server.local_addr(), ClientConfig::default()).await.unwrap();
+    let s: ShadowRef = client.grain(1);
+    assert_eq!(s.mix(1, 2, 3, 4, 5, 6, 7).await.unwrap(), [1, 2, 3, 4, 5, 6, 7]);
+    assert_eq!(s.fallible(1, 2, 3).await.unwrap(), 6);
+    assert!(matches!(s.fallible(0, 2, 3).await, Err(CallError::Application(5))));
+    server.shutdown().await;
+}

@@ -21,7 +21,13 @@
 //!
 //! Method ids come from method *names* (collisions fail compilation; `#[id = N]` overrides),
 //! never from declaration order. Arguments and results are serde types. Generated code only
-//! names `::grainwire::__private`.
+//! names `::grainwire::__private`, and its locals are `__`-prefixed, so argument names never
+//! clash with it; method names the hooks and the reference use (`host`, `on_activate`,
+//! `on_deactivate`, `info`, `id`, `with_timeout`, `with_affinity`, `prefer`, `require`) are
+//! refused. Every error in a trait is reported at once.
+//!
+//! One generator per item: the server trait, the ids and metadata, the reference, the
+//! dispatch (`gen_*`), all reading one validated model of the trait (`model`).
 
 use proc_macro::TokenStream;
 use proc_macro2::TokenStream as TokenStream2;
@@ -107,52 +113,92 @@ struct Method {
     docs: Vec<Attribute>,
 }
 
-const RESERVED: &[&str] = &["on_activate", "on_deactivate", "host"];
+/// Names the generated items use: the server trait's hooks, the reference's own methods.
+const RESERVED: &[&str] = &[
+    "on_activate",
+    "on_deactivate",
+    "host",
+    "info",
+    "id",
+    "with_timeout",
+    "with_affinity",
+    "prefer",
+    "require",
+];
 
-fn method(item: &TraitItem) -> syn::Result<Method> {
+/// Every error found, reported together (a trait with three bad methods shows three errors).
+#[derive(Default)]
+struct Errors(Option<syn::Error>);
+
+impl Errors {
+    fn push(&mut self, e: syn::Error) {
+        match &mut self.0 {
+            Some(all) => all.combine(e),
+            None => self.0 = Some(e),
+        }
+    }
+
+    /// The errors so far and `last`, which ends the expansion.
+    fn with(mut self, last: syn::Error) -> syn::Error {
+        self.push(last);
+        self.0.unwrap_or_else(|| syn::Error::new(proc_macro2::Span::call_site(), "invalid"))
+    }
+
+    fn finish(self) -> syn::Result<()> {
+        self.0.map_or(Ok(()), Err)
+    }
+}
+
+/// Validates one method; every problem in it goes to `errors`. `None` if it cannot be used.
+fn method(item: &TraitItem, errors: &mut Errors) -> Option<Method> {
     let f = match item {
         TraitItem::Fn(f) => f,
         other => {
-            return Err(syn::Error::new(
+            errors.push(syn::Error::new(
                 other.span(),
                 "a #[grain] trait may only contain methods (no types, constants or macros)",
             ));
+            return None;
         }
+    };
+    let mut bad = false;
+    let mut fail = |e: syn::Error| {
+        bad = true;
+        errors.push(e);
     };
     let sig = &f.sig;
     if sig.asyncness.is_none() {
-        return Err(syn::Error::new(sig.fn_token.span, "grain methods must be `async fn`"));
+        fail(syn::Error::new(sig.fn_token.span, "grain methods must be `async fn`"));
     }
     if let Some(d) = &f.default {
-        return Err(syn::Error::new(d.span(), "grain methods cannot have a default body"));
+        fail(syn::Error::new(d.span(), "grain methods cannot have a default body"));
     }
     if !sig.generics.params.is_empty() || sig.generics.where_clause.is_some() {
-        return Err(syn::Error::new(sig.generics.span(), "grain methods cannot be generic"));
+        fail(syn::Error::new(sig.generics.span(), "grain methods cannot be generic"));
     }
     if let Some(v) = &sig.variadic {
-        return Err(syn::Error::new(v.span(), "grain methods cannot be variadic"));
+        fail(syn::Error::new(v.span(), "grain methods cannot be variadic"));
     }
     if sig.unsafety.is_some() || sig.constness.is_some() || sig.abi.is_some() {
-        return Err(syn::Error::new(sig.span(), "grain methods must be plain `async fn`"));
+        fail(syn::Error::new(sig.span(), "grain methods must be plain `async fn`"));
     }
     let name = sig.ident.clone();
     if RESERVED.contains(&name.to_string().as_str()) {
-        return Err(syn::Error::new(
+        fail(syn::Error::new(
             name.span(),
-            format!("`{name}` is reserved for the grain's own hooks"),
+            format!(
+                "`{name}` is reserved: the grain's hooks and its reference's own methods use it"
+            ),
         ));
     }
     let mut inputs = sig.inputs.iter();
     match inputs.next() {
         Some(FnArg::Receiver(r)) if r.reference.is_some() && r.colon_token.is_none() => {}
         Some(other) => {
-            return Err(syn::Error::new(
-                other.span(),
-                "grain methods take `&self` or `&mut self` first",
-            ));
+            fail(syn::Error::new(other.span(), "grain methods take `&self` or `&mut self` first"));
         }
         None => {
-            return Err(syn::Error::new(
+            fail(syn::Error::new(
                 sig.paren_token.span.join(),
                 "grain methods take `&self` or `&mut self`",
             ));
@@ -161,27 +207,31 @@ fn method(item: &TraitItem) -> syn::Result<Method> {
     let mut args = Vec::new();
     for a in inputs {
         let FnArg::Typed(pt) = a else {
-            return Err(syn::Error::new(a.span(), "unexpected receiver"));
+            fail(syn::Error::new(a.span(), "unexpected receiver"));
+            continue;
         };
-        let Pat::Ident(pi) = &*pt.pat else {
-            return Err(syn::Error::new(
+        let plain = match &*pt.pat {
+            Pat::Ident(pi) if pi.by_ref.is_none() && pi.subpat.is_none() => Some(pi),
+            _ => None,
+        };
+        let Some(pi) = plain else {
+            fail(syn::Error::new(
                 pt.pat.span(),
                 "grain method arguments must be plain names (`name: Type`)",
             ));
+            continue;
         };
-        if pi.by_ref.is_some() || pi.subpat.is_some() {
-            return Err(syn::Error::new(
-                pi.span(),
-                "grain method arguments must be plain names (`name: Type`)",
-            ));
+        if let Err(e) = check_owned(&pt.ty) {
+            fail(e);
         }
-        check_owned(&pt.ty)?;
         args.push((pi.ident.clone(), (*pt.ty).clone()));
     }
     let output: Type = match &sig.output {
         ReturnType::Default => syn::parse_quote!(()),
         ReturnType::Type(_, t) => {
-            check_owned(t)?;
+            if let Err(e) = check_owned(t) {
+                fail(e);
+            }
             (**t).clone()
         }
     };
@@ -192,31 +242,57 @@ fn method(item: &TraitItem) -> syn::Result<Method> {
     let mut id = None;
     let mut docs = Vec::new();
     for a in &f.attrs {
-        if a.path().is_ident("one_way") {
-            a.meta.require_path_only()?;
+        let r: syn::Result<()> = if a.path().is_ident("one_way") {
             one_way = true;
+            a.meta.require_path_only().map(|_| ())
         } else if a.path().is_ident("idempotent") {
-            a.meta.require_path_only()?;
             idempotent = true;
+            a.meta.require_path_only().map(|_| ())
         } else if a.path().is_ident("timeout_ms") {
-            timeout_ms = Some(lit_int::<u64>(&a.meta.require_name_value()?.value)?);
+            a.meta.require_name_value().and_then(|nv| lit_int::<u64>(&nv.value)).map(|v| {
+                timeout_ms = Some(v);
+            })
         } else if a.path().is_ident("id") {
-            id = Some(lit_int::<u16>(&a.meta.require_name_value()?.value)?);
-        } else if a.path().is_ident("doc") {
+            a.meta.require_name_value().and_then(|nv| lit_int::<u16>(&nv.value)).map(|v| {
+                id = Some(v);
+            })
+        } else if ["doc", "allow", "warn", "deny", "expect"].iter().any(|n| a.path().is_ident(n)) {
+            // Documentation and lint levels: kept on the server trait's and the reference's
+            // methods.
             docs.push(a.clone());
+            Ok(())
         } else {
-            return Err(syn::Error::new(
+            Err(syn::Error::new(
                 a.span(),
-                "unknown attribute on a grain method: expected #[one_way], #[idempotent], #[timeout_ms = N] or #[id = N]",
-            ));
+                "unknown attribute on a grain method: expected #[one_way], #[idempotent], #[timeout_ms = N], #[id = N], docs or lint levels",
+            ))
+        };
+        if let Err(e) = r {
+            fail(e);
         }
     }
     if one_way && !matches!(&output, Type::Tuple(t) if t.elems.is_empty()) {
-        return Err(syn::Error::new(output.span(), "#[one_way] methods return nothing"));
+        fail(syn::Error::new(output.span(), "#[one_way] methods return nothing"));
+    }
+    if bad {
+        return None;
     }
     let mut sig_fn = f.clone();
-    sig_fn.attrs.retain(|a| a.path().is_ident("doc"));
-    Ok(Method { sig_fn, name, args, output, app_error, one_way, idempotent, timeout_ms, id, docs })
+    sig_fn.attrs.retain(|a| {
+        ["doc", "allow", "warn", "deny", "expect"].iter().any(|n| a.path().is_ident(n))
+    });
+    Some(Method {
+        sig_fn,
+        name,
+        args,
+        output,
+        app_error,
+        one_way,
+        idempotent,
+        timeout_ms,
+        id,
+        docs,
+    })
 }
 
 /// Arguments and results travel by value: no references, no `impl Trait`.
@@ -278,95 +354,233 @@ fn norm(ts: impl quote::ToTokens) -> String {
 }
 
 fn expand(attr: TokenStream2, item: TokenStream2) -> syn::Result<TokenStream2> {
-    let opts = parse_options(attr)?;
-    let tr: ItemTrait = syn::parse2(item)?;
+    let g = model(attr, item)?;
+    let server_trait = gen_server_trait(&g);
+    let ids = gen_ids(&g);
+    let reference = gen_reference(&g);
+    let dispatch = gen_dispatch(&g);
+    Ok(quote! {
+        #server_trait
+        #ids
+        #reference
+        #dispatch
+    })
+}
+
+/// A validated `#[grain]` trait: what every generator reads.
+struct Grain {
+    tr: ItemTrait,
+    methods: Vec<Method>,
+    name: String,
+    version: u8,
+    /// `PlayerRef`.
+    ref_name: syn::Ident,
+    /// The statics holding the interface's and the methods' metadata.
+    info_static: syn::Ident,
+    methods_static: syn::Ident,
+    /// `::grainwire::__private`: the only path generated code names.
+    p: TokenStream2,
+}
+
+impl Grain {
+    fn id_const(m: &Method) -> syn::Ident {
+        format_ident!("__M_{}", m.name.to_string().to_uppercase())
+    }
+
+    /// `const __M_JOIN: MethodId = ...;` for every method.
+    fn id_consts(&self) -> Vec<TokenStream2> {
+        let p = &self.p;
+        self.methods
+            .iter()
+            .map(|m| {
+                let name_str = m.name.to_string();
+                let id_const = Self::id_const(m);
+                let id_expr = match m.id {
+                    Some(n) => quote!(#p::MethodId(#n)),
+                    None => quote!(#p::MethodId::of(#name_str)),
+                };
+                quote!(const #id_const: #p::MethodId = #id_expr;)
+            })
+            .collect()
+    }
+
+    /// The contract: name, version and every method's id, shape and types, sorted by name.
+    fn contract(&self) -> String {
+        let mut contract: Vec<String> = self
+            .methods
+            .iter()
+            .map(|m| {
+                let args: Vec<String> = m.args.iter().map(|(_, t)| norm(t)).collect();
+                format!(
+                    "{}({})->{}{}",
+                    m.name,
+                    args.join(","),
+                    norm(&m.output),
+                    if m.one_way { "!" } else { "" }
+                )
+            })
+            .collect();
+        contract.sort();
+        format!("{} v{}: {}", self.name, self.version, contract.join("; "))
+    }
+}
+
+/// Parses and validates the options and the trait, reporting every error at once.
+fn model(attr: TokenStream2, item: TokenStream2) -> syn::Result<Grain> {
+    let mut errors = Errors::default();
+    let opts = match parse_options(attr) {
+        Ok(o) => o,
+        Err(e) => {
+            errors.push(e);
+            Options { name: None, version: 1 }
+        }
+    };
+    let tr: ItemTrait = match syn::parse2(item) {
+        Ok(t) => t,
+        Err(e) => return Err(errors.with(e)),
+    };
     if !tr.generics.params.is_empty() || tr.generics.where_clause.is_some() {
-        return Err(syn::Error::new(tr.generics.span(), "a #[grain] trait cannot be generic"));
+        errors.push(syn::Error::new(tr.generics.span(), "a #[grain] trait cannot be generic"));
     }
     if !tr.supertraits.is_empty() {
-        return Err(syn::Error::new(
+        errors.push(syn::Error::new(
             tr.supertraits.span(),
             "a #[grain] trait cannot have supertraits",
         ));
     }
     if tr.unsafety.is_some() || tr.auto_token.is_some() {
-        return Err(syn::Error::new(tr.trait_token.span, "a #[grain] trait must be a plain trait"));
+        errors.push(syn::Error::new(tr.trait_token.span, "a #[grain] trait must be a plain trait"));
     }
-    let methods = tr.items.iter().map(method).collect::<syn::Result<Vec<_>>>()?;
-    let vis = &tr.vis;
+    let methods: Vec<Method> = tr.items.iter().filter_map(|i| method(i, &mut errors)).collect();
+    errors.finish()?;
     let trait_name = &tr.ident;
-    let grain_name = opts.name.unwrap_or_else(|| trait_name.to_string());
-    let version = opts.version;
-    let ref_name = format_ident!("{}Ref", trait_name);
-    let info_static = format_ident!("__GRAINWIRE_{}_INFO", trait_name.to_string().to_uppercase());
-    let methods_static =
-        format_ident!("__GRAINWIRE_{}_METHODS", trait_name.to_string().to_uppercase());
-    let p = quote!(::grainwire::__private);
-    let attrs = &tr.attrs;
+    let upper = trait_name.to_string().to_uppercase();
+    Ok(Grain {
+        name: opts.name.unwrap_or_else(|| trait_name.to_string()),
+        version: opts.version,
+        ref_name: format_ident!("{}Ref", trait_name),
+        info_static: format_ident!("__GRAINWIRE_{}_INFO", upper),
+        methods_static: format_ident!("__GRAINWIRE_{}_METHODS", upper),
+        p: quote!(::grainwire::__private),
+        methods,
+        tr,
+    })
+}
 
-    // The contract: name, version and every method's id, shape and types, sorted by name.
-    let mut contract: Vec<String> = methods
-        .iter()
-        .map(|m| {
-            let args: Vec<String> = m.args.iter().map(|(_, t)| norm(t)).collect();
-            format!(
-                "{}({})->{}{}",
-                m.name,
-                args.join(","),
-                norm(&m.output),
-                if m.one_way { "!" } else { "" }
-            )
-        })
-        .collect();
-    contract.sort();
-    let contract = format!("{grain_name} v{version}: {}", contract.join("; "));
-
-    let mut trait_items = Vec::new();
-    let mut ref_methods = Vec::new();
-    let mut method_infos = Vec::new();
-    let mut id_consts = Vec::new();
-    let mut id_names = Vec::new();
-    let mut arms = Vec::new();
-    for (i, m) in methods.iter().enumerate() {
-        let name = &m.name;
-        let name_str = name.to_string();
-        let id_const = format_ident!("__M_{}", name_str.to_uppercase());
-        let id_expr = match m.id {
-            Some(n) => quote!(#p::MethodId(#n)),
-            None => quote!(#p::MethodId::of(#name_str)),
-        };
-        id_consts.push(quote!(const #id_const: #p::MethodId = #id_expr;));
-        id_names.push(id_const.clone());
-        let one_way = m.one_way;
-        let idempotent = m.idempotent;
-        let timeout = match m.timeout_ms {
-            Some(ms) => quote!(::core::option::Option::Some(#p::Duration::from_millis(#ms))),
-            None => quote!(::core::option::Option::None),
-        };
-        let arg_tys: Vec<&Type> = m.args.iter().map(|(_, t)| t).collect();
-        let size_hint = 16 * m.args.len();
-        method_infos.push(quote! {
-            #p::MethodInfo { name: #name_str, id: #id_const, one_way: #one_way, idempotent: #idempotent, timeout: #timeout, size_hint: #size_hint }
-        });
-
-        // Server side: the same signature, as a `Send` future.
+/// The trait servers implement: the methods as `Send` futures, the hooks, `host`.
+fn gen_server_trait(g: &Grain) -> TokenStream2 {
+    let p = &g.p;
+    let (attrs, vis, trait_name, ref_name) = (&g.tr.attrs, &g.tr.vis, &g.tr.ident, &g.ref_name);
+    let items = g.methods.iter().map(|m| {
         let mut f = m.sig_fn.clone();
         f.sig.asyncness = None;
         let out = &m.output;
         f.sig.output = syn::parse_quote_spanned! {out.span()=>
             -> impl ::core::future::Future<Output = #out> + ::core::marker::Send
         };
-        trait_items.push(quote!(#f));
+        quote!(#f)
+    });
+    let host_doc =
+        format!("Hosts `{trait_name}` grains, each activation made by `factory` from its id.");
+    quote! {
+        #(#attrs)*
+        #vis trait #trait_name: ::core::marker::Send + 'static {
+            #(#items)*
 
-        // Client side.
+            /// Runs when the grain is activated, before its first call.
+            fn on_activate(&mut self, id: &#p::GrainId) -> impl ::core::future::Future<Output = ()> + ::core::marker::Send {
+                let _ = id;
+                async {}
+            }
+
+            /// Runs when the grain is deactivated (idle, or the server shutting down).
+            fn on_deactivate(&mut self) -> impl ::core::future::Future<Output = ()> + ::core::marker::Send {
+                async {}
+            }
+
+            #[doc = #host_doc]
+            fn host<__F>(factory: __F) -> #p::Host
+            where
+                Self: ::core::marker::Sized,
+                __F: ::core::ops::Fn(&#p::GrainId) -> Self + ::core::marker::Send + ::core::marker::Sync + 'static,
+            {
+                #p::host::<#ref_name, Self, __F>(factory)
+            }
+        }
+    }
+}
+
+/// The ids and metadata: method ids (checked unique at compile time), the methods' and the
+/// interface's statics, `Interface` for the reference type.
+fn gen_ids(g: &Grain) -> TokenStream2 {
+    let p = &g.p;
+    let (ref_name, info_static, methods_static) = (&g.ref_name, &g.info_static, &g.methods_static);
+    let grain_name = &g.name;
+    let version = g.version;
+    let contract = g.contract();
+    let id_consts = g.id_consts();
+    let id_names: Vec<syn::Ident> = g.methods.iter().map(Grain::id_const).collect();
+    let infos = g.methods.iter().map(|m| {
+        let name_str = m.name.to_string();
+        let id_const = Grain::id_const(m);
+        let (one_way, idempotent) = (m.one_way, m.idempotent);
+        let timeout = match m.timeout_ms {
+            Some(ms) => quote!(::core::option::Option::Some(#p::Duration::from_millis(#ms))),
+            None => quote!(::core::option::Option::None),
+        };
+        let size_hint = 16 * m.args.len();
+        quote! {
+            #p::MethodInfo { name: #name_str, id: #id_const, one_way: #one_way, idempotent: #idempotent, timeout: #timeout, size_hint: #size_hint }
+        }
+    });
+    let n_methods = g.methods.len();
+    quote! {
+        #[allow(non_upper_case_globals)]
+        static #methods_static: [#p::MethodInfo; #n_methods] = {
+            #(#id_consts)*
+            [#(#infos),*]
+        };
+
+        #[allow(non_upper_case_globals)]
+        static #info_static: #p::InterfaceInfo = #p::InterfaceInfo {
+            name: #grain_name,
+            id: #p::InterfaceId::of(#grain_name),
+            grain_type: #p::GrainType::of(#grain_name),
+            version: #version,
+            contract: #p::contract_hash(#contract),
+            methods: &#methods_static,
+        };
+
+        const _: () = {
+            #(#id_consts)*
+            #p::assert_unique_method_ids(#grain_name, &[#(#id_names),*]);
+        };
+
+        impl #p::Interface for #ref_name {
+            fn info() -> &'static #p::InterfaceInfo {
+                &#info_static
+            }
+        }
+    }
+}
+
+/// `PlayerRef`: the typed reference clients call.
+fn gen_reference(g: &Grain) -> TokenStream2 {
+    let p = &g.p;
+    let (vis, trait_name, ref_name) = (&g.tr.vis, &g.tr.ident, &g.ref_name);
+    let (info_static, methods_static) = (&g.info_static, &g.methods_static);
+    let methods = g.methods.iter().enumerate().map(|(i, m)| {
+        let name = &m.name;
         let docs = &m.docs;
-        let call_doc = format!("Calls `{name_str}` on the grain.");
+        let call_doc = format!("Calls `{name}` on the grain.");
         let arg_names: Vec<&syn::Ident> = m.args.iter().map(|(n, _)| n).collect();
         let arg_decls = m.args.iter().map(|(n, t)| quote!(#n: #t));
+        let arg_tys = m.args.iter().map(|(_, t)| t);
         let tuple = quote!((#(#arg_names,)*));
         let tuple_ty = quote!((#(#arg_tys,)*));
         let info = quote!(&#methods_static[#i]);
-        ref_methods.push(if m.one_way {
+        let out = &m.output;
+        if m.one_way {
             quote! {
                 #[doc = #call_doc]
                 #(#docs)*
@@ -391,92 +605,20 @@ fn expand(attr: TokenStream2, item: TokenStream2) -> syn::Result<TokenStream2> {
                     self.inner.call::<#tuple_ty, #out>(#info, &#tuple).await
                 }
             }
-        });
-
-        // Dispatch.
-        let call = quote!(<__G as #trait_name>::#name(grain, #(#arg_names),*).await);
-        let encode = if m.app_error.is_some() {
-            quote! {
-                match #call {
-                    ::core::result::Result::Ok(v) => #p::encode_ok(out, &v),
-                    ::core::result::Result::Err(e) => #p::encode_app_err(out, &e),
-                }
-            }
-        } else {
-            quote!(#p::encode_ok(out, &#call))
-        };
-        arms.push(quote! {
-            #id_const => {
-                let #tuple: #tuple_ty = match #p::decode_args(args) {
-                    ::core::result::Result::Ok(a) => a,
-                    ::core::result::Result::Err(status) => return status,
-                };
-                #encode
-            }
-        });
-    }
-    let n_methods = methods.len();
+        }
+    });
     let ref_doc = format!(
         "A reference to a `{trait_name}` grain, made by `Client::grain`: call its methods through the client."
     );
-
-    let host_doc =
-        format!("Hosts `{trait_name}` grains, each activation made by `factory` from its id.");
-    Ok(quote! {
-        #(#attrs)*
-        #vis trait #trait_name: ::core::marker::Send + 'static {
-            #(#trait_items)*
-
-            /// Runs when the grain is activated, before its first call.
-            fn on_activate(&mut self, id: &#p::GrainId) -> impl ::core::future::Future<Output = ()> + ::core::marker::Send {
-                let _ = id;
-                async {}
-            }
-
-            /// Runs when the grain is deactivated (idle, or the server shutting down).
-            fn on_deactivate(&mut self) -> impl ::core::future::Future<Output = ()> + ::core::marker::Send {
-                async {}
-            }
-
-            #[doc = #host_doc]
-            fn host<__F>(factory: __F) -> #p::Host
-            where
-                Self: ::core::marker::Sized,
-                __F: ::core::ops::Fn(&#p::GrainId) -> Self + ::core::marker::Send + ::core::marker::Sync + 'static,
-            {
-                #p::host::<#ref_name, Self, __F>(factory)
-            }
-        }
-
+    quote! {
         #[doc = #ref_doc]
         #[derive(Debug, Clone)]
         #vis struct #ref_name {
             inner: #p::GrainRef,
         }
 
-        #[allow(non_upper_case_globals)]
-        static #methods_static: [#p::MethodInfo; #n_methods] = {
-            #(#id_consts)*
-            [#(#method_infos),*]
-        };
-
-        #[allow(non_upper_case_globals)]
-        static #info_static: #p::InterfaceInfo = #p::InterfaceInfo {
-            name: #grain_name,
-            id: #p::InterfaceId::of(#grain_name),
-            grain_type: #p::GrainType::of(#grain_name),
-            version: #version,
-            contract: #p::contract_hash(#contract),
-            methods: &#methods_static,
-        };
-
-        const _: () = {
-            #(#id_consts)*
-            #p::assert_unique_method_ids(#grain_name, &[#(#id_names),*]);
-        };
-
         impl #ref_name {
-            #(#ref_methods)*
+            #(#methods)*
 
             /// The interface's metadata: name, ids, version, contract hash, methods.
             pub fn info() -> &'static #p::InterfaceInfo {
@@ -511,12 +653,6 @@ fn expand(attr: TokenStream2, item: TokenStream2) -> syn::Result<TokenStream2> {
             }
         }
 
-        impl #p::Interface for #ref_name {
-            fn info() -> &'static #p::InterfaceInfo {
-                &#info_static
-            }
-        }
-
         impl #p::GrainInterface for #ref_name {
             fn from_grain_ref(r: #p::GrainRef) -> Self {
                 Self { inner: r }
@@ -525,31 +661,68 @@ fn expand(attr: TokenStream2, item: TokenStream2) -> syn::Result<TokenStream2> {
                 &self.inner
             }
         }
+    }
+}
 
+/// Server-side dispatch: decode the arguments, run the method, encode its answer. Generated
+/// locals are `__`-prefixed, so no argument name can shadow them.
+fn gen_dispatch(g: &Grain) -> TokenStream2 {
+    let p = &g.p;
+    let (trait_name, ref_name) = (&g.tr.ident, &g.ref_name);
+    let id_consts = g.id_consts();
+    let arms = g.methods.iter().map(|m| {
+        let name = &m.name;
+        let id_const = Grain::id_const(m);
+        let arg_names: Vec<&syn::Ident> = m.args.iter().map(|(n, _)| n).collect();
+        let arg_tys = m.args.iter().map(|(_, t)| t);
+        let tuple = quote!((#(#arg_names,)*));
+        let tuple_ty = quote!((#(#arg_tys,)*));
+        let call = quote!(<__G as #trait_name>::#name(__grain, #(#arg_names),*).await);
+        let encode = if m.app_error.is_some() {
+            quote! {
+                match #call {
+                    ::core::result::Result::Ok(__v) => #p::encode_ok(__out, &__v),
+                    ::core::result::Result::Err(__e) => #p::encode_app_err(__out, &__e),
+                }
+            }
+        } else {
+            quote!(#p::encode_ok(__out, &#call))
+        };
+        quote! {
+            #id_const => {
+                let #tuple: #tuple_ty = match #p::decode_args(__args) {
+                    ::core::result::Result::Ok(__a) => __a,
+                    ::core::result::Result::Err(__status) => return __status,
+                };
+                #encode
+            }
+        }
+    });
+    quote! {
         impl<__G: #trait_name> #p::Dispatch<__G> for #ref_name {
             #[allow(unused_variables, clippy::unit_arg, clippy::let_unit_value)]
-            fn dispatch<'a>(
-                grain: &'a mut __G,
-                method: #p::MethodId,
-                args: &'a [u8],
-                out: &'a mut #p::Reply,
-            ) -> impl ::core::future::Future<Output = #p::Status> + ::core::marker::Send + 'a {
+            fn dispatch<'__a>(
+                __grain: &'__a mut __G,
+                __method: #p::MethodId,
+                __args: &'__a [u8],
+                __out: &'__a mut #p::Reply,
+            ) -> impl ::core::future::Future<Output = #p::Status> + ::core::marker::Send + '__a {
                 #(#id_consts)*
                 async move {
-                    match method {
+                    match __method {
                         #(#arms)*
                         _ => #p::Status::UnknownMethod,
                     }
                 }
             }
 
-            fn activate<'a>(grain: &'a mut __G, id: &'a #p::GrainId) -> impl ::core::future::Future<Output = ()> + ::core::marker::Send + 'a {
-                <__G as #trait_name>::on_activate(grain, id)
+            fn activate<'__a>(__grain: &'__a mut __G, __id: &'__a #p::GrainId) -> impl ::core::future::Future<Output = ()> + ::core::marker::Send + '__a {
+                <__G as #trait_name>::on_activate(__grain, __id)
             }
 
-            fn deactivate(grain: &mut __G) -> impl ::core::future::Future<Output = ()> + ::core::marker::Send + '_ {
-                <__G as #trait_name>::on_deactivate(grain)
+            fn deactivate(__grain: &mut __G) -> impl ::core::future::Future<Output = ()> + ::core::marker::Send + '_ {
+                <__G as #trait_name>::on_deactivate(__grain)
             }
         }
-    })
+    }
 }
