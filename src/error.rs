@@ -35,7 +35,7 @@ pub enum BindError {
 
 /// A (de)serialization failure of call arguments or results. Opaque: the codec is an
 /// implementation detail.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct CodecError(pub(crate) postcard::Error);
 
 impl std::fmt::Display for CodecError {
@@ -50,7 +50,7 @@ impl std::error::Error for CodecError {}
 ///
 /// `E` is the method's application error type when the method returns `Result<T, E>`;
 /// otherwise it is `Infallible` and [`CallError::Application`] never occurs.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 #[non_exhaustive]
 pub enum CallError<E = std::convert::Infallible> {
     /// The method returned this error.

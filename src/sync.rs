@@ -4,7 +4,9 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
+
+use atomic_waker::AtomicWaker;
 
 /// 64 bits from the OS's randomness (std seeds every `RandomState` from it): seeds for nonces,
 /// cookie keys, server ids and reconnection jitter when the configuration gives none.
@@ -13,9 +15,23 @@ pub(crate) fn os_seed() -> u64 {
     std::collections::hash_map::RandomState::new().hash_one(0x5eed_u64)
 }
 
+#[cfg(feature = "test-util")]
+thread_local! {
+    /// Mutex acquisitions on this thread (every crate mutex is taken through [`lock`]).
+    static LOCKS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// How many of the crate's mutexes this thread has locked so far (feature `test-util`).
+#[cfg(feature = "test-util")]
+pub(crate) fn locks_taken() -> u64 {
+    LOCKS.with(std::cell::Cell::get)
+}
+
 /// Locks `m`, taking the value over if a panicking thread poisoned it: every critical section
 /// in this crate leaves the data consistent before anything that can panic.
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    #[cfg(feature = "test-util")]
+    LOCKS.with(|c| c.set(c.get() + 1));
     match m.lock() {
         Ok(g) => g,
         Err(p) => p.into_inner(),
@@ -25,20 +41,16 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// A wake-up flag for one task (an endpoint's, an activation's), set from any thread. Cheaper
 /// than a `Notify` on the hot path: setting an already set flag costs one atomic swap, and the
 /// task clears it at the start of each pass, so wake-ups that the pass itself serves cost
-/// nothing more; setting it while the task runs (no waker stored) costs one more atomic load.
+/// nothing more. The waker lives in an `AtomicWaker`: no lock on either side.
 ///
-/// `registered` is true exactly while `waker` holds a waker: both change together, under the
-/// lock. (An earlier version cleared `registered` before taking the lock; a notifier paused
-/// between the two could take a waker the task had stored again meanwhile, leaving
-/// `registered` set over an empty slot, and the next notify woke no one: an endpoint that
-/// stopped until a datagram arrived.)
+/// (An earlier version kept the waker in a mutex beside a `registered` flag and cleared the
+/// flag before taking the lock: a notifier paused between the two could take a waker the task
+/// had stored again meanwhile, and the next notify woke no one. The test below pauses a
+/// notifier at that point.)
 #[derive(Debug, Default)]
 pub(crate) struct Signal {
     set: AtomicBool,
-    /// A waker is stored (the task waits, or waited and was not woken since).
-    registered: AtomicBool,
-    // Held only to store or take the waker; never across an await.
-    waker: Mutex<Option<Waker>>,
+    waker: AtomicWaker,
     /// Tests pause a notifier here, between the flag and the waker, to interleave the task.
     #[cfg(test)]
     pause: Option<Arc<std::sync::Barrier>>,
@@ -47,28 +59,15 @@ pub(crate) struct Signal {
 impl Signal {
     /// Sets the flag and wakes the task if it waits.
     pub(crate) fn notify(&self) {
-        // SeqCst: the flag's store and the `registered` load below pair with `poll`'s store of
-        // `registered` and its second look at the flag (store then load on both sides), so at
-        // least one side sees the other's write.
-        if self.set.swap(true, Ordering::SeqCst) || !self.registered.load(Ordering::SeqCst) {
-            return;
+        if self.set.swap(true, Ordering::SeqCst) {
+            return; // already set: whoever set it woke the task, or the task will see it
         }
         #[cfg(test)]
         if let Some(b) = &self.pause {
             b.wait();
             b.wait();
         }
-        let waker = {
-            let mut slot = lock(&self.waker);
-            let w = slot.take();
-            if w.is_some() {
-                self.registered.store(false, Ordering::SeqCst);
-            }
-            w
-        };
-        if let Some(w) = waker {
-            w.wake();
-        }
+        self.waker.wake();
     }
 
     /// Clears the flag; true if it was set.
@@ -76,18 +75,13 @@ impl Signal {
         self.set.swap(false, Ordering::SeqCst)
     }
 
-    /// Ready once the flag is set (and clears it). Only ever polled by its one task, whose
-    /// waker does not change, so a stored waker is kept until a notify takes it.
+    /// Ready once the flag is set (and clears it).
     pub(crate) fn poll(&self, cx: &mut Context<'_>) -> Poll<()> {
         if self.clear() {
             return Poll::Ready(());
         }
-        if !self.registered.load(Ordering::SeqCst) {
-            let mut slot = lock(&self.waker);
-            *slot = Some(cx.waker().clone());
-            self.registered.store(true, Ordering::SeqCst);
-        }
-        // A notify between the first look and storing the waker found no waker to wake.
+        self.waker.register(cx.waker());
+        // A notify between the first look and the registration may have found no waker.
         if self.clear() { Poll::Ready(()) } else { Poll::Pending }
     }
 }
@@ -98,7 +92,7 @@ mod tests {
     use std::sync::Arc;
     use std::sync::atomic::AtomicU64;
     use std::sync::mpsc;
-    use std::task::Wake;
+    use std::task::{Wake, Waker};
 
     /// Counts its wakes and reports each on a channel.
     struct Probe {
@@ -117,7 +111,7 @@ mod tests {
     }
 
     #[test]
-    fn the_stored_waker_and_its_flag_change_together() {
+    fn a_notify_wakes_a_waiting_task_once() {
         let (tx, rx) = mpsc::channel();
         let probe = Arc::new(Probe { wakes: AtomicU64::new(0), tx: Mutex::new(tx) });
         let waker = Waker::from(probe.clone());
@@ -125,10 +119,8 @@ mod tests {
         let s = Signal::default();
         // Waiting stores the waker; a notify takes it and wakes once.
         assert!(s.poll(&mut cx).is_pending());
-        assert!(s.registered.load(Ordering::SeqCst) && lock(&s.waker).is_some());
         s.notify();
         assert_eq!(probe.wakes.load(Ordering::SeqCst), 1);
-        assert!(!s.registered.load(Ordering::SeqCst) && lock(&s.waker).is_none());
         // Further notifies while the flag is set wake no one; the poll consumes the flag.
         s.notify();
         assert_eq!(probe.wakes.load(Ordering::SeqCst), 1);

@@ -13,6 +13,13 @@
 
 use bytes::Bytes;
 
+/// How many of grainwire's own mutexes this thread has locked so far: every one is taken
+/// through one function, which counts (with feature `test-util`). Locks inside dependencies
+/// (tokio, crossbeam) are not counted.
+pub fn locks_on_this_thread() -> u64 {
+    crate::sync::locks_taken()
+}
+
 use crate::proto::wire::{
     self, Class, CloseKind, Frame, FrameReader, Handshake, MessageHeader, Packet,
 };

@@ -264,3 +264,47 @@ fn routing_picks_allocate_nothing() {
         }
     }
 }
+
+/// Mutex acquisitions per call on the client's side, with the server on a thread of its own:
+/// the caller and the client's endpoint task share the test's thread, so its count is the
+/// client's whole cost (grainwire's own mutexes; tokio's and crossbeam's internals are not
+/// counted).
+#[test]
+fn client_locks_per_call() {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let server = grainwire::Server::builder(grainwire::ServerConfig::default())
+                .host(Echo::host(|_: &grainwire::GrainId| EchoGrain))
+                .bind("127.0.0.1:0".parse().unwrap())
+                .unwrap();
+            tx.send(server.local_addr()).unwrap();
+            let _ = stop_rx.await;
+            server.shutdown().await;
+        });
+    });
+    let addr = rx.recv().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let client =
+            grainwire::Client::connect(addr, grainwire::ClientConfig::default()).await.unwrap();
+        let echo: EchoRef = client.grain(1);
+        let (warmup, n) = (500u64, 3000u64);
+        let mut locks = 0;
+        for i in 0..warmup + n {
+            let before = grainwire::testing::locks_on_this_thread();
+            echo.echo(vec![7u8; 32]).await.unwrap();
+            if i >= warmup {
+                locks += grainwire::testing::locks_on_this_thread() - before;
+            }
+        }
+        let per_call = locks as f64 / n as f64;
+        println!("client mutex acquisitions per call (one call at a time): {per_call:.2}");
+        assert!(per_call <= 3.0, "{per_call}");
+        client.disconnect().await;
+    });
+    let _ = stop_tx.send(());
+    server.join().unwrap();
+}

@@ -1,113 +1,230 @@
 //! The meeting point of a call future and the client service: the service completes it, the
 //! future waits on it, and a future dropped early cancels it.
+//!
+//! Its state is one atomic, the outcome a write-once slot, the call's id two atomics and the
+//! waker an `AtomicWaker`: no lock on either side. (A mutex around all of it cost six
+//! acquisitions per call.)
 
 use std::convert::Infallible;
-use std::sync::Mutex;
-use std::task::{Context, Poll, Waker};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::task::{Context, Poll};
 
+use atomic_waker::AtomicWaker;
 use bytes::Bytes;
 
 use crate::error::CallError;
 use crate::proto::ids::{PeerId, RequestId};
 use crate::proto::wire::rpc::Status;
-use crate::sync::lock;
 
 /// What a completed call carries back: the server's status and payload, or a local error
 /// (which is never an application error).
 pub(crate) type Outcome = Result<(Status, Bytes), CallError<Infallible>>;
 
-#[derive(Debug)]
-enum State {
-    Pending { waker: Option<Waker>, id: Option<(PeerId, RequestId)>, cancelled: bool },
-    Done(Outcome),
-    Taken,
-}
+/// Not sent yet.
+const PENDING: u8 = 0;
+/// Sent: `peer` and `request` say where.
+const SENT: u8 = 1;
+/// Completed: the outcome is in its slot.
+const DONE: u8 = 2;
+/// The caller gave up before it completed.
+const CANCELLED: u8 = 3;
 
-/// One call's rendezvous. A plain mutex: held only to swap a small state, never across an
-/// await; the service and the caller touch it once or twice per call.
+/// One call's rendezvous.
 #[derive(Debug)]
 pub(crate) struct CallCell {
-    state: Mutex<State>,
+    state: AtomicU8,
+    outcome: OnceLock<Outcome>,
+    peer: AtomicU64,
+    /// `RequestId` as `slot << 32 | generation`.
+    request: AtomicU64,
+    waker: AtomicWaker,
 }
 
 impl CallCell {
     pub(crate) fn new() -> Self {
-        Self { state: Mutex::new(State::Pending { waker: None, id: None, cancelled: false }) }
+        Self {
+            state: AtomicU8::new(PENDING),
+            outcome: OnceLock::new(),
+            peer: AtomicU64::new(0),
+            request: AtomicU64::new(0),
+            waker: AtomicWaker::new(),
+        }
     }
 
     /// Makes a cell whose call ended new again, for the next call.
     pub(crate) fn reset(&mut self) {
-        *self.state.get_mut().unwrap_or_else(std::sync::PoisonError::into_inner) =
-            State::Pending { waker: None, id: None, cancelled: false };
+        *self.state.get_mut() = PENDING;
+        self.outcome.take();
+        self.waker.take();
     }
 
     /// Completes the call; false if it was already done or cancelled. Exactly one of
     /// `complete` (true) and `cancel` (`Some`) ends each call: that side counts it finished.
+    /// Only the client's service completes calls.
     pub(crate) fn complete(&self, outcome: Outcome) -> bool {
-        let mut s = lock(&self.state);
-        match &mut *s {
-            State::Pending { cancelled: false, waker, .. } => {
-                let w = waker.take();
-                *s = State::Done(outcome);
-                drop(s);
-                if let Some(w) = w {
-                    w.wake();
-                }
-                true
-            }
-            _ => false,
+        let mut current = self.state.load(Ordering::Acquire);
+        if !matches!(current, PENDING | SENT) || self.outcome.set(outcome).is_err() {
+            return false;
         }
+        // The outcome is in place before the state says so.
+        loop {
+            match self.state.compare_exchange(current, DONE, Ordering::SeqCst, Ordering::SeqCst) {
+                Ok(_) => break,
+                Err(now @ (PENDING | SENT)) => current = now,
+                Err(_) => return false, // cancelled meanwhile: the caller counted it
+            }
+        }
+        // Paired with `poll`'s registration and second look at the state.
+        self.waker.wake();
+        true
     }
 
     /// Records where the call went; false if the caller already gave up (the service then
     /// cancels it).
     pub(crate) fn set_id(&self, peer: PeerId, id: RequestId) -> bool {
-        match &mut *lock(&self.state) {
-            State::Pending { cancelled: false, id: slot, .. } => {
-                *slot = Some((peer, id));
-                true
+        self.peer.store(peer.0, Ordering::Relaxed);
+        let packed = (u64::from(id.slot) << 32) | u64::from(id.generation);
+        self.request.store(packed, Ordering::Relaxed);
+        // Release: the id is visible to whoever sees SENT. A retry sends it again (SENT stays
+        // SENT, with the new id).
+        let mut current = self.state.load(Ordering::Acquire);
+        loop {
+            if !matches!(current, PENDING | SENT) {
+                return false;
             }
-            _ => false,
+            match self.state.compare_exchange(current, SENT, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => return true,
+                Err(now) => current = now,
+            }
         }
     }
 
     /// Whether the caller gave up.
     pub(crate) fn is_cancelled(&self) -> bool {
-        matches!(&*lock(&self.state), State::Pending { cancelled: true, .. })
+        self.state.load(Ordering::Acquire) == CANCELLED
     }
 
     /// The caller gives up. `None` if the call had already ended; otherwise where it went,
     /// if it was sent yet.
     pub(crate) fn cancel(&self) -> Option<Option<(PeerId, RequestId)>> {
-        match &mut *lock(&self.state) {
-            State::Pending { cancelled, id, .. } if !*cancelled => {
-                *cancelled = true;
-                Some(id.take())
+        let mut current = self.state.load(Ordering::Acquire);
+        loop {
+            if !matches!(current, PENDING | SENT) {
+                return None;
             }
-            _ => None,
-        }
-    }
-
-    /// Ready with the outcome once completed.
-    pub(crate) fn poll(&self, cx: &mut Context<'_>) -> Poll<Outcome> {
-        let mut s = lock(&self.state);
-        match &mut *s {
-            State::Pending { waker, .. } => {
-                if !waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-                    *waker = Some(cx.waker().clone());
+            match self.state.compare_exchange(
+                current,
+                CANCELLED,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(PENDING) => return Some(None),
+                Ok(_) => {
+                    let peer = PeerId(self.peer.load(Ordering::Relaxed));
+                    let packed = self.request.load(Ordering::Relaxed);
+                    let id = RequestId { slot: (packed >> 32) as u32, generation: packed as u32 };
+                    return Some(Some((peer, id)));
                 }
-                Poll::Pending
+                Err(now) => current = now,
             }
-            State::Done(_) => match std::mem::replace(&mut *s, State::Taken) {
-                State::Done(o) => Poll::Ready(o),
-                _ => unreachable!("matched Done just above"),
-            },
-            State::Taken => Poll::Ready(Err(CallError::NotConnected)),
         }
     }
 
-    /// Whether the outcome was delivered (or is waiting to be taken).
+    /// Ready once completed; then [`outcome`](Self::outcome) has it.
+    pub(crate) fn poll(&self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.is_finished() {
+            return Poll::Ready(());
+        }
+        self.waker.register(cx.waker());
+        // A completion between the first look and the registration may have found no waker.
+        if self.is_finished() { Poll::Ready(()) } else { Poll::Pending }
+    }
+
+    /// The outcome, once completed. Read in place: a copy of its payload would cost an
+    /// allocation (a `Bytes` clone promotes its buffer).
+    pub(crate) fn outcome(&self) -> Option<&Outcome> {
+        if self.is_finished() { self.outcome.get() } else { None }
+    }
+
+    /// Whether the call completed.
     pub(crate) fn is_finished(&self) -> bool {
-        !matches!(&*lock(&self.state), State::Pending { .. })
+        self.state.load(Ordering::SeqCst) == DONE
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::task::{Wake, Waker};
+
+    use super::*;
+
+    struct Count(std::sync::atomic::AtomicU32);
+
+    impl Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn waker() -> (Arc<Count>, Waker) {
+        let c = Arc::new(Count(0.into()));
+        (c.clone(), Waker::from(c))
+    }
+
+    #[test]
+    fn a_call_ends_once_by_completion_or_by_cancellation() {
+        let (count, w) = waker();
+        let mut cx = Context::from_waker(&w);
+        let cell = CallCell::new();
+        assert!(cell.poll(&mut cx).is_pending());
+        let id = RequestId { slot: 7, generation: 9 };
+        assert!(cell.set_id(PeerId(3), id));
+        assert!(cell.complete(Ok((Status::Ok, Bytes::from_static(b"x")))));
+        assert_eq!(count.0.load(Ordering::SeqCst), 1, "the waiting future is woken");
+        assert!(!cell.complete(Err(CallError::Timeout)), "only once");
+        assert!(cell.cancel().is_none(), "too late to cancel");
+        assert!(cell.poll(&mut cx).is_ready());
+        let Some(Ok((Status::Ok, b))) = cell.outcome() else { panic!() };
+        assert_eq!(&b[..], b"x");
+        assert!(cell.is_finished());
+
+        let cell = CallCell::new();
+        assert!(cell.set_id(PeerId(3), id));
+        assert_eq!(cell.cancel(), Some(Some((PeerId(3), id))), "where it went");
+        assert!(cell.is_cancelled());
+        assert!(!cell.complete(Ok((Status::Ok, Bytes::new()))), "cancelled first");
+        assert!(!cell.set_id(PeerId(3), id));
+
+        // Sent again elsewhere (a retry): where it went last is what a cancel names.
+        let cell = CallCell::new();
+        assert!(cell.set_id(PeerId(3), id));
+        let again = RequestId { slot: 1, generation: 2 };
+        assert!(cell.set_id(PeerId(4), again));
+        assert_eq!(cell.cancel(), Some(Some((PeerId(4), again))));
+
+        let mut cell = CallCell::new();
+        assert_eq!(cell.cancel(), Some(None), "not sent yet");
+        cell.reset();
+        assert!(cell.poll(&mut cx).is_pending(), "new again");
+    }
+
+    /// Completion racing the future's registration never loses the wake-up (bounded rounds).
+    #[test]
+    fn a_completion_racing_the_first_poll_is_never_lost() {
+        for _ in 0..2_000 {
+            let (count, w) = waker();
+            let cell = Arc::new(CallCell::new());
+            let c = cell.clone();
+            let t = std::thread::spawn(move || c.complete(Ok((Status::Ok, Bytes::new()))));
+            let mut cx = Context::from_waker(&w);
+            let first = cell.poll(&mut cx);
+            assert!(t.join().unwrap());
+            if first.is_pending() {
+                assert_eq!(count.0.load(Ordering::SeqCst), 1, "woken");
+                assert!(cell.poll(&mut cx).is_ready());
+            }
+        }
     }
 }

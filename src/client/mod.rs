@@ -40,7 +40,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -101,8 +101,15 @@ pub(crate) struct ClientShared {
     cmds: crossbeam::channel::Sender<ClientCmd>,
     /// Published by the task, read by callers; held only to route or copy a small value.
     view: Mutex<View>,
+    /// Bumped (under the `view` lock) whenever the routing snapshot is replaced: callers keep
+    /// the snapshot they last read per thread and lock the view only when this moved.
+    pub(crate) routes_version: AtomicU64,
+    /// This client among all clients of the process (the per-thread snapshot cache's key).
+    pub(crate) client_id: u64,
     pub(crate) changed: Notify,
     accounting: Mutex<CallAccounting>,
+    /// One-way calls sent (counted apart from `accounting`: no lock on their path).
+    pub(crate) one_way_sent: std::sync::atomic::AtomicU64,
     pending: AtomicUsize,
     /// Finished calls' cells, reused by later calls (saves an allocation per call).
     spare_cells: ArrayQueue<Arc<CallCell>>,
@@ -117,8 +124,29 @@ pub(crate) struct ClientShared {
 impl ClientShared {
     /// Changes the published view and wakes whoever waits for a change.
     pub(crate) fn publish(&self, f: impl FnOnce(&mut View)) {
-        f(&mut lock(&self.view));
+        {
+            let mut view = lock(&self.view);
+            f(&mut view);
+            self.routes_version.fetch_add(1, Ordering::Release);
+        }
         self.changed.notify_waiters();
+    }
+
+    /// Runs `f` on the current routing snapshot: the one this thread read last, unless it was
+    /// replaced since (then the view is locked once to read the new one).
+    fn with_routes<T>(&self, f: impl FnOnce(&RouteTable) -> T) -> T {
+        let version = self.routes_version.load(Ordering::Acquire);
+        ROUTES.with_borrow_mut(|cached| {
+            let fresh =
+                cached.as_ref().is_some_and(|(c, v, _)| *c == self.client_id && *v == version);
+            if !fresh {
+                let view = lock(&self.view);
+                let version = self.routes_version.load(Ordering::Acquire);
+                *cached = Some((self.client_id, version, view.routes.clone()));
+            }
+            let (_, _, routes) = cached.as_ref().expect("filled above");
+            f(routes)
+        })
     }
 
     pub(crate) fn emit(&self, event: ClientEvent) {
@@ -151,17 +179,18 @@ impl ClientShared {
         target: &Target,
         r: &GrainRef,
     ) -> Result<Option<(PeerId, u32)>, CallError<Infallible>> {
-        let view = lock(&self.view);
-        match view.routes.route(target, r.hash, &r.affinity) {
-            Ok(d) => {
+        let routed = self.with_routes(|routes| {
+            routes.route(target, r.hash, &r.affinity).map(|d| {
                 tracing::debug!(
                     grain = %r.id, server = %d.candidate.server, reason = ?d.reason,
                     strategy = d.strategy, candidates = d.candidates, "routed"
                 );
-                Ok(Some((d.candidate.peer, d.candidate.type_index)))
-            }
+                (d.candidate.peer, d.candidate.type_index)
+            })
+        });
+        match routed {
+            Ok(to) => Ok(Some(to)),
             Err(e) => {
-                drop(view);
                 if self.config.mode == ConnectMode::OnDemand && self.could_connect_more() {
                     tracing::debug!(grain = %r.id, error = ?e, "waiting for a server");
                     return Ok(None);
@@ -368,7 +397,8 @@ impl Client {
     /// Call statistics of this client (all servers).
     pub fn stats(&self) -> CallStats {
         let pending = self.shared.pending.load(Ordering::Acquire) as u64;
-        lock(&self.shared.accounting).snapshot(pending)
+        let one_way = self.shared.one_way_sent.load(Ordering::Relaxed);
+        lock(&self.shared.accounting).snapshot(pending, one_way)
     }
 
     /// The transport statistics of the session to the first connected server.
@@ -488,6 +518,19 @@ fn target_of(iface: &InterfaceInfo) -> Target {
     }
 }
 
+thread_local! {
+    /// The routing snapshot this thread read last: (client, its version, the snapshot).
+    static ROUTES: std::cell::RefCell<Option<(u64, u64, Arc<RouteTable>)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Client ids, for the per-thread snapshot cache.
+static NEXT_CLIENT: AtomicU64 = AtomicU64::new(1);
+
+pub(crate) fn next_client_id() -> u64 {
+    NEXT_CLIENT.fetch_add(1, Ordering::Relaxed)
+}
+
 /// How many events a slow [`Client::events`] receiver may fall behind.
 const EVENT_BACKLOG: usize = 1024;
 
@@ -501,10 +544,19 @@ pub(crate) struct CallFuture {
     shared: Arc<ClientShared>,
 }
 
-impl Future for CallFuture {
-    type Output = Outcome;
+impl CallFuture {
+    /// The call's outcome, once the future is ready.
+    pub(crate) fn outcome(&self) -> &Outcome {
+        const GONE: Outcome = Err(CallError::NotConnected);
+        self.cell.outcome().unwrap_or(&GONE)
+    }
+}
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome> {
+/// Ready when the call has its outcome ([`CallFuture::outcome`]).
+impl Future for CallFuture {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         self.cell.poll(cx)
     }
 }
@@ -533,18 +585,21 @@ impl Drop for CallFuture {
 /// Turns a call's outcome into the method's result; `version` is the caller's interface
 /// version (for `IncompatibleVersion`), `app` decodes an application error.
 pub(crate) fn decode_outcome<T, E>(
-    outcome: Outcome,
+    outcome: &Outcome,
     version: u8,
     app: impl FnOnce(&[u8]) -> CallError<E>,
 ) -> Result<T, CallError<E>>
 where
     T: for<'de> Deserialize<'de>,
 {
-    let (status, payload) = outcome.map_err(|e| e.map_app(|never| match never {}))?;
+    let (status, payload) = match outcome {
+        Ok((status, payload)) => (*status, payload),
+        Err(e) => return Err(e.clone().map_app(|never| match never {})),
+    };
     match status {
-        Status::Ok => postcard::from_bytes(&payload).map_err(|e| CallError::Decode(CodecError(e))),
-        Status::AppError => Err(app(&payload)),
-        other => Err(status_error(other, version, &payload)),
+        Status::Ok => postcard::from_bytes(payload).map_err(|e| CallError::Decode(CodecError(e))),
+        Status::AppError => Err(app(payload)),
+        other => Err(status_error(other, version, payload)),
     }
 }
 

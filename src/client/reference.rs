@@ -169,10 +169,10 @@ impl GrainRef {
         A: Serialize + ?Sized,
         T: for<'de> Deserialize<'de>,
     {
-        let outcome = self.outcome(method, args).await?;
         // A method that returns no `Result` has no application error: the server never says
         // `AppError` for it, so one would mean client and server disagree on the interface.
-        decode_outcome(outcome, self.info.version, |_| CallError::BadRequest)
+        self.run(method, args, |o| decode_outcome(o, self.info.version, |_| CallError::BadRequest))
+            .await
     }
 
     /// Calls a method that returns `Result<T, E>`.
@@ -186,11 +186,13 @@ impl GrainRef {
         T: for<'de> Deserialize<'de>,
         E: for<'de> Deserialize<'de>,
     {
-        let outcome = self.outcome(method, args).await?;
-        decode_outcome(outcome, self.info.version, |payload| match postcard::from_bytes(payload) {
-            Ok(e) => CallError::Application(e),
-            Err(e) => CallError::Decode(CodecError(e)),
+        self.run(method, args, |o| {
+            decode_outcome(o, self.info.version, |payload| match postcard::from_bytes(payload) {
+                Ok(e) => CallError::Application(e),
+                Err(e) => CallError::Decode(CodecError(e)),
+            })
         })
+        .await
     }
 
     /// Sends a one-way call (reliable, in order with the grain's other calls, no response):
@@ -211,15 +213,21 @@ impl GrainRef {
         queued.map_err(|e| e.map_app(|never| match never {}))
     }
 
-    /// Runs the call to its outcome (the server's status and payload, or a local error).
-    async fn outcome<A: Serialize + ?Sized, E>(
+    /// Runs the call to its outcome (the server's status and payload, or a local error) and
+    /// decodes it with `decode`, reading it in place.
+    async fn run<A: Serialize + ?Sized, T, E>(
         &self,
         method: &'static MethodInfo,
         args: &A,
-    ) -> Result<Outcome, CallError<E>> {
+        decode: impl FnOnce(&Outcome) -> Result<T, CallError<E>>,
+    ) -> Result<T, CallError<E>> {
         match &self.via {
-            Via::Client(client) => Ok(self.start(client, method, args).await?.await),
-            Via::Invoker(invoker) => Ok(self.invoke(invoker, method, args).await),
+            Via::Client(client) => {
+                let mut call = self.start(client, method, args).await?;
+                (&mut call).await;
+                decode(call.outcome())
+            }
+            Via::Invoker(invoker) => decode(&self.invoke(invoker, method, args).await),
         }
     }
 

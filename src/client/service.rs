@@ -10,6 +10,7 @@
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
@@ -152,7 +153,6 @@ impl ClientService {
     fn command(&mut self, cmd: ClientCmd, now: Instant) {
         match cmd {
             ClientCmd::Call { to, frame, flags, stream, timeout, cell, again } => {
-                lock(&self.shared.accounting).total += 1;
                 let call = Call {
                     frame,
                     flags,
@@ -249,6 +249,7 @@ impl ClientService {
             let mut frame = call.frame.freeze();
             frame.advance(start);
             p.conn.push(delivery, frame);
+            self.shared.one_way_sent.fetch_add(1, Ordering::Relaxed);
             self.shared.finished_one();
             return;
         };

@@ -179,8 +179,8 @@ pub struct CallStats {
 /// The running totals behind [`CallStats`].
 #[derive(Debug, Clone)]
 pub struct CallAccounting {
-    /// Calls made.
-    pub total: u64,
+    /// Calls that ended (with their outcome) or, one-way, were sent.
+    pub ended: u64,
     /// Calls failed.
     pub errors: u64,
     /// Calls timed out.
@@ -194,7 +194,7 @@ impl CallAccounting {
     /// Empty totals at `now`.
     pub fn new(now: Instant) -> Self {
         Self {
-            total: 0,
+            ended: 0,
             errors: 0,
             timeouts: 0,
             ewma_us: 0.0,
@@ -205,6 +205,7 @@ impl CallAccounting {
 
     /// A call completed successfully after `latency`.
     pub fn success(&mut self, latency: Duration, now: Instant) {
+        self.ended += 1;
         let us = latency.as_secs_f64() * 1e6;
         self.ewma_us =
             if self.histogram.total == 0 { us } else { self.ewma_us + (us - self.ewma_us) / 16.0 };
@@ -214,6 +215,7 @@ impl CallAccounting {
 
     /// A call failed; `timeout` if by its deadline here.
     pub fn failure(&mut self, timeout: bool, now: Instant) {
+        self.ended += 1;
         self.errors += 1;
         if timeout {
             self.timeouts += 1;
@@ -221,12 +223,13 @@ impl CallAccounting {
         self.last_activity = now;
     }
 
-    /// A snapshot, with `pending` calls outstanding.
-    pub fn snapshot(&self, pending: u64) -> CallStats {
+    /// A snapshot, with `pending` calls outstanding and `one_way` one-way calls sent (counted
+    /// apart: they need no lock).
+    pub fn snapshot(&self, pending: u64, one_way: u64) -> CallStats {
         let h = &self.histogram;
         CallStats {
             pending,
-            total: self.total,
+            total: self.ended + one_way + pending,
             errors: self.errors,
             timeouts: self.timeouts,
             latency_ewma: Duration::from_secs_f64(self.ewma_us / 1e6),
@@ -262,12 +265,12 @@ mod tests {
     fn accounting_snapshot() {
         let t = crate::test_epoch();
         let mut a = CallAccounting::new(t);
-        a.total = 3;
         a.success(Duration::from_micros(100), t);
         a.success(Duration::from_micros(200), t);
         a.failure(true, t);
-        let s = a.snapshot(1);
-        assert_eq!((s.total, s.errors, s.timeouts, s.pending), (3, 1, 1, 1));
+        // Three ended, two one-way calls sent, one pending: six made.
+        let s = a.snapshot(1, 2);
+        assert_eq!((s.total, s.errors, s.timeouts, s.pending), (6, 1, 1, 1));
         assert!(
             s.latency_ewma > Duration::from_micros(100)
                 && s.latency_ewma < Duration::from_micros(200)

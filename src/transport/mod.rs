@@ -223,6 +223,8 @@ pub(crate) struct EndpointShared {
     /// Parked sessions that were given a command: the task unparks them in its next pass.
     /// Held only to push or take addresses.
     pub(crate) ready: Mutex<Vec<SocketAddr>>,
+    /// `ready` may hold addresses: the task takes its lock only then.
+    pub(crate) any_ready: AtomicBool,
 }
 
 impl EndpointShared {
@@ -327,6 +329,7 @@ impl ConnShared {
         // the task sees this command, or this sees the session parked and asks for it.
         if self.parked.load(Ordering::SeqCst) {
             crate::sync::lock(&self.endpoint.ready).push(self.addr);
+            self.endpoint.any_ready.store(true, Ordering::Release);
         }
     }
 }

@@ -24,7 +24,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use crossbeam::channel::Receiver;
@@ -203,7 +203,14 @@ struct Live {
     /// Its share of the endpoint's `receive_held`.
     held: u64,
     buf: Vec<u8>,
+    /// When statistics were last copied to the handle, and whether they changed since.
+    stats_at: Option<Instant>,
+    stats_stale: bool,
 }
+
+/// Statistics reach the handle at most this often (each copy takes its lock: twice per call
+/// when copied every pass), and never later than this after the activity they describe.
+const STATS_EVERY: Duration = Duration::from_millis(1);
 
 #[derive(Debug)]
 pub(crate) struct Conn {
@@ -233,6 +240,8 @@ impl Live {
             connected: false,
             dirty: true,
             worked: true,
+            stats_at: None,
+            stats_stale: true,
             held: 0,
             buf,
         }
@@ -432,10 +441,19 @@ impl laminar::Connection for Conn {
                 messenger.send_packet(&self.addr, &live.buf);
             }
             live.pump();
-            let stats = live.session.stats();
-            *crate::sync::lock(&live.shared.stats) = stats;
+            live.stats_stale = true;
             live.dirty = false;
             next = live.session.next_timeout();
+        }
+        if live.stats_stale {
+            let due = live.stats_at.map(|t| t + STATS_EVERY);
+            if live.session.is_closed() || due.is_none_or(|d| time >= d) {
+                *crate::sync::lock(&live.shared.stats) = live.session.stats();
+                live.stats_at = Some(time);
+                live.stats_stale = false;
+            } else if let Some(d) = due {
+                next = Some(next.map_or(d, |n| n.min(d)));
+            }
         }
         if let Some(t) = next {
             live.sink.report_deadline(t);

@@ -115,6 +115,7 @@ impl<I: Io, S: Service> Driver<I, S> {
             counters,
             queued_total: AtomicUsize::new(0),
             ready: Default::default(),
+            any_ready: Default::default(),
         });
         let (events, service_events) = match app {
             Some(tx) => (EventTarget::App(tx), None),
@@ -168,7 +169,13 @@ impl<I: Io, S: Service> Driver<I, S> {
     /// Brings parked sessions back into the manager for this pass: those a handle gave a
     /// command, and those whose deadline is due.
     fn unpark_due(&mut self, now: Instant) {
-        let ready = std::mem::take(&mut *crate::sync::lock(&self.sink.endpoint.ready));
+        // Set after a push, cleared before the take: a push racing this is taken now or seen
+        // next pass.
+        let ready = if self.sink.endpoint.any_ready.swap(false, Ordering::AcqRel) {
+            std::mem::take(&mut *crate::sync::lock(&self.sink.endpoint.ready))
+        } else {
+            Vec::new()
+        };
         for addr in ready {
             if self.scope.parked.contains_key(&addr) {
                 let _ = self.mgr.event_sender().send(conn::poke(addr));
