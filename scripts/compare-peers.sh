@@ -1,22 +1,18 @@
 #!/usr/bin/env bash
-# The `bench` example beside a peers harness (not part of this repository) in the same run,
-# interleaved, and the medians.
+# The `bench` example beside the other stacks of `peers/` (bare tokio UDP, tarpc, quinn: a crate
+# of our own outside the workspace) in the same run, interleaved, and the medians.
 #   scripts/compare-peers.sh [rounds=3]
 # Each round runs, for grainwire and each peer: latency pinned to CPU 0 (taskset), latency
 # unpinned, and throughput unpinned (32-byte payload, 64 in flight). Prints a markdown table
-# of medians (min–max) and the p50 ratios to `udp-tokio`. Raw lines go to target/compare-peers.jsonl.
-# PEERS_BIN names the harness binary: `peers <udp-tokio|tarpc|quinn> <latency|throughput>`
-# printing the same JSON lines as `bench`.
+# of medians (min–max) and the p50 ratios to `udp`. Raw lines go to target/compare-peers.jsonl.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${1:-3}
-peers=(udp-tokio tarpc quinn)
+peers=(udp tarpc quinn)
 cargo build -q --release --example bench
+cargo build -q --release --manifest-path peers/Cargo.toml
 ours=target/release/examples/bench
-if [ -z "${PEERS_BIN:-}" ]; then
-  echo "set PEERS_BIN to the peers harness binary" >&2
-  exit 2
-fi
+PEERS_BIN=peers/target/release/grainwire-peers
 out=target/compare-peers.jsonl
 : > "$out"
 tag() { python3 -c 'import json,sys; [print(json.dumps(dict(json.loads(l), pin=sys.argv[1]))) for l in sys.stdin if l.startswith("{")]' "$1"; }
@@ -41,13 +37,13 @@ def cell(k, fmt="{:.1f}"):
     return "-" if not x else f"{fmt.format(statistics.median(x))} ({fmt.format(min(x))}–{fmt.format(max(x))})"
 print("| peer | pinned p50 µs | pinned p99 µs | unpinned p50 µs | unpinned p99 µs | calls/s, 64 in flight |")
 print("|---|---:|---:|---:|---:|---:|")
-for p in ["grainwire", "udp-tokio", "tarpc", "quinn"]:
+for p in ["grainwire", "udp", "tarpc", "quinn"]:
     print(f"| {p} | " + " | ".join([cell(("pinned", p, "p50_us")), cell(("pinned", p, "p99_us")),
         cell(("unpinned", p, "p50_us")), cell(("unpinned", p, "p99_us")),
         cell(("throughput", p, "calls_per_sec"), "{:,.0f}")]) + " |")
 for pin in ("pinned", "unpinned"):
     g = statistics.median(v[(pin, "grainwire", "p50_us")])
-    print(f"\n{pin} p50 ratios: " + ", ".join(f"{g / statistics.median(v[(pin, p, 'p50_us')]):.2f}x {p}" for p in ["udp-tokio", "tarpc", "quinn"]))
+    print(f"\n{pin} p50 ratios: " + ", ".join(f"{g / statistics.median(v[(pin, p, 'p50_us')]):.2f}x {p}" for p in ["udp", "tarpc", "quinn"]))
 g = statistics.median(v[("throughput", "grainwire", "calls_per_sec")])
 print("throughput ratios: " + ", ".join(f"{g / statistics.median(v[('throughput', p, 'calls_per_sec')]):.2f}x {p}" for p in ["tarpc", "quinn"]))
 PY

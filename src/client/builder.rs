@@ -116,7 +116,14 @@ impl ClientBuilder {
     }
 
     async fn start(self, io: impl crate::transport::io::Io) -> Result<Client, ClientError> {
-        let Self { config, mut addrs, strategies } = self;
+        let Self { mut config, mut addrs, mut strategies } = self;
+        // One seed for all of the client's randomness: the pool's jitter, the strategies'
+        // draws, the transport's session tags (a client's cookie key is never used).
+        let base = config.seed.unwrap_or_else(crate::sync::os_seed);
+        strategies.set_seed(crate::proto::route::fmix64(base ^ 0x5157_a7e9));
+        if config.seed.is_some() && config.transport.seed.is_none() {
+            config.transport.seed = Some(crate::proto::route::fmix64(base ^ 0x7a25_0a7e));
+        }
         // The same address twice would be two slots fighting over one session.
         let mut seen = std::collections::HashSet::new();
         addrs.retain(|a| seen.insert(*a));
@@ -151,7 +158,7 @@ impl ClientBuilder {
         })?;
         let connector = endpoint.connector();
         *lock(&shared.endpoint) = Some(endpoint);
-        let mut seed = config.seed.unwrap_or_else(crate::sync::os_seed);
+        let mut seed = base;
         {
             let mut tasks = lock(&shared.tasks);
             for i in 0..shared.slots.len() {

@@ -77,7 +77,8 @@ pub struct ClientConfig {
     /// Default 10 s.
     #[serde(with = "duration_ms")]
     pub latency_decay: Duration,
-    /// Seed of the reconnection jitter; `None` (the default) draws one from the OS.
+    /// Seed of all the client's randomness (reconnection jitter, strategies' random draws,
+    /// the transport's session tags); `None` (the default) draws one from the OS.
     pub seed: Option<u64>,
 }
 

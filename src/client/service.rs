@@ -7,7 +7,6 @@
 //! publishes the routing snapshot when servers, health or manifests change, holds calls that
 //! wait for a server in on-demand mode, and reports server events.
 
-use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -20,7 +19,7 @@ use super::cell::CallCell;
 use super::pool::Phase;
 use super::{ClientEvent, ClientShared, ConnectMode, ServerView, route_error};
 use crate::error::{CallError, DisconnectReason};
-use crate::proto::ids::{PeerId, RequestId};
+use crate::proto::ids::{IdMap, PeerId, RequestId};
 use crate::proto::in_flight::InFlight;
 use crate::proto::manifest::Manifest;
 use crate::proto::route::{Affinity, Load, RouteTable, ServerEntry, Target};
@@ -104,7 +103,7 @@ struct PeerState {
 pub(crate) struct ClientService {
     shared: Arc<ClientShared>,
     cmds: Receiver<ClientCmd>,
-    peers: HashMap<PeerId, PeerState>,
+    peers: IdMap<PeerId, PeerState>,
     /// Sessions in the order they were established.
     order: Vec<PeerId>,
     routes: Arc<RouteTable>,
@@ -121,7 +120,7 @@ impl ClientService {
         Self {
             shared,
             cmds,
-            peers: HashMap::new(),
+            peers: IdMap::default(),
             order: Vec::new(),
             routes: Arc::default(),
             parked: Vec::new(),

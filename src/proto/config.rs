@@ -106,6 +106,10 @@ pub struct TransportConfig {
     /// How long a handshake cookie stays valid. Default 10 s.
     #[serde(with = "duration_ms")]
     pub cookie_lifetime: Duration,
+    /// Seeds the endpoint's randomness (session tags, the cookie key): with a seed, a simulated
+    /// run repeats exactly. Default `None`: from the OS. Never set it on an endpoint that faces
+    /// strangers: its cookie key would be predictable.
+    pub seed: Option<u64>,
     /// Events (messages, connects, disconnects) that may wait for the application; above it
     /// the endpoint stops reading its socket until the application catches up. Default 65536.
     pub event_backlog: usize,
@@ -145,6 +149,7 @@ impl Default for TransportConfig {
             max_connections_per_ip: 64,
             handshake_rate_per_ip: 32,
             cookie_lifetime: Duration::from_secs(10),
+            seed: None,
             event_backlog: 65536,
             socket_buffer_size: 4 << 20,
             max_datagrams_per_poll: 256,

@@ -282,3 +282,32 @@ mod tests {
         assert_ne!(GrainKey::from((7i64, "eu")), GrainKey::from((7i64, "us")));
     }
 }
+
+/// A hasher for keys this process assigns itself (peer ids, call tokens) or that are hashes
+/// already (grain types): one multiply-and-mix per key instead of SipHash's rounds. Never for
+/// keys a peer chooses (request ids, grain keys): those keep SipHash's resistance to crafted
+/// collisions.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        crate::proto::route::fmix64(self.0)
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+    fn write_u32(&mut self, n: u32) {
+        self.0 = self.0.rotate_left(32) ^ u64::from(n);
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = self.0.rotate_left(32) ^ n;
+    }
+}
+
+/// A map keyed by ids this process assigns (see [`IdHasher`]).
+pub type IdMap<K, V> = std::collections::HashMap<K, V, std::hash::BuildHasherDefault<IdHasher>>;
+/// A set of ids this process assigns (see [`IdHasher`]).
+pub type IdSet<K> = std::collections::HashSet<K, std::hash::BuildHasherDefault<IdHasher>>;

@@ -20,7 +20,7 @@
 mod strategy;
 
 use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
+use std::hash::BuildHasherDefault;
 use std::sync::Arc;
 
 use smallvec::SmallVec;
@@ -29,7 +29,7 @@ pub use self::strategy::{
     Candidate, Candidates, ConsistentHash, Load, LowestLatency, PickContext, RoundRobin, Strategy,
     TypeState,
 };
-use super::ids::{GrainType, InterfaceId, PeerId, ServerId};
+use super::ids::{GrainType, IdHasher, InterfaceId, PeerId, ServerId};
 use super::manifest::Manifest;
 use super::siphash::stable_hash;
 
@@ -142,24 +142,6 @@ struct TypeRoutes {
     variants: SmallVec<[Variant; 1]>,
 }
 
-/// `GrainType` is already a hash: use it as is.
-#[derive(Debug, Default)]
-struct IdentityHasher(u64);
-
-impl Hasher for IdentityHasher {
-    fn finish(&self) -> u64 {
-        fmix64(self.0)
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0 << 8) | u64::from(b);
-        }
-    }
-    fn write_u32(&mut self, n: u32) {
-        self.0 = u64::from(n);
-    }
-}
-
 /// One server as the table builder sees it.
 #[derive(Debug, Clone)]
 pub struct ServerEntry {
@@ -176,6 +158,8 @@ pub struct ServerEntry {
 pub struct Strategies {
     default: Arc<dyn Strategy>,
     per_type: HashMap<GrainType, Arc<dyn Strategy>>,
+    /// Seeds the strategies' random draws ([`PickContext::random`]).
+    seed: u64,
 }
 
 impl Default for Strategies {
@@ -187,7 +171,12 @@ impl Default for Strategies {
 impl Strategies {
     /// `default` for every grain type.
     pub fn new(default: Arc<dyn Strategy>) -> Self {
-        Self { default, per_type: HashMap::new() }
+        Self { default, per_type: HashMap::new(), seed: 0x5eed_f011_5eed_f011 }
+    }
+
+    /// Seeds the strategies' random draws: with the same seed, the same picks.
+    pub fn set_seed(&mut self, seed: u64) {
+        self.seed = seed;
     }
 
     /// Sets the default strategy.
@@ -209,7 +198,7 @@ impl Strategies {
 /// The immutable routing snapshot. See the [module docs](self).
 #[derive(Debug, Default)]
 pub struct RouteTable {
-    types: HashMap<GrainType, TypeRoutes, BuildHasherDefault<IdentityHasher>>,
+    types: HashMap<GrainType, TypeRoutes, BuildHasherDefault<IdHasher>>,
     /// Types hosted by servers that are shutting down (for a precise error).
     draining: Vec<GrainType>,
     servers: usize,
@@ -219,7 +208,7 @@ impl RouteTable {
     /// The table for `servers` (connected and healthy, with their manifests). Servers whose
     /// manifest says they are draining take no calls.
     pub fn build(servers: &[ServerEntry], strategies: &Strategies) -> Self {
-        let mut types: HashMap<GrainType, TypeRoutes, BuildHasherDefault<IdentityHasher>> =
+        let mut types: HashMap<GrainType, TypeRoutes, BuildHasherDefault<IdHasher>> =
             HashMap::default();
         let mut draining = Vec::new();
         for s in servers {
@@ -233,7 +222,7 @@ impl RouteTable {
                 let t = types.entry(g.grain_type).or_insert_with(|| TypeRoutes {
                     strategy: strategies.get(g.grain_type).clone(),
                     strategy_name: strategies.get(g.grain_type).name(),
-                    state: TypeState::default(),
+                    state: TypeState::seeded(fmix64(strategies.seed ^ g.grain_type.0 as u64)),
                     variants: SmallVec::new(),
                 });
                 let candidate = Candidate {

@@ -13,7 +13,7 @@
 //! `max_activations` once the least recently used idle activation is evicted if need be.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::collections::{BinaryHeap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -26,7 +26,7 @@ use super::activation::{Job, Mailbox, Report, Reporter};
 use super::dispatch;
 use super::table::{Activation, Life, Table};
 use super::{Registered, ServerShared};
-use crate::proto::ids::{GrainId, PeerId, RequestId};
+use crate::proto::ids::{GrainId, IdMap, IdSet, PeerId, RequestId};
 use crate::proto::manifest::Manifest;
 use crate::proto::wire::rpc::{self, CallHeader, RpcFrame, Status};
 use crate::transport::{Connection, Delivery, Event, Service};
@@ -60,7 +60,7 @@ struct PeerState {
     /// Pending requests from this peer, by id.
     by_id: HashMap<RequestId, u64>,
     /// Every pending call from this peer (requests and one-way), by token.
-    calls: HashSet<u64>,
+    calls: IdSet<u64>,
     /// What those calls are charged (see [`CallRecord::bytes`]).
     pending_bytes: usize,
     /// Activations this peer's calls created that are still there.
@@ -84,8 +84,8 @@ pub(crate) struct ServerService {
     reports: Receiver<Report>,
     cmds: Receiver<ServerCmd>,
     table: Table,
-    peers: HashMap<PeerId, PeerState>,
-    calls: HashMap<u64, CallRecord>,
+    peers: IdMap<PeerId, PeerState>,
+    calls: IdMap<u64, CallRecord>,
     /// What every pending call is charged, together.
     pending_bytes: usize,
     deadlines: BinaryHeap<Reverse<(Instant, u64)>>,
@@ -114,8 +114,8 @@ impl ServerService {
             reports,
             cmds,
             table: Table::default(),
-            peers: HashMap::new(),
-            calls: HashMap::new(),
+            peers: IdMap::default(),
+            calls: IdMap::default(),
             pending_bytes: 0,
             deadlines: BinaryHeap::new(),
             next_token: 1,
@@ -515,7 +515,7 @@ impl Service for ServerService {
                     PeerState {
                         conn,
                         by_id: HashMap::new(),
-                        calls: HashSet::new(),
+                        calls: IdSet::default(),
                         pending_bytes: 0,
                         activations: 0,
                         gone: false,

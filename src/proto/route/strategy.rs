@@ -148,6 +148,14 @@ impl<'a> Candidates<'a> {
 #[derive(Debug, Default)]
 pub struct TypeState {
     sequence: AtomicU64,
+    /// A SplitMix64 state, seeded from the client's seed.
+    random: AtomicU64,
+}
+
+impl TypeState {
+    pub(crate) fn seeded(seed: u64) -> Self {
+        Self { sequence: AtomicU64::new(0), random: AtomicU64::new(seed) }
+    }
 }
 
 /// What a strategy knows about the call it routes.
@@ -166,27 +174,17 @@ impl PickContext<'_> {
         self.state.sequence.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// 64 random bits from a per-thread generator (deterministic per thread: seeded with a
-    /// constant, so a single-threaded simulation repeats exactly).
+    /// 64 random bits from a generator kept per grain type, seeded from the client's `seed`
+    /// (`ClientConfig::seed`): a client with a fixed seed repeats its picks exactly.
     pub fn random(&self) -> u64 {
-        thread_rng()
-    }
-}
-
-fn thread_rng() -> u64 {
-    use std::cell::Cell;
-    thread_local! {
-        static STATE: Cell<u64> = const { Cell::new(0x5eed_f011_5eed_f011_u64) };
-    }
-    STATE.with(|s| {
-        // SplitMix64.
-        let x = s.get().wrapping_add(0x9e37_79b9_7f4a_7c15);
-        s.set(x);
+        // SplitMix64, one atomic step per draw.
+        const GAMMA: u64 = 0x9e37_79b9_7f4a_7c15;
+        let x = self.state.random.fetch_add(GAMMA, Ordering::Relaxed).wrapping_add(GAMMA);
         let mut z = x;
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
         z ^ (z >> 31)
-    })
+    }
 }
 
 /// Chooses one server among a call's candidates. Implement it for a custom routing policy and

@@ -309,3 +309,20 @@ fn draining_servers_take_no_calls() {
         RouteError::Draining
     );
 }
+
+/// The strategies' random draws come from the client's seed: the same seed, the same picks
+/// (a simulation repeats exactly); another seed, other picks.
+#[test]
+fn random_picks_follow_the_seed() {
+    let servers = fleet(8);
+    let picks = |seed: u64| {
+        let mut s = strategies(LowestLatency);
+        s.set_seed(seed);
+        let table = RouteTable::build(&servers, &s);
+        (0..200)
+            .map(|_| table.route(&target("Player", 1), 0, &Affinity::None).unwrap().candidate.peer)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(picks(1), picks(1));
+    assert_ne!(picks(1), picks(2));
+}

@@ -84,7 +84,7 @@ impl<I: Io, S: Service> Driver<I, S> {
             max_unestablished_connections: u16::MAX,
             ..laminar::Config::default()
         };
-        let mut rng = SplitMix64::new(crate::sync::os_seed());
+        let mut rng = SplitMix64::new(config.seed.unwrap_or_else(crate::sync::os_seed));
         let gate = Gate::new(
             (rng.next_u64(), rng.next_u64()),
             now,
