@@ -3,7 +3,6 @@
 //! cancellation, panics, overload, unknown types, versions and shutdown.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -12,12 +11,11 @@ use grainwire::server::ServerBuilder;
 use grainwire::transport::sim::{SimConfig, SimNetwork};
 use grainwire::{CallError, Client, ClientConfig, GrainId, Server, ServerConfig};
 
+mod support;
+use support::addr;
+
 const SERVER: &str = "10.0.0.1:7000";
 const CLIENT: &str = "10.0.0.2:0";
-
-fn addr(s: &str) -> SocketAddr {
-    s.parse().unwrap()
-}
 
 /// What the server's grains observed, shared with the test.
 #[derive(Default)]

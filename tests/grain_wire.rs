@@ -1,7 +1,6 @@
 //! The RPC wire as a server sees it: a plain transport session sends hand-made frames to a
 //! grain server and reads its answers. Also: a 32-byte call fits a 64-byte datagram.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -11,6 +10,9 @@ use grainwire::proto::wire::rpc::{self, CallHeader, RpcFrame, Status};
 use grainwire::transport::sim::{SimConfig, SimNetwork};
 use grainwire::transport::{Connection, Delivery, Endpoint, Event};
 use grainwire::{CallError, Client, ClientConfig, Server, ServerConfig, TransportConfig};
+
+mod support;
+use support::addr;
 
 #[grainwire::grain(version = 3)]
 trait Blob {
@@ -27,10 +29,6 @@ impl Blob for BlobGrain {
 }
 
 const SERVER: &str = "10.0.0.1:7000";
-
-fn addr(s: &str) -> SocketAddr {
-    s.parse().unwrap()
-}
 
 async fn next_message(ep: &mut Endpoint) -> Bytes {
     loop {

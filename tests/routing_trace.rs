@@ -2,12 +2,14 @@
 //! strategy, among how many. (Its own test binary: the subscriber is the only one in the
 //! process, so no other test's callsite cache interferes.)
 
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use grainwire::client::{Client, ConnectMode};
 use grainwire::transport::sim::{SimConfig, SimNetwork};
 use grainwire::{Server, ServerConfig, ServerId};
+
+mod support;
+use support::addr;
 
 #[grainwire::grain]
 trait Echo {
@@ -63,10 +65,6 @@ impl tracing::Subscriber for Capture {
     }
     fn enter(&self, _: &tracing::span::Id) {}
     fn exit(&self, _: &tracing::span::Id) {}
-}
-
-fn addr(s: &str) -> SocketAddr {
-    s.parse().unwrap()
 }
 
 #[test]

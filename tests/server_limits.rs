@@ -3,7 +3,6 @@
 //! queue, or callers spinning without a server can cost, measured by the server's own
 //! accounting (`Server::stats`).
 
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -15,11 +14,10 @@ use grainwire::transport::sim::{RawSocket, SimConfig, SimNetwork};
 use grainwire::{CallError, Client, ClientConfig, Server, ServerConfig};
 use grainwire::{GrainId, TransportConfig};
 
-const SERVER: &str = "10.0.0.1:7000";
+mod support;
+use support::addr;
 
-fn addr(s: &str) -> SocketAddr {
-    s.parse().unwrap()
-}
+const SERVER: &str = "10.0.0.1:7000";
 
 /// Executions on the server, in order: (grain key, tag).
 type Log = Arc<Mutex<Vec<(i64, u64)>>>;

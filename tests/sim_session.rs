@@ -12,12 +12,11 @@ use grainwire::proto::wire::{self, Handshake, Packet, RejectReason, VERSION};
 use grainwire::transport::sim::{SimConfig, SimNetwork};
 use grainwire::transport::{Delivery, Endpoint, Event, PeerId};
 
+mod support;
+use support::{addr, message};
+
 const SERVER: &str = "10.0.0.1:9000";
 const CLIENT: &str = "10.0.0.2:5000";
-
-fn addr(s: &str) -> SocketAddr {
-    s.parse().unwrap()
-}
 
 fn net() -> SimNetwork {
     SimNetwork::new(42, SimConfig { delay: Duration::from_millis(20), ..SimConfig::default() })
@@ -37,10 +36,7 @@ fn decode_hs(data: &[u8]) -> Handshake {
 }
 
 async fn next(ep: &mut Endpoint) -> Event {
-    tokio::time::timeout(Duration::from_secs(120), ep.next_event())
-        .await
-        .expect("an event in time")
-        .expect("open")
+    support::next_event(ep, Duration::from_secs(120)).await
 }
 
 /// Waits for the next event that is not `Connected`.
@@ -440,14 +436,6 @@ async fn a_flood_from_one_address_is_rate_limited_before_the_gate_and_others_con
     raw.send_to(server.local_addr(), &hs(VERSION, Handshake::Hello { nonce: 5000 }));
     assert!(raw.recv_timeout(Duration::from_millis(100)).await.is_some());
     assert_eq!(server.session_count(), 1);
-}
-
-async fn message(ep: &mut Endpoint) -> Bytes {
-    loop {
-        if let Event::Message { payload, .. } = next(ep).await {
-            return payload;
-        }
-    }
 }
 
 #[tokio::test(start_paused = true)]

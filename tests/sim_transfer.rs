@@ -2,7 +2,6 @@
 //! a large message under reordering, oversize sends, tight flow control, both directions at
 //! once, and an application that falls behind on its events.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -11,12 +10,11 @@ use grainwire::error::SendError;
 use grainwire::transport::sim::{SimConfig, SimNetwork};
 use grainwire::transport::{Connection, Delivery, Endpoint, Event};
 
+mod support;
+use support::{addr, message};
+
 const SERVER: &str = "10.0.0.1:9000";
 const CLIENT: &str = "10.0.0.2:5000";
-
-fn addr(s: &str) -> SocketAddr {
-    s.parse().unwrap()
-}
 
 async fn setup(
     net: &SimNetwork,
@@ -32,18 +30,6 @@ async fn setup(
         }
     };
     (server, client, conn, sc)
-}
-
-async fn message(ep: &mut Endpoint) -> Bytes {
-    loop {
-        let ev = tokio::time::timeout(Duration::from_secs(120), ep.next_event())
-            .await
-            .expect("in time")
-            .expect("open");
-        if let Event::Message { payload, .. } = ev {
-            return payload;
-        }
-    }
 }
 
 #[tokio::test(start_paused = true)]
