@@ -161,14 +161,19 @@ impl Echo for EchoGrain {
     }
 }
 
+/// A server hosting `Echo` on a free loopback port (inside a runtime).
+fn echo_server() -> grainwire::Server {
+    grainwire::Server::builder(grainwire::ServerConfig::default())
+        .host(Echo::host(|_: &grainwire::GrainId| EchoGrain))
+        .bind("127.0.0.1:0".parse().unwrap())
+        .unwrap()
+}
+
 #[test]
 fn grain_call_allocations() {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async {
-        let server = grainwire::Server::builder(grainwire::ServerConfig::default())
-            .host(Echo::host(|_: &grainwire::GrainId| EchoGrain))
-            .bind("127.0.0.1:0".parse().unwrap())
-            .unwrap();
+        let server = echo_server();
         let client =
             grainwire::Client::connect(server.local_addr(), grainwire::ClientConfig::default())
                 .await
@@ -276,10 +281,7 @@ fn client_locks_per_call() {
     let server = std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         rt.block_on(async {
-            let server = grainwire::Server::builder(grainwire::ServerConfig::default())
-                .host(Echo::host(|_: &grainwire::GrainId| EchoGrain))
-                .bind("127.0.0.1:0".parse().unwrap())
-                .unwrap();
+            let server = echo_server();
             tx.send(server.local_addr()).unwrap();
             let _ = stop_rx.await;
             server.shutdown().await;

@@ -239,44 +239,37 @@ impl ClientService {
         if size > max {
             return self.fail(call.cell.as_deref(), CallError::TooLarge { size, max }, false, now);
         }
-        let Some(cell) = call.cell else {
-            // A one-way call: written on the grain's stream in the order calls were made, like
-            // any call, and done.
-            let start = PREFIX_GAP - rpc::request_prefix_len(None, type_index);
-            let prefix = &mut call.frame[start..PREFIX_GAP];
-            rpc::encode_request_prefix(prefix, None, type_index, call.flags);
-            let mut frame = call.frame.freeze();
-            frame.advance(start);
-            p.conn.push(delivery, frame);
-            self.shared.one_way_sent.fetch_add(1, Ordering::Relaxed);
-            self.shared.finished_one();
-            return;
-        };
-        let pending = Pending {
-            cell: cell.clone(),
-            stream: call.stream,
-            flags: call.flags,
-            started: call.started,
-            deadline: call.deadline,
-            again: call.again,
-            retried: call.retried,
-            body: Bytes::new(),
-        };
-        let id = p.in_flight.insert(pending, call.deadline);
-        let start = PREFIX_GAP - rpc::request_prefix_len(Some(id), type_index);
-        rpc::encode_request_prefix(
-            &mut call.frame[start..PREFIX_GAP],
-            Some(id),
-            type_index,
-            call.flags,
-        );
+        // A call gets a correlation slot; a one-way call (no cell) none. Both are written on
+        // the grain's stream in the order calls were made.
+        let sent = call.cell.map(|cell| {
+            let pending = Pending {
+                cell: cell.clone(),
+                stream: call.stream,
+                flags: call.flags,
+                started: call.started,
+                deadline: call.deadline,
+                again: call.again,
+                retried: call.retried,
+                body: Bytes::new(),
+            };
+            (cell, p.in_flight.insert(pending, call.deadline))
+        });
+        let id = sent.as_ref().map(|(_, id)| *id);
+        let start = PREFIX_GAP - rpc::request_prefix_len(id, type_index);
+        rpc::encode_request_prefix(&mut call.frame[start..PREFIX_GAP], id, type_index, call.flags);
         let mut frame = call.frame.freeze();
-        if let Some(pending) = p.in_flight.get_mut(id) {
+        if let Some(pending) = id.and_then(|id| p.in_flight.get_mut(id)) {
             // A reference to the same buffer (no copy), in case it must go elsewhere.
             pending.body = frame.slice(PREFIX_GAP..);
         }
         frame.advance(start);
         p.conn.push(delivery, frame);
+        let Some((cell, id)) = sent else {
+            // A one-way call is done once written.
+            self.shared.one_way_sent.fetch_add(1, Ordering::Relaxed);
+            self.shared.finished_one();
+            return;
+        };
         p.load.started();
         if !cell.set_id(peer, id) {
             // Dropped while we sent it: take it back.

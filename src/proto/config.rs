@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 /// as 16 bits, and the receiver's expansion needs sender and receiver within a quarter of that.
 pub const MAX_STREAM_WINDOW: u32 = 8192;
 
-/// Options of the reliable-UDP transport: one [`Endpoint`](crate::transport::Endpoint) and the
+/// Options of the reliable-UDP transport: one `Endpoint` and the
 /// sessions it carries.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -18,7 +18,7 @@ pub struct TransportConfig {
     /// without IP fragmentation). Range 256..=65507. Larger datagrams are dropped on receipt.
     pub max_datagram_size: usize,
     /// Largest message, in bytes; a larger send fails with
-    /// [`SendError::MessageTooLarge`](crate::error::SendError). Default 1 MiB.
+    /// `SendError::MessageTooLarge`. Default 1 MiB.
     pub max_message_size: usize,
     /// Flow-control credit: reliable bytes the peer may have buffered here, not yet delivered
     /// to the application. At least `max_message_size`. Default 4 MiB.
@@ -26,13 +26,13 @@ pub struct TransportConfig {
     /// Bytes all sessions of the endpoint together may hold received and not yet delivered
     /// (out-of-order and partly reassembled reliable messages, partial unreliable ones). Above
     /// it, a session that holds more than an equal share is shed (closed with
-    /// [`Shed`](crate::error::DisconnectReason::Shed), what it held freed) and counted;
+    /// `Shed`, what it held freed) and counted;
     /// sessions under their share are served as usual (a session that delivers what it
     /// receives holds nothing). Each session is bounded on its own by `receive_window`.
     /// Default 256 MiB.
     pub max_receive_buffered: usize,
     /// Bytes a connection may hold queued and unacknowledged before
-    /// [`SendError::BufferFull`](crate::error::SendError). Each message also counts 160 bytes
+    /// `SendError::BufferFull`. Each message also counts 160 bytes
     /// of bookkeeping (what holding it costs). At least `max_message_size`. Default 8 MiB.
     pub send_buffer: usize,
     /// Reliable messages per stream that may be sent and not yet acknowledged.
@@ -72,7 +72,7 @@ pub struct TransportConfig {
     /// Default 10 s.
     #[serde(with = "duration_ms")]
     pub idle_timeout: Duration,
-    /// Close the session (reason: [`Stalled`](crate::error::DisconnectReason::Stalled)) when
+    /// Close the session (reason: `Stalled`) when
     /// data has waited this long for the peer to acknowledge any of it: a peer that advertises
     /// no credit, never acks, or lets its receive buffer fill, is not kept forever at the cost
     /// of what is queued for it (TCP's user timeout). Default 10 s.
@@ -91,11 +91,11 @@ pub struct TransportConfig {
     /// Whether the endpoint accepts incoming sessions (a server). Default false.
     pub accept_incoming: bool,
     /// Most incoming sessions at once; further attempts are rejected
-    /// ([`Rejection::ServerFull`](crate::error::Rejection)). Default 4096.
+    /// (`Rejection::ServerFull`). Default 4096.
     pub max_connections: usize,
     /// Most incoming sessions from one address at once (an IPv4 address, or an IPv6 /64);
     /// further attempts are rejected
-    /// ([`Rejection::TooManyFromAddress`](crate::error::Rejection)). Default 64: a household
+    /// (`Rejection::TooManyFromAddress`). Default 64: a household
     /// behind one NAT with several players is far below it, one host cannot take every slot.
     /// Raise it for carrier-grade NATs or load tests from one machine.
     pub max_connections_per_ip: usize,

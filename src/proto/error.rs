@@ -1,4 +1,4 @@
-//! The errors of the sans-IO core, re-exported in [`crate::error`] where users find them.
+//! The errors of the sans-IO core, re-exported in `grainwire::error` where users find them.
 
 /// Why a message could not be queued for sending.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
