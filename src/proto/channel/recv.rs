@@ -7,7 +7,7 @@
 //!   flow-control credit we advertise, charged per chunk as its bytes plus [`CHUNK_COST`];
 //! * anything kept beyond the pass that received it is copied out of its datagram (a 1-byte
 //!   chunk never keeps a 1,200-byte datagram alive); only messages handed to the application at
-//!   once share their datagram's copy;
+//!   once share their datagram's copy, and small ones a per-thread block of 1 KiB;
 //! * each reliable space holds at most [`MAX_STREAM_WINDOW`] messages past its first missing one;
 //! * partial unreliable messages share a budget of `max_message` bytes and
 //!   [`MAX_UNRELIABLE_PARTIALS`] messages, the oldest evicted first.
@@ -18,9 +18,10 @@
 //! whatever the arrival order: in-order chunks are appended to the message, early ones wait in a
 //! table by index until the gap before them closes.
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 
 use super::send::CHUNK_COST;
 use super::seq;
@@ -59,15 +60,44 @@ impl<'a> Datagram<'a> {
     pub(crate) fn bytes(&mut self, part: &[u8]) -> Bytes {
         let offset = (part.as_ptr() as usize).wrapping_sub(self.data.as_ptr() as usize);
         if offset > self.data.len() || offset + part.len() > self.data.len() {
-            return Bytes::copy_from_slice(part);
+            return copy(part);
         }
         if !self.handed_out {
             self.handed_out = true;
-            return Bytes::copy_from_slice(part);
+            return copy(part);
         }
-        let shared = self.shared.get_or_insert_with(|| Bytes::copy_from_slice(self.data));
+        let shared = self.shared.get_or_insert_with(|| copy(self.data));
         shared.slice(offset..offset + part.len())
     }
+}
+
+/// Copies of at most this many bytes for messages delivered at once are carved from a block
+/// shared by this thread's recent small copies, instead of one allocation each.
+const SMALL_COPY: usize = 128;
+/// The size of such a block. A delivered message the application keeps pins at most one block,
+/// less than the whole datagram (up to `max_datagram_size`, 1,200 bytes by default) a kept
+/// message could pin through its datagram's shared copy anyway.
+const COPY_BLOCK: usize = 1024;
+
+thread_local! {
+    /// The rest of the block the last small copy came from.
+    static COPY_BLOCK_REST: RefCell<BytesMut> = RefCell::new(BytesMut::new());
+}
+
+/// An owned copy of `data` for a message delivered now: small copies share a block (one
+/// allocation per block of [`COPY_BLOCK`] bytes, not one per message), larger ones are exact.
+fn copy(data: &[u8]) -> Bytes {
+    if data.is_empty() || data.len() > SMALL_COPY {
+        return Bytes::copy_from_slice(data);
+    }
+    COPY_BLOCK_REST.with(|rest| {
+        let mut rest = rest.borrow_mut();
+        if rest.capacity() < data.len() {
+            *rest = BytesMut::with_capacity(COPY_BLOCK);
+        }
+        rest.extend_from_slice(data);
+        rest.split().freeze()
+    })
 }
 
 /// The chunks of one message received so far. See the module docs for the rules.
