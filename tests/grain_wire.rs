@@ -52,8 +52,24 @@ async fn raw(net: &SimNetwork) -> (Endpoint, Connection, Manifest) {
 }
 
 fn request(id: u32, type_index: u32, version: u8, method: MethodId, args: &[u8]) -> Bytes {
-    let call =
-        CallHeader { type_index, version, method, deadline_ms: Some(1000), key: GrainKey::Int(1) };
+    request_within(id, type_index, version, method, args, 1000)
+}
+
+fn request_within(
+    id: u32,
+    type_index: u32,
+    version: u8,
+    method: MethodId,
+    args: &[u8],
+    deadline_ms: u32,
+) -> Bytes {
+    let call = CallHeader {
+        type_index,
+        version,
+        method,
+        deadline_ms: Some(deadline_ms),
+        key: GrainKey::Int(1),
+    };
     let mut out = Vec::new();
     rpc::encode_call(&mut out, Some(RequestId { slot: id, generation: 1 }), &call);
     out.extend_from_slice(args);
@@ -217,4 +233,54 @@ async fn an_answer_too_large_for_the_connection_is_a_typed_error_not_a_timeout()
     assert!(start.elapsed() < Duration::from_secs(1), "answered at once, not at the deadline");
     assert_eq!(server.stats().responses_too_large, 1);
     assert_eq!(d.bytes(10).await.unwrap().len(), 10, "the grain serves on");
+}
+
+#[grainwire::grain]
+trait Sleeper {
+    /// Sleeps `ms` milliseconds; returns how many calls ran before.
+    async fn nap(&mut self, ms: u64) -> u32;
+}
+
+struct SleeperGrain(u32);
+
+impl Sleeper for SleeperGrain {
+    async fn nap(&mut self, ms: u64) -> u32 {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        self.0 += 1;
+        self.0 - 1
+    }
+}
+
+/// Deadlines are the server's, on its endpoint's clock: a running call is cut short at its
+/// deadline and answered `DeadlineExceeded`, a queued one behind it is answered when its own
+/// deadline passes and never runs, and the grain serves the next call at once.
+#[tokio::test(start_paused = true)]
+async fn the_server_answers_deadline_exceeded_at_each_calls_deadline() {
+    let net = SimNetwork::new(5, SimConfig::default());
+    let _server = Server::builder(ServerConfig::default())
+        .host(Sleeper::host(|_| SleeperGrain(0)))
+        .bind_sim(&net, addr(SERVER))
+        .unwrap();
+    let (mut ep, conn, manifest) = raw(&net).await;
+    let v = manifest.grains[0].version;
+    let nap = MethodId::of("nap");
+    let send = |b: Bytes| conn.send(Delivery::reliable_ordered(1), b).unwrap();
+    let ms = |n: u64| postcard::to_allocvec(&n).unwrap();
+    let t0 = tokio::time::Instant::now();
+    send(request_within(1, 0, v, nap, &ms(5_000), 300)); // runs, cut short at 300 ms
+    send(request_within(2, 0, v, nap, &ms(0), 100)); // queued behind it, expires at 100 ms
+    send(request_within(3, 0, v, nap, &ms(0), 10_000)); // runs when the first is cut short
+    let (slot, status, _) = answer(&mut ep).await;
+    assert_eq!((slot, status), (2, Status::DeadlineExceeded));
+    let at = t0.elapsed();
+    // The deadline runs from the server's receipt: at most one way out and back on top.
+    assert!(at >= Duration::from_millis(100) && at < Duration::from_millis(130), "{at:?}");
+    let (slot, status, _) = answer(&mut ep).await;
+    assert_eq!((slot, status), (1, Status::DeadlineExceeded));
+    let at = t0.elapsed();
+    assert!(at >= Duration::from_millis(300) && at < Duration::from_millis(330), "{at:?}");
+    let (slot, status, value) = answer(&mut ep).await;
+    assert_eq!((slot, status), (3, Status::Ok));
+    assert_eq!(value, vec![0], "neither earlier call ran to its end");
+    assert!(t0.elapsed() < Duration::from_millis(335), "served at once: {:?}", t0.elapsed());
 }

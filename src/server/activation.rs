@@ -3,7 +3,9 @@
 //! from it, runs them, answers on the caller's connection and reports each call done.
 //!
 //! A call is cut short when the service signals its cancellation (the caller gave up, or its
-//! deadline passed): the task drops the call's future. A panic fails the call with
+//! deadline passed): the task drops the call's future. Deadlines are the service's alone, on
+//! the endpoint's clock (an expired call still queued is taken out of the mailbox and
+//! answered there); this task reads no clock. A panic fails the call with
 //! `HandlerPanicked` and the instance is replaced by a fresh one from the factory (its state
 //! may be broken), without losing the calls queued behind it.
 
@@ -15,7 +17,6 @@ use std::pin::pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::Poll;
-use std::time::Instant;
 
 use bytes::Bytes;
 use crossbeam::channel::Sender;
@@ -36,7 +37,6 @@ pub(crate) struct Job {
     pub(crate) reply: Option<(Connection, RequestId)>,
     pub(crate) method: MethodId,
     pub(crate) args: Bytes,
-    pub(crate) deadline: Instant,
 }
 
 /// What activations tell the service.
@@ -119,8 +119,11 @@ pub(crate) struct Mailbox {
     closing: AtomicBool,
     /// The call running now (0 when none).
     running: AtomicU64,
-    /// The running call to cut short, and the signal that says so.
+    /// The running call to cut short, whether its deadline passed (answer
+    /// `DeadlineExceeded`) rather than its caller gave up (answer nothing), and the signal
+    /// that says so.
     cancel_token: AtomicU64,
+    cancel_expired: AtomicBool,
     cancel: Signal,
 }
 
@@ -135,9 +138,10 @@ impl Mailbox {
         lock(&self.queue).remove(token)
     }
 
-    /// Cuts the call short if it is running.
-    pub(crate) fn cancel_running(&self, token: u64) {
+    /// Cuts the call short if it is running; `expired`: because its deadline passed.
+    pub(crate) fn cancel_running(&self, token: u64, expired: bool) {
         if self.running.load(Ordering::Acquire) == token {
+            self.cancel_expired.store(expired, Ordering::Relaxed);
             self.cancel_token.store(token, Ordering::Release);
             self.cancel.notify();
         }
@@ -189,12 +193,6 @@ where
     ) -> tokio::task::JoinHandle<()> {
         tokio::spawn(run::<I, G, F>(self.factory.clone(), grain, mailbox, reporter))
     }
-}
-
-/// The time on the server's clock: tokio's, which tests on the simulated network pause (it is
-/// the system clock otherwise).
-fn now() -> Instant {
-    tokio::time::Instant::now().into_std()
 }
 
 /// Polls `f`, turning a panic into `None`.
@@ -269,9 +267,7 @@ where
             std::future::poll_fn(|cx| mailbox.signal.poll(cx)).await;
             continue;
         };
-        let status = if now() >= job.deadline {
-            Some(Status::DeadlineExceeded)
-        } else if caller_not_draining(&job, &limits) {
+        let status = if caller_not_draining(&job, &limits) {
             reporter.counters.overloaded_send_queue.fetch_add(1, Ordering::Relaxed);
             Some(Status::Overloaded)
         } else if let Some(g) = grain.as_mut() {
@@ -308,8 +304,10 @@ where
                     grain = activate::<I, G, F>(&factory, &id).await;
                     Some(Status::HandlerPanicked)
                 }
-                // The caller gave up (no answer wanted) or the deadline passed (say so).
-                Ran::Cancelled if now() >= job.deadline => Some(Status::DeadlineExceeded),
+                // The deadline passed (say so) or the caller gave up (no answer wanted).
+                Ran::Cancelled if mailbox.cancel_expired.load(Ordering::Relaxed) => {
+                    Some(Status::DeadlineExceeded)
+                }
                 Ran::Cancelled => None,
             }
         } else {
@@ -338,13 +336,7 @@ mod tests {
     use super::*;
 
     fn job(token: u64) -> Job {
-        Job {
-            token,
-            reply: None,
-            method: MethodId(0),
-            args: Bytes::new(),
-            deadline: Instant::now(),
-        }
+        Job { token, reply: None, method: MethodId(0), args: Bytes::new() }
     }
 
     #[test]

@@ -246,7 +246,7 @@ impl ServerService {
         p.calls.insert(token);
         p.pending_bytes += cost;
         self.pending_bytes += cost;
-        let job = Job { token, reply, method: call.method, args, deadline };
+        let job = Job { token, reply, method: call.method, args };
         let mailbox = self.route(peer, grain.clone(), index, job, now);
         self.calls.insert(token, CallRecord { peer, id, grain, mailbox, bytes: cost });
         self.deadlines.push(Reverse((deadline, token)));
@@ -347,7 +347,7 @@ impl ServerService {
                 }
                 self.finished(token, now);
             }
-            None => rec.mailbox.cancel_running(token),
+            None => rec.mailbox.cancel_running(token, status == Some(Status::DeadlineExceeded)),
         }
     }
 
