@@ -3,11 +3,12 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use grainwire::client::{ClientEvent, ConnectMode, RoundRobin};
 use grainwire::{Client, Server, ServerConfig};
-use tokio::sync::broadcast;
+
+mod support;
+use support::until;
 
 #[grainwire::grain]
 trait Where {
@@ -42,19 +43,6 @@ fn start(id: &str, addr: SocketAddr, only: bool) -> Server {
     let name = id.to_string();
     let b = if only { b.host(Only::host(move |_| Here(name.clone()))) } else { b };
     b.bind(addr).unwrap()
-}
-
-async fn until(rx: &mut broadcast::Receiver<ClientEvent>, want: impl Fn(&ClientEvent) -> bool) {
-    let wait = async {
-        loop {
-            match rx.recv().await {
-                Ok(e) if want(&e) => return,
-                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
-                Err(e) => panic!("{e}"),
-            }
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(20), wait).await.expect("the event in time");
 }
 
 #[tokio::test]

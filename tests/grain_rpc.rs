@@ -7,12 +7,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use grainwire::client::ClientEvent;
 use grainwire::server::ServerBuilder;
 use grainwire::transport::sim::{SimConfig, SimNetwork};
 use grainwire::{CallError, Client, ClientConfig, GrainId, Server, ServerConfig};
 
 mod support;
-use support::addr;
+use support::{addr, join_all, until, wait_until};
 
 const SERVER: &str = "10.0.0.1:7000";
 const CLIENT: &str = "10.0.0.2:0";
@@ -257,7 +258,7 @@ async fn calls_and_one_way_calls_to_one_grain_run_in_the_order_they_were_made() 
                 if n % 3 == 0 { w.work(base + n).await.map(|_| ()) } else { w.note(base + n).await }
             }
         });
-        for r in futures_join_all(calls).await {
+        for r in join_all(calls).await {
             r.unwrap();
         }
         expected.extend((0..300u64).map(|n| base + n));
@@ -281,7 +282,7 @@ async fn one_grain_runs_one_call_at_a_time_and_different_grains_run_together() {
     let t0 = tokio::time::Instant::now();
     let refs: Vec<WorkerRef> = (10..20).map(|k| client.grain(k)).collect();
     let naps = refs.iter().map(|w| w.nap(100));
-    for r in futures_join_all(naps).await {
+    for r in join_all(naps).await {
         r.unwrap();
     }
     assert_eq!(log.max_running.load(Ordering::SeqCst), 10, "ten grains at once");
@@ -290,28 +291,6 @@ async fn one_grain_runs_one_call_at_a_time_and_different_grains_run_together() {
         "concurrently, not one after another: {:?}",
         t0.elapsed()
     );
-}
-
-/// Polls futures concurrently on the current task (the crate has no `futures` dependency).
-async fn futures_join_all<F: std::future::Future>(
-    fs: impl IntoIterator<Item = F>,
-) -> Vec<F::Output> {
-    let mut fs: Vec<_> = fs.into_iter().map(Box::pin).collect();
-    let mut out: Vec<Option<F::Output>> = fs.iter().map(|_| None).collect();
-    std::future::poll_fn(|cx| {
-        let mut done = true;
-        for (f, o) in fs.iter_mut().zip(out.iter_mut()) {
-            if o.is_none() {
-                match f.as_mut().poll(cx) {
-                    std::task::Poll::Ready(v) => *o = Some(v),
-                    std::task::Poll::Pending => done = false,
-                }
-            }
-        }
-        if done { std::task::Poll::Ready(()) } else { std::task::Poll::Pending }
-    })
-    .await;
-    out.into_iter().map(|o| o.expect("all ready")).collect()
 }
 
 #[tokio::test(start_paused = true)]
@@ -352,8 +331,8 @@ async fn deadlines_bound_every_call() {
     assert!(matches!(r, Err(CallError::Timeout) | Err(CallError::DeadlineExceeded)), "{r:?}");
     assert!(t0.elapsed() <= Duration::from_millis(310), "{:?}", t0.elapsed());
     // The server cut the call short at its deadline: the grain is free again at once.
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    assert_eq!(log.running.load(Ordering::SeqCst), 0, "the slow call was cancelled on the server");
+    let cut_short = || log.running.load(Ordering::SeqCst) == 0;
+    wait_until("the slow call cancelled on the server", Duration::from_millis(50), cut_short).await;
     assert_eq!(w.served().await.unwrap(), 0);
     assert!(client.stats().timeouts + client.stats().errors >= 1);
 }
@@ -362,7 +341,7 @@ async fn deadlines_bound_every_call() {
 async fn dropping_a_call_cancels_it_on_the_server() {
     let net = SimNetwork::new(15, SimConfig::default());
     let log = Arc::new(Log::default());
-    let (_server, client) =
+    let (server, client) =
         setup(&net, &log, ServerConfig::default(), ClientConfig::default()).await;
     let w: WorkerRef = client.grain(1);
     // A long call, then a queued one behind it; drop both after 100 ms.
@@ -371,8 +350,10 @@ async fn dropping_a_call_cancels_it_on_the_server() {
     let _ = tokio::time::timeout(Duration::from_millis(100), async { tokio::join!(long, queued) })
         .await;
     assert_eq!(client.stats().pending, 0, "removed locally at once");
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_eq!(log.running.load(Ordering::SeqCst), 0, "the running call was cut short");
+    wait_until("both calls gone from the server", Duration::from_millis(100), || {
+        log.running.load(Ordering::SeqCst) == 0 && server.stats().pending_calls == 0
+    })
+    .await;
     assert_eq!(log.runs.lock().unwrap().get(&99), None, "the queued call never ran");
     assert_eq!(w.work(100).await.unwrap(), 100, "the grain serves the next call");
 }
@@ -399,7 +380,7 @@ async fn too_many_pending_calls_are_refused_as_overloaded() {
     let cfg = ServerConfig { max_pending_per_connection: 8, ..ServerConfig::default() };
     let (_server, client) = setup(&net, &log, cfg, ClientConfig::default()).await;
     let refs: Vec<WorkerRef> = (0..20).map(|k| client.grain(k)).collect();
-    let results = futures_join_all(refs.iter().map(|w| w.nap(1000))).await;
+    let results = join_all(refs.iter().map(|w| w.nap(1000))).await;
     let ok = results.iter().filter(|r| r.is_ok()).count();
     let overloaded = results.iter().filter(|r| matches!(r, Err(CallError::Overloaded))).count();
     assert_eq!((ok, overloaded), (8, 12), "{results:?}");
@@ -415,7 +396,7 @@ async fn pending_argument_bytes_are_capped_per_connection() {
     let refs: Vec<WorkerRef> = (0..5).map(|k| client.grain(k)).collect();
     // Each call holds about 400 argument bytes (and 256 of bookkeeping) for a second: two fit
     // in 1500 bytes.
-    let results = futures_join_all(refs.iter().map(|w| w.hold(vec![7; 400], 1000))).await;
+    let results = join_all(refs.iter().map(|w| w.hold(vec![7; 400], 1000))).await;
     let ok = results.iter().filter(|r| matches!(r, Ok(400))).count();
     let overloaded = results.iter().filter(|r| matches!(r, Err(CallError::Overloaded))).count();
     assert_eq!((ok, overloaded), (2, 3), "{results:?}");
@@ -439,16 +420,19 @@ async fn at_the_activation_cap_the_least_recently_used_idle_grain_makes_room() {
     assert_eq!(refs[0].work(3).await.unwrap(), 3, "grain 0 is now the more recently used");
     // A third grain: grain 1 (idle the longest) is deactivated to make room.
     assert_eq!(refs[2].work(4).await.unwrap(), 4);
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    wait_until("grain 1's deactivation hook ran", Duration::from_millis(100), || {
+        log.deactivations.load(Ordering::SeqCst) == 1
+    })
+    .await;
     assert_eq!(server.activation_count(), 2);
-    assert_eq!(log.deactivations.load(Ordering::SeqCst), 1, "its hook ran");
     assert_eq!(server.stats().activations_evicted, 1);
     assert_eq!(refs[0].served().await.unwrap(), 2, "grain 0 kept its state");
     assert_eq!(refs[1].served().await.unwrap(), 0, "grain 1 starts afresh");
     // Every activation busy: a new grain is refused, and the refused call never runs.
-    let naps = futures_join_all([refs[0].nap(1000), refs[1].nap(1000)]);
+    let naps = join_all([refs[0].nap(1000), refs[1].nap(1000)]);
     let refused = async {
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        let both = || log.running.load(Ordering::SeqCst) == 2;
+        wait_until("both naps running", Duration::from_millis(200), both).await;
         refs[3].work(5).await
     };
     let (naps, refused) = tokio::join!(naps, refused);
@@ -456,8 +440,8 @@ async fn at_the_activation_cap_the_least_recently_used_idle_grain_makes_room() {
     assert!(matches!(refused, Err(CallError::Overloaded)), "{refused:?}");
     assert!(log.runs.lock().unwrap().get(&5).is_none(), "the refused call never ran");
     assert_eq!(server.stats().overloaded_activations, 1);
-    tokio::time::sleep(Duration::from_secs(20)).await;
-    assert_eq!(server.activation_count(), 0, "all idled out");
+    let idle = || server.activation_count() == 0;
+    wait_until("all idled out", Duration::from_secs(30), idle).await;
     assert_eq!(refs[3].work(6).await.unwrap(), 6, "room again");
 }
 
@@ -501,9 +485,12 @@ async fn shutdown_drains_pending_calls_refuses_new_ones_and_deactivates() {
         let w = w.clone();
         async move { w.nap(500).await }
     });
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    let napping = || log.running.load(Ordering::SeqCst) == 1;
+    wait_until("the slow call running", Duration::from_millis(100), napping).await;
+    let mut events = client.events();
     let stopping = tokio::spawn(server.shutdown());
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // The server says it drains (a new manifest); then new calls fail at once.
+    until(&mut events, |e| matches!(e, ClientEvent::ManifestChanged { .. })).await;
     let late = client.grain::<WorkerRef>(2).work(2).await;
     assert!(matches!(late, Err(CallError::ShuttingDown)), "{late:?}");
     assert_eq!(slow.await.unwrap().unwrap(), 2, "the pending call finished");
@@ -527,7 +514,8 @@ async fn losing_the_connection_fails_pending_calls_at_once() {
         let w = w.clone();
         async move { w.nap(60_000).await }
     });
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    let napping = || log.running.load(Ordering::SeqCst) == 1;
+    wait_until("the call running", Duration::from_millis(100), napping).await;
     let t0 = tokio::time::Instant::now();
     drop(server); // the server process dies: its endpoint closes every session
     let r = pending.await.unwrap();

@@ -8,11 +8,11 @@ use grainwire::proto::ids::{GrainKey, MethodId, RequestId};
 use grainwire::proto::manifest::Manifest;
 use grainwire::proto::wire::rpc::{self, CallHeader, RpcFrame, Status};
 use grainwire::transport::sim::{SimConfig, SimNetwork};
-use grainwire::transport::{Connection, Delivery, Endpoint, Event};
+use grainwire::transport::{Connection, Delivery, Endpoint};
 use grainwire::{CallError, Client, ClientConfig, Server, ServerConfig, TransportConfig};
 
 mod support;
-use support::addr;
+use support::{addr, message};
 
 #[grainwire::grain(version = 3)]
 trait Blob {
@@ -30,21 +30,11 @@ impl Blob for BlobGrain {
 
 const SERVER: &str = "10.0.0.1:7000";
 
-async fn next_message(ep: &mut Endpoint) -> Bytes {
-    loop {
-        let ev =
-            tokio::time::timeout(Duration::from_secs(10), ep.next_event()).await.unwrap().unwrap();
-        if let Event::Message { payload, .. } = ev {
-            return payload;
-        }
-    }
-}
-
 /// A raw transport session to a grain server, past its manifest.
 async fn raw(net: &SimNetwork) -> (Endpoint, Connection, Manifest) {
     let mut ep = net.endpoint(addr("10.0.0.9:1"), TransportConfig::default()).unwrap();
     let conn = ep.connect(addr(SERVER)).await.unwrap();
-    let first = next_message(&mut ep).await;
+    let first = message(&mut ep).await;
     let Ok(RpcFrame::Manifest(body)) = rpc::decode_rpc(&first) else {
         panic!("the manifest comes first")
     };
@@ -77,7 +67,7 @@ fn request_within(
 }
 
 async fn answer(ep: &mut Endpoint) -> (u32, Status, Vec<u8>) {
-    let m = next_message(ep).await;
+    let m = message(ep).await;
     match rpc::decode_rpc(&m) {
         Ok(RpcFrame::Response { id, status, payload }) => (id.slot, status, payload.to_vec()),
         other => panic!("expected a response, got {other:?}"),

@@ -6,16 +6,12 @@ use bytes::Bytes;
 use grainwire::TransportConfig;
 use grainwire::transport::{Delivery, Endpoint, Event};
 
-async fn pair() -> (Endpoint, Endpoint) {
-    let server = Endpoint::bind("127.0.0.1:0".parse().unwrap(), TransportConfig::server()).unwrap();
-    let client =
-        Endpoint::bind("127.0.0.1:0".parse().unwrap(), TransportConfig::default()).unwrap();
-    (server, client)
-}
+mod support;
+use support::udp_pair;
 
 #[tokio::test]
 async fn every_class_round_trips_over_loopback() {
-    let (mut server, mut client) = pair().await;
+    let (mut server, mut client) = udp_pair();
     let conn = client.connect(server.local_addr()).await.expect("connect");
     assert!(conn.is_connected());
     let Some(Event::Connected(_)) = client.next_event().await else { panic!("client Connected") };
@@ -89,7 +85,7 @@ async fn messages(ep: &mut Endpoint, n: usize) -> Vec<(grainwire::transport::Pee
 
 #[tokio::test]
 async fn ten_thousand_queued_messages_drain_over_real_udp() {
-    let (mut server, client) = pair().await;
+    let (mut server, client) = udp_pair();
     let conn = client.connect(server.local_addr()).await.unwrap();
     for i in 0..10_000u32 {
         let mut p = vec![0u8; 32];

@@ -15,6 +15,9 @@ use grainwire::transport::sim::{SimConfig, SimNetwork};
 use grainwire::{CallError, Client, ClientConfig, Server, ServerConfig, ServerId};
 use tokio::sync::broadcast;
 
+mod support;
+use support::{until, wait_until};
+
 #[grainwire::grain]
 trait Echo {
     /// Records call `n` on this server; returns the server's id.
@@ -178,24 +181,17 @@ impl Fleet {
         (0..self.servers.len()).map(server_addr).collect()
     }
 
-    /// The server's host crashes: its links go silent, the process is gone.
+    /// The server's process dies (SIGKILL): its socket closes at once, so datagrams to it are
+    /// lost unanswered, and its address is free.
     fn kill(&mut self, i: usize) {
-        self.net.set_down(server_addr(i), true);
+        self.net.kill(server_addr(i));
         self.servers[i] = None;
     }
 
-    /// It comes back on the same address with the same id (after the old socket is released).
-    async fn restart(&mut self, i: usize) {
-        self.net.set_down(server_addr(i), false);
-        for _ in 0..100 {
-            if let Some(s) = self.bind(i) {
-                self.servers[i] = Some(s);
-                return;
-            }
-            // The dead endpoint's task still holds the address for its linger.
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        panic!("could not rebind {}", server_addr(i));
+    /// It comes back on the same address with the same id.
+    fn restart(&mut self, i: usize) {
+        let s = self.bind(i).unwrap_or_else(|| panic!("could not rebind {}", server_addr(i)));
+        self.servers[i] = Some(s);
     }
 
     fn server(&self, i: usize) -> &Server {
@@ -238,23 +234,6 @@ const HOP: Duration = Duration::from_millis(2);
 
 fn fixed() -> SimNetwork {
     SimNetwork::new(1, SimConfig { delay: HOP, ..SimConfig::default() })
-}
-
-/// Waits (virtual time, at most 60 s) for an event matching `want`.
-async fn event(
-    rx: &mut broadcast::Receiver<ClientEvent>,
-    want: impl Fn(&ClientEvent) -> bool,
-) -> ClientEvent {
-    let wait = async {
-        loop {
-            match rx.recv().await {
-                Ok(e) if want(&e) => return e,
-                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
-                Err(broadcast::error::RecvError::Closed) => panic!("client closed"),
-            }
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(60), wait).await.expect("event in time")
 }
 
 fn connected(i: usize) -> impl Fn(&ClientEvent) -> bool {
@@ -361,7 +340,7 @@ async fn affinity_required_and_preferred() {
     }
     let mut events = client.events();
     fleet.kill(2);
-    event(&mut events, disconnected(2)).await;
+    until(&mut events, disconnected(2)).await;
     let plain = placement(&client, 0..20).await;
     for k in 0..20i64 {
         let e: EchoRef = client.grain(k);
@@ -381,7 +360,7 @@ async fn removing_one_of_ten_servers_moves_only_its_grains_and_it_gets_them_back
     let before = placement(&client, 0..1000).await;
     fleet.kill(3);
     let t0 = tokio::time::Instant::now();
-    event(&mut events, disconnected(3)).await;
+    until(&mut events, disconnected(3)).await;
     // Judged dead by silence, well before the transport's idle timeout (10 s).
     let took = t0.elapsed();
     assert!(took < Duration::from_secs(5), "detected after {took:?}");
@@ -399,8 +378,8 @@ async fn removing_one_of_ten_servers_moves_only_its_grains_and_it_gets_them_back
     println!("removing 1 of 10 servers moved {:.1} % of 1000 grains (all its own)", share * 100.0);
     assert!((0.05..0.15).contains(&share), "{share}");
     // It returns (same id): reconnected in the background, it gets exactly its grains back.
-    fleet.restart(3).await;
-    event(&mut events, connected(3)).await;
+    fleet.restart(3);
+    until(&mut events, connected(3)).await;
     assert_eq!(placement(&client, 0..1000).await, before);
 }
 
@@ -414,10 +393,10 @@ async fn a_manifest_update_reroutes_at_once() {
     }
     // s0 starts hosting Lobby, s1 stops: every client is told, routing follows.
     assert!(fleet.server(0).set_hosting::<LobbyRef>(true).unwrap());
-    event(&mut events, |e| matches!(e, ClientEvent::ManifestChanged { .. })).await;
+    until(&mut events, |e| matches!(e, ClientEvent::ManifestChanged { .. })).await;
     assert!(fleet.server(1).set_hosting::<LobbyRef>(false).unwrap());
     assert!(!fleet.server(1).set_hosting::<LobbyRef>(false).unwrap(), "no change");
-    event(
+    until(
         &mut events,
         |e| matches!(e, ClientEvent::ManifestChanged { server, .. } if server.0.as_ref() == "s1"),
     )
@@ -468,11 +447,12 @@ async fn a_dead_servers_calls_fail_at_once_and_idempotent_ones_go_elsewhere() {
         let e = e.prefer(server);
         idem.push(tokio::spawn(async move { (n, e.slow_peek(n, 10_000).await) }));
     }
-    // Let them reach their servers, then s0 dies.
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // Once all four reached their servers (one runs on each, one waits behind it), s0 dies.
+    let reached = || (0..2).all(|i| fleet.server(i).stats().pending_calls == 2);
+    wait_until("the four calls on their servers", Duration::from_secs(1), reached).await;
     let t0 = tokio::time::Instant::now();
     fleet.kill(0);
-    event(&mut events, disconnected(0)).await;
+    until(&mut events, disconnected(0)).await;
     let mut lost = 0;
     for t in plain {
         let (n, r) = t.await.unwrap();
@@ -541,7 +521,9 @@ async fn failover_under_loss_every_call_has_exactly_one_outcome() {
                 out
             });
         }
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        // Mid-load (a sixth of the calls ran), s1 dies.
+        let mid = || fleet.log.runs.lock().unwrap().len() >= 100;
+        wait_until("a sixth of the calls ran", Duration::from_secs(10), mid).await;
         fleet.kill(1);
         let mut results = Vec::new();
         let all = async {
@@ -586,7 +568,7 @@ async fn single_mode_takes_the_first_reachable_server_and_fails_over_in_order() 
     assert_eq!(client.server_id().unwrap().0.as_ref(), "s1");
     let mut events = client.events();
     fleet.kill(1);
-    event(&mut events, connected(2)).await;
+    until(&mut events, connected(2)).await;
     assert_eq!(client.grain::<EchoRef>(5).hit(0).await.unwrap(), "s2");
 }
 
@@ -619,12 +601,12 @@ async fn multi_mode_connects_all_and_reconnects_a_server_that_returns() {
     let mut ids: Vec<_> = client.servers().iter().map(|s| s.id.0.to_string()).collect();
     ids.sort();
     assert_eq!(ids, ["s0", "s1"]);
-    let failed = event(&mut events, |e| matches!(e, ClientEvent::ConnectFailed { .. })).await;
+    let failed = until(&mut events, |e| matches!(e, ClientEvent::ConnectFailed { .. })).await;
     let ClientEvent::ConnectFailed { addr, retry_in, .. } = failed else { unreachable!() };
     assert_eq!(addr, server_addr(2));
     assert!(retry_in.unwrap() > Duration::ZERO);
-    fleet.restart(2).await;
-    event(&mut events, connected(2)).await;
+    fleet.restart(2);
+    until(&mut events, connected(2)).await;
     assert_eq!(client.servers().len(), 3);
     let c = counts(&placement(&client, 0..30).await);
     assert_eq!(c.len(), 3, "{c:?}");
@@ -648,36 +630,49 @@ async fn connecting_to_nothing_is_a_typed_error() {
     assert!(matches!(r, Err(grainwire::client::ClientError::NoServers)), "{r:?}");
 }
 
+/// Whenever a server stops gracefully (early, mid-load, late; on a clean and a lossy
+/// network), no call fails and every call runs exactly once: calls that reach it while it
+/// drains are refused and go elsewhere, and it closes a session only once its client holds
+/// every answer, so what is still unanswered then did not run and goes elsewhere too.
 #[tokio::test(start_paused = true)]
 async fn a_graceful_stop_loses_no_calls() {
-    let mut fleet = Fleet::new(clean(), &[Hosts::Echo; 3]);
-    let client = fleet.client(0, ConnectMode::Multi, "ch").await;
-    let mut tasks = tokio::task::JoinSet::new();
-    for g in 0..24i64 {
-        let e: EchoRef = client.grain(g);
-        tasks.spawn(async move {
-            let mut out = Vec::new();
-            for i in 0..40u64 {
-                out.push(e.slow(g as u64 * 1000 + i, 15).await);
-            }
-            out
-        });
-    }
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    // s1 shuts down gracefully: it says it is draining (clients route new calls elsewhere at
-    // once), finishes what it has, then closes.
-    let s1 = fleet.servers[1].take().unwrap();
-    s1.shutdown().await;
-    let mut n = 0;
-    while let Some(r) = tasks.join_next().await {
-        for r in r.unwrap() {
-            r.unwrap();
-            n += 1;
+    for (round, (ran, loss)) in
+        [(1, 0.0), (50, 0.0), (200, 0.0), (333, 0.0), (600, 0.0), (200, 0.05), (500, 0.05)]
+            .into_iter()
+            .enumerate()
+    {
+        let net = SimNetwork::new(round as u64, SimConfig { loss, ..SimConfig::default() });
+        let mut fleet = Fleet::new(net, &[Hosts::Echo; 3]);
+        let client = fleet.client(0, ConnectMode::Multi, "ch").await;
+        let mut tasks = tokio::task::JoinSet::new();
+        for g in 0..24i64 {
+            let e: EchoRef = client.grain(g);
+            let e = e.with_timeout(Duration::from_secs(60));
+            tasks.spawn(async move {
+                let mut out = Vec::new();
+                for i in 0..40u64 {
+                    out.push(e.slow(g as u64 * 1000 + i, 15).await);
+                }
+                out
+            });
         }
+        let mid = || fleet.log.runs.lock().unwrap().len() >= ran;
+        wait_until("calls ran before the stop", Duration::from_secs(60), mid).await;
+        // s1 shuts down gracefully: it says it is draining (clients route new calls elsewhere
+        // at once), finishes what it has, then closes.
+        let s1 = fleet.servers[1].take().unwrap();
+        s1.shutdown().await;
+        let mut n = 0;
+        while let Some(r) = tasks.join_next().await {
+            for r in r.unwrap() {
+                r.unwrap_or_else(|e| panic!("stop after {ran} calls, loss {loss}: {e:?}"));
+                n += 1;
+            }
+        }
+        assert_eq!(n, 24 * 40);
+        let runs = fleet.log.runs.lock().unwrap().len();
+        assert_eq!(runs, 24 * 40, "every call ran exactly once (stop after {ran}, loss {loss})");
     }
-    assert_eq!(n, 24 * 40);
-    let runs = fleet.log.runs.lock().unwrap().len();
-    assert_eq!(runs, 24 * 40, "every call ran exactly once");
 }
 
 #[tokio::test(start_paused = true)]
@@ -729,12 +724,12 @@ async fn an_idempotent_call_retried_after_a_lost_server_leaves_at_once() {
     let e: EchoRef = client.grain(1);
     let e = e.with_timeout(Duration::from_secs(60)).prefer(&ServerId::new("s0"));
     let call = tokio::spawn(async move { e.slow_peek(7, 100).await });
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    assert_eq!(fleet.log.started(7).len(), 1, "running on s0");
+    let running = || fleet.log.started(7).len() == 1;
+    wait_until("running on s0", Duration::from_millis(50), running).await;
     // s0 restarts: the client's next packet to it earns a RESET, and the session ends.
     fleet.net.kill(server_addr(0));
     fleet.servers[0] = fleet.bind(0);
-    event(&mut events, disconnected(0)).await;
+    until(&mut events, disconnected(0)).await;
     let lost_at = tokio::time::Instant::now();
     assert_eq!(call.await.unwrap().unwrap(), "s1");
     let started = fleet.log.started(7);
@@ -748,7 +743,7 @@ async fn a_call_waiting_for_a_server_leaves_with_the_manifest() {
     let mut events = client.events();
     let e: EchoRef = client.grain(1);
     let call = tokio::spawn(async move { e.hit(3).await });
-    event(&mut events, connected(0)).await;
+    until(&mut events, connected(0)).await;
     let manifest_at = tokio::time::Instant::now();
     assert_eq!(call.await.unwrap().unwrap(), "s0");
     assert_eq!(fleet.log.started(3), [("s0".to_string(), manifest_at + HOP)]);

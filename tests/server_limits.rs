@@ -15,7 +15,7 @@ use grainwire::{CallError, Client, ClientConfig, Server, ServerConfig};
 use grainwire::{GrainId, TransportConfig};
 
 mod support;
-use support::addr;
+use support::{addr, join_all, wait_until};
 
 const SERVER: &str = "10.0.0.1:7000";
 
@@ -156,10 +156,11 @@ async fn a_peer_that_never_acknowledges_costs_a_bounded_queue_then_its_session()
     let stats = server.stats();
     assert_eq!(stats.transport.sessions_stalled, 1, "{stats:?}");
     assert!(stats.overloaded_send_queue > 0, "calls refused while it did not drain: {stats:?}");
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let stats = server.stats();
-    assert_eq!((stats.transport.queued_bytes, stats.pending_calls), (0, 0), "{stats:?}");
-    assert_eq!(stats.transport.sessions, 0);
+    wait_until("the stalled session's state freed", Duration::from_secs(1), || {
+        let stats = server.stats();
+        (stats.transport.queued_bytes, stats.pending_calls, stats.transport.sessions) == (0, 0, 0)
+    })
+    .await;
 }
 
 #[tokio::test(start_paused = true)]
@@ -197,26 +198,6 @@ async fn a_zero_window_peer_is_dropped_after_the_stall_timeout() {
     assert_eq!(server.stats().transport.sessions_stalled, 1);
 }
 
-/// Polls every future until all are done (the calls are made, in order, on the first poll).
-async fn join_all<F: std::future::Future>(fs: impl IntoIterator<Item = F>) -> Vec<F::Output> {
-    let mut fs: Vec<_> = fs.into_iter().map(Box::pin).collect();
-    let mut out: Vec<Option<F::Output>> = fs.iter().map(|_| None).collect();
-    std::future::poll_fn(|cx| {
-        let mut done = true;
-        for (f, o) in fs.iter_mut().zip(out.iter_mut()) {
-            if o.is_none() {
-                match f.as_mut().poll(cx) {
-                    std::task::Poll::Ready(v) => *o = Some(v),
-                    std::task::Poll::Pending => done = false,
-                }
-            }
-        }
-        if done { std::task::Poll::Ready(()) } else { std::task::Poll::Pending }
-    })
-    .await;
-    out.into_iter().map(|o| o.expect("every future finished")).collect()
-}
-
 async fn client(net: &SimNetwork, at: &str) -> Client {
     Client::connect_sim(net, addr(at), addr(SERVER), ClientConfig::default()).await.unwrap()
 }
@@ -242,7 +223,9 @@ async fn a_newcomer_is_served_while_another_client_holds_every_activation() {
     for k in 1000..1010 {
         assert_eq!(newcomer.grain::<StoreRef>(k).spin(2).await.unwrap(), 2);
     }
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Evicted activations finish deactivating on their own tasks.
+    let evicted = || server.stats().activations == 50;
+    wait_until("the evicted activations gone", Duration::from_millis(100), evicted).await;
     let stats = server.stats();
     assert_eq!((stats.activations, stats.activations_evicted), (50, 10), "{stats:?}");
     assert_eq!(stats.overloaded_activations, 0);
@@ -377,13 +360,8 @@ async fn a_call_pending_on_a_server_that_restarted_fails_after_one_probe() {
     let r: StoreRef = c.grain(1);
     let call =
         tokio::spawn(async move { r.with_timeout(Duration::from_secs(60)).hold(30_000).await });
-    for _ in 0..100 {
-        if first.stats().pending_calls == 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    assert_eq!(first.stats().pending_calls, 1, "the call reached the server");
+    let reached = || first.stats().pending_calls == 1;
+    wait_until("the call reached the server", Duration::from_millis(100), reached).await;
     // Let its acknowledgement arrive (delayed acks included): from now on the client has
     // nothing to retransmit.
     tokio::time::sleep(Duration::from_millis(200)).await;

@@ -13,7 +13,7 @@ use grainwire::transport::sim::{SimConfig, SimNetwork};
 use grainwire::transport::{Delivery, Endpoint, Event, PeerId};
 
 mod support;
-use support::{addr, message};
+use support::{addr, message, sim_pair, wait_until};
 
 const SERVER: &str = "10.0.0.1:9000";
 const CLIENT: &str = "10.0.0.2:5000";
@@ -241,9 +241,7 @@ async fn a_restarted_client_is_a_new_session_and_replaces_the_old() {
 #[tokio::test(start_paused = true)]
 async fn a_restarted_server_resets_its_old_clients_at_once() {
     let net = net();
-    let mut server = net.endpoint(addr(SERVER), TransportConfig::server()).unwrap();
-    let mut client = net.endpoint(addr(CLIENT), TransportConfig::default()).unwrap();
-    let conn = client.connect(addr(SERVER)).await.unwrap();
+    let (mut server, mut client, conn) = sim_pair(&net, SERVER, CLIENT).await;
     // The server process dies without a word and restarts on the same address.
     net.set_down(addr(SERVER), true);
     server.close().await;
@@ -268,9 +266,7 @@ async fn a_restarted_server_resets_its_old_clients_at_once() {
 #[tokio::test(start_paused = true)]
 async fn silence_times_out_and_keepalive_keeps_an_idle_session_alive() {
     let net = net();
-    let mut server = net.endpoint(addr(SERVER), TransportConfig::server()).unwrap();
-    let mut client = net.endpoint(addr(CLIENT), TransportConfig::default()).unwrap();
-    let conn = client.connect(addr(SERVER)).await.unwrap();
+    let (mut server, mut client, conn) = sim_pair(&net, SERVER, CLIENT).await;
     let Event::Connected(sc) = next(&mut server).await else { panic!() };
     // A minute with no application traffic: pings keep it up and measure the RTT.
     tokio::time::sleep(Duration::from_secs(60)).await;
@@ -309,9 +305,7 @@ async fn close_flushes_queued_reliable_data_then_tells_the_peer() {
         3,
         SimConfig { loss: 0.1, delay: Duration::from_millis(20), ..SimConfig::default() },
     );
-    let mut server = net.endpoint(addr(SERVER), TransportConfig::server()).unwrap();
-    let mut client = net.endpoint(addr(CLIENT), TransportConfig::default()).unwrap();
-    let conn = client.connect(addr(SERVER)).await.unwrap();
+    let (mut server, mut client, conn) = sim_pair(&net, SERVER, CLIENT).await;
     for i in 0..300u32 {
         conn.send(Delivery::reliable_ordered(1), Bytes::from(i.to_le_bytes().to_vec())).unwrap();
     }
@@ -337,8 +331,8 @@ async fn close_flushes_queued_reliable_data_then_tells_the_peer() {
     assert_eq!(got, 300, "every queued message arrived before the close");
     assert_eq!(disconnected(&mut client, conn.peer_id()).await, DisconnectReason::ClosedLocally);
     // Both sides forget the session once the close has drained.
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    assert_eq!((server.session_count(), client.session_count()), (0, 0));
+    let forgotten = || (server.session_count(), client.session_count()) == (0, 0);
+    wait_until("both sides forgot the session", Duration::from_secs(1), forgotten).await;
 }
 
 #[tokio::test(start_paused = true)]
@@ -367,9 +361,7 @@ async fn a_full_server_and_a_non_server_reject_with_a_typed_error() {
 #[tokio::test(start_paused = true)]
 async fn endpoint_close_ends_every_session_and_the_task() {
     let net = net();
-    let mut server = net.endpoint(addr(SERVER), TransportConfig::server()).unwrap();
-    let mut client = net.endpoint(addr(CLIENT), TransportConfig::default()).unwrap();
-    let conn = client.connect(addr(SERVER)).await.unwrap();
+    let (mut server, mut client, conn) = sim_pair(&net, SERVER, CLIENT).await;
     let Event::Connected(sc) = next(&mut server).await else { panic!() };
     server.close().await;
     assert!(server.is_closed());
@@ -410,7 +402,8 @@ async fn one_address_gets_its_share_of_sessions_and_others_still_connect() {
     let stats = server.stats();
     assert_eq!((stats.rejected_per_ip, stats.sessions), (1, 3), "{stats:?}");
     held[0].1.close(0);
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    let freed = || server.stats().sessions == 3 - 1;
+    wait_until("the closed session forgotten", Duration::from_secs(2), freed).await;
     third.connect(addr(SERVER)).await.unwrap();
 }
 
@@ -484,8 +477,8 @@ async fn idle_sessions_are_parked_and_come_back_for_datagrams_commands_and_timer
     tokio::time::sleep(Duration::from_millis(500)).await;
     on_server.close(9);
     assert_eq!(disconnected(ep, conn.peer_id()).await, DisconnectReason::ClosedByPeer { code: 9 });
-    tokio::time::sleep(Duration::from_secs(1)).await; // its CLOSE lingers a few RTTs
-    assert_eq!(server.session_count(), 49);
+    let forgotten = || server.session_count() == 49; // its CLOSE lingers a few RTTs
+    wait_until("the closed session forgotten", Duration::from_secs(1), forgotten).await;
 }
 
 /// Raw sessions that send reliable messages behind a gap (message 0 never comes), so the

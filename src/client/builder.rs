@@ -120,9 +120,9 @@ impl ClientBuilder {
         // One seed for all of the client's randomness: the pool's jitter, the strategies'
         // draws, the transport's session tags (a client's cookie key is never used).
         let base = config.seed.unwrap_or_else(crate::sync::os_seed);
-        strategies.set_seed(crate::proto::route::fmix64(base ^ 0x5157_a7e9));
+        strategies.set_seed(crate::proto::ids::fmix64(base ^ 0x5157_a7e9));
         if config.seed.is_some() && config.transport.seed.is_none() {
-            config.transport.seed = Some(crate::proto::route::fmix64(base ^ 0x7a25_0a7e));
+            config.transport.seed = Some(crate::proto::ids::fmix64(base ^ 0x7a25_0a7e));
         }
         // The same address twice would be two slots fighting over one session.
         let mut seen = std::collections::HashSet::new();
@@ -162,7 +162,7 @@ impl ClientBuilder {
         {
             let mut tasks = lock(&shared.tasks);
             for i in 0..shared.slots.len() {
-                seed = crate::proto::route::fmix64(seed.wrapping_add(i as u64 + 1));
+                seed = crate::proto::ids::fmix64(seed.wrapping_add(i as u64 + 1));
                 tasks.push(tokio::spawn(pool::run(shared.clone(), i, connector.clone(), seed)));
             }
         }

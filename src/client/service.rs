@@ -454,17 +454,22 @@ impl ClientService {
         p.in_flight.drain(|_, pending| lost.push(pending));
         let (mut retried, mut failed) = (0, 0);
         let closing = self.shared.closing.load(std::sync::atomic::Ordering::Acquire);
+        // A server that stopped gracefully closed once we held every answer it gave: what is
+        // unanswered did not run there.
+        let drained = reason == DisconnectReason::ClosedByPeer { code: rpc::CLOSE_DRAINED };
         for pending in lost {
-            // It may have run there: only an idempotent call may go elsewhere (and not while
-            // the client itself is closing).
-            let again = if pending.again.idempotent && !closing {
+            // Otherwise it may have run there: only an idempotent call may go elsewhere (and
+            // not while the client itself is closing).
+            let again = if (drained || pending.again.idempotent) && !closing {
                 self.retry(pending, peer, now)
             } else {
                 Some(pending)
             };
             if let Some(pending) = again {
                 failed += 1;
-                self.fail(Some(&pending.cell), CallError::Disconnected(reason), false, now);
+                let error =
+                    if drained { CallError::ShuttingDown } else { CallError::Disconnected(reason) };
+                self.fail(Some(&pending.cell), error, false, now);
             } else {
                 retried += 1;
             }

@@ -283,6 +283,16 @@ mod tests {
     }
 }
 
+/// MurmurHash3's 64-bit finalizer: a fast, well-mixing bijection.
+#[inline]
+pub const fn fmix64(mut k: u64) -> u64 {
+    k ^= k >> 33;
+    k = k.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    k ^= k >> 33;
+    k = k.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    k ^ (k >> 33)
+}
+
 /// A hasher for keys this process assigns itself (peer ids, call tokens) or that are hashes
 /// already (grain types): one multiply-and-mix per key instead of SipHash's rounds. Never for
 /// keys a peer chooses (request ids, grain keys): those keep SipHash's resistance to crafted
@@ -292,7 +302,7 @@ pub struct IdHasher(u64);
 
 impl std::hash::Hasher for IdHasher {
     fn finish(&self) -> u64 {
-        crate::proto::route::fmix64(self.0)
+        fmix64(self.0)
     }
     fn write(&mut self, bytes: &[u8]) {
         for &b in bytes {

@@ -29,19 +29,9 @@ pub use self::strategy::{
     Candidate, Candidates, ConsistentHash, Load, LowestLatency, PickContext, RoundRobin, Strategy,
     TypeState,
 };
-use super::ids::{GrainType, IdHasher, InterfaceId, PeerId, ServerId};
+use super::ids::{GrainType, IdHasher, InterfaceId, PeerId, ServerId, fmix64};
 use super::manifest::Manifest;
 use super::siphash::stable_hash;
-
-/// MurmurHash3's 64-bit finalizer: a fast, well-mixing bijection.
-#[inline]
-pub const fn fmix64(mut k: u64) -> u64 {
-    k ^= k >> 33;
-    k = k.wrapping_mul(0xff51_afd7_ed55_8ccd);
-    k ^= k >> 33;
-    k = k.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
-    k ^ (k >> 33)
-}
 
 /// A server's placement hash: the stable hash of its id, so a restarted server (same id) gets
 /// its grains back, and every client computes the same value.

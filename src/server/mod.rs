@@ -493,8 +493,10 @@ impl Server {
     /// Stops gracefully: clients are told it is draining (they route new calls elsewhere at
     /// once), calls that still arrive are refused (`ShuttingDown`; clients send them once more
     /// elsewhere), pending calls may finish (up to `shutdown_timeout`), every grain is
-    /// deactivated (its hook runs; up to `shutdown_timeout` again), then every session is
-    /// closed.
+    /// deactivated (its hook runs; up to `shutdown_timeout` again), then each session is
+    /// closed once its answers were acknowledged (up to `shutdown_timeout` once more): its
+    /// client then knows that every call still unanswered did not run here, and sends it to
+    /// another server.
     pub async fn shutdown(mut self) {
         let limit = self.shared.config.shutdown_timeout;
         let (tx, rx) = oneshot::channel();
@@ -503,6 +505,12 @@ impl Server {
         }
         let (tx, rx) = oneshot::channel();
         if self.command(ServerCmd::DeactivateAll(tx)) {
+            let _ = tokio::time::timeout(limit, rx).await;
+        }
+        // Sessions whose answers all arrived close as drained (their clients send what is
+        // still unanswered elsewhere); the rest close plainly when this runs out.
+        let (tx, rx) = oneshot::channel();
+        if self.command(ServerCmd::CloseDrained(tx)) {
             let _ = tokio::time::timeout(limit, rx).await;
         }
         self.endpoint.close().await;

@@ -41,6 +41,9 @@ pub(crate) enum ServerCmd {
     Drain(oneshot::Sender<()>),
     /// Deactivate every activation; answer once all are gone.
     DeactivateAll(oneshot::Sender<()>),
+    /// Close each session with [`rpc::CLOSE_DRAINED`] once it has no call pending and every
+    /// answer on it was acknowledged; answer once all are closed. After `Drain`.
+    CloseDrained(oneshot::Sender<()>),
     /// Registry entry `index` was turned on or off: send the new manifest to every session
     /// (and deactivate the type's activations when it is off).
     ManifestChanged { index: usize, hosted: bool },
@@ -93,6 +96,8 @@ pub(crate) struct ServerService {
     next_sweep: Option<Instant>,
     accepting: bool,
     drained: Vec<oneshot::Sender<()>>,
+    /// Who waits for every session to be closed drained (`CloseDrained`).
+    closing_drained: Vec<oneshot::Sender<()>>,
     all_gone: Vec<oneshot::Sender<()>>,
 }
 
@@ -122,6 +127,7 @@ impl ServerService {
             next_sweep: None,
             accepting: true,
             drained: Vec::new(),
+            closing_drained: Vec::new(),
             all_gone: Vec::new(),
         }
     }
@@ -440,6 +446,29 @@ impl ServerService {
         }
     }
 
+    /// Closes, with [`rpc::CLOSE_DRAINED`], each session that has no call pending and nothing
+    /// unacknowledged (so its client holds every answer it will get); answers the waiters once
+    /// none is left open.
+    fn close_drained(&mut self) {
+        if self.closing_drained.is_empty() {
+            return;
+        }
+        let mut open = 0;
+        for p in self.peers.values_mut().filter(|p| !p.gone) {
+            if p.calls.is_empty() && p.conn.queued_messages() == 0 {
+                p.conn.close(rpc::CLOSE_DRAINED);
+                p.gone = true;
+            } else {
+                open += 1;
+            }
+        }
+        if open == 0 {
+            for d in self.closing_drained.drain(..) {
+                let _ = d.send(());
+            }
+        }
+    }
+
     fn command(&mut self, cmd: ServerCmd) {
         match cmd {
             ServerCmd::Drain(done) => {
@@ -465,6 +494,10 @@ impl ServerService {
                 if !hosted {
                     self.table.deactivate_where(|a| a.index == index);
                 }
+            }
+            ServerCmd::CloseDrained(done) => {
+                self.closing_drained.push(done);
+                self.close_drained();
             }
             ServerCmd::DeactivateAll(done) => {
                 if self.table.is_empty() {
@@ -503,6 +536,7 @@ impl Service for ServerService {
         if self.next_sweep.is_some_and(|t| now >= t) {
             self.sweep(now);
         }
+        self.close_drained();
     }
 
     fn event(&mut self, event: Event, now: Instant) {

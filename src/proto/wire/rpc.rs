@@ -34,6 +34,11 @@ const STATUS_SHIFT: u8 = 3;
 /// Longest string extension or string key accepted on the wire.
 pub const MAX_KEY_STRING: usize = 1024;
 
+/// The close code a server that stops gracefully ends a session with once every call of that
+/// client it ran has been answered and the answers acknowledged: a call still unanswered when
+/// a client sees it did not run there, and may go to another server.
+pub const CLOSE_DRAINED: u32 = 1;
+
 /// How a call ended, as the server says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
