@@ -34,6 +34,12 @@ async fn setup(seed: u64) -> (SimNetwork, ScriptedServer, Client) {
     (net, script, client)
 }
 
+/// `r.add(n)` on a task of its own, so the test can play the server meanwhile.
+fn add_later(r: &CounterRef, n: u64) -> tokio::task::JoinHandle<Result<u64, CallError>> {
+    let r = r.clone();
+    tokio::spawn(async move { r.add(n).await })
+}
+
 fn arg(args: &[u8]) -> u64 {
     postcard::from_bytes(args).unwrap()
 }
@@ -44,10 +50,7 @@ fn arg(args: &[u8]) -> u64 {
 async fn answers_with_another_generation_or_twice_complete_nothing() {
     let (_net, mut script, client) = setup(1).await;
     let r: CounterRef = client.grain(1);
-    let call = tokio::spawn({
-        let r = r.clone();
-        async move { r.add(1).await }
-    });
+    let call = add_later(&r, 1);
     let (conn, id, _, args) = script.request().await;
     assert_eq!(arg(&args), 1);
     for generation in [id.generation.wrapping_add(1), id.generation.wrapping_sub(1)] {
@@ -60,10 +63,7 @@ async fn answers_with_another_generation_or_twice_complete_nothing() {
     assert_eq!(call.await.unwrap().unwrap(), 2);
     // The same answer again, then the next call: it gets its own answer, not the duplicate.
     answer(&conn, id, Status::Ok, &3u64);
-    let next = tokio::spawn({
-        let r = r.clone();
-        async move { r.add(4).await }
-    });
+    let next = add_later(&r, 4);
     let (conn, id2, _, args) = script.request().await;
     assert_ne!(id2, id);
     assert_eq!(arg(&args), 4);
@@ -81,10 +81,7 @@ async fn a_call_the_server_never_answers_times_out_and_its_late_answer_is_ignore
     let (_net, mut script, client) = setup(2).await;
     let r: CounterRef = client.grain(1);
     let t0 = tokio::time::Instant::now();
-    let call = tokio::spawn({
-        let r = r.clone();
-        async move { r.with_timeout(Duration::from_millis(500)).add(1).await }
-    });
+    let call = add_later(&r.with_timeout(Duration::from_millis(500)), 1);
     let (conn, id, header, _) = script.request().await;
     let deadline = header.deadline_ms.expect("the request carries its deadline");
     assert!((400..=500).contains(&deadline), "{deadline} ms");
@@ -96,10 +93,7 @@ async fn a_call_the_server_never_answers_times_out_and_its_late_answer_is_ignore
         other => panic!("expected the cancel, got {other:?}"),
     }
     answer(&conn, id, Status::Ok, &1u64); // late
-    let next = tokio::spawn({
-        let r = r.clone();
-        async move { r.add(2).await }
-    });
+    let next = add_later(&r, 2);
     let (conn, id2, _, args) = script.request().await;
     assert_eq!(arg(&args), 2);
     answer(&conn, id2, Status::Ok, &3u64);
@@ -144,10 +138,7 @@ async fn calls_and_one_way_calls_reach_the_server_in_the_order_they_were_made() 
 async fn a_status_answer_fails_the_call_with_its_typed_error() {
     let (_net, mut script, client) = setup(4).await;
     let r: CounterRef = client.grain(1);
-    let call = tokio::spawn({
-        let r = r.clone();
-        async move { r.add(1).await }
-    });
+    let call = add_later(&r, 1);
     let (conn, id, _, _) = script.request().await;
     let t0 = tokio::time::Instant::now();
     answer(&conn, id, Status::HandlerPanicked, &());
@@ -169,10 +160,7 @@ async fn closed_with(code: u32) -> (Result<u64, CallError>, bool) {
         .await
         .unwrap();
     let r: CounterRef = client.grain(1);
-    let call = tokio::spawn({
-        let r = r.prefer(&ServerId::new("a"));
-        async move { r.add(1).await }
-    });
+    let call = add_later(&r.prefer(&ServerId::new("a")), 1);
     let (conn, _, _, _) = a.request().await;
     conn.close(code);
     let mut reached_b = false;
