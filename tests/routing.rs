@@ -8,7 +8,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use grainwire::client::{
-    Affinity, ClientEvent, ConnectMode, ConsistentHash, LowestLatency, RoundRobin,
+    Affinity, ClientError, ClientEvent, ConnectMode, ConsistentHash, LowestLatency, Removal,
+    RoundRobin,
 };
 use grainwire::error::DisconnectReason;
 use grainwire::transport::sim::{SimConfig, SimNetwork};
@@ -763,4 +764,112 @@ async fn a_call_refused_as_unknown_grain_type_goes_elsewhere_at_once() {
     fleet.server(i).set_hosting::<EchoRef>(false).unwrap();
     assert_eq!(call.await.unwrap().unwrap(), name(1 - i));
     assert_eq!(fleet.log.started(5), [(name(1 - i), sent_at + 3 * HOP)]);
+}
+
+/// A running client's server set changes: `add_server` connects and waits for the manifest
+/// (an address it has returns that server), consistent placement moves only the grains the
+/// newcomer wins; `remove_server` drains (pending calls finish, nothing new goes there) or
+/// aborts (plain pending calls fail `Disconnected(ClosedLocally)`, idempotent ones go
+/// elsewhere), moves only the leaver's grains, and the server is not reconnected.
+#[tokio::test(start_paused = true)]
+async fn a_running_client_adds_and_removes_servers_and_only_their_grains_move() {
+    let fleet = Fleet::new(clean(), &[Hosts::Echo; 5]);
+    let config = ClientConfig { seed: Some(5), ..ClientConfig::default() };
+    let client = Client::builder()
+        .config(config)
+        .servers(fleet.addrs()[..4].iter().copied())
+        .connect_sim(&fleet.net, client_addr(0))
+        .await
+        .unwrap();
+    let keys = 0..1000;
+    let before = placement(&client, keys.clone()).await;
+    assert_eq!(counts(&before).len(), 4);
+
+    // s4 joins: only grains it now wins move, all to it.
+    let info = client.add_server(server_addr(4)).await.unwrap();
+    assert_eq!(info.id.0.as_ref(), "s4");
+    let again = client.add_server(server_addr(4)).await.unwrap();
+    assert_eq!(again.id, info.id, "an address the client has returns its server");
+    let joined = placement(&client, keys.clone()).await;
+    let moved: Vec<_> = keys.clone().filter(|k| before[k] != joined[k]).collect();
+    assert!(moved.iter().all(|k| joined[k] == "s4"), "a grain moved elsewhere than s4");
+    assert!((150..250).contains(&moved.len()), "{} of 1000 moved to the fifth server", moved.len());
+
+    // s1 drains away while two calls run there: both finish there.
+    let e: EchoRef = client.grain(1);
+    let e = e.with_timeout(Duration::from_secs(60)).prefer(&ServerId::new("s1"));
+    let running: Vec<_> = (0..2u64)
+        .map(|n| {
+            let e = e.clone();
+            tokio::spawn(async move { e.slow(9000 + n, 500).await })
+        })
+        .collect();
+    let reached = || fleet.server(1).stats().pending_calls == 2;
+    wait_until("both calls on s1", Duration::from_secs(1), reached).await;
+    client.remove_server(&ServerId::new("s1"), Removal::Drain).await.unwrap();
+    for r in running {
+        assert_eq!(r.await.unwrap().unwrap(), "s1", "a drained server finishes its calls");
+    }
+    assert!(client.servers().iter().all(|s| s.id.0.as_ref() != "s1"));
+    let drained = placement(&client, keys.clone()).await;
+    for k in keys.clone() {
+        if joined[&k] == "s1" {
+            assert_ne!(drained[&k], "s1");
+        } else {
+            assert_eq!(drained[&k], joined[&k], "grain {k} moved though its server stayed");
+        }
+    }
+
+    // s2 is aborted with a plain and an idempotent call pending on it.
+    let e = e.prefer(&ServerId::new("s2"));
+    let (plain, idem) = {
+        let (a, b) = (e.clone(), e.clone());
+        (
+            tokio::spawn(async move { a.slow(9100, 5_000).await }),
+            tokio::spawn(async move { b.slow_peek(9101, 5_000).await }),
+        )
+    };
+    let reached = || fleet.server(2).stats().pending_calls == 2;
+    wait_until("both calls on s2", Duration::from_secs(1), reached).await;
+    client.remove_server(&ServerId::new("s2"), Removal::Abort).await.unwrap();
+    let plain = plain.await.unwrap();
+    assert!(
+        matches!(plain, Err(CallError::Disconnected(DisconnectReason::ClosedLocally))),
+        "{plain:?}"
+    );
+    let idem = idem.await.unwrap().unwrap();
+    assert!(idem != "s2" && idem != "s1", "the idempotent call went elsewhere: {idem}");
+    let mut ids: Vec<String> = client.servers().iter().map(|s| s.id.0.to_string()).collect();
+    ids.sort();
+    assert_eq!(ids, ["s0", "s3", "s4"]);
+
+    // Neither comes back, however long the client runs; a name it does not have is an error.
+    tokio::time::sleep(Duration::from_secs(30)).await; // virtual time: reconnects would show
+    assert_eq!(client.servers().len(), 3);
+    match client.remove_server(&ServerId::new("s1"), Removal::Drain).await {
+        Err(ClientError::UnknownServer(id)) => assert_eq!(id.0.as_ref(), "s1"),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// `add_server` to an address where nothing answers fails with the attempt's typed error
+/// within the connect timeout, and the address is not retried afterwards.
+#[tokio::test(start_paused = true)]
+async fn adding_an_unreachable_server_is_a_typed_error_and_is_not_retried() {
+    let fleet = Fleet::new(clean(), &[Hosts::Echo]);
+    let client = fleet.client(0, ConnectMode::Multi, "ch").await;
+    let mut events = client.events();
+    let t0 = tokio::time::Instant::now();
+    let r = client.add_server(server_addr(7)).await;
+    assert!(matches!(r, Err(ClientError::Connect(_))), "{r:?}");
+    assert!(t0.elapsed() <= ClientConfig::default().connect_timeout, "{:?}", t0.elapsed());
+    tokio::time::sleep(Duration::from_secs(30)).await; // virtual time: a retry would show
+    let mut attempts = 0;
+    while let Ok(e) = events.try_recv() {
+        if matches!(e, ClientEvent::ConnectFailed { addr, .. } if addr == server_addr(7)) {
+            attempts += 1;
+        }
+    }
+    assert!(attempts <= 1, "{attempts} attempts after add_server gave up");
+    assert_eq!(client.servers().len(), 1);
 }

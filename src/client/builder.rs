@@ -11,7 +11,6 @@ use crossbeam::queue::ArrayQueue;
 use tokio::sync::{Notify, broadcast};
 
 use super::GrainInterface;
-use super::pool::{self, Slot};
 use super::service::ClientService;
 use super::{
     Client, ClientConfig, ClientError, ClientShared, ConnectMode, EVENT_BACKLOG, SPARE_CELLS,
@@ -128,9 +127,9 @@ impl ClientBuilder {
         let mut seen = std::collections::HashSet::new();
         addrs.retain(|a| seen.insert(*a));
         let (tx, rx) = crossbeam::channel::unbounded();
-        let slots: Box<[Slot]> = match config.mode {
-            ConnectMode::Single => vec![Slot::new(addrs.clone())].into(),
-            _ => addrs.iter().map(|&a| Slot::new(vec![a])).collect(),
+        let slots: Vec<Vec<SocketAddr>> = match config.mode {
+            ConnectMode::Single => vec![addrs.clone()],
+            _ => addrs.iter().map(|&a| vec![a]).collect(),
         };
         let shared = Arc::new(ClientShared {
             config: config.clone(),
@@ -146,7 +145,8 @@ impl ClientBuilder {
             pending: AtomicUsize::new(0),
             spare_cells: ArrayQueue::new(SPARE_CELLS),
             strategies,
-            slots,
+            slots: Mutex::new(Vec::new()),
+            slot_seed: Mutex::new(base),
             events: broadcast::channel(EVENT_BACKLOG).0,
             closing: AtomicBool::new(false),
             tasks: Mutex::new(Vec::new()),
@@ -156,15 +156,9 @@ impl ClientBuilder {
             let _ = s.task.set(ep.clone());
             ClientService::new(s, rx)
         })?;
-        let connector = endpoint.connector();
         *lock(&shared.endpoint) = Some(endpoint);
-        let mut seed = base;
-        {
-            let mut tasks = lock(&shared.tasks);
-            for i in 0..shared.slots.len() {
-                seed = crate::proto::ids::fmix64(seed.wrapping_add(i as u64 + 1));
-                tasks.push(tokio::spawn(pool::run(shared.clone(), i, connector.clone(), seed)));
-            }
+        for addrs in slots {
+            shared.add_slot(addrs);
         }
         let client = Client::new(shared);
         if config.mode == ConnectMode::OnDemand {

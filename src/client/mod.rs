@@ -53,7 +53,7 @@ use tokio::sync::{Notify, broadcast};
 pub use self::builder::ClientBuilder;
 use self::cell::CallCell;
 pub(crate) use self::cell::Outcome;
-pub use self::options::{ClientConfig, ClientError, ClientEvent, ConnectMode, ServerInfo};
+pub use self::options::{ClientConfig, ClientError, ClientEvent, ConnectMode, Removal, ServerInfo};
 use self::pool::{Phase, Slot};
 pub use self::reference::{Answer, GrainInterface, GrainRef, Invocation, Invoked, Invoker};
 use self::service::{Again, ClientCmd, PREFIX_GAP};
@@ -114,8 +114,11 @@ pub(crate) struct ClientShared {
     /// Finished calls' cells, reused by later calls (saves an allocation per call).
     spare_cells: ArrayQueue<Arc<CallCell>>,
     pub(crate) strategies: Strategies,
-    /// One per connection task: the addresses it connects to and its state.
-    pub(crate) slots: Box<[Slot]>,
+    /// One per connection task: the addresses it connects to and its state. Slots are added
+    /// and retired while the client runs; held only to copy or change the list.
+    pub(crate) slots: Mutex<Vec<Arc<Slot>>>,
+    /// Seeds the next slot's reconnect jitter.
+    slot_seed: Mutex<u64>,
     events: broadcast::Sender<ClientEvent>,
     pub(crate) closing: AtomicBool,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
@@ -204,9 +207,47 @@ impl ClientShared {
     /// On-demand: whether some server is not connected yet or its manifest is on its way (a
     /// call may wait for it).
     pub(crate) fn could_connect_more(&self) -> bool {
-        self.slots
+        self.slots()
             .iter()
             .any(|s| matches!(s.phase(), Phase::Idle | Phase::Connecting | Phase::Connected))
+    }
+
+    /// The live slots.
+    pub(crate) fn slots(&self) -> Vec<Arc<Slot>> {
+        lock(&self.slots).clone()
+    }
+
+    /// Retires the slots that connect to any of `addrs` (they stop reconnecting) and drops
+    /// them from the list.
+    pub(crate) fn retire_slots(&self, addrs: &[SocketAddr]) {
+        lock(&self.slots).retain(|s| {
+            let hit = s.addrs.iter().any(|a| addrs.contains(a));
+            if hit {
+                s.retire();
+            }
+            !hit
+        });
+    }
+
+    /// The slot connecting to `addrs[0]` if there is one (`false`), else a new slot for
+    /// `addrs` with its connection task started (`true`); `None` once the client is closed.
+    pub(crate) fn add_slot(self: &Arc<Self>, addrs: Vec<SocketAddr>) -> Option<(Arc<Slot>, bool)> {
+        let connector = lock(&self.endpoint).as_ref()?.connector();
+        let mut slots = lock(&self.slots);
+        if let Some(s) = slots.iter().find(|s| s.addrs.contains(&addrs[0])) {
+            return Some((s.clone(), false));
+        }
+        let slot = Arc::new(Slot::new(addrs));
+        let seed = {
+            let mut s = lock(&self.slot_seed);
+            *s = crate::proto::ids::fmix64(s.wrapping_add(1));
+            *s
+        };
+        slots.push(slot.clone());
+        drop(slots);
+        let task = tokio::spawn(pool::run(self.clone(), slot.clone(), connector, seed));
+        lock(&self.tasks).push(task);
+        Some((slot, true))
     }
 }
 
@@ -310,7 +351,7 @@ impl Client {
             tokio::pin!(changed);
             changed.as_mut().enable();
             let ready = lock(&shared.view).servers.iter().filter(|s| s.manifest.is_some()).count();
-            let settled = shared.slots.iter().all(Slot::settled);
+            let settled = shared.slots().iter().all(|s| s.settled());
             let done = match shared.config.mode {
                 ConnectMode::Multi => ready > 0 && settled,
                 _ => ready > 0,
@@ -334,7 +375,7 @@ impl Client {
             return ClientError::NoManifest;
         }
         let errors: Vec<(SocketAddr, Option<ConnectError>)> =
-            shared.slots.iter().flat_map(Slot::errors).collect();
+            shared.slots().iter().flat_map(|s| s.errors()).collect();
         match errors.as_slice() {
             [(_, Some(ConnectError::Failed(r)))] if *r != DisconnectReason::Timeout => {
                 ClientError::Connect(ConnectError::Failed(*r))
@@ -380,6 +421,72 @@ impl Client {
                 })
             })
             .collect()
+    }
+
+    /// Adds a server while the client runs (multi and on-demand modes): connects to `addr`
+    /// and waits for its handshake and manifest, at most `connect_timeout`, then returns it.
+    /// An address the client already has returns that server once it is ready. Consistent
+    /// placement moves to the newcomer only the grains it now wins. On failure the address is
+    /// dropped again and the error says why (`Connect` with the attempt's error, `NoManifest`).
+    pub async fn add_server(&self, addr: SocketAddr) -> Result<ServerInfo, ClientError> {
+        if self.shared.config.mode == ConnectMode::Single {
+            return Err(ClientError::Config {
+                field: "mode",
+                problem: "add_server needs Multi or OnDemand mode (single mode has one failover list)",
+            });
+        }
+        let (slot, created) = self.shared.add_slot(vec![addr]).ok_or(ClientError::Closed)?;
+        slot.demand(); // on-demand: connect now
+        let deadline = tokio::time::Instant::now() + self.shared.config.connect_timeout;
+        let failed = loop {
+            let changed = self.shared.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if let Some(info) = self.servers().into_iter().find(|s| s.addr == addr) {
+                return Ok(info);
+            }
+            if slot.retired() {
+                break ClientError::Closed;
+            }
+            if slot.phase() == Phase::Backoff {
+                if let Some((_, Some(e))) = slot.errors().into_iter().next() {
+                    break ClientError::Connect(e);
+                }
+            }
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                break match slot.phase() {
+                    Phase::Connected => ClientError::NoManifest,
+                    _ => ClientError::Connect(
+                        slot.errors()
+                            .into_iter()
+                            .find_map(|(_, e)| e)
+                            .unwrap_or(ConnectError::Failed(DisconnectReason::Timeout)),
+                    ),
+                };
+            }
+        };
+        if created {
+            self.shared.retire_slots(&[addr]);
+        }
+        Err(failed)
+    }
+
+    /// Takes server `server` out of the client while it runs: it is no longer reconnected,
+    /// and either drained ([`Removal::Drain`]: no new calls go to it, the pending ones finish
+    /// there, then its session closes) or aborted ([`Removal::Abort`]: its session closes at
+    /// once, pending calls fail with `Disconnected(ClosedLocally)` and `#[idempotent]` ones go
+    /// to another server). Returns once it is gone. Consistent placement moves only its grains.
+    pub async fn remove_server(&self, server: &ServerId, how: Removal) -> Result<(), ClientError> {
+        let (done, gone) = tokio::sync::oneshot::channel();
+        if self.shared.cmds.send(ClientCmd::Remove { server: server.clone(), how, done }).is_err() {
+            return Err(ClientError::Closed);
+        }
+        self.shared.wake();
+        match gone.await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(ClientError::UnknownServer(server.clone())),
+            Err(_) => Err(ClientError::Closed),
+        }
     }
 
     /// Events about the client's servers (connected, disconnected with a reason, manifest

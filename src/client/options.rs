@@ -116,6 +116,16 @@ impl ClientConfig {
     }
 }
 
+/// How [`Client::remove_server`](super::Client::remove_server) lets a server go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Removal {
+    /// No new calls go to it; the pending ones finish there; then its session closes.
+    Drain,
+    /// Its session closes at once: its pending calls fail with
+    /// `Disconnected(ClosedLocally)`, `#[idempotent]` ones are sent to another server.
+    Abort,
+}
+
 /// Why a client could not connect.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -147,6 +157,12 @@ pub enum ClientError {
     /// The session ended before the manifest arrived.
     #[error("disconnected during the handshake: {0}")]
     Disconnected(DisconnectReason),
+    /// `remove_server` named a server the client is not connected to.
+    #[error("no connected server has the id {0}")]
+    UnknownServer(ServerId),
+    /// The client was disconnected (or is being dropped).
+    #[error("the client is closed")]
+    Closed,
 }
 
 /// Something that happened to one of a client's servers. See [`Client::events`](super::Client::events).

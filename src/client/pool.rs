@@ -1,9 +1,12 @@
 //! The connection pool: one task per slot (per server address, or one for the whole list in
 //! single mode) that connects, waits for the session to end, and reconnects with exponential
 //! backoff and jitter. Routing state lives in the client's endpoint task; slots only say what
-//! they are doing.
+//! they are doing. Slots come and go while the client runs (`Client::add_server`,
+//! `Client::remove_server`): a retired slot's task ends at its next step and closes a session
+//! it opened after retirement.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -45,6 +48,10 @@ pub(crate) struct Slot {
     pub(crate) addrs: Vec<SocketAddr>,
     state: Mutex<SlotState>,
     demand: Notify,
+    /// Removed from the client: its task ends and it reconnects no more.
+    retired: AtomicBool,
+    /// Cuts a pause short when the slot is retired.
+    stop: Notify,
 }
 
 impl Slot {
@@ -54,7 +61,32 @@ impl Slot {
             addrs,
             state: Mutex::new(SlotState { phase: Phase::Idle, settled: false, errors }),
             demand: Notify::new(),
+            retired: AtomicBool::new(false),
+            stop: Notify::new(),
         }
+    }
+
+    /// Whether it was removed from the client.
+    pub(crate) fn retired(&self) -> bool {
+        self.retired.load(Ordering::Acquire)
+    }
+
+    /// Removes it: its task stops at its next step (a wait is cut short).
+    pub(crate) fn retire(&self) {
+        self.retired.store(true, Ordering::Release);
+        self.stop.notify_waiters();
+        self.demand.notify_one();
+    }
+
+    /// Sleeps for `d`, or less if the slot is retired meanwhile.
+    async fn pause(&self, d: Duration) {
+        let retired = self.stop.notified();
+        tokio::pin!(retired);
+        retired.as_mut().enable();
+        if self.retired() {
+            return;
+        }
+        let _ = tokio::time::timeout(d, retired).await;
     }
 
     pub(crate) fn phase(&self) -> Phase {
@@ -73,11 +105,11 @@ impl Slot {
         lock(&self.state).phase = phase;
     }
 
-    /// On-demand: waits until the client's task asks for this server.
+    /// On-demand: waits until the client's task asks for this server (or it is retired).
     async fn wanted(&self) {
         loop {
             let wanted = self.demand.notified();
-            if self.phase() == Phase::Connecting {
+            if self.phase() == Phase::Connecting || self.retired() {
                 return;
             }
             wanted.await;
@@ -132,22 +164,35 @@ fn jitter(d: Duration, rng: &mut SplitMix64) -> Duration {
     d.mul_f64(0.75 + 0.5 * rng.next_f64())
 }
 
-/// Runs slot `index` until the client closes (or its task is aborted).
-pub(crate) async fn run(shared: Arc<ClientShared>, index: usize, connector: Connector, seed: u64) {
-    let slot = &shared.slots[index];
+/// Runs `slot` until the client closes or the slot is retired (or its task is aborted).
+pub(crate) async fn run(
+    shared: Arc<ClientShared>,
+    slot: Arc<Slot>,
+    connector: Connector,
+    seed: u64,
+) {
     let cfg = &shared.config;
     let on_demand = cfg.mode == ConnectMode::OnDemand;
     let mut rng = SplitMix64::new(seed);
     let mut backoff = cfg.reconnect_min;
     let mut next = 0;
-    while !shared.closing.load(std::sync::atomic::Ordering::Acquire) {
+    let stopped = || shared.closing.load(Ordering::Acquire) || slot.retired();
+    while !stopped() {
         if on_demand {
             slot.wanted().await;
+            if stopped() {
+                break;
+            }
         } else {
             slot.set_phase(Phase::Connecting);
         }
         let addr = slot.addrs[next];
         match connector.connect(addr).await {
+            Ok(conn) if slot.retired() => {
+                // Removed while connecting: the session is nobody's.
+                conn.close(0);
+                break;
+            }
             Ok(conn) => {
                 slot.connected(next);
                 backoff = cfg.reconnect_min;
@@ -162,7 +207,7 @@ pub(crate) async fn run(shared: Arc<ClientShared>, index: usize, connector: Conn
                     // A short pause, so a server that restarts in place is not hammered.
                     slot.set_phase(Phase::Backoff);
                     shared.poke();
-                    tokio::time::sleep(jitter(cfg.reconnect_min, &mut rng)).await;
+                    slot.pause(jitter(cfg.reconnect_min, &mut rng)).await;
                 }
             }
             Err(error) => {
@@ -177,7 +222,7 @@ pub(crate) async fn run(shared: Arc<ClientShared>, index: usize, connector: Conn
                 shared.emit(ClientEvent::ConnectFailed { addr, error, retry_in: Some(wait) });
                 shared.changed.notify_waiters();
                 shared.poke();
-                tokio::time::sleep(wait).await;
+                slot.pause(wait).await;
                 if on_demand {
                     slot.set_phase(Phase::Idle);
                     shared.poke();

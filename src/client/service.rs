@@ -14,12 +14,13 @@ use std::time::{Duration, Instant};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use crossbeam::channel::Receiver;
+use tokio::sync::oneshot;
 
 use super::cell::CallCell;
 use super::pool::Phase;
-use super::{ClientEvent, ClientShared, ConnectMode, ServerView, route_error};
+use super::{ClientEvent, ClientShared, ConnectMode, Removal, ServerView, route_error};
 use crate::error::{CallError, DisconnectReason};
-use crate::proto::ids::{IdMap, PeerId, RequestId};
+use crate::proto::ids::{IdMap, PeerId, RequestId, ServerId};
 use crate::proto::in_flight::InFlight;
 use crate::proto::manifest::Manifest;
 use crate::proto::route::{Affinity, Load, RouteTable, ServerEntry, Target};
@@ -63,6 +64,9 @@ pub(crate) enum ClientCmd {
     Cancel { peer: PeerId, id: RequestId },
     /// A connection task changed state.
     Poke,
+    /// Take server `server` out of the client (`Client::remove_server`); `done` gets whether
+    /// it was there, once it is gone.
+    Remove { server: ServerId, how: Removal, done: oneshot::Sender<bool> },
 }
 
 /// A call not yet in a correlation table.
@@ -98,6 +102,11 @@ struct PeerState {
     in_flight: InFlight<Pending>,
     manifest: Option<Arc<Manifest>>,
     load: Arc<Load>,
+    /// Being removed with [`Removal::Drain`]: out of routing, closed once nothing is pending;
+    /// who waits for it to be gone.
+    leaving: Option<Vec<oneshot::Sender<bool>>>,
+    /// Its session was told to close.
+    closed: bool,
 }
 
 pub(crate) struct ClientService {
@@ -109,6 +118,8 @@ pub(crate) struct ClientService {
     routes: Arc<RouteTable>,
     /// Calls waiting for a server (on-demand mode).
     parked: Vec<Call>,
+    /// Sessions being drained away (`Removal::Drain`) and not yet ended.
+    leaving: usize,
     /// Origin of the load estimates' nanosecond clock.
     epoch: Option<Instant>,
     next_health_check: Option<Instant>,
@@ -124,6 +135,7 @@ impl ClientService {
             order: Vec::new(),
             routes: Arc::default(),
             parked: Vec::new(),
+            leaving: 0,
             epoch: None,
             next_health_check: None,
             last_health_check: None,
@@ -166,6 +178,73 @@ impl ClientService {
             }
             ClientCmd::Cancel { peer, id } => self.cancel(peer, id, now),
             ClientCmd::Poke => self.retry_parked(now),
+            ClientCmd::Remove { server, how, done } => self.remove(&server, how, done, now),
+        }
+    }
+
+    /// Takes `server` out: its slots stop reconnecting; drained (no new calls, the pending
+    /// ones finish, then the session closes) or aborted (its pending calls fail at once,
+    /// idempotent ones go elsewhere).
+    fn remove(
+        &mut self,
+        server: &ServerId,
+        how: Removal,
+        done: oneshot::Sender<bool>,
+        now: Instant,
+    ) {
+        let peers: Vec<PeerId> = self
+            .order
+            .iter()
+            .copied()
+            .filter(|p| {
+                self.peers
+                    .get(p)
+                    .and_then(|p| p.manifest.as_ref())
+                    .is_some_and(|m| m.server_id == *server)
+            })
+            .collect();
+        if peers.is_empty() {
+            let _ = done.send(false);
+            return;
+        }
+        let addrs: Vec<_> =
+            peers.iter().filter_map(|p| self.peers.get(p)).map(|p| p.conn.remote_addr()).collect();
+        self.shared.retire_slots(&addrs);
+        match how {
+            Removal::Abort => {
+                for peer in peers {
+                    if let Some(p) = self.peers.get(&peer) {
+                        p.conn.close(0);
+                    }
+                    self.lose_peer(peer, DisconnectReason::ClosedLocally, now);
+                }
+                let _ = done.send(true);
+            }
+            Removal::Drain => {
+                let mut done = Some(done);
+                for peer in &peers {
+                    if let Some(p) = self.peers.get_mut(peer) {
+                        let waiting = p.leaving.get_or_insert_with(Vec::new);
+                        waiting.extend(done.take());
+                    }
+                }
+                self.rebuild();
+                self.leaving += peers.len();
+                for peer in peers {
+                    self.close_if_drained(peer);
+                }
+            }
+        }
+    }
+
+    /// A leaving server with nothing pending: close its session (it is forgotten when the
+    /// session has ended).
+    fn close_if_drained(&mut self, peer: PeerId) {
+        if let Some(p) = self.peers.get_mut(&peer) {
+            if p.leaving.is_some() && !p.closed && p.in_flight.is_empty() {
+                p.conn.close(0);
+                p.closed = true;
+            }
         }
     }
 
@@ -175,7 +254,9 @@ impl ClientService {
             return; // dropped before it was sent; the drop counted it finished
         }
         let to = match to {
-            Some((peer, index)) if self.peers.contains_key(&peer) => (peer, index),
+            Some((peer, index)) if self.peers.get(&peer).is_some_and(|p| p.leaving.is_none()) => {
+                (peer, index)
+            }
             // Its server left since the caller routed it (it was never sent: route again),
             // or it waits for one.
             _ => match self.reroute(&call, None) {
@@ -212,7 +293,7 @@ impl ClientService {
 
     /// On-demand: makes sure a server is being connected. False when none is left to try.
     fn demand_next(&self) -> bool {
-        let slots = &self.shared.slots;
+        let slots = self.shared.slots();
         if slots.iter().any(|s| matches!(s.phase(), Phase::Connecting | Phase::Connected)) {
             return true;
         }
@@ -395,7 +476,7 @@ impl ClientService {
             ?peer, server = %m.server_id, %addr, grain_types = m.grains.len(), first,
             "manifest"
         );
-        if let Some(slot) = self.shared.slots.iter().find(|s| s.addrs.contains(&addr)) {
+        if let Some(slot) = self.shared.slots().iter().find(|s| s.addrs.contains(&addr)) {
             slot.mark_ready();
         }
         self.rebuild();
@@ -414,6 +495,9 @@ impl ClientService {
         for peer in &self.order {
             let Some(p) = self.peers.get(peer) else { continue };
             let Some(m) = &p.manifest else { continue };
+            if p.leaving.is_some() {
+                continue; // being removed: no new calls
+            }
             if entries.iter().any(|e| e.manifest.server_id == m.server_id) {
                 // The same server reached twice (two addresses): the older session serves.
                 continue;
@@ -448,6 +532,12 @@ impl ClientService {
             return;
         };
         self.order.retain(|x| *x != peer);
+        if let Some(waiting) = p.leaving.take() {
+            self.leaving -= 1;
+            for done in waiting {
+                let _ = done.send(true);
+            }
+        }
         self.shared.publish(|v| v.last_gone = Some(reason));
         self.rebuild();
         let mut lost = Vec::new();
@@ -535,6 +625,18 @@ impl Service for ClientService {
         while let Ok(cmd) = self.cmds.try_recv() {
             self.command(cmd, now);
         }
+        if self.leaving > 0 {
+            // Servers being drained away: close those whose last call ended.
+            let drained: Vec<PeerId> = self
+                .peers
+                .iter()
+                .filter(|(_, p)| p.leaving.is_some() && !p.closed && p.in_flight.is_empty())
+                .map(|(id, _)| *id)
+                .collect();
+            for peer in drained {
+                self.close_if_drained(peer);
+            }
+        }
         if self.next_health_check.is_some_and(|t| now >= t) {
             self.check_health(now);
         }
@@ -569,7 +671,14 @@ impl Service for ClientService {
                 let load = Arc::new(Load::new(conn.stats().rtt));
                 self.peers.insert(
                     peer,
-                    PeerState { conn, in_flight: InFlight::new(), manifest: None, load },
+                    PeerState {
+                        conn,
+                        in_flight: InFlight::new(),
+                        manifest: None,
+                        load,
+                        leaving: None,
+                        closed: false,
+                    },
                 );
                 self.order.push(peer);
                 self.rebuild();
