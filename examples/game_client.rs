@@ -11,6 +11,7 @@
 //!     --mode multi --strategy consistent-hash --calls 100000 --concurrency 16
 //! ```
 //!
+//! `--connect` takes `ip:port` or `host:port` (a name is resolved on every connect attempt).
 //! It keeps running through a server's death: calls that were pending on a server that died
 //! fail (counted in `failed` and in `lost_to_dead_server`); later calls go to the survivors,
 //! and to the server again once it is back. `--secs S` stops starting calls after S seconds;
@@ -25,11 +26,12 @@ mod args;
 mod game;
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use game::EchoRef;
-use grainwire::client::{ConnectMode, ConsistentHash, LowestLatency, RoundRobin};
+use grainwire::client::{
+    AddrParseError, ConnectMode, ConsistentHash, LowestLatency, RoundRobin, ServerAddr,
+};
 use grainwire::{CallError, Client};
 
 const USAGE: &str = "game_client --connect ADDR [--connect ADDR ...] --calls N [--concurrency C] \
@@ -89,13 +91,10 @@ fn json_escape(s: &str) -> String {
 #[tokio::main]
 async fn main() {
     let a = args::Args::parse(USAGE);
-    let addrs: Vec<SocketAddr> = a
+    let addrs: Vec<ServerAddr> = a
         .all("connect")
         .iter()
-        .map(|s| {
-            s.parse()
-                .unwrap_or_else(|_| args::fail(USAGE, &format!("--connect: not an address: {s}")))
-        })
+        .map(|s| s.parse().unwrap_or_else(|e: AddrParseError| args::fail(USAGE, &e.to_string())))
         .collect();
     if addrs.is_empty() {
         args::fail(USAGE, "--connect is required");

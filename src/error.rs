@@ -19,6 +19,9 @@ pub enum ConnectError {
     /// The endpoint has shut down.
     #[error("endpoint closed")]
     EndpointClosed,
+    /// A server name did not resolve to an address of the client socket's IP family.
+    #[error("the server name did not resolve to an address this client can reach")]
+    Unresolved,
 }
 
 /// Why an endpoint could not be created.

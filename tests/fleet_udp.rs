@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
-use grainwire::client::{ClientEvent, ConnectMode, RoundRobin};
+use grainwire::client::{ClientEvent, ConnectMode, RoundRobin, ServerAddr};
 use grainwire::{Client, Server, ServerConfig};
 
 mod support;
@@ -143,5 +143,36 @@ async fn callers_spinning_without_a_server_do_not_starve_the_reconnect() {
     }
     while let Some(done) = callers.join_next().await {
         assert!(done.unwrap().is_some(), "a caller never got through");
+    }
+}
+
+/// Server addresses may be `host:port` names, resolved on every connect attempt (here
+/// `localhost`, which the hosts file answers), at the start or added to a running client; and
+/// IPv6 works as IPv4 does.
+#[tokio::test]
+async fn servers_given_by_name_or_over_ipv6_are_reached() {
+    let a = start("a", "127.0.0.1:0".parse().unwrap(), false);
+    let port = a.local_addr().port();
+    let named: ServerAddr = format!("localhost:{port}").parse().unwrap();
+    assert_eq!(named.to_string(), format!("localhost:{port}"));
+    let client = Client::builder().server(named).connect().await.unwrap();
+    assert_eq!(client.grain::<WhereRef>(1).at(1).await.unwrap(), ("a".to_string(), 1));
+    assert_eq!(client.servers()[0].addr, a.local_addr(), "the name resolved to its address");
+
+    // A second server, by name, on the running client.
+    let b = start("b", "127.0.0.1:0".parse().unwrap(), true);
+    let named: ServerAddr = format!("localhost:{}", b.local_addr().port()).parse().unwrap();
+    let info = client.add_server(named).await.unwrap();
+    assert_eq!((info.id.0.as_ref(), info.addr), ("b", b.local_addr()));
+    assert_eq!(client.grain::<OnlyRef>(1).at().await.unwrap(), "b");
+
+    // IPv6 loopback.
+    let v6 = start("v6", "[::1]:0".parse().unwrap(), false);
+    let client6 = Client::builder().server(v6.local_addr()).connect().await.unwrap();
+    assert_eq!(client6.grain::<WhereRef>(2).at(2).await.unwrap(), ("v6".to_string(), 2));
+
+    // What does not parse is a typed error naming it.
+    for bad in ["localhost", "host:port", ":7000", "a b:1", ""] {
+        assert!(bad.parse::<ServerAddr>().is_err(), "{bad:?} parsed");
     }
 }

@@ -14,9 +14,9 @@ use super::GrainInterface;
 use super::service::ClientService;
 use super::{
     Client, ClientConfig, ClientError, ClientShared, ConnectMode, EVENT_BACKLOG, SPARE_CELLS,
-    Strategy, View,
+    ServerAddr, Strategy, View,
 };
-use crate::error::BindError;
+use crate::error::{BindError, ConnectError};
 use crate::proto::route::Strategies;
 use crate::proto::stats::CallAccounting;
 use crate::sync::lock;
@@ -35,7 +35,7 @@ fn unspecified_for(addr: SocketAddr) -> SocketAddr {
 #[must_use = "a builder does nothing until `connect`"]
 pub struct ClientBuilder {
     pub(super) config: ClientConfig,
-    pub(super) addrs: Vec<SocketAddr>,
+    pub(super) addrs: Vec<ServerAddr>,
     pub(super) strategies: Strategies,
 }
 
@@ -52,17 +52,18 @@ impl ClientBuilder {
         self
     }
 
-    /// Adds a server address.
-    pub fn server(mut self, addr: SocketAddr) -> Self {
-        self.addrs.push(addr);
+    /// Adds a server address: an `ip:port`, or a [`ServerAddr`] parsed from `host:port`
+    /// (resolved on every connect attempt).
+    pub fn server(mut self, addr: impl Into<ServerAddr>) -> Self {
+        self.addrs.push(addr.into());
         self
     }
 
     /// Adds server addresses (in order: single and on-demand modes try them in this order).
     /// The client's socket is bound for the first address's IP family (and on loopback if the
     /// first address is loopback): give addresses of one family. Duplicates are ignored.
-    pub fn servers(mut self, addrs: impl IntoIterator<Item = SocketAddr>) -> Self {
-        self.addrs.extend(addrs);
+    pub fn servers<A: Into<ServerAddr>>(mut self, addrs: impl IntoIterator<Item = A>) -> Self {
+        self.addrs.extend(addrs.into_iter().map(Into::into));
         self
     }
 
@@ -88,8 +89,22 @@ impl ClientBuilder {
     /// first reachable server, `Multi` for every server to answer or fail once (at least one
     /// must be up), `OnDemand` returns at once. Waits at most `connect_timeout`.
     pub async fn connect(self) -> Result<Client, ClientError> {
-        let first = *self.addrs.first().ok_or(ClientError::NoServers)?;
+        let first = self.addrs.first().ok_or(ClientError::NoServers)?;
         self.config.validate()?;
+        // The socket's family (and whether it is loopback) follows the first address; a name
+        // is resolved once for that.
+        let first = match first.ip() {
+            Some(a) => a,
+            // A name with addresses of both families: IPv4, where most servers listen.
+            None => first
+                .resolve()
+                .await
+                .ok()
+                .and_then(|a| a.iter().find(|a| a.is_ipv4()).or(a.first()).copied())
+                .ok_or_else(|| {
+                    ClientError::Unreachable(vec![(first.clone(), Some(ConnectError::Unresolved))])
+                })?,
+        };
         let io = crate::transport::io::UdpIo::bind(
             unspecified_for(first),
             self.config.transport.socket_buffer_size,
@@ -125,12 +140,13 @@ impl ClientBuilder {
         }
         // The same address twice would be two slots fighting over one session.
         let mut seen = std::collections::HashSet::new();
-        addrs.retain(|a| seen.insert(*a));
+        addrs.retain(|a| seen.insert(a.clone()));
         let (tx, rx) = crossbeam::channel::unbounded();
-        let slots: Vec<Vec<SocketAddr>> = match config.mode {
+        let slots: Vec<Vec<ServerAddr>> = match config.mode {
             ConnectMode::Single => vec![addrs.clone()],
-            _ => addrs.iter().map(|&a| vec![a]).collect(),
+            _ => addrs.iter().map(|a| vec![a.clone()]).collect(),
         };
+        let v6 = io.local_addr().map(|a| a.is_ipv6()).unwrap_or(false);
         let shared = Arc::new(ClientShared {
             config: config.clone(),
             endpoint: Mutex::new(None),
@@ -147,6 +163,7 @@ impl ClientBuilder {
             strategies,
             slots: Mutex::new(Vec::new()),
             slot_seed: Mutex::new(base),
+            v6,
             events: broadcast::channel(EVENT_BACKLOG).0,
             closing: AtomicBool::new(false),
             tasks: Mutex::new(Vec::new()),

@@ -3,9 +3,10 @@
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
-//! use grainwire::client::{Client, ClientConfig, ConnectMode, ConsistentHash};
+//! use grainwire::client::{Client, ClientConfig, ConnectMode, ConsistentHash, ServerAddr};
 //! let client = Client::builder()
-//!     .servers(["127.0.0.1:7777".parse()?, "127.0.0.1:7778".parse()?])
+//!     // `ip:port`, or a `host:port` name resolved on every connect attempt
+//!     .servers(["127.0.0.1:7777".parse::<ServerAddr>()?, "eu-2.example.net:7777".parse()?])
 //!     .mode(ConnectMode::Multi)              // connect to all, reconnect in the background
 //!     .strategy(ConsistentHash)              // the default: every client agrees on placement
 //!     .connect()
@@ -53,7 +54,10 @@ use tokio::sync::{Notify, broadcast};
 pub use self::builder::ClientBuilder;
 use self::cell::CallCell;
 pub(crate) use self::cell::Outcome;
-pub use self::options::{ClientConfig, ClientError, ClientEvent, ConnectMode, Removal, ServerInfo};
+pub use self::options::{
+    AddrParseError, ClientConfig, ClientError, ClientEvent, ConnectMode, Removal, ServerAddr,
+    ServerInfo,
+};
 use self::pool::{Phase, Slot};
 pub use self::reference::{Answer, GrainInterface, GrainRef, Invocation, Invoked, Invoker};
 use self::service::{Again, ClientCmd, PREFIX_GAP};
@@ -119,6 +123,8 @@ pub(crate) struct ClientShared {
     pub(crate) slots: Mutex<Vec<Arc<Slot>>>,
     /// Seeds the next slot's reconnect jitter.
     slot_seed: Mutex<u64>,
+    /// The client's socket is IPv6 (server names resolve to addresses of its family).
+    pub(crate) v6: bool,
     events: broadcast::Sender<ClientEvent>,
     pub(crate) closing: AtomicBool,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
@@ -221,7 +227,7 @@ impl ClientShared {
     /// them from the list.
     pub(crate) fn retire_slots(&self, addrs: &[SocketAddr]) {
         lock(&self.slots).retain(|s| {
-            let hit = s.addrs.iter().any(|a| addrs.contains(a));
+            let hit = addrs.iter().any(|a| s.matches(*a));
             if hit {
                 s.retire();
             }
@@ -231,7 +237,7 @@ impl ClientShared {
 
     /// The slot connecting to `addrs[0]` if there is one (`false`), else a new slot for
     /// `addrs` with its connection task started (`true`); `None` once the client is closed.
-    pub(crate) fn add_slot(self: &Arc<Self>, addrs: Vec<SocketAddr>) -> Option<(Arc<Slot>, bool)> {
+    pub(crate) fn add_slot(self: &Arc<Self>, addrs: Vec<ServerAddr>) -> Option<(Arc<Slot>, bool)> {
         let connector = lock(&self.endpoint).as_ref()?.connector();
         let mut slots = lock(&self.slots);
         if let Some(s) = slots.iter().find(|s| s.addrs.contains(&addrs[0])) {
@@ -374,7 +380,7 @@ impl Client {
         if !lock(&shared.view).servers.is_empty() {
             return ClientError::NoManifest;
         }
-        let errors: Vec<(SocketAddr, Option<ConnectError>)> =
+        let errors: Vec<(ServerAddr, Option<ConnectError>)> =
             shared.slots().iter().flat_map(|s| s.errors()).collect();
         match errors.as_slice() {
             [(_, Some(ConnectError::Failed(r)))] if *r != DisconnectReason::Timeout => {
@@ -428,21 +434,23 @@ impl Client {
     /// An address the client already has returns that server once it is ready. Consistent
     /// placement moves to the newcomer only the grains it now wins. On failure the address is
     /// dropped again and the error says why (`Connect` with the attempt's error, `NoManifest`).
-    pub async fn add_server(&self, addr: SocketAddr) -> Result<ServerInfo, ClientError> {
+    pub async fn add_server(&self, addr: impl Into<ServerAddr>) -> Result<ServerInfo, ClientError> {
+        let addr = addr.into();
         if self.shared.config.mode == ConnectMode::Single {
             return Err(ClientError::Config {
                 field: "mode",
                 problem: "add_server needs Multi or OnDemand mode (single mode has one failover list)",
             });
         }
-        let (slot, created) = self.shared.add_slot(vec![addr]).ok_or(ClientError::Closed)?;
+        let (slot, created) =
+            self.shared.add_slot(vec![addr.clone()]).ok_or(ClientError::Closed)?;
         slot.demand(); // on-demand: connect now
         let deadline = tokio::time::Instant::now() + self.shared.config.connect_timeout;
         let failed = loop {
             let changed = self.shared.changed.notified();
             tokio::pin!(changed);
             changed.as_mut().enable();
-            if let Some(info) = self.servers().into_iter().find(|s| s.addr == addr) {
+            if let Some(info) = self.servers().into_iter().find(|s| slot.matches(s.addr)) {
                 return Ok(info);
             }
             if slot.retired() {
@@ -466,7 +474,8 @@ impl Client {
             }
         };
         if created {
-            self.shared.retire_slots(&[addr]);
+            slot.retire();
+            lock(&self.shared.slots).retain(|s| !Arc::ptr_eq(s, &slot));
         }
         Err(failed)
     }

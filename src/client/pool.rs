@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 
-use super::{ClientEvent, ClientShared, ConnectMode};
+use super::{ClientEvent, ClientShared, ConnectMode, ServerAddr};
 use crate::error::ConnectError;
 use crate::proto::rng::SplitMix64;
 use crate::sync::lock;
@@ -36,6 +36,8 @@ pub(crate) enum Phase {
 #[derive(Debug)]
 struct SlotState {
     phase: Phase,
+    /// What each address resolved to at its latest attempt (a name's current address).
+    resolved: Vec<Option<SocketAddr>>,
     /// Every address was tried once, or the server is ready.
     settled: bool,
     /// The last error of each address.
@@ -45,7 +47,7 @@ struct SlotState {
 /// One connection task's addresses and state.
 #[derive(Debug)]
 pub(crate) struct Slot {
-    pub(crate) addrs: Vec<SocketAddr>,
+    pub(crate) addrs: Vec<ServerAddr>,
     state: Mutex<SlotState>,
     demand: Notify,
     /// Removed from the client: its task ends and it reconnects no more.
@@ -55,11 +57,12 @@ pub(crate) struct Slot {
 }
 
 impl Slot {
-    pub(crate) fn new(addrs: Vec<SocketAddr>) -> Self {
+    pub(crate) fn new(addrs: Vec<ServerAddr>) -> Self {
         let errors = vec![None; addrs.len()];
+        let resolved = addrs.iter().map(ServerAddr::ip).collect();
         Self {
             addrs,
-            state: Mutex::new(SlotState { phase: Phase::Idle, settled: false, errors }),
+            state: Mutex::new(SlotState { phase: Phase::Idle, resolved, settled: false, errors }),
             demand: Notify::new(),
             retired: AtomicBool::new(false),
             stop: Notify::new(),
@@ -97,8 +100,27 @@ impl Slot {
         lock(&self.state).settled
     }
 
-    pub(crate) fn errors(&self) -> Vec<(SocketAddr, Option<ConnectError>)> {
-        self.addrs.iter().copied().zip(lock(&self.state).errors.iter().copied()).collect()
+    pub(crate) fn errors(&self) -> Vec<(ServerAddr, Option<ConnectError>)> {
+        self.addrs.iter().cloned().zip(lock(&self.state).errors.iter().copied()).collect()
+    }
+
+    /// Whether a session to `addr` is this slot's (one of its addresses, or what one of its
+    /// names resolved to last).
+    pub(crate) fn matches(&self, addr: SocketAddr) -> bool {
+        lock(&self.state).resolved.contains(&Some(addr))
+    }
+
+    /// Resolves address `i` for an attempt: the first address of the socket's family
+    /// (`v6`), remembered for [`matches`](Self::matches).
+    async fn resolve(&self, i: usize, v6: bool) -> Result<SocketAddr, ConnectError> {
+        let found = self.addrs[i]
+            .resolve()
+            .await
+            .ok()
+            .and_then(|all| all.into_iter().find(|a| a.is_ipv6() == v6));
+        let found = found.ok_or(ConnectError::Unresolved)?;
+        lock(&self.state).resolved[i] = Some(found);
+        Ok(found)
     }
 
     fn set_phase(&self, phase: Phase) {
@@ -186,8 +208,12 @@ pub(crate) async fn run(
         } else {
             slot.set_phase(Phase::Connecting);
         }
-        let addr = slot.addrs[next];
-        match connector.connect(addr).await {
+        let addr = slot.addrs[next].clone();
+        let attempt = match slot.resolve(next, shared.v6).await {
+            Ok(ip) => connector.connect(ip).await,
+            Err(e) => Err(e),
+        };
+        match attempt {
             Ok(conn) if slot.retired() => {
                 // Removed while connecting: the session is nobody's.
                 conn.close(0);

@@ -476,7 +476,7 @@ impl ClientService {
             ?peer, server = %m.server_id, %addr, grain_types = m.grains.len(), first,
             "manifest"
         );
-        if let Some(slot) = self.shared.slots().iter().find(|s| s.addrs.contains(&addr)) {
+        if let Some(slot) = self.shared.slots().iter().find(|s| s.matches(addr)) {
             slot.mark_ready();
         }
         self.rebuild();
