@@ -12,7 +12,7 @@ use grainwire::proto::ids::{GrainId, GrainType, InterfaceId, PeerId, ServerId};
 use grainwire::proto::manifest::{HostedGrain, Manifest};
 use grainwire::proto::route::{
     Affinity, ConsistentHash, Load, LowestLatency, RoundRobin, RouteTable, ServerEntry, Strategies,
-    Strategy, Target,
+    Strategy, Target, Tiered,
 };
 
 fn hosted(i: u32) -> HostedGrain {
@@ -35,6 +35,8 @@ fn fleet(n: usize, types: u32) -> Vec<ServerEntry> {
                 server_id: ServerId::new(format!("server-{i}")),
                 weight: 1,
                 draining: false,
+                priority: (i % 2) as u32, // two tiers, for the tiered strategies
+                metadata: Default::default(),
                 grains: (0..types).map(hosted).collect(),
             }),
             load: Arc::new(Load::new(Duration::from_micros(200 + 10 * i as u64))),
@@ -64,6 +66,8 @@ fn picks(c: &mut Criterion) {
             ("consistent-hash", strategies(ConsistentHash)),
             ("round-robin", strategies(RoundRobin)),
             ("lowest-latency", strategies(LowestLatency)),
+            ("round-robin-by-priority", strategies(Tiered::by_priority(RoundRobin))),
+            ("consistent-hash-by-priority", strategies(Tiered::by_priority(ConsistentHash))),
         ] {
             let table = RouteTable::build(&servers, &s);
             let mut h = 0x9e37_79b9_7f4a_7c15u64;

@@ -353,6 +353,8 @@ mod placement {
                 server_id: ServerId::new(format!("server-{i}")),
                 weight,
                 draining: false,
+                priority: 0,
+                metadata: Default::default(),
                 grains: vec![HostedGrain {
                     name: TYPE.into(),
                     grain_type: GrainType::of(TYPE),

@@ -217,7 +217,7 @@ fn routing_picks_allocate_nothing() {
     use grainwire::proto::manifest::{HostedGrain, Manifest};
     use grainwire::proto::route::{
         Affinity, ConsistentHash, Load, LowestLatency, RoundRobin, RouteTable, ServerEntry,
-        Strategies, Strategy, Target,
+        Strategies, Strategy, Target, Tiered,
     };
 
     let servers: Vec<ServerEntry> = (0..100)
@@ -228,6 +228,9 @@ fn routing_picks_allocate_nothing() {
                 // Mixed weights take the weighted path of the rendezvous scan.
                 weight: 1 + (i % 3) as u32,
                 draining: false,
+                // Three priority tiers for the tiered strategies.
+                priority: (i % 3) as u32,
+                metadata: Default::default(),
                 grains: vec![HostedGrain {
                     name: "Player".into(),
                     grain_type: GrainType::of("Player"),
@@ -246,15 +249,27 @@ fn routing_picks_allocate_nothing() {
         version: 1,
         contract: 0,
     };
-    let strategies: [Arc<dyn Strategy>; 3] =
-        [Arc::new(ConsistentHash), Arc::new(RoundRobin), Arc::new(LowestLatency)];
+    let strategies: [Arc<dyn Strategy>; 5] = [
+        Arc::new(ConsistentHash),
+        Arc::new(RoundRobin),
+        Arc::new(LowestLatency),
+        Arc::new(Tiered::by_priority(RoundRobin)),
+        Arc::new(Tiered::by_priority(ConsistentHash)),
+    ];
     let affinities = [
         Affinity::None,
         Affinity::Preferred(ServerId::new("server-7")),
         Affinity::Preferred(ServerId::new("elsewhere")),
         Affinity::Required(ServerId::new("server-42")),
     ];
-    for s in strategies {
+    let labels = [
+        "consistent-hash",
+        "round-robin",
+        "lowest-latency",
+        "round-robin by priority",
+        "consistent-hash by priority",
+    ];
+    for (k, s) in strategies.into_iter().enumerate() {
         for n in [10, 100] {
             let table = RouteTable::build(&servers[..n], &Strategies::new(s.clone()));
             let before = allocs();
@@ -266,8 +281,9 @@ fn routing_picks_allocate_nothing() {
                 }
             }
             let used = allocs() - before;
-            println!("{} over {n} servers: {used} allocations in 20,000 picks", s.name());
-            assert_eq!(used, 0, "{}", s.name());
+            let name = labels[k];
+            println!("{name} over {n} servers: {used} allocations in 20,000 picks");
+            assert_eq!(used, 0, "{name}");
             assert!(sum > 0);
         }
     }

@@ -127,6 +127,8 @@ fn valid_rpc_frames() -> Vec<Vec<u8>> {
         server_id: ServerId::new("server-a"),
         weight: 3,
         draining: true,
+        priority: 0,
+        metadata: Default::default(),
         grains: vec![HostedGrain {
             name: "Player".into(),
             grain_type: GrainType::of("Player"),

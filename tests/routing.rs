@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use grainwire::client::{
-    Affinity, ClientError, ClientEvent, ConnectMode, ConsistentHash, LowestLatency, Removal,
-    RoundRobin,
+    Affinity, ClientError, ClientEvent, ConnectMode, ConsistentHash, LowestLatency, MetaValue,
+    Removal, RoundRobin, Tiered,
 };
 use grainwire::error::DisconnectReason;
 use grainwire::transport::sim::{SimConfig, SimNetwork};
@@ -872,4 +872,45 @@ async fn adding_an_unreachable_server_is_a_typed_error_and_is_not_retried() {
     }
     assert!(attempts <= 1, "{attempts} attempts after add_server gave up");
     assert_eq!(client.servers().len(), 1);
+}
+
+/// A server's priority and metadata (its `ServerConfig`) reach clients in its manifest, and a
+/// priority-tiered strategy routes within the best tier present, falling back to the next
+/// when that tier's servers leave.
+#[tokio::test(start_paused = true)]
+async fn priority_and_metadata_travel_in_the_manifest_and_tiers_route_by_them() {
+    let net = clean();
+    let log = Arc::new(Log::default());
+    let mut servers: Vec<Option<Server>> = [(1u32, "us"), (0, "eu"), (0, "eu")]
+        .iter()
+        .enumerate()
+        .map(|(i, &(priority, dc))| {
+            let config = ServerConfig {
+                server_id: Some(name(i)),
+                priority,
+                metadata: [("datacenter".into(), dc.into())].into(),
+                ..ServerConfig::default()
+            };
+            let (log, id) = (log.clone(), name(i));
+            let echo = Echo::host(move |_| EchoGrain { server: id.clone(), log: log.clone() });
+            Some(Server::builder(config).host(echo).bind_sim(&net, server_addr(i)).unwrap())
+        })
+        .collect();
+    let client = Client::builder()
+        .servers((0..3).map(server_addr))
+        .strategy(Tiered::by_priority(RoundRobin))
+        .connect_sim(&net, client_addr(0))
+        .await
+        .unwrap();
+    let s0 = client.servers().into_iter().find(|s| s.id.0.as_ref() == "s0").unwrap();
+    assert_eq!(s0.manifest.priority, 1);
+    assert_eq!(s0.manifest.metadata.get("datacenter"), Some(&MetaValue::from("us")));
+    let c = counts(&placement(&client, 0..40).await);
+    assert_eq!(c.into_iter().collect::<Vec<_>>(), [("s1".into(), 20), ("s2".into(), 20)]);
+    // The priority-0 tier leaves (gracefully): everything falls back to s0.
+    for i in [1, 2] {
+        servers[i].take().unwrap().shutdown().await;
+    }
+    let c = counts(&placement(&client, 0..10).await);
+    assert_eq!(c.into_iter().collect::<Vec<_>>(), [("s0".into(), 10)]);
 }

@@ -66,9 +66,10 @@ use crate::error::{CallError, CodecError, ConnectError, DisconnectReason};
 use crate::interface::{InterfaceInfo, MethodInfo};
 use crate::proto::ids::{PeerId, ServerId};
 use crate::proto::manifest::Manifest;
+pub use crate::proto::manifest::{MetaValue, Metadata};
 pub use crate::proto::route::{
-    Affinity, Candidate, Candidates, ConsistentHash, LowestLatency, PickContext, RoundRobin,
-    Strategy,
+    Affinity, ByPriority, Candidate, Candidates, ConsistentHash, LowestLatency, PickContext,
+    RoundRobin, Strategy, Tiered, Tiering,
 };
 use crate::proto::route::{Load, RouteError, RouteTable, Strategies, Target};
 use crate::proto::stats::CallAccounting;

@@ -2,6 +2,7 @@
 //! hash, and the index requests use for it on the wire. Sent by the server at the start of
 //! every session (and again when it changes).
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -27,6 +28,49 @@ pub struct HostedGrain {
     pub index: u32,
 }
 
+/// A small typed value of a server's metadata.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum MetaValue {
+    /// Text (a datacenter, a zone, a build).
+    Str(Arc<str>),
+    /// A number.
+    Int(i64),
+    /// A flag.
+    Bool(bool),
+}
+
+impl From<&str> for MetaValue {
+    fn from(s: &str) -> Self {
+        Self::Str(s.into())
+    }
+}
+
+impl From<i64> for MetaValue {
+    fn from(n: i64) -> Self {
+        Self::Int(n)
+    }
+}
+
+impl From<bool> for MetaValue {
+    fn from(b: bool) -> Self {
+        Self::Bool(b)
+    }
+}
+
+impl std::fmt::Display for MetaValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Str(s) => f.write_str(s),
+            Self::Int(n) => n.fmt(f),
+            Self::Bool(b) => b.fmt(f),
+        }
+    }
+}
+
+/// What a server says of itself beyond what it hosts, for strategies and operators: string keys
+/// (e.g. `datacenter`, `zone`, `build`) to small typed values, in key order.
+pub type Metadata = BTreeMap<Arc<str>, MetaValue>;
+
 /// A server's manifest.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Manifest {
@@ -38,6 +82,10 @@ pub struct Manifest {
     /// The server is shutting down: it finishes what it has, takes nothing new. Clients route
     /// around it (and answer `ShuttingDown` when only draining servers host a type).
     pub draining: bool,
+    /// Its priority: lower is preferred by priority-tiered strategies. Default 0.
+    pub priority: u32,
+    /// Its metadata.
+    pub metadata: Metadata,
     /// What it hosts.
     pub grains: Vec<HostedGrain>,
 }
@@ -130,6 +178,9 @@ mod tests {
             server_id: ServerId::new("eu-1"),
             weight: 1,
             draining: false,
+            priority: 2,
+            metadata: [("datacenter".into(), "eu-west".into()), ("build".into(), 1042i64.into())]
+                .into(),
             grains: vec![grain("Player", 2, 77, 0), grain("Room", 1, 5, 1)],
         };
         let bytes = m.encode();

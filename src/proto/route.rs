@@ -26,8 +26,8 @@ use std::sync::Arc;
 use smallvec::SmallVec;
 
 pub use self::strategy::{
-    Candidate, Candidates, ConsistentHash, Load, LowestLatency, PickContext, RoundRobin, Strategy,
-    TypeState,
+    ByPriority, Candidate, Candidates, ConsistentHash, Load, LowestLatency, PickContext,
+    RoundRobin, Strategy, Tiered, Tiering, TypeState,
 };
 use super::ids::{GrainType, IdHasher, InterfaceId, PeerId, ServerId, fmix64};
 use super::manifest::Manifest;
@@ -120,6 +120,8 @@ struct Variant {
     version: u8,
     contract: u64,
     uniform: bool,
+    /// Where the best tier ends and whether its weights are equal.
+    best: (usize, bool),
     candidates: Box<[Candidate]>,
     hashes: Box<[u64]>,
 }
@@ -208,6 +210,7 @@ impl RouteTable {
                 continue;
             }
             let hash = server_hash(&m.server_id);
+            let metadata = Arc::new(m.metadata.clone());
             for g in &m.grains {
                 let t = types.entry(g.grain_type).or_insert_with(|| TypeRoutes {
                     strategy: strategies.get(g.grain_type).clone(),
@@ -215,14 +218,18 @@ impl RouteTable {
                     state: TypeState::seeded(fmix64(strategies.seed ^ g.grain_type.0 as u64)),
                     variants: SmallVec::new(),
                 });
-                let candidate = Candidate {
+                let mut candidate = Candidate {
                     server: m.server_id.clone(),
                     peer: s.peer,
                     hash,
                     weight: m.weight.max(1),
                     type_index: g.index,
+                    priority: m.priority,
+                    metadata: metadata.clone(),
+                    tier: 0,
                     load: s.load.clone(),
                 };
+                candidate.tier = t.strategy.tier(&candidate);
                 match t.variants.iter_mut().find(|v| {
                     v.interface == g.interface && v.version == g.version && v.contract == g.contract
                 }) {
@@ -236,6 +243,7 @@ impl RouteTable {
                         version: g.version,
                         contract: g.contract,
                         uniform: true,
+                        best: (1, true),
                         candidates: vec![candidate].into_boxed_slice(),
                         hashes: Box::default(),
                     }),
@@ -244,8 +252,11 @@ impl RouteTable {
         }
         for t in types.values_mut() {
             for v in &mut t.variants {
-                v.candidates.sort_by(|a, b| a.server.cmp(&b.server).then(a.peer.cmp(&b.peer)));
+                // By tier (the strategy's; a prefix is the best), then by server id.
+                v.candidates
+                    .sort_by(|a, b| (a.tier, &a.server, a.peer).cmp(&(b.tier, &b.server, b.peer)));
                 v.uniform = v.candidates.iter().all(|c| c.weight == v.candidates[0].weight);
+                v.best = strategy::best_tier_of(&v.candidates);
                 v.hashes = v.candidates.iter().map(|c| c.hash).collect();
             }
         }
@@ -262,10 +273,13 @@ impl RouteTable {
         self.types
             .get(&target.grain_type)
             .and_then(|t| t.variants.iter().find(|v| v.matches(target)))
-            .map_or(Candidates { list: &[], hashes: &[], uniform: true }, |v| Candidates {
-                list: &v.candidates,
-                hashes: &v.hashes,
-                uniform: v.uniform,
+            .map_or(Candidates { list: &[], hashes: &[], uniform: true, best: (0, true) }, |v| {
+                Candidates {
+                    list: &v.candidates,
+                    hashes: &v.hashes,
+                    uniform: v.uniform,
+                    best: v.best,
+                }
             })
     }
 
@@ -321,7 +335,8 @@ impl RouteTable {
         match exclude.and_then(|p| list.iter().position(|c| c.peer == p)) {
             None if list.len() == 1 => Ok(decision(0, Reason::Only)),
             None => {
-                let candidates = Candidates { list, hashes: &v.hashes, uniform: v.uniform };
+                let candidates =
+                    Candidates { list, hashes: &v.hashes, uniform: v.uniform, best: v.best };
                 let i = t.strategy.pick(&ctx, candidates);
                 Ok(decision(if i < list.len() { i } else { 0 }, fallback))
             }
@@ -374,9 +389,8 @@ impl RouteTable {
         if rest.is_empty() {
             return Err(RouteError::NotHosted);
         }
-        let uniform = rest.iter().all(|c| c.weight == rest[0].weight);
         let hashes: Vec<u64> = rest.iter().map(|c| c.hash).collect();
-        let candidates = Candidates { list: &rest, hashes: &hashes, uniform };
+        let candidates = Candidates::scan(&rest, &hashes);
         let i = t.strategy.pick(ctx, candidates).min(rest.len() - 1);
         let peer = rest[i].peer;
         Ok(list.iter().position(|c| c.peer == peer).unwrap_or(0))

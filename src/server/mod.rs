@@ -40,6 +40,7 @@ use crate::error::BindError;
 use crate::interface::{Interface, InterfaceInfo};
 use crate::proto::ids::{GrainId, GrainType, ServerId};
 use crate::proto::manifest::{HostedGrain, Manifest};
+pub use crate::proto::manifest::{MetaValue, Metadata};
 use crate::proto::rng::SplitMix64;
 use crate::sync::lock;
 use crate::transport::{Endpoint, EndpointStats};
@@ -53,6 +54,12 @@ pub struct ServerConfig {
     /// This server's placement weight (clients' consistent placement gives it
     /// `weight / Σ weights` of a grain type's grains). Default 1.
     pub weight: u32,
+    /// This server's priority, sent to clients in its manifest: priority-tiered strategies
+    /// (`Tiered::by_priority`) prefer the lowest present. Default 0.
+    pub priority: u32,
+    /// What the server says of itself (datacenter, zone, build, ...), sent to clients in its
+    /// manifest for strategies to read. Default empty.
+    pub metadata: Metadata,
     /// The transport's options (`accept_incoming` is forced on).
     pub transport: TransportConfig,
     /// Deactivate a grain after this long without calls. Default 5 min.
@@ -98,6 +105,8 @@ impl Default for ServerConfig {
         Self {
             server_id: None,
             weight: 1,
+            priority: 0,
+            metadata: Metadata::new(),
             transport: TransportConfig::server(),
             idle_deactivation: Duration::from_secs(300),
             max_pending_per_connection: 1024,
@@ -331,6 +340,8 @@ impl ServerShared {
             server_id: self.server_id.clone(),
             weight: self.config.weight.max(1),
             draining: false,
+            priority: self.config.priority,
+            metadata: self.config.metadata.clone(),
             grains,
         }
     }
@@ -366,6 +377,8 @@ impl Server {
                     server_id: server_id.clone(),
                     weight: 1,
                     draining: false,
+                    priority: 0,
+                    metadata: Default::default(),
                     grains: Vec::new(),
                 }),
                 Bytes::new(),

@@ -125,6 +125,8 @@ impl ScriptedServer {
             server_id: ServerId::new(id),
             weight: 1,
             draining: false,
+            priority: 0,
+            metadata: Default::default(),
             grains: hosts
                 .iter()
                 .enumerate()

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::proto::ids::{GrainType, PeerId, ServerId};
+use crate::proto::manifest::Metadata;
 
 /// A server's rendezvous score for a grain: a uniform 64-bit value. The folded 128-bit
 /// product of the two hashes (each offset by a constant), wyhash's mixing step: one multiply,
@@ -102,6 +103,13 @@ pub struct Candidate {
     pub weight: u32,
     /// The grain type's index on that server's wire.
     pub type_index: u32,
+    /// Its priority (from its manifest; lower is preferred by tiered strategies).
+    pub priority: u32,
+    /// Its metadata (from its manifest).
+    pub metadata: Arc<Metadata>,
+    /// Its tier under the grain type's strategy ([`Strategy::tier`]): candidates are sorted
+    /// by it, so the best tier is a prefix ([`Candidates::best_tier`]).
+    pub tier: u32,
     /// What callers observe of it.
     pub load: Arc<Load>,
 }
@@ -115,6 +123,24 @@ pub struct Candidates<'a> {
     /// The candidates' placement hashes, contiguous (the rendezvous scan reads only these).
     pub(super) hashes: &'a [u64],
     pub(super) uniform: bool,
+    /// Where the best tier ends, and whether its weights are all equal (kept with the
+    /// snapshot, so [`best_tier`](Self::best_tier) costs nothing per call).
+    pub(super) best: (usize, bool),
+}
+
+impl<'a> Candidates<'a> {
+    /// `list` with `hashes`, its best tier found by a scan (snapshots keep theirs).
+    pub(super) fn scan(list: &'a [Candidate], hashes: &'a [u64]) -> Self {
+        let uniform = list.iter().all(|c| c.weight == list[0].weight);
+        Candidates { list, hashes, uniform, best: best_tier_of(list) }
+    }
+}
+
+/// Where the best tier of `list` (sorted by tier) ends, and whether its weights are equal.
+pub(super) fn best_tier_of(list: &[Candidate]) -> (usize, bool) {
+    let Some(first) = list.first() else { return (0, true) };
+    let end = list.iter().position(|c| c.tier != first.tier).unwrap_or(list.len());
+    (end, list[..end].iter().all(|c| c.weight == first.weight))
 }
 
 impl<'a> Candidates<'a> {
@@ -141,6 +167,21 @@ impl<'a> Candidates<'a> {
     /// The candidates' placement hashes, in the same order.
     pub fn hashes(&self) -> &'a [u64] {
         self.hashes
+    }
+
+    /// The candidates of the best (lowest) tier present: a prefix, since candidates are sorted
+    /// by tier. All of them when the strategy has no tiers.
+    pub fn best_tier(&self) -> Candidates<'a> {
+        let (end, uniform) = self.best;
+        if end >= self.list.len() {
+            return *self;
+        }
+        Candidates {
+            list: &self.list[..end],
+            hashes: &self.hashes[..end],
+            uniform,
+            best: (end, uniform),
+        }
     }
 }
 
@@ -198,6 +239,84 @@ pub trait Strategy: fmt::Debug + Send + Sync + 'static {
     /// The index in `candidates` (never empty) of the server for this call. An index out of
     /// range is treated as 0.
     fn pick(&self, call: &PickContext<'_>, candidates: Candidates<'_>) -> usize;
+
+    /// The tier of a server for this strategy, computed when the routing snapshot is built
+    /// (a server joins, leaves or changes its manifest), never per call: candidates are
+    /// sorted by it, lowest first. Default 0 (no tiers).
+    fn tier(&self, candidate: &Candidate) -> u32 {
+        let _ = candidate;
+        0
+    }
+}
+
+/// Orders servers into tiers for [`Tiered`]: lower is better. Computed once per routing
+/// snapshot, so it may read metadata freely, e.g. "same datacenter first":
+///
+/// ```
+/// use grainwire::client::{Candidate, Tiering};
+/// #[derive(Debug)]
+/// struct SameDatacenter(&'static str);
+/// impl Tiering for SameDatacenter {
+///     fn tier(&self, c: &Candidate) -> u32 {
+///         match c.metadata.get("datacenter") {
+///             Some(dc) if dc.to_string() == self.0 => 0,
+///             _ => 1,
+///         }
+///     }
+/// }
+/// ```
+pub trait Tiering: fmt::Debug + Send + Sync + 'static {
+    /// The server's tier (lower is preferred).
+    fn tier(&self, candidate: &Candidate) -> u32;
+}
+
+/// Tiers by the servers' own priority (`ServerConfig::priority`, in their manifests).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ByPriority;
+
+impl Tiering for ByPriority {
+    fn tier(&self, candidate: &Candidate) -> u32 {
+        candidate.priority
+    }
+}
+
+/// Runs strategy `S` among the servers of the best tier present only (by [`ByPriority`] or
+/// any [`Tiering`]), falling back to the next tier when no server of the best one hosts the
+/// grain type (left, judged dead, draining): seed 004's priority picker. Costs one scan of
+/// the best tier's length per call on top of `S`; allocates nothing.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Tiered<S, T = ByPriority> {
+    inner: S,
+    tiers: T,
+}
+
+impl<S: Strategy> Tiered<S, ByPriority> {
+    /// `inner` within the best priority tier.
+    pub fn by_priority(inner: S) -> Self {
+        Self { inner, tiers: ByPriority }
+    }
+}
+
+impl<S: Strategy, T: Tiering> Tiered<S, T> {
+    /// `inner` within the best tier of `tiers`.
+    pub fn new(inner: S, tiers: T) -> Self {
+        Self { inner, tiers }
+    }
+}
+
+impl<S: Strategy, T: Tiering> Strategy for Tiered<S, T> {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+
+    fn pick(&self, call: &PickContext<'_>, candidates: Candidates<'_>) -> usize {
+        // The best tier is a prefix: the inner strategy's index is the same in the whole list.
+        self.inner.pick(call, candidates.best_tier())
+    }
+
+    fn tier(&self, candidate: &Candidate) -> u32 {
+        self.tiers.tier(candidate)
+    }
 }
 
 /// Each candidate in turn (one counter per grain type).

@@ -2,7 +2,7 @@ use std::time::Duration;
 
 use super::*;
 use crate::proto::ids::GrainId;
-use crate::proto::manifest::HostedGrain;
+use crate::proto::manifest::{HostedGrain, MetaValue};
 use crate::proto::rng::SplitMix64;
 
 fn hosted(name: &str, version: u8, index: u32) -> HostedGrain {
@@ -23,6 +23,8 @@ fn server(id: &str, peer: u64, weight: u32, grains: Vec<HostedGrain>) -> ServerE
             server_id: ServerId::new(id),
             weight,
             draining: false,
+            priority: 0,
+            metadata: Default::default(),
             grains,
         }),
         load: Arc::new(Load::new(Duration::from_millis(1))),
@@ -325,4 +327,62 @@ fn random_picks_follow_the_seed() {
     };
     assert_eq!(picks(1), picks(1));
     assert_ne!(picks(1), picks(2));
+}
+
+fn with_priority(id: &str, peer: u64, priority: u32, dc: &str) -> ServerEntry {
+    let mut s = server(id, peer, 1, vec![hosted("Player", 1, 0)]);
+    let m = Arc::make_mut(&mut s.manifest);
+    m.priority = priority;
+    m.metadata.insert("datacenter".into(), dc.into());
+    s
+}
+
+fn picks(table: &RouteTable, n: u64) -> std::collections::BTreeMap<String, u64> {
+    let t = target("Player", 1);
+    let mut seen = std::collections::BTreeMap::new();
+    for h in 0..n {
+        let d = table.route(&t, h.wrapping_mul(0x9e37_79b9_7f4a_7c15), &Affinity::None).unwrap();
+        *seen.entry(d.candidate.server.0.to_string()).or_default() += 1;
+    }
+    seen
+}
+
+/// A tiered strategy runs its inner strategy among the best tier present only, and falls back
+/// to the next tier as the better ones leave; any `Tiering` (here: same datacenter first) works
+/// the same way.
+#[test]
+fn tiered_strategies_pick_within_the_best_tier_and_fall_back() {
+    let all = vec![
+        with_priority("a", 1, 1, "us"),
+        with_priority("b", 2, 0, "eu"),
+        with_priority("c", 3, 0, "us"),
+        with_priority("d", 4, 2, "eu"),
+    ];
+    let rr = strategies(Tiered::by_priority(RoundRobin));
+    let seen = picks(&RouteTable::build(&all, &rr), 100);
+    assert_eq!(seen.into_iter().collect::<Vec<_>>(), [("b".into(), 50), ("c".into(), 50)]);
+    // b and c leave: the next tier (a) takes everything; then d.
+    let seen = picks(&RouteTable::build(&[all[0].clone(), all[3].clone()], &rr), 10);
+    assert_eq!(seen.into_iter().collect::<Vec<_>>(), [("a".into(), 10)]);
+    let seen = picks(&RouteTable::build(&all[3..], &rr), 10);
+    assert_eq!(seen.into_iter().collect::<Vec<_>>(), [("d".into(), 10)]);
+    // Consistent placement within the tier: each grain always goes to the same one of b, c.
+    let ch = RouteTable::build(&all, &strategies(Tiered::by_priority(ConsistentHash)));
+    let seen = picks(&ch, 1000);
+    assert_eq!(seen.keys().cloned().collect::<Vec<_>>(), ["b", "c"]);
+    assert!(seen.values().all(|&n| n > 400), "{seen:?}");
+
+    #[derive(Debug)]
+    struct SameDatacenter(&'static str);
+    impl Tiering for SameDatacenter {
+        fn tier(&self, c: &Candidate) -> u32 {
+            match c.metadata.get("datacenter") {
+                Some(MetaValue::Str(dc)) if dc.as_ref() == self.0 => 0,
+                _ => 1,
+            }
+        }
+    }
+    let near = strategies(Tiered::new(RoundRobin, SameDatacenter("eu")));
+    let seen = picks(&RouteTable::build(&all, &near), 100);
+    assert_eq!(seen.into_iter().collect::<Vec<_>>(), [("b".into(), 50), ("d".into(), 50)]);
 }
