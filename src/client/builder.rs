@@ -11,6 +11,7 @@ use crossbeam::queue::ArrayQueue;
 use tokio::sync::{Notify, broadcast};
 
 use super::GrainInterface;
+use super::pool;
 use super::service::ClientService;
 use super::{
     Client, ClientConfig, ClientError, ClientShared, ConnectMode, EVENT_BACKLOG, SPARE_CELLS,
@@ -96,8 +97,7 @@ impl ClientBuilder {
         let first = match first.ip() {
             Some(a) => a,
             // A name with addresses of both families: IPv4, where most servers listen.
-            None => first
-                .resolve()
+            None => pool::resolve(first)
                 .await
                 .ok()
                 .and_then(|a| a.iter().find(|a| a.is_ipv4()).or(a.first()).copied())

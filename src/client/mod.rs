@@ -55,8 +55,8 @@ pub use self::builder::ClientBuilder;
 use self::cell::CallCell;
 pub(crate) use self::cell::Outcome;
 pub use self::options::{
-    AddrParseError, ClientConfig, ClientError, ClientEvent, ConnectMode, Removal, ServerAddr,
-    ServerInfo,
+    AddrParseError, ClientConfig, ClientError, ClientEvent, ClusterNode, ConnectMode, Removal,
+    ServerAddr, ServerInfo, Topology, TopologyDiff,
 };
 use self::pool::{Phase, Slot};
 pub use self::reference::{Answer, GrainInterface, GrainRef, Invocation, Invoked, Invoker};

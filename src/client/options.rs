@@ -1,6 +1,5 @@
 //! A client's options, errors, events and server descriptions.
 
-use std::fmt;
 use std::net::SocketAddr;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -10,8 +9,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{TransportConfig, duration_ms};
 use crate::error::{BindError, ConnectError, DisconnectReason};
+pub use crate::proto::addr::{AddrParseError, ServerAddr};
 use crate::proto::ids::ServerId;
 use crate::proto::manifest::Manifest;
+pub use crate::proto::topology::{ClusterNode, Topology, TopologyDiff};
 
 /// Which of its servers a client connects to, and when.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -114,82 +115,6 @@ impl ClientConfig {
         }
         self.transport.validate().map_err(BindError::from)?;
         Ok(())
-    }
-}
-
-/// Where a server is: an IP address and port, or a `host:port` name resolved on every
-/// connect attempt (so a server that moves is found at its new address on reconnect). A name
-/// resolves to addresses of both families; the client takes the first of its socket's family.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct ServerAddr(Where);
-
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-enum Where {
-    Ip(SocketAddr),
-    Name(Arc<str>, u16),
-}
-
-/// A server address that does not parse: neither `ip:port` nor `host:port`.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("not a server address (ip:port or host:port): {0:?}")]
-pub struct AddrParseError(String);
-
-impl ServerAddr {
-    /// The IP address, if it is one (not a name).
-    pub fn ip(&self) -> Option<SocketAddr> {
-        match &self.0 {
-            Where::Ip(a) => Some(*a),
-            Where::Name(..) => None,
-        }
-    }
-
-    /// Its current addresses: the address itself, or what the name resolves to now.
-    pub(crate) async fn resolve(&self) -> std::io::Result<Vec<SocketAddr>> {
-        match &self.0 {
-            Where::Ip(a) => Ok(vec![*a]),
-            Where::Name(host, port) => {
-                Ok(tokio::net::lookup_host((host.as_ref(), *port)).await?.collect())
-            }
-        }
-    }
-}
-
-impl From<SocketAddr> for ServerAddr {
-    fn from(a: SocketAddr) -> Self {
-        Self(Where::Ip(a))
-    }
-}
-
-impl std::str::FromStr for ServerAddr {
-    type Err = AddrParseError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        if let Ok(a) = s.parse::<SocketAddr>() {
-            return Ok(a.into());
-        }
-        let bad = || AddrParseError(s.to_owned());
-        let (host, port) = s.rsplit_once(':').ok_or_else(bad)?;
-        let port: u16 = port.parse().map_err(|_| bad())?;
-        let name_char = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '.' || c == '_';
-        if host.is_empty() || host.len() > 253 || !host.chars().all(name_char) {
-            return Err(bad());
-        }
-        Ok(Self(Where::Name(host.into(), port)))
-    }
-}
-
-impl fmt::Display for ServerAddr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.0 {
-            Where::Ip(a) => a.fmt(f),
-            Where::Name(host, port) => write!(f, "{host}:{port}"),
-        }
-    }
-}
-
-impl PartialEq<SocketAddr> for ServerAddr {
-    fn eq(&self, other: &SocketAddr) -> bool {
-        self.ip() == Some(*other)
     }
 }
 

@@ -113,8 +113,7 @@ impl Slot {
     /// Resolves address `i` for an attempt: the first address of the socket's family
     /// (`v6`), remembered for [`matches`](Self::matches).
     async fn resolve(&self, i: usize, v6: bool) -> Result<SocketAddr, ConnectError> {
-        let found = self.addrs[i]
-            .resolve()
+        let found = resolve(&self.addrs[i])
             .await
             .ok()
             .and_then(|all| all.into_iter().find(|a| a.is_ipv6() == v6));
@@ -178,6 +177,15 @@ impl Slot {
         drop(s);
         self.demand.notify_one();
         true
+    }
+}
+
+/// `addr`'s current addresses: the address itself, or what the name resolves to now.
+pub(crate) async fn resolve(addr: &ServerAddr) -> std::io::Result<Vec<SocketAddr>> {
+    match (addr.ip(), addr.name()) {
+        (Some(a), _) => Ok(vec![a]),
+        (None, Some(name)) => Ok(tokio::net::lookup_host(name).await?.collect()),
+        (None, None) => Ok(Vec::new()),
     }
 }
 

@@ -2,6 +2,7 @@
 //! time comes in as an argument, bytes go out through buffers. Everything here is testable
 //! without a network, and every decoder is fuzzed.
 
+pub mod addr;
 pub mod channel;
 pub mod config;
 pub mod error;
@@ -14,4 +15,5 @@ pub mod route;
 pub mod session;
 pub mod siphash;
 pub mod stats;
+pub mod topology;
 pub mod wire;
