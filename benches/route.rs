@@ -33,6 +33,8 @@ fn fleet(n: usize, types: u32) -> Vec<ServerEntry> {
             peer: PeerId(i as u64 + 1),
             manifest: Arc::new(Manifest {
                 server_id: ServerId::new(format!("server-{i}")),
+                cluster_id: "grainwire".into(),
+                service_id: "game".into(),
                 weight: 1,
                 draining: false,
                 priority: (i % 2) as u32, // two tiers, for the tiered strategies

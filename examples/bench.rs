@@ -351,6 +351,8 @@ mod placement {
             peer: PeerId(i as u64 + 1),
             manifest: Arc::new(Manifest {
                 server_id: ServerId::new(format!("server-{i}")),
+                cluster_id: "grainwire".into(),
+                service_id: "game".into(),
                 weight,
                 draining: false,
                 priority: 0,

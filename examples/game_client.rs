@@ -36,7 +36,7 @@ use grainwire::{CallError, Client};
 
 const USAGE: &str = "game_client --connect ADDR [--connect ADDR ...] --calls N [--concurrency C] \
      [--keys K] [--mode single|multi|on-demand] [--strategy round-robin|consistent-hash|lowest-latency] \
-     [--secs S] [--pace-us P]";
+     [--secs S] [--pace-us P] [--cluster ID]";
 
 fn percentile(sorted: &[Duration], p: f64) -> f64 {
     if sorted.is_empty() {
@@ -116,7 +116,12 @@ async fn main() {
         None if addrs.len() == 1 => ConnectMode::Single,
         None => ConnectMode::Multi,
     };
-    let builder = Client::builder().servers(addrs.clone()).mode(mode);
+    // --cluster: the servers' cluster (default `grainwire`); one of another is refused.
+    let mut config = grainwire::ClientConfig::default();
+    if let Some(cluster) = a.get("cluster") {
+        config.cluster_id = cluster.to_string();
+    }
+    let builder = Client::builder().config(config).servers(addrs.clone()).mode(mode);
     let builder = match a.get("strategy").unwrap_or("consistent-hash") {
         "round-robin" => builder.strategy(RoundRobin),
         "consistent-hash" => builder.strategy(ConsistentHash),
@@ -126,7 +131,8 @@ async fn main() {
     let client = match builder.connect().await {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("cannot connect to {addrs:?}: {e}");
+            let list: Vec<String> = addrs.iter().map(ToString::to_string).collect();
+            eprintln!("cannot connect to {}: {e}", list.join(", "));
             let calls = if secs_given { 0 } else { calls };
             println!(
                 "{{\"calls\":{calls},\"ok\":0,\"failed\":{calls},\"lost_to_dead_server\":0,\"p50_us\":0.0,\"p99_us\":0.0,\"max_us\":0.0,\"max_gap_ms\":0.0,\"per_server\":{{}},\"errors\":{{\"ConnectFailed\":{calls}}}}}"

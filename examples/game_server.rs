@@ -4,7 +4,8 @@
 //! cargo run --release --example game_server -- --bind 127.0.0.1:7777 [--server-id eu-1] [--grains player,room,echo]
 //! ```
 //!
-//! `--grains` chooses which demo grain types it hosts (default: all); `--server-id` defaults
+//! `--cluster` names its cluster (default `grainwire`; clients of another cluster do not use
+//! it). `--grains` chooses which demo grain types it hosts (default: all); `--server-id` defaults
 //! to the bind address. `--max-connections` (4096) and `--max-connections-per-ip` (64) set the
 //! transport's session limits; `--stats-every S` prints the server's statistics (what it
 //! holds, what it refused and why) to stderr every S seconds.
@@ -22,7 +23,7 @@ use std::io::Write;
 
 use grainwire::{Server, ServerConfig};
 
-const USAGE: &str = "game_server --bind ADDR [--server-id ID] [--grains player,room,echo] \
+const USAGE: &str = "game_server --bind ADDR [--server-id ID] [--cluster ID] [--grains player,room,echo] \
      [--max-connections N] [--max-connections-per-ip N] [--stats-every SECS]";
 
 #[tokio::main]
@@ -40,6 +41,9 @@ async fn main() {
     // restarted server gets its grains back under consistent placement.
     let server_id = a.get("server-id").unwrap_or(bind).to_string();
     let mut config = ServerConfig { server_id: Some(server_id.clone()), ..ServerConfig::default() };
+    if let Some(cluster) = a.get("cluster") {
+        config.cluster_id = cluster.to_string();
+    }
     let t = &mut config.transport;
     t.max_connections = a.num(USAGE, "max-connections", t.max_connections);
     t.max_connections_per_ip = a.num(USAGE, "max-connections-per-ip", t.max_connections_per_ip);

@@ -225,6 +225,8 @@ fn routing_picks_allocate_nothing() {
             peer: PeerId(i + 1),
             manifest: Arc::new(Manifest {
                 server_id: ServerId::new(format!("server-{i}")),
+                cluster_id: "grainwire".into(),
+                service_id: "game".into(),
                 // Mixed weights take the weighted path of the rendezvous scan.
                 weight: 1 + (i % 3) as u32,
                 draining: false,

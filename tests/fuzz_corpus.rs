@@ -125,6 +125,8 @@ fn valid_rpc_frames() -> Vec<Vec<u8>> {
     }
     let manifest = Manifest {
         server_id: ServerId::new("server-a"),
+        cluster_id: "grainwire".into(),
+        service_id: "game".into(),
         weight: 3,
         draining: true,
         priority: 0,

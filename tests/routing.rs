@@ -914,3 +914,69 @@ async fn priority_and_metadata_travel_in_the_manifest_and_tiers_route_by_them() 
     let c = counts(&placement(&client, 0..10).await);
     assert_eq!(c.into_iter().collect::<Vec<_>>(), [("s0".into(), 10)]);
 }
+
+/// A client uses only servers of its own cluster and service: connecting to one of another
+/// fails at once with a typed error naming both sides' ids; in a list, the foreign server is
+/// left out (an event says so) and never reconnected; `add_server` refuses it the same way.
+#[tokio::test(start_paused = true)]
+async fn a_client_never_joins_a_server_of_another_cluster() {
+    let net = clean();
+    let log = Arc::new(Log::default());
+    let start = |i: usize, cluster: &str| {
+        let config = ServerConfig {
+            server_id: Some(name(i)),
+            cluster_id: cluster.into(),
+            ..ServerConfig::default()
+        };
+        let (log, id) = (log.clone(), name(i));
+        let echo = Echo::host(move |_| EchoGrain { server: id.clone(), log: log.clone() });
+        Server::builder(config).host(echo).bind_sim(&net, server_addr(i)).unwrap()
+    };
+    let (_ours, _theirs, _also_theirs) =
+        (start(0, "grainwire"), start(1, "eu-prod"), start(2, "eu-prod"));
+    for (i, mode) in [ConnectMode::Multi, ConnectMode::Single].into_iter().enumerate() {
+        let t0 = tokio::time::Instant::now();
+        let r = Client::builder()
+            .server(server_addr(1))
+            .mode(mode)
+            .connect_sim(&net, client_addr(10 + i))
+            .await;
+        match r {
+            Err(ClientError::WrongCluster(m)) => {
+                assert_eq!((m.server.0.as_ref(), m.addr), ("s1", server_addr(1)));
+                assert_eq!(
+                    (m.ours_cluster.as_str(), m.theirs_cluster.as_str()),
+                    ("grainwire", "eu-prod")
+                );
+                assert_eq!((m.ours_service.as_str(), m.theirs_service.as_str()), ("game", "game"));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(t0.elapsed() < Duration::from_secs(1), "at once, not at the connect timeout");
+    }
+
+    let client = Client::builder()
+        .servers([server_addr(0), server_addr(1)])
+        .connect_sim(&net, client_addr(1))
+        .await
+        .unwrap();
+    let mut events = client.events();
+    let ids: Vec<String> = client.servers().iter().map(|s| s.id.0.to_string()).collect();
+    assert_eq!(ids, ["s0"]);
+    assert_eq!(
+        placement(&client, 0..10).await.values().collect::<std::collections::BTreeSet<_>>().len(),
+        1
+    );
+    match client.add_server(server_addr(2)).await {
+        Err(ClientError::WrongCluster(m)) => assert_eq!(m.server.0.as_ref(), "s2"),
+        other => panic!("{other:?}"),
+    }
+    tokio::time::sleep(Duration::from_secs(30)).await; // virtual time: a reconnect would show
+    while let Ok(e) = events.try_recv() {
+        assert!(
+            !matches!(e, ClientEvent::Connected { .. } | ClientEvent::ConnectFailed { .. }),
+            "a foreign server was tried again: {e:?}"
+        );
+    }
+    assert_eq!(client.servers().len(), 1);
+}

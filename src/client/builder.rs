@@ -163,6 +163,7 @@ impl ClientBuilder {
             strategies,
             slots: Mutex::new(Vec::new()),
             slot_seed: Mutex::new(base),
+            refused: Mutex::new(Vec::new()),
             v6,
             events: broadcast::channel(EVENT_BACKLOG).0,
             closing: AtomicBool::new(false),

@@ -55,8 +55,8 @@ pub use self::builder::ClientBuilder;
 use self::cell::CallCell;
 pub(crate) use self::cell::Outcome;
 pub use self::options::{
-    AddrParseError, ClientConfig, ClientError, ClientEvent, ClusterNode, ConnectMode, Removal,
-    ServerAddr, ServerInfo, Topology, TopologyDiff,
+    AddrParseError, ClientConfig, ClientError, ClientEvent, ClusterMismatch, ClusterNode,
+    ConnectMode, Removal, ServerAddr, ServerInfo, Topology, TopologyDiff,
 };
 use self::pool::{Phase, Slot};
 pub use self::reference::{Answer, GrainInterface, GrainRef, Invocation, Invoked, Invoker};
@@ -124,6 +124,8 @@ pub(crate) struct ClientShared {
     pub(crate) slots: Mutex<Vec<Arc<Slot>>>,
     /// Seeds the next slot's reconnect jitter.
     slot_seed: Mutex<u64>,
+    /// Servers found to be of another cluster, by address (their slots are retired).
+    pub(crate) refused: Mutex<Vec<ClusterMismatch>>,
     /// The client's socket is IPv6 (server names resolve to addresses of its family).
     pub(crate) v6: bool,
     events: broadcast::Sender<ClientEvent>,
@@ -222,6 +224,15 @@ impl ClientShared {
     /// The live slots.
     pub(crate) fn slots(&self) -> Vec<Arc<Slot>> {
         lock(&self.slots).clone()
+    }
+
+    /// A server at `addr` is of another cluster: its slot is retired, the error kept for
+    /// whoever waits for it, and an event says so.
+    pub(crate) fn refuse(&self, addr: SocketAddr, mismatch: ClusterMismatch) {
+        self.retire_slots(&[addr]);
+        self.emit(ClientEvent::WrongCluster(mismatch.clone()));
+        lock(&self.refused).push(mismatch);
+        self.changed.notify_waiters();
     }
 
     /// Retires the slots that connect to any of `addrs` (they stop reconnecting) and drops
@@ -358,7 +369,11 @@ impl Client {
             tokio::pin!(changed);
             changed.as_mut().enable();
             let ready = lock(&shared.view).servers.iter().filter(|s| s.manifest.is_some()).count();
-            let settled = shared.slots().iter().all(|s| s.settled());
+            let slots = shared.slots();
+            let settled = slots.iter().all(|s| s.settled());
+            if ready == 0 && slots.is_empty() && !lock(&shared.refused).is_empty() {
+                return Err(self.connect_failure()); // every server was of another cluster
+            }
             let done = match shared.config.mode {
                 ConnectMode::Multi => ready > 0 && settled,
                 _ => ready > 0,
@@ -378,6 +393,9 @@ impl Client {
     /// Why nothing connected.
     fn connect_failure(&self) -> ClientError {
         let shared = &self.shared;
+        if let Some(m) = lock(&shared.refused).first() {
+            return ClientError::WrongCluster(Box::new(m.clone()));
+        }
         if !lock(&shared.view).servers.is_empty() {
             return ClientError::NoManifest;
         }
@@ -455,7 +473,11 @@ impl Client {
                 return Ok(info);
             }
             if slot.retired() {
-                break ClientError::Closed;
+                let refused = lock(&self.shared.refused);
+                break match refused.iter().find(|m| slot.matches(m.addr)) {
+                    Some(m) => ClientError::WrongCluster(Box::new(m.clone())),
+                    None => ClientError::Closed,
+                };
             }
             if slot.phase() == Phase::Backoff {
                 if let Some((_, Some(e))) = slot.errors().into_iter().next() {

@@ -47,6 +47,12 @@ impl FromStr for ConnectMode {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ClientConfig {
+    /// The cluster this client belongs to: it uses only servers whose manifest names the same
+    /// cluster and service (others fail with [`ClientError::WrongCluster`] and are not
+    /// retried). Default `"grainwire"`.
+    pub cluster_id: String,
+    /// The service within the cluster. Default `"game"`.
+    pub service_id: String,
     /// The transport's options.
     pub transport: TransportConfig,
     /// A call's deadline when neither the method (`#[grain(timeout_ms = ..)]`) nor the call
@@ -87,6 +93,8 @@ pub struct ClientConfig {
 impl Default for ClientConfig {
     fn default() -> Self {
         Self {
+            cluster_id: crate::proto::manifest::DEFAULT_CLUSTER_ID.into(),
+            service_id: crate::proto::manifest::DEFAULT_SERVICE_ID.into(),
             transport: TransportConfig::default(),
             default_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(5),
@@ -165,6 +173,30 @@ pub enum ClientError {
     /// The client was disconnected (or is being dropped).
     #[error("the client is closed")]
     Closed,
+    /// The server belongs to another cluster or service than the client.
+    #[error(transparent)]
+    WrongCluster(Box<ClusterMismatch>),
+}
+
+/// A server of another cluster or service than the client's: both sides' ids.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "server {server} at {addr} is of cluster {theirs_cluster:?} / service {theirs_service:?}, \
+     this client of cluster {ours_cluster:?} / service {ours_service:?}"
+)]
+pub struct ClusterMismatch {
+    /// The server's id.
+    pub server: ServerId,
+    /// Its address.
+    pub addr: SocketAddr,
+    /// The client's cluster id.
+    pub ours_cluster: String,
+    /// The client's service id.
+    pub ours_service: String,
+    /// The server's cluster id.
+    pub theirs_cluster: String,
+    /// The server's service id.
+    pub theirs_service: String,
 }
 
 /// Something that happened to one of a client's servers. See [`Client::events`](super::Client::events).
@@ -195,6 +227,9 @@ pub enum ClientEvent {
         /// Its address.
         addr: SocketAddr,
     },
+    /// A server is of another cluster or service: the client closed its session and will not
+    /// reconnect it.
+    WrongCluster(ClusterMismatch),
     /// An attempt to connect failed; the next one follows after `retry_in`.
     ConnectFailed {
         /// The address (as given: a name is resolved on each attempt).

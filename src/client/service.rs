@@ -18,7 +18,9 @@ use tokio::sync::oneshot;
 
 use super::cell::CallCell;
 use super::pool::Phase;
-use super::{ClientEvent, ClientShared, ConnectMode, Removal, ServerView, route_error};
+use super::{
+    ClientEvent, ClientShared, ClusterMismatch, ConnectMode, Removal, ServerView, route_error,
+};
 use crate::error::{CallError, DisconnectReason};
 use crate::proto::ids::{IdMap, PeerId, RequestId, ServerId};
 use crate::proto::in_flight::InFlight;
@@ -471,6 +473,22 @@ impl ClientService {
         let Some(p) = self.peers.get_mut(&peer) else { return };
         let first = p.manifest.is_none();
         let addr = p.conn.remote_addr();
+        let cfg = &self.shared.config;
+        if *m.cluster_id != *cfg.cluster_id || *m.service_id != *cfg.service_id {
+            // Another fleet's server: never used, never reconnected.
+            let wrong = ClusterMismatch {
+                server: m.server_id.clone(),
+                addr,
+                ours_cluster: cfg.cluster_id.clone(),
+                ours_service: cfg.service_id.clone(),
+                theirs_cluster: m.cluster_id.to_string(),
+                theirs_service: m.service_id.to_string(),
+            };
+            tracing::warn!(%wrong, "server of another cluster");
+            p.conn.close(rpc::CLOSE_WRONG_CLUSTER);
+            self.shared.refuse(addr, wrong);
+            return;
+        }
         p.manifest = Some(m.clone());
         tracing::debug!(
             ?peer, server = %m.server_id, %addr, grain_types = m.grains.len(), first,

@@ -71,11 +71,20 @@ impl std::fmt::Display for MetaValue {
 /// (e.g. `datacenter`, `zone`, `build`) to small typed values, in key order.
 pub type Metadata = BTreeMap<Arc<str>, MetaValue>;
 
+/// The cluster id servers and clients use unless configured otherwise.
+pub const DEFAULT_CLUSTER_ID: &str = "grainwire";
+/// The service id servers and clients use unless configured otherwise.
+pub const DEFAULT_SERVICE_ID: &str = "game";
+
 /// A server's manifest.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Manifest {
     /// The server's id.
     pub server_id: ServerId,
+    /// The cluster it belongs to: a client serves only with servers of its own cluster.
+    pub cluster_id: Arc<str>,
+    /// The service (the game, say) within the cluster; checked like the cluster id.
+    pub service_id: Arc<str>,
     /// Its placement weight: under consistent placement its expected share of grains is
     /// `weight / Σ weights` of the servers hosting a type. At least 1 (0 reads as 1).
     pub weight: u32,
@@ -176,6 +185,8 @@ mod tests {
     fn round_trips_and_checks_compatibility() {
         let m = Manifest {
             server_id: ServerId::new("eu-1"),
+            cluster_id: DEFAULT_CLUSTER_ID.into(),
+            service_id: DEFAULT_SERVICE_ID.into(),
             weight: 1,
             draining: false,
             priority: 2,

@@ -39,7 +39,7 @@ use crate::config::{TransportConfig, duration_ms};
 use crate::error::BindError;
 use crate::interface::{Interface, InterfaceInfo};
 use crate::proto::ids::{GrainId, GrainType, ServerId};
-use crate::proto::manifest::{HostedGrain, Manifest};
+use crate::proto::manifest::{DEFAULT_CLUSTER_ID, DEFAULT_SERVICE_ID, HostedGrain, Manifest};
 pub use crate::proto::manifest::{MetaValue, Metadata};
 use crate::proto::rng::SplitMix64;
 use crate::sync::lock;
@@ -51,6 +51,11 @@ use crate::transport::{Endpoint, EndpointStats};
 pub struct ServerConfig {
     /// The id the server gives in its handshake. Default: random.
     pub server_id: Option<String>,
+    /// The cluster it belongs to, sent in its manifest: clients of another cluster do not
+    /// use it (they fail with `WrongCluster`). Default `"grainwire"`.
+    pub cluster_id: String,
+    /// The service within the cluster, checked like the cluster id. Default `"game"`.
+    pub service_id: String,
     /// This server's placement weight (clients' consistent placement gives it
     /// `weight / Σ weights` of a grain type's grains). Default 1.
     pub weight: u32,
@@ -104,6 +109,8 @@ impl Default for ServerConfig {
     fn default() -> Self {
         Self {
             server_id: None,
+            cluster_id: DEFAULT_CLUSTER_ID.into(),
+            service_id: DEFAULT_SERVICE_ID.into(),
             weight: 1,
             priority: 0,
             metadata: Metadata::new(),
@@ -338,6 +345,8 @@ impl ServerShared {
             .collect();
         Manifest {
             server_id: self.server_id.clone(),
+            cluster_id: self.config.cluster_id.as_str().into(),
+            service_id: self.config.service_id.as_str().into(),
             weight: self.config.weight.max(1),
             draining: false,
             priority: self.config.priority,
@@ -375,6 +384,8 @@ impl Server {
             manifest: Mutex::new((
                 Arc::new(Manifest {
                     server_id: server_id.clone(),
+                    cluster_id: config.cluster_id.as_str().into(),
+                    service_id: config.service_id.as_str().into(),
                     weight: 1,
                     draining: false,
                     priority: 0,

@@ -123,6 +123,8 @@ impl ScriptedServer {
     pub(crate) fn start(net: &SimNetwork, at: &str, id: &str, hosts: &[&InterfaceInfo]) -> Self {
         let manifest = Manifest {
             server_id: ServerId::new(id),
+            cluster_id: "grainwire".into(),
+            service_id: "game".into(),
             weight: 1,
             draining: false,
             priority: 0,

@@ -21,6 +21,8 @@ fn server(id: &str, peer: u64, weight: u32, grains: Vec<HostedGrain>) -> ServerE
         peer: PeerId(peer),
         manifest: Arc::new(Manifest {
             server_id: ServerId::new(id),
+            cluster_id: "grainwire".into(),
+            service_id: "game".into(),
             weight,
             draining: false,
             priority: 0,

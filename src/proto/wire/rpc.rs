@@ -39,6 +39,9 @@ pub const MAX_KEY_STRING: usize = 1024;
 /// a client sees it did not run there, and may go to another server.
 pub const CLOSE_DRAINED: u32 = 1;
 
+/// The close code of a client that found the server to be of another cluster or service.
+pub const CLOSE_WRONG_CLUSTER: u32 = 2;
+
 /// How a call ended, as the server says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
