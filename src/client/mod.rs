@@ -231,7 +231,10 @@ impl ClientShared {
     pub(crate) fn refuse(&self, addr: SocketAddr, mismatch: ClusterMismatch) {
         self.retire_slots(&[addr]);
         self.emit(ClientEvent::WrongCluster(mismatch.clone()));
-        lock(&self.refused).push(mismatch);
+        let mut refused = lock(&self.refused);
+        refused.retain(|m| m.addr != addr); // one entry per address
+        refused.push(mismatch);
+        drop(refused);
         self.changed.notify_waiters();
     }
 

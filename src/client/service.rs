@@ -226,12 +226,14 @@ impl ClientService {
                 let mut done = Some(done);
                 for peer in &peers {
                     if let Some(p) = self.peers.get_mut(peer) {
+                        if p.leaving.is_none() {
+                            self.leaving += 1;
+                        }
                         let waiting = p.leaving.get_or_insert_with(Vec::new);
                         waiting.extend(done.take());
                     }
                 }
                 self.rebuild();
-                self.leaving += peers.len();
                 for peer in peers {
                     self.close_if_drained(peer);
                 }
