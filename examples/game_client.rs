@@ -32,11 +32,12 @@ use game::EchoRef;
 use grainwire::client::{
     AddrParseError, ConnectMode, ConsistentHash, LowestLatency, RoundRobin, ServerAddr,
 };
+use grainwire::config::ConfigFile;
 use grainwire::{CallError, Client};
 
 const USAGE: &str = "game_client --connect ADDR [--connect ADDR ...] --calls N [--concurrency C] \
      [--keys K] [--mode single|multi|on-demand] [--strategy round-robin|consistent-hash|lowest-latency] \
-     [--secs S] [--pace-us P] [--cluster ID]";
+     [--secs S] [--pace-us P] [--cluster ID] [--config FILE]";
 
 fn percentile(sorted: &[Duration], p: f64) -> f64 {
     if sorted.is_empty() {
@@ -96,8 +97,14 @@ async fn main() {
         .iter()
         .map(|s| s.parse().unwrap_or_else(|e: AddrParseError| args::fail(USAGE, &e.to_string())))
         .collect();
-    if addrs.is_empty() {
-        args::fail(USAGE, "--connect is required");
+    // --config FILE: a client configuration (TOML or JSON; its servers come first).
+    let mut config = match a.get("config") {
+        Some(path) => grainwire::ClientConfig::load(path)
+            .unwrap_or_else(|e| args::fail(USAGE, &format!("--config: {e}"))),
+        None => grainwire::ClientConfig::default(),
+    };
+    if addrs.is_empty() && config.servers.is_empty() {
+        args::fail(USAGE, "--connect (or a --config with servers) is required");
     }
     let secs_given = a.get("secs").is_some();
     let calls: u64 = a.num(USAGE, "calls", if secs_given { u64::MAX } else { 0 });
@@ -113,11 +120,11 @@ async fn main() {
     let pace = Duration::from_micros(a.num(USAGE, "pace-us", 0));
     let mode: ConnectMode = match a.get("mode") {
         Some(m) => m.parse().unwrap_or_else(|e: String| args::fail(USAGE, &e)),
+        None if a.get("config").is_some() => config.mode,
         None if addrs.len() == 1 => ConnectMode::Single,
         None => ConnectMode::Multi,
     };
     // --cluster: the servers' cluster (default `grainwire`); one of another is refused.
-    let mut config = grainwire::ClientConfig::default();
     if let Some(cluster) = a.get("cluster") {
         config.cluster_id = cluster.to_string();
     }

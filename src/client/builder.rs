@@ -90,8 +90,9 @@ impl ClientBuilder {
     /// first reachable server, `Multi` for every server to answer or fail once (at least one
     /// must be up), `OnDemand` returns at once. Waits at most `connect_timeout`.
     pub async fn connect(self) -> Result<Client, ClientError> {
-        let first = self.addrs.first().ok_or(ClientError::NoServers)?;
-        self.config.validate()?;
+        let this = self.with_config_servers();
+        let first = this.addrs.first().ok_or(ClientError::NoServers)?;
+        this.config.validate()?;
         // The socket's family (and whether it is loopback) follows the first address; a name
         // is resolved once for that.
         let first = match first.ip() {
@@ -107,10 +108,18 @@ impl ClientBuilder {
         };
         let io = crate::transport::io::UdpIo::bind(
             unspecified_for(first),
-            self.config.transport.socket_buffer_size,
+            this.config.transport.socket_buffer_size,
         )
         .map_err(BindError::from)?;
-        self.start(io).await
+        this.start(io).await
+    }
+
+    /// The configuration's servers first, then the builder's.
+    fn with_config_servers(mut self) -> Self {
+        let mut addrs = self.config.servers.clone();
+        addrs.append(&mut self.addrs);
+        self.addrs = addrs;
+        self
     }
 
     /// Like [`connect`](Self::connect), over the simulated network from `local` (port 0 picks
@@ -121,12 +130,13 @@ impl ClientBuilder {
         net: &crate::transport::sim::SimNetwork,
         local: SocketAddr,
     ) -> Result<Client, ClientError> {
-        if self.addrs.is_empty() {
+        let this = self.with_config_servers();
+        if this.addrs.is_empty() {
             return Err(ClientError::NoServers);
         }
-        self.config.validate()?;
+        this.config.validate()?;
         let io = net.bind_io(local).map_err(BindError::from)?;
-        self.start(io).await
+        this.start(io).await
     }
 
     async fn start(self, io: impl crate::transport::io::Io) -> Result<Client, ClientError> {

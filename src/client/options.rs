@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{TransportConfig, duration_ms};
+use crate::config::{TransportConfig, duration};
 use crate::error::{BindError, ConnectError, DisconnectReason};
 pub use crate::proto::addr::{AddrParseError, ServerAddr};
 use crate::proto::ids::ServerId;
@@ -47,6 +47,9 @@ impl FromStr for ConnectMode {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ClientConfig {
+    /// Server addresses (`ip:port` or `host:port`), connected before any the builder adds.
+    /// Default none.
+    pub servers: Vec<ServerAddr>,
     /// The cluster this client belongs to: it uses only servers whose manifest names the same
     /// cluster and service (others fail with [`ClientError::WrongCluster`] and are not
     /// retried). Default `"grainwire"`.
@@ -57,10 +60,10 @@ pub struct ClientConfig {
     pub transport: TransportConfig,
     /// A call's deadline when neither the method (`#[grain(timeout_ms = ..)]`) nor the call
     /// (`with_timeout`) sets one. Default 5 s.
-    #[serde(with = "duration_ms")]
+    #[serde(with = "duration")]
     pub default_timeout: Duration,
     /// How long `connect` waits for servers' handshakes and manifests. Default 5 s.
-    #[serde(with = "duration_ms")]
+    #[serde(with = "duration")]
     pub connect_timeout: Duration,
     /// Calls that may be pending at once; more fail at once with `CallError::Overloaded`.
     /// Default 65536.
@@ -69,21 +72,21 @@ pub struct ClientConfig {
     pub mode: ConnectMode,
     /// First wait before reconnecting to a server; doubled after each failed attempt, up to
     /// `reconnect_max`, with ±25 % random jitter. Default 200 ms.
-    #[serde(with = "duration_ms")]
+    #[serde(with = "duration")]
     pub reconnect_min: Duration,
     /// Longest wait between reconnection attempts. Default 5 s.
-    #[serde(with = "duration_ms")]
+    #[serde(with = "duration")]
     pub reconnect_max: Duration,
     /// A server from which nothing arrived for this long (while keepalive pings go out every
     /// `transport.keepalive_interval`) is judged dead before the transport's idle timeout:
     /// it leaves routing at once, its pending calls fail (`#[idempotent]` ones are retried
     /// elsewhere), its session is dropped and reconnected. Default 3 s (three missed pings);
     /// at least twice the keepalive interval.
-    #[serde(with = "duration_ms")]
+    #[serde(with = "duration")]
     pub health_timeout: Duration,
     /// Time constant of the peak-EWMA latency estimate that [`LowestLatency`](super::LowestLatency) uses.
     /// Default 10 s.
-    #[serde(with = "duration_ms")]
+    #[serde(with = "duration")]
     pub latency_decay: Duration,
     /// Seed of all the client's randomness (reconnection jitter, strategies' random draws,
     /// the transport's session tags); `None` (the default) draws one from the OS.
@@ -93,6 +96,7 @@ pub struct ClientConfig {
 impl Default for ClientConfig {
     fn default() -> Self {
         Self {
+            servers: Vec::new(),
             cluster_id: crate::proto::manifest::DEFAULT_CLUSTER_ID.into(),
             service_id: crate::proto::manifest::DEFAULT_SERVICE_ID.into(),
             transport: TransportConfig::default(),
@@ -109,7 +113,51 @@ impl Default for ClientConfig {
     }
 }
 
+impl crate::config::ConfigFile for ClientConfig {}
+
 impl ClientConfig {
+    /// The common case in one line: servers, then `;key=value` options —
+    /// `"eu-1.example.net:7777,10.0.0.2:7777;mode=multi;cluster=eu-prod;timeout=5s"`. Options:
+    /// `mode` (single, multi, on-demand), `cluster`, `service`, `timeout` (a call's default
+    /// deadline), `connect_timeout`, `health_timeout`, `seed`. Everything else keeps its default.
+    pub fn from_connection_string(text: &str) -> Result<Self, crate::config::ConfigFileError> {
+        let bad = |message: String| crate::config::ConfigFileError::Invalid {
+            origin: "connection string".into(),
+            message,
+        };
+        let duration = |k: &str, v: &str| {
+            crate::config::duration::parse_duration(v)
+                .ok_or_else(|| bad(format!("{k}: not a duration: {v:?}")))
+        };
+        let mut parts = text.split(';');
+        let mut cfg = Self::default();
+        for addr in parts.next().unwrap_or("").split(',').map(str::trim).filter(|a| !a.is_empty()) {
+            cfg.servers.push(addr.parse().map_err(|e: AddrParseError| bad(e.to_string()))?);
+        }
+        for option in parts.map(str::trim).filter(|o| !o.is_empty()) {
+            let (k, v) =
+                option.split_once('=').ok_or_else(|| bad(format!("not key=value: {option:?}")))?;
+            let (k, v) = (k.trim(), v.trim());
+            match k {
+                "mode" => cfg.mode = v.parse().map_err(bad)?,
+                "cluster" => cfg.cluster_id = v.into(),
+                "service" => cfg.service_id = v.into(),
+                "timeout" => cfg.default_timeout = duration(k, v)?,
+                "connect_timeout" => cfg.connect_timeout = duration(k, v)?,
+                "health_timeout" => cfg.health_timeout = duration(k, v)?,
+                "seed" => {
+                    cfg.seed =
+                        Some(v.parse().map_err(|_| bad(format!("seed: not a number: {v:?}")))?)
+                }
+                other => return Err(bad(format!("unknown option {other:?}"))),
+            }
+        }
+        if cfg.servers.is_empty() {
+            return Err(bad("no server address".into()));
+        }
+        Ok(cfg)
+    }
+
     pub(super) fn validate(&self) -> Result<(), ClientError> {
         let bad = |field, problem| Err(ClientError::Config { field, problem });
         if self.reconnect_min.is_zero() || self.reconnect_max < self.reconnect_min {

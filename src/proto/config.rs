@@ -39,20 +39,20 @@ pub struct TransportConfig {
     /// At most [`MAX_STREAM_WINDOW`]. Default 4096.
     pub stream_window: u32,
     /// Round-trip time assumed before the first measurement. Default 100 ms.
-    #[serde(with = "duration_ms")]
+    #[serde(with = "duration")]
     pub initial_rtt: Duration,
     /// Lower bound of the retransmission timeout. Default 10 ms.
-    #[serde(with = "duration_ms")]
+    #[serde(with = "duration")]
     pub min_rto: Duration,
     /// Upper bound of the retransmission timeout, backoff included. Default 2 s.
-    #[serde(with = "duration_ms")]
+    #[serde(with = "duration")]
     pub max_rto: Duration,
     /// Longest we hold an acknowledgement hoping to piggy-back it on a reply. Should match the
     /// peer's setting (its retransmission timer allows for it). Default 25 ms, as in QUIC:
     /// acks of request/response traffic ride on the responses anyway, and a timer only a few
     /// milliseconds out, re-armed around every packet, costs several microseconds per round
     /// trip on virtual machines (each near kernel timer reprograms the virtual APIC).
-    #[serde(with = "duration_ms")]
+    #[serde(with = "duration")]
     pub max_ack_delay: Duration,
     /// Acknowledge at once after this many ack-eliciting datagrams. Default 2.
     pub ack_frequency: u32,
@@ -66,27 +66,27 @@ pub struct TransportConfig {
     /// hearing from the peer; keeps the session alive and the RTT measured. Default 1 s; 3 s in
     /// [`TransportConfig::server`], so that clients' pings (each answered by an ack) keep idle
     /// sessions alive and the server sends no pings of its own.
-    #[serde(with = "duration_ms")]
+    #[serde(with = "duration")]
     pub keepalive_interval: Duration,
     /// Close the session (reason: timeout) after this long without hearing from the peer.
     /// Default 10 s.
-    #[serde(with = "duration_ms")]
+    #[serde(with = "duration")]
     pub idle_timeout: Duration,
     /// Close the session (reason: `Stalled`) when
     /// data has waited this long for the peer to acknowledge any of it: a peer that advertises
     /// no credit, never acks, or lets its receive buffer fill, is not kept forever at the cost
     /// of what is queued for it (TCP's user timeout). Default 10 s.
-    #[serde(with = "duration_ms")]
+    #[serde(with = "duration")]
     pub stall_timeout: Duration,
     /// Give up connecting after this long. Default 5 s.
-    #[serde(with = "duration_ms")]
+    #[serde(with = "duration")]
     pub handshake_timeout: Duration,
     /// Handshake retransmission interval; it backs off to twice this. Default 250 ms.
-    #[serde(with = "duration_ms")]
+    #[serde(with = "duration")]
     pub handshake_retry: Duration,
     /// On a local close, how long to keep sending queued reliable data before the `CLOSE`
     /// goes out. Default 1 s.
-    #[serde(with = "duration_ms")]
+    #[serde(with = "duration")]
     pub close_linger: Duration,
     /// Whether the endpoint accepts incoming sessions (a server). Default false.
     pub accept_incoming: bool,
@@ -104,7 +104,7 @@ pub struct TransportConfig {
     /// and counted. The budget refills continuously, up to one second's worth. Default 32.
     pub handshake_rate_per_ip: u32,
     /// How long a handshake cookie stays valid. Default 10 s.
-    #[serde(with = "duration_ms")]
+    #[serde(with = "duration")]
     pub cookie_lifetime: Duration,
     /// Seeds the endpoint's randomness (session tags, the cookie key): with a seed, a simulated
     /// run repeats exactly. Default `None`: from the OS. Never set it on an endpoint that faces
@@ -246,23 +246,98 @@ impl TransportConfig {
 }
 
 /// Serde helper: a `Duration` as whole milliseconds.
-pub(crate) mod duration_ms {
+/// Durations in configuration files: human-readable strings (`"250ms"`, `"5s"`, `"1.5s"`,
+/// `"2m"`, `"1h"`, `"100us"`; units `ns`, `us`, `ms`, `s`, `m`, `h`) or a bare number of
+/// milliseconds. Written back as the shortest exact string.
+pub(crate) mod duration {
     use std::time::Duration;
 
-    use serde::{Deserialize, Deserializer, Serializer};
+    use serde::{Deserialize, Deserializer, Serializer, de};
 
     pub(crate) fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_u64(d.as_millis() as u64)
+        s.collect_str(&format_duration(*d))
     }
 
     pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        u64::deserialize(d).map(Duration::from_millis)
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Given<'a> {
+            Millis(u64),
+            Text(std::borrow::Cow<'a, str>),
+        }
+        match Given::deserialize(d)? {
+            Given::Millis(ms) => Ok(Duration::from_millis(ms)),
+            Given::Text(t) => parse_duration(&t).ok_or_else(|| {
+                de::Error::custom(format_args!(
+                    "not a duration: {t:?} (a number with a unit: ns, us, ms, s, m, h)"
+                ))
+            }),
+        }
+    }
+
+    /// `"1.5s"` and the like; `None` for anything else.
+    pub(crate) fn parse_duration(t: &str) -> Option<Duration> {
+        let t = t.trim();
+        let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
+        let (number, unit) = t.split_at(split);
+        let scale = match unit.trim() {
+            "ns" => 1e-9,
+            "us" | "µs" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" | "min" => 60.0,
+            "h" => 3600.0,
+            _ => return None,
+        };
+        let n: f64 = number.parse().ok()?;
+        Duration::try_from_secs_f64(n * scale).ok()
+    }
+
+    /// The shortest exact form: whole hours, minutes, seconds, ms, µs, else ns.
+    pub(crate) fn format_duration(d: Duration) -> String {
+        let ns = d.as_nanos();
+        for (unit, per) in [
+            ("h", 3_600_000_000_000u128),
+            ("m", 60_000_000_000),
+            ("s", 1_000_000_000),
+            ("ms", 1_000_000),
+            ("us", 1_000),
+        ] {
+            if ns % per == 0 && ns > 0 {
+                return format!("{}{unit}", ns / per);
+            }
+        }
+        format!("{ns}ns")
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_read_as_people_write_them_and_print_back_exactly() {
+        use super::duration::{format_duration, parse_duration};
+        let ms = Duration::from_millis;
+        for (text, d) in [
+            ("250ms", ms(250)),
+            ("5s", ms(5000)),
+            ("1.5s", ms(1500)),
+            ("2m", ms(120_000)),
+            ("1h", ms(3_600_000)),
+            ("100us", Duration::from_micros(100)),
+            ("7ns", Duration::from_nanos(7)),
+        ] {
+            assert_eq!(parse_duration(text), Some(d), "{text}");
+        }
+        for d in [ms(250), ms(5000), ms(1500), ms(120_000), Duration::from_nanos(7), ms(0)] {
+            assert_eq!(parse_duration(&format_duration(d)), Some(d));
+        }
+        assert_eq!(format_duration(ms(1500)), "1500ms");
+        for bad in ["", "5", "s", "5 parsecs", "-1s", "1e3s"] {
+            assert_eq!(parse_duration(bad), None, "{bad:?}");
+        }
+    }
 
     #[test]
     fn defaults_are_valid_and_bad_values_are_named() {

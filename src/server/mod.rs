@@ -35,7 +35,7 @@ use tokio::sync::oneshot;
 use self::activation::{AnswerLimits, Reporter, Spawn, Typed};
 use self::dispatch::Dispatch;
 use self::service::{ServerCmd, ServerService};
-use crate::config::{TransportConfig, duration_ms};
+use crate::config::{TransportConfig, duration};
 use crate::error::BindError;
 use crate::interface::{Interface, InterfaceInfo};
 use crate::proto::ids::{GrainId, GrainType, ServerId};
@@ -68,7 +68,7 @@ pub struct ServerConfig {
     /// The transport's options (`accept_incoming` is forced on).
     pub transport: TransportConfig,
     /// Deactivate a grain after this long without calls. Default 5 min.
-    #[serde(with = "duration_ms")]
+    #[serde(with = "duration")]
     pub idle_deactivation: Duration,
     /// Calls one connection may have pending; more are answered `Overloaded`. It also bounds
     /// the answers a connection may leave unacknowledged: while it holds twice that many (plus
@@ -98,12 +98,14 @@ pub struct ServerConfig {
     /// Default 10,000.
     pub max_activations_per_connection: usize,
     /// The deadline of a call that carries none (one-way calls). Default 30 s.
-    #[serde(with = "duration_ms")]
+    #[serde(with = "duration")]
     pub default_deadline: Duration,
     /// How long `shutdown` waits for pending calls, then for deactivations. Default 10 s.
-    #[serde(with = "duration_ms")]
+    #[serde(with = "duration")]
     pub shutdown_timeout: Duration,
 }
+
+impl crate::config::ConfigFile for ServerConfig {}
 
 impl Default for ServerConfig {
     fn default() -> Self {
