@@ -267,7 +267,9 @@ impl ClientShared {
         slots.push(slot.clone());
         drop(slots);
         let task = tokio::spawn(pool::run(self.clone(), slot.clone(), connector, seed));
-        lock(&self.tasks).push(task);
+        let mut tasks = lock(&self.tasks);
+        tasks.retain(|t| !t.is_finished()); // retired slots' tasks
+        tasks.push(task);
         Some((slot, true))
     }
 }
