@@ -980,3 +980,30 @@ async fn a_client_never_joins_a_server_of_another_cluster() {
     }
     assert_eq!(client.servers().len(), 1);
 }
+
+/// `client.servers()` gives each server's own call statistics and transport statistics, beside
+/// the client-wide totals.
+#[tokio::test(start_paused = true)]
+async fn each_server_has_its_own_statistics() {
+    let fleet = Fleet::new(fixed(), &[Hosts::Echo, Hosts::Echo]);
+    let client = fleet.client(0, ConnectMode::Multi, "rr").await;
+    let e: EchoRef = client.grain(1);
+    for n in 0..10 {
+        e.prefer(&ServerId::new("s0")).hit(n).await.unwrap();
+    }
+    for n in 0..4 {
+        e.prefer(&ServerId::new("s1")).hit(100 + n).await.unwrap();
+    }
+    let slow = e.prefer(&ServerId::new("s1")).with_timeout(Duration::from_millis(100));
+    assert!(matches!(slow.slow(200, 5_000).await, Err(CallError::Timeout)));
+    let by_id: HashMap<String, grainwire::client::ServerInfo> =
+        client.servers().into_iter().map(|s| (s.id.0.to_string(), s)).collect();
+    let (s0, s1) = (&by_id["s0"].calls, &by_id["s1"].calls);
+    assert_eq!((s0.total, s0.errors, s0.timeouts), (10, 0, 0));
+    assert_eq!((s1.total, s1.errors, s1.timeouts), (5, 1, 1));
+    // A call is a hop there and a hop back.
+    assert!(s0.p50 >= 2 * HOP, "{:?}", s0.p50);
+    assert!(by_id["s0"].transport.packets_sent > 10 && by_id["s1"].transport.packets_sent > 5);
+    let all = client.stats();
+    assert_eq!((all.total, all.timeouts), (15, 1));
+}

@@ -94,6 +94,7 @@ pub(crate) struct ServerView {
     pub(crate) conn: Connection,
     pub(crate) manifest: Option<Arc<Manifest>>,
     pub(crate) load: Arc<Load>,
+    pub(crate) stats: Arc<Mutex<CallAccounting>>,
 }
 
 /// State shared by `Client` handles, grain references, the connection tasks and the client's
@@ -448,6 +449,8 @@ impl Client {
                     pending: s.load.pending(),
                     latency: s.load.latency(),
                     rtt: s.conn.stats().rtt,
+                    calls: lock(&s.stats).snapshot(u64::from(s.load.pending()), 0),
+                    transport: s.conn.stats(),
                 })
             })
             .collect()

@@ -307,4 +307,9 @@ pub struct ServerInfo {
     pub latency: Duration,
     /// The transport's smoothed round-trip time.
     pub rtt: Duration,
+    /// Its calls: completed, failed, timed out, latency percentiles, last activity (one-way
+    /// calls are counted client-wide only).
+    pub calls: crate::proto::stats::CallStats,
+    /// Its session's transport statistics.
+    pub transport: crate::transport::ConnectionStats,
 }

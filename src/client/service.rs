@@ -26,6 +26,7 @@ use crate::proto::ids::{IdMap, PeerId, RequestId, ServerId};
 use crate::proto::in_flight::InFlight;
 use crate::proto::manifest::Manifest;
 use crate::proto::route::{Affinity, Load, RouteTable, ServerEntry, Target};
+use crate::proto::stats::CallAccounting;
 use crate::proto::wire::rpc::{self, RpcFrame, Status};
 use crate::sync::lock;
 use crate::transport::{Connection, Delivery, Event, Service};
@@ -109,6 +110,8 @@ struct PeerState {
     leaving: Option<Vec<oneshot::Sender<bool>>>,
     /// Its session was told to close.
     closed: bool,
+    /// Its calls' statistics (`ServerInfo::calls`).
+    stats: Arc<std::sync::Mutex<CallAccounting>>,
 }
 
 pub(crate) struct ClientService {
@@ -149,18 +152,21 @@ impl ClientService {
         now.saturating_duration_since(epoch).as_nanos() as u64
     }
 
-    /// Ends a call with `error` (a one-way call, `cell` `None`, is only counted).
+    /// Ends a call with `error` (a one-way call, `cell` `None`, is only counted); whether it
+    /// ended here (not already).
     fn fail(
         &self,
         cell: Option<&CallCell>,
         error: CallError<Infallible>,
         timeout: bool,
         now: Instant,
-    ) {
-        if cell.is_none_or(|c| c.complete(Err(error))) {
+    ) -> bool {
+        let ended = cell.is_none_or(|c| c.complete(Err(error)));
+        if ended {
             lock(&self.shared.accounting).failure(timeout, now);
             self.shared.finished_one();
         }
+        ended
     }
 
     fn command(&mut self, cmd: ClientCmd, now: Instant) {
@@ -316,13 +322,15 @@ impl ClientService {
 
     fn send(&mut self, mut call: Call, (peer, type_index): (PeerId, u32), now: Instant) {
         let Some(p) = self.peers.get_mut(&peer) else {
-            return self.fail(call.cell.as_deref(), CallError::NotConnected, false, now);
+            self.fail(call.cell.as_deref(), CallError::NotConnected, false, now);
+            return;
         };
         let delivery = Delivery::reliable_ordered(call.stream);
         let size = call.frame.len() - PREFIX_GAP;
         let max = p.conn.max_message_size(delivery);
         if size > max {
-            return self.fail(call.cell.as_deref(), CallError::TooLarge { size, max }, false, now);
+            self.fail(call.cell.as_deref(), CallError::TooLarge { size, max }, false, now);
+            return;
         }
         // A call gets a correlation slot; a one-way call (no cell) none. Both are written on
         // the grain's stream in the order calls were made.
@@ -432,11 +440,11 @@ impl ClientService {
         };
         if pending.cell.complete(Ok((status, payload))) {
             self.shared.finished_one();
-            let mut acc = lock(&self.shared.accounting);
-            if matches!(status, Status::Ok) {
-                acc.success(latency, now);
-            } else {
-                acc.failure(false, now);
+            let ok = matches!(status, Status::Ok);
+            let server = self.peers.get(&peer).map(|p| p.stats.clone());
+            for acc in std::iter::once(&self.shared.accounting).chain(server.as_deref()) {
+                let mut acc = lock(acc);
+                if ok { acc.success(latency, now) } else { acc.failure(false, now) }
             }
         }
     }
@@ -534,6 +542,7 @@ impl ClientService {
                     conn: p.conn.clone(),
                     manifest: p.manifest.clone(),
                     load: p.load.clone(),
+                    stats: p.stats.clone(),
                 })
             })
             .collect();
@@ -579,7 +588,9 @@ impl ClientService {
                 failed += 1;
                 let error =
                     if drained { CallError::ShuttingDown } else { CallError::Disconnected(reason) };
-                self.fail(Some(&pending.cell), error, false, now);
+                if self.fail(Some(&pending.cell), error, false, now) {
+                    lock(&p.stats).failure(false, now);
+                }
             } else {
                 retried += 1;
             }
@@ -667,7 +678,7 @@ impl Service for ClientService {
             p.in_flight.expire(now, |id, pending| {
                 send_cancel(&p.conn, pending.stream, id);
                 p.load.finished(None, t, decay);
-                expired.push(Some(pending.cell));
+                expired.push((Some(pending.cell), Some(p.stats.clone())));
             });
         }
         let gone =
@@ -676,11 +687,15 @@ impl Service for ClientService {
             let (gone, keep) = std::mem::take(&mut self.parked).into_iter().partition(gone);
             self.parked = keep;
             for call in gone {
-                expired.push(call.cell);
+                expired.push((call.cell, None));
             }
         }
-        for cell in expired {
-            self.fail(cell.as_deref(), CallError::Timeout, true, now);
+        for (cell, server) in expired {
+            if self.fail(cell.as_deref(), CallError::Timeout, true, now) {
+                if let Some(server) = server {
+                    lock(&server).failure(true, now);
+                }
+            }
         }
     }
 
@@ -698,6 +713,7 @@ impl Service for ClientService {
                         load,
                         leaving: None,
                         closed: false,
+                        stats: Arc::new(std::sync::Mutex::new(CallAccounting::new(now))),
                     },
                 );
                 self.order.push(peer);
