@@ -5,7 +5,8 @@
 //! ```
 //!
 //! `--cluster` names its cluster (default `grainwire`; clients of another cluster do not use
-//! it). `--grains` chooses which demo grain types it hosts (default: all); `--server-id` defaults
+//! it); `--priority N` (default 0) and `--meta KEY=VALUE` (repeatable) go to clients in its
+//! manifest, for tiered strategies. `--grains` chooses which demo grain types it hosts (default: all); `--server-id` defaults
 //! to the bind address. `--max-connections` (4096) and `--max-connections-per-ip` (64) set the
 //! transport's session limits; `--stats-every S` prints the server's statistics (what it
 //! holds, what it refused and why) to stderr every S seconds.
@@ -21,10 +22,12 @@ mod game;
 
 use std::io::Write;
 
+use grainwire::server::MetaValue;
 use grainwire::{Server, ServerConfig};
 
 const USAGE: &str = "game_server --bind ADDR [--server-id ID] [--cluster ID] [--grains player,room,echo] \
-     [--max-connections N] [--max-connections-per-ip N] [--stats-every SECS]";
+     [--priority N] [--meta KEY=VALUE ...] [--max-connections N] [--max-connections-per-ip N] \
+     [--stats-every SECS]";
 
 #[tokio::main]
 async fn main() {
@@ -43,6 +46,20 @@ async fn main() {
     let mut config = ServerConfig { server_id: Some(server_id.clone()), ..ServerConfig::default() };
     if let Some(cluster) = a.get("cluster") {
         config.cluster_id = cluster.to_string();
+    }
+    config.priority = a.num(USAGE, "priority", 0);
+    for kv in a.all("meta") {
+        let (k, v) = kv
+            .split_once('=')
+            .unwrap_or_else(|| args::fail(USAGE, &format!("--meta: not KEY=VALUE: {kv}")));
+        // Numbers and true/false keep their type; the rest is text.
+        let value = match (v.parse::<i64>(), v) {
+            (Ok(n), _) => MetaValue::Int(n),
+            (_, "true") => MetaValue::Bool(true),
+            (_, "false") => MetaValue::Bool(false),
+            _ => MetaValue::from(v),
+        };
+        config.metadata.insert(k.into(), value);
     }
     let t = &mut config.transport;
     t.max_connections = a.num(USAGE, "max-connections", t.max_connections);
