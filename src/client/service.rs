@@ -114,6 +114,17 @@ struct PeerState {
     stats: Arc<std::sync::Mutex<CallAccounting>>,
 }
 
+impl PeerState {
+    /// A leaving server with nothing pending: close its session (it is forgotten when the
+    /// session has ended).
+    fn close_if_drained(&mut self) {
+        if self.leaving.is_some() && !self.closed && self.in_flight.is_empty() {
+            self.conn.close(0);
+            self.closed = true;
+        }
+    }
+}
+
 pub(crate) struct ClientService {
     shared: Arc<ClientShared>,
     cmds: Receiver<ClientCmd>,
@@ -241,19 +252,10 @@ impl ClientService {
                 }
                 self.rebuild();
                 for peer in peers {
-                    self.close_if_drained(peer);
+                    if let Some(p) = self.peers.get_mut(&peer) {
+                        p.close_if_drained();
+                    }
                 }
-            }
-        }
-    }
-
-    /// A leaving server with nothing pending: close its session (it is forgotten when the
-    /// session has ended).
-    fn close_if_drained(&mut self, peer: PeerId) {
-        if let Some(p) = self.peers.get_mut(&peer) {
-            if p.leaving.is_some() && !p.closed && p.in_flight.is_empty() {
-                p.conn.close(0);
-                p.closed = true;
             }
         }
     }
@@ -441,8 +443,8 @@ impl ClientService {
         if pending.cell.complete(Ok((status, payload))) {
             self.shared.finished_one();
             let ok = matches!(status, Status::Ok);
-            let server = self.peers.get(&peer).map(|p| p.stats.clone());
-            for acc in std::iter::once(&self.shared.accounting).chain(server.as_deref()) {
+            let server = self.peers.get(&peer).map(|p| &*p.stats);
+            for acc in std::iter::once(&self.shared.accounting).chain(server) {
                 let mut acc = lock(acc);
                 if ok { acc.success(latency, now) } else { acc.failure(false, now) }
             }
@@ -658,15 +660,7 @@ impl Service for ClientService {
         }
         if self.leaving > 0 {
             // Servers being drained away: close those whose last call ended.
-            let drained: Vec<PeerId> = self
-                .peers
-                .iter()
-                .filter(|(_, p)| p.leaving.is_some() && !p.closed && p.in_flight.is_empty())
-                .map(|(id, _)| *id)
-                .collect();
-            for peer in drained {
-                self.close_if_drained(peer);
-            }
+            self.peers.values_mut().for_each(PeerState::close_if_drained);
         }
         if self.next_health_check.is_some_and(|t| now >= t) {
             self.check_health(now);
