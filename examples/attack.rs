@@ -180,10 +180,10 @@ impl Raw {
             match self.peer.on_datagram(&buf[..n]) {
                 RawEvent::Messages(ms) => {
                     for m in ms {
-                        if let Ok(RpcFrame::Response { id, status, .. }) = rpc::decode_rpc(&m) {
-                            if self.answered.insert(id.slot) {
-                                *self.answers.entry(format!("{status:?}")).or_default() += 1;
-                            }
+                        if let Ok(RpcFrame::Response { id, status, .. }) = rpc::decode_rpc(&m)
+                            && self.answered.insert(id.slot)
+                        {
+                            *self.answers.entry(format!("{status:?}")).or_default() += 1;
                         }
                     }
                 }

@@ -60,12 +60,16 @@ pub enum CallError<E = std::convert::Infallible> {
     Application(E),
     /// The call's deadline passed here before a response arrived (the server was told to
     /// cancel it).
+    /// [`CallError::Timeout`].
     Timeout,
     /// The server saw the deadline pass before the call completed there.
+    /// [`CallError::DeadlineExceeded`].
     DeadlineExceeded,
     /// The server does not host this grain type.
+    /// [`CallError::UnknownGrainType`].
     UnknownGrainType,
     /// The server's interface has no such method.
+    /// [`CallError::UnknownMethod`].
     UnknownMethod,
     /// The server hosts this grain type with another interface version (or the same version
     /// with a different contract).
@@ -77,15 +81,20 @@ pub enum CallError<E = std::convert::Infallible> {
     },
     /// Too many calls pending: the server has too many from this client, or this client has
     /// too many outstanding (`ClientConfig::max_pending_calls`). Retry later.
+    /// [`CallError::Overloaded`].
     Overloaded,
     /// The method panicked on the server.
+    /// [`CallError::HandlerPanicked`].
     HandlerPanicked,
     /// The server is shutting down.
+    /// [`CallError::ShuttingDown`].
     ShuttingDown,
     /// The server could not decode the call: its arguments (client and server disagree on the
     /// types), its key or its deadline.
+    /// [`CallError::BadRequest`].
     BadRequest,
     /// The client has no connection to a server for this call.
+    /// [`CallError::NotConnected`].
     NotConnected,
     /// The reference requires a server (`Affinity::Required`) that is not connected, not
     /// healthy, or does not host the grain type.
@@ -143,7 +152,73 @@ impl<E: std::fmt::Debug> std::fmt::Display for CallError<E> {
 
 impl<E: std::fmt::Debug> std::error::Error for CallError<E> {}
 
+/// What kind of [`CallError`] a call got, without its details: what policies (retry,
+/// refresh) and configuration files name. Written in kebab case in files
+/// (`"not-connected"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
+pub enum CallErrorKind {
+    /// [`CallError::Application`].
+    Application,
+    /// [`CallError::Timeout`].
+    Timeout,
+    /// [`CallError::DeadlineExceeded`].
+    DeadlineExceeded,
+    /// [`CallError::UnknownGrainType`].
+    UnknownGrainType,
+    /// [`CallError::UnknownMethod`].
+    UnknownMethod,
+    /// [`CallError::IncompatibleVersion`].
+    IncompatibleVersion,
+    /// [`CallError::Overloaded`].
+    Overloaded,
+    /// [`CallError::HandlerPanicked`].
+    HandlerPanicked,
+    /// [`CallError::ShuttingDown`].
+    ShuttingDown,
+    /// [`CallError::BadRequest`].
+    BadRequest,
+    /// [`CallError::NotConnected`].
+    NotConnected,
+    /// [`CallError::ServerUnavailable`].
+    ServerUnavailable,
+    /// [`CallError::Disconnected`].
+    Disconnected,
+    /// [`CallError::Encode`].
+    Encode,
+    /// [`CallError::Decode`].
+    Decode,
+    /// [`CallError::TooLarge`].
+    TooLarge,
+    /// [`CallError::ResponseTooLarge`].
+    ResponseTooLarge,
+}
+
 impl<E> CallError<E> {
+    /// Its kind.
+    pub fn kind(&self) -> CallErrorKind {
+        match self {
+            Self::Application(_) => CallErrorKind::Application,
+            Self::Timeout => CallErrorKind::Timeout,
+            Self::DeadlineExceeded => CallErrorKind::DeadlineExceeded,
+            Self::UnknownGrainType => CallErrorKind::UnknownGrainType,
+            Self::UnknownMethod => CallErrorKind::UnknownMethod,
+            Self::IncompatibleVersion { .. } => CallErrorKind::IncompatibleVersion,
+            Self::Overloaded => CallErrorKind::Overloaded,
+            Self::HandlerPanicked => CallErrorKind::HandlerPanicked,
+            Self::ShuttingDown => CallErrorKind::ShuttingDown,
+            Self::BadRequest => CallErrorKind::BadRequest,
+            Self::NotConnected => CallErrorKind::NotConnected,
+            Self::ServerUnavailable(_) => CallErrorKind::ServerUnavailable,
+            Self::Disconnected(_) => CallErrorKind::Disconnected,
+            Self::Encode(_) => CallErrorKind::Encode,
+            Self::Decode(_) => CallErrorKind::Decode,
+            Self::TooLarge { .. } => CallErrorKind::TooLarge,
+            Self::ResponseTooLarge { .. } => CallErrorKind::ResponseTooLarge,
+        }
+    }
+
     /// The same error with another application error type; `Application` maps through `f`.
     pub fn map_app<F>(self, f: impl FnOnce(E) -> F) -> CallError<F> {
         match self {

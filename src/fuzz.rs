@@ -89,7 +89,7 @@ pub fn session(data: &[u8]) {
 }
 
 /// Decodes one RPC frame (and, inside it, what the server and client decode next: a manifest,
-/// or arguments of a few shapes). A frame that decodes must re-encode to the same frame.
+/// a topology, or arguments of a few shapes). A frame that decodes must re-encode to the same frame.
 pub fn rpc_frame(data: &[u8]) {
     use crate::proto::manifest::Manifest;
     use crate::proto::wire::rpc::{self, RpcFrame};
@@ -122,6 +122,16 @@ pub fn rpc_frame(data: &[u8]) {
             }
             return;
         }
+        RpcFrame::Topology(payload) => {
+            if let Ok(t) = crate::proto::topology::Topology::decode(payload) {
+                let mut encoded = Vec::new();
+                t.encode_into(&mut encoded);
+                let back = crate::proto::topology::Topology::decode(&encoded);
+                assert_eq!(back.as_ref(), Ok(&t), "topology round trip");
+            }
+            return;
+        }
+        RpcFrame::Watch { subscribe } => rpc::encode_watch(&mut again, *subscribe),
     }
     assert_eq!(rpc::decode_rpc(&again).as_ref(), Ok(&frame), "RPC frame round trip");
 }

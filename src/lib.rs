@@ -70,6 +70,7 @@ pub mod server;
 pub(crate) mod sync;
 #[cfg(feature = "test-util")]
 pub mod testing;
+pub mod topology;
 pub mod transport;
 
 pub use client::{Client, ClientConfig};

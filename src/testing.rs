@@ -146,10 +146,10 @@ impl RawPeer {
                 self.received.push(pn);
                 let mut messages = Vec::new();
                 for f in FrameReader::new(frames).flatten() {
-                    if let Frame::Message(m) = &f {
-                        if m.class.is_reliable() {
-                            self.received_cost += m.payload.len() as u64 + 64;
-                        }
+                    if let Frame::Message(m) = &f
+                        && m.class.is_reliable()
+                    {
+                        self.received_cost += m.payload.len() as u64 + 64;
                     }
                     match f {
                         Frame::Message(m) if m.chunk.is_none() => {

@@ -6,7 +6,10 @@ use std::time::Duration;
 
 use grainwire::client::{ConnectMode, ServerAddr};
 use grainwire::config::{ConfigFile, ConfigFileError};
+use grainwire::error::CallErrorKind;
 use grainwire::server::MetaValue;
+use grainwire::topology::redis::MembershipConfig;
+use grainwire::topology::{Backoff, DiscoveryConfig};
 use grainwire::{ClientConfig, ServerConfig, TransportConfig};
 
 /// A transport config with every field away from its default (no `..default()`: a new
@@ -63,6 +66,16 @@ fn odd_client() -> ClientConfig {
         health_timeout: ms(4500),
         latency_decay: ms(20_000),
         seed: Some(7),
+        discovery: DiscoveryConfig {
+            seeds: vec!["eu-2.example.net:7777".parse().unwrap()],
+            redis: Vec::new(),
+            interval: ms(2500),
+            timeout: ms(750),
+            max_attempts: 4,
+            backoff: Backoff { initial: ms(50), max: ms(3000), factor: 1.5, jitter: 0.25 },
+            refresh_on: vec![CallErrorKind::Timeout, CallErrorKind::Disconnected],
+            min_refresh_interval: ms(300),
+        },
     }
 }
 
@@ -92,6 +105,13 @@ fn odd_server() -> ServerConfig {
         max_activations_per_connection: d.max_activations_per_connection + 1,
         default_deadline: ms(3000),
         shutdown_timeout: ms(4000),
+        advertise: Some("game-eu-1.example.net:7777".parse().unwrap()),
+        peers: vec!["10.0.0.2:7777".parse().unwrap()],
+        membership: MembershipConfig {
+            redis: Some("redis://127.0.0.1:6380/2".into()),
+            ttl: ms(9000),
+            heartbeat: ms(1500),
+        },
     }
 }
 

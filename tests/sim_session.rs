@@ -51,10 +51,10 @@ async fn next_non_connect(ep: &mut Endpoint) -> Event {
 
 async fn disconnected(ep: &mut Endpoint, peer: PeerId) -> DisconnectReason {
     loop {
-        if let Event::Disconnected { peer: p, reason } = next(ep).await {
-            if p == peer {
-                return reason;
-            }
+        if let Event::Disconnected { peer: p, reason } = next(ep).await
+            && p == peer
+        {
+            return reason;
         }
     }
 }

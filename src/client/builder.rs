@@ -11,6 +11,7 @@ use crossbeam::queue::ArrayQueue;
 use tokio::sync::{Notify, broadcast};
 
 use super::GrainInterface;
+use super::discovery::{self, Discovery, Source};
 use super::pool;
 use super::service::ClientService;
 use super::{
@@ -21,6 +22,7 @@ use crate::error::{BindError, ConnectError};
 use crate::proto::route::Strategies;
 use crate::proto::stats::CallAccounting;
 use crate::sync::lock;
+use crate::topology::{PollingSource, RefreshPolicy, StreamingSource};
 use crate::transport::Endpoint;
 
 fn unspecified_for(addr: SocketAddr) -> SocketAddr {
@@ -38,6 +40,8 @@ pub struct ClientBuilder {
     pub(super) config: ClientConfig,
     pub(super) addrs: Vec<ServerAddr>,
     pub(super) strategies: Strategies,
+    pub(super) source: Option<Source>,
+    pub(super) refresh: Option<RefreshPolicy>,
 }
 
 impl fmt::Debug for ClientBuilder {
@@ -68,6 +72,43 @@ impl ClientBuilder {
         self
     }
 
+    /// Follows the fleet that these servers report (every grainwire server answers with the
+    /// fleet it knows and pushes changes): the client connects each eligible server of it,
+    /// and drains those that leave. Seeds are asked one at a time, in turn (see
+    /// [`topology`](crate::topology)); options in `ClientConfig::discovery`.
+    pub fn seeds<A: Into<ServerAddr>>(mut self, seeds: impl IntoIterator<Item = A>) -> Self {
+        self.config.discovery.seeds.extend(seeds.into_iter().map(Into::into));
+        self
+    }
+
+    /// Follows the fleet registered in Redis at `url` (`redis://host:port/db`): the members
+    /// that servers with a membership there registered, for this client's cluster and service.
+    pub fn redis(mut self, url: impl Into<String>) -> Self {
+        self.config.discovery.redis.push(url.into());
+        self
+    }
+
+    /// Follows the fleet that `source` reports when polled (every
+    /// `ClientConfig::discovery.interval`, with its timeout and backoff).
+    pub fn polling_source(mut self, source: impl PollingSource) -> Self {
+        self.source = Some(Source::Polling(Arc::new(source)));
+        self
+    }
+
+    /// Follows the fleet that `source` streams.
+    pub fn streaming_source(mut self, source: impl StreamingSource) -> Self {
+        self.source = Some(Source::Streaming(Arc::new(source)));
+        self
+    }
+
+    /// Which call failures make the client ask its topology source again at once (default:
+    /// `ClientConfig::discovery.refresh_on`, itself by default not-connected,
+    /// server-unavailable and disconnected).
+    pub fn refresh_policy(mut self, policy: RefreshPolicy) -> Self {
+        self.refresh = Some(policy);
+        self
+    }
+
     /// Sets the connection mode (default [`ConnectMode::Multi`]).
     pub fn mode(mut self, mode: ConnectMode) -> Self {
         self.config.mode = mode;
@@ -91,8 +132,20 @@ impl ClientBuilder {
     /// must be up), `OnDemand` returns at once. Waits at most `connect_timeout`.
     pub async fn connect(self) -> Result<Client, ClientError> {
         let this = self.with_config_servers();
-        let first = this.addrs.first().ok_or(ClientError::NoServers)?;
         this.config.validate()?;
+        let Some(first) = this.addrs.first().or(this.config.discovery.seeds.first()) else {
+            if this.discovers() {
+                // Only a store to ask (Redis, a source of the application's): IPv4.
+                let any = SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), 0);
+                let io = crate::transport::io::UdpIo::bind(
+                    any,
+                    this.config.transport.socket_buffer_size,
+                )
+                .map_err(BindError::from)?;
+                return this.start(io).await;
+            }
+            return Err(ClientError::NoServers);
+        };
         // The socket's family (and whether it is loopback) follows the first address; a name
         // is resolved once for that.
         let first = match first.ip() {
@@ -114,6 +167,11 @@ impl ClientBuilder {
         this.start(io).await
     }
 
+    /// Whether the client follows a topology source.
+    fn discovers(&self) -> bool {
+        self.source.is_some() || self.config.discovery.enabled()
+    }
+
     /// The configuration's servers first, then the builder's.
     fn with_config_servers(mut self) -> Self {
         let mut addrs = self.config.servers.clone();
@@ -131,7 +189,7 @@ impl ClientBuilder {
         local: SocketAddr,
     ) -> Result<Client, ClientError> {
         let this = self.with_config_servers();
-        if this.addrs.is_empty() {
+        if this.addrs.is_empty() && !this.discovers() {
             return Err(ClientError::NoServers);
         }
         this.config.validate()?;
@@ -139,8 +197,30 @@ impl ClientBuilder {
         this.start(io).await
     }
 
+    /// The topology source to follow, if any: the application's, the seeds, or Redis.
+    fn source_of(&self) -> Result<Option<Source>, ClientError> {
+        let d = &self.config.discovery;
+        Ok(match &self.source {
+            Some(s) => Some(s.clone()),
+            None if !d.seeds.is_empty() => Some(Source::Servers(d.seeds.clone())),
+            None if !d.redis.is_empty() => {
+                let cfg = &self.config;
+                let source = crate::topology::redis::RedisSource::new(
+                    d.redis.clone(),
+                    &cfg.cluster_id,
+                    &cfg.service_id,
+                    d.interval,
+                )
+                .map_err(ClientError::Discovery)?;
+                Some(Source::Streaming(Arc::new(source)))
+            }
+            None => None,
+        })
+    }
+
     async fn start(self, io: impl crate::transport::io::Io) -> Result<Client, ClientError> {
-        let Self { mut config, mut addrs, mut strategies } = self;
+        let source = self.source_of()?;
+        let Self { mut config, mut addrs, mut strategies, refresh, .. } = self;
         // One seed for all of the client's randomness: the pool's jitter, the strategies'
         // draws, the transport's session tags (a client's cookie key is never used).
         let base = config.seed.unwrap_or_else(crate::sync::os_seed);
@@ -175,6 +255,12 @@ impl ClientBuilder {
             slot_seed: Mutex::new(base),
             refused: Mutex::new(Vec::new()),
             v6,
+            discovery: source.as_ref().map(|_| {
+                let policy = refresh.unwrap_or_else(|| {
+                    RefreshPolicy::on(config.discovery.refresh_on.iter().copied())
+                });
+                Arc::new(Discovery::new(policy))
+            }),
             events: broadcast::channel(EVENT_BACKLOG).0,
             closing: AtomicBool::new(false),
             tasks: Mutex::new(Vec::new()),
@@ -187,6 +273,11 @@ impl ClientBuilder {
         *lock(&shared.endpoint) = Some(endpoint);
         for addrs in slots {
             shared.add_slot(addrs);
+        }
+        if let Some(source) = source {
+            let seed = crate::proto::ids::fmix64(base ^ 0xd15c_0be7);
+            let task = tokio::spawn(discovery::run(shared.clone(), source, seed));
+            lock(&shared.tasks).push(task);
         }
         let client = Client::new(shared);
         if config.mode == ConnectMode::OnDemand {

@@ -32,6 +32,7 @@
 
 mod builder;
 mod cell;
+mod discovery;
 mod options;
 mod pool;
 mod reference;
@@ -129,6 +130,8 @@ pub(crate) struct ClientShared {
     pub(crate) refused: Mutex<Vec<ClusterMismatch>>,
     /// The client's socket is IPv6 (server names resolve to addresses of its family).
     pub(crate) v6: bool,
+    /// Set when the client follows a topology source.
+    pub(crate) discovery: Option<Arc<discovery::Discovery>>,
     events: broadcast::Sender<ClientEvent>,
     pub(crate) closing: AtomicBool,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
@@ -209,9 +212,24 @@ impl ClientShared {
                     return Ok(None);
                 }
                 tracing::debug!(grain = %r.id, error = ?e, "no route");
-                Err(route_error(e))
+                let e = route_error(e);
+                self.call_failed(&e);
+                Err(e)
             }
         }
+    }
+
+    /// A call failed with `error`: a client following a topology source may ask it again.
+    pub(crate) fn call_failed(&self, error: &CallError) {
+        if let Some(d) = &self.discovery {
+            d.call_failed(error);
+        }
+    }
+
+    /// Retires `slot` and drops it from the list.
+    pub(crate) fn drop_slot(&self, slot: &Arc<Slot>) {
+        slot.retire();
+        lock(&self.slots).retain(|s| !Arc::ptr_eq(s, slot));
     }
 
     /// On-demand: whether some server is not connected yet or its manifest is on its way (a
@@ -256,7 +274,11 @@ impl ClientShared {
     pub(crate) fn add_slot(self: &Arc<Self>, addrs: Vec<ServerAddr>) -> Option<(Arc<Slot>, bool)> {
         let connector = lock(&self.endpoint).as_ref()?.connector();
         let mut slots = lock(&self.slots);
-        if let Some(s) = slots.iter().find(|s| s.addrs.contains(&addrs[0])) {
+        // The same address, or an `ip:port` a name already resolved to.
+        let same = |s: &&Arc<Slot>| {
+            s.addrs.contains(&addrs[0]) || addrs[0].ip().is_some_and(|ip| s.matches(ip))
+        };
+        if let Some(s) = slots.iter().find(same) {
             return Some((s.clone(), false));
         }
         let slot = Arc::new(Slot::new(addrs));
@@ -272,6 +294,47 @@ impl ClientShared {
         tasks.retain(|t| !t.is_finished()); // retired slots' tasks
         tasks.push(task);
         Some((slot, true))
+    }
+}
+
+/// Waits until `slot`'s server is connected and its manifest known, at most `timeout`:
+/// the session's address, or why not.
+pub(crate) async fn wait_slot_ready(
+    shared: &ClientShared,
+    slot: &Slot,
+    timeout: Duration,
+) -> Result<SocketAddr, ClientError> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let changed = shared.changed.notified();
+        tokio::pin!(changed);
+        changed.as_mut().enable();
+        if let Some(at) = discovery::session_addr(shared, slot) {
+            return Ok(at);
+        }
+        if slot.retired() {
+            let refused = lock(&shared.refused);
+            return Err(match refused.iter().find(|m| slot.matches(m.addr)) {
+                Some(m) => ClientError::WrongCluster(Box::new(m.clone())),
+                None => ClientError::Closed,
+            });
+        }
+        if slot.phase() == Phase::Backoff
+            && let Some((_, Some(e))) = slot.errors().into_iter().next()
+        {
+            return Err(ClientError::Connect(e));
+        }
+        if tokio::time::timeout_at(deadline, changed).await.is_err() {
+            return Err(match slot.phase() {
+                Phase::Connected => ClientError::NoManifest,
+                _ => ClientError::Connect(
+                    slot.errors()
+                        .into_iter()
+                        .find_map(|(_, e)| e)
+                        .unwrap_or(ConnectError::Failed(DisconnectReason::Timeout)),
+                ),
+            });
+        }
     }
 }
 
@@ -340,6 +403,8 @@ impl Client {
             config: ClientConfig::default(),
             addrs: Vec::new(),
             strategies: Strategies::default(),
+            source: None,
+            refresh: None,
         }
     }
 
@@ -380,16 +445,25 @@ impl Client {
             if ready == 0 && slots.is_empty() && !lock(&shared.refused).is_empty() {
                 return Err(self.connect_failure()); // every server was of another cluster
             }
+            // Following a source: its first topology must have been applied too.
+            let undiscovered = shared.discovery.as_ref().and_then(|d| d.pending_error());
             let done = match shared.config.mode {
                 ConnectMode::Multi => ready > 0 && settled,
                 _ => ready > 0,
             };
-            if done {
+            if done && undiscovered.is_none() {
                 return Ok(());
             }
             if tokio::time::timeout_at(deadline, changed).await.is_err() {
                 if ready > 0 {
                     return Ok(()); // some servers are up; the others keep being retried
+                }
+                if let Some(error) = undiscovered
+                    && lock(&shared.refused).is_empty()
+                {
+                    return Err(ClientError::Discovery(
+                        error.unwrap_or(crate::topology::DiscoveryError::Timeout),
+                    ));
                 }
                 return Err(self.connect_failure());
             }
@@ -472,43 +546,24 @@ impl Client {
         let (slot, created) =
             self.shared.add_slot(vec![addr.clone()]).ok_or(ClientError::Closed)?;
         slot.demand(); // on-demand: connect now
-        let deadline = tokio::time::Instant::now() + self.shared.config.connect_timeout;
-        let failed = loop {
-            let changed = self.shared.changed.notified();
-            tokio::pin!(changed);
-            changed.as_mut().enable();
-            if let Some(info) = self.servers().into_iter().find(|s| slot.matches(s.addr)) {
-                return Ok(info);
-            }
-            if slot.retired() {
-                let refused = lock(&self.shared.refused);
-                break match refused.iter().find(|m| slot.matches(m.addr)) {
-                    Some(m) => ClientError::WrongCluster(Box::new(m.clone())),
-                    None => ClientError::Closed,
-                };
-            }
-            if slot.phase() == Phase::Backoff {
-                if let Some((_, Some(e))) = slot.errors().into_iter().next() {
-                    break ClientError::Connect(e);
+        match wait_slot_ready(&self.shared, &slot, self.shared.config.connect_timeout).await {
+            Ok(at) => match self.servers().into_iter().find(|s| s.addr == at) {
+                Some(info) => Ok(info),
+                None => Err(ClientError::Disconnected(DisconnectReason::ClosedLocally)),
+            },
+            Err(e) => {
+                if created {
+                    self.shared.drop_slot(&slot);
                 }
+                Err(e)
             }
-            if tokio::time::timeout_at(deadline, changed).await.is_err() {
-                break match slot.phase() {
-                    Phase::Connected => ClientError::NoManifest,
-                    _ => ClientError::Connect(
-                        slot.errors()
-                            .into_iter()
-                            .find_map(|(_, e)| e)
-                            .unwrap_or(ConnectError::Failed(DisconnectReason::Timeout)),
-                    ),
-                };
-            }
-        };
-        if created {
-            slot.retire();
-            lock(&self.shared.slots).retain(|s| !Arc::ptr_eq(s, &slot));
         }
-        Err(failed)
+    }
+
+    /// The topology the client follows now (`None` without a topology source, or before its
+    /// first one).
+    pub fn topology(&self) -> Option<Topology> {
+        self.shared.discovery.as_ref().and_then(|d| d.topology())
     }
 
     /// Takes server `server` out of the client while it runs: it is no longer reconnected,
@@ -710,14 +765,14 @@ impl Future for CallFuture {
 
 impl Drop for CallFuture {
     fn drop(&mut self) {
-        if !self.cell.is_finished() {
-            if let Some(sent) = self.cell.cancel() {
-                self.shared.finished_one();
-                if let Some((peer, id)) = sent {
-                    if self.shared.cmds.send(ClientCmd::Cancel { peer, id }).is_ok() {
-                        self.shared.wake();
-                    }
-                }
+        if !self.cell.is_finished()
+            && let Some(sent) = self.cell.cancel()
+        {
+            self.shared.finished_one();
+            if let Some((peer, id)) = sent
+                && self.shared.cmds.send(ClientCmd::Cancel { peer, id }).is_ok()
+            {
+                self.shared.wake();
             }
         }
         if let Some(cell) = Arc::get_mut(&mut self.cell) {

@@ -13,6 +13,7 @@ pub use crate::proto::addr::{AddrParseError, ServerAddr};
 use crate::proto::ids::ServerId;
 use crate::proto::manifest::Manifest;
 pub use crate::proto::topology::{ClusterNode, Topology, TopologyDiff};
+use crate::topology::{DiscoveryConfig, DiscoveryError};
 
 /// Which of its servers a client connects to, and when.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -89,8 +90,12 @@ pub struct ClientConfig {
     #[serde(with = "duration")]
     pub latency_decay: Duration,
     /// Seed of all the client's randomness (reconnection jitter, strategies' random draws,
-    /// the transport's session tags); `None` (the default) draws one from the OS.
+    /// the transport's session tags, discovery's backoff jitter); `None` (the default) draws
+    /// one from the OS.
     pub seed: Option<u64>,
+    /// Following the fleet from a topology source: seeds (servers to ask) or Redis URLs, and
+    /// how to poll, retry and refresh. Default off (the client uses the servers it is given).
+    pub discovery: DiscoveryConfig,
 }
 
 impl Default for ClientConfig {
@@ -109,6 +114,7 @@ impl Default for ClientConfig {
             health_timeout: Duration::from_secs(3),
             latency_decay: Duration::from_secs(10),
             seed: None,
+            discovery: DiscoveryConfig::default(),
         }
     }
 }
@@ -119,7 +125,9 @@ impl ClientConfig {
     /// The common case in one line: servers, then `;key=value` options —
     /// `"eu-1.example.net:7777,10.0.0.2:7777;mode=multi;cluster=eu-prod;timeout=5s"`. Options:
     /// `mode` (single, multi, on-demand), `cluster`, `service`, `timeout` (a call's default
-    /// deadline), `connect_timeout`, `health_timeout`, `seed`. Everything else keeps its default.
+    /// deadline), `connect_timeout`, `health_timeout`, `seed`, `discover=true` (the addresses
+    /// are seeds: the client follows the fleet they report), `redis=URL` (follow the fleet
+    /// registered in Redis; then no address is needed). Everything else keeps its default.
     pub fn from_connection_string(text: &str) -> Result<Self, crate::config::ConfigFileError> {
         let bad = |message: String| crate::config::ConfigFileError::Invalid {
             origin: "connection string".into(),
@@ -131,6 +139,7 @@ impl ClientConfig {
         };
         let mut parts = text.split(';');
         let mut cfg = Self::default();
+        let mut discover = false;
         for addr in parts.next().unwrap_or("").split(',').map(str::trim).filter(|a| !a.is_empty()) {
             cfg.servers.push(addr.parse().map_err(|e: AddrParseError| bad(e.to_string()))?);
         }
@@ -149,10 +158,19 @@ impl ClientConfig {
                     cfg.seed =
                         Some(v.parse().map_err(|_| bad(format!("seed: not a number: {v:?}")))?)
                 }
+                "discover" => match v {
+                    "true" => discover = true,
+                    "false" => discover = false,
+                    _ => return Err(bad(format!("discover: expected true or false: {v:?}"))),
+                },
+                "redis" => cfg.discovery.redis.push(v.into()),
                 other => return Err(bad(format!("unknown option {other:?}"))),
             }
         }
-        if cfg.servers.is_empty() {
+        if discover {
+            cfg.discovery.seeds = std::mem::take(&mut cfg.servers);
+        }
+        if cfg.servers.is_empty() && !cfg.discovery.enabled() {
             return Err(bad("no server address".into()));
         }
         Ok(cfg)
@@ -170,6 +188,10 @@ impl ClientConfig {
             return bad("latency_decay", "must be non-zero");
         }
         self.transport.validate().map_err(BindError::from)?;
+        self.discovery.validate().map_err(ClientError::Discovery)?;
+        if self.discovery.enabled() && self.mode == ConnectMode::Single {
+            return bad("mode", "discovery needs Multi or OnDemand mode");
+        }
         Ok(())
     }
 }
@@ -224,6 +246,10 @@ pub enum ClientError {
     /// The server belongs to another cluster or service than the client.
     #[error(transparent)]
     WrongCluster(Box<ClusterMismatch>),
+    /// The topology source gave no usable topology within the connect timeout (the latest
+    /// failure).
+    #[error("discovery: {0}")]
+    Discovery(DiscoveryError),
 }
 
 /// A server of another cluster or service than the client's: both sides' ids.
@@ -286,6 +312,24 @@ pub enum ClientEvent {
         error: ConnectError,
         /// The wait before the next attempt (`None` in on-demand mode: when a call needs it).
         retry_in: Option<Duration>,
+    },
+    /// The topology source reported a new fleet and the client follows it: the eligible
+    /// nodes it lacked are being connected, removed and ineligible ones drained.
+    TopologyChanged {
+        /// What changed since the previous topology (all nodes `added` for the first).
+        diff: TopologyDiff,
+    },
+    /// Asking the topology source failed (or gave a topology that cannot be applied); the
+    /// client keeps the servers it has.
+    DiscoveryFailed {
+        /// The seed asked (as the source names it).
+        seed: String,
+        /// Why.
+        error: DiscoveryError,
+        /// When it is asked again (`None`: when the source pushes its next topology).
+        retry_in: Option<Duration>,
+        /// Whether the seed was given up: the next one is asked after `retry_in`.
+        next_seed: bool,
     },
 }
 

@@ -8,6 +8,7 @@
 //! wait for a server in on-demand mode, and reports server events.
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -17,9 +18,11 @@ use crossbeam::channel::Receiver;
 use tokio::sync::oneshot;
 
 use super::cell::CallCell;
+use super::discovery::TopologyWatch;
 use super::pool::Phase;
 use super::{
-    ClientEvent, ClientShared, ClusterMismatch, ConnectMode, Removal, ServerView, route_error,
+    ClientEvent, ClientShared, ClusterMismatch, ConnectMode, Removal, ServerAddr, ServerView,
+    route_error,
 };
 use crate::error::{CallError, DisconnectReason};
 use crate::proto::ids::{IdMap, PeerId, RequestId, ServerId};
@@ -27,6 +30,7 @@ use crate::proto::in_flight::InFlight;
 use crate::proto::manifest::Manifest;
 use crate::proto::route::{Affinity, Load, RouteTable, ServerEntry, Target};
 use crate::proto::stats::CallAccounting;
+use crate::proto::topology::Topology;
 use crate::proto::wire::rpc::{self, RpcFrame, Status};
 use crate::sync::lock;
 use crate::transport::{Connection, Delivery, Event, Service};
@@ -70,6 +74,11 @@ pub(crate) enum ClientCmd {
     /// Take server `server` out of the client (`Client::remove_server`); `done` gets whether
     /// it was there, once it is gone.
     Remove { server: ServerId, how: Removal, done: oneshot::Sender<bool> },
+    /// Drain the server at `addr` away (it left the topology, or became ineligible).
+    RemoveAddr { addr: ServerAddr },
+    /// Ask the server of the session at `addr` for its topology and publish every one it
+    /// pushes into `topologies` (dropped when the session ends).
+    Watch { addr: SocketAddr, topologies: TopologyWatch },
 }
 
 /// A call not yet in a correlation table.
@@ -112,6 +121,8 @@ struct PeerState {
     closed: bool,
     /// Its calls' statistics (`ServerInfo::calls`).
     stats: Arc<std::sync::Mutex<CallAccounting>>,
+    /// Discovery watches its topology here.
+    watch: Option<TopologyWatch>,
 }
 
 impl PeerState {
@@ -172,6 +183,7 @@ impl ClientService {
         timeout: bool,
         now: Instant,
     ) -> bool {
+        self.shared.call_failed(&error);
         let ended = cell.is_none_or(|c| c.complete(Err(error)));
         if ended {
             lock(&self.shared.accounting).failure(timeout, now);
@@ -198,7 +210,44 @@ impl ClientService {
             ClientCmd::Cancel { peer, id } => self.cancel(peer, id, now),
             ClientCmd::Poke => self.retry_parked(now),
             ClientCmd::Remove { server, how, done } => self.remove(&server, how, done, now),
+            ClientCmd::RemoveAddr { addr } => self.remove_addr(&addr, now),
+            ClientCmd::Watch { addr, topologies } => {
+                let peer = self
+                    .order
+                    .iter()
+                    .copied()
+                    .find(|p| self.peers.get(p).is_some_and(|p| p.conn.remote_addr() == addr));
+                // No such session (it ended meanwhile): dropping `topologies` says so.
+                if let Some(p) = peer.and_then(|p| self.peers.get_mut(&p)) {
+                    let mut out = Vec::with_capacity(1);
+                    rpc::encode_watch(&mut out, true);
+                    p.conn.push(Delivery::reliable_ordered(0), Bytes::from(out));
+                    p.watch = Some(topologies);
+                }
+            }
         }
+    }
+
+    /// Drains away the server at `addr` (discovery: it left the topology or became
+    /// ineligible); its slot stops reconnecting.
+    fn remove_addr(&mut self, addr: &ServerAddr, now: Instant) {
+        let slots: Vec<_> =
+            self.shared.slots().into_iter().filter(|s| s.addrs.contains(addr)).collect();
+        let peers: Vec<PeerId> = self
+            .order
+            .iter()
+            .copied()
+            .filter(|p| {
+                self.peers
+                    .get(p)
+                    .is_some_and(|p| slots.iter().any(|s| s.matches(p.conn.remote_addr())))
+            })
+            .collect();
+        for slot in &slots {
+            self.shared.drop_slot(slot);
+        }
+        tracing::debug!(%addr, sessions = peers.len(), "server left the topology: drained");
+        self.remove_peers(peers, Removal::Drain, None, now);
     }
 
     /// Takes `server` out: its slots stop reconnecting; drained (no new calls, the pending
@@ -229,6 +278,17 @@ impl ClientService {
         let addrs: Vec<_> =
             peers.iter().filter_map(|p| self.peers.get(p)).map(|p| p.conn.remote_addr()).collect();
         self.shared.retire_slots(&addrs);
+        self.remove_peers(peers, how, Some(done), now);
+    }
+
+    /// Drains or aborts the sessions `peers`; `done` learns when they are gone.
+    fn remove_peers(
+        &mut self,
+        peers: Vec<PeerId>,
+        how: Removal,
+        done: Option<oneshot::Sender<bool>>,
+        now: Instant,
+    ) {
         match how {
             Removal::Abort => {
                 for peer in peers {
@@ -237,10 +297,12 @@ impl ClientService {
                     }
                     self.lose_peer(peer, DisconnectReason::ClosedLocally, now);
                 }
-                let _ = done.send(true);
+                if let Some(done) = done {
+                    let _ = done.send(true);
+                }
             }
             Removal::Drain => {
-                let mut done = Some(done);
+                let mut done = done;
                 for peer in &peers {
                     if let Some(p) = self.peers.get_mut(peer) {
                         if p.leaving.is_none() {
@@ -440,6 +502,9 @@ impl ClientService {
         } else {
             pending
         };
+        if !matches!(status, Status::Ok | Status::AppError) && self.shared.discovery.is_some() {
+            self.shared.call_failed(&super::status_error(status, 0, &payload));
+        }
         if pending.cell.complete(Ok((status, payload))) {
             self.shared.finished_one();
             let ok = matches!(status, Status::Ok);
@@ -458,6 +523,19 @@ impl ClientService {
             }
             Ok(RpcFrame::Manifest(body)) => {
                 self.manifest(peer, body, now);
+                return;
+            }
+            Ok(RpcFrame::Topology(body)) => {
+                match (Topology::decode(body), self.peers.get(&peer).and_then(|p| p.watch.as_ref()))
+                {
+                    (Ok(t), Some(watch)) => {
+                        watch.send_replace(Some(t));
+                    }
+                    (Ok(_), None) => tracing::debug!(?peer, "topology nobody asked for; ignored"),
+                    (Err(error), _) => {
+                        tracing::debug!(?peer, %error, "undecodable topology from a server")
+                    }
+                }
                 return;
             }
             Ok(other) => {
@@ -685,10 +763,10 @@ impl Service for ClientService {
             }
         }
         for (cell, server) in expired {
-            if self.fail(cell.as_deref(), CallError::Timeout, true, now) {
-                if let Some(server) = server {
-                    lock(&server).failure(true, now);
-                }
+            if self.fail(cell.as_deref(), CallError::Timeout, true, now)
+                && let Some(server) = server
+            {
+                lock(&server).failure(true, now);
             }
         }
     }
@@ -708,6 +786,7 @@ impl Service for ClientService {
                         leaving: None,
                         closed: false,
                         stats: Arc::new(std::sync::Mutex::new(CallAccounting::new(now))),
+                        watch: None,
                     },
                 );
                 self.order.push(peer);

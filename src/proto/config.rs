@@ -303,7 +303,7 @@ pub(crate) mod duration {
             ("ms", 1_000_000),
             ("us", 1_000),
         ] {
-            if ns % per == 0 && ns > 0 {
+            if ns.is_multiple_of(per) && ns > 0 {
                 return format!("{}{unit}", ns / per);
             }
         }

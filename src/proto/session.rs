@@ -38,6 +38,9 @@ pub enum SessionEvent {
     Closed(DisconnectReason),
 }
 
+/// Data datagrams a connecting client keeps when they overtake the server's `ACCEPT`.
+const EARLY_DATAGRAMS: usize = 4;
+
 #[derive(Debug)]
 enum State {
     /// Client: sending `HELLO`.
@@ -71,6 +74,10 @@ pub struct Session {
     tag: u32,
     channel: Option<Channel>,
     events: VecDeque<SessionEvent>,
+    /// Client: data datagrams that arrived before the server's `ACCEPT` (it sends right after
+    /// accepting, and the network may reorder the two), replayed once it arrives; at most
+    /// [`EARLY_DATAGRAMS`].
+    early: Vec<Vec<u8>>,
     last_received: Instant,
     established_at: Instant,
     ping_pending: bool,
@@ -116,6 +123,7 @@ impl Session {
             tag,
             channel,
             events: VecDeque::new(),
+            early: Vec::new(),
             last_received: now,
             established_at: now,
             ping_pending: false,
@@ -253,8 +261,17 @@ impl Session {
         match packet {
             Packet::Handshake(hs) => self.on_handshake(now, hs.body),
             Packet::Data(h, frames) => {
-                if h.tag != self.tag || self.channel.is_none() {
-                    return; // another session's packet (or not established yet)
+                if self.channel.is_none() {
+                    // Overtook the ACCEPT: kept (a few, bounded) until it arrives.
+                    if matches!(self.state, State::Connecting { .. })
+                        && self.early.len() < EARLY_DATAGRAMS
+                    {
+                        self.early.push(data.to_vec());
+                    }
+                    return;
+                }
+                if h.tag != self.tag {
+                    return; // another session's packet
                 }
                 if let State::Draining { .. } = self.state {
                     self.close_again = true;
@@ -338,6 +355,9 @@ impl Session {
                 self.last_received = now;
                 self.established_at = now;
                 self.events.push_back(SessionEvent::Connected);
+                for d in std::mem::take(&mut self.early) {
+                    self.handle_datagram(now, &d);
+                }
             }
             (
                 State::Hello { .. } | State::Connecting { .. },
@@ -505,14 +525,14 @@ impl Session {
         let Some(ch) = self.channel.as_mut() else {
             return false;
         };
-        if let State::Closing { deadline, code } = self.state {
-            if ch.is_flushed() || now >= deadline {
-                let kind = CloseKind::Application(code);
-                let sent = ch.write_packet(now, self.tag, out, false, Some(kind));
-                self.drain(now, kind, DisconnectReason::ClosedLocally);
-                self.close_again = false;
-                return sent;
-            }
+        if let State::Closing { deadline, code } = self.state
+            && (ch.is_flushed() || now >= deadline)
+        {
+            let kind = CloseKind::Application(code);
+            let sent = ch.write_packet(now, self.tag, out, false, Some(kind));
+            self.drain(now, kind, DisconnectReason::ClosedLocally);
+            self.close_again = false;
+            return sent;
         }
         let ping = self.ping_pending;
         if ch.write_packet(now, self.tag, out, ping, None) {

@@ -5,12 +5,18 @@
 
 use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use super::addr::ServerAddr;
+use super::config::duration;
 use super::manifest::Metadata;
 use super::siphash::stable_hash;
+use super::wire::WireError;
+
+/// The most nodes a topology on the wire may hold (a larger one is refused undecoded).
+pub const MAX_NODES: usize = 4096;
 
 /// One server of a fleet, as a topology source describes it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -144,6 +150,82 @@ impl Hasher for TopologyHasher {
     }
 }
 
+impl Topology {
+    /// Its payload on the wire (see `rpc::encode_topology_head`): the nodes, postcard.
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
+        // Serializing plain structs into a Vec cannot fail.
+        let bytes = postcard::to_allocvec(&self.nodes).expect("plain structs always serialize");
+        out.extend_from_slice(&bytes);
+    }
+
+    /// Decodes a topology frame's payload: at most [`MAX_NODES`] nodes, in any order.
+    pub fn decode(payload: &[u8]) -> Result<Self, WireError> {
+        let bad = |_| WireError::OutOfRange { field: "topology", value: payload.len() as u64 };
+        let nodes: Vec<ClusterNode> = postcard::from_bytes(payload).map_err(bad)?;
+        if nodes.len() > MAX_NODES {
+            return Err(WireError::OutOfRange {
+                field: "topology nodes",
+                value: nodes.len() as u64,
+            });
+        }
+        Ok(Self::new(nodes))
+    }
+}
+
+/// Exponential backoff with jitter: the wait after the `n`th consecutive failure is
+/// `min(initial × factor^(n-1), max)`, then moved by up to ±`jitter` of itself at random.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Backoff {
+    /// The wait after the first failure. Default 100 ms.
+    #[serde(with = "duration")]
+    pub initial: Duration,
+    /// The longest wait (before jitter). Default 5 s.
+    #[serde(with = "duration")]
+    pub max: Duration,
+    /// Growth per failure. Default 2.
+    pub factor: f64,
+    /// The random part, a fraction of the wait: 0.1 (the default) waits 90 % to 110 %.
+    pub jitter: f64,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self {
+            initial: Duration::from_millis(100),
+            max: Duration::from_secs(5),
+            factor: 2.0,
+            jitter: 0.1,
+        }
+    }
+}
+
+impl Backoff {
+    /// The wait after the `failures`th consecutive failure (1 for the first), given `draw`, a
+    /// uniform random number in `[0, 1)` (0.5 is the wait without jitter).
+    pub fn delay(&self, failures: u32, draw: f64) -> Duration {
+        let exp = failures.saturating_sub(1).min(64) as i32;
+        let base = self.initial.as_secs_f64() * self.factor.max(1.0).powi(exp);
+        let base = base.min(self.max.as_secs_f64());
+        let spread = self.jitter.clamp(0.0, 1.0) * (2.0 * draw.clamp(0.0, 1.0) - 1.0);
+        Duration::try_from_secs_f64(base * (1.0 + spread)).unwrap_or(self.max)
+    }
+
+    /// Checks the ranges (`field` names the struct in the message).
+    pub fn validate(&self) -> Result<(), &'static str> {
+        if self.initial.is_zero() || self.max < self.initial {
+            return Err("backoff.initial must be non-zero and at most backoff.max");
+        }
+        if !(self.factor >= 1.0 && self.factor.is_finite()) {
+            return Err("backoff.factor must be at least 1");
+        }
+        if !(0.0..=1.0).contains(&self.jitter) {
+            return Err("backoff.jitter must be within 0..=1");
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -182,5 +264,42 @@ mod tests {
         // The same endpoint twice: the last one counts.
         let dup = Topology::new([node("10.0.0.1:1", 0, true), node("10.0.0.1:1", 3, false)]);
         assert_eq!(dup.nodes(), [node("10.0.0.1:1", 3, false)]);
+    }
+
+    #[test]
+    fn topologies_travel_and_bad_payloads_are_typed_errors() {
+        let mut dc = node("game.example:7777", 2, true);
+        dc.metadata.insert("zone".into(), MetaValue::Int(3));
+        let t = Topology::new([node("10.0.0.1:1", 0, false), dc]);
+        let mut out = Vec::new();
+        t.encode_into(&mut out);
+        assert_eq!(Topology::decode(&out), Ok(t));
+        assert!(Topology::decode(&out[..out.len() - 1]).is_err());
+        assert!(Topology::decode(&[0xff, 0xff, 0xff, 0xff, 0x0f]).is_err(), "huge length");
+        let many: Vec<ClusterNode> = (0..=MAX_NODES)
+            .map(|i| node(&format!("10.0.{}.{}:1", i / 256, i % 256), 0, true))
+            .collect();
+        let bytes = postcard::to_allocvec(&many).unwrap();
+        assert!(matches!(
+            Topology::decode(&bytes),
+            Err(WireError::OutOfRange { field: "topology nodes", .. })
+        ));
+    }
+
+    #[test]
+    fn backoff_grows_by_its_factor_up_to_its_cap_with_bounded_jitter() {
+        let b = Backoff::default();
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        assert_eq!(ms(b.delay(1, 0.5)).round(), 100.0);
+        assert_eq!(ms(b.delay(2, 0.5)).round(), 200.0);
+        assert_eq!(ms(b.delay(4, 0.5)).round(), 800.0);
+        assert_eq!(ms(b.delay(20, 0.5)).round(), 5000.0, "capped");
+        assert_eq!(ms(b.delay(1, 0.0)).round(), 90.0, "-10 %");
+        assert_eq!(ms(b.delay(1, 0.999_999)).round(), 110.0, "+10 %");
+        assert_eq!(ms(b.delay(u32::MAX, 0.5)).round(), 5000.0, "no overflow");
+        assert!(b.validate().is_ok());
+        assert!(Backoff { factor: 0.5, ..b }.validate().is_err());
+        assert!(Backoff { jitter: 2.0, ..b }.validate().is_err());
+        assert!(Backoff { initial: Duration::ZERO, ..b }.validate().is_err());
     }
 }

@@ -19,6 +19,7 @@
 
 mod activation;
 pub mod dispatch;
+mod fleet;
 mod service;
 mod table;
 
@@ -38,11 +39,14 @@ use self::service::{ServerCmd, ServerService};
 use crate::config::{TransportConfig, duration};
 use crate::error::BindError;
 use crate::interface::{Interface, InterfaceInfo};
+use crate::proto::addr::ServerAddr;
 use crate::proto::ids::{GrainId, GrainType, ServerId};
 use crate::proto::manifest::{DEFAULT_CLUSTER_ID, DEFAULT_SERVICE_ID, HostedGrain, Manifest};
 pub use crate::proto::manifest::{MetaValue, Metadata};
 use crate::proto::rng::SplitMix64;
+use crate::proto::topology::{ClusterNode, Topology};
 use crate::sync::lock;
+use crate::topology::redis::{MemberCmd, MemberEntry, MembershipConfig};
 use crate::transport::{Endpoint, EndpointStats};
 
 /// Options of a [`Server`].
@@ -103,6 +107,14 @@ pub struct ServerConfig {
     /// How long `shutdown` waits for pending calls, then for deactivations. Default 10 s.
     #[serde(with = "duration")]
     pub shutdown_timeout: Duration,
+    /// The address clients reach this server at, as it tells them in the fleet it serves and
+    /// registers in Redis. Default: the address it bound (give one when binding `0.0.0.0`).
+    pub advertise: Option<ServerAddr>,
+    /// The other servers of the fleet, served to clients that ask (the built-in topology
+    /// source) when there is no Redis membership. Default none (the fleet is this server).
+    pub peers: Vec<ServerAddr>,
+    /// Registering in Redis and following the fleet registered there. Default off.
+    pub membership: MembershipConfig,
 }
 
 impl crate::config::ConfigFile for ServerConfig {}
@@ -127,6 +139,9 @@ impl Default for ServerConfig {
             max_activations_per_connection: 10_000,
             default_deadline: Duration::from_secs(30),
             shutdown_timeout: Duration::from_secs(10),
+            advertise: None,
+            peers: Vec::new(),
+            membership: MembershipConfig::default(),
         }
     }
 }
@@ -138,6 +153,9 @@ pub enum ServerError {
     /// The endpoint could not start.
     #[error(transparent)]
     Bind(#[from] BindError),
+    /// An option is out of range.
+    #[error("invalid server option: {0}")]
+    Config(&'static str),
     /// Two hosted grain types have the same name (or names whose ids collide).
     #[error("grain type `{0}` is hosted twice (or its id collides with another's)")]
     DuplicateGrainType(&'static str),
@@ -242,6 +260,8 @@ pub(crate) struct ServerShared {
     pub(crate) manifest: Mutex<(Arc<Manifest>, Bytes)>,
     pub(crate) counters: Arc<ServerCounters>,
     pub(crate) calls_done: AtomicU64,
+    /// The fleet served to clients that ask.
+    pub(crate) fleet: Mutex<fleet::Fleet>,
 }
 
 /// Builds a [`Server`].
@@ -270,6 +290,7 @@ impl ServerBuilder {
         let mut config = self.config;
         config.transport.accept_incoming = true;
         config.transport.validate().map_err(BindError::from)?;
+        config.membership.validate().map_err(ServerError::Config)?;
         let server_id = match &config.server_id {
             Some(id) => ServerId::new(id.as_str()),
             None => ServerId::new(format!(
@@ -320,6 +341,8 @@ pub struct Server {
     shared: Arc<ServerShared>,
     endpoint: Endpoint,
     cmds: crossbeam::channel::Sender<ServerCmd>,
+    /// The Redis membership task's commands, with a membership.
+    member: Option<tokio::sync::mpsc::UnboundedSender<MemberCmd>>,
 }
 
 impl std::fmt::Debug for ServerShared {
@@ -357,6 +380,19 @@ impl ServerShared {
         }
     }
 
+    /// This server's entry in a Redis membership.
+    fn member_entry(&self) -> MemberEntry {
+        let fleet = lock(&self.fleet);
+        let me = fleet.me();
+        MemberEntry {
+            server_id: self.server_id.to_string(),
+            endpoint: me.endpoint.clone(),
+            eligible: me.eligible,
+            priority: me.priority,
+            metadata: me.metadata.clone(),
+        }
+    }
+
     /// The current manifest.
     pub(crate) fn manifest(&self) -> Arc<Manifest> {
         lock(&self.manifest).0.clone()
@@ -380,6 +416,21 @@ impl Server {
         registry: Vec<Registered>,
         server_id: ServerId,
     ) -> Result<Self, ServerError> {
+        let local = io.local_addr().map_err(BindError::from)?;
+        let me = ClusterNode {
+            endpoint: config.advertise.clone().unwrap_or(ServerAddr::from(local)),
+            eligible: true,
+            priority: config.priority,
+            metadata: config.metadata.clone(),
+        };
+        if config.advertise.is_none() && local.ip().is_unspecified() {
+            tracing::warn!(
+                %local,
+                "bound to an unspecified address: set `advertise` so clients can reach it"
+            );
+        }
+        let statics = config.peers.iter().cloned().map(ClusterNode::new).collect();
+        let fleet = fleet::Fleet::new(me, statics);
         let mut shared = ServerShared {
             config: config.clone(),
             registry,
@@ -399,6 +450,7 @@ impl Server {
             server_id,
             counters: Arc::default(),
             calls_done: AtomicU64::new(0),
+            fleet: Mutex::new(fleet),
         };
         let manifest = shared.build_manifest();
         let frame = Bytes::from(manifest.encode());
@@ -413,11 +465,55 @@ impl Server {
             messages: 2 * config.max_pending_per_connection + 64,
         };
         let counters = shared.counters.clone();
+        let membership = config.membership.clone();
         let endpoint = Endpoint::start_service(io, config.transport, move |ep| {
             let reporter = Reporter { tx: report_tx, endpoint: ep.clone(), limits, counters };
             ServerService::new(s, reporter, report_rx, cmd_rx)
         })?;
-        Ok(Self { shared, endpoint, cmds: cmd_tx })
+        let member = membership.redis.is_some().then(|| {
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            let (s, cmds, wake) = (shared.clone(), cmd_tx.clone(), endpoint.waker());
+            let on_fleet = move |t: Topology| {
+                if lock(&s.fleet).set_members(t) && cmds.send(ServerCmd::FleetChanged).is_ok() {
+                    wake();
+                }
+            };
+            tokio::spawn(crate::topology::redis::run_membership(
+                membership,
+                shared.config.cluster_id.clone(),
+                shared.config.service_id.clone(),
+                shared.member_entry(),
+                rx,
+                on_fleet,
+            ));
+            tx
+        });
+        Ok(Self { shared, endpoint, cmds: cmd_tx, member })
+    }
+
+    /// The fleet this server serves to clients that ask: itself, and its static peers or the
+    /// members registered in Redis.
+    pub fn topology(&self) -> Topology {
+        lock(&self.shared.fleet).topology().clone()
+    }
+
+    /// Replaces the static peers it serves as the fleet (without a Redis membership): clients
+    /// that follow it connect the new ones and drain those that left, at once.
+    pub fn set_peers(&self, peers: impl IntoIterator<Item = ServerAddr>) {
+        let nodes = peers.into_iter().map(ClusterNode::new).collect();
+        if lock(&self.shared.fleet).set_statics(nodes) {
+            self.command(ServerCmd::FleetChanged);
+        }
+    }
+
+    /// Marks this server eligible or not in the fleet it serves (and in Redis).
+    fn set_eligible(&self, eligible: bool) {
+        if lock(&self.shared.fleet).set_eligible(eligible) {
+            self.command(ServerCmd::FleetChanged);
+        }
+        if let Some(m) = &self.member {
+            let _ = m.send(MemberCmd::Update(self.shared.member_entry()));
+        }
     }
 
     /// The bound address.
@@ -525,6 +621,8 @@ impl Server {
     /// another server.
     pub async fn shutdown(mut self) {
         let limit = self.shared.config.shutdown_timeout;
+        // Clients that follow the fleet (and Redis) learn at once that it takes no new work.
+        self.set_eligible(false);
         let (tx, rx) = oneshot::channel();
         if self.command(ServerCmd::Drain(tx)) {
             let _ = tokio::time::timeout(limit, rx).await;
@@ -538,6 +636,12 @@ impl Server {
         let (tx, rx) = oneshot::channel();
         if self.command(ServerCmd::CloseDrained(tx)) {
             let _ = tokio::time::timeout(limit, rx).await;
+        }
+        if let Some(m) = self.member.take() {
+            let (tx, rx) = oneshot::channel();
+            if m.send(MemberCmd::Leave(tx)).is_ok() {
+                let _ = tokio::time::timeout(limit, rx).await;
+            }
         }
         self.endpoint.close().await;
     }

@@ -47,6 +47,8 @@ pub(crate) enum ServerCmd {
     /// Registry entry `index` was turned on or off: send the new manifest to every session
     /// (and deactivate the type's activations when it is off).
     ManifestChanged { index: usize, hosted: bool },
+    /// The fleet changed: push it to the sessions that watch it.
+    FleetChanged,
 }
 
 struct CallRecord {
@@ -70,6 +72,8 @@ struct PeerState {
     activations: usize,
     /// The session ended; the state stays until its running calls finish.
     gone: bool,
+    /// It subscribed to the fleet's topology.
+    watching: bool,
 }
 
 /// Why a call is refused, to count it.
@@ -233,10 +237,10 @@ impl ServerService {
             Err((status, payload)) => return self.answer(peer, id, status, &payload),
         };
         let grain = GrainId { ty: self.shared.registry[index].info.grain_type, key: call.key };
-        if self.table.key_of(&grain).is_none() {
-            if let Err((status, payload)) = self.room_for_activation(peer) {
-                return self.answer(peer, id, status, &payload);
-            }
+        if self.table.key_of(&grain).is_none()
+            && let Err((status, payload)) = self.room_for_activation(peer)
+        {
+            return self.answer(peer, id, status, &payload);
         }
         let Some(p) = self.peers.get_mut(&peer) else { return };
         let deadline = now
@@ -407,6 +411,14 @@ impl ServerService {
                 }
                 return;
             }
+            Ok(RpcFrame::Watch { subscribe }) => {
+                if let Some(p) = self.peers.get_mut(&peer).filter(|p| !p.gone) {
+                    p.watching |= subscribe;
+                    let frame = crate::sync::lock(&self.shared.fleet).frame();
+                    p.conn.push(Delivery::reliable_ordered(0), frame);
+                }
+                return;
+            }
             Ok(other) => {
                 tracing::debug!(?peer, frame = ?other, "unexpected frame from a client; ignored");
                 return;
@@ -431,10 +443,10 @@ impl ServerService {
         let tokens: Vec<u64> =
             self.peers.get(&peer).map(|p| p.calls.iter().copied().collect()).unwrap_or_default();
         for t in tokens {
-            if let Some(rec) = self.calls.get(&t) {
-                if rec.mailbox.remove(t).is_some() {
-                    self.finished(t, now);
-                }
+            if let Some(rec) = self.calls.get(&t)
+                && rec.mailbox.remove(t).is_some()
+            {
+                self.finished(t, now);
             }
         }
         if let Some(p) = self.peers.get_mut(&peer) {
@@ -495,6 +507,12 @@ impl ServerService {
                     self.table.deactivate_where(|a| a.index == index);
                 }
             }
+            ServerCmd::FleetChanged => {
+                let frame = crate::sync::lock(&self.shared.fleet).frame();
+                for p in self.peers.values().filter(|p| !p.gone && p.watching) {
+                    p.conn.push(Delivery::reliable_ordered(0), frame.clone());
+                }
+            }
             ServerCmd::CloseDrained(done) => {
                 self.closing_drained.push(done);
                 self.close_drained();
@@ -553,6 +571,7 @@ impl Service for ServerService {
                         pending_bytes: 0,
                         activations: 0,
                         gone: false,
+                        watching: false,
                     },
                 );
             }

@@ -642,6 +642,12 @@ impl Endpoint {
         self.shared.wake.notify();
     }
 
+    /// What [`wake`](Self::wake) does, for a task that outlives this borrow.
+    pub(crate) fn waker(&self) -> impl Fn() + Send + Sync + 'static {
+        let shared = self.shared.clone();
+        move || shared.wake.notify()
+    }
+
     /// What the endpoint refused or dropped, and its sessions.
     pub fn stats(&self) -> EndpointStats {
         self.shared.stats()

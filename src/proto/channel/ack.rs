@@ -88,11 +88,11 @@ impl RecvPackets {
                 r.0 = r.0.min(pn);
                 r.1 = r.1.max(pn);
                 // Merge with the next range if they now touch.
-                if let Some(&(next_lo, next_hi)) = self.ranges.get(idx + 1) {
-                    if next_lo <= self.ranges[idx].1 + 1 {
-                        self.ranges[idx].1 = next_hi;
-                        self.ranges.remove(idx + 1);
-                    }
+                if let Some(&(next_lo, next_hi)) = self.ranges.get(idx + 1)
+                    && next_lo <= self.ranges[idx].1 + 1
+                {
+                    self.ranges[idx].1 = next_hi;
+                    self.ranges.remove(idx + 1);
                 }
             }
             _ => self.ranges.insert(idx, (pn, pn)),

@@ -111,6 +111,48 @@ fn handshake_then_messages_both_ways() {
 }
 
 #[test]
+fn data_that_overtakes_the_accept_is_kept_until_it_arrives() {
+    let now = crate::test_epoch();
+    let client_addr: SocketAddr = "127.0.0.1:5555".parse().unwrap();
+    let gate = Gate::new((11, 22), now, Duration::from_secs(10), true);
+    let mut client = Session::client(cfg(), 77, now);
+    let hello = drain(&mut client, now);
+    let mut reply = Vec::new();
+    gate.filter(now, client_addr, &hello[0], false, false, &mut reply);
+    client.handle_datagram(now, &reply);
+    let connect = drain(&mut client, now);
+    let Verdict::Admit { nonce, window } =
+        gate.filter(now, client_addr, &connect[0], false, false, &mut reply)
+    else {
+        panic!("not admitted")
+    };
+    let mut server = Session::server(cfg(), nonce, 0xfeed, window, now);
+    let accept = drain(&mut server, now);
+    // The server sends at once (a manifest); that datagram arrives first.
+    server.send(Class::ReliableOrdered, 0, Bytes::from_static(b"manifest")).unwrap();
+    let data = drain(&mut server, now);
+    assert!(!data.is_empty());
+    for d in &data {
+        client.handle_datagram(now + MS, d);
+    }
+    // Junk datagrams beyond the bound are not kept.
+    for _ in 0..10 {
+        client.handle_datagram(now + MS, &data[0]);
+    }
+    assert!(events(&mut client).is_empty(), "nothing before the accept");
+    for d in &accept {
+        client.handle_datagram(now + 2 * MS, d);
+    }
+    let got = events(&mut client);
+    assert_eq!(got[0], SessionEvent::Connected);
+    assert_eq!(
+        messages(&got[1..]),
+        vec![Bytes::from_static(b"manifest")],
+        "delivered once, no RTO"
+    );
+}
+
+#[test]
 fn a_repeated_connect_is_accepted_again_and_a_new_nonce_replaces_the_session() {
     let mut p = establish();
     let connect = {

@@ -27,6 +27,10 @@ const KIND_ONE_WAY: u8 = 2;
 const KIND_CANCEL: u8 = 3;
 const KIND_RESPONSE: u8 = 4;
 const KIND_MANIFEST: u8 = 5;
+const KIND_TOPOLOGY: u8 = 6;
+const KIND_WATCH: u8 = 7;
+/// A watch frame's flag: keep pushing the topology as it changes.
+const WATCH_SUBSCRIBE: u8 = 0x08;
 const KEY_SHIFT: u8 = 3;
 const HAS_DEADLINE: u8 = 0x40;
 const STATUS_SHIFT: u8 = 3;
@@ -140,6 +144,13 @@ pub enum RpcFrame<'a> {
     },
     /// The server's manifest (postcard).
     Manifest(&'a [u8]),
+    /// The fleet as the server knows it (see `Topology::decode`).
+    Topology(&'a [u8]),
+    /// A client asks for the fleet: once, or (`subscribe`) now and on every change.
+    Watch {
+        /// Keep pushing changes.
+        subscribe: bool,
+    },
 }
 
 fn put_id(out: &mut impl BufMut, id: RequestId) {
@@ -310,6 +321,37 @@ pub fn encode_manifest_head(out: &mut impl BufMut) {
     out.put_u8(KIND_MANIFEST);
 }
 
+/// Appends a topology frame's head; the caller appends the encoded topology.
+pub fn encode_topology_head(out: &mut impl BufMut) {
+    out.put_u8(KIND_TOPOLOGY);
+}
+
+/// Appends a watch frame (a request for the server's topology).
+pub fn encode_watch(out: &mut impl BufMut, subscribe: bool) {
+    out.put_u8(KIND_WATCH | if subscribe { WATCH_SUBSCRIBE } else { 0 });
+}
+
+/// Rewrites the deadline of a request body (what [`encode_request_body`] wrote, with `flags`)
+/// into `out`: a retry carries what remains of the call's deadline. `None` if the body does
+/// not parse (it was written by us, so it always does).
+pub fn rewrite_body_deadline(
+    out: &mut impl BufMut,
+    body: &[u8],
+    flags: u8,
+    deadline_ms: u32,
+) -> Option<()> {
+    if flags & HAS_DEADLINE == 0 || body.len() < 3 {
+        return None;
+    }
+    let mut r = Reader::new(&body[3..]);
+    r.varint().ok()?;
+    let rest = r.rest();
+    out.put_slice(&body[..3]);
+    put_varint(out, deadline_ms.into());
+    out.put_slice(rest);
+    Some(())
+}
+
 /// The id of a request whose head and id decode, whatever follows: a server answers such a
 /// frame `BadRequest` when the rest of it does not decode (a bad key or deadline).
 pub fn request_id(buf: &[u8]) -> Option<RequestId> {
@@ -374,6 +416,10 @@ pub fn decode_rpc(buf: &[u8]) -> Result<RpcFrame<'_>, WireError> {
             Ok(RpcFrame::Response { id, status, payload: r.rest() })
         }
         KIND_MANIFEST if head == KIND_MANIFEST => Ok(RpcFrame::Manifest(r.rest())),
+        KIND_TOPOLOGY if head == KIND_TOPOLOGY => Ok(RpcFrame::Topology(r.rest())),
+        KIND_WATCH if head & !WATCH_SUBSCRIBE == KIND_WATCH && r.is_empty() => {
+            Ok(RpcFrame::Watch { subscribe: head & WATCH_SUBSCRIBE != 0 })
+        }
         _ => Err(WireError::UnknownFrame(head)),
     }
 }
@@ -445,6 +491,37 @@ mod tests {
         encode_manifest_head(&mut out);
         out.push(1);
         assert_eq!(decode_rpc(&out), Ok(RpcFrame::Manifest(&[1])));
+        out.clear();
+        encode_topology_head(&mut out);
+        out.push(2);
+        assert_eq!(decode_rpc(&out), Ok(RpcFrame::Topology(&[2])));
+        for subscribe in [false, true] {
+            out.clear();
+            encode_watch(&mut out, subscribe);
+            assert_eq!(decode_rpc(&out), Ok(RpcFrame::Watch { subscribe }));
+            out.push(0);
+            assert!(decode_rpc(&out).is_err(), "a watch frame has nothing after its head");
+        }
+        assert!(decode_rpc(&[KIND_WATCH | 0x10]).is_err(), "reserved bits");
+    }
+
+    #[test]
+    fn a_retry_carries_a_new_deadline_and_the_rest_unchanged() {
+        let c = call(GrainKey::Str("ann".into()), Some(5000));
+        let mut body = Vec::new();
+        let flags = encode_request_body(&mut body, &c);
+        body.extend_from_slice(b"args");
+        let mut again = Vec::new();
+        rewrite_body_deadline(&mut again, &body, flags, 120).unwrap();
+        let mut frame = vec![0u8; request_prefix_len(None, 3)];
+        encode_request_prefix(&mut frame, None, 3, flags);
+        frame.extend_from_slice(&again);
+        let want = CallHeader { deadline_ms: Some(120), ..c };
+        assert_eq!(decode_rpc(&frame), Ok(RpcFrame::OneWay { call: want, args: b"args" }));
+        let no_deadline = call(GrainKey::Int(1), None);
+        let mut body = Vec::new();
+        let flags = encode_request_body(&mut body, &no_deadline);
+        assert_eq!(rewrite_body_deadline(&mut Vec::new(), &body, flags, 1), None);
     }
 
     #[test]
@@ -475,7 +552,8 @@ mod tests {
         let cases: &[(&[u8], &str)] = &[
             (&[], "empty"),
             (&[0], "kind 0"),
-            (&[7], "kind 7"),
+            (&[7, 0], "watch with trailing bytes"),
+            (&[KIND_TOPOLOGY | 8], "topology flags"),
             (&[KIND_REQUEST], "truncated id"),
             (&[KIND_REQUEST | 0x80, 0, 0, 0], "reserved bit"),
             (&[KIND_ONE_WAY | (5 << KEY_SHIFT), 0, 1, 0, 0], "key kind 5"),

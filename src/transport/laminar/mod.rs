@@ -333,16 +333,16 @@ impl<I: Io, S: Service> Driver<I, S> {
                 }
             }
             let again = self.poll(now);
-            if let Some(s) = &shutdown {
-                if self.mgr.socket().known_count() == 0 || now >= s.deadline {
-                    break;
-                }
+            if let Some(s) = &shutdown
+                && (self.mgr.socket().known_count() == 0 || now >= s.deadline)
+            {
+                break;
             }
             if again {
                 // What the service sent while handling events leaves now, not at some later
                 // wake-up.
                 again_in_a_row += 1;
-                if again_in_a_row % 16 == 0 {
+                if again_in_a_row.is_multiple_of(16) {
                     tokio::task::yield_now().await;
                 }
                 continue;
