@@ -1,8 +1,9 @@
 //! grainwire in one process: three game servers hosting different grain types and one client
 //! routing every call by their manifests and a strategy per grain type, over loopback UDP.
 //! One server is stopped mid-run while calls continue, then comes back and gets its grains
-//! back. Also: an application error, one-way calls, a grain type nobody hosts, concurrency and
-//! a statistics table. Exits 0.
+//! back. Then a second client, given one seed, discovers the fleet from the servers and follows
+//! it while a fourth server joins and leaves with calls running. Also: an application error,
+//! one-way calls, a grain type nobody hosts, concurrency and a statistics table. Exits 0.
 //!
 //! ```sh
 //! cargo run --release --example demo
@@ -216,6 +217,60 @@ async fn main() -> Result<(), Error> {
     if after != before {
         return Err("placement did not recover".into());
     }
+
+    // A fleet that changes: a game client given one seed finds every server through it, and
+    // follows as servers join and leave (eu-1 serves itself and its peers).
+    let addrs: Vec<SocketAddr> = servers.iter().flatten().map(Server::local_addr).collect();
+    let seed = servers[0].as_ref().ok_or("eu-1 runs")?;
+    seed.set_peers(addrs[1..].iter().map(|a| (*a).into()));
+    let follower = Client::builder().seeds([addrs[0]]).connect().await?;
+    let mut follows = follower.events();
+    let mut ids: Vec<String> = follower.servers().iter().map(|s| s.id.to_string()).collect();
+    ids.sort();
+    println!(
+        "
+a client given only eu-1 as its seed found {ids:?}"
+    );
+    let (ok2, failed2) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let stop2 = Arc::new(AtomicBool::new(false));
+    let load2 = {
+        let (c, stop, ok, failed) = (follower.clone(), stop2.clone(), ok2.clone(), failed2.clone());
+        tokio::spawn(async move {
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let e: EchoRef = c.grain(i as i64);
+                let counter = if e.derive(i).await.is_ok() { &ok } else { &failed };
+                counter.fetch_add(1, Ordering::Relaxed);
+                i += 1;
+            }
+        })
+    };
+    let eu4 = start("eu-4", &["player", "echo"], "127.0.0.1:0".parse()?)?;
+    let with_eu4: Vec<_> = addrs[1..].iter().copied().chain([eu4.local_addr()]).collect();
+    seed.set_peers(with_eu4.iter().map(|a| (*a).into()));
+    let joined = |e: &ClientEvent| matches!(e, ClientEvent::Connected { server, .. } if server.0.as_ref() == "eu-4");
+    wait_for(&mut follows, joined).await?;
+    println!(
+        "eu-4 starts and joins the fleet: the client connected it ({} calls ok so far)",
+        ok2.load(Ordering::Relaxed)
+    );
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    seed.set_peers(addrs[1..].iter().map(|a| (*a).into()));
+    eu4.shutdown().await;
+    let left = |e: &ClientEvent| matches!(e, ClientEvent::Disconnected { server: Some(s), .. } if s.0.as_ref() == "eu-4");
+    wait_for(&mut follows, left).await?;
+    stop2.store(true, Ordering::Relaxed);
+    load2.await?;
+    let served: u64 = follower.stats().total;
+    println!(
+        "eu-4 leaves: drained and dropped; {} calls ok, {} failed while the fleet changed ({served} in all)",
+        ok2.load(Ordering::Relaxed),
+        failed2.load(Ordering::Relaxed)
+    );
+    if failed2.load(Ordering::Relaxed) > 0 {
+        return Err("a call failed while a server joined and left".into());
+    }
+    follower.disconnect().await;
 
     // One call at a time, then 64 at once over 64 grains.
     let echo: EchoRef = client.grain(0);

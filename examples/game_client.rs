@@ -9,9 +9,15 @@
 //! cargo run --release --example game_client -- --connect 127.0.0.1:7777 --calls 10000 --concurrency 16
 //! cargo run --release --example game_client -- --connect 127.0.0.1:7777 --connect 127.0.0.1:7778 \
 //!     --mode multi --strategy consistent-hash --calls 100000 --concurrency 16
+//! cargo run --release --example game_client -- --seed 127.0.0.1:7777 --secs 10 --concurrency 8
+//! cargo run --release --example game_client -- --redis redis://127.0.0.1:6379/ --cluster eu --calls 1000
 //! ```
 //!
-//! `--connect` takes `ip:port` or `host:port` (a name is resolved on every connect attempt).
+//! `--help` lists every flag with its default. `--connect` takes `ip:port` or `host:port` (a
+//! name is resolved on every connect attempt). `--seed ADDR` (repeatable) discovers the fleet
+//! from the servers themselves and follows it as servers join and leave; `--redis URL` reads
+//! it from Redis. A server of another `--cluster` gives no service: the client exits 1 with
+//! the reason.
 //! It keeps running through a server's death: calls that were pending on a server that died
 //! fail (counted in `failed` and in `lost_to_dead_server`); later calls go to the survivors,
 //! and to the server again once it is back. `--secs S` stops starting calls after S seconds;
@@ -19,8 +25,6 @@
 //! `errors` counts failures by kind. Exits 1 if any call failed for another reason (for example
 //! `NotConnected`: made while no server was connected, sent nowhere), or nothing succeeded.
 
-#[path = "common/args.rs"]
-mod args;
 #[path = "common/game.rs"]
 #[allow(dead_code)] // the client uses only the references, not the grain state
 mod game;
@@ -29,15 +33,60 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use game::EchoRef;
-use grainwire::client::{
-    AddrParseError, ConnectMode, ConsistentHash, LowestLatency, RoundRobin, ServerAddr,
-};
+use std::path::PathBuf;
+
+use clap::Parser;
+use grainwire::client::{ConnectMode, ConsistentHash, LowestLatency, RoundRobin, ServerAddr};
 use grainwire::config::ConfigFile;
 use grainwire::{CallError, Client};
 
-const USAGE: &str = "game_client --connect ADDR [--connect ADDR ...] --calls N [--concurrency C] \
-     [--keys K] [--mode single|multi|on-demand] [--strategy round-robin|consistent-hash|lowest-latency] \
-     [--secs S] [--pace-us P] [--cluster ID] [--config FILE]";
+/// A load client for game servers: calls the demo Echo grain and prints one JSON line.
+#[derive(Parser, Debug)]
+#[command(name = "game_client")]
+struct Args {
+    /// A server address (ip:port or host:port); repeatable.
+    #[arg(long = "connect", value_name = "ADDR")]
+    connect: Vec<ServerAddr>,
+    /// A server to discover the fleet from (the client follows it); repeatable.
+    #[arg(long = "seed", value_name = "ADDR")]
+    seeds: Vec<ServerAddr>,
+    /// Read the fleet from this Redis (redis://host:port/db) and follow it.
+    #[arg(long, value_name = "URL")]
+    redis: Option<String>,
+    /// Calls to make [default: unbounded with --secs].
+    #[arg(long, value_name = "N")]
+    calls: Option<u64>,
+    /// Calls in flight at once.
+    #[arg(long, value_name = "C", default_value_t = 1)]
+    concurrency: u64,
+    /// Distinct grain keys called.
+    #[arg(long, value_name = "K", default_value_t = 1024)]
+    keys: u64,
+    /// single, multi or on-demand [default: single for one --connect, else multi, or the
+    /// --config file's].
+    #[arg(long)]
+    mode: Option<ConnectMode>,
+    /// round-robin, consistent-hash or lowest-latency.
+    #[arg(long, default_value = "consistent-hash")]
+    strategy: String,
+    /// Stop starting calls after SECS seconds (0: no limit).
+    #[arg(long, value_name = "SECS", default_value_t = 0.0)]
+    secs: f64,
+    /// Start each worker's calls at most every P microseconds (0: as fast as answered).
+    #[arg(long, value_name = "P", default_value_t = 0)]
+    pace_us: u64,
+    /// The servers' cluster [default: grainwire, or the --config file's].
+    #[arg(long, value_name = "ID")]
+    cluster: Option<String>,
+    /// A client configuration file (TOML or JSON; its servers come first).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+}
+
+fn fail(problem: &str) -> ! {
+    eprintln!("game_client: {problem}");
+    std::process::exit(2)
+}
 
 fn percentile(sorted: &[Duration], p: f64) -> f64 {
     if sorted.is_empty() {
@@ -91,54 +140,56 @@ fn json_escape(s: &str) -> String {
 
 #[tokio::main]
 async fn main() {
-    let a = args::Args::parse(USAGE);
-    let addrs: Vec<ServerAddr> = a
-        .all("connect")
-        .iter()
-        .map(|s| s.parse().unwrap_or_else(|e: AddrParseError| args::fail(USAGE, &e.to_string())))
-        .collect();
+    let a = Args::parse();
+    let addrs = a.connect.clone();
     // --config FILE: a client configuration (TOML or JSON; its servers come first).
-    let mut config = match a.get("config") {
-        Some(path) => grainwire::ClientConfig::load(path)
-            .unwrap_or_else(|e| args::fail(USAGE, &format!("--config: {e}"))),
+    let mut config = match &a.config {
+        Some(path) => {
+            grainwire::ClientConfig::load(path).unwrap_or_else(|e| fail(&format!("--config: {e}")))
+        }
         None => grainwire::ClientConfig::default(),
     };
-    if addrs.is_empty() && config.servers.is_empty() {
-        args::fail(USAGE, "--connect (or a --config with servers) is required");
+    config.discovery.seeds.extend(a.seeds.iter().cloned());
+    config.discovery.redis.extend(a.redis.iter().cloned());
+    if addrs.is_empty() && config.servers.is_empty() && !config.discovery.enabled() {
+        fail("give --connect, --seed or --redis (or a --config with servers or discovery)");
     }
-    let secs_given = a.get("secs").is_some();
-    let calls: u64 = a.num(USAGE, "calls", if secs_given { u64::MAX } else { 0 });
+    let secs_given = a.secs > 0.0;
+    let calls: u64 = a.calls.unwrap_or(if secs_given { u64::MAX } else { 0 });
     if calls == 0 {
-        args::fail(USAGE, "--calls must be at least 1");
+        fail("--calls must be at least 1 (or give --secs)");
     }
-    let concurrency: u64 = a.num(USAGE, "concurrency", 1).clamp(1, calls.min(1 << 16));
-    let keys: u64 = a.num(USAGE, "keys", 1024).max(1);
+    let concurrency: u64 = a.concurrency.clamp(1, calls.min(1 << 16));
+    let keys: u64 = a.keys.max(1);
     // With --secs, workers stop starting calls after that long (the count is then a bound).
-    let secs: f64 = a.num(USAGE, "secs", 0.0);
-    let until = (secs > 0.0).then(|| Instant::now() + Duration::from_secs_f64(secs));
+    let until = secs_given.then(|| Instant::now() + Duration::from_secs_f64(a.secs));
     // With --pace-us, each worker starts a call at most every P µs (a probe, not a load).
-    let pace = Duration::from_micros(a.num(USAGE, "pace-us", 0));
-    let mode: ConnectMode = match a.get("mode") {
-        Some(m) => m.parse().unwrap_or_else(|e: String| args::fail(USAGE, &e)),
-        None if a.get("config").is_some() => config.mode,
-        None if addrs.len() == 1 => ConnectMode::Single,
+    let pace = Duration::from_micros(a.pace_us);
+    let mode: ConnectMode = match a.mode {
+        Some(m) => m,
+        None if a.config.is_some() => config.mode,
+        None if addrs.len() == 1 && !config.discovery.enabled() => ConnectMode::Single,
         None => ConnectMode::Multi,
     };
     // --cluster: the servers' cluster (default `grainwire`); one of another is refused.
-    if let Some(cluster) = a.get("cluster") {
-        config.cluster_id = cluster.to_string();
+    if let Some(cluster) = &a.cluster {
+        config.cluster_id = cluster.clone();
     }
     let builder = Client::builder().config(config).servers(addrs.clone()).mode(mode);
-    let builder = match a.get("strategy").unwrap_or("consistent-hash") {
+    let builder = match a.strategy.as_str() {
         "round-robin" => builder.strategy(RoundRobin),
         "consistent-hash" => builder.strategy(ConsistentHash),
         "lowest-latency" => builder.strategy(LowestLatency),
-        other => args::fail(USAGE, &format!("unknown strategy {other}")),
+        other => fail(&format!(
+            "unknown strategy {other}: expected round-robin, consistent-hash or lowest-latency"
+        )),
     };
     let client = match builder.connect().await {
         Ok(c) => c,
         Err(e) => {
-            let list: Vec<String> = addrs.iter().map(ToString::to_string).collect();
+            let mut list: Vec<String> = addrs.iter().map(ToString::to_string).collect();
+            list.extend(a.seeds.iter().map(|s| format!("seed {s}")));
+            list.extend(a.redis.iter().map(|r| format!("redis {r}")));
             eprintln!("cannot connect to {}: {e}", list.join(", "));
             let calls = if secs_given { 0 } else { calls };
             println!(

@@ -2,79 +2,139 @@
 //!
 //! ```sh
 //! cargo run --release --example game_server -- --bind 127.0.0.1:7777 [--server-id eu-1] [--grains player,room,echo]
+//! cargo run --release --example game_server -- --bind 127.0.0.1:0 --redis redis://127.0.0.1:6379/ --cluster eu
+//! cargo run --release --example game_server -- --bind 127.0.0.1:7778 --peer 127.0.0.1:7777
 //! ```
 //!
-//! `--cluster` names its cluster (default `grainwire`; clients of another cluster do not use
-//! it); `--priority N` (default 0) and `--meta KEY=VALUE` (repeatable) go to clients in its
-//! manifest, for tiered strategies. `--grains` chooses which demo grain types it hosts (default: all); `--server-id` defaults
-//! to the bind address. `--max-connections` (4096) and `--max-connections-per-ip` (64) set the
-//! transport's session limits; `--stats-every S` prints the server's statistics (what it
-//! holds, what it refused and why) to stderr every S seconds.
+//! `--help` lists every flag with its default. `--server-id` and `--advertise` (the address
+//! clients reach it at) default to the address it actually bound, port included, so `--bind
+//! 127.0.0.1:0` works. With `--redis URL` it registers in Redis (a TTL renewed by heartbeat,
+//! deregistered on graceful shutdown) and serves the fleet it sees there to clients that ask
+//! (`game_client --seed`); without, it serves its `--peer`s (repeatable) and itself.
+//! `--cluster` (default `grainwire`) names its cluster: clients of another cluster do not use
+//! it, and its Redis keys are the cluster's. `--priority N` and `--meta KEY=VALUE`
+//! (repeatable) go to clients in its manifest and the fleet, for tiered strategies.
+//! `--stats-every S` prints the server's statistics to stderr every S seconds. `--config FILE`
+//! loads a server configuration (TOML or JSON) that the flags then override.
 //!
 //! Prints one line `listening on ADDR` once it accepts connections; on SIGINT/SIGTERM it shuts
-//! down gracefully (pending calls finish, grains deactivate) and exits 0.
+//! down gracefully (clients are told it drains, pending calls finish, grains deactivate, it
+//! leaves Redis) and exits 0.
 
-#[path = "common/args.rs"]
-#[allow(dead_code)] // shared with the other examples
-mod args;
 #[path = "common/game.rs"]
 mod game;
 
 use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
 
+use clap::Parser;
+use grainwire::client::ServerAddr;
+use grainwire::config::ConfigFile;
 use grainwire::server::MetaValue;
 use grainwire::{Server, ServerConfig};
 
-const USAGE: &str = "game_server --bind ADDR [--server-id ID] [--cluster ID] [--grains player,room,echo] \
-     [--priority N] [--meta KEY=VALUE ...] [--max-connections N] [--max-connections-per-ip N] \
-     [--stats-every SECS]";
+/// A grainwire game server hosting the demo grains.
+#[derive(Parser, Debug)]
+#[command(name = "game_server")]
+struct Args {
+    /// The UDP address to bind (port 0: the OS picks one).
+    #[arg(long)]
+    bind: SocketAddr,
+    /// The server's id [default: the bound address].
+    #[arg(long)]
+    server_id: Option<String>,
+    /// The cluster it belongs to [default: grainwire, or the --config file's].
+    #[arg(long, value_name = "ID")]
+    cluster: Option<String>,
+    /// The demo grain types it hosts, comma-separated.
+    #[arg(long, default_value = "player,room,echo", value_delimiter = ',')]
+    grains: Vec<String>,
+    /// Its priority, lower preferred by tiered strategies [default: 0, or the --config file's].
+    #[arg(long, value_name = "N")]
+    priority: Option<u32>,
+    /// Metadata for clients, KEY=VALUE (numbers and true/false keep their type); repeatable.
+    #[arg(long = "meta", value_name = "KEY=VALUE", value_parser = parse_meta)]
+    meta: Vec<(String, MetaValue)>,
+    /// Register in this Redis (redis://host:port/db) and serve the fleet registered there.
+    #[arg(long, value_name = "URL")]
+    redis: Option<String>,
+    /// The address clients reach it at [default: the bound address].
+    #[arg(long, value_name = "ADDR")]
+    advertise: Option<ServerAddr>,
+    /// Another server of the fleet, served to clients that ask (without --redis); repeatable.
+    #[arg(long = "peer", value_name = "ADDR")]
+    peers: Vec<ServerAddr>,
+    /// Most sessions at once [default: 4096, or the --config file's].
+    #[arg(long, value_name = "N")]
+    max_connections: Option<usize>,
+    /// Most sessions from one IP address [default: 64, or the --config file's].
+    #[arg(long, value_name = "N")]
+    max_connections_per_ip: Option<usize>,
+    /// Print the server's statistics to stderr every SECS seconds (0: never).
+    #[arg(long, value_name = "SECS", default_value_t = 0.0)]
+    stats_every: f64,
+    /// A server configuration file (TOML or JSON); the flags override it.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+}
+
+fn parse_meta(kv: &str) -> Result<(String, MetaValue), String> {
+    let (k, v) = kv.split_once('=').ok_or_else(|| format!("not KEY=VALUE: {kv}"))?;
+    let value = match (v.parse::<i64>(), v) {
+        (Ok(n), _) => MetaValue::Int(n),
+        (_, "true") => MetaValue::Bool(true),
+        (_, "false") => MetaValue::Bool(false),
+        _ => MetaValue::from(v),
+    };
+    Ok((k.to_string(), value))
+}
+
+fn fail(problem: &str) -> ! {
+    eprintln!("game_server: {problem}");
+    std::process::exit(2)
+}
 
 #[tokio::main]
 async fn main() {
-    let a = args::Args::parse(USAGE);
-    let bind = a.get("bind").unwrap_or_else(|| args::fail(USAGE, "--bind is required"));
-    let addr = bind
-        .parse()
-        .unwrap_or_else(|_| args::fail(USAGE, &format!("--bind: not an address: {bind}")));
-    let grains: Vec<String> = match a.get("grains") {
-        Some(list) => list.split(',').filter(|s| !s.is_empty()).map(str::to_string).collect(),
-        None => game::GRAIN_NAMES.iter().map(|s| s.to_string()).collect(),
+    let a = Args::parse();
+    let mut config = match &a.config {
+        Some(path) => ServerConfig::load(path).unwrap_or_else(|e| fail(&format!("--config: {e}"))),
+        None => ServerConfig::default(),
     };
-    // Without --server-id the bind address names the server: stable across restarts, so a
-    // restarted server gets its grains back under consistent placement.
-    let server_id = a.get("server-id").unwrap_or(bind).to_string();
-    let mut config = ServerConfig { server_id: Some(server_id.clone()), ..ServerConfig::default() };
-    if let Some(cluster) = a.get("cluster") {
-        config.cluster_id = cluster.to_string();
+    // Bound first, so that the server can be named by the address it really has.
+    let socket = std::net::UdpSocket::bind(a.bind)
+        .unwrap_or_else(|e| fail(&format!("cannot bind {}: {e}", a.bind)));
+    let bound = socket.local_addr().unwrap_or_else(|e| fail(&format!("local address: {e}")));
+    // The bound address names the server by default: stable across restarts on a fixed port,
+    // so a restarted server gets its grains back under consistent placement.
+    let server_id = a.server_id.clone().or(config.server_id.clone()).unwrap_or(bound.to_string());
+    config.server_id = Some(server_id.clone());
+    if let Some(c) = &a.cluster {
+        config.cluster_id = c.clone();
     }
-    config.priority = a.num(USAGE, "priority", 0);
-    for kv in a.all("meta") {
-        let (k, v) = kv
-            .split_once('=')
-            .unwrap_or_else(|| args::fail(USAGE, &format!("--meta: not KEY=VALUE: {kv}")));
-        // Numbers and true/false keep their type; the rest is text.
-        let value = match (v.parse::<i64>(), v) {
-            (Ok(n), _) => MetaValue::Int(n),
-            (_, "true") => MetaValue::Bool(true),
-            (_, "false") => MetaValue::Bool(false),
-            _ => MetaValue::from(v),
-        };
-        config.metadata.insert(k.into(), value);
+    if let Some(p) = a.priority {
+        config.priority = p;
+    }
+    config.metadata.extend(a.meta.iter().map(|(k, v)| (k.as_str().into(), v.clone())));
+    config.advertise =
+        Some(a.advertise.clone().or(config.advertise.clone()).unwrap_or(bound.into()));
+    config.peers.extend(a.peers.iter().cloned());
+    if a.redis.is_some() {
+        config.membership.redis = a.redis.clone();
     }
     let t = &mut config.transport;
-    t.max_connections = a.num(USAGE, "max-connections", t.max_connections);
-    t.max_connections_per_ip = a.num(USAGE, "max-connections-per-ip", t.max_connections_per_ip);
+    t.max_connections = a.max_connections.unwrap_or(t.max_connections);
+    t.max_connections_per_ip = a.max_connections_per_ip.unwrap_or(t.max_connections_per_ip);
+    let cluster = config.cluster_id.clone();
     let mut builder = Server::builder(config);
-    for g in &grains {
+    for g in &a.grains {
         let host = game::host(g, &server_id).unwrap_or_else(|| {
-            args::fail(
-                USAGE,
-                &format!("unknown grain type {g}; known: {}", game::GRAIN_NAMES.join(",")),
-            )
+            fail(&format!("unknown grain type {g}; known: {}", game::GRAIN_NAMES.join(",")))
         });
         builder = builder.host(host);
     }
-    let server = match builder.bind(addr) {
+    let server = match builder.bind_socket(socket) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("cannot start: {e}");
@@ -83,10 +143,15 @@ async fn main() {
     };
     println!("listening on {}", server.local_addr());
     let _ = std::io::stdout().flush();
-    eprintln!("server id {}, hosting {}", server.server_id(), grains.join(","));
-    let every: f64 = a.num(USAGE, "stats-every", 0.0);
-    if every > 0.0 {
-        let mut tick = tokio::time::interval(std::time::Duration::from_secs_f64(every));
+    eprintln!(
+        "server id {}, cluster {}, hosting {}{}",
+        server.server_id(),
+        cluster,
+        a.grains.join(","),
+        a.redis.as_ref().map(|r| format!(", registered in {r}")).unwrap_or_default()
+    );
+    if a.stats_every > 0.0 {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs_f64(a.stats_every));
         tick.tick().await;
         let signal = wait_for_signal();
         tokio::pin!(signal);

@@ -320,6 +320,15 @@ impl ServerBuilder {
         Server::start(io, config, registry, server_id)
     }
 
+    /// Starts the server on a UDP socket the application bound (to learn the port the OS
+    /// picked for `:0` before naming the server, or to bind it its own way).
+    pub fn bind_socket(self, socket: std::net::UdpSocket) -> Result<Server, ServerError> {
+        let (config, registry, server_id) = self.prepare()?;
+        let io = crate::transport::io::UdpIo::from_std(socket, config.transport.socket_buffer_size)
+            .map_err(BindError::from)?;
+        Server::start(io, config, registry, server_id)
+    }
+
     /// Starts the server on the simulated network at `addr`.
     #[cfg(feature = "test-util")]
     pub fn bind_sim(

@@ -46,13 +46,22 @@ impl UdpIo {
     pub(crate) fn bind(addr: SocketAddr, buffer_size: usize) -> io::Result<Self> {
         use socket2::{Domain, Protocol, Socket, Type};
         let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+        socket.bind(&addr.into())?;
+        Self::from_socket(socket, buffer_size)
+    }
+
+    /// Takes over a socket bound by the application.
+    pub(crate) fn from_std(socket: std::net::UdpSocket, buffer_size: usize) -> io::Result<Self> {
+        Self::from_socket(socket2::Socket::from(socket), buffer_size)
+    }
+
+    fn from_socket(socket: socket2::Socket, buffer_size: usize) -> io::Result<Self> {
         if buffer_size > 0 {
             // Best effort: the kernel clamps these to its limits (net.core.rmem_max).
             let _ = socket.set_recv_buffer_size(buffer_size);
             let _ = socket.set_send_buffer_size(buffer_size);
         }
         socket.set_nonblocking(true)?;
-        socket.bind(&addr.into())?;
         // `with_interest` is deprecated because a registered fd that its owner closes or
         // replaces breaks I/O safety; here the `AsyncFd` owns the socket and only lends `&`
         // to it, so the fd lives exactly as long as the registration. The replacement,

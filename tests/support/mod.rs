@@ -5,6 +5,8 @@
 
 #![allow(dead_code)] // each test file uses a part of it
 
+pub(crate) mod redis;
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::task::Poll;

@@ -1,0 +1,194 @@
+//! Fleet membership in a real Redis (a throwaway `redis-server` each test starts on a free
+//! loopback port; see `support/redis.rs`), with servers and clients on loopback UDP in real
+//! time: three servers register, a client given only the Redis URL routes to all three, one
+//! leaves gracefully, one is killed (its entry lapses), a fourth joins, Redis restarts mid-run
+//! (servers keep serving, clients keep their topology, both recover), a game client given one
+//! seed finds the Redis fleet through it, and clusters do not see each other.
+
+use std::time::{Duration, Instant};
+
+use grainwire::client::{ClientError, ServerAddr};
+use grainwire::topology::redis::MembershipConfig;
+use grainwire::topology::{Backoff, DiscoveryConfig, DiscoveryError};
+use grainwire::{Client, ClientConfig, Server, ServerConfig};
+
+mod support;
+use support::redis::RedisServer;
+
+#[grainwire::grain]
+trait Echo {
+    /// The server's id.
+    async fn whoami(&mut self) -> String;
+}
+
+struct EchoGrain(String);
+
+impl Echo for EchoGrain {
+    async fn whoami(&mut self) -> String {
+        self.0.clone()
+    }
+}
+
+const TTL: Duration = Duration::from_millis(1500);
+const HEARTBEAT: Duration = Duration::from_millis(300);
+const POLL: Duration = Duration::from_millis(500);
+
+fn serve(redis: &RedisServer, cluster: &str, id: &str) -> Server {
+    let config = ServerConfig {
+        server_id: Some(id.into()),
+        cluster_id: cluster.into(),
+        membership: MembershipConfig { redis: Some(redis.url()), ttl: TTL, heartbeat: HEARTBEAT },
+        ..ServerConfig::default()
+    };
+    let name = id.to_string();
+    Server::builder(config)
+        .host(Echo::host(move |_| EchoGrain(name.clone())))
+        .bind("127.0.0.1:0".parse().unwrap())
+        .unwrap()
+}
+
+fn client_config(cluster: &str) -> ClientConfig {
+    ClientConfig {
+        cluster_id: cluster.into(),
+        seed: Some(3),
+        connect_timeout: Duration::from_secs(10),
+        discovery: DiscoveryConfig {
+            interval: POLL,
+            timeout: Duration::from_secs(1),
+            backoff: Backoff { max: Duration::from_millis(400), ..Backoff::default() },
+            ..DiscoveryConfig::default()
+        },
+        ..ClientConfig::default()
+    }
+}
+
+fn ids(c: &Client) -> Vec<String> {
+    let mut ids: Vec<String> = c.servers().iter().map(|s| s.id.to_string()).collect();
+    ids.sort();
+    ids
+}
+
+/// Waits (real time, at most `within`) until `done()`; returns how long it took.
+async fn within(what: &str, within: Duration, mut done: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < within, "{what}: not within {within:?}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    start.elapsed()
+}
+
+/// Calls `n` grains; the servers that answered.
+async fn spread(c: &Client, n: i64) -> Vec<String> {
+    let mut seen = Vec::new();
+    for k in 0..n {
+        let e: EchoRef = c.grain(k);
+        let s = e.whoami().await.unwrap_or_else(|e| panic!("grain {k}: {e}"));
+        if !seen.contains(&s) {
+            seen.push(s);
+        }
+    }
+    seen.sort();
+    seen
+}
+
+#[tokio::test]
+async fn a_client_with_only_the_redis_url_follows_the_fleet_through_leaves_kills_joins_and_a_restart()
+ {
+    let Some(mut redis) = RedisServer::start("redis fleet") else { return };
+    let mut servers: Vec<Option<Server>> =
+        ["a", "b", "c"].iter().map(|id| Some(serve(&redis, "t1", id))).collect();
+    let client =
+        Client::builder().config(client_config("t1")).redis(redis.url()).connect().await.unwrap();
+    within("all three", Duration::from_secs(5), || ids(&client).len() == 3).await;
+    assert_eq!(spread(&client, 200).await, ["a", "b", "c"], "routed to all three");
+
+    // A fourth registers: pushed to the client.
+    let d = serve(&redis, "t1", "d");
+    let joined = within("d joined", Duration::from_secs(5), || ids(&client).len() == 4).await;
+    eprintln!("registered -> routed: {joined:?}");
+
+    // "a" leaves gracefully: it deregisters and drains.
+    servers[0].take().unwrap().shutdown().await;
+    let left =
+        within("a left", Duration::from_secs(5), || !ids(&client).contains(&"a".into())).await;
+    eprintln!("graceful leave -> gone: {left:?}");
+    assert!(client.topology().unwrap().nodes().len() == 3);
+
+    // "b" is killed: no deregistration; its entry lapses after its TTL.
+    let b_addr = ServerAddr::from(servers[1].as_ref().unwrap().local_addr());
+    let killed = Instant::now();
+    drop(servers[1].take());
+    let lapse =
+        within("b lapsed", TTL * 4, || client.topology().is_some_and(|t| t.get(&b_addr).is_none()))
+            .await;
+    eprintln!("killed -> out of the topology: {:?} (ttl {TTL:?})", killed.elapsed().max(lapse));
+    within("b gone", Duration::from_secs(5), || ids(&client) == ["c", "d"]).await;
+
+    // Redis goes away: servers keep serving, the client keeps its topology and servers.
+    redis.stop();
+    tokio::time::sleep(HEARTBEAT * 3).await; // time passing with Redis down is the point
+    assert_eq!(ids(&client), ["c", "d"]);
+    assert_eq!(spread(&client, 50).await, ["c", "d"]);
+    assert_eq!(client.topology().unwrap().nodes().len(), 2, "the last topology is kept");
+
+    // It returns empty: servers register again at their next heartbeat, and a newcomer that
+    // registers after the restart reaches the client too.
+    redis.start_again();
+    let e = serve(&redis, "t1", "e");
+    within("recovered", Duration::from_secs(10), || ids(&client) == ["c", "d", "e"]).await;
+    assert_eq!(client.topology().unwrap().nodes().len(), 3);
+    assert_eq!(spread(&client, 200).await, ["c", "d", "e"]);
+    drop((d, e));
+}
+
+#[tokio::test]
+async fn a_game_client_given_one_seed_sees_the_redis_fleet_and_clusters_stay_apart() {
+    let Some(redis) = RedisServer::start("redis seed and clusters") else { return };
+    let a = serve(&redis, "t2", "a");
+    let b = serve(&redis, "t2", "b");
+    let other = serve(&redis, "elsewhere", "x");
+    // Every server serves the fleet it sees in Redis: one seed is enough.
+    within("a sees b", Duration::from_secs(5), || a.topology().nodes().len() == 2).await;
+    let client = Client::builder()
+        .config(client_config("t2"))
+        .seeds([a.local_addr()])
+        .connect()
+        .await
+        .unwrap();
+    within("both", Duration::from_secs(5), || ids(&client) == ["a", "b"]).await;
+    assert_eq!(spread(&client, 100).await, ["a", "b"]);
+    // The other cluster's server registered under its own keys: neither sees the other.
+    assert_eq!(other.topology().nodes().len(), 1);
+    assert!(client.topology().unwrap().get(&ServerAddr::from(other.local_addr())).is_none());
+    // A member written without its change message (a lost push) is seen at the next poll.
+    let silent = serde_json::json!({
+        "server_id": "ghost", "endpoint": "127.0.0.1:9", "eligible": true,
+        "priority": 0, "metadata": {},
+    });
+    let r = redis::Client::open(redis.url()).unwrap();
+    let mut con = r.get_multiplexed_async_connection().await.unwrap();
+    let _: () = redis::pipe()
+        .cmd("SET")
+        .arg("grainwire:{t2}:game:member:ghost")
+        .arg(silent.to_string())
+        .arg("PX")
+        .arg(60_000)
+        .cmd("SADD")
+        .arg("grainwire:{t2}:game:members")
+        .arg("ghost")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    let ghost: ServerAddr = "127.0.0.1:9".parse().unwrap();
+    let polled = within("the silent member", POLL * 3, || {
+        client.topology().is_some_and(|t| t.get(&ghost).is_some())
+    })
+    .await;
+    eprintln!("registered without a push -> in the topology: {polled:?} (heartbeat {HEARTBEAT:?})");
+    // A client of a cluster with no member finds nothing: a typed error.
+    let quick = ClientConfig { connect_timeout: Duration::from_secs(2), ..client_config("none") };
+    let err = Client::builder().config(quick).redis(redis.url()).connect().await.unwrap_err();
+    assert!(matches!(err, ClientError::Discovery(DiscoveryError::Empty)), "{err:?}");
+    drop((b, other));
+}

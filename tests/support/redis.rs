@@ -1,0 +1,89 @@
+//! A throwaway `redis-server` for one test: started on a free loopback port with no
+//! persistence, stopped (killed) when dropped, restartable on the same port (empty, as a
+//! crashed Redis without persistence comes back).
+//!
+//! Tests that need Redis call [`RedisServer::start`]. Without `redis-server` on PATH it says
+//! loudly that the test is skipped and returns `None`, unless `GRAINWIRE_REQUIRE_REDIS` is set
+//! (`.ci/run` sets it, and installs Redis): then a missing server fails the test.
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub(crate) struct RedisServer {
+    port: u16,
+    child: Option<Child>,
+}
+
+fn binary() -> Option<String> {
+    let found = Command::new("redis-server")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    found.then(|| "redis-server".to_string())
+}
+
+impl RedisServer {
+    /// A running Redis, or `None` (skipped, said loudly) when `redis-server` is missing.
+    pub(crate) fn start(test: &str) -> Option<Self> {
+        if binary().is_none() {
+            if std::env::var_os("GRAINWIRE_REQUIRE_REDIS").is_some() {
+                panic!("{test}: redis-server is not on PATH, and GRAINWIRE_REQUIRE_REDIS is set");
+            }
+            eprintln!(
+                "\n*** SKIPPED {test}: redis-server is not on PATH (apt-get install redis-server) ***\n"
+            );
+            return None;
+        }
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let mut r = Self { port, child: None };
+        r.up();
+        Some(r)
+    }
+
+    /// Its URL.
+    pub(crate) fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    fn up(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--protected-mode", "yes"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start redis-server");
+        self.child = Some(child);
+        // Ready once it accepts connections (bounded: a redis-server that does not come up
+        // within 10 s fails the test).
+        let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
+        let start = Instant::now();
+        while TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_err() {
+            assert!(start.elapsed() < Duration::from_secs(10), "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Kills it (its data is gone).
+    pub(crate) fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts it again on the same port, empty (after [`stop`](Self::stop)).
+    pub(crate) fn start_again(&mut self) {
+        self.stop();
+        self.up();
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
