@@ -195,6 +195,25 @@ pub enum CallErrorKind {
     ResponseTooLarge,
 }
 
+impl CallErrorKind {
+    /// Whether an error of this kind means the call certainly did not run on the server (see
+    /// [`CallError::not_executed`]): the only kinds a retry policy may retry for any method.
+    pub fn not_executed(self) -> bool {
+        matches!(
+            self,
+            Self::UnknownGrainType
+                | Self::UnknownMethod
+                | Self::IncompatibleVersion
+                | Self::Overloaded
+                | Self::ShuttingDown
+                | Self::NotConnected
+                | Self::ServerUnavailable
+                | Self::Encode
+                | Self::TooLarge
+        )
+    }
+}
+
 impl<E> CallError<E> {
     /// Its kind.
     pub fn kind(&self) -> CallErrorKind {

@@ -44,8 +44,8 @@ pub struct MethodInfo {
     pub id: MethodId,
     /// Reliable, no response (`#[one_way]`).
     pub one_way: bool,
-    /// Safe to run twice (`#[idempotent]`): retried once on another server when its server
-    /// dies or shuts down while the call is pending.
+    /// Safe to run twice (`#[idempotent]`): sent again to another server (as the client's
+    /// retry policy says) when its server is lost while the call is pending.
     pub idempotent: bool,
     /// Its deadline if set on the method (`#[timeout_ms = N]`).
     pub timeout: Option<Duration>,

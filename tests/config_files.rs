@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use grainwire::client::{ConnectMode, ServerAddr};
+use grainwire::client::{ConnectMode, RetryPolicy, ServerAddr};
 use grainwire::config::{ConfigFile, ConfigFileError};
 use grainwire::error::CallErrorKind;
 use grainwire::server::MetaValue;
@@ -76,6 +76,13 @@ fn odd_client() -> ClientConfig {
             refresh_on: vec![CallErrorKind::Timeout, CallErrorKind::Disconnected],
             min_refresh_interval: ms(300),
         },
+        retry: RetryPolicy {
+            max_attempts: 4,
+            backoff: Backoff { initial: ms(20), max: ms(800), factor: 3.0, jitter: 0.5 },
+            retry_on: vec![CallErrorKind::Overloaded],
+            idempotent_after_loss: false,
+        },
+        retry_methods: [("Player.hit".to_string(), RetryPolicy::never())].into(),
     }
 }
 

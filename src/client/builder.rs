@@ -15,10 +15,11 @@ use super::discovery::{self, Discovery, Source};
 use super::pool;
 use super::service::ClientService;
 use super::{
-    Client, ClientConfig, ClientError, ClientShared, ConnectMode, EVENT_BACKLOG, SPARE_CELLS,
-    ServerAddr, Strategy, View,
+    Client, ClientConfig, ClientError, ClientShared, ConnectMode, EVENT_BACKLOG, RetryPolicy,
+    RetryTable, SPARE_CELLS, ServerAddr, Strategy, View,
 };
 use crate::error::{BindError, ConnectError};
+use crate::proto::ids::{GrainType, MethodId};
 use crate::proto::route::Strategies;
 use crate::proto::stats::CallAccounting;
 use crate::sync::lock;
@@ -42,6 +43,9 @@ pub struct ClientBuilder {
     pub(super) strategies: Strategies,
     pub(super) source: Option<Source>,
     pub(super) refresh: Option<RefreshPolicy>,
+    pub(super) retry_for: Vec<((GrainType, MethodId), RetryPolicy)>,
+    /// A `retry_for` method the interface does not have.
+    pub(super) unknown_method: Option<String>,
 }
 
 impl fmt::Debug for ClientBuilder {
@@ -106,6 +110,24 @@ impl ClientBuilder {
     /// server-unavailable and disconnected).
     pub fn refresh_policy(mut self, policy: RefreshPolicy) -> Self {
         self.refresh = Some(policy);
+        self
+    }
+
+    /// Sets the retry policy of every method without its own (`ClientConfig::retry`).
+    pub fn retry(mut self, policy: RetryPolicy) -> Self {
+        self.config.retry = policy;
+        self
+    }
+
+    /// Sets the retry policy of method `method` of the interface behind `R` (e.g.
+    /// `retry_for::<PlayerRef>("hit", RetryPolicy::never())`). A method `R` does not have
+    /// makes `connect` fail with `ClientError::Config`.
+    pub fn retry_for<R: GrainInterface>(mut self, method: &str, policy: RetryPolicy) -> Self {
+        let info = R::info();
+        match info.methods.iter().find(|m| m.name == method) {
+            Some(m) => self.retry_for.push(((info.grain_type, m.id), policy)),
+            None => self.unknown_method = Some(format!("{}.{method}", info.name)),
+        }
         self
     }
 
@@ -220,7 +242,17 @@ impl ClientBuilder {
 
     async fn start(self, io: impl crate::transport::io::Io) -> Result<Client, ClientError> {
         let source = self.source_of()?;
-        let Self { mut config, mut addrs, mut strategies, refresh, .. } = self;
+        if let Some(name) = &self.unknown_method {
+            tracing::warn!(method = %name, "retry_for names a method the interface does not have");
+            return Err(ClientError::Config {
+                field: "retry_for",
+                problem: "names a method the interface does not have",
+            });
+        }
+        for p in self.retry_for.iter().map(|(_, p)| p) {
+            p.validate().map_err(|problem| ClientError::Config { field: "retry_for", problem })?;
+        }
+        let Self { mut config, mut addrs, mut strategies, refresh, retry_for, .. } = self;
         // One seed for all of the client's randomness: the pool's jitter, the strategies'
         // draws, the transport's session tags (a client's cookie key is never used).
         let base = config.seed.unwrap_or_else(crate::sync::os_seed);
@@ -261,6 +293,7 @@ impl ClientBuilder {
                 });
                 Arc::new(Discovery::new(policy))
             }),
+            retry: RetryTable::new(&config, retry_for),
             events: broadcast::channel(EVENT_BACKLOG).0,
             closing: AtomicBool::new(false),
             tasks: Mutex::new(Vec::new()),

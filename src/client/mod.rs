@@ -27,8 +27,9 @@
 //! completed by its response, by its deadline, or by the loss of its server, whichever comes
 //! first, always exactly once. Dropping a call's future cancels it locally and tells the
 //! server. A call pending on a server that dies fails at once with
-//! [`CallError::Disconnected`], unless its method is `#[idempotent]`: then it is sent once more,
-//! to another server.
+//! [`CallError::Disconnected`], unless its method is `#[idempotent]`: then the [`RetryPolicy`]
+//! sends it again, to another server (by default once, at once); so it does with a call a
+//! server refused without running it (shutting down, no longer hosting the type).
 
 mod builder;
 mod cell;
@@ -57,7 +58,7 @@ use self::cell::CallCell;
 pub(crate) use self::cell::Outcome;
 pub use self::options::{
     AddrParseError, ClientConfig, ClientError, ClientEvent, ClusterMismatch, ClusterNode,
-    ConnectMode, Removal, ServerAddr, ServerInfo, Topology, TopologyDiff,
+    ConnectMode, Removal, RetryPolicy, ServerAddr, ServerInfo, Topology, TopologyDiff,
 };
 use self::pool::{Phase, Slot};
 pub use self::reference::{Answer, GrainInterface, GrainRef, Invocation, Invoked, Invoker};
@@ -65,7 +66,7 @@ use self::service::{Again, ClientCmd, PREFIX_GAP};
 use crate::arena;
 use crate::error::{CallError, CodecError, ConnectError, DisconnectReason};
 use crate::interface::{InterfaceInfo, MethodInfo};
-use crate::proto::ids::{PeerId, ServerId};
+use crate::proto::ids::{GrainType, MethodId, PeerId, ServerId};
 use crate::proto::manifest::Manifest;
 pub use crate::proto::manifest::{MetaValue, Metadata};
 pub use crate::proto::route::{
@@ -132,6 +133,8 @@ pub(crate) struct ClientShared {
     pub(crate) v6: bool,
     /// Set when the client follows a topology source.
     pub(crate) discovery: Option<Arc<discovery::Discovery>>,
+    /// Retry policies: the client's, and those of single methods.
+    pub(crate) retry: RetryTable,
     events: broadcast::Sender<ClientEvent>,
     pub(crate) closing: AtomicBool,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
@@ -405,6 +408,8 @@ impl Client {
             strategies: Strategies::default(),
             source: None,
             refresh: None,
+            retry_for: Vec::new(),
+            unknown_method: None,
         }
     }
 
@@ -699,6 +704,7 @@ impl Client {
             hash: r.hash,
             affinity: r.affinity.clone(),
             idempotent: method.idempotent,
+            retry: shared.retry.index(iface.grain_type, method.id),
         };
         let cmd = ClientCmd::Call { to, frame, flags, stream: r.stream, timeout, cell, again };
         // The receiver lives in the client's task; if it is gone, the client is closed.
@@ -708,6 +714,47 @@ impl Client {
         }
         shared.wake();
         Ok(())
+    }
+}
+
+/// The client's retry policies: index 0 is the client's own, the others single methods'.
+#[derive(Debug)]
+pub(crate) struct RetryTable {
+    policies: Vec<RetryPolicy>,
+    by_method: Vec<((GrainType, MethodId), u16)>,
+}
+
+impl RetryTable {
+    /// `default`, and one policy per `(grain type, method)`; `config` names methods as
+    /// `"GrainType.method"`.
+    pub(crate) fn new(
+        config: &ClientConfig,
+        overrides: Vec<((GrainType, MethodId), RetryPolicy)>,
+    ) -> Self {
+        let mut t = Self { policies: vec![config.retry.clone()], by_method: Vec::new() };
+        let named = config.retry_methods.iter().filter_map(|(name, p)| {
+            let (g, m) = name.split_once('.')?;
+            Some(((GrainType::of(g), MethodId::of(m)), p.clone()))
+        });
+        for (key, policy) in named.chain(overrides) {
+            t.by_method.retain(|(k, _)| *k != key); // the last one given counts
+            t.by_method.push((key, t.policies.len() as u16));
+            t.policies.push(policy);
+        }
+        t
+    }
+
+    /// The policy of `method` of `grain_type` (no search when no method has its own).
+    pub(crate) fn index(&self, grain_type: GrainType, method: MethodId) -> u16 {
+        if self.by_method.is_empty() {
+            return 0;
+        }
+        let key = (grain_type, method);
+        self.by_method.iter().find(|(k, _)| *k == key).map_or(0, |(_, i)| *i)
+    }
+
+    pub(crate) fn get(&self, index: u16) -> &RetryPolicy {
+        &self.policies[usize::from(index)]
     }
 }
 

@@ -8,10 +8,12 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{TransportConfig, duration};
+use crate::error::CallErrorKind;
 use crate::error::{BindError, ConnectError, DisconnectReason};
 pub use crate::proto::addr::{AddrParseError, ServerAddr};
 use crate::proto::ids::ServerId;
 use crate::proto::manifest::Manifest;
+use crate::proto::topology::Backoff;
 pub use crate::proto::topology::{ClusterNode, Topology, TopologyDiff};
 use crate::topology::{DiscoveryConfig, DiscoveryError};
 
@@ -96,6 +98,78 @@ pub struct ClientConfig {
     /// Following the fleet from a topology source: seeds (servers to ask) or Redis URLs, and
     /// how to poll, retry and refresh. Default off (the client uses the servers it is given).
     pub discovery: DiscoveryConfig,
+    /// When a call is sent again, and how often. Default: once more, at once, to another
+    /// server, when the server answers that it did not run it or (`#[idempotent]` methods)
+    /// when its server is lost.
+    pub retry: RetryPolicy,
+    /// Retry policies of single methods, by `"GrainType.method"` (the names in the `#[grain]`
+    /// trait), replacing `retry` for them. Default none.
+    pub retry_methods: std::collections::BTreeMap<String, RetryPolicy>,
+}
+
+/// When and how often a call is sent again. Only calls that provably did not run are retried
+/// (the server refused them, or stopped before answering: the kinds in `retry_on`, all of
+/// which [`CallErrorKind::not_executed`]), plus `#[idempotent]` methods whose server was lost
+/// (`idempotent_after_loss`). Each attempt goes to another server than the last and carries what
+/// remains of the call's deadline; a call whose deadline passed is not sent again.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetryPolicy {
+    /// Attempts of one call in all, the first included: 1 never retries. Default 2.
+    pub max_attempts: u32,
+    /// The wait before the n-th retry: `backoff.delay(n)`. Default 0 (at once: another server
+    /// is tried), doubling up to 1 s, ±10 % jitter.
+    pub backoff: Backoff,
+    /// Answers (and endings) after which a call is sent again. Default `shutting-down`
+    /// (the server is stopping, or closed drained before answering) and `unknown-grain-type`
+    /// (it stopped hosting the type since its manifest). Each must be a kind that did not
+    /// run (e.g. `overloaded` may be added; `timeout` may not).
+    pub retry_on: Vec<CallErrorKind>,
+    /// Whether an `#[idempotent]` method's call pending on a lost server is sent again.
+    /// Default true.
+    pub idempotent_after_loss: bool,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            max_attempts: 2,
+            backoff: Backoff {
+                initial: Duration::ZERO,
+                max: Duration::from_secs(1),
+                ..Backoff::default()
+            },
+            retry_on: vec![CallErrorKind::ShuttingDown, CallErrorKind::UnknownGrainType],
+            idempotent_after_loss: true,
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// Never sends a call again.
+    pub fn never() -> Self {
+        Self { max_attempts: 1, ..Self::default() }
+    }
+
+    /// Checks the ranges.
+    pub fn validate(&self) -> Result<(), &'static str> {
+        if self.max_attempts == 0 {
+            return Err("retry.max_attempts must be at least 1");
+        }
+        let b = &self.backoff;
+        if b.max < b.initial || !(b.factor >= 1.0 && b.factor.is_finite()) {
+            return Err("retry.backoff: initial at most max, factor at least 1");
+        }
+        if !(0.0..=1.0).contains(&b.jitter) {
+            return Err("retry.backoff.jitter must be within 0..=1");
+        }
+        if self.retry_on.iter().any(|k| !k.not_executed()) {
+            return Err(
+                "retry.retry_on may name only kinds that did not run (not timeout, disconnected, ...)",
+            );
+        }
+        Ok(())
+    }
 }
 
 impl Default for ClientConfig {
@@ -115,6 +189,8 @@ impl Default for ClientConfig {
             latency_decay: Duration::from_secs(10),
             seed: None,
             discovery: DiscoveryConfig::default(),
+            retry: RetryPolicy::default(),
+            retry_methods: Default::default(),
         }
     }
 }
@@ -189,6 +265,14 @@ impl ClientConfig {
         }
         self.transport.validate().map_err(BindError::from)?;
         self.discovery.validate().map_err(ClientError::Discovery)?;
+        for policy in std::iter::once(&self.retry).chain(self.retry_methods.values()) {
+            policy.validate().map_err(|problem| ClientError::Config { field: "retry", problem })?;
+        }
+        for name in self.retry_methods.keys() {
+            if name.split_once('.').is_none_or(|(t, m)| t.is_empty() || m.is_empty()) {
+                return bad("retry_methods", "keys are \"GrainType.method\"");
+            }
+        }
         if self.discovery.enabled() && self.mode == ConnectMode::Single {
             return bad("mode", "discovery needs Multi or OnDemand mode");
         }

@@ -24,10 +24,11 @@ use super::{
     ClientEvent, ClientShared, ClusterMismatch, ConnectMode, Removal, ServerAddr, ServerView,
     route_error,
 };
-use crate::error::{CallError, DisconnectReason};
+use crate::error::{CallError, CallErrorKind, DisconnectReason};
 use crate::proto::ids::{IdMap, PeerId, RequestId, ServerId};
 use crate::proto::in_flight::InFlight;
 use crate::proto::manifest::Manifest;
+use crate::proto::rng::SplitMix64;
 use crate::proto::route::{Affinity, Load, RouteTable, ServerEntry, Target};
 use crate::proto::stats::CallAccounting;
 use crate::proto::topology::Topology;
@@ -44,8 +45,10 @@ pub(crate) struct Again {
     pub(crate) target: Target,
     pub(crate) hash: u64,
     pub(crate) affinity: Affinity,
-    /// The method is `#[idempotent]`: it may be sent once more, elsewhere.
+    /// The method is `#[idempotent]`: it may be sent again after its server was lost.
     pub(crate) idempotent: bool,
+    /// Its retry policy (an index into the client's `RetryTable`).
+    pub(crate) retry: u16,
 }
 
 /// What call futures and connection tasks ask of the service.
@@ -92,8 +95,8 @@ struct Call {
     /// `None` for a one-way call.
     cell: Option<Arc<CallCell>>,
     again: Again,
-    /// Sent once already (to a server that died or refused it).
-    retried: bool,
+    /// Attempts sent so far (1 for a call never retried).
+    attempts: u32,
 }
 
 #[derive(Debug)]
@@ -104,7 +107,7 @@ struct Pending {
     started: Instant,
     deadline: Instant,
     again: Again,
-    retried: bool,
+    attempts: u32,
     /// The server-independent part of the call, to send it again elsewhere.
     body: Bytes,
 }
@@ -136,6 +139,57 @@ impl PeerState {
     }
 }
 
+/// Why a pending call may be sent again.
+#[derive(Debug, Clone, Copy)]
+enum Why {
+    /// Its server answered with a status of this kind (the call did not run there).
+    Refused(CallErrorKind),
+    /// Its server closed drained before answering (it did not run there).
+    Drained,
+    /// Its server was lost (it may have run there).
+    Lost(DisconnectReason),
+}
+
+impl Why {
+    /// What the call fails with if the retry finds no server.
+    fn error(self) -> CallError {
+        match self {
+            Self::Refused(CallErrorKind::UnknownGrainType) => CallError::UnknownGrainType,
+            Self::Refused(CallErrorKind::Overloaded) => CallError::Overloaded,
+            Self::Refused(CallErrorKind::UnknownMethod) => CallError::UnknownMethod,
+            Self::Refused(_) | Self::Drained => CallError::ShuttingDown,
+            Self::Lost(reason) => CallError::Disconnected(reason),
+        }
+    }
+}
+
+/// A retry waiting for its backoff.
+#[derive(Debug)]
+struct Delayed {
+    at: Instant,
+    call: Call,
+    /// The server it left (the retry goes elsewhere).
+    from: PeerId,
+    /// What it fails with if no server takes it then.
+    fallback: CallError,
+}
+
+/// The kind of error a status other than `Ok`/`AppError` means.
+fn status_kind(status: Status) -> Option<CallErrorKind> {
+    Some(match status {
+        Status::Ok | Status::AppError => return None,
+        Status::UnknownGrainType => CallErrorKind::UnknownGrainType,
+        Status::UnknownMethod => CallErrorKind::UnknownMethod,
+        Status::IncompatibleVersion => CallErrorKind::IncompatibleVersion,
+        Status::DeadlineExceeded => CallErrorKind::DeadlineExceeded,
+        Status::Overloaded => CallErrorKind::Overloaded,
+        Status::HandlerPanicked => CallErrorKind::HandlerPanicked,
+        Status::ShuttingDown => CallErrorKind::ShuttingDown,
+        Status::ResponseTooLarge => CallErrorKind::ResponseTooLarge,
+        _ => CallErrorKind::BadRequest,
+    })
+}
+
 pub(crate) struct ClientService {
     shared: Arc<ClientShared>,
     cmds: Receiver<ClientCmd>,
@@ -147,6 +201,10 @@ pub(crate) struct ClientService {
     parked: Vec<Call>,
     /// Sessions being drained away (`Removal::Drain`) and not yet ended.
     leaving: usize,
+    /// Retries waiting for their backoff.
+    delayed: Vec<Delayed>,
+    /// Draws the retries' backoff jitter.
+    rng: SplitMix64,
     /// Origin of the load estimates' nanosecond clock.
     epoch: Option<Instant>,
     next_health_check: Option<Instant>,
@@ -155,6 +213,8 @@ pub(crate) struct ClientService {
 
 impl ClientService {
     pub(crate) fn new(shared: Arc<ClientShared>, cmds: Receiver<ClientCmd>) -> Self {
+        let base = shared.config.seed.unwrap_or_else(crate::sync::os_seed);
+        let rng_seed = crate::proto::ids::fmix64(base ^ 0x2e72_1e5a);
         Self {
             shared,
             cmds,
@@ -163,6 +223,8 @@ impl ClientService {
             routes: Arc::default(),
             parked: Vec::new(),
             leaving: 0,
+            delayed: Vec::new(),
+            rng: SplitMix64::new(rng_seed),
             epoch: None,
             next_health_check: None,
             last_health_check: None,
@@ -203,7 +265,7 @@ impl ClientService {
                     deadline: now + timeout,
                     cell,
                     again,
-                    retried: false,
+                    attempts: 1,
                 };
                 self.dispatch(call, to, now);
             }
@@ -406,7 +468,7 @@ impl ClientService {
                 started: call.started,
                 deadline: call.deadline,
                 again: call.again,
-                retried: call.retried,
+                attempts: call.attempts,
                 body: Bytes::new(),
             };
             (cell, p.in_flight.insert(pending, call.deadline))
@@ -445,19 +507,35 @@ impl ClientService {
         }
     }
 
-    /// Sends a call once more, to another server; gives it back if it was sent twice already
-    /// or no other server takes it.
-    fn retry(&mut self, pending: Pending, from: PeerId, now: Instant) -> Option<Pending> {
-        if pending.retried {
+    /// Sends a call again, to another server, if its retry policy allows it after `why`:
+    /// with what remains of its deadline, after the policy's backoff. Gives it back when the
+    /// policy says no, its deadline passed, or (sent at once) no other server takes it.
+    fn retry(&mut self, pending: Pending, from: PeerId, why: Why, now: Instant) -> Option<Pending> {
+        let policy = self.shared.retry.get(pending.again.retry);
+        let allowed = match why {
+            Why::Refused(kind) => policy.retry_on.contains(&kind),
+            Why::Drained => policy.retry_on.contains(&CallErrorKind::ShuttingDown),
+            Why::Lost(_) => pending.again.idempotent && policy.idempotent_after_loss,
+        };
+        if !allowed || pending.attempts >= policy.max_attempts {
             return Some(pending);
         }
         if pending.cell.is_cancelled() {
             return None;
         }
+        let remaining = pending.deadline.saturating_duration_since(now);
+        if remaining.is_zero() {
+            return Some(pending);
+        }
+        let delay = policy.backoff.delay(pending.attempts, self.rng.next_f64());
+        // Each attempt carries what remains of the deadline (rounded up to a millisecond).
         let body = &pending.body;
-        let mut frame = BytesMut::with_capacity(PREFIX_GAP + body.len());
+        let mut frame = BytesMut::with_capacity(PREFIX_GAP + body.len() + 4);
         frame.put_bytes(0, PREFIX_GAP);
-        frame.extend_from_slice(body);
+        let ms = remaining.saturating_sub(delay).as_micros().div_ceil(1000).min(u32::MAX.into());
+        if rpc::rewrite_body_deadline(&mut frame, body, pending.flags, ms.max(1) as u32).is_none() {
+            frame.extend_from_slice(body);
+        }
         let call = Call {
             frame,
             flags: pending.flags,
@@ -466,15 +544,48 @@ impl ClientService {
             deadline: pending.deadline,
             cell: Some(pending.cell.clone()),
             again: pending.again.clone(),
-            retried: true,
+            attempts: pending.attempts + 1,
         };
+        if !delay.is_zero() {
+            if delay >= remaining {
+                return Some(pending);
+            }
+            tracing::debug!(?from, ?delay, attempt = call.attempts, "call sent again after a wait");
+            self.delayed.push(Delayed { at: now + delay, call, from, fallback: why.error() });
+            return None;
+        }
         match self.reroute(&call, Some(from)) {
             Ok(to) => {
-                tracing::debug!(?from, to = ?to.0, "idempotent call sent again");
+                tracing::debug!(?from, to = ?to.0, attempt = call.attempts, "call sent again");
+                lock(&self.shared.accounting).retried();
                 self.send(call, to, now);
                 None
             }
             Err(_) => Some(pending),
+        }
+    }
+
+    /// Sends the delayed retries that are due; fails those no server takes.
+    fn send_delayed(&mut self, now: Instant) {
+        if !self.delayed.iter().any(|d| d.at <= now) {
+            return;
+        }
+        let (due, wait): (Vec<Delayed>, Vec<Delayed>) =
+            std::mem::take(&mut self.delayed).into_iter().partition(|d| d.at <= now);
+        self.delayed = wait;
+        for d in due {
+            if d.call.cell.as_ref().is_some_and(|c| c.is_cancelled()) {
+                continue;
+            }
+            match self.reroute(&d.call, Some(d.from)) {
+                Ok(to) => {
+                    lock(&self.shared.accounting).retried();
+                    self.send(d.call, to, now);
+                }
+                Err(_) => {
+                    self.fail(d.call.cell.as_deref(), d.fallback, false, now);
+                }
+            }
         }
     }
 
@@ -492,15 +603,20 @@ impl ClientService {
         let Some(pending) = p.in_flight.remove(id) else { return }; // late, or cancelled
         let latency = now.saturating_duration_since(pending.started);
         p.load.finished(Some(latency), t, decay);
-        let pending = if matches!(status, Status::ShuttingDown | Status::UnknownGrainType) {
-            // It did not run there (the server is stopping, or stopped hosting the type since
-            // its last manifest): it may go elsewhere, once.
-            match self.retry(pending, peer, now) {
-                None => return,
-                Some(p) => p,
+        let pending = match status_kind(status) {
+            // The server refused it (it did not run there): the policy may send it elsewhere.
+            Some(kind) if kind.not_executed() => {
+                match self.retry(pending, peer, Why::Refused(kind), now) {
+                    None => {
+                        if let Some(p) = self.peers.get(&peer) {
+                            lock(&p.stats).retried();
+                        }
+                        return;
+                    }
+                    Some(p) => p,
+                }
             }
-        } else {
-            pending
+            _ => pending,
         };
         if !matches!(status, Status::Ok | Status::AppError) && self.shared.discovery.is_some() {
             self.shared.call_failed(&super::status_error(status, 0, &payload));
@@ -659,11 +775,8 @@ impl ClientService {
         for pending in lost {
             // Otherwise it may have run there: only an idempotent call may go elsewhere (and
             // not while the client itself is closing).
-            let again = if (drained || pending.again.idempotent) && !closing {
-                self.retry(pending, peer, now)
-            } else {
-                Some(pending)
-            };
+            let why = if drained { Why::Drained } else { Why::Lost(reason) };
+            let again = if closing { Some(pending) } else { self.retry(pending, peer, why, now) };
             if let Some(pending) = again {
                 failed += 1;
                 let error =
@@ -673,6 +786,7 @@ impl ClientService {
                 }
             } else {
                 retried += 1;
+                lock(&p.stats).retried();
             }
         }
         let addr = p.conn.remote_addr();
@@ -735,6 +849,9 @@ impl Service for ClientService {
     fn poll(&mut self, now: Instant) {
         while let Ok(cmd) = self.cmds.try_recv() {
             self.command(cmd, now);
+        }
+        if !self.delayed.is_empty() {
+            self.send_delayed(now);
         }
         if self.leaving > 0 {
             // Servers being drained away: close those whose last call ended.
@@ -803,12 +920,16 @@ impl Service for ClientService {
     fn next_deadline(&mut self) -> Option<Instant> {
         let calls = self.peers.values_mut().filter_map(|p| p.in_flight.next_deadline()).min();
         let parked = self.parked.iter().map(|c| c.deadline).min();
-        [calls, parked, self.next_health_check].into_iter().flatten().min()
+        let delayed = self.delayed.iter().map(|d| d.at).min();
+        [calls, parked, delayed, self.next_health_check].into_iter().flatten().min()
     }
 
     fn shutdown(&mut self, now: Instant) {
         for call in std::mem::take(&mut self.parked) {
             self.fail(call.cell.as_deref(), CallError::NotConnected, false, now);
+        }
+        for d in std::mem::take(&mut self.delayed) {
+            self.fail(d.call.cell.as_deref(), d.fallback, false, now);
         }
     }
 }

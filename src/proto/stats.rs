@@ -174,6 +174,9 @@ pub struct CallStats {
     pub p999: Duration,
     /// When a call last completed (or the connection last changed).
     pub last_activity: Instant,
+    /// Attempts sent again (to another server, by the retry policy): per server, the calls
+    /// it sent back or lost that went elsewhere.
+    pub retries: u64,
 }
 
 /// The running totals behind [`CallStats`].
@@ -185,6 +188,8 @@ pub struct CallAccounting {
     pub errors: u64,
     /// Calls timed out.
     pub timeouts: u64,
+    /// Attempts sent again.
+    pub retries: u64,
     ewma_us: f64,
     histogram: LatencyHistogram,
     last_activity: Instant,
@@ -197,6 +202,7 @@ impl CallAccounting {
             ended: 0,
             errors: 0,
             timeouts: 0,
+            retries: 0,
             ewma_us: 0.0,
             histogram: LatencyHistogram::default(),
             last_activity: now,
@@ -223,6 +229,11 @@ impl CallAccounting {
         self.last_activity = now;
     }
 
+    /// A call is sent again.
+    pub fn retried(&mut self) {
+        self.retries += 1;
+    }
+
     /// A snapshot, with `pending` calls outstanding and `one_way` one-way calls sent (counted
     /// apart: they need no lock).
     pub fn snapshot(&self, pending: u64, one_way: u64) -> CallStats {
@@ -238,6 +249,7 @@ impl CallAccounting {
             p99: h.quantile(0.99),
             p999: h.quantile(0.999),
             last_activity: self.last_activity,
+            retries: self.retries,
         }
     }
 }
