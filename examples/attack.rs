@@ -23,9 +23,6 @@
 //! | `busy` | fills a room, then queues 1,000 calls for its ~1 MB of lines |
 //! | `idle` | `--count` idle sessions from many loopback addresses, kept alive for `--secs` |
 
-#[path = "common/args.rs"]
-mod args;
-
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
@@ -37,8 +34,58 @@ use grainwire::proto::wire::{self, Class, CloseKind};
 use grainwire::testing::{RawEvent, RawPeer};
 use tokio::net::UdpSocket;
 
-const USAGE: &str = "attack --target ADDR <zero-window|no-ack|big-answers|empty-chunks|chunks|\
-     partials|gap|activations|slots|busy|idle> [--count N] [--secs S] [--conns N] [--bind IP]";
+/// The attack to run.
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum Attack {
+    /// A session that grants no credit, sending tiny requests.
+    ZeroWindow,
+    /// A session that never acknowledges, sending tiny requests.
+    NoAck,
+    /// Asks for ~1 MB answers without granting credit.
+    BigAnswers,
+    /// Empty chunks of a message claiming 250,000 chunks.
+    EmptyChunks,
+    /// Minimum-size chunks of 1 MiB messages, last first.
+    Chunks,
+    /// The last chunk of ever new unreliable messages.
+    Partials,
+    /// Reliable messages behind a gap on every stream.
+    Gap,
+    /// Calls to ever new grain keys.
+    Activations,
+    /// As many sessions from one address as allowed, held open.
+    Slots,
+    /// Queues 1,000 calls for a room's ~1 MB of lines.
+    Busy,
+    /// Idle sessions from many loopback addresses.
+    Idle,
+}
+
+/// Hostile and idle clients against a game_server; prints one JSON line.
+#[derive(clap::Parser, Debug)]
+#[command(name = "attack")]
+struct Args {
+    /// Which attack.
+    #[arg(value_enum)]
+    attack: Attack,
+    /// The server to attack.
+    #[arg(long, value_name = "ADDR")]
+    target: SocketAddr,
+    /// The local IP address to send from.
+    #[arg(long, value_name = "IP", default_value = "127.0.0.1")]
+    bind: IpAddr,
+    /// How long sessions are held (slots, idle), in seconds.
+    #[arg(long, value_name = "S", default_value_t = 10)]
+    secs: u64,
+    /// How many (datagrams, chunks, keys, sessions) [default: per attack: zero-window and no-ack
+    /// 3000000, empty-chunks and chunks 250000, partials 1000000, activations 100000, slots
+    /// 5000, idle 1000].
+    #[arg(long, value_name = "N")]
+    count: Option<u64>,
+    /// Sessions (gap).
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    conns: u64,
+}
 
 /// Datagrams we send stay under the server's default `max_datagram_size` (1200).
 const DATAGRAM: usize = 1150;
@@ -600,34 +647,29 @@ async fn idle(target: SocketAddr, count: usize, secs: u64) -> String {
     format!("{{\"attack\":\"idle\",\"sessions\":{}}}", up.get())
 }
 
+fn fail(problem: &str) -> ! {
+    eprintln!("attack: {problem}");
+    std::process::exit(2)
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
-    let a = args::Args::parse(USAGE);
-    let target: SocketAddr = a
-        .get("target")
-        .unwrap_or_else(|| args::fail(USAGE, "--target is required"))
-        .parse()
-        .unwrap_or_else(|_| args::fail(USAGE, "--target: not an address"));
-    let ip: IpAddr = a
-        .get("bind")
-        .unwrap_or("127.0.0.1")
-        .parse()
-        .unwrap_or_else(|_| args::fail(USAGE, "--bind: not an IP address"));
-    let name = a.positional.first().map(String::as_str).unwrap_or("");
-    let secs: u64 = a.num(USAGE, "secs", 10);
-    let line = match name {
-        "zero-window" => flood(target, ip, 0, true, a.num(USAGE, "count", 3_000_000)).await,
-        "no-ack" => flood(target, ip, 1 << 20, false, a.num(USAGE, "count", 3_000_000)).await,
-        "big-answers" => big_answers(target, ip).await,
-        "empty-chunks" => empty_chunks(target, ip, a.num(USAGE, "count", 250_000)).await,
-        "chunks" => chunks(target, ip, a.num(USAGE, "count", 250_000)).await,
-        "partials" => partials(target, ip, a.num(USAGE, "count", 1_000_000)).await,
-        "gap" => gap(target, ip, a.num(USAGE, "conns", 1)).await,
-        "activations" => activations(target, ip, a.num(USAGE, "count", 100_000)).await,
-        "slots" => slots(target, ip, a.num(USAGE, "count", 5000), secs).await,
-        "busy" => busy(target, ip).await,
-        "idle" => idle(target, a.num(USAGE, "count", 1000), secs).await,
-        other => args::fail(USAGE, &format!("unknown attack `{other}`")),
+    let a = <Args as clap::Parser>::parse();
+    let (target, ip, secs) = (a.target, a.bind, a.secs);
+    let count = |default: u64| a.count.unwrap_or(default);
+    let small = |n: u64| u32::try_from(n).unwrap_or_else(|_| fail("--count: at most 4294967295"));
+    let line = match a.attack {
+        Attack::ZeroWindow => flood(target, ip, 0, true, count(3_000_000)).await,
+        Attack::NoAck => flood(target, ip, 1 << 20, false, count(3_000_000)).await,
+        Attack::BigAnswers => big_answers(target, ip).await,
+        Attack::EmptyChunks => empty_chunks(target, ip, small(count(250_000))).await,
+        Attack::Chunks => chunks(target, ip, small(count(250_000))).await,
+        Attack::Partials => partials(target, ip, small(count(1_000_000))).await,
+        Attack::Gap => gap(target, ip, a.conns as usize).await,
+        Attack::Activations => activations(target, ip, count(100_000)).await,
+        Attack::Slots => slots(target, ip, count(5000) as usize, secs).await,
+        Attack::Busy => busy(target, ip).await,
+        Attack::Idle => idle(target, count(1000) as usize, secs).await,
     };
     println!("{line}");
 }

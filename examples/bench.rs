@@ -9,7 +9,12 @@
 //! taskset -c 0 cargo run --release --example bench -- latency       # whole process on one core
 //! cargo run --release --example bench -- latency --servers 10       # routed over 10 servers
 //! cargo run --release --example bench -- placement                  # placement quality, 1M keys
+//! cargo run --release --example bench -- latency --discover         # the client follows the fleet
 //! ```
+//!
+//! `--help` lists every flag with its default. With `--discover` the client is given only the
+//! first server as a seed and follows the fleet it reports (the first server lists the others
+//! as its peers): compare with a static client for what discovery costs per call.
 //!
 //! Every call is `EchoRef::echo(Vec<u8>)` on the demo `Echo` grain with a `--payload`-byte
 //! argument; each answer is checked against what was sent.
@@ -36,9 +41,6 @@
 //! through the local run queue). A failed call aborts the run with exit status 1. With
 //! `GRAINWIRE_BENCH_VERBOSE=1` the client's transport counters go to stderr.
 
-#[path = "common/args.rs"]
-#[allow(dead_code)] // shared with the other examples
-mod args;
 #[path = "common/game.rs"]
 #[allow(dead_code)] // the bench hosts and calls only the echo grain
 mod game;
@@ -54,8 +56,59 @@ use game::{Echo, EchoRef, EchoState};
 use grainwire::client::ConnectMode;
 use grainwire::{Client, GrainId, Server, ServerConfig};
 
-const USAGE: &str = "bench latency|throughput|placement|busy [--payload N] [--calls N] \
-     [--warmup N] [--inflight N] [--secs S] [--servers N] [--spin-us N]";
+/// What to measure.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    /// One call outstanding: p50/p99/p99.9/mean/max.
+    Latency,
+    /// `--inflight` calls kept in flight: calls per second.
+    Throughput,
+    /// Placement quality over synthetic fleets (no network).
+    Placement,
+    /// A busy grain beside a probe: the longest the server did not answer.
+    Busy,
+}
+
+/// The grain RPC benchmark over loopback UDP; prints one JSON line.
+#[derive(clap::Parser, Debug)]
+#[command(name = "bench")]
+struct Args {
+    /// What to measure.
+    #[arg(value_enum)]
+    mode: Mode,
+    /// Argument bytes per call.
+    #[arg(long, value_name = "N", default_value_t = 32)]
+    payload: usize,
+    /// Calls timed (latency) or queued on the busy grain (busy) [default: 20000, busy 1000].
+    #[arg(long, value_name = "N")]
+    calls: Option<u64>,
+    /// Calls made before timing (latency).
+    #[arg(long, value_name = "N", default_value_t = 2000)]
+    warmup: u64,
+    /// Calls kept in flight (throughput).
+    #[arg(long, value_name = "N", default_value_t = 64)]
+    inflight: u64,
+    /// The measuring window (throughput), in seconds.
+    #[arg(long, value_name = "S", default_value_t = 3.0)]
+    secs: f64,
+    /// Servers hosting the grain (1..=1000); the client routes by consistent placement.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    servers: usize,
+    /// CPU each busy call burns (busy), in microseconds.
+    #[arg(long, value_name = "N", default_value_t = 700)]
+    spin_us: u64,
+    /// The client discovers the fleet from the first server instead of being given every one.
+    #[arg(long)]
+    discover: bool,
+}
+
+/// `--discover`: the client follows the fleet from a seed.
+static DISCOVER: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+
+fn fail(problem: &str) -> ! {
+    eprintln!("bench: {problem}");
+    std::process::exit(2)
+}
 
 /// A grain that keeps its thread busy: for `busy`.
 #[grainwire::grain]
@@ -106,7 +159,9 @@ fn start_servers(n: usize) -> Vec<SocketAddr> {
                         });
                     servers.push(server);
                 }
-                let addrs = servers.iter().map(Server::local_addr).collect();
+                let addrs: Vec<SocketAddr> = servers.iter().map(Server::local_addr).collect();
+                // The first server serves the others as its peers (for `--discover`).
+                servers[0].set_peers(addrs[1..].iter().map(|a| (*a).into()));
                 addr_tx.send(addrs).expect("main thread waits");
                 std::future::pending::<()>().await;
                 drop(servers);
@@ -166,8 +221,12 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 /// Connects to the servers on the calling runtime (the client's endpoint task lives there):
 /// single mode for one, multi mode (consistent placement) for more.
 async fn connect(addrs: Vec<SocketAddr>) -> Client {
-    let mode = if addrs.len() == 1 { ConnectMode::Single } else { ConnectMode::Multi };
-    let client = Client::builder().servers(addrs.clone()).mode(mode).connect().await;
+    let client = if DISCOVER.get().copied().unwrap_or(false) {
+        Client::builder().seeds([addrs[0]]).connect().await
+    } else {
+        let mode = if addrs.len() == 1 { ConnectMode::Single } else { ConnectMode::Multi };
+        Client::builder().servers(addrs.clone()).mode(mode).connect().await
+    };
     let client = client.unwrap_or_else(|e| {
         eprintln!("cannot connect to {addrs:?}: {e}");
         std::process::exit(1)
@@ -302,32 +361,24 @@ fn throughput(addrs: Vec<SocketAddr>, payload: usize, inflight: u64, secs: f64) 
 }
 
 fn main() {
-    let a = args::Args::parse(USAGE);
-    let mode = match a.positional.as_slice() {
-        [m] if ["latency", "throughput", "placement", "busy"].contains(&m.as_str()) => m.clone(),
-        _ => args::fail(USAGE, "give exactly one mode: latency, throughput, placement or busy"),
-    };
-    if mode == "placement" {
+    let a = <Args as clap::Parser>::parse();
+    if a.mode == Mode::Placement {
         println!("{}", placement::run(1_000_000));
         return;
     }
-    let payload: usize = a.num(USAGE, "payload", 32);
-    let calls: u64 = a.num(USAGE, "calls", 20_000);
-    let warmup: u64 = a.num(USAGE, "warmup", 2_000);
-    let inflight: u64 = a.num(USAGE, "inflight", 64);
-    let secs: f64 = a.num(USAGE, "secs", 3.0);
-    if calls == 0 || inflight == 0 || !secs.is_finite() || secs <= 0.0 {
-        args::fail(USAGE, "--calls, --inflight and --secs must be positive");
+    let calls = a.calls.unwrap_or(if a.mode == Mode::Busy { 1000 } else { 20_000 });
+    if calls == 0 || a.inflight == 0 || !a.secs.is_finite() || a.secs <= 0.0 {
+        fail("--calls, --inflight and --secs must be positive");
     }
-    let servers: usize = a.num(USAGE, "servers", 1);
-    if servers == 0 || servers > 1000 {
-        args::fail(USAGE, "--servers must be 1..=1000");
+    if a.servers == 0 || a.servers > 1000 {
+        fail("--servers must be 1..=1000");
     }
-    let addrs = start_servers(servers);
-    let line = match mode.as_str() {
-        "latency" => latency(addrs, payload, warmup, calls),
-        "busy" => busy(addrs, a.num(USAGE, "calls", 1000), a.num(USAGE, "spin-us", 700)),
-        _ => throughput(addrs, payload, inflight, secs),
+    let _ = DISCOVER.set(a.discover);
+    let addrs = start_servers(a.servers);
+    let line = match a.mode {
+        Mode::Latency => latency(addrs, a.payload, a.warmup, calls),
+        Mode::Busy => busy(addrs, calls, a.spin_us),
+        _ => throughput(addrs, a.payload, a.inflight, a.secs),
     };
     println!("{line}");
 }

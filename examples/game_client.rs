@@ -36,7 +36,7 @@ use game::EchoRef;
 use std::path::PathBuf;
 
 use clap::Parser;
-use grainwire::client::{ConnectMode, ConsistentHash, LowestLatency, RoundRobin, ServerAddr};
+use grainwire::client::{ConnectMode, ServerAddr, StrategyName};
 use grainwire::config::ConfigFile;
 use grainwire::{CallError, Client};
 
@@ -66,9 +66,10 @@ struct Args {
     /// --config file's].
     #[arg(long)]
     mode: Option<ConnectMode>,
-    /// round-robin, consistent-hash or lowest-latency.
-    #[arg(long, default_value = "consistent-hash")]
-    strategy: String,
+    /// round-robin, consistent-hash, lowest-latency, or tiered-<one of those> (within the best
+    /// priority tier) [default: consistent-hash, or the --config file's].
+    #[arg(long, value_name = "NAME")]
+    strategy: Option<StrategyName>,
     /// Stop starting calls after SECS seconds (0: no limit).
     #[arg(long, value_name = "SECS", default_value_t = 0.0)]
     secs: f64,
@@ -175,15 +176,10 @@ async fn main() {
     if let Some(cluster) = &a.cluster {
         config.cluster_id = cluster.clone();
     }
+    if a.strategy.is_some() {
+        config.strategy = a.strategy;
+    }
     let builder = Client::builder().config(config).servers(addrs.clone()).mode(mode);
-    let builder = match a.strategy.as_str() {
-        "round-robin" => builder.strategy(RoundRobin),
-        "consistent-hash" => builder.strategy(ConsistentHash),
-        "lowest-latency" => builder.strategy(LowestLatency),
-        other => fail(&format!(
-            "unknown strategy {other}: expected round-robin, consistent-hash or lowest-latency"
-        )),
-    };
     let client = match builder.connect().await {
         Ok(c) => c,
         Err(e) => {

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use grainwire::client::{ConnectMode, RetryPolicy, ServerAddr};
+use grainwire::client::{ConnectMode, RetryPolicy, ServerAddr, StrategyName};
 use grainwire::config::{ConfigFile, ConfigFileError};
 use grainwire::error::CallErrorKind;
 use grainwire::server::MetaValue;
@@ -83,6 +83,8 @@ fn odd_client() -> ClientConfig {
             idempotent_after_loss: false,
         },
         retry_methods: [("Player.hit".to_string(), RetryPolicy::never())].into(),
+        strategy: Some(StrategyName::TieredRoundRobin),
+        strategies: [("Player".to_string(), StrategyName::LowestLatency)].into(),
     }
 }
 

@@ -1007,3 +1007,35 @@ async fn each_server_has_its_own_statistics() {
     let all = client.stats();
     assert_eq!((all.total, all.timeouts), (15, 1));
 }
+
+#[tokio::test(start_paused = true)]
+async fn strategies_from_the_configuration_route_unless_the_builder_set_its_own() {
+    use grainwire::client::StrategyName;
+    let fleet = Fleet::new(clean(), &[Hosts::Echo, Hosts::Echo]);
+    let servers_of = |client: Client| async move {
+        let e: EchoRef = client.grain(1);
+        let mut seen = std::collections::BTreeSet::new();
+        for n in 0..20 {
+            seen.insert(e.hit(n).await.unwrap());
+        }
+        seen.len()
+    };
+    let connect = |config: ClientConfig, own: bool, i: usize| {
+        let b = Client::builder().config(config).servers(fleet.addrs());
+        let b = if own { b.strategy_for::<EchoRef>(ConsistentHash) } else { b };
+        b.connect_sim(&fleet.net, client_addr(i))
+    };
+    // The configuration's default: round-robin spreads one grain's calls over both.
+    let rr = ClientConfig { strategy: Some(StrategyName::RoundRobin), ..ClientConfig::default() };
+    assert_eq!(servers_of(connect(rr.clone(), false, 0).await.unwrap()).await, 2);
+    // Its per-type entry wins over its default.
+    let per_type = ClientConfig {
+        strategies: [("Echo".to_string(), StrategyName::TieredConsistentHash)].into(),
+        ..rr.clone()
+    };
+    assert_eq!(servers_of(connect(per_type, false, 1).await.unwrap()).await, 1);
+    // The builder's wins over the configuration's.
+    assert_eq!(servers_of(connect(rr, true, 2).await.unwrap()).await, 1);
+    assert!("tiered-nope".parse::<StrategyName>().is_err());
+    assert_eq!("tiered-round-robin".parse(), Ok(StrategyName::TieredRoundRobin));
+}

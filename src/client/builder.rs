@@ -46,6 +46,9 @@ pub struct ClientBuilder {
     pub(super) retry_for: Vec<((GrainType, MethodId), RetryPolicy)>,
     /// A `retry_for` method the interface does not have.
     pub(super) unknown_method: Option<String>,
+    /// Strategies the builder set (they win over the configuration's).
+    pub(super) explicit_default: bool,
+    pub(super) explicit_types: Vec<GrainType>,
 }
 
 impl fmt::Debug for ClientBuilder {
@@ -140,12 +143,14 @@ impl ClientBuilder {
     /// Sets the strategy of every grain type without its own (default [`ConsistentHash`](super::ConsistentHash)).
     pub fn strategy(mut self, strategy: impl Strategy) -> Self {
         self.strategies.set_default(Arc::new(strategy));
+        self.explicit_default = true;
         self
     }
 
     /// Sets the strategy of the grain type behind the reference type `R`.
     pub fn strategy_for<R: GrainInterface>(mut self, strategy: impl Strategy) -> Self {
         self.strategies.set(R::info().grain_type, Arc::new(strategy));
+        self.explicit_types.push(R::info().grain_type);
         self
     }
 
@@ -252,7 +257,26 @@ impl ClientBuilder {
         for p in self.retry_for.iter().map(|(_, p)| p) {
             p.validate().map_err(|problem| ClientError::Config { field: "retry_for", problem })?;
         }
-        let Self { mut config, mut addrs, mut strategies, refresh, retry_for, .. } = self;
+        let Self {
+            mut config,
+            mut addrs,
+            mut strategies,
+            refresh,
+            retry_for,
+            explicit_default,
+            explicit_types,
+            ..
+        } = self;
+        // The configuration's strategies, where the builder set none.
+        if let (Some(s), false) = (config.strategy, explicit_default) {
+            strategies.set_default(s.build());
+        }
+        for (name, s) in &config.strategies {
+            let t = GrainType::of(name);
+            if !explicit_types.contains(&t) {
+                strategies.set(t, s.build());
+            }
+        }
         // One seed for all of the client's randomness: the pool's jitter, the strategies'
         // draws, the transport's session tags (a client's cookie key is never used).
         let base = config.seed.unwrap_or_else(crate::sync::os_seed);

@@ -58,7 +58,8 @@ use self::cell::CallCell;
 pub(crate) use self::cell::Outcome;
 pub use self::options::{
     AddrParseError, ClientConfig, ClientError, ClientEvent, ClusterMismatch, ClusterNode,
-    ConnectMode, Removal, RetryPolicy, ServerAddr, ServerInfo, Topology, TopologyDiff,
+    ConnectMode, Removal, RetryPolicy, ServerAddr, ServerInfo, StrategyName, Topology,
+    TopologyDiff,
 };
 use self::pool::{Phase, Slot};
 pub use self::reference::{Answer, GrainInterface, GrainRef, Invocation, Invoked, Invoker};
@@ -410,6 +411,8 @@ impl Client {
             refresh: None,
             retry_for: Vec::new(),
             unknown_method: None,
+            explicit_default: false,
+            explicit_types: Vec::new(),
         }
     }
 

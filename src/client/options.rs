@@ -105,6 +105,61 @@ pub struct ClientConfig {
     /// Retry policies of single methods, by `"GrainType.method"` (the names in the `#[grain]`
     /// trait), replacing `retry` for them. Default none.
     pub retry_methods: std::collections::BTreeMap<String, RetryPolicy>,
+    /// The strategy of grain types without their own; `None` (the default): the builder's,
+    /// else consistent hashing. The builder's `strategy` wins over this.
+    pub strategy: Option<StrategyName>,
+    /// Strategies of single grain types, by the type's name (`"Player"`); the builder's
+    /// `strategy_for` wins over these. Default none.
+    pub strategies: std::collections::BTreeMap<String, StrategyName>,
+}
+
+/// A built-in strategy, by name (configuration files): `round-robin`, `consistent-hash`,
+/// `lowest-latency`, each also `tiered-…` (within the best priority tier present; see
+/// [`Tiered::by_priority`](super::Tiered::by_priority)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StrategyName {
+    /// [`RoundRobin`](super::RoundRobin).
+    RoundRobin,
+    /// [`ConsistentHash`](super::ConsistentHash).
+    ConsistentHash,
+    /// [`LowestLatency`](super::LowestLatency).
+    LowestLatency,
+    /// Round-robin within the best priority tier.
+    TieredRoundRobin,
+    /// Consistent hashing within the best priority tier.
+    TieredConsistentHash,
+    /// Lowest latency within the best priority tier.
+    TieredLowestLatency,
+}
+
+impl StrategyName {
+    /// The strategy.
+    pub fn build(self) -> std::sync::Arc<dyn super::Strategy> {
+        use super::{ConsistentHash, LowestLatency, RoundRobin, Tiered};
+        match self {
+            Self::RoundRobin => std::sync::Arc::new(RoundRobin),
+            Self::ConsistentHash => std::sync::Arc::new(ConsistentHash),
+            Self::LowestLatency => std::sync::Arc::new(LowestLatency),
+            Self::TieredRoundRobin => std::sync::Arc::new(Tiered::by_priority(RoundRobin)),
+            Self::TieredConsistentHash => std::sync::Arc::new(Tiered::by_priority(ConsistentHash)),
+            Self::TieredLowestLatency => std::sync::Arc::new(Tiered::by_priority(LowestLatency)),
+        }
+    }
+}
+
+impl FromStr for StrategyName {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        Self::deserialize(serde::de::value::StrDeserializer::<serde::de::value::Error>::new(s))
+            .map_err(|_| {
+                format!(
+                    "unknown strategy {s:?}: expected round-robin, consistent-hash, lowest-latency \
+                     or tiered-<one of those>"
+                )
+            })
+    }
 }
 
 /// When and how often a call is sent again. Only calls that provably did not run are retried
@@ -191,6 +246,8 @@ impl Default for ClientConfig {
             discovery: DiscoveryConfig::default(),
             retry: RetryPolicy::default(),
             retry_methods: Default::default(),
+            strategy: None,
+            strategies: Default::default(),
         }
     }
 }
