@@ -1,4 +1,4 @@
-//! Fleet membership in Redis: servers register themselves ([`Membership`]), clients and servers
+//! Fleet membership in Redis: servers register themselves ([`run_membership`]), clients and servers
 //! read the fleet ([`RedisSource`]). The only module that names the `redis` crate for
 //! membership.
 //!
