@@ -138,3 +138,46 @@ fn the_checker_sees_what_it_must() {
         named("use crate::{proto::ids, sync};\nlet x = crate::client::X; // crate::server\n");
     assert_eq!(names.into_iter().collect::<Vec<_>>(), ["client", "proto", "sync"]);
 }
+
+/// Only the modules that implement something over Redis name the `redis` crate (today the
+/// membership and the source in `topology/redis.rs`), and laminar stays in `transport/laminar`.
+#[test]
+fn redis_and_laminar_are_named_only_where_they_are_implemented() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    sources(&src, &mut files);
+    let mut broken = Vec::new();
+    for file in &files {
+        let rel = file.strip_prefix(&src).unwrap().to_string_lossy().replace('\\', "/");
+        let text = fs::read_to_string(file).unwrap();
+        let code: String = text
+            .lines()
+            .map(|l| l.find("//").map_or(l, |i| &l[..i]))
+            .collect::<Vec<_>>()
+            .join("\n");
+        if names_crate(&code, "redis") && rel != "topology/redis.rs" {
+            broken.push(format!("{rel} names the redis crate"));
+        }
+        if names_crate(&code, "laminar") && !rel.starts_with("transport/laminar/") {
+            broken.push(format!("{rel} names laminar"));
+        }
+    }
+    assert!(broken.is_empty(), "{}", broken.join("\n"));
+}
+
+/// Whether `code` has a path starting with `krate::` (not `our::module::krate::`).
+fn names_crate(code: &str, krate: &str) -> bool {
+    let needle = format!("{krate}::");
+    code.match_indices(&needle).any(|(i, _)| {
+        let before = code[..i].chars().next_back();
+        !before.is_some_and(|c| c == ':' || c.is_alphanumeric() || c == '_')
+    })
+}
+
+#[test]
+fn the_crate_name_check_sees_what_it_must() {
+    assert!(names_crate("let c = redis::Client::open(u);", "redis"));
+    assert!(names_crate("use redis::aio;", "redis"));
+    assert!(!names_crate("use crate::topology::redis::X;", "redis"));
+    assert!(!names_crate("let my_redis::x;", "redis"));
+}
