@@ -192,6 +192,46 @@ impl Conn {
     }
 }
 
+/// Bridges a Redis outage: Redis may come back empty (restarted without persistence), and
+/// members re-register only at their next heartbeat. For `grace` after the first good read
+/// that follows a failure, each read is merged with the fleet seen before (what Redis says
+/// wins for a member it names), so nobody is drained for not having beaten yet; a member that
+/// does not come back leaves when the grace ends.
+#[derive(Debug, Default)]
+struct Recovery {
+    /// The fleet read last before the outage (or last, while healthy).
+    before: Option<Topology>,
+    outage: bool,
+    until: Option<tokio::time::Instant>,
+}
+
+impl Recovery {
+    fn failed(&mut self) {
+        self.outage = true;
+    }
+
+    fn read(&mut self, t: Topology, grace: Duration) -> Topology {
+        let now = tokio::time::Instant::now();
+        if std::mem::take(&mut self.outage) {
+            self.until = Some(now + grace);
+        }
+        match (&self.before, self.until) {
+            (Some(before), Some(until)) if now < until => {
+                // The latest word on each member (a drain seen during the grace sticks).
+                let merged =
+                    Topology::new(before.nodes().iter().cloned().chain(t.nodes().iter().cloned()));
+                self.before = Some(merged.clone());
+                merged
+            }
+            _ => {
+                self.until = None;
+                self.before = Some(t.clone());
+                t
+            }
+        }
+    }
+}
+
 /// A client's view of the fleet registered in Redis: a streaming source (the current fleet at
 /// once, again on every published change, and every `interval` in case a change message was
 /// lost), one seed per Redis URL.
@@ -200,6 +240,9 @@ pub struct RedisSource {
     urls: Vec<String>,
     keys: Arc<KeysShared>,
     interval: Duration,
+    /// After an outage, reads are merged with the fleet before it this long.
+    grace: Duration,
+    recovery: Arc<std::sync::Mutex<Recovery>>,
 }
 
 #[derive(Debug)]
@@ -221,7 +264,20 @@ impl RedisSource {
             redis::Client::open(u.as_str())
                 .map_err(|e| DiscoveryError::Failed(format!("bad Redis URL {u:?}: {e}")))?;
         }
-        Ok(Self { urls, keys: Arc::new(KeysShared(Keys::new(cluster, service))), interval })
+        Ok(Self {
+            urls,
+            keys: Arc::new(KeysShared(Keys::new(cluster, service))),
+            interval,
+            grace: MembershipConfig::default().ttl,
+            recovery: Arc::default(),
+        })
+    }
+
+    /// How long after Redis comes back its reads are merged with the fleet seen before the
+    /// outage (members re-register at their next heartbeat). Default 10 s, the default TTL.
+    pub fn with_grace(mut self, grace: Duration) -> Self {
+        self.grace = grace;
+        self
     }
 }
 
@@ -234,9 +290,11 @@ impl StreamingSource for RedisSource {
         let (tx, rx) = mpsc::channel(4);
         let url = self.urls.get(seed).cloned().unwrap_or_default();
         let keys = self.keys.0.clone();
-        let interval = self.interval;
+        let (interval, grace, recovery) = (self.interval, self.grace, self.recovery.clone());
         tokio::spawn(async move {
-            if let Err(e) = follow(&url, &keys, interval, &tx).await {
+            let read = |t: Topology| crate::sync::lock(&recovery).read(t, grace);
+            if let Err(e) = follow(&url, &keys, interval, &tx, read).await {
+                crate::sync::lock(&recovery).failed();
                 let _ = tx.send(Err(e)).await;
             }
         });
@@ -251,6 +309,7 @@ async fn follow(
     keys: &Keys,
     interval: Duration,
     tx: &mpsc::Sender<Result<Topology, DiscoveryError>>,
+    read: impl Fn(Topology) -> Topology,
 ) -> Result<(), DiscoveryError> {
     let timeout = interval.clamp(Duration::from_secs(1), Duration::from_secs(5));
     let mut conn = Conn::open(url, timeout)?;
@@ -258,7 +317,7 @@ async fn follow(
     bounded(timeout, pubsub.subscribe(&keys.channel)).await?;
     let mut messages = pubsub.on_message();
     loop {
-        let t = conn.fetch(keys).await?;
+        let t = read(conn.fetch(keys).await?);
         if tx.send(Ok(t)).await.is_err() {
             return Ok(());
         }
@@ -353,6 +412,7 @@ pub async fn run_membership(
     let member_key = format!("{}{}", keys.member_prefix, entry.server_id);
     let mut pushes: Option<redis::aio::PubSubStream> = None;
     let mut healthy = true;
+    let mut recovery = Recovery::default();
     loop {
         let json = serde_json::to_string(&entry).unwrap_or_default();
         let beat = conn
@@ -372,13 +432,14 @@ pub async fn run_membership(
                     tracing::info!(%url, "Redis membership restored");
                 }
                 healthy = true;
-                on_fleet(t);
+                on_fleet(recovery.read(t, cfg.ttl));
             }
             Err(error) => {
                 if healthy {
                     tracing::warn!(%url, %error, "Redis membership unavailable; retrying every heartbeat");
                 }
                 healthy = false;
+                recovery.failed();
                 pushes = None;
             }
         }
