@@ -54,6 +54,7 @@
 pub(crate) mod arena;
 pub mod client;
 pub mod config;
+pub mod directory;
 pub mod error;
 #[cfg(feature = "test-util")]
 pub mod fuzz;
