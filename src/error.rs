@@ -120,6 +120,12 @@ pub enum CallError<E = std::convert::Infallible> {
         /// The limit.
         max: usize,
     },
+    /// The grain directory could not be asked where the grain lives, and its type keeps one
+    /// activation or none (fails closed): the call did not run.
+    Unavailable,
+    /// The call was redirected to the grain's owner, and the owner redirected it again (the
+    /// directory changed under it): it did not run.
+    RedirectLoop,
 }
 
 impl<E: std::fmt::Debug> std::fmt::Display for CallError<E> {
@@ -146,6 +152,8 @@ impl<E: std::fmt::Debug> std::fmt::Display for CallError<E> {
             Self::ResponseTooLarge { size, max } => {
                 write!(f, "the method ran but its answer of {size} bytes exceeds {max}")
             }
+            Self::Unavailable => f.write_str("the grain directory is unavailable (not run)"),
+            Self::RedirectLoop => f.write_str("redirected twice (not run)"),
         }
     }
 }
@@ -193,6 +201,10 @@ pub enum CallErrorKind {
     TooLarge,
     /// [`CallError::ResponseTooLarge`].
     ResponseTooLarge,
+    /// [`CallError::Unavailable`].
+    Unavailable,
+    /// [`CallError::RedirectLoop`].
+    RedirectLoop,
 }
 
 impl CallErrorKind {
@@ -210,6 +222,8 @@ impl CallErrorKind {
                 | Self::ServerUnavailable
                 | Self::Encode
                 | Self::TooLarge
+                | Self::Unavailable
+                | Self::RedirectLoop
         )
     }
 }
@@ -235,6 +249,8 @@ impl<E> CallError<E> {
             Self::Decode(_) => CallErrorKind::Decode,
             Self::TooLarge { .. } => CallErrorKind::TooLarge,
             Self::ResponseTooLarge { .. } => CallErrorKind::ResponseTooLarge,
+            Self::Unavailable => CallErrorKind::Unavailable,
+            Self::RedirectLoop => CallErrorKind::RedirectLoop,
         }
     }
 
@@ -260,6 +276,8 @@ impl<E> CallError<E> {
             Self::Decode(e) => CallError::Decode(e),
             Self::TooLarge { size, max } => CallError::TooLarge { size, max },
             Self::ResponseTooLarge { size, max } => CallError::ResponseTooLarge { size, max },
+            Self::Unavailable => CallError::Unavailable,
+            Self::RedirectLoop => CallError::RedirectLoop,
         }
     }
 
@@ -276,6 +294,8 @@ impl<E> CallError<E> {
                 | Self::ServerUnavailable(_)
                 | Self::Encode(_)
                 | Self::TooLarge { .. }
+                | Self::Unavailable
+                | Self::RedirectLoop
         )
     }
 }

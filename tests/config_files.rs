@@ -7,7 +7,7 @@ use std::time::Duration;
 use grainwire::client::{ConnectMode, RetryPolicy, ServerAddr, StrategyName};
 use grainwire::config::{ConfigFile, ConfigFileError};
 use grainwire::error::CallErrorKind;
-use grainwire::server::MetaValue;
+use grainwire::server::{DirectoryConfig, MetaValue};
 use grainwire::topology::redis::MembershipConfig;
 use grainwire::topology::{Backoff, DiscoveryConfig};
 use grainwire::{ClientConfig, ServerConfig, TransportConfig};
@@ -85,6 +85,7 @@ fn odd_client() -> ClientConfig {
         retry_methods: [("Player.hit".to_string(), RetryPolicy::never())].into(),
         strategy: Some(StrategyName::TieredRoundRobin),
         strategies: [("Player".to_string(), StrategyName::LowestLatency)].into(),
+        location_cache: 77,
     }
 }
 
@@ -120,6 +121,12 @@ fn odd_server() -> ServerConfig {
             redis: Some("redis://127.0.0.1:6380/2".into()),
             ttl: ms(9000),
             heartbeat: ms(1500),
+        },
+        directory: DirectoryConfig {
+            enabled: Some(false),
+            lease: ms(12_000),
+            timeout: ms(900),
+            remembered_redirects: 5,
         },
     }
 }

@@ -871,6 +871,8 @@ pub(crate) fn status_error<E>(status: Status, version: u8, payload: &[u8]) -> Ca
         Status::Overloaded => CallError::Overloaded,
         Status::HandlerPanicked => CallError::HandlerPanicked,
         Status::ShuttingDown => CallError::ShuttingDown,
+        Status::Unavailable => CallError::Unavailable,
+        Status::Redirect => CallError::RedirectLoop,
         Status::ResponseTooLarge => match rpc::decode_too_large(payload) {
             Some((size, max)) => CallError::ResponseTooLarge { size, max },
             None => CallError::BadRequest,

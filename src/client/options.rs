@@ -111,6 +111,10 @@ pub struct ClientConfig {
     /// Strategies of single grain types, by the type's name (`"Player"`); the builder's
     /// `strategy_for` wins over these. Default none.
     pub strategies: std::collections::BTreeMap<String, StrategyName>,
+    /// Grain locations remembered from servers' redirects (the grain directory placed the
+    /// grain elsewhere than the strategy would), so later calls go straight there; the oldest
+    /// are forgotten first. 0 remembers none. Default 10,000.
+    pub location_cache: usize,
 }
 
 /// A built-in strategy, by name (configuration files): `round-robin`, `consistent-hash`,
@@ -248,6 +252,7 @@ impl Default for ClientConfig {
             retry_methods: Default::default(),
             strategy: None,
             strategies: Default::default(),
+            location_cache: 10_000,
         }
     }
 }

@@ -97,6 +97,8 @@ struct Call {
     again: Again,
     /// Attempts sent so far (1 for a call never retried).
     attempts: u32,
+    /// Sent to the grain's owner after a redirect (a second redirect is an error).
+    redirected: bool,
 }
 
 #[derive(Debug)]
@@ -108,6 +110,7 @@ struct Pending {
     deadline: Instant,
     again: Again,
     attempts: u32,
+    redirected: bool,
     /// The server-independent part of the call, to send it again elsewhere.
     body: Bytes,
 }
@@ -174,6 +177,19 @@ struct Delayed {
     fallback: CallError,
 }
 
+/// A pending call's frame to send again: room for the prefix, then its body carrying
+/// `remaining` as its deadline (rounded up to a millisecond).
+fn again_frame(pending: &Pending, remaining: Duration) -> BytesMut {
+    let body = &pending.body;
+    let mut frame = BytesMut::with_capacity(PREFIX_GAP + body.len() + 4);
+    frame.put_bytes(0, PREFIX_GAP);
+    let ms = remaining.as_micros().div_ceil(1000).min(u32::MAX.into()).max(1) as u32;
+    if rpc::rewrite_body_deadline(&mut frame, body, pending.flags, ms).is_none() {
+        frame.extend_from_slice(body);
+    }
+    frame
+}
+
 /// The kind of error a status other than `Ok`/`AppError` means.
 fn status_kind(status: Status) -> Option<CallErrorKind> {
     Some(match status {
@@ -186,6 +202,8 @@ fn status_kind(status: Status) -> Option<CallErrorKind> {
         Status::HandlerPanicked => CallErrorKind::HandlerPanicked,
         Status::ShuttingDown => CallErrorKind::ShuttingDown,
         Status::ResponseTooLarge => CallErrorKind::ResponseTooLarge,
+        Status::Unavailable => CallErrorKind::Unavailable,
+        Status::Redirect => CallErrorKind::RedirectLoop,
         _ => CallErrorKind::BadRequest,
     })
 }
@@ -203,6 +221,9 @@ pub(crate) struct ClientService {
     leaving: usize,
     /// Retries waiting for their backoff.
     delayed: Vec<Delayed>,
+    /// Where the directory said grains live: (grain type, grain hash) → owner (bounded).
+    locations: std::collections::HashMap<(crate::proto::ids::GrainType, u64), ServerId>,
+    location_order: std::collections::VecDeque<(crate::proto::ids::GrainType, u64)>,
     /// Draws the retries' backoff jitter.
     rng: SplitMix64,
     /// Origin of the load estimates' nanosecond clock.
@@ -224,6 +245,8 @@ impl ClientService {
             parked: Vec::new(),
             leaving: 0,
             delayed: Vec::new(),
+            locations: Default::default(),
+            location_order: Default::default(),
             rng: SplitMix64::new(rng_seed),
             epoch: None,
             next_health_check: None,
@@ -266,6 +289,7 @@ impl ClientService {
                     cell,
                     again,
                     attempts: 1,
+                    redirected: false,
                 };
                 self.dispatch(call, to, now);
             }
@@ -389,6 +413,18 @@ impl ClientService {
         if call.cell.as_ref().is_some_and(|c| c.is_cancelled()) {
             return; // dropped before it was sent; the drop counted it finished
         }
+        // A grain the directory placed elsewhere goes straight to its owner (if connected).
+        if !self.locations.is_empty() && matches!(call.again.affinity, Affinity::None) {
+            let key = (call.again.target.grain_type, call.again.hash);
+            if let Some(owner) = self.locations.get(&key) {
+                let a = &call.again;
+                let owned = Affinity::Preferred(owner.clone());
+                if let Ok(d) = self.routes.route_excluding(&a.target, a.hash, &owned, None) {
+                    let to = (d.candidate.peer, d.candidate.type_index);
+                    return self.send(call, to, now);
+                }
+            }
+        }
         let to = match to {
             Some((peer, index)) if self.peers.get(&peer).is_some_and(|p| p.leaving.is_none()) => {
                 (peer, index)
@@ -420,7 +456,10 @@ impl ClientService {
     /// On-demand: keeps a call that no connected server takes until a server connects; else
     /// fails it.
     fn park_or_fail(&mut self, call: Call, error: CallError, now: Instant) {
-        if self.shared.config.mode == ConnectMode::OnDemand && self.demand_next() {
+        if call.redirected {
+            // Waits for the owner it was sent to (until its deadline).
+            self.parked.push(call);
+        } else if self.shared.config.mode == ConnectMode::OnDemand && self.demand_next() {
             self.parked.push(call);
         } else {
             self.fail(call.cell.as_deref(), error, false, now);
@@ -469,6 +508,7 @@ impl ClientService {
                 deadline: call.deadline,
                 again: call.again,
                 attempts: call.attempts,
+                redirected: call.redirected,
                 body: Bytes::new(),
             };
             (cell, p.in_flight.insert(pending, call.deadline))
@@ -545,6 +585,7 @@ impl ClientService {
             cell: Some(pending.cell.clone()),
             again: pending.again.clone(),
             attempts: pending.attempts + 1,
+            redirected: pending.redirected,
         };
         if !delay.is_zero() {
             if delay >= remaining {
@@ -562,6 +603,75 @@ impl ClientService {
                 None
             }
             Err(_) => Some(pending),
+        }
+    }
+
+    /// The grain lives on another server (its server answered `Redirect`): remember where, and
+    /// send the call there once, with what remains of its deadline (connecting to the owner
+    /// first if need be). Gives the call back when it was redirected already (an error).
+    fn redirect(&mut self, pending: Pending, payload: &[u8], now: Instant) -> Option<Pending> {
+        if pending.cell.is_cancelled() {
+            return None;
+        }
+        if pending.redirected {
+            return Some(pending);
+        }
+        let Ok((server, endpoint)) = rpc::decode_redirect(payload) else {
+            tracing::debug!("undecodable redirect; failing the call");
+            return Some(pending);
+        };
+        let owner = ServerId(server);
+        self.remember(&pending.again, owner.clone());
+        let remaining = pending.deadline.saturating_duration_since(now);
+        if remaining.is_zero() {
+            return Some(pending);
+        }
+        let mut again = pending.again.clone();
+        again.affinity = Affinity::Required(owner.clone());
+        let call = Call {
+            frame: again_frame(&pending, remaining),
+            flags: pending.flags,
+            stream: pending.stream,
+            started: pending.started,
+            deadline: pending.deadline,
+            cell: Some(pending.cell.clone()),
+            again,
+            attempts: pending.attempts,
+            redirected: true,
+        };
+        match self.reroute(&call, None) {
+            Ok(to) => {
+                tracing::debug!(owner = %owner, "call redirected to the grain's owner");
+                self.send(call, to, now);
+            }
+            Err(_) => {
+                // Not connected to the owner (a list without it, or discovery behind): connect
+                // it and wait for its manifest (at most the call's deadline).
+                tracing::debug!(owner = %owner, %endpoint, "redirected to a server not connected: connecting");
+                if let Ok(addr) = endpoint.parse::<ServerAddr>()
+                    && let Some((slot, _)) = self.shared.add_slot(vec![addr])
+                {
+                    slot.demand();
+                }
+                self.parked.push(call);
+            }
+        }
+        None
+    }
+
+    /// Remembers that the grain of `again` lives on `owner` (a bounded cache; the oldest go).
+    fn remember(&mut self, again: &Again, owner: ServerId) {
+        let cap = self.shared.config.location_cache;
+        if cap == 0 {
+            return;
+        }
+        let key = (again.target.grain_type, again.hash);
+        if self.locations.insert(key, owner).is_none() {
+            self.location_order.push_back(key);
+        }
+        while self.locations.len() > cap {
+            let Some(old) = self.location_order.pop_front() else { break };
+            self.locations.remove(&old);
         }
     }
 
@@ -603,6 +713,14 @@ impl ClientService {
         let Some(pending) = p.in_flight.remove(id) else { return }; // late, or cancelled
         let latency = now.saturating_duration_since(pending.started);
         p.load.finished(Some(latency), t, decay);
+        let pending = if status == Status::Redirect {
+            match self.redirect(pending, &payload, now) {
+                None => return,
+                Some(p) => p,
+            }
+        } else {
+            pending
+        };
         let pending = match status_kind(status) {
             // The server refused it (it did not run there): the policy may send it elsewhere.
             Some(kind) if kind.not_executed() => {

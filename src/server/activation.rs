@@ -22,6 +22,7 @@ use bytes::Bytes;
 use crossbeam::channel::Sender;
 
 use super::ServerCounters;
+use super::claims::{Claims, DirectoryUse, Gate};
 use super::dispatch::{self, Dispatch, Reply};
 use crate::proto::ids::{GrainId, MethodId, RequestId};
 use crate::proto::wire::rpc::Status;
@@ -46,6 +47,9 @@ pub(crate) enum Report {
     Done { token: u64 },
     /// An activation finished deactivating; its task is ending.
     Gone { grain: GrainId },
+    /// An activation may not run here (the directory names another owner, or could not be
+    /// asked and the type fails closed): it answers its calls so and wants to end.
+    Refused { grain: GrainId, redirect: Option<Bytes> },
 }
 
 /// The channel from activations back to the service, and what they need to know of the
@@ -170,6 +174,7 @@ pub(crate) trait Spawn: Send + Sync + 'static {
         grain: GrainId,
         mailbox: Arc<Mailbox>,
         reporter: Reporter,
+        claim: Option<(Arc<Claims>, DirectoryUse)>,
     ) -> tokio::task::JoinHandle<()>;
 }
 
@@ -190,9 +195,58 @@ where
         grain: GrainId,
         mailbox: Arc<Mailbox>,
         reporter: Reporter,
+        claim: Option<(Arc<Claims>, DirectoryUse)>,
     ) -> tokio::task::JoinHandle<()> {
-        tokio::spawn(run::<I, G, F>(self.factory.clone(), grain, mailbox, reporter))
+        let factory = self.factory.clone();
+        tokio::spawn(async move {
+            let gate = match &claim {
+                Some((claims, how)) => claims.claim(&grain, *how).await,
+                None => Gate::Serve,
+            };
+            match gate {
+                Gate::Serve => {
+                    run::<I, G, F>(factory, grain.clone(), mailbox, reporter).await;
+                    if let Some((claims, _)) = claim {
+                        claims.release(&grain).await;
+                    }
+                }
+                Gate::Redirect(owner, payload) => {
+                    tracing::debug!(%grain, owner = %owner.server, "grain lives elsewhere: redirecting");
+                    refuse(grain, mailbox, reporter, Status::Redirect, Some(payload)).await
+                }
+                Gate::Unavailable => {
+                    refuse(grain, mailbox, reporter, Status::Unavailable, None).await
+                }
+            }
+        })
     }
+}
+
+/// An activation that may not run here: answers every call with `status` (and `payload`)
+/// until the service, told at once, has it end.
+async fn refuse(
+    id: GrainId,
+    mailbox: Arc<Mailbox>,
+    reporter: Reporter,
+    status: Status,
+    payload: Option<Bytes>,
+) {
+    reporter.report(Report::Refused { grain: id.clone(), redirect: payload.clone() });
+    let body = payload.unwrap_or_default();
+    loop {
+        let Some(job) = mailbox.pop() else {
+            if mailbox.closing.load(Ordering::Acquire) && mailbox.is_empty() {
+                break;
+            }
+            std::future::poll_fn(|cx| mailbox.signal.poll(cx)).await;
+            continue;
+        };
+        if let Some((conn, rid)) = &job.reply {
+            conn.push(Delivery::ReliableUnordered, dispatch::status(*rid, status, &body));
+        }
+        reporter.report(Report::Done { token: job.token });
+    }
+    reporter.report(Report::Gone { grain: id });
 }
 
 /// Polls `f`, turning a panic into `None`.

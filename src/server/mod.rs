@@ -18,6 +18,7 @@
 //! (in parallel on a multi-threaded runtime).
 
 mod activation;
+mod claims;
 pub mod dispatch;
 mod fleet;
 mod service;
@@ -34,9 +35,11 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
 use self::activation::{AnswerLimits, Reporter, Spawn, Typed};
+pub use self::claims::{DirectoryConfig, DirectoryUse};
 use self::dispatch::Dispatch;
 use self::service::{ServerCmd, ServerService};
 use crate::config::{TransportConfig, duration};
+use crate::directory::{GrainDirectory, Owner};
 use crate::error::BindError;
 use crate::interface::{Interface, InterfaceInfo};
 use crate::proto::addr::ServerAddr;
@@ -115,6 +118,9 @@ pub struct ServerConfig {
     pub peers: Vec<ServerAddr>,
     /// Registering in Redis and following the fleet registered there. Default off.
     pub membership: MembershipConfig,
+    /// One activation per grain across the fleet: claims in a grain directory (on by default
+    /// with a Redis membership, in the same Redis).
+    pub directory: DirectoryConfig,
 }
 
 impl crate::config::ConfigFile for ServerConfig {}
@@ -142,6 +148,7 @@ impl Default for ServerConfig {
             advertise: None,
             peers: Vec::new(),
             membership: MembershipConfig::default(),
+            directory: DirectoryConfig::default(),
         }
     }
 }
@@ -169,6 +176,7 @@ pub enum ServerError {
 pub struct Host {
     info: &'static InterfaceInfo,
     spawn: Arc<dyn Spawn>,
+    directory: DirectoryUse,
 }
 
 impl std::fmt::Debug for Host {
@@ -185,7 +193,15 @@ impl Host {
         F: Fn(&GrainId) -> G + Send + Sync + 'static,
     {
         let typed = Typed::<I, G, F> { factory: Arc::new(factory), _types: PhantomData };
-        Self { info: I::info(), spawn: Arc::new(typed) }
+        Self { info: I::info(), spawn: Arc::new(typed), directory: DirectoryUse::default() }
+    }
+
+    /// How this grain type uses the grain directory (default [`DirectoryUse::FallBack`]: one
+    /// activation in the fleet while the directory answers). `Off` for stateless grains any
+    /// server may activate; `FailClosed` for grains that must never have two activations.
+    pub fn directory(mut self, how: DirectoryUse) -> Self {
+        self.directory = how;
+        self
     }
 
     /// The interface it hosts.
@@ -200,6 +216,7 @@ pub(crate) struct Registered {
     pub(crate) spawn: Arc<dyn Spawn>,
     /// Whether it is hosted now (in the manifest, calls admitted).
     pub(crate) hosted: AtomicBool,
+    pub(crate) directory: DirectoryUse,
 }
 
 /// What the server counts, published by its task and its activations.
@@ -262,7 +279,12 @@ pub(crate) struct ServerShared {
     pub(crate) calls_done: AtomicU64,
     /// The fleet served to clients that ask.
     pub(crate) fleet: Mutex<fleet::Fleet>,
+    /// Grains claimed in the directory (with one).
+    pub(crate) claims: Option<Arc<claims::Claims>>,
 }
+
+/// What `ServerBuilder::prepare` gives `Server::start`.
+type Prepared = (ServerConfig, Vec<Registered>, ServerId, Option<Arc<dyn GrainDirectory>>);
 
 /// Builds a [`Server`].
 #[derive(Debug)]
@@ -270,9 +292,24 @@ pub(crate) struct ServerShared {
 pub struct ServerBuilder {
     config: ServerConfig,
     hosts: Vec<(Host, bool)>,
+    directory: Option<Arc<dyn GrainDirectory>>,
+}
+
+impl std::fmt::Debug for dyn GrainDirectory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("GrainDirectory")
+    }
 }
 
 impl ServerBuilder {
+    /// Claims grains in `directory` before activating them (one activation per grain among
+    /// the servers that share it), e.g. one `Arc<MemoryDirectory>` for the servers of one
+    /// process. Without it, a server with a Redis membership uses a directory in that Redis.
+    pub fn directory(mut self, directory: Arc<dyn GrainDirectory>) -> Self {
+        self.directory = Some(directory);
+        self
+    }
+
     /// Hosts a grain type.
     pub fn host(mut self, host: Host) -> Self {
         self.hosts.push((host, true));
@@ -286,7 +323,8 @@ impl ServerBuilder {
         self
     }
 
-    fn prepare(self) -> Result<(ServerConfig, Vec<Registered>, ServerId), ServerError> {
+    fn prepare(self) -> Result<Prepared, ServerError> {
+        let directory = self.directory;
         let mut config = self.config;
         config.transport.accept_incoming = true;
         config.transport.validate().map_err(BindError::from)?;
@@ -307,26 +345,27 @@ impl ServerBuilder {
                 info: h.info,
                 spawn: h.spawn,
                 hosted: AtomicBool::new(hosted),
+                directory: h.directory,
             });
         }
-        Ok((config, registry, server_id))
+        Ok((config, registry, server_id, directory))
     }
 
     /// Starts the server on a UDP socket at `addr`, on the current tokio runtime.
     pub fn bind(self, addr: SocketAddr) -> Result<Server, ServerError> {
-        let (config, registry, server_id) = self.prepare()?;
+        let (config, registry, server_id, directory) = self.prepare()?;
         let io = crate::transport::io::UdpIo::bind(addr, config.transport.socket_buffer_size)
             .map_err(BindError::from)?;
-        Server::start(io, config, registry, server_id)
+        Server::start(io, config, registry, server_id, directory)
     }
 
     /// Starts the server on a UDP socket the application bound (to learn the port the OS
     /// picked for `:0` before naming the server, or to bind it its own way).
     pub fn bind_socket(self, socket: std::net::UdpSocket) -> Result<Server, ServerError> {
-        let (config, registry, server_id) = self.prepare()?;
+        let (config, registry, server_id, directory) = self.prepare()?;
         let io = crate::transport::io::UdpIo::from_std(socket, config.transport.socket_buffer_size)
             .map_err(BindError::from)?;
-        Server::start(io, config, registry, server_id)
+        Server::start(io, config, registry, server_id, directory)
     }
 
     /// Starts the server on the simulated network at `addr`.
@@ -336,9 +375,9 @@ impl ServerBuilder {
         net: &crate::transport::sim::SimNetwork,
         addr: SocketAddr,
     ) -> Result<Server, ServerError> {
-        let (config, registry, server_id) = self.prepare()?;
+        let (config, registry, server_id, directory) = self.prepare()?;
         let io = net.bind_io(addr).map_err(BindError::from)?;
-        Server::start(io, config, registry, server_id)
+        Server::start(io, config, registry, server_id, directory)
     }
 }
 
@@ -352,6 +391,16 @@ pub struct Server {
     cmds: crossbeam::channel::Sender<ServerCmd>,
     /// The Redis membership task's commands, with a membership.
     member: Option<tokio::sync::mpsc::UnboundedSender<MemberCmd>>,
+    /// The directory lease renewal task, with a directory.
+    renewals: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(t) = self.renewals.take() {
+            t.abort();
+        }
+    }
 }
 
 impl std::fmt::Debug for ServerShared {
@@ -416,7 +465,7 @@ impl ServerShared {
 impl Server {
     /// A builder with `config`.
     pub fn builder(config: ServerConfig) -> ServerBuilder {
-        ServerBuilder { config, hosts: Vec::new() }
+        ServerBuilder { config, hosts: Vec::new(), directory: None }
     }
 
     fn start(
@@ -424,6 +473,7 @@ impl Server {
         config: ServerConfig,
         registry: Vec<Registered>,
         server_id: ServerId,
+        directory: Option<Arc<dyn GrainDirectory>>,
     ) -> Result<Self, ServerError> {
         let local = io.local_addr().map_err(BindError::from)?;
         let me = ClusterNode {
@@ -439,6 +489,29 @@ impl Server {
             );
         }
         let statics = config.peers.iter().cloned().map(ClusterNode::new).collect();
+        let claims = match (config.directory.enabled, directory, &config.membership.redis) {
+            (Some(false), _, _) => None,
+            (_, Some(d), _) => Some(d),
+            (_, None, Some(url)) => Some(Arc::new(
+                crate::directory::RedisDirectory::new(
+                    url,
+                    &config.cluster_id,
+                    &config.service_id,
+                    config.directory.timeout,
+                )
+                .map_err(|_| ServerError::Config("membership.redis: not a Redis URL"))?,
+            ) as Arc<dyn GrainDirectory>),
+            (Some(true), None, None) => {
+                return Err(ServerError::Config(
+                    "directory.enabled needs a directory: ServerBuilder::directory or membership.redis",
+                ));
+            }
+            (None, None, None) => None,
+        }
+        .map(|d| {
+            let owner = Owner { server: server_id.clone(), endpoint: me.endpoint.clone() };
+            Arc::new(claims::Claims::new(d, owner, config.directory.clone()))
+        });
         let fleet = fleet::Fleet::new(me, statics);
         let mut shared = ServerShared {
             config: config.clone(),
@@ -460,6 +533,7 @@ impl Server {
             counters: Arc::default(),
             calls_done: AtomicU64::new(0),
             fleet: Mutex::new(fleet),
+            claims,
         };
         let manifest = shared.build_manifest();
         let frame = Bytes::from(manifest.encode());
@@ -475,10 +549,20 @@ impl Server {
         };
         let counters = shared.counters.clone();
         let membership = config.membership.clone();
+        let mut renewals = None;
         let endpoint = Endpoint::start_service(io, config.transport, move |ep| {
             let reporter = Reporter { tx: report_tx, endpoint: ep.clone(), limits, counters };
             ServerService::new(s, reporter, report_rx, cmd_rx)
         })?;
+        if let Some(claims) = shared.claims.clone() {
+            let (cmds, wake) = (cmd_tx.clone(), endpoint.waker());
+            let task = tokio::spawn(claims.renew_forever(move |lost| {
+                if cmds.send(ServerCmd::Lost(lost)).is_ok() {
+                    wake();
+                }
+            }));
+            renewals = Some(task);
+        }
         let member = membership.redis.is_some().then(|| {
             let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
             let (s, cmds, wake) = (shared.clone(), cmd_tx.clone(), endpoint.waker());
@@ -497,7 +581,7 @@ impl Server {
             ));
             tx
         });
-        Ok(Self { shared, endpoint, cmds: cmd_tx, member })
+        Ok(Self { shared, endpoint, cmds: cmd_tx, member, renewals })
     }
 
     /// The fleet this server serves to clients that ask: itself, and its static peers or the

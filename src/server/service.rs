@@ -23,6 +23,7 @@ use crossbeam::channel::Receiver;
 use tokio::sync::oneshot;
 
 use super::activation::{Job, Mailbox, Report, Reporter};
+use super::claims::DirectoryUse;
 use super::dispatch;
 use super::table::{Activation, Life, Table};
 use super::{Registered, ServerShared};
@@ -49,6 +50,8 @@ pub(crate) enum ServerCmd {
     ManifestChanged { index: usize, hosted: bool },
     /// The fleet changed: push it to the sessions that watch it.
     FleetChanged,
+    /// The directory says these grains are no longer ours: deactivate them.
+    Lost(Vec<GrainId>),
 }
 
 struct CallRecord {
@@ -103,6 +106,49 @@ pub(crate) struct ServerService {
     /// Who waits for every session to be closed drained (`CloseDrained`).
     closing_drained: Vec<oneshot::Sender<()>>,
     all_gone: Vec<oneshot::Sender<()>>,
+    /// Grains the directory says live elsewhere: the redirect to answer without asking again.
+    elsewhere: Elsewhere,
+}
+
+/// A bounded memory of redirects (grain → its redirect payload), each for at most a lease:
+/// misrouted calls to a grain that lives elsewhere are answered without a directory round
+/// trip, and without an activation.
+#[derive(Debug, Default)]
+struct Elsewhere {
+    map: HashMap<GrainId, (Bytes, Instant)>,
+    order: std::collections::VecDeque<GrainId>,
+    cap: usize,
+    ttl: Duration,
+}
+
+impl Elsewhere {
+    fn insert(&mut self, grain: GrainId, payload: Bytes, now: Instant) {
+        if self.cap == 0 {
+            return;
+        }
+        if self.map.insert(grain.clone(), (payload, now + self.ttl)).is_none() {
+            self.order.push_back(grain);
+        }
+        while self.map.len() > self.cap {
+            match self.order.pop_front() {
+                Some(old) => {
+                    self.map.remove(&old);
+                }
+                None => break,
+            }
+        }
+    }
+
+    fn get(&mut self, grain: &GrainId, now: Instant) -> Option<Bytes> {
+        match self.map.get(grain) {
+            Some((p, until)) if *until > now => Some(p.clone()),
+            Some(_) => {
+                self.map.remove(grain);
+                None
+            }
+            None => None,
+        }
+    }
 }
 
 /// Answers a call from the service itself (a refusal: the call did not run).
@@ -117,6 +163,11 @@ impl ServerService {
         reports: Receiver<Report>,
         cmds: Receiver<ServerCmd>,
     ) -> Self {
+        let elsewhere = Elsewhere {
+            cap: shared.config.directory.remembered_redirects,
+            ttl: shared.config.directory.lease,
+            ..Elsewhere::default()
+        };
         Self {
             shared,
             reporter,
@@ -133,6 +184,7 @@ impl ServerService {
             drained: Vec::new(),
             closing_drained: Vec::new(),
             all_gone: Vec::new(),
+            elsewhere,
         }
     }
 
@@ -237,10 +289,16 @@ impl ServerService {
             Err((status, payload)) => return self.answer(peer, id, status, &payload),
         };
         let grain = GrainId { ty: self.shared.registry[index].info.grain_type, key: call.key };
-        if self.table.key_of(&grain).is_none()
-            && let Err((status, payload)) = self.room_for_activation(peer)
-        {
-            return self.answer(peer, id, status, &payload);
+        if self.table.key_of(&grain).is_none() {
+            // Known to live elsewhere: redirect at once (no activation, no directory trip).
+            if !self.elsewhere.map.is_empty()
+                && let Some(payload) = self.elsewhere.get(&grain, now)
+            {
+                return self.answer(peer, id, Status::Redirect, &payload);
+            }
+            if let Err((status, payload)) = self.room_for_activation(peer) {
+                return self.answer(peer, id, status, &payload);
+            }
         }
         let Some(p) = self.peers.get_mut(&peer) else { return };
         let deadline = now
@@ -291,11 +349,14 @@ impl ServerService {
         }
         let mailbox = Arc::new(Mailbox::default());
         mailbox.push(job);
-        let task = self.shared.registry[index].spawn.spawn(
-            grain.clone(),
-            mailbox.clone(),
-            self.reporter.clone(),
-        );
+        let reg = &self.shared.registry[index];
+        let claim = self
+            .shared
+            .claims
+            .as_ref()
+            .filter(|_| reg.directory != DirectoryUse::Off)
+            .map(|c| (c.clone(), reg.directory));
+        let task = reg.spawn.spawn(grain.clone(), mailbox.clone(), self.reporter.clone(), claim);
         let a = Activation::new(grain, mailbox.clone(), task, index, creator, now);
         let key = self.table.insert(a);
         self.table.call_started(key, now);
@@ -507,7 +568,17 @@ impl ServerService {
                     self.table.deactivate_where(|a| a.index == index);
                 }
             }
+            ServerCmd::Lost(grains) => {
+                for g in grains {
+                    if let Some(key) = self.table.key_of(&g) {
+                        self.table.deactivate(key);
+                    }
+                }
+            }
             ServerCmd::FleetChanged => {
+                // An owner may have left: forget the redirects (they are asked again).
+                self.elsewhere.map.clear();
+                self.elsewhere.order.clear();
                 let frame = crate::sync::lock(&self.shared.fleet).frame();
                 for p in self.peers.values().filter(|p| !p.gone && p.watching) {
                     p.conn.push(Delivery::reliable_ordered(0), frame.clone());
@@ -535,6 +606,16 @@ impl Service for ServerService {
             match r {
                 Report::Done { token } => self.finished(token, now),
                 Report::Gone { grain } => self.gone(grain, now),
+                Report::Refused { grain, redirect } => {
+                    // It may not run here: end it now (its calls are answered as it goes),
+                    // and answer later calls for it without asking the directory again.
+                    if let Some(key) = self.table.key_of(&grain) {
+                        self.table.deactivate(key);
+                    }
+                    if let Some(payload) = redirect {
+                        self.elsewhere.insert(grain, payload, now);
+                    }
+                }
             }
         }
         while let Ok(cmd) = self.cmds.try_recv() {

@@ -73,6 +73,12 @@ pub enum Status {
     /// The method ran, but its answer is larger than the connection carries; the payload is
     /// the answer's size and the limit (two varints).
     ResponseTooLarge = 10,
+    /// The grain lives on another server (the grain directory says so); the payload names it
+    /// (see [`encode_redirect`]). The call did not run here.
+    Redirect = 11,
+    /// The grain directory could not be asked, and the grain's type fails closed: the call did
+    /// not run.
+    Unavailable = 12,
 }
 
 impl Status {
@@ -89,6 +95,8 @@ impl Status {
             8 => Self::ShuttingDown,
             9 => Self::BadRequest,
             10 => Self::ResponseTooLarge,
+            11 => Self::Redirect,
+            12 => Self::Unavailable,
             other => return Err(WireError::OutOfRange { field: "status", value: other.into() }),
         })
     }
@@ -360,6 +368,41 @@ pub fn request_id(buf: &[u8]) -> Option<RequestId> {
     (head & 0x7 == KIND_REQUEST && head & 0x80 == 0).then(|| read_id(&mut r).ok()).flatten()
 }
 
+/// The longest server id or endpoint a redirect may name.
+pub const MAX_REDIRECT_NAME: usize = 255;
+
+/// Appends the payload of a [`Status::Redirect`] answer: the owner's server id and the
+/// endpoint clients reach it at (each cut to [`MAX_REDIRECT_NAME`] bytes at a char boundary).
+pub fn encode_redirect(out: &mut impl BufMut, server: &str, endpoint: &str) {
+    for s in [server, endpoint] {
+        let mut end = s.len().min(MAX_REDIRECT_NAME);
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        put_str(out, &s[..end]);
+    }
+}
+
+/// Reads the payload of a [`Status::Redirect`] answer: (server id, endpoint).
+pub fn decode_redirect(
+    payload: &[u8],
+) -> Result<(std::sync::Arc<str>, std::sync::Arc<str>), WireError> {
+    let mut r = Reader::new(payload);
+    let mut name = |field| -> Result<std::sync::Arc<str>, WireError> {
+        let len = r.varint()?;
+        if len > MAX_REDIRECT_NAME as u64 {
+            return Err(WireError::OutOfRange { field, value: len });
+        }
+        let bytes = r.bytes(len as usize)?;
+        std::str::from_utf8(bytes)
+            .map(Into::into)
+            .map_err(|_| WireError::OutOfRange { field, value: len })
+    };
+    let server = name("redirect server")?;
+    let endpoint = name("redirect endpoint")?;
+    Ok((server, endpoint))
+}
+
 /// Appends the payload of a [`Status::ResponseTooLarge`] answer.
 pub fn encode_too_large(out: &mut impl BufMut, size: usize, max: usize) {
     put_varint(out, size as u64);
@@ -503,6 +546,22 @@ mod tests {
             assert!(decode_rpc(&out).is_err(), "a watch frame has nothing after its head");
         }
         assert!(decode_rpc(&[KIND_WATCH | 0x10]).is_err(), "reserved bits");
+    }
+
+    #[test]
+    fn redirects_name_the_owner_and_bad_ones_are_typed_errors() {
+        let mut out = Vec::new();
+        encode_redirect(&mut out, "eu-2", "10.0.0.2:7000");
+        let (s, e) = decode_redirect(&out).unwrap();
+        assert_eq!((&*s, &*e), ("eu-2", "10.0.0.2:7000"));
+        assert!(decode_redirect(&out[..out.len() - 1]).is_err());
+        assert!(decode_redirect(&[0xff, 0x01]).is_err(), "too long");
+        assert!(decode_redirect(&[1, 0xff, 0]).is_err(), "not utf-8");
+        let long = "é".repeat(200);
+        out.clear();
+        encode_redirect(&mut out, &long, "x:1");
+        let (s, _) = decode_redirect(&out).unwrap();
+        assert!(s.len() <= MAX_REDIRECT_NAME && long.starts_with(&*s), "cut at a char boundary");
     }
 
     #[test]

@@ -1,0 +1,204 @@
+//! A server's side of the grain directory: claiming a grain before its activation runs,
+//! renewing the leases of the grains it holds well inside their TTL, releasing a grain when its
+//! activation ends, and letting go of grains whose lease it lost or could not renew in time.
+//! Only activations talk to the directory (once when they start, once when they end); a call
+//! to an active grain never does.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use crate::config::duration;
+use crate::directory::{Claim, GrainDirectory, Owner};
+use crate::proto::ids::GrainId;
+use crate::proto::wire::rpc;
+use crate::sync::lock;
+
+/// How a grain type uses the directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DirectoryUse {
+    /// One activation in the fleet while the directory answers; if it cannot be asked, the
+    /// grain is activated here anyway (availability over uniqueness). The default.
+    #[default]
+    FallBack,
+    /// One activation in the fleet, or none: if the directory cannot be asked, calls fail with
+    /// `CallError::Unavailable` and nothing is activated.
+    FailClosed,
+    /// Not in the directory: any server activates it (stateless grains).
+    Off,
+}
+
+/// A server's directory options.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DirectoryConfig {
+    /// Whether grains are claimed in a directory: `None` (the default) uses one when the
+    /// server has a Redis membership (`membership.redis`) or was given one
+    /// (`ServerBuilder::directory`); `Some(false)` never.
+    pub enabled: Option<bool>,
+    /// A claim's lease: a server that dies loses its grains this long after its last
+    /// renewal (or at once once it has left the membership). Default 30 s.
+    #[serde(with = "duration")]
+    pub lease: Duration,
+    /// How long one directory request may take. Default 2 s.
+    #[serde(with = "duration")]
+    pub timeout: Duration,
+    /// Redirects remembered (grain → owner) so that misrouted calls are redirected without
+    /// asking the directory again; each for at most a lease. Default 10,000.
+    pub remembered_redirects: usize,
+}
+
+impl Default for DirectoryConfig {
+    fn default() -> Self {
+        Self {
+            enabled: None,
+            lease: Duration::from_secs(30),
+            timeout: Duration::from_secs(2),
+            remembered_redirects: 10_000,
+        }
+    }
+}
+
+/// What an activation may do after asking the directory.
+#[derive(Debug, Clone)]
+pub(crate) enum Gate {
+    /// Run here.
+    Serve,
+    /// Another live server owns it: answer every call with this redirect payload.
+    Redirect(Owner, Bytes),
+    /// The directory could not be asked and the type fails closed.
+    Unavailable,
+}
+
+/// The grains this server holds in the directory, and how to reach it.
+pub(crate) struct Claims {
+    pub(crate) directory: Arc<dyn GrainDirectory>,
+    pub(crate) me: Owner,
+    pub(crate) config: DirectoryConfig,
+    held: Mutex<HashSet<GrainId>>,
+}
+
+impl std::fmt::Debug for Claims {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Claims").field("me", &self.me).finish_non_exhaustive()
+    }
+}
+
+/// The payload of a redirect to `owner`.
+pub(crate) fn redirect_payload(owner: &Owner) -> Bytes {
+    let mut out = Vec::with_capacity(32);
+    rpc::encode_redirect(&mut out, &owner.server.0, &owner.endpoint.to_string());
+    Bytes::from(out)
+}
+
+impl Claims {
+    pub(crate) fn new(
+        directory: Arc<dyn GrainDirectory>,
+        me: Owner,
+        config: DirectoryConfig,
+    ) -> Self {
+        Self { directory, me, config, held: Mutex::default() }
+    }
+
+    /// Claims `grain` before it is activated here.
+    pub(crate) async fn claim(&self, grain: &GrainId, how: DirectoryUse) -> Gate {
+        if how == DirectoryUse::Off {
+            return Gate::Serve;
+        }
+        let asked = tokio::time::timeout(
+            self.config.timeout,
+            self.directory.claim(grain, &self.me, self.config.lease),
+        )
+        .await;
+        match asked {
+            Ok(Ok(Claim::Won)) => {
+                lock(&self.held).insert(grain.clone());
+                Gate::Serve
+            }
+            Ok(Ok(Claim::Owned(owner))) => {
+                let payload = redirect_payload(&owner);
+                Gate::Redirect(owner, payload)
+            }
+            Ok(Err(error)) => self.unavailable(grain, how, &error.to_string()),
+            Err(_) => self.unavailable(grain, how, "timeout"),
+        }
+    }
+
+    fn unavailable(&self, grain: &GrainId, how: DirectoryUse, why: &str) -> Gate {
+        match how {
+            DirectoryUse::FailClosed => {
+                tracing::warn!(%grain, why, "grain directory unavailable: not activated");
+                Gate::Unavailable
+            }
+            _ => {
+                tracing::warn!(%grain, why, "grain directory unavailable: activated here anyway");
+                Gate::Serve
+            }
+        }
+    }
+
+    /// The activation of `grain` ended: let the directory know (best effort; the lease lapses
+    /// anyway).
+    pub(crate) async fn release(&self, grain: &GrainId) {
+        if !lock(&self.held).remove(grain) {
+            return;
+        }
+        let done = tokio::time::timeout(
+            self.config.timeout,
+            self.directory.release(grain, &self.me.server),
+        )
+        .await;
+        if !matches!(done, Ok(Ok(()))) {
+            tracing::debug!(%grain, "could not release a grain (its lease will lapse)");
+        }
+    }
+
+    /// Renews every held lease every third of the lease; tells `lost` the grains this server
+    /// no longer owns, and every held grain when no renewal succeeded for two thirds of the
+    /// lease (so their activations end before another server may take them over).
+    pub(crate) async fn renew_forever(self: Arc<Self>, lost: impl Fn(Vec<GrainId>) + Send) {
+        let period = (self.config.lease / 3).max(Duration::from_millis(10));
+        let mut last_ok = tokio::time::Instant::now();
+        loop {
+            tokio::time::sleep(period).await;
+            let held: Vec<GrainId> = lock(&self.held).iter().cloned().collect();
+            if held.is_empty() {
+                last_ok = tokio::time::Instant::now();
+                continue;
+            }
+            let renewed = tokio::time::timeout(
+                self.config.timeout,
+                self.directory.renew(&held, &self.me.server, self.config.lease),
+            )
+            .await;
+            match renewed {
+                Ok(Ok(gone)) => {
+                    last_ok = tokio::time::Instant::now();
+                    if !gone.is_empty() {
+                        tracing::warn!(grains = gone.len(), "leases lost: deactivating");
+                        let mut h = lock(&self.held);
+                        for g in &gone {
+                            h.remove(g);
+                        }
+                        drop(h);
+                        lost(gone);
+                    }
+                }
+                _ if last_ok.elapsed() >= self.config.lease * 2 / 3 => {
+                    tracing::warn!(
+                        grains = held.len(),
+                        "could not renew leases in time: deactivating every claimed grain"
+                    );
+                    lock(&self.held).clear();
+                    lost(held);
+                    last_ok = tokio::time::Instant::now();
+                }
+                _ => tracing::debug!("lease renewal failed; retrying"),
+            }
+        }
+    }
+}

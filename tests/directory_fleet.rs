@@ -1,0 +1,242 @@
+//! One activation per grain across the fleet, over the simulated network with the in-memory
+//! directory shared by the servers: two clients with different server lists calling the same
+//! grains get one activation per grain (redirects, and a client connecting an owner it did not
+//! know); a round-robin strategy still gets one activation per grain; a second redirect is an
+//! error; a directory that cannot be asked falls back or fails closed as the type says.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use grainwire::client::RoundRobin;
+use grainwire::directory::{
+    BoxFuture, Claim, DirectoryError, GrainDirectory, MemoryDirectory, Owner,
+};
+use grainwire::proto::wire::rpc::{self, Status};
+use grainwire::server::DirectoryUse;
+use grainwire::transport::sim::{SimConfig, SimNetwork};
+use grainwire::{CallError, Client, ClientConfig, GrainId, Server, ServerConfig, ServerId};
+
+mod support;
+use support::{ScriptedServer, addr, join_all};
+
+#[grainwire::grain]
+trait Room {
+    /// The server's id.
+    async fn whoami(&mut self) -> String;
+}
+
+struct RoomGrain(String);
+
+impl Room for RoomGrain {
+    async fn whoami(&mut self) -> String {
+        self.0.clone()
+    }
+}
+
+/// Activations made: (server, grain key).
+type Made = Arc<Mutex<Vec<(String, i64)>>>;
+
+fn server_addr(i: usize) -> SocketAddr {
+    format!("10.0.0.{}:7000", i + 1).parse().unwrap()
+}
+
+fn serve(
+    net: &SimNetwork,
+    i: usize,
+    dir: Arc<dyn GrainDirectory>,
+    made: &Made,
+    how: DirectoryUse,
+) -> Server {
+    let id = format!("s{i}");
+    let made = made.clone();
+    let config = ServerConfig { server_id: Some(id.clone()), ..ServerConfig::default() };
+    Server::builder(config)
+        .directory(dir)
+        .host(
+            Room::host(move |g: &GrainId| {
+                let grainwire::GrainKey::Int(k) = g.key else { panic!("int keys") };
+                made.lock().unwrap().push((id.clone(), k));
+                RoomGrain(id.clone())
+            })
+            .directory(how),
+        )
+        .bind_sim(net, server_addr(i))
+        .unwrap()
+}
+
+fn net(seed: u64, loss: f64) -> SimNetwork {
+    SimNetwork::new(
+        seed,
+        SimConfig { delay: Duration::from_millis(2), loss, ..SimConfig::default() },
+    )
+}
+
+async fn client(net: &SimNetwork, at: &str, servers: &[usize], config: ClientConfig) -> Client {
+    Client::builder()
+        .config(ClientConfig { default_timeout: Duration::from_secs(30), ..config })
+        .servers(servers.iter().map(|i| server_addr(*i)))
+        .connect_sim(net, addr(at))
+        .await
+        .unwrap()
+}
+
+/// Calls grains `keys` through `c`; the server that answered each.
+async fn call_all(c: &Client, keys: std::ops::Range<i64>) -> BTreeMap<i64, String> {
+    let refs: Vec<(i64, RoomRef)> = keys.map(|k| (k, c.grain(k))).collect();
+    let answers = join_all(refs.iter().map(|(_, r)| r.whoami())).await;
+    refs.iter().map(|(k, _)| *k).zip(answers.into_iter().map(|a| a.unwrap())).collect()
+}
+
+fn once_each(made: &Made, n: i64) {
+    let made = made.lock().unwrap();
+    let mut per_key: BTreeMap<i64, Vec<&String>> = BTreeMap::new();
+    for (s, k) in made.iter() {
+        per_key.entry(*k).or_default().push(s);
+    }
+    let twice: Vec<_> = per_key.iter().filter(|(_, v)| v.len() > 1).collect();
+    assert!(twice.is_empty(), "grains activated more than once: {twice:?}");
+    assert_eq!(per_key.len() as i64, n, "every grain activated");
+}
+
+#[tokio::test(start_paused = true)]
+async fn two_clients_with_different_server_lists_share_one_activation_per_grain() {
+    for (seed, loss) in [(1, 0.0), (2, 0.1)] {
+        let net = net(seed, loss);
+        let dir: Arc<dyn GrainDirectory> = Arc::new(MemoryDirectory::new());
+        let made = Made::default();
+        let _servers: Vec<Server> =
+            (0..4).map(|i| serve(&net, i, dir.clone(), &made, DirectoryUse::FallBack)).collect();
+        let a = client(&net, "10.0.1.1:1", &[0, 1, 2], ClientConfig::default()).await;
+        let b = client(&net, "10.0.1.2:1", &[1, 2, 3], ClientConfig::default()).await;
+        // Both call the same 1,000 grains at once.
+        let (ra, rb) = tokio::join!(call_all(&a, 0..1000), call_all(&b, 0..1000));
+        once_each(&made, 1000);
+        assert_eq!(ra, rb, "both reach the one activation of every grain (seed {seed})");
+        // b did not know s0, yet its grains answered from s0: b connected it.
+        assert!(rb.values().any(|s| s == "s0"), "b followed redirects to a server it did not know");
+        // Later calls go straight to the owner: nothing new is activated.
+        let again = call_all(&b, 0..1000).await;
+        assert_eq!(again, rb);
+        once_each(&made, 1000);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn round_robin_with_the_directory_still_activates_each_grain_once() {
+    let net = net(3, 0.0);
+    let dir: Arc<dyn GrainDirectory> = Arc::new(MemoryDirectory::new());
+    let made = Made::default();
+    let _servers: Vec<Server> =
+        (0..3).map(|i| serve(&net, i, dir.clone(), &made, DirectoryUse::FallBack)).collect();
+    let c = Client::builder()
+        .servers((0..3).map(server_addr))
+        .strategy(RoundRobin)
+        .connect_sim(&net, addr("10.0.1.1:1"))
+        .await
+        .unwrap();
+    let mut seen: BTreeMap<i64, BTreeSet<String>> = BTreeMap::new();
+    for round in 0..3 {
+        for (k, s) in call_all(&c, 0..100).await {
+            seen.entry(k).or_default().insert(s);
+        }
+        let _ = round;
+    }
+    once_each(&made, 100);
+    assert!(seen.values().all(|s| s.len() == 1), "every call ran on its grain's one activation");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_second_redirect_for_one_call_is_an_error() {
+    let net = SimNetwork::new(4, SimConfig::default());
+    let mut a = ScriptedServer::start(&net, "10.0.0.1:7000", "a", &[RoomRef::info()]);
+    let mut b = ScriptedServer::start(&net, "10.0.0.2:7000", "b", &[RoomRef::info()]);
+    let c = Client::builder()
+        .servers([server_addr(0), server_addr(1)])
+        .connect_sim(&net, addr("10.0.1.1:1"))
+        .await
+        .unwrap();
+    let r: RoomRef = c.grain(1);
+    let r = r.prefer(&ServerId::new("a"));
+    let call = tokio::spawn(async move { r.whoami().await });
+    let redirect = |to: &str, at: &str| {
+        let mut p = Vec::new();
+        rpc::encode_redirect(&mut p, to, at);
+        p
+    };
+    let (conn, id, _, _) = a.request().await;
+    let mut out = Vec::new();
+    rpc::encode_response(&mut out, id, Status::Redirect);
+    out.extend_from_slice(&redirect("b", "10.0.0.2:7000"));
+    conn.send(grainwire::transport::Delivery::reliable_ordered(0), bytes::Bytes::from(out))
+        .unwrap();
+    // b gets it, and sends it back to a.
+    let (conn, id, _, _) = b.request().await;
+    let mut out = Vec::new();
+    rpc::encode_response(&mut out, id, Status::Redirect);
+    out.extend_from_slice(&redirect("a", "10.0.0.1:7000"));
+    conn.send(grainwire::transport::Delivery::reliable_ordered(0), bytes::Bytes::from(out))
+        .unwrap();
+    assert!(matches!(call.await.unwrap(), Err(CallError::RedirectLoop)));
+    assert!(a.next_within(Duration::from_millis(500)).await.is_none(), "no third hop");
+}
+
+/// A directory that cannot be asked.
+struct Down;
+
+impl GrainDirectory for Down {
+    fn lookup<'a>(
+        &'a self,
+        _: &'a GrainId,
+    ) -> BoxFuture<'a, Result<Option<Owner>, DirectoryError>> {
+        Box::pin(async { Err(DirectoryError::Unavailable("down".into())) })
+    }
+    fn claim<'a>(
+        &'a self,
+        _: &'a GrainId,
+        _: &'a Owner,
+        _: Duration,
+    ) -> BoxFuture<'a, Result<Claim, DirectoryError>> {
+        Box::pin(async { Err(DirectoryError::Unavailable("down".into())) })
+    }
+    fn renew<'a>(
+        &'a self,
+        _: &'a [GrainId],
+        _: &'a ServerId,
+        _: Duration,
+    ) -> BoxFuture<'a, Result<Vec<GrainId>, DirectoryError>> {
+        Box::pin(async { Err(DirectoryError::Unavailable("down".into())) })
+    }
+    fn release<'a>(
+        &'a self,
+        _: &'a GrainId,
+        _: &'a ServerId,
+    ) -> BoxFuture<'a, Result<(), DirectoryError>> {
+        Box::pin(async { Err(DirectoryError::Unavailable("down".into())) })
+    }
+    fn release_all<'a>(&'a self, _: &'a ServerId) -> BoxFuture<'a, Result<usize, DirectoryError>> {
+        Box::pin(async { Err(DirectoryError::Unavailable("down".into())) })
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_directory_that_cannot_be_asked_falls_back_or_fails_closed_as_the_type_says() {
+    for (how, served) in [
+        (DirectoryUse::FallBack, true),
+        (DirectoryUse::FailClosed, false),
+        (DirectoryUse::Off, true),
+    ] {
+        let net = net(5, 0.0);
+        let made = Made::default();
+        let _s = serve(&net, 0, Arc::new(Down), &made, how);
+        let c = client(&net, "10.0.1.1:1", &[0], ClientConfig::default()).await;
+        let r: RoomRef = c.grain(7);
+        let got = r.whoami().await;
+        match served {
+            true => assert_eq!(got.unwrap(), "s0", "{how:?}: activated anyway"),
+            false => assert!(matches!(got, Err(CallError::Unavailable)), "{how:?}: {got:?}"),
+        }
+        assert_eq!(made.lock().unwrap().len(), usize::from(served), "{how:?}");
+    }
+}
