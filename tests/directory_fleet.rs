@@ -240,3 +240,61 @@ async fn a_directory_that_cannot_be_asked_falls_back_or_fails_closed_as_the_type
         assert_eq!(made.lock().unwrap().len(), usize::from(served), "{how:?}");
     }
 }
+
+#[grainwire::grain]
+trait Seq {
+    /// Records `n`.
+    async fn put(&mut self, n: u64) -> u64;
+}
+
+#[tokio::test(start_paused = true)]
+async fn calls_to_one_grain_stay_in_order_across_a_redirect() {
+    let net = SimNetwork::new(6, SimConfig::default());
+    let mut a = ScriptedServer::start(&net, "10.0.0.1:7000", "a", &[SeqRef::info()]);
+    let mut b = ScriptedServer::start(&net, "10.0.0.2:7000", "b", &[SeqRef::info()]);
+    let c = Client::builder()
+        .servers([server_addr(0), server_addr(1)])
+        .connect_sim(&net, addr("10.0.1.1:1"))
+        .await
+        .unwrap();
+    let r: SeqRef = c.grain(1);
+    let r = r.prefer(&ServerId::new("a"));
+    let put = |n: u64| {
+        let r = r.clone();
+        tokio::spawn(async move { r.put(n).await })
+    };
+    // Four calls reach a, which does not own the grain.
+    let mut calls = Vec::new();
+    let mut at_a = Vec::new();
+    for n in 1..=4 {
+        calls.push(put(n));
+        at_a.push(a.request().await);
+    }
+    let redirect = |conn: &grainwire::transport::Connection, id| {
+        let mut out = Vec::new();
+        rpc::encode_response(&mut out, id, Status::Redirect);
+        rpc::encode_redirect(&mut out, "b", "10.0.0.2:7000");
+        conn.send(grainwire::transport::Delivery::reliable_ordered(0), bytes::Bytes::from(out))
+            .unwrap();
+    };
+    // a answers the last first; a fifth call is made while the others are still at a.
+    let (conn, id, _, _) = &at_a[3];
+    redirect(conn, *id);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    calls.push(put(5));
+    for (conn, id, _, _) in at_a[..3].iter().rev() {
+        redirect(conn, *id);
+    }
+    // b gets all five, in the order they were made.
+    let mut order = Vec::new();
+    for _ in 0..5 {
+        let (conn, id, _, args) = b.request().await;
+        let n: (u64,) = postcard::from_bytes(&args).unwrap();
+        order.push(n.0);
+        support::answer(&conn, id, Status::Ok, &n.0);
+    }
+    assert_eq!(order, [1, 2, 3, 4, 5]);
+    for (n, call) in calls.into_iter().enumerate() {
+        assert_eq!(call.await.unwrap().unwrap(), n as u64 + 1);
+    }
+}

@@ -25,7 +25,7 @@ use super::{
     route_error,
 };
 use crate::error::{CallError, CallErrorKind, DisconnectReason};
-use crate::proto::ids::{IdMap, PeerId, RequestId, ServerId};
+use crate::proto::ids::{GrainType, IdMap, PeerId, RequestId, ServerId};
 use crate::proto::in_flight::InFlight;
 use crate::proto::manifest::Manifest;
 use crate::proto::rng::SplitMix64;
@@ -99,6 +99,8 @@ struct Call {
     attempts: u32,
     /// Sent to the grain's owner after a redirect (a second redirect is an error).
     redirected: bool,
+    /// The order it was made in (calls to one grain keep it across a redirect).
+    seq: u64,
 }
 
 #[derive(Debug)]
@@ -111,6 +113,7 @@ struct Pending {
     again: Again,
     attempts: u32,
     redirected: bool,
+    seq: u64,
     /// The server-independent part of the call, to send it again elsewhere.
     body: Bytes,
 }
@@ -164,6 +167,13 @@ impl Why {
             Self::Lost(reason) => CallError::Disconnected(reason),
         }
     }
+}
+
+/// Calls to one grain held while its old server still has calls of it pending.
+#[derive(Debug)]
+struct Moving {
+    from: PeerId,
+    held: Vec<Call>,
 }
 
 /// A retry waiting for its backoff.
@@ -221,9 +231,13 @@ pub(crate) struct ClientService {
     leaving: usize,
     /// Retries waiting for their backoff.
     delayed: Vec<Delayed>,
+    /// Grains whose calls are being moved to their owner after a redirect.
+    moving: std::collections::HashMap<(GrainType, u64), Moving>,
+    /// The next call's `seq`.
+    next_seq: u64,
     /// Where the directory said grains live: (grain type, grain hash) → owner (bounded).
-    locations: std::collections::HashMap<(crate::proto::ids::GrainType, u64), ServerId>,
-    location_order: std::collections::VecDeque<(crate::proto::ids::GrainType, u64)>,
+    locations: std::collections::HashMap<(GrainType, u64), ServerId>,
+    location_order: std::collections::VecDeque<(GrainType, u64)>,
     /// Draws the retries' backoff jitter.
     rng: SplitMix64,
     /// Origin of the load estimates' nanosecond clock.
@@ -247,6 +261,8 @@ impl ClientService {
             delayed: Vec::new(),
             locations: Default::default(),
             location_order: Default::default(),
+            moving: Default::default(),
+            next_seq: 0,
             rng: SplitMix64::new(rng_seed),
             epoch: None,
             next_health_check: None,
@@ -290,7 +306,9 @@ impl ClientService {
                     again,
                     attempts: 1,
                     redirected: false,
+                    seq: self.next_seq,
                 };
+                self.next_seq += 1;
                 self.dispatch(call, to, now);
             }
             ClientCmd::Cancel { peer, id } => self.cancel(peer, id, now),
@@ -413,8 +431,17 @@ impl ClientService {
         if call.cell.as_ref().is_some_and(|c| c.is_cancelled()) {
             return; // dropped before it was sent; the drop counted it finished
         }
-        // A grain the directory placed elsewhere goes straight to its owner (if connected).
-        if !self.locations.is_empty() && matches!(call.again.affinity, Affinity::None) {
+        // A grain whose calls are being moved to its owner: behind them.
+        if !self.moving.is_empty() {
+            let key = (call.again.target.grain_type, call.again.hash);
+            if let Some(m) = self.moving.get_mut(&key) {
+                m.held.push(call);
+                return;
+            }
+        }
+        // A grain the directory placed elsewhere goes straight to its owner (if connected):
+        // the directory outranks a preference, not a requirement.
+        if !self.locations.is_empty() && !matches!(call.again.affinity, Affinity::Required(_)) {
             let key = (call.again.target.grain_type, call.again.hash);
             if let Some(owner) = self.locations.get(&key) {
                 let a = &call.again;
@@ -509,6 +536,7 @@ impl ClientService {
                 again: call.again,
                 attempts: call.attempts,
                 redirected: call.redirected,
+                seq: call.seq,
                 body: Bytes::new(),
             };
             (cell, p.in_flight.insert(pending, call.deadline))
@@ -586,6 +614,7 @@ impl ClientService {
             again: pending.again.clone(),
             attempts: pending.attempts + 1,
             redirected: pending.redirected,
+            seq: pending.seq,
         };
         if !delay.is_zero() {
             if delay >= remaining {
@@ -609,7 +638,13 @@ impl ClientService {
     /// The grain lives on another server (its server answered `Redirect`): remember where, and
     /// send the call there once, with what remains of its deadline (connecting to the owner
     /// first if need be). Gives the call back when it was redirected already (an error).
-    fn redirect(&mut self, pending: Pending, payload: &[u8], now: Instant) -> Option<Pending> {
+    fn redirect(
+        &mut self,
+        pending: Pending,
+        from: PeerId,
+        payload: &[u8],
+        now: Instant,
+    ) -> Option<Pending> {
         if pending.cell.is_cancelled() {
             return None;
         }
@@ -638,25 +673,75 @@ impl ClientService {
             again,
             attempts: pending.attempts,
             redirected: true,
+            seq: pending.seq,
         };
-        match self.reroute(&call, None) {
-            Ok(to) => {
-                tracing::debug!(owner = %owner, "call redirected to the grain's owner");
-                self.send(call, to, now);
-            }
-            Err(_) => {
-                // Not connected to the owner (a list without it, or discovery behind): connect
-                // it and wait for its manifest (at most the call's deadline).
-                tracing::debug!(owner = %owner, %endpoint, "redirected to a server not connected: connecting");
-                if let Ok(addr) = endpoint.parse::<ServerAddr>()
-                    && let Some((slot, _)) = self.shared.add_slot(vec![addr])
-                {
-                    slot.demand();
-                }
-                self.parked.push(call);
+        // Calls to the grain still pending on the server that redirected this one will be
+        // redirected too: hold this one (and newer calls) until they are, then send all in
+        // the order they were made.
+        if self.reroute(&call, None).is_err() {
+            // Not connected to the owner (a list without it, or discovery behind): connect it.
+            tracing::debug!(%owner, %endpoint, "redirected to a server not connected: connecting");
+            if let Ok(addr) = endpoint.parse::<ServerAddr>()
+                && let Some((slot, _)) = self.shared.add_slot(vec![addr])
+            {
+                slot.demand();
             }
         }
+        let key = (call.again.target.grain_type, call.again.hash);
+        if let Some(m) = self.moving.get_mut(&key) {
+            m.held.push(call);
+            return None;
+        }
+        if self.pending_for(from, key) > 0 {
+            self.moving.insert(key, Moving { from, held: vec![call] });
+            return None;
+        }
+        self.send_redirected(call, now);
         None
+    }
+
+    /// Calls to the grain `key` pending on `peer`.
+    fn pending_for(&self, peer: PeerId, key: (GrainType, u64)) -> usize {
+        self.peers.get(&peer).map_or(0, |p| {
+            p.in_flight
+                .values()
+                .filter(|c| (c.again.target.grain_type, c.again.hash) == key)
+                .count()
+        })
+    }
+
+    /// Sends the held calls of grains whose old server has no call of theirs pending any more,
+    /// in the order they were made.
+    fn settle_moving(&mut self, now: Instant) {
+        let done: Vec<(GrainType, u64)> = self
+            .moving
+            .iter()
+            .filter(|(k, m)| self.pending_for(m.from, **k) == 0)
+            .map(|(k, _)| *k)
+            .collect();
+        for key in done {
+            let Some(mut m) = self.moving.remove(&key) else { continue };
+            m.held.sort_by_key(|c| c.seq);
+            for call in m.held {
+                if call.redirected {
+                    self.send_redirected(call, now);
+                } else {
+                    self.dispatch(call, None, now);
+                }
+            }
+        }
+    }
+
+    /// Sends a redirected call to its owner (its `Required` affinity), or parks it until the
+    /// owner is connected (at most its deadline).
+    fn send_redirected(&mut self, call: Call, now: Instant) {
+        match self.reroute(&call, None) {
+            Ok(to) => {
+                tracing::debug!("call redirected to the grain's owner");
+                self.send(call, to, now);
+            }
+            Err(_) => self.parked.push(call),
+        }
     }
 
     /// Remembers that the grain of `again` lives on `owner` (a bounded cache; the oldest go).
@@ -714,8 +799,13 @@ impl ClientService {
         let latency = now.saturating_duration_since(pending.started);
         p.load.finished(Some(latency), t, decay);
         let pending = if status == Status::Redirect {
-            match self.redirect(pending, &payload, now) {
-                None => return,
+            match self.redirect(pending, peer, &payload, now) {
+                None => {
+                    if !self.moving.is_empty() {
+                        self.settle_moving(now);
+                    }
+                    return;
+                }
                 Some(p) => p,
             }
         } else {
@@ -736,6 +826,9 @@ impl ClientService {
             }
             _ => pending,
         };
+        if !self.moving.is_empty() {
+            self.settle_moving(now);
+        }
         if !matches!(status, Status::Ok | Status::AppError) && self.shared.discovery.is_some() {
             self.shared.call_failed(&super::status_error(status, 0, &payload));
         }
@@ -911,6 +1004,9 @@ impl ClientService {
         let server = p.manifest.as_ref().map(|m| m.server_id.clone());
         tracing::debug!(?peer, ?server, %addr, %reason, failed, retried, "server lost");
         self.shared.emit(ClientEvent::Disconnected { server, addr, reason });
+        if !self.moving.is_empty() {
+            self.settle_moving(now);
+        }
         self.retry_parked(now);
     }
 
@@ -996,6 +1092,9 @@ impl Service for ClientService {
             for call in gone {
                 expired.push((call.cell, None));
             }
+        }
+        if !self.moving.is_empty() {
+            self.settle_moving(now);
         }
         for (cell, server) in expired {
             if self.fail(cell.as_deref(), CallError::Timeout, true, now)

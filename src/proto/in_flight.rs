@@ -52,6 +52,11 @@ impl<T> InFlight<T> {
         self.live == 0
     }
 
+    /// The pending calls, in no particular order.
+    pub fn values(&self) -> impl Iterator<Item = &T> {
+        self.entries.iter().filter_map(|e| e.value.as_ref().map(|(v, _)| v))
+    }
+
     /// Adds a call that expires at `deadline`.
     pub fn insert(&mut self, value: T, deadline: Instant) -> RequestId {
         let slot = if self.free.len() >= MIN_FREE {
