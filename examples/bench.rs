@@ -12,7 +12,9 @@
 //! cargo run --release --example bench -- latency --discover         # the client follows the fleet
 //! ```
 //!
-//! `--help` lists every flag with its default. With `--discover` the client is given only the
+//! `--help` lists every flag with its default. `--directory`: the servers claim grains in a
+//! shared in-memory grain directory (the warmup claims them; timed calls hit claimed grains).
+//! With `--discover` the client is given only the
 //! first server as a seed and follows the fleet it reports (the first server lists the others
 //! as its peers): compare with a static client for what discovery costs per call.
 //!
@@ -100,10 +102,16 @@ struct Args {
     /// The client discovers the fleet from the first server instead of being given every one.
     #[arg(long)]
     discover: bool,
+    /// The servers claim grains in a shared in-memory grain directory (one activation per
+    /// grain); the measured calls go to grains already claimed.
+    #[arg(long)]
+    directory: bool,
 }
 
 /// `--discover`: the client follows the fleet from a seed.
 static DISCOVER: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+/// `--directory`: the servers share a grain directory.
+static DIRECTORY: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
 
 fn fail(problem: &str) -> ! {
     eprintln!("bench: {problem}");
@@ -144,12 +152,18 @@ fn start_servers(n: usize) -> Vec<SocketAddr> {
             let rt = runtime();
             rt.block_on(async move {
                 let mut servers = Vec::new();
+                let directory: Arc<dyn grainwire::directory::GrainDirectory> =
+                    Arc::new(grainwire::directory::MemoryDirectory::new());
                 for i in 0..n {
                     let config = ServerConfig {
                         server_id: Some(format!("bench-{i}")),
                         ..Default::default()
                     };
-                    let server = Server::builder(config)
+                    let mut builder = Server::builder(config);
+                    if DIRECTORY.get().copied().unwrap_or(false) {
+                        builder = builder.directory(directory.clone());
+                    }
+                    let server = builder
                         .host(Echo::host(|_: &GrainId| EchoState { server: "bench".into() }))
                         .host(Spin::host(|_: &GrainId| Spinner))
                         .bind("127.0.0.1:0".parse().expect("an address"))
@@ -374,6 +388,7 @@ fn main() {
         fail("--servers must be 1..=1000");
     }
     let _ = DISCOVER.set(a.discover);
+    let _ = DIRECTORY.set(a.directory);
     let addrs = start_servers(a.servers);
     let line = match a.mode {
         Mode::Latency => latency(addrs, a.payload, a.warmup, calls),

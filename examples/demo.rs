@@ -2,7 +2,8 @@
 //! routing every call by their manifests and a strategy per grain type, over loopback UDP.
 //! One server is stopped mid-run while calls continue, then comes back and gets its grains
 //! back. Then a second client, given one seed, discovers the fleet from the servers and follows
-//! it while a fourth server joins and leaves with calls running. Also: an application error,
+//! it while a fourth server joins and leaves with calls running; and two clients that each know
+//! one of two servers sharing a grain directory reach one activation per grain (redirects). Also: an application error,
 //! one-way calls, a grain type nobody hosts, concurrency and a statistics table. Exits 0.
 //!
 //! ```sh
@@ -271,6 +272,48 @@ a client given only eu-1 as its seed found {ids:?}"
         return Err("a call failed while a server joined and left".into());
     }
     follower.disconnect().await;
+
+    // One activation per grain across the fleet: two servers share a grain directory; two
+    // clients that each know only one of them call the same players. The first call
+    // activates a player where it lands; the other client's call is redirected there.
+    let directory: Arc<dyn grainwire::directory::GrainDirectory> =
+        Arc::new(grainwire::directory::MemoryDirectory::new());
+    let mut pair = Vec::new();
+    for id in ["dir-1", "dir-2"] {
+        let config = ServerConfig { server_id: Some(id.into()), ..ServerConfig::default() };
+        let host = game::host("player", id).ok_or("player")?;
+        let s = Server::builder(config)
+            .directory(directory.clone())
+            .host(host)
+            .bind("127.0.0.1:0".parse()?)?;
+        pair.push(s);
+    }
+    let only = |i: usize| Client::builder().server(pair[i].local_addr()).connect();
+    let (first, second) = (only(0).await?, only(1).await?);
+    let mut same = 0;
+    for p in &players {
+        let a: PlayerRef = first.grain(*p);
+        let b: PlayerRef = second.grain(*p);
+        let (at_a, at_b) = (a.server().await?, b.server().await?);
+        if at_a == at_b {
+            same += 1;
+        }
+    }
+    println!(
+        "\ntwo clients, each knowing one of two servers, called {} players: {same} answered from \
+         one activation each ({} activations in all; the second client's calls were redirected \
+         to dir-1 and it connected that server)",
+        players.len(),
+        pair.iter().map(Server::activation_count).sum::<usize>()
+    );
+    if same != players.len() {
+        return Err("a grain was activated twice".into());
+    }
+    first.disconnect().await;
+    second.disconnect().await;
+    for s in pair {
+        s.shutdown().await;
+    }
 
     // One call at a time, then 64 at once over 64 grains.
     let echo: EchoRef = client.grain(0);

@@ -82,6 +82,10 @@ struct Args {
     /// A client configuration file (TOML or JSON; its servers come first).
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
+    /// Write a JSON object mapping each grain key called to the server id that answered for
+    /// it last (with the grain directory on, every client writes the same mapping).
+    #[arg(long, value_name = "FILE")]
+    placement_out: Option<PathBuf>,
 }
 
 fn fail(problem: &str) -> ! {
@@ -107,6 +111,8 @@ struct Tally {
     errors: BTreeMap<String, u64>,
     /// When each successful call ended, in microseconds since the run started.
     done_at: Vec<u64>,
+    /// The latest answer per grain key: (when, server).
+    placement: BTreeMap<u64, (u64, String)>,
 }
 
 impl Tally {
@@ -214,8 +220,10 @@ async fn main() {
                     Ok((v, server)) if v == n * 2 + 1 => {
                         t.ok += 1;
                         t.latencies.push(start.elapsed());
-                        t.done_at.push(run_start.elapsed().as_micros() as u64);
-                        *t.per_server.entry(server).or_default() += 1;
+                        let at = run_start.elapsed().as_micros() as u64;
+                        t.done_at.push(at);
+                        *t.per_server.entry(server.clone()).or_default() += 1;
+                        t.placement.insert(n % keys, (at, server));
                     }
                     Ok((v, _)) => t.fail(n, "WrongAnswer".into(), &format!("wrong answer {v}")),
                     Err(e @ CallError::Disconnected(_)) => {
@@ -245,6 +253,23 @@ async fn main() {
             *all.errors.entry(k).or_default() += n;
         }
         all.done_at.extend(t.done_at);
+        for (k, (at, s)) in t.placement {
+            let e = all.placement.entry(k).or_insert((at, s.clone()));
+            if at >= e.0 {
+                *e = (at, s);
+            }
+        }
+    }
+    if let Some(path) = &a.placement_out {
+        let entries: Vec<String> = all
+            .placement
+            .iter()
+            .map(|(k, (_, s))| format!("\"{k}\":\"{}\"", json_escape(s)))
+            .collect();
+        if let Err(e) = std::fs::write(path, format!("{{{}}}\n", entries.join(","))) {
+            eprintln!("--placement-out {}: {e}", path.display());
+            std::process::exit(2);
+        }
     }
     // The longest stretch without a successful call (a server's death or restart).
     all.done_at.sort_unstable();

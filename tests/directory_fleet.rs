@@ -298,3 +298,52 @@ async fn calls_to_one_grain_stay_in_order_across_a_redirect() {
         assert_eq!(call.await.unwrap().unwrap(), n as u64 + 1);
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_killed_owners_grain_comes_back_once_on_another_server() {
+    let net = net(7, 0.0);
+    let dir: Arc<dyn GrainDirectory> = Arc::new(MemoryDirectory::new());
+    let made = Made::default();
+    let serve_leased = |i: usize| {
+        let id = format!("s{i}");
+        let made = made.clone();
+        let mut config = ServerConfig { server_id: Some(id.clone()), ..ServerConfig::default() };
+        config.directory.lease = Duration::from_secs(1);
+        Server::builder(config)
+            .directory(dir.clone())
+            .host(Room::host(move |g: &GrainId| {
+                let grainwire::GrainKey::Int(k) = g.key else { panic!("int keys") };
+                made.lock().unwrap().push((id.clone(), k));
+                RoomGrain(id.clone())
+            }))
+            .bind_sim(&net, server_addr(i))
+            .unwrap()
+    };
+    let mut servers: Vec<Option<Server>> = (0..3).map(|i| Some(serve_leased(i))).collect();
+    let c = client(&net, "10.0.1.1:1", &[0, 1, 2], ClientConfig::default()).await;
+    let r: RoomRef = c.grain(5);
+    let owner = r.whoami().await.unwrap();
+    let x: usize = owner[1..].parse().unwrap();
+    // The owner dies (no graceful stop, no release).
+    net.kill(server_addr(x));
+    drop(servers[x].take());
+    // Calls fail (the owner is unreachable) until its lease lapses; then the grain is
+    // activated anew on another server, once.
+    let r = r.with_timeout(Duration::from_millis(500));
+    let mut failures = 0;
+    let back = loop {
+        match r.whoami().await {
+            Ok(s) => break s,
+            Err(_) => failures += 1,
+        }
+        assert!(failures < 100, "the grain never came back");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_ne!(back, owner);
+    for _ in 0..10 {
+        assert_eq!(r.whoami().await.unwrap(), back, "it stays on its new server");
+    }
+    let made = made.lock().unwrap();
+    let of_5: Vec<&String> = made.iter().filter(|(_, k)| *k == 5).map(|(s, _)| s).collect();
+    assert_eq!(of_5, [&owner, &back], "activated once before the death and once after");
+}

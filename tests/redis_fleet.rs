@@ -213,3 +213,43 @@ async fn a_game_client_given_one_seed_sees_the_redis_fleet_and_clusters_stay_apa
     }
     drop((b, other));
 }
+
+#[tokio::test]
+async fn with_the_redis_directory_two_clients_with_different_lists_share_one_activation_per_grain()
+{
+    let Some(redis) = RedisServer::start("redis directory fleet") else { return };
+    let servers: Vec<Server> = ["a", "b", "c"].iter().map(|id| serve(&redis, "t3", id)).collect();
+    let at = |i: usize| servers[i].local_addr();
+    let config = || ClientConfig { cluster_id: "t3".into(), ..ClientConfig::default() };
+    let one = Client::builder().config(config()).servers([at(0), at(1)]).connect().await.unwrap();
+    let two = Client::builder().config(config()).servers([at(1), at(2)]).connect().await.unwrap();
+    // First calls to 200 new grains (each claims its grain in Redis), then the same grains
+    // again (claimed: no directory trip), one at a time: the cost of a claim.
+    let mut first = Vec::new();
+    let mut again = Vec::new();
+    for (samples, keys) in [(&mut first, 0..200), (&mut again, 0..200)] {
+        for k in keys {
+            let e: EchoRef = one.grain(k);
+            let t = Instant::now();
+            e.whoami().await.unwrap();
+            samples.push(t.elapsed());
+        }
+    }
+    first.sort();
+    again.sort();
+    eprintln!(
+        "first call to a grain (claims it in Redis): p50 {:?}; a claimed grain: p50 {:?}",
+        first[100], again[100]
+    );
+    // The other client, with another list, reaches the same activations.
+    let mut answered = Vec::new();
+    for k in 0..200 {
+        let (a, b): (EchoRef, EchoRef) = (one.grain(k), two.grain(k));
+        let (x, y) = (a.whoami().await.unwrap(), b.whoami().await.unwrap());
+        assert_eq!(x, y, "grain {k}");
+        answered.push(x);
+    }
+    let activations: usize = servers.iter().map(Server::activation_count).sum();
+    assert_eq!(activations, 200, "one activation per grain in the fleet");
+    assert!(answered.contains(&"a".to_string()), "client two followed redirects to a");
+}

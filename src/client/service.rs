@@ -101,6 +101,8 @@ struct Call {
     redirected: bool,
     /// The order it was made in (calls to one grain keep it across a redirect).
     seq: u64,
+    /// Redirected: where its owner is reached (it waits for that server while it connects).
+    owner_at: Option<ServerAddr>,
 }
 
 #[derive(Debug)]
@@ -307,6 +309,7 @@ impl ClientService {
                     attempts: 1,
                     redirected: false,
                     seq: self.next_seq,
+                    owner_at: None,
                 };
                 self.next_seq += 1;
                 self.dispatch(call, to, now);
@@ -484,8 +487,28 @@ impl ClientService {
     /// fails it.
     fn park_or_fail(&mut self, call: Call, error: CallError, now: Instant) {
         if call.redirected {
-            // Waits for the owner it was sent to (until its deadline).
-            self.parked.push(call);
+            // Waits for the owner it was sent to while that server is being connected; fails
+            // (`ServerUnavailable`) once connecting it failed: the owner may be dead, and the
+            // directory says so only when its membership lapses.
+            let connecting = call.owner_at.as_ref().is_some_and(|at| {
+                self.shared
+                    .slots()
+                    .iter()
+                    .any(|s| s.addrs.contains(at) && s.phase() != Phase::Backoff)
+            });
+            if connecting {
+                self.parked.push(call);
+            } else {
+                let key = (call.again.target.grain_type, call.again.hash);
+                if self.locations.remove(&key).is_some() {
+                    self.location_order.retain(|k| *k != key);
+                }
+                let error = match &call.again.affinity {
+                    Affinity::Required(owner) => CallError::ServerUnavailable(owner.clone()),
+                    _ => error,
+                };
+                self.fail(call.cell.as_deref(), error, false, now);
+            }
         } else if self.shared.config.mode == ConnectMode::OnDemand && self.demand_next() {
             self.parked.push(call);
         } else {
@@ -615,6 +638,7 @@ impl ClientService {
             attempts: pending.attempts + 1,
             redirected: pending.redirected,
             seq: pending.seq,
+            owner_at: None,
         };
         if !delay.is_zero() {
             if delay >= remaining {
@@ -674,6 +698,7 @@ impl ClientService {
             attempts: pending.attempts,
             redirected: true,
             seq: pending.seq,
+            owner_at: endpoint.parse().ok(),
         };
         // Calls to the grain still pending on the server that redirected this one will be
         // redirected too: hold this one (and newer calls) until they are, then send all in
@@ -740,7 +765,7 @@ impl ClientService {
                 tracing::debug!("call redirected to the grain's owner");
                 self.send(call, to, now);
             }
-            Err(_) => self.parked.push(call),
+            Err(e) => self.park_or_fail(call, e, now),
         }
     }
 
