@@ -113,6 +113,17 @@ pub fn rpc_frame(data: &[u8]) {
         RpcFrame::Response { id, status, payload } => {
             rpc::encode_response(&mut again, *id, *status);
             again.extend_from_slice(payload);
+            if *status == rpc::Status::Redirect
+                && let Ok((server, endpoint)) = rpc::decode_redirect(payload)
+            {
+                let mut back = Vec::new();
+                rpc::encode_redirect(&mut back, &server, &endpoint);
+                assert_eq!(
+                    rpc::decode_redirect(&back),
+                    Ok((server, endpoint)),
+                    "redirect round trip"
+                );
+            }
         }
         RpcFrame::Manifest(payload) => {
             if let Ok(m) = Manifest::decode(payload) {
