@@ -102,7 +102,9 @@ fn once_each(made: &Made, n: i64) {
 
 #[tokio::test(start_paused = true)]
 async fn two_clients_with_different_server_lists_share_one_activation_per_grain() {
-    for (seed, loss) in [(1, 0.0), (2, 0.1)] {
+    // Clean, then ten seeds under 10 % loss.
+    let runs = std::iter::once((1, 0.0)).chain((10..20).map(|seed| (seed, 0.1)));
+    for (seed, loss) in runs {
         let net = net(seed, loss);
         let dir: Arc<dyn GrainDirectory> = Arc::new(MemoryDirectory::new());
         let made = Made::default();
@@ -346,4 +348,41 @@ async fn a_killed_owners_grain_comes_back_once_on_another_server() {
     let made = made.lock().unwrap();
     let of_5: Vec<&String> = made.iter().filter(|(_, k)| *k == 5).map(|(s, _)| s).collect();
     assert_eq!(of_5, [&owner, &back], "activated once before the death and once after");
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_location_cache_is_bounded() {
+    for (cap, at_most) in [(1000, 0), (2, 8)] {
+        let net = net(8, 0.0);
+        let dir: Arc<dyn GrainDirectory> = Arc::new(MemoryDirectory::new());
+        let made = Made::default();
+        let servers: Vec<Server> =
+            (0..2).map(|i| serve(&net, i, dir.clone(), &made, DirectoryUse::FallBack)).collect();
+        // Ten grains activated on s0 by a client that knows only s0.
+        let only_s0 = client(&net, "10.0.1.1:1", &[0], ClientConfig::default()).await;
+        call_all(&only_s0, 0..10).await;
+        // A client that prefers s1 is redirected once per grain, then remembers up to `cap`.
+        let config = ClientConfig { location_cache: cap, ..ClientConfig::default() };
+        let c = client(&net, "10.0.1.2:1", &[0, 1], config).await;
+        let pref = ServerId::new("s1");
+        for k in 0..10 {
+            let r: RoomRef = c.grain(k);
+            assert_eq!(r.prefer(&pref).whoami().await.unwrap(), "s0");
+        }
+        let redirects = || servers[1].stats().redirects;
+        let first = redirects();
+        assert_eq!(first, 10, "one redirect per grain");
+        // The two remembered last go straight to s0; the others are redirected again only if
+        // the cache dropped them.
+        for k in (8..10).chain(0..8) {
+            let r: RoomRef = c.grain(k);
+            assert_eq!(r.prefer(&pref).whoami().await.unwrap(), "s0");
+            if k == 9 {
+                assert_eq!(redirects(), first, "the last two remembered (cache of {cap})");
+            }
+        }
+        let again = redirects() - first;
+        assert_eq!(again, at_most, "cache of {cap}: {again} redirects the second time");
+        once_each(&made, 10);
+    }
 }

@@ -252,4 +252,34 @@ async fn with_the_redis_directory_two_clients_with_different_lists_share_one_act
     let activations: usize = servers.iter().map(Server::activation_count).sum();
     assert_eq!(activations, 200, "one activation per grain in the fleet");
     assert!(answered.contains(&"a".to_string()), "client two followed redirects to a");
+
+    // a is killed: once its membership lapses, its grains are released (or taken over) and
+    // each comes back once, on another server, for both clients.
+    let mut servers: Vec<Option<Server>> = servers.into_iter().map(Some).collect();
+    let of_a: Vec<i64> = (0..200).filter(|k| answered[*k as usize] == "a").collect();
+    drop(servers[0].take());
+    let k = of_a[0];
+    let start = Instant::now();
+    let back = loop {
+        let e: EchoRef = two.grain(k);
+        if let Ok(s) = e.with_timeout(Duration::from_millis(500)).whoami().await {
+            break s;
+        }
+        assert!(start.elapsed() < Duration::from_secs(15), "grain {k} never came back");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    eprintln!("a killed -> its grain {k} served again on {back} after {:?}", start.elapsed());
+    assert_ne!(back, "a");
+    let e: EchoRef = one.grain(k);
+    let again = loop {
+        if let Ok(s) = e.with_timeout(Duration::from_millis(500)).whoami().await {
+            break s;
+        }
+        assert!(start.elapsed() < Duration::from_secs(15), "client one never reached grain {k}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(again, back, "one activation, both clients");
+    let survivors: usize = servers.iter().flatten().map(Server::activation_count).sum();
+    let b_and_c = 200 - of_a.len();
+    assert_eq!(survivors, b_and_c + 1, "the survivors' grains and the one that came back");
 }

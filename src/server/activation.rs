@@ -241,6 +241,11 @@ async fn refuse(
             std::future::poll_fn(|cx| mailbox.signal.poll(cx)).await;
             continue;
         };
+        let counter = match status {
+            Status::Redirect => &reporter.counters.redirects,
+            _ => &reporter.counters.directory_unavailable,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
         if let Some((conn, rid)) = &job.reply {
             conn.push(Delivery::ReliableUnordered, dispatch::status(*rid, status, &body));
         }

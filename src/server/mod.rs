@@ -232,6 +232,8 @@ pub(crate) struct ServerCounters {
     pub(crate) activations_evicted: AtomicU64,
     pub(crate) bad_requests: AtomicU64,
     pub(crate) responses_too_large: AtomicU64,
+    pub(crate) redirects: AtomicU64,
+    pub(crate) directory_unavailable: AtomicU64,
 }
 
 /// A server's counters: what it holds, and what it refused and why. A snapshot
@@ -265,6 +267,10 @@ pub struct ServerStats {
     pub bad_requests: u64,
     /// Answers too large for their connection (answered `ResponseTooLarge`).
     pub responses_too_large: u64,
+    /// Calls answered `Redirect` (the grain directory names another owner).
+    pub redirects: u64,
+    /// Calls answered `Unavailable` (the directory could not be asked; the type fails closed).
+    pub directory_unavailable: u64,
 }
 
 /// What the server's handle and its task share (the registry is fixed at start; which types
@@ -571,6 +577,19 @@ impl Server {
                     wake();
                 }
             };
+            // A member found dead: release everything it held in the directory.
+            let claims = shared.claims.clone();
+            let on_lapsed = move |ids: Vec<String>| {
+                let Some(claims) = claims.clone() else { return };
+                tokio::spawn(async move {
+                    for id in ids {
+                        match claims.directory.release_all(&ServerId::new(id.as_str())).await {
+                            Ok(n) => tracing::info!(server = %id, grains = n, "released a dead member's grains"),
+                            Err(error) => tracing::warn!(server = %id, %error, "could not release a dead member's grains"),
+                        }
+                    }
+                });
+            };
             tokio::spawn(crate::topology::redis::run_membership(
                 membership,
                 shared.config.cluster_id.clone(),
@@ -578,6 +597,7 @@ impl Server {
                 shared.member_entry(),
                 rx,
                 on_fleet,
+                on_lapsed,
             ));
             tx
         });
@@ -686,6 +706,8 @@ impl Server {
             activations_evicted: get(&c.activations_evicted),
             bad_requests: get(&c.bad_requests),
             responses_too_large: get(&c.responses_too_large),
+            redirects: get(&c.redirects),
+            directory_unavailable: get(&c.directory_unavailable),
         }
     }
 

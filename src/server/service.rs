@@ -294,6 +294,7 @@ impl ServerService {
             if !self.elsewhere.map.is_empty()
                 && let Some(payload) = self.elsewhere.get(&grain, now)
             {
+                self.shared.counters.redirects.fetch_add(1, Ordering::Relaxed);
                 return self.answer(peer, id, Status::Redirect, &payload);
             }
             if let Err((status, payload)) = self.room_for_activation(peer) {

@@ -77,20 +77,20 @@ impl Keys {
 }
 
 /// Writes an entry (renewing its TTL), adds it to the index, prunes lapsed members, and
-/// publishes when anything changed. KEYS: index, entry. ARGV: id, entry, ttl ms, channel,
-/// entry prefix.
+/// publishes when anything changed; returns the ids of the members it found lapsed. KEYS:
+/// index, entry. ARGV: id, entry, ttl ms, channel, entry prefix.
 const REGISTER: &str = r"
 local old = redis.call('GET', KEYS[2])
 redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
 redis.call('SADD', KEYS[1], ARGV[1])
-local lapsed = 0
+local lapsed = {}
 for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
   if redis.call('EXISTS', ARGV[5] .. id) == 0 then
     redis.call('SREM', KEYS[1], id)
-    lapsed = lapsed + 1
+    table.insert(lapsed, id)
   end
 end
-if old ~= ARGV[2] or lapsed > 0 then
+if old ~= ARGV[2] or #lapsed > 0 then
   redis.call('PUBLISH', ARGV[4], ARGV[1])
 end
 return lapsed
@@ -390,8 +390,9 @@ pub enum MemberCmd {
 }
 
 /// Keeps a server registered: writes its entry at once and every heartbeat, follows the
-/// fleet (pushes and heartbeats), hands each fleet it reads to `on_fleet`, and deregisters on
-/// [`MemberCmd::Leave`]. Redis failures are logged and retried at the next heartbeat.
+/// fleet (pushes and heartbeats), hands each fleet it reads to `on_fleet` and the ids of
+/// members it found lapsed (dead) to `on_lapsed`, and deregisters on [`MemberCmd::Leave`].
+/// Redis failures are logged and retried at the next heartbeat.
 pub async fn run_membership(
     cfg: MembershipConfig,
     cluster: String,
@@ -399,6 +400,7 @@ pub async fn run_membership(
     mut entry: MemberEntry,
     mut cmds: mpsc::UnboundedReceiver<MemberCmd>,
     on_fleet: impl Fn(Topology) + Send + 'static,
+    on_lapsed: impl Fn(Vec<String>) + Send + 'static,
 ) {
     let Some(url) = cfg.redis.clone() else { return };
     let keys = Keys::new(&cluster, &service);
@@ -416,14 +418,20 @@ pub async fn run_membership(
     loop {
         let json = serde_json::to_string(&entry).unwrap_or_default();
         let beat = conn
-            .run::<i64>(
+            .run::<Vec<String>>(
                 &register,
                 &[&keys.members, &member_key],
                 &[&entry.server_id, &json, &ttl_ms, &keys.channel, &keys.member_prefix],
             )
             .await;
         let fleet = match beat {
-            Ok(_) => conn.fetch(&keys).await,
+            Ok(lapsed) => {
+                if !lapsed.is_empty() {
+                    tracing::info!(?lapsed, "members lapsed (their heartbeat stopped)");
+                    on_lapsed(lapsed);
+                }
+                conn.fetch(&keys).await
+            }
             Err(e) => Err(e),
         };
         match fleet {
