@@ -204,3 +204,16 @@ pub fn reassembly(data: &[u8]) {
         }
     }
 }
+
+/// The key the fuzzed tokens are sealed with (id 1), so inputs can reach the sealed part.
+pub const FUZZ_TOKEN_KEY: [u8; 32] = [0x5a; 32];
+
+/// Opens arbitrary bytes as a connect token (with [`FUZZ_TOKEN_KEY`], at Unix second 1,000);
+/// a token that opens must seal and open again to the same token.
+pub fn connect_token(data: &[u8]) {
+    use crate::proto::token::{ConnectToken, TokenKey};
+    let key = TokenKey::new(1, FUZZ_TOKEN_KEY);
+    let Ok(t) = ConnectToken::open(data, std::slice::from_ref(&key), 1_000) else { return };
+    let sealed = t.seal(&key, [7; 12]).expect("an opened token fits a token");
+    assert_eq!(ConnectToken::open(&sealed, &[key], 1_000).as_ref(), Ok(&t), "token round trip");
+}

@@ -52,6 +52,7 @@
 #![warn(clippy::unwrap_used)]
 
 pub(crate) mod arena;
+pub mod auth;
 pub mod client;
 pub mod config;
 pub mod directory;

@@ -48,6 +48,35 @@ fn rpc_frame_corpus_replays() {
 }
 
 #[test]
+fn connect_token_corpus_replays() {
+    let inputs = corpus("connect_token");
+    assert!(inputs.len() >= 3, "the corpus is there");
+    for input in inputs {
+        fuzz::connect_token(&input);
+    }
+}
+
+/// Sealed tokens with the fuzz key: none, one and many servers, with and without user data.
+fn valid_tokens() -> Vec<Vec<u8>> {
+    use grainwire::proto::token::{ConnectToken, MAX_USER_DATA, TokenKey};
+    let key = TokenKey::new(1, fuzz::FUZZ_TOKEN_KEY);
+    let mut out = Vec::new();
+    for (servers, user) in [(0usize, 0usize), (1, 10), (8, MAX_USER_DATA)] {
+        let t = ConnectToken {
+            client_id: servers as u64,
+            servers: (0..servers).map(|i| format!("10.0.0.{i}:7000").parse().unwrap()).collect(),
+            issued: 900,
+            expires: 2_000,
+            user_data: vec![0xab; user],
+            client_to_server: [1; 32],
+            server_to_client: [2; 32],
+        };
+        out.push(t.seal(&key, [servers as u8; 12]).unwrap());
+    }
+    out
+}
+
+#[test]
 fn reassembly_corpus_replays() {
     let inputs = corpus("reassembly");
     assert!(inputs.len() >= 4, "the corpus is there");
@@ -236,6 +265,14 @@ fn random_and_mutated_inputs_never_panic() {
         };
         fuzz::rpc_frame(&d);
     }
+    let tokens = valid_tokens();
+    for _ in 0..5_000 {
+        let mut d = tokens[rng.below(tokens.len() as u64) as usize].clone();
+        if rng.below(8) != 0 {
+            mutate(&mut rng, &mut d);
+        }
+        fuzz::connect_token(&d);
+    }
     let scripts = reassembly_scripts();
     for _ in 0..5_000 {
         let mut d = scripts[rng.below(scripts.len() as u64) as usize].clone();
@@ -277,6 +314,11 @@ fn write_seed_corpus() {
     let dir = root.join("reassembly");
     std::fs::create_dir_all(&dir).unwrap();
     for (i, d) in reassembly_scripts().iter().enumerate() {
+        std::fs::write(dir.join(format!("seed-{i:02}")), d).unwrap();
+    }
+    let dir = root.join("connect_token");
+    std::fs::create_dir_all(&dir).unwrap();
+    for (i, d) in valid_tokens().iter().enumerate() {
         std::fs::write(dir.join(format!("seed-{i:02}")), d).unwrap();
     }
     let dir = root.join("session");

@@ -68,6 +68,7 @@ fn allowed(layer: &str) -> Option<&'static [&'static str]> {
         "proto" => &["proto"],
         "sync" | "arena" => &[],
         "config" | "error" | "interface" => &["proto", "config", "error"],
+        "auth" => &["proto", "config", "error", "auth"],
         "transport" => &["proto", "config", "error", "sync", "transport"],
         "topology" => &["proto", "config", "error", "sync", "topology"],
         "directory" => &["proto", "config", "error", "sync", "directory"],

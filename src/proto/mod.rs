@@ -15,5 +15,6 @@ pub mod route;
 pub mod session;
 pub mod siphash;
 pub mod stats;
+pub mod token;
 pub mod topology;
 pub mod wire;

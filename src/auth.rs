@@ -1,0 +1,82 @@
+//! Players on the open internet: connect tokens. A backend that authenticated a player issues
+//! it a short-lived token ([`ConnectToken::issue`]) sealed with a key it shares with the game
+//! servers; the player presents it when it connects. (Servers verifying tokens, packet
+//! protection and caller identity in grains build on this; see the README's known limits.)
+//!
+//! ```
+//! use std::time::Duration;
+//! use grainwire::auth::{ConnectToken, TokenKey};
+//! let key = TokenKey::from_hex(1, &"ab".repeat(32))?;
+//! let servers = ["10.0.0.1:7777".parse()?];
+//! let token = ConnectToken::issue(&key, 42, &servers, Duration::from_secs(30), b"ann")?;
+//! let opened = ConnectToken::open(&token, &[key], grainwire::auth::unix_now())?;
+//! assert_eq!((opened.client_id, opened.user_data.as_slice()), (42, &b"ann"[..]));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use ring::rand::{SecureRandom, SystemRandom};
+
+pub use crate::proto::addr::ServerAddr;
+pub use crate::proto::token::{
+    ConnectToken, MAX_TOKEN_SERVERS, MAX_TOKEN_SIZE, MAX_USER_DATA, TokenError, TokenKey,
+};
+
+/// Now, in Unix seconds (what tokens' times are in).
+pub fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+impl ConnectToken {
+    /// Issues a sealed token for `client_id` to join any of `servers` (their advertised
+    /// addresses) within `valid_for` from now, carrying `user_data` (at most
+    /// [`MAX_USER_DATA`] bytes) and fresh random session keys; sealed with `key` under a random
+    /// nonce. What the backend gives the player, as bytes.
+    pub fn issue(
+        key: &TokenKey,
+        client_id: u64,
+        servers: &[ServerAddr],
+        valid_for: Duration,
+        user_data: &[u8],
+    ) -> Result<Vec<u8>, TokenError> {
+        let rng = SystemRandom::new();
+        let mut c2s = [0u8; 32];
+        let mut s2c = [0u8; 32];
+        let mut nonce = [0u8; 12];
+        for buf in [&mut c2s[..], &mut s2c[..], &mut nonce[..]] {
+            rng.fill(buf).map_err(|_| TokenError::NoRandomness)?;
+        }
+        let issued = unix_now();
+        let token = ConnectToken {
+            client_id,
+            servers: servers.to_vec(),
+            issued,
+            expires: issued.saturating_add(valid_for.as_secs().max(1)),
+            user_data: user_data.to_vec(),
+            client_to_server: c2s,
+            server_to_client: s2c,
+        };
+        token.seal(key, nonce)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn issued_tokens_open_differ_each_time_and_expire() {
+        let key = TokenKey::new(9, [7; 32]);
+        let servers = ["10.0.0.1:7777".parse().unwrap()];
+        let a = ConnectToken::issue(&key, 1, &servers, Duration::from_secs(30), b"x").unwrap();
+        let b = ConnectToken::issue(&key, 1, &servers, Duration::from_secs(30), b"x").unwrap();
+        assert_ne!(a, b, "fresh nonce and keys");
+        let t = ConnectToken::open(&a, std::slice::from_ref(&key), unix_now()).unwrap();
+        let u = ConnectToken::open(&b, std::slice::from_ref(&key), unix_now()).unwrap();
+        assert_ne!(t.client_to_server, u.client_to_server);
+        assert_ne!(t.client_to_server, t.server_to_client);
+        assert_eq!(t.expires - t.issued, 30);
+        assert_eq!(ConnectToken::open(&a, &[key], t.expires), Err(TokenError::Expired));
+    }
+}
