@@ -700,9 +700,6 @@ impl ClientService {
             seq: pending.seq,
             owner_at: endpoint.parse().ok(),
         };
-        // Calls to the grain still pending on the server that redirected this one will be
-        // redirected too: hold this one (and newer calls) until they are, then send all in
-        // the order they were made.
         if self.reroute(&call, None).is_err() {
             // Not connected to the owner (a list without it, or discovery behind): connect it.
             tracing::debug!(%owner, %endpoint, "redirected to a server not connected: connecting");
@@ -712,6 +709,9 @@ impl ClientService {
                 slot.demand();
             }
         }
+        // Calls to the grain still pending on the server that redirected this one will be
+        // redirected too: hold this one (and newer calls) until they are, then send all in
+        // the order they were made.
         let key = (call.again.target.grain_type, call.again.hash);
         if let Some(m) = self.moving.get_mut(&key) {
             m.held.push(call);
