@@ -358,20 +358,24 @@ async fn watch_server(
     tx: mpsc::Sender<Found>,
 ) {
     let Some((slot, created)) = shared.add_slot(vec![seed.clone()]) else { return };
+    // A seed this producer connected is dropped again unless the resolver takes it over,
+    // also when the producer is aborted meanwhile (a refresh, the client closing).
+    let mut guard = SeedGuard { shared: shared.clone(), slot: created.then(|| slot.clone()) };
     slot.demand();
     let addr = match super::wait_slot_ready(shared, &slot, cfg.timeout).await {
         Ok(addr) => addr,
         Err(e) => {
-            if created {
-                shared.drop_slot(&slot);
-            }
             let error = DiscoveryError::Unreachable(e.to_string());
+            drop(guard);
             let _ = tx.send(Found::Failed { error, retry_in: None }).await;
             return;
         }
     };
-    if created && tx.send(Found::Seeded(seed)).await.is_err() {
-        return;
+    if created {
+        if tx.send(Found::Seeded(seed)).await.is_err() {
+            return;
+        }
+        guard.slot = None; // the resolver owns it now
     }
     let (topologies, mut rx) = watch::channel(None);
     if shared.cmds.send(ClientCmd::Watch { addr, topologies }).is_err() {
@@ -404,6 +408,20 @@ async fn watch_server(
             && tx.send(Found::Topology(t)).await.is_err()
         {
             return;
+        }
+    }
+}
+
+/// Drops the slot of a seed its producer connected, unless handed over to the resolver.
+struct SeedGuard {
+    shared: Arc<ClientShared>,
+    slot: Option<Arc<super::pool::Slot>>,
+}
+
+impl Drop for SeedGuard {
+    fn drop(&mut self) {
+        if let Some(slot) = self.slot.take() {
+            self.shared.drop_slot(&slot);
         }
     }
 }
