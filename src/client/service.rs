@@ -335,21 +335,17 @@ impl ClientService {
         }
     }
 
+    /// The sessions (in the order they were established) whose state satisfies `f`.
+    fn peers_where(&self, f: impl Fn(&PeerState) -> bool) -> Vec<PeerId> {
+        self.order.iter().copied().filter(|p| self.peers.get(p).is_some_and(&f)).collect()
+    }
+
     /// Drains away the server at `addr` (discovery: it left the topology or became
     /// ineligible); its slot stops reconnecting.
     fn remove_addr(&mut self, addr: &ServerAddr, now: Instant) {
         let slots: Vec<_> =
             self.shared.slots().into_iter().filter(|s| s.addrs.contains(addr)).collect();
-        let peers: Vec<PeerId> = self
-            .order
-            .iter()
-            .copied()
-            .filter(|p| {
-                self.peers
-                    .get(p)
-                    .is_some_and(|p| slots.iter().any(|s| s.matches(p.conn.remote_addr())))
-            })
-            .collect();
+        let peers = self.peers_where(|p| slots.iter().any(|s| s.matches(p.conn.remote_addr())));
         for slot in &slots {
             self.shared.drop_slot(slot);
         }
@@ -367,17 +363,8 @@ impl ClientService {
         done: oneshot::Sender<bool>,
         now: Instant,
     ) {
-        let peers: Vec<PeerId> = self
-            .order
-            .iter()
-            .copied()
-            .filter(|p| {
-                self.peers
-                    .get(p)
-                    .and_then(|p| p.manifest.as_ref())
-                    .is_some_and(|m| m.server_id == *server)
-            })
-            .collect();
+        let peers =
+            self.peers_where(|p| p.manifest.as_ref().is_some_and(|m| m.server_id == *server));
         if peers.is_empty() {
             let _ = done.send(false);
             return;

@@ -165,6 +165,20 @@ impl Mailbox {
     fn pop(&self) -> Option<Job> {
         lock(&self.queue).pop()
     }
+
+    /// The next call, waiting for one; `None` once the mailbox is closing and empty (the
+    /// activation ends).
+    async fn next(&self) -> Option<Job> {
+        loop {
+            if let Some(job) = self.pop() {
+                return Some(job);
+            }
+            if self.closing.load(Ordering::Acquire) && self.is_empty() {
+                return None;
+            }
+            std::future::poll_fn(|cx| self.signal.poll(cx)).await;
+        }
+    }
 }
 
 /// Starts activations of one grain type: the type-erased part of a `Host`.
@@ -233,14 +247,7 @@ async fn refuse(
 ) {
     reporter.report(Report::Refused { grain: id.clone(), redirect: payload.clone() });
     let body = payload.unwrap_or_default();
-    loop {
-        let Some(job) = mailbox.pop() else {
-            if mailbox.closing.load(Ordering::Acquire) && mailbox.is_empty() {
-                break;
-            }
-            std::future::poll_fn(|cx| mailbox.signal.poll(cx)).await;
-            continue;
-        };
+    while let Some(job) = mailbox.next().await {
         let counter = match status {
             Status::Redirect => &reporter.counters.redirects,
             _ => &reporter.counters.directory_unavailable,
@@ -318,14 +325,7 @@ where
 {
     let mut grain = activate::<I, G, F>(&factory, &id).await;
     let limits = reporter.limits;
-    loop {
-        let Some(job) = mailbox.pop() else {
-            if mailbox.closing.load(Ordering::Acquire) && mailbox.is_empty() {
-                break;
-            }
-            std::future::poll_fn(|cx| mailbox.signal.poll(cx)).await;
-            continue;
-        };
+    while let Some(job) = mailbox.next().await {
         let status = if caller_not_draining(&job, &limits) {
             reporter.counters.overloaded_send_queue.fetch_add(1, Ordering::Relaxed);
             Some(Status::Overloaded)
