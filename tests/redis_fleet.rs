@@ -113,7 +113,9 @@ async fn a_client_with_only_the_redis_url_follows_the_fleet_through_leaves_kills
     let left =
         within("a left", Duration::from_secs(5), || !ids(&client).contains(&"a".into())).await;
     eprintln!("graceful leave -> gone: {left:?}");
-    assert!(client.topology().unwrap().nodes().len() == 3);
+    // It turned ineligible first (drained), then deregistered: the topology follows.
+    let nodes = || client.topology().unwrap().nodes().len();
+    within("a deregistered", Duration::from_secs(5), || nodes() == 3).await;
 
     // "b" is killed: no deregistration; its entry lapses after its TTL.
     let b_addr = ServerAddr::from(servers[1].as_ref().unwrap().local_addr());
@@ -206,7 +208,7 @@ async fn a_game_client_given_one_seed_sees_the_redis_fleet_and_clusters_stay_apa
     redis.stop();
     redis.start_again();
     let start = Instant::now();
-    while start.elapsed() < HEARTBEAT * 4 {
+    while start.elapsed() < HEARTBEAT * 3 {
         assert_eq!(ids(&client), ["a", "b"], "drained while re-registering");
         assert_eq!(a.topology().nodes().len(), 3, "the seed keeps a, b and the ghost");
         tokio::time::sleep(Duration::from_millis(5)).await;

@@ -37,8 +37,9 @@ fn events(s: &mut Session) -> Vec<SessionEvent> {
     std::iter::from_fn(|| s.poll_event()).collect()
 }
 
-/// Runs the handshake through a real gate and returns the established pair.
-fn establish() -> Pair {
+/// The handshake through a real gate up to the server's session (its `ACCEPT` not yet sent):
+/// (client, server, gate, the client's address, now).
+fn admitted() -> (Session, Session, Gate, SocketAddr, Instant) {
     let now = crate::test_epoch();
     let client_addr: SocketAddr = "127.0.0.1:5555".parse().unwrap();
     let gate = Gate::new((11, 22), now, Duration::from_secs(10), true);
@@ -55,7 +56,13 @@ fn establish() -> Pair {
         panic!("not admitted")
     };
     assert_eq!(nonce, 77);
-    let mut server = Session::server(cfg(), nonce, 0xfeed, window, now);
+    let server = Session::server(cfg(), nonce, 0xfeed, window, now);
+    (client, server, gate, client_addr, now)
+}
+
+/// Runs the handshake through a real gate and returns the established pair.
+fn establish() -> Pair {
+    let (mut client, mut server, gate, client_addr, now) = admitted();
     assert_eq!(events(&mut server), vec![SessionEvent::Connected]);
     for d in drain(&mut server, now) {
         client.handle_datagram(now + 10 * MS, &d);
@@ -112,21 +119,7 @@ fn handshake_then_messages_both_ways() {
 
 #[test]
 fn data_that_overtakes_the_accept_is_kept_until_it_arrives() {
-    let now = crate::test_epoch();
-    let client_addr: SocketAddr = "127.0.0.1:5555".parse().unwrap();
-    let gate = Gate::new((11, 22), now, Duration::from_secs(10), true);
-    let mut client = Session::client(cfg(), 77, now);
-    let hello = drain(&mut client, now);
-    let mut reply = Vec::new();
-    gate.filter(now, client_addr, &hello[0], false, false, &mut reply);
-    client.handle_datagram(now, &reply);
-    let connect = drain(&mut client, now);
-    let Verdict::Admit { nonce, window } =
-        gate.filter(now, client_addr, &connect[0], false, false, &mut reply)
-    else {
-        panic!("not admitted")
-    };
-    let mut server = Session::server(cfg(), nonce, 0xfeed, window, now);
+    let (mut client, mut server, _, _, now) = admitted();
     let accept = drain(&mut server, now);
     // The server sends at once (a manifest); that datagram arrives first.
     server.send(Class::ReliableOrdered, 0, Bytes::from_static(b"manifest")).unwrap();
