@@ -13,6 +13,7 @@ use grainwire::client::RoundRobin;
 use grainwire::directory::{
     BoxFuture, Claim, DirectoryError, GrainDirectory, MemoryDirectory, Owner,
 };
+use grainwire::proto::ids::RequestId;
 use grainwire::proto::wire::rpc::{self, Status};
 use grainwire::server::DirectoryUse;
 use grainwire::transport::sim::{SimConfig, SimNetwork};
@@ -149,6 +150,15 @@ async fn round_robin_with_the_directory_still_activates_each_grain_once() {
     assert!(seen.values().all(|s| s.len() == 1), "every call ran on its grain's one activation");
 }
 
+/// A scripted server's answer to call `id`: the grain lives on server `to`, reached at `at`.
+fn redirect(conn: &grainwire::transport::Connection, id: RequestId, to: &str, at: &str) {
+    let mut out = Vec::new();
+    rpc::encode_response(&mut out, id, Status::Redirect);
+    rpc::encode_redirect(&mut out, to, at);
+    conn.send(grainwire::transport::Delivery::reliable_ordered(0), bytes::Bytes::from(out))
+        .unwrap();
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_second_redirect_for_one_call_is_an_error() {
     let net = SimNetwork::new(4, SimConfig::default());
@@ -162,24 +172,11 @@ async fn a_second_redirect_for_one_call_is_an_error() {
     let r: RoomRef = c.grain(1);
     let r = r.prefer(&ServerId::new("a"));
     let call = tokio::spawn(async move { r.whoami().await });
-    let redirect = |to: &str, at: &str| {
-        let mut p = Vec::new();
-        rpc::encode_redirect(&mut p, to, at);
-        p
-    };
     let (conn, id, _, _) = a.request().await;
-    let mut out = Vec::new();
-    rpc::encode_response(&mut out, id, Status::Redirect);
-    out.extend_from_slice(&redirect("b", "10.0.0.2:7000"));
-    conn.send(grainwire::transport::Delivery::reliable_ordered(0), bytes::Bytes::from(out))
-        .unwrap();
+    redirect(&conn, id, "b", "10.0.0.2:7000");
     // b gets it, and sends it back to a.
     let (conn, id, _, _) = b.request().await;
-    let mut out = Vec::new();
-    rpc::encode_response(&mut out, id, Status::Redirect);
-    out.extend_from_slice(&redirect("a", "10.0.0.1:7000"));
-    conn.send(grainwire::transport::Delivery::reliable_ordered(0), bytes::Bytes::from(out))
-        .unwrap();
+    redirect(&conn, id, "a", "10.0.0.1:7000");
     assert!(matches!(call.await.unwrap(), Err(CallError::RedirectLoop)));
     assert!(a.next_within(Duration::from_millis(500)).await.is_none(), "no third hop");
 }
@@ -272,20 +269,13 @@ async fn calls_to_one_grain_stay_in_order_across_a_redirect() {
         calls.push(put(n));
         at_a.push(a.request().await);
     }
-    let redirect = |conn: &grainwire::transport::Connection, id| {
-        let mut out = Vec::new();
-        rpc::encode_response(&mut out, id, Status::Redirect);
-        rpc::encode_redirect(&mut out, "b", "10.0.0.2:7000");
-        conn.send(grainwire::transport::Delivery::reliable_ordered(0), bytes::Bytes::from(out))
-            .unwrap();
-    };
     // a answers the last first; a fifth call is made while the others are still at a.
     let (conn, id, _, _) = &at_a[3];
-    redirect(conn, *id);
+    redirect(conn, *id, "b", "10.0.0.2:7000");
     tokio::time::sleep(Duration::from_millis(50)).await;
     calls.push(put(5));
     for (conn, id, _, _) in at_a[..3].iter().rev() {
-        redirect(conn, *id);
+        redirect(conn, *id, "b", "10.0.0.2:7000");
     }
     // b gets all five, in the order they were made.
     let mut order = Vec::new();
