@@ -5,11 +5,14 @@
 //!
 //! ```
 //! use std::time::Duration;
-//! use grainwire::auth::{ConnectToken, TokenKey};
+//! use grainwire::auth::{ConnectToken, PlayerToken, TokenKey};
 //! let key = TokenKey::from_hex(1, &"ab".repeat(32))?;
 //! let servers = ["10.0.0.1:7777".parse()?];
 //! let token = ConnectToken::issue(&key, 42, &servers, Duration::from_secs(30), b"ann")?;
-//! let opened = ConnectToken::open(&token, &[key], grainwire::auth::unix_now())?;
+//! let bytes = token.to_bytes(); // for the player, over the backend's HTTPS
+//! let player = PlayerToken::from_bytes(&bytes)?;
+//! // What a server does with what the player presents:
+//! let opened = ConnectToken::open(&player.sealed, &[key], grainwire::auth::unix_now())?;
 //! assert_eq!((opened.client_id, opened.user_data.as_slice()), (42, &b"ann"[..]));
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
@@ -19,8 +22,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use ring::rand::{SecureRandom, SystemRandom};
 
 pub use crate::proto::addr::ServerAddr;
+pub use crate::proto::crypt::Secrets;
 pub use crate::proto::token::{
-    ConnectToken, MAX_TOKEN_SERVERS, MAX_TOKEN_SIZE, MAX_USER_DATA, TokenError, TokenKey,
+    ConnectToken, MAX_PLAYER_TOKEN_SIZE, MAX_TOKEN_SERVERS, MAX_TOKEN_SIZE, MAX_USER_DATA,
+    PlayerToken, TokenError, TokenKey,
 };
 
 /// Now, in Unix seconds (what tokens' times are in).
@@ -32,14 +37,14 @@ impl ConnectToken {
     /// Issues a sealed token for `client_id` to join any of `servers` (their advertised
     /// addresses) within `valid_for` from now, carrying `user_data` (at most
     /// [`MAX_USER_DATA`] bytes) and fresh random session keys; sealed with `key` under a random
-    /// nonce. What the backend gives the player, as bytes.
+    /// nonce. What the backend gives the player ([`PlayerToken::to_bytes`]).
     pub fn issue(
         key: &TokenKey,
         client_id: u64,
         servers: &[ServerAddr],
         valid_for: Duration,
         user_data: &[u8],
-    ) -> Result<Vec<u8>, TokenError> {
+    ) -> Result<PlayerToken, TokenError> {
         let rng = SystemRandom::new();
         let mut c2s = [0u8; 32];
         let mut s2c = [0u8; 32];
@@ -57,7 +62,7 @@ impl ConnectToken {
             client_to_server: c2s,
             server_to_client: s2c,
         };
-        token.seal(key, nonce)
+        PlayerToken::new(&token, key, nonce)
     }
 }
 
@@ -72,11 +77,12 @@ mod tests {
         let a = ConnectToken::issue(&key, 1, &servers, Duration::from_secs(30), b"x").unwrap();
         let b = ConnectToken::issue(&key, 1, &servers, Duration::from_secs(30), b"x").unwrap();
         assert_ne!(a, b, "fresh nonce and keys");
-        let t = ConnectToken::open(&a, std::slice::from_ref(&key), unix_now()).unwrap();
-        let u = ConnectToken::open(&b, std::slice::from_ref(&key), unix_now()).unwrap();
+        let t = ConnectToken::open(&a.sealed, std::slice::from_ref(&key), unix_now()).unwrap();
+        let u = ConnectToken::open(&b.sealed, std::slice::from_ref(&key), unix_now()).unwrap();
+        assert_eq!((a.client_id, a.expires, a.secrets.clone()), (1, t.expires, t.secrets()));
         assert_ne!(t.client_to_server, u.client_to_server);
         assert_ne!(t.client_to_server, t.server_to_client);
         assert_eq!(t.expires - t.issued, 30);
-        assert_eq!(ConnectToken::open(&a, &[key], t.expires), Err(TokenError::Expired));
+        assert_eq!(ConnectToken::open(&a.sealed, &[key], t.expires), Err(TokenError::Expired));
     }
 }

@@ -73,19 +73,43 @@ pub fn session(data: &[u8]) {
         receive_window: 256 << 10,
         ..TransportConfig::server()
     });
-    let mut server = Session::server(cfg.clone(), FUZZ_NONCE, FUZZ_TAG, 1 << 20, now);
-    // Give it something to send, so acks and losses have something to act on.
-    for i in 0..4u8 {
-        let _ = server.send(wire::Class::ReliableOrdered, i, bytes::Bytes::from(vec![i; 700]));
+    // A plain server session, and a protected one (its packets are opened before decoding:
+    // the replay window and the tag stand in front of the frames).
+    for secrets in [None, Some(fuzz_secrets())] {
+        let mut server =
+            Session::server(cfg.clone(), FUZZ_NONCE, FUZZ_TAG, 1 << 20, now, secrets.as_ref());
+        // Give it something to send, so acks and losses have something to act on.
+        for i in 0..4u8 {
+            let _ = server.send(wire::Class::ReliableOrdered, i, bytes::Bytes::from(vec![i; 700]));
+        }
+        run(server, data, now);
     }
-    run(server, data, now);
     run(Session::client(cfg.clone(), FUZZ_NONCE, now), data, now);
-    let gate = Gate::new((1, 2), now, Duration::from_secs(10), true);
-    let mut out = Vec::new();
     let from = "127.0.0.1:1".parse().expect("a valid address literal");
-    for (_, d) in steps(data).take(10_000) {
-        let _ = gate.filter(now, from, d, false, false, &mut out);
+    let tokens = || {
+        let key = crate::proto::token::TokenKey::new(1, FUZZ_TOKEN_KEY);
+        crate::proto::gate::TokenGate::new(
+            vec![key],
+            vec![crate::proto::addr::ServerAddr::from(from)],
+            0,
+            64,
+        )
+    };
+    for mut gate in [
+        Gate::new((1, 2), now, Duration::from_secs(10), true),
+        Gate::new((1, 2), now, Duration::from_secs(10), true).with_tokens(tokens()),
+    ] {
+        let mut out = Vec::new();
+        for (_, d) in steps(data).take(10_000) {
+            let _ = gate.filter(now, from, d, false, false, &mut out);
+        }
+        assert!(gate.tokens().is_none_or(|t| t.remembered() <= 64), "the replay guard's bound");
     }
+}
+
+/// The secrets of the fuzzed protected session.
+pub fn fuzz_secrets() -> crate::proto::crypt::Secrets {
+    crate::proto::crypt::Secrets { client_to_server: [0x11; 32], server_to_client: [0x22; 32] }
 }
 
 /// Decodes one RPC frame (and, inside it, what the server and client decode next: a manifest,
@@ -208,11 +232,17 @@ pub fn reassembly(data: &[u8]) {
 /// The key the fuzzed tokens are sealed with (id 1), so inputs can reach the sealed part.
 pub const FUZZ_TOKEN_KEY: [u8; 32] = [0x5a; 32];
 
-/// Opens arbitrary bytes as a connect token (with [`FUZZ_TOKEN_KEY`], at Unix second 1,000);
-/// a token that opens must seal and open again to the same token.
+/// Reads arbitrary bytes as a player token and opens them as a connect token (with
+/// [`FUZZ_TOKEN_KEY`], at Unix second 1,000); a token that opens must seal and open again to
+/// the same token, a player token must write and read back to the same one.
 pub fn connect_token(data: &[u8]) {
     use crate::proto::token::{ConnectToken, TokenKey};
     let key = TokenKey::new(1, FUZZ_TOKEN_KEY);
+    if let Ok(p) = crate::proto::token::PlayerToken::from_bytes(data) {
+        let again = crate::proto::token::PlayerToken::from_bytes(&p.to_bytes());
+        assert_eq!(again.as_ref(), Ok(&p), "a player token round trip");
+        connect_token(&p.sealed);
+    }
     let Ok(t) = ConnectToken::open(data, std::slice::from_ref(&key), 1_000) else { return };
     let sealed = t.seal(&key, [7; 12]).expect("an opened token fits a token");
     assert_eq!(ConnectToken::open(&sealed, &[key], 1_000).as_ref(), Ok(&t), "token round trip");

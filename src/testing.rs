@@ -118,11 +118,12 @@ impl RawPeer {
             Ok(Packet::Handshake(hs)) => match hs.body {
                 Handshake::Challenge { nonce, cookie } if nonce == self.nonce => {
                     let mut out = Vec::new();
-                    let body = Handshake::Connect { nonce, cookie, window: self.window };
+                    let body =
+                        Handshake::Connect { nonce, cookie, window: self.window, token: &[] };
                     wire::encode_handshake(&mut out, &body);
                     RawEvent::Reply(out)
                 }
-                Handshake::Accept { nonce, tag, window } if nonce == self.nonce => {
+                Handshake::Accept { nonce, tag, window, .. } if nonce == self.nonce => {
                     self.tag = Some(tag);
                     self.credit_limit = self.credit_limit.max(window);
                     RawEvent::Established

@@ -7,7 +7,7 @@ use std::time::Duration;
 use grainwire::client::{ConnectMode, RetryPolicy, ServerAddr, StrategyName};
 use grainwire::config::{ConfigFile, ConfigFileError};
 use grainwire::error::CallErrorKind;
-use grainwire::server::{DirectoryConfig, MetaValue};
+use grainwire::server::{AuthConfig, DirectoryConfig, KeyFile, MetaValue};
 use grainwire::topology::redis::MembershipConfig;
 use grainwire::topology::{Backoff, DiscoveryConfig};
 use grainwire::{ClientConfig, ServerConfig, TransportConfig};
@@ -127,6 +127,13 @@ fn odd_server() -> ServerConfig {
             lease: ms(12_000),
             timeout: ms(900),
             remembered_redirects: 5,
+        },
+        auth: AuthConfig::Tokens {
+            keys: vec![
+                KeyFile { id: 2, file: "/etc/grainwire/key-2.hex".into() },
+                KeyFile { id: 3, file: "/etc/grainwire/key-3.hex".into() },
+            ],
+            tokens_remembered: 1000,
         },
     }
 }

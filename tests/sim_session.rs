@@ -22,13 +22,13 @@ fn net() -> SimNetwork {
     SimNetwork::new(42, SimConfig { delay: Duration::from_millis(20), ..SimConfig::default() })
 }
 
-fn hs(version: u8, body: Handshake) -> Vec<u8> {
+fn hs(version: u8, body: Handshake<'_>) -> Vec<u8> {
     let mut v = Vec::new();
     wire::encode_handshake_version(&mut v, version, &body);
     v
 }
 
-fn decode_hs(data: &[u8]) -> Handshake {
+fn decode_hs(data: &[u8]) -> Handshake<'_> {
     match wire::decode_packet(data) {
         Ok(Packet::Handshake(p)) => p.body,
         other => panic!("expected a handshake packet, got {other:?}"),
@@ -126,11 +126,14 @@ async fn an_address_that_never_echoes_the_cookie_leaves_no_state() {
         let forged = wire::Cookie { mac: cookie.mac ^ 1, ..cookie };
         raw.send_to(
             server.local_addr(),
-            &hs(VERSION, Handshake::Connect { nonce, cookie: forged, window: 1 << 20 }),
+            &hs(VERSION, Handshake::Connect { nonce, cookie: forged, window: 1 << 20, token: &[] }),
         );
         raw.send_to(
             server.local_addr(),
-            &hs(VERSION, Handshake::Connect { nonce: nonce + 1, cookie, window: 1 << 20 }),
+            &hs(
+                VERSION,
+                Handshake::Connect { nonce: nonce + 1, cookie, window: 1 << 20, token: &[] },
+            ),
         );
     }
     assert_eq!(raw.recv_timeout(Duration::from_secs(2)).await, None);
@@ -141,7 +144,7 @@ async fn an_address_that_never_echoes_the_cookie_leaves_no_state() {
     tokio::time::sleep(Duration::from_secs(30)).await; // virtual time: let the cookie expire
     raw.send_to(
         server.local_addr(),
-        &hs(VERSION, Handshake::Connect { nonce: 500, cookie, window: 1 << 20 }),
+        &hs(VERSION, Handshake::Connect { nonce: 500, cookie, window: 1 << 20, token: &[] }),
     );
     assert_eq!(raw.recv_timeout(Duration::from_secs(2)).await, None);
     assert_eq!(server.session_count(), 0);
@@ -154,9 +157,14 @@ fn hostile_datagrams(seed: u64, n: usize) -> Vec<(u16, Vec<u8>)> {
         hs(VERSION, Handshake::Hello { nonce: 1 }),
         hs(
             VERSION,
-            Handshake::Connect { nonce: 1, cookie: wire::Cookie { time: 0, mac: 0 }, window: 99 },
+            Handshake::Connect {
+                nonce: 1,
+                cookie: wire::Cookie { time: 0, mac: 0 },
+                window: 99,
+                token: &[],
+            },
         ),
-        hs(VERSION, Handshake::Accept { nonce: 1, tag: 2, window: 99 }),
+        hs(VERSION, Handshake::Accept { nonce: 1, tag: 2, window: 99, proof: None }),
         hs(VERSION, Handshake::Reset { tag: 2 }),
     ];
     let mut data = Vec::new();

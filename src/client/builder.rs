@@ -22,9 +22,10 @@ use crate::error::{BindError, ConnectError};
 use crate::proto::ids::{GrainType, MethodId};
 use crate::proto::route::Strategies;
 use crate::proto::stats::CallAccounting;
+use crate::proto::token::PlayerToken;
 use crate::sync::lock;
 use crate::topology::{PollingSource, RefreshPolicy, StreamingSource};
-use crate::transport::Endpoint;
+use crate::transport::{Endpoint, Security};
 
 fn unspecified_for(addr: SocketAddr) -> SocketAddr {
     match addr.ip() {
@@ -49,6 +50,8 @@ pub struct ClientBuilder {
     /// Strategies the builder set (they win over the configuration's).
     pub(super) explicit_default: bool,
     pub(super) explicit_types: Vec<GrainType>,
+    /// The connect token presented to every server.
+    pub(super) token: Option<PlayerToken>,
 }
 
 impl fmt::Debug for ClientBuilder {
@@ -137,6 +140,17 @@ impl ClientBuilder {
     /// Sets the connection mode (default [`ConnectMode::Multi`]).
     pub fn mode(mut self, mode: ConnectMode) -> Self {
         self.config.mode = mode;
+        self
+    }
+
+    /// Presents `token` (what the backend issued the player: [`PlayerToken::from_bytes`]) to
+    /// every server: the servers verify it, and every packet of the sessions it opens is
+    /// encrypted and authenticated with its secrets. A server that does not take tokens
+    /// refuses it ([`Rejection::TokensNotAccepted`](crate::error::Rejection)) rather than
+    /// open a session in the clear. Replace it before it expires with
+    /// [`Client::set_token`](super::Client::set_token) (reconnections present the new one).
+    pub fn token(mut self, token: PlayerToken) -> Self {
+        self.token = Some(token);
         self
     }
 
@@ -265,6 +279,7 @@ impl ClientBuilder {
             retry_for,
             explicit_default,
             explicit_types,
+            token,
             ..
         } = self;
         // The configuration's strategies, where the builder set none.
@@ -323,10 +338,12 @@ impl ClientBuilder {
             tasks: Mutex::new(Vec::new()),
         });
         let s = shared.clone();
-        let endpoint = Endpoint::start_service(io, config.transport.clone(), move |ep| {
-            let _ = s.task.set(ep.clone());
-            ClientService::new(s, rx)
-        })?;
+        let security = Security { token: token.map(Arc::new), ..Security::default() };
+        let endpoint =
+            Endpoint::start_service(io, config.transport.clone(), security, move |ep| {
+                let _ = s.task.set(ep.clone());
+                ClientService::new(s, rx)
+            })?;
         *lock(&shared.endpoint) = Some(endpoint);
         for addrs in slots {
             shared.add_slot(addrs);

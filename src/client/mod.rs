@@ -413,6 +413,7 @@ impl Client {
             unknown_method: None,
             explicit_default: false,
             explicit_types: Vec::new(),
+            token: None,
         }
     }
 
@@ -619,6 +620,15 @@ impl Client {
     /// A typed reference to the grain with `key`, e.g. `client.grain::<PlayerRef>(42)`.
     pub fn grain<R: GrainInterface>(&self, key: impl Into<crate::proto::ids::GrainKey>) -> R {
         R::from_grain_ref(GrainRef::new(self.clone(), R::info(), key.into()))
+    }
+
+    /// Presents `token` from now on: to servers it connects to next (a reconnection, a new
+    /// server). Sessions open now keep theirs. Give the client a fresh token before the one
+    /// it holds expires, or reconnections fail with `Rejection::TokenExpired`.
+    pub fn set_token(&self, token: crate::proto::token::PlayerToken) {
+        if let Some(ep) = lock(&self.shared.endpoint).as_ref() {
+            ep.set_token(Some(Arc::new(token)));
+        }
     }
 
     /// Stops reconnecting, closes every session (pending calls fail with `Disconnected`) and

@@ -113,4 +113,31 @@ pub enum Rejection {
     /// (`max_connections_per_ip`).
     #[error("too many sessions from this address")]
     TooManyFromAddress,
+    /// The server requires a connect token and we presented none.
+    #[error("the server requires a connect token")]
+    TokenRequired,
+    /// The server runs without keys (a trusted network) and does not take tokens.
+    #[error("the server does not verify connect tokens (it runs for a trusted network)")]
+    TokensNotAccepted,
+    /// What we presented is not a connect token.
+    #[error("not a connect token")]
+    BadToken,
+    /// The token is sealed with a key the server does not hold.
+    #[error("the token is sealed with a key the server does not hold")]
+    WrongKey,
+    /// The token expired.
+    #[error("the connect token expired")]
+    TokenExpired,
+    /// The token does not name this server.
+    #[error("the connect token does not name this server")]
+    NotInToken,
+    /// The token already opened a session from another address.
+    #[error("the connect token was already used from another address")]
+    TokenReused,
+    /// The server's application refused us, with its code.
+    #[error("refused by the server's application (code {code})")]
+    Application {
+        /// The application's reason.
+        code: u16,
+    },
 }

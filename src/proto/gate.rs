@@ -8,14 +8,30 @@
 //! Versions are checked before anything else. A data packet from an address with no session
 //! is answered with `RESET`, so a peer that outlived our restart learns it at once.
 
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
+use super::addr::ServerAddr;
+use super::crypt::Secrets;
 use super::siphash::siphash24;
+use super::token::{ConnectToken, TokenError, TokenKey, token_id};
 use super::wire::{self, Cookie, Handshake, Packet, RejectReason, VERSION};
 
+/// A client whose connect token the gate verified.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Admitted {
+    /// The client id the token names.
+    pub client_id: u64,
+    /// The token's application data.
+    pub user_data: Vec<u8>,
+    /// The session secrets.
+    pub secrets: Secrets,
+}
+
 /// What to do with a datagram.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
     /// Ignore it.
     Drop,
@@ -23,29 +39,126 @@ pub enum Verdict {
     Reply,
     /// Hand it to the address's existing session.
     Pass,
+    /// Refuse a `CONNECT` (the `REJECT` saying why is written into `out`; send it back).
+    Refuse(RejectReason),
     /// A valid `CONNECT` from a new address: create a session for it.
     Admit {
         /// The client's nonce.
         nonce: u32,
         /// The client's receive window.
         window: u64,
+        /// The verified token, when the gate requires one.
+        client: Option<Box<Admitted>>,
     },
 }
 
+/// Tokens a gate remembers at most (the replay guard's bound) unless told otherwise.
+pub const DEFAULT_TOKENS_REMEMBERED: usize = 65_536;
+
+/// What a gate that requires connect tokens holds: the keys, the names this server answers to,
+/// and the replay guard (which address each token opened a session from, until it expires).
+#[derive(Debug)]
+pub struct TokenGate {
+    keys: Vec<TokenKey>,
+    names: Vec<ServerAddr>,
+    /// Unix seconds at the gate's epoch (tokens' times are Unix seconds).
+    unix_at_epoch: u64,
+    seen: HashMap<[u8; 12], SocketAddr>,
+    expiries: BinaryHeap<Reverse<(u64, [u8; 12])>>,
+    remembered: usize,
+}
+
+impl TokenGate {
+    /// Requires tokens sealed with one of `keys` naming one of `names`; the clock reads
+    /// `unix_at_epoch` at the gate's epoch; at most `remembered` tokens are tracked at once.
+    pub fn new(
+        keys: Vec<TokenKey>,
+        names: Vec<ServerAddr>,
+        unix_at_epoch: u64,
+        remembered: usize,
+    ) -> Self {
+        Self {
+            keys,
+            names,
+            unix_at_epoch,
+            seen: HashMap::new(),
+            expiries: BinaryHeap::new(),
+            remembered: remembered.max(1),
+        }
+    }
+
+    /// Verifies `sealed` from `from` at `unix` (seconds).
+    fn check(
+        &mut self,
+        unix: u64,
+        from: SocketAddr,
+        sealed: &[u8],
+    ) -> Result<Admitted, RejectReason> {
+        if sealed.is_empty() {
+            return Err(RejectReason::TokenRequired);
+        }
+        let token = ConnectToken::open(sealed, &self.keys, unix).map_err(|e| match e {
+            TokenError::UnknownKey | TokenError::BadSeal => RejectReason::WrongKey,
+            TokenError::Expired => RejectReason::TokenExpired,
+            TokenError::NotForThisServer => RejectReason::NotInToken,
+            _ => RejectReason::BadToken,
+        })?;
+        if !self.names.iter().any(|n| token.names(n)) {
+            return Err(RejectReason::NotInToken);
+        }
+        while let Some(Reverse((expires, id))) = self.expiries.peek().copied()
+            && expires <= unix
+        {
+            self.expiries.pop();
+            self.seen.remove(&id);
+        }
+        let id = token_id(sealed);
+        match self.seen.get(&id) {
+            Some(addr) if *addr != from => return Err(RejectReason::TokenReused),
+            Some(_) => {}
+            None if self.seen.len() >= self.remembered => return Err(RejectReason::ServerFull),
+            None => {
+                self.seen.insert(id, from);
+                self.expiries.push(Reverse((token.expires, id)));
+            }
+        }
+        let secrets = token.secrets();
+        Ok(Admitted { client_id: token.client_id, user_data: token.user_data, secrets })
+    }
+
+    /// Tokens tracked by the replay guard now.
+    pub fn remembered(&self) -> usize {
+        self.seen.len()
+    }
+}
+
 /// The gate's configuration and secret.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Gate {
     k0: u64,
     k1: u64,
     epoch: Instant,
     lifetime_secs: u64,
     accept: bool,
+    tokens: Option<TokenGate>,
 }
 
 impl Gate {
     /// A gate with the 128-bit secret `(k0, k1)`, its cookie clock starting at `epoch`.
     pub fn new(secret: (u64, u64), epoch: Instant, lifetime: Duration, accept: bool) -> Self {
-        Self { k0: secret.0, k1: secret.1, epoch, lifetime_secs: lifetime.as_secs().max(1), accept }
+        let lifetime_secs = lifetime.as_secs().max(1);
+        Self { k0: secret.0, k1: secret.1, epoch, lifetime_secs, accept, tokens: None }
+    }
+
+    /// Requires a valid connect token in every `CONNECT` (see [`TokenGate`]).
+    pub fn with_tokens(mut self, tokens: TokenGate) -> Self {
+        self.tokens = Some(tokens);
+        self
+    }
+
+    /// The token gate, if tokens are required.
+    pub fn tokens(&self) -> Option<&TokenGate> {
+        self.tokens.as_ref()
     }
 
     fn mac(&self, addr: SocketAddr, nonce: u32, time: u32) -> u64 {
@@ -88,7 +201,7 @@ impl Gate {
     /// Decides about `datagram` from `from`. `known` says whether `from` has a session; `full`
     /// whether no new session may be created. A reply, if any, is written into `out`.
     pub fn filter(
-        &self,
+        &mut self,
         now: Instant,
         from: SocketAddr,
         datagram: &[u8],
@@ -134,17 +247,28 @@ impl Gate {
                 wire::encode_handshake(out, &reply);
                 Verdict::Reply
             }
-            Handshake::Connect { nonce, cookie, window } => {
+            Handshake::Connect { nonce, cookie, window, token } => {
                 if !self.accept || !self.verify(now, from, nonce, &cookie) {
-                    Verdict::Drop
+                    return Verdict::Drop;
                 } else if known {
-                    Verdict::Pass
-                } else if full {
-                    let reply = Handshake::Reject { nonce, reason: RejectReason::ServerFull };
-                    wire::encode_handshake(out, &reply);
-                    Verdict::Reply
-                } else {
-                    Verdict::Admit { nonce, window }
+                    return Verdict::Pass;
+                }
+                let secs = u64::from(self.clock(now));
+                let admitted = match &mut self.tokens {
+                    _ if full => Err(RejectReason::ServerFull),
+                    None if !token.is_empty() => Err(RejectReason::TokensNotAccepted),
+                    None => Ok(None),
+                    Some(t) => {
+                        let unix = t.unix_at_epoch + secs;
+                        t.check(unix, from, token).map(|a| Some(Box::new(a)))
+                    }
+                };
+                match admitted {
+                    Ok(client) => Verdict::Admit { nonce, window, client },
+                    Err(reason) => {
+                        wire::encode_handshake(out, &Handshake::Reject { nonce, reason });
+                        Verdict::Refuse(reason)
+                    }
                 }
             }
             _ if known => Verdict::Pass,
@@ -256,7 +380,7 @@ mod tests {
         s.parse().unwrap()
     }
 
-    fn hs(body: Handshake) -> Vec<u8> {
+    fn hs(body: Handshake<'_>) -> Vec<u8> {
         let mut v = Vec::new();
         wire::encode_handshake(&mut v, &body);
         v
@@ -265,7 +389,7 @@ mod tests {
     #[test]
     fn hello_challenge_connect_admits_only_with_a_valid_fresh_cookie() {
         let t0 = crate::test_epoch();
-        let gate = Gate::new((1, 2), t0, Duration::from_secs(10), true);
+        let mut gate = Gate::new((1, 2), t0, Duration::from_secs(10), true);
         let client = addr("127.0.0.1:4000");
         let mut out = Vec::new();
         assert_eq!(
@@ -274,11 +398,11 @@ mod tests {
         );
         let Ok(Packet::Handshake(reply)) = wire::decode_packet(&out) else { panic!() };
         let Handshake::Challenge { nonce: 7, cookie } = reply.body else { panic!("{reply:?}") };
-        let connect = hs(Handshake::Connect { nonce: 7, cookie, window: 99 });
+        let connect = hs(Handshake::Connect { nonce: 7, cookie, window: 99, token: &[] });
         let t1 = t0 + Duration::from_secs(3);
         assert_eq!(
             gate.filter(t1, client, &connect, false, false, &mut out),
-            Verdict::Admit { nonce: 7, window: 99 }
+            Verdict::Admit { nonce: 7, window: 99, client: None }
         );
         assert_eq!(gate.filter(t1, client, &connect, true, false, &mut out), Verdict::Pass);
         // Another address, another nonce, a forged MAC, or a stale cookie: dropped.
@@ -286,18 +410,22 @@ mod tests {
             gate.filter(t1, addr("127.0.0.1:4001"), &connect, false, false, &mut out),
             Verdict::Drop
         );
-        let other_nonce = hs(Handshake::Connect { nonce: 8, cookie, window: 99 });
+        let other_nonce = hs(Handshake::Connect { nonce: 8, cookie, window: 99, token: &[] });
         assert_eq!(gate.filter(t1, client, &other_nonce, false, false, &mut out), Verdict::Drop);
         let forged = hs(Handshake::Connect {
             nonce: 7,
             cookie: Cookie { mac: cookie.mac ^ 1, ..cookie },
             window: 99,
+            token: &[],
         });
         assert_eq!(gate.filter(t1, client, &forged, false, false, &mut out), Verdict::Drop);
         let late = t0 + Duration::from_secs(12);
         assert_eq!(gate.filter(late, client, &connect, false, false, &mut out), Verdict::Drop);
         // Full: a typed rejection.
-        assert_eq!(gate.filter(t1, client, &connect, false, true, &mut out), Verdict::Reply);
+        assert_eq!(
+            gate.filter(t1, client, &connect, false, true, &mut out),
+            Verdict::Refuse(RejectReason::ServerFull)
+        );
         let Ok(Packet::Handshake(r)) = wire::decode_packet(&out) else { panic!() };
         assert_eq!(r.body, Handshake::Reject { nonce: 7, reason: RejectReason::ServerFull });
     }
@@ -305,7 +433,7 @@ mod tests {
     #[test]
     fn versions_and_strangers() {
         let t0 = crate::test_epoch();
-        let gate = Gate::new((1, 2), t0, Duration::from_secs(10), true);
+        let mut gate = Gate::new((1, 2), t0, Duration::from_secs(10), true);
         let from = addr("[::1]:5");
         let mut out = Vec::new();
         let mut old = Vec::new();
@@ -320,7 +448,10 @@ mod tests {
             }
         );
         // Garbage and unsolicited handshake answers from strangers: dropped, nothing written.
-        for junk in [&b"\x00garbage"[..], &hs(Handshake::Accept { nonce: 1, tag: 2, window: 3 })] {
+        for junk in [
+            &b"\x00garbage"[..],
+            &hs(Handshake::Accept { nonce: 1, tag: 2, window: 3, proof: None }),
+        ] {
             assert_eq!(gate.filter(t0, from, junk, false, false, &mut out), Verdict::Drop);
             assert!(out.is_empty());
             assert_eq!(gate.filter(t0, from, junk, true, false, &mut out), Verdict::Pass);
@@ -336,7 +467,7 @@ mod tests {
         data.truncate(7);
         assert_eq!(gate.filter(t0, from, &data, false, false, &mut out), Verdict::Drop);
         // A client endpoint does not accept.
-        let client = Gate::new((1, 2), t0, Duration::from_secs(10), false);
+        let mut client = Gate::new((1, 2), t0, Duration::from_secs(10), false);
         assert_eq!(
             client.filter(t0, from, &hs(Handshake::Hello { nonce: 1 }), false, false, &mut out),
             Verdict::Reply

@@ -5,6 +5,7 @@
 pub mod addr;
 pub mod channel;
 pub mod config;
+pub mod crypt;
 pub mod error;
 pub mod gate;
 pub mod ids;

@@ -22,7 +22,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use super::channel::{Channel, Datagram, Delivered, PacketOutcome};
+use super::crypt::{AUTH_TAG_LEN, PacketKeys, ReplayWindow, Secrets};
 use super::stats::ConnectionStats;
+use super::token::PlayerToken;
 use super::wire::{self, Class, CloseKind, Cookie, Handshake, Packet, RejectReason, VERSION};
 use crate::proto::config::TransportConfig;
 use crate::proto::error::{DisconnectReason, ProtocolViolation, Rejection, SendError};
@@ -78,6 +80,13 @@ pub struct Session {
     /// accepting, and the network may reorder the two), replayed once it arrives; at most
     /// [`EARLY_DATAGRAMS`].
     early: Vec<Vec<u8>>,
+    /// Client: the token presented in `CONNECT`, whose secrets protect the session.
+    token: Option<Arc<PlayerToken>>,
+    /// The session's packet keys, once it is protected.
+    keys: Option<PacketKeys>,
+    replay: ReplayWindow,
+    /// Decrypted packets are opened here.
+    plain: Vec<u8>,
     last_received: Instant,
     established_at: Instant,
     ping_pending: bool,
@@ -93,16 +102,27 @@ impl Session {
         Self::new(cfg, State::Hello { started: now, next: now, interval }, nonce, 0, None, now)
     }
 
+    /// A client session that presents `token` and protects its packets with the token's
+    /// secrets.
+    pub fn with_token(mut self, token: Arc<PlayerToken>) -> Self {
+        self.token = Some(token);
+        self
+    }
+
     /// A server session for a `CONNECT` the gate admitted; `tag` is this session's random tag.
+    /// With `secrets` (from the client's verified token) every packet is protected.
     pub fn server(
         cfg: Arc<TransportConfig>,
         nonce: u32,
         tag: u32,
         peer_window: u64,
         now: Instant,
+        secrets: Option<&Secrets>,
     ) -> Self {
-        let channel = Channel::new(&cfg, peer_window, now);
+        let keys = secrets.map(|s| PacketKeys::derive(s, nonce, tag, false));
+        let channel = Channel::new(&channel_config(&cfg, keys.is_some()), peer_window, now);
         let mut s = Self::new(cfg, State::Established, nonce, tag, Some(channel), now);
+        s.keys = keys;
         s.accept_pending = true;
         s.events.push_back(SessionEvent::Connected);
         s
@@ -124,6 +144,10 @@ impl Session {
             channel,
             events: VecDeque::new(),
             early: Vec::new(),
+            token: None,
+            keys: None,
+            replay: ReplayWindow::default(),
+            plain: Vec::new(),
             last_received: now,
             established_at: now,
             ping_pending: false,
@@ -131,6 +155,11 @@ impl Session {
             close_again: false,
             closed_stats: None,
         }
+    }
+
+    /// Whether its packets are encrypted and authenticated.
+    pub fn is_protected(&self) -> bool {
+        self.keys.is_some()
     }
 
     /// Whether the handshake completed and the session is not closing.
@@ -273,6 +302,10 @@ impl Session {
                 if h.tag != self.tag {
                     return; // another session's packet
                 }
+                if self.keys.is_some() {
+                    self.on_protected(now, h.pn_truncated, h.pn_len, data);
+                    return;
+                }
                 if let State::Draining { .. } = self.state {
                     self.close_again = true;
                     return;
@@ -280,6 +313,40 @@ impl Session {
                 self.on_data(now, h.pn_truncated, h.pn_len, frames, data);
             }
         }
+    }
+
+    /// A protected data packet: the replay window, then the tag, and only then the frames.
+    fn on_protected(&mut self, now: Instant, pn_truncated: u32, pn_len: u8, data: &[u8]) {
+        let (Some(ch), Some(keys)) = (self.channel.as_mut(), self.keys.as_ref()) else {
+            return;
+        };
+        let pn = ch.expand_pn(pn_truncated, pn_len);
+        if !self.replay.fresh(pn) {
+            ch.count_replayed();
+            return;
+        }
+        let header_len = wire::data_header_len(data[0]);
+        let mut plain = std::mem::take(&mut self.plain);
+        plain.clear();
+        plain.extend_from_slice(data);
+        let (header, body) = plain.split_at_mut(header_len);
+        let opened = keys.open(pn, header, body).map(|p| p.len());
+        match opened {
+            Err(_) => ch.count_unauthentic(),
+            Ok(n) => {
+                self.replay.mark(pn);
+                ch.count_overhead(false, AUTH_TAG_LEN);
+                plain.truncate(header_len + n);
+                if let State::Draining { .. } = self.state {
+                    self.close_again = true;
+                } else if n > 0 {
+                    self.on_data(now, pn_truncated, pn_len, &plain[header_len..], &plain);
+                } else if let Some(ch) = self.channel.as_mut() {
+                    ch.count_malformed();
+                }
+            }
+        }
+        self.plain = plain;
     }
 
     fn on_data(&mut self, now: Instant, pn: u32, pn_len: u8, frames: &[u8], data: &[u8]) {
@@ -320,7 +387,7 @@ impl Session {
         }
     }
 
-    fn on_handshake(&mut self, now: Instant, body: Handshake) {
+    fn on_handshake(&mut self, now: Instant, body: Handshake<'_>) {
         match (&mut self.state, body) {
             (State::Hello { started, .. }, Handshake::Challenge { nonce, cookie })
                 if nonce == self.nonce =>
@@ -339,13 +406,24 @@ impl Session {
             }
             (
                 State::Connecting { first_sent, attempts, .. },
-                Handshake::Accept { nonce, tag, window },
+                Handshake::Accept { nonce, tag, window, proof },
             ) if nonce == self.nonce => {
                 // Karn: an RTT sample only from an attempt that was not repeated.
                 let sample = (*attempts == 1)
                     .then(|| first_sent.map(|t| now.saturating_duration_since(t)))
                     .flatten();
-                let mut ch = Channel::new(&self.cfg, window, now);
+                if let Some(token) = &self.token {
+                    // Only the server holding the token's secrets can prove them; anything else
+                    // (no proof, a wrong one: forged or another session's) is ignored.
+                    let keys = PacketKeys::derive(&token.secrets, nonce, tag, true);
+                    let fields = wire::accept_fields(nonce, tag, window);
+                    if !proof.is_some_and(|p| keys.verify_accept(&fields, &p)) {
+                        return;
+                    }
+                    self.keys = Some(keys);
+                }
+                let cfg = channel_config(&self.cfg, self.keys.is_some());
+                let mut ch = Channel::new(&cfg, window, now);
                 if let Some(s) = sample {
                     ch.set_initial_rtt(s);
                 }
@@ -363,19 +441,27 @@ impl Session {
                 State::Hello { .. } | State::Connecting { .. },
                 Handshake::Reject { nonce, reason },
             ) if nonce == self.nonce => {
-                let reason = match reason {
+                let rejected = match reason {
                     RejectReason::VersionMismatch { supported } => {
-                        DisconnectReason::VersionMismatch { ours: VERSION, theirs: supported }
+                        self.finish(DisconnectReason::VersionMismatch {
+                            ours: VERSION,
+                            theirs: supported,
+                        });
+                        return;
                     }
-                    RejectReason::ServerFull => DisconnectReason::Rejected(Rejection::ServerFull),
-                    RejectReason::TooManyFromAddress => {
-                        DisconnectReason::Rejected(Rejection::TooManyFromAddress)
-                    }
-                    RejectReason::NotAccepting => {
-                        DisconnectReason::Rejected(Rejection::NotAccepting)
-                    }
+                    RejectReason::ServerFull => Rejection::ServerFull,
+                    RejectReason::TooManyFromAddress => Rejection::TooManyFromAddress,
+                    RejectReason::NotAccepting => Rejection::NotAccepting,
+                    RejectReason::TokenRequired => Rejection::TokenRequired,
+                    RejectReason::TokensNotAccepted => Rejection::TokensNotAccepted,
+                    RejectReason::BadToken => Rejection::BadToken,
+                    RejectReason::WrongKey => Rejection::WrongKey,
+                    RejectReason::TokenExpired => Rejection::TokenExpired,
+                    RejectReason::NotInToken => Rejection::NotInToken,
+                    RejectReason::TokenReused => Rejection::TokenReused,
+                    RejectReason::Application { code } => Rejection::Application { code },
                 };
-                self.finish(reason);
+                self.finish(DisconnectReason::Rejected(rejected));
             }
             (State::Established | State::Closing { .. }, Handshake::Connect { nonce, .. }) => {
                 if nonce == self.nonce {
@@ -494,6 +580,7 @@ impl Session {
                     nonce: self.nonce,
                     cookie: *cookie,
                     window: self.cfg.receive_window,
+                    token: self.token.as_ref().map_or(&[][..], |t| &t.sealed[..]),
                 };
                 wire::encode_handshake(out, &body);
                 true
@@ -504,22 +591,35 @@ impl Session {
                     return false;
                 }
                 let kind = *kind;
-                self.channel
+                let sent = self
+                    .channel
                     .as_mut()
-                    .is_some_and(|ch| ch.write_packet(now, self.tag, out, false, Some(kind)))
+                    .is_some_and(|ch| ch.write_packet(now, self.tag, out, false, Some(kind)));
+                sent && self.protect(out)
             }
             State::Closed => false,
         }
     }
 
+    /// Seals the data packet just written into `out`, if the session is protected.
+    fn protect(&mut self, out: &mut Vec<u8>) -> bool {
+        if let (Some(keys), Some(ch)) = (&self.keys, &mut self.channel)
+            && wire::is_data(out)
+        {
+            keys.seal(ch.last_sent_pn(), wire::data_header_len(out[0]), out);
+            ch.count_overhead(true, AUTH_TAG_LEN);
+        }
+        true
+    }
+
     fn transmit_established(&mut self, now: Instant, out: &mut Vec<u8>) -> bool {
         if std::mem::take(&mut self.accept_pending) {
-            let body = Handshake::Accept {
-                nonce: self.nonce,
-                tag: self.tag,
-                window: self.cfg.receive_window,
-            };
-            wire::encode_handshake(out, &body);
+            let (nonce, tag, window) = (self.nonce, self.tag, self.cfg.receive_window);
+            let proof = self
+                .keys
+                .as_ref()
+                .map(|k| k.accept_proof(&wire::accept_fields(nonce, tag, window)));
+            wire::encode_handshake(out, &Handshake::Accept { nonce, tag, window, proof });
             return true;
         }
         let Some(ch) = self.channel.as_mut() else {
@@ -532,12 +632,12 @@ impl Session {
             let sent = ch.write_packet(now, self.tag, out, false, Some(kind));
             self.drain(now, kind, DisconnectReason::ClosedLocally);
             self.close_again = false;
-            return sent;
+            return sent && self.protect(out);
         }
         let ping = self.ping_pending;
         if ch.write_packet(now, self.tag, out, ping, None) {
             self.ping_pending = false;
-            return true;
+            return self.protect(out);
         }
         false
     }
@@ -562,6 +662,16 @@ impl Session {
     pub fn stats(&self) -> ConnectionStats {
         self.closed_stats.unwrap_or_else(|| self.stats_now())
     }
+}
+
+/// The channel's configuration: a protected session leaves room for the tag in every datagram
+/// (both sides agree, so their chunks agree).
+fn channel_config(cfg: &TransportConfig, protected: bool) -> TransportConfig {
+    let mut c = cfg.clone();
+    if protected {
+        c.max_datagram_size -= AUTH_TAG_LEN;
+    }
+    c
 }
 
 #[cfg(test)]

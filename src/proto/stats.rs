@@ -31,6 +31,9 @@ pub struct ConnectionStats {
     pub duplicates: u64,
     /// Datagrams dropped on receipt because they could not be decoded.
     pub malformed: u64,
+    /// Protected datagrams dropped on receipt because they failed authentication (forged,
+    /// altered or another session's): never decoded.
+    pub unauthentic: u64,
     /// Estimated fraction of packets lost recently, 0.0..=1.0.
     pub loss: f64,
     /// Messages accepted for sending.
@@ -64,6 +67,7 @@ impl ConnectionStats {
             retransmissions: 0,
             duplicates: 0,
             malformed: 0,
+            unauthentic: 0,
             loss: 0.0,
             messages_sent: 0,
             messages_received: 0,

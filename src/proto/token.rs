@@ -17,6 +17,7 @@
 use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, Nonce, UnboundKey};
 
 use super::addr::ServerAddr;
+use super::crypt::Secrets;
 
 /// The token format's version.
 pub const TOKEN_VERSION: u8 = 1;
@@ -97,6 +98,108 @@ impl std::fmt::Debug for ConnectToken {
             .field("expires", &self.expires)
             .field("user_data", &self.user_data.len())
             .finish_non_exhaustive()
+    }
+}
+
+impl ConnectToken {
+    /// The session secrets it carries.
+    pub fn secrets(&self) -> Secrets {
+        Secrets { client_to_server: self.client_to_server, server_to_client: self.server_to_client }
+    }
+}
+
+/// What the player receives from the backend (over its own secure channel: it holds the
+/// session secrets): the sealed token it presents to servers, which it cannot read, and in the
+/// clear what it needs itself — its id, the expiry, the servers it may join and the secrets.
+///
+/// Layout: `"GWP" version:u8 client_id:u64 expires:u64 c2s:[u8; 32] s2c:[u8; 32]
+/// servers:u8 (len:u8 bytes)* sealed_len:u16 sealed`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PlayerToken {
+    /// The client id the token names.
+    pub client_id: u64,
+    /// When it expires, Unix seconds (a session opened before lives on).
+    pub expires: u64,
+    /// The servers it may join.
+    pub servers: Vec<ServerAddr>,
+    /// The session secrets.
+    pub secrets: Secrets,
+    /// The sealed token, presented in the handshake.
+    pub sealed: Vec<u8>,
+}
+
+impl std::fmt::Debug for PlayerToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PlayerToken")
+            .field("client_id", &self.client_id)
+            .field("expires", &self.expires)
+            .field("servers", &self.servers)
+            .field("sealed", &self.sealed.len())
+            .finish_non_exhaustive()
+    }
+}
+
+const PLAYER_MAGIC: &[u8; 3] = b"GWP";
+/// The largest player token.
+pub const MAX_PLAYER_TOKEN_SIZE: usize = 2048;
+
+impl PlayerToken {
+    /// Seals `token` with `key` and `nonce` and wraps it for the player.
+    pub fn new(token: &ConnectToken, key: &TokenKey, nonce: [u8; 12]) -> Result<Self, TokenError> {
+        Ok(Self {
+            client_id: token.client_id,
+            expires: token.expires,
+            servers: token.servers.clone(),
+            secrets: token.secrets(),
+            sealed: token.seal(key, nonce)?,
+        })
+    }
+
+    /// Its bytes, for the player (a file, an HTTPS response body).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(96 + self.sealed.len());
+        out.extend_from_slice(PLAYER_MAGIC);
+        out.push(TOKEN_VERSION);
+        out.extend_from_slice(&self.client_id.to_le_bytes());
+        out.extend_from_slice(&self.expires.to_le_bytes());
+        out.extend_from_slice(&self.secrets.client_to_server);
+        out.extend_from_slice(&self.secrets.server_to_client);
+        out.push(self.servers.len().min(MAX_TOKEN_SERVERS) as u8);
+        for s in self.servers.iter().take(MAX_TOKEN_SERVERS) {
+            let name = s.to_string();
+            out.push(name.len().min(255) as u8);
+            out.extend_from_slice(&name.as_bytes()[..name.len().min(255)]);
+        }
+        out.extend_from_slice(&(self.sealed.len() as u16).to_le_bytes());
+        out.extend_from_slice(&self.sealed);
+        out
+    }
+
+    /// Reads a player token (what [`Self::to_bytes`] wrote). Checks its form, not the seal
+    /// (only servers hold the key).
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, TokenError> {
+        if bytes.len() > MAX_PLAYER_TOKEN_SIZE {
+            return Err(TokenError::Malformed);
+        }
+        let mut r = Reader(bytes);
+        if r.take(3)? != PLAYER_MAGIC || r.take(1)?[0] != TOKEN_VERSION {
+            return Err(TokenError::Malformed);
+        }
+        let client_id = u64::from_le_bytes(r.take(8)?.try_into().expect("8 bytes"));
+        let expires = u64::from_le_bytes(r.take(8)?.try_into().expect("8 bytes"));
+        let client_to_server = r.take(32)?.try_into().expect("32 bytes");
+        let server_to_client = r.take(32)?.try_into().expect("32 bytes");
+        let servers = r.servers()?;
+        let len = usize::from(u16::from_le_bytes(r.take(2)?.try_into().expect("2 bytes")));
+        if !(PUBLIC_LEN + TAG_LEN..=MAX_TOKEN_SIZE).contains(&len) {
+            return Err(TokenError::Malformed);
+        }
+        let sealed = r.take(len)?.to_vec();
+        if !r.0.is_empty() {
+            return Err(TokenError::Malformed);
+        }
+        let secrets = Secrets { client_to_server, server_to_client };
+        Ok(Self { client_id, expires, servers, secrets, sealed })
     }
 }
 
@@ -199,16 +302,7 @@ impl ConnectToken {
             .map_err(|_| TokenError::BadSeal)?;
         let mut r = Reader(plain);
         let client_id = u64::from_le_bytes(r.take(8)?.try_into().expect("8 bytes"));
-        let count = usize::from(r.take(1)?[0]);
-        if count > MAX_TOKEN_SERVERS {
-            return Err(TokenError::Malformed);
-        }
-        let mut servers = Vec::with_capacity(count);
-        for _ in 0..count {
-            let len = usize::from(r.take(1)?[0]);
-            let name = std::str::from_utf8(r.take(len)?).map_err(|_| TokenError::Malformed)?;
-            servers.push(name.parse().map_err(|_| TokenError::Malformed)?);
-        }
+        let servers = r.servers()?;
         let client_to_server = r.take(32)?.try_into().expect("32 bytes");
         let server_to_client = r.take(32)?.try_into().expect("32 bytes");
         let ud_len = usize::from(u16::from_le_bytes(r.take(2)?.try_into().expect("2 bytes")));
@@ -236,6 +330,16 @@ impl ConnectToken {
     }
 }
 
+/// A sealed token's identity (its nonce, unique per token): what the replay guard tracks.
+/// `sealed` must be at least a token's public part long (as any token that opened is).
+pub fn token_id(sealed: &[u8]) -> [u8; 12] {
+    let mut id = [0u8; 12];
+    if let Some(n) = sealed.get(24..36) {
+        id.copy_from_slice(n);
+    }
+    id
+}
+
 struct Reader<'a>(&'a [u8]);
 
 impl<'a> Reader<'a> {
@@ -246,6 +350,20 @@ impl<'a> Reader<'a> {
         let (head, rest) = self.0.split_at(n);
         self.0 = rest;
         Ok(head)
+    }
+
+    fn servers(&mut self) -> Result<Vec<ServerAddr>, TokenError> {
+        let count = usize::from(self.take(1)?[0]);
+        if count > MAX_TOKEN_SERVERS {
+            return Err(TokenError::Malformed);
+        }
+        let mut servers = Vec::with_capacity(count);
+        for _ in 0..count {
+            let len = usize::from(self.take(1)?[0]);
+            let name = std::str::from_utf8(self.take(len)?).map_err(|_| TokenError::Malformed)?;
+            servers.push(name.parse().map_err(|_| TokenError::Malformed)?);
+        }
+        Ok(servers)
     }
 }
 
@@ -299,6 +417,25 @@ mod tests {
         for bad in [&sealed[..PUBLIC_LEN], &[0u8; 40][..], &vec![0u8; MAX_TOKEN_SIZE + 1][..]] {
             assert_eq!(ConnectToken::open(bad, &[key(7, 9)], 1_000), Err(TokenError::Malformed));
         }
+    }
+
+    #[test]
+    fn a_player_token_round_trips_and_holds_the_sealed_token() {
+        let t = token();
+        let p = PlayerToken::new(&t, &key(7, 9), [3; 12]).unwrap();
+        let bytes = p.to_bytes();
+        let back = PlayerToken::from_bytes(&bytes).unwrap();
+        assert_eq!(back, p);
+        assert_eq!((back.client_id, back.expires, &back.servers), (42, 1_030, &t.servers));
+        assert_eq!(back.secrets, t.secrets());
+        assert_eq!(ConnectToken::open(&back.sealed, &[key(7, 9)], 1_000), Ok(t));
+        for cut in 0..bytes.len() {
+            assert_eq!(PlayerToken::from_bytes(&bytes[..cut]), Err(TokenError::Malformed));
+        }
+        let mut long = bytes.clone();
+        long.push(0);
+        assert_eq!(PlayerToken::from_bytes(&long), Err(TokenError::Malformed));
+        assert_eq!(PlayerToken::from_bytes(&bytes[3..]), Err(TokenError::Malformed));
     }
 
     #[test]

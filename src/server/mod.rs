@@ -21,6 +21,7 @@ mod activation;
 mod claims;
 pub mod dispatch;
 mod fleet;
+mod security;
 mod service;
 mod table;
 
@@ -37,6 +38,7 @@ use tokio::sync::oneshot;
 use self::activation::{AnswerLimits, Reporter, Spawn, Typed};
 pub use self::claims::{DirectoryConfig, DirectoryUse};
 use self::dispatch::Dispatch;
+pub use self::security::{AuthConfig, KeyError, KeyFile};
 use self::service::{ServerCmd, ServerService};
 use crate::config::{TransportConfig, duration};
 use crate::directory::{GrainDirectory, Owner};
@@ -47,10 +49,11 @@ use crate::proto::ids::{GrainId, GrainType, ServerId};
 use crate::proto::manifest::{DEFAULT_CLUSTER_ID, DEFAULT_SERVICE_ID, HostedGrain, Manifest};
 pub use crate::proto::manifest::{MetaValue, Metadata};
 use crate::proto::rng::SplitMix64;
+use crate::proto::token::TokenKey;
 use crate::proto::topology::{ClusterNode, Topology};
 use crate::sync::lock;
 use crate::topology::redis::{MemberCmd, MemberEntry, MembershipConfig};
-use crate::transport::{Endpoint, EndpointStats};
+use crate::transport::{Approve, ClientIdentity, Endpoint, EndpointStats, Security};
 
 /// Options of a [`Server`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -121,6 +124,9 @@ pub struct ServerConfig {
     /// One activation per grain across the fleet: claims in a grain directory (on by default
     /// with a Redis membership, in the same Redis).
     pub directory: DirectoryConfig,
+    /// Who may connect: `trusted` (anyone; for trusted networks only, the default) or
+    /// `tokens` (a connect token sealed with one of the keys; packets protected).
+    pub auth: AuthConfig,
 }
 
 impl crate::config::ConfigFile for ServerConfig {}
@@ -149,6 +155,7 @@ impl Default for ServerConfig {
             peers: Vec::new(),
             membership: MembershipConfig::default(),
             directory: DirectoryConfig::default(),
+            auth: AuthConfig::default(),
         }
     }
 }
@@ -169,6 +176,9 @@ pub enum ServerError {
     /// The grain type was never given to the builder (`host` or `register`).
     #[error("grain type {0} is not registered on this server")]
     NotRegistered(GrainType),
+    /// A token key could not be loaded.
+    #[error(transparent)]
+    Key(#[from] KeyError),
 }
 
 /// A grain type to host: made by the `host` function of a `#[grain]` trait, e.g.
@@ -290,15 +300,28 @@ pub(crate) struct ServerShared {
 }
 
 /// What `ServerBuilder::prepare` gives `Server::start`.
-type Prepared = (ServerConfig, Vec<Registered>, ServerId, Option<Arc<dyn GrainDirectory>>);
+type Prepared =
+    (ServerConfig, Vec<Registered>, ServerId, Option<Arc<dyn GrainDirectory>>, Security);
 
 /// Builds a [`Server`].
-#[derive(Debug)]
 #[must_use = "a builder does nothing until `bind`"]
 pub struct ServerBuilder {
     config: ServerConfig,
     hosts: Vec<(Host, bool)>,
     directory: Option<Arc<dyn GrainDirectory>>,
+    keys: Vec<TokenKey>,
+    approve: Option<Arc<dyn Approve>>,
+}
+
+impl std::fmt::Debug for ServerBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerBuilder")
+            .field("config", &self.config)
+            .field("hosts", &self.hosts)
+            .field("keys", &self.keys)
+            .field("approve", &self.approve.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl std::fmt::Debug for dyn GrainDirectory {
@@ -313,6 +336,26 @@ impl ServerBuilder {
     /// process. Without it, a server with a Redis membership uses a directory in that Redis.
     pub fn directory(mut self, directory: Arc<dyn GrainDirectory>) -> Self {
         self.directory = Some(directory);
+        self
+    }
+
+    /// Requires connect tokens sealed with one of `keys` (with those of `ServerConfig::auth`,
+    /// if any): clients without a valid token naming this server are refused, and every
+    /// session's packets are protected.
+    pub fn token_keys(mut self, keys: impl IntoIterator<Item = TokenKey>) -> Self {
+        self.keys.extend(keys);
+        self
+    }
+
+    /// The application's approval of each client whose token was verified (its id and user
+    /// data): `Err(code)` refuses it, and its connect fails with
+    /// `Rejection::Application { code }`. Runs in the endpoint's task before the session
+    /// exists: keep it quick. Only with tokens (a trusted network has no identities).
+    pub fn approve(
+        mut self,
+        approve: impl Fn(&ClientIdentity) -> Result<(), u16> + Send + Sync + 'static,
+    ) -> Self {
+        self.approve = Some(Arc::new(approve));
         self
     }
 
@@ -332,6 +375,21 @@ impl ServerBuilder {
     fn prepare(self) -> Result<Prepared, ServerError> {
         let directory = self.directory;
         let mut config = self.config;
+        let mut keys = config.auth.load_keys()?;
+        keys.extend(self.keys);
+        if keys.is_empty() && matches!(config.auth, AuthConfig::Tokens { .. }) {
+            return Err(ServerError::Config("auth mode `tokens` needs at least one key"));
+        }
+        if keys.is_empty() && self.approve.is_some() {
+            return Err(ServerError::Config("`approve` needs token keys (no identities without)"));
+        }
+        let security = Security {
+            keys,
+            names: Vec::new(), // known once bound
+            tokens_remembered: config.auth.tokens_remembered(),
+            approve: self.approve,
+            token: None,
+        };
         config.transport.accept_incoming = true;
         config.transport.validate().map_err(BindError::from)?;
         config.membership.validate().map_err(ServerError::Config)?;
@@ -354,24 +412,24 @@ impl ServerBuilder {
                 directory: h.directory,
             });
         }
-        Ok((config, registry, server_id, directory))
+        Ok((config, registry, server_id, directory, security))
     }
 
     /// Starts the server on a UDP socket at `addr`, on the current tokio runtime.
     pub fn bind(self, addr: SocketAddr) -> Result<Server, ServerError> {
-        let (config, registry, server_id, directory) = self.prepare()?;
+        let (config, registry, server_id, directory, security) = self.prepare()?;
         let io = crate::transport::io::UdpIo::bind(addr, config.transport.socket_buffer_size)
             .map_err(BindError::from)?;
-        Server::start(io, config, registry, server_id, directory)
+        Server::start(io, config, registry, server_id, directory, security)
     }
 
     /// Starts the server on a UDP socket the application bound (to learn the port the OS
     /// picked for `:0` before naming the server, or to bind it its own way).
     pub fn bind_socket(self, socket: std::net::UdpSocket) -> Result<Server, ServerError> {
-        let (config, registry, server_id, directory) = self.prepare()?;
+        let (config, registry, server_id, directory, security) = self.prepare()?;
         let io = crate::transport::io::UdpIo::from_std(socket, config.transport.socket_buffer_size)
             .map_err(BindError::from)?;
-        Server::start(io, config, registry, server_id, directory)
+        Server::start(io, config, registry, server_id, directory, security)
     }
 
     /// Starts the server on the simulated network at `addr`.
@@ -381,9 +439,9 @@ impl ServerBuilder {
         net: &crate::transport::sim::SimNetwork,
         addr: SocketAddr,
     ) -> Result<Server, ServerError> {
-        let (config, registry, server_id, directory) = self.prepare()?;
+        let (config, registry, server_id, directory, security) = self.prepare()?;
         let io = net.bind_io(addr).map_err(BindError::from)?;
-        Server::start(io, config, registry, server_id, directory)
+        Server::start(io, config, registry, server_id, directory, security)
     }
 }
 
@@ -471,7 +529,13 @@ impl ServerShared {
 impl Server {
     /// A builder with `config`.
     pub fn builder(config: ServerConfig) -> ServerBuilder {
-        ServerBuilder { config, hosts: Vec::new(), directory: None }
+        ServerBuilder {
+            config,
+            hosts: Vec::new(),
+            directory: None,
+            keys: Vec::new(),
+            approve: None,
+        }
     }
 
     fn start(
@@ -480,8 +544,20 @@ impl Server {
         registry: Vec<Registered>,
         server_id: ServerId,
         directory: Option<Arc<dyn GrainDirectory>>,
+        mut security: Security,
     ) -> Result<Self, ServerError> {
         let local = io.local_addr().map_err(BindError::from)?;
+        // A token names the servers it may join as each advertises itself (or by its bound
+        // address, when it advertises none).
+        security.names =
+            config.advertise.iter().cloned().chain([ServerAddr::from(local)]).collect();
+        if security.keys.is_empty() && !local.ip().is_loopback() {
+            tracing::warn!(
+                %local,
+                "no token keys: anyone who can reach this address may call any grain, in the \
+                 clear (auth mode `trusted` is for trusted networks only)"
+            );
+        }
         let me = ClusterNode {
             endpoint: config.advertise.clone().unwrap_or(ServerAddr::from(local)),
             eligible: true,
@@ -556,7 +632,7 @@ impl Server {
         let counters = shared.counters.clone();
         let membership = config.membership.clone();
         let mut renewals = None;
-        let endpoint = Endpoint::start_service(io, config.transport, move |ep| {
+        let endpoint = Endpoint::start_service(io, config.transport, security, move |ep| {
             let reporter = Reporter { tx: report_tx, endpoint: ep.clone(), limits, counters };
             ServerService::new(s, reporter, report_rx, cmd_rx)
         })?;

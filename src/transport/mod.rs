@@ -17,6 +17,7 @@
 pub(crate) mod io;
 mod laminar;
 mod pass;
+mod security;
 #[cfg(feature = "test-util")]
 pub mod sim;
 
@@ -39,6 +40,8 @@ use crate::proto::wire::Class;
 pub(crate) use crate::sync::Signal;
 
 use self::laminar::{Command, Driver, DriverCmd};
+pub(crate) use self::security::Security;
+pub use self::security::{Approve, ClientIdentity};
 
 /// What an endpoint's task can run on top of its sessions instead of handing their events to
 /// the application: the RPC client and server. Everything here runs inside the endpoint's
@@ -165,6 +168,9 @@ pub(crate) struct EndpointCounters {
     pub(crate) sends_dropped: AtomicU64,
     pub(crate) stalled: AtomicU64,
     pub(crate) shed: AtomicU64,
+    pub(crate) strangers_dropped: AtomicU64,
+    pub(crate) rejected_token: AtomicU64,
+    pub(crate) rejected_by_app: AtomicU64,
     pub(crate) parked: AtomicUsize,
     /// What every session holds received and not yet delivered, together.
     pub(crate) receive_held: AtomicU64,
@@ -200,6 +206,14 @@ pub struct EndpointStats {
     /// Sessions shed because the endpoint was over `max_receive_buffered` and they held more
     /// than their share ([`DisconnectReason::Shed`]).
     pub sessions_shed: u64,
+    /// Datagrams from addresses without a session dropped unanswered (undecodable, a bad or
+    /// stale cookie, a handshake packet a server does not take).
+    pub strangers_dropped: u64,
+    /// Connection attempts refused for their token (none, not a token, a wrong key, expired,
+    /// not naming this server, reused from another address, or a token at a keyless server).
+    pub rejected_token: u64,
+    /// Connection attempts the application's approval refused.
+    pub rejected_by_app: u64,
 }
 
 /// State shared between an endpoint's handles and its task.
@@ -243,6 +257,9 @@ impl EndpointShared {
             queued_bytes: self.queued_total.load(Ordering::Relaxed),
             receive_held: get(&c.receive_held),
             sessions_shed: get(&c.shed),
+            strangers_dropped: get(&c.strangers_dropped),
+            rejected_token: get(&c.rejected_token),
+            rejected_by_app: get(&c.rejected_by_app),
         }
     }
 }
@@ -275,6 +292,10 @@ pub(crate) struct ConnShared {
     pub(crate) stats: Mutex<ConnectionStats>,
     /// Notified when send-buffer bytes are released or the session closes.
     pub(crate) room: Notify,
+    /// Server: the client its verified token names (set before the handle exists).
+    pub(crate) identity: Option<Arc<ClientIdentity>>,
+    /// Its packets are encrypted and authenticated (set before the handle exists).
+    pub(crate) protected: bool,
 }
 
 impl ConnShared {
@@ -298,6 +319,8 @@ impl ConnShared {
             peer_window: AtomicU64::new(0),
             stats: Mutex::new(ConnectionStats::new(now)),
             room: Notify::new(),
+            identity: None,
+            protected: false,
         }
     }
 
@@ -368,6 +391,17 @@ impl Connection {
     /// The peer's address.
     pub fn remote_addr(&self) -> SocketAddr {
         self.shared.addr
+    }
+
+    /// The client its verified connect token names (server side of a session opened with a
+    /// token; `None` on a trusted network and on the client side).
+    pub fn client_identity(&self) -> Option<&Arc<ClientIdentity>> {
+        self.shared.identity.as_ref()
+    }
+
+    /// Whether its packets are encrypted and authenticated (it was opened with a token).
+    pub fn is_protected(&self) -> bool {
+        self.shared.protected
     }
 
     /// Whether the session is established and not closed.
@@ -546,23 +580,28 @@ impl Endpoint {
 
     pub(crate) fn start(io: impl io::Io, config: TransportConfig) -> Result<Self, BindError> {
         let (events_tx, events_rx) = mpsc::unbounded_channel();
-        Self::start_inner(io, config, Some(events_tx), events_rx, |_| NoService)
+        Self::start_inner(io, config, Security::default(), Some(events_tx), events_rx, |_| {
+            NoService
+        })
     }
 
-    /// Starts an endpoint whose session events go to a service built by `make_service`.
+    /// Starts an endpoint whose session events go to a service built by `make_service`,
+    /// authenticating sessions as `security` says.
     pub(crate) fn start_service<S: Service>(
         io: impl io::Io,
         config: TransportConfig,
+        security: Security,
         make_service: impl FnOnce(&Arc<EndpointShared>) -> S,
     ) -> Result<Self, BindError> {
         // No events reach the application; `next_event` ends at once.
         let (_, events_rx) = mpsc::unbounded_channel();
-        Self::start_inner(io, config, None, events_rx, make_service)
+        Self::start_inner(io, config, security, None, events_rx, make_service)
     }
 
     fn start_inner<S: Service>(
         io: impl io::Io,
         config: TransportConfig,
+        security: Security,
         app: Option<mpsc::UnboundedSender<Event>>,
         events: mpsc::UnboundedReceiver<Event>,
         make_service: impl FnOnce(&Arc<EndpointShared>) -> S,
@@ -570,7 +609,8 @@ impl Endpoint {
         let local_addr = io.local_addr()?;
         let (driver_tx, driver_rx) = mpsc::unbounded_channel();
         let config = Arc::new(config);
-        let (driver, shared) = Driver::new(io, config, local_addr, app, driver_rx, make_service);
+        let (driver, shared) =
+            Driver::new(io, config, security, local_addr, app, driver_rx, make_service);
         let task = tokio::spawn(driver.run());
         Ok(Self { shared, driver: driver_tx, events, task: Some(task) })
     }
@@ -583,6 +623,13 @@ impl Endpoint {
     /// The configuration in use.
     pub fn config(&self) -> &TransportConfig {
         &self.shared.config
+    }
+
+    /// Presents `token` to every server this endpoint connects to from now on (`None`: no
+    /// token). Sessions already open are not affected.
+    pub(crate) fn set_token(&self, token: Option<Arc<crate::proto::token::PlayerToken>>) {
+        let _ = self.driver.send(DriverCmd::SetToken(token));
+        self.shared.wake.notify();
     }
 
     /// Opens a session to `addr` and waits for the handshake (at most `handshake_timeout`).
@@ -712,10 +759,11 @@ mod tests {
         let net = SimNetwork::new(3, SimConfig { delay: HOP, ..SimConfig::default() });
         let server_addr: SocketAddr = "10.0.0.1:1".parse().unwrap();
         let io = net.bind_io(server_addr).unwrap();
-        let _server = Endpoint::start_service(io, TransportConfig::server(), |_| Echoer {
-            conns: HashMap::new(),
-        })
-        .unwrap();
+        let _server =
+            Endpoint::start_service(io, TransportConfig::server(), Security::default(), |_| {
+                Echoer { conns: HashMap::new() }
+            })
+            .unwrap();
         let mut client =
             net.endpoint("10.0.0.2:1".parse().unwrap(), TransportConfig::default()).unwrap();
         let conn = client.connect(server_addr).await.unwrap();

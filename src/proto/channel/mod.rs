@@ -263,8 +263,7 @@ impl Channel {
         datagram: &mut Datagram<'_>,
         deliver: &mut impl FnMut(Delivered),
     ) -> Result<PacketOutcome, ProtocolViolation> {
-        let expected = self.recv.largest().map_or(0, |l| l + 1);
-        let pn = seq::expand(expected, pn_truncated.into(), u32::from(pn_len) * 8);
+        let pn = self.expand_pn(pn_truncated, pn_len);
         if self.recv.is_duplicate(pn) {
             self.stats.duplicates += 1;
             return Ok(PacketOutcome::Duplicate);
@@ -415,6 +414,38 @@ impl Channel {
     /// Counts a datagram dropped before it reached the channel (e.g. undecodable).
     pub fn count_malformed(&mut self) {
         self.stats.malformed += 1;
+    }
+
+    /// Counts a protected datagram that failed authentication (dropped, never decoded).
+    pub fn count_unauthentic(&mut self) {
+        self.stats.unauthentic += 1;
+    }
+
+    /// Counts a protected datagram refused by the replay window.
+    pub fn count_replayed(&mut self) {
+        self.stats.duplicates += 1;
+    }
+
+    /// Counts bytes a datagram carried beyond what the channel wrote or read (the tag of a
+    /// protected packet): `sent` or received.
+    pub fn count_overhead(&mut self, sent: bool, bytes: usize) {
+        if sent {
+            self.stats.bytes_sent += bytes as u64;
+        } else {
+            self.stats.bytes_received += bytes as u64;
+        }
+    }
+
+    /// The full packet number of a received packet, from its header's truncated one (what
+    /// [`Self::handle_packet`] will take it for). Changes nothing.
+    pub fn expand_pn(&self, pn_truncated: u32, pn_len: u8) -> u64 {
+        let expected = self.recv.largest().map_or(0, |l| l + 1);
+        seq::expand(expected, pn_truncated.into(), u32::from(pn_len) * 8)
+    }
+
+    /// The number of the packet [`Self::write_packet`] wrote last.
+    pub fn last_sent_pn(&self) -> u64 {
+        self.next_pn.saturating_sub(1)
     }
 }
 

@@ -2,12 +2,13 @@
 
 use super::WireError;
 use super::codec::{Reader, put_uint, put_varint};
+use crate::proto::token::MAX_TOKEN_SIZE;
 
 /// The first four bytes of every handshake packet. The first byte has its high bit clear, which
 /// is what tells handshake packets from data packets.
 pub const MAGIC: [u8; 4] = *b"GWIR";
 /// The protocol version this build speaks.
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
 /// A `HELLO` is padded to at least this many bytes, so that no server answer is larger than the
 /// request that caused it: a spoofed `HELLO` cannot be used to amplify traffic.
 pub const HELLO_LEN: usize = 32;
@@ -53,11 +54,31 @@ pub enum RejectReason {
     /// The client's address (its IPv4 address, or its IPv6 /64) holds as many sessions as the
     /// server allows one address.
     TooManyFromAddress,
+    /// The server requires a connect token and the client presented none.
+    TokenRequired,
+    /// The server runs without keys (a trusted network) and refuses a token it cannot verify
+    /// (so that a client expecting protection never gets a plain session).
+    TokensNotAccepted,
+    /// The token is not a token.
+    BadToken,
+    /// The token is sealed with a key the server does not hold (or does not open with it).
+    WrongKey,
+    /// The token expired.
+    TokenExpired,
+    /// The token does not name this server.
+    NotInToken,
+    /// The token already opened a session from another address.
+    TokenReused,
+    /// The server's application refused the client, with its code.
+    Application {
+        /// The application's reason.
+        code: u16,
+    },
 }
 
 /// The body of a handshake packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Handshake {
+pub enum Handshake<'a> {
     /// Client → server: "I want a session". Padded to [`HELLO_LEN`].
     Hello {
         /// The client's nonce for this connection attempt (its session epoch).
@@ -78,6 +99,8 @@ pub enum Handshake {
         cookie: Cookie,
         /// The client's receive window in bytes (flow-control credit for the server).
         window: u64,
+        /// The sealed connect token (empty: none). At most `MAX_TOKEN_SIZE` bytes.
+        token: &'a [u8],
     },
     /// Server → client: the session is established.
     Accept {
@@ -87,6 +110,9 @@ pub enum Handshake {
         tag: u32,
         /// The server's receive window in bytes.
         window: u64,
+        /// For a session opened with a token: proof that the server holds its secrets (see
+        /// [`crate::proto::crypt`]).
+        proof: Option<[u8; 16]>,
     },
     /// Server → client: refused.
     Reject {
@@ -105,12 +131,12 @@ pub enum Handshake {
 
 /// A decoded handshake packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct HandshakePacket {
+pub struct HandshakePacket<'a> {
     /// The sender's protocol version. Only `HELLO` and `REJECT` are decoded for versions other
     /// than [`VERSION`]; their layout is frozen.
     pub version: u8,
     /// The body.
-    pub body: Handshake,
+    pub body: Handshake<'a>,
 }
 
 /// The header of a data packet.
@@ -128,7 +154,7 @@ pub struct DataHeader {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Packet<'a> {
     /// A handshake packet.
-    Handshake(HandshakePacket),
+    Handshake(HandshakePacket<'a>),
     /// A data packet: its header and the undecoded frames (read them with
     /// [`FrameReader`](super::FrameReader)).
     Data(DataHeader, &'a [u8]),
@@ -184,6 +210,14 @@ pub fn decode_packet(buf: &[u8]) -> Result<Packet<'_>, WireError> {
                 2 => RejectReason::ServerFull,
                 3 => RejectReason::NotAccepting,
                 4 => RejectReason::TooManyFromAddress,
+                5 => RejectReason::TokenRequired,
+                6 => RejectReason::TokensNotAccepted,
+                7 => RejectReason::BadToken,
+                8 => RejectReason::WrongKey,
+                9 => RejectReason::TokenExpired,
+                10 => RejectReason::NotInToken,
+                11 => RejectReason::TokenReused,
+                12 => RejectReason::Application { code: r.u16()? },
                 other => {
                     return Err(WireError::OutOfRange {
                         field: "reject reason",
@@ -199,10 +233,18 @@ pub fn decode_packet(buf: &[u8]) -> Result<Packet<'_>, WireError> {
         (_, false) => return Err(WireError::UnsupportedVersion(version)),
         (KIND_CHALLENGE, true) => Handshake::Challenge { nonce: r.u32()?, cookie: cookie(&mut r)? },
         (KIND_CONNECT, true) => {
-            Handshake::Connect { nonce: r.u32()?, cookie: cookie(&mut r)?, window: r.varint()? }
+            let (nonce, cookie, window) = (r.u32()?, cookie(&mut r)?, r.varint()?);
+            let len = usize::from(r.u16()?);
+            if len > MAX_TOKEN_SIZE {
+                return Err(WireError::OutOfRange { field: "token length", value: len as u64 });
+            }
+            Handshake::Connect { nonce, cookie, window, token: r.bytes(len)? }
         }
         (KIND_ACCEPT, true) => {
-            Handshake::Accept { nonce: r.u32()?, tag: r.u32()?, window: r.varint()? }
+            let (nonce, tag, window) = (r.u32()?, r.u32()?, r.u64()?);
+            let proof =
+                if r.is_empty() { None } else { Some(r.bytes(16)?.try_into().expect("16 bytes")) };
+            Handshake::Accept { nonce, tag, window, proof }
         }
         (KIND_RESET, true) => Handshake::Reset { tag: r.u32()? },
         (other, true) => return Err(WireError::UnknownHandshake(other)),
@@ -218,12 +260,12 @@ fn cookie(r: &mut Reader<'_>) -> Result<Cookie, WireError> {
 }
 
 /// Appends a handshake packet of our [`VERSION`]; a `HELLO` is padded to [`HELLO_LEN`].
-pub fn encode_handshake(out: &mut Vec<u8>, body: &Handshake) {
+pub fn encode_handshake(out: &mut Vec<u8>, body: &Handshake<'_>) {
     encode_handshake_version(out, VERSION, body);
 }
 
 /// Like [`encode_handshake`] with an explicit version (tests use it to play an old peer).
-pub fn encode_handshake_version(out: &mut Vec<u8>, version: u8, body: &Handshake) {
+pub fn encode_handshake_version(out: &mut Vec<u8>, version: u8, body: &Handshake<'_>) {
     let start = out.len();
     out.extend_from_slice(&MAGIC);
     out.push(version);
@@ -242,17 +284,22 @@ pub fn encode_handshake_version(out: &mut Vec<u8>, version: u8, body: &Handshake
             out.extend_from_slice(&nonce.to_le_bytes());
             put_cookie(out, &cookie);
         }
-        Handshake::Connect { nonce, cookie, window } => {
+        Handshake::Connect { nonce, cookie, window, token } => {
             out.push(KIND_CONNECT);
             out.extend_from_slice(&nonce.to_le_bytes());
             put_cookie(out, &cookie);
             put_varint(out, window);
+            // The session refuses a longer token before sending it (`TokenError::TooLarge`).
+            let token = &token[..token.len().min(MAX_TOKEN_SIZE)];
+            out.extend_from_slice(&(token.len() as u16).to_le_bytes());
+            out.extend_from_slice(token);
         }
-        Handshake::Accept { nonce, tag, window } => {
+        Handshake::Accept { nonce, tag, window, proof } => {
             out.push(KIND_ACCEPT);
-            out.extend_from_slice(&nonce.to_le_bytes());
-            out.extend_from_slice(&tag.to_le_bytes());
-            put_varint(out, window);
+            out.extend_from_slice(&accept_fields(nonce, tag, window));
+            if let Some(p) = proof {
+                out.extend_from_slice(&p);
+            }
         }
         Handshake::Reject { nonce, reason } => {
             out.push(KIND_REJECT);
@@ -264,12 +311,41 @@ pub fn encode_handshake_version(out: &mut Vec<u8>, version: u8, body: &Handshake
                 RejectReason::ServerFull => out.push(2),
                 RejectReason::NotAccepting => out.push(3),
                 RejectReason::TooManyFromAddress => out.push(4),
+                RejectReason::TokenRequired => out.push(5),
+                RejectReason::TokensNotAccepted => out.push(6),
+                RejectReason::BadToken => out.push(7),
+                RejectReason::WrongKey => out.push(8),
+                RejectReason::TokenExpired => out.push(9),
+                RejectReason::NotInToken => out.push(10),
+                RejectReason::TokenReused => out.push(11),
+                RejectReason::Application { code } => {
+                    out.push(12);
+                    out.extend_from_slice(&code.to_le_bytes());
+                }
             }
         }
         Handshake::Reset { tag } => {
             out.push(KIND_RESET);
             out.extend_from_slice(&tag.to_le_bytes());
         }
+    }
+}
+
+/// An `ACCEPT`'s fields (nonce, tag, window as a u64), as its proof covers them.
+pub fn accept_fields(nonce: u32, tag: u32, window: u64) -> [u8; 16] {
+    let mut f = [0u8; 16];
+    f[..4].copy_from_slice(&nonce.to_le_bytes());
+    f[4..8].copy_from_slice(&tag.to_le_bytes());
+    f[8..].copy_from_slice(&window.to_le_bytes());
+    f
+}
+
+/// The length of a data packet's header (flags, tag, packet number), from its first byte.
+pub fn data_header_len(first: u8) -> usize {
+    match (first >> PN_LEN_SHIFT) & 0x3 {
+        0 => 6,
+        1 => 7,
+        _ => 9,
     }
 }
 
@@ -290,10 +366,16 @@ pub fn encode_data_header(out: &mut Vec<u8>, tag: u32, pn_truncated: u32, pn_len
 mod tests {
     use super::*;
 
-    fn round_trip(body: Handshake) {
+    fn round_trip(body: Handshake<'_>) {
         let mut out = Vec::new();
         encode_handshake(&mut out, &body);
-        assert!(out.len() <= HELLO_LEN || matches!(body, Handshake::Hello { .. }));
+        assert!(
+            out.len() <= HELLO_LEN
+                || matches!(
+                    body,
+                    Handshake::Hello { .. } | Handshake::Connect { .. } | Handshake::Accept { .. }
+                )
+        );
         match decode_packet(&out) {
             Ok(Packet::Handshake(p)) => {
                 assert_eq!(p.version, VERSION);
@@ -301,8 +383,12 @@ mod tests {
             }
             other => panic!("{body:?} decoded as {other:?}"),
         }
-        // Every strict prefix is rejected with a typed error, never a panic.
-        for cut in 0..out.len() {
+        // Every strict prefix is rejected with a typed error, never a panic (except an
+        // `ACCEPT` cut just before its proof: a proof-less `ACCEPT`, which a client that
+        // presented a token ignores).
+        let proofless = 22;
+        let with_proof = matches!(body, Handshake::Accept { proof: Some(_), .. });
+        for cut in (0..out.len()).filter(|&c| !(with_proof && c == proofless)) {
             assert!(decode_packet(&out[..cut]).is_err(), "{body:?} cut at {cut}");
         }
     }
@@ -312,8 +398,38 @@ mod tests {
         let cookie = Cookie { time: 77, mac: 0xdead_beef_0bad_f00d };
         round_trip(Handshake::Hello { nonce: 5 });
         round_trip(Handshake::Challenge { nonce: 5, cookie });
-        round_trip(Handshake::Connect { nonce: 5, cookie, window: 4 << 20 });
-        round_trip(Handshake::Accept { nonce: 5, tag: 0xabcd_ef01, window: 1 << 20 });
+        round_trip(Handshake::Connect { nonce: 5, cookie, window: 4 << 20, token: &[] });
+        round_trip(Handshake::Connect { nonce: 5, cookie, window: 4 << 20, token: &[9; 300] });
+        round_trip(Handshake::Accept { nonce: 5, tag: 0xabcd_ef01, window: 1 << 20, proof: None });
+        round_trip(Handshake::Accept {
+            nonce: 5,
+            tag: 0xabcd_ef01,
+            window: 1 << 20,
+            proof: Some([7; 16]),
+        });
+        for reason in [
+            RejectReason::TokenRequired,
+            RejectReason::TokensNotAccepted,
+            RejectReason::BadToken,
+            RejectReason::WrongKey,
+            RejectReason::TokenExpired,
+            RejectReason::NotInToken,
+            RejectReason::TokenReused,
+            RejectReason::Application { code: 0xbeef },
+        ] {
+            round_trip(Handshake::Reject { nonce: 5, reason });
+        }
+        let mut long = Vec::new();
+        let connect = Handshake::Connect { nonce: 5, cookie, window: 1, token: &[1; 2000] };
+        encode_handshake(&mut long, &connect);
+        let Ok(Packet::Handshake(p)) = decode_packet(&long) else { panic!() };
+        assert!(
+            matches!(p.body, Handshake::Connect { token, .. } if token.len() == MAX_TOKEN_SIZE)
+        );
+        let at = long.len() - MAX_TOKEN_SIZE - 2;
+        long[at..at + 2].copy_from_slice(&(MAX_TOKEN_SIZE as u16 + 1).to_le_bytes());
+        long.push(0);
+        assert!(matches!(decode_packet(&long), Err(WireError::OutOfRange { .. })));
         round_trip(Handshake::Reject {
             nonce: 5,
             reason: RejectReason::VersionMismatch { supported: 1 },
@@ -363,7 +479,7 @@ mod tests {
         encode_handshake_version(
             &mut accept,
             9,
-            &Handshake::Accept { nonce: 1, tag: 2, window: 3 },
+            &Handshake::Accept { nonce: 1, tag: 2, window: 3, proof: None },
         );
         assert_eq!(decode_packet(&accept), Err(WireError::UnsupportedVersion(9)));
         let mut unknown = hello[..6].to_vec();

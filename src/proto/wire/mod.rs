@@ -27,8 +27,8 @@ pub use frame::{
 };
 pub use handshake::{
     Cookie, DataHeader, HELLO_LEN, Handshake, HandshakePacket, MAGIC, Packet, RESET_LEN,
-    RejectReason, VERSION, decode_packet, encode_data_header, encode_handshake,
-    encode_handshake_version, is_data,
+    RejectReason, VERSION, accept_fields, data_header_len, decode_packet, encode_data_header,
+    encode_handshake, encode_handshake_version, is_data,
 };
 
 pub(crate) use codec::varint_len;

@@ -34,7 +34,9 @@ use tokio::sync::{mpsc, oneshot};
 use crate::config::TransportConfig;
 use crate::error::{ConnectError, DisconnectReason};
 use crate::proto::channel::send::MESSAGE_COST;
+use crate::proto::gate::Admitted;
 use crate::proto::session::{Session, SessionEvent};
+use crate::proto::token::PlayerToken;
 use crate::proto::wire::Class;
 use crate::transport::{ConnShared, Connection, Delivery, EndpointShared, Event};
 
@@ -110,8 +112,17 @@ impl Sink {
 /// Which side opened the session.
 #[derive(Debug)]
 pub(crate) enum Role {
-    Client { nonce: u32, done: oneshot::Sender<Result<Connection, ConnectError>> },
-    Server { nonce: u32, tag: u32, window: u64 },
+    Client {
+        nonce: u32,
+        done: oneshot::Sender<Result<Connection, ConnectError>>,
+        token: Option<Arc<PlayerToken>>,
+    },
+    Server {
+        nonce: u32,
+        tag: u32,
+        window: u64,
+        client: Option<Box<Admitted>>,
+    },
 }
 
 /// Everything a connection needs, prepared by the driver before laminar creates it.
@@ -225,9 +236,13 @@ impl Live {
     fn new(init: Init, now: Instant) -> Self {
         let cfg = init.sink.config.clone();
         let (session, done) = match init.role {
-            Role::Client { nonce, done } => (Session::client(cfg, nonce, now), Some(done)),
-            Role::Server { nonce, tag, window } => {
-                (Session::server(cfg, nonce, tag, window, now), None)
+            Role::Client { nonce, done, token } => {
+                let session = Session::client(cfg, nonce, now);
+                (if let Some(t) = token { session.with_token(t) } else { session }, Some(done))
+            }
+            Role::Server { nonce, tag, window, client } => {
+                let secrets = client.as_ref().map(|c| &c.secrets);
+                (Session::server(cfg, nonce, tag, window, now, secrets), None)
             }
         };
         let buf = Vec::with_capacity(init.sink.config.max_datagram_size);

@@ -28,18 +28,29 @@ use self::socket::{DoorLimits, GatedSocket};
 use self::timer::Timer;
 use crate::config::TransportConfig;
 use crate::error::{ConnectError, DisconnectReason};
-use crate::proto::gate::{Gate, HandshakeLimiter};
+use crate::proto::gate::{Gate, HandshakeLimiter, TokenGate};
 use crate::proto::ids::PeerId;
 use crate::proto::rng::SplitMix64;
+use crate::proto::token::PlayerToken;
 use crate::transport::io::Io;
 use crate::transport::pass::{self, Phase};
-use crate::transport::{ConnShared, Connection, EndpointCounters, EndpointShared, Event, Service};
+use crate::transport::{
+    ClientIdentity, ConnShared, Connection, EndpointCounters, EndpointShared, Event, Security,
+    Service,
+};
 
 /// Requests from `Endpoint` handles to the task.
 #[derive(Debug)]
 pub(crate) enum DriverCmd {
-    Connect { addr: SocketAddr, done: oneshot::Sender<Result<Connection, ConnectError>> },
-    Shutdown { done: Option<oneshot::Sender<()>> },
+    Connect {
+        addr: SocketAddr,
+        done: oneshot::Sender<Result<Connection, ConnectError>>,
+    },
+    /// The token a client presents from now on.
+    SetToken(Option<Arc<PlayerToken>>),
+    Shutdown {
+        done: Option<oneshot::Sender<()>>,
+    },
 }
 
 type Manager<I> = laminar::ConnectionManager<GatedSocket<I>, Conn>;
@@ -52,6 +63,8 @@ pub(crate) struct Driver<I: Io, S: Service> {
     sink: Arc<Sink>,
     cmds: mpsc::UnboundedReceiver<DriverCmd>,
     rng: SplitMix64,
+    /// Client: the token presented to servers.
+    token: Option<Arc<PlayerToken>>,
     /// Every live session, by address.
     conns: HashMap<SocketAddr, Arc<ConnShared>>,
     /// Sessions to create in the next pass, and parked ones (see `conn::scope`).
@@ -67,6 +80,7 @@ impl<I: Io, S: Service> Driver<I, S> {
     pub(crate) fn new(
         io: I,
         config: Arc<TransportConfig>,
+        security: Security,
         local_addr: SocketAddr,
         app: Option<mpsc::UnboundedSender<Event>>,
         cmds: mpsc::UnboundedReceiver<DriverCmd>,
@@ -85,12 +99,21 @@ impl<I: Io, S: Service> Driver<I, S> {
             ..laminar::Config::default()
         };
         let mut rng = SplitMix64::new(config.seed.unwrap_or_else(crate::sync::os_seed));
-        let gate = Gate::new(
+        let mut gate = Gate::new(
             (rng.next_u64(), rng.next_u64()),
             now,
             config.cookie_lifetime,
             config.accept_incoming,
         );
+        if !security.keys.is_empty() {
+            // Tokens' times are Unix seconds; the gate counts from here on the I/O's clock.
+            let unix = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            let remembered = security.tokens_remembered;
+            gate =
+                gate.with_tokens(TokenGate::new(security.keys, security.names, unix, remembered));
+        }
         let limiter = HandshakeLimiter::new(
             (rng.next_u64(), rng.next_u64()),
             now,
@@ -101,7 +124,8 @@ impl<I: Io, S: Service> Driver<I, S> {
             max_per_ip: config.max_connections_per_ip,
         };
         let counters = Arc::new(EndpointCounters::default());
-        let socket = GatedSocket::new(io, gate, limiter, limits, counters.clone(), now);
+        let mut socket = GatedSocket::new(io, gate, limiter, limits, counters.clone(), now);
+        socket.approve = security.approve;
         let mgr = laminar::ConnectionManager::new(socket, lam);
         let shared = Arc::new(EndpointShared {
             config: config.clone(),
@@ -139,6 +163,7 @@ impl<I: Io, S: Service> Driver<I, S> {
             sink,
             cmds,
             rng,
+            token: security.token,
             conns: HashMap::new(),
             scope: Scope::default(),
             parked_deadlines: BinaryHeap::new(),
@@ -151,7 +176,18 @@ impl<I: Io, S: Service> Driver<I, S> {
         let ep = &self.sink.endpoint;
         let peer = PeerId(ep.next_peer.fetch_add(1, Ordering::Relaxed));
         let (tx, inbox) = crossbeam::channel::unbounded();
-        let shared = Arc::new(ConnShared::new(peer, addr, ep.clone(), tx, now));
+        let mut shared = ConnShared::new(peer, addr, ep.clone(), tx, now);
+        match &role {
+            Role::Client { token, .. } => shared.protected = token.is_some(),
+            Role::Server { client, .. } => {
+                shared.protected = client.is_some();
+                shared.identity = client.as_ref().map(|c| {
+                    let user_data = c.user_data.as_slice().into();
+                    Arc::new(ClientIdentity { client_id: c.client_id, user_data })
+                });
+            }
+        }
+        let shared = Arc::new(shared);
         self.conns.insert(addr, shared.clone());
         let init = conn::Init { shared, inbox, sink: self.sink.clone(), role };
         self.scope.inits.push((addr, init));
@@ -223,9 +259,11 @@ impl<I: Io, S: Service> Driver<I, S> {
                 } else {
                     self.mgr.socket_mut().add_outgoing(addr);
                     let nonce = self.rng.next_u32();
-                    self.create(addr, Role::Client { nonce, done }, now);
+                    let token = self.token.clone();
+                    self.create(addr, Role::Client { nonce, done, token }, now);
                 }
             }
+            DriverCmd::SetToken(token) => self.token = token,
             DriverCmd::Shutdown { done } => self.begin_shutdown(now, done, shutdown),
         }
     }
@@ -269,9 +307,9 @@ impl<I: Io, S: Service> Driver<I, S> {
         // The service's queued work first, so that what it sends goes out in this pass.
         pass::enter(&self.sink.endpoint, Phase::Transmitting);
         self.service.poll(now);
-        for (addr, nonce, window) in std::mem::take(&mut self.mgr.socket_mut().admitted) {
+        for (addr, nonce, window, client) in std::mem::take(&mut self.mgr.socket_mut().admitted) {
             let tag = self.rng.next_u32();
-            self.create(addr, Role::Server { nonce, tag, window }, now);
+            self.create(addr, Role::Server { nonce, tag, window, client }, now);
         }
         let ep = &self.sink.endpoint;
         let paused = ep.backlog.load(Ordering::Acquire) >= self.sink.config.event_backlog;

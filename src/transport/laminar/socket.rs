@@ -18,10 +18,10 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use crate::proto::gate::{Gate, HandshakeLimiter, Verdict, address_key};
+use crate::proto::gate::{Admitted, Gate, HandshakeLimiter, Verdict, address_key};
 use crate::proto::wire::{self, Handshake, RejectReason};
-use crate::transport::EndpointCounters;
 use crate::transport::io::Io;
+use crate::transport::{Approve, ClientIdentity, EndpointCounters};
 
 /// Limits of the front door, from the transport's configuration.
 #[derive(Debug, Clone, Copy)]
@@ -30,7 +30,9 @@ pub(crate) struct DoorLimits {
     pub(crate) max_per_ip: usize,
 }
 
-#[derive(Debug)]
+/// A valid `CONNECT` from a new address: (address, nonce, client window, verified token).
+pub(crate) type AdmittedConnect = (SocketAddr, u32, u64, Option<Box<Admitted>>);
+
 pub(crate) struct GatedSocket<I: Io> {
     pub(crate) io: I,
     gate: Gate,
@@ -50,8 +52,21 @@ pub(crate) struct GatedSocket<I: Io> {
     /// No new sessions: shutting down.
     pub(crate) refusing: bool,
     reply: Vec<u8>,
-    /// Valid `CONNECT`s from new addresses: (address, nonce, client window).
-    pub(crate) admitted: Vec<(SocketAddr, u32, u64)>,
+    /// Valid `CONNECT`s from new addresses.
+    pub(crate) admitted: Vec<AdmittedConnect>,
+    /// The application's approval of verified clients.
+    pub(crate) approve: Option<Arc<dyn Approve>>,
+}
+
+impl<I: Io> std::fmt::Debug for GatedSocket<I> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GatedSocket")
+            .field("io", &self.io)
+            .field("known", &self.known.len())
+            .field("incoming", &self.incoming)
+            .field("approve", &self.approve.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl<I: Io> GatedSocket<I> {
@@ -78,6 +93,7 @@ impl<I: Io> GatedSocket<I> {
             refusing: false,
             reply: Vec::new(),
             admitted: Vec::new(),
+            approve: None,
         }
     }
 
@@ -119,21 +135,34 @@ impl<I: Io> GatedSocket<I> {
         }
     }
 
-    /// Takes or refuses a valid `CONNECT` from a new address.
-    fn admit(&mut self, from: SocketAddr, nonce: u32, window: u64) {
+    /// Takes or refuses a valid `CONNECT` from a new address: the per-address limit, then the
+    /// application's approval of a verified client.
+    fn admit(&mut self, from: SocketAddr, nonce: u32, window: u64, client: Option<Box<Admitted>>) {
         let key = address_key(from.ip());
         let held = self.per_ip.get(&key).copied().unwrap_or(0);
         if held as usize >= self.limits.max_per_ip {
             self.counters.rejected_per_ip.fetch_add(1, Ordering::Relaxed);
-            let reply = Handshake::Reject { nonce, reason: RejectReason::TooManyFromAddress };
-            wire::encode_handshake(&mut self.reply, &reply);
-            let _ = self.io.send_to(self.now, from, &self.reply);
+            self.refuse(from, nonce, RejectReason::TooManyFromAddress);
             return;
+        }
+        if let (Some(approve), Some(c)) = (&self.approve, &client) {
+            let identity =
+                ClientIdentity { client_id: c.client_id, user_data: c.user_data.as_slice().into() };
+            if let Err(code) = approve.approve(&identity) {
+                self.counters.rejected_by_app.fetch_add(1, Ordering::Relaxed);
+                self.refuse(from, nonce, RejectReason::Application { code });
+                return;
+            }
         }
         *self.per_ip.entry(key).or_default() += 1;
         self.known.insert(from, true);
         self.incoming += 1;
-        self.admitted.push((from, nonce, window));
+        self.admitted.push((from, nonce, window, client));
+    }
+
+    fn refuse(&mut self, to: SocketAddr, nonce: u32, reason: RejectReason) {
+        wire::encode_handshake(&mut self.reply, &Handshake::Reject { nonce, reason });
+        let _ = self.io.send_to(self.now, to, &self.reply);
     }
 }
 
@@ -173,14 +202,23 @@ impl<I: Io> laminar::DatagramSocket for GatedSocket<I> {
                     let buffer: &'a [u8] = buffer;
                     return Ok((&buffer[..len], from));
                 }
-                Verdict::Drop => {}
-                Verdict::Reply => {
-                    if full && is_reject(&self.reply) {
-                        self.counters.rejected_full.fetch_add(1, Ordering::Relaxed);
+                Verdict::Drop => {
+                    if !known {
+                        self.counters.strangers_dropped.fetch_add(1, Ordering::Relaxed);
                     }
+                }
+                Verdict::Reply => {
                     let _ = self.io.send_to(self.now, from, &self.reply);
                 }
-                Verdict::Admit { nonce, window } => self.admit(from, nonce, window),
+                Verdict::Refuse(reason) => {
+                    let counter = match reason {
+                        RejectReason::ServerFull => &self.counters.rejected_full,
+                        _ => &self.counters.rejected_token,
+                    };
+                    counter.fetch_add(1, Ordering::Relaxed);
+                    let _ = self.io.send_to(self.now, from, &self.reply);
+                }
+                Verdict::Admit { nonce, window, client } => self.admit(from, nonce, window, client),
             }
         }
     }
@@ -192,12 +230,4 @@ impl<I: Io> laminar::DatagramSocket for GatedSocket<I> {
     fn is_blocking_mode(&self) -> bool {
         false
     }
-}
-
-/// Whether `reply` is a `REJECT` (to count refusals of a full server).
-fn is_reject(reply: &[u8]) -> bool {
-    matches!(
-        wire::decode_packet(reply),
-        Ok(wire::Packet::Handshake(h)) if matches!(h.body, Handshake::Reject { .. })
-    )
 }
