@@ -25,8 +25,10 @@ pub use crate::proto::addr::ServerAddr;
 pub use crate::proto::crypt::Secrets;
 pub use crate::proto::token::{
     ConnectToken, MAX_PLAYER_TOKEN_SIZE, MAX_TOKEN_SERVERS, MAX_TOKEN_SIZE, MAX_USER_DATA,
-    PlayerToken, TokenError, TokenKey,
+    PlayerToken, TokenError, TokenKey, TokenKind,
 };
+pub use crate::server::{AuthConfig, CallInfo, Caller, KeyError, KeyFile, caller};
+pub use crate::transport::{Approve, ClientIdentity};
 
 /// Now, in Unix seconds (what tokens' times are in).
 pub fn unix_now() -> u64 {
@@ -45,24 +47,10 @@ impl ConnectToken {
         valid_for: Duration,
         user_data: &[u8],
     ) -> Result<PlayerToken, TokenError> {
-        let rng = SystemRandom::new();
-        let mut c2s = [0u8; 32];
-        let mut s2c = [0u8; 32];
-        let mut nonce = [0u8; 12];
-        for buf in [&mut c2s[..], &mut s2c[..], &mut nonce[..]] {
-            rng.fill(buf).map_err(|_| TokenError::NoRandomness)?;
-        }
-        let issued = unix_now();
-        let token = ConnectToken {
-            client_id,
-            servers: servers.to_vec(),
-            issued,
-            expires: issued.saturating_add(valid_for.as_secs().max(1)),
-            user_data: user_data.to_vec(),
-            client_to_server: c2s,
-            server_to_client: s2c,
-        };
-        PlayerToken::new(&token, key, nonce)
+        let mut random = [0u8; 76];
+        SystemRandom::new().fill(&mut random).map_err(|_| TokenError::NoRandomness)?;
+        let (kind, valid) = (TokenKind::Player, valid_for.as_secs());
+        PlayerToken::mint(key, kind, client_id, servers, unix_now(), valid, user_data, &random)
     }
 }
 

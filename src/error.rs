@@ -126,6 +126,9 @@ pub enum CallError<E = std::convert::Infallible> {
     /// The call was redirected to the grain's owner, and the owner redirected it again (the
     /// directory changed under it): it did not run.
     RedirectLoop,
+    /// The server's authorization refused this caller this call (e.g. another player's
+    /// grain): it did not run, and no activation was made for it.
+    Unauthorized,
 }
 
 impl<E: std::fmt::Debug> std::fmt::Display for CallError<E> {
@@ -154,6 +157,7 @@ impl<E: std::fmt::Debug> std::fmt::Display for CallError<E> {
             }
             Self::Unavailable => f.write_str("the grain directory is unavailable (not run)"),
             Self::RedirectLoop => f.write_str("redirected twice (not run)"),
+            Self::Unauthorized => f.write_str("not authorized to make this call (not run)"),
         }
     }
 }
@@ -205,6 +209,8 @@ pub enum CallErrorKind {
     Unavailable,
     /// [`CallError::RedirectLoop`].
     RedirectLoop,
+    /// [`CallError::Unauthorized`].
+    Unauthorized,
 }
 
 impl CallErrorKind {
@@ -224,6 +230,7 @@ impl CallErrorKind {
                 | Self::TooLarge
                 | Self::Unavailable
                 | Self::RedirectLoop
+                | Self::Unauthorized
         )
     }
 }
@@ -251,6 +258,7 @@ impl<E> CallError<E> {
             Self::ResponseTooLarge { .. } => CallErrorKind::ResponseTooLarge,
             Self::Unavailable => CallErrorKind::Unavailable,
             Self::RedirectLoop => CallErrorKind::RedirectLoop,
+            Self::Unauthorized => CallErrorKind::Unauthorized,
         }
     }
 
@@ -278,6 +286,7 @@ impl<E> CallError<E> {
             Self::ResponseTooLarge { size, max } => CallError::ResponseTooLarge { size, max },
             Self::Unavailable => CallError::Unavailable,
             Self::RedirectLoop => CallError::RedirectLoop,
+            Self::Unauthorized => CallError::Unauthorized,
         }
     }
 
@@ -296,6 +305,7 @@ impl<E> CallError<E> {
                 | Self::TooLarge { .. }
                 | Self::Unavailable
                 | Self::RedirectLoop
+                | Self::Unauthorized
         )
     }
 }

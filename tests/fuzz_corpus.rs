@@ -56,13 +56,15 @@ fn connect_token_corpus_replays() {
     }
 }
 
-/// Sealed tokens with the fuzz key: none, one and many servers, with and without user data.
+/// Sealed tokens with the fuzz key (none, one and many servers, with and without user data,
+/// a player's and a server's), and the player tokens that wrap them.
 fn valid_tokens() -> Vec<Vec<u8>> {
-    use grainwire::proto::token::{ConnectToken, MAX_USER_DATA, TokenKey};
+    use grainwire::proto::token::{ConnectToken, MAX_USER_DATA, PlayerToken, TokenKey, TokenKind};
     let key = TokenKey::new(1, fuzz::FUZZ_TOKEN_KEY);
     let mut out = Vec::new();
     for (servers, user) in [(0usize, 0usize), (1, 10), (8, MAX_USER_DATA)] {
         let t = ConnectToken {
+            kind: if user == 10 { TokenKind::Server } else { TokenKind::Player },
             client_id: servers as u64,
             servers: (0..servers).map(|i| format!("10.0.0.{i}:7000").parse().unwrap()).collect(),
             issued: 900,
@@ -72,6 +74,8 @@ fn valid_tokens() -> Vec<Vec<u8>> {
             server_to_client: [2; 32],
         };
         out.push(t.seal(&key, [servers as u8; 12]).unwrap());
+        // What the player gets: the sealed token wrapped with its secrets.
+        out.push(PlayerToken::new(&t, &key, [servers as u8 + 1; 12]).unwrap().to_bytes());
     }
     out
 }

@@ -68,7 +68,8 @@ fn allowed(layer: &str) -> Option<&'static [&'static str]> {
         "proto" => &["proto"],
         "sync" | "arena" => &[],
         "config" | "error" | "interface" => &["proto", "config", "error"],
-        "auth" => &["proto", "config", "error", "auth"],
+        // A facade: the token API, and the security types of the layers that use them.
+        "auth" => &["proto", "config", "error", "auth", "server", "transport"],
         "transport" => &["proto", "config", "error", "sync", "transport"],
         "topology" => &["proto", "config", "error", "sync", "topology"],
         "directory" => &["proto", "config", "error", "sync", "directory"],

@@ -19,10 +19,11 @@ use super::{
     RetryTable, SPARE_CELLS, ServerAddr, Strategy, View,
 };
 use crate::error::{BindError, ConnectError};
+use crate::proto::ids::ServerId;
 use crate::proto::ids::{GrainType, MethodId};
 use crate::proto::route::Strategies;
 use crate::proto::stats::CallAccounting;
-use crate::proto::token::PlayerToken;
+use crate::proto::token::{PlayerToken, TokenKey};
 use crate::sync::lock;
 use crate::topology::{PollingSource, RefreshPolicy, StreamingSource};
 use crate::transport::{Endpoint, Security};
@@ -52,6 +53,8 @@ pub struct ClientBuilder {
     pub(super) explicit_types: Vec<GrainType>,
     /// The connect token presented to every server.
     pub(super) token: Option<PlayerToken>,
+    /// A game server's grain-to-grain client: the key it mints tokens with, and its id.
+    pub(super) server_identity: Option<(TokenKey, ServerId)>,
 }
 
 impl fmt::Debug for ClientBuilder {
@@ -151,6 +154,16 @@ impl ClientBuilder {
     /// [`Client::set_token`](super::Client::set_token) (reconnections present the new one).
     pub fn token(mut self, token: PlayerToken) -> Self {
         self.token = Some(token);
+        self
+    }
+
+    /// Makes this the grain-to-grain client of game server `server_id`, which holds the
+    /// fleet's token `key`: it mints a server token for every connection (naming the address
+    /// it connects to; valid one minute, so it never needs refreshing), and the grains it
+    /// calls see [`Caller::server_id`](crate::server::Caller::server_id). Instead of
+    /// [`Self::token`].
+    pub fn server_identity(mut self, key: TokenKey, server_id: ServerId) -> Self {
+        self.server_identity = Some((key, server_id));
         self
     }
 
@@ -280,6 +293,7 @@ impl ClientBuilder {
             explicit_default,
             explicit_types,
             token,
+            server_identity,
             ..
         } = self;
         // The configuration's strategies, where the builder set none.
@@ -338,7 +352,8 @@ impl ClientBuilder {
             tasks: Mutex::new(Vec::new()),
         });
         let s = shared.clone();
-        let security = Security { token: token.map(Arc::new), ..Security::default() };
+        let security =
+            Security { token: token.map(Arc::new), mint: server_identity, ..Security::default() };
         let endpoint =
             Endpoint::start_service(io, config.transport.clone(), security, move |ep| {
                 let _ = s.task.set(ep.clone());

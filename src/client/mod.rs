@@ -414,6 +414,7 @@ impl Client {
             explicit_default: false,
             explicit_types: Vec::new(),
             token: None,
+            server_identity: None,
         }
     }
 
@@ -462,6 +463,15 @@ impl Client {
             };
             if done && undiscovered.is_none() {
                 return Ok(());
+            }
+            // Every server refused us for good (our token, the application): waiting longer
+            // only repeats it.
+            if ready == 0
+                && !slots.is_empty()
+                && settled
+                && slots.iter().all(|s| s.refused_for_good())
+            {
+                return Err(self.connect_failure());
             }
             if tokio::time::timeout_at(deadline, changed).await.is_err() {
                 if ready > 0 {
@@ -882,6 +892,7 @@ pub(crate) fn status_error<E>(status: Status, version: u8, payload: &[u8]) -> Ca
         Status::HandlerPanicked => CallError::HandlerPanicked,
         Status::ShuttingDown => CallError::ShuttingDown,
         Status::Unavailable => CallError::Unavailable,
+        Status::Unauthorized => CallError::Unauthorized,
         Status::Redirect => CallError::RedirectLoop,
         Status::ResponseTooLarge => match rpc::decode_too_large(payload) {
             Some((size, max)) => CallError::ResponseTooLarge { size, max },

@@ -398,6 +398,24 @@ pub enum ClientError {
     Discovery(DiscoveryError),
 }
 
+impl ClientError {
+    /// Why a server refused us, when that is why the client could not start (the first such
+    /// reason when several servers were tried): a bad or missing connect token, the server's
+    /// application, a full server.
+    pub fn rejection(&self) -> Option<crate::error::Rejection> {
+        let of = |e: &ConnectError| match e {
+            ConnectError::Failed(DisconnectReason::Rejected(r)) => Some(*r),
+            _ => None,
+        };
+        match self {
+            Self::Connect(e) => of(e),
+            Self::Disconnected(DisconnectReason::Rejected(r)) => Some(*r),
+            Self::Unreachable(tried) => tried.iter().find_map(|(_, e)| e.as_ref().and_then(of)),
+            _ => None,
+        }
+    }
+}
+
 /// A server of another cluster or service than the client's: both sides' ids.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(

@@ -13,7 +13,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 
 use super::{ClientEvent, ClientShared, ConnectMode, ServerAddr};
-use crate::error::ConnectError;
+use crate::error::{ConnectError, DisconnectReason};
 use crate::proto::rng::SplitMix64;
 use crate::sync::lock;
 use crate::transport::Connector;
@@ -98,6 +98,14 @@ impl Slot {
 
     pub(crate) fn settled(&self) -> bool {
         lock(&self.state).settled
+    }
+
+    /// Whether every address's last attempt was refused for good (a bad token, the server's
+    /// application): see `Rejection::is_permanent`.
+    pub(crate) fn refused_for_good(&self) -> bool {
+        lock(&self.state).errors.iter().all(|e| {
+            matches!(e, Some(ConnectError::Failed(DisconnectReason::Rejected(r))) if r.is_permanent())
+        })
     }
 
     pub(crate) fn errors(&self) -> Vec<(ServerAddr, Option<ConnectError>)> {

@@ -215,6 +215,7 @@ fn status_kind(status: Status) -> Option<CallErrorKind> {
         Status::ShuttingDown => CallErrorKind::ShuttingDown,
         Status::ResponseTooLarge => CallErrorKind::ResponseTooLarge,
         Status::Unavailable => CallErrorKind::Unavailable,
+        Status::Unauthorized => CallErrorKind::Unauthorized,
         Status::Redirect => CallErrorKind::RedirectLoop,
         _ => CallErrorKind::BadRequest,
     })

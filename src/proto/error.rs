@@ -99,6 +99,15 @@ pub enum DisconnectReason {
     Shed,
 }
 
+impl Rejection {
+    /// Whether trying again with the same token cannot help (the token, or the application's
+    /// verdict on the client, is the problem): a client stops waiting for its connect at once.
+    /// `ServerFull`, `TooManyFromAddress` and `NotAccepting` may pass.
+    pub fn is_permanent(&self) -> bool {
+        !matches!(self, Self::ServerFull | Self::TooManyFromAddress | Self::NotAccepting)
+    }
+}
+
 /// Why a server refused a session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]

@@ -16,12 +16,14 @@ use std::time::{Duration, Instant};
 use super::addr::ServerAddr;
 use super::crypt::Secrets;
 use super::siphash::siphash24;
-use super::token::{ConnectToken, TokenError, TokenKey, token_id};
+use super::token::{ConnectToken, TokenError, TokenKey, TokenKind, token_id};
 use super::wire::{self, Cookie, Handshake, Packet, RejectReason, VERSION};
 
 /// A client whose connect token the gate verified.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Admitted {
+    /// Whom the token was issued to.
+    pub kind: TokenKind,
     /// The client id the token names.
     pub client_id: u64,
     /// The token's application data.
@@ -123,7 +125,12 @@ impl TokenGate {
             }
         }
         let secrets = token.secrets();
-        Ok(Admitted { client_id: token.client_id, user_data: token.user_data, secrets })
+        Ok(Admitted {
+            kind: token.kind,
+            client_id: token.client_id,
+            user_data: token.user_data,
+            secrets,
+        })
     }
 
     /// Tokens tracked by the replay guard now.

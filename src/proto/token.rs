@@ -8,7 +8,7 @@
 //!
 //! ```text
 //! public   "GWT" version:u8  key_id:u32  issued:u64  expires:u64  nonce:[u8; 12]
-//! sealed   client_id:u64  servers:u8 (len:u8 bytes)*  c2s:[u8; 32]  s2c:[u8; 32]
+//! sealed   kind:u8  client_id:u64  servers:u8 (len:u8 bytes)*  c2s:[u8; 32]  s2c:[u8; 32]
 //!          user_data_len:u16 user_data   + 16-byte tag (the public part is the AAD)
 //! ```
 //!
@@ -70,9 +70,22 @@ impl TokenKey {
     }
 }
 
+/// Whom a token was issued to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TokenKind {
+    /// A player, issued by the backend.
+    #[default]
+    Player,
+    /// A game server's own grain-to-grain client, minted by that server with the shared key;
+    /// its user data is the server's id.
+    Server,
+}
+
 /// What a token says, once opened.
 #[derive(Clone, PartialEq, Eq)]
 pub struct ConnectToken {
+    /// Whom it was issued to.
+    pub kind: TokenKind,
     /// The client, as the backend knows it.
     pub client_id: u64,
     /// The servers it may join (as each names itself: its advertised address).
@@ -92,6 +105,7 @@ pub struct ConnectToken {
 impl std::fmt::Debug for ConnectToken {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ConnectToken")
+            .field("kind", &self.kind)
             .field("client_id", &self.client_id)
             .field("servers", &self.servers)
             .field("issued", &self.issued)
@@ -153,6 +167,33 @@ impl PlayerToken {
             secrets: token.secrets(),
             sealed: token.seal(key, nonce)?,
         })
+    }
+
+    /// A fresh token (what [`ConnectToken::issue`](crate::auth) builds): `random` supplies
+    /// the two session secrets and the sealing nonce (76 bytes: draw them from the OS).
+    #[allow(clippy::too_many_arguments)] // the token's fields, each its own
+    pub fn mint(
+        key: &TokenKey,
+        kind: TokenKind,
+        client_id: u64,
+        servers: &[ServerAddr],
+        issued: u64,
+        valid_for_secs: u64,
+        user_data: &[u8],
+        random: &[u8; 76],
+    ) -> Result<Self, TokenError> {
+        let part = |at: usize| -> [u8; 32] { random[at..at + 32].try_into().expect("32 bytes") };
+        let token = ConnectToken {
+            kind,
+            client_id,
+            servers: servers.to_vec(),
+            issued,
+            expires: issued.saturating_add(valid_for_secs.max(1)),
+            user_data: user_data.to_vec(),
+            client_to_server: part(0),
+            server_to_client: part(32),
+        };
+        Self::new(&token, key, random[64..].try_into().expect("12 bytes"))
     }
 
     /// Its bytes, for the player (a file, an HTTPS response body).
@@ -248,6 +289,10 @@ impl ConnectToken {
         out.extend_from_slice(&self.expires.to_le_bytes());
         out.extend_from_slice(&nonce);
         let mut private = Vec::with_capacity(128 + self.user_data.len());
+        private.push(match self.kind {
+            TokenKind::Player => 0,
+            TokenKind::Server => 1,
+        });
         private.extend_from_slice(&self.client_id.to_le_bytes());
         private.push(self.servers.len() as u8);
         for s in &self.servers {
@@ -301,6 +346,11 @@ impl ConnectToken {
             )
             .map_err(|_| TokenError::BadSeal)?;
         let mut r = Reader(plain);
+        let kind = match r.take(1)?[0] {
+            0 => TokenKind::Player,
+            1 => TokenKind::Server,
+            _ => return Err(TokenError::Malformed),
+        };
         let client_id = u64::from_le_bytes(r.take(8)?.try_into().expect("8 bytes"));
         let servers = r.servers()?;
         let client_to_server = r.take(32)?.try_into().expect("32 bytes");
@@ -314,6 +364,7 @@ impl ConnectToken {
             return Err(TokenError::Malformed);
         }
         Ok(Self {
+            kind,
             client_id,
             servers,
             issued,
@@ -373,6 +424,7 @@ mod tests {
 
     fn token() -> ConnectToken {
         ConnectToken {
+            kind: TokenKind::Player,
             client_id: 42,
             servers: vec![
                 "10.0.0.1:7000".parse().unwrap(),

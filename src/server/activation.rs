@@ -23,6 +23,7 @@ use crossbeam::channel::Sender;
 
 use super::ServerCounters;
 use super::claims::{Claims, DirectoryUse, Gate};
+use super::context::{self, Caller};
 use super::dispatch::{self, Dispatch, Reply};
 use crate::proto::ids::{GrainId, MethodId, RequestId};
 use crate::proto::wire::rpc::Status;
@@ -38,6 +39,8 @@ pub(crate) struct Job {
     pub(crate) reply: Option<(Connection, RequestId)>,
     pub(crate) method: MethodId,
     pub(crate) args: Bytes,
+    /// Who made it (the grain method reads it with `caller()`).
+    pub(crate) caller: Caller,
 }
 
 /// What activations tell the service.
@@ -334,7 +337,8 @@ where
             mailbox.running.store(job.token, Ordering::Release);
             let mut reply = Reply::new(job.reply.as_ref().map(|(_, rid)| *rid));
             let ran = {
-                let call = pin!(catch_unwind(I::dispatch(g, job.method, &job.args, &mut reply)));
+                let dispatch = I::dispatch(g, job.method, &job.args, &mut reply);
+                let call = pin!(catch_unwind(context::scope(job.caller.clone(), dispatch)));
                 let mut call = call;
                 std::future::poll_fn(|cx| {
                     if mailbox.cancel.poll(cx).is_ready()
@@ -395,7 +399,8 @@ mod tests {
     use super::*;
 
     fn job(token: u64) -> Job {
-        Job { token, reply: None, method: MethodId(0), args: Bytes::new() }
+        let caller = Caller::new("127.0.0.1:1".parse().unwrap(), None);
+        Job { token, reply: None, method: MethodId(0), args: Bytes::new(), caller }
     }
 
     #[test]

@@ -19,6 +19,7 @@
 
 mod activation;
 mod claims;
+mod context;
 pub mod dispatch;
 mod fleet;
 mod security;
@@ -37,6 +38,8 @@ use tokio::sync::oneshot;
 
 use self::activation::{AnswerLimits, Reporter, Spawn, Typed};
 pub use self::claims::{DirectoryConfig, DirectoryUse};
+use self::context::Authorize;
+pub use self::context::{CallInfo, Caller, caller};
 use self::dispatch::Dispatch;
 pub use self::security::{AuthConfig, KeyError, KeyFile};
 use self::service::{ServerCmd, ServerService};
@@ -187,6 +190,7 @@ pub struct Host {
     info: &'static InterfaceInfo,
     spawn: Arc<dyn Spawn>,
     directory: DirectoryUse,
+    authorize: Option<Authorize>,
 }
 
 impl std::fmt::Debug for Host {
@@ -203,7 +207,32 @@ impl Host {
         F: Fn(&GrainId) -> G + Send + Sync + 'static,
     {
         let typed = Typed::<I, G, F> { factory: Arc::new(factory), _types: PhantomData };
-        Self { info: I::info(), spawn: Arc::new(typed), directory: DirectoryUse::default() }
+        Self {
+            info: I::info(),
+            spawn: Arc::new(typed),
+            directory: DirectoryUse::default(),
+            authorize: None,
+        }
+    }
+
+    /// Decides who may call this grain type's grains, per call: `false` answers the call
+    /// `CallError::Unauthorized` before any activation (the grain is not activated for it).
+    /// It sees the caller ([`Caller`]: a verified client id and user data with tokens), the
+    /// grain's key and the method, e.g. "a player may call only its own player grain":
+    ///
+    /// ```
+    /// # use grainwire::{GrainKey, server::CallInfo};
+    /// let own_grain_only = |call: &CallInfo<'_>| {
+    ///     matches!(call.key, GrainKey::Int(k) if call.caller.client_id() == Some(*k as u64))
+    /// };
+    /// # let _ = own_grain_only;
+    /// ```
+    ///
+    /// Runs in the server's endpoint task for every call to the type: keep it quick (compare,
+    /// look up; no I/O).
+    pub fn authorize(mut self, f: impl Fn(&CallInfo<'_>) -> bool + Send + Sync + 'static) -> Self {
+        self.authorize = Some(Arc::new(f));
+        self
     }
 
     /// How this grain type uses the grain directory (default [`DirectoryUse::FallBack`]: one
@@ -227,6 +256,7 @@ pub(crate) struct Registered {
     /// Whether it is hosted now (in the manifest, calls admitted).
     pub(crate) hosted: AtomicBool,
     pub(crate) directory: DirectoryUse,
+    pub(crate) authorize: Option<Authorize>,
 }
 
 /// What the server counts, published by its task and its activations.
@@ -244,6 +274,7 @@ pub(crate) struct ServerCounters {
     pub(crate) responses_too_large: AtomicU64,
     pub(crate) redirects: AtomicU64,
     pub(crate) directory_unavailable: AtomicU64,
+    pub(crate) unauthorized: AtomicU64,
 }
 
 /// A server's counters: what it holds, and what it refused and why. A snapshot
@@ -281,6 +312,8 @@ pub struct ServerStats {
     pub redirects: u64,
     /// Calls answered `Unavailable` (the directory could not be asked; the type fails closed).
     pub directory_unavailable: u64,
+    /// Calls refused by their grain type's authorization (`CallError::Unauthorized`).
+    pub unauthorized: u64,
 }
 
 /// What the server's handle and its task share (the registry is fixed at start; which types
@@ -389,6 +422,7 @@ impl ServerBuilder {
             tokens_remembered: config.auth.tokens_remembered(),
             approve: self.approve,
             token: None,
+            mint: None,
         };
         config.transport.accept_incoming = true;
         config.transport.validate().map_err(BindError::from)?;
@@ -410,6 +444,7 @@ impl ServerBuilder {
                 spawn: h.spawn,
                 hosted: AtomicBool::new(hosted),
                 directory: h.directory,
+                authorize: h.authorize,
             });
         }
         Ok((config, registry, server_id, directory, security))
@@ -784,6 +819,7 @@ impl Server {
             responses_too_large: get(&c.responses_too_large),
             redirects: get(&c.redirects),
             directory_unavailable: get(&c.directory_unavailable),
+            unauthorized: get(&c.unauthorized),
         }
     }
 

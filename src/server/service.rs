@@ -24,6 +24,7 @@ use tokio::sync::oneshot;
 
 use super::activation::{Job, Mailbox, Report, Reporter};
 use super::claims::DirectoryUse;
+use super::context::{CallInfo, Caller};
 use super::dispatch;
 use super::table::{Activation, Life, Table};
 use super::{Registered, ServerShared};
@@ -77,6 +78,8 @@ struct PeerState {
     gone: bool,
     /// It subscribed to the fleet's topology.
     watching: bool,
+    /// Who it is (what its calls' grains see).
+    caller: Caller,
 }
 
 /// Why a call is refused, to count it.
@@ -288,7 +291,15 @@ impl ServerService {
             Ok(i) => i,
             Err((status, payload)) => return self.answer(peer, id, status, &payload),
         };
-        let grain = GrainId { ty: self.shared.registry[index].info.grain_type, key: call.key };
+        let reg = &self.shared.registry[index];
+        if let Some(authorize) = &reg.authorize {
+            let method = reg.info.method(call.method).expect("admit checked the method");
+            if !authorize(&CallInfo { caller: &p.caller, key: &call.key, method }) {
+                self.shared.counters.unauthorized.fetch_add(1, Ordering::Relaxed);
+                return self.answer(peer, id, Status::Unauthorized, &[]);
+            }
+        }
+        let grain = GrainId { ty: reg.info.grain_type, key: call.key };
         if self.table.key_of(&grain).is_none() {
             // Known to live elsewhere: redirect at once (no activation, no directory trip).
             if !self.elsewhere.map.is_empty()
@@ -315,7 +326,7 @@ impl ServerService {
         p.calls.insert(token);
         p.pending_bytes += cost;
         self.pending_bytes += cost;
-        let job = Job { token, reply, method: call.method, args };
+        let job = Job { token, reply, method: call.method, args, caller: p.caller.clone() };
         let mailbox = self.route(peer, grain.clone(), index, job, now);
         self.calls.insert(token, CallRecord { peer, id, grain, mailbox, bytes: cost });
         self.deadlines.push(Reverse((deadline, token)));
@@ -644,6 +655,7 @@ impl Service for ServerService {
             Event::Connected(conn) => {
                 conn.push(Delivery::reliable_ordered(0), self.shared.manifest_frame());
                 let peer = conn.peer_id();
+                let caller = Caller::new(conn.remote_addr(), conn.client_identity().cloned());
                 self.peers.insert(
                     peer,
                     PeerState {
@@ -654,6 +666,7 @@ impl Service for ServerService {
                         activations: 0,
                         gone: false,
                         watching: false,
+                        caller,
                     },
                 );
             }

@@ -117,12 +117,17 @@ struct Inner {
     drop_next: HashMap<(SocketAddr, SocketAddr), u32>,
     /// Sizes of the datagrams sent, when recording.
     recorded: Option<Vec<(SocketAddr, SocketAddr, usize)>>,
+    /// Whole datagrams sent since `capture` (at most [`MAX_CAPTURED`]).
+    captured: Option<Vec<(SocketAddr, SocketAddr, Vec<u8>)>>,
     links: HashMap<(SocketAddr, SocketAddr), Link>,
     sockets: HashMap<SocketAddr, SocketState>,
     next_generation: u64,
     next_port: u16,
     stats: SimStats,
 }
+
+/// The most datagrams [`SimNetwork::capture`] keeps.
+pub const MAX_CAPTURED: usize = 100_000;
 
 /// The simulated network. Cheap to clone; clones are the same network.
 #[derive(Debug, Clone)]
@@ -152,6 +157,7 @@ impl SimNetwork {
             down: HashMap::new(),
             drop_next: HashMap::new(),
             recorded: None,
+            captured: None,
             links: HashMap::new(),
             sockets: HashMap::new(),
             next_generation: 1,
@@ -204,6 +210,17 @@ impl SimNetwork {
         self.lock().recorded.clone().unwrap_or_default()
     }
 
+    /// Starts capturing every datagram sent, whole (and clears what was captured): what an
+    /// eavesdropper on the network would see. At most [`MAX_CAPTURED`] are kept.
+    pub fn capture(&self) {
+        self.lock().captured = Some(Vec::new());
+    }
+
+    /// The datagrams sent since `capture`: (from, to, bytes).
+    pub fn captured(&self) -> Vec<(SocketAddr, SocketAddr, Vec<u8>)> {
+        self.lock().captured.clone().unwrap_or_default()
+    }
+
     /// What the network did so far.
     pub fn stats(&self) -> SimStats {
         self.lock().stats
@@ -250,6 +267,11 @@ impl SimNetwork {
         let mut guard = self.lock();
         let inner = &mut *guard;
         inner.stats.sent += 1;
+        if let Some(c) = inner.captured.as_mut()
+            && c.len() < MAX_CAPTURED
+        {
+            c.push((from, to, data.to_vec()));
+        }
         if let Some(r) = inner.recorded.as_mut() {
             r.push((from, to, data.len()));
         }

@@ -454,7 +454,7 @@ mod protected {
     use super::*;
     use crate::proto::addr::ServerAddr;
     use crate::proto::gate::TokenGate;
-    use crate::proto::token::{ConnectToken, PlayerToken, TokenKey};
+    use crate::proto::token::{ConnectToken, PlayerToken, TokenKey, TokenKind};
     use crate::proto::wire::RejectReason;
 
     const UNIX: u64 = 1_000_000;
@@ -465,6 +465,7 @@ mod protected {
 
     fn player(servers: &[&str], expires: u64) -> Arc<PlayerToken> {
         let t = ConnectToken {
+            kind: TokenKind::Player,
             client_id: 42,
             servers: servers.iter().map(|s| s.parse().unwrap()).collect(),
             issued: UNIX,

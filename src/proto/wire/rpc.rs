@@ -79,6 +79,9 @@ pub enum Status {
     /// The grain directory could not be asked, and the grain's type fails closed: the call did
     /// not run.
     Unavailable = 12,
+    /// The server's authorization refused the caller this call (before any activation): it
+    /// did not run.
+    Unauthorized = 13,
 }
 
 impl Status {
@@ -97,6 +100,7 @@ impl Status {
             10 => Self::ResponseTooLarge,
             11 => Self::Redirect,
             12 => Self::Unavailable,
+            13 => Self::Unauthorized,
             other => return Err(WireError::OutOfRange { field: "status", value: other.into() }),
         })
     }

@@ -29,9 +29,9 @@ use self::timer::Timer;
 use crate::config::TransportConfig;
 use crate::error::{ConnectError, DisconnectReason};
 use crate::proto::gate::{Gate, HandshakeLimiter, TokenGate};
-use crate::proto::ids::PeerId;
+use crate::proto::ids::{PeerId, ServerId};
 use crate::proto::rng::SplitMix64;
-use crate::proto::token::PlayerToken;
+use crate::proto::token::{PlayerToken, TokenKey};
 use crate::transport::io::Io;
 use crate::transport::pass::{self, Phase};
 use crate::transport::{
@@ -65,6 +65,8 @@ pub(crate) struct Driver<I: Io, S: Service> {
     rng: SplitMix64,
     /// Client: the token presented to servers.
     token: Option<Arc<PlayerToken>>,
+    /// Client of a game server: what it mints its tokens with.
+    mint: Option<(TokenKey, ServerId)>,
     /// Every live session, by address.
     conns: HashMap<SocketAddr, Arc<ConnShared>>,
     /// Sessions to create in the next pass, and parked ones (see `conn::scope`).
@@ -164,6 +166,7 @@ impl<I: Io, S: Service> Driver<I, S> {
             cmds,
             rng,
             token: security.token,
+            mint: security.mint,
             conns: HashMap::new(),
             scope: Scope::default(),
             parked_deadlines: BinaryHeap::new(),
@@ -181,10 +184,7 @@ impl<I: Io, S: Service> Driver<I, S> {
             Role::Client { token, .. } => shared.protected = token.is_some(),
             Role::Server { client, .. } => {
                 shared.protected = client.is_some();
-                shared.identity = client.as_ref().map(|c| {
-                    let user_data = c.user_data.as_slice().into();
-                    Arc::new(ClientIdentity { client_id: c.client_id, user_data })
-                });
+                shared.identity = client.as_ref().map(|c| Arc::new(ClientIdentity::of(c)));
             }
         }
         let shared = Arc::new(shared);
@@ -259,7 +259,7 @@ impl<I: Io, S: Service> Driver<I, S> {
                 } else {
                     self.mgr.socket_mut().add_outgoing(addr);
                     let nonce = self.rng.next_u32();
-                    let token = self.token.clone();
+                    let token = Security::token_for(self.mint.as_ref(), self.token.as_ref(), addr);
                     self.create(addr, Role::Client { nonce, done, token }, now);
                 }
             }

@@ -146,9 +146,7 @@ impl<I: Io> GatedSocket<I> {
             return;
         }
         if let (Some(approve), Some(c)) = (&self.approve, &client) {
-            let identity =
-                ClientIdentity { client_id: c.client_id, user_data: c.user_data.as_slice().into() };
-            if let Err(code) = approve.approve(&identity) {
+            if let Err(code) = approve.approve(&ClientIdentity::of(c)) {
                 self.counters.rejected_by_app.fetch_add(1, Ordering::Relaxed);
                 self.refuse(from, nonce, RejectReason::Application { code });
                 return;
