@@ -22,6 +22,7 @@
 //! | `slots` | as many sessions from one address as the server allows, held open |
 //! | `busy` | fills a room, then queues 1,000 calls for its ~1 MB of lines |
 //! | `idle` | `--count` idle sessions from many loopback addresses, kept alive for `--secs` |
+//! | `junk` | `--count` (100,000) junk datagrams from `--ports` (1,000) source ports: random bytes, data packets of no session, `HELLO`s, `CONNECT`s with forged cookies, and with real cookies but forged tokens |
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -59,6 +60,8 @@ enum Attack {
     Busy,
     /// Idle sessions from many loopback addresses.
     Idle,
+    /// Junk datagrams from many source ports.
+    Junk,
 }
 
 /// Hostile and idle clients against a game_server; prints one JSON line.
@@ -85,6 +88,13 @@ struct Args {
     /// Sessions (gap).
     #[arg(long, value_name = "N", default_value_t = 1)]
     conns: u64,
+    /// Source ports (junk).
+    #[arg(long, value_name = "N", default_value_t = 1000)]
+    ports: usize,
+    /// Spread the source ports over N loopback addresses 127.1.x.y instead of `--bind`
+    /// (junk): N handshake budgets instead of one.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    ips: usize,
 }
 
 /// Datagrams we send stay under the server's default `max_datagram_size` (1200).
@@ -647,6 +657,107 @@ async fn idle(target: SocketAddr, count: usize, secs: u64) -> String {
     format!("{{\"attack\":\"idle\",\"sessions\":{}}}", up.get())
 }
 
+/// `count` junk datagrams from `ports` sockets, round-robin: what a stranger can throw at the
+/// front door. Every fifth is a `CONNECT` with a forged token behind a real cookie (each port
+/// asks for one with a `HELLO` first), the costliest thing a stranger can make the server
+/// check; the rest are random bytes, data packets of no session, `HELLO`s and `CONNECT`s with
+/// forged cookies. Counts what came back, by kind.
+async fn junk(target: SocketAddr, ip: IpAddr, count: u64, ports: usize, ips: usize) -> String {
+    use grainwire::proto::rng::SplitMix64;
+    use grainwire::proto::wire::{Cookie, Handshake, Packet};
+    let mut socks = Vec::with_capacity(ports);
+    for p in 0..ports {
+        let ip = match ips {
+            1 => ip,
+            n => {
+                IpAddr::V4(Ipv4Addr::new(127, 1, ((p % n) / 250) as u8, ((p % n) % 250 + 1) as u8))
+            }
+        };
+        let s = UdpSocket::bind(SocketAddr::new(ip, 0))
+            .await
+            .unwrap_or_else(|e| fail(&format!("bind: {e}")));
+        s.connect(target).await.unwrap_or_else(|e| fail(&format!("connect: {e}")));
+        socks.push(s);
+    }
+    let mut rng = SplitMix64::new(u64::from(rand_nonce()));
+    let mut cookies: Vec<Option<(u32, Cookie)>> = vec![None; ports];
+    let mut replies: BTreeMap<&'static str, u64> = BTreeMap::new();
+    let mut buf = vec![0u8; 2048];
+    let mut out = Vec::with_capacity(1200);
+    // A token that passes every cheap check (form, version, expiry, key id 1) and fails only
+    // its seal: the server spends a decryption on it.
+    let unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let mut forged_token = b"GWT\x01".to_vec();
+    forged_token.extend_from_slice(&1u32.to_le_bytes());
+    forged_token.extend_from_slice(&unix.to_le_bytes());
+    forged_token.extend_from_slice(&(unix + 3600).to_le_bytes());
+    forged_token.extend((0..560).map(|i| (i * 31 % 251) as u8));
+    let start = Instant::now();
+    for i in 0..count {
+        let p = (i as usize) % ports;
+        out.clear();
+        let nonce = rng.next_u32();
+        match (i / ports as u64) % 5 {
+            0 => wire::encode_handshake(&mut out, &Handshake::Hello { nonce }),
+            1 => {
+                let len = 1 + (rng.next_u64() % 1150) as usize;
+                out.extend((0..len).map(|_| rng.next_u64() as u8));
+            }
+            2 => {
+                wire::encode_data_header(&mut out, rng.next_u32(), rng.next_u32() & 0xffff, 2);
+                out.extend((0..64).map(|_| rng.next_u64() as u8));
+            }
+            3 => {
+                let cookie = Cookie { time: rng.next_u32(), mac: rng.next_u64() };
+                let token = &forged_token[..];
+                wire::encode_handshake(
+                    &mut out,
+                    &Handshake::Connect { nonce, cookie, window: 1 << 20, token },
+                );
+            }
+            _ => match cookies[p] {
+                Some((nonce, cookie)) => {
+                    let token = &forged_token[..];
+                    wire::encode_handshake(
+                        &mut out,
+                        &Handshake::Connect { nonce, cookie, window: 1 << 20, token },
+                    );
+                }
+                None => wire::encode_handshake(&mut out, &Handshake::Hello { nonce }),
+            },
+        }
+        let _ = socks[p].try_send(&out);
+        // Whatever came back so far (the gate answers HELLOs, forged tokens, stray data).
+        while let Ok(n) = socks[p].try_recv(&mut buf) {
+            let kind = match wire::decode_packet(&buf[..n]) {
+                Ok(Packet::Handshake(h)) => match h.body {
+                    Handshake::Challenge { nonce, cookie } => {
+                        cookies[p] = Some((nonce, cookie));
+                        "challenge"
+                    }
+                    Handshake::Reject { .. } => "reject",
+                    Handshake::Reset { .. } => "reset",
+                    _ => "other handshake",
+                },
+                Ok(Packet::Data(..)) => "data",
+                Err(_) => "undecodable",
+            };
+            *replies.entry(kind).or_default() += 1;
+        }
+        if i % 256 == 255 {
+            tokio::task::yield_now().await; // let the socket buffers drain
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let replies: Vec<String> = replies.iter().map(|(k, n)| format!("\"{k}\":{n}")).collect();
+    format!(
+        "{{\"attack\":\"junk\",\"sent\":{count},\"ports\":{ports},\"ips\":{ips},\"secs\":{secs:.2},\"replies\":{{{}}}}}",
+        replies.join(",")
+    )
+}
+
 fn fail(problem: &str) -> ! {
     eprintln!("attack: {problem}");
     std::process::exit(2)
@@ -670,6 +781,7 @@ async fn main() {
         Attack::Slots => slots(target, ip, count(5000) as usize, secs).await,
         Attack::Busy => busy(target, ip).await,
         Attack::Idle => idle(target, count(1000) as usize, secs).await,
+        Attack::Junk => junk(target, ip, count(100_000), a.ports.max(1), a.ips.max(1)).await,
     };
     println!("{line}");
 }

@@ -12,7 +12,9 @@
 //! cargo run --release --example bench -- latency --discover         # the client follows the fleet
 //! ```
 //!
-//! `--help` lists every flag with its default. `--directory`: the servers claim grains in a
+//! `--help` lists every flag with its default. `--protected`: the servers require connect
+//! tokens and the client presents one, so every packet is encrypted and authenticated (compare
+//! with the same run without it). `--directory`: the servers claim grains in a
 //! shared in-memory grain directory (the warmup claims them; timed calls hit claimed grains).
 //! With `--discover` the client is given only the
 //! first server as a seed and follows the fleet it reports (the first server lists the others
@@ -106,12 +108,18 @@ struct Args {
     /// grain); the measured calls go to grains already claimed.
     #[arg(long)]
     directory: bool,
+    /// The servers require connect tokens and the client presents one: every packet is
+    /// encrypted and authenticated.
+    #[arg(long)]
+    protected: bool,
 }
 
 /// `--discover`: the client follows the fleet from a seed.
 static DISCOVER: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
 /// `--directory`: the servers share a grain directory.
 static DIRECTORY: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+/// `--protected`: the key the servers require tokens sealed with.
+static KEY: std::sync::OnceLock<grainwire::auth::TokenKey> = std::sync::OnceLock::new();
 
 fn fail(problem: &str) -> ! {
     eprintln!("bench: {problem}");
@@ -163,6 +171,7 @@ fn start_servers(n: usize) -> Vec<SocketAddr> {
                     if DIRECTORY.get().copied().unwrap_or(false) {
                         builder = builder.directory(directory.clone());
                     }
+                    builder = builder.token_keys(KEY.get().cloned());
                     let server = builder
                         .host(Echo::host(|_: &GrainId| EchoState { server: "bench".into() }))
                         .host(Spin::host(|_: &GrainId| Spinner))
@@ -235,11 +244,20 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 /// Connects to the servers on the calling runtime (the client's endpoint task lives there):
 /// single mode for one, multi mode (consistent placement) for more.
 async fn connect(addrs: Vec<SocketAddr>) -> Client {
+    let mut builder = Client::builder();
+    if let Some(key) = KEY.get() {
+        let servers: Vec<grainwire::client::ServerAddr> =
+            addrs.iter().map(|a| (*a).into()).collect();
+        let valid = Duration::from_secs(3600);
+        let token = grainwire::auth::ConnectToken::issue(key, 1, &servers, valid, b"bench")
+            .unwrap_or_else(|e| fail(&format!("cannot mint a token: {e}")));
+        builder = builder.token(token);
+    }
     let client = if DISCOVER.get().copied().unwrap_or(false) {
-        Client::builder().seeds([addrs[0]]).connect().await
+        builder.seeds([addrs[0]]).connect().await
     } else {
         let mode = if addrs.len() == 1 { ConnectMode::Single } else { ConnectMode::Multi };
-        Client::builder().servers(addrs.clone()).mode(mode).connect().await
+        builder.servers(addrs.clone()).mode(mode).connect().await
     };
     let client = client.unwrap_or_else(|e| {
         eprintln!("cannot connect to {addrs:?}: {e}");
@@ -389,6 +407,10 @@ fn main() {
     }
     let _ = DISCOVER.set(a.discover);
     let _ = DIRECTORY.set(a.directory);
+    if a.protected {
+        let key = grainwire::auth::generate_key(1).unwrap_or_else(|e| fail(&format!("key: {e}")));
+        let _ = KEY.set(key);
+    }
     let addrs = start_servers(a.servers);
     let line = match a.mode {
         Mode::Latency => latency(addrs, a.payload, a.warmup, calls),

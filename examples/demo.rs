@@ -3,7 +3,9 @@
 //! One server is stopped mid-run while calls continue, then comes back and gets its grains
 //! back. Then a second client, given one seed, discovers the fleet from the servers and follows
 //! it while a fourth server joins and leaves with calls running; and two clients that each know
-//! one of two servers sharing a grain directory reach one activation per grain (redirects). Also: an application error,
+//! one of two servers sharing a grain directory reach one activation per grain (redirects); and a
+//! server requiring connect tokens refuses a stranger and serves a player, who may call only its
+//! own grain. Also: an application error,
 //! one-way calls, a grain type nobody hosts, concurrency and a statistics table. Exits 0.
 //!
 //! ```sh
@@ -21,8 +23,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use game::{Defeated, EchoRef, PlayerRef, RoomRef};
+use grainwire::auth::ConnectToken;
 use grainwire::client::{ClientEvent, ConnectMode, ConsistentHash, RoundRobin};
-use grainwire::{CallError, Client, Server, ServerConfig};
+use grainwire::{CallError, Client, GrainKey, Server, ServerConfig};
 use tokio::sync::broadcast;
 
 /// A grain type no server hosts.
@@ -314,6 +317,42 @@ a client given only eu-1 as its seed found {ids:?}"
     for s in pair {
         s.shutdown().await;
     }
+
+    // Players on the open internet: a server that requires connect tokens. A stranger without
+    // one is refused with the reason; a player whose backend issued it a token is served over
+    // encrypted packets, and may call only its own player grain (its token's user data).
+    let key = grainwire::auth::generate_key(1)?;
+    let guarded = {
+        let config = ServerConfig { server_id: Some("secure-1".into()), ..ServerConfig::default() };
+        let host = game::host("player", "secure-1").ok_or("player")?.authorize(
+            |call| matches!(call.key, GrainKey::Str(k) if k.as_bytes() == call.caller.user_data()),
+        );
+        Server::builder(config).token_keys([key.clone()]).host(host).bind("127.0.0.1:0".parse()?)?
+    };
+    let at = guarded.local_addr();
+    match Client::builder().server(at).connect().await {
+        Ok(_) => return Err("a stranger without a token was let in".into()),
+        Err(e) => println!(
+            "
+a stranger without a token: {}",
+            e.rejection().ok_or("no reason")?
+        ),
+    }
+    let token = ConnectToken::issue(&key, 1001, &[at.into()], Duration::from_secs(60), b"ann")?;
+    let player = Client::builder().server(at).token(token).connect().await?;
+    let me: PlayerRef = player.grain("ann");
+    me.join("Ann".into()).await?;
+    let other = player.grain::<PlayerRef>("bob").hit(50).await;
+    println!(
+        "ann, with a token from the backend: joined secure-1 (packets encrypted); hitting bob's \
+         grain: {}",
+        match other {
+            Err(CallError::Unauthorized) => "refused, not ann's grain".to_string(),
+            other => return Err(format!("another player's grain answered: {other:?}").into()),
+        }
+    );
+    player.disconnect().await;
+    guarded.shutdown().await;
 
     // One call at a time, then 64 at once over 64 grains.
     let echo: EchoRef = client.grain(0);

@@ -11,6 +11,7 @@
 //!     --mode multi --strategy consistent-hash --calls 100000 --concurrency 16
 //! cargo run --release --example game_client -- --seed 127.0.0.1:7777 --secs 10 --concurrency 8
 //! cargo run --release --example game_client -- --redis redis://127.0.0.1:6379/ --cluster eu --calls 1000
+//! cargo run --release --example game_client -- --connect 127.0.0.1:7777 --token-file player.token --calls 100
 //! ```
 //!
 //! `--help` lists every flag with its default. `--connect` takes `ip:port` or `host:port` (a
@@ -22,12 +23,19 @@
 //! fail (counted in `failed` and in `lost_to_dead_server`); later calls go to the survivors,
 //! and to the server again once it is back. `--secs S` stops starting calls after S seconds;
 //! `--pace-us P` starts each worker's calls at most every P µs (a probe beside other load).
+//! `--token-file T` presents the player token in T (hex, as a backend hands it out) to servers
+//! that require tokens; `--key-file [ID=]F` instead mints one the way a backend would, for
+//! `--client-id` (default 1) with `--user-data`, naming the `--connect` servers (`--token-out
+//! FILE` writes it and exits, for another client: a token opens sessions from one address). A server that refuses the token (or the lack of one)
+//! makes the client exit 1 with the reason, e.g. `rejected: the connect token expired`.
 //! `errors` counts failures by kind. Exits 1 if any call failed for another reason (for example
 //! `NotConnected`: made while no server was connected, sent nowhere), or nothing succeeded.
 
 #[path = "common/game.rs"]
 #[allow(dead_code)] // the client uses only the references, not the grain state
 mod game;
+#[path = "common/keys.rs"]
+mod keys;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -36,6 +44,7 @@ use game::EchoRef;
 use std::path::PathBuf;
 
 use clap::Parser;
+use grainwire::auth::ConnectToken;
 use grainwire::client::{ConnectMode, ServerAddr, StrategyName};
 use grainwire::config::ConfigFile;
 use grainwire::{CallError, Client};
@@ -79,6 +88,24 @@ struct Args {
     /// The servers' cluster [default: grainwire, or the --config file's].
     #[arg(long, value_name = "ID")]
     cluster: Option<String>,
+    /// Present the player token in FILE (hex on one line).
+    #[arg(long, value_name = "FILE", conflicts_with = "key_file")]
+    token_file: Option<PathBuf>,
+    /// Mint a token with the key in FILE (as a backend would) naming the --connect servers.
+    #[arg(long, value_name = "[ID=]FILE")]
+    key_file: Option<String>,
+    /// The client id a minted token names.
+    #[arg(long, value_name = "ID", default_value_t = 1)]
+    client_id: u64,
+    /// The user data a minted token carries.
+    #[arg(long, value_name = "TEXT", default_value = "")]
+    user_data: String,
+    /// How long a minted token is valid, in seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 300)]
+    valid_secs: u64,
+    /// Write the minted token to FILE (hex) and exit, as a backend would.
+    #[arg(long, value_name = "FILE", requires = "key_file")]
+    token_out: Option<PathBuf>,
     /// A client configuration file (TOML or JSON; its servers come first).
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
@@ -185,10 +212,29 @@ async fn main() {
     if a.strategy.is_some() {
         config.strategy = a.strategy;
     }
-    let builder = Client::builder().config(config).servers(addrs.clone()).mode(mode);
+    let mut builder = Client::builder().config(config).servers(addrs.clone()).mode(mode);
+    if let Some(f) = &a.token_file {
+        builder = builder.token(keys::read_token(f).unwrap_or_else(|e| fail(&e)));
+    }
+    if let Some(f) = &a.key_file {
+        let key = keys::read_key(f).unwrap_or_else(|e| fail(&e));
+        let valid = Duration::from_secs(a.valid_secs);
+        let user = a.user_data.as_bytes();
+        let token = ConnectToken::issue(&key, a.client_id, &addrs, valid, user)
+            .unwrap_or_else(|e| fail(&format!("cannot mint a token: {e}")));
+        if let Some(out) = &a.token_out {
+            std::fs::write(out, token.to_hex() + "\n")
+                .unwrap_or_else(|e| fail(&format!("--token-out {}: {e}", out.display())));
+            return; // the backend's job is done: another client presents it
+        }
+        builder = builder.token(token);
+    }
     let client = match builder.connect().await {
         Ok(c) => c,
         Err(e) => {
+            if let Some(r) = e.rejection() {
+                eprintln!("rejected: {r}");
+            }
             let mut list: Vec<String> = addrs.iter().map(ToString::to_string).collect();
             list.extend(a.seeds.iter().map(|s| format!("seed {s}")));
             list.extend(a.redis.iter().map(|r| format!("redis {r}")));

@@ -4,6 +4,7 @@
 //! cargo run --release --example game_server -- --bind 127.0.0.1:7777 [--server-id eu-1] [--grains player,room,echo]
 //! cargo run --release --example game_server -- --bind 127.0.0.1:0 --redis redis://127.0.0.1:6379/ --cluster eu
 //! cargo run --release --example game_server -- --bind 127.0.0.1:7778 --peer 127.0.0.1:7777
+//! cargo run --release --example game_server -- --bind 127.0.0.1:7777 --key-file key.hex --own-player-only
 //! ```
 //!
 //! `--help` lists every flag with its default. `--server-id` and `--advertise` (the address
@@ -17,12 +18,22 @@
 //! `--stats-every S` prints the server's statistics to stderr every S seconds. `--config FILE`
 //! loads a server configuration (TOML or JSON) that the flags then override.
 //!
+//! `--key-file [ID=]FILE` (repeatable, for a rotation; the id defaults to 1) requires every
+//! client to present a connect token sealed with one of those keys and naming this server
+//! (its advertised address); their packets are then encrypted. A key file holds 64 hex
+//! characters (`openssl rand -hex 32 > key.hex`). `--own-player-only` lets a player call only
+//! the player grain whose key is its client id. `--ban ID` (repeatable) refuses those client
+//! ids at connect (the approval hook; code 403). Without a key file the server is for trusted
+//! networks only.
+//!
 //! Prints one line `listening on ADDR` once it accepts connections; on SIGINT/SIGTERM it shuts
 //! down gracefully (clients are told it drains, pending calls finish, grains deactivate, it
 //! leaves Redis) and exits 0.
 
 #[path = "common/game.rs"]
 mod game;
+#[path = "common/keys.rs"]
+mod keys;
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -31,8 +42,8 @@ use std::path::PathBuf;
 use clap::Parser;
 use grainwire::client::ServerAddr;
 use grainwire::config::ConfigFile;
-use grainwire::server::MetaValue;
-use grainwire::{Server, ServerConfig};
+use grainwire::server::{AuthConfig, MetaValue};
+use grainwire::{GrainKey, Server, ServerConfig};
 
 /// A grainwire game server hosting the demo grains.
 #[derive(Parser, Debug)]
@@ -74,6 +85,16 @@ struct Args {
     /// Print the server's statistics to stderr every SECS seconds (0: never).
     #[arg(long, value_name = "SECS", default_value_t = 0.0)]
     stats_every: f64,
+    /// Require connect tokens sealed with the key in FILE (64 hex characters), with id ID
+    /// [default id: 1]; repeatable.
+    #[arg(long = "key-file", value_name = "[ID=]FILE")]
+    key_files: Vec<String>,
+    /// With tokens: a player may call only the player grain whose key is its client id.
+    #[arg(long)]
+    own_player_only: bool,
+    /// With tokens: refuse this client id at connect (code 403); repeatable.
+    #[arg(long = "ban", value_name = "ID")]
+    banned: Vec<u64>,
     /// A server configuration file (TOML or JSON); the flags override it.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
@@ -127,11 +148,28 @@ async fn main() {
     t.max_connections = a.max_connections.unwrap_or(t.max_connections);
     t.max_connections_per_ip = a.max_connections_per_ip.unwrap_or(t.max_connections_per_ip);
     let cluster = config.cluster_id.clone();
-    let mut builder = Server::builder(config);
+    let keys: Vec<_> =
+        a.key_files.iter().map(|f| keys::read_key(f).unwrap_or_else(|e| fail(&e))).collect();
+    let protected = !keys.is_empty() || matches!(config.auth, AuthConfig::Tokens { .. });
+    if !protected && (a.own_player_only || !a.banned.is_empty()) {
+        fail("--own-player-only and --ban need --key-file (no identities without tokens)");
+    }
+    let mut builder = Server::builder(config).token_keys(keys);
+    if !a.banned.is_empty() {
+        let banned = a.banned.clone();
+        builder =
+            builder.approve(move |c| if banned.contains(&c.client_id) { Err(403) } else { Ok(()) });
+    }
     for g in &a.grains {
-        let host = game::host(g, &server_id).unwrap_or_else(|| {
+        let mut host = game::host(g, &server_id).unwrap_or_else(|| {
             fail(&format!("unknown grain type {g}; known: {}", game::GRAIN_NAMES.join(",")))
         });
+        if a.own_player_only && g == "player" {
+            host = host.authorize(|call| {
+                call.caller.server_id().is_some()
+                    || matches!(call.key, GrainKey::Int(k) if call.caller.client_id() == Some(*k as u64))
+            });
+        }
         builder = builder.host(host);
     }
     let server = match builder.bind_socket(socket) {
@@ -144,11 +182,12 @@ async fn main() {
     println!("listening on {}", server.local_addr());
     let _ = std::io::stdout().flush();
     eprintln!(
-        "server id {}, cluster {}, hosting {}{}",
+        "server id {}, cluster {}, hosting {}{}, {}",
         server.server_id(),
         cluster,
         a.grains.join(","),
-        a.redis.as_ref().map(|r| format!(", registered in {r}")).unwrap_or_default()
+        a.redis.as_ref().map(|r| format!(", registered in {r}")).unwrap_or_default(),
+        if protected { "connect tokens required" } else { "trusted network (no tokens)" }
     );
     if a.stats_every > 0.0 {
         let mut tick = tokio::time::interval(std::time::Duration::from_secs_f64(a.stats_every));

@@ -6,6 +6,8 @@
 # growth (VmHWM minus the RSS before the attack, from /proc), the server's CPU time during the
 # attack, and the probe's latency and failures. Raw JSON lines go to target/attacks.jsonl.
 # SERVER_BIN runs another game_server binary (an earlier build, say) against the same attacks.
+# KEY_FILE=F runs the server with `--key-file F` (connect tokens required, packets protected)
+# and the probe with a token minted from it; the attacker has none.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build -q --release --examples
@@ -14,7 +16,9 @@ server_bin=${SERVER_BIN:-$bin/game_server}
 out=target/attacks.jsonl
 : > "$out"
 port=7931
-all=(none zero-window no-ack big-answers empty-chunks chunks partials gap gap64 activations slots busy)
+all=(none zero-window no-ack big-answers empty-chunks chunks partials gap gap64 activations slots busy junk junk1000)
+keyed=()
+if [ -n "${KEY_FILE:-}" ]; then keyed=(--key-file "$KEY_FILE"); fi
 attacks=("${@:-${all[@]}}")
 # 0 once the process is gone (a server that crashed under an attack).
 kib() { awk -v k="$2" '$1 == k":" {print $2}' "/proc/$1/status" 2> /dev/null || echo 0; }
@@ -24,14 +28,14 @@ echo "| attack | attacker | server memory growth | server CPU | probe p50 / p99 
 echo "|---|---|---:|---:|---:|---:|"
 for a in "${attacks[@]}"; do
   port=$((port + 1))
-  "$server_bin" --bind "127.0.0.1:$port" > /dev/null 2>&1 &
+  "$server_bin" --bind "127.0.0.1:$port" "${keyed[@]}" > /dev/null 2>&1 &
   server=$!
   sleep 0.5
   base=$(kib "$server" VmRSS)
   cpu0=$(ticks "$server")
   probe_secs=15
   case "$a" in zero-window | no-ack) probe_secs=40 ;; esac
-  "$bin/game_client" --connect "127.0.0.1:$port" --secs "$probe_secs" --keys 64 --pace-us 1000 \
+  "$bin/game_client" --connect "127.0.0.1:$port" "${keyed[@]}" --secs "$probe_secs" --keys 64 --pace-us 1000 \
     > target/probe.json 2> /dev/null &
   probe=$!
   sleep 0.5
@@ -39,6 +43,7 @@ for a in "${attacks[@]}"; do
   case "$a" in
     zero-window | no-ack) args+=(--count 3000000) ;;
     gap64) args=(gap --conns 64) ;;
+    junk1000) args=(junk --ips 1000) ;;
     slots) args+=(--secs 10) ;;
   esac
   if [ "$a" = none ]; then

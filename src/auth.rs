@@ -35,6 +35,14 @@ pub fn unix_now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
+/// A fresh random key with `id` (what a backend and its game servers share; write it to the
+/// key files with [`TokenKey::to_hex`]).
+pub fn generate_key(id: u32) -> Result<TokenKey, TokenError> {
+    let mut key = [0u8; 32];
+    SystemRandom::new().fill(&mut key).map_err(|_| TokenError::NoRandomness)?;
+    Ok(TokenKey::new(id, key))
+}
+
 impl ConnectToken {
     /// Issues a sealed token for `client_id` to join any of `servers` (their advertised
     /// addresses) within `valid_for` from now, carrying `user_data` (at most

@@ -40,6 +40,11 @@ pub enum SessionEvent {
     Closed(DisconnectReason),
 }
 
+thread_local! {
+    /// Where protected packets are decrypted (taken for one packet, put back after).
+    static PLAIN: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
 /// Data datagrams a connecting client keeps when they overtake the server's `ACCEPT`.
 const EARLY_DATAGRAMS: usize = 4;
 
@@ -82,11 +87,10 @@ pub struct Session {
     early: Vec<Vec<u8>>,
     /// Client: the token presented in `CONNECT`, whose secrets protect the session.
     token: Option<Arc<PlayerToken>>,
-    /// The session's packet keys, once it is protected.
-    keys: Option<PacketKeys>,
+    /// The session's packet keys, once it is protected (boxed: ~1 KB that plain sessions do
+    /// not carry).
+    keys: Option<Box<PacketKeys>>,
     replay: ReplayWindow,
-    /// Decrypted packets are opened here.
-    plain: Vec<u8>,
     last_received: Instant,
     established_at: Instant,
     ping_pending: bool,
@@ -119,7 +123,7 @@ impl Session {
         now: Instant,
         secrets: Option<&Secrets>,
     ) -> Self {
-        let keys = secrets.map(|s| PacketKeys::derive(s, nonce, tag, false));
+        let keys = secrets.map(|s| Box::new(PacketKeys::derive(s, nonce, tag, false)));
         let channel = Channel::new(&channel_config(&cfg, keys.is_some()), peer_window, now);
         let mut s = Self::new(cfg, State::Established, nonce, tag, Some(channel), now);
         s.keys = keys;
@@ -147,7 +151,6 @@ impl Session {
             token: None,
             keys: None,
             replay: ReplayWindow::default(),
-            plain: Vec::new(),
             last_received: now,
             established_at: now,
             ping_pending: false,
@@ -326,7 +329,8 @@ impl Session {
             return;
         }
         let header_len = wire::data_header_len(data[0]);
-        let mut plain = std::mem::take(&mut self.plain);
+        // One buffer per thread, not per session (idle sessions hold none).
+        let mut plain = PLAIN.take();
         plain.clear();
         plain.extend_from_slice(data);
         let (header, body) = plain.split_at_mut(header_len);
@@ -346,7 +350,7 @@ impl Session {
                 }
             }
         }
-        self.plain = plain;
+        PLAIN.set(plain);
     }
 
     fn on_data(&mut self, now: Instant, pn: u32, pn_len: u8, frames: &[u8], data: &[u8]) {
@@ -420,7 +424,7 @@ impl Session {
                     if !proof.is_some_and(|p| keys.verify_accept(&fields, &p)) {
                         return;
                     }
-                    self.keys = Some(keys);
+                    self.keys = Some(Box::new(keys));
                 }
                 let cfg = channel_config(&self.cfg, self.keys.is_some());
                 let mut ch = Channel::new(&cfg, window, now);

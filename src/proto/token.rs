@@ -65,6 +65,11 @@ impl TokenKey {
         Ok(Self { id, key })
     }
 
+    /// The key as 64 hexadecimal characters (a key file's line).
+    pub fn to_hex(&self) -> String {
+        self.key.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
     fn aead(&self) -> LessSafeKey {
         LessSafeKey::new(UnboundKey::new(&CHACHA20_POLY1305, &self.key).expect("a 32-byte key"))
     }
@@ -214,6 +219,23 @@ impl PlayerToken {
         out.extend_from_slice(&(self.sealed.len() as u16).to_le_bytes());
         out.extend_from_slice(&self.sealed);
         out
+    }
+
+    /// Its bytes as hexadecimal text (a token file's one line).
+    pub fn to_hex(&self) -> String {
+        self.to_bytes().iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// Reads a token from hexadecimal text (what [`Self::to_hex`] wrote; whitespace around is
+    /// ignored).
+    pub fn from_hex(text: &str) -> Result<Self, TokenError> {
+        let t = text.trim();
+        if !t.is_ascii() || !t.len().is_multiple_of(2) || t.len() > 2 * MAX_PLAYER_TOKEN_SIZE {
+            return Err(TokenError::Malformed);
+        }
+        let bytes: Result<Vec<u8>, _> =
+            (0..t.len()).step_by(2).map(|i| u8::from_str_radix(&t[i..i + 2], 16)).collect();
+        Self::from_bytes(&bytes.map_err(|_| TokenError::Malformed)?)
     }
 
     /// Reads a player token (what [`Self::to_bytes`] wrote). Checks its form, not the seal
@@ -488,6 +510,9 @@ mod tests {
         long.push(0);
         assert_eq!(PlayerToken::from_bytes(&long), Err(TokenError::Malformed));
         assert_eq!(PlayerToken::from_bytes(&bytes[3..]), Err(TokenError::Malformed));
+        assert_eq!(PlayerToken::from_hex(&format!("{}\n", p.to_hex())), Ok(p.clone()));
+        assert_eq!(PlayerToken::from_hex("abc"), Err(TokenError::Malformed));
+        assert_eq!(PlayerToken::from_hex("zz"), Err(TokenError::Malformed));
     }
 
     #[test]
@@ -501,6 +526,7 @@ mod tests {
         assert_eq!(t.seal(&key(1, 1), [0; 12]), Err(TokenError::TooLarge));
         let hex = "00112233445566778899aabbccddeeff00112233445566778899AABBCCDDEEFF\n";
         let k = TokenKey::from_hex(3, hex).unwrap();
+        assert_eq!(k.to_hex(), hex.trim().to_lowercase());
         assert_eq!(k.key[1], 0x11);
         assert_eq!(k.key[31], 0xff);
         assert_eq!(TokenKey::from_hex(3, "abc").map(|_| ()), Err(TokenError::BadKey));

@@ -452,6 +452,11 @@ impl RawSocket {
         }
     }
 
+    /// The next datagram if one has arrived, without waiting.
+    pub fn try_recv(&self) -> Option<(SocketAddr, Vec<u8>)> {
+        self.io.pop(tokio::time::Instant::now().into_std())
+    }
+
     /// Receives the next datagram if one is due, or waits at most `timeout` of (virtual) time.
     pub async fn recv_timeout(&self, timeout: Duration) -> Option<(SocketAddr, Vec<u8>)> {
         tokio::time::timeout(timeout, self.recv()).await.ok()

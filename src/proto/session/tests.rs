@@ -39,18 +39,22 @@ fn events(s: &mut Session) -> Vec<SessionEvent> {
 
 /// The handshake through a real gate up to the server's session (its `ACCEPT` not yet sent):
 /// (client, server, gate, the client's address, now).
-fn admitted() -> (Session, Session, Gate, SocketAddr, Instant) {
+fn admitted() -> Admitted {
     let now = crate::test_epoch();
     let gate = Gate::new((11, 22), now, Duration::from_secs(10), true);
-    admitted_through(gate, Session::client(cfg(), 77, now), now).unwrap()
+    admitted_through(gate, Session::client(cfg(), 77, now), now).map_err(|e| e.0).unwrap()
 }
 
-/// The handshake of `client` through `gate`: the server's session, or the gate's verdict.
+/// What the handshake gives: (client, server, gate, the client's address, now).
+type Admitted = (Session, Session, Gate, SocketAddr, Instant);
+
+/// The handshake of `client` through `gate`: the server's session, or the gate's verdict
+/// (with the client, which got the gate's answer).
 fn admitted_through(
     mut gate: Gate,
     mut client: Session,
     now: Instant,
-) -> Result<(Session, Session, Gate, SocketAddr, Instant), Verdict> {
+) -> Result<Admitted, Box<(Verdict, Session)>> {
     let client_addr: SocketAddr = "127.0.0.1:5555".parse().unwrap();
     let hello = drain(&mut client, now);
     assert_eq!(hello.len(), 1);
@@ -61,7 +65,7 @@ fn admitted_through(
     let verdict = gate.filter(now, client_addr, &connect[0], false, false, &mut reply);
     let Verdict::Admit { nonce, window, client: admitted } = verdict else {
         client.handle_datagram(now, &reply);
-        return Err(verdict);
+        return Err(Box::new((verdict, client)));
     };
     assert_eq!(nonce, 77);
     let secrets = admitted.as_ref().map(|a| &a.secrets);
@@ -492,7 +496,7 @@ mod protected {
         let client =
             Session::client(cfg(), 77, now).with_token(player(&["10.0.0.1:7000"], UNIX + 30));
         let (mut client, mut server, gate, client_addr, now) =
-            admitted_through(gate(now, vec![key()]), client, now).unwrap();
+            admitted_through(gate(now, vec![key()]), client, now).map_err(|e| e.0).unwrap();
         assert!(server.is_protected());
         assert_eq!(events(&mut server), vec![SessionEvent::Connected]);
         for d in drain(&mut server, now) {
@@ -548,7 +552,7 @@ mod protected {
         let token = player(&["10.0.0.1:7000"], UNIX + 30);
         let client = Session::client(cfg(), 77, now).with_token(token);
         let (mut client, mut server, ..) =
-            admitted_through(gate(now, vec![key()]), client, now).unwrap();
+            admitted_through(gate(now, vec![key()]), client, now).map_err(|e| e.0).unwrap();
         events(&mut server);
         let mut accept = Vec::new();
         let plain = Handshake::Accept { nonce: 77, tag: 0xfeed, window: 1 << 20, proof: None };
@@ -566,6 +570,8 @@ mod protected {
         assert!(client.is_established() && client.is_protected());
     }
 
+    /// The gate's verdict on a client presenting `token` to a server holding `keys` (none: a
+    /// keyless gate), and the client's events after its answer.
     fn refused(
         token: Option<Arc<PlayerToken>>,
         keys: Vec<TokenKey>,
@@ -580,26 +586,21 @@ mod protected {
         } else {
             gate(now, keys)
         };
-        let mut client_events = Vec::new();
-        let verdict = match admitted_through(gate, client, now) {
+        match admitted_through(gate, client, now) {
             Ok(_) => panic!("admitted"),
-            Err(v) => v,
-        };
-        // `admitted_through` handed the REJECT to the client; it is gone with it, so replay
-        // the decision on a fresh one to read its event.
-        let mut c = Session::client(cfg(), 77, now);
-        let Verdict::Refuse(reason) = verdict.clone() else { return (verdict, client_events) };
-        let mut reject = Vec::new();
-        wire::encode_handshake(&mut reject, &Handshake::Reject { nonce: 77, reason });
-        c.handle_datagram(now, &reject);
-        client_events.extend(events(&mut c));
-        (verdict, client_events)
+            Err(e) => {
+                let (verdict, mut client) = *e;
+                (verdict, events(&mut client))
+            }
+        }
     }
+
+    type Case = (Option<Arc<PlayerToken>>, Vec<TokenKey>, RejectReason, Rejection);
 
     #[test]
     fn every_bad_token_is_refused_with_its_reason() {
         let ok = || player(&["10.0.0.1:7000"], UNIX + 30);
-        let cases: Vec<(Option<Arc<PlayerToken>>, Vec<TokenKey>, RejectReason, Rejection)> = vec![
+        let cases: Vec<Case> = vec![
             (None, vec![key()], RejectReason::TokenRequired, Rejection::TokenRequired),
             (
                 Some(ok()),

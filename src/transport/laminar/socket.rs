@@ -145,12 +145,12 @@ impl<I: Io> GatedSocket<I> {
             self.refuse(from, nonce, RejectReason::TooManyFromAddress);
             return;
         }
-        if let (Some(approve), Some(c)) = (&self.approve, &client) {
-            if let Err(code) = approve.approve(&ClientIdentity::of(c)) {
-                self.counters.rejected_by_app.fetch_add(1, Ordering::Relaxed);
-                self.refuse(from, nonce, RejectReason::Application { code });
-                return;
-            }
+        if let (Some(approve), Some(c)) = (&self.approve, &client)
+            && let Err(code) = approve.approve(&ClientIdentity::of(c))
+        {
+            self.counters.rejected_by_app.fetch_add(1, Ordering::Relaxed);
+            self.refuse(from, nonce, RejectReason::Application { code });
+            return;
         }
         *self.per_ip.entry(key).or_default() += 1;
         self.known.insert(from, true);
