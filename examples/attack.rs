@@ -714,7 +714,7 @@ async fn junk(target: SocketAddr, ip: IpAddr, count: u64, ports: usize, ips: usi
                 let token = &forged_token[..];
                 wire::encode_handshake(
                     &mut out,
-                    &Handshake::Connect { nonce, cookie, window: 1 << 20, token },
+                    &Handshake::Connect { nonce, cookie, window: 1 << 20, cluster: 0, token },
                 );
             }
             _ => match cookies[p] {
@@ -722,7 +722,7 @@ async fn junk(target: SocketAddr, ip: IpAddr, count: u64, ports: usize, ips: usi
                     let token = &forged_token[..];
                     wire::encode_handshake(
                         &mut out,
-                        &Handshake::Connect { nonce, cookie, window: 1 << 20, token },
+                        &Handshake::Connect { nonce, cookie, window: 1 << 20, cluster: 0, token },
                     );
                 }
                 None => wire::encode_handshake(&mut out, &Handshake::Hello { nonce }),

@@ -118,8 +118,13 @@ impl RawPeer {
             Ok(Packet::Handshake(hs)) => match hs.body {
                 Handshake::Challenge { nonce, cookie } if nonce == self.nonce => {
                     let mut out = Vec::new();
-                    let body =
-                        Handshake::Connect { nonce, cookie, window: self.window, token: &[] };
+                    let body = Handshake::Connect {
+                        nonce,
+                        cookie,
+                        window: self.window,
+                        cluster: 0,
+                        token: &[],
+                    };
                     wire::encode_handshake(&mut out, &body);
                     RawEvent::Reply(out)
                 }

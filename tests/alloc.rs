@@ -163,47 +163,60 @@ impl Echo for EchoGrain {
     }
 }
 
-/// A server hosting `Echo` on a free loopback port (inside a runtime).
-fn echo_server() -> grainwire::Server {
+/// A server hosting `Echo` on a free loopback port (inside a runtime), requiring tokens sealed
+/// with `key` if given.
+fn echo_server(key: Option<grainwire::auth::TokenKey>) -> grainwire::Server {
     grainwire::Server::builder(grainwire::ServerConfig::default())
+        .token_keys(key)
         .host(Echo::host(|_: &grainwire::GrainId| EchoGrain))
         .bind("127.0.0.1:0".parse().unwrap())
         .unwrap()
 }
 
+/// Allocations per grain call, plain and protected (packets sealed and opened in place: no
+/// allocation of their own).
 #[test]
 fn grain_call_allocations() {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async {
-        let server = echo_server();
-        let client =
-            grainwire::Client::connect(server.local_addr(), grainwire::ClientConfig::default())
-                .await
-                .unwrap();
-        let echo: EchoRef = client.grain(1);
-        let arg = vec![7u8; 32];
-        let (warmup, n) = (500, 3000);
-        let mut total = 0;
-        for i in 0..warmup + n {
-            // The argument is built outside the counted region: the caller owns it.
-            let data = arg.clone();
-            let before = allocs();
-            let back = echo.echo(data).await.unwrap();
-            if i >= warmup {
-                total += allocs() - before;
+        for protected in [false, true] {
+            let key = protected.then(|| grainwire::auth::TokenKey::new(1, [9; 32]));
+            let server = echo_server(key.clone());
+            let mut b = grainwire::Client::builder().server(server.local_addr());
+            if let Some(k) = &key {
+                let servers = [server.local_addr().into()];
+                let valid = std::time::Duration::from_secs(60);
+                let t = grainwire::auth::ConnectToken::issue(k, 1, &servers, valid, b"").unwrap();
+                b = b.token(t);
             }
-            assert_eq!(back, arg);
+            let client = b.connect().await.unwrap();
+            let echo: EchoRef = client.grain(1);
+            let arg = vec![7u8; 32];
+            let (warmup, n) = (500, 3000);
+            let mut total = 0;
+            for i in 0..warmup + n {
+                // The argument is built outside the counted region: the caller owns it.
+                let data = arg.clone();
+                let before = allocs();
+                let back = echo.echo(data).await.unwrap();
+                if i >= warmup {
+                    total += allocs() - before;
+                }
+                assert_eq!(back, arg);
+            }
+            let per_call = total as f64 / n as f64;
+            println!(
+                "grain call end to end (client and server, 32-byte argument and result{}): \
+                 {per_call:.2} allocations",
+                if protected { ", protected" } else { "" }
+            );
+            // Two are the call's own: the argument decoded on the server and the result decoded
+            // on the client (both `Vec<u8>`). Received messages are copied into shared blocks,
+            // frames come from per-thread chunks and call cells are reused; the rest is those
+            // blocks and the event queues' blocks.
+            assert!(per_call <= 3.0, "{per_call} (protected: {protected})");
+            client.disconnect().await;
         }
-        let per_call = total as f64 / n as f64;
-        println!(
-            "grain call end to end (client and server, 32-byte argument and result): {per_call:.2} allocations"
-        );
-        // Two are the call's own: the argument decoded on the server and the result decoded
-        // on the client (both `Vec<u8>`). Received messages are copied into shared blocks,
-        // frames come from per-thread chunks and call cells are reused; the rest is those
-        // blocks and the event queues' blocks.
-        assert!(per_call <= 3.0, "{per_call}");
-        client.disconnect().await;
     });
 }
 
@@ -302,7 +315,7 @@ fn client_locks_per_call() {
     let server = std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         rt.block_on(async {
-            let server = echo_server();
+            let server = echo_server(None);
             tx.send(server.local_addr()).unwrap();
             let _ = stop_rx.await;
             server.shutdown().await;

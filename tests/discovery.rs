@@ -569,8 +569,9 @@ async fn a_client_of_another_cluster_finds_nothing_through_seeds() {
         .connect_sim(&net, client_addr(0))
         .await
         .unwrap_err();
+    // The seed refuses a client of another cluster at its door.
     let ClientError::WrongCluster(m) = err else { panic!("{err:?}") };
-    assert_eq!((m.ours_cluster.as_str(), m.theirs_cluster.as_str()), ("elsewhere", "grainwire"));
+    assert_eq!((m.ours_cluster.as_str(), m.addr, m.server), ("elsewhere", server_addr(0), None));
 }
 
 #[tokio::test(start_paused = true)]

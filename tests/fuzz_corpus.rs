@@ -184,7 +184,7 @@ fn valid_datagrams() -> Vec<Vec<u8>> {
     for body in [
         Handshake::Hello { nonce: FUZZ_NONCE },
         Handshake::Challenge { nonce: FUZZ_NONCE, cookie },
-        Handshake::Connect { nonce: FUZZ_NONCE, cookie, window: 1 << 20, token: &[] },
+        Handshake::Connect { nonce: FUZZ_NONCE, cookie, window: 1 << 20, cluster: 0, token: &[] },
         Handshake::Accept { nonce: FUZZ_NONCE, tag: FUZZ_TAG, window: 1 << 20, proof: None },
         Handshake::Reject { nonce: FUZZ_NONCE, reason: wire::RejectReason::ServerFull },
         Handshake::Reset { tag: FUZZ_TAG },

@@ -375,11 +375,23 @@ async fn junk_from_a_thousand_ports_leaves_no_state_and_the_player_is_served() {
                 }
                 (3, _) => {
                     let cookie = Cookie { time: rng.next_u32(), mac: rng.next_u64() };
-                    let hs = Handshake::Connect { nonce, cookie, window: 1 << 20, token: &forged };
+                    let hs = Handshake::Connect {
+                        nonce,
+                        cookie,
+                        window: 1 << 20,
+                        cluster: 0,
+                        token: &forged,
+                    };
                     wire::encode_handshake(&mut out, &hs);
                 }
                 (4, Some((nonce, cookie))) => {
-                    let hs = Handshake::Connect { nonce, cookie, window: 1 << 20, token: &forged };
+                    let hs = Handshake::Connect {
+                        nonce,
+                        cookie,
+                        window: 1 << 20,
+                        cluster: 0,
+                        token: &forged,
+                    };
                     wire::encode_handshake(&mut out, &hs);
                 }
                 _ => wire::encode_handshake(&mut out, &Handshake::Hello { nonce }),

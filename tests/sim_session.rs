@@ -126,13 +126,28 @@ async fn an_address_that_never_echoes_the_cookie_leaves_no_state() {
         let forged = wire::Cookie { mac: cookie.mac ^ 1, ..cookie };
         raw.send_to(
             server.local_addr(),
-            &hs(VERSION, Handshake::Connect { nonce, cookie: forged, window: 1 << 20, token: &[] }),
+            &hs(
+                VERSION,
+                Handshake::Connect {
+                    nonce,
+                    cookie: forged,
+                    window: 1 << 20,
+                    cluster: 0,
+                    token: &[],
+                },
+            ),
         );
         raw.send_to(
             server.local_addr(),
             &hs(
                 VERSION,
-                Handshake::Connect { nonce: nonce + 1, cookie, window: 1 << 20, token: &[] },
+                Handshake::Connect {
+                    nonce: nonce + 1,
+                    cookie,
+                    window: 1 << 20,
+                    cluster: 0,
+                    token: &[],
+                },
             ),
         );
     }
@@ -144,7 +159,10 @@ async fn an_address_that_never_echoes_the_cookie_leaves_no_state() {
     tokio::time::sleep(Duration::from_secs(30)).await; // virtual time: let the cookie expire
     raw.send_to(
         server.local_addr(),
-        &hs(VERSION, Handshake::Connect { nonce: 500, cookie, window: 1 << 20, token: &[] }),
+        &hs(
+            VERSION,
+            Handshake::Connect { nonce: 500, cookie, window: 1 << 20, cluster: 0, token: &[] },
+        ),
     );
     assert_eq!(raw.recv_timeout(Duration::from_secs(2)).await, None);
     assert_eq!(server.session_count(), 0);
@@ -161,6 +179,7 @@ fn hostile_datagrams(seed: u64, n: usize) -> Vec<(u16, Vec<u8>)> {
                 nonce: 1,
                 cookie: wire::Cookie { time: 0, mac: 0 },
                 window: 99,
+                cluster: 0,
                 token: &[],
             },
         ),

@@ -352,8 +352,12 @@ impl ClientBuilder {
             tasks: Mutex::new(Vec::new()),
         });
         let s = shared.clone();
-        let security =
-            Security { token: token.map(Arc::new), mint: server_identity, ..Security::default() };
+        let security = Security {
+            token: token.map(Arc::new),
+            mint: server_identity,
+            cluster: crate::proto::ids::cluster_tag(&config.cluster_id, &config.service_id),
+            ..Security::default()
+        };
         let endpoint =
             Endpoint::start_service(io, config.transport.clone(), security, move |ep| {
                 let _ = s.task.set(ep.clone());

@@ -416,26 +416,60 @@ impl ClientError {
     }
 }
 
-/// A server of another cluster or service than the client's: both sides' ids.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error(
-    "server {server} at {addr} is of cluster {theirs_cluster:?} / service {theirs_service:?}, \
-     this client of cluster {ours_cluster:?} / service {ours_service:?}"
-)]
+/// A server of another cluster or service than the client's: both sides' ids. A server
+/// refuses such a client at its door (`Rejection::WrongCluster`): then its id and cluster are
+/// not known (`None`); a server that does not check is found out by its manifest.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClusterMismatch {
-    /// The server's id.
-    pub server: ServerId,
+    /// The server's id (`None`: it refused us before saying).
+    pub server: Option<ServerId>,
     /// Its address.
     pub addr: SocketAddr,
     /// The client's cluster id.
     pub ours_cluster: String,
     /// The client's service id.
     pub ours_service: String,
-    /// The server's cluster id.
-    pub theirs_cluster: String,
-    /// The server's service id.
-    pub theirs_service: String,
+    /// The server's cluster id (`None`: it refused us before saying).
+    pub theirs_cluster: Option<String>,
+    /// The server's service id (`None`: it refused us before saying).
+    pub theirs_service: Option<String>,
 }
+
+impl ClusterMismatch {
+    /// The server at `addr` refused a client of `config`'s cluster at connect.
+    pub(crate) fn refused_at_connect(addr: SocketAddr, config: &ClientConfig) -> Self {
+        Self {
+            server: None,
+            addr,
+            ours_cluster: config.cluster_id.clone(),
+            ours_service: config.service_id.clone(),
+            theirs_cluster: None,
+            theirs_service: None,
+        }
+    }
+}
+
+impl std::fmt::Display for ClusterMismatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (ours_c, ours_s) = (&self.ours_cluster, &self.ours_service);
+        match (&self.server, &self.theirs_cluster, &self.theirs_service) {
+            (Some(id), Some(c), Some(s)) => write!(
+                f,
+                "server {id} at {} is of cluster {c:?} / service {s:?}, this client of cluster \
+                 {ours_c:?} / service {ours_s:?}",
+                self.addr
+            ),
+            _ => write!(
+                f,
+                "the server at {} refused this client of cluster {ours_c:?} / service {ours_s:?}: \
+                 it is of another",
+                self.addr
+            ),
+        }
+    }
+}
+
+impl std::error::Error for ClusterMismatch {}
 
 /// Something that happened to one of a client's servers. See [`Client::events`](super::Client::events).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 
-use super::{ClientEvent, ClientShared, ConnectMode, ServerAddr};
-use crate::error::{ConnectError, DisconnectReason};
+use super::{ClientEvent, ClientShared, ClusterMismatch, ConnectMode, ServerAddr};
+use crate::error::{ConnectError, DisconnectReason, Rejection};
 use crate::proto::rng::SplitMix64;
 use crate::sync::lock;
 use crate::transport::Connector;
@@ -225,7 +225,8 @@ pub(crate) async fn run(
             slot.set_phase(Phase::Connecting);
         }
         let addr = slot.addrs[next].clone();
-        let attempt = match slot.resolve(next, shared.v6).await {
+        let resolved = slot.resolve(next, shared.v6).await;
+        let attempt = match resolved {
             Ok(ip) => connector.connect(ip).await,
             Err(e) => Err(e),
         };
@@ -251,6 +252,13 @@ pub(crate) async fn run(
                     shared.poke();
                     slot.pause(jitter(cfg.reconnect_min, &mut rng)).await;
                 }
+            }
+            Err(ConnectError::Failed(DisconnectReason::Rejected(Rejection::WrongCluster))) => {
+                // The server refused us at its door for being of another fleet: never again.
+                if let Ok(ip) = resolved {
+                    shared.refuse(ip, ClusterMismatch::refused_at_connect(ip, cfg));
+                }
+                break;
             }
             Err(error) => {
                 let wrapped = slot.failed(next, error);

@@ -907,12 +907,12 @@ impl ClientService {
         if *m.cluster_id != *cfg.cluster_id || *m.service_id != *cfg.service_id {
             // Another fleet's server: never used, never reconnected.
             let wrong = ClusterMismatch {
-                server: m.server_id.clone(),
+                server: Some(m.server_id.clone()),
                 addr,
                 ours_cluster: cfg.cluster_id.clone(),
                 ours_service: cfg.service_id.clone(),
-                theirs_cluster: m.cluster_id.to_string(),
-                theirs_service: m.service_id.to_string(),
+                theirs_cluster: Some(m.cluster_id.to_string()),
+                theirs_service: Some(m.service_id.to_string()),
             };
             tracing::warn!(%wrong, "server of another cluster");
             p.conn.close(rpc::CLOSE_WRONG_CLUSTER);

@@ -149,4 +149,7 @@ pub enum Rejection {
         /// The application's reason.
         code: u16,
     },
+    /// The server is of another cluster or service than we are.
+    #[error("the server is of another cluster or service")]
+    WrongCluster,
 }

@@ -148,13 +148,22 @@ pub struct Gate {
     lifetime_secs: u64,
     accept: bool,
     tokens: Option<TokenGate>,
+    /// The cluster tag of the server (0: any client).
+    cluster: u64,
 }
 
 impl Gate {
     /// A gate with the 128-bit secret `(k0, k1)`, its cookie clock starting at `epoch`.
     pub fn new(secret: (u64, u64), epoch: Instant, lifetime: Duration, accept: bool) -> Self {
         let lifetime_secs = lifetime.as_secs().max(1);
-        Self { k0: secret.0, k1: secret.1, epoch, lifetime_secs, accept, tokens: None }
+        Self { k0: secret.0, k1: secret.1, epoch, lifetime_secs, accept, tokens: None, cluster: 0 }
+    }
+
+    /// Refuses clients that say they are of another cluster than `cluster` (a
+    /// [`cluster_tag`](crate::proto::ids::cluster_tag)); clients that say none are let in.
+    pub fn with_cluster(mut self, cluster: u64) -> Self {
+        self.cluster = cluster;
+        self
     }
 
     /// Requires a valid connect token in every `CONNECT` (see [`TokenGate`]).
@@ -254,14 +263,16 @@ impl Gate {
                 wire::encode_handshake(out, &reply);
                 Verdict::Reply
             }
-            Handshake::Connect { nonce, cookie, window, token } => {
+            Handshake::Connect { nonce, cookie, window, cluster, token } => {
                 if !self.accept || !self.verify(now, from, nonce, &cookie) {
                     return Verdict::Drop;
                 } else if known {
                     return Verdict::Pass;
                 }
                 let secs = u64::from(self.clock(now));
+                let foreign = cluster != 0 && self.cluster != 0 && cluster != self.cluster;
                 let admitted = match &mut self.tokens {
+                    _ if foreign => Err(RejectReason::WrongCluster),
                     _ if full => Err(RejectReason::ServerFull),
                     None if !token.is_empty() => Err(RejectReason::TokensNotAccepted),
                     None => Ok(None),
@@ -405,7 +416,8 @@ mod tests {
         );
         let Ok(Packet::Handshake(reply)) = wire::decode_packet(&out) else { panic!() };
         let Handshake::Challenge { nonce: 7, cookie } = reply.body else { panic!("{reply:?}") };
-        let connect = hs(Handshake::Connect { nonce: 7, cookie, window: 99, token: &[] });
+        let connect =
+            hs(Handshake::Connect { nonce: 7, cookie, window: 99, cluster: 0, token: &[] });
         let t1 = t0 + Duration::from_secs(3);
         assert_eq!(
             gate.filter(t1, client, &connect, false, false, &mut out),
@@ -417,12 +429,14 @@ mod tests {
             gate.filter(t1, addr("127.0.0.1:4001"), &connect, false, false, &mut out),
             Verdict::Drop
         );
-        let other_nonce = hs(Handshake::Connect { nonce: 8, cookie, window: 99, token: &[] });
+        let other_nonce =
+            hs(Handshake::Connect { nonce: 8, cookie, window: 99, cluster: 0, token: &[] });
         assert_eq!(gate.filter(t1, client, &other_nonce, false, false, &mut out), Verdict::Drop);
         let forged = hs(Handshake::Connect {
             nonce: 7,
             cookie: Cookie { mac: cookie.mac ^ 1, ..cookie },
             window: 99,
+            cluster: 0,
             token: &[],
         });
         assert_eq!(gate.filter(t1, client, &forged, false, false, &mut out), Verdict::Drop);
@@ -435,6 +449,28 @@ mod tests {
         );
         let Ok(Packet::Handshake(r)) = wire::decode_packet(&out) else { panic!() };
         assert_eq!(r.body, Handshake::Reject { nonce: 7, reason: RejectReason::ServerFull });
+    }
+
+    #[test]
+    fn a_client_of_another_cluster_is_refused_at_the_door() {
+        let t0 = crate::test_epoch();
+        let ours = crate::proto::ids::cluster_tag("eu", "game");
+        let theirs = crate::proto::ids::cluster_tag("us", "game");
+        assert_ne!(ours, crate::proto::ids::cluster_tag("eu", "lobby"));
+        let mut gate = Gate::new((1, 2), t0, Duration::from_secs(10), true).with_cluster(ours);
+        let client = addr("127.0.0.1:4000");
+        let cookie = gate.cookie(t0, client, 7);
+        let connect =
+            |cluster| hs(Handshake::Connect { nonce: 7, cookie, window: 9, cluster, token: &[] });
+        let mut out = Vec::new();
+        assert_eq!(
+            gate.filter(t0, client, &connect(theirs), false, false, &mut out),
+            Verdict::Refuse(RejectReason::WrongCluster)
+        );
+        for fine in [ours, 0] {
+            let v = gate.filter(t0, client, &connect(fine), false, false, &mut out);
+            assert!(matches!(v, Verdict::Admit { .. }), "{v:?}");
+        }
     }
 
     #[test]

@@ -32,6 +32,16 @@ impl fmt::Display for PeerId {
     }
 }
 
+/// The tag of a cluster and service (never 0): what a client says in its `CONNECT` so that a
+/// server of another refuses it before any state.
+pub fn cluster_tag(cluster: &str, service: &str) -> u64 {
+    let mut name = Vec::with_capacity(cluster.len() + service.len() + 1);
+    name.extend_from_slice(cluster.as_bytes());
+    name.push(0);
+    name.extend_from_slice(service.as_bytes());
+    stable_hash(&name) | 1
+}
+
 /// The low 32 bits of the stable hash of a name.
 const fn hash32(name: &str) -> u32 {
     stable_hash(name.as_bytes()) as u32

@@ -87,6 +87,8 @@ pub struct Session {
     early: Vec<Vec<u8>>,
     /// Client: the token presented in `CONNECT`, whose secrets protect the session.
     token: Option<Arc<PlayerToken>>,
+    /// Client: the cluster tag said in `CONNECT` (0: none).
+    cluster: u64,
     /// The session's packet keys, once it is protected (boxed: ~1 KB that plain sessions do
     /// not carry).
     keys: Option<Box<PacketKeys>>,
@@ -110,6 +112,13 @@ impl Session {
     /// secrets.
     pub fn with_token(mut self, token: Arc<PlayerToken>) -> Self {
         self.token = Some(token);
+        self
+    }
+
+    /// A client session that says it is of the cluster tagged `cluster` (a server of another
+    /// refuses it: [`Rejection::WrongCluster`]).
+    pub fn with_cluster(mut self, cluster: u64) -> Self {
+        self.cluster = cluster;
         self
     }
 
@@ -149,6 +158,7 @@ impl Session {
             events: VecDeque::new(),
             early: Vec::new(),
             token: None,
+            cluster: 0,
             keys: None,
             replay: ReplayWindow::default(),
             last_received: now,
@@ -464,6 +474,7 @@ impl Session {
                     RejectReason::NotInToken => Rejection::NotInToken,
                     RejectReason::TokenReused => Rejection::TokenReused,
                     RejectReason::Application { code } => Rejection::Application { code },
+                    RejectReason::WrongCluster => Rejection::WrongCluster,
                 };
                 self.finish(DisconnectReason::Rejected(rejected));
             }
@@ -584,6 +595,7 @@ impl Session {
                     nonce: self.nonce,
                     cookie: *cookie,
                     window: self.cfg.receive_window,
+                    cluster: self.cluster,
                     token: self.token.as_ref().map_or(&[][..], |t| &t.sealed[..]),
                 };
                 wire::encode_handshake(out, &body);

@@ -423,6 +423,7 @@ impl ServerBuilder {
             approve: self.approve,
             token: None,
             mint: None,
+            cluster: crate::proto::ids::cluster_tag(&config.cluster_id, &config.service_id),
         };
         config.transport.accept_incoming = true;
         config.transport.validate().map_err(BindError::from)?;

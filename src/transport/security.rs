@@ -66,6 +66,8 @@ pub(crate) struct Security {
     pub(crate) approve: Option<Arc<dyn Approve>>,
     /// Client: the token presented to every server.
     pub(crate) token: Option<Arc<PlayerToken>>,
+    /// Both: the cluster tag (a client says it in `CONNECT`; a server refuses another). 0: none.
+    pub(crate) cluster: u64,
     /// Client of a game server (grain-to-grain): mint a server token per connection with the
     /// fleet's key, naming the address connected to and carrying this server's id.
     pub(crate) mint: Option<(TokenKey, ServerId)>,

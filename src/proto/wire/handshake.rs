@@ -74,6 +74,8 @@ pub enum RejectReason {
         /// The application's reason.
         code: u16,
     },
+    /// The client is of another cluster or service than the server.
+    WrongCluster,
 }
 
 /// The body of a handshake packet.
@@ -99,6 +101,9 @@ pub enum Handshake<'a> {
         cookie: Cookie,
         /// The client's receive window in bytes (flow-control credit for the server).
         window: u64,
+        /// The cluster and service the client is of ([`cluster_tag`](crate::proto::ids::cluster_tag);
+        /// 0: unsaid). A server of another refuses it.
+        cluster: u64,
         /// The sealed connect token (empty: none). At most `MAX_TOKEN_SIZE` bytes.
         token: &'a [u8],
     },
@@ -218,6 +223,7 @@ pub fn decode_packet(buf: &[u8]) -> Result<Packet<'_>, WireError> {
                 10 => RejectReason::NotInToken,
                 11 => RejectReason::TokenReused,
                 12 => RejectReason::Application { code: r.u16()? },
+                13 => RejectReason::WrongCluster,
                 other => {
                     return Err(WireError::OutOfRange {
                         field: "reject reason",
@@ -234,11 +240,12 @@ pub fn decode_packet(buf: &[u8]) -> Result<Packet<'_>, WireError> {
         (KIND_CHALLENGE, true) => Handshake::Challenge { nonce: r.u32()?, cookie: cookie(&mut r)? },
         (KIND_CONNECT, true) => {
             let (nonce, cookie, window) = (r.u32()?, cookie(&mut r)?, r.varint()?);
+            let cluster = r.u64()?;
             let len = usize::from(r.u16()?);
             if len > MAX_TOKEN_SIZE {
                 return Err(WireError::OutOfRange { field: "token length", value: len as u64 });
             }
-            Handshake::Connect { nonce, cookie, window, token: r.bytes(len)? }
+            Handshake::Connect { nonce, cookie, window, cluster, token: r.bytes(len)? }
         }
         (KIND_ACCEPT, true) => {
             let (nonce, tag, window) = (r.u32()?, r.u32()?, r.u64()?);
@@ -284,11 +291,12 @@ pub fn encode_handshake_version(out: &mut Vec<u8>, version: u8, body: &Handshake
             out.extend_from_slice(&nonce.to_le_bytes());
             put_cookie(out, &cookie);
         }
-        Handshake::Connect { nonce, cookie, window, token } => {
+        Handshake::Connect { nonce, cookie, window, cluster, token } => {
             out.push(KIND_CONNECT);
             out.extend_from_slice(&nonce.to_le_bytes());
             put_cookie(out, &cookie);
             put_varint(out, window);
+            out.extend_from_slice(&cluster.to_le_bytes());
             // The session refuses a longer token before sending it (`TokenError::TooLarge`).
             let token = &token[..token.len().min(MAX_TOKEN_SIZE)];
             out.extend_from_slice(&(token.len() as u16).to_le_bytes());
@@ -322,6 +330,7 @@ pub fn encode_handshake_version(out: &mut Vec<u8>, version: u8, body: &Handshake
                     out.push(12);
                     out.extend_from_slice(&code.to_le_bytes());
                 }
+                RejectReason::WrongCluster => out.push(13),
             }
         }
         Handshake::Reset { tag } => {
@@ -398,8 +407,27 @@ mod tests {
         let cookie = Cookie { time: 77, mac: 0xdead_beef_0bad_f00d };
         round_trip(Handshake::Hello { nonce: 5 });
         round_trip(Handshake::Challenge { nonce: 5, cookie });
-        round_trip(Handshake::Connect { nonce: 5, cookie, window: 4 << 20, token: &[] });
-        round_trip(Handshake::Connect { nonce: 5, cookie, window: 4 << 20, token: &[9; 300] });
+        round_trip(Handshake::Connect {
+            nonce: 5,
+            cookie,
+            window: 4 << 20,
+            cluster: 0,
+            token: &[],
+        });
+        round_trip(Handshake::Connect {
+            nonce: 5,
+            cookie,
+            window: 1,
+            cluster: u64::MAX,
+            token: &[],
+        });
+        round_trip(Handshake::Connect {
+            nonce: 5,
+            cookie,
+            window: 4 << 20,
+            cluster: 0,
+            token: &[9; 300],
+        });
         round_trip(Handshake::Accept { nonce: 5, tag: 0xabcd_ef01, window: 1 << 20, proof: None });
         round_trip(Handshake::Accept {
             nonce: 5,
@@ -416,11 +444,13 @@ mod tests {
             RejectReason::NotInToken,
             RejectReason::TokenReused,
             RejectReason::Application { code: 0xbeef },
+            RejectReason::WrongCluster,
         ] {
             round_trip(Handshake::Reject { nonce: 5, reason });
         }
         let mut long = Vec::new();
-        let connect = Handshake::Connect { nonce: 5, cookie, window: 1, token: &[1; 2000] };
+        let connect =
+            Handshake::Connect { nonce: 5, cookie, window: 1, cluster: 0, token: &[1; 2000] };
         encode_handshake(&mut long, &connect);
         let Ok(Packet::Handshake(p)) = decode_packet(&long) else { panic!() };
         assert!(

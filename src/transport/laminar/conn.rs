@@ -116,6 +116,7 @@ pub(crate) enum Role {
         nonce: u32,
         done: oneshot::Sender<Result<Connection, ConnectError>>,
         token: Option<Arc<PlayerToken>>,
+        cluster: u64,
     },
     Server {
         nonce: u32,
@@ -236,8 +237,8 @@ impl Live {
     fn new(init: Init, now: Instant) -> Self {
         let cfg = init.sink.config.clone();
         let (session, done) = match init.role {
-            Role::Client { nonce, done, token } => {
-                let session = Session::client(cfg, nonce, now);
+            Role::Client { nonce, done, token, cluster } => {
+                let session = Session::client(cfg, nonce, now).with_cluster(cluster);
                 (if let Some(t) = token { session.with_token(t) } else { session }, Some(done))
             }
             Role::Server { nonce, tag, window, client } => {

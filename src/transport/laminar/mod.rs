@@ -67,6 +67,8 @@ pub(crate) struct Driver<I: Io, S: Service> {
     token: Option<Arc<PlayerToken>>,
     /// Client of a game server: what it mints its tokens with.
     mint: Option<(TokenKey, ServerId)>,
+    /// Client: the cluster tag it says.
+    cluster: u64,
     /// Every live session, by address.
     conns: HashMap<SocketAddr, Arc<ConnShared>>,
     /// Sessions to create in the next pass, and parked ones (see `conn::scope`).
@@ -107,6 +109,7 @@ impl<I: Io, S: Service> Driver<I, S> {
             config.cookie_lifetime,
             config.accept_incoming,
         );
+        gate = gate.with_cluster(security.cluster);
         if !security.keys.is_empty() {
             // Tokens' times are Unix seconds; the gate counts from here on the I/O's clock.
             let unix = std::time::SystemTime::now()
@@ -167,6 +170,7 @@ impl<I: Io, S: Service> Driver<I, S> {
             rng,
             token: security.token,
             mint: security.mint,
+            cluster: security.cluster,
             conns: HashMap::new(),
             scope: Scope::default(),
             parked_deadlines: BinaryHeap::new(),
@@ -260,7 +264,8 @@ impl<I: Io, S: Service> Driver<I, S> {
                     self.mgr.socket_mut().add_outgoing(addr);
                     let nonce = self.rng.next_u32();
                     let token = Security::token_for(self.mint.as_ref(), self.token.as_ref(), addr);
-                    self.create(addr, Role::Client { nonce, done, token }, now);
+                    let cluster = self.cluster;
+                    self.create(addr, Role::Client { nonce, done, token, cluster }, now);
                 }
             }
             DriverCmd::SetToken(token) => self.token = token,
