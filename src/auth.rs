@@ -1,7 +1,11 @@
-//! Players on the open internet: connect tokens. A backend that authenticated a player issues
-//! it a short-lived token ([`ConnectToken::issue`]) sealed with a key it shares with the game
-//! servers; the player presents it when it connects. (Servers verifying tokens, packet
-//! protection and caller identity in grains build on this; see the README's known limits.)
+//! Players on the open internet. A backend that authenticated a player issues it a short-lived
+//! connect token ([`ConnectToken::issue`]) sealed with a key it shares with the game servers
+//! ([`generate_key`], key files of 64 hex characters); the player presents it
+//! (`ClientBuilder::token`), servers that hold the key (`ServerBuilder::token_keys`,
+//! [`AuthConfig`]) verify it before keeping any state, may [`Approve`] the client, protect
+//! every packet of its session with the token's secrets, and tell grains who calls
+//! ([`caller`], [`Caller`]; `Host::authorize`). The README's security model says what is
+//! protected and what is not.
 //!
 //! ```
 //! use std::time::Duration;
