@@ -1,7 +1,9 @@
 //! Hostile and idle clients, for measuring what they cost a `game_server`: each speaks the wire
 //! format by hand (`grainwire::testing::RawPeer`) over real UDP, behaving as a real client
 //! would not. Prints one JSON line with what it sent and what the server answered; the server's
-//! memory and CPU are measured from outside (`scripts/attacks.sh`).
+//! memory and CPU are measured from outside (`scripts/attacks.sh`). `--key-file F` gives every
+//! session a valid token minted with the key in F (a malicious player with real accounts; its
+//! packets are then protected), against `game_server --key-file F`.
 //!
 //! ```sh
 //! cargo run --release --example attack -- --target 127.0.0.1:7777 zero-window --count 3000000
@@ -28,6 +30,7 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
+use grainwire::auth::{ConnectToken, TokenKey};
 use grainwire::proto::ids::{GrainKey, MethodId, RequestId};
 use grainwire::proto::manifest::Manifest;
 use grainwire::proto::wire::rpc::{self, CallHeader, RpcFrame};
@@ -95,6 +98,10 @@ struct Args {
     /// (junk): N handshake budgets instead of one.
     #[arg(long, value_name = "N", default_value_t = 1)]
     ips: usize,
+    /// Hold valid tokens: mint one per session with the key in FILE (64 hex characters), as a
+    /// malicious player with real accounts would; sessions are then protected.
+    #[arg(long, value_name = "FILE")]
+    key_file: Option<std::path::PathBuf>,
 }
 
 /// Datagrams we send stay under the server's default `max_datagram_size` (1200).
@@ -119,6 +126,9 @@ struct Raw {
     closed: Option<String>,
 }
 
+/// `--key-file`: the key the attacker mints its tokens with.
+static KEY: std::sync::OnceLock<TokenKey> = std::sync::OnceLock::new();
+
 /// What the server hosts, learned once from a well-behaved session (a session that grants no
 /// credit never receives the manifest).
 static MANIFEST: std::sync::OnceLock<Manifest> = std::sync::OnceLock::new();
@@ -131,6 +141,14 @@ async fn connect(target: SocketAddr, ip: IpAddr, window: u64) -> std::io::Result
     let sock = UdpSocket::bind(SocketAddr::new(ip, 0)).await?;
     sock.connect(target).await?;
     let mut peer = RawPeer::new(rand_nonce(), window);
+    if let Some(key) = KEY.get() {
+        // A player with a valid token of its own: one per session (a token opens sessions
+        // from one address only).
+        let valid = Duration::from_secs(3600);
+        let token = ConnectToken::issue(key, u64::from(rand_nonce()), &[target.into()], valid, b"")
+            .unwrap_or_else(|e| fail(&format!("cannot mint a token: {e}")));
+        peer = peer.with_token(std::sync::Arc::new(token));
+    }
     let mut buf = vec![0u8; 2048];
     let deadline = Instant::now() + Duration::from_secs(5);
     // The handshake packet to send again every 250 ms until answered, as a real client does.
@@ -766,6 +784,13 @@ fn fail(problem: &str) -> ! {
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
     let a = <Args as clap::Parser>::parse();
+    if let Some(f) = &a.key_file {
+        let text = std::fs::read_to_string(f)
+            .unwrap_or_else(|e| fail(&format!("--key-file {}: {e}", f.display())));
+        let key =
+            TokenKey::from_hex(1, &text).unwrap_or_else(|e| fail(&format!("--key-file: {e}")));
+        let _ = KEY.set(key);
+    }
     let (target, ip, secs) = (a.target, a.bind, a.secs);
     let count = |default: u64| a.count.unwrap_or(default);
     let small = |n: u64| u32::try_from(n).unwrap_or_else(|_| fail("--count: at most 4294967295"));

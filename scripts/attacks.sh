@@ -7,7 +7,8 @@
 # attack, and the probe's latency and failures. Raw JSON lines go to target/attacks.jsonl.
 # SERVER_BIN runs another game_server binary (an earlier build, say) against the same attacks.
 # KEY_FILE=F runs the server with `--key-file F` (connect tokens required, packets protected)
-# and the probe with a token minted from it; the attacker has none.
+# and the probe with a token minted from it; the attacker has none, unless ATTACKER_TOKENS=1:
+# then it mints a valid token per session (a malicious player with accounts).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build -q --release --examples
@@ -18,7 +19,9 @@ out=target/attacks.jsonl
 port=7931
 all=(none zero-window no-ack big-answers empty-chunks chunks partials gap gap64 activations slots busy junk junk1000)
 keyed=()
+armed=()
 if [ -n "${KEY_FILE:-}" ]; then keyed=(--key-file "$KEY_FILE"); fi
+if [ -n "${ATTACKER_TOKENS:-}" ]; then armed=(--key-file "$KEY_FILE"); fi
 attacks=("${@:-${all[@]}}")
 # 0 once the process is gone (a server that crashed under an attack).
 kib() { awk -v k="$2" '$1 == k":" {print $2}' "/proc/$1/status" 2> /dev/null || echo 0; }
@@ -50,7 +53,7 @@ for a in "${attacks[@]}"; do
     sleep 10
     attacker='{}'
   else
-    attacker=$(timeout 120 "$bin/attack" --target "127.0.0.1:$port" --bind 127.0.0.3 "${args[@]}" | tail -1) || true
+    attacker=$(timeout 120 "$bin/attack" --target "127.0.0.1:$port" --bind 127.0.0.3 "${armed[@]}" "${args[@]}" | tail -1) || true
     case "$attacker" in "{"*) ;; *) attacker='{"result":"none: the attack did not finish in 120 s"}' ;; esac
   fi
   cpu1=$(ticks "$server")

@@ -11,7 +11,12 @@
 //! assert!(!peer.is_established() && !hello.is_empty());
 //! ```
 
+use std::sync::Arc;
+
 use bytes::Bytes;
+
+use crate::proto::crypt::PacketKeys;
+use crate::proto::token::PlayerToken;
 
 /// How many of grainwire's own mutexes this thread has locked so far: every one is taken
 /// through one function, which counts (with feature `test-util`). Locks inside dependencies
@@ -58,6 +63,9 @@ pub struct RawPeer {
     /// What the server's reliable message frames have cost us (payload plus 64 per frame,
     /// retransmissions included: an overestimate, so our grants are generous).
     received_cost: u64,
+    /// The token presented, if any: the session is then protected with its secrets.
+    token: Option<Arc<PlayerToken>>,
+    keys: Option<Arc<PacketKeys>>,
 }
 
 impl RawPeer {
@@ -73,7 +81,16 @@ impl RawPeer {
             credit_limit: 0,
             credit_used: 0,
             received_cost: 0,
+            token: None,
+            keys: None,
         }
+    }
+
+    /// A peer that presents `token` (to a server that requires tokens): its packets are then
+    /// sealed and the server's opened, as a real client's.
+    pub fn with_token(mut self, token: Arc<PlayerToken>) -> Self {
+        self.token = Some(token);
+        self
     }
 
     /// Appends a `MAX_DATA` frame that gives the server another window of credit beyond what
@@ -123,12 +140,20 @@ impl RawPeer {
                         cookie,
                         window: self.window,
                         cluster: 0,
-                        token: &[],
+                        token: self.token.as_ref().map_or(&[][..], |t| &t.sealed[..]),
                     };
                     wire::encode_handshake(&mut out, &body);
                     RawEvent::Reply(out)
                 }
-                Handshake::Accept { nonce, tag, window, .. } if nonce == self.nonce => {
+                Handshake::Accept { nonce, tag, window, proof } if nonce == self.nonce => {
+                    if let Some(t) = &self.token {
+                        let keys = PacketKeys::derive(&t.secrets, nonce, tag, true);
+                        let fields = wire::accept_fields(nonce, tag, window);
+                        if !proof.is_some_and(|p| keys.verify_accept(&fields, &p)) {
+                            return RawEvent::Nothing;
+                        }
+                        self.keys = Some(Arc::new(keys));
+                    }
                     self.tag = Some(tag);
                     self.credit_limit = self.credit_limit.max(window);
                     RawEvent::Established
@@ -137,6 +162,25 @@ impl RawPeer {
                 _ => RawEvent::Nothing,
             },
             Ok(Packet::Data(h, frames)) if Some(h.tag) == self.tag => {
+                let mut plain = Vec::new();
+                let frames = match &self.keys {
+                    None => frames,
+                    Some(keys) => {
+                        let expected = self.largest.map_or(0, |l| l + 1);
+                        let bits = u32::from(h.pn_len) * 8;
+                        let pn = crate::proto::channel::seq::expand(
+                            expected,
+                            h.pn_truncated.into(),
+                            bits,
+                        );
+                        plain.extend_from_slice(d);
+                        let (header, body) = plain.split_at_mut(wire::data_header_len(d[0]));
+                        match keys.open(pn, header, body) {
+                            Ok(p) => &*p,
+                            Err(_) => return RawEvent::Nothing,
+                        }
+                    }
+                };
                 // The recent ones are enough to acknowledge (older ones were acknowledged, or the
                 // server sends their data again in new packets).
                 if self.received.len() >= 1024 {
@@ -176,10 +220,13 @@ impl RawPeer {
     /// [`ack`](Self::ack), [`wire::encode_ping`]); `None` before the session is established.
     pub fn data(&mut self, frames: &[u8]) -> Option<Vec<u8>> {
         let tag = self.tag?;
-        let mut out = Vec::with_capacity(8 + frames.len());
+        let mut out = Vec::with_capacity(8 + frames.len() + 16);
         wire::encode_data_header(&mut out, tag, self.next_pn as u32, 4);
-        self.next_pn += 1;
         out.extend_from_slice(frames);
+        if let Some(keys) = &self.keys {
+            keys.seal(self.next_pn, wire::data_header_len(out[0]), &mut out);
+        }
+        self.next_pn += 1;
         Some(out)
     }
 

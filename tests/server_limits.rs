@@ -58,8 +58,23 @@ impl Store for StoreGrain {
 }
 
 fn server(net: &SimNetwork, config: ServerConfig, log: &Log) -> Server {
+    server_with_keys(net, config, log, None)
+}
+
+/// The token key of servers that require tokens here.
+fn key() -> grainwire::auth::TokenKey {
+    grainwire::auth::TokenKey::new(1, [7; 32])
+}
+
+fn server_with_keys(
+    net: &SimNetwork,
+    config: ServerConfig,
+    log: &Log,
+    key: Option<grainwire::auth::TokenKey>,
+) -> Server {
     let log = log.clone();
     Server::builder(config)
+        .token_keys(key)
         .host(Store::host(move |id: &GrainId| StoreGrain {
             key: match id.key {
                 GrainKey::Int(k) => k,
@@ -73,8 +88,24 @@ fn server(net: &SimNetwork, config: ServerConfig, log: &Log) -> Server {
 
 /// A hand-driven session from `from` that grants the server `window` bytes of credit.
 async fn raw_session(net: &SimNetwork, from: &str, window: u64) -> (RawSocket, RawPeer) {
+    raw_session_with(net, from, window, false).await
+}
+
+/// The same, presenting a token sealed with [`key`] if `protected` (packets then sealed).
+async fn raw_session_with(
+    net: &SimNetwork,
+    from: &str,
+    window: u64,
+    protected: bool,
+) -> (RawSocket, RawPeer) {
     let sock = net.raw_socket(addr(from)).unwrap();
     let mut peer = RawPeer::new(11, window);
+    if protected {
+        let servers = [SERVER.parse().unwrap()];
+        let valid = Duration::from_secs(600);
+        let t = grainwire::auth::ConnectToken::issue(&key(), 1, &servers, valid, b"").unwrap();
+        peer = peer.with_token(std::sync::Arc::new(t));
+    }
     sock.send_to(addr(SERVER), &peer.hello());
     while !peer.is_established() {
         let (_, d) = sock.recv().await;
@@ -133,14 +164,21 @@ fn small_buffers() -> ServerConfig {
     }
 }
 
+/// Plain, and with protection on: a player holding a valid token is held to the same bounds.
 #[tokio::test(start_paused = true)]
 async fn a_peer_that_never_acknowledges_costs_a_bounded_queue_then_its_session() {
+    for protected in [false, true] {
+        never_acknowledging(protected).await;
+    }
+}
+
+async fn never_acknowledging(protected: bool) {
     let net = SimNetwork::new(1, SimConfig::default());
     let log = Log::default();
     let cfg = small_buffers();
     let hard_cap = 2 * cfg.transport.send_buffer + cfg.transport.max_message_size + 64;
-    let server = server(&net, cfg, &log);
-    let (sock, mut peer) = raw_session(&net, "10.0.0.9:1", 1 << 20).await;
+    let server = server_with_keys(&net, cfg, &log, protected.then(key));
+    let (sock, mut peer) = raw_session_with(&net, "10.0.0.9:1", 1 << 20, protected).await;
     let mut closed = false;
     let mut most = 0;
     for batch in 0..300 {
