@@ -21,8 +21,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
+use self::protect::channel_config;
 use super::channel::{Channel, Datagram, Delivered, PacketOutcome};
-use super::crypt::{AUTH_TAG_LEN, PacketKeys, ReplayWindow, Secrets};
+use super::crypt::{PacketKeys, ReplayWindow, Secrets};
 use super::stats::ConnectionStats;
 use super::token::PlayerToken;
 use super::wire::{self, Class, CloseKind, Cookie, Handshake, Packet, RejectReason, VERSION};
@@ -38,11 +39,6 @@ pub enum SessionEvent {
     Message(Delivered),
     /// The session ended. Always the last event.
     Closed(DisconnectReason),
-}
-
-thread_local! {
-    /// Where protected packets are decrypted (taken for one packet, put back after).
-    static PLAIN: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
 /// Data datagrams a connecting client keeps when they overtake the server's `ACCEPT`.
@@ -328,41 +324,6 @@ impl Session {
         }
     }
 
-    /// A protected data packet: the replay window, then the tag, and only then the frames.
-    fn on_protected(&mut self, now: Instant, pn_truncated: u32, pn_len: u8, data: &[u8]) {
-        let (Some(ch), Some(keys)) = (self.channel.as_mut(), self.keys.as_ref()) else {
-            return;
-        };
-        let pn = ch.expand_pn(pn_truncated, pn_len);
-        if !self.replay.fresh(pn) {
-            ch.count_replayed();
-            return;
-        }
-        let header_len = wire::data_header_len(data[0]);
-        // One buffer per thread, not per session (idle sessions hold none).
-        let mut plain = PLAIN.take();
-        plain.clear();
-        plain.extend_from_slice(data);
-        let (header, body) = plain.split_at_mut(header_len);
-        let opened = keys.open(pn, header, body).map(|p| p.len());
-        match opened {
-            Err(_) => ch.count_unauthentic(),
-            Ok(n) => {
-                self.replay.mark(pn);
-                ch.count_overhead(false, AUTH_TAG_LEN);
-                plain.truncate(header_len + n);
-                if let State::Draining { .. } = self.state {
-                    self.close_again = true;
-                } else if n > 0 {
-                    self.on_data(now, pn_truncated, pn_len, &plain[header_len..], &plain);
-                } else if let Some(ch) = self.channel.as_mut() {
-                    ch.count_malformed();
-                }
-            }
-        }
-        PLAIN.set(plain);
-    }
-
     fn on_data(&mut self, now: Instant, pn: u32, pn_len: u8, frames: &[u8], data: &[u8]) {
         let Some(ch) = self.channel.as_mut() else {
             return;
@@ -617,17 +578,6 @@ impl Session {
         }
     }
 
-    /// Seals the data packet just written into `out`, if the session is protected.
-    fn protect(&mut self, out: &mut Vec<u8>) -> bool {
-        if let (Some(keys), Some(ch)) = (&self.keys, &mut self.channel)
-            && wire::is_data(out)
-        {
-            keys.seal(ch.last_sent_pn(), wire::data_header_len(out[0]), out);
-            ch.count_overhead(true, AUTH_TAG_LEN);
-        }
-        true
-    }
-
     fn transmit_established(&mut self, now: Instant, out: &mut Vec<u8>) -> bool {
         if std::mem::take(&mut self.accept_pending) {
             let (nonce, tag, window) = (self.nonce, self.tag, self.cfg.receive_window);
@@ -680,15 +630,7 @@ impl Session {
     }
 }
 
-/// The channel's configuration: a protected session leaves room for the tag in every datagram
-/// (both sides agree, so their chunks agree).
-fn channel_config(cfg: &TransportConfig, protected: bool) -> TransportConfig {
-    let mut c = cfg.clone();
-    if protected {
-        c.max_datagram_size -= AUTH_TAG_LEN;
-    }
-    c
-}
+mod protect;
 
 #[cfg(test)]
 mod tests;
