@@ -128,6 +128,7 @@ async fn a_player_with_a_token_is_served_and_its_grain_sees_who_calls() {
         }
         let stats = c.transport_stats().unwrap();
         assert_eq!(stats.unauthentic, 0, "nothing forged on a clean path");
+        assert!(c.servers().iter().all(|s| s.protected), "the session is protected");
         assert_eq!(s.server.stats().unauthorized, 0);
         c.disconnect().await;
     }
@@ -284,6 +285,7 @@ async fn a_player_may_call_only_its_own_grain_and_a_server_any() {
         .bind_sim(&net2, addr(SERVER))
         .unwrap();
     let anon = connect(&net2, "10.0.1.1:1", None).await.unwrap();
+    assert!(!anon.servers()[0].protected, "a trusted server's session is plain");
     assert_eq!(anon.grain::<PlayerRef>(1i64).who().await.unwrap(), (None, Vec::new(), None));
 }
 

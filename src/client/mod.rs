@@ -544,6 +544,7 @@ impl Client {
                     rtt: s.conn.stats().rtt,
                     calls: lock(&s.stats).snapshot(u64::from(s.load.pending()), 0),
                     transport: s.conn.stats(),
+                    protected: s.conn.is_protected(),
                 })
             })
             .collect()
@@ -634,7 +635,9 @@ impl Client {
 
     /// Presents `token` from now on: to servers it connects to next (a reconnection, a new
     /// server). Sessions open now keep theirs. Give the client a fresh token before the one
-    /// it holds expires, or reconnections fail with `Rejection::TokenExpired`.
+    /// it holds expires, or reconnections fail with `Rejection::TokenExpired` (a
+    /// [`ClientEvent::ConnectFailed`] says so; the client keeps retrying with its backoff, and
+    /// the next attempt after `set_token` presents the new one).
     pub fn set_token(&self, token: crate::proto::token::PlayerToken) {
         if let Some(ep) = lock(&self.shared.endpoint).as_ref() {
             ep.set_token(Some(Arc::new(token)));

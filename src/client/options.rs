@@ -554,4 +554,6 @@ pub struct ServerInfo {
     pub calls: crate::proto::stats::CallStats,
     /// Its session's transport statistics.
     pub transport: crate::transport::ConnectionStats,
+    /// Whether its session's packets are encrypted and authenticated (opened with a token).
+    pub protected: bool,
 }
