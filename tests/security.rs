@@ -314,6 +314,44 @@ async fn a_refreshed_token_is_presented_on_reconnect_and_rotation_keeps_both_key
     drop(s);
 }
 
+/// A token that expired while the client was away: its reconnection is refused
+/// (`TokenExpired`, an event says so) and retried; once the application gives it a fresh one,
+/// the next attempt gets in.
+#[tokio::test(start_paused = true)]
+async fn an_expired_token_is_refused_on_reconnect_until_the_client_gets_a_fresh_one() {
+    use grainwire::client::ClientEvent;
+    use grainwire::error::{ConnectError, DisconnectReason};
+    let net = net(12, 0.0);
+    let s = serve(&net, vec![key()], server_config());
+    let servers = [SERVER.parse().unwrap()];
+    let short = ConnectToken::issue(&key(), 42, &servers, Duration::from_secs(1), b"v1").unwrap();
+    let c = connect(&net, "10.0.1.1:1", Some(short)).await.unwrap();
+    let mut events = c.events();
+    let me = c.grain::<PlayerRef>(42i64);
+    assert_eq!(me.who().await.unwrap().1, b"v1".to_vec());
+    // Away for longer than the token lives (the server forgets the session meanwhile).
+    net.set_down(addr(SERVER), true);
+    support::wait_until("the session is lost", Duration::from_secs(120), || {
+        c.transport_stats().is_none() && s.server.session_count() == 0
+    })
+    .await;
+    net.set_down(addr(SERVER), false);
+    let expired = async {
+        loop {
+            if let Ok(ClientEvent::ConnectFailed { error, .. }) = events.recv().await
+                && error
+                    == ConnectError::Failed(DisconnectReason::Rejected(Rejection::TokenExpired))
+            {
+                return;
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(60), expired).await.expect("refused as expired");
+    c.set_token(ConnectToken::issue(&key(), 42, &servers, Duration::from_secs(30), b"v2").unwrap());
+    support::wait_until("reconnected", Duration::from_secs(60), || c.is_connected()).await;
+    assert_eq!(me.who().await.unwrap().1, b"v2".to_vec());
+}
+
 #[test]
 fn a_config_without_keys_is_trusted_and_tokens_mode_needs_a_key() {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
