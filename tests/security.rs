@@ -413,25 +413,15 @@ async fn junk_from_a_thousand_ports_leaves_no_state_and_the_player_is_served() {
                     wire::encode_data_header(&mut out, rng.next_u32(), 7, 2);
                     out.extend_from_slice(&[0xee; 40]);
                 }
-                (3, _) => {
-                    let cookie = Cookie { time: rng.next_u32(), mac: rng.next_u64() };
-                    let hs = Handshake::Connect {
-                        nonce,
-                        cookie,
-                        window: 1 << 20,
-                        cluster: 0,
-                        token: &forged,
+                // A forged cookie, or the port's real one: a CONNECT with the forged token.
+                (3, _) | (4, Some(_)) => {
+                    let (nonce, cookie) = match cookies[p] {
+                        Some(real) if round % 5 == 4 => real,
+                        _ => (nonce, Cookie { time: rng.next_u32(), mac: rng.next_u64() }),
                     };
-                    wire::encode_handshake(&mut out, &hs);
-                }
-                (4, Some((nonce, cookie))) => {
-                    let hs = Handshake::Connect {
-                        nonce,
-                        cookie,
-                        window: 1 << 20,
-                        cluster: 0,
-                        token: &forged,
-                    };
+                    let token = &forged;
+                    let hs =
+                        Handshake::Connect { nonce, cookie, window: 1 << 20, cluster: 0, token };
                     wire::encode_handshake(&mut out, &hs);
                 }
                 _ => wire::encode_handshake(&mut out, &Handshake::Hello { nonce }),
