@@ -31,10 +31,10 @@ use crossbeam::channel::Receiver;
 use laminar::{ConnectionMessenger, Packet, SocketEvent};
 use tokio::sync::{mpsc, oneshot};
 
+use super::socket::Verified;
 use crate::config::TransportConfig;
 use crate::error::{ConnectError, DisconnectReason};
 use crate::proto::channel::send::MESSAGE_COST;
-use crate::proto::gate::Admitted;
 use crate::proto::session::{Session, SessionEvent};
 use crate::proto::token::PlayerToken;
 use crate::proto::wire::Class;
@@ -122,7 +122,7 @@ pub(crate) enum Role {
         nonce: u32,
         tag: u32,
         window: u64,
-        client: Option<Box<Admitted>>,
+        client: Option<Verified>,
     },
 }
 

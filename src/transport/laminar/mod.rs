@@ -35,8 +35,7 @@ use crate::proto::token::{PlayerToken, TokenKey};
 use crate::transport::io::Io;
 use crate::transport::pass::{self, Phase};
 use crate::transport::{
-    ClientIdentity, ConnShared, Connection, EndpointCounters, EndpointShared, Event, Security,
-    Service,
+    ConnShared, Connection, EndpointCounters, EndpointShared, Event, Security, Service,
 };
 
 /// Requests from `Endpoint` handles to the task.
@@ -188,7 +187,7 @@ impl<I: Io, S: Service> Driver<I, S> {
             Role::Client { token, .. } => shared.protected = token.is_some(),
             Role::Server { client, .. } => {
                 shared.protected = client.is_some();
-                shared.identity = client.as_ref().map(|c| Arc::new(ClientIdentity::of(c)));
+                shared.identity = client.as_ref().map(|c| c.identity.clone());
             }
         }
         let shared = Arc::new(shared);

@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
+use crate::proto::crypt::Secrets;
 use crate::proto::gate::{Admitted, Gate, HandshakeLimiter, Verdict, address_key};
 use crate::proto::wire::{self, Handshake, RejectReason};
 use crate::transport::io::Io;
@@ -30,8 +31,16 @@ pub(crate) struct DoorLimits {
     pub(crate) max_per_ip: usize,
 }
 
+/// A client whose token the gate verified: who it is (built once, for the approval and the
+/// connection handle) and its session secrets.
+#[derive(Debug)]
+pub(crate) struct Verified {
+    pub(crate) identity: Arc<ClientIdentity>,
+    pub(crate) secrets: Secrets,
+}
+
 /// A valid `CONNECT` from a new address: (address, nonce, client window, verified token).
-pub(crate) type AdmittedConnect = (SocketAddr, u32, u64, Option<Box<Admitted>>);
+pub(crate) type AdmittedConnect = (SocketAddr, u32, u64, Option<Verified>);
 
 pub(crate) struct GatedSocket<I: Io> {
     pub(crate) io: I,
@@ -145,8 +154,10 @@ impl<I: Io> GatedSocket<I> {
             self.refuse(from, nonce, RejectReason::TooManyFromAddress);
             return;
         }
+        let client = client
+            .map(|c| Verified { identity: Arc::new(ClientIdentity::of(&c)), secrets: c.secrets });
         if let (Some(approve), Some(c)) = (&self.approve, &client)
-            && let Err(code) = approve.approve(&ClientIdentity::of(c))
+            && let Err(code) = approve.approve(&c.identity)
         {
             self.counters.rejected_by_app.fetch_add(1, Ordering::Relaxed);
             self.refuse(from, nonce, RejectReason::Application { code });
