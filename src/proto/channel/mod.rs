@@ -50,6 +50,10 @@ use crate::proto::wire::{Class, CloseKind, Frame, FrameReader};
 const MAX_SENT_PACKETS: usize = 1 << 16;
 /// Weight of one packet in the loss estimate (horizon of about 100 packets).
 const LOSS_EWMA: f64 = 1.0 / 100.0;
+/// The most a peer must take per `stall_timeout` to count as draining its queue (see
+/// [`Channel::stalled_since`]): 64 KiB per 10 s by default, 6.5 KB/s, far below any link a
+/// game runs on, far above a trickle that only keeps a session's queue alive.
+pub const DRAIN_FLOOR: u64 = 64 << 10;
 
 /// Numbers a channel needs from the [`TransportConfig`], copied in.
 #[derive(Debug, Clone, Copy)]
@@ -119,11 +123,13 @@ pub struct Channel {
     max_data_acked: u64,
     /// A packet that carried our latest `MAX_DATA` was declared lost: send it again.
     max_data_resend: bool,
-    /// The last time the peer acknowledged new reliable data (or the congestion window let an
-    /// unreliable message go), or nothing was outstanding.
+    /// The last time the peer made progress (see [`Self::stalled_since`]), or nothing was
+    /// outstanding.
     last_progress: Instant,
     /// `sender.progress` at `last_progress`.
     progress_mark: u64,
+    /// What the peer must take after `last_progress` for it to count as progress again.
+    progress_need: u64,
     stats: ConnectionStats,
 }
 
@@ -173,6 +179,7 @@ impl Channel {
             max_data_resend: false,
             last_progress: now,
             progress_mark: 0,
+            progress_need: 1,
             stats: ConnectionStats::new(now),
         }
     }
@@ -213,18 +220,23 @@ impl Channel {
         )
     }
 
-    /// Notes the peer's progress: new reliable data acknowledged, or nothing outstanding.
+    /// Notes the peer's progress: nothing outstanding, or it took what it had to (see
+    /// [`Self::stalled_since`]).
     fn observe_progress(&mut self, now: Instant) {
-        let acked = self.sender.progress;
-        if self.sender.messages_in_flight == 0 || acked != self.progress_mark {
+        let taken = self.sender.progress;
+        if self.sender.messages_in_flight == 0 || taken - self.progress_mark >= self.progress_need {
             self.last_progress = now;
-            self.progress_mark = acked;
+            self.progress_mark = taken;
+            self.progress_need = (self.sender.held_bytes / 2).clamp(1, DRAIN_FLOOR);
         }
     }
 
-    /// Since when queued or sent data has waited without the peer acknowledging any of it;
-    /// `None` while nothing is outstanding. A peer that advertised no credit, or never acks,
-    /// stalls its session this way (see `TransportConfig::stall_timeout`).
+    /// Since when the peer has not made progress while data waited for it; `None` while nothing
+    /// is outstanding. Progress means draining, not one acknowledged byte: since the last
+    /// progress the peer must have taken (acknowledged, or let go out for unreliable data) half
+    /// of what waited for it then, or [`DRAIN_FLOOR`] bytes if that is less. A peer that
+    /// advertised no credit, never acks, or trickles acknowledgements for a few bytes to keep
+    /// a large queue alive stalls its session this way (see `TransportConfig::stall_timeout`).
     pub fn stalled_since(&self) -> Option<Instant> {
         (self.sender.messages_in_flight > 0).then_some(self.last_progress)
     }

@@ -100,21 +100,23 @@ impl ReliableOut {
         self.msg(c.seq).is_some_and(|m| !m.is_acked(c.chunk))
     }
 
-    /// Marks a chunk acked: whether it was not acked before, and, when that completes its
-    /// message, the bytes it had charged to the send buffer (the payload is dropped and fully
-    /// acked messages leave the front).
-    fn ack(&mut self, c: &ChunkRef) -> (bool, Option<usize>) {
+    /// Marks a chunk acked: the bytes it newly brought (its share of the message's payload; 0
+    /// if it was acked before), and, when that completes its message, the bytes the message had
+    /// charged to the send buffer (the payload is dropped and fully acked messages leave the
+    /// front).
+    fn ack(&mut self, c: &ChunkRef) -> (u64, Option<usize>) {
         let Some(idx) = c.seq.checked_sub(self.base).and_then(|i| usize::try_from(i).ok()) else {
-            return (false, None);
+            return (0, None);
         };
         let Some(m) = self.msgs.get_mut(idx) else {
-            return (false, None);
+            return (0, None);
         };
         if !m.ack(c.chunk) {
-            return (false, None);
+            return (0, None);
         }
+        let share = (m.payload.len() as u64).div_ceil(u64::from(m.chunks.max(1))).max(1);
         if !m.is_done() {
-            return (true, None);
+            return (share, None);
         }
         let released = m.payload.len() + MESSAGE_COST;
         m.payload = Bytes::new();
@@ -123,7 +125,7 @@ impl ReliableOut {
             self.base += 1;
         }
         self.next_new = self.next_new.max(self.base);
-        (true, Some(released))
+        (share, Some(released))
     }
 }
 
@@ -173,9 +175,13 @@ pub(crate) struct Sender {
     /// Messages released since the owner last took them (see `released_bytes`).
     pub(crate) released_messages: usize,
     pub(crate) messages_in_flight: u64,
-    /// Reliable chunks acknowledged plus unreliable messages sent, so far (never decreases):
-    /// the peer's progress in taking what we send.
+    /// Bytes the peer has taken so far (never decreases): the payload of every reliable chunk
+    /// acknowledged and of every unreliable message sent, each message's bookkeeping cost once
+    /// it is released. See `Channel::stalled_since`.
     pub(crate) progress: u64,
+    /// Send-buffer bytes held now (payload plus [`MESSAGE_COST`] per message): queued, or sent
+    /// and not yet acknowledged.
+    pub(crate) held_bytes: u64,
 }
 
 impl Sender {
@@ -195,6 +201,7 @@ impl Sender {
             released_messages: 0,
             messages_in_flight: 0,
             progress: 0,
+            held_bytes: 0,
         }
     }
 
@@ -240,6 +247,7 @@ impl Sender {
     /// Queues a message; `chunks` is how many chunks it will travel in.
     pub(crate) fn queue(&mut self, class: Class, stream: u8, payload: Bytes, chunks: u32) {
         self.messages_in_flight += 1;
+        self.held_bytes += (payload.len() + MESSAGE_COST) as u64;
         match class {
             Class::ReliableOrdered | Class::ReliableUnordered => {
                 let space = if class == Class::ReliableOrdered {
@@ -301,20 +309,23 @@ impl Sender {
             msgs += 1;
         }
         let (released, released_msgs) = (self.released_bytes, self.released_messages);
+        let progress = self.progress;
         *self = Self::new();
         self.released_bytes = released + bytes;
         self.released_messages = released_msgs + msgs as usize;
+        self.progress = progress;
     }
 
     /// An unreliable message left the queue (sent whole, or dropped on close).
     pub(crate) fn release_unreliable(&mut self, len: usize) {
-        self.progress += 1;
+        self.progress += len as u64;
         self.release(len + MESSAGE_COST, 1);
     }
 
     fn release(&mut self, bytes: usize, msgs: u64) {
         self.released_bytes += bytes;
         self.released_messages += msgs as usize;
+        self.held_bytes = self.held_bytes.saturating_sub(bytes as u64);
         self.messages_in_flight -= msgs;
     }
 
@@ -324,8 +335,9 @@ impl Sender {
             return;
         };
         let (newly, done) = out.ack(c);
-        self.progress += u64::from(newly);
+        self.progress += newly;
         if let Some(bytes) = done {
+            self.progress += MESSAGE_COST as u64;
             let Some(out) = self.space_mut(c.space) else {
                 return;
             };
