@@ -101,6 +101,12 @@ impl RawPeer {
         }
     }
 
+    /// Appends a `MAX_DATA` frame that lets the server send `bytes` more than it has sent so
+    /// far (a trickle, for a peer that keeps its queue alive while hardly taking anything).
+    pub fn grant_more(&self, frames: &mut Vec<u8>, bytes: u64) {
+        wire::encode_max_data(frames, self.received_cost + bytes);
+    }
+
     /// Whether a reliable message of `len` bytes fits the server's credit now (each costs its
     /// length plus 64 bytes of the server's bookkeeping); if so, it is charged.
     pub fn charge(&mut self, len: usize) -> bool {

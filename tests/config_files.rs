@@ -112,6 +112,7 @@ fn odd_server() -> ServerConfig {
         max_pending_bytes: d.max_pending_bytes + 1,
         max_queued_answer_bytes: d.max_queued_answer_bytes + 1,
         max_activations: d.max_activations + 1,
+        max_activation_bytes: d.max_activation_bytes + 1,
         max_activations_per_connection: d.max_activations_per_connection + 1,
         default_deadline: ms(3000),
         shutdown_timeout: ms(4000),

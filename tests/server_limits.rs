@@ -176,14 +176,18 @@ async fn never_acknowledging(protected: bool) {
     let net = SimNetwork::new(1, SimConfig::default());
     let log = Log::default();
     let cfg = small_buffers();
-    let hard_cap = 2 * cfg.transport.send_buffer + cfg.transport.max_message_size + 64;
+    // Calls are refused at the send buffer, and nothing more is queued an eighth over it
+    // (answers of calls already running may finish).
+    let hard_cap = cfg.transport.send_buffer * 9 / 8 + cfg.transport.max_message_size + 64;
+    let stall = cfg.transport.stall_timeout;
     let server = server_with_keys(&net, cfg, &log, protected.then(key));
     let (sock, mut peer) = raw_session_with(&net, "10.0.0.9:1", 1 << 20, protected).await;
+    let start = tokio::time::Instant::now();
     let mut closed = false;
     let mut most = 0;
-    for batch in 0..300 {
+    for batch in 0..1000 {
         closed = flood(&sock, &mut peer, batch * 10, 10, 1000).await;
-        tokio::time::sleep(Duration::from_millis(2)).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
         most = most.max(server.stats().transport.queued_bytes);
         assert!(most <= hard_cap, "queued {most} bytes, cap {hard_cap}");
         if closed {
@@ -191,9 +195,12 @@ async fn never_acknowledging(protected: bool) {
         }
     }
     assert!(closed, "the server gave up on the peer: {:?}", server.stats());
+    let took = start.elapsed();
+    assert!(took <= stall + Duration::from_secs(1), "closed after {took:?}");
     let stats = server.stats();
     assert_eq!(stats.transport.sessions_stalled, 1, "{stats:?}");
     assert!(stats.overloaded_send_queue > 0, "calls refused while it did not drain: {stats:?}");
+    assert!(stats.answers_dropped > 0, "refusals dropped past the margin: {stats:?}");
     wait_until("the stalled session's state freed", Duration::from_secs(1), || {
         let stats = server.stats();
         (stats.transport.queued_bytes, stats.pending_calls, stats.transport.sessions) == (0, 0, 0)

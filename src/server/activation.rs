@@ -22,6 +22,7 @@ use bytes::Bytes;
 use crossbeam::channel::Sender;
 
 use super::ServerCounters;
+use super::budget::{AnswerBudget, Room};
 use super::claims::{Claims, DirectoryUse, Gate};
 use super::context::{self, Caller};
 use super::dispatch::{self, Dispatch, Reply};
@@ -61,7 +62,7 @@ pub(crate) enum Report {
 pub(crate) struct Reporter {
     pub(crate) tx: Sender<Report>,
     pub(crate) endpoint: Arc<EndpointShared>,
-    pub(crate) limits: AnswerLimits,
+    pub(crate) budget: AnswerBudget,
     pub(crate) counters: Arc<ServerCounters>,
 }
 
@@ -71,6 +72,16 @@ impl Reporter {
         // listens and nothing needs to.
         let _ = self.tx.send(r);
         self.endpoint.wake.notify();
+    }
+
+    /// Queues something the caller did not get as a value (a refusal, a status, a redirect),
+    /// if its connection may take it (see `AnswerBudget::may_queue`); else drops and counts it.
+    pub(crate) fn unasked(&self, conn: &Connection, frame: Bytes) {
+        if self.budget.may_queue(conn) {
+            conn.push(Delivery::ReliableUnordered, frame);
+        } else {
+            self.counters.answers_dropped.fetch_add(1, Ordering::Relaxed);
+        }
     }
 }
 
@@ -257,7 +268,7 @@ async fn refuse(
         };
         counter.fetch_add(1, Ordering::Relaxed);
         if let Some((conn, rid)) = &job.reply {
-            conn.push(Delivery::ReliableUnordered, dispatch::status(*rid, status, &body));
+            reporter.unasked(conn, dispatch::status(*rid, status, &body));
         }
         reporter.report(Report::Done { token: job.token });
     }
@@ -290,22 +301,17 @@ enum Ran {
     Cancelled,
 }
 
-/// Whether the caller's connection holds more unacknowledged answers than it may: its call is
-/// answered `Overloaded` instead of run (it did not run, so the caller may retry).
-fn caller_not_draining(job: &Job, limits: &AnswerLimits) -> bool {
-    job.reply.as_ref().is_some_and(|(conn, _)| {
-        conn.queued_bytes() >= limits.bytes || conn.queued_messages() >= limits.messages
+/// Whether the caller's connection holds more unacknowledged answers than it may (see
+/// `server::budget`): its call is answered `Overloaded` instead of run (it did not run, so the
+/// caller may retry), or not answered at all beyond the hard margin.
+fn caller_not_draining(job: &Job, budget: &AnswerBudget) -> bool {
+    job.reply.as_ref().is_some_and(|(conn, _)| match budget.room(conn) {
+        Room::Fits => false,
+        // Room is being made for callers under their share (their admission closed sessions
+        // of the address most over its share); see `server::budget` for how far over it goes.
+        Room::Preempt => budget.over_ceiling(conn),
+        Room::Refuse(_) | Room::Full => true,
     })
-}
-
-/// How much a caller's connection may hold of answers not yet acknowledged before its next
-/// call is refused: the transport's `send_buffer` in bytes, and twice the per-connection
-/// pending-call budget (plus 64) in answers. The count matters as much as the bytes: a small
-/// answer carved from an arena chunk keeps up to a chunk alive while it waits.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct AnswerLimits {
-    pub(crate) bytes: usize,
-    pub(crate) messages: usize,
 }
 
 /// Sends a call's answer, or says why it could not go: a frame over the connection's limit
@@ -327,9 +333,9 @@ where
     F: Fn(&GrainId) -> G + Send + Sync + 'static,
 {
     let mut grain = activate::<I, G, F>(&factory, &id).await;
-    let limits = reporter.limits;
+    let budget = reporter.budget;
     while let Some(job) = mailbox.next().await {
-        let status = if caller_not_draining(&job, &limits) {
+        let status = if caller_not_draining(&job, &budget) {
             reporter.counters.overloaded_send_queue.fetch_add(1, Ordering::Relaxed);
             Some(Status::Overloaded)
         } else if let Some(g) = grain.as_mut() {
@@ -379,7 +385,7 @@ where
             Some(Status::HandlerPanicked)
         };
         if let (Some(status), Some((conn, rid))) = (status, &job.reply) {
-            conn.push(Delivery::ReliableUnordered, dispatch::status(*rid, status, &[]));
+            reporter.unasked(conn, dispatch::status(*rid, status, &[]));
         }
         reporter.report(Report::Done { token: job.token });
         if !mailbox.is_empty() {

@@ -18,6 +18,7 @@
 //! (in parallel on a multi-threaded runtime).
 
 mod activation;
+mod budget;
 mod builder;
 mod claims;
 mod context;
@@ -37,7 +38,8 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
-use self::activation::{AnswerLimits, Reporter, Spawn, Typed};
+use self::activation::{Reporter, Spawn, Typed};
+use self::budget::AnswerBudget;
 pub use self::builder::ServerBuilder;
 pub use self::claims::{DirectoryConfig, DirectoryUse};
 use self::context::Authorize;
@@ -86,26 +88,44 @@ pub struct ServerConfig {
     /// Calls one connection may have pending; more are answered `Overloaded`. It also bounds
     /// the answers a connection may leave unacknowledged: while it holds twice that many (plus
     /// 64), or the transport's `send_buffer` in bytes, its calls are answered `Overloaded`
-    /// instead of admitted or run. Default 1024.
+    /// instead of admitted or run (an eighth more, and nothing more is queued for it, not even
+    /// a refusal). Default 1024.
     pub max_pending_per_connection: usize,
     /// Bytes one connection's pending calls may hold (arguments plus 256 bytes of bookkeeping
     /// each); a call that would go over is answered `Overloaded` (one call alone is always
     /// taken, up to the transport's `max_message_size`). Default 4 MiB.
     pub max_pending_bytes_per_connection: usize,
-    /// Calls pending on the whole server; more are answered `Overloaded`. Default 65,536.
+    /// Calls pending on the whole server. Shared fairly among addresses (see below): at the
+    /// bound, a call from an address under its share takes room from the address most over
+    /// its share (its newest queued calls are answered `Overloaded`); other calls are answered
+    /// `Overloaded`. Default 65,536.
+    ///
+    /// Every server-wide budget here is shared this way: an address's share is the bound
+    /// divided by the addresses with sessions now (an IPv4 address or an IPv6 /64), so one
+    /// address — or a few — reaching a bound costs themselves, never the other callers.
     pub max_pending_calls: usize,
     /// Bytes all pending calls may hold, counted as in `max_pending_bytes_per_connection`.
-    /// Default 256 MiB.
+    /// Shared like `max_pending_calls`. Default 256 MiB.
     pub max_pending_bytes: usize,
     /// Bytes of answers (and everything else) queued for all clients and not yet
-    /// acknowledged; above it new calls are answered `Overloaded`. Default 256 MiB.
+    /// acknowledged. At the bound, a call from an address under its share takes room from the
+    /// address most over its share (its largest session is closed `Stalled`, its queue
+    /// dropped); calls from addresses over their share are answered `Overloaded`. Default
+    /// 256 MiB.
     pub max_queued_answer_bytes: usize,
-    /// Activations the server holds at once. A call that needs one more makes the least
-    /// recently used idle activation deactivate (evicted: its hook runs, its state is gone, its
-    /// next call activates it afresh); if every activation is busy, or more than a sixteenth of
-    /// this budget is still deactivating, the call is answered `Overloaded`. Bounds the memory
-    /// clients can make the server spend by calling many keys. Default 100,000.
+    /// Activations the server holds at once. A call that needs one more makes an idle
+    /// activation deactivate (evicted: its hook runs, its state is gone, its next call
+    /// activates it afresh): the least recently used one created by the caller's own address
+    /// or by an address over its share, or, for a caller under its share, the least recently
+    /// used one. If none may be evicted, or more than a sixteenth of this budget is still
+    /// deactivating, the call is answered `Overloaded`. Bounds the memory clients can make the
+    /// server spend by calling many keys. Default 100,000.
     pub max_activations: usize,
+    /// Bytes all activations may be charged, shared and evicted like `max_activations`: each
+    /// costs 2 KiB (its task, mailbox, table entries and directory claim) plus its key's text
+    /// (a key may hold 1 KiB). The grain's own state is not counted: keep it small or bound it
+    /// yourself. Default 256 MiB.
+    pub max_activation_bytes: usize,
     /// Activations created by one connection's calls that may exist at once; a call that needs
     /// one more is answered `Overloaded`. Keeps one client from churning everybody's grains out.
     /// Default 10,000.
@@ -151,6 +171,7 @@ impl Default for ServerConfig {
             max_pending_bytes: 256 << 20,
             max_queued_answer_bytes: 256 << 20,
             max_activations: 100_000,
+            max_activation_bytes: 256 << 20,
             max_activations_per_connection: 10_000,
             default_deadline: Duration::from_secs(30),
             shutdown_timeout: Duration::from_secs(10),
@@ -275,6 +296,9 @@ pub(crate) struct ServerCounters {
     pub(crate) redirects: AtomicU64,
     pub(crate) directory_unavailable: AtomicU64,
     pub(crate) unauthorized: AtomicU64,
+    pub(crate) answers_dropped: AtomicU64,
+    pub(crate) sessions_preempted: AtomicU64,
+    pub(crate) calls_preempted: AtomicU64,
 }
 
 /// A server's counters: what it holds, and what it refused and why. A snapshot
@@ -314,6 +338,15 @@ pub struct ServerStats {
     pub directory_unavailable: u64,
     /// Calls refused by their grain type's authorization (`CallError::Unauthorized`).
     pub unauthorized: u64,
+    /// Refusals, statuses and redirects not queued because their session held more than the
+    /// hard margin over its answer budget (it was not draining what it had).
+    pub answers_dropped: u64,
+    /// Sessions closed (`Stalled`) to make room in the answer budget for an address under its
+    /// share: they were the largest of the address most over its share.
+    pub sessions_preempted: u64,
+    /// Queued calls answered `Overloaded` to make room in the pending-call budgets for an
+    /// address under its share.
+    pub calls_preempted: u64,
 }
 
 /// What the server's handle and its task share (the registry is fixed at start; which types
@@ -506,15 +539,16 @@ impl Server {
         let (cmd_tx, cmd_rx) = crossbeam::channel::unbounded();
         let (report_tx, report_rx) = crossbeam::channel::unbounded();
         let s = shared.clone();
-        let limits = AnswerLimits {
-            bytes: config.transport.send_buffer,
-            messages: 2 * config.max_pending_per_connection + 64,
+        let budget = AnswerBudget {
+            session_bytes: config.transport.send_buffer,
+            session_messages: 2 * config.max_pending_per_connection + 64,
+            server_bytes: config.max_queued_answer_bytes,
         };
         let counters = shared.counters.clone();
         let membership = config.membership.clone();
         let mut renewals = None;
         let endpoint = Endpoint::start_service(io, config.transport, security, move |ep| {
-            let reporter = Reporter { tx: report_tx, endpoint: ep.clone(), limits, counters };
+            let reporter = Reporter { tx: report_tx, endpoint: ep.clone(), budget, counters };
             ServerService::new(s, reporter, report_rx, cmd_rx)
         })?;
         if let Some(claims) = shared.claims.clone() {
@@ -666,6 +700,9 @@ impl Server {
             redirects: get(&c.redirects),
             directory_unavailable: get(&c.directory_unavailable),
             unauthorized: get(&c.unauthorized),
+            answers_dropped: get(&c.answers_dropped),
+            sessions_preempted: get(&c.sessions_preempted),
+            calls_preempted: get(&c.calls_preempted),
         }
     }
 

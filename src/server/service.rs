@@ -8,12 +8,15 @@
 //! the server accepts calls; the type is hosted in the caller's version and has the method;
 //! the caller's connection is under its pending-call count and bytes, and drains its answers
 //! (under the transport's `send_buffer` and the pending-call count in unacknowledged answers);
-//! the server as a whole is under its pending calls, pending bytes and queued answer bytes; and
-//! a call that needs a new activation finds room: under the caller's activation share, and under
-//! `max_activations` once the least recently used idle activation is evicted if need be.
+//! the server as a whole is under its queued answer bytes, pending calls and pending bytes, or
+//! the caller's address is under its share of each (then room is taken from the address most
+//! over its share: see `server::budget`); and a call that needs a new activation finds room:
+//! under the caller's activation share, and under `max_activations` and
+//! `max_activation_bytes` once an idle activation is evicted if need be.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -22,19 +25,29 @@ use bytes::{Buf, Bytes};
 use crossbeam::channel::Receiver;
 use tokio::sync::oneshot;
 
+use super::ServerShared;
 use super::activation::{Job, Mailbox, Report, Reporter};
+use super::budget::{self, AddrLoads, Room};
 use super::claims::DirectoryUse;
 use super::context::{CallInfo, Caller};
 use super::dispatch;
-use super::table::{Activation, Life, Table};
-use super::{Registered, ServerShared};
+use super::table::{Activation, Creator, Life, Table};
+use crate::proto::gate::address_key;
 use crate::proto::ids::{GrainId, IdMap, IdSet, PeerId, RequestId};
 use crate::proto::manifest::Manifest;
 use crate::proto::wire::rpc::{self, CallHeader, RpcFrame, Status};
 use crate::transport::{Connection, Delivery, Event, Service};
 
+mod elsewhere;
+mod room;
+
+use self::elsewhere::Elsewhere;
+
 /// What a call costs the server beyond its arguments: its job, its record and their entries.
 const CALL_COST: usize = 256;
+/// Idle activations looked at (least recently used first) for one of the caller's own or of
+/// an address over its share before an eviction falls back to the least recently used.
+const EVICTION_SCAN: usize = 64;
 
 /// What the `Server` handle asks of the service.
 #[derive(Debug)]
@@ -78,8 +91,14 @@ struct PeerState {
     gone: bool,
     /// It subscribed to the fleet's topology.
     watching: bool,
+    /// The topology frame it was sent last (a repeated `WATCH` gets nothing new).
+    fleet_sent: Option<Bytes>,
     /// Who it is (what its calls' grains see).
     caller: Caller,
+    /// Its address (see `budget`).
+    addr: IpAddr,
+    /// It was closed to make room for others (see `preempt_answers`); gone once it ends.
+    shed: bool,
 }
 
 /// Why a call is refused, to count it.
@@ -89,6 +108,16 @@ enum Refusal {
     SendQueue,
     Server,
     Activations,
+}
+
+/// An admitted call: its grain type's index, and the room it must take from others first.
+#[derive(Debug, Clone, Copy)]
+struct Admitted {
+    index: usize,
+    /// The answer budget is at its bound, the caller's address under its share, and room
+    /// must be made (no session closed for it is still on its way out).
+    preempt_answers: bool,
+    preempt_calls: bool,
 }
 
 pub(crate) struct ServerService {
@@ -101,6 +130,8 @@ pub(crate) struct ServerService {
     calls: IdMap<u64, CallRecord>,
     /// What every pending call is charged, together.
     pending_bytes: usize,
+    /// What each address holds (its shares of the budgets).
+    loads: AddrLoads,
     deadlines: BinaryHeap<Reverse<(Instant, u64)>>,
     next_token: u64,
     next_sweep: Option<Instant>,
@@ -111,52 +142,6 @@ pub(crate) struct ServerService {
     all_gone: Vec<oneshot::Sender<()>>,
     /// Grains the directory says live elsewhere: the redirect to answer without asking again.
     elsewhere: Elsewhere,
-}
-
-/// A bounded memory of redirects (grain → its redirect payload), each for at most a lease:
-/// misrouted calls to a grain that lives elsewhere are answered without a directory round
-/// trip, and without an activation.
-#[derive(Debug, Default)]
-struct Elsewhere {
-    map: HashMap<GrainId, (Bytes, Instant)>,
-    order: std::collections::VecDeque<GrainId>,
-    cap: usize,
-    ttl: Duration,
-}
-
-impl Elsewhere {
-    fn insert(&mut self, grain: GrainId, payload: Bytes, now: Instant) {
-        if self.cap == 0 {
-            return;
-        }
-        if self.map.insert(grain.clone(), (payload, now + self.ttl)).is_none() {
-            self.order.push_back(grain);
-        }
-        while self.map.len() > self.cap {
-            match self.order.pop_front() {
-                Some(old) => {
-                    self.map.remove(&old);
-                }
-                None => break,
-            }
-        }
-    }
-
-    fn get(&mut self, grain: &GrainId, now: Instant) -> Option<Bytes> {
-        match self.map.get(grain) {
-            Some((p, until)) if *until > now => Some(p.clone()),
-            Some(_) => {
-                self.map.remove(grain);
-                None
-            }
-            None => None,
-        }
-    }
-}
-
-/// Answers a call from the service itself (a refusal: the call did not run).
-fn respond(conn: &Connection, id: RequestId, status: Status, payload: &[u8]) {
-    conn.push(Delivery::ReliableUnordered, dispatch::status(id, status, payload));
 }
 
 impl ServerService {
@@ -180,6 +165,7 @@ impl ServerService {
             peers: IdMap::default(),
             calls: IdMap::default(),
             pending_bytes: 0,
+            loads: AddrLoads::default(),
             deadlines: BinaryHeap::new(),
             next_token: 1,
             next_sweep: None,
@@ -207,75 +193,6 @@ impl ServerService {
         (Status::Overloaded, Vec::new())
     }
 
-    /// Checks a call against what is hosted and the budgets; the registered type, or the
-    /// status to answer.
-    fn admit(
-        &self,
-        p: &PeerState,
-        call: &CallHeader,
-        cost: usize,
-    ) -> Result<usize, (Status, Vec<u8>)> {
-        if !self.accepting {
-            return Err((Status::ShuttingDown, Vec::new()));
-        }
-        let index = call.type_index as usize;
-        let reg: &Registered = self
-            .shared
-            .registry
-            .get(index)
-            .filter(|r| r.hosted.load(Ordering::Acquire))
-            .ok_or((Status::UnknownGrainType, Vec::new()))?;
-        if call.version != reg.info.version {
-            return Err((Status::IncompatibleVersion, vec![reg.info.version]));
-        }
-        if reg.info.method(call.method).is_none() {
-            return Err((Status::UnknownMethod, Vec::new()));
-        }
-        let config = &self.shared.config;
-        let calls = p.calls.len();
-        // A call is admitted while under both budgets (a lone call always fits the bytes).
-        if calls >= config.max_pending_per_connection
-            || (calls > 0 && p.pending_bytes + cost > config.max_pending_bytes_per_connection)
-        {
-            return Err(self.refuse(Refusal::Pending));
-        }
-        let limits = self.reporter.limits;
-        if p.conn.queued_bytes() >= limits.bytes || p.conn.queued_messages() >= limits.messages {
-            return Err(self.refuse(Refusal::SendQueue));
-        }
-        if self.calls.len() >= config.max_pending_calls
-            || self.pending_bytes + cost > config.max_pending_bytes
-            || self.reporter.endpoint.queued_total.load(Ordering::Relaxed)
-                >= config.max_queued_answer_bytes
-        {
-            return Err(self.refuse(Refusal::Server));
-        }
-        Ok(index)
-    }
-
-    /// Makes room for a new activation for `peer`, or says why there is none.
-    fn room_for_activation(&mut self, peer: PeerId) -> Result<(), (Status, Vec<u8>)> {
-        let config = &self.shared.config;
-        let share = self.peers.get(&peer).map_or(0, |p| p.activations);
-        if share >= config.max_activations_per_connection {
-            return Err(self.refuse(Refusal::Activations));
-        }
-        // Deactivating activations still hold their memory: they count until they are gone,
-        // and at most a sixteenth of the budget may be on its way out at once.
-        let limit = config.max_activations;
-        let leaving_limit = (limit / 16).max(1);
-        if self.table.len() - self.table.deactivating() >= limit {
-            if self.table.deactivating() >= leaving_limit || !self.table.evict_one() {
-                return Err(self.refuse(Refusal::Activations));
-            }
-            self.shared.counters.activations_evicted.fetch_add(1, Ordering::Relaxed);
-        }
-        if self.table.len() >= limit + leaving_limit {
-            return Err(self.refuse(Refusal::Activations));
-        }
-        Ok(())
-    }
-
     fn call(
         &mut self,
         peer: PeerId,
@@ -286,12 +203,11 @@ impl ServerService {
     ) {
         let cost = args.len() + CALL_COST;
         let Some(p) = self.peers.get(&peer) else { return };
-        let admitted = self.admit(p, &call, cost);
-        let index = match admitted {
-            Ok(i) => i,
+        let admitted = match self.admit(p, &call, cost) {
+            Ok(a) => a,
             Err((status, payload)) => return self.answer(peer, id, status, &payload),
         };
-        let reg = &self.shared.registry[index];
+        let reg = &self.shared.registry[admitted.index];
         if let Some(authorize) = &reg.authorize {
             let method = reg.info.method(call.method).expect("admit checked the method");
             if !authorize(&CallInfo { caller: &p.caller, key: &call.key, method }) {
@@ -299,7 +215,17 @@ impl ServerService {
                 return self.answer(peer, id, Status::Unauthorized, &[]);
             }
         }
-        let grain = GrainId { ty: reg.info.grain_type, key: call.key };
+        let addr = p.addr;
+        if admitted.preempt_answers {
+            self.preempt_answers();
+        }
+        if admitted.preempt_calls && !self.preempt_calls(cost, now) {
+            let refused = self.refuse(Refusal::Server);
+            return self.answer(peer, id, refused.0, &refused.1);
+        }
+        let index = admitted.index;
+        let grain = GrainId { ty: self.shared.registry[index].info.grain_type, key: call.key };
+        let creator = Creator { peer, addr, cost: budget::activation_cost(&grain.key) };
         if self.table.key_of(&grain).is_none() {
             // Known to live elsewhere: redirect at once (no activation, no directory trip).
             if !self.elsewhere.map.is_empty()
@@ -308,7 +234,7 @@ impl ServerService {
                 self.shared.counters.redirects.fetch_add(1, Ordering::Relaxed);
                 return self.answer(peer, id, Status::Redirect, &payload);
             }
-            if let Err((status, payload)) = self.room_for_activation(peer) {
+            if let Err((status, payload)) = self.room_for_activation(peer, creator.cost) {
                 return self.answer(peer, id, status, &payload);
             }
         }
@@ -326,24 +252,30 @@ impl ServerService {
         p.calls.insert(token);
         p.pending_bytes += cost;
         self.pending_bytes += cost;
+        self.loads.update(addr, |l| {
+            l.calls += 1;
+            l.call_bytes += cost;
+        });
         let job = Job { token, reply, method: call.method, args, caller: p.caller.clone() };
-        let mailbox = self.route(peer, grain.clone(), index, job, now);
+        let mailbox = self.route(creator, grain.clone(), index, job, now);
         self.calls.insert(token, CallRecord { peer, id, grain, mailbox, bytes: cost });
         self.deadlines.push(Reverse((deadline, token)));
         self.publish();
     }
 
-    /// Answers a refused call, if it is a request from a peer still there.
+    /// Answers a refused call, if it is a request from a peer still there (and its session
+    /// may take it: see `Reporter::unasked`).
     fn answer(&self, peer: PeerId, id: Option<RequestId>, status: Status, payload: &[u8]) {
         if let (Some(id), Some(p)) = (id, self.peers.get(&peer)) {
-            respond(&p.conn, id, status, payload);
+            self.reporter.unasked(&p.conn, dispatch::status(id, status, payload));
         }
     }
 
-    /// Hands a job to its grain's activation, activating it (for `creator`) if needed.
+    /// Hands a job to its grain's activation, activating it (for `creator`, which found room
+    /// for it) if needed.
     fn route(
         &mut self,
-        creator: PeerId,
+        creator: Creator,
         grain: GrainId,
         index: usize,
         job: Job,
@@ -372,9 +304,13 @@ impl ServerService {
         let a = Activation::new(grain, mailbox.clone(), task, index, creator, now);
         let key = self.table.insert(a);
         self.table.call_started(key, now);
-        if let Some(p) = self.peers.get_mut(&creator) {
+        if let Some(p) = self.peers.get_mut(&creator.peer) {
             p.activations += 1;
         }
+        self.loads.update(creator.addr, |l| {
+            l.activations += 1;
+            l.activation_bytes += creator.cost;
+        });
         if self.next_sweep.is_none() {
             self.next_sweep = Some(now + self.sweep_period());
         }
@@ -403,6 +339,10 @@ impl ServerService {
             if let Some(id) = rec.id {
                 p.by_id.remove(&id);
             }
+            self.loads.update(p.addr, |l| {
+                l.calls -= 1;
+                l.call_bytes -= rec.bytes;
+            });
             if p.gone && p.calls.is_empty() {
                 self.peers.remove(&rec.peer);
             }
@@ -426,7 +366,7 @@ impl ServerService {
         match rec.mailbox.remove(token) {
             Some(job) => {
                 if let (Some(status), Some((conn, id))) = (status, &job.reply) {
-                    respond(conn, *id, status, &[]);
+                    self.reporter.unasked(conn, dispatch::status(*id, status, &[]));
                 }
                 self.finished(token, now);
             }
@@ -439,11 +379,16 @@ impl ServerService {
         if let Some(p) = self.peers.get_mut(&a.creator) {
             p.activations = p.activations.saturating_sub(1);
         }
+        self.loads.update(a.creator_addr, |l| {
+            l.activations -= 1;
+            l.activation_bytes -= a.cost;
+        });
         if let Life::Deactivating(waiting) = a.life {
             // Calls came in while it deactivated: start a fresh activation for them.
             let mut jobs = waiting.into_iter();
             if let Some(first) = jobs.next() {
-                let mailbox = self.route(a.creator, grain.clone(), a.index, first, now);
+                let creator = Creator { peer: a.creator, addr: a.creator_addr, cost: a.cost };
+                let mailbox = self.route(creator, grain.clone(), a.index, first, now);
                 for job in jobs {
                     mailbox.push(job);
                 }
@@ -487,8 +432,15 @@ impl ServerService {
             Ok(RpcFrame::Watch { subscribe }) => {
                 if let Some(p) = self.peers.get_mut(&peer).filter(|p| !p.gone) {
                     p.watching |= subscribe;
+                    // The fleet now, unless this session has it already or holds more than it
+                    // may (a repeated `WATCH` costs nothing).
                     let frame = crate::sync::lock(&self.shared.fleet).frame();
-                    p.conn.push(Delivery::reliable_ordered(0), frame);
+                    if p.fleet_sent.as_ref() != Some(&frame)
+                        && matches!(self.reporter.budget.room(&p.conn), Room::Fits | Room::Preempt)
+                    {
+                        p.conn.push(Delivery::reliable_ordered(0), frame.clone());
+                        p.fleet_sent = Some(frame);
+                    }
                 }
                 return;
             }
@@ -522,9 +474,10 @@ impl ServerService {
                 self.finished(t, now);
             }
         }
-        if let Some(p) = self.peers.get_mut(&peer) {
+        if let Some(p) = self.peers.get_mut(&peer).filter(|p| !p.gone) {
             p.by_id.clear();
             p.gone = true;
+            self.loads.update(p.addr, |l| l.sessions -= 1);
         }
         if self.peers.get(&peer).is_some_and(|p| p.calls.is_empty()) {
             self.peers.remove(&peer);
@@ -543,6 +496,7 @@ impl ServerService {
             if p.calls.is_empty() && p.conn.queued_messages() == 0 {
                 p.conn.close(rpc::CLOSE_DRAINED);
                 p.gone = true;
+                self.loads.update(p.addr, |l| l.sessions -= 1);
             } else {
                 open += 1;
             }
@@ -592,8 +546,12 @@ impl ServerService {
                 self.elsewhere.map.clear();
                 self.elsewhere.order.clear();
                 let frame = crate::sync::lock(&self.shared.fleet).frame();
-                for p in self.peers.values().filter(|p| !p.gone && p.watching) {
-                    p.conn.push(Delivery::reliable_ordered(0), frame.clone());
+                let budget = self.reporter.budget;
+                for p in self.peers.values_mut().filter(|p| !p.gone && p.watching) {
+                    if budget.may_queue(&p.conn) {
+                        p.conn.push(Delivery::reliable_ordered(0), frame.clone());
+                        p.fleet_sent = Some(frame.clone());
+                    }
                 }
             }
             ServerCmd::CloseDrained(done) => {
@@ -656,6 +614,8 @@ impl Service for ServerService {
                 conn.push(Delivery::reliable_ordered(0), self.shared.manifest_frame());
                 let peer = conn.peer_id();
                 let caller = Caller::new(conn.remote_addr(), conn.client_identity().cloned());
+                let addr = address_key(conn.remote_addr().ip());
+                self.loads.update(addr, |l| l.sessions += 1);
                 self.peers.insert(
                     peer,
                     PeerState {
@@ -666,7 +626,10 @@ impl Service for ServerService {
                         activations: 0,
                         gone: false,
                         watching: false,
+                        fleet_sent: None,
                         caller,
+                        addr,
+                        shed: false,
                     },
                 );
             }

@@ -8,6 +8,7 @@
 //! when they reach the front, and the queue is rebuilt when they outnumber the live ones.
 
 use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -34,8 +35,20 @@ pub(super) struct Activation {
     pub(super) index: usize,
     /// The connection whose call activated it (its share of activations).
     pub(super) creator: PeerId,
+    /// That connection's address (see `server::budget`).
+    pub(super) creator_addr: IpAddr,
+    /// What it is charged against the activation bytes (see `budget::activation_cost`).
+    pub(super) cost: usize,
     /// Its stamp in the LRU queue while idle; 0 while busy.
     stamp: u64,
+}
+
+/// Who made an activation: the connection, its address, and what the activation costs.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Creator {
+    pub(super) peer: PeerId,
+    pub(super) addr: IpAddr,
+    pub(super) cost: usize,
 }
 
 impl Activation {
@@ -44,7 +57,7 @@ impl Activation {
         mailbox: Arc<Mailbox>,
         task: tokio::task::JoinHandle<()>,
         index: usize,
-        creator: PeerId,
+        creator: Creator,
         now: Instant,
     ) -> Self {
         Self {
@@ -55,7 +68,9 @@ impl Activation {
             last_used: now,
             task,
             index,
-            creator,
+            creator: creator.peer,
+            creator_addr: creator.addr,
+            cost: creator.cost,
             stamp: 0,
         }
     }
@@ -75,6 +90,9 @@ pub(super) struct Table {
     next_stamp: u64,
     /// Activations told to deactivate and not gone yet.
     deactivating: usize,
+    /// What all activations are charged, and those told to deactivate.
+    bytes: usize,
+    leaving_bytes: usize,
 }
 
 impl Table {
@@ -90,6 +108,16 @@ impl Table {
     /// Activations told to deactivate and not gone yet.
     pub(super) fn deactivating(&self) -> usize {
         self.deactivating
+    }
+
+    /// What all activations held are charged (active or deactivating).
+    pub(super) fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// What those told to deactivate are charged.
+    pub(super) fn leaving_bytes(&self) -> usize {
+        self.leaving_bytes
     }
 
     pub(super) fn key_of(&self, grain: &GrainId) -> Option<usize> {
@@ -112,6 +140,7 @@ impl Table {
     /// Adds an activation (busy: its first call is on its way); returns its key.
     pub(super) fn insert(&mut self, a: Activation) -> usize {
         let grain = a.grain.clone();
+        self.bytes += a.cost;
         let key = self.slab.insert(a);
         self.index.insert(grain, key);
         key
@@ -121,8 +150,10 @@ impl Table {
     pub(super) fn remove(&mut self, grain: &GrainId) -> Option<Activation> {
         let key = self.index.remove(grain)?;
         let a = self.slab.try_remove(key)?;
+        self.bytes -= a.cost;
         if !a.is_active() {
             self.deactivating -= 1;
+            self.leaving_bytes -= a.cost;
         }
         Some(a)
     }
@@ -164,6 +195,7 @@ impl Table {
             a.stamp = 0;
             a.mailbox.close();
             self.deactivating += 1;
+            self.leaving_bytes += a.cost;
         }
     }
 
@@ -183,6 +215,34 @@ impl Table {
         match self.pop_idle() {
             Some(key) => {
                 self.deactivate(key);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Deactivates the least recently used idle activation among the first `scan` idle ones
+    /// for whose creator's address `pick` holds; false if none does.
+    pub(super) fn evict_where(&mut self, scan: usize, pick: impl Fn(IpAddr) -> bool) -> bool {
+        let mut seen = 0;
+        let mut found = None;
+        for &(key, stamp) in &self.lru {
+            let Some(a) = self.slab.get(key) else { continue };
+            if a.stamp != stamp || a.busy != 0 {
+                continue; // stale
+            }
+            if pick(a.creator_addr) {
+                found = Some(key);
+                break;
+            }
+            seen += 1;
+            if seen >= scan {
+                break;
+            }
+        }
+        match found {
+            Some(key) => {
+                self.deactivate(key); // its LRU entry is stale now, skipped later
                 true
             }
             None => false,
@@ -248,7 +308,8 @@ mod tests {
         let mut keys = Vec::new();
         for i in 0..5 {
             let task = tokio::spawn(async {});
-            let a = Activation::new(grain(i), Arc::default(), task, 0, PeerId(1), t0);
+            let creator = Creator { peer: PeerId(1), addr: [10, 0, 0, 1].into(), cost: 10 };
+            let a = Activation::new(grain(i), Arc::default(), task, 0, creator, t0);
             let k = t.insert(a);
             t.call_started(k, t0);
             keys.push(k);
@@ -275,5 +336,31 @@ mod tests {
         assert_eq!(t.next_expiry(idle), Some(t0 + Duration::from_secs(50)));
         assert!(t.remove(&grain(3)).is_some());
         assert_eq!((t.len(), t.deactivating()), (4, 2));
+        assert_eq!((t.bytes(), t.leaving_bytes()), (40, 20));
+    }
+
+    #[tokio::test]
+    async fn eviction_can_pick_by_the_creators_address_within_a_scan() {
+        let t0 = crate::test_epoch();
+        let mut t = Table::default();
+        let (a, b): (IpAddr, IpAddr) = ([10, 0, 0, 1].into(), [10, 0, 0, 2].into());
+        let mut keys = Vec::new();
+        for i in 0..6 {
+            let addr = if i < 4 { a } else { b };
+            let creator = Creator { peer: PeerId(1), addr, cost: 10 };
+            let task = tokio::spawn(async {});
+            let k = t.insert(Activation::new(grain(i), Arc::default(), task, 0, creator, t0));
+            t.call_started(k, t0);
+            t.call_done(k, t0 + Duration::from_secs(i as u64));
+            keys.push(k);
+        }
+        // b's oldest idle one is fifth in LRU order: beyond a scan of 3, within one of 8.
+        assert!(!t.evict_where(3, |x| x == b));
+        assert!(t.evict_where(8, |x| x == b));
+        assert!(!t.slab[keys[4]].is_active() && t.slab[keys[0]].is_active());
+        // Its LRU entry is stale now: the plain eviction takes a's oldest.
+        assert!(t.evict_one());
+        assert!(!t.slab[keys[0]].is_active());
+        assert_eq!((t.deactivating(), t.leaving_bytes()), (2, 20));
     }
 }

@@ -18,6 +18,7 @@ pub(crate) mod io;
 mod laminar;
 mod pass;
 mod security;
+mod share;
 #[cfg(feature = "test-util")]
 pub mod sim;
 
@@ -42,6 +43,7 @@ pub(crate) use crate::sync::Signal;
 use self::laminar::{Command, Driver, DriverCmd};
 pub(crate) use self::security::Security;
 pub use self::security::{Approve, ClientIdentity};
+pub(crate) use self::share::{AddressUsage, Addresses};
 
 /// What an endpoint's task can run on top of its sessions instead of handing their events to
 /// the application: the RPC client and server. Everything here runs inside the endpoint's
@@ -182,6 +184,8 @@ pub(crate) struct EndpointCounters {
 pub struct EndpointStats {
     /// Sessions held now (opening, open or closing).
     pub sessions: usize,
+    /// Addresses those sessions come from (an IPv4 address, or an IPv6 /64).
+    pub addresses: usize,
     /// Of those, idle ones the task does not visit until they have work or a timer is due.
     pub parked_sessions: usize,
     /// Datagrams from addresses without a session dropped because their address was over its
@@ -234,6 +238,9 @@ pub(crate) struct EndpointShared {
     /// Send-buffer bytes charged on every session and not yet released: what the endpoint
     /// holds queued for its peers.
     pub(crate) queued_total: AtomicUsize,
+    /// Addresses (see [`address_key`](crate::proto::gate::address_key)) with sessions now,
+    /// published after every pass: what a per-address share divides a budget by.
+    pub(crate) addresses: AtomicUsize,
     /// Parked sessions that were given a command: the task unparks them in its next pass.
     /// Held only to push or take addresses.
     pub(crate) ready: Mutex<Vec<SocketAddr>>,
@@ -247,6 +254,7 @@ impl EndpointShared {
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         EndpointStats {
             sessions: self.sessions.load(Ordering::Acquire),
+            addresses: self.addresses.load(Ordering::Acquire),
             parked_sessions: c.parked.load(Ordering::Relaxed),
             handshakes_rate_limited: get(&c.rate_limited),
             rejected_full: get(&c.rejected_full),
@@ -274,6 +282,8 @@ pub(crate) struct ConnShared {
     pub(crate) peer: PeerId,
     pub(crate) addr: SocketAddr,
     pub(crate) endpoint: Arc<EndpointShared>,
+    /// What the sessions of its address hold together (it charges its queued bytes there too).
+    pub(crate) address: Arc<AddressUsage>,
     /// The session's command inbox, drained by the endpoint's task every pass.
     pub(crate) inbox: crossbeam::channel::Sender<Command>,
     /// Send-buffer bytes charged and not yet released (see `TransportConfig::send_buffer`).
@@ -303,6 +313,7 @@ impl ConnShared {
         peer: PeerId,
         addr: SocketAddr,
         endpoint: Arc<EndpointShared>,
+        address: Arc<AddressUsage>,
         inbox: crossbeam::channel::Sender<Command>,
         now: Instant,
     ) -> Self {
@@ -310,6 +321,7 @@ impl ConnShared {
             peer,
             addr,
             endpoint,
+            address,
             inbox,
             queued: AtomicUsize::new(0),
             queued_msgs: AtomicUsize::new(0),
@@ -338,6 +350,7 @@ impl ConnShared {
     pub(crate) fn release(&self, bytes: usize, messages: usize) {
         if bytes > 0 {
             self.endpoint.queued_total.fetch_sub(bytes, Ordering::Relaxed);
+            self.address.queued.fetch_sub(bytes, Ordering::Relaxed);
             self.queued.fetch_sub(bytes, Ordering::AcqRel);
             self.queued_msgs.fetch_sub(messages, Ordering::AcqRel);
             self.room.notify_waiters();
@@ -363,6 +376,7 @@ impl Drop for ConnShared {
         // counts toward the endpoint's total.
         let left = *self.queued.get_mut();
         self.endpoint.queued_total.fetch_sub(left, Ordering::Relaxed);
+        self.address.queued.fetch_sub(left, Ordering::Relaxed);
     }
 }
 
@@ -461,6 +475,24 @@ impl Connection {
         self.shared.queued_msgs.load(Ordering::Acquire)
     }
 
+    /// Bytes queued on every session of this connection's address and not yet acknowledged
+    /// (counted as [`queued_bytes`](Self::queued_bytes)).
+    pub(crate) fn address_queued_bytes(&self) -> usize {
+        self.shared.address.queued.load(Ordering::Relaxed)
+    }
+
+    /// The endpoint this connection belongs to.
+    pub(crate) fn endpoint(&self) -> &EndpointShared {
+        &self.shared.endpoint
+    }
+
+    /// Gives up on the peer at once (it does not drain what is sent to it, or holds more than
+    /// its share while others need room): its queued data is dropped and the session closes as
+    /// [`Stalled`](DisconnectReason::Stalled).
+    pub(crate) fn stall(&self) {
+        self.command(Command::Stall);
+    }
+
     fn try_charge(&self, delivery: Delivery, len: usize) -> Result<(), SendError> {
         if !self.is_connected() {
             return Err(SendError::Closed);
@@ -478,6 +510,7 @@ impl Connection {
         }
         self.shared.queued_msgs.fetch_add(1, Ordering::AcqRel);
         self.shared.endpoint.queued_total.fetch_add(cost, Ordering::Relaxed);
+        self.shared.address.queued.fetch_add(cost, Ordering::Relaxed);
         Ok(())
     }
 
@@ -504,6 +537,7 @@ impl Connection {
         }
         self.shared.queued_msgs.fetch_add(1, Ordering::AcqRel);
         self.shared.endpoint.queued_total.fetch_add(cost, Ordering::Relaxed);
+        self.shared.address.queued.fetch_add(cost, Ordering::Relaxed);
         let (class, stream) = delivery.split();
         self.shared.command(Command::Send { class, stream, payload });
         if pass::queued(&self.shared.endpoint) {

@@ -401,28 +401,21 @@ fn a_peer_that_acknowledges_keeps_a_long_transfer_alive() {
     assert_eq!(messages(&evs).len(), 160);
 }
 
-/// A peer that keeps a large queue alive by acknowledging and granting credit for a few hundred
-/// bytes every half second (progress, by the old rule of "any acknowledged byte") is stalled
+/// A peer that keeps a large queue alive by taking a few hundred bytes every half second (it
+/// acknowledges, so this was progress by the old rule of "any acknowledged byte") is stalled
 /// after `stall_timeout`: progress means draining. A peer that takes its queue slowly but
-/// really (16 KiB per half second, 32 KB/s) is not, over four stall timeouts.
+/// really (16 KiB per half second, 32 KB/s) is not, over four stall timeouts. The peer is a
+/// real client whose receive window is what it takes per round.
 #[test]
-#[cfg(feature = "test-util")]
 fn a_trickle_of_acknowledgements_is_not_progress_but_a_slow_drain_is() {
-    use crate::testing::{RawEvent, RawPeer};
     for (per_round, stalls) in [(300u64, true), (16 << 10, false)] {
         let now = crate::test_epoch();
-        let mut gate = Gate::new((11, 22), now, Duration::from_secs(10), true);
-        let from: SocketAddr = "127.0.0.1:5555".parse().unwrap();
-        let mut peer = RawPeer::new(77, per_round);
-        let mut reply = Vec::new();
-        assert_eq!(gate.filter(now, from, &peer.hello(), false, false, &mut reply), Verdict::Reply);
-        let RawEvent::Reply(connect) = peer.on_datagram(&reply) else { panic!("challenge") };
-        let Verdict::Admit { nonce, window, .. } =
-            gate.filter(now, from, &connect, false, false, &mut reply)
-        else {
-            panic!("admitted")
-        };
-        let mut server = Session::server(cfg(), nonce, 0xfeed, window, now, None);
+        let gate = Gate::new((11, 22), now, Duration::from_secs(10), true);
+        let small =
+            Arc::new(TransportConfig { receive_window: per_round, ..TransportConfig::server() });
+        let client = Session::client(small, 77, now);
+        let (mut client, mut server, _, _, _) =
+            admitted_through(gate, client, now).map_err(|e| e.0).unwrap();
         events(&mut server);
         // A backlog of 2 MB waits for the peer.
         for i in 0..10_000u32 {
@@ -433,20 +426,20 @@ fn a_trickle_of_acknowledgements_is_not_progress_but_a_slow_drain_is() {
         let mut closed_at = None;
         while t < now + 4 * stall {
             for d in drain(&mut server, t) {
-                let _ = peer.on_datagram(&d);
+                client.handle_datagram(t, &d);
             }
             if let Some(SessionEvent::Closed(r)) = events(&mut server).pop() {
                 assert_eq!(r, DisconnectReason::Stalled);
                 closed_at = Some(t);
                 break;
             }
+            events(&mut client);
             t += Duration::from_millis(500);
-            // Acknowledge everything received, grant `per_round` bytes more.
-            let mut frames = Vec::new();
-            peer.ack(&mut frames);
-            peer.grant(&mut frames);
-            peer.forget_received();
-            server.handle_datagram(t, &peer.data(&frames).unwrap());
+            // The client's acks and credit, once per round.
+            client.handle_timeout(t);
+            for d in drain(&mut client, t) {
+                server.handle_datagram(t, &d);
+            }
             server.handle_timeout(t);
         }
         match closed_at {
@@ -459,6 +452,7 @@ fn a_trickle_of_acknowledgements_is_not_progress_but_a_slow_drain_is() {
         }
     }
 }
+
 #[test]
 fn the_peer_of_a_stalled_session_learns_why() {
     let mut p = establish();

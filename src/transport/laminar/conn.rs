@@ -284,26 +284,31 @@ impl Live {
     }
 
     /// Whether the endpoint holds more received data than `max_receive_buffered` and this
-    /// session more than an equal share of it: then it is shed.
+    /// session's address more than an equal share of it (the bound divided among the addresses
+    /// with sessions), this session holding some of it: then it is shed. One address with many
+    /// sessions is one party: it is shed before anybody else is.
     fn over_memory_share(&self) -> bool {
         let ep = &self.sink.endpoint;
         let limit = self.sink.config.max_receive_buffered as u64;
-        if ep.counters.receive_held.load(Ordering::Relaxed) <= limit {
+        if self.held == 0 || ep.counters.receive_held.load(Ordering::Relaxed) <= limit {
             return false;
         }
-        let sessions = ep.sessions.load(Ordering::Relaxed).max(1) as u64;
-        self.held > limit / sessions
+        let addresses = ep.addresses.load(Ordering::Relaxed).max(1) as u64;
+        self.shared.address.receive_held.load(Ordering::Relaxed) > limit / addresses
     }
 
-    /// Brings the endpoint's `receive_held` up to date with this session's.
+    /// Brings the endpoint's and the address's `receive_held` up to date with this session's.
     fn account_held(&mut self) {
         let now = self.session.receive_held();
         if now != self.held {
             let total = &self.sink.endpoint.counters.receive_held;
+            let address = &self.shared.address.receive_held;
             if now > self.held {
                 total.fetch_add(now - self.held, Ordering::Relaxed);
+                address.fetch_add(now - self.held, Ordering::Relaxed);
             } else {
                 total.fetch_sub(self.held - now, Ordering::Relaxed);
+                address.fetch_sub(self.held - now, Ordering::Relaxed);
             }
             self.held = now;
         }
@@ -486,5 +491,6 @@ impl Drop for Live {
         }
         // What it held goes with it.
         self.sink.endpoint.counters.receive_held.fetch_sub(self.held, Ordering::Relaxed);
+        self.shared.address.receive_held.fetch_sub(self.held, Ordering::Relaxed);
     }
 }

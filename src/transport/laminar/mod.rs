@@ -35,7 +35,7 @@ use crate::proto::token::{PlayerToken, TokenKey};
 use crate::transport::io::Io;
 use crate::transport::pass::{self, Phase};
 use crate::transport::{
-    ConnShared, Connection, EndpointCounters, EndpointShared, Event, Security, Service,
+    Addresses, ConnShared, Connection, EndpointCounters, EndpointShared, Event, Security, Service,
 };
 
 /// Requests from `Endpoint` handles to the task.
@@ -70,6 +70,8 @@ pub(crate) struct Driver<I: Io, S: Service> {
     cluster: u64,
     /// Every live session, by address.
     conns: HashMap<SocketAddr, Arc<ConnShared>>,
+    /// What the sessions of each address hold together.
+    addresses: Addresses,
     /// Sessions to create in the next pass, and parked ones (see `conn::scope`).
     scope: Scope,
     /// Parked sessions' deadlines: (when, parking generation, address). Entries of sessions
@@ -142,6 +144,7 @@ impl<I: Io, S: Service> Driver<I, S> {
             sessions: AtomicUsize::new(0),
             counters,
             queued_total: AtomicUsize::new(0),
+            addresses: AtomicUsize::new(0),
             ready: Default::default(),
             any_ready: Default::default(),
         });
@@ -171,6 +174,7 @@ impl<I: Io, S: Service> Driver<I, S> {
             mint: security.mint,
             cluster: security.cluster,
             conns: HashMap::new(),
+            addresses: Addresses::default(),
             scope: Scope::default(),
             parked_deadlines: BinaryHeap::new(),
         };
@@ -182,7 +186,8 @@ impl<I: Io, S: Service> Driver<I, S> {
         let ep = &self.sink.endpoint;
         let peer = PeerId(ep.next_peer.fetch_add(1, Ordering::Relaxed));
         let (tx, inbox) = crossbeam::channel::unbounded();
-        let mut shared = ConnShared::new(peer, addr, ep.clone(), tx, now);
+        let address = self.addresses.join(addr);
+        let mut shared = ConnShared::new(peer, addr, ep.clone(), address, tx, now);
         match &role {
             Role::Client { token, .. } => shared.protected = token.is_some(),
             Role::Server { client, .. } => {
@@ -332,10 +337,13 @@ impl<I: Io, S: Service> Driver<I, S> {
         while let Ok(ev) = self.mgr.event_receiver().try_recv() {
             if let laminar::SocketEvent::Disconnect(addr) = ev {
                 self.mgr.socket_mut().forget(&addr);
-                self.conns.remove(&addr);
+                if self.conns.remove(&addr).is_some() {
+                    self.addresses.leave(addr);
+                }
             }
         }
         self.sink.endpoint.sessions.store(self.conns.len(), Ordering::Release);
+        self.sink.endpoint.addresses.store(self.addresses.len(), Ordering::Release);
         pass::enter(&self.sink.endpoint, Phase::Events);
         if let Some(rx) = &self.service_events {
             while let Ok(e) = rx.try_recv() {
