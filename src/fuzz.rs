@@ -100,8 +100,21 @@ pub fn session(data: &[u8]) {
         Gate::new((1, 2), now, Duration::from_secs(10), true).with_tokens(tokens()),
     ] {
         let mut out = Vec::new();
+        let mut limiter = crate::proto::gate::HandshakeLimiter::new((3, 4), now, 32);
         for (_, d) in steps(data).take(10_000) {
-            let _ = gate.filter(now, from, d, false, false, &mut out);
+            let proven = gate.proves(now, from, d);
+            let _ = if proven {
+                limiter.allow_proven(now, from.ip())
+            } else {
+                limiter.allow(now, from)
+            };
+            let verdict = gate.filter(now, from, d, false, false, &mut out);
+            // A session that proves its token binds it (as its first authentic packet would).
+            if let (crate::proto::gate::Verdict::Admit { client: Some(c), .. }, Some(t)) =
+                (verdict, gate.tokens_mut())
+            {
+                t.prove(c.token_id, c.client_id, c.expires, from, 0);
+            }
         }
         assert!(gate.tokens().is_none_or(|t| t.remembered() <= 64), "the replay guard's bound");
     }

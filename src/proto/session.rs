@@ -3,7 +3,10 @@
 //!
 //! Client: `HELLO` (until a `CHALLENGE`) → `CONNECT` with the cookie (until an `ACCEPT`) →
 //! established. Both are retransmitted every `handshake_retry`, backing off to twice that, until
-//! `handshake_timeout`: a lossy link gets many attempts.
+//! `handshake_timeout`: a lossy link gets many attempts. A cookie proves only the client's
+//! address, so a `CHALLENGE` answering another attempt's `HELLO` (one a spoofer sent in our
+//! name) carries a cookie we may use too: taken, while `HELLO`s go on beside the `CONNECT`s
+//! until a `CHALLENGE` of our own arrives (a forged one cannot then keep us out).
 //! Server: created by the endpoint's [`Gate`](super::gate::Gate) from a valid `CONNECT`,
 //! established at once; a repeated `CONNECT` is answered with the same `ACCEPT`, one with a
 //! new nonce means the client restarted, and ends this session ([`DisconnectReason::Replaced`]).
@@ -56,6 +59,8 @@ enum State {
         interval: Duration,
         first_sent: Option<Instant>,
         attempts: u32,
+        /// The cookie came with a `CHALLENGE` to another attempt: keep saying `HELLO` too.
+        hello_too: bool,
     },
     /// Handshake done.
     Established,
@@ -88,11 +93,16 @@ pub struct Session {
     /// The session's packet keys, once it is protected (boxed: ~1 KB that plain sessions do
     /// not carry).
     keys: Option<Box<PacketKeys>>,
+    /// Protected: the peer proved it holds the session's secrets (server: an authentic packet
+    /// arrived; client: the server's `ACCEPT` proved them).
+    proven: bool,
     replay: ReplayWindow,
     last_received: Instant,
     established_at: Instant,
     ping_pending: bool,
     accept_pending: bool,
+    /// Client: a `HELLO` goes out with the next `CONNECT` (see `State::Connecting`).
+    hello_pending: bool,
     close_again: bool,
     closed_stats: Option<ConnectionStats>,
 }
@@ -156,11 +166,13 @@ impl Session {
             token: None,
             cluster: 0,
             keys: None,
+            proven: false,
             replay: ReplayWindow::default(),
             last_received: now,
             established_at: now,
             ping_pending: false,
             accept_pending: false,
+            hello_pending: false,
             close_again: false,
             closed_stats: None,
         }
@@ -169,6 +181,20 @@ impl Session {
     /// Whether its packets are encrypted and authenticated.
     pub fn is_protected(&self) -> bool {
         self.keys.is_some()
+    }
+
+    /// Whether the peer of a protected session proved it holds the session's secrets: on a
+    /// server, its first authentic packet arrived. A protected server session whose peer does
+    /// not prove it within `handshake_timeout` (someone replayed another's `CONNECT`) ends with
+    /// [`DisconnectReason::Timeout`].
+    pub fn is_proven(&self) -> bool {
+        self.proven
+    }
+
+    /// When an unproven protected session gives up on its peer.
+    fn proof_deadline(&self) -> Option<Instant> {
+        (self.keys.is_some() && !self.proven)
+            .then(|| self.established_at + self.cfg.handshake_timeout)
     }
 
     /// Whether the handshake completed and the session is not closing.
@@ -364,9 +390,7 @@ impl Session {
 
     fn on_handshake(&mut self, now: Instant, body: Handshake<'_>) {
         match (&mut self.state, body) {
-            (State::Hello { started, .. }, Handshake::Challenge { nonce, cookie })
-                if nonce == self.nonce =>
-            {
+            (State::Hello { started, .. }, Handshake::Challenge { nonce, cookie }) => {
                 let started = *started;
                 self.last_received = now;
                 let interval = self.cfg.handshake_retry;
@@ -377,7 +401,16 @@ impl Session {
                     interval,
                     first_sent: None,
                     attempts: 0,
+                    hello_too: nonce != self.nonce,
                 };
+            }
+            (
+                State::Connecting { cookie, hello_too: hello_too @ true, .. },
+                Handshake::Challenge { nonce, cookie: fresh },
+            ) => {
+                // A cookie of our own (or a fresher borrowed one) replaces a borrowed one.
+                *cookie = fresh;
+                *hello_too = nonce != self.nonce;
             }
             (
                 State::Connecting { first_sent, attempts, .. },
@@ -396,6 +429,7 @@ impl Session {
                         return;
                     }
                     self.keys = Some(Box::new(keys));
+                    self.proven = true;
                 }
                 let cfg = channel_config(&self.cfg, self.keys.is_some());
                 let mut ch = Channel::new(&cfg, window, now);
@@ -463,7 +497,8 @@ impl Session {
                 }
             }
             State::Established | State::Closing { .. } => {
-                if now >= self.last_received + self.cfg.idle_timeout {
+                let unproven = self.proof_deadline().is_some_and(|t| now >= t);
+                if unproven || now >= self.last_received + self.cfg.idle_timeout {
                     self.finish(DisconnectReason::Timeout);
                     return;
                 }
@@ -513,6 +548,9 @@ impl Session {
                 let keepalive = self.keepalive_due();
                 let idle = self.last_received + self.cfg.idle_timeout;
                 let mut t = keepalive.min(idle);
+                if let Some(p) = self.proof_deadline() {
+                    t = t.min(p);
+                }
                 if let Some(c) = ch.next_timeout() {
                     t = t.min(c);
                 }
@@ -544,10 +582,17 @@ impl Session {
                 wire::encode_handshake(out, &Handshake::Hello { nonce: self.nonce });
                 true
             }
-            State::Connecting { cookie, next, interval, first_sent, attempts, .. } => {
+            State::Connecting {
+                cookie, next, interval, first_sent, attempts, hello_too, ..
+            } => {
+                if std::mem::take(&mut self.hello_pending) {
+                    wire::encode_handshake(out, &Handshake::Hello { nonce: self.nonce });
+                    return true;
+                }
                 if now < *next {
                     return false;
                 }
+                self.hello_pending = *hello_too;
                 *next = now + *interval;
                 *interval = (*interval * 2).min(self.cfg.handshake_retry * 2);
                 first_sent.get_or_insert(now);

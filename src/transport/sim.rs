@@ -258,6 +258,12 @@ impl SimNetwork {
         Endpoint::start(self.bind_io(addr)?, config)
     }
 
+    /// Sends a datagram that claims to come from `from`, which nobody need have bound: what an
+    /// off-path attacker who forges source addresses does. Answers go to `from`.
+    pub fn spoof(&self, from: SocketAddr, to: SocketAddr, data: &[u8]) {
+        self.send(tokio::time::Instant::now().into_std(), from, to, data);
+    }
+
     /// A bare socket on this network, for tests that speak raw datagrams.
     pub fn raw_socket(&self, addr: SocketAddr) -> io::Result<RawSocket> {
         Ok(RawSocket { io: self.bind_io(addr)? })

@@ -42,6 +42,7 @@ impl Session {
             Err(_) => ch.count_unauthentic(),
             Ok(n) => {
                 self.replay.mark(pn);
+                self.proven = true;
                 ch.count_overhead(false, AUTH_TAG_LEN);
                 plain.truncate(header_len + n);
                 if let State::Draining { .. } = self.state {

@@ -692,8 +692,12 @@ mod protected {
         assert!(admitted_through(gate(now, keys), client, now).is_ok());
     }
 
+    /// A token is bound to the address of the session that proves it holds the secrets, not
+    /// to the first that presents it: an eavesdropper's replay from elsewhere is admitted but
+    /// its session never proves anything and ends at `handshake_timeout`; the real player
+    /// proves its own and may come back from a new address (the old session is then over).
     #[test]
-    fn a_token_opens_sessions_from_one_address_only() {
+    fn a_token_is_bound_where_its_secrets_are_proven() {
         let now = crate::test_epoch();
         let token = player(&["10.0.0.1:7000"], UNIX + 30);
         let mut gate = gate(now, vec![key()]);
@@ -704,14 +708,89 @@ mod protected {
             gate.filter(now, addr, &hello[0], false, false, &mut reply);
             c.handle_datagram(now, &reply);
             let connect = drain(&mut c, now);
-            gate.filter(now, addr, &connect[0], false, false, &mut reply)
+            let verdict = gate.filter(now, addr, &connect[0], false, false, &mut reply);
+            (c, verdict)
         };
-        let a: SocketAddr = "127.0.0.1:5555".parse().unwrap();
-        let b: SocketAddr = "127.0.0.1:6666".parse().unwrap();
-        assert!(matches!(connect_from(&mut gate, a, 1), Verdict::Admit { client: Some(_), .. }));
-        assert_eq!(connect_from(&mut gate, b, 2), Verdict::Refuse(RejectReason::TokenReused));
-        // The same address again (a reconnect) is the same player.
-        assert!(matches!(connect_from(&mut gate, a, 3), Verdict::Admit { .. }));
-        assert_eq!(gate.tokens().unwrap().remembered(), 1);
+        let player_at: SocketAddr = "127.0.0.1:5555".parse().unwrap();
+        let thief_at: SocketAddr = "127.0.0.9:6666".parse().unwrap();
+        let (mut client, verdict) = connect_from(&mut gate, player_at, 1);
+        let Verdict::Admit { nonce, window, client: Some(admitted) } = verdict else {
+            panic!("{verdict:?}")
+        };
+        // The thief presents the same sealed token (it saw the CONNECT): admitted, unbound.
+        let (_, stolen) = connect_from(&mut gate, thief_at, 2);
+        let Verdict::Admit { client: Some(theirs), .. } = stolen else { panic!("{stolen:?}") };
+        let mut thief = Session::server(cfg(), 2, 0xbad, window, now, Some(&theirs.secrets));
+        let mut server =
+            Session::server(cfg(), nonce, 0xfeed, window, now, Some(&admitted.secrets));
+        assert_eq!(gate.tokens().unwrap().remembered(), 0, "nothing bound at CONNECT");
+        // The player's session proves itself with its first packet; the thief's never does.
+        for d in drain(&mut server, now) {
+            client.handle_datagram(now, &d);
+        }
+        client.send(Class::ReliableOrdered, 0, Bytes::from_static(b"hi")).unwrap();
+        for d in drain(&mut client, now) {
+            server.handle_datagram(now, &d);
+        }
+        assert!(server.is_proven() && !thief.is_proven());
+        let unix = UNIX;
+        let t = gate.tokens_mut().unwrap();
+        assert_eq!(t.prove(admitted.token_id, 42, UNIX + 30, player_at, unix), None);
+        let later = now + cfg().handshake_timeout;
+        thief.handle_timeout(later);
+        assert_eq!(events(&mut thief).pop(), Some(SessionEvent::Closed(DisconnectReason::Timeout)));
+        server.handle_timeout(later);
+        assert!(server.is_established(), "a proven session lives on");
+        // The player restarts on another port: once its new session proves, the old is over.
+        let moved: SocketAddr = "127.0.0.1:5556".parse().unwrap();
+        let (_, again) = connect_from(&mut gate, moved, 3);
+        assert!(matches!(again, Verdict::Admit { client: Some(_), .. }));
+        let t = gate.tokens_mut().unwrap();
+        assert_eq!(t.prove(admitted.token_id, 42, UNIX + 30, moved, unix), Some(player_at));
+        assert_eq!(t.remembered(), 1);
+    }
+
+    /// The replay guard holds a few tokens per client id and a bound in all, forgetting (never
+    /// refusing) beyond: one player's many tokens cannot fill it for the others.
+    #[test]
+    fn the_replay_guard_is_bounded_per_client_and_in_all() {
+        let mut g = TokenGate::new(vec![key()], vec![], UNIX, 16);
+        let at = |p: u16| SocketAddr::from(([127, 0, 0, 1], p));
+        for i in 0..100u8 {
+            assert_eq!(g.prove([i; 12], 7, UNIX + 60, at(1000 + u16::from(i)), UNIX), None);
+        }
+        assert_eq!(g.remembered(), crate::proto::gate::TOKENS_PER_CLIENT);
+        for c in 0..40u64 {
+            g.prove([200 + c as u8; 12], 100 + c, UNIX + 60 + c, at(3000), UNIX);
+        }
+        assert_eq!(g.remembered(), 16, "at most the bound, the soonest to expire forgotten");
+        // Expired ones go.
+        g.prove([255; 12], 999, UNIX + 1000, at(4000), UNIX + 500);
+        assert_eq!(g.remembered(), 1);
+    }
+
+    /// A token issued more than a minute in our future is not a token of now: `BadToken`.
+    #[test]
+    fn a_token_issued_in_the_future_is_refused() {
+        let now = crate::test_epoch();
+        let future = |skew: u64| {
+            let t = ConnectToken {
+                kind: TokenKind::Player,
+                client_id: 42,
+                servers: vec!["10.0.0.1:7000".parse().unwrap()],
+                issued: UNIX + skew,
+                expires: UNIX + skew + 30,
+                user_data: Vec::new(),
+                client_to_server: [1; 32],
+                server_to_client: [2; 32],
+            };
+            Arc::new(PlayerToken::new(&t, &key(), [6; 12]).unwrap())
+        };
+        let client = Session::client(cfg(), 77, now).with_token(future(365 * 86_400));
+        let refused = admitted_through(gate(now, vec![key()]), client, now).map(|_| ());
+        let Err(e) = refused else { panic!("a token of next year was admitted") };
+        assert_eq!(e.0, Verdict::Refuse(RejectReason::BadToken));
+        let client = Session::client(cfg(), 77, now).with_token(future(30));
+        assert!(admitted_through(gate(now, vec![key()]), client, now).is_ok(), "within the skew");
     }
 }

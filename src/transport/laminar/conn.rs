@@ -31,7 +31,7 @@ use crossbeam::channel::Receiver;
 use laminar::{ConnectionMessenger, Packet, SocketEvent};
 use tokio::sync::{mpsc, oneshot};
 
-use super::socket::Verified;
+use super::socket::{TokenProof, Verified};
 use crate::config::TransportConfig;
 use crate::error::{ConnectError, DisconnectReason};
 use crate::proto::channel::send::MESSAGE_COST;
@@ -152,6 +152,8 @@ pub(crate) struct Scope {
     pub(crate) inits: Vec<(SocketAddr, Init)>,
     pub(crate) parked: HashMap<SocketAddr, Parked>,
     pub(crate) just_parked: Vec<(SocketAddr, Option<Instant>, u64)>,
+    /// Sessions whose peers proved they hold their tokens' secrets during the pass.
+    pub(crate) proven: Vec<(SocketAddr, TokenProof)>,
     pub(crate) next_generation: u64,
 }
 
@@ -218,6 +220,9 @@ struct Live {
     /// When statistics were last copied to the handle, and whether they changed since.
     stats_at: Option<Instant>,
     stats_stale: bool,
+    /// Server, with a token: what binds the token once the peer proves it holds its secrets
+    /// (taken when reported).
+    proof: Option<TokenProof>,
 }
 
 /// Statistics reach the handle at most this often (each copy takes its lock: twice per call
@@ -236,14 +241,16 @@ pub(crate) struct Conn {
 impl Live {
     fn new(init: Init, now: Instant) -> Self {
         let cfg = init.sink.config.clone();
-        let (session, done) = match init.role {
+        let (session, done, proof) = match init.role {
             Role::Client { nonce, done, token, cluster } => {
                 let session = Session::client(cfg, nonce, now).with_cluster(cluster);
-                (if let Some(t) = token { session.with_token(t) } else { session }, Some(done))
+                let session = if let Some(t) = token { session.with_token(t) } else { session };
+                (session, Some(done), None)
             }
             Role::Server { nonce, tag, window, client } => {
                 let secrets = client.as_ref().map(|c| &c.secrets);
-                (Session::server(cfg, nonce, tag, window, now, secrets), None)
+                let proof = client.as_ref().map(|c| c.proof);
+                (Session::server(cfg, nonce, tag, window, now, secrets), None, proof)
             }
         };
         let buf = Vec::with_capacity(init.sink.config.max_datagram_size);
@@ -260,6 +267,7 @@ impl Live {
             stats_stale: true,
             held: 0,
             buf,
+            proof,
         }
     }
 
@@ -427,6 +435,11 @@ impl laminar::Connection for Conn {
             live.session.handle_datagram(time, payload);
             live.dirty = true;
             live.worked = true;
+            if live.session.is_proven()
+                && let Some(proof) = live.proof.take()
+            {
+                SCOPE.with(|s| s.borrow_mut().proven.push((self.addr, proof)));
+            }
             live.account_held();
             if live.over_memory_share() {
                 live.sink.endpoint.counters.shed.fetch_add(1, Ordering::Relaxed);

@@ -236,6 +236,19 @@ impl<I: Io, S: Service> Driver<I, S> {
         }
     }
 
+    /// Binds the tokens of sessions that proved they hold their secrets during the pass; a
+    /// session the token was bound to before (the player before a restart or a NAT rebinding)
+    /// is over.
+    fn note_proven(&mut self) {
+        for (addr, proof) in std::mem::take(&mut self.scope.proven) {
+            if let Some(old) = self.mgr.socket_mut().prove(addr, proof)
+                && let Some(c) = self.conns.get(&old)
+            {
+                c.command(Command::Abort { reason: DisconnectReason::Replaced });
+            }
+        }
+    }
+
     /// Enters the sessions parked during the pass into the deadline heap.
     fn note_parked(&mut self) {
         for (addr, at, generation) in self.scope.just_parked.drain(..) {
@@ -334,6 +347,7 @@ impl<I: Io, S: Service> Driver<I, S> {
         // not create the connection, and its waiter learns through the dropped `done`.
         self.scope.inits.clear();
         self.note_parked();
+        self.note_proven();
         while let Ok(ev) = self.mgr.event_receiver().try_recv() {
             if let laminar::SocketEvent::Disconnect(addr) = ev {
                 self.mgr.socket_mut().forget(&addr);

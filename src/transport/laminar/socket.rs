@@ -6,8 +6,9 @@
 //! statelessly, and a `CONNECT` with a valid cookie is set aside for the driver, which creates
 //! the session.
 //!
-//! Before the gate spends anything on a stranger's datagram, the source address's handshake
-//! budget is checked (a fixed table of token buckets); an admitted `CONNECT` is refused when
+//! Before the gate spends anything on a datagram that is not a session's data, its handshake
+//! budget is checked (fixed tables of token buckets: unproven traffic per source address and
+//! port, `CONNECT`s with a valid cookie per address); an admitted `CONNECT` is refused when
 //! the server is full or the address already holds `max_connections_per_ip` sessions.
 //! Everything refused is counted.
 
@@ -37,6 +38,17 @@ pub(crate) struct DoorLimits {
 pub(crate) struct Verified {
     pub(crate) identity: Arc<ClientIdentity>,
     pub(crate) secrets: Secrets,
+    /// What binds the token once the session proves it holds the secrets.
+    pub(crate) proof: TokenProof,
+}
+
+/// A token to bind to its session's address once the session proves it holds the secrets
+/// (`TokenGate::prove`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct TokenProof {
+    pub(crate) token_id: [u8; 12],
+    pub(crate) client_id: u64,
+    pub(crate) expires: u64,
 }
 
 /// A valid `CONNECT` from a new address: (address, nonce, client window, verified token).
@@ -130,6 +142,15 @@ impl<I: Io> GatedSocket<I> {
         self.known.insert(addr, false);
     }
 
+    /// The session at `addr` proved it holds the secrets of its token: binds the token there.
+    /// Returns the address the token was bound to before, if another (that session is over).
+    pub(crate) fn prove(&mut self, addr: SocketAddr, proof: TokenProof) -> Option<SocketAddr> {
+        let secs = self.gate.secs(self.now);
+        let tokens = self.gate.tokens_mut()?;
+        let unix = tokens.unix(secs);
+        tokens.prove(proof.token_id, proof.client_id, proof.expires, addr, unix)
+    }
+
     /// A session ended: its address is a stranger again.
     pub(crate) fn forget(&mut self, addr: &SocketAddr) {
         if self.known.remove(addr) == Some(true) {
@@ -154,8 +175,11 @@ impl<I: Io> GatedSocket<I> {
             self.refuse(from, nonce, RejectReason::TooManyFromAddress);
             return;
         }
-        let client = client
-            .map(|c| Verified { identity: Arc::new(ClientIdentity::of(&c)), secrets: c.secrets });
+        let client = client.map(|c| Verified {
+            identity: Arc::new(ClientIdentity::of(&c)),
+            proof: TokenProof { token_id: c.token_id, client_id: c.client_id, expires: c.expires },
+            secrets: c.secrets,
+        });
         if let (Some(approve), Some(c)) = (&self.approve, &client)
             && let Err(code) = approve.approve(&c.identity)
         {
@@ -201,7 +225,19 @@ impl<I: Io> laminar::DatagramSocket for GatedSocket<I> {
                 continue;
             }
             let known = self.known.contains_key(&from);
-            if !known && !self.limiter.allow(self.now, from.ip()) {
+            let datagram = &buffer[..len];
+            if known && wire::is_data(datagram) {
+                let buffer: &'a [u8] = buffer;
+                return Ok((&buffer[..len], from)); // its session decodes it
+            }
+            // Everything else is budgeted before the gate works on it: a `CONNECT` that proves
+            // its address apart from the rest (see `HandshakeLimiter`).
+            let allowed = if self.gate.proves(self.now, from, datagram) {
+                self.limiter.allow_proven(self.now, from.ip())
+            } else {
+                self.limiter.allow(self.now, from)
+            };
+            if !allowed {
                 self.counters.rate_limited.fetch_add(1, Ordering::Relaxed);
                 continue;
             }
