@@ -117,12 +117,14 @@ async fn an_address_that_never_echoes_the_cookie_leaves_no_state() {
     let cfg = TransportConfig { handshake_rate_per_ip: 1000, ..TransportConfig::server() };
     let server = net.endpoint(addr(SERVER), cfg).unwrap();
     let raw = net.raw_socket(addr(CLIENT)).unwrap();
+    // Another port of the same host: a cookie proves one address and port.
+    let other = net.raw_socket(addr("10.0.0.2:5001")).unwrap();
     for nonce in 0..100 {
         raw.send_to(server.local_addr(), &hs(VERSION, Handshake::Hello { nonce }));
         let (_, reply) = raw.recv().await;
         let Handshake::Challenge { nonce: n, cookie } = decode_hs(&reply) else { panic!() };
         assert_eq!(n, nonce);
-        // A CONNECT with a tampered cookie, or for another nonce: dropped silently.
+        // A CONNECT with a tampered cookie, or from another address: dropped silently.
         let forged = wire::Cookie { mac: cookie.mac ^ 1, ..cookie };
         raw.send_to(
             server.local_addr(),
@@ -137,21 +139,16 @@ async fn an_address_that_never_echoes_the_cookie_leaves_no_state() {
                 },
             ),
         );
-        raw.send_to(
+        other.send_to(
             server.local_addr(),
             &hs(
                 VERSION,
-                Handshake::Connect {
-                    nonce: nonce + 1,
-                    cookie,
-                    window: 1 << 20,
-                    cluster: 0,
-                    token: &[],
-                },
+                Handshake::Connect { nonce, cookie, window: 1 << 20, cluster: 0, token: &[] },
             ),
         );
     }
     assert_eq!(raw.recv_timeout(Duration::from_secs(2)).await, None);
+    assert_eq!(other.recv_timeout(Duration::ZERO).await, None);
     assert_eq!(server.session_count(), 0);
     // The echo, made late, after the cookie expired: still nothing.
     raw.send_to(server.local_addr(), &hs(VERSION, Handshake::Hello { nonce: 500 }));
