@@ -275,3 +275,43 @@ async fn activation_bytes_bound_long_keys_and_one_address_cannot_starve_a_player
     assert!(failed.is_empty(), "probe failed {failed:?}: {stats:?}");
     assert!(stats.activations_evicted > 0, "{stats:?}");
 }
+
+/// Sessions: a few addresses hold every slot (8 addresses with 8 idle sessions each, the most
+/// the server takes); each newcomer from another address takes the longest-idle slot of the
+/// address holding the most, over its share, and is served. Once no address holds more than
+/// its share, a newcomer is refused `ServerFull`.
+#[tokio::test(start_paused = true)]
+async fn a_full_server_makes_room_for_newcomers_from_the_heaviest_address() {
+    let net = SimNetwork::new(10, SimConfig::default());
+    let transport = TransportConfig {
+        max_connections: 64,
+        max_connections_per_ip: 16,
+        ..TransportConfig::server()
+    };
+    let server = server(&net, ServerConfig { transport, ..ServerConfig::default() });
+    let _hogs = hogs(&net, 8, 8, 0).await;
+    assert_eq!(server.session_count(), 64);
+    let mut newcomers = Vec::new();
+    for i in 0..10 {
+        let at = addr(&format!("10.0.7.{}:1", i + 1));
+        let c = Client::connect_sim(&net, at, addr(SERVER), ClientConfig::default()).await;
+        let c = c.unwrap_or_else(|e| panic!("newcomer {i}: {e}"));
+        assert_eq!(c.grain::<StoreRef>(i64::from(i)).blob(10).await.unwrap().len(), 10);
+        newcomers.push(c);
+    }
+    let stats = server.stats().transport;
+    assert_eq!(stats.sessions_displaced, 10, "{stats:?}");
+    assert_eq!(stats.rejected_full, 0, "{stats:?}");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(server.session_count() <= 64, "{}", server.session_count());
+
+    // Every address holding no more than its share: refused.
+    let net = SimNetwork::new(11, SimConfig::default());
+    let transport = TransportConfig { max_connections: 4, ..TransportConfig::server() };
+    let small = self::server(&net, ServerConfig { transport, ..ServerConfig::default() });
+    let _each = hogs(&net, 4, 1, 0).await;
+    let late = Client::connect_sim(&net, addr("10.0.8.1:1"), addr(SERVER), ClientConfig::default());
+    let e = late.await.expect_err("refused");
+    assert_eq!(e.rejection(), Some(grainwire::error::Rejection::ServerFull), "{e}");
+    assert_eq!(small.stats().transport.sessions_displaced, 0);
+}

@@ -173,6 +173,7 @@ pub(crate) struct EndpointCounters {
     pub(crate) strangers_dropped: AtomicU64,
     pub(crate) rejected_token: AtomicU64,
     pub(crate) rejected_by_app: AtomicU64,
+    pub(crate) displaced: AtomicU64,
     pub(crate) parked: AtomicUsize,
     /// What every session holds received and not yet delivered, together.
     pub(crate) receive_held: AtomicU64,
@@ -218,6 +219,10 @@ pub struct EndpointStats {
     pub rejected_token: u64,
     /// Connection attempts the application's approval refused.
     pub rejected_by_app: u64,
+    /// Sessions closed ([`DisconnectReason::Shed`]) to give their slot to a newcomer while the
+    /// endpoint was full: each the longest-idle of the address holding the most sessions, over
+    /// its share.
+    pub sessions_displaced: u64,
 }
 
 /// State shared between an endpoint's handles and its task.
@@ -268,6 +273,7 @@ impl EndpointShared {
             strangers_dropped: get(&c.strangers_dropped),
             rejected_token: get(&c.rejected_token),
             rejected_by_app: get(&c.rejected_by_app),
+            sessions_displaced: get(&c.displaced),
         }
     }
 }
@@ -306,6 +312,10 @@ pub(crate) struct ConnShared {
     pub(crate) identity: Option<Arc<ClientIdentity>>,
     /// Its packets are encrypted and authenticated (set before the handle exists).
     pub(crate) protected: bool,
+    /// The peer opened it (set before the handle exists).
+    pub(crate) incoming: bool,
+    /// It was told to give up its slot to a newcomer (see `GatedSocket::displaceable`).
+    pub(crate) shedding: AtomicBool,
 }
 
 impl ConnShared {
@@ -333,6 +343,8 @@ impl ConnShared {
             room: Notify::new(),
             identity: None,
             protected: false,
+            incoming: false,
+            shedding: AtomicBool::new(false),
         }
     }
 

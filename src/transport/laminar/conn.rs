@@ -56,6 +56,8 @@ pub(crate) enum Command {
     },
     /// The peer lets more pile up than it may: give up on it.
     Stall,
+    /// Its slot is wanted by another address (the endpoint is full): give it up.
+    Shed,
     /// Send an ack-eliciting packet now.
     Ping,
 }
@@ -286,6 +288,7 @@ impl Live {
                 Command::Close { code } => self.session.close(now, code),
                 Command::Abort { reason } => self.session.abort(reason),
                 Command::Stall => self.session.stall(now),
+                Command::Shed => self.session.shed(now),
                 Command::Ping => self.session.ping(),
             }
         }

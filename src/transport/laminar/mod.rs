@@ -191,6 +191,7 @@ impl<I: Io, S: Service> Driver<I, S> {
         match &role {
             Role::Client { token, .. } => shared.protected = token.is_some(),
             Role::Server { client, .. } => {
+                shared.incoming = true;
                 shared.protected = client.is_some();
                 shared.identity = client.as_ref().map(|c| c.identity.clone());
             }
@@ -232,6 +233,23 @@ impl<I: Io, S: Service> Driver<I, S> {
             self.parked_deadlines.pop();
             if self.scope.parked.get(&addr).is_some_and(|p| p.generation == generation) {
                 let _ = self.mgr.event_sender().send(conn::poke(addr));
+            }
+        }
+    }
+
+    /// Sheds, for each address the gate named, its longest-idle incoming session (its slot
+    /// went to a newcomer).
+    fn displace(&mut self) {
+        for key in std::mem::take(&mut self.mgr.socket_mut().displace) {
+            let victim = self
+                .conns
+                .values()
+                .filter(|c| c.incoming && !c.shedding.load(Ordering::Relaxed))
+                .filter(|c| crate::proto::gate::address_key(c.addr.ip()) == key)
+                .min_by_key(|c| crate::sync::lock(&c.stats).last_received);
+            if let Some(c) = victim {
+                c.shedding.store(true, Ordering::Relaxed);
+                c.command(Command::Shed);
             }
         }
     }
@@ -329,6 +347,7 @@ impl<I: Io, S: Service> Driver<I, S> {
         // The service's queued work first, so that what it sends goes out in this pass.
         pass::enter(&self.sink.endpoint, Phase::Transmitting);
         self.service.poll(now);
+        self.displace();
         for (addr, nonce, window, client) in std::mem::take(&mut self.mgr.socket_mut().admitted) {
             let tag = self.rng.next_u32();
             self.create(addr, Role::Server { nonce, tag, window, client }, now);

@@ -75,6 +75,8 @@ pub(crate) struct GatedSocket<I: Io> {
     reply: Vec<u8>,
     /// Valid `CONNECT`s from new addresses.
     pub(crate) admitted: Vec<AdmittedConnect>,
+    /// Addresses (keys) that must give up their longest-idle session for a newcomer.
+    pub(crate) displace: Vec<IpAddr>,
     /// The application's approval of verified clients.
     pub(crate) approve: Option<Arc<dyn Approve>>,
 }
@@ -114,6 +116,7 @@ impl<I: Io> GatedSocket<I> {
             refusing: false,
             reply: Vec::new(),
             admitted: Vec::new(),
+            displace: Vec::new(),
             approve: None,
         }
     }
@@ -187,10 +190,30 @@ impl<I: Io> GatedSocket<I> {
             self.refuse(from, nonce, RejectReason::Application { code });
             return;
         }
+        if self.incoming >= self.limits.max_incoming
+            && let Some(victim) = self.displaceable(from)
+        {
+            self.counters.displaced.fetch_add(1, Ordering::Relaxed);
+            self.displace.push(victim);
+        }
         *self.per_ip.entry(key).or_default() += 1;
         self.known.insert(from, true);
         self.incoming += 1;
         self.admitted.push((from, nonce, window, client));
+    }
+
+    /// When the endpoint is full, the address whose longest-idle session gives its slot to a
+    /// newcomer from `from`: the address holding the most sessions, if it holds more than its
+    /// share (`max_connections` divided among the addresses, the newcomer's included) and
+    /// more than the newcomer's address will. `None`: the newcomer is refused (`ServerFull`).
+    fn displaceable(&self, from: SocketAddr) -> Option<IpAddr> {
+        let key = address_key(from.ip());
+        let mine = self.per_ip.get(&key).copied().unwrap_or(0) as usize;
+        let addresses = self.per_ip.len() + usize::from(mine == 0);
+        let share = (self.limits.max_incoming / addresses.max(1)).max(1);
+        let (heaviest, most) = self.per_ip.iter().max_by_key(|(_, n)| **n)?;
+        let most = *most as usize;
+        (most > share && mine + 1 < most).then_some(*heaviest)
     }
 
     fn refuse(&mut self, to: SocketAddr, nonce: u32, reason: RejectReason) {
@@ -241,7 +264,8 @@ impl<I: Io> laminar::DatagramSocket for GatedSocket<I> {
                 self.counters.rate_limited.fetch_add(1, Ordering::Relaxed);
                 continue;
             }
-            let full = self.refusing || self.incoming >= self.limits.max_incoming;
+            let full = self.refusing
+                || (self.incoming >= self.limits.max_incoming && self.displaceable(from).is_none());
             match self.gate.filter(self.now, from, &buffer[..len], known, full, &mut self.reply) {
                 Verdict::Pass => {
                     let buffer: &'a [u8] = buffer;
