@@ -8,6 +8,7 @@
 //! Two implementations: [`MemoryDirectory`] (one process: tests and single-node games) and
 //! [`RedisDirectory`] (compare-and-set Lua scripts, keys namespaced by cluster).
 
+mod leases;
 mod memory;
 pub mod redis;
 
@@ -17,6 +18,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use self::leases::{BATCH, IN_FLIGHT, LeaseStats, Leases};
 pub use self::memory::MemoryDirectory;
 pub use self::redis::RedisDirectory;
 use crate::proto::addr::ServerAddr;
@@ -99,17 +101,28 @@ pub trait GrainDirectory: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<usize, DirectoryError>>;
 }
 
+/// Directory keys longer than this name their grain by a digest instead (see [`grain_key`]).
+pub(crate) const MAX_PLAIN_KEY: usize = 96;
+
 /// A grain's directory key: its type's id, then its key, in a form that names each key
-/// uniquely (the text part of a key is last, so it may hold anything).
+/// uniquely (the text part of a key is last, so it may hold anything). A key longer than
+/// [`MAX_PLAIN_KEY`] (a string key may hold 1 KiB) is named by its SHA-256 instead: the
+/// directory's memory and the renewal traffic then cost the same whatever the keys' length.
 pub(crate) fn grain_key(grain: &GrainId) -> String {
     let t = grain.ty.0;
-    match &grain.key {
+    let plain = match &grain.key {
         GrainKey::Int(i) => format!("{t:08x}:i:{i}"),
         GrainKey::Str(s) => format!("{t:08x}:s:{s}"),
         GrainKey::Id(u) => format!("{t:08x}:u:{u:032x}"),
         GrainKey::IntExt(i, s) => format!("{t:08x}:ie:{i}:{s}"),
         GrainKey::IdExt(u, s) => format!("{t:08x}:ue:{u:032x}:{s}"),
+    };
+    if plain.len() <= MAX_PLAIN_KEY {
+        return plain;
     }
+    let digest = ring::digest::digest(&ring::digest::SHA256, plain.as_bytes());
+    let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    format!("{t:08x}:h:{hex}")
 }
 
 #[cfg(test)]
@@ -133,5 +146,10 @@ mod tests {
         seen.sort();
         seen.dedup();
         assert_eq!(seen.len(), keys.len(), "{seen:?}");
+        // Long keys are named by a digest: short, and still one per key.
+        let long = |c: char| GrainId::new(t, std::iter::repeat_n(c, 1024).collect::<String>());
+        let (a, b) = (grain_key(&long('a')), grain_key(&long('b')));
+        assert!(a.len() <= MAX_PLAIN_KEY && b.len() <= MAX_PLAIN_KEY && a != b, "{a} {b}");
+        assert!(a.contains(":h:"));
     }
 }

@@ -1,21 +1,20 @@
 //! A server's side of the grain directory: claiming a grain before its activation runs,
-//! renewing the leases of the grains it holds well inside their TTL, releasing a grain when its
-//! activation ends, and letting go of grains whose lease it lost or could not renew in time.
+//! renewing the leases of the grains it holds well inside their TTL (`directory::Leases`),
+//! releasing a grain when its activation ends, and letting go of grains whose lease it lost or
+//! whose own lease was about to lapse unconfirmed.
 //! Only activations talk to the directory (once when they start, once when they end); a call
 //! to an active grain never does.
 
-use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::config::duration;
-use crate::directory::{Claim, GrainDirectory, Owner};
+use crate::directory::{Claim, GrainDirectory, Leases, Owner};
 use crate::proto::ids::GrainId;
 use crate::proto::wire::rpc;
-use crate::sync::lock;
 
 /// How a grain type uses the directory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -74,17 +73,14 @@ pub(crate) enum Gate {
     Unavailable,
 }
 
-/// The grains this server holds in the directory, and how to reach it.
+/// The grains this server holds in the directory (their leases), and how it uses it.
 pub(crate) struct Claims {
-    pub(crate) directory: Arc<dyn GrainDirectory>,
-    pub(crate) me: Owner,
-    pub(crate) config: DirectoryConfig,
-    held: Mutex<HashSet<GrainId>>,
+    pub(crate) leases: Arc<Leases>,
 }
 
 impl std::fmt::Debug for Claims {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Claims").field("me", &self.me).finish_non_exhaustive()
+        f.debug_struct("Claims").field("me", self.leases.owner()).finish_non_exhaustive()
     }
 }
 
@@ -101,7 +97,13 @@ impl Claims {
         me: Owner,
         config: DirectoryConfig,
     ) -> Self {
-        Self { directory, me, config, held: Mutex::default() }
+        let leases = Arc::new(Leases::new(directory, me, config.lease, config.timeout));
+        Self { leases }
+    }
+
+    /// The directory.
+    pub(crate) fn directory(&self) -> &Arc<dyn GrainDirectory> {
+        self.leases.directory()
     }
 
     /// Claims `grain` before it is activated here.
@@ -109,22 +111,13 @@ impl Claims {
         if how == DirectoryUse::Off {
             return Gate::Serve;
         }
-        let asked = tokio::time::timeout(
-            self.config.timeout,
-            self.directory.claim(grain, &self.me, self.config.lease),
-        )
-        .await;
-        match asked {
-            Ok(Ok(Claim::Won)) => {
-                lock(&self.held).insert(grain.clone());
-                Gate::Serve
-            }
-            Ok(Ok(Claim::Owned(owner))) => {
+        match self.leases.claim(grain).await {
+            Ok(Claim::Won) => Gate::Serve,
+            Ok(Claim::Owned(owner)) => {
                 let payload = redirect_payload(&owner);
                 Gate::Redirect(owner, payload)
             }
-            Ok(Err(error)) => self.unavailable(grain, how, &error.to_string()),
-            Err(_) => self.unavailable(grain, how, "timeout"),
+            Err(error) => self.unavailable(grain, how, &error.to_string()),
         }
     }
 
@@ -144,61 +137,12 @@ impl Claims {
     /// The activation of `grain` ended: let the directory know (best effort; the lease lapses
     /// anyway).
     pub(crate) async fn release(&self, grain: &GrainId) {
-        if !lock(&self.held).remove(grain) {
-            return;
-        }
-        let done = tokio::time::timeout(
-            self.config.timeout,
-            self.directory.release(grain, &self.me.server),
-        )
-        .await;
-        if !matches!(done, Ok(Ok(()))) {
-            tracing::debug!(%grain, "could not release a grain (its lease will lapse)");
-        }
+        self.leases.release(grain).await;
     }
 
-    /// Renews every held lease every third of the lease; tells `lost` the grains this server
-    /// no longer owns, and every held grain when no renewal succeeded for two thirds of the
-    /// lease (so their activations end before another server may take them over).
+    /// Renews the held leases as `Leases::run` does; tells `lost` the grains this server no
+    /// longer owns (their activations end before another server may take them over).
     pub(crate) async fn renew_forever(self: Arc<Self>, lost: impl Fn(Vec<GrainId>) + Send) {
-        let period = (self.config.lease / 3).max(Duration::from_millis(10));
-        let mut last_ok = tokio::time::Instant::now();
-        loop {
-            tokio::time::sleep(period).await;
-            let held: Vec<GrainId> = lock(&self.held).iter().cloned().collect();
-            if held.is_empty() {
-                last_ok = tokio::time::Instant::now();
-                continue;
-            }
-            let renewed = tokio::time::timeout(
-                self.config.timeout,
-                self.directory.renew(&held, &self.me.server, self.config.lease),
-            )
-            .await;
-            match renewed {
-                Ok(Ok(gone)) => {
-                    last_ok = tokio::time::Instant::now();
-                    if !gone.is_empty() {
-                        tracing::warn!(grains = gone.len(), "leases lost: deactivating");
-                        let mut h = lock(&self.held);
-                        for g in &gone {
-                            h.remove(g);
-                        }
-                        drop(h);
-                        lost(gone);
-                    }
-                }
-                _ if last_ok.elapsed() >= self.config.lease * 2 / 3 => {
-                    tracing::warn!(
-                        grains = held.len(),
-                        "could not renew leases in time: deactivating every claimed grain"
-                    );
-                    lock(&self.held).clear();
-                    lost(held);
-                    last_ok = tokio::time::Instant::now();
-                }
-                _ => tracing::debug!("lease renewal failed; retrying"),
-            }
-        }
+        self.leases.clone().run(lost).await;
     }
 }

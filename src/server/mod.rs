@@ -574,7 +574,7 @@ impl Server {
                 let Some(claims) = claims.clone() else { return };
                 tokio::spawn(async move {
                     for id in ids {
-                        match claims.directory.release_all(&ServerId::new(id.as_str())).await {
+                        match claims.directory().release_all(&ServerId::new(id.as_str())).await {
                             Ok(n) => tracing::info!(server = %id, grains = n, "released a dead member's grains"),
                             Err(error) => tracing::warn!(server = %id, %error, "could not release a dead member's grains"),
                         }
