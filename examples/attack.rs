@@ -17,9 +17,9 @@
 //! | `no-ack` | a session that never acknowledges anything, sending tiny requests |
 //! | `big-answers` | fills a room with 16 lines of 60 KB, then asks for them (~1 MB each) without granting credit |
 //! | `empty-chunks` | chunks of length 0 of a message claiming 250,000 chunks, last first |
-//! | `chunks` | well-formed minimum-size chunks of 1 MiB messages, last first |
-//! | `partials` | the 1-byte last chunk of ever new unreliable messages |
-//! | `gap` | reliable messages behind a gap on every stream, up to the credit (`--conns` sessions) |
+//! | `chunks` | well-formed minimum-size chunks of 1 MiB messages, last first (`--incomplete`: never the first, so they stay partial) |
+//! | `partials` | the 1-byte last chunk of ever new unreliable messages (`--reliable`: reliable ones, held) |
+//! | `gap` | reliable messages (`--body` bytes, `--per-stream` per stream) behind a gap on every stream, up to the credit (`--conns` sessions) |
 //! | `activations` | calls to ever new grain keys |
 //! | `slots` | as many sessions from one address as the server allows, held open |
 //! | `busy` | fills a room, then queues 1,000 calls for its ~1 MB of lines |
@@ -91,6 +91,18 @@ struct Args {
     /// Sessions (gap).
     #[arg(long, value_name = "N", default_value_t = 1)]
     conns: u64,
+    /// Never send the first chunk of a message, so that every message stays partial (chunks).
+    #[arg(long)]
+    incomplete: bool,
+    /// Partial messages of the reliable-unordered class, held within the credit (partials).
+    #[arg(long)]
+    reliable: bool,
+    /// Bytes of each message held behind the gap (gap).
+    #[arg(long, value_name = "N", default_value_t = 1000)]
+    body: usize,
+    /// Messages behind the gap on each stream, up to the server's credit (gap; at most 4095).
+    #[arg(long, value_name = "N", default_value_t = 32)]
+    per_stream: u64,
     /// Source ports (junk).
     #[arg(long, value_name = "N", default_value_t = 1000)]
     ports: usize,
@@ -461,11 +473,13 @@ async fn empty_chunks(target: SocketAddr, ip: IpAddr, count: u32) -> String {
     json("empty-chunks", &r, &format!(",\"chunks\":{sent},\"sessions\":{sessions}"))
 }
 
-async fn chunks(target: SocketAddr, ip: IpAddr, count: u32) -> String {
+async fn chunks(target: SocketAddr, ip: IpAddr, count: u32, incomplete: bool) -> String {
     let mut r = connect(target, ip, 1 << 20).await.expect("connect");
     let msg = vec![0u8; (1 << 20) - 1024];
     let per = msg.len().div_ceil(MIN_CHUNK) as u32;
-    let order: Vec<u32> = (0..per).rev().collect();
+    // With `incomplete`, chunk 0 never comes: every message stays partial, held.
+    let first = u32::from(incomplete);
+    let order: Vec<u32> = (first..per).rev().collect();
     let start = Instant::now();
     let mut sent = 0;
     while sent < count && r.closed.is_none() {
@@ -479,12 +493,18 @@ async fn chunks(target: SocketAddr, ip: IpAddr, count: u32) -> String {
     json("chunks", &r, &format!(",\"chunks\":{sent},\"secs\":{secs:.2}"))
 }
 
-async fn partials(target: SocketAddr, ip: IpAddr, count: u32) -> String {
+async fn partials(target: SocketAddr, ip: IpAddr, count: u32, reliable: bool) -> String {
     let mut r = connect(target, ip, 1 << 20).await.expect("connect");
     let mut frames = Vec::new();
+    // Reliable: within the server's credit, and at most 4,095 past the first missing message.
+    let count = if reliable { count.min(4095) } else { count };
     for id in 0..u64::from(count) {
         // The last chunk (1 byte) of a message of 4,000 chunks, a new message every time.
-        RawPeer::message(&mut frames, Class::Unreliable, 0, id, Some((3999, 4000)), b"x");
+        let class = if reliable { Class::ReliableUnordered } else { Class::Unreliable };
+        if reliable && !r.peer.charge(1) {
+            break;
+        }
+        RawPeer::message(&mut frames, class, 0, id + 1, Some((3999, 4000)), b"x");
         if frames.len() > DATAGRAM - 16 {
             let f = std::mem::take(&mut frames);
             r.send(&f).await;
@@ -497,24 +517,30 @@ async fn partials(target: SocketAddr, ip: IpAddr, count: u32) -> String {
     json("partials", &r, &format!(",\"chunks\":{count}"))
 }
 
-async fn gap(target: SocketAddr, ip: IpAddr, conns: usize) -> String {
+async fn gap(target: SocketAddr, ip: IpAddr, conns: usize, body: usize, per: u64) -> String {
     let mut held = Vec::new();
     for _ in 0..conns {
         let Ok(mut r) = connect(target, ip, 1 << 20).await else { continue };
         // Message 0 of each stream never comes: everything after it must be held.
-        let body = vec![1u8; 1000];
+        let body = vec![1u8; body];
+        let mut frames = Vec::new();
         'fill: for stream in 1..=255u8 {
-            for seq in 1..=32u64 {
+            for seq in 1..=per {
                 if !r.peer.charge(body.len()) {
                     break 'fill;
                 }
-                let mut frames = Vec::new();
+                if frames.len() + body.len() + 16 > DATAGRAM - 16 {
+                    let f = std::mem::take(&mut frames);
+                    r.send(&f).await;
+                }
                 RawPeer::message(&mut frames, Class::ReliableOrdered, stream, seq, None, &body);
-                r.send(&frames).await;
             }
             if !r.drain(true).await {
                 break;
             }
+        }
+        if !frames.is_empty() {
+            r.send(&frames).await;
         }
         r.settle(Duration::from_millis(50), true).await;
         held.push(r);
@@ -799,9 +825,9 @@ async fn main() {
         Attack::NoAck => flood(target, ip, 1 << 20, false, count(3_000_000)).await,
         Attack::BigAnswers => big_answers(target, ip).await,
         Attack::EmptyChunks => empty_chunks(target, ip, small(count(250_000))).await,
-        Attack::Chunks => chunks(target, ip, small(count(250_000))).await,
-        Attack::Partials => partials(target, ip, small(count(1_000_000))).await,
-        Attack::Gap => gap(target, ip, a.conns as usize).await,
+        Attack::Chunks => chunks(target, ip, small(count(250_000)), a.incomplete).await,
+        Attack::Partials => partials(target, ip, small(count(1_000_000)), a.reliable).await,
+        Attack::Gap => gap(target, ip, a.conns as usize, a.body, a.per_stream).await,
         Attack::Activations => activations(target, ip, count(100_000)).await,
         Attack::Slots => slots(target, ip, count(5000) as usize, secs).await,
         Attack::Busy => busy(target, ip).await,

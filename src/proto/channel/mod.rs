@@ -241,11 +241,11 @@ impl Channel {
         (self.sender.messages_in_flight > 0).then_some(self.last_progress)
     }
 
-    /// Reliable bytes received and not yet delivered (out of order, or partly reassembled), and
-    /// partial unreliable messages, with their per-chunk bookkeeping cost: what the peer makes
-    /// us hold.
+    /// What the data received and not yet delivered (reliable messages out of order or partly
+    /// reassembled, partial unreliable messages) costs in memory, as it really does (see
+    /// `recv`): what the peer makes us hold.
     pub fn receive_held(&self) -> u64 {
-        self.credit.held() + self.unreliable_in.held()
+        self.credit.memory() + self.unreliable_in.memory()
     }
 
     /// Whether every reliable message was acknowledged and nothing is queued.
@@ -262,6 +262,7 @@ impl Channel {
         self.unordered_in = RecvReliable::new(false);
         self.unreliable_in = RecvUnreliable::default();
         self.credit.released = self.credit.charged;
+        self.credit.memory = 0;
     }
 
     /// Takes a received data packet: `pn_truncated`/`pn_len` from its header, `frames` the rest.

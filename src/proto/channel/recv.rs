@@ -4,7 +4,12 @@
 //! Memory is bounded, and what is held is what is counted:
 //!
 //! * reliable data waiting here (out of order, or partly reassembled) is covered by the
-//!   flow-control credit we advertise, charged per chunk as its bytes plus [`CHUNK_COST`];
+//!   flow-control credit we advertise, charged per chunk as its bytes plus [`CHUNK_COST`] (both
+//!   peers count credit alike: it is part of the protocol);
+//! * what the held data costs in memory is counted apart, as it really is (the table entry of
+//!   every held message, the reassembly's buffers at their capacity, every allocation's
+//!   overhead): that is what [`Credit::memory`] reports and the endpoint's memory bounds use,
+//!   within 1.5× of the process's measured growth for every shape of held data;
 //! * anything kept beyond the pass that received it is copied out of its datagram (a 1-byte
 //!   chunk never keeps a 1,200-byte datagram alive); only messages handed to the application at
 //!   once share their datagram's copy, and small ones a per-thread block of 1 KiB;
@@ -99,6 +104,15 @@ fn copy(data: &[u8]) -> Bytes {
         rest.split().freeze()
     })
 }
+
+/// What one allocation costs beyond the bytes asked for (the allocator's header and rounding).
+const ALLOC_OVERHEAD: u64 = 32;
+/// What one entry of a reliable space's table of held messages costs (its key and slot, and
+/// its share of the tree's nodes, which ascending inserts leave about half full).
+const SLOT_MEMORY: u64 = 2 * (8 + std::mem::size_of::<Slot>() as u64);
+/// What one early chunk waiting in a reassembly's table costs beyond its bytes (its entry, at
+/// the table's worst load, and its own allocation).
+const AHEAD_MEMORY: u64 = 2 * (std::mem::size_of::<(u32, Box<[u8]>)>() as u64 + 1) + ALLOC_OVERHEAD;
 
 /// The chunks of one message received so far. See the module docs for the rules.
 #[derive(Debug)]
@@ -206,7 +220,21 @@ impl Reassembly {
         self.bytes as u64 + u64::from(self.received) * CHUNK_COST
     }
 
-    fn assemble(self) -> Bytes {
+    /// What it holds in memory now (itself, boxed; its head at its capacity; its early chunks).
+    fn memory(&self) -> u64 {
+        let ahead_bytes = (self.bytes - self.head.len()) as u64;
+        std::mem::size_of::<Self>() as u64
+            + 2 * ALLOC_OVERHEAD
+            + self.head.capacity() as u64
+            + ahead_bytes
+            + self.ahead.capacity() as u64 * AHEAD_MEMORY
+    }
+
+    fn assemble(mut self) -> Bytes {
+        // Its buffer grew by doubling: a message that waits holds no more than its bytes.
+        if self.head.capacity() - self.head.len() > 64 {
+            self.head.shrink_to_fit();
+        }
         Bytes::from(self.head)
     }
 }
@@ -214,8 +242,8 @@ impl Reassembly {
 /// Where a received message stands.
 #[derive(Debug)]
 pub(crate) enum Slot {
-    /// Some chunks arrived.
-    Partial(Reassembly),
+    /// Some chunks arrived (boxed: a slot is then small, and most slots are messages).
+    Partial(Box<Reassembly>),
     /// Complete (its own copy), waiting for an earlier message (ordered spaces), with its
     /// flow-control cost.
     Complete(Bytes, u64),
@@ -241,11 +269,13 @@ pub(crate) struct Credit {
     pub(crate) window: u64,
     /// The largest limit advertised so far: `released + window` at that time.
     pub(crate) advertised: u64,
+    /// What the held data costs in memory (see the module docs), across the reliable spaces.
+    pub(crate) memory: u64,
 }
 
 impl Credit {
     pub(crate) fn new(window: u64) -> Self {
-        Self { charged: 0, released: 0, window, advertised: window }
+        Self { charged: 0, released: 0, window, advertised: window, memory: 0 }
     }
 
     /// The limit we would advertise now.
@@ -254,8 +284,14 @@ impl Credit {
     }
 
     /// Reliable bytes (with their per-chunk cost) held here and not yet delivered.
+    #[cfg(any(test, feature = "test-util"))]
     pub(crate) fn held(&self) -> u64 {
         self.charged - self.released
+    }
+
+    /// What the reliable data held costs in memory.
+    pub(crate) fn memory(&self) -> u64 {
+        self.memory
     }
 
     fn charge(&mut self, len: usize) -> Result<u64, ProtocolViolation> {
@@ -332,9 +368,11 @@ impl RecvReliable {
                 (Whole::InDatagram(c.data), credit.charge(len)?)
             }
             (Some(Slot::Partial(r)), Some((index, count))) => {
+                let before = r.memory();
                 if !r.add(index, count, c.data, max_message)? {
                     return Ok((Outcome::Duplicate, None));
                 }
+                credit.memory = credit.memory - before + r.memory();
                 credit.charge(len)?;
                 if !r.is_complete() {
                     return Ok((Outcome::Accepted, None));
@@ -342,13 +380,15 @@ impl RecvReliable {
                 let Some(Slot::Partial(r)) = self.slots.remove(&seq) else {
                     unreachable!("matched Partial above")
                 };
+                credit.memory -= r.memory() + SLOT_MEMORY;
                 let cost = r.cost();
                 (Whole::Owned(r.assemble()), cost)
             }
             (None, Some((index, count))) => {
-                let mut r = Reassembly::new(count, max_message)?;
+                let mut r = Box::new(Reassembly::new(count, max_message)?);
                 r.add(index, count, c.data, max_message)?;
                 credit.charge(len)?;
+                credit.memory += r.memory() + SLOT_MEMORY;
                 self.slots.insert(seq, Slot::Partial(r));
                 return Ok((Outcome::Accepted, None));
             }
@@ -374,6 +414,7 @@ impl RecvReliable {
                 Whole::InDatagram(d) => Bytes::copy_from_slice(d),
                 Whole::Owned(b) => b,
             };
+            credit.memory += held_memory(&owned);
             self.slots.insert(seq, Slot::Complete(owned, cost));
             return None;
         }
@@ -384,6 +425,7 @@ impl RecvReliable {
         });
         if seq != self.expected {
             // Unordered, ahead of the first gap: remember it to drop duplicates.
+            credit.memory += SLOT_MEMORY;
             self.slots.insert(seq, Slot::Delivered);
             return None;
         }
@@ -395,10 +437,12 @@ impl RecvReliable {
                     Slot::Partial(_) => break,
                     Slot::Delivered => {
                         e.remove();
+                        credit.memory -= SLOT_MEMORY;
                     }
                     Slot::Complete(..) => {
                         if let Slot::Complete(m, cost) = e.remove() {
                             credit.released += cost;
+                            credit.memory -= held_memory(&m);
                             deliver(m);
                         }
                     }
@@ -435,6 +479,11 @@ impl RecvReliable {
     }
 }
 
+/// What a complete message waiting for its turn costs in memory: its own copy and its entry.
+fn held_memory(m: &Bytes) -> u64 {
+    m.len() as u64 + ALLOC_OVERHEAD + SLOT_MEMORY
+}
+
 /// Receive state of the unreliable classes: latest sequence per sequenced stream and partial
 /// chunked messages.
 #[derive(Debug, Default)]
@@ -445,6 +494,16 @@ pub(crate) struct RecvUnreliable {
     partials: BTreeMap<(bool, u8, u64), Reassembly>,
     /// Their cost: bytes plus [`CHUNK_COST`] per chunk.
     partial_cost: u64,
+    /// What they hold in memory (see the module docs).
+    partial_memory: u64,
+}
+
+/// What one partial unreliable message's table entry costs beyond what its reassembly holds.
+const PARTIAL_ENTRY: u64 = 2 * 24;
+
+/// What a partial unreliable message costs in memory.
+fn partial_memory(r: &Reassembly) -> u64 {
+    r.memory() + PARTIAL_ENTRY
 }
 
 impl RecvUnreliable {
@@ -477,14 +536,20 @@ impl RecvUnreliable {
             }
             Some((index, count)) => {
                 let key = (sequenced, stream, seq);
-                let r = match self.partials.entry(key) {
-                    std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+                let (r, memory_before) = match self.partials.entry(key) {
+                    std::collections::btree_map::Entry::Occupied(e) => {
+                        let r = e.into_mut();
+                        let m = partial_memory(r);
+                        (r, m)
+                    }
                     std::collections::btree_map::Entry::Vacant(e) => {
-                        e.insert(Reassembly::new(count, max_message)?)
+                        (e.insert(Reassembly::new(count, max_message)?), 0)
                     }
                 };
                 let before = r.cost();
-                let added = r.add(index, count, data, max_message)?;
+                let added = r.add(index, count, data, max_message);
+                self.partial_memory = self.partial_memory - memory_before + partial_memory(r);
+                let added = added?;
                 self.partial_cost += r.cost() - before;
                 if !added {
                     return Ok(None);
@@ -497,6 +562,7 @@ impl RecvUnreliable {
                     return Ok(None);
                 };
                 self.partial_cost -= r.cost();
+                self.partial_memory -= partial_memory(&r);
                 r.assemble()
             }
         };
@@ -512,6 +578,7 @@ impl RecvUnreliable {
             {
                 if let Some(r) = self.partials.remove(&k) {
                     self.partial_cost -= r.cost();
+                    self.partial_memory -= partial_memory(&r);
                 }
             }
         }
@@ -529,12 +596,19 @@ impl RecvUnreliable {
                 break;
             };
             self.partial_cost -= r.cost();
+            self.partial_memory -= partial_memory(&r);
         }
     }
 
     /// What partial messages hold now (bytes plus per-chunk cost).
+    #[cfg(any(test, feature = "test-util"))]
     pub(crate) fn held(&self) -> u64 {
         self.partial_cost
+    }
+
+    /// What partial messages hold in memory now (see the module docs).
+    pub(crate) fn memory(&self) -> u64 {
+        self.partial_memory
     }
 }
 
@@ -570,11 +644,13 @@ mod tests {
         assert_eq!(feed(&mut r, &mut credit, chunk(2, None, b"c")).1.len(), 0);
         assert_eq!(feed(&mut r, &mut credit, chunk(1, None, b"b")).0, Outcome::Duplicate);
         assert_eq!(credit.held(), 2 * (1 + CHUNK_COST), "held messages keep their credit");
+        assert_eq!(credit.memory(), 2 * (1 + ALLOC_OVERHEAD + SLOT_MEMORY), "and their memory");
         let (_, got) = feed(&mut r, &mut credit, chunk(0, None, b"a"));
         assert_eq!(got, vec![&b"a"[..], b"b", b"c"]);
         assert_eq!(feed(&mut r, &mut credit, chunk(0, None, b"a")).0, Outcome::Duplicate);
         assert_eq!(r.buffered(), 0);
         assert_eq!(credit.charged, credit.released, "all delivered, all credit back");
+        assert_eq!(credit.memory(), 0, "and all memory");
     }
 
     #[test]
@@ -583,9 +659,11 @@ mod tests {
         let mut credit = Credit::new(1 << 20);
         assert_eq!(feed(&mut r, &mut credit, chunk(2, None, b"c")).1, vec![&b"c"[..]]);
         assert_eq!(feed(&mut r, &mut credit, chunk(2, None, b"c")).0, Outcome::Duplicate);
+        assert_eq!(credit.memory(), SLOT_MEMORY, "a marker to drop duplicates");
         assert_eq!(feed(&mut r, &mut credit, chunk(0, None, b"a")).1, vec![&b"a"[..]]);
         assert_eq!(feed(&mut r, &mut credit, chunk(1, None, b"b")).1, vec![&b"b"[..]]);
         assert_eq!(r.buffered(), 0, "markers released once the gap closed");
+        assert_eq!(credit.memory(), 0);
         assert_eq!(feed(&mut r, &mut credit, chunk(2, None, b"c")).0, Outcome::Duplicate);
     }
 
@@ -614,6 +692,7 @@ mod tests {
             }
             assert_eq!(got, vec![Bytes::from(data.clone())], "{order:?}");
             assert_eq!(credit.charged, credit.released);
+            assert_eq!(credit.memory(), 0, "{order:?}");
         }
     }
 
@@ -766,6 +845,8 @@ mod tests {
         }
         assert_eq!(u.partials.len(), MAX_UNRELIABLE_PARTIALS);
         assert_eq!(u.held(), MAX_UNRELIABLE_PARTIALS as u64 * (MIN_CHUNK as u64 + CHUNK_COST));
+        let each = u.memory() / MAX_UNRELIABLE_PARTIALS as u64;
+        assert!(each > MIN_CHUNK as u64 + CHUNK_COST, "memory counts what a partial really holds");
         assert_eq!(unrel(&mut u, false, 0, 99, Some((1, 3)), &c[1]).unwrap(), None);
         assert_eq!(unrel(&mut u, false, 0, 99, Some((2, 3)), &c[2]).unwrap(), Some(data.into()));
         assert_eq!(u.partials.len(), MAX_UNRELIABLE_PARTIALS - 1);
