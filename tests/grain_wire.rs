@@ -106,6 +106,14 @@ async fn the_server_checks_every_call_and_answers_with_a_typed_status() {
     assert_eq!(answer(&mut ep).await, (4, Status::UnknownMethod, vec![]));
     send(request(5, 0, 3, put, &args[..10]));
     assert_eq!(answer(&mut ep).await, (5, Status::BadRequest, vec![]));
+    // Bytes after the arguments are not ignored: the call is malformed.
+    let mut trailing = args.clone();
+    trailing.push(0);
+    send(request(7, 0, 3, put, &trailing));
+    assert_eq!(answer(&mut ep).await, (7, Status::BadRequest, vec![]));
+    // A deadline of 0 ms passed as the call arrived: it does not run.
+    send(request_within(8, 0, 3, put, &args, 0));
+    assert_eq!(answer(&mut ep).await, (8, Status::DeadlineExceeded, vec![]));
     // Garbage frames are ignored; the session and the server carry on.
     send(Bytes::from_static(&[0xff, 1, 2, 3]));
     send(request(6, 0, 3, put, &args));

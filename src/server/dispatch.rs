@@ -29,9 +29,13 @@ pub trait Dispatch<G>: Interface {
     fn deactivate(grain: &mut G) -> impl Future<Output = ()> + Send + '_;
 }
 
-/// Decodes a method's argument tuple.
+/// Decodes a method's argument tuple: all of `args`, nothing left over (trailing bytes are a
+/// malformed call, not padding to ignore).
 pub fn decode_args<T: for<'de> Deserialize<'de>>(args: &[u8]) -> Result<T, Status> {
-    postcard::from_bytes(args).map_err(|_| Status::BadRequest)
+    match postcard::take_from_bytes(args) {
+        Ok((value, [])) => Ok(value),
+        _ => Err(Status::BadRequest),
+    }
 }
 
 /// Where a dispatched method leaves its encoded answer: the whole response frame (header

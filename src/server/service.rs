@@ -203,6 +203,10 @@ impl ServerService {
     ) {
         let cost = args.len() + CALL_COST;
         let Some(p) = self.peers.get(&peer) else { return };
+        if call.deadline_ms == Some(0) {
+            // Its deadline passed as it arrived: it does not run.
+            return self.answer(peer, id, Status::DeadlineExceeded, &[]);
+        }
         let admitted = match self.admit(p, &call, cost) {
             Ok(a) => a,
             Err((status, payload)) => return self.answer(peer, id, status, &payload),
