@@ -24,6 +24,10 @@
 //! | `slots` | as many sessions from one address as the server allows, held open |
 //! | `busy` | fills a room, then queues 1,000 calls for its ~1 MB of lines |
 //! | `idle` | `--count` idle sessions from many loopback addresses, kept alive for `--secs` |
+//! | `watch` | `--conns` (24) sessions from one address with a tiny window send `--count` (80,000) `WATCH`es each, then take 300 bytes every half second for `--secs` |
+//! | `answers` | `--conns` (40) sessions from one address each ask a full room `--asks` (12) times (~1 MB answers), then take 300 bytes every half second for `--secs` |
+//! | `hello-flood` | `HELLO`s at `--rate` per second from `--ports` sockets of `--bind`'s address (the probe's, in the scripts: a spoofer that knows its address) for `--secs` |
+//! | `steal` | the sealed token of `--token-file` (what an eavesdropper saw, not its secrets) presented from `--conns` new ports every second for `--secs` |
 //! | `junk` | `--count` (100,000) junk datagrams from `--ports` (1,000) source ports: random bytes, data packets of no session, `HELLO`s, `CONNECT`s with forged cookies, and with real cookies but forged tokens |
 
 use std::collections::BTreeMap;
@@ -37,6 +41,9 @@ use grainwire::proto::wire::rpc::{self, CallHeader, RpcFrame};
 use grainwire::proto::wire::{self, Class, CloseKind};
 use grainwire::testing::{RawEvent, RawPeer};
 use tokio::net::UdpSocket;
+
+#[path = "common/fair_attacks.rs"]
+mod fair;
 
 /// The attack to run.
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
@@ -65,6 +72,14 @@ enum Attack {
     Idle,
     /// Junk datagrams from many source ports.
     Junk,
+    /// `--conns` sessions from one address flood `WATCH`es, then trickle acknowledgements.
+    Watch,
+    /// `--conns` sessions from one address ask for a room's ~1 MB of lines, then trickle.
+    Answers,
+    /// `HELLO`s from `--ports` ports of `--bind`'s address at `--rate` per second.
+    HelloFlood,
+    /// A player's sealed token (`--token-file`) presented from other ports, again and again.
+    Steal,
 }
 
 /// Hostile and idle clients against a game_server; prints one JSON line.
@@ -110,6 +125,15 @@ struct Args {
     /// (junk): N handshake budgets instead of one.
     #[arg(long, value_name = "N", default_value_t = 1)]
     ips: usize,
+    /// Datagrams per second (hello-flood).
+    #[arg(long, value_name = "N", default_value_t = 2000)]
+    rate: u64,
+    /// Requests per session (answers).
+    #[arg(long, value_name = "N", default_value_t = 12)]
+    asks: usize,
+    /// The player token a `steal` attacker saw on the wire (a token file: hex).
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<std::path::PathBuf>,
     /// Hold valid tokens: mint one per session with the key in FILE (64 hex characters), as a
     /// malicious player with real accounts would; sessions are then protected.
     #[arg(long, value_name = "FILE")]
@@ -833,6 +857,13 @@ async fn main() {
         Attack::Busy => busy(target, ip).await,
         Attack::Idle => idle(target, count(1000) as usize, secs).await,
         Attack::Junk => junk(target, ip, count(100_000), a.ports.max(1), a.ips.max(1)).await,
+        Attack::Watch => fair::watch(target, ip, a.conns as usize, count(80_000), secs).await,
+        Attack::Answers => fair::answers(target, ip, a.conns as usize, a.asks, secs).await,
+        Attack::HelloFlood => fair::hello_flood(target, ip, a.ports.max(1), a.rate, secs).await,
+        Attack::Steal => {
+            let f = a.token_file.as_deref().unwrap_or_else(|| fail("steal needs --token-file"));
+            fair::steal(target, ip, f, a.conns.max(1) as usize, secs).await
+        }
     };
     println!("{line}");
 }
