@@ -178,8 +178,8 @@ async fn connect(target: SocketAddr, ip: IpAddr, window: u64) -> std::io::Result
     sock.connect(target).await?;
     let mut peer = RawPeer::new(rand_nonce(), window);
     if let Some(key) = KEY.get() {
-        // A player with a valid token of its own: one per session (a token opens sessions
-        // from one address only).
+        // A player with a valid token of its own, one per session (a token's later session
+        // takes the earlier's place once proven).
         let valid = Duration::from_secs(3600);
         let token = ConnectToken::issue(key, u64::from(rand_nonce()), &[target.into()], valid, b"")
             .unwrap_or_else(|e| fail(&format!("cannot mint a token: {e}")));

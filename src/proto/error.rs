@@ -140,7 +140,8 @@ pub enum Rejection {
     /// The token does not name this server.
     #[error("the connect token does not name this server")]
     NotInToken,
-    /// The token already opened a session from another address.
+    /// The token already opened a session from another address (servers before issue 19; a
+    /// server now binds a token where its secrets are proven, and never refuses this).
     #[error("the connect token was already used from another address")]
     TokenReused,
     /// The server's application refused us, with its code.

@@ -26,7 +26,9 @@ pub enum AuthConfig {
     Tokens {
         /// The keys tokens may be sealed with (several during a rotation).
         keys: Vec<KeyFile>,
-        /// Tokens the replay guard tracks at once (each until it expires). Default 65,536.
+        /// Tokens the replay guard binds to the address that proved them, at once (each until
+        /// it expires; 4 per client id; beyond, the soonest to expire is forgotten). Default
+        /// 65,536.
         #[serde(default = "default_remembered")]
         tokens_remembered: usize,
     },

@@ -67,7 +67,8 @@ pub enum RejectReason {
     TokenExpired,
     /// The token does not name this server.
     NotInToken,
-    /// The token already opened a session from another address.
+    /// The token already opened a session from another address (sent by servers before issue
+    /// 19 only; kept so that their clients decode it).
     TokenReused,
     /// The server's application refused the client, with its code.
     Application {
