@@ -216,15 +216,21 @@ async fn queued_answers_one_address_or_64_cannot_starve_a_player() {
     }
 }
 
-/// One address holds every pending call it can (calls that take long, queued behind each other
-/// on a few grains) and takes every slot that frees up; the probe's calls take room from it and
-/// are all served.
+/// One address (8 sessions), or 64 addresses, hold every pending call they can (calls that
+/// take long, queued behind each other on a few grains) and take every slot that frees up; the
+/// probe's calls take room from them and are all served.
 #[tokio::test(start_paused = true)]
-async fn pending_calls_one_address_cannot_starve_a_player() {
+async fn pending_calls_one_address_or_64_cannot_starve_a_player() {
+    for (addresses, per_address) in [(1, 8), (64, 1)] {
+        pending_calls(addresses, per_address).await;
+    }
+}
+
+async fn pending_calls(addresses: u32, per_address: u32) {
     let net = SimNetwork::new(8, SimConfig::default());
     let cfg = ServerConfig { max_pending_calls: 256, ..ServerConfig::default() };
     let server = server(&net, cfg);
-    let mut hogs = hogs(&net, 1, 8, 1 << 20).await;
+    let mut hogs = hogs(&net, addresses, per_address, 1 << 20).await;
     let args = postcard::to_allocvec(&(30_000u64,)).unwrap();
     let hold = |h: &mut Hog| h.send(40, |s| GrainKey::Int(i64::from(s % 4)), "hold", &args);
     hogs.iter_mut().for_each(hold);
@@ -243,21 +249,27 @@ async fn pending_calls_one_address_cannot_starve_a_player() {
     let outcomes = probe.await.unwrap();
     let failed: Vec<_> = outcomes.iter().filter_map(|r| r.as_ref().err()).collect();
     let stats = server.stats();
-    assert!(failed.is_empty(), "probe failed {failed:?}: {stats:?}");
+    assert!(failed.is_empty(), "{addresses}x{per_address}: probe failed {failed:?}: {stats:?}");
     assert!(stats.calls_preempted >= 10, "{stats:?}");
     assert!(stats.overloaded_server > 0, "the attacker was refused: {stats:?}");
 }
 
-/// One address creates activations for ever new 1 KiB keys: the activations are bounded by
-/// their bytes (keys included), not only their count, and the probe's new grains still find
-/// room (the attacker's idle activations are evicted for them).
+/// One address (4 sessions), or 64 addresses, create activations for ever new 1 KiB keys: the
+/// activations are bounded by their bytes (keys included), not only their count, and the
+/// probe's new grains still find room (the attackers' idle activations are evicted for them).
 #[tokio::test(start_paused = true)]
-async fn activation_bytes_bound_long_keys_and_one_address_cannot_starve_a_player() {
+async fn activation_bytes_bound_long_keys_and_one_address_or_64_cannot_starve_a_player() {
+    for (addresses, per_address) in [(1, 4), (64, 1)] {
+        activation_bytes(addresses, per_address).await;
+    }
+}
+
+async fn activation_bytes(addresses: u32, per_address: u32) {
     let net = SimNetwork::new(9, SimConfig::default());
     let bytes = 200 * (2048 + 1024);
     let cfg = ServerConfig { max_activation_bytes: bytes, ..ServerConfig::default() };
     let server = server(&net, cfg);
-    let mut hogs = hogs(&net, 1, 4, 1 << 20).await;
+    let mut hogs = hogs(&net, addresses, per_address, 1 << 20).await;
     let long = |s: u32| GrainKey::Str(format!("{s:01024}").into());
     let args = postcard::to_allocvec(&(10u32,)).unwrap();
     for _ in 0..10 {
@@ -272,7 +284,7 @@ async fn activation_bytes_bound_long_keys_and_one_address_cannot_starve_a_player
     let outcomes = probe(net.clone(), 50, Arc::default()).await;
     let failed: Vec<_> = outcomes.iter().filter_map(|r| r.as_ref().err()).collect();
     let stats = server.stats();
-    assert!(failed.is_empty(), "probe failed {failed:?}: {stats:?}");
+    assert!(failed.is_empty(), "{addresses}x{per_address}: probe failed {failed:?}: {stats:?}");
     assert!(stats.activations_evicted > 0, "{stats:?}");
 }
 
