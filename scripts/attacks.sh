@@ -15,7 +15,9 @@
 # for ~1 MB answers and trickle), `hello-flood` (HELLOs from 64 ports of the probe's
 # own address at 10,000/s, the probe connecting during the flood), `slots64` (4,096 idle sessions from 64
 # addresses, then the probe connects), `steal` (KEY_FILE only: the probe's sealed token, as an
-# eavesdropper saw it, presented from other ports first and throughout).
+# eavesdropper saw it, presented from other ports first and throughout), and `everything`
+# (watch, answers, gap64, activations, zero-window, slots and a HELLO flood at once, all from
+# the attacker's one address; not in the default list).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build -q --release --examples
@@ -61,6 +63,7 @@ for a in "${attacks[@]}"; do
     answers) args+=(--conns 40 --asks 12 --secs 20) probe_secs=25 ;;
     hello-flood) args+=(--ports 64 --rate 10000 --secs 15) attacker_ip=127.0.0.1 probe_after=1 probe_secs=12 ;;
     slots64) args=(idle --count 4096 --secs 25) probe_after=10 probe_secs=12 ;;
+    everything) probe_secs=45 ;;
     steal)
       "$bin/game_client" --connect "127.0.0.1:$port" --key-file "$KEY_FILE" --client-id 4242 \
         --token-out target/probe-token.hex --calls 1 > /dev/null
@@ -74,6 +77,24 @@ for a in "${attacks[@]}"; do
     probe=$!
   }
   attack() {
+    if [ "$a" = everything ]; then
+      local pids=() i=0
+      for one in "watch --conns 24 --count 80000 --secs 30" "answers --conns 40 --asks 12 --secs 30" \
+        "gap --conns 64" "activations" "zero-window --count 3000000" "slots --secs 30" \
+        "hello-flood --ports 64 --rate 10000 --secs 30"; do
+        i=$((i + 1))
+        # shellcheck disable=SC2086 # each entry is an attack and its flags
+        timeout 120 "$bin/attack" --target "127.0.0.1:$port" --bind "$attacker_ip" "${armed[@]}" $one \
+          2> /dev/null | tail -1 > "target/attacker-$i.json" &
+        pids+=($!)
+      done
+      wait "${pids[@]}" || true
+      python3 -c 'import json,sys; print(json.dumps([json.loads(open(f).read() or "{}") for f in sys.argv[1:]]))' \
+        target/attacker-[0-9]*.json | python3 -c 'import json,sys; l=json.load(sys.stdin); print(json.dumps({"attacks": [d.get("attack") for d in l]}))' \
+        > target/attacker.json
+      rm -f target/attacker-[0-9]*.json
+      return
+    fi
     timeout 120 "$bin/attack" --target "127.0.0.1:$port" --bind "$attacker_ip" "${armed[@]}" "${args[@]}" \
       | tail -1 > target/attacker.json || true
   }
