@@ -140,10 +140,25 @@ impl AddrLoad {
     }
 }
 
-/// Per-address loads, and how many addresses have sessions (the divisor of every share).
+/// An address's entry in [`AddrLoads`]: held by its sessions and its activations, valid while
+/// it holds anything (an entry is forgotten only once nothing refers to it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct AddrId(usize);
+
+#[cfg(test)]
+impl AddrId {
+    /// An id for tests that need one without an [`AddrLoads`].
+    pub(crate) fn test(n: usize) -> Self {
+        Self(n)
+    }
+}
+
+/// Per-address loads, and how many addresses have sessions (the divisor of every share). An
+/// address is found by its id, without hashing, on every call.
 #[derive(Debug, Default)]
 pub(crate) struct AddrLoads {
-    map: HashMap<IpAddr, AddrLoad>,
+    slab: slab::Slab<(IpAddr, AddrLoad)>,
+    ids: HashMap<IpAddr, usize>,
     with_sessions: usize,
 }
 
@@ -153,13 +168,21 @@ impl AddrLoads {
         self.with_sessions.max(1)
     }
 
-    pub(crate) fn get(&self, addr: &IpAddr) -> AddrLoad {
-        self.map.get(addr).copied().unwrap_or_default()
+    /// A session of `addr` begins: its address's id (the entry made if need be).
+    pub(crate) fn join(&mut self, addr: IpAddr) -> AddrId {
+        let slab = &mut self.slab;
+        let id = *self.ids.entry(addr).or_insert_with(|| slab.insert((addr, AddrLoad::default())));
+        self.update(AddrId(id), |l| l.sessions += 1);
+        AddrId(id)
     }
 
-    /// Changes `addr`'s load with `f`; forgets it once it holds nothing.
-    pub(crate) fn update(&mut self, addr: IpAddr, f: impl FnOnce(&mut AddrLoad)) {
-        let load = self.map.entry(addr).or_default();
+    pub(crate) fn get(&self, id: AddrId) -> AddrLoad {
+        self.slab.get(id.0).map(|(_, l)| *l).unwrap_or_default()
+    }
+
+    /// Changes `id`'s load with `f`; forgets the address once it holds nothing.
+    pub(crate) fn update(&mut self, id: AddrId, f: impl FnOnce(&mut AddrLoad)) {
+        let Some((addr, load)) = self.slab.get_mut(id.0) else { return };
         let had = load.sessions > 0;
         f(load);
         let has = load.sessions > 0;
@@ -171,7 +194,9 @@ impl AddrLoads {
             }
         }
         if load.is_empty() {
-            self.map.remove(&addr);
+            let addr = *addr;
+            self.slab.remove(id.0);
+            self.ids.remove(&addr);
         }
     }
 
@@ -180,14 +205,14 @@ impl AddrLoads {
         &self,
         bound: usize,
         measure: impl Fn(&AddrLoad) -> usize,
-    ) -> Option<IpAddr> {
+    ) -> Option<AddrId> {
         let share = share(bound, self.addresses());
-        self.map
+        self.slab
             .iter()
-            .map(|(a, l)| (measure(l), *a))
+            .map(|(id, (_, l))| (measure(l), id))
             .filter(|(m, _)| *m > share)
             .max()
-            .map(|(_, a)| a)
+            .map(|(_, id)| AddrId(id))
     }
 }
 
@@ -216,22 +241,23 @@ mod tests {
         let (a, b, c): (IpAddr, IpAddr, IpAddr) =
             ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap(), "10.0.0.3".parse().unwrap());
         assert_eq!(l.addresses(), 1);
-        l.update(a, |x| x.sessions += 2);
-        l.update(b, |x| x.sessions += 1);
+        let a1 = l.join(a);
+        assert_eq!(l.join(a), a1, "one entry per address");
+        let b1 = l.join(b);
         assert_eq!(l.addresses(), 2);
-        l.update(a, |x| x.calls += 70);
-        l.update(b, |x| x.calls += 30);
+        l.update(a1, |x| x.calls += 70);
+        l.update(b1, |x| x.calls += 30);
         // Bound 100, two addresses: shares of 50; a is over.
-        assert_eq!(l.most_over(100, |x| x.calls), Some(a));
-        l.update(c, |x| x.sessions += 1);
+        assert_eq!(l.most_over(100, |x| x.calls), Some(a1));
+        l.join(c);
         // Three addresses: shares of 33; a still, b not.
-        assert_eq!(l.most_over(100, |x| x.calls), Some(a));
+        assert_eq!(l.most_over(100, |x| x.calls), Some(a1));
         assert_eq!(l.most_over(300, |x| x.calls), None);
         // An address without sessions keeps its load while it holds calls, but no share.
-        l.update(a, |x| x.sessions -= 2);
+        l.update(a1, |x| x.sessions -= 2);
         assert_eq!(l.addresses(), 2);
-        assert_eq!(l.get(&a).calls, 70);
-        l.update(a, |x| x.calls = 0);
-        assert_eq!(l.map.len(), 2, "forgotten once it holds nothing");
+        assert_eq!(l.get(a1).calls, 70);
+        l.update(a1, |x| x.calls = 0);
+        assert_eq!((l.slab.len(), l.ids.len()), (2, 2), "forgotten once it holds nothing");
     }
 }

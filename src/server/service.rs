@@ -16,7 +16,6 @@
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -27,7 +26,7 @@ use tokio::sync::oneshot;
 
 use super::ServerShared;
 use super::activation::{Job, Mailbox, Report, Reporter};
-use super::budget::{self, AddrLoads, Room};
+use super::budget::{self, AddrId, AddrLoads, Room};
 use super::claims::DirectoryUse;
 use super::context::{CallInfo, Caller};
 use super::dispatch;
@@ -95,8 +94,8 @@ struct PeerState {
     fleet_sent: Option<Bytes>,
     /// Who it is (what its calls' grains see).
     caller: Caller,
-    /// Its address (see `budget`).
-    addr: IpAddr,
+    /// Its address's entry (see `budget`).
+    addr: AddrId,
     /// It was closed to make room for others (see `preempt_answers`); gone once it ends.
     shed: bool,
 }
@@ -618,8 +617,7 @@ impl Service for ServerService {
                 conn.push(Delivery::reliable_ordered(0), self.shared.manifest_frame());
                 let peer = conn.peer_id();
                 let caller = Caller::new(conn.remote_addr(), conn.client_identity().cloned());
-                let addr = address_key(conn.remote_addr().ip());
-                self.loads.update(addr, |l| l.sessions += 1);
+                let addr = self.loads.join(address_key(conn.remote_addr().ip()));
                 self.peers.insert(
                     peer,
                     PeerState {

@@ -8,13 +8,13 @@
 //! when they reach the front, and the queue is rebuilt when they outnumber the live ones.
 
 use std::collections::{HashMap, VecDeque};
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use slab::Slab;
 
 use super::activation::{Job, Mailbox};
+use super::budget::AddrId;
 use crate::proto::ids::{GrainId, PeerId};
 
 pub(super) enum Life {
@@ -36,7 +36,7 @@ pub(super) struct Activation {
     /// The connection whose call activated it (its share of activations).
     pub(super) creator: PeerId,
     /// That connection's address (see `server::budget`).
-    pub(super) creator_addr: IpAddr,
+    pub(super) creator_addr: AddrId,
     /// What it is charged against the activation bytes (see `budget::activation_cost`).
     pub(super) cost: usize,
     /// Its stamp in the LRU queue while idle; 0 while busy.
@@ -47,7 +47,7 @@ pub(super) struct Activation {
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Creator {
     pub(super) peer: PeerId,
-    pub(super) addr: IpAddr,
+    pub(super) addr: AddrId,
     pub(super) cost: usize,
 }
 
@@ -223,7 +223,7 @@ impl Table {
 
     /// Deactivates the least recently used idle activation among the first `scan` idle ones
     /// for whose creator's address `pick` holds; false if none does.
-    pub(super) fn evict_where(&mut self, scan: usize, pick: impl Fn(IpAddr) -> bool) -> bool {
+    pub(super) fn evict_where(&mut self, scan: usize, pick: impl Fn(AddrId) -> bool) -> bool {
         let mut seen = 0;
         let mut found = None;
         for &(key, stamp) in &self.lru {
@@ -308,7 +308,7 @@ mod tests {
         let mut keys = Vec::new();
         for i in 0..5 {
             let task = tokio::spawn(async {});
-            let creator = Creator { peer: PeerId(1), addr: [10, 0, 0, 1].into(), cost: 10 };
+            let creator = Creator { peer: PeerId(1), addr: AddrId::test(1), cost: 10 };
             let a = Activation::new(grain(i), Arc::default(), task, 0, creator, t0);
             let k = t.insert(a);
             t.call_started(k, t0);
@@ -343,7 +343,7 @@ mod tests {
     async fn eviction_can_pick_by_the_creators_address_within_a_scan() {
         let t0 = crate::test_epoch();
         let mut t = Table::default();
-        let (a, b): (IpAddr, IpAddr) = ([10, 0, 0, 1].into(), [10, 0, 0, 2].into());
+        let (a, b) = (AddrId::test(1), AddrId::test(2));
         let mut keys = Vec::new();
         for i in 0..6 {
             let addr = if i < 4 { a } else { b };

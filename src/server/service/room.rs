@@ -3,7 +3,6 @@
 //! from the address most over its share when the caller is under its own.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
@@ -11,7 +10,7 @@ use super::{Admitted, EVICTION_SCAN, PeerState, Refusal, ServerService};
 use crate::proto::ids::PeerId;
 use crate::proto::wire::rpc::{CallHeader, Status};
 use crate::server::Registered;
-use crate::server::budget::{self, Over, Room};
+use crate::server::budget::{self, AddrId, Over, Room};
 use crate::server::dispatch;
 
 impl ServerService {
@@ -57,7 +56,7 @@ impl ServerService {
         let preempt_calls = self.calls.len() >= config.max_pending_calls
             || self.pending_bytes + cost > config.max_pending_bytes;
         if preempt_calls {
-            let (n, mine) = (self.loads.addresses(), self.loads.get(&p.addr));
+            let (n, mine) = (self.loads.addresses(), self.loads.get(p.addr));
             let under = mine.calls < budget::share(config.max_pending_calls, n)
                 && mine.call_bytes + cost <= budget::share(config.max_pending_bytes, n);
             if !under {
@@ -82,7 +81,7 @@ impl ServerService {
     pub(super) fn preempt_answers(&mut self) {
         let bound = self.reporter.budget.server_bytes;
         let share = budget::share(bound, self.loads.addresses());
-        let mut by_addr: HashMap<IpAddr, (usize, Option<(usize, PeerId)>)> = HashMap::new();
+        let mut by_addr: HashMap<AddrId, (usize, Option<(usize, PeerId)>)> = HashMap::new();
         for (id, p) in self.peers.iter().filter(|(_, p)| !p.gone && !p.shed) {
             let e = by_addr.entry(p.addr).or_insert((p.conn.address_queued_bytes(), None));
             let mine = (p.conn.queued_bytes(), *id);
@@ -158,11 +157,11 @@ impl ServerService {
             let (n, me) = (self.loads.addresses(), p.addr);
             let (count_share, bytes_share) = (budget::share(limit, n), budget::share(bytes, n));
             let loads = &self.loads;
-            let over = |a: IpAddr| {
-                let l = loads.get(&a);
+            let over = |a: AddrId| {
+                let l = loads.get(a);
                 a == me || l.activations > count_share || l.activation_bytes > bytes_share
             };
-            let mine = loads.get(&me);
+            let mine = loads.get(me);
             let under =
                 mine.activations < count_share && mine.activation_bytes + cost <= bytes_share;
             let evicted =
