@@ -97,7 +97,7 @@ pub struct ServerConfig {
     pub max_pending_bytes_per_connection: usize,
     /// Calls pending on the whole server. Shared fairly among addresses (see below): at the
     /// bound, a call from an address under its share takes room from the address most over
-    /// its share (its newest queued calls are answered `Overloaded`); other calls are answered
+    /// its share (some of its queued calls are answered `Overloaded`); other calls are answered
     /// `Overloaded`. Default 65,536.
     ///
     /// Every server-wide budget here is shared this way: an address's share is the bound

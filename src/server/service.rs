@@ -131,6 +131,8 @@ pub(crate) struct ServerService {
     pending_bytes: usize,
     /// What each address holds (its shares of the budgets).
     loads: AddrLoads,
+    /// When a session was last closed to make answer room, and what it held.
+    answer_room: Option<(Instant, usize)>,
     deadlines: BinaryHeap<Reverse<(Instant, u64)>>,
     next_token: u64,
     next_sweep: Option<Instant>,
@@ -165,6 +167,7 @@ impl ServerService {
             calls: IdMap::default(),
             pending_bytes: 0,
             loads: AddrLoads::default(),
+            answer_room: None,
             deadlines: BinaryHeap::new(),
             next_token: 1,
             next_sweep: None,
@@ -206,7 +209,7 @@ impl ServerService {
             // Its deadline passed as it arrived: it does not run.
             return self.answer(peer, id, Status::DeadlineExceeded, &[]);
         }
-        let admitted = match self.admit(p, &call, cost) {
+        let admitted = match self.admit(p, &call, cost, now) {
             Ok(a) => a,
             Err((status, payload)) => return self.answer(peer, id, status, &payload),
         };
@@ -220,7 +223,7 @@ impl ServerService {
         }
         let addr = p.addr;
         if admitted.preempt_answers {
-            self.preempt_answers();
+            self.preempt_answers(now);
         }
         if admitted.preempt_calls && !self.preempt_calls(cost, now) {
             let refused = self.refuse(Refusal::Server);

@@ -7,6 +7,13 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use super::{Admitted, EVICTION_SCAN, PeerState, Refusal, ServerService};
+
+/// How long a session closed to make answer room counts as room on its way: the transport
+/// drops its queue in its next pass.
+const ROOM_LAG: std::time::Duration = std::time::Duration::from_millis(5);
+/// Calls of the victim looked at to make room in the pending budgets (running ones are
+/// skipped): a bound on the work one admission may do.
+const PREEMPT_SCAN: usize = 4096;
 use crate::proto::ids::PeerId;
 use crate::proto::wire::rpc::{CallHeader, Status};
 use crate::server::Registered;
@@ -21,6 +28,7 @@ impl ServerService {
         p: &PeerState,
         call: &CallHeader,
         cost: usize,
+        now: Instant,
     ) -> Result<Admitted, (Status, Vec<u8>)> {
         if !self.accepting {
             return Err((Status::ShuttingDown, Vec::new()));
@@ -48,8 +56,8 @@ impl ServerService {
         }
         let preempt_answers = match self.reporter.budget.room(&p.conn) {
             Room::Fits => false,
-            // Room is being made already by sessions closed for it.
-            Room::Preempt => !self.making_answer_room(),
+            // Room is being made already by a session closed for it.
+            Room::Preempt => !self.making_answer_room(now),
             Room::Refuse(Over::Session) | Room::Full => return Err(self.refuse(Refusal::SendQueue)),
             Room::Refuse(Over::Server) => return Err(self.refuse(Refusal::Server)),
         };
@@ -66,19 +74,18 @@ impl ServerService {
         Ok(Admitted { index, preempt_answers, preempt_calls })
     }
 
-    /// Whether sessions closed to make room in the answer budget still hold enough to bring it
-    /// under its bound once their queues are dropped (the transport does so in its next pass).
-    fn making_answer_room(&self) -> bool {
-        let ep = &self.reporter.endpoint;
-        let total = ep.queued_total.load(Ordering::Relaxed);
-        let leaving: usize =
-            self.peers.values().filter(|p| p.shed && !p.gone).map(|p| p.conn.queued_bytes()).sum();
-        total.saturating_sub(leaving) < self.reporter.budget.server_bytes
+    /// Whether a session closed to make room in the answer budget a moment ago holds enough
+    /// to bring it under its bound once its queue is dropped (the transport does so in its next
+    /// pass; meanwhile the total still counts it). O(1): no scan per call at the bound.
+    fn making_answer_room(&self, now: Instant) -> bool {
+        let Some((at, coming)) = self.answer_room else { return false };
+        let total = self.reporter.endpoint.queued_total.load(Ordering::Relaxed);
+        now < at + ROOM_LAG && total.saturating_sub(coming) < self.reporter.budget.server_bytes
     }
 
     /// Makes room in the answer budget: closes the largest session of the address most over
     /// its share (its queue is dropped).
-    pub(super) fn preempt_answers(&mut self) {
+    pub(super) fn preempt_answers(&mut self, now: Instant) {
         let bound = self.reporter.budget.server_bytes;
         let share = budget::share(bound, self.loads.addresses());
         let mut by_addr: HashMap<AddrId, (usize, Option<(usize, PeerId)>)> = HashMap::new();
@@ -88,18 +95,19 @@ impl ServerService {
             e.1 = e.1.max(Some(mine));
         }
         let victim = by_addr.into_values().filter(|(a, _)| *a > share).max_by_key(|(a, _)| *a);
-        if let Some((_, Some((_, peer)))) = victim
+        if let Some((_, Some((bytes, peer)))) = victim
             && let Some(p) = self.peers.get_mut(&peer)
         {
             p.shed = true;
             p.conn.stall();
+            self.answer_room = Some((now, bytes));
             self.shared.counters.sessions_preempted.fetch_add(1, Ordering::Relaxed);
         }
     }
 
-    /// Makes room in the pending-call budgets for a call costing `cost`: answers the newest
-    /// queued calls of the address most over its share `Overloaded`. False if that frees too
-    /// little (its calls are running).
+    /// Makes room in the pending-call budgets for a call costing `cost`: answers queued calls
+    /// of the address most over its share `Overloaded`, as few as make room. False if that
+    /// frees too little (its calls are running).
     pub(super) fn preempt_calls(&mut self, cost: usize, now: Instant) -> bool {
         let config = &self.shared.config;
         let (max_calls, max_bytes) = (config.max_pending_calls, config.max_pending_bytes);
@@ -109,13 +117,14 @@ impl ServerService {
             .most_over(max_calls, |l| l.calls)
             .or_else(|| self.loads.most_over(max_bytes, |l| l.call_bytes));
         let Some(victim) = victim else { return false };
-        let mut tokens: Vec<u64> = self
+        // Its queued calls (any of them: a running one is skipped), as few as make room.
+        let tokens: Vec<u64> = self
             .peers
             .values()
             .filter(|p| p.addr == victim)
             .flat_map(|p| p.calls.iter().copied())
+            .take(PREEMPT_SCAN)
             .collect();
-        tokens.sort_unstable_by(|a, b| b.cmp(a));
         for t in tokens {
             if fits(self) {
                 break;
