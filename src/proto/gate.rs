@@ -19,18 +19,21 @@
 //! eavesdropper who replays a `CONNECT` gets a session it cannot use, which blocks nobody, and
 //! a player may come back with its token from a new address or port (see [`TokenGate`]).
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use smallvec::SmallVec;
-
-use super::addr::ServerAddr;
 use super::crypt::Secrets;
 use super::siphash::siphash24;
-use super::token::{ConnectToken, TokenError, TokenKey, TokenKind, token_id};
+use super::token::TokenKind;
 use super::wire::{self, Cookie, Handshake, Packet, RejectReason, VERSION};
+
+mod limiter;
+mod tokens;
+
+pub use self::limiter::{HandshakeLimiter, LIMITER_BUCKETS, PROVEN_BUCKETS};
+pub use self::tokens::{
+    DEFAULT_TOKENS_REMEMBERED, MAX_CLOCK_SKEW_SECS, TOKENS_PER_CLIENT, TokenGate,
+};
 
 /// A client whose connect token the gate verified.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,157 +72,6 @@ pub enum Verdict {
         /// The verified token, when the gate requires one.
         client: Option<Box<Admitted>>,
     },
-}
-
-/// Tokens a gate remembers at most (the replay guard's bound) unless told otherwise.
-pub const DEFAULT_TOKENS_REMEMBERED: usize = 65_536;
-/// Tokens remembered per client id: a player holding many tokens cannot crowd out others'.
-pub const TOKENS_PER_CLIENT: usize = 4;
-/// How far in the future a token's issue time may be (the backend's clock ahead of ours).
-pub const MAX_CLOCK_SKEW_SECS: u64 = 60;
-
-/// Where a token is bound: the address of its session that proved it holds the secrets.
-#[derive(Debug, Clone, Copy)]
-struct Binding {
-    addr: SocketAddr,
-    client_id: u64,
-}
-
-/// What a gate that requires connect tokens holds: the keys, the names this server answers to,
-/// and the replay guard: each token's binding to the one address whose session proved it (see
-/// [`Self::prove`]), until the token expires. At most `remembered` tokens, and
-/// [`TOKENS_PER_CLIENT`] per client id, are remembered; beyond, the binding that expires first
-/// (or the client's own oldest) is forgotten — never a refusal. A forgotten binding only means
-/// that a later proof of that token from another address cannot close the old session (it
-/// times out instead).
-#[derive(Debug)]
-pub struct TokenGate {
-    keys: Vec<TokenKey>,
-    names: Vec<ServerAddr>,
-    /// Unix seconds at the gate's epoch (tokens' times are Unix seconds).
-    unix_at_epoch: u64,
-    bound: HashMap<[u8; 12], Binding>,
-    /// Token ids bound per client id, oldest first.
-    per_client: HashMap<u64, SmallVec<[[u8; 12]; TOKENS_PER_CLIENT]>>,
-    expiries: BinaryHeap<Reverse<(u64, [u8; 12])>>,
-    remembered: usize,
-}
-
-impl TokenGate {
-    /// Requires tokens sealed with one of `keys` naming one of `names`; the clock reads
-    /// `unix_at_epoch` at the gate's epoch; at most `remembered` tokens are tracked at once.
-    pub fn new(
-        keys: Vec<TokenKey>,
-        names: Vec<ServerAddr>,
-        unix_at_epoch: u64,
-        remembered: usize,
-    ) -> Self {
-        Self {
-            keys,
-            names,
-            unix_at_epoch,
-            bound: HashMap::new(),
-            per_client: HashMap::new(),
-            expiries: BinaryHeap::new(),
-            remembered: remembered.max(1),
-        }
-    }
-
-    /// Verifies `sealed` at `unix` (seconds). Binds nothing: see [`Self::prove`].
-    fn check(&mut self, unix: u64, sealed: &[u8]) -> Result<Admitted, RejectReason> {
-        if sealed.is_empty() {
-            return Err(RejectReason::TokenRequired);
-        }
-        let token = ConnectToken::open(sealed, &self.keys, unix).map_err(|e| match e {
-            TokenError::UnknownKey | TokenError::BadSeal => RejectReason::WrongKey,
-            TokenError::Expired => RejectReason::TokenExpired,
-            TokenError::NotForThisServer => RejectReason::NotInToken,
-            _ => RejectReason::BadToken,
-        })?;
-        if token.issued > unix.saturating_add(MAX_CLOCK_SKEW_SECS) {
-            return Err(RejectReason::BadToken); // issued in the future: not a token of now
-        }
-        if !self.names.iter().any(|n| token.names(n)) {
-            return Err(RejectReason::NotInToken);
-        }
-        let secrets = token.secrets();
-        Ok(Admitted {
-            token_id: token_id(sealed),
-            kind: token.kind,
-            client_id: token.client_id,
-            expires: token.expires,
-            user_data: token.user_data,
-            secrets,
-        })
-    }
-
-    /// The session at `addr` proved it holds the secrets of token `id` (of `client_id`, expiring
-    /// at `expires`, Unix seconds), at `unix`: the token is bound to `addr` from now on.
-    /// Returns the address it was bound to before, if another: that session (the player before
-    /// a restart or a NAT rebinding) is over.
-    pub fn prove(
-        &mut self,
-        id: [u8; 12],
-        client_id: u64,
-        expires: u64,
-        addr: SocketAddr,
-        unix: u64,
-    ) -> Option<SocketAddr> {
-        self.forget_expired(unix);
-        if let Some(b) = self.bound.get_mut(&id) {
-            let before = std::mem::replace(&mut b.addr, addr);
-            return (before != addr).then_some(before);
-        }
-        let theirs = self.per_client.entry(client_id).or_default();
-        if theirs.len() >= TOKENS_PER_CLIENT {
-            let oldest = theirs.remove(0);
-            self.bound.remove(&oldest);
-        }
-        theirs.push(id);
-        while self.bound.len() >= self.remembered {
-            let Some(Reverse((_, old))) = self.expiries.pop() else { break };
-            self.forget(old);
-        }
-        self.bound.insert(id, Binding { addr, client_id });
-        self.expiries.push(Reverse((expires, id)));
-        None
-    }
-
-    fn forget(&mut self, id: [u8; 12]) {
-        if let Some(b) = self.bound.remove(&id)
-            && let Some(theirs) = self.per_client.get_mut(&b.client_id)
-        {
-            theirs.retain(|t| *t != id);
-            if theirs.is_empty() {
-                self.per_client.remove(&b.client_id);
-            }
-        }
-    }
-
-    fn forget_expired(&mut self, unix: u64) {
-        while let Some(Reverse((expires, id))) = self.expiries.peek().copied()
-            && expires <= unix
-        {
-            self.expiries.pop();
-            self.forget(id);
-        }
-        // Entries of tokens forgotten early linger in the heap until they expire; rebuild it
-        // when they outnumber the live ones.
-        if self.expiries.len() > 2 * self.bound.len() + 1024 {
-            let bound = &self.bound;
-            self.expiries.retain(|Reverse((_, id))| bound.contains_key(id));
-        }
-    }
-
-    /// Tokens bound by the replay guard now.
-    pub fn remembered(&self) -> usize {
-        self.bound.len()
-    }
-
-    /// The Unix time at `secs` on the gate's clock.
-    pub fn unix(&self, secs: u64) -> u64 {
-        self.unix_at_epoch + secs
-    }
 }
 
 /// The gate's configuration and secret.
@@ -408,123 +260,6 @@ pub fn address_key(ip: IpAddr) -> IpAddr {
             IpAddr::V6(o.into())
         }
         v4 => v4,
-    }
-}
-
-/// Buckets of a [`HandshakeLimiter`]'s table for unproven traffic (per source address and
-/// port): a fixed table, whatever the number of strangers.
-pub const LIMITER_BUCKETS: usize = 65_536;
-/// Buckets of its table for proven `CONNECT`s (per address).
-pub const PROVEN_BUCKETS: usize = 4096;
-
-/// Token buckets in a fixed table indexed by a keyed hash: strangers cost no memory, and two
-/// keys that share a bucket share its budget (an attacker cannot choose which: the key is
-/// secret).
-#[derive(Debug, Clone)]
-struct Buckets {
-    k0: u64,
-    k1: u64,
-    rate: f32,
-    /// Tokens and the time of their last refill (milliseconds since the epoch), per bucket.
-    table: Box<[(f32, u32)]>,
-}
-
-impl Buckets {
-    fn new(secret: (u64, u64), rate: u32, size: usize) -> Self {
-        let rate = rate.max(1) as f32;
-        Self { k0: secret.0, k1: secret.1, rate, table: vec![(rate, 0); size].into_boxed_slice() }
-    }
-
-    /// Spends a token of `key`'s bucket at `ms`, if it has one.
-    fn allow(&mut self, ms: u32, key: &[u8]) -> bool {
-        let i = (siphash24(self.k0, self.k1, key) % self.table.len() as u64) as usize;
-        let (tokens, at) = &mut self.table[i];
-        let elapsed = ms.saturating_sub(*at) as f32 / 1000.0;
-        *tokens = (*tokens + elapsed * self.rate).min(self.rate);
-        *at = ms;
-        if *tokens >= 1.0 {
-            *tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
-}
-
-/// The bytes of an address key (and a port) that a bucket is chosen by.
-fn key_bytes(ip: IpAddr, port: Option<u16>, buf: &mut [u8; 18]) -> usize {
-    let n = match address_key(ip) {
-        IpAddr::V4(a) => {
-            buf[..4].copy_from_slice(&a.octets());
-            4
-        }
-        IpAddr::V6(a) => {
-            buf[..16].copy_from_slice(&a.octets());
-            16
-        }
-    };
-    match port {
-        Some(p) => {
-            buf[n..n + 2].copy_from_slice(&p.to_le_bytes());
-            n + 2
-        }
-        None => n,
-    }
-}
-
-/// The budgets of handshake packets, checked before the gate does any work for them:
-///
-/// * **unproven** traffic (`HELLO`s, junk, stale or forged cookies; from strangers and from
-///   addresses with sessions alike): a token bucket per source *address and port*, `rate` per
-///   second. A spoofer who knows a victim's address but not the port it uses empties other
-///   buckets, not the victim's; one who knows the port too makes the server answer `HELLO`s
-///   in the victim's name, and those answers carry cookies the victim may use (a cookie does
-///   not depend on the attempt);
-/// * **proven** traffic (a `CONNECT` whose cookie is valid: its sender receives at its
-///   address): a token bucket per address (see [`address_key`]), `rate` per second. Only whoever
-///   receives at an address can spend its budget.
-///
-/// So spoofed `HELLO`s never keep a real client out; an address that really floods spends only
-/// its own budgets.
-#[derive(Debug, Clone)]
-pub struct HandshakeLimiter {
-    epoch: Instant,
-    unproven: Buckets,
-    proven: Buckets,
-}
-
-impl HandshakeLimiter {
-    /// A limiter allowing `rate` handshake packets per second per source address and port (and
-    /// as many at once), and `rate` proven `CONNECT`s per second per address, with the hash
-    /// secret `(k0, k1)` and its clock starting at `epoch`.
-    pub fn new(secret: (u64, u64), epoch: Instant, rate: u32) -> Self {
-        let other = (secret.0 ^ 0x9e37_79b9_7f4a_7c15, secret.1.rotate_left(17));
-        Self {
-            epoch,
-            unproven: Buckets::new(secret, rate, LIMITER_BUCKETS),
-            proven: Buckets::new(other, rate, PROVEN_BUCKETS),
-        }
-    }
-
-    fn ms(&self, now: Instant) -> u32 {
-        now.saturating_duration_since(self.epoch).as_millis().min(u128::from(u32::MAX)) as u32
-    }
-
-    /// Whether an unproven handshake packet from `from` may be looked at now (and spends its
-    /// token).
-    pub fn allow(&mut self, now: Instant, from: SocketAddr) -> bool {
-        let mut buf = [0u8; 18];
-        let n = key_bytes(from.ip(), Some(from.port()), &mut buf);
-        let ms = self.ms(now);
-        self.unproven.allow(ms, &buf[..n])
-    }
-
-    /// Whether a proven `CONNECT` from `ip` may be looked at now (and spends its token).
-    pub fn allow_proven(&mut self, now: Instant, ip: IpAddr) -> bool {
-        let mut buf = [0u8; 18];
-        let n = key_bytes(ip, None, &mut buf);
-        let ms = self.ms(now);
-        self.proven.allow(ms, &buf[..n])
     }
 }
 
