@@ -16,7 +16,7 @@ use grainwire::transport::sim::{RawSocket, SimConfig, SimNetwork};
 use grainwire::{Client, ClientConfig, GrainId, Server, ServerConfig, TransportConfig};
 
 mod support;
-use support::addr;
+use support::{addr, raw_handshake};
 
 const SERVER: &str = "10.0.0.1:7000";
 const PROBE: &str = "10.0.0.2:1";
@@ -66,13 +66,7 @@ impl Hog {
     async fn connect(net: &SimNetwork, from: &str, window: u64, trickle: u64) -> Hog {
         let sock = net.raw_socket(addr(from)).unwrap();
         let mut peer = RawPeer::new(11, window);
-        sock.send_to(addr(SERVER), &peer.hello());
-        while !peer.is_established() {
-            let (_, d) = sock.recv().await;
-            if let RawEvent::Reply(r) = peer.on_datagram(&d) {
-                sock.send_to(addr(SERVER), &r);
-            }
-        }
+        raw_handshake(&sock, addr(SERVER), &mut peer).await;
         Hog { sock, peer, slot: 0, unordered: 0, stream0: 0, trickle, closed: false }
     }
 

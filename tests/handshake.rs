@@ -15,7 +15,7 @@ use grainwire::transport::sim::{SimConfig, SimNetwork};
 use grainwire::{Client, ClientConfig, GrainId, Server, ServerConfig, TransportConfig};
 
 mod support;
-use support::{addr, wait_until};
+use support::{addr, raw_handshake, wait_until};
 
 const SERVER: &str = "10.0.0.1:7000";
 const VICTIM: &str = "10.0.5.5:40000";
@@ -130,13 +130,7 @@ async fn an_address_holding_a_session_is_budgeted_too() {
     let s = server(&net, Vec::new());
     let sock = net.raw_socket(addr("10.0.6.6:1")).unwrap();
     let mut peer = RawPeer::new(9, 1 << 20);
-    sock.send_to(addr(SERVER), &peer.hello());
-    while !peer.is_established() {
-        let (_, d) = sock.recv().await;
-        if let RawEvent::Reply(r) = peer.on_datagram(&d) {
-            sock.send_to(addr(SERVER), &r);
-        }
-    }
+    raw_handshake(&sock, addr(SERVER), &mut peer).await;
     let start = tokio::time::Instant::now();
     for i in 0..5000u32 {
         sock.send_to(addr(SERVER), &hello(i));

@@ -15,7 +15,7 @@ use grainwire::{CallError, Client, ClientConfig, Server, ServerConfig};
 use grainwire::{GrainId, TransportConfig};
 
 mod support;
-use support::{addr, join_all, wait_until};
+use support::{addr, join_all, raw_handshake, wait_until};
 
 const SERVER: &str = "10.0.0.1:7000";
 
@@ -106,13 +106,7 @@ async fn raw_session_with(
         let t = grainwire::auth::ConnectToken::issue(&key(), 1, &servers, valid, b"").unwrap();
         peer = peer.with_token(std::sync::Arc::new(t));
     }
-    sock.send_to(addr(SERVER), &peer.hello());
-    while !peer.is_established() {
-        let (_, d) = sock.recv().await;
-        if let RawEvent::Reply(r) = peer.on_datagram(&d) {
-            sock.send_to(addr(SERVER), &r);
-        }
-    }
+    raw_handshake(&sock, addr(SERVER), &mut peer).await;
     (sock, peer)
 }
 

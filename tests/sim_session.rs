@@ -13,7 +13,7 @@ use grainwire::transport::sim::{SimConfig, SimNetwork};
 use grainwire::transport::{Delivery, Endpoint, Event, PeerId};
 
 mod support;
-use support::{addr, message, sim_pair, wait_until};
+use support::{addr, message, raw_handshake, sim_pair, wait_until};
 
 const SERVER: &str = "10.0.0.1:9000";
 const CLIENT: &str = "10.0.0.2:5000";
@@ -519,13 +519,7 @@ async fn received_data_held_by_all_sessions_has_one_budget() {
     for port in 1..=2u16 {
         let sock = net.raw_socket(addr(&format!("10.0.0.5:{port}"))).unwrap();
         let mut peer = RawPeer::new(u32::from(port), 1 << 20);
-        sock.send_to(addr(SERVER), &peer.hello());
-        while !peer.is_established() {
-            let (_, d) = sock.recv().await;
-            if let RawEvent::Reply(r) = peer.on_datagram(&d) {
-                sock.send_to(addr(SERVER), &r);
-            }
-        }
+        raw_handshake(&sock, addr(SERVER), &mut peer).await;
         peers.push((sock, peer));
     }
     // The first session sends 1,000 KB behind a gap on stream 1: far more than the budget.

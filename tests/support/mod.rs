@@ -27,6 +27,22 @@ pub(crate) fn addr(s: &str) -> SocketAddr {
     s.parse().unwrap()
 }
 
+/// Runs `peer`'s handshake with the server at `server` over `sock` (simulated network) until
+/// the server accepts it.
+pub(crate) async fn raw_handshake(
+    sock: &grainwire::transport::sim::RawSocket,
+    server: SocketAddr,
+    peer: &mut grainwire::testing::RawPeer,
+) {
+    sock.send_to(server, &peer.hello());
+    while !peer.is_established() {
+        let (_, d) = sock.recv().await;
+        if let grainwire::testing::RawEvent::Reply(r) = peer.on_datagram(&d) {
+            sock.send_to(server, &r);
+        }
+    }
+}
+
 /// The endpoint's next event, waiting at most `within` (virtual time on the simulated
 /// network); panics when none comes or the endpoint closed.
 pub(crate) async fn next_event(ep: &mut Endpoint, within: Duration) -> Event {
