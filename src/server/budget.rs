@@ -27,6 +27,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::atomic::Ordering;
 
 use crate::transport::Connection;
 
@@ -86,17 +87,19 @@ impl AnswerBudget {
             return Room::Full;
         }
         let ep = conn.endpoint();
-        let total = ep.queued_total.load(std::sync::atomic::Ordering::Relaxed);
+        let total = ep.queued_total.load(Ordering::Relaxed);
+        let under = || {
+            let addresses = ep.addresses.load(Ordering::Relaxed);
+            conn.address_queued_bytes() < share(self.server_bytes, addresses)
+        };
         let server = if total < self.server_bytes {
             Room::Fits
+        } else if under() {
+            Room::Preempt
+        } else if total >= hard(self.server_bytes) {
+            return Room::Full;
         } else {
-            let addresses = ep.addresses.load(std::sync::atomic::Ordering::Relaxed);
-            let under = conn.address_queued_bytes() < share(self.server_bytes, addresses);
-            match () {
-                () if under => Room::Preempt,
-                () if total >= hard(self.server_bytes) => return Room::Full,
-                () => Room::Refuse(Over::Server),
-            }
+            Room::Refuse(Over::Server)
         };
         if bytes >= self.session_bytes || messages >= self.session_messages {
             return Room::Refuse(Over::Session);
@@ -107,7 +110,7 @@ impl AnswerBudget {
     /// Whether the server as a whole holds twice its bound: then not even a caller under its
     /// share runs until room is made.
     pub(crate) fn over_ceiling(&self, conn: &Connection) -> bool {
-        let total = conn.endpoint().queued_total.load(std::sync::atomic::Ordering::Relaxed);
+        let total = conn.endpoint().queued_total.load(Ordering::Relaxed);
         total >= self.server_bytes.saturating_mul(2)
     }
 
