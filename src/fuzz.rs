@@ -139,12 +139,12 @@ pub fn rpc_frame(data: &[u8]) {
         RpcFrame::Request { id, call, args } => {
             rpc::encode_call(&mut again, Some(*id), call);
             again.extend_from_slice(args);
-            let _ = crate::server::dispatch::decode_args::<Shapes>(args);
+            let _ = crate::rpc::dispatch::decode_args::<Shapes>(args);
         }
         RpcFrame::OneWay { call, args } => {
             rpc::encode_call(&mut again, None, call);
             again.extend_from_slice(args);
-            let _ = crate::server::dispatch::decode_args::<(String,)>(args);
+            let _ = crate::rpc::dispatch::decode_args::<(String,)>(args);
         }
         RpcFrame::Cancel { id } => rpc::encode_cancel(&mut again, *id),
         RpcFrame::Response { id, status, payload } => {

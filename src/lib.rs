@@ -68,6 +68,7 @@ pub mod interface;
 /// statistics in [`transport`], options in [`config`], errors in [`error`]).
 #[doc(hidden)]
 pub mod proto;
+pub mod rpc;
 pub mod server;
 pub(crate) mod sync;
 #[cfg(feature = "test-util")]

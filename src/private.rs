@@ -10,8 +10,9 @@ pub use crate::interface::{Interface, InterfaceInfo, MethodInfo};
 pub use crate::proto::ids::{GrainId, GrainKey, GrainType, InterfaceId, MethodId, ServerId};
 pub use crate::proto::route::Affinity;
 pub use crate::proto::wire::rpc::Status;
+pub use crate::rpc::dispatch::{Dispatch, Reply, decode_args, encode_app_err, encode_ok};
 pub use crate::server::Host;
-pub use crate::server::dispatch::{Dispatch, Reply, decode_args, encode_app_err, encode_ok, host};
+pub use crate::server::dispatch::host;
 
 /// The stable hash of a contract description.
 pub const fn contract_hash(description: &str) -> u64 {

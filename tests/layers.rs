@@ -6,8 +6,11 @@
 //! * `config`, `error` and `interface` name only `proto` (and each other);
 //! * `transport` names `proto`, `config`, `error`, `sync`;
 //! * `topology` (source traits, Redis membership) names `proto`, `config`, `error`, `sync`;
-//! * `client` and `server` name those, `arena`, `interface` and `topology`, but never each
-//!   other;
+//! * `rpc` (the role-neutral half of RPC: references, calls, dispatch, the encoders) names
+//!   `proto`, `config`, `error`, `sync`, `arena`, `interface`, `transport`; never `client` or
+//!   `server`;
+//! * `client` and `server` name those, `rpc`, `topology` (and `server` `directory`), but never
+//!   each other;
 //! * `grain` (the public face) and `__private` (the facade of generated code) are named by
 //!   nothing in the crate.
 
@@ -73,6 +76,7 @@ fn allowed(layer: &str) -> Option<&'static [&'static str]> {
         "transport" => &["proto", "config", "error", "sync", "transport"],
         "topology" => &["proto", "config", "error", "sync", "topology"],
         "directory" => &["proto", "config", "error", "sync", "directory"],
+        "rpc" => &["proto", "config", "error", "sync", "arena", "interface", "transport", "rpc"],
         "client" => &[
             "proto",
             "config",
@@ -82,6 +86,7 @@ fn allowed(layer: &str) -> Option<&'static [&'static str]> {
             "interface",
             "transport",
             "topology",
+            "rpc",
             "client",
         ],
         "server" => &[
@@ -94,6 +99,7 @@ fn allowed(layer: &str) -> Option<&'static [&'static str]> {
             "transport",
             "topology",
             "directory",
+            "rpc",
             "server",
         ],
         "grain" => &["proto", "interface", "client"],

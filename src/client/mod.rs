@@ -32,41 +32,30 @@
 //! server refused without running it (shutting down, no longer hosting the type).
 
 mod builder;
-mod cell;
 mod discovery;
 mod options;
 mod pool;
-mod reference;
 pub(crate) mod service;
 
 use std::convert::Infallible;
-use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::BufMut;
 use crossbeam::queue::ArrayQueue;
-use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, broadcast};
 
 pub use self::builder::ClientBuilder;
-use self::cell::CallCell;
-pub(crate) use self::cell::Outcome;
 pub use self::options::{
     AddrParseError, ClientConfig, ClientError, ClientEvent, ClusterMismatch, ClusterNode,
     ConnectMode, Removal, RetryPolicy, ServerAddr, ServerInfo, StrategyName, Topology,
     TopologyDiff,
 };
 use self::pool::{Phase, Slot};
-pub use self::reference::{Answer, GrainInterface, GrainRef, Invocation, Invoked, Invoker};
-use self::service::{Again, ClientCmd, PREFIX_GAP};
-use crate::arena;
-use crate::error::{CallError, CodecError, ConnectError, DisconnectReason};
-use crate::interface::{InterfaceInfo, MethodInfo};
+use self::service::{Again, ClientCmd};
+use crate::error::{CallError, ConnectError, DisconnectReason};
+use crate::interface::InterfaceInfo;
 use crate::proto::ids::{GrainType, MethodId, PeerId, ServerId};
 use crate::proto::manifest::Manifest;
 pub use crate::proto::manifest::{MetaValue, Metadata};
@@ -77,7 +66,10 @@ pub use crate::proto::route::{
 use crate::proto::route::{Load, RouteError, RouteTable, Strategies, Target};
 use crate::proto::stats::CallAccounting;
 pub use crate::proto::stats::CallStats;
-use crate::proto::wire::rpc::{self, CallHeader, Status};
+use crate::rpc::call::CallCell;
+use crate::rpc::encode::Request;
+use crate::rpc::reference::Calls;
+pub use crate::rpc::reference::{Answer, GrainInterface, GrainRef, Invocation, Invoked, Invoker};
 use crate::sync::lock;
 use crate::transport::{Connection, Endpoint, EndpointShared};
 
@@ -369,9 +361,17 @@ pub(crate) fn route_error(e: RouteError) -> CallError<Infallible> {
 #[derive(Debug, Clone)]
 pub struct Client {
     pub(crate) shared: Arc<ClientShared>,
-    /// Shared by every handle: its drop stops the client (the endpoint task and the connection
-    /// tasks hold `shared`, so `shared` alone would never be dropped).
-    _owner: Arc<Owner>,
+    /// Shared by every handle and every reference: its drop stops the client (the endpoint
+    /// task and the connection tasks hold `shared`, so `shared` alone would never be dropped).
+    calls: Arc<Handle>,
+}
+
+/// What references call through (`rpc::reference::Calls`): the client's shared state, and its
+/// owner, so that a reference keeps its client running.
+#[derive(Debug)]
+struct Handle {
+    shared: Arc<ClientShared>,
+    _owner: Owner,
 }
 
 #[derive(Debug)]
@@ -398,7 +398,8 @@ impl ClientShared {
 
 impl Client {
     pub(crate) fn new(shared: Arc<ClientShared>) -> Self {
-        Self { _owner: Arc::new(Owner(shared.clone())), shared }
+        let calls = Arc::new(Handle { _owner: Owner(shared.clone()), shared: shared.clone() });
+        Self { shared, calls }
     }
 
     /// A builder: servers, mode, strategies, options.
@@ -630,7 +631,7 @@ impl Client {
 
     /// A typed reference to the grain with `key`, e.g. `client.grain::<PlayerRef>(42)`.
     pub fn grain<R: GrainInterface>(&self, key: impl Into<crate::proto::ids::GrainKey>) -> R {
-        R::from_grain_ref(GrainRef::new(self.clone(), R::info(), key.into()))
+        R::from_grain_ref(GrainRef::new(self.calls.clone(), R::info(), key.into()))
     }
 
     /// Presents `token` from now on: to servers it connects to next (a reconnection, a new
@@ -653,74 +654,35 @@ impl Client {
             ep.close().await;
         }
     }
+}
 
-    /// Queues a call and returns the future of its outcome.
-    pub(crate) fn call_raw<A: Serialize + ?Sized>(
-        &self,
-        iface: &InterfaceInfo,
-        method: &MethodInfo,
-        r: &GrainRef,
-        args: &A,
-    ) -> Result<CallFuture, CallError<Infallible>> {
-        let shared = &self.shared;
-        let cell = shared.spare_cells.pop().unwrap_or_else(|| Arc::new(CallCell::new()));
-        if let Err(e) = self.submit(iface, method, r, args, Some(cell.clone())) {
-            let _ = shared.spare_cells.push(cell); // never used: as good as new
-            return Err(e);
-        }
-        Ok(CallFuture { cell, shared: shared.clone() })
+impl Calls for Handle {
+    fn default_timeout(&self) -> Duration {
+        self.shared.config.default_timeout
     }
 
-    /// Queues a one-way call. It is done once queued: the client's task writes it on the
-    /// grain's stream in the order calls were made (it holds a pending slot until then, the
-    /// same backpressure as calls), and a failure there (its server left meanwhile) is only
-    /// counted, as a one-way call lost with its connection would be.
-    pub(crate) fn one_way_raw<A: Serialize + ?Sized>(
-        &self,
-        iface: &InterfaceInfo,
-        method: &MethodInfo,
-        r: &GrainRef,
-        args: &A,
-    ) -> Result<(), CallError<Infallible>> {
-        self.submit(iface, method, r, args, None)
+    fn max_request(&self) -> usize {
+        self.shared.config.transport.max_message_size
     }
 
-    /// Encodes a call and hands it to the client's task, the one writer of every grain
+    fn cell(&self) -> Arc<CallCell> {
+        self.shared.spare_cells.pop().unwrap_or_else(|| Arc::new(CallCell::new()))
+    }
+
+    /// Routes the call and hands it to the client's task, the one writer of every grain
     /// stream's frames: calls and one-way calls to a grain leave in the order they were made.
-    fn submit<A: Serialize + ?Sized>(
+    /// A one-way call holds a pending slot until it is written, the same backpressure as
+    /// calls.
+    fn submit(
         &self,
-        iface: &InterfaceInfo,
-        method: &MethodInfo,
         r: &GrainRef,
-        args: &A,
+        request: Request<'_>,
         cell: Option<Arc<CallCell>>,
     ) -> Result<(), CallError<Infallible>> {
         let shared = &self.shared;
+        let (iface, method) = (request.iface, request.method);
         let target = target_of(iface);
         let to = shared.route(&target, r)?;
-        let timeout = r.timeout.or(method.timeout).unwrap_or(shared.config.default_timeout);
-        let one_way = cell.is_none();
-        let call = CallHeader {
-            type_index: 0, // written by the client's task once the server is known
-            version: iface.version,
-            method: method.id,
-            // A one-way call has no deadline on the server (nobody waits for it); here its
-            // timeout bounds how long it may wait for a server (on-demand mode).
-            deadline_ms: (!one_way).then(|| timeout.as_millis().min(u128::from(u32::MAX)) as u32),
-            key: r.id.key.clone(),
-        };
-        let (frame, encoded) = arena::frame(PREFIX_GAP + 24 + method.size_hint, |out| {
-            out.put_bytes(0, PREFIX_GAP);
-            let flags = rpc::encode_request_body(out, &call);
-            arena::encode(out, args).map(|()| flags)
-        });
-        let flags = encoded.map_err(|e| CallError::Encode(CodecError(e)))?;
-        let (size, max) = (frame.len() - PREFIX_GAP, shared.config.transport.max_message_size);
-        if one_way && size > max {
-            // A call finds out in the client's task (against its server's limit); a one-way
-            // call has nobody to tell there.
-            return Err(CallError::TooLarge { size, max });
-        }
         if shared.pending.fetch_add(1, Ordering::AcqRel) >= shared.config.max_pending_calls {
             shared.finished_one();
             return Err(CallError::Overloaded);
@@ -732,6 +694,7 @@ impl Client {
             idempotent: method.idempotent,
             retry: shared.retry.index(iface.grain_type, method.id),
         };
+        let (frame, flags, timeout) = (request.frame, request.flags, request.timeout);
         let cmd = ClientCmd::Call { to, frame, flags, stream: r.stream, timeout, cell, again };
         // The receiver lives in the client's task; if it is gone, the client is closed.
         if shared.cmds.send(cmd).is_err() {
@@ -740,6 +703,19 @@ impl Client {
         }
         shared.wake();
         Ok(())
+    }
+
+    fn cancelled(&self, sent: Option<(PeerId, crate::proto::ids::RequestId)>) {
+        self.shared.finished_one();
+        if let Some((peer, id)) = sent
+            && self.shared.cmds.send(ClientCmd::Cancel { peer, id }).is_ok()
+        {
+            self.shared.wake();
+        }
+    }
+
+    fn recycle(&self, cell: Arc<CallCell>) {
+        let _ = self.shared.spare_cells.push(cell);
     }
 }
 
@@ -810,97 +786,4 @@ pub(crate) fn next_client_id() -> u64 {
 const EVENT_BACKLOG: usize = 1024;
 
 /// How many finished calls' cells a client keeps for reuse.
-const SPARE_CELLS: usize = 256;
-
-/// A pending call. Dropping it before it completes cancels the call.
-#[derive(Debug)]
-pub(crate) struct CallFuture {
-    cell: Arc<CallCell>,
-    shared: Arc<ClientShared>,
-}
-
-impl CallFuture {
-    /// The call's outcome, once the future is ready.
-    pub(crate) fn outcome(&self) -> &Outcome {
-        const GONE: Outcome = Err(CallError::NotConnected);
-        self.cell.outcome().unwrap_or(&GONE)
-    }
-}
-
-/// Ready when the call has its outcome ([`CallFuture::outcome`]).
-impl Future for CallFuture {
-    type Output = ();
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        self.cell.poll(cx)
-    }
-}
-
-impl Drop for CallFuture {
-    fn drop(&mut self) {
-        if !self.cell.is_finished()
-            && let Some(sent) = self.cell.cancel()
-        {
-            self.shared.finished_one();
-            if let Some((peer, id)) = sent
-                && self.shared.cmds.send(ClientCmd::Cancel { peer, id }).is_ok()
-            {
-                self.shared.wake();
-            }
-        }
-        if let Some(cell) = Arc::get_mut(&mut self.cell) {
-            // Nobody else holds the cell any more (the service let go of it): keep it for
-            // another call.
-            cell.reset();
-            let _ = self.shared.spare_cells.push(self.cell.clone());
-        }
-    }
-}
-
-/// Turns a call's outcome into the method's result; `version` is the caller's interface
-/// version (for `IncompatibleVersion`), `app` decodes an application error.
-pub(crate) fn decode_outcome<T, E>(
-    outcome: &Outcome,
-    version: u8,
-    app: impl FnOnce(&[u8]) -> CallError<E>,
-) -> Result<T, CallError<E>>
-where
-    T: for<'de> Deserialize<'de>,
-{
-    let (status, payload) = match outcome {
-        Ok((status, payload)) => (*status, payload),
-        Err(e) => return Err(e.clone().map_app(|never| match never {})),
-    };
-    match status {
-        Status::Ok => postcard::from_bytes(payload).map_err(|e| CallError::Decode(CodecError(e))),
-        Status::AppError => Err(app(payload)),
-        other => Err(status_error(other, version, payload)),
-    }
-}
-
-/// The local error for a server status other than `Ok`/`AppError`.
-pub(crate) fn status_error<E>(status: Status, version: u8, payload: &[u8]) -> CallError<E> {
-    match status {
-        Status::UnknownGrainType => CallError::UnknownGrainType,
-        Status::UnknownMethod => CallError::UnknownMethod,
-        Status::IncompatibleVersion => {
-            // The server names its version in the payload.
-            CallError::IncompatibleVersion {
-                ours: version,
-                theirs: payload.first().copied().unwrap_or(0),
-            }
-        }
-        Status::DeadlineExceeded => CallError::DeadlineExceeded,
-        Status::Overloaded => CallError::Overloaded,
-        Status::HandlerPanicked => CallError::HandlerPanicked,
-        Status::ShuttingDown => CallError::ShuttingDown,
-        Status::Unavailable => CallError::Unavailable,
-        Status::Unauthorized => CallError::Unauthorized,
-        Status::Redirect => CallError::RedirectLoop,
-        Status::ResponseTooLarge => match rpc::decode_too_large(payload) {
-            Some((size, max)) => CallError::ResponseTooLarge { size, max },
-            None => CallError::BadRequest,
-        },
-        _ => CallError::BadRequest,
-    }
-}
+pub(crate) const SPARE_CELLS: usize = 256;

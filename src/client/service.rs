@@ -17,7 +17,6 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use crossbeam::channel::Receiver;
 use tokio::sync::oneshot;
 
-use super::cell::CallCell;
 use super::discovery::TopologyWatch;
 use super::pool::Phase;
 use super::{
@@ -33,11 +32,11 @@ use crate::proto::route::{Affinity, Load, RouteTable, ServerEntry, Target};
 use crate::proto::stats::CallAccounting;
 use crate::proto::topology::Topology;
 use crate::proto::wire::rpc::{self, RpcFrame, Status};
+use crate::rpc::call::CallCell;
 use crate::sync::lock;
 use crate::transport::{Connection, Delivery, Event, Service};
 
-/// Room left in front of an encoded call for its head byte, request id and type index.
-pub(crate) const PREFIX_GAP: usize = 16;
+use crate::rpc::encode::PREFIX_GAP;
 
 /// What a call routes by, kept to route it again (after waiting for a server, or for a retry).
 #[derive(Debug, Clone)]
@@ -843,7 +842,7 @@ impl ClientService {
             self.settle_moving(now);
         }
         if !matches!(status, Status::Ok | Status::AppError) && self.shared.discovery.is_some() {
-            self.shared.call_failed(&super::status_error(status, 0, &payload));
+            self.shared.call_failed(&crate::rpc::call::status_error(status, 0, &payload));
         }
         if pending.cell.complete(Ok((status, payload))) {
             self.shared.finished_one();

@@ -25,9 +25,9 @@ use super::ServerCounters;
 use super::budget::{AnswerBudget, Room};
 use super::claims::{Claims, DirectoryUse, Gate};
 use super::context::{self, Caller};
-use super::dispatch::{self, Dispatch, Reply};
 use crate::proto::ids::{GrainId, MethodId, RequestId};
 use crate::proto::wire::rpc::Status;
+use crate::rpc::dispatch::{self, Dispatch, Reply};
 use crate::sync::{Signal, lock};
 use crate::transport::{Connection, Delivery, EndpointShared};
 

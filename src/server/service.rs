@@ -29,12 +29,12 @@ use super::activation::{Job, Mailbox, Report, Reporter};
 use super::budget::{self, AddrId, AddrLoads, Room};
 use super::claims::DirectoryUse;
 use super::context::{CallInfo, Caller};
-use super::dispatch;
 use super::table::{Activation, Creator, Life, Table};
 use crate::proto::gate::address_key;
 use crate::proto::ids::{GrainId, IdMap, IdSet, PeerId, RequestId};
 use crate::proto::manifest::Manifest;
 use crate::proto::wire::rpc::{self, CallHeader, RpcFrame, Status};
+use crate::rpc::dispatch;
 use crate::transport::{Connection, Delivery, Event, Service};
 
 mod elsewhere;

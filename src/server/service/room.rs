@@ -16,9 +16,9 @@ const ROOM_LAG: std::time::Duration = std::time::Duration::from_millis(5);
 const PREEMPT_SCAN: usize = 4096;
 use crate::proto::ids::PeerId;
 use crate::proto::wire::rpc::{CallHeader, Status};
+use crate::rpc::dispatch;
 use crate::server::Registered;
 use crate::server::budget::{self, AddrId, Over, Room};
-use crate::server::dispatch;
 
 impl ServerService {
     /// Checks a call against what is hosted and the budgets: the registered type and the room

@@ -1,21 +1,27 @@
-//! The meeting point of a call future and the client service: the service completes it, the
-//! future waits on it, and a future dropped early cancels it.
+//! The meeting point of a call future and whoever sends the call: the sender completes it, the
+//! future waits on it, and a future dropped early cancels it. And the decoding of a call's
+//! outcome into the method's result.
 //!
 //! Its state is one atomic, the outcome a write-once slot, the call's id two atomics and the
 //! waker an `AtomicWaker`: no lock on either side. (A mutex around all of it cost six
 //! acquisitions per call.)
 
 use std::convert::Infallible;
-use std::sync::OnceLock;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 
 use atomic_waker::AtomicWaker;
 use bytes::Bytes;
 
-use crate::error::CallError;
+use serde::Deserialize;
+
+use super::reference::Calls;
+use crate::error::{CallError, CodecError};
 use crate::proto::ids::{PeerId, RequestId};
-use crate::proto::wire::rpc::Status;
+use crate::proto::wire::rpc::{self, Status};
 
 /// What a completed call carries back: the server's status and payload, or a local error
 /// (which is never an application error).
@@ -150,6 +156,99 @@ impl CallCell {
     /// Whether the call completed.
     pub(crate) fn is_finished(&self) -> bool {
         self.state.load(Ordering::SeqCst) == DONE
+    }
+}
+
+/// A pending call. Dropping it before it completes cancels the call.
+#[derive(Debug)]
+pub(crate) struct CallFuture {
+    cell: Arc<CallCell>,
+    calls: Arc<dyn Calls>,
+}
+
+impl CallFuture {
+    /// The future of the call `cell` completes, sent through `calls`.
+    pub(crate) fn new(cell: Arc<CallCell>, calls: Arc<dyn Calls>) -> Self {
+        Self { cell, calls }
+    }
+
+    /// The call's outcome, once the future is ready.
+    pub(crate) fn outcome(&self) -> &Outcome {
+        const GONE: Outcome = Err(CallError::NotConnected);
+        self.cell.outcome().unwrap_or(&GONE)
+    }
+}
+
+/// Ready when the call has its outcome ([`CallFuture::outcome`]).
+impl Future for CallFuture {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        self.cell.poll(cx)
+    }
+}
+
+impl Drop for CallFuture {
+    fn drop(&mut self) {
+        if !self.cell.is_finished()
+            && let Some(sent) = self.cell.cancel()
+        {
+            self.calls.cancelled(sent);
+        }
+        if let Some(cell) = Arc::get_mut(&mut self.cell) {
+            // Nobody else holds the cell any more (the sender let go of it): keep it for
+            // another call.
+            cell.reset();
+            self.calls.recycle(self.cell.clone());
+        }
+    }
+}
+
+/// Turns a call's outcome into the method's result; `version` is the caller's interface
+/// version (for `IncompatibleVersion`), `app` decodes an application error.
+pub(crate) fn decode_outcome<T, E>(
+    outcome: &Outcome,
+    version: u8,
+    app: impl FnOnce(&[u8]) -> CallError<E>,
+) -> Result<T, CallError<E>>
+where
+    T: for<'de> Deserialize<'de>,
+{
+    let (status, payload) = match outcome {
+        Ok((status, payload)) => (*status, payload),
+        Err(e) => return Err(e.clone().map_app(|never| match never {})),
+    };
+    match status {
+        Status::Ok => postcard::from_bytes(payload).map_err(|e| CallError::Decode(CodecError(e))),
+        Status::AppError => Err(app(payload)),
+        other => Err(status_error(other, version, payload)),
+    }
+}
+
+/// The local error for a server status other than `Ok`/`AppError`.
+pub(crate) fn status_error<E>(status: Status, version: u8, payload: &[u8]) -> CallError<E> {
+    match status {
+        Status::UnknownGrainType => CallError::UnknownGrainType,
+        Status::UnknownMethod => CallError::UnknownMethod,
+        Status::IncompatibleVersion => {
+            // The server names its version in the payload.
+            CallError::IncompatibleVersion {
+                ours: version,
+                theirs: payload.first().copied().unwrap_or(0),
+            }
+        }
+        Status::DeadlineExceeded => CallError::DeadlineExceeded,
+        Status::Overloaded => CallError::Overloaded,
+        Status::HandlerPanicked => CallError::HandlerPanicked,
+        Status::ShuttingDown => CallError::ShuttingDown,
+        Status::Unavailable => CallError::Unavailable,
+        Status::Unauthorized => CallError::Unauthorized,
+        Status::Redirect => CallError::RedirectLoop,
+        Status::ResponseTooLarge => match rpc::decode_too_large(payload) {
+            Some((size, max)) => CallError::ResponseTooLarge { size, max },
+            None => CallError::BadRequest,
+        },
+        _ => CallError::BadRequest,
     }
 }
 

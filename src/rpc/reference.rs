@@ -1,6 +1,7 @@
 //! Grain references: what `#[grain]` generated reference types (`PlayerRef`) wrap. A reference
-//! builds requests and decodes outcomes; it calls through a [`Client`], or through an
-//! [`Invoker`], the seam that lets code holding references be tested without a network.
+//! builds requests and decodes outcomes; it calls through whatever sends calls (`Calls`: a
+//! client's sessions to the fleet), or through an [`Invoker`], the seam that lets code holding
+//! references be tested without a network.
 
 use std::convert::Infallible;
 use std::fmt;
@@ -13,7 +14,8 @@ use bytes::Bytes;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use super::{CallFuture, Client, Outcome, decode_outcome};
+use super::call::{CallCell, CallFuture, Outcome, decode_outcome};
+use super::encode::{self, Request};
 use crate::error::{CallError, CodecError};
 use crate::interface::{Interface, InterfaceInfo, MethodInfo};
 use crate::proto::ids::{GrainId, GrainKey};
@@ -83,17 +85,41 @@ pub trait Invoker: Send + Sync + 'static {
     fn invoke(&self, call: Invocation) -> Invoked;
 }
 
+/// What sends a reference's calls and completes them: a client's sessions to the fleet. The
+/// role-neutral seam between references (here) and the policies of whoever holds them.
+pub(crate) trait Calls: Send + Sync + fmt::Debug + 'static {
+    /// The deadline of a call whose reference and method give none.
+    fn default_timeout(&self) -> Duration;
+    /// The largest request it sends (a one-way call is checked before it goes: nobody could
+    /// be told later).
+    fn max_request(&self) -> usize;
+    /// A cell for a new call (one kept from a finished call, or a new one).
+    fn cell(&self) -> Arc<CallCell>;
+    /// Sends `request` to `r`'s grain; `cell` completes with its outcome (`None`: one-way).
+    fn submit(
+        &self,
+        r: &GrainRef,
+        request: Request<'_>,
+        cell: Option<Arc<CallCell>>,
+    ) -> Result<(), CallError<Infallible>>;
+    /// A pending call was given up before its outcome (its future dropped): free its slot and,
+    /// if it was sent (`sent`: to whom, under which id), tell the callee.
+    fn cancelled(&self, sent: Option<(crate::proto::ids::PeerId, crate::proto::ids::RequestId)>);
+    /// A finished call's cell, nobody else holding it: kept for another call.
+    fn recycle(&self, cell: Arc<CallCell>);
+}
+
 /// How a reference's calls travel.
 #[derive(Clone)]
 enum Via {
-    Client(Client),
+    Calls(Arc<dyn Calls>),
     Invoker(Arc<dyn Invoker>),
 }
 
 impl fmt::Debug for Via {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Via::Client(c) => c.fmt(f),
+            Via::Calls(c) => c.fmt(f),
             Via::Invoker(_) => f.write_str("Invoker"),
         }
     }
@@ -115,8 +141,8 @@ pub struct GrainRef {
 }
 
 impl GrainRef {
-    pub(crate) fn new(client: Client, info: &'static InterfaceInfo, key: GrainKey) -> Self {
-        Self::via(Via::Client(client), info, key)
+    pub(crate) fn new(calls: Arc<dyn Calls>, info: &'static InterfaceInfo, key: GrainKey) -> Self {
+        Self::via(Via::Calls(calls), info, key)
     }
 
     /// A reference whose calls `invoker` answers (no client, no network).
@@ -204,7 +230,7 @@ impl GrainRef {
         args: &A,
     ) -> Result<(), CallError> {
         let queued = match &self.via {
-            Via::Client(client) => client.one_way_raw(self.info, method, self, args),
+            Via::Calls(calls) => self.one_way(calls, method, args),
             Via::Invoker(invoker) => self.invoke(invoker, method, args).await.map(|_| ()),
         };
         if queued.is_err() {
@@ -222,8 +248,8 @@ impl GrainRef {
         decode: impl FnOnce(&Outcome) -> Result<T, CallError<E>>,
     ) -> Result<T, CallError<E>> {
         match &self.via {
-            Via::Client(client) => {
-                let mut call = self.start(client, method, args).await?;
+            Via::Calls(calls) => {
+                let mut call = self.start(calls, method, args).await?;
                 (&mut call).await;
                 decode(call.outcome())
             }
@@ -231,22 +257,55 @@ impl GrainRef {
         }
     }
 
+    /// The deadline of a call of `method` through `calls`.
+    fn timeout(&self, calls: &Arc<dyn Calls>, method: &MethodInfo) -> Duration {
+        self.timeout.or(method.timeout).unwrap_or_else(|| calls.default_timeout())
+    }
+
     /// Queues the call. A call that fails at once (no server to route it to, say) still
     /// yields once to the runtime before it returns, so a caller that retries in a loop never
     /// starves the tasks that would fix it (the connection pool reconnecting).
     async fn start<A: Serialize + ?Sized, E>(
         &self,
-        client: &Client,
+        calls: &Arc<dyn Calls>,
         method: &MethodInfo,
         args: &A,
     ) -> Result<CallFuture, CallError<E>> {
-        match client.call_raw(self.info, method, self, args) {
+        let queued = encode::request(self, method, args, self.timeout(calls, method), false)
+            .and_then(|request| {
+                let cell = calls.cell();
+                match calls.submit(self, request, Some(cell.clone())) {
+                    Ok(()) => Ok(CallFuture::new(cell, calls.clone())),
+                    Err(e) => {
+                        calls.recycle(cell); // never used: as good as new
+                        Err(e)
+                    }
+                }
+            });
+        match queued {
             Ok(f) => Ok(f),
             Err(e) => {
                 tokio::task::yield_now().await;
                 Err(e.map_app(|never| match never {}))
             }
         }
+    }
+
+    /// Queues a one-way call. It is done once queued: the sender writes it on the grain's
+    /// stream in the order calls were made, and a failure there (its callee left meanwhile) is
+    /// only counted, as a one-way call lost with its connection would be.
+    fn one_way<A: Serialize + ?Sized>(
+        &self,
+        calls: &Arc<dyn Calls>,
+        method: &MethodInfo,
+        args: &A,
+    ) -> Result<(), CallError<Infallible>> {
+        let request = encode::request(self, method, args, self.timeout(calls, method), true)?;
+        let (size, max) = (request.size(), calls.max_request());
+        if size > max {
+            return Err(CallError::TooLarge { size, max });
+        }
+        calls.submit(self, request, None)
     }
 
     async fn invoke<A: Serialize + ?Sized>(

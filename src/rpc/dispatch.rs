@@ -1,0 +1,102 @@
+//! Running a call on a grain and encoding what it answers: the `Dispatch` trait `#[grain]`
+//! implements, argument decoding, and the one response encoder (values, application errors,
+//! statuses, an answer too large for its connection), whoever hosts the grain.
+
+use std::future::Future;
+
+use bytes::{Bytes, BytesMut};
+use serde::{Deserialize, Serialize};
+
+use crate::arena;
+use crate::interface::Interface;
+use crate::proto::ids::{GrainId, MethodId, RequestId};
+use crate::proto::wire::rpc::{self, Status};
+
+/// Server-side dispatch of one interface to a grain implementation `G`.
+pub trait Dispatch<G>: Interface {
+    /// Runs method `method` with postcard-encoded `args`, leaving the encoded result (or
+    /// application error) in `out`.
+    fn dispatch<'a>(
+        grain: &'a mut G,
+        method: MethodId,
+        args: &'a [u8],
+        out: &'a mut Reply,
+    ) -> impl Future<Output = Status> + Send + 'a;
+    /// The activation hook.
+    fn activate<'a>(grain: &'a mut G, id: &'a GrainId) -> impl Future<Output = ()> + Send + 'a;
+    /// The deactivation hook.
+    fn deactivate(grain: &mut G) -> impl Future<Output = ()> + Send + '_;
+}
+
+/// Decodes a method's argument tuple: all of `args`, nothing left over (trailing bytes are a
+/// malformed call, not padding to ignore).
+pub fn decode_args<T: for<'de> Deserialize<'de>>(args: &[u8]) -> Result<T, Status> {
+    match postcard::take_from_bytes(args) {
+        Ok((value, [])) => Ok(value),
+        _ => Err(Status::BadRequest),
+    }
+}
+
+/// Where a dispatched method leaves its encoded answer: the whole response frame (header
+/// and value), built only when the caller waits for one.
+#[derive(Debug)]
+pub struct Reply {
+    to: Option<RequestId>,
+    frame: Option<BytesMut>,
+}
+
+impl Reply {
+    /// An answer to request `to`; `None` for a one-way call (nothing is encoded).
+    pub(crate) fn new(to: Option<RequestId>) -> Self {
+        Self { to, frame: None }
+    }
+
+    /// The response frame, if a value or application error was encoded.
+    pub(crate) fn take(&mut self) -> Option<BytesMut> {
+        self.frame.take()
+    }
+}
+
+/// Encodes a method's return value as the answer.
+pub fn encode_ok<T: Serialize + ?Sized>(out: &mut Reply, value: &T) -> Status {
+    encode_value(out, value, Status::Ok)
+}
+
+/// Encodes a method's application error as the answer.
+pub fn encode_app_err<E: Serialize + ?Sized>(out: &mut Reply, error: &E) -> Status {
+    encode_value(out, error, Status::AppError)
+}
+
+fn encode_value<T: Serialize + ?Sized>(out: &mut Reply, value: &T, status: Status) -> Status {
+    let Some(id) = out.to else { return status }; // nobody waits for it
+    // Carved from the thread's arena chunk: the common answer costs no allocation.
+    let (frame, encoded) = arena::frame(64, |buf| {
+        rpc::encode_response(buf, id, status);
+        arena::encode(buf, value)
+    });
+    match encoded {
+        Ok(()) => {
+            out.frame = Some(frame);
+            status
+        }
+        // A serde impl failed: report a bad request rather than send a partial value.
+        Err(_) => Status::BadRequest,
+    }
+}
+
+/// An answer that is only a status (and a small payload: the server's version for
+/// `IncompatibleVersion`, the sizes for `ResponseTooLarge`). Its own small buffer, not an
+/// arena chunk: an answer that waits for a peer that does not drain holds only its own bytes.
+pub(crate) fn status(id: RequestId, status: Status, payload: &[u8]) -> Bytes {
+    let mut out = Vec::with_capacity(8 + payload.len());
+    rpc::encode_response(&mut out, id, status);
+    out.extend_from_slice(payload);
+    Bytes::from(out)
+}
+
+/// The answer for a response of `size` bytes over the connection's `max`.
+pub(crate) fn too_large(id: RequestId, size: usize, max: usize) -> Bytes {
+    let mut payload = Vec::with_capacity(10);
+    rpc::encode_too_large(&mut payload, size, max);
+    status(id, Status::ResponseTooLarge, &payload)
+}

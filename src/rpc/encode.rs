@@ -1,0 +1,63 @@
+//! The one request encoder: a call's server-independent part and its arguments, encoded once,
+//! behind room for what only the sender knows when it sends (the head byte, the request id,
+//! the callee's type index). Responses are encoded by `dispatch`.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use bytes::{BufMut, BytesMut};
+use serde::Serialize;
+
+use super::reference::GrainRef;
+use crate::arena;
+use crate::error::{CallError, CodecError};
+use crate::interface::{InterfaceInfo, MethodInfo};
+use crate::proto::wire::rpc::{self, CallHeader};
+
+/// Room left in front of an encoded call for its head byte, request id and type index.
+pub(crate) const PREFIX_GAP: usize = 16;
+
+/// A call encoded for its sender: [`PREFIX_GAP`] free bytes, then the request's body;
+/// `flags` go into the head byte.
+#[derive(Debug)]
+pub(crate) struct Request<'a> {
+    pub(crate) iface: &'static InterfaceInfo,
+    pub(crate) method: &'a MethodInfo,
+    pub(crate) frame: BytesMut,
+    pub(crate) flags: u8,
+    /// The call's deadline (for a one-way call: how long it may wait for a callee).
+    pub(crate) timeout: Duration,
+}
+
+impl Request<'_> {
+    /// The request's size on the wire, without its prefix.
+    pub(crate) fn size(&self) -> usize {
+        self.frame.len() - PREFIX_GAP
+    }
+}
+
+/// Encodes a call of `method` on `r` with `args`, its deadline `timeout` (carried only by calls
+/// that wait for an answer: a one-way call has none on the callee).
+pub(crate) fn request<'a, A: Serialize + ?Sized>(
+    r: &GrainRef,
+    method: &'a MethodInfo,
+    args: &A,
+    timeout: Duration,
+    one_way: bool,
+) -> Result<Request<'a>, CallError<Infallible>> {
+    let iface = r.info;
+    let call = CallHeader {
+        type_index: 0, // written by the sender once the callee is known
+        version: iface.version,
+        method: method.id,
+        deadline_ms: (!one_way).then(|| timeout.as_millis().min(u128::from(u32::MAX)) as u32),
+        key: r.id.key.clone(),
+    };
+    let (frame, encoded) = arena::frame(PREFIX_GAP + 24 + method.size_hint, |out| {
+        out.put_bytes(0, PREFIX_GAP);
+        let flags = rpc::encode_request_body(out, &call);
+        arena::encode(out, args).map(|()| flags)
+    });
+    let flags = encoded.map_err(|e| CallError::Encode(CodecError(e)))?;
+    Ok(Request { iface, method, frame, flags, timeout })
+}
