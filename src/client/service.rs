@@ -25,7 +25,6 @@ use super::{
 };
 use crate::error::{CallError, CallErrorKind, DisconnectReason};
 use crate::proto::ids::{GrainType, IdMap, PeerId, RequestId, ServerId};
-use crate::proto::in_flight::InFlight;
 use crate::proto::manifest::Manifest;
 use crate::proto::rng::SplitMix64;
 use crate::proto::route::{Affinity, Load, RouteTable, ServerEntry, Target};
@@ -33,10 +32,10 @@ use crate::proto::stats::CallAccounting;
 use crate::proto::topology::Topology;
 use crate::proto::wire::rpc::{self, RpcFrame, Status};
 use crate::rpc::call::CallCell;
+use crate::rpc::encode::PREFIX_GAP;
+use crate::rpc::outbound::{Awaited, Outbound, Sent, resend_frame};
 use crate::sync::lock;
 use crate::transport::{Connection, Delivery, Event, Service};
-
-use crate::rpc::encode::PREFIX_GAP;
 
 /// What a call routes by, kept to route it again (after waiting for a server, or for a retry).
 #[derive(Debug, Clone)]
@@ -104,24 +103,21 @@ struct Call {
     owner_at: Option<ServerAddr>,
 }
 
+/// What the client keeps with a call it sent, to route it again.
 #[derive(Debug)]
-struct Pending {
-    cell: Arc<CallCell>,
-    stream: u8,
-    flags: u8,
-    started: Instant,
-    deadline: Instant,
+struct Kept {
     again: Again,
     attempts: u32,
     redirected: bool,
     seq: u64,
-    /// The server-independent part of the call, to send it again elsewhere.
-    body: Bytes,
 }
+
+/// A call sent and awaiting its answer.
+type Pending = Sent<Kept>;
 
 struct PeerState {
     conn: Connection,
-    in_flight: InFlight<Pending>,
+    in_flight: Outbound<Kept>,
     manifest: Option<Arc<Manifest>>,
     load: Arc<Load>,
     /// Being removed with [`Removal::Drain`]: out of routing, closed once nothing is pending;
@@ -186,19 +182,6 @@ struct Delayed {
     from: PeerId,
     /// What it fails with if no server takes it then.
     fallback: CallError,
-}
-
-/// A pending call's frame to send again: room for the prefix, then its body carrying
-/// `remaining` as its deadline (rounded up to a millisecond).
-fn again_frame(pending: &Pending, remaining: Duration) -> BytesMut {
-    let body = &pending.body;
-    let mut frame = BytesMut::with_capacity(PREFIX_GAP + body.len() + 4);
-    frame.put_bytes(0, PREFIX_GAP);
-    let ms = remaining.as_micros().div_ceil(1000).min(u32::MAX.into()).max(1) as u32;
-    if rpc::rewrite_body_deadline(&mut frame, body, pending.flags, ms).is_none() {
-        frame.extend_from_slice(body);
-    }
-    frame
 }
 
 /// The kind of error a status other than `Ok`/`AppError` means.
@@ -522,7 +505,7 @@ impl ClientService {
         }
     }
 
-    fn send(&mut self, mut call: Call, (peer, type_index): (PeerId, u32), now: Instant) {
+    fn send(&mut self, call: Call, (peer, type_index): (PeerId, u32), now: Instant) {
         let Some(p) = self.peers.get_mut(&peer) else {
             self.fail(call.cell.as_deref(), CallError::NotConnected, false, now);
             return;
@@ -536,32 +519,22 @@ impl ClientService {
         }
         // A call gets a correlation slot; a one-way call (no cell) none. Both are written on
         // the grain's stream in the order calls were made.
-        let sent = call.cell.map(|cell| {
-            let pending = Pending {
-                cell: cell.clone(),
-                stream: call.stream,
-                flags: call.flags,
-                started: call.started,
-                deadline: call.deadline,
-                again: call.again,
-                attempts: call.attempts,
-                redirected: call.redirected,
-                seq: call.seq,
-                body: Bytes::new(),
-            };
-            (cell, p.in_flight.insert(pending, call.deadline))
+        let cell = call.cell.clone();
+        let kept = Kept {
+            again: call.again,
+            attempts: call.attempts,
+            redirected: call.redirected,
+            seq: call.seq,
+        };
+        let awaited = call.cell.map(|cell| Awaited {
+            cell,
+            started: call.started,
+            deadline: call.deadline,
+            kept,
         });
-        let id = sent.as_ref().map(|(_, id)| *id);
-        let start = PREFIX_GAP - rpc::request_prefix_len(id, type_index);
-        rpc::encode_request_prefix(&mut call.frame[start..PREFIX_GAP], id, type_index, call.flags);
-        let mut frame = call.frame.freeze();
-        if let Some(pending) = id.and_then(|id| p.in_flight.get_mut(id)) {
-            // A reference to the same buffer (no copy), in case it must go elsewhere.
-            pending.body = frame.slice(PREFIX_GAP..);
-        }
-        frame.advance(start);
-        p.conn.push(delivery, frame);
-        let Some((cell, id)) = sent else {
+        let id =
+            p.in_flight.send(&p.conn, call.frame, call.flags, type_index, call.stream, awaited);
+        let (Some(cell), Some(id)) = (cell, id) else {
             // A one-way call is done once written.
             self.shared.one_way_sent.fetch_add(1, Ordering::Relaxed);
             self.shared.finished_one();
@@ -576,8 +549,7 @@ impl ClientService {
 
     fn cancel(&mut self, peer: PeerId, id: RequestId, now: Instant) {
         let Some(p) = self.peers.get_mut(&peer) else { return };
-        if let Some(pending) = p.in_flight.remove(id) {
-            send_cancel(&p.conn, pending.stream, id);
+        if p.in_flight.cancel(&p.conn, id).is_some() {
             let decay = self.shared.config.latency_decay;
             let load = p.load.clone();
             let t = self.nanos(now);
@@ -589,13 +561,13 @@ impl ClientService {
     /// with what remains of its deadline, after the policy's backoff. Gives it back when the
     /// policy says no, its deadline passed, or (sent at once) no other server takes it.
     fn retry(&mut self, pending: Pending, from: PeerId, why: Why, now: Instant) -> Option<Pending> {
-        let policy = self.shared.retry.get(pending.again.retry);
+        let policy = self.shared.retry.get(pending.kept.again.retry);
         let allowed = match why {
             Why::Refused(kind) => policy.retry_on.contains(&kind),
             Why::Drained => policy.retry_on.contains(&CallErrorKind::ShuttingDown),
-            Why::Lost(_) => pending.again.idempotent && policy.idempotent_after_loss,
+            Why::Lost(_) => pending.kept.again.idempotent && policy.idempotent_after_loss,
         };
-        if !allowed || pending.attempts >= policy.max_attempts {
+        if !allowed || pending.kept.attempts >= policy.max_attempts {
             return Some(pending);
         }
         if pending.cell.is_cancelled() {
@@ -605,7 +577,7 @@ impl ClientService {
         if remaining.is_zero() {
             return Some(pending);
         }
-        let delay = policy.backoff.delay(pending.attempts, self.rng.next_f64());
+        let delay = policy.backoff.delay(pending.kept.attempts, self.rng.next_f64());
         // Each attempt carries what remains of the deadline (rounded up to a millisecond).
         let body = &pending.body;
         let mut frame = BytesMut::with_capacity(PREFIX_GAP + body.len() + 4);
@@ -621,10 +593,10 @@ impl ClientService {
             started: pending.started,
             deadline: pending.deadline,
             cell: Some(pending.cell.clone()),
-            again: pending.again.clone(),
-            attempts: pending.attempts + 1,
-            redirected: pending.redirected,
-            seq: pending.seq,
+            again: pending.kept.again.clone(),
+            attempts: pending.kept.attempts + 1,
+            redirected: pending.kept.redirected,
+            seq: pending.kept.seq,
             owner_at: None,
         };
         if !delay.is_zero() {
@@ -659,7 +631,7 @@ impl ClientService {
         if pending.cell.is_cancelled() {
             return None;
         }
-        if pending.redirected {
+        if pending.kept.redirected {
             return Some(pending);
         }
         let Ok((server, endpoint)) = rpc::decode_redirect(payload) else {
@@ -667,24 +639,24 @@ impl ClientService {
             return Some(pending);
         };
         let owner = ServerId(server);
-        self.remember(&pending.again, owner.clone());
+        self.remember(&pending.kept.again, owner.clone());
         let remaining = pending.deadline.saturating_duration_since(now);
         if remaining.is_zero() {
             return Some(pending);
         }
-        let mut again = pending.again.clone();
+        let mut again = pending.kept.again.clone();
         again.affinity = Affinity::Required(owner.clone());
         let call = Call {
-            frame: again_frame(&pending, remaining),
+            frame: resend_frame(&pending, remaining),
             flags: pending.flags,
             stream: pending.stream,
             started: pending.started,
             deadline: pending.deadline,
             cell: Some(pending.cell.clone()),
             again,
-            attempts: pending.attempts,
+            attempts: pending.kept.attempts,
             redirected: true,
-            seq: pending.seq,
+            seq: pending.kept.seq,
             owner_at: endpoint.parse().ok(),
         };
         if self.reroute(&call, None).is_err() {
@@ -717,7 +689,7 @@ impl ClientService {
         self.peers.get(&peer).map_or(0, |p| {
             p.in_flight
                 .values()
-                .filter(|c| (c.again.target.grain_type, c.again.hash) == key)
+                .filter(|c| (c.kept.again.target.grain_type, c.kept.again.hash) == key)
                 .count()
         })
     }
@@ -807,7 +779,7 @@ impl ClientService {
         let t = self.nanos(now);
         let decay = self.shared.config.latency_decay;
         let Some(p) = self.peers.get_mut(&peer) else { return };
-        let Some(pending) = p.in_flight.remove(id) else { return }; // late, or cancelled
+        let Some(pending) = p.in_flight.take(id) else { return }; // late, or cancelled
         let latency = now.saturating_duration_since(pending.started);
         p.load.finished(Some(latency), t, decay);
         let pending = if status == Status::Redirect {
@@ -989,7 +961,7 @@ impl ClientService {
         self.shared.publish(|v| v.last_gone = Some(reason));
         self.rebuild();
         let mut lost = Vec::new();
-        p.in_flight.drain(|_, pending| lost.push(pending));
+        p.in_flight.drain(|pending| lost.push(pending));
         let (mut retried, mut failed) = (0, 0);
         let closing = self.shared.closing.load(std::sync::atomic::Ordering::Acquire);
         // A server that stopped gracefully closed once we held every answer it gave: what is
@@ -1065,12 +1037,6 @@ impl ClientService {
     }
 }
 
-fn send_cancel(conn: &Connection, stream: u8, id: RequestId) {
-    let mut out = Vec::with_capacity(8);
-    rpc::encode_cancel(&mut out, id);
-    conn.push(Delivery::reliable_ordered(stream), Bytes::from(out));
-}
-
 impl Service for ClientService {
     fn poll(&mut self, now: Instant) {
         while let Ok(cmd) = self.cmds.try_recv() {
@@ -1090,10 +1056,10 @@ impl Service for ClientService {
         let decay = self.shared.config.latency_decay;
         let mut expired = Vec::new();
         for p in self.peers.values_mut() {
-            p.in_flight.expire(now, |id, pending| {
-                send_cancel(&p.conn, pending.stream, id);
-                p.load.finished(None, t, decay);
-                expired.push((Some(pending.cell), Some(p.stats.clone())));
+            let (load, stats) = (&p.load, &p.stats);
+            p.in_flight.expire(&p.conn, now, |pending| {
+                load.finished(None, t, decay);
+                expired.push((Some(pending.cell), Some(stats.clone())));
             });
         }
         let gone =
@@ -1126,7 +1092,7 @@ impl Service for ClientService {
                     peer,
                     PeerState {
                         conn,
-                        in_flight: InFlight::new(),
+                        in_flight: Outbound::default(),
                         manifest: None,
                         load,
                         leaving: None,

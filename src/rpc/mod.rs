@@ -8,6 +8,7 @@
 //!   argument decoding, and the one response encoder;
 //! * `call`: the cell a pending call completes through, its future, and decoding its outcome;
 //! * `encode`: the one request encoder;
+//! * `outbound`: the calls a session sent and awaits (ids, deadlines, cancels, resending);
 //! * [`reference`](mod@reference): grain references (`GrainRef`, what generated references wrap), and the
 //!   seam they call through (`Calls`, or an [`Invoker`](reference::Invoker) in tests).
 //!
@@ -17,4 +18,5 @@
 pub(crate) mod call;
 pub mod dispatch;
 pub(crate) mod encode;
+pub(crate) mod outbound;
 pub mod reference;
