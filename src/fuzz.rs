@@ -180,6 +180,7 @@ pub fn rpc_frame(data: &[u8]) {
             return;
         }
         RpcFrame::Watch { subscribe } => rpc::encode_watch(&mut again, *subscribe),
+        RpcFrame::Extended { kind, body } => rpc::encode_extended(&mut again, *kind, body),
     }
     assert_eq!(rpc::decode_rpc(&again).as_ref(), Ok(&frame), "RPC frame round trip");
 }

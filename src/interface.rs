@@ -35,6 +35,26 @@ impl InterfaceInfo {
     }
 }
 
+/// What a caller of a method waits for. Part of the interface's contract (a caller and a host
+/// that disagree are incompatible).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum MethodKind {
+    /// A call: its caller waits for a value, an application error or a typed failure.
+    Call,
+    /// A one-way call (`#[one_way]`): no response; done once queued.
+    OneWay,
+}
+
+/// How a method's messages travel. Part of the interface's contract.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum DeliveryClass {
+    /// Retransmitted until acknowledged, in the order made with the grain's other calls (the
+    /// only class so far).
+    ReliableOrdered,
+}
+
 /// One method of a grain interface.
 #[derive(Debug)]
 pub struct MethodInfo {
@@ -42,8 +62,10 @@ pub struct MethodInfo {
     pub name: &'static str,
     /// Its id (from its name).
     pub id: MethodId,
-    /// Reliable, no response (`#[one_way]`).
-    pub one_way: bool,
+    /// What its caller waits for.
+    pub kind: MethodKind,
+    /// How its messages travel.
+    pub delivery: DeliveryClass,
     /// Safe to run twice (`#[idempotent]`): sent again to another server (as the client's
     /// retry policy says) when its server is lost while the call is pending.
     pub idempotent: bool,

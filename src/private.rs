@@ -6,7 +6,7 @@ pub use std::time::Duration;
 
 pub use crate::client::{GrainInterface, GrainRef};
 pub use crate::error::CallError;
-pub use crate::interface::{Interface, InterfaceInfo, MethodInfo};
+pub use crate::interface::{DeliveryClass, Interface, InterfaceInfo, MethodInfo, MethodKind};
 pub use crate::proto::ids::{GrainId, GrainKey, GrainType, InterfaceId, MethodId, ServerId};
 pub use crate::proto::route::Affinity;
 pub use crate::proto::wire::rpc::Status;

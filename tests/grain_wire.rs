@@ -114,6 +114,14 @@ async fn the_server_checks_every_call_and_answers_with_a_typed_status() {
     // A deadline of 0 ms passed as the call arrived: it does not run.
     send(request_within(8, 0, 3, put, &args, 0));
     assert_eq!(answer(&mut ep).await, (8, Status::DeadlineExceeded, vec![]));
+    // An extended frame of a kind this server does not know is skipped, not a bad request.
+    let bad = server.stats().bad_requests;
+    let mut ext = Vec::new();
+    rpc::encode_extended(&mut ext, 4242, b"from a later version");
+    send(Bytes::from(ext));
+    send(request(9, 0, 3, put, &args));
+    assert_eq!(answer(&mut ep).await, (9, Status::Ok, vec![9]));
+    assert_eq!(server.stats().bad_requests, bad);
     // Garbage frames are ignored; the session and the server carry on.
     send(Bytes::from_static(&[0xff, 1, 2, 3]));
     send(request(6, 0, 3, put, &args));

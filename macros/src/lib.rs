@@ -523,14 +523,15 @@ fn gen_ids(g: &Grain) -> TokenStream2 {
     let infos = g.methods.iter().map(|m| {
         let name_str = m.name.to_string();
         let id_const = Grain::id_const(m);
-        let (one_way, idempotent) = (m.one_way, m.idempotent);
+        let idempotent = m.idempotent;
+        let kind = if m.one_way { quote!(#p::MethodKind::OneWay) } else { quote!(#p::MethodKind::Call) };
         let timeout = match m.timeout_ms {
             Some(ms) => quote!(::core::option::Option::Some(#p::Duration::from_millis(#ms))),
             None => quote!(::core::option::Option::None),
         };
         let size_hint = 16 * m.args.len();
         quote! {
-            #p::MethodInfo { name: #name_str, id: #id_const, one_way: #one_way, idempotent: #idempotent, timeout: #timeout, size_hint: #size_hint }
+            #p::MethodInfo { name: #name_str, id: #id_const, kind: #kind, delivery: #p::DeliveryClass::ReliableOrdered, idempotent: #idempotent, timeout: #timeout, size_hint: #size_hint }
         }
     });
     let n_methods = g.methods.len();

@@ -22,6 +22,10 @@ use super::WireError;
 use super::codec::{Reader, put_varint};
 use crate::proto::ids::{GrainKey, MethodId, RequestId};
 
+/// An extended frame: a sub-kind (a varint) and a body. A peer skips a sub-kind it does not
+/// know, so later versions add frame kinds this way without older peers taking them for
+/// garbage.
+const KIND_EXTENDED: u8 = 0;
 const KIND_REQUEST: u8 = 1;
 const KIND_ONE_WAY: u8 = 2;
 const KIND_CANCEL: u8 = 3;
@@ -162,6 +166,13 @@ pub enum RpcFrame<'a> {
     Watch {
         /// Keep pushing changes.
         subscribe: bool,
+    },
+    /// An extended frame (see `KIND_EXTENDED`): skipped by a peer that does not know `kind`.
+    Extended {
+        /// Its sub-kind.
+        kind: u32,
+        /// Its body, as that sub-kind defines it.
+        body: &'a [u8],
     },
 }
 
@@ -338,6 +349,13 @@ pub fn encode_topology_head(out: &mut impl BufMut) {
     out.put_u8(KIND_TOPOLOGY);
 }
 
+/// Writes an extended frame of sub-kind `kind` with `body` (see [`RpcFrame::Extended`]).
+pub fn encode_extended(out: &mut Vec<u8>, kind: u32, body: &[u8]) {
+    out.put_u8(KIND_EXTENDED);
+    put_varint(out, kind.into());
+    out.extend_from_slice(body);
+}
+
 /// Appends a watch frame (a request for the server's topology).
 pub fn encode_watch(out: &mut impl BufMut, subscribe: bool) {
     out.put_u8(KIND_WATCH | if subscribe { WATCH_SUBSCRIBE } else { 0 });
@@ -467,6 +485,10 @@ pub fn decode_rpc(buf: &[u8]) -> Result<RpcFrame<'_>, WireError> {
         KIND_WATCH if head & !WATCH_SUBSCRIBE == KIND_WATCH && r.is_empty() => {
             Ok(RpcFrame::Watch { subscribe: head & WATCH_SUBSCRIBE != 0 })
         }
+        KIND_EXTENDED if head == KIND_EXTENDED => {
+            let kind = r.varint_u32("extended kind")?;
+            Ok(RpcFrame::Extended { kind, body: r.rest() })
+        }
         _ => Err(WireError::UnknownFrame(head)),
     }
 }
@@ -550,6 +572,14 @@ mod tests {
             assert!(decode_rpc(&out).is_err(), "a watch frame has nothing after its head");
         }
         assert!(decode_rpc(&[KIND_WATCH | 0x10]).is_err(), "reserved bits");
+        // Extended frames: any sub-kind decodes (a peer skips one it does not know).
+        for kind in [0, 1, 300, u32::MAX] {
+            out.clear();
+            encode_extended(&mut out, kind, b"later");
+            assert_eq!(decode_rpc(&out), Ok(RpcFrame::Extended { kind, body: b"later" }));
+        }
+        assert!(decode_rpc(&[KIND_EXTENDED | 0x08, 1]).is_err(), "reserved bits");
+        assert!(decode_rpc(&[KIND_EXTENDED]).is_err(), "no sub-kind");
     }
 
     #[test]
