@@ -66,7 +66,7 @@ pub use crate::proto::route::{
 use crate::proto::route::{Load, RouteError, RouteTable, Strategies, Target};
 use crate::proto::stats::CallAccounting;
 pub use crate::proto::stats::CallStats;
-use crate::rpc::call::CallCell;
+use crate::rpc::call::{CallCell, CallKind};
 use crate::rpc::encode::Request;
 use crate::rpc::reference::Calls;
 pub use crate::rpc::reference::{Answer, GrainInterface, GrainRef, Invocation, Invoked, Invoker};
@@ -677,7 +677,7 @@ impl Calls for Handle {
         &self,
         r: &GrainRef,
         request: Request<'_>,
-        cell: Option<Arc<CallCell>>,
+        kind: CallKind<Arc<CallCell>>,
     ) -> Result<(), CallError<Infallible>> {
         let shared = &self.shared;
         let (iface, method) = (request.iface, request.method);
@@ -695,7 +695,7 @@ impl Calls for Handle {
             retry: shared.retry.index(iface.grain_type, method.id),
         };
         let (frame, flags, timeout) = (request.frame, request.flags, request.timeout);
-        let cmd = ClientCmd::Call { to, frame, flags, stream: r.stream, timeout, cell, again };
+        let cmd = ClientCmd::Call { to, frame, flags, stream: r.stream, timeout, kind, again };
         // The receiver lives in the client's task; if it is gone, the client is closed.
         if shared.cmds.send(cmd).is_err() {
             shared.finished_one();

@@ -31,7 +31,7 @@ use crate::proto::route::{Affinity, Load, RouteTable, ServerEntry, Target};
 use crate::proto::stats::CallAccounting;
 use crate::proto::topology::Topology;
 use crate::proto::wire::rpc::{self, RpcFrame, Status};
-use crate::rpc::call::CallCell;
+use crate::rpc::call::{CallCell, CallKind};
 use crate::rpc::encode::PREFIX_GAP;
 use crate::rpc::outbound::{Awaited, Outbound, Sent, resend_frame};
 use crate::sync::lock;
@@ -68,7 +68,7 @@ pub(crate) enum ClientCmd {
         timeout: Duration,
         /// Where the caller waits for the outcome; `None` for a one-way call, which ends once
         /// it is queued on its connection (or fails here, counted as an error).
-        cell: Option<Arc<CallCell>>,
+        kind: CallKind<Arc<CallCell>>,
         again: Again,
     },
     /// A caller gave up on a call.
@@ -94,7 +94,7 @@ struct Call {
     started: Instant,
     deadline: Instant,
     /// `None` for a one-way call.
-    cell: Option<Arc<CallCell>>,
+    kind: CallKind<Arc<CallCell>>,
     again: Again,
     /// Attempts sent so far (1 for a call never retried).
     attempts: u32,
@@ -283,14 +283,14 @@ impl ClientService {
 
     fn command(&mut self, cmd: ClientCmd, now: Instant) {
         match cmd {
-            ClientCmd::Call { to, frame, flags, stream, timeout, cell, again } => {
+            ClientCmd::Call { to, frame, flags, stream, timeout, kind, again } => {
                 let call = Call {
                     frame,
                     flags,
                     stream,
                     started: now,
                     deadline: now + timeout,
-                    cell,
+                    kind,
                     again,
                     attempts: 1,
                     redirected: false,
@@ -328,7 +328,7 @@ impl ClientService {
 
     /// Sends `call` to `to` if that server is still there, else routes it again.
     fn dispatch(&mut self, call: Call, to: Option<(PeerId, u32)>, now: Instant) {
-        if call.cell.as_ref().is_some_and(|c| c.is_cancelled()) {
+        if call.kind.call().is_some_and(|c| c.is_cancelled()) {
             return; // dropped before it was sent; the drop counted it finished
         }
         // A grain whose calls are being moved to its owner: behind them.
@@ -404,12 +404,12 @@ impl ClientService {
                     Affinity::Required(owner) => CallError::ServerUnavailable(owner.clone()),
                     _ => error,
                 };
-                self.fail(call.cell.as_deref(), error, false, now);
+                self.fail(call.kind.call().map(Arc::as_ref), error, false, now);
             }
         } else if self.shared.config.mode == ConnectMode::OnDemand && self.demand_next() {
             self.parked.push(call);
         } else {
-            self.fail(call.cell.as_deref(), error, false, now);
+            self.fail(call.kind.call().map(Arc::as_ref), error, false, now);
         }
     }
 
@@ -434,26 +434,31 @@ impl ClientService {
 
     fn send(&mut self, call: Call, (peer, type_index): (PeerId, u32), now: Instant) {
         let Some(p) = self.peers.get_mut(&peer) else {
-            self.fail(call.cell.as_deref(), CallError::NotConnected, false, now);
+            self.fail(call.kind.call().map(Arc::as_ref), CallError::NotConnected, false, now);
             return;
         };
         let delivery = Delivery::reliable_ordered(call.stream);
         let size = call.frame.len() - PREFIX_GAP;
         let max = p.conn.max_message_size(delivery);
         if size > max {
-            self.fail(call.cell.as_deref(), CallError::TooLarge { size, max }, false, now);
+            self.fail(
+                call.kind.call().map(Arc::as_ref),
+                CallError::TooLarge { size, max },
+                false,
+                now,
+            );
             return;
         }
         // A call gets a correlation slot; a one-way call (no cell) none. Both are written on
         // the grain's stream in the order calls were made.
-        let cell = call.cell.clone();
+        let cell = call.kind.call().cloned();
         let kept = Kept {
             again: call.again,
             attempts: call.attempts,
             redirected: call.redirected,
             seq: call.seq,
         };
-        let awaited = call.cell.map(|cell| Awaited {
+        let awaited = call.kind.map(|cell| Awaited {
             cell,
             started: call.started,
             deadline: call.deadline,
@@ -605,13 +610,12 @@ impl Service for ClientService {
                 expired.push((Some(pending.cell), Some(stats.clone())));
             });
         }
-        let gone =
-            |c: &Call| c.deadline <= now || c.cell.as_ref().is_some_and(|c| c.is_cancelled());
+        let gone = |c: &Call| c.deadline <= now || c.kind.call().is_some_and(|c| c.is_cancelled());
         if self.parked.iter().any(gone) {
             let (gone, keep) = std::mem::take(&mut self.parked).into_iter().partition(gone);
             self.parked = keep;
             for call in gone {
-                expired.push((call.cell, None));
+                expired.push((call.kind.into_call(), None));
             }
         }
         if !self.moving.is_empty() {
@@ -664,10 +668,10 @@ impl Service for ClientService {
 
     fn shutdown(&mut self, now: Instant) {
         for call in std::mem::take(&mut self.parked) {
-            self.fail(call.cell.as_deref(), CallError::NotConnected, false, now);
+            self.fail(call.kind.call().map(Arc::as_ref), CallError::NotConnected, false, now);
         }
         for d in std::mem::take(&mut self.delayed) {
-            self.fail(d.call.cell.as_deref(), d.fallback, false, now);
+            self.fail(d.call.kind.call().map(Arc::as_ref), d.fallback, false, now);
         }
     }
 }

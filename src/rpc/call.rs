@@ -159,6 +159,50 @@ impl CallCell {
     }
 }
 
+/// The kind of a call, and what each kind holds: a call waits for its answer (`T`: what waits
+/// for it, or where the answer goes), a one-way call for nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CallKind<T> {
+    /// It waits for an answer.
+    Call(T),
+    /// It waits for nothing (`#[one_way]`).
+    OneWay,
+}
+
+impl<T> CallKind<T> {
+    /// What a call holds (`None` for a one-way call).
+    pub(crate) fn call(&self) -> Option<&T> {
+        match self {
+            Self::Call(t) => Some(t),
+            Self::OneWay => None,
+        }
+    }
+
+    /// What a call holds, taken (`None` for a one-way call).
+    pub(crate) fn into_call(self) -> Option<T> {
+        match self {
+            Self::Call(t) => Some(t),
+            Self::OneWay => None,
+        }
+    }
+
+    /// The same kind holding `f` of what a call holds.
+    pub(crate) fn map<U>(self, f: impl FnOnce(T) -> U) -> CallKind<U> {
+        match self {
+            Self::Call(t) => CallKind::Call(f(t)),
+            Self::OneWay => CallKind::OneWay,
+        }
+    }
+
+    /// The same kind holding a reference to what a call holds.
+    pub(crate) fn as_ref(&self) -> CallKind<&T> {
+        match self {
+            Self::Call(t) => CallKind::Call(t),
+            Self::OneWay => CallKind::OneWay,
+        }
+    }
+}
+
 /// A pending call. Dropping it before it completes cancels the call.
 #[derive(Debug)]
 pub(crate) struct CallFuture {

@@ -7,6 +7,7 @@ use std::future::Future;
 use bytes::{Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 
+use super::call::CallKind;
 use crate::arena;
 use crate::interface::Interface;
 use crate::proto::ids::{GrainId, MethodId, RequestId};
@@ -41,13 +42,13 @@ pub fn decode_args<T: for<'de> Deserialize<'de>>(args: &[u8]) -> Result<T, Statu
 /// and value), built only when the caller waits for one.
 #[derive(Debug)]
 pub struct Reply {
-    to: Option<RequestId>,
+    to: CallKind<RequestId>,
     frame: Option<BytesMut>,
 }
 
 impl Reply {
-    /// An answer to request `to`; `None` for a one-way call (nothing is encoded).
-    pub(crate) fn new(to: Option<RequestId>) -> Self {
+    /// An answer to call `to`; nothing is encoded for a one-way call.
+    pub(crate) fn new(to: CallKind<RequestId>) -> Self {
         Self { to, frame: None }
     }
 
@@ -68,7 +69,7 @@ pub fn encode_app_err<E: Serialize + ?Sized>(out: &mut Reply, error: &E) -> Stat
 }
 
 fn encode_value<T: Serialize + ?Sized>(out: &mut Reply, value: &T, status: Status) -> Status {
-    let Some(id) = out.to else { return status }; // nobody waits for it
+    let CallKind::Call(id) = out.to else { return status }; // nobody waits for it
     // Carved from the thread's arena chunk: the common answer costs no allocation.
     let (frame, encoded) = arena::frame(64, |buf| {
         rpc::encode_response(buf, id, status);

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
-use super::call::CallCell;
+use super::call::{CallCell, CallKind};
 use super::encode::PREFIX_GAP;
 use crate::proto::ids::RequestId;
 use crate::proto::in_flight::InFlight;
@@ -55,7 +55,7 @@ impl<K> Default for Outbound<K> {
 impl<K> Outbound<K> {
     /// Writes request `frame` ([`PREFIX_GAP`] bytes of room, then its body; `flags` for its
     /// head byte) on `conn`'s `stream`, to a callee that hosts its grain type at `type_index`.
-    /// A call (`awaited`) gets an id and a place in the table, returned; a one-way call none.
+    /// A call gets an id and a place in the table, returned; a one-way call none.
     pub(crate) fn send(
         &mut self,
         conn: &Connection,
@@ -63,9 +63,9 @@ impl<K> Outbound<K> {
         flags: u8,
         type_index: u32,
         stream: u8,
-        awaited: Option<Awaited<K>>,
+        kind: CallKind<Awaited<K>>,
     ) -> Option<RequestId> {
-        let id = awaited.map(|a| {
+        let id = kind.into_call().map(|a| {
             let deadline = a.deadline;
             let sent = Sent {
                 cell: a.cell,

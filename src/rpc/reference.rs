@@ -14,7 +14,7 @@ use bytes::Bytes;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use super::call::{CallCell, CallFuture, Outcome, decode_outcome};
+use super::call::{CallCell, CallFuture, CallKind, Outcome, decode_outcome};
 use super::encode::{self, Request};
 use crate::error::{CallError, CodecError};
 use crate::interface::{Interface, InterfaceInfo, MethodInfo};
@@ -95,12 +95,12 @@ pub(crate) trait Calls: Send + Sync + fmt::Debug + 'static {
     fn max_request(&self) -> usize;
     /// A cell for a new call (one kept from a finished call, or a new one).
     fn cell(&self) -> Arc<CallCell>;
-    /// Sends `request` to `r`'s grain; `cell` completes with its outcome (`None`: one-way).
+    /// Sends `request` to `r`'s grain: a call completes its cell with its outcome.
     fn submit(
         &self,
         r: &GrainRef,
         request: Request<'_>,
-        cell: Option<Arc<CallCell>>,
+        kind: CallKind<Arc<CallCell>>,
     ) -> Result<(), CallError<Infallible>>;
     /// A pending call was given up before its outcome (its future dropped): free its slot and,
     /// if it was sent (`sent`: to whom, under which id), tell the callee.
@@ -274,7 +274,7 @@ impl GrainRef {
         let queued = encode::request(self, method, args, self.timeout(calls, method), false)
             .and_then(|request| {
                 let cell = calls.cell();
-                match calls.submit(self, request, Some(cell.clone())) {
+                match calls.submit(self, request, CallKind::Call(cell.clone())) {
                     Ok(()) => Ok(CallFuture::new(cell, calls.clone())),
                     Err(e) => {
                         calls.recycle(cell); // never used: as good as new
@@ -305,7 +305,7 @@ impl GrainRef {
         if size > max {
             return Err(CallError::TooLarge { size, max });
         }
-        calls.submit(self, request, None)
+        calls.submit(self, request, CallKind::OneWay)
     }
 
     async fn invoke<A: Serialize + ?Sized>(

@@ -27,6 +27,7 @@ use super::claims::{Claims, DirectoryUse, Gate};
 use super::context::{self, Caller};
 use crate::proto::ids::{GrainId, MethodId, RequestId};
 use crate::proto::wire::rpc::Status;
+use crate::rpc::call::CallKind;
 use crate::rpc::dispatch::{self, Dispatch, Reply};
 use crate::sync::{Signal, lock};
 use crate::transport::{Connection, Delivery, EndpointShared};
@@ -36,8 +37,9 @@ use crate::transport::{Connection, Delivery, EndpointShared};
 pub(crate) struct Job {
     /// Unique per call on this server.
     pub(crate) token: u64,
-    /// Where to answer (`None` for one-way calls).
-    pub(crate) reply: Option<(Connection, RequestId)>,
+    /// Where to answer a call (the caller's session and the call's id); nowhere for a one-way
+    /// call.
+    pub(crate) reply: CallKind<(Connection, RequestId)>,
     pub(crate) method: MethodId,
     pub(crate) args: Bytes,
     /// Who made it (the grain method reads it with `caller()`).
@@ -267,7 +269,7 @@ async fn refuse(
             _ => &reporter.counters.directory_unavailable,
         };
         counter.fetch_add(1, Ordering::Relaxed);
-        if let Some((conn, rid)) = &job.reply {
+        if let CallKind::Call((conn, rid)) = &job.reply {
             reporter.unasked(conn, dispatch::status(*rid, status, &body));
         }
         reporter.report(Report::Done { token: job.token });
@@ -305,7 +307,7 @@ enum Ran {
 /// `server::budget`): its call is answered `Overloaded` instead of run (it did not run, so the
 /// caller may retry), or not answered at all beyond the hard margin.
 fn caller_not_draining(job: &Job, budget: &AnswerBudget) -> bool {
-    job.reply.as_ref().is_some_and(|(conn, _)| match budget.room(conn) {
+    job.reply.call().is_some_and(|(conn, _)| match budget.room(conn) {
         Room::Fits => false,
         // Room is being made for callers under their share (their admission closed sessions
         // of the address most over its share); see `server::budget` for how far over it goes.
@@ -358,7 +360,7 @@ where
             };
             mailbox.running.store(0, Ordering::Release);
             match ran {
-                Ran::Finished(status) => match (&job.reply, reply.take()) {
+                Ran::Finished(status) => match (job.reply.call(), reply.take()) {
                     // The value (or application error) was encoded with its response header.
                     (Some((conn, rid)), Some(frame)) => {
                         answer(conn, *rid, frame.freeze(), &reporter.counters);
@@ -384,7 +386,7 @@ where
             grain = activate::<I, G, F>(&factory, &id).await;
             Some(Status::HandlerPanicked)
         };
-        if let (Some(status), Some((conn, rid))) = (status, &job.reply) {
+        if let (Some(status), Some((conn, rid))) = (status, job.reply.call()) {
             reporter.unasked(conn, dispatch::status(*rid, status, &[]));
         }
         reporter.report(Report::Done { token: job.token });
@@ -406,7 +408,8 @@ mod tests {
 
     fn job(token: u64) -> Job {
         let caller = Caller::new("127.0.0.1:1".parse().unwrap(), None);
-        Job { token, reply: None, method: MethodId(0), args: Bytes::new(), caller }
+        let reply = CallKind::OneWay;
+        Job { token, reply, method: MethodId(0), args: Bytes::new(), caller }
     }
 
     #[test]

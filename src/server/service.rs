@@ -34,6 +34,7 @@ use crate::proto::gate::address_key;
 use crate::proto::ids::{GrainId, IdMap, IdSet, PeerId, RequestId};
 use crate::proto::manifest::Manifest;
 use crate::proto::wire::rpc::{self, CallHeader, RpcFrame, Status};
+use crate::rpc::call::CallKind;
 use crate::rpc::dispatch;
 use crate::transport::{Connection, Delivery, Event, Service};
 
@@ -69,7 +70,8 @@ pub(crate) enum ServerCmd {
 
 struct CallRecord {
     peer: PeerId,
-    id: Option<RequestId>,
+    /// The call's id (a call), or none (a one-way call).
+    id: CallKind<RequestId>,
     grain: GrainId,
     mailbox: Arc<Mailbox>,
     /// What it is charged against the byte budgets: its arguments plus [`CALL_COST`].
@@ -198,7 +200,7 @@ impl ServerService {
     fn call(
         &mut self,
         peer: PeerId,
-        id: Option<RequestId>,
+        id: CallKind<RequestId>,
         call: CallHeader,
         args: Bytes,
         now: Instant,
@@ -252,7 +254,7 @@ impl ServerService {
         let token = self.next_token;
         self.next_token += 1;
         let reply = id.map(|id| (p.conn.clone(), id));
-        if let Some(id) = id {
+        if let CallKind::Call(id) = id {
             p.by_id.insert(id, token);
         }
         p.calls.insert(token);
@@ -271,8 +273,8 @@ impl ServerService {
 
     /// Answers a refused call, if it is a request from a peer still there (and its session
     /// may take it: see `Reporter::unasked`).
-    fn answer(&self, peer: PeerId, id: Option<RequestId>, status: Status, payload: &[u8]) {
-        if let (Some(id), Some(p)) = (id, self.peers.get(&peer)) {
+    fn answer(&self, peer: PeerId, id: CallKind<RequestId>, status: Status, payload: &[u8]) {
+        if let (CallKind::Call(id), Some(p)) = (id, self.peers.get(&peer)) {
             self.reporter.unasked(&p.conn, dispatch::status(id, status, payload));
         }
     }
@@ -342,7 +344,7 @@ impl ServerService {
         if let Some(p) = self.peers.get_mut(&rec.peer) {
             p.calls.remove(&token);
             p.pending_bytes -= rec.bytes;
-            if let Some(id) = rec.id {
+            if let CallKind::Call(id) = rec.id {
                 p.by_id.remove(&id);
             }
             self.loads.update(p.addr, |l| {
@@ -371,7 +373,7 @@ impl ServerService {
         let Some(rec) = self.calls.get(&token) else { return };
         match rec.mailbox.remove(token) {
             Some(job) => {
-                if let (Some(status), Some((conn, id))) = (status, &job.reply) {
+                if let (Some(status), Some((conn, id))) = (status, job.reply.call()) {
                     self.reporter.unasked(conn, dispatch::status(*id, status, &[]));
                 }
                 self.finished(token, now);
@@ -426,9 +428,11 @@ impl ServerService {
     fn message(&mut self, peer: PeerId, payload: Bytes, now: Instant) {
         let (id, call, head) = match rpc::decode_rpc(&payload) {
             Ok(RpcFrame::Request { id, call, args }) => {
-                (Some(id), call, payload.len() - args.len())
+                (CallKind::Call(id), call, payload.len() - args.len())
             }
-            Ok(RpcFrame::OneWay { call, args }) => (None, call, payload.len() - args.len()),
+            Ok(RpcFrame::OneWay { call, args }) => {
+                (CallKind::OneWay, call, payload.len() - args.len())
+            }
             Ok(RpcFrame::Cancel { id }) => {
                 if let Some(token) = self.peers.get(&peer).and_then(|p| p.by_id.get(&id).copied()) {
                     self.stop(token, None, now);
@@ -458,7 +462,7 @@ impl ServerService {
                 self.shared.counters.bad_requests.fetch_add(1, Ordering::Relaxed);
                 match rpc::request_id(&payload) {
                     // Its id is known: say that the call itself is bad.
-                    Some(id) => self.answer(peer, Some(id), Status::BadRequest, &[]),
+                    Some(id) => self.answer(peer, CallKind::Call(id), Status::BadRequest, &[]),
                     None => tracing::debug!(?peer, %error, "undecodable frame from a client"),
                 }
                 return;

@@ -46,7 +46,7 @@ impl ClientService {
             stream: pending.stream,
             started: pending.started,
             deadline: pending.deadline,
-            cell: Some(pending.cell.clone()),
+            kind: CallKind::Call(pending.cell.clone()),
             again: pending.kept.again.clone(),
             attempts: pending.kept.attempts + 1,
             redirected: pending.kept.redirected,
@@ -106,7 +106,7 @@ impl ClientService {
             stream: pending.stream,
             started: pending.started,
             deadline: pending.deadline,
-            cell: Some(pending.cell.clone()),
+            kind: CallKind::Call(pending.cell.clone()),
             again,
             attempts: pending.kept.attempts,
             redirected: true,
@@ -207,7 +207,7 @@ impl ClientService {
             std::mem::take(&mut self.delayed).into_iter().partition(|d| d.at <= now);
         self.delayed = wait;
         for d in due {
-            if d.call.cell.as_ref().is_some_and(|c| c.is_cancelled()) {
+            if d.call.kind.call().is_some_and(|c| c.is_cancelled()) {
                 continue;
             }
             match self.reroute(&d.call, Some(d.from)) {
@@ -216,7 +216,7 @@ impl ClientService {
                     self.send(d.call, to, now);
                 }
                 Err(_) => {
-                    self.fail(d.call.cell.as_deref(), d.fallback, false, now);
+                    self.fail(d.call.kind.call().map(Arc::as_ref), d.fallback, false, now);
                 }
             }
         }

@@ -132,7 +132,7 @@ impl ServerService {
             let Some(job) = self.calls.get(&t).and_then(|rec| rec.mailbox.remove(t)) else {
                 continue; // running: it finishes
             };
-            if let Some((conn, id)) = &job.reply {
+            if let Some((conn, id)) = job.reply.call() {
                 self.reporter.unasked(conn, dispatch::status(*id, Status::Overloaded, &[]));
             }
             self.shared.counters.calls_preempted.fetch_add(1, Ordering::Relaxed);
