@@ -9,6 +9,9 @@
 //! * `call`: the cell a pending call completes through, its future, and decoding its outcome;
 //! * `encode`: the one request encoder;
 //! * `outbound`: the calls a session sent and awaits (ids, deadlines, cancels, resending);
+//! * [`context`]: who made the call being run (`caller()`), a task-local set around each call;
+//! * `turns`: one object's calls one turn at a time (the mailbox between whoever admits calls
+//!   and the task that runs them);
 //! * [`reference`](mod@reference): grain references (`GrainRef`, what generated references wrap), and the
 //!   seam they call through (`Calls`, or an [`Invoker`](reference::Invoker) in tests).
 //!
@@ -16,7 +19,9 @@
 //! `server`.
 
 pub(crate) mod call;
+pub mod context;
 pub mod dispatch;
 pub(crate) mod encode;
 pub(crate) mod outbound;
 pub mod reference;
+pub(crate) mod turns;

@@ -9,13 +9,12 @@
 //! `HandlerPanicked` and the instance is replaced by a fresh one from the factory (its state
 //! may be broken), without losing the calls queued behind it.
 
-use std::collections::VecDeque;
 use std::future::Future;
 use std::marker::PhantomData;
 use std::panic::AssertUnwindSafe;
 use std::pin::pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::task::Poll;
 
 use bytes::Bytes;
@@ -24,27 +23,13 @@ use crossbeam::channel::Sender;
 use super::ServerCounters;
 use super::budget::{AnswerBudget, Room};
 use super::claims::{Claims, DirectoryUse, Gate};
-use super::context::{self, Caller};
-use crate::proto::ids::{GrainId, MethodId, RequestId};
+use super::context;
+use crate::proto::ids::{GrainId, RequestId};
 use crate::proto::wire::rpc::Status;
 use crate::rpc::call::CallKind;
 use crate::rpc::dispatch::{self, Dispatch, Reply};
-use crate::sync::{Signal, lock};
+use crate::rpc::turns::{Job, Mailbox, Turn};
 use crate::transport::{Connection, Delivery, EndpointShared};
-
-/// A call for an activation.
-#[derive(Debug)]
-pub(crate) struct Job {
-    /// Unique per call on this server.
-    pub(crate) token: u64,
-    /// Where to answer a call (the caller's session and the call's id); nowhere for a one-way
-    /// call.
-    pub(crate) reply: CallKind<(Connection, RequestId)>,
-    pub(crate) method: MethodId,
-    pub(crate) args: Bytes,
-    /// Who made it (the grain method reads it with `caller()`).
-    pub(crate) caller: Caller,
-}
 
 /// What activations tell the service.
 #[derive(Debug)]
@@ -83,116 +68,6 @@ impl Reporter {
             conn.push(Delivery::ReliableUnordered, frame);
         } else {
             self.counters.answers_dropped.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-}
-
-/// A mailbox's queue: jobs in token order (tokens only grow, and a mailbox gets its jobs in
-/// the order they were made), so a queued job is found by binary search. A removed job leaves
-/// a hole (`None`) that `pop` skips: removing costs O(log n), whatever the queue's length.
-#[derive(Debug, Default)]
-struct Queue {
-    jobs: VecDeque<(u64, Option<Job>)>,
-    /// Jobs not removed.
-    live: usize,
-}
-
-impl Queue {
-    fn push(&mut self, job: Job) {
-        debug_assert!(self.jobs.back().is_none_or(|(t, _)| *t < job.token), "token order");
-        self.jobs.push_back((job.token, Some(job)));
-        self.live += 1;
-    }
-
-    fn pop(&mut self) -> Option<Job> {
-        while let Some((_, job)) = self.jobs.pop_front() {
-            if let Some(job) = job {
-                self.live -= 1;
-                return Some(job);
-            }
-        }
-        None
-    }
-
-    fn remove(&mut self, token: u64) -> Option<Job> {
-        let i = self.jobs.binary_search_by_key(&token, |(t, _)| *t).ok()?;
-        let job = self.jobs.get_mut(i)?.1.take()?;
-        self.live -= 1;
-        // Holes at either end go at once; the rest when `pop` reaches them.
-        while self.jobs.back().is_some_and(|(_, j)| j.is_none()) {
-            self.jobs.pop_back();
-        }
-        while self.jobs.front().is_some_and(|(_, j)| j.is_none()) {
-            self.jobs.pop_front();
-        }
-        Some(job)
-    }
-}
-
-/// The queue between the service and one activation's task. A mutex rather than a channel
-/// because the service also removes queued calls (cancelled or expired); held only for a
-/// queue operation, never across an await.
-#[derive(Debug, Default)]
-pub(crate) struct Mailbox {
-    queue: Mutex<Queue>,
-    signal: Signal,
-    closing: AtomicBool,
-    /// The call running now (0 when none).
-    running: AtomicU64,
-    /// The running call to cut short, whether its deadline passed (answer
-    /// `DeadlineExceeded`) rather than its caller gave up (answer nothing), and the signal
-    /// that says so.
-    cancel_token: AtomicU64,
-    cancel_expired: AtomicBool,
-    cancel: Signal,
-}
-
-impl Mailbox {
-    pub(crate) fn push(&self, job: Job) {
-        lock(&self.queue).push(job);
-        self.signal.notify();
-    }
-
-    /// Takes a queued call out; `None` if it is running or done.
-    pub(crate) fn remove(&self, token: u64) -> Option<Job> {
-        lock(&self.queue).remove(token)
-    }
-
-    /// Cuts the call short if it is running; `expired`: because its deadline passed.
-    pub(crate) fn cancel_running(&self, token: u64, expired: bool) {
-        if self.running.load(Ordering::Acquire) == token {
-            self.cancel_expired.store(expired, Ordering::Relaxed);
-            self.cancel_token.store(token, Ordering::Release);
-            self.cancel.notify();
-        }
-    }
-
-    /// Asks the task to finish the queued calls and deactivate.
-    pub(crate) fn close(&self) {
-        self.closing.store(true, Ordering::Release);
-        self.signal.notify();
-    }
-
-    /// Whether no call is queued.
-    pub(crate) fn is_empty(&self) -> bool {
-        lock(&self.queue).live == 0
-    }
-
-    fn pop(&self) -> Option<Job> {
-        lock(&self.queue).pop()
-    }
-
-    /// The next call, waiting for one; `None` once the mailbox is closing and empty (the
-    /// activation ends).
-    async fn next(&self) -> Option<Job> {
-        loop {
-            if let Some(job) = self.pop() {
-                return Some(job);
-            }
-            if self.closing.load(Ordering::Acquire) && self.is_empty() {
-                return None;
-            }
-            std::future::poll_fn(|cx| self.signal.poll(cx)).await;
         }
     }
 }
@@ -297,12 +172,6 @@ async fn activate<I: Dispatch<G>, G, F: Fn(&GrainId) -> G>(factory: &F, id: &Gra
     Some(grain)
 }
 
-enum Ran {
-    Finished(Status),
-    Panicked,
-    Cancelled,
-}
-
 /// Whether the caller's connection holds more unacknowledged answers than it may (see
 /// `server::budget`): its call is answered `Overloaded` instead of run (it did not run, so the
 /// caller may retry), or not answered at all beyond the hard margin.
@@ -341,26 +210,14 @@ where
             reporter.counters.overloaded_send_queue.fetch_add(1, Ordering::Relaxed);
             Some(Status::Overloaded)
         } else if let Some(g) = grain.as_mut() {
-            mailbox.cancel.clear();
-            mailbox.running.store(job.token, Ordering::Release);
             let mut reply = Reply::new(job.reply.as_ref().map(|(_, rid)| *rid));
-            let ran = {
-                let dispatch = I::dispatch(g, job.method, &job.args, &mut reply);
-                let call = pin!(catch_unwind(context::scope(job.caller.clone(), dispatch)));
-                let mut call = call;
-                std::future::poll_fn(|cx| {
-                    if mailbox.cancel.poll(cx).is_ready()
-                        && mailbox.cancel_token.load(Ordering::Acquire) == job.token
-                    {
-                        return Poll::Ready(Ran::Cancelled);
-                    }
-                    call.as_mut().poll(cx).map(|r| r.map_or(Ran::Panicked, Ran::Finished))
-                })
-                .await
-            };
-            mailbox.running.store(0, Ordering::Release);
+            let dispatch = I::dispatch(g, job.method, &job.args, &mut reply);
+            let ran = mailbox
+                .turn(job.token, catch_unwind(context::scope(job.caller.clone(), dispatch)))
+                .await;
             match ran {
-                Ran::Finished(status) => match (job.reply.call(), reply.take()) {
+                // `catch_unwind` gave the method's status.
+                Turn::Done(Some(status)) => match (job.reply.call(), reply.take()) {
                     // The value (or application error) was encoded with its response header.
                     (Some((conn, rid)), Some(frame)) => {
                         answer(conn, *rid, frame.freeze(), &reporter.counters);
@@ -369,17 +226,16 @@ where
                     (Some(_), None) => Some(status),
                     (None, _) => None,
                 },
-                Ran::Panicked => {
+                // `catch_unwind` gave nothing: the method panicked.
+                Turn::Done(None) => {
                     tracing::warn!(grain = %id, method = job.method.0, "grain method panicked; replacing the instance");
                     // The instance's state may be broken: start over with a fresh one.
                     grain = activate::<I, G, F>(&factory, &id).await;
                     Some(Status::HandlerPanicked)
                 }
                 // The deadline passed (say so) or the caller gave up (no answer wanted).
-                Ran::Cancelled if mailbox.cancel_expired.load(Ordering::Relaxed) => {
-                    Some(Status::DeadlineExceeded)
-                }
-                Ran::Cancelled => None,
+                Turn::Cancelled { expired: true } => Some(Status::DeadlineExceeded),
+                Turn::Cancelled { expired: false } => None,
             }
         } else {
             // Activation failed (its hook or factory panicked): fail calls until replaced.
@@ -400,34 +256,4 @@ where
         let _ = catch_unwind(I::deactivate(g)).await;
     }
     reporter.report(Report::Gone { grain: id });
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn job(token: u64) -> Job {
-        let caller = Caller::new("127.0.0.1:1".parse().unwrap(), None);
-        let reply = CallKind::OneWay;
-        Job { token, reply, method: MethodId(0), args: Bytes::new(), caller }
-    }
-
-    #[test]
-    fn queued_calls_are_removed_by_token_and_pop_skips_the_holes() {
-        let mut q = Queue::default();
-        for t in 1..=10_000 {
-            q.push(job(t));
-        }
-        // Cancel every other call, the last one and a missing one: each is one binary search.
-        for t in (2..=10_000).step_by(2) {
-            assert_eq!(q.remove(t).map(|j| j.token), Some(t));
-        }
-        assert!(q.remove(4).is_none(), "already removed");
-        assert!(q.remove(20_000).is_none(), "never queued");
-        assert_eq!(q.live, 5_000);
-        assert!(q.jobs.len() <= 10_000, "holes at the ends go at once");
-        let popped: Vec<u64> = std::iter::from_fn(|| q.pop()).map(|j| j.token).collect();
-        assert_eq!(popped, (1..10_000).step_by(2).collect::<Vec<_>>());
-        assert_eq!((q.live, q.jobs.len()), (0, 0));
-    }
 }

@@ -25,7 +25,7 @@ use crossbeam::channel::Receiver;
 use tokio::sync::oneshot;
 
 use super::ServerShared;
-use super::activation::{Job, Mailbox, Report, Reporter};
+use super::activation::{Report, Reporter};
 use super::budget::{self, AddrId, AddrLoads, Room};
 use super::claims::DirectoryUse;
 use super::context::{CallInfo, Caller};
@@ -36,6 +36,7 @@ use crate::proto::manifest::Manifest;
 use crate::proto::wire::rpc::{self, CallHeader, RpcFrame, Status};
 use crate::rpc::call::CallKind;
 use crate::rpc::dispatch;
+use crate::rpc::turns::{Job, Mailbox};
 use crate::transport::{Connection, Delivery, Event, Service};
 
 mod elsewhere;

@@ -13,9 +13,9 @@ use std::time::{Duration, Instant};
 
 use slab::Slab;
 
-use super::activation::{Job, Mailbox};
 use super::budget::AddrId;
 use crate::proto::ids::{GrainId, PeerId};
+use crate::rpc::turns::{Job, Mailbox};
 
 pub(super) enum Life {
     Active,

@@ -1,0 +1,202 @@
+//! One object's calls, one turn at a time: the mailbox between whoever admits calls (the
+//! server's service, for an activation) and the task that runs them in arrival order, with
+//! removal of a queued call (cancelled or expired) and cancellation of the running one.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::pin;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::task::Poll;
+
+use bytes::Bytes;
+
+use super::call::CallKind;
+use super::context::Caller;
+use crate::proto::ids::{MethodId, RequestId};
+use crate::sync::{Signal, lock};
+use crate::transport::Connection;
+
+/// A call for an activation.
+#[derive(Debug)]
+pub(crate) struct Job {
+    /// Unique per call on this server.
+    pub(crate) token: u64,
+    /// Where to answer a call (the caller's session and the call's id); nowhere for a one-way
+    /// call.
+    pub(crate) reply: CallKind<(Connection, RequestId)>,
+    pub(crate) method: MethodId,
+    pub(crate) args: Bytes,
+    /// Who made it (the method reads it with `caller()`).
+    pub(crate) caller: Caller,
+}
+
+/// A mailbox's queue: jobs in token order (tokens only grow, and a mailbox gets its jobs in
+/// the order they were made), so a queued job is found by binary search. A removed job leaves
+/// a hole (`None`) that `pop` skips: removing costs O(log n), whatever the queue's length.
+#[derive(Debug, Default)]
+struct Queue {
+    jobs: VecDeque<(u64, Option<Job>)>,
+    /// Jobs not removed.
+    live: usize,
+}
+
+impl Queue {
+    fn push(&mut self, job: Job) {
+        debug_assert!(self.jobs.back().is_none_or(|(t, _)| *t < job.token), "token order");
+        self.jobs.push_back((job.token, Some(job)));
+        self.live += 1;
+    }
+
+    fn pop(&mut self) -> Option<Job> {
+        while let Some((_, job)) = self.jobs.pop_front() {
+            if let Some(job) = job {
+                self.live -= 1;
+                return Some(job);
+            }
+        }
+        None
+    }
+
+    fn remove(&mut self, token: u64) -> Option<Job> {
+        let i = self.jobs.binary_search_by_key(&token, |(t, _)| *t).ok()?;
+        let job = self.jobs.get_mut(i)?.1.take()?;
+        self.live -= 1;
+        // Holes at either end go at once; the rest when `pop` reaches them.
+        while self.jobs.back().is_some_and(|(_, j)| j.is_none()) {
+            self.jobs.pop_back();
+        }
+        while self.jobs.front().is_some_and(|(_, j)| j.is_none()) {
+            self.jobs.pop_front();
+        }
+        Some(job)
+    }
+}
+
+/// The queue between a host's dispatcher (the server's service) and one object's task. A mutex rather than a channel
+/// because the service also removes queued calls (cancelled or expired); held only for a
+/// queue operation, never across an await.
+#[derive(Debug, Default)]
+pub(crate) struct Mailbox {
+    queue: Mutex<Queue>,
+    signal: Signal,
+    closing: AtomicBool,
+    /// The call running now (0 when none).
+    running: AtomicU64,
+    /// The running call to cut short, whether its deadline passed (answer
+    /// `DeadlineExceeded`) rather than its caller gave up (answer nothing), and the signal
+    /// that says so.
+    cancel_token: AtomicU64,
+    cancel_expired: AtomicBool,
+    cancel: Signal,
+}
+
+impl Mailbox {
+    pub(crate) fn push(&self, job: Job) {
+        lock(&self.queue).push(job);
+        self.signal.notify();
+    }
+
+    /// Takes a queued call out; `None` if it is running or done.
+    pub(crate) fn remove(&self, token: u64) -> Option<Job> {
+        lock(&self.queue).remove(token)
+    }
+
+    /// Cuts the call short if it is running; `expired`: because its deadline passed.
+    pub(crate) fn cancel_running(&self, token: u64, expired: bool) {
+        if self.running.load(Ordering::Acquire) == token {
+            self.cancel_expired.store(expired, Ordering::Relaxed);
+            self.cancel_token.store(token, Ordering::Release);
+            self.cancel.notify();
+        }
+    }
+
+    /// Asks the task to finish the queued calls and deactivate.
+    pub(crate) fn close(&self) {
+        self.closing.store(true, Ordering::Release);
+        self.signal.notify();
+    }
+
+    /// Whether no call is queued.
+    pub(crate) fn is_empty(&self) -> bool {
+        lock(&self.queue).live == 0
+    }
+
+    fn pop(&self) -> Option<Job> {
+        lock(&self.queue).pop()
+    }
+
+    /// Runs `call` as the turn of the job with `token`: until it finishes, or until
+    /// [`cancel_running`](Self::cancel_running) cuts it short (the future is then dropped).
+    pub(crate) async fn turn<T>(&self, token: u64, call: impl Future<Output = T>) -> Turn<T> {
+        self.cancel.clear();
+        self.running.store(token, Ordering::Release);
+        let mut call = pin!(call);
+        let turn = std::future::poll_fn(|cx| {
+            if self.cancel.poll(cx).is_ready() && self.cancel_token.load(Ordering::Acquire) == token
+            {
+                // `cancel_expired` was stored before the token (release), read after (acquire).
+                let expired = self.cancel_expired.load(Ordering::Relaxed);
+                return Poll::Ready(Turn::Cancelled { expired });
+            }
+            call.as_mut().poll(cx).map(Turn::Done)
+        })
+        .await;
+        self.running.store(0, Ordering::Release);
+        turn
+    }
+
+    /// The next call, waiting for one; `None` once the mailbox is closing and empty (the
+    /// activation ends).
+    pub(crate) async fn next(&self) -> Option<Job> {
+        loop {
+            if let Some(job) = self.pop() {
+                return Some(job);
+            }
+            if self.closing.load(Ordering::Acquire) && self.is_empty() {
+                return None;
+            }
+            std::future::poll_fn(|cx| self.signal.poll(cx)).await;
+        }
+    }
+}
+
+/// How a turn ended.
+#[derive(Debug)]
+pub(crate) enum Turn<T> {
+    /// The call's future finished with this.
+    Done(T),
+    /// Cut short: its deadline passed (`expired`: answer `DeadlineExceeded`) or its caller
+    /// gave up (answer nothing).
+    Cancelled { expired: bool },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(token: u64) -> Job {
+        let caller = Caller::new("127.0.0.1:1".parse().unwrap(), None);
+        let reply = CallKind::OneWay;
+        Job { token, reply, method: MethodId(0), args: Bytes::new(), caller }
+    }
+
+    #[test]
+    fn queued_calls_are_removed_by_token_and_pop_skips_the_holes() {
+        let mut q = Queue::default();
+        for t in 1..=10_000 {
+            q.push(job(t));
+        }
+        // Cancel every other call, the last one and a missing one: each is one binary search.
+        for t in (2..=10_000).step_by(2) {
+            assert_eq!(q.remove(t).map(|j| j.token), Some(t));
+        }
+        assert!(q.remove(4).is_none(), "already removed");
+        assert!(q.remove(20_000).is_none(), "never queued");
+        assert_eq!(q.live, 5_000);
+        assert!(q.jobs.len() <= 10_000, "holes at the ends go at once");
+        let popped: Vec<u64> = std::iter::from_fn(|| q.pop()).map(|j| j.token).collect();
+        assert_eq!(popped, (1..10_000).step_by(2).collect::<Vec<_>>());
+        assert_eq!((q.live, q.jobs.len()), (0, 0));
+    }
+}
