@@ -38,6 +38,7 @@ use crate::sync::lock;
 use crate::transport::{Connection, Delivery, Event, Service};
 
 mod again;
+mod answers;
 mod peers;
 
 /// What a call routes by, kept to route it again (after waiting for a server, or for a retry).
@@ -185,25 +186,6 @@ struct Delayed {
     from: PeerId,
     /// What it fails with if no server takes it then.
     fallback: CallError,
-}
-
-/// The kind of error a status other than `Ok`/`AppError` means.
-fn status_kind(status: Status) -> Option<CallErrorKind> {
-    Some(match status {
-        Status::Ok | Status::AppError => return None,
-        Status::UnknownGrainType => CallErrorKind::UnknownGrainType,
-        Status::UnknownMethod => CallErrorKind::UnknownMethod,
-        Status::IncompatibleVersion => CallErrorKind::IncompatibleVersion,
-        Status::DeadlineExceeded => CallErrorKind::DeadlineExceeded,
-        Status::Overloaded => CallErrorKind::Overloaded,
-        Status::HandlerPanicked => CallErrorKind::HandlerPanicked,
-        Status::ShuttingDown => CallErrorKind::ShuttingDown,
-        Status::ResponseTooLarge => CallErrorKind::ResponseTooLarge,
-        Status::Unavailable => CallErrorKind::Unavailable,
-        Status::Unauthorized => CallErrorKind::Unauthorized,
-        Status::Redirect => CallErrorKind::RedirectLoop,
-        _ => CallErrorKind::BadRequest,
-    })
 }
 
 pub(crate) struct ClientService {
@@ -487,101 +469,6 @@ impl ClientService {
             let t = self.nanos(now);
             load.finished(None, t, decay);
         }
-    }
-
-    fn response(
-        &mut self,
-        peer: PeerId,
-        id: RequestId,
-        status: Status,
-        payload: Bytes,
-        now: Instant,
-    ) {
-        let t = self.nanos(now);
-        let decay = self.shared.config.latency_decay;
-        let Some(p) = self.peers.get_mut(&peer) else { return };
-        let Some(pending) = p.in_flight.take(id) else { return }; // late, or cancelled
-        let latency = now.saturating_duration_since(pending.started);
-        p.load.finished(Some(latency), t, decay);
-        let pending = if status == Status::Redirect {
-            match self.redirect(pending, peer, &payload, now) {
-                None => {
-                    if !self.moving.is_empty() {
-                        self.settle_moving(now);
-                    }
-                    return;
-                }
-                Some(p) => p,
-            }
-        } else {
-            pending
-        };
-        let pending = match status_kind(status) {
-            // The server refused it (it did not run there): the policy may send it elsewhere.
-            Some(kind) if kind.not_executed() => {
-                match self.retry(pending, peer, Why::Refused(kind), now) {
-                    None => {
-                        if let Some(p) = self.peers.get(&peer) {
-                            lock(&p.stats).retried();
-                        }
-                        return;
-                    }
-                    Some(p) => p,
-                }
-            }
-            _ => pending,
-        };
-        if !self.moving.is_empty() {
-            self.settle_moving(now);
-        }
-        if !matches!(status, Status::Ok | Status::AppError) && self.shared.discovery.is_some() {
-            self.shared.call_failed(&crate::rpc::call::status_error(status, 0, &payload));
-        }
-        if pending.cell.complete(Ok((status, payload))) {
-            self.shared.finished_one();
-            let ok = matches!(status, Status::Ok);
-            let server = self.peers.get(&peer).map(|p| &*p.stats);
-            for acc in std::iter::once(&self.shared.accounting).chain(server) {
-                let mut acc = lock(acc);
-                if ok { acc.success(latency, now) } else { acc.failure(false, now) }
-            }
-        }
-    }
-
-    fn message(&mut self, peer: PeerId, payload: Bytes, now: Instant) {
-        let (id, status, head) = match rpc::decode_rpc(&payload) {
-            Ok(RpcFrame::Response { id, status, payload: body }) => {
-                (id, status, payload.len() - body.len())
-            }
-            Ok(RpcFrame::Manifest(body)) => {
-                self.manifest(peer, body, now);
-                return;
-            }
-            Ok(RpcFrame::Topology(body)) => {
-                match (Topology::decode(body), self.peers.get(&peer).and_then(|p| p.watch.as_ref()))
-                {
-                    (Ok(t), Some(watch)) => {
-                        watch.send_replace(Some(t));
-                    }
-                    (Ok(_), None) => tracing::debug!(?peer, "topology nobody asked for; ignored"),
-                    (Err(error), _) => {
-                        tracing::debug!(?peer, %error, "undecodable topology from a server")
-                    }
-                }
-                return;
-            }
-            Ok(other) => {
-                tracing::debug!(?peer, frame = ?other, "unexpected frame from a server; ignored");
-                return;
-            }
-            Err(error) => {
-                tracing::debug!(?peer, %error, "undecodable frame from a server; ignored");
-                return;
-            }
-        };
-        let mut body = payload;
-        body.advance(head);
-        self.response(peer, id, status, body, now);
     }
 }
 

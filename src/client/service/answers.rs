@@ -1,0 +1,103 @@
+//! What servers send the client: answers to its calls (completing them, or sending them again
+//! after a refusal or a redirect), manifests and fleet updates.
+
+use super::*;
+
+impl ClientService {
+    pub(super) fn response(
+        &mut self,
+        peer: PeerId,
+        id: RequestId,
+        status: Status,
+        payload: Bytes,
+        now: Instant,
+    ) {
+        let t = self.nanos(now);
+        let decay = self.shared.config.latency_decay;
+        let Some(p) = self.peers.get_mut(&peer) else { return };
+        let Some(pending) = p.in_flight.take(id) else { return }; // late, or cancelled
+        let latency = now.saturating_duration_since(pending.started);
+        p.load.finished(Some(latency), t, decay);
+        let pending = if status == Status::Redirect {
+            match self.redirect(pending, peer, &payload, now) {
+                None => {
+                    if !self.moving.is_empty() {
+                        self.settle_moving(now);
+                    }
+                    return;
+                }
+                Some(p) => p,
+            }
+        } else {
+            pending
+        };
+        let kind = (!matches!(status, Status::Ok | Status::AppError))
+            .then(|| crate::rpc::call::status_error::<Infallible>(status, 0, &payload).kind());
+        let pending = match kind {
+            // The server refused it (it did not run there): the policy may send it elsewhere.
+            Some(kind) if kind.not_executed() => {
+                match self.retry(pending, peer, Why::Refused(kind), now) {
+                    None => {
+                        if let Some(p) = self.peers.get(&peer) {
+                            lock(&p.stats).retried();
+                        }
+                        return;
+                    }
+                    Some(p) => p,
+                }
+            }
+            _ => pending,
+        };
+        if !self.moving.is_empty() {
+            self.settle_moving(now);
+        }
+        if !matches!(status, Status::Ok | Status::AppError) && self.shared.discovery.is_some() {
+            self.shared.call_failed(&crate::rpc::call::status_error(status, 0, &payload));
+        }
+        if pending.cell.complete(Ok((status, payload))) {
+            self.shared.finished_one();
+            let ok = matches!(status, Status::Ok);
+            let server = self.peers.get(&peer).map(|p| &*p.stats);
+            for acc in std::iter::once(&self.shared.accounting).chain(server) {
+                let mut acc = lock(acc);
+                if ok { acc.success(latency, now) } else { acc.failure(false, now) }
+            }
+        }
+    }
+
+    pub(super) fn message(&mut self, peer: PeerId, payload: Bytes, now: Instant) {
+        let (id, status, head) = match rpc::decode_rpc(&payload) {
+            Ok(RpcFrame::Response { id, status, payload: body }) => {
+                (id, status, payload.len() - body.len())
+            }
+            Ok(RpcFrame::Manifest(body)) => {
+                self.manifest(peer, body, now);
+                return;
+            }
+            Ok(RpcFrame::Topology(body)) => {
+                match (Topology::decode(body), self.peers.get(&peer).and_then(|p| p.watch.as_ref()))
+                {
+                    (Ok(t), Some(watch)) => {
+                        watch.send_replace(Some(t));
+                    }
+                    (Ok(_), None) => tracing::debug!(?peer, "topology nobody asked for; ignored"),
+                    (Err(error), _) => {
+                        tracing::debug!(?peer, %error, "undecodable topology from a server")
+                    }
+                }
+                return;
+            }
+            Ok(other) => {
+                tracing::debug!(?peer, frame = ?other, "unexpected frame from a server; ignored");
+                return;
+            }
+            Err(error) => {
+                tracing::debug!(?peer, %error, "undecodable frame from a server; ignored");
+                return;
+            }
+        };
+        let mut body = payload;
+        body.advance(head);
+        self.response(peer, id, status, body, now);
+    }
+}

@@ -1,0 +1,182 @@
+use super::*;
+
+fn call(key: GrainKey, deadline: Option<u32>) -> CallHeader {
+    CallHeader { type_index: 3, version: 2, method: MethodId(0xbeef), deadline_ms: deadline, key }
+}
+
+#[test]
+fn frames_round_trip() {
+    let id = RequestId { slot: 300, generation: 0x1_2345 };
+    let wire_id = RequestId { slot: 300, generation: 0x2345 };
+    let keys = [
+        GrainKey::Int(-5),
+        GrainKey::Str("alice".into()),
+        GrainKey::Id(u128::MAX - 3),
+        GrainKey::IntExt(i64::MIN, "x".into()),
+        GrainKey::IdExt(9, "".into()),
+    ];
+    for key in keys {
+        for deadline in [None, Some(5000)] {
+            let c = call(key.clone(), deadline);
+            let mut out = Vec::new();
+            encode_call(&mut out, Some(id), &c);
+            out.extend_from_slice(b"args");
+            assert_eq!(
+                decode_rpc(&out),
+                Ok(RpcFrame::Request { id: wire_id, call: c.clone(), args: b"args" })
+            );
+            // The split form (body first, id later) encodes the same bytes.
+            let mut body = Vec::new();
+            let flags = encode_request_body(&mut body, &c);
+            let mut split = vec![0u8; request_prefix_len(Some(id), c.type_index)];
+            encode_request_prefix(&mut split, Some(id), c.type_index, flags);
+            split.extend_from_slice(&body);
+            split.extend_from_slice(b"args");
+            assert_eq!(split, out);
+            out.clear();
+            encode_call(&mut out, None, &c);
+            // And a one-way call's.
+            let mut split = vec![0u8; request_prefix_len(None, c.type_index)];
+            encode_request_prefix(&mut split, None, c.type_index, flags);
+            split.extend_from_slice(&body);
+            assert_eq!(split, out);
+            assert_eq!(decode_rpc(&out), Ok(RpcFrame::OneWay { call: c, args: b"" }));
+        }
+    }
+    let mut out = Vec::new();
+    encode_cancel(&mut out, id);
+    assert_eq!(decode_rpc(&out), Ok(RpcFrame::Cancel { id: wire_id }));
+    out.clear();
+    encode_response(&mut out, id, Status::HandlerPanicked);
+    out.push(7);
+    assert_eq!(
+        decode_rpc(&out),
+        Ok(RpcFrame::Response { id: wire_id, status: Status::HandlerPanicked, payload: &[7] })
+    );
+    out.clear();
+    encode_manifest_head(&mut out);
+    out.push(1);
+    assert_eq!(decode_rpc(&out), Ok(RpcFrame::Manifest(&[1])));
+    out.clear();
+    encode_topology_head(&mut out);
+    out.push(2);
+    assert_eq!(decode_rpc(&out), Ok(RpcFrame::Topology(&[2])));
+    for subscribe in [false, true] {
+        out.clear();
+        encode_watch(&mut out, subscribe);
+        assert_eq!(decode_rpc(&out), Ok(RpcFrame::Watch { subscribe }));
+        out.push(0);
+        assert!(decode_rpc(&out).is_err(), "a watch frame has nothing after its head");
+    }
+    assert!(decode_rpc(&[KIND_WATCH | 0x10]).is_err(), "reserved bits");
+    // Extended frames: any sub-kind decodes (a peer skips one it does not know).
+    for kind in [0, 1, 300, u32::MAX] {
+        out.clear();
+        encode_extended(&mut out, kind, b"later");
+        assert_eq!(decode_rpc(&out), Ok(RpcFrame::Extended { kind, body: b"later" }));
+    }
+    assert!(decode_rpc(&[KIND_EXTENDED | 0x08, 1]).is_err(), "reserved bits");
+    assert!(decode_rpc(&[KIND_EXTENDED]).is_err(), "no sub-kind");
+}
+
+#[test]
+fn redirects_name_the_owner_and_bad_ones_are_typed_errors() {
+    let mut out = Vec::new();
+    encode_redirect(&mut out, "eu-2", "10.0.0.2:7000");
+    let (s, e) = decode_redirect(&out).unwrap();
+    assert_eq!((&*s, &*e), ("eu-2", "10.0.0.2:7000"));
+    assert!(decode_redirect(&out[..out.len() - 1]).is_err());
+    assert!(decode_redirect(&[0xff, 0x01]).is_err(), "too long");
+    assert!(decode_redirect(&[1, 0xff, 0]).is_err(), "not utf-8");
+    let long = "é".repeat(200);
+    out.clear();
+    encode_redirect(&mut out, &long, "x:1");
+    let (s, _) = decode_redirect(&out).unwrap();
+    assert!(s.len() <= MAX_REDIRECT_NAME && long.starts_with(&*s), "cut at a char boundary");
+}
+
+#[test]
+fn a_retry_carries_a_new_deadline_and_the_rest_unchanged() {
+    let c = call(GrainKey::Str("ann".into()), Some(5000));
+    let mut body = Vec::new();
+    let flags = encode_request_body(&mut body, &c);
+    body.extend_from_slice(b"args");
+    let mut again = Vec::new();
+    rewrite_body_deadline(&mut again, &body, flags, 120).unwrap();
+    let mut frame = vec![0u8; request_prefix_len(None, 3)];
+    encode_request_prefix(&mut frame, None, 3, flags);
+    frame.extend_from_slice(&again);
+    let want = CallHeader { deadline_ms: Some(120), ..c };
+    assert_eq!(decode_rpc(&frame), Ok(RpcFrame::OneWay { call: want, args: b"args" }));
+    let no_deadline = call(GrainKey::Int(1), None);
+    let mut body = Vec::new();
+    let flags = encode_request_body(&mut body, &no_deadline);
+    assert_eq!(rewrite_body_deadline(&mut Vec::new(), &body, flags, 1), None);
+}
+
+#[test]
+fn a_32_byte_call_is_compact() {
+    let c = CallHeader {
+        type_index: 0,
+        version: 1,
+        method: MethodId(7),
+        deadline_ms: Some(5000),
+        key: GrainKey::Int(42),
+    };
+    let mut out = Vec::new();
+    encode_call(&mut out, Some(RequestId { slot: 3, generation: 9 }), &c);
+    assert_eq!(
+        out.len(),
+        1 + 3 + 1 + 1 + 2 + 2 + 1,
+        "head, id, type, version, method, deadline, key"
+    );
+}
+
+#[test]
+fn malformed_frames_are_typed_errors() {
+    let long_key = {
+        let mut v = vec![KIND_ONE_WAY | (1 << KEY_SHIFT), 0, 1, 0, 0];
+        put_varint(&mut v, 5000);
+        v
+    };
+    let cases: &[(&[u8], &str)] = &[
+        (&[], "empty"),
+        (&[0], "kind 0"),
+        (&[7, 0], "watch with trailing bytes"),
+        (&[KIND_TOPOLOGY | 8], "topology flags"),
+        (&[KIND_REQUEST], "truncated id"),
+        (&[KIND_REQUEST | 0x80, 0, 0, 0], "reserved bit"),
+        (&[KIND_ONE_WAY | (5 << KEY_SHIFT), 0, 1, 0, 0], "key kind 5"),
+        (&long_key, "key string too long"),
+        (&[KIND_ONE_WAY | (1 << KEY_SHIFT), 0, 1, 0, 0, 2, 0xff, 0xfe], "key not utf-8"),
+        (&[KIND_CANCEL, 1, 0, 0, 9], "cancel with trailing bytes"),
+        (&[KIND_CANCEL | 8, 1, 0, 0], "cancel flags"),
+        (&[KIND_RESPONSE | (31 << STATUS_SHIFT), 1, 0, 0], "unknown status"),
+        (&[KIND_MANIFEST | 8], "manifest flags"),
+    ];
+    for (bytes, what) in cases {
+        assert!(decode_rpc(bytes).is_err(), "{what}: {bytes:?}");
+    }
+}
+
+#[test]
+fn a_request_that_does_not_decode_still_names_its_id() {
+    let id = RequestId { slot: 70_000, generation: 3 };
+    let mut out = Vec::new();
+    encode_call(&mut out, Some(id), &call(GrainKey::Int(1), None));
+    let bad_key = {
+        let mut v = out.clone();
+        v[0] = (v[0] & !(0x7 << KEY_SHIFT)) | (7 << KEY_SHIFT);
+        v
+    };
+    assert!(decode_rpc(&bad_key).is_err());
+    assert_eq!(request_id(&bad_key), Some(id));
+    assert_eq!(request_id(&out[..2]), None, "the id itself is cut short");
+    let mut one_way = Vec::new();
+    encode_call(&mut one_way, None, &call(GrainKey::Int(1), None));
+    assert_eq!(request_id(&one_way), None, "a one-way call has no id to answer");
+    let mut p = Vec::new();
+    encode_too_large(&mut p, 5 << 20, 1 << 20);
+    assert_eq!(decode_too_large(&p), Some((5 << 20, 1 << 20)));
+    assert_eq!(decode_too_large(&p[..1]), None);
+}
