@@ -264,6 +264,7 @@ impl Raw {
             method: MethodId::of(method),
             deadline_ms: Some(30_000),
             key,
+            chain: Vec::new(),
         };
         let mut out = Vec::with_capacity(24 + args.len());
         let id = RequestId { slot: self.next_slot, generation: 1 };

@@ -129,6 +129,19 @@ pub enum CallError<E = std::convert::Infallible> {
     /// The server's authorization refused this caller this call (e.g. another player's
     /// grain): it did not run, and no activation was made for it.
     Unauthorized,
+    /// The reference was decoded where nothing can call it (outside a call's result or a
+    /// grain's arguments, e.g. from a file or an `Invocation`'s arguments): it did not run.
+    Unbound,
+    /// The call would have waited on itself: its grain is busy serving the call chain that
+    /// led to it (A calls B, B calls A; or A calls A). `chain` names the grains, outermost
+    /// first, the one that refused last. It did not run.
+    Deadlock {
+        /// The grains of the chain, outermost first.
+        chain: Vec<crate::proto::ids::GrainId>,
+    },
+    /// The chain of grain calls leading to this one is deeper than a call carries
+    /// (`MAX_CHAIN`, 32 grains): it was not sent.
+    ChainTooDeep,
 }
 
 impl<E: std::fmt::Debug> std::fmt::Display for CallError<E> {
@@ -158,6 +171,18 @@ impl<E: std::fmt::Debug> std::fmt::Display for CallError<E> {
             Self::Unavailable => f.write_str("the grain directory is unavailable (not run)"),
             Self::RedirectLoop => f.write_str("redirected twice (not run)"),
             Self::Unauthorized => f.write_str("not authorized to make this call (not run)"),
+            Self::Unbound => {
+                f.write_str("the reference is bound to nothing that can call (not run)")
+            }
+            Self::Deadlock { chain } => {
+                f.write_str("deadlock: ")?;
+                for (i, g) in chain.iter().enumerate() {
+                    let sep = if i == 0 { "" } else { " -> " };
+                    write!(f, "{sep}{g}")?;
+                }
+                f.write_str(" would wait on itself (not run)")
+            }
+            Self::ChainTooDeep => f.write_str("the chain of grain calls is too deep (not sent)"),
         }
     }
 }
@@ -211,6 +236,12 @@ pub enum CallErrorKind {
     RedirectLoop,
     /// [`CallError::Unauthorized`].
     Unauthorized,
+    /// [`CallError::Unbound`].
+    Unbound,
+    /// [`CallError::Deadlock`].
+    Deadlock,
+    /// [`CallError::ChainTooDeep`].
+    ChainTooDeep,
 }
 
 impl CallErrorKind {
@@ -231,6 +262,9 @@ impl CallErrorKind {
                 | Self::Unavailable
                 | Self::RedirectLoop
                 | Self::Unauthorized
+                | Self::Unbound
+                | Self::Deadlock
+                | Self::ChainTooDeep
         )
     }
 }
@@ -259,6 +293,9 @@ impl<E> CallError<E> {
             Self::Unavailable => CallErrorKind::Unavailable,
             Self::RedirectLoop => CallErrorKind::RedirectLoop,
             Self::Unauthorized => CallErrorKind::Unauthorized,
+            Self::Unbound => CallErrorKind::Unbound,
+            Self::Deadlock { .. } => CallErrorKind::Deadlock,
+            Self::ChainTooDeep => CallErrorKind::ChainTooDeep,
         }
     }
 
@@ -287,6 +324,9 @@ impl<E> CallError<E> {
             Self::Unavailable => CallError::Unavailable,
             Self::RedirectLoop => CallError::RedirectLoop,
             Self::Unauthorized => CallError::Unauthorized,
+            Self::Unbound => CallError::Unbound,
+            Self::Deadlock { chain } => CallError::Deadlock { chain },
+            Self::ChainTooDeep => CallError::ChainTooDeep,
         }
     }
 
@@ -306,6 +346,32 @@ impl<E> CallError<E> {
                 | Self::Unavailable
                 | Self::RedirectLoop
                 | Self::Unauthorized
+                | Self::Unbound
+                | Self::Deadlock { .. }
+                | Self::ChainTooDeep
         )
     }
+}
+
+/// Why a reference could not be made or converted: it names a grain of another interface or
+/// type than the one asked for.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReferenceError {
+    /// The reference is of another interface (`GrainRef::typed`).
+    #[error("a reference to a `{found}` grain is not a `{expected}` reference")]
+    WrongInterface {
+        /// The interface asked for.
+        expected: &'static str,
+        /// The reference's.
+        found: &'static str,
+    },
+    /// The grain's type does not implement the interface (`Client::grain_by_id`).
+    #[error("grain {grain} is not a `{interface}` grain")]
+    WrongType {
+        /// The grain asked for.
+        grain: crate::proto::ids::GrainId,
+        /// The interface asked for.
+        interface: &'static str,
+    },
 }

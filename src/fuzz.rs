@@ -150,6 +150,13 @@ pub fn rpc_frame(data: &[u8]) {
         RpcFrame::Response { id, status, payload } => {
             rpc::encode_response(&mut again, *id, *status);
             again.extend_from_slice(payload);
+            if *status == rpc::Status::Deadlock
+                && let Ok(chain) = rpc::decode_deadlock(payload)
+            {
+                let mut back = Vec::new();
+                rpc::put_chain(&mut back, &chain, None);
+                assert_eq!(rpc::decode_deadlock(&back), Ok(chain), "deadlock chain round trip");
+            }
             if *status == rpc::Status::Redirect
                 && let Ok((server, endpoint)) = rpc::decode_redirect(payload)
             {
@@ -183,6 +190,48 @@ pub fn rpc_frame(data: &[u8]) {
         RpcFrame::Extended { kind, body } => rpc::encode_extended(&mut again, *kind, body),
     }
     assert_eq!(rpc::decode_rpc(&again).as_ref(), Ok(&frame), "RPC frame round trip");
+}
+
+/// The interface the `reference` target decodes references of.
+static FUZZ_METHODS: [crate::interface::MethodInfo; 0] = [];
+/// A `Room` interface, as `#[grain]` would describe it.
+pub static FUZZ_ROOM: crate::interface::InterfaceInfo = crate::interface::InterfaceInfo {
+    name: "Room",
+    id: crate::proto::ids::InterfaceId::of("Room"),
+    grain_type: crate::proto::ids::GrainType::of("Room"),
+    version: 1,
+    contract: 0,
+    methods: &FUZZ_METHODS,
+};
+
+/// An unbound reference to grain `id` through [`FUZZ_ROOM`] (to make seeds).
+pub fn reference_of(id: crate::proto::ids::GrainId) -> crate::rpc::reference::GrainRef {
+    crate::rpc::reference::GrainRef::bound(crate::rpc::reference::Via::Unbound, &FUZZ_ROOM, id)
+}
+
+/// Decodes arbitrary bytes as a reference (the compact surrogate, then JSON): one that decodes
+/// must be unbound (nothing here can call it) and encode to bytes that decode to it again.
+pub fn reference(data: &[u8]) {
+    use crate::rpc::value::deserialize_ref;
+    let mut d = postcard::Deserializer::from_bytes(data);
+    if let Ok(r) = deserialize_ref(&FUZZ_ROOM, &mut d) {
+        assert!(!r.is_bound());
+        let used = data.len() - d.finalize().map_or(0, <[u8]>::len);
+        // Its own encoding decodes to it, and is never longer (the decoder also takes
+        // overlong varints; the sender's interface version is not kept).
+        let again = postcard::to_allocvec(&r).expect("a reference encodes");
+        assert!(again.len() <= used, "canonical encoding is the shortest");
+        let mut d = postcard::Deserializer::from_bytes(&again);
+        let back = deserialize_ref(&FUZZ_ROOM, &mut d).expect("its own encoding decodes");
+        assert_eq!((&back, back.id()), (&r, r.id()), "reference round trip");
+    }
+    let mut d = serde_json::Deserializer::from_slice(data);
+    if let Ok(r) = deserialize_ref(&FUZZ_ROOM, &mut d) {
+        let json = serde_json::to_vec(&r).expect("a reference encodes");
+        let mut d = serde_json::Deserializer::from_slice(&json);
+        let back = deserialize_ref(&FUZZ_ROOM, &mut d).expect("its own encoding decodes");
+        assert_eq!(back, r, "readable round trip");
+    }
 }
 
 /// Feeds a script of message chunks to an ordered and an unordered reliable space and to the

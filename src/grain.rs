@@ -10,8 +10,10 @@
 use std::sync::Arc;
 
 pub use crate::client::{Answer, GrainInterface, GrainRef, Invocation, Invoked, Invoker};
+pub use crate::error::ReferenceError;
 pub use crate::interface::{Interface, InterfaceInfo, MethodInfo};
 pub use crate::proto::ids::{InterfaceId, MethodId};
+pub use crate::rpc::reference::Checked;
 
 /// A typed reference to the grain with `key` whose calls `invoker` answers: game code that
 /// holds references can be tested without a client, a server or a network.
@@ -19,5 +21,5 @@ pub fn stub<R: GrainInterface>(
     invoker: Arc<dyn Invoker>,
     key: impl Into<crate::proto::ids::GrainKey>,
 ) -> R {
-    R::from_grain_ref(GrainRef::with_invoker(invoker, R::info(), key.into()))
+    GrainRef::make(crate::rpc::reference::Via::Invoker(invoker), key.into())
 }

@@ -11,8 +11,11 @@ pub use crate::proto::ids::{GrainId, GrainKey, GrainType, InterfaceId, MethodId,
 pub use crate::proto::route::Affinity;
 pub use crate::proto::wire::rpc::Status;
 pub use crate::rpc::dispatch::{Dispatch, Reply, decode_args, encode_app_err, encode_ok};
+pub use crate::rpc::reference::Checked;
+pub use crate::rpc::value::deserialize_typed;
 pub use crate::server::Host;
 pub use crate::server::dispatch::host;
+pub use serde;
 
 /// The stable hash of a contract description.
 pub const fn contract_hash(description: &str) -> u64 {

@@ -90,6 +90,7 @@ impl Hog {
                 method: MethodId::of(method),
                 deadline_ms: Some(60_000),
                 key: key(self.slot),
+                chain: Vec::new(),
             };
             let mut m = Vec::new();
             rpc::encode_call(&mut m, Some(RequestId { slot: self.slot, generation: 1 }), &call);

@@ -4,7 +4,9 @@
 use std::path::Path;
 
 use grainwire::fuzz::{self, FUZZ_NONCE, FUZZ_TAG};
-use grainwire::proto::ids::{GrainKey, GrainType, InterfaceId, MethodId, RequestId, ServerId};
+use grainwire::proto::ids::{
+    GrainId, GrainKey, GrainType, InterfaceId, MethodId, RequestId, ServerId,
+};
 use grainwire::proto::manifest::{HostedGrain, Manifest};
 use grainwire::proto::rng::SplitMix64;
 use grainwire::proto::wire::rpc::{self, CallHeader, Status};
@@ -44,6 +46,15 @@ fn rpc_frame_corpus_replays() {
     assert!(inputs.len() >= 8, "the corpus is there");
     for input in inputs {
         fuzz::rpc_frame(&input);
+    }
+}
+
+#[test]
+fn reference_corpus_replays() {
+    let inputs = corpus("reference");
+    assert!(inputs.len() >= 5, "the corpus is there");
+    for input in inputs {
+        fuzz::reference(&input);
     }
 }
 
@@ -127,6 +138,7 @@ fn valid_rpc_frames() -> Vec<Vec<u8>> {
             method: MethodId(0xBEEF),
             deadline_ms: (i % 2 == 0).then_some(5_000),
             key,
+            chain: Vec::new(),
         };
         let id = RequestId { slot: 300 * i as u32, generation: 9 };
         let args = postcard::to_allocvec(&(
@@ -145,7 +157,18 @@ fn valid_rpc_frames() -> Vec<Vec<u8>> {
         rpc::encode_call(&mut v, None, &call);
         v.extend_from_slice(&postcard::to_allocvec(&("one way",)).unwrap());
         out.push(v);
+        // The same call made by a grain serving a call: with its chain.
+        let chain = (0..=i).map(|n| GrainId::new(GrainType::of("Room"), n as i64)).collect();
+        let mut v = Vec::new();
+        rpc::encode_call(&mut v, Some(id), &CallHeader { chain, ..call });
+        v.extend_from_slice(&args);
+        out.push(v);
     }
+    let mut deadlock = Vec::new();
+    rpc::encode_response(&mut deadlock, RequestId { slot: 2, generation: 3 }, Status::Deadlock);
+    let (a, b) = (GrainId::new(GrainType::of("A"), "a"), GrainId::new(GrainType::of("B"), 7));
+    rpc::put_chain(&mut deadlock, &[a.clone(), b], Some(&a));
+    out.push(deadlock);
     let id = RequestId { slot: 1, generation: 1 };
     let mut v = Vec::new();
     rpc::encode_cancel(&mut v, id);
@@ -174,6 +197,29 @@ fn valid_rpc_frames() -> Vec<Vec<u8>> {
         }],
     };
     out.push(manifest.encode());
+    out
+}
+
+/// Reference surrogates of every key shape, compact and readable, and one of a grain type
+/// other than its interface's.
+fn valid_references() -> Vec<Vec<u8>> {
+    let room = GrainType::of("Room");
+    let keys = [
+        GrainKey::Int(-5),
+        GrainKey::Str("room-1".into()),
+        GrainKey::Id(u128::MAX - 3),
+        GrainKey::IntExt(1 << 40, "eu".into()),
+        GrainKey::IdExt(7, "ext".into()),
+    ];
+    let mut out = Vec::new();
+    for key in keys {
+        let r = fuzz::reference_of(GrainId { ty: room, key });
+        out.push(postcard::to_allocvec(&r).unwrap());
+        out.push(serde_json::to_vec(&r).unwrap());
+    }
+    let other = fuzz::reference_of(GrainId::new(GrainType::of("Hall"), 3));
+    out.push(postcard::to_allocvec(&other).unwrap());
+    out.push(serde_json::to_vec(&other).unwrap());
     out
 }
 
@@ -269,6 +315,17 @@ fn random_and_mutated_inputs_never_panic() {
         };
         fuzz::rpc_frame(&d);
     }
+    let references = valid_references();
+    for _ in 0..20_000 {
+        let d = if rng.below(4) == 0 {
+            (0..rng.below(40)).map(|_| rng.next_u32() as u8).collect::<Vec<_>>()
+        } else {
+            let mut d = references[rng.below(references.len() as u64) as usize].clone();
+            mutate(&mut rng, &mut d);
+            d
+        };
+        fuzz::reference(&d);
+    }
     let tokens = valid_tokens();
     for _ in 0..5_000 {
         let mut d = tokens[rng.below(tokens.len() as u64) as usize].clone();
@@ -313,6 +370,11 @@ fn write_seed_corpus() {
     let dir = root.join("rpc_frame");
     std::fs::create_dir_all(&dir).unwrap();
     for (i, d) in valid_rpc_frames().iter().enumerate() {
+        std::fs::write(dir.join(format!("seed-{i:02}")), d).unwrap();
+    }
+    let dir = root.join("reference");
+    std::fs::create_dir_all(&dir).unwrap();
+    for (i, d) in valid_references().iter().enumerate() {
         std::fs::write(dir.join(format!("seed-{i:02}")), d).unwrap();
     }
     let dir = root.join("reassembly");

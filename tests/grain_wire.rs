@@ -59,6 +59,7 @@ fn request_within(
         method,
         deadline_ms: Some(deadline_ms),
         key: GrainKey::Int(1),
+        chain: Vec::new(),
     };
     let mut out = Vec::new();
     rpc::encode_call(&mut out, Some(RequestId { slot: id, generation: 1 }), &call);

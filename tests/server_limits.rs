@@ -117,6 +117,7 @@ fn request(slot: u32, method: &str, args: &[u8]) -> Vec<u8> {
         method: MethodId::of(method),
         deadline_ms: Some(30_000),
         key: GrainKey::Int(i64::from(slot % 8)),
+        chain: Vec::new(),
     };
     let mut out = Vec::new();
     rpc::encode_call(&mut out, Some(RequestId { slot, generation: 1 }), &call);

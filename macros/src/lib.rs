@@ -587,7 +587,7 @@ fn gen_reference(g: &Grain) -> TokenStream2 {
                 #(#docs)*
                 /// One-way: queued reliably, in order with this grain's other calls; no response.
                 pub async fn #name(&self, #(#arg_decls),*) -> ::core::result::Result<(), #p::CallError> {
-                    self.inner.call_one_way::<#tuple_ty>(#info, &#tuple).await
+                    self.inner.get().call_one_way::<#tuple_ty>(#info, &#tuple).await
                 }
             }
         } else if let Some((ok, err)) = &m.app_error {
@@ -595,7 +595,7 @@ fn gen_reference(g: &Grain) -> TokenStream2 {
                 #[doc = #call_doc]
                 #(#docs)*
                 pub async fn #name(&self, #(#arg_decls),*) -> ::core::result::Result<#ok, #p::CallError<#err>> {
-                    self.inner.call_result::<#tuple_ty, #ok, #err>(#info, &#tuple).await
+                    self.inner.get().call_result::<#tuple_ty, #ok, #err>(#info, &#tuple).await
                 }
             }
         } else {
@@ -603,19 +603,20 @@ fn gen_reference(g: &Grain) -> TokenStream2 {
                 #[doc = #call_doc]
                 #(#docs)*
                 pub async fn #name(&self, #(#arg_decls),*) -> ::core::result::Result<#out, #p::CallError> {
-                    self.inner.call::<#tuple_ty, #out>(#info, &#tuple).await
+                    self.inner.get().call::<#tuple_ty, #out>(#info, &#tuple).await
                 }
             }
         }
     });
     let ref_doc = format!(
-        "A reference to a `{trait_name}` grain, made by `Client::grain`: call its methods through the client."
+        "A reference to a `{trait_name}` grain, made by `Client::grain`: call its methods through the client. A value: compare, hash, order, print and send it in calls like any other."
     );
+    let ref_str = ref_name.to_string();
     quote! {
         #[doc = #ref_doc]
-        #[derive(Debug, Clone)]
+        #[derive(Clone)]
         #vis struct #ref_name {
-            inner: #p::GrainRef,
+            inner: #p::Checked<#ref_name>,
         }
 
         impl #ref_name {
@@ -628,7 +629,7 @@ fn gen_reference(g: &Grain) -> TokenStream2 {
 
             /// The grain's id.
             pub fn id(&self) -> &#p::GrainId {
-                self.inner.id()
+                self.inner.get().id()
             }
 
             /// The same reference with every call's deadline set to `timeout`.
@@ -655,11 +656,63 @@ fn gen_reference(g: &Grain) -> TokenStream2 {
         }
 
         impl #p::GrainInterface for #ref_name {
-            fn from_grain_ref(r: #p::GrainRef) -> Self {
+            fn from_checked(r: #p::Checked<Self>) -> Self {
                 Self { inner: r }
             }
             fn grain_ref(&self) -> &#p::GrainRef {
-                &self.inner
+                self.inner.get()
+            }
+        }
+
+        // A value: equal, ordered and hashed by grain (and interface), shown as `Player/ann`,
+        // serialized as its surrogate (a few bytes) and bound where it is decoded.
+        impl ::core::cmp::PartialEq for #ref_name {
+            fn eq(&self, __other: &Self) -> bool {
+                self.inner.get() == __other.inner.get()
+            }
+        }
+
+        impl ::core::cmp::Eq for #ref_name {}
+
+        impl ::core::hash::Hash for #ref_name {
+            fn hash<__H: ::core::hash::Hasher>(&self, __state: &mut __H) {
+                ::core::hash::Hash::hash(self.inner.get(), __state)
+            }
+        }
+
+        impl ::core::cmp::PartialOrd for #ref_name {
+            fn partial_cmp(&self, __other: &Self) -> ::core::option::Option<::core::cmp::Ordering> {
+                ::core::option::Option::Some(::core::cmp::Ord::cmp(self, __other))
+            }
+        }
+
+        impl ::core::cmp::Ord for #ref_name {
+            fn cmp(&self, __other: &Self) -> ::core::cmp::Ordering {
+                ::core::cmp::Ord::cmp(self.inner.get(), __other.inner.get())
+            }
+        }
+
+        impl ::core::fmt::Display for #ref_name {
+            fn fmt(&self, __f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+                ::core::fmt::Display::fmt(self.inner.get(), __f)
+            }
+        }
+
+        impl ::core::fmt::Debug for #ref_name {
+            fn fmt(&self, __f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+                __f.debug_tuple(#ref_str).field(self.inner.get()).finish()
+            }
+        }
+
+        impl #p::serde::Serialize for #ref_name {
+            fn serialize<__S: #p::serde::Serializer>(&self, __s: __S) -> ::core::result::Result<__S::Ok, __S::Error> {
+                #p::serde::Serialize::serialize(self.inner.get(), __s)
+            }
+        }
+
+        impl<'__de> #p::serde::Deserialize<'__de> for #ref_name {
+            fn deserialize<__D: #p::serde::Deserializer<'__de>>(__d: __D) -> ::core::result::Result<Self, __D::Error> {
+                #p::deserialize_typed::<Self, __D>(__d).map(|__r| Self { inner: __r })
             }
         }
     }

@@ -273,6 +273,38 @@ impl ClientBuilder {
     }
 
     async fn start(self, io: impl crate::transport::io::Io) -> Result<Client, ClientError> {
+        let client = self.launch(io, false)?;
+        let config = &client.shared.config;
+        if config.mode == ConnectMode::OnDemand {
+            return Ok(client);
+        }
+        match client.wait_connected(config.connect_timeout).await {
+            Ok(()) => Ok(client),
+            Err(e) => {
+                client.disconnect().await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Starts the client on `io` without waiting for a server: a game server's fleet client,
+    /// made on its first grain-to-grain call. Its calls wait for a server while it is still
+    /// finding and connecting its first ones (see `ClientShared::starting`), each until its
+    /// deadline, rather than failing `NotConnected`.
+    pub(crate) fn start_background(
+        self,
+        io: impl crate::transport::io::Io,
+    ) -> Result<Client, ClientError> {
+        self.launch(io, true)
+    }
+
+    /// Starts the client's endpoint, connection tasks and discovery; `wait_while_starting`:
+    /// see [`start_background`](Self::start_background).
+    fn launch(
+        self,
+        io: impl crate::transport::io::Io,
+        wait_while_starting: bool,
+    ) -> Result<Client, ClientError> {
         let source = self.source_of()?;
         if let Some(name) = &self.unknown_method {
             tracing::warn!(method = %name, "retry_for names a method the interface does not have");
@@ -350,6 +382,7 @@ impl ClientBuilder {
             events: broadcast::channel(EVENT_BACKLOG).0,
             closing: AtomicBool::new(false),
             tasks: Mutex::new(Vec::new()),
+            wait_while_starting,
         });
         let s = shared.clone();
         let security = Security {
@@ -372,16 +405,6 @@ impl ClientBuilder {
             let task = tokio::spawn(discovery::run(shared.clone(), source, seed));
             lock(&shared.tasks).push(task);
         }
-        let client = Client::new(shared);
-        if config.mode == ConnectMode::OnDemand {
-            return Ok(client);
-        }
-        match client.wait_connected(config.connect_timeout).await {
-            Ok(()) => Ok(client),
-            Err(e) => {
-                client.disconnect().await;
-                Err(e)
-            }
-        }
+        Ok(Client::new(shared))
     }
 }

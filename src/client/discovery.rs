@@ -106,6 +106,11 @@ impl Discovery {
         lock(&self.status).topology.clone()
     }
 
+    /// Whether the source has given neither a topology nor an error yet.
+    pub(crate) fn undecided(&self) -> bool {
+        matches!(self.pending_error(), Some(None))
+    }
+
     /// Why nothing was applied yet (`None` once a topology was).
     pub(crate) fn pending_error(&self) -> Option<Option<DiscoveryError>> {
         let s = lock(&self.status);

@@ -59,7 +59,8 @@ pub(crate) use self::shared::{
     ClientShared, EVENT_BACKLOG, RetryTable, SPARE_CELLS, ServerView, View, next_client_id,
     route_error, wait_slot_ready,
 };
-use crate::error::{ConnectError, DisconnectReason};
+use crate::error::{ConnectError, DisconnectReason, ReferenceError};
+use crate::proto::ids::GrainId;
 use crate::proto::ids::ServerId;
 use crate::proto::manifest::Manifest;
 pub use crate::proto::manifest::{MetaValue, Metadata};
@@ -69,6 +70,7 @@ pub use crate::proto::route::{
     RoundRobin, Strategy, Tiered, Tiering,
 };
 pub use crate::proto::stats::CallStats;
+use crate::rpc::reference::Via;
 pub use crate::rpc::reference::{Answer, GrainInterface, GrainRef, Invocation, Invoked, Invoker};
 use crate::sync::lock;
 
@@ -318,7 +320,30 @@ impl Client {
 
     /// A typed reference to the grain with `key`, e.g. `client.grain::<PlayerRef>(42)`.
     pub fn grain<R: GrainInterface>(&self, key: impl Into<crate::proto::ids::GrainKey>) -> R {
-        R::from_grain_ref(GrainRef::new(self.calls.clone(), R::info(), key.into()))
+        GrainRef::make(Via::Calls(self.calls.clone()), key.into())
+    }
+
+    /// A typed reference to grain `id`, if its type implements `R`'s interface
+    /// ([`ReferenceError::WrongType`] otherwise): for ids kept as data (a save file, a
+    /// database row, a log line).
+    pub fn grain_by_id<R: GrainInterface>(&self, id: &GrainId) -> Result<R, ReferenceError> {
+        let info = R::info();
+        if id.ty != info.grain_type {
+            return Err(ReferenceError::WrongType { grain: id.clone(), interface: info.name });
+        }
+        Ok(self.grain(id.key.clone()))
+    }
+
+    /// The seam its references call through (for a server's grains, which call through it).
+    pub(crate) fn calls(&self) -> Arc<dyn crate::rpc::reference::Calls> {
+        self.calls.clone()
+    }
+
+    /// Stops the client at once, as dropping its last handle would: its sessions close and
+    /// its pending calls fail. For an owner that cannot wait (a server dropped).
+    pub(crate) fn close_now(&self) {
+        self.shared.stop_tasks();
+        drop(lock(&self.shared.endpoint).take());
     }
 
     /// Presents `token` from now on: to servers it connects to next (a reconnection, a new

@@ -334,6 +334,10 @@ impl ClientService {
                 }
             }
         }
+        if to.is_none() && self.shared.wait_while_starting && self.shared.starting() {
+            // Routed once every server was tried (see `ClientShared::route`).
+            return self.parked.push(call);
+        }
         let to = match to {
             Some((peer, index)) if self.peers.get(&peer).is_some_and(|p| p.leaving.is_none()) => {
                 (peer, index)
@@ -388,7 +392,9 @@ impl ClientService {
                 };
                 self.fail(call.kind.call().map(Arc::as_ref), error, false, now);
             }
-        } else if self.shared.config.mode == ConnectMode::OnDemand && self.demand_next() {
+        } else if (self.shared.config.mode == ConnectMode::OnDemand && self.demand_next())
+            || (self.shared.wait_while_starting && self.shared.starting())
+        {
             self.parked.push(call);
         } else {
             self.fail(call.kind.call().map(Arc::as_ref), error, false, now);

@@ -85,6 +85,9 @@ pub(crate) struct ClientShared {
     pub(super) events: broadcast::Sender<ClientEvent>,
     pub(crate) closing: AtomicBool,
     pub(super) tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// Calls wait for a server while the client is [`starting`](Self::starting) (a game
+    /// server's fleet client, which nobody waits for to connect).
+    pub(crate) wait_while_starting: bool,
 }
 
 impl ClientShared {
@@ -145,6 +148,11 @@ impl ClientShared {
         target: &Target,
         r: &GrainRef,
     ) -> Result<Option<(PeerId, u32)>, CallError<Infallible>> {
+        if self.wait_while_starting && self.starting() {
+            // Route only once every server was tried: a server connected first would take
+            // grains that belong to one still connecting.
+            return Ok(None);
+        }
         let routed = self.with_routes(|routes| {
             routes.route(target, r.hash, &r.affinity).map(|d| {
                 tracing::debug!(
@@ -157,7 +165,7 @@ impl ClientShared {
         match routed {
             Ok(to) => Ok(Some(to)),
             Err(e) => {
-                if self.config.mode == ConnectMode::OnDemand && self.could_connect_more() {
+                if self.waits_for_servers() {
                     tracing::debug!(grain = %r.id, error = ?e, "waiting for a server");
                     return Ok(None);
                 }
@@ -188,6 +196,19 @@ impl ClientShared {
         self.slots()
             .iter()
             .any(|s| matches!(s.phase(), Phase::Idle | Phase::Connecting | Phase::Connected))
+    }
+
+    /// Whether the client is still finding its first servers: its topology source has given
+    /// neither a topology nor an error yet, or a server has not been tried once.
+    pub(crate) fn starting(&self) -> bool {
+        self.discovery.as_ref().is_some_and(|d| d.undecided())
+            || self.slots().iter().any(|s| !s.settled())
+    }
+
+    /// Whether a call that finds no server waits for one (on demand, or while starting).
+    pub(crate) fn waits_for_servers(&self) -> bool {
+        (self.config.mode == ConnectMode::OnDemand && self.could_connect_more())
+            || (self.wait_while_starting && self.starting())
     }
 
     /// The live slots.

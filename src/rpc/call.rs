@@ -288,6 +288,10 @@ pub(crate) fn status_error<E>(status: Status, version: u8, payload: &[u8]) -> Ca
         Status::Unavailable => CallError::Unavailable,
         Status::Unauthorized => CallError::Unauthorized,
         Status::Redirect => CallError::RedirectLoop,
+        Status::Deadlock => match rpc::decode_deadlock(payload) {
+            Ok(chain) => CallError::Deadlock { chain },
+            Err(_) => CallError::BadRequest,
+        },
         Status::ResponseTooLarge => match rpc::decode_too_large(payload) {
             Some((size, max)) => CallError::ResponseTooLarge { size, max },
             None => CallError::BadRequest,

@@ -1,31 +1,52 @@
-//! Who is calling: the caller of each call, as its host knows it (its address and, with a
-//! verified connect token, its identity), available to the method that runs it ([`caller`]).
-//! Whoever hosts a grain sets it around each call.
+//! What code running in a grain knows of where it runs: who made the call it serves
+//! ([`caller`]), and the grain itself ([`context`]: its id, its own reference, references to
+//! other grains). The calls it makes carry what is left of the served call's deadline and the
+//! call chain (the grains waiting on them), so a callee sees the calling grain as its caller
+//! and a host can refuse a call that would wait on itself. Whoever hosts grains sets it around
+//! each call and hook.
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
-use crate::proto::ids::ServerId;
+use super::reference::{GrainInterface, GrainRef, Via};
+use crate::error::ReferenceError;
+use crate::proto::ids::{GrainId, GrainKey, ServerId};
 use crate::transport::ClientIdentity;
 
 tokio::task_local! {
-    /// The caller of the grain call being run (set around each call's future).
-    static CALLER: Caller;
+    /// The grain whose call or hook runs now (set around each call's and hook's future).
+    static CURRENT: Current;
 }
 
-/// Who made a call: its address and, when it connected with a verified connect token, its
+/// Who made a call: its address, and, when it connected with a verified connect token, its
 /// identity (a player's client id and user data, or the server id of another game server's
-/// grain-to-grain client). Cheap to clone.
+/// grain-to-grain client); for a call one grain made while serving another, that grain and the
+/// chain of grains waiting on it. Cheap to clone.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Caller {
     addr: SocketAddr,
     identity: Option<Arc<ClientIdentity>>,
+    /// The grains waiting on this call, outermost first, the calling grain last (none for a
+    /// call from a client).
+    chain: Option<Arc<[GrainId]>>,
 }
 
 impl Caller {
     pub(crate) fn new(addr: SocketAddr, identity: Option<Arc<ClientIdentity>>) -> Self {
-        Self { addr, identity }
+        Self { addr, identity, chain: None }
+    }
+
+    /// The same caller, for a call made by the last grain of `chain` (empty: by no grain).
+    pub(crate) fn with_chain(&self, chain: Vec<GrainId>) -> Self {
+        let chain = (!chain.is_empty()).then(|| chain.into());
+        Self { chain, ..self.clone() }
+    }
+
+    /// The chain, shared (what a host keeps of a running call).
+    pub(crate) fn shared_chain(&self) -> Option<Arc<[GrainId]>> {
+        self.chain.clone()
     }
 
     /// The address the call came from.
@@ -54,15 +75,116 @@ impl Caller {
     pub fn server_id(&self) -> Option<&ServerId> {
         self.identity().and_then(|i| i.server_id.as_ref())
     }
+
+    /// For a call a grain made while serving a call: that grain.
+    pub fn grain(&self) -> Option<&GrainId> {
+        self.chain().last()
+    }
+
+    /// The grains waiting on this call, outermost first, the calling grain last (empty for a
+    /// call from a player's client, or from outside any grain call).
+    pub fn chain(&self) -> &[GrainId] {
+        self.chain.as_deref().unwrap_or(&[])
+    }
+}
+
+/// What a host knows of one of its grains, for as long as it is active.
+#[derive(Debug)]
+pub(crate) struct Activation {
+    pub(crate) id: GrainId,
+    /// How references made or decoded in its calls call their grains (the host's fleet
+    /// client, for a game server).
+    pub(crate) grains: Via,
+}
+
+/// The grain whose code runs now, and the call it serves (none in its hooks).
+#[derive(Debug, Clone)]
+pub(crate) struct Current {
+    pub(crate) activation: Arc<Activation>,
+    pub(crate) call: Option<Served>,
+}
+
+/// The call a grain serves.
+#[derive(Debug, Clone)]
+pub(crate) struct Served {
+    pub(crate) caller: Caller,
+    /// When its caller stops waiting (on the tokio clock).
+    pub(crate) deadline: tokio::time::Instant,
+}
+
+/// Runs `f` (a grain's call or hook) as `current`.
+pub(crate) fn scope<F: Future>(current: Current, f: F) -> impl Future<Output = F::Output> {
+    CURRENT.scope(current, f)
 }
 
 /// The caller of the grain call this code runs in: call it from a grain method (or anything it
 /// awaits on its own task). `None` outside a call (activation hooks, spawned tasks).
 pub fn caller() -> Option<Caller> {
-    CALLER.try_with(Clone::clone).ok()
+    CURRENT.try_with(|c| c.call.as_ref().map(|s| s.caller.clone())).ok().flatten()
 }
 
-/// Runs `call` with `caller` as its [`caller`].
-pub(crate) fn scope<F: Future>(caller: Caller, call: F) -> impl Future<Output = F::Output> {
-    CALLER.scope(caller, call)
+/// The grain this code runs in: call it from a grain method or hook (or anything it awaits on
+/// its own task; spawned tasks are outside). Keep it (it is cheap to clone) to make references
+/// later, from anywhere.
+pub fn context() -> Option<GrainContext> {
+    CURRENT.try_with(|c| GrainContext(c.activation.clone())).ok()
+}
+
+/// What a decoded reference is bound to inside a grain's call: its host's way of calling
+/// grains.
+pub(crate) fn binding() -> Option<Via> {
+    CURRENT.try_with(|c| c.activation.grains.clone()).ok()
+}
+
+/// For a call made now: what is left of the served call's deadline (`None` outside a call).
+pub(crate) fn remaining() -> Option<Duration> {
+    let deadline = CURRENT.try_with(|c| c.call.as_ref().map(|s| s.deadline)).ok().flatten()?;
+    Some(deadline.saturating_duration_since(tokio::time::Instant::now()))
+}
+
+/// Runs `f` with the call chain a call made now carries: the served call's chain and this
+/// grain (`None` outside any grain).
+pub(crate) fn with_chain<T>(f: impl FnOnce(&[GrainId], &GrainId) -> T) -> Option<T> {
+    CURRENT
+        .try_with(|c| {
+            let chain = c.call.as_ref().map_or(&[][..], |s| s.caller.chain());
+            f(chain, &c.activation.id)
+        })
+        .ok()
+}
+
+/// A grain, as its own code sees it: its id, its own reference, and references to other
+/// grains that call through its host (for a game server, its own client of the fleet: the
+/// same routing and directory as players' calls). From [`context`]; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct GrainContext(Arc<Activation>);
+
+impl GrainContext {
+    /// The grain's id.
+    pub fn id(&self) -> &GrainId {
+        &self.0.id
+    }
+
+    /// A reference to this grain through interface `R`, if its type implements it
+    /// ([`ReferenceError::WrongType`] otherwise): to hand to others (a room gives players
+    /// itself), or to call itself (which, from inside one of its own calls, fails with
+    /// `CallError::Deadlock` rather than wait on itself).
+    pub fn this<R: GrainInterface>(&self) -> Result<R, ReferenceError> {
+        self.grain_by_id(&self.0.id)
+    }
+
+    /// A reference to the grain of `R` with `key`, calling through this grain's host.
+    pub fn grain<R: GrainInterface>(&self, key: impl Into<GrainKey>) -> R {
+        GrainRef::make(self.0.grains.clone(), key.into())
+    }
+
+    /// A reference to grain `id` through `R`, if its type implements `R`'s interface
+    /// ([`ReferenceError::WrongType`] otherwise).
+    pub fn grain_by_id<R: GrainInterface>(&self, id: &GrainId) -> Result<R, ReferenceError> {
+        let info = R::info();
+        if id.ty != info.grain_type {
+            return Err(ReferenceError::WrongType { grain: id.clone(), interface: info.name });
+        }
+        Ok(self.grain(id.key.clone()))
+    }
 }

@@ -8,11 +8,12 @@ use std::time::Duration;
 use bytes::{BufMut, BytesMut};
 use serde::Serialize;
 
+use super::context;
 use super::reference::GrainRef;
 use crate::arena;
 use crate::error::{CallError, CodecError};
 use crate::interface::{InterfaceInfo, MethodInfo};
-use crate::proto::wire::rpc::{self, CallHeader};
+use crate::proto::wire::rpc::{self, CallHeader, MAX_CHAIN};
 
 /// Room left in front of an encoded call for its head byte, request id and type index.
 pub(crate) const PREFIX_GAP: usize = 16;
@@ -52,10 +53,20 @@ pub(crate) fn request<'a, A: Serialize + ?Sized>(
         method: method.id,
         deadline_ms: (!one_way).then(|| timeout.as_millis().min(u128::from(u32::MAX)) as u32),
         key: r.id.key.clone(),
+        chain: Vec::new(),
     };
+    // A call made while serving one carries the chain of grains waiting on it.
+    let depth = context::with_chain(|chain, _| chain.len() + 1).unwrap_or(0);
+    if depth > MAX_CHAIN {
+        return Err(CallError::ChainTooDeep);
+    }
     let (frame, encoded) = arena::frame(PREFIX_GAP + 24 + method.size_hint, |out| {
         out.put_bytes(0, PREFIX_GAP);
-        let flags = rpc::encode_request_body(out, &call);
+        let mut flags = rpc::encode_request_body(out, &call);
+        if depth > 0 {
+            flags |=
+                context::with_chain(|chain, me| rpc::put_chain(out, chain, Some(me))).unwrap_or(0);
+        }
         arena::encode(out, args).map(|()| flags)
     });
     let flags = encoded.map_err(|e| CallError::Encode(CodecError(e)))?;

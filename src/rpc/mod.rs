@@ -10,6 +10,8 @@
 //! * `encode`: the one request encoder;
 //! * `outbound`: the calls a session sent and awaits (ids, deadlines, cancels, resending);
 //! * [`context`]: who made the call being run (`caller()`), a task-local set around each call;
+//! * [`value`]: references as values (their surrogate on the wire, and what a decoded one is
+//!   bound to);
 //! * `turns`: one object's calls one turn at a time (the mailbox between whoever admits calls
 //!   and the task that runs them);
 //! * [`reference`](mod@reference): grain references (`GrainRef`, what generated references wrap), and the
@@ -25,3 +27,4 @@ pub(crate) mod encode;
 pub(crate) mod outbound;
 pub mod reference;
 pub(crate) mod turns;
+pub mod value;

@@ -6,6 +6,7 @@
 use std::convert::Infallible;
 use std::fmt;
 use std::future::Future;
+use std::marker::PhantomData;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,18 +17,85 @@ use serde::{Deserialize, Serialize};
 
 use super::call::{CallCell, CallFuture, CallKind, Outcome, decode_outcome};
 use super::encode::{self, Request};
-use crate::error::{CallError, CodecError};
+use super::value;
+use crate::error::{CallError, CodecError, ReferenceError};
 use crate::interface::{Interface, InterfaceInfo, MethodInfo};
 use crate::proto::ids::{GrainId, GrainKey};
 use crate::proto::route::Affinity;
 use crate::proto::wire::rpc::Status;
 
-/// Implemented by each generated reference type (e.g. `PlayerRef`).
-pub trait GrainInterface: Interface + Sized + Clone + Send + Sync {
-    /// Wraps an untyped reference.
-    fn from_grain_ref(r: GrainRef) -> Self;
+/// Implemented by each generated reference type (e.g. `PlayerRef`): a value (equality, order
+/// and hash by grain and interface; `Display` as `Player/ann`; serde as a few bytes) that
+/// calls its grain.
+pub trait GrainInterface:
+    Interface
+    + Sized
+    + Clone
+    + Send
+    + Sync
+    + Eq
+    + std::hash::Hash
+    + Ord
+    + fmt::Display
+    + fmt::Debug
+    + Serialize
+    + DeserializeOwned
+{
+    /// Wraps a reference whose interface was checked to be this one: only this crate makes a
+    /// [`Checked`] (through [`GrainRef::typed`], `Client::grain`, `Client::grain_by_id`, a
+    /// grain's context, decoding).
+    fn from_checked(r: Checked<Self>) -> Self;
     /// The untyped reference inside.
     fn grain_ref(&self) -> &GrainRef;
+}
+
+/// A reference whose interface is known to be `R`'s: what a typed reference holds. Only this
+/// crate makes one, and one of `R` cannot be used for another interface, so a typed reference
+/// never wraps a grain of another interface, even in the module that declares it.
+pub struct Checked<R>(GrainRef, PhantomData<fn() -> R>);
+
+impl<R> Checked<R> {
+    /// The reference inside.
+    pub fn get(&self) -> &GrainRef {
+        &self.0
+    }
+
+    /// The same reference with calls' deadline set to `timeout` (see
+    /// [`GrainRef::with_timeout`]).
+    pub fn with_timeout(&self, timeout: Duration) -> Self {
+        Self(self.0.with_timeout(timeout), PhantomData)
+    }
+
+    /// The same reference with calls routed by `affinity` (see [`GrainRef::with_affinity`]).
+    pub fn with_affinity(&self, affinity: Affinity) -> Self {
+        Self(self.0.with_affinity(affinity), PhantomData)
+    }
+}
+
+impl<R: Interface> Checked<R> {
+    /// `r` as a reference of `R`, after checking that it is.
+    pub(crate) fn of(r: GrainRef) -> Result<Self, ReferenceError> {
+        let expected = R::info();
+        if r.info.id != expected.id {
+            return Err(ReferenceError::WrongInterface {
+                expected: expected.name,
+                found: r.info.name,
+            });
+        }
+        Ok(Self(r, PhantomData))
+    }
+}
+
+impl<R> Clone for Checked<R> {
+    fn clone(&self) -> Self {
+        Self(self.0.clone(), PhantomData)
+    }
+}
+
+impl<R> fmt::Debug for Checked<R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
 }
 
 /// One call handed to an [`Invoker`].
@@ -111,9 +179,12 @@ pub(crate) trait Calls: Send + Sync + fmt::Debug + 'static {
 
 /// How a reference's calls travel.
 #[derive(Clone)]
-enum Via {
+pub(crate) enum Via {
     Calls(Arc<dyn Calls>),
     Invoker(Arc<dyn Invoker>),
+    /// Nowhere: decoded where nothing could call it. Its calls fail with
+    /// [`CallError::Unbound`].
+    Unbound,
 }
 
 impl fmt::Debug for Via {
@@ -121,12 +192,17 @@ impl fmt::Debug for Via {
         match self {
             Via::Calls(c) => c.fmt(f),
             Via::Invoker(_) => f.write_str("Invoker"),
+            Via::Unbound => f.write_str("Unbound"),
         }
     }
 }
 
 /// An untyped reference to one grain through one client: what generated references wrap.
-#[derive(Debug, Clone)]
+///
+/// A value: two references are equal when they name the same grain through the same interface
+/// (whatever they call through, their deadline or affinity); they order by grain type, key and
+/// interface, and hash alike. Serialized, it is a few bytes (see [`rpc::value`](super::value)).
+#[derive(Clone)]
 pub struct GrainRef {
     via: Via,
     pub(crate) info: &'static InterfaceInfo,
@@ -141,10 +217,6 @@ pub struct GrainRef {
 }
 
 impl GrainRef {
-    pub(crate) fn new(calls: Arc<dyn Calls>, info: &'static InterfaceInfo, key: GrainKey) -> Self {
-        Self::via(Via::Calls(calls), info, key)
-    }
-
     /// A reference whose calls `invoker` answers (no client, no network).
     pub fn with_invoker(
         invoker: Arc<dyn Invoker>,
@@ -155,11 +227,32 @@ impl GrainRef {
     }
 
     fn via(via: Via, info: &'static InterfaceInfo, key: GrainKey) -> Self {
-        let id = GrainId { ty: info.grain_type, key };
+        Self::bound(via, info, GrainId { ty: info.grain_type, key })
+    }
+
+    /// A typed reference to the grain of `R` with `key`, calling through `via`.
+    pub(crate) fn make<R: GrainInterface>(via: Via, key: GrainKey) -> R {
+        R::from_checked(Checked(Self::via(via, R::info(), key), PhantomData))
+    }
+
+    /// A reference to grain `id` through interface `info`, calling through `via`.
+    pub(crate) fn bound(via: Via, info: &'static InterfaceInfo, id: GrainId) -> Self {
         // Stream 0 carries control frames; grains use 1..=255.
         let hash = id.stable_hash();
         let stream = 1 + (hash % 255) as u8;
         Self { via, info, id, stream, hash, timeout: None, affinity: Affinity::None }
+    }
+
+    /// This reference as a typed one, if it is of `R`'s interface
+    /// ([`ReferenceError::WrongInterface`] otherwise).
+    pub fn typed<R: GrainInterface>(&self) -> Result<R, ReferenceError> {
+        Checked::of(self.clone()).map(R::from_checked)
+    }
+
+    /// Whether its calls can go anywhere: false for a reference decoded where nothing could
+    /// call it (its calls fail with [`CallError::Unbound`]).
+    pub fn is_bound(&self) -> bool {
+        !matches!(self.via, Via::Unbound)
     }
 
     /// The grain's id.
@@ -232,6 +325,7 @@ impl GrainRef {
         let queued = match &self.via {
             Via::Calls(calls) => self.one_way(calls, method, args),
             Via::Invoker(invoker) => self.invoke(invoker, method, args).await.map(|_| ()),
+            Via::Unbound => Err(CallError::Unbound),
         };
         if queued.is_err() {
             tokio::task::yield_now().await;
@@ -247,19 +341,29 @@ impl GrainRef {
         args: &A,
         decode: impl FnOnce(&Outcome) -> Result<T, CallError<E>>,
     ) -> Result<T, CallError<E>> {
+        // References in the result are bound to what made the call.
         match &self.via {
             Via::Calls(calls) => {
                 let mut call = self.start(calls, method, args).await?;
                 (&mut call).await;
-                decode(call.outcome())
+                value::bound(&self.via, || decode(call.outcome()))
             }
-            Via::Invoker(invoker) => decode(&self.invoke(invoker, method, args).await),
+            Via::Invoker(invoker) => {
+                let outcome = self.invoke(invoker, method, args).await;
+                value::bound(&self.via, || decode(&outcome))
+            }
+            Via::Unbound => {
+                tokio::task::yield_now().await;
+                Err(CallError::Unbound)
+            }
         }
     }
 
-    /// The deadline of a call of `method` through `calls`.
+    /// The deadline of a call of `method` through `calls`: the reference's, the method's or
+    /// the default, and never past the deadline of the grain call it is made in.
     fn timeout(&self, calls: &Arc<dyn Calls>, method: &MethodInfo) -> Duration {
-        self.timeout.or(method.timeout).unwrap_or_else(|| calls.default_timeout())
+        let own = self.timeout.or(method.timeout).unwrap_or_else(|| calls.default_timeout());
+        super::context::remaining().map_or(own, |left| own.min(left))
     }
 
     /// Queues the call. A call that fails at once (no server to route it to, say) still
@@ -318,5 +422,46 @@ impl GrainRef {
         let call = Invocation { grain: self.id.clone(), method, args: args.into() };
         let answer = invoker.invoke(call).await?;
         Ok((answer.status, answer.payload))
+    }
+}
+
+impl PartialEq for GrainRef {
+    fn eq(&self, other: &Self) -> bool {
+        self.info.id == other.info.id && self.id == other.id
+    }
+}
+
+impl Eq for GrainRef {}
+
+impl std::hash::Hash for GrainRef {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.id.hash(state);
+        self.info.id.hash(state);
+    }
+}
+
+impl PartialOrd for GrainRef {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for GrainRef {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (&self.id, self.info.id).cmp(&(&other.id, other.info.id))
+    }
+}
+
+impl fmt::Debug for GrainRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("GrainRef");
+        d.field("grain", &format_args!("{self}")).field("via", &self.via);
+        if let Some(t) = self.timeout {
+            d.field("timeout", &t);
+        }
+        if self.affinity != Affinity::None {
+            d.field("affinity", &self.affinity);
+        }
+        d.finish()
     }
 }

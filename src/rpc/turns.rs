@@ -29,6 +29,8 @@ pub(crate) struct Job {
     pub(crate) args: Bytes,
     /// Who made it (the method reads it with `caller()`).
     pub(crate) caller: Caller,
+    /// When its caller stops waiting (what calls the grain makes meanwhile may take).
+    pub(crate) deadline: tokio::time::Instant,
 }
 
 /// A mailbox's queue: jobs in token order (tokens only grow, and a mailbox gets its jobs in
@@ -117,6 +119,11 @@ impl Mailbox {
         self.signal.notify();
     }
 
+    /// The call running now (0 when none).
+    pub(crate) fn running(&self) -> u64 {
+        self.running.load(Ordering::Acquire)
+    }
+
     /// Whether no call is queued.
     pub(crate) fn is_empty(&self) -> bool {
         lock(&self.queue).live == 0
@@ -178,7 +185,8 @@ mod tests {
     fn job(token: u64) -> Job {
         let caller = Caller::new("127.0.0.1:1".parse().unwrap(), None);
         let reply = CallKind::OneWay;
-        Job { token, reply, method: MethodId(0), args: Bytes::new(), caller }
+        let deadline = tokio::time::Instant::now();
+        Job { token, reply, method: MethodId(0), args: Bytes::new(), caller, deadline }
     }
 
     #[test]

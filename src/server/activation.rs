@@ -23,11 +23,12 @@ use crossbeam::channel::Sender;
 use super::ServerCounters;
 use super::budget::{AnswerBudget, Room};
 use super::claims::{Claims, DirectoryUse, Gate};
-use super::context;
 use crate::proto::ids::{GrainId, RequestId};
 use crate::proto::wire::rpc::Status;
 use crate::rpc::call::CallKind;
+use crate::rpc::context;
 use crate::rpc::dispatch::{self, Dispatch, Reply};
+use crate::rpc::reference::Via;
 use crate::rpc::turns::{Job, Mailbox, Turn};
 use crate::transport::{Connection, Delivery, EndpointShared};
 
@@ -51,6 +52,8 @@ pub(crate) struct Reporter {
     pub(crate) endpoint: Arc<EndpointShared>,
     pub(crate) budget: AnswerBudget,
     pub(crate) counters: Arc<ServerCounters>,
+    /// How references in its grains call (the server's fleet client).
+    pub(crate) grains: Via,
 }
 
 impl Reporter {
@@ -166,10 +169,20 @@ async fn catch_unwind<T>(f: impl Future<Output = T>) -> Option<T> {
 }
 
 /// Makes a grain instance and runs its activation hook; `None` if either panicked.
-async fn activate<I: Dispatch<G>, G, F: Fn(&GrainId) -> G>(factory: &F, id: &GrainId) -> Option<G> {
+async fn activate<I: Dispatch<G>, G, F: Fn(&GrainId) -> G>(
+    factory: &F,
+    here: &Arc<context::Activation>,
+) -> Option<G> {
+    let id = &here.id;
     let mut grain = std::panic::catch_unwind(AssertUnwindSafe(|| factory(id))).ok()?;
-    catch_unwind(I::activate(&mut grain, id)).await?;
+    let hook = I::activate(&mut grain, id);
+    catch_unwind(context::scope(hook_scope(here), hook)).await?;
     Some(grain)
+}
+
+/// What a hook runs in: the grain, no call.
+fn hook_scope(here: &Arc<context::Activation>) -> context::Current {
+    context::Current { activation: here.clone(), call: None }
 }
 
 /// Whether the caller's connection holds more unacknowledged answers than it may (see
@@ -203,7 +216,8 @@ where
     G: Send + 'static,
     F: Fn(&GrainId) -> G + Send + Sync + 'static,
 {
-    let mut grain = activate::<I, G, F>(&factory, &id).await;
+    let here = Arc::new(context::Activation { id: id.clone(), grains: reporter.grains.clone() });
+    let mut grain = activate::<I, G, F>(&factory, &here).await;
     let budget = reporter.budget;
     while let Some(job) = mailbox.next().await {
         let status = if caller_not_draining(&job, &budget) {
@@ -212,9 +226,10 @@ where
         } else if let Some(g) = grain.as_mut() {
             let mut reply = Reply::new(job.reply.as_ref().map(|(_, rid)| *rid));
             let dispatch = I::dispatch(g, job.method, &job.args, &mut reply);
-            let ran = mailbox
-                .turn(job.token, catch_unwind(context::scope(job.caller.clone(), dispatch)))
-                .await;
+            let served = context::Served { caller: job.caller.clone(), deadline: job.deadline };
+            let current = context::Current { activation: here.clone(), call: Some(served) };
+            let ran =
+                mailbox.turn(job.token, catch_unwind(context::scope(current, dispatch))).await;
             match ran {
                 // `catch_unwind` gave the method's status.
                 Turn::Done(Some(status)) => match (job.reply.call(), reply.take()) {
@@ -230,7 +245,7 @@ where
                 Turn::Done(None) => {
                     tracing::warn!(grain = %id, method = job.method.0, "grain method panicked; replacing the instance");
                     // The instance's state may be broken: start over with a fresh one.
-                    grain = activate::<I, G, F>(&factory, &id).await;
+                    grain = activate::<I, G, F>(&factory, &here).await;
                     Some(Status::HandlerPanicked)
                 }
                 // The deadline passed (say so) or the caller gave up (no answer wanted).
@@ -239,7 +254,7 @@ where
             }
         } else {
             // Activation failed (its hook or factory panicked): fail calls until replaced.
-            grain = activate::<I, G, F>(&factory, &id).await;
+            grain = activate::<I, G, F>(&factory, &here).await;
             Some(Status::HandlerPanicked)
         };
         if let (Some(status), Some((conn, rid))) = (status, job.reply.call()) {
@@ -253,7 +268,7 @@ where
         }
     }
     if let Some(g) = grain.as_mut() {
-        let _ = catch_unwind(I::deactivate(g)).await;
+        let _ = catch_unwind(context::scope(hook_scope(&here), I::deactivate(g))).await;
     }
     reporter.report(Report::Gone { grain: id });
 }

@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
+use super::grains::FleetNet;
 use super::{AuthConfig, Host, Registered, Server, ServerConfig, ServerError};
 use crate::directory::GrainDirectory;
 use crate::error::BindError;
@@ -138,18 +139,20 @@ impl ServerBuilder {
     /// Starts the server on a UDP socket at `addr`, on the current tokio runtime.
     pub fn bind(self, addr: SocketAddr) -> Result<Server, ServerError> {
         let (config, registry, server_id, directory, security) = self.prepare()?;
-        let io = crate::transport::io::UdpIo::bind(addr, config.transport.socket_buffer_size)
-            .map_err(BindError::from)?;
-        Server::start(io, config, registry, server_id, directory, security)
+        let buffer = config.transport.socket_buffer_size;
+        let io = crate::transport::io::UdpIo::bind(addr, buffer).map_err(BindError::from)?;
+        let net = FleetNet::Udp { buffer };
+        Server::start(io, net, config, registry, server_id, directory, security)
     }
 
     /// Starts the server on a UDP socket the application bound (to learn the port the OS
     /// picked for `:0` before naming the server, or to bind it its own way).
     pub fn bind_socket(self, socket: std::net::UdpSocket) -> Result<Server, ServerError> {
         let (config, registry, server_id, directory, security) = self.prepare()?;
-        let io = crate::transport::io::UdpIo::from_std(socket, config.transport.socket_buffer_size)
-            .map_err(BindError::from)?;
-        Server::start(io, config, registry, server_id, directory, security)
+        let buffer = config.transport.socket_buffer_size;
+        let io = crate::transport::io::UdpIo::from_std(socket, buffer).map_err(BindError::from)?;
+        let net = FleetNet::Udp { buffer };
+        Server::start(io, net, config, registry, server_id, directory, security)
     }
 
     /// Starts the server on the simulated network at `addr`.
@@ -161,6 +164,7 @@ impl ServerBuilder {
     ) -> Result<Server, ServerError> {
         let (config, registry, server_id, directory, security) = self.prepare()?;
         let io = net.bind_io(addr).map_err(BindError::from)?;
-        Server::start(io, config, registry, server_id, directory, security)
+        let net = FleetNet::Sim(net.clone());
+        Server::start(io, net, config, registry, server_id, directory, security)
     }
 }

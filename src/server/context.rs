@@ -7,8 +7,7 @@ use std::sync::Arc;
 
 use crate::interface::MethodInfo;
 use crate::proto::ids::GrainKey;
-pub(crate) use crate::rpc::context::scope;
-pub use crate::rpc::context::{Caller, caller};
+pub use crate::rpc::context::{Caller, GrainContext, caller, context};
 
 /// What a grain type's authorization decides about: who calls which grain's which method.
 #[derive(Debug, Clone, Copy)]

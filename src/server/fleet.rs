@@ -17,12 +17,15 @@ pub(crate) struct Fleet {
     current: Topology,
     /// `current` as a topology frame.
     frame: Bytes,
+    /// `current`, for the server's own fleet client (grain-to-grain calls).
+    watch: tokio::sync::watch::Sender<Topology>,
 }
 
 impl Fleet {
     pub(crate) fn new(me: ClusterNode, statics: Vec<ClusterNode>) -> Self {
-        let mut f =
-            Self { me, statics, members: None, current: Topology::new([]), frame: Bytes::new() };
+        let watch = tokio::sync::watch::Sender::new(Topology::new([]));
+        let (members, current, frame) = (None, Topology::new([]), Bytes::new());
+        let mut f = Self { me, statics, members, current, frame, watch };
         f.rebuild();
         f
     }
@@ -42,6 +45,7 @@ impl Fleet {
         rpc::encode_topology_head(&mut out);
         next.encode_into(&mut out);
         self.frame = Bytes::from(out);
+        self.watch.send_replace(next.clone());
         self.current = next;
         true
     }
@@ -70,6 +74,11 @@ impl Fleet {
 
     pub(crate) fn topology(&self) -> &Topology {
         &self.current
+    }
+
+    /// The topology now and at every change.
+    pub(crate) fn subscribe(&self) -> tokio::sync::watch::Receiver<Topology> {
+        self.watch.subscribe()
     }
 
     pub(crate) fn frame(&self) -> Bytes {

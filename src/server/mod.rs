@@ -25,6 +25,7 @@ mod config;
 mod context;
 pub mod dispatch;
 mod fleet;
+mod grains;
 mod security;
 mod service;
 mod stats;
@@ -44,7 +45,7 @@ pub use self::builder::ServerBuilder;
 pub use self::claims::{DirectoryConfig, DirectoryUse};
 pub use self::config::{ServerConfig, ServerError};
 use self::context::Authorize;
-pub use self::context::{CallInfo, Caller, caller};
+pub use self::context::{CallInfo, Caller, GrainContext, caller, context};
 use self::dispatch::Dispatch;
 pub use self::security::{AuthConfig, KeyError, KeyFile};
 use self::service::{ServerCmd, ServerService};
@@ -58,6 +59,7 @@ use crate::proto::ids::{GrainId, GrainType, ServerId};
 use crate::proto::manifest::{HostedGrain, Manifest};
 pub use crate::proto::manifest::{MetaValue, Metadata};
 use crate::proto::topology::{ClusterNode, Topology};
+use crate::rpc::reference::Via;
 use crate::sync::lock;
 use crate::topology::redis::{MemberCmd, MemberEntry};
 use crate::transport::{Endpoint, Security};
@@ -151,6 +153,8 @@ pub(crate) struct ServerShared {
     pub(crate) fleet: Mutex<fleet::Fleet>,
     /// Grains claimed in the directory (with one).
     pub(crate) claims: Option<Arc<claims::Claims>>,
+    /// How its grains call grains: its fleet client, made on the first call.
+    pub(crate) grains: Arc<grains::FleetCalls>,
 }
 
 /// A running game server. Dropping it stops it at once; [`Server::shutdown`] stops it
@@ -172,6 +176,7 @@ impl Drop for Server {
         if let Some(t) = self.renewals.take() {
             t.abort();
         }
+        self.shared.grains.close();
     }
 }
 
@@ -242,6 +247,7 @@ impl Server {
 
     fn start(
         io: impl crate::transport::io::Io,
+        net: grains::FleetNet,
         config: ServerConfig,
         registry: Vec<Registered>,
         server_id: ServerId,
@@ -297,6 +303,15 @@ impl Server {
             Arc::new(claims::Claims::new(d, owner, config.directory.clone()))
         });
         let fleet = fleet::Fleet::new(me, statics);
+        let grains = Arc::new(grains::FleetCalls::new(grains::FleetSpec {
+            net,
+            ip: local.ip(),
+            cluster_id: config.cluster_id.clone(),
+            service_id: config.service_id.clone(),
+            default_timeout: config.default_deadline,
+            identity: security.keys.first().map(|k| (k.clone(), server_id.clone())),
+            fleet: fleet.subscribe(),
+        }));
         let mut shared = ServerShared {
             config: config.clone(),
             registry,
@@ -318,6 +333,7 @@ impl Server {
             calls_done: AtomicU64::new(0),
             fleet: Mutex::new(fleet),
             claims,
+            grains,
         };
         let manifest = shared.build_manifest();
         let frame = Bytes::from(manifest.encode());
@@ -336,7 +352,9 @@ impl Server {
         let membership = config.membership.clone();
         let mut renewals = None;
         let endpoint = Endpoint::start_service(io, config.transport, security, move |ep| {
-            let reporter = Reporter { tx: report_tx, endpoint: ep.clone(), budget, counters };
+            let grains = Via::Calls(s.grains.clone());
+            let reporter =
+                Reporter { tx: report_tx, endpoint: ep.clone(), budget, counters, grains };
             ServerService::new(s, reporter, report_rx, cmd_rx)
         })?;
         if let Some(claims) = shared.claims.clone() {
@@ -535,6 +553,8 @@ impl Server {
         if self.command(ServerCmd::CloseDrained(tx)) {
             let _ = tokio::time::timeout(limit, rx).await;
         }
+        // Deactivated grains made their last calls.
+        let _ = tokio::time::timeout(limit, self.shared.grains.shutdown()).await;
         if let Some(m) = self.member.take() {
             let (tx, rx) = oneshot::channel();
             if m.send(MemberCmd::Leave(tx)).is_ok() {

@@ -78,6 +78,9 @@ struct CallRecord {
     mailbox: Arc<Mailbox>,
     /// What it is charged against the byte budgets: its arguments plus [`CALL_COST`].
     bytes: usize,
+    /// The grains waiting on it (a call a grain made while serving another), to refuse a call
+    /// that would wait on itself.
+    chain: Option<Arc<[GrainId]>>,
 }
 
 struct PeerState {
@@ -235,6 +238,11 @@ impl ServerService {
         }
         let index = admitted.index;
         let grain = GrainId { ty: self.shared.registry[index].info.grain_type, key: call.key };
+        if !call.chain.is_empty()
+            && let Some(payload) = self.deadlock(&grain, &call.chain)
+        {
+            return self.answer(peer, id, Status::Deadlock, &payload);
+        }
         let creator = Creator { peer, addr, cost: budget::activation_cost(&grain.key) };
         if self.table.key_of(&grain).is_none() {
             // Known to live elsewhere: redirect at once (no activation, no directory trip).
@@ -253,6 +261,11 @@ impl ServerService {
             + call
                 .deadline_ms
                 .map_or(self.shared.config.default_deadline, |ms| Duration::from_millis(ms.into()));
+        let caller = match call.chain.is_empty() {
+            true => p.caller.clone(),
+            false => p.caller.with_chain(call.chain),
+        };
+        let chain = caller.shared_chain();
         let token = self.next_token;
         self.next_token += 1;
         let reply = id.map(|id| (p.conn.clone(), id));
@@ -266,11 +279,32 @@ impl ServerService {
             l.calls += 1;
             l.call_bytes += cost;
         });
-        let job = Job { token, reply, method: call.method, args, caller: p.caller.clone() };
+        // The endpoint's clock is the tokio clock's base (real or simulated time).
+        let job_deadline = tokio::time::Instant::from_std(deadline);
+        let method = call.method;
+        let job = Job { token, reply, method, args, caller, deadline: job_deadline };
         let mailbox = self.route(creator, grain.clone(), index, job, now);
-        self.calls.insert(token, CallRecord { peer, id, grain, mailbox, bytes: cost });
+        self.calls.insert(token, CallRecord { peer, id, grain, mailbox, bytes: cost, chain });
         self.deadlines.push(Reverse((deadline, token)));
         self.publish();
+    }
+
+    /// Whether a call to `grain` made by the grains of `chain` would wait on itself: the grain
+    /// is running the call of that chain that leads to this one. If so, the payload of the
+    /// `Deadlock` answer (the chain, `grain` last).
+    fn deadlock(&self, grain: &GrainId, chain: &[GrainId]) -> Option<Vec<u8>> {
+        if !chain.contains(grain) {
+            return None;
+        }
+        let running = self.table.by_grain(grain)?.mailbox.running();
+        let outer = self.calls.get(&running)?.chain.as_deref().unwrap_or(&[]);
+        let n = outer.len();
+        if chain.len() <= n || chain[..n] != *outer || chain[n] != *grain {
+            return None;
+        }
+        let mut payload = Vec::new();
+        rpc::put_chain(&mut payload, chain, Some(grain));
+        Some(payload)
     }
 
     /// Answers a refused call, if it is a request from a peer still there (and its session

@@ -128,6 +128,10 @@ impl Table {
         self.slab.get_mut(key)
     }
 
+    pub(super) fn by_grain(&self, grain: &GrainId) -> Option<&Activation> {
+        self.slab.get(self.key_of(grain)?)
+    }
+
     pub(super) fn by_grain_mut(&mut self, grain: &GrainId) -> Option<&mut Activation> {
         let key = self.key_of(grain)?;
         self.slab.get_mut(key)

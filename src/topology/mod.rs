@@ -76,6 +76,20 @@ pub trait StreamingSource: Send + Sync + 'static {
     }
 }
 
+/// A stream over a channel's receiver (what streaming sources return).
+pub(crate) struct Receiver<T>(pub(crate) tokio::sync::mpsc::Receiver<T>);
+
+impl<T> futures_core::Stream for Receiver<T> {
+    type Item = T;
+
+    fn poll_next(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<T>> {
+        self.0.poll_recv(cx)
+    }
+}
+
 /// A fixed fleet: what the builder's server list is, as a source (one seed, never failing).
 #[derive(Debug, Clone)]
 pub struct StaticSource(pub Topology);

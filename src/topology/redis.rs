@@ -19,7 +19,6 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures_core::Stream as _;
@@ -298,7 +297,7 @@ impl StreamingSource for RedisSource {
                 let _ = tx.send(Err(e)).await;
             }
         });
-        Box::pin(Receiver(rx))
+        Box::pin(super::Receiver(rx))
     }
 }
 
@@ -330,17 +329,6 @@ async fn follow(
             () = tokio::time::sleep(interval) => {}
             () = tx.closed() => return Ok(()),
         }
-    }
-}
-
-/// A stream over a channel's receiver.
-struct Receiver<T>(mpsc::Receiver<T>);
-
-impl<T> futures_core::Stream for Receiver<T> {
-    type Item = T;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<T>> {
-        self.0.poll_recv(cx)
     }
 }
 

@@ -5,12 +5,18 @@
 //!
 //! ```text
 //! request   head | slot varint | gen u16 | type index varint | version u8 | method u16
-//!                | [deadline ms varint] | key | arguments (postcard) to the end
-//! one-way   head | type index varint | version u8 | method u16 | [deadline ms] | key | args
+//!                | [deadline ms varint] | key | [chain] | arguments (postcard) to the end
+//! one-way   head | type index varint | version u8 | method u16 | [deadline ms] | key | [chain]
+//!                | args
+//! chain     count varint (1..=32) | count x (grain type u32 | key kind u8 | key)
 //! cancel    head | slot varint | gen u16
 //! response  head(status) | slot varint | gen u16 | result or error (postcard) to the end
 //! manifest  head | manifest (postcard) to the end
 //! ```
+//!
+//! A call one grain makes while serving another carries its call chain: the grains waiting on
+//! it, outermost first, the caller last (the head's top bit says one follows). A host refuses a
+//! call that would wait on itself (`Deadlock`, the chain in the payload).
 //!
 //! The type index is the server's number for a hosted grain type, from its manifest: one
 //! byte instead of a 4-byte type id and 4-byte interface id. With a small integer key and a
@@ -20,7 +26,7 @@ use bytes::BufMut;
 
 use super::WireError;
 use super::codec::{Reader, put_varint};
-use crate::proto::ids::{GrainKey, MethodId, RequestId};
+use crate::proto::ids::{GrainId, GrainKey, GrainType, MethodId, RequestId};
 
 /// An extended frame: a sub-kind (a varint) and a body. A peer skips a sub-kind it does not
 /// know, so later versions add frame kinds this way without older peers taking them for
@@ -37,10 +43,15 @@ const KIND_WATCH: u8 = 7;
 const WATCH_SUBSCRIBE: u8 = 0x08;
 const KEY_SHIFT: u8 = 3;
 const HAS_DEADLINE: u8 = 0x40;
+/// A request's or one-way call's flag: a call chain follows the key.
+const HAS_CHAIN: u8 = 0x80;
 const STATUS_SHIFT: u8 = 3;
 
 /// Longest string extension or string key accepted on the wire.
 pub const MAX_KEY_STRING: usize = 1024;
+
+/// The most grains a call chain names (a deeper chain of calls fails at its caller).
+pub const MAX_CHAIN: usize = 32;
 
 /// The close code a server that stops gracefully ends a session with once every call of that
 /// client it ran has been answered and the answers acknowledged: a call still unanswered when
@@ -86,6 +97,10 @@ pub enum Status {
     /// The server's authorization refused the caller this call (before any activation): it
     /// did not run.
     Unauthorized = 13,
+    /// The call would wait on itself: its grain is busy with a call of the chain that leads to
+    /// it (A calls B, B calls A). The payload is the chain, this grain last (see
+    /// [`put_chain`]). It did not run.
+    Deadlock = 14,
 }
 
 impl Status {
@@ -105,6 +120,7 @@ impl Status {
             11 => Self::Redirect,
             12 => Self::Unavailable,
             13 => Self::Unauthorized,
+            14 => Self::Deadlock,
             other => return Err(WireError::OutOfRange { field: "status", value: other.into() }),
         })
     }
@@ -123,6 +139,9 @@ pub struct CallHeader {
     pub deadline_ms: Option<u32>,
     /// The grain's key.
     pub key: GrainKey,
+    /// The grains waiting on this call, outermost first, its caller last (empty: a call from a
+    /// client, or from outside any grain call).
+    pub chain: Vec<GrainId>,
 }
 
 /// A decoded RPC frame; payloads borrow from the message.
@@ -253,6 +272,48 @@ fn read_key(r: &mut Reader<'_>, tag: u8) -> Result<GrainKey, WireError> {
     })
 }
 
+/// Appends a call chain: `ids`, outermost first, then `last` (see [`CallHeader::chain`]);
+/// the head flag that says one follows, or 0 when there is none. At most [`MAX_CHAIN`] ids
+/// are written (the caller checks the depth before).
+pub fn put_chain(out: &mut impl BufMut, ids: &[GrainId], last: Option<&GrainId>) -> u8 {
+    let n = (ids.len() + usize::from(last.is_some())).min(MAX_CHAIN);
+    if n == 0 {
+        return 0;
+    }
+    put_varint(out, n as u64);
+    for id in ids.iter().chain(last).take(n) {
+        out.put_slice(&id.ty.0.to_le_bytes());
+        out.put_u8(key_tag(&id.key));
+        put_key(out, &id.key);
+    }
+    HAS_CHAIN
+}
+
+/// Reads a call chain (what [`put_chain`] wrote).
+pub(crate) fn read_chain(r: &mut Reader<'_>) -> Result<Vec<GrainId>, WireError> {
+    let n = r.varint()?;
+    if n == 0 || n > MAX_CHAIN as u64 {
+        return Err(WireError::OutOfRange { field: "call chain length", value: n });
+    }
+    (0..n)
+        .map(|_| {
+            let ty = GrainType(r.u32()?);
+            let tag = r.u8()?;
+            Ok(GrainId { ty, key: read_key(r, tag)? })
+        })
+        .collect()
+}
+
+/// Reads the payload of a [`Status::Deadlock`] answer: the chain, the refusing grain last.
+pub fn decode_deadlock(payload: &[u8]) -> Result<Vec<GrainId>, WireError> {
+    let mut r = Reader::new(payload);
+    let chain = read_chain(&mut r)?;
+    if !r.is_empty() {
+        return Err(WireError::OutOfRange { field: "trailing bytes", value: r.remaining() as u64 });
+    }
+    Ok(chain)
+}
+
 /// Appends a request (`id: Some`) or one-way call (`None`) up to its arguments; the caller
 /// appends the postcard-encoded arguments right after.
 pub fn encode_call(out: &mut impl BufMut, id: Option<RequestId>, call: &CallHeader) {
@@ -261,16 +322,16 @@ pub fn encode_call(out: &mut impl BufMut, id: Option<RequestId>, call: &CallHead
     if call.deadline_ms.is_some() {
         head |= HAS_DEADLINE;
     }
+    if !call.chain.is_empty() {
+        head |= HAS_CHAIN;
+    }
     out.put_u8(head);
     if let Some(id) = id {
         put_id(out, id);
     }
-    encode_call_routing(out, call);
-}
-
-fn encode_call_routing(out: &mut impl BufMut, call: &CallHeader) {
     put_varint(out, call.type_index.into());
     encode_call_tail(out, call);
+    put_chain(out, &call.chain, None);
 }
 
 fn encode_call_tail(out: &mut impl BufMut, call: &CallHeader) {
@@ -311,8 +372,9 @@ pub fn encode_request_prefix(
 }
 
 /// Appends the part of a request that does not depend on the server it goes to (everything
-/// after the type index), returning the flags that belong in the head (see
-/// [`encode_request_prefix`]). `call.type_index` is not written.
+/// after the type index up to the chain), returning the flags that belong in the head (see
+/// [`encode_request_prefix`]). `call.type_index` and `call.chain` are not written: the caller
+/// appends a chain with [`put_chain`] (and ORs its flag into these) before the arguments.
 pub fn encode_request_body(out: &mut impl BufMut, call: &CallHeader) -> u8 {
     let mut flags = key_tag(&call.key) << KEY_SHIFT;
     if call.deadline_ms.is_some() {
@@ -387,7 +449,7 @@ pub fn rewrite_body_deadline(
 pub fn request_id(buf: &[u8]) -> Option<RequestId> {
     let mut r = Reader::new(buf);
     let head = r.u8().ok()?;
-    (head & 0x7 == KIND_REQUEST && head & 0x80 == 0).then(|| read_id(&mut r).ok()).flatten()
+    (head & 0x7 == KIND_REQUEST).then(|| read_id(&mut r).ok()).flatten()
 }
 
 /// The longest server id or endpoint a redirect may name.
@@ -445,9 +507,6 @@ pub fn decode_rpc(buf: &[u8]) -> Result<RpcFrame<'_>, WireError> {
     let head = r.u8()?;
     match head & 0x7 {
         KIND_REQUEST | KIND_ONE_WAY => {
-            if head & 0x80 != 0 {
-                return Err(WireError::ReservedBits(head));
-            }
             let id = if head & 0x7 == KIND_REQUEST { Some(read_id(&mut r)?) } else { None };
             let type_index = r.varint_u32("type index")?;
             let version = r.u8()?;
@@ -455,7 +514,8 @@ pub fn decode_rpc(buf: &[u8]) -> Result<RpcFrame<'_>, WireError> {
             let deadline_ms =
                 if head & HAS_DEADLINE != 0 { Some(r.varint_u32("deadline")?) } else { None };
             let key = read_key(&mut r, (head >> KEY_SHIFT) & 0x7)?;
-            let call = CallHeader { type_index, version, method, deadline_ms, key };
+            let chain = if head & HAS_CHAIN != 0 { read_chain(&mut r)? } else { Vec::new() };
+            let call = CallHeader { type_index, version, method, deadline_ms, key, chain };
             let args = r.rest();
             Ok(match id {
                 Some(id) => RpcFrame::Request { id, call, args },

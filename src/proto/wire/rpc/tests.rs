@@ -1,7 +1,14 @@
 use super::*;
 
 fn call(key: GrainKey, deadline: Option<u32>) -> CallHeader {
-    CallHeader { type_index: 3, version: 2, method: MethodId(0xbeef), deadline_ms: deadline, key }
+    CallHeader {
+        type_index: 3,
+        version: 2,
+        method: MethodId(0xbeef),
+        deadline_ms: deadline,
+        key,
+        chain: Vec::new(),
+    }
 }
 
 #[test]
@@ -122,6 +129,7 @@ fn a_32_byte_call_is_compact() {
         method: MethodId(7),
         deadline_ms: Some(5000),
         key: GrainKey::Int(42),
+        chain: Vec::new(),
     };
     let mut out = Vec::new();
     encode_call(&mut out, Some(RequestId { slot: 3, generation: 9 }), &c);
