@@ -69,6 +69,11 @@ pub struct MethodInfo {
     /// Safe to run twice (`#[idempotent]`): sent again to another server (as the client's
     /// retry policy says) when its server is lost while the call is pending.
     pub idempotent: bool,
+    /// It takes `&self` (a shared borrow of the grain).
+    pub shared: bool,
+    /// It may run while the grain awaits in a call of another `&self` method
+    /// (`#[interleave]`; see the README's "Interleaving").
+    pub interleave: bool,
     /// Its deadline if set on the method (`#[timeout_ms = N]`).
     pub timeout: Option<Duration>,
     /// Expected size of the encoded arguments, to size buffers.

@@ -4,17 +4,21 @@
 
 pub use std::time::Duration;
 
+pub use bytes::Bytes;
+
 pub use crate::client::{GrainInterface, GrainRef};
 pub use crate::error::CallError;
 pub use crate::interface::{DeliveryClass, Interface, InterfaceInfo, MethodInfo, MethodKind};
 pub use crate::proto::ids::{GrainId, GrainKey, GrainType, InterfaceId, MethodId, ServerId};
 pub use crate::proto::route::Affinity;
 pub use crate::proto::wire::rpc::Status;
-pub use crate::rpc::dispatch::{Dispatch, Reply, decode_args, encode_app_err, encode_ok};
+pub use crate::rpc::dispatch::{
+    Dispatch, Reply, SharedCall, decode_args, encode_app_err, encode_ok,
+};
 pub use crate::rpc::reference::Checked;
 pub use crate::rpc::value::deserialize_typed;
 pub use crate::server::Host;
-pub use crate::server::dispatch::host;
+pub use crate::server::dispatch::{host, host_interleaving};
 pub use serde;
 
 /// The stable hash of a contract description.

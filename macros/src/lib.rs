@@ -8,6 +8,7 @@
 //!     #[one_way] async fn ping(&mut self, n: u64);                // reliable, no response
 //!     #[timeout_ms = 250] async fn position(&self) -> (f32, f32);  // this method's deadline
 //!     #[idempotent] async fn name(&self) -> String;               // retried once elsewhere
+//!     #[interleave] async fn hp(&self) -> u32;                     // runs beside &self calls
 //! }
 //! ```
 //!
@@ -108,6 +109,10 @@ struct Method {
     app_error: Option<(Type, Type)>,
     one_way: bool,
     idempotent: bool,
+    /// `#[interleave]`.
+    interleave: bool,
+    /// Takes `&self`.
+    shared: bool,
     timeout_ms: Option<u64>,
     id: Option<u16>,
     docs: Vec<Attribute>,
@@ -192,8 +197,11 @@ fn method(item: &TraitItem, errors: &mut Errors) -> Option<Method> {
         ));
     }
     let mut inputs = sig.inputs.iter();
+    let mut shared = false;
     match inputs.next() {
-        Some(FnArg::Receiver(r)) if r.reference.is_some() && r.colon_token.is_none() => {}
+        Some(FnArg::Receiver(r)) if r.reference.is_some() && r.colon_token.is_none() => {
+            shared = r.mutability.is_none();
+        }
         Some(other) => {
             fail(syn::Error::new(other.span(), "grain methods take `&self` or `&mut self` first"));
         }
@@ -238,6 +246,7 @@ fn method(item: &TraitItem, errors: &mut Errors) -> Option<Method> {
     let app_error = result_types(&output);
     let mut one_way = false;
     let mut idempotent = false;
+    let mut interleave = None;
     let mut timeout_ms = None;
     let mut id = None;
     let mut docs = Vec::new();
@@ -247,6 +256,9 @@ fn method(item: &TraitItem, errors: &mut Errors) -> Option<Method> {
             a.meta.require_path_only().map(|_| ())
         } else if a.path().is_ident("idempotent") {
             idempotent = true;
+            a.meta.require_path_only().map(|_| ())
+        } else if a.path().is_ident("interleave") {
+            interleave = Some(a.span());
             a.meta.require_path_only().map(|_| ())
         } else if a.path().is_ident("timeout_ms") {
             a.meta.require_name_value().and_then(|nv| lit_int::<u64>(&nv.value)).map(|v| {
@@ -264,7 +276,7 @@ fn method(item: &TraitItem, errors: &mut Errors) -> Option<Method> {
         } else {
             Err(syn::Error::new(
                 a.span(),
-                "unknown attribute on a grain method: expected #[one_way], #[idempotent], #[timeout_ms = N], #[id = N], docs or lint levels",
+                "unknown attribute on a grain method: expected #[one_way], #[idempotent], #[interleave], #[timeout_ms = N], #[id = N], docs or lint levels",
             ))
         };
         if let Err(e) = r {
@@ -273,6 +285,14 @@ fn method(item: &TraitItem, errors: &mut Errors) -> Option<Method> {
     }
     if one_way && !matches!(&output, Type::Tuple(t) if t.elems.is_empty()) {
         fail(syn::Error::new(output.span(), "#[one_way] methods return nothing"));
+    }
+    if let Some(span) = interleave
+        && !shared
+    {
+        fail(syn::Error::new(
+            span,
+            "#[interleave] methods take `&self`: they run beside other `&self` calls of the grain",
+        ));
     }
     if bad {
         return None;
@@ -289,6 +309,8 @@ fn method(item: &TraitItem, errors: &mut Errors) -> Option<Method> {
         app_error,
         one_way,
         idempotent,
+        interleave: interleave.is_some(),
+        shared,
         timeout_ms,
         id,
         docs,
@@ -482,6 +504,12 @@ fn gen_server_trait(g: &Grain) -> TokenStream2 {
     });
     let host_doc =
         format!("Hosts `{trait_name}` grains, each activation made by `factory` from its id.");
+    // `#[interleave]` methods run beside other `&self` calls: the grain is shared.
+    let (sync_bound, host_fn) = if g.methods.iter().any(|m| m.interleave) {
+        (quote!(+ ::core::marker::Sync), quote!(host_interleaving))
+    } else {
+        (quote!(), quote!(host))
+    };
     quote! {
         #(#attrs)*
         #vis trait #trait_name: ::core::marker::Send + 'static {
@@ -501,10 +529,10 @@ fn gen_server_trait(g: &Grain) -> TokenStream2 {
             #[doc = #host_doc]
             fn host<__F>(factory: __F) -> #p::Host
             where
-                Self: ::core::marker::Sized,
+                Self: ::core::marker::Sized #sync_bound,
                 __F: ::core::ops::Fn(&#p::GrainId) -> Self + ::core::marker::Send + ::core::marker::Sync + 'static,
             {
-                #p::host::<#ref_name, Self, __F>(factory)
+                #p::#host_fn::<#ref_name, Self, __F>(factory)
             }
         }
     }
@@ -524,6 +552,7 @@ fn gen_ids(g: &Grain) -> TokenStream2 {
         let name_str = m.name.to_string();
         let id_const = Grain::id_const(m);
         let idempotent = m.idempotent;
+        let (shared, interleave) = (m.shared, m.interleave);
         let kind = if m.one_way { quote!(#p::MethodKind::OneWay) } else { quote!(#p::MethodKind::Call) };
         let timeout = match m.timeout_ms {
             Some(ms) => quote!(::core::option::Option::Some(#p::Duration::from_millis(#ms))),
@@ -531,7 +560,7 @@ fn gen_ids(g: &Grain) -> TokenStream2 {
         };
         let size_hint = 16 * m.args.len();
         quote! {
-            #p::MethodInfo { name: #name_str, id: #id_const, kind: #kind, delivery: #p::DeliveryClass::ReliableOrdered, idempotent: #idempotent, timeout: #timeout, size_hint: #size_hint }
+            #p::MethodInfo { name: #name_str, id: #id_const, kind: #kind, delivery: #p::DeliveryClass::ReliableOrdered, idempotent: #idempotent, shared: #shared, interleave: #interleave, timeout: #timeout, size_hint: #size_hint }
         }
     });
     let n_methods = g.methods.len();
@@ -724,7 +753,8 @@ fn gen_dispatch(g: &Grain) -> TokenStream2 {
     let p = &g.p;
     let (trait_name, ref_name) = (&g.tr.ident, &g.ref_name);
     let id_consts = g.id_consts();
-    let arms = g.methods.iter().map(|m| {
+    let interleaves = g.methods.iter().any(|m| m.interleave);
+    let arm = |m: &Method| {
         let name = &m.name;
         let id_const = Grain::id_const(m);
         let arg_names: Vec<&syn::Ident> = m.args.iter().map(|(n, _)| n).collect();
@@ -751,9 +781,45 @@ fn gen_dispatch(g: &Grain) -> TokenStream2 {
                 #encode
             }
         }
-    });
+    };
+    let arms = g.methods.iter().map(arm);
+    // An interface with #[interleave] methods runs its `&self` methods on a shared borrow,
+    // beside interleaving calls: its grains must be `Sync`.
+    let (bound, shared) = if interleaves {
+        let shared_arms = g.methods.iter().filter(|m| m.shared).map(arm);
+        let id_consts = g.id_consts();
+        let shared = quote! {
+            #[allow(unused_variables, clippy::unit_arg, clippy::let_unit_value)]
+            fn dispatch_shared<'__a>(
+                __grain: &'__a __G,
+                __method: #p::MethodId,
+                __bytes: #p::Bytes,
+                mut __reply: #p::Reply,
+            ) -> #p::SharedCall<'__a> {
+                #(#id_consts)*
+                ::std::boxed::Box::pin(async move {
+                    let __status = {
+                        let (__args, __out): (&[u8], &mut #p::Reply) = (&__bytes, &mut __reply);
+                        async {
+                            match __method {
+                                #(#shared_arms)*
+                                _ => #p::Status::UnknownMethod,
+                            }
+                        }
+                        .await
+                    };
+                    (__status, __reply)
+                })
+            }
+        };
+        (quote!(#trait_name + ::core::marker::Sync), shared)
+    } else {
+        (quote!(#trait_name), quote!())
+    };
     quote! {
-        impl<__G: #trait_name> #p::Dispatch<__G> for #ref_name {
+        impl<__G: #bound> #p::Dispatch<__G> for #ref_name {
+            #shared
+
             #[allow(unused_variables, clippy::unit_arg, clippy::let_unit_value)]
             fn dispatch<'__a>(
                 __grain: &'__a mut __G,

@@ -23,11 +23,27 @@ pub trait Dispatch<G>: Interface {
         args: &'a [u8],
         out: &'a mut Reply,
     ) -> impl Future<Output = Status> + Send + 'a;
+    /// Runs `&self` method `method` on a shared borrow of the grain (an interface with
+    /// `#[interleave]` methods), giving back `out` with the answer; `UnknownMethod`
+    /// for any other method.
+    fn dispatch_shared<'a>(
+        grain: &'a G,
+        method: MethodId,
+        args: Bytes,
+        out: Reply,
+    ) -> SharedCall<'a> {
+        let _ = (grain, method, args);
+        Box::pin(std::future::ready((Status::UnknownMethod, out)))
+    }
     /// The activation hook.
     fn activate<'a>(grain: &'a mut G, id: &'a GrainId) -> impl Future<Output = ()> + Send + 'a;
     /// The deactivation hook.
     fn deactivate(grain: &mut G) -> impl Future<Output = ()> + Send + '_;
 }
+
+/// A `&self` method's call on a shared borrow of its grain (see
+/// [`Dispatch::dispatch_shared`]).
+pub type SharedCall<'a> = std::pin::Pin<Box<dyn Future<Output = (Status, Reply)> + Send + 'a>>;
 
 /// Decodes a method's argument tuple: all of `args`, nothing left over (trailing bytes are a
 /// malformed call, not padding to ignore).

@@ -1,12 +1,17 @@
 //! One object's calls, one turn at a time: the mailbox between whoever admits calls (the
 //! server's service, for an activation) and the task that runs them in arrival order, with
 //! removal of a queued call (cancelled or expired) and cancellation of the running one.
+//!
+//! A turn is exclusive (one call, holding the object mutably), or shared: a call of a method
+//! that takes `&self`, on an object whose interface has `#[interleave]` methods. While a
+//! shared turn runs, interleaving calls its dispatcher puts in the side lane run beside it,
+//! until all of them have finished.
 
 use std::collections::VecDeque;
 use std::future::Future;
-use std::pin::pin;
+use std::pin::{Pin, pin};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::task::Poll;
 
 use bytes::Bytes;
@@ -75,12 +80,16 @@ impl Queue {
     }
 }
 
-/// The queue between a host's dispatcher (the server's service) and one object's task. A mutex rather than a channel
-/// because the service also removes queued calls (cancelled or expired); held only for a
-/// queue operation, never across an await.
+/// The queue between a host's dispatcher (the server's service) and one object's task. A
+/// mutex rather than a channel because the service also removes queued calls (cancelled or
+/// expired); held only for a queue operation, never across an await.
 #[derive(Debug, Default)]
 pub(crate) struct Mailbox {
     queue: Mutex<Queue>,
+    /// Interleaving calls for the shared turn running now (taken before the queue), and how
+    /// many (read without the lock: interfaces without `#[interleave]` never use it).
+    side: Mutex<VecDeque<Job>>,
+    side_len: AtomicUsize,
     signal: Signal,
     closing: AtomicBool,
     /// The call running now (0 when none).
@@ -91,6 +100,11 @@ pub(crate) struct Mailbox {
     cancel_token: AtomicU64,
     cancel_expired: AtomicBool,
     cancel: Signal,
+    /// A shared turn runs: it takes interleaving calls.
+    shared: AtomicBool,
+    /// The calls of the shared turn running now, and those to cut short.
+    side_running: Mutex<Vec<u64>>,
+    side_cancels: Mutex<Vec<(u64, bool)>>,
 }
 
 impl Mailbox {
@@ -99,13 +113,54 @@ impl Mailbox {
         self.signal.notify();
     }
 
+    /// Queues an interleaving call for the shared turn running now (see
+    /// [`is_shared`](Self::is_shared)); if that turn ended meanwhile, it runs next.
+    pub(crate) fn push_side(&self, job: Job) {
+        let mut side = lock(&self.side);
+        side.push_back(job);
+        self.side_len.store(side.len(), Ordering::Release);
+        drop(side);
+        self.signal.notify();
+    }
+
+    /// The first interleaving call waiting, if any.
+    fn pop_side(&self) -> Option<Job> {
+        if self.side_len.load(Ordering::Acquire) == 0 {
+            return None;
+        }
+        let mut side = lock(&self.side);
+        let job = side.pop_front();
+        self.side_len.store(side.len(), Ordering::Release);
+        job
+    }
+
+    /// Whether a shared turn runs (an interleaving call may join it).
+    pub(crate) fn is_shared(&self) -> bool {
+        self.shared.load(Ordering::Acquire)
+    }
+
     /// Takes a queued call out; `None` if it is running or done.
     pub(crate) fn remove(&self, token: u64) -> Option<Job> {
+        if self.side_len.load(Ordering::Acquire) > 0 {
+            let mut side = lock(&self.side);
+            if let Some(i) = side.iter().position(|j| j.token == token) {
+                let job = side.remove(i);
+                self.side_len.store(side.len(), Ordering::Release);
+                return job;
+            }
+        }
         lock(&self.queue).remove(token)
     }
 
     /// Cuts the call short if it is running; `expired`: because its deadline passed.
     pub(crate) fn cancel_running(&self, token: u64, expired: bool) {
+        if self.is_shared() {
+            if lock(&self.side_running).contains(&token) {
+                lock(&self.side_cancels).push((token, expired));
+                self.cancel.notify();
+            }
+            return;
+        }
         if self.running.load(Ordering::Acquire) == token {
             self.cancel_expired.store(expired, Ordering::Relaxed);
             self.cancel_token.store(token, Ordering::Release);
@@ -126,11 +181,71 @@ impl Mailbox {
 
     /// Whether no call is queued.
     pub(crate) fn is_empty(&self) -> bool {
-        lock(&self.queue).live == 0
+        self.side_len.load(Ordering::Acquire) == 0 && lock(&self.queue).live == 0
     }
 
     fn pop(&self) -> Option<Job> {
-        lock(&self.queue).pop()
+        self.pop_side().or_else(|| lock(&self.queue).pop())
+    }
+
+    /// Runs `first` and the interleaving calls that join it, each made a future by `start`,
+    /// concurrently, until every one has finished or been cut short; `done` hears how each
+    /// ended. The calls' futures share the object (`&self` methods); see the module docs.
+    pub(crate) async fn shared_turn<'g, T>(
+        &self,
+        first: Job,
+        mut start: impl FnMut(&Job) -> Pin<Box<dyn Future<Output = T> + Send + 'g>>,
+        mut done: impl FnMut(Job, Turn<T>),
+    ) {
+        self.cancel.clear();
+        lock(&self.side_cancels).clear();
+        *lock(&self.side_running) = vec![first.token];
+        self.running.store(first.token, Ordering::Release);
+        self.shared.store(true, Ordering::Release);
+        let f = start(&first);
+        let mut calls = vec![(first, f)];
+        std::future::poll_fn(|cx| {
+            loop {
+                while let Some(job) = self.pop_side() {
+                    lock(&self.side_running).push(job.token);
+                    let f = start(&job);
+                    calls.push((job, f));
+                }
+                let mut ended = Vec::new();
+                if self.cancel.poll(cx).is_ready() {
+                    for (token, expired) in std::mem::take(&mut *lock(&self.side_cancels)) {
+                        if let Some(i) = calls.iter().position(|(j, _)| j.token == token) {
+                            ended.push((calls.swap_remove(i).0, Turn::Cancelled { expired }));
+                        }
+                    }
+                }
+                let mut i = 0;
+                while i < calls.len() {
+                    match calls[i].1.as_mut().poll(cx) {
+                        Poll::Ready(v) => ended.push((calls.swap_remove(i).0, Turn::Done(v))),
+                        Poll::Pending => i += 1,
+                    }
+                }
+                if !ended.is_empty() {
+                    let mut running = lock(&self.side_running);
+                    running.retain(|t| ended.iter().all(|(j, _)| j.token != *t));
+                }
+                for (job, turn) in ended {
+                    done(job, turn);
+                }
+                if calls.is_empty() {
+                    return Poll::Ready(());
+                }
+                // A call may have joined meanwhile: take it now.
+                if self.signal.poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+            }
+        })
+        .await;
+        self.shared.store(false, Ordering::Release);
+        self.running.store(0, Ordering::Release);
+        lock(&self.side_running).clear();
     }
 
     /// Runs `call` as the turn of the job with `token`: until it finishes, or until

@@ -12,7 +12,7 @@
 use std::future::Future;
 use std::marker::PhantomData;
 use std::panic::AssertUnwindSafe;
-use std::pin::pin;
+use std::pin::{Pin, pin};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::task::Poll;
@@ -23,7 +23,7 @@ use crossbeam::channel::Sender;
 use super::ServerCounters;
 use super::budget::{AnswerBudget, Room};
 use super::claims::{Claims, DirectoryUse, Gate};
-use crate::proto::ids::{GrainId, RequestId};
+use crate::proto::ids::{GrainId, MethodId, RequestId};
 use crate::proto::wire::rpc::Status;
 use crate::rpc::call::CallKind;
 use crate::rpc::context;
@@ -86,17 +86,70 @@ pub(crate) trait Spawn: Send + Sync + 'static {
     ) -> tokio::task::JoinHandle<()>;
 }
 
-/// [`Spawn`] for interface `I` implemented by `G`, made by factory `F`.
-pub(crate) struct Typed<I, G, F> {
+/// [`Spawn`] for interface `I` implemented by `G`, made by factory `F`, running calls as `T`
+/// says.
+pub(crate) struct Typed<I, G, F, T = Alone> {
     pub(crate) factory: Arc<F>,
-    pub(crate) _types: PhantomData<fn() -> (I, G)>,
+    pub(crate) _types: PhantomData<Types<I, G, T>>,
 }
 
-impl<I, G, F> Spawn for Typed<I, G, F>
+/// What [`Typed`] is for, without owning any of it.
+type Types<I, G, T> = fn() -> (I, G, T);
+
+/// How an activation runs a call: alone ([`Alone`]), or, for an interface with
+/// `#[interleave]` methods (whose grains are `Sync`), a `&self` call beside the interleaving
+/// calls that join it ([`Beside`]).
+pub(crate) trait Turns<I: Dispatch<G>, G: Send + 'static>: 'static {
+    /// Runs `job`; whether its method (or one beside it) panicked.
+    fn run_job<'a>(
+        g: &'a mut G,
+        job: Job,
+        here: &'a Arc<context::Activation>,
+        mailbox: &'a Mailbox,
+        reporter: &'a Reporter,
+    ) -> impl Future<Output = bool> + Send + 'a;
+}
+
+/// Every call alone.
+pub(crate) struct Alone;
+
+/// `&self` calls beside interleaving ones.
+pub(crate) struct Beside;
+
+impl<I: Dispatch<G>, G: Send + 'static> Turns<I, G> for Alone {
+    fn run_job<'a>(
+        g: &'a mut G,
+        job: Job,
+        here: &'a Arc<context::Activation>,
+        mailbox: &'a Mailbox,
+        reporter: &'a Reporter,
+    ) -> impl Future<Output = bool> + Send + 'a {
+        exclusive_turn::<I, G>(g, job, here, mailbox, reporter)
+    }
+}
+
+impl<I: Dispatch<G>, G: Send + Sync + 'static> Turns<I, G> for Beside {
+    async fn run_job<'a>(
+        g: &'a mut G,
+        job: Job,
+        here: &'a Arc<context::Activation>,
+        mailbox: &'a Mailbox,
+        reporter: &'a Reporter,
+    ) -> bool {
+        if shared::<I, G>(job.method) {
+            shared_turn::<I, G>(g, job, here, mailbox, reporter).await
+        } else {
+            exclusive_turn::<I, G>(g, job, here, mailbox, reporter).await
+        }
+    }
+}
+
+impl<I, G, F, T> Spawn for Typed<I, G, F, T>
 where
     I: Dispatch<G>,
     G: Send + 'static,
     F: Fn(&GrainId) -> G + Send + Sync + 'static,
+    T: Turns<I, G>,
 {
     fn spawn(
         &self,
@@ -113,7 +166,7 @@ where
             };
             match gate {
                 Gate::Serve => {
-                    run::<I, G, F>(factory, grain.clone(), mailbox, reporter).await;
+                    run::<I, G, F, T>(factory, grain.clone(), mailbox, reporter).await;
                     if let Some((claims, _)) = claim {
                         claims.release(&grain).await;
                     }
@@ -210,57 +263,129 @@ fn answer(conn: &Connection, rid: RequestId, frame: Bytes, counters: &ServerCoun
     conn.push(Delivery::ReliableUnordered, dispatch::too_large(rid, frame.len(), max));
 }
 
-async fn run<I, G, F>(factory: Arc<F>, id: GrainId, mailbox: Arc<Mailbox>, reporter: Reporter)
+/// Whether `method` takes `&self` (runs on a shared borrow when its interface interleaves).
+fn shared<I: Dispatch<G>, G>(method: MethodId) -> bool {
+    I::info().method(method).is_some_and(|m| m.shared)
+}
+
+/// What the grain's code ran in for `job`.
+fn served(job: &Job, here: &Arc<context::Activation>) -> context::Current {
+    let served = context::Served { caller: job.caller.clone(), deadline: job.deadline };
+    context::Current { activation: here.clone(), call: Some(served) }
+}
+
+/// Runs `job` alone on the grain; whether the method panicked.
+async fn exclusive_turn<I: Dispatch<G>, G>(
+    g: &mut G,
+    job: Job,
+    here: &Arc<context::Activation>,
+    mailbox: &Mailbox,
+    reporter: &Reporter,
+) -> bool {
+    let mut reply = Reply::new(job.reply.as_ref().map(|(_, rid)| *rid));
+    let dispatch = I::dispatch(g, job.method, &job.args, &mut reply);
+    let call = catch_unwind(context::scope(served(&job, here), dispatch));
+    let ran = mailbox.turn(job.token, call).await;
+    ended(job, ran, &mut reply, &here.id, reporter)
+}
+
+/// Runs `job`, a `&self` call, on a shared borrow of the grain, and beside it the
+/// interleaving calls that join it (see `rpc::turns`); whether any method panicked.
+async fn shared_turn<I: Dispatch<G>, G>(
+    g: &G,
+    job: Job,
+    here: &Arc<context::Activation>,
+    mailbox: &Mailbox,
+    reporter: &Reporter,
+) -> bool {
+    let mut panicked = false;
+    let start = |job: &Job| -> Pin<Box<dyn Future<Output = _> + Send + '_>> {
+        let reply = Reply::new(job.reply.as_ref().map(|(_, rid)| *rid));
+        if caller_not_draining(job, &reporter.budget) {
+            reporter.counters.overloaded_send_queue.fetch_add(1, Ordering::Relaxed);
+            return Box::pin(std::future::ready(Some((Status::Overloaded, reply))));
+        }
+        let call = I::dispatch_shared(g, job.method, job.args.clone(), reply);
+        Box::pin(catch_unwind(context::scope(served(job, here), call)))
+    };
+    let done = |job: Job, turn: Turn<Option<(Status, Reply)>>| {
+        let (turn, mut reply) = match turn {
+            Turn::Done(Some((status, reply))) => (Turn::Done(Some(status)), reply),
+            Turn::Done(None) => (Turn::Done(None), Reply::new(CallKind::OneWay)),
+            Turn::Cancelled { expired } => {
+                (Turn::Cancelled { expired }, Reply::new(CallKind::OneWay))
+            }
+        };
+        panicked |= ended(job, turn, &mut reply, &here.id, reporter);
+    };
+    mailbox.shared_turn(job, start, done).await;
+    panicked
+}
+
+/// Answers a call that ran (or was cut short) and reports it done; whether it panicked.
+fn ended(
+    job: Job,
+    ran: Turn<Option<Status>>,
+    reply: &mut Reply,
+    grain: &GrainId,
+    reporter: &Reporter,
+) -> bool {
+    let status = match ran {
+        // `catch_unwind` gave the method's status.
+        Turn::Done(Some(status)) => match (job.reply.call(), reply.take()) {
+            // The value (or application error) was encoded with its response header.
+            (Some((conn, rid)), Some(frame)) => {
+                answer(conn, *rid, frame.freeze(), &reporter.counters);
+                None
+            }
+            (Some(_), None) => Some(status),
+            (None, _) => None,
+        },
+        // `catch_unwind` gave nothing: the method panicked.
+        Turn::Done(None) => {
+            tracing::warn!(%grain, method = job.method.0, "grain method panicked; replacing the instance");
+            finish(&job, Some(Status::HandlerPanicked), reporter);
+            return true;
+        }
+        // The deadline passed (say so) or the caller gave up (no answer wanted).
+        Turn::Cancelled { expired } => expired.then_some(Status::DeadlineExceeded),
+    };
+    finish(&job, status, reporter);
+    false
+}
+
+/// Answers `job` with `status` (if any, and if its caller waits) and reports it done.
+fn finish(job: &Job, status: Option<Status>, reporter: &Reporter) {
+    if let (Some(status), Some((conn, rid))) = (status, job.reply.call()) {
+        reporter.unasked(conn, dispatch::status(*rid, status, &[]));
+    }
+    reporter.report(Report::Done { token: job.token });
+}
+
+async fn run<I, G, F, T>(factory: Arc<F>, id: GrainId, mailbox: Arc<Mailbox>, reporter: Reporter)
 where
     I: Dispatch<G>,
     G: Send + 'static,
     F: Fn(&GrainId) -> G + Send + Sync + 'static,
+    T: Turns<I, G>,
 {
     let here = Arc::new(context::Activation { id: id.clone(), grains: reporter.grains.clone() });
     let mut grain = activate::<I, G, F>(&factory, &here).await;
     let budget = reporter.budget;
     while let Some(job) = mailbox.next().await {
-        let status = if caller_not_draining(&job, &budget) {
+        if caller_not_draining(&job, &budget) {
             reporter.counters.overloaded_send_queue.fetch_add(1, Ordering::Relaxed);
-            Some(Status::Overloaded)
+            finish(&job, Some(Status::Overloaded), &reporter);
         } else if let Some(g) = grain.as_mut() {
-            let mut reply = Reply::new(job.reply.as_ref().map(|(_, rid)| *rid));
-            let dispatch = I::dispatch(g, job.method, &job.args, &mut reply);
-            let served = context::Served { caller: job.caller.clone(), deadline: job.deadline };
-            let current = context::Current { activation: here.clone(), call: Some(served) };
-            let ran =
-                mailbox.turn(job.token, catch_unwind(context::scope(current, dispatch))).await;
-            match ran {
-                // `catch_unwind` gave the method's status.
-                Turn::Done(Some(status)) => match (job.reply.call(), reply.take()) {
-                    // The value (or application error) was encoded with its response header.
-                    (Some((conn, rid)), Some(frame)) => {
-                        answer(conn, *rid, frame.freeze(), &reporter.counters);
-                        None
-                    }
-                    (Some(_), None) => Some(status),
-                    (None, _) => None,
-                },
-                // `catch_unwind` gave nothing: the method panicked.
-                Turn::Done(None) => {
-                    tracing::warn!(grain = %id, method = job.method.0, "grain method panicked; replacing the instance");
-                    // The instance's state may be broken: start over with a fresh one.
-                    grain = activate::<I, G, F>(&factory, &here).await;
-                    Some(Status::HandlerPanicked)
-                }
-                // The deadline passed (say so) or the caller gave up (no answer wanted).
-                Turn::Cancelled { expired: true } => Some(Status::DeadlineExceeded),
-                Turn::Cancelled { expired: false } => None,
+            if T::run_job(g, job, &here, &mailbox, &reporter).await {
+                // The instance's state may be broken: start over with a fresh one.
+                grain = activate::<I, G, F>(&factory, &here).await;
             }
         } else {
             // Activation failed (its hook or factory panicked): fail calls until replaced.
             grain = activate::<I, G, F>(&factory, &here).await;
-            Some(Status::HandlerPanicked)
-        };
-        if let (Some(status), Some((conn, rid))) = (status, job.reply.call()) {
-            reporter.unasked(conn, dispatch::status(*rid, status, &[]));
+            finish(&job, Some(Status::HandlerPanicked), &reporter);
         }
-        reporter.report(Report::Done { token: job.token });
         if !mailbox.is_empty() {
             // More calls wait: let the endpoint's task and other grains run first, so a busy
             // grain never holds its thread for more than one call at a time.

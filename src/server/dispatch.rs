@@ -13,5 +13,16 @@ where
     G: Send + 'static,
     F: Fn(&GrainId) -> G + Send + Sync + 'static,
 {
-    Host::new::<I, G, F>(factory)
+    Host::new::<I, G, F, super::activation::Alone>(factory)
+}
+
+/// A [`Host`] for interface `I`, which has `#[interleave]` methods, implemented by `G`: its
+/// `&self` calls run on a shared borrow of the grain, beside interleaving calls.
+pub fn host_interleaving<I, G, F>(factory: F) -> Host
+where
+    I: Dispatch<G>,
+    G: Send + Sync + 'static,
+    F: Fn(&GrainId) -> G + Send + Sync + 'static,
+{
+    Host::new::<I, G, F, super::activation::Beside>(factory)
 }

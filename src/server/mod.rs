@@ -80,13 +80,14 @@ impl std::fmt::Debug for Host {
 }
 
 impl Host {
-    pub(crate) fn new<I, G, F>(factory: F) -> Self
+    pub(crate) fn new<I, G, F, T>(factory: F) -> Self
     where
         I: Dispatch<G>,
         G: Send + 'static,
         F: Fn(&GrainId) -> G + Send + Sync + 'static,
+        T: activation::Turns<I, G>,
     {
-        let typed = Typed::<I, G, F> { factory: Arc::new(factory), _types: PhantomData };
+        let typed = Typed::<I, G, F, T> { factory: Arc::new(factory), _types: PhantomData };
         Self {
             info: I::info(),
             spawn: Arc::new(typed),

@@ -237,8 +237,14 @@ impl ServerService {
             return self.answer(peer, id, refused.0, &refused.1);
         }
         let index = admitted.index;
-        let grain = GrainId { ty: self.shared.registry[index].info.grain_type, key: call.key };
+        let info = self.shared.registry[index].info;
+        let grain = GrainId { ty: info.grain_type, key: call.key };
+        // An interleaving call joins a shared turn of its grain rather than wait behind it.
+        let interleave = info.method(call.method).is_some_and(|m| m.interleave);
+        let joins =
+            interleave && self.table.by_grain(&grain).is_some_and(|a| a.mailbox.is_shared());
         if !call.chain.is_empty()
+            && !joins
             && let Some(payload) = self.deadlock(&grain, &call.chain)
         {
             return self.answer(peer, id, Status::Deadlock, &payload);
@@ -283,7 +289,7 @@ impl ServerService {
         let job_deadline = tokio::time::Instant::from_std(deadline);
         let method = call.method;
         let job = Job { token, reply, method, args, caller, deadline: job_deadline };
-        let mailbox = self.route(creator, grain.clone(), index, job, now);
+        let mailbox = self.route(creator, grain.clone(), index, job, interleave, now);
         self.calls.insert(token, CallRecord { peer, id, grain, mailbox, bytes: cost, chain });
         self.deadlines.push(Reverse((deadline, token)));
         self.publish();
@@ -316,19 +322,22 @@ impl ServerService {
     }
 
     /// Hands a job to its grain's activation, activating it (for `creator`, which found room
-    /// for it) if needed.
+    /// for it) if needed; an `interleave` call joins the activation's shared turn, if one
+    /// runs.
     fn route(
         &mut self,
         creator: Creator,
         grain: GrainId,
         index: usize,
         job: Job,
+        interleave: bool,
         now: Instant,
     ) -> Arc<Mailbox> {
         if let Some(key) = self.table.key_of(&grain) {
             self.table.call_started(key, now);
             if let Some(a) = self.table.get_mut(key) {
                 match &mut a.life {
+                    Life::Active if interleave && a.mailbox.is_shared() => a.mailbox.push_side(job),
                     Life::Active => a.mailbox.push(job),
                     Life::Deactivating(waiting) => waiting.push(job),
                 }

@@ -68,7 +68,7 @@ impl ServerService {
             let mut jobs = waiting.into_iter();
             if let Some(first) = jobs.next() {
                 let creator = Creator { peer: a.creator, addr: a.creator_addr, cost: a.cost };
-                let mailbox = self.route(creator, grain.clone(), a.index, first, now);
+                let mailbox = self.route(creator, grain.clone(), a.index, first, false, now);
                 for job in jobs {
                     mailbox.push(job);
                 }
