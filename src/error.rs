@@ -142,6 +142,10 @@ pub enum CallError<E = std::convert::Infallible> {
     /// The chain of grain calls leading to this one is deeper than a call carries
     /// (`MAX_CHAIN`, 32 grains): it was not sent.
     ChainTooDeep,
+    /// The observer called is gone: its client closed, dropped it, was away longer than the
+    /// server waits (`ServerConfig::observer_grace`), or did not answer its observer calls
+    /// (its session was closed). A call pending when its client went may have run.
+    ObserverGone,
 }
 
 impl<E: std::fmt::Debug> std::fmt::Display for CallError<E> {
@@ -183,6 +187,9 @@ impl<E: std::fmt::Debug> std::fmt::Display for CallError<E> {
                 f.write_str(" would wait on itself (not run)")
             }
             Self::ChainTooDeep => f.write_str("the chain of grain calls is too deep (not sent)"),
+            Self::ObserverGone => {
+                f.write_str("the observer is gone (its client closed or is away)")
+            }
         }
     }
 }
@@ -242,6 +249,8 @@ pub enum CallErrorKind {
     Deadlock,
     /// [`CallError::ChainTooDeep`].
     ChainTooDeep,
+    /// [`CallError::ObserverGone`].
+    ObserverGone,
 }
 
 impl CallErrorKind {
@@ -296,6 +305,7 @@ impl<E> CallError<E> {
             Self::Unbound => CallErrorKind::Unbound,
             Self::Deadlock { .. } => CallErrorKind::Deadlock,
             Self::ChainTooDeep => CallErrorKind::ChainTooDeep,
+            Self::ObserverGone => CallErrorKind::ObserverGone,
         }
     }
 
@@ -327,6 +337,7 @@ impl<E> CallError<E> {
             Self::Unbound => CallError::Unbound,
             Self::Deadlock { chain } => CallError::Deadlock { chain },
             Self::ChainTooDeep => CallError::ChainTooDeep,
+            Self::ObserverGone => CallError::ObserverGone,
         }
     }
 

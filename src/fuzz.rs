@@ -187,7 +187,23 @@ pub fn rpc_frame(data: &[u8]) {
             return;
         }
         RpcFrame::Watch { subscribe } => rpc::encode_watch(&mut again, *subscribe),
-        RpcFrame::Extended { kind, body } => rpc::encode_extended(&mut again, *kind, body),
+        RpcFrame::Extended { kind, body } => {
+            if (*kind == rpc::EXT_OBSERVE || *kind == rpc::EXT_UNOBSERVE)
+                && let Ok((instance, observers)) = rpc::decode_observe(body)
+            {
+                let mut back = Vec::new();
+                rpc::encode_observe(&mut back, *kind == rpc::EXT_OBSERVE, instance, &observers);
+                let Ok(RpcFrame::Extended { body, .. }) = rpc::decode_rpc(&back) else {
+                    panic!("an observe frame decodes")
+                };
+                assert_eq!(
+                    rpc::decode_observe(body),
+                    Ok((instance, observers)),
+                    "observe round trip"
+                );
+            }
+            rpc::encode_extended(&mut again, *kind, body)
+        }
     }
     assert_eq!(rpc::decode_rpc(&again).as_ref(), Ok(&frame), "RPC frame round trip");
 }

@@ -164,6 +164,11 @@ fn valid_rpc_frames() -> Vec<Vec<u8>> {
         v.extend_from_slice(&args);
         out.push(v);
     }
+    for observe in [true, false] {
+        let mut v = Vec::new();
+        rpc::encode_observe(&mut v, observe, 0xfeed_beef, &[1, 2, 300, u64::MAX]);
+        out.push(v);
+    }
     let mut deadlock = Vec::new();
     rpc::encode_response(&mut deadlock, RequestId { slot: 2, generation: 3 }, Status::Deadlock);
     let (a, b) = (GrainId::new(GrainType::of("A"), "a"), GrainId::new(GrainType::of("B"), 7));

@@ -383,6 +383,9 @@ impl ClientBuilder {
             closing: AtomicBool::new(false),
             tasks: Mutex::new(Vec::new()),
             wait_while_starting,
+            observers: super::observers::Observers::new(crate::proto::ids::fmix64(
+                base ^ 0x0b5e_77e5,
+            )),
         });
         let s = shared.clone();
         let security = Security {

@@ -34,6 +34,7 @@
 mod builder;
 mod calls;
 mod discovery;
+mod observers;
 mod options;
 mod pool;
 pub(crate) mod service;

@@ -39,6 +39,7 @@ use crate::transport::{Connection, Delivery, Event, Service};
 
 mod again;
 mod answers;
+mod observed;
 mod peers;
 
 /// What a call routes by, kept to route it again (after waiting for a server, or for a retry).
@@ -84,6 +85,8 @@ pub(crate) enum ClientCmd {
     /// Ask the server of the session at `addr` for its topology and publish every one it
     /// pushes into `topologies` (dropped when the session ends).
     Watch { addr: SocketAddr, topologies: TopologyWatch },
+    /// Observer `n` was added (`observe`) or dropped: tell every server.
+    Observe { n: u64, observe: bool },
 }
 
 /// A call not yet in a correlation table.
@@ -214,6 +217,11 @@ pub(crate) struct ClientService {
     epoch: Option<Instant>,
     next_health_check: Option<Instant>,
     last_health_check: Option<Instant>,
+    /// Servers' calls to this client's observers, until they end: where, to cancel them.
+    observed:
+        std::collections::HashMap<(PeerId, RequestId), (Arc<crate::rpc::turns::Mailbox>, u64)>,
+    /// The next observer call's token.
+    next_token: u64,
 }
 
 impl ClientService {
@@ -237,6 +245,8 @@ impl ClientService {
             epoch: None,
             next_health_check: None,
             last_health_check: None,
+            observed: Default::default(),
+            next_token: 1,
         }
     }
 
@@ -284,6 +294,7 @@ impl ClientService {
             }
             ClientCmd::Cancel { peer, id } => self.cancel(peer, id, now),
             ClientCmd::Poke => self.retry_parked(now),
+            ClientCmd::Observe { n, observe } => self.observer_changed(n, observe),
             ClientCmd::Remove { server, how, done } => self.remove(&server, how, done, now),
             ClientCmd::RemoveAddr { addr } => self.remove_addr(&addr, now),
             ClientCmd::Watch { addr, topologies } => {
@@ -483,6 +494,7 @@ impl Service for ClientService {
         while let Ok(cmd) = self.cmds.try_recv() {
             self.command(cmd, now);
         }
+        self.observers_done();
         if !self.delayed.is_empty() {
             self.send_delayed(now);
         }
@@ -526,6 +538,7 @@ impl Service for ClientService {
     fn event(&mut self, event: Event, now: Instant) {
         match event {
             Event::Connected(conn) => {
+                self.name_observers(&conn);
                 let peer = conn.peer_id();
                 let load = Arc::new(Load::new(conn.stats().rtt));
                 self.peers.insert(
@@ -548,7 +561,12 @@ impl Service for ClientService {
                 }
             }
             Event::Message { peer, payload, .. } => self.message(peer, payload, now),
-            Event::Disconnected { peer, reason } => self.lose_peer(peer, reason, now),
+            Event::Disconnected { peer, reason } => {
+                if !self.observed.is_empty() {
+                    self.observers_lost(peer);
+                }
+                self.lose_peer(peer, reason, now);
+            }
         }
     }
 

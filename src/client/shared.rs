@@ -88,6 +88,8 @@ pub(crate) struct ClientShared {
     /// Calls wait for a server while the client is [`starting`](Self::starting) (a game
     /// server's fleet client, which nobody waits for to connect).
     pub(crate) wait_while_starting: bool,
+    /// The observers it hosts.
+    pub(crate) observers: super::observers::Observers,
 }
 
 impl ClientShared {
@@ -334,6 +336,7 @@ impl ClientShared {
     /// Stops reconnecting: the connection tasks end.
     pub(super) fn stop_tasks(&self) {
         self.closing.store(true, Ordering::Release);
+        self.observers.stop_all();
         for t in lock(&self.tasks).drain(..) {
             t.abort();
         }

@@ -288,6 +288,7 @@ pub(crate) fn status_error<E>(status: Status, version: u8, payload: &[u8]) -> Ca
         Status::Unavailable => CallError::Unavailable,
         Status::Unauthorized => CallError::Unauthorized,
         Status::Redirect => CallError::RedirectLoop,
+        Status::ObserverGone => CallError::ObserverGone,
         Status::Deadlock => match rpc::decode_deadlock(payload) {
             Ok(chain) => CallError::Deadlock { chain },
             Err(_) => CallError::BadRequest,

@@ -10,7 +10,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::reference::{GrainInterface, GrainRef, Via};
+use super::reference::{GrainInterface, GrainRef};
+use super::value::Binding;
 use crate::error::ReferenceError;
 use crate::proto::ids::{GrainId, GrainKey, ServerId};
 use crate::transport::ClientIdentity;
@@ -92,9 +93,9 @@ impl Caller {
 #[derive(Debug)]
 pub(crate) struct Activation {
     pub(crate) id: GrainId,
-    /// How references made or decoded in its calls call their grains (the host's fleet
-    /// client, for a game server).
-    pub(crate) grains: Via,
+    /// How references made or decoded in its calls call: grains (a game server's fleet
+    /// client) and observers (over their clients' sessions with this server).
+    pub(crate) binding: Binding,
 }
 
 /// The grain whose code runs now, and the call it serves (none in its hooks).
@@ -130,10 +131,10 @@ pub fn context() -> Option<GrainContext> {
     CURRENT.try_with(|c| GrainContext(c.activation.clone())).ok()
 }
 
-/// What a decoded reference is bound to inside a grain's call: its host's way of calling
-/// grains.
-pub(crate) fn binding() -> Option<Via> {
-    CURRENT.try_with(|c| c.activation.grains.clone()).ok()
+/// What a decoded reference is bound to inside a grain's call: its host's ways of calling
+/// grains and observers.
+pub(crate) fn binding() -> Option<Binding> {
+    CURRENT.try_with(|c| c.activation.binding.clone()).ok()
 }
 
 /// For a call made now: what is left of the served call's deadline (`None` outside a call).
@@ -175,7 +176,7 @@ impl GrainContext {
 
     /// A reference to the grain of `R` with `key`, calling through this grain's host.
     pub fn grain<R: GrainInterface>(&self, key: impl Into<GrainKey>) -> R {
-        GrainRef::make(self.0.grains.clone(), key.into())
+        GrainRef::make(self.0.binding.grains.clone(), key.into())
     }
 
     /// A reference to grain `id` through `R`, if its type implements `R`'s interface

@@ -12,6 +12,7 @@ use crate::arena;
 use crate::interface::Interface;
 use crate::proto::ids::{GrainId, MethodId, RequestId};
 use crate::proto::wire::rpc::{self, Status};
+use crate::transport::{Connection, Delivery};
 
 /// Server-side dispatch of one interface to a grain implementation `G`.
 pub trait Dispatch<G>: Interface {
@@ -109,6 +110,18 @@ pub(crate) fn status(id: RequestId, status: Status, payload: &[u8]) -> Bytes {
     rpc::encode_response(&mut out, id, status);
     out.extend_from_slice(payload);
     Bytes::from(out)
+}
+
+/// Sends a call's answer over `conn`, or says why it could not go: a frame over the
+/// connection's limit becomes a `ResponseTooLarge` status with the sizes (`false`).
+pub(crate) fn answer(conn: &Connection, rid: RequestId, frame: Bytes) -> bool {
+    let max = conn.max_message_size(Delivery::ReliableUnordered);
+    if frame.len() <= max {
+        conn.push(Delivery::ReliableUnordered, frame);
+        return true;
+    }
+    conn.push(Delivery::ReliableUnordered, too_large(rid, frame.len(), max));
+    false
 }
 
 /// The answer for a response of `size` bytes over the connection's `max`.

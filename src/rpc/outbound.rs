@@ -125,6 +125,11 @@ impl<K> Outbound<K> {
         self.table.is_empty()
     }
 
+    /// How many calls await their answers.
+    pub(crate) fn len(&self) -> usize {
+        self.table.len()
+    }
+
     /// The calls in the table, in no particular order.
     pub(crate) fn values(&self) -> impl Iterator<Item = &Sent<K>> {
         self.table.values()

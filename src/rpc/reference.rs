@@ -212,6 +212,9 @@ pub struct GrainRef {
     pub(crate) stream: u8,
     /// The grain id's stable hash: its placement under consistent hashing.
     pub(crate) hash: u64,
+    /// An observer a client hosts (its key: the client's observer instance and its number),
+    /// called over that client's session, not routed to a server.
+    pub(crate) observer: bool,
     pub(crate) timeout: Option<Duration>,
     pub(crate) affinity: Affinity,
 }
@@ -235,18 +238,40 @@ impl GrainRef {
         R::from_checked(Checked(Self::via(via, R::info(), key), PhantomData))
     }
 
+    /// A reference to observer `key` of `R` (see `Client::observe`): a value to hand to grains
+    /// (its client does not call it).
+    pub(crate) fn make_observer<R: GrainInterface>(key: u128) -> R {
+        let mut r = Self::via(Via::Unbound, R::info(), GrainKey::Id(key));
+        r.observer = true;
+        R::from_checked(Checked(r, PhantomData))
+    }
+
     /// A reference to grain `id` through interface `info`, calling through `via`.
     pub(crate) fn bound(via: Via, info: &'static InterfaceInfo, id: GrainId) -> Self {
         // Stream 0 carries control frames; grains use 1..=255.
         let hash = id.stable_hash();
         let stream = 1 + (hash % 255) as u8;
-        Self { via, info, id, stream, hash, timeout: None, affinity: Affinity::None }
+        Self {
+            via,
+            info,
+            id,
+            stream,
+            hash,
+            observer: false,
+            timeout: None,
+            affinity: Affinity::None,
+        }
     }
 
     /// This reference as a typed one, if it is of `R`'s interface
     /// ([`ReferenceError::WrongInterface`] otherwise).
     pub fn typed<R: GrainInterface>(&self) -> Result<R, ReferenceError> {
         Checked::of(self.clone()).map(R::from_checked)
+    }
+
+    /// Whether it names an observer a client hosts (`Client::observe`) rather than a grain.
+    pub fn is_observer(&self) -> bool {
+        self.observer
     }
 
     /// Whether its calls can go anywhere: false for a reference decoded where nothing could
@@ -346,17 +371,24 @@ impl GrainRef {
             Via::Calls(calls) => {
                 let mut call = self.start(calls, method, args).await?;
                 (&mut call).await;
-                value::bound(&self.via, || decode(call.outcome()))
+                value::bound(self.result_binding(), || decode(call.outcome()))
             }
             Via::Invoker(invoker) => {
                 let outcome = self.invoke(invoker, method, args).await;
-                value::bound(&self.via, || decode(&outcome))
+                value::bound(self.result_binding(), || decode(&outcome))
             }
             Via::Unbound => {
                 tokio::task::yield_now().await;
                 Err(CallError::Unbound)
             }
         }
+    }
+
+    /// What references in this call's result are bound to: grains to what made the call,
+    /// observers to the observer calls of the grain making it (if a grain makes it).
+    fn result_binding(&self) -> value::Binding {
+        let observers = super::context::binding().map_or(Via::Unbound, |b| b.observers);
+        value::Binding { grains: self.via.clone(), observers }
     }
 
     /// The deadline of a call of `method` through `calls`: the reference's, the method's or
@@ -427,7 +459,7 @@ impl GrainRef {
 
 impl PartialEq for GrainRef {
     fn eq(&self, other: &Self) -> bool {
-        self.info.id == other.info.id && self.id == other.id
+        self.info.id == other.info.id && self.id == other.id && self.observer == other.observer
     }
 }
 
@@ -437,6 +469,7 @@ impl std::hash::Hash for GrainRef {
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
         self.id.hash(state);
         self.info.id.hash(state);
+        self.observer.hash(state);
     }
 }
 
@@ -448,7 +481,7 @@ impl PartialOrd for GrainRef {
 
 impl Ord for GrainRef {
     fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        (&self.id, self.info.id).cmp(&(&other.id, other.info.id))
+        (&self.id, self.info.id, self.observer).cmp(&(&other.id, other.info.id, other.observer))
     }
 }
 

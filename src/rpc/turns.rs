@@ -17,10 +17,14 @@ use std::task::Poll;
 use bytes::Bytes;
 
 use super::call::CallKind;
-use super::context::Caller;
+use super::context::{Activation, Caller, Current, Served, scope};
+use super::dispatch::{self, Dispatch, Reply};
 use crate::proto::ids::{MethodId, RequestId};
+use crate::proto::wire::rpc::Status;
 use crate::sync::{Signal, lock};
 use crate::transport::Connection;
+use crate::transport::Delivery;
+use std::sync::Arc;
 
 /// A call for an activation.
 #[derive(Debug)]
@@ -179,6 +183,11 @@ impl Mailbox {
         self.running.load(Ordering::Acquire)
     }
 
+    /// How many calls are queued.
+    pub(crate) fn len(&self) -> usize {
+        self.side_len.load(Ordering::Acquire) + lock(&self.queue).live
+    }
+
     /// Whether no call is queued.
     pub(crate) fn is_empty(&self) -> bool {
         self.side_len.load(Ordering::Acquire) == 0 && lock(&self.queue).live == 0
@@ -280,6 +289,55 @@ impl Mailbox {
             }
             std::future::poll_fn(|cx| self.signal.poll(cx)).await;
         }
+    }
+}
+
+/// Polls `f`, turning a panic into `None`.
+pub(crate) async fn catch_unwind<T>(f: impl Future<Output = T>) -> Option<T> {
+    let mut f = pin!(f);
+    std::future::poll_fn(|cx| {
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f.as_mut().poll(cx))) {
+            Ok(Poll::Ready(v)) => Poll::Ready(Some(v)),
+            Ok(Poll::Pending) => Poll::Pending,
+            Err(_) => Poll::Ready(None),
+        }
+    })
+    .await
+}
+
+/// Runs the calls of an object a caller hosts (a client's observer) one at a time, answering
+/// each over the session it came on, until the mailbox closes; `done` hears each call's end.
+/// A panic fails its call (`HandlerPanicked`); the object stays (it is the application's, not
+/// one a factory can make again).
+pub(crate) async fn serve<I: Dispatch<O>, O: Send>(
+    mut object: O,
+    here: Arc<Activation>,
+    mailbox: Arc<Mailbox>,
+    done: impl Fn(&Job),
+) {
+    while let Some(job) = mailbox.next().await {
+        let mut reply = Reply::new(job.reply.as_ref().map(|(_, rid)| *rid));
+        let dispatch = I::dispatch(&mut object, job.method, &job.args, &mut reply);
+        let served = Served { caller: job.caller.clone(), deadline: job.deadline };
+        let current = Current { activation: here.clone(), call: Some(served) };
+        let ran = mailbox.turn(job.token, catch_unwind(scope(current, dispatch))).await;
+        let status = match ran {
+            Turn::Done(Some(status)) => reply.take().map_or(Some(status), |frame| {
+                if let Some((conn, rid)) = job.reply.call() {
+                    dispatch::answer(conn, *rid, frame.freeze());
+                }
+                None
+            }),
+            Turn::Done(None) => {
+                tracing::warn!(object = %here.id, method = job.method.0, "an observer's method panicked");
+                Some(Status::HandlerPanicked)
+            }
+            Turn::Cancelled { expired } => expired.then_some(Status::DeadlineExceeded),
+        };
+        if let (Some(status), Some((conn, rid))) = (status, job.reply.call()) {
+            conn.push(Delivery::ReliableUnordered, dispatch::status(*rid, status, &[]));
+        }
+        done(&job);
     }
 }
 

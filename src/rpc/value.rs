@@ -12,7 +12,9 @@
 //! ```text
 //! head u8 | interface id, low 24 bits (3 bytes) | version u8 | [grain type u32] | key
 //! head:   bits 0-2 the key's kind (as in a call's header), bit 3 a grain type follows
-//!         (the grain's type is not the interface's own), bits 4-7 zero (refused otherwise)
+//!         (the grain's type is not the interface's own), bit 4 an observer a client hosts
+//!         (its key: the client's observer instance and the observer's number), bits 5-7
+//!         zero (refused otherwise)
 //! key:    integer: zigzag varint; string: varint length and UTF-8; 128-bit id: varint;
 //!         with an extension: the integer or id, then the string
 //! ```
@@ -41,35 +43,48 @@ use crate::proto::wire::rpc::MAX_KEY_STRING;
 
 /// The head's flag: the grain's type follows the version.
 const OTHER_TYPE: u8 = 0x08;
+/// The head's flag: an observer a client hosts.
+const OBSERVER: u8 = 0x10;
 /// The head's bits a reference may set (the rest are for later versions, and refused now).
-const KNOWN: u8 = 0x0f;
+const KNOWN: u8 = 0x1f;
 /// The interface id's bits carried: a reference of another interface is refused unless their
 /// ids agree in all 24 (see the README's "References").
 const IFACE_BITS: u32 = 0x00ff_ffff;
 
-thread_local! {
-    /// What references decoded on this thread now are bound to (set by [`bound`]).
-    static BINDING: RefCell<Option<Via>> = const { RefCell::new(None) };
+/// What decoded references call through: grains' and observers'.
+#[derive(Debug, Clone)]
+pub(crate) struct Binding {
+    pub(crate) grains: Via,
+    pub(crate) observers: Via,
 }
 
-/// Runs `decode` with references decoded in it bound to `via` (restoring what was bound
-/// before, so decodes may nest).
-pub(crate) fn bound<T>(via: &Via, decode: impl FnOnce() -> T) -> T {
-    struct Restore(Option<Via>);
+thread_local! {
+    /// What references decoded on this thread now are bound to (set by [`bound`]).
+    static BINDING: RefCell<Option<Binding>> = const { RefCell::new(None) };
+}
+
+/// Runs `decode` with references decoded in it bound as `binding` says (restoring what was
+/// bound before, so decodes may nest).
+pub(crate) fn bound<T>(binding: Binding, decode: impl FnOnce() -> T) -> T {
+    struct Restore(Option<Binding>);
     impl Drop for Restore {
         fn drop(&mut self) {
             let previous = self.0.take();
             BINDING.with(|b| *b.borrow_mut() = previous);
         }
     }
-    let _restore = Restore(BINDING.with(|b| b.borrow_mut().replace(via.clone())));
+    let _restore = Restore(BINDING.with(|b| b.borrow_mut().replace(binding)));
     decode()
 }
 
-/// What a reference decoded now is bound to: the innermost [`bound`], else the host of the
-/// grain call this task runs (its arguments), else nothing.
-fn binding() -> Via {
-    BINDING.with(|b| b.borrow().clone()).or_else(super::context::binding).unwrap_or(Via::Unbound)
+/// What a reference decoded now is bound to (an observer's or a grain's): the innermost
+/// [`bound`], else the host of the grain call this task runs (its arguments), else nothing.
+fn binding(observer: bool) -> Via {
+    let pick = |b: &Binding| if observer { b.observers.clone() } else { b.grains.clone() };
+    BINDING
+        .with(|b| b.borrow().as_ref().map(pick))
+        .or_else(|| super::context::binding().as_ref().map(pick))
+        .unwrap_or(Via::Unbound)
 }
 
 fn key_tag(key: &GrainKey) -> u8 {
@@ -85,7 +100,9 @@ fn key_tag(key: &GrainKey) -> u8 {
 /// The head byte and the interface/version bytes of `r`'s surrogate.
 fn head(r: &GrainRef) -> (u8, [u8; 4]) {
     let other = r.id.ty != r.info.grain_type;
-    let head = key_tag(&r.id.key) | if other { OTHER_TYPE } else { 0 };
+    let head = key_tag(&r.id.key)
+        | if other { OTHER_TYPE } else { 0 }
+        | if r.observer { OBSERVER } else { 0 };
     let [a, b, c, _] = r.info.id.0.to_le_bytes();
     (head, [a, b, c, r.info.version])
 }
@@ -98,6 +115,7 @@ impl Serialize for GrainRef {
                 interface: self.info.name.into(),
                 version: self.info.version,
                 grain_type: other,
+                observer: self.observer,
                 key: self.id.key.clone(),
             }
             .serialize(s);
@@ -152,6 +170,8 @@ struct Readable<'a> {
     version: u8,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     grain_type: Option<u32>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    observer: bool,
     key: GrainKey,
 }
 
@@ -172,7 +192,7 @@ pub(crate) fn deserialize_ref<'de, D: Deserializer<'de>>(
     info: &'static InterfaceInfo,
     d: D,
 ) -> Result<GrainRef, D::Error> {
-    let (ty, key) = if d.is_human_readable() {
+    let (ty, key, observer) = if d.is_human_readable() {
         let r = Readable::deserialize(d)?;
         if r.interface != info.name {
             return Err(de::Error::custom(format_args!(
@@ -181,11 +201,16 @@ pub(crate) fn deserialize_ref<'de, D: Deserializer<'de>>(
             )));
         }
         check_key(&r.key).map_err(de::Error::custom)?;
-        (r.grain_type.map_or(info.grain_type, GrainType), r.key)
+        (r.grain_type.map_or(info.grain_type, GrainType), r.key, r.observer)
     } else {
         d.deserialize_tuple(3, Surrogate(info))?
     };
-    Ok(GrainRef::bound(binding(), info, GrainId { ty, key }))
+    if observer && !matches!(key, GrainKey::Id(_)) {
+        return Err(de::Error::custom("an observer's key is a 128-bit id"));
+    }
+    let mut r = GrainRef::bound(binding(observer), info, GrainId { ty, key });
+    r.observer = observer;
+    Ok(r)
 }
 
 /// A key's strings are no longer than a call's header accepts.
@@ -203,7 +228,7 @@ fn check_key(key: &GrainKey) -> Result<(), &'static str> {
 struct Surrogate(&'static InterfaceInfo);
 
 impl<'de> Visitor<'de> for Surrogate {
-    type Value = (GrainType, GrainKey);
+    type Value = (GrainType, GrainKey, bool);
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "a reference to a `{}` grain", self.0.name)
@@ -227,7 +252,7 @@ impl<'de> Visitor<'de> for Surrogate {
         }
         let seed = BodySeed { tag: head & 0x07, other: head & OTHER_TYPE != 0 };
         let (ty, key) = seq.next_element_seed(seed)?.ok_or_else(missing)?;
-        Ok((ty.unwrap_or(self.0.grain_type), key))
+        Ok((ty.unwrap_or(self.0.grain_type), key, head & OBSERVER != 0))
     }
 }
 
@@ -282,6 +307,10 @@ impl<'de> Visitor<'de> for BodySeed {
 impl fmt::Display for GrainRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.info.name)?;
+        if let (true, GrainKey::Id(k)) = (self.observer, &self.id.key) {
+            // The client's observer instance and the observer's number.
+            return write!(f, "/observer:{:016x}.{}", k >> 64, *k as u64);
+        }
         if self.id.ty != self.info.grain_type {
             write!(f, "@{}", self.id.ty)?;
         }

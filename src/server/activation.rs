@@ -12,10 +12,9 @@
 use std::future::Future;
 use std::marker::PhantomData;
 use std::panic::AssertUnwindSafe;
-use std::pin::{Pin, pin};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::task::Poll;
 
 use bytes::Bytes;
 use crossbeam::channel::Sender;
@@ -28,8 +27,8 @@ use crate::proto::wire::rpc::Status;
 use crate::rpc::call::CallKind;
 use crate::rpc::context;
 use crate::rpc::dispatch::{self, Dispatch, Reply};
-use crate::rpc::reference::Via;
-use crate::rpc::turns::{Job, Mailbox, Turn};
+use crate::rpc::turns::{Job, Mailbox, Turn, catch_unwind};
+use crate::rpc::value::Binding;
 use crate::transport::{Connection, Delivery, EndpointShared};
 
 /// What activations tell the service.
@@ -52,8 +51,9 @@ pub(crate) struct Reporter {
     pub(crate) endpoint: Arc<EndpointShared>,
     pub(crate) budget: AnswerBudget,
     pub(crate) counters: Arc<ServerCounters>,
-    /// How references in its grains call (the server's fleet client).
-    pub(crate) grains: Via,
+    /// How references in its grains call: grains through the server's fleet client, observers
+    /// over their clients' sessions.
+    pub(crate) binding: Binding,
 }
 
 impl Reporter {
@@ -208,19 +208,6 @@ async fn refuse(
     reporter.report(Report::Gone { grain: id });
 }
 
-/// Polls `f`, turning a panic into `None`.
-async fn catch_unwind<T>(f: impl Future<Output = T>) -> Option<T> {
-    let mut f = pin!(f);
-    std::future::poll_fn(|cx| {
-        match std::panic::catch_unwind(AssertUnwindSafe(|| f.as_mut().poll(cx))) {
-            Ok(Poll::Ready(v)) => Poll::Ready(Some(v)),
-            Ok(Poll::Pending) => Poll::Pending,
-            Err(_) => Poll::Ready(None),
-        }
-    })
-    .await
-}
-
 /// Makes a grain instance and runs its activation hook; `None` if either panicked.
 async fn activate<I: Dispatch<G>, G, F: Fn(&GrainId) -> G>(
     factory: &F,
@@ -251,16 +238,12 @@ fn caller_not_draining(job: &Job, budget: &AnswerBudget) -> bool {
     })
 }
 
-/// Sends a call's answer, or says why it could not go: a frame over the connection's limit
-/// becomes a `ResponseTooLarge` status with the sizes.
+/// Sends a call's answer (counting one too large for its connection, answered
+/// `ResponseTooLarge` instead).
 fn answer(conn: &Connection, rid: RequestId, frame: Bytes, counters: &ServerCounters) {
-    let max = conn.max_message_size(Delivery::ReliableUnordered);
-    if frame.len() <= max {
-        conn.push(Delivery::ReliableUnordered, frame);
-        return;
+    if !dispatch::answer(conn, rid, frame) {
+        counters.responses_too_large.fetch_add(1, Ordering::Relaxed);
     }
-    counters.responses_too_large.fetch_add(1, Ordering::Relaxed);
-    conn.push(Delivery::ReliableUnordered, dispatch::too_large(rid, frame.len(), max));
 }
 
 /// Whether `method` takes `&self` (runs on a shared borrow when its interface interleaves).
@@ -369,7 +352,8 @@ where
     F: Fn(&GrainId) -> G + Send + Sync + 'static,
     T: Turns<I, G>,
 {
-    let here = Arc::new(context::Activation { id: id.clone(), grains: reporter.grains.clone() });
+    let binding = reporter.binding.clone();
+    let here = Arc::new(context::Activation { id: id.clone(), binding });
     let mut grain = activate::<I, G, F>(&factory, &here).await;
     let budget = reporter.budget;
     while let Some(job) = mailbox.next().await {

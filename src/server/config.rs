@@ -84,6 +84,15 @@ pub struct ServerConfig {
     /// one more is answered `Overloaded`. Keeps one client from churning everybody's grains out.
     /// Default 10,000.
     pub max_activations_per_connection: usize,
+    /// How long grains' calls to a client's observers wait for the client to come back after
+    /// its session ended (a reconnect), before they fail `ObserverGone`. Default 10 s.
+    #[serde(with = "duration")]
+    pub observer_grace: Duration,
+    /// Observers one session may register; calls to more fail `ObserverGone`. Default 1,024.
+    pub max_observers_per_session: usize,
+    /// Grains' calls to one session's observers that may await their answers at once; a
+    /// client that lets more pile up is closed (`Stalled`). Default 1,024.
+    pub max_observer_calls_per_session: usize,
     /// The deadline of a call that carries none (one-way calls). Default 30 s.
     #[serde(with = "duration")]
     pub default_deadline: Duration,
@@ -127,6 +136,9 @@ impl Default for ServerConfig {
             max_activations: 100_000,
             max_activation_bytes: 256 << 20,
             max_activations_per_connection: 10_000,
+            observer_grace: Duration::from_secs(10),
+            max_observers_per_session: 1024,
+            max_observer_calls_per_session: 1024,
             default_deadline: Duration::from_secs(30),
             shutdown_timeout: Duration::from_secs(10),
             advertise: None,

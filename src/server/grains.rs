@@ -1,5 +1,6 @@
-//! How a server's grains call other grains (and the references they make or decode): through
-//! the server's own client of its fleet, made on the first call. It follows the fleet this
+//! How a server's grains call other grains and observers (and the references they make or
+//! decode). Observers: over their clients' sessions with this server ([`ObserverCalls`]).
+//! Grains: through the server's own client of its fleet, made on the first call. It follows the fleet this
 //! server knows (its peers, or its Redis membership, itself included), so it routes as players'
 //! clients do (same manifests, strategies and directory redirects); with token keys, it proves
 //! to other servers that it is this server (a server token minted per connection, which
@@ -16,15 +17,17 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 
+use super::service::{ObserverCall, ServerCmd};
 use crate::client::{Client, ClientConfig, ConnectMode};
 use crate::error::CallError;
-use crate::proto::ids::{PeerId, RequestId, ServerId};
+use crate::proto::ids::{GrainKey, PeerId, RequestId, ServerId};
 use crate::proto::token::TokenKey;
 use crate::proto::topology::Topology;
 use crate::rpc::call::{CallCell, CallKind};
 use crate::rpc::encode::Request;
 use crate::rpc::reference::{Calls, GrainRef};
 use crate::topology::{DiscoveryError, Receiver, StreamingSource, TopologyStream};
+use crate::transport::EndpointShared;
 use crate::transport::io::UdpIo;
 
 /// The network a server is on, where its fleet client's socket goes (beside the server's, on
@@ -198,4 +201,62 @@ impl StreamingSource for FleetSource {
         });
         Box::pin(Receiver(rx))
     }
+}
+
+/// How a server's grains call observers ([`Calls`]): over the sessions of the clients that
+/// host them, through the server's service (see `service::observers`).
+#[derive(Debug)]
+pub(crate) struct ObserverCalls {
+    pub(crate) cmds: crossbeam::channel::Sender<ServerCmd>,
+    pub(crate) endpoint: Arc<EndpointShared>,
+    pub(crate) default_timeout: Duration,
+    pub(crate) max_request: usize,
+}
+
+impl ObserverCalls {
+    fn command(&self, cmd: ServerCmd) -> bool {
+        let sent = self.cmds.send(cmd).is_ok();
+        if sent {
+            self.endpoint.wake.notify();
+        }
+        sent
+    }
+}
+
+impl Calls for ObserverCalls {
+    fn default_timeout(&self) -> Duration {
+        self.default_timeout
+    }
+
+    fn max_request(&self) -> usize {
+        self.max_request
+    }
+
+    fn cell(&self) -> Arc<CallCell> {
+        Arc::new(CallCell::new())
+    }
+
+    fn submit(
+        &self,
+        r: &GrainRef,
+        request: Request<'_>,
+        kind: CallKind<Arc<CallCell>>,
+    ) -> Result<(), CallError<Infallible>> {
+        let GrainKey::Id(key) = r.id().key else { return Err(CallError::ObserverGone) };
+        let (frame, flags, timeout) = (request.frame, request.flags, request.timeout);
+        let call = ObserverCall { key, stream: r.stream, frame, flags, timeout, kind };
+        match self.command(ServerCmd::ObserverCall(call)) {
+            true => Ok(()),
+            // The server's task is gone.
+            false => Err(CallError::ShuttingDown),
+        }
+    }
+
+    fn cancelled(&self, sent: Option<(PeerId, RequestId)>) {
+        if let Some((peer, id)) = sent {
+            self.command(ServerCmd::ObserverCancel { peer, id });
+        }
+    }
+
+    fn recycle(&self, _cell: Arc<CallCell>) {}
 }

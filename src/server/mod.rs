@@ -60,6 +60,7 @@ use crate::proto::manifest::{HostedGrain, Manifest};
 pub use crate::proto::manifest::{MetaValue, Metadata};
 use crate::proto::topology::{ClusterNode, Topology};
 use crate::rpc::reference::Via;
+use crate::rpc::value::Binding;
 use crate::sync::lock;
 use crate::topology::redis::{MemberCmd, MemberEntry};
 use crate::transport::{Endpoint, Security};
@@ -342,6 +343,7 @@ impl Server {
             (Arc::new(manifest), frame);
         let shared = Arc::new(shared);
         let (cmd_tx, cmd_rx) = crossbeam::channel::unbounded();
+        let observer_cmds = cmd_tx.clone();
         let (report_tx, report_rx) = crossbeam::channel::unbounded();
         let s = shared.clone();
         let budget = AnswerBudget {
@@ -353,9 +355,17 @@ impl Server {
         let membership = config.membership.clone();
         let mut renewals = None;
         let endpoint = Endpoint::start_service(io, config.transport, security, move |ep| {
-            let grains = Via::Calls(s.grains.clone());
+            let binding = Binding {
+                grains: Via::Calls(s.grains.clone()),
+                observers: Via::Calls(Arc::new(grains::ObserverCalls {
+                    cmds: observer_cmds,
+                    endpoint: ep.clone(),
+                    default_timeout: s.config.default_deadline,
+                    max_request: s.config.transport.max_message_size,
+                })),
+            };
             let reporter =
-                Reporter { tx: report_tx, endpoint: ep.clone(), budget, counters, grains };
+                Reporter { tx: report_tx, endpoint: ep.clone(), budget, counters, binding };
             ServerService::new(s, reporter, report_rx, cmd_rx)
         })?;
         if let Some(claims) = shared.claims.clone() {
@@ -510,6 +520,8 @@ impl Server {
             answers_dropped: get(&c.answers_dropped),
             sessions_preempted: get(&c.sessions_preempted),
             calls_preempted: get(&c.calls_preempted),
+            observer_calls: get(&c.observer_calls),
+            observer_sessions_stalled: get(&c.observer_sessions_stalled),
         }
     }
 

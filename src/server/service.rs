@@ -34,16 +34,20 @@ use crate::proto::gate::address_key;
 use crate::proto::ids::{GrainId, IdMap, IdSet, PeerId, RequestId};
 use crate::proto::manifest::Manifest;
 use crate::proto::wire::rpc::{self, CallHeader, RpcFrame, Status};
-use crate::rpc::call::CallKind;
+use crate::rpc::call::{CallCell, CallKind};
 use crate::rpc::dispatch;
+use crate::rpc::outbound::Outbound;
 use crate::rpc::turns::{Job, Mailbox};
 use crate::transport::{Connection, Delivery, Event, Service};
 
 mod elsewhere;
 mod ends;
+mod observers;
 mod room;
 
 use self::elsewhere::Elsewhere;
+pub(crate) use self::observers::ObserverCall;
+use self::observers::Observers;
 
 /// What a call costs the server beyond its arguments: its job, its record and their entries.
 const CALL_COST: usize = 256;
@@ -68,6 +72,10 @@ pub(crate) enum ServerCmd {
     FleetChanged,
     /// The directory says these grains are no longer ours: deactivate them.
     Lost(Vec<GrainId>),
+    /// A grain calls an observer.
+    ObserverCall(ObserverCall),
+    /// A grain gave up on an observer call (sent over `peer` as `id`).
+    ObserverCancel { peer: PeerId, id: RequestId },
 }
 
 struct CallRecord {
@@ -105,6 +113,11 @@ struct PeerState {
     addr: AddrId,
     /// It was closed to make room for others (see `preempt_answers`); gone once it ends.
     shed: bool,
+    /// Its client's observer instance, the observers it hosts on this session, and the calls
+    /// grains made to them, awaited (see `observers`).
+    instance: Option<u64>,
+    observers: IdSet<u64>,
+    outbound: Outbound<()>,
 }
 
 /// Why a call is refused, to count it.
@@ -150,6 +163,8 @@ pub(crate) struct ServerService {
     all_gone: Vec<oneshot::Sender<()>>,
     /// Grains the directory says live elsewhere: the redirect to answer without asking again.
     elsewhere: Elsewhere,
+    /// Observers clients host, and grains' calls to them.
+    observers: Observers,
 }
 
 impl ServerService {
@@ -183,6 +198,7 @@ impl ServerService {
             closing_drained: Vec::new(),
             all_gone: Vec::new(),
             elsewhere,
+            observers: Observers::default(),
         }
     }
 
@@ -392,6 +408,18 @@ impl ServerService {
                 }
                 return;
             }
+            Ok(RpcFrame::Response { id, status, payload: body }) => {
+                // A client answers an observer call.
+                let body = payload.slice_ref(body);
+                self.observer_answer(peer, id, status, body);
+                return;
+            }
+            Ok(RpcFrame::Extended { kind, body })
+                if kind == rpc::EXT_OBSERVE || kind == rpc::EXT_UNOBSERVE =>
+            {
+                self.observe(peer, kind == rpc::EXT_OBSERVE, body, now);
+                return;
+            }
             Ok(RpcFrame::Watch { subscribe }) => {
                 if let Some(p) = self.peers.get_mut(&peer).filter(|p| !p.gone) {
                     p.watching |= subscribe;
@@ -426,8 +454,10 @@ impl ServerService {
         self.call(peer, id, call, args, now);
     }
 
-    fn command(&mut self, cmd: ServerCmd) {
+    fn command(&mut self, cmd: ServerCmd, now: Instant) {
         match cmd {
+            ServerCmd::ObserverCall(call) => self.observer_call(call, now),
+            ServerCmd::ObserverCancel { peer, id } => self.observer_cancel(peer, id),
             ServerCmd::Drain(done) => {
                 self.accepting = false;
                 // Tell clients at once: they route new calls elsewhere while the pending ones
@@ -507,8 +537,9 @@ impl Service for ServerService {
             }
         }
         while let Ok(cmd) = self.cmds.try_recv() {
-            self.command(cmd);
+            self.command(cmd, now);
         }
+        self.observers_due(now);
         while let Some(Reverse((deadline, token))) = self.deadlines.peek().copied() {
             if !self.calls.contains_key(&token) {
                 self.deadlines.pop(); // finished before its deadline
@@ -547,11 +578,19 @@ impl Service for ServerService {
                         caller,
                         addr,
                         shed: false,
+                        instance: None,
+                        observers: IdSet::default(),
+                        outbound: Outbound::default(),
                     },
                 );
             }
             Event::Message { peer, payload, .. } => self.message(peer, payload, now),
-            Event::Disconnected { peer, .. } => self.on_disconnected(peer, now),
+            Event::Disconnected { peer, reason } => {
+                // A client that closed its session left for good: its observers with it.
+                let left = matches!(reason, crate::error::DisconnectReason::ClosedByPeer { .. });
+                self.observers_gone(peer, left, now);
+                self.on_disconnected(peer, now);
+            }
         }
     }
 
@@ -563,7 +602,8 @@ impl Service for ServerService {
             self.deadlines.pop();
         }
         let call = self.deadlines.peek().map(|Reverse((d, _))| *d);
-        [call, self.next_sweep].into_iter().flatten().min()
+        let observers = self.observers_next_deadline();
+        [call, self.next_sweep, observers].into_iter().flatten().min()
     }
 
     fn shutdown(&mut self, _now: Instant) {

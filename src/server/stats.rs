@@ -24,6 +24,8 @@ pub(crate) struct ServerCounters {
     pub(crate) answers_dropped: AtomicU64,
     pub(crate) sessions_preempted: AtomicU64,
     pub(crate) calls_preempted: AtomicU64,
+    pub(crate) observer_calls: AtomicU64,
+    pub(crate) observer_sessions_stalled: AtomicU64,
 }
 
 /// A server's counters: what it holds, and what it refused and why. A snapshot
@@ -72,4 +74,9 @@ pub struct ServerStats {
     /// Queued calls answered `Overloaded` to make room in the pending-call budgets for an
     /// address under its share.
     pub calls_preempted: u64,
+    /// Calls grains made to observers, sent to their clients.
+    pub observer_calls: u64,
+    /// Sessions closed (`Stalled`) because their client did not take its observer calls
+    /// (too many pending, or not acknowledged).
+    pub observer_sessions_stalled: u64,
 }

@@ -87,6 +87,20 @@ impl ClientService {
                 }
                 return;
             }
+            Ok(RpcFrame::Request { id, call, args }) => {
+                let args = payload.slice_ref(args);
+                self.observer_call(peer, CallKind::Call(id), call, args);
+                return;
+            }
+            Ok(RpcFrame::OneWay { call, args }) => {
+                let args = payload.slice_ref(args);
+                self.observer_call(peer, CallKind::OneWay, call, args);
+                return;
+            }
+            Ok(RpcFrame::Cancel { id }) => {
+                self.observer_cancel(peer, id);
+                return;
+            }
             Ok(other) => {
                 tracing::debug!(?peer, frame = ?other, "unexpected frame from a server; ignored");
                 return;

@@ -53,6 +53,14 @@ pub const MAX_KEY_STRING: usize = 1024;
 /// The most grains a call chain names (a deeper chain of calls fails at its caller).
 pub const MAX_CHAIN: usize = 32;
 
+/// Extended frame: a client hosts these observers (sent on each new session, and as it
+/// observes more); body: the client's observer instance (u64) and the observers' numbers.
+pub const EXT_OBSERVE: u32 = 1;
+/// Extended frame: a client no longer hosts these observers (same body).
+pub const EXT_UNOBSERVE: u32 = 2;
+/// The most observers one observe frame names.
+pub const MAX_OBSERVERS_FRAME: usize = 4096;
+
 /// The close code a server that stops gracefully ends a session with once every call of that
 /// client it ran has been answered and the answers acknowledged: a call still unanswered when
 /// a client sees it did not run there, and may go to another server.
@@ -101,6 +109,8 @@ pub enum Status {
     /// it (A calls B, B calls A). The payload is the chain, this grain last (see
     /// [`put_chain`]). It did not run.
     Deadlock = 14,
+    /// The observer called is not hosted by the client (any more): it did not run.
+    ObserverGone = 15,
 }
 
 impl Status {
@@ -121,6 +131,7 @@ impl Status {
             12 => Self::Unavailable,
             13 => Self::Unauthorized,
             14 => Self::Deadlock,
+            15 => Self::ObserverGone,
             other => return Err(WireError::OutOfRange { field: "status", value: other.into() }),
         })
     }
@@ -416,6 +427,34 @@ pub fn encode_extended(out: &mut Vec<u8>, kind: u32, body: &[u8]) {
     out.put_u8(KIND_EXTENDED);
     put_varint(out, kind.into());
     out.extend_from_slice(body);
+}
+
+/// Writes an observe (`observe`) or unobserve frame: client observer `instance` hosts (or no
+/// longer hosts) `observers` (at most [`MAX_OBSERVERS_FRAME`]: the caller splits longer lists).
+pub fn encode_observe(out: &mut Vec<u8>, observe: bool, instance: u64, observers: &[u64]) {
+    let mut body = Vec::with_capacity(10 + 3 * observers.len());
+    body.extend_from_slice(&instance.to_le_bytes());
+    let n = observers.len().min(MAX_OBSERVERS_FRAME);
+    put_varint(&mut body, n as u64);
+    for o in &observers[..n] {
+        put_varint(&mut body, *o);
+    }
+    encode_extended(out, if observe { EXT_OBSERVE } else { EXT_UNOBSERVE }, &body);
+}
+
+/// Reads an observe or unobserve frame's body: (instance, observers).
+pub fn decode_observe(body: &[u8]) -> Result<(u64, Vec<u64>), WireError> {
+    let mut r = Reader::new(body);
+    let instance = r.u64()?;
+    let n = r.varint()?;
+    if n > MAX_OBSERVERS_FRAME as u64 {
+        return Err(WireError::OutOfRange { field: "observers", value: n });
+    }
+    let observers = (0..n).map(|_| r.varint()).collect::<Result<Vec<_>, _>>()?;
+    if !r.is_empty() {
+        return Err(WireError::OutOfRange { field: "trailing bytes", value: r.remaining() as u64 });
+    }
+    Ok((instance, observers))
 }
 
 /// Appends a watch frame (a request for the server's topology).

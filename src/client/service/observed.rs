@@ -1,0 +1,107 @@
+//! The observers a client hosts, as its task sees them: naming them to every session, handing
+//! servers' calls to them (and cancels), and answering for those it does not host.
+
+use super::*;
+use crate::client::observers::{MAX_OBSERVER_CALLS, MAX_QUEUED_PER_OBSERVER};
+use crate::proto::ids::GrainKey;
+use crate::proto::wire::rpc::{CallHeader, MAX_OBSERVERS_FRAME};
+use crate::rpc::context::Caller;
+use crate::rpc::dispatch;
+use crate::rpc::turns::Job;
+
+impl ClientService {
+    /// Names observers `numbers` (`observe`) or drops them, on `conn`.
+    fn send_observe(&self, conn: &Connection, observe: bool, numbers: &[u64]) {
+        let instance = self.shared.observers.instance;
+        for chunk in numbers.chunks(MAX_OBSERVERS_FRAME) {
+            let mut out = Vec::with_capacity(16 + 3 * chunk.len());
+            rpc::encode_observe(&mut out, observe, instance, chunk);
+            conn.push(Delivery::reliable_ordered(0), Bytes::from(out));
+        }
+    }
+
+    /// A new session: it learns every observer this client hosts.
+    pub(super) fn name_observers(&self, conn: &Connection) {
+        let numbers = self.shared.observers.numbers();
+        if !numbers.is_empty() {
+            self.send_observe(conn, true, &numbers);
+        }
+    }
+
+    /// Observer `n` was added (`observe`) or dropped: every session learns it.
+    pub(super) fn observer_changed(&self, n: u64, observe: bool) {
+        for p in self.peers.values().filter(|p| !p.closed) {
+            self.send_observe(&p.conn, observe, &[n]);
+        }
+    }
+
+    /// A server calls an observer: into its mailbox, or answered at once when it cannot run.
+    pub(super) fn observer_call(
+        &mut self,
+        peer: PeerId,
+        id: CallKind<RequestId>,
+        call: CallHeader,
+        args: Bytes,
+    ) {
+        let Some(conn) = self.peers.get(&peer).map(|p| p.conn.clone()) else { return };
+        let refuse = |status: Status, payload: &[u8]| {
+            if let CallKind::Call(id) = id {
+                conn.push(Delivery::ReliableUnordered, dispatch::status(id, status, payload));
+            }
+        };
+        let observers = &self.shared.observers;
+        let GrainKey::Id(key) = call.key else { return refuse(Status::ObserverGone, &[]) };
+        let (instance, n) = ((key >> 64) as u64, key as u64);
+        let hosted = (instance == observers.instance).then(|| observers.get(n)).flatten();
+        let Some((mailbox, info)) = hosted else { return refuse(Status::ObserverGone, &[]) };
+        if info.method(call.method).is_none() {
+            return refuse(Status::UnknownMethod, &[]);
+        }
+        if call.version != info.version {
+            return refuse(Status::IncompatibleVersion, &[info.version]);
+        }
+        if self.observed.len() >= MAX_OBSERVER_CALLS || mailbox.len() >= MAX_QUEUED_PER_OBSERVER {
+            return refuse(Status::Overloaded, &[]);
+        }
+        let token = self.next_token;
+        self.next_token += 1;
+        let deadline = tokio::time::Instant::now()
+            + call
+                .deadline_ms
+                .map_or(self.shared.config.default_timeout, |ms| Duration::from_millis(ms.into()));
+        let caller = Caller::new(conn.remote_addr(), None);
+        let reply = id.map(|id| (conn.clone(), id));
+        let job = Job { token, reply, method: call.method, args, caller, deadline };
+        if let CallKind::Call(id) = id {
+            self.observed.insert((peer, id), (mailbox.clone(), token));
+        }
+        mailbox.push(job);
+    }
+
+    /// A server gave up on an observer call.
+    pub(super) fn observer_cancel(&mut self, peer: PeerId, id: RequestId) {
+        if let Some((mailbox, token)) = self.observed.remove(&(peer, id))
+            && mailbox.remove(token).is_none()
+        {
+            mailbox.cancel_running(token, false);
+        }
+    }
+
+    /// Session `peer` ended: its servers' queued observer calls will not be answered there;
+    /// they do not run.
+    pub(super) fn observers_lost(&mut self, peer: PeerId) {
+        self.observed.retain(|(p, _), (mailbox, token)| {
+            if *p == peer {
+                mailbox.remove(*token);
+            }
+            *p != peer
+        });
+    }
+
+    /// Forgets the observer calls that ended.
+    pub(super) fn observers_done(&mut self) {
+        while let Ok(key) = self.shared.observers.done.1.try_recv() {
+            self.observed.remove(&key);
+        }
+    }
+}
