@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, black_box, criterion_group, criterion_main};
-use grainwire::proto::ids::{GrainId, GrainType, InterfaceId, PeerId, ServerId};
-use grainwire::proto::manifest::{HostedGrain, Manifest};
+use grainwire::proto::ids::{GrainId, GrainType, InterfaceId, MethodId, PeerId, ServerId};
+use grainwire::proto::manifest::{HostedGrain, HostedMethod, Manifest};
 use grainwire::proto::route::{
     Affinity, ConsistentHash, Load, LowestLatency, RoundRobin, RouteTable, ServerEntry, Strategies,
     Strategy, Target, Tiered,
@@ -24,6 +24,7 @@ fn hosted(i: u32) -> HostedGrain {
         version: 1,
         contract: 7,
         index: i,
+        methods: vec![HostedMethod { id: MethodId(0), signature: 7 }],
     }
 }
 
@@ -51,7 +52,8 @@ fn target() -> Target {
         grain_type: GrainType::of("Type0"),
         interface: InterfaceId::of("Type0"),
         version: 1,
-        contract: 7,
+        method: MethodId(0),
+        signature: 7,
     }
 }
 

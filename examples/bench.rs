@@ -425,8 +425,8 @@ mod placement {
     use std::sync::Arc;
     use std::time::Duration;
 
-    use grainwire::proto::ids::{GrainId, GrainType, InterfaceId, PeerId, ServerId};
-    use grainwire::proto::manifest::{HostedGrain, Manifest};
+    use grainwire::proto::ids::{GrainId, GrainType, InterfaceId, MethodId, PeerId, ServerId};
+    use grainwire::proto::manifest::{HostedGrain, HostedMethod, Manifest};
     use grainwire::proto::rng::SplitMix64;
     use grainwire::proto::route::{
         Affinity, ConsistentHash, Load, RouteTable, ServerEntry, Strategies, Target,
@@ -452,6 +452,7 @@ mod placement {
                     version: 1,
                     contract: 0,
                     index: 0,
+                    methods: vec![HostedMethod { id: MethodId(0), signature: 0 }],
                 }],
             }),
             load: Arc::new(Load::new(Duration::from_millis(1))),
@@ -465,7 +466,8 @@ mod placement {
             grain_type: GrainType::of(TYPE),
             interface: InterfaceId::of(TYPE),
             version: 1,
-            contract: 0,
+            method: MethodId(0),
+            signature: 0,
         };
         keys.iter()
             .map(|&h| {

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use game::{Defeated, EchoRef, PlayerRef, RoomRef};
+use game::{ChatView, ChatViewRef, Defeated, EchoRef, LobbyRef, PlayerRef, RoomRef};
 use grainwire::auth::ConnectToken;
 use grainwire::client::{ClientEvent, ConnectMode, ConsistentHash, RoundRobin};
 use grainwire::{CallError, Client, GrainKey, Server, ServerConfig};
@@ -69,6 +69,73 @@ async fn wait_for(
         }
     };
     tokio::time::timeout(Duration::from_secs(15), wait).await?
+}
+
+/// A chat view a player's client hosts: the lines a room pushes to it.
+struct ChatLines(tokio::sync::mpsc::UnboundedSender<String>);
+
+impl ChatView for ChatLines {
+    async fn line(&mut self, text: String) {
+        let _ = self.0.send(text);
+    }
+}
+
+/// References as values and calls both ways, on two servers that know each other: the lobby
+/// returns a room, the room keeps its players and calls them, a player grain calls its room
+/// on the other server, and the room pushes its chat to the players' clients (observers),
+/// dropping a viewer whose player closes the game (presence).
+async fn calls_both_ways() -> Result<(), Error> {
+    let a = start("play-1", &["player"], "127.0.0.1:0".parse()?)?;
+    let b = start("play-2", &["room", "lobby"], "127.0.0.1:0".parse()?)?;
+    a.set_peers([b.local_addr().into()]);
+    b.set_peers([a.local_addr().into()]);
+    let ann_client = Client::builder().servers([a.local_addr(), b.local_addr()]).connect().await?;
+    let bob_client = Client::builder().servers([a.local_addr(), b.local_addr()]).connect().await?;
+    let lobby: LobbyRef = ann_client.grain("main");
+    let ann: PlayerRef = ann_client.grain("ann");
+    // A reference as a result: callable at once. The room called ann's grain back.
+    let room = lobby.find_room(ann.clone()).await?;
+    let bob: PlayerRef = bob_client.grain("bob");
+    let bob_room = lobby.find_room(bob.clone()).await?;
+    // Values: equal, printable, and a room's result holds player references.
+    let members = bob_room.enter(bob).await?;
+    let same = bob_room == room;
+    println!(
+        "\nthe lobby (play-2) put ann and bob in {room} (the same: {same}); members {members:?}"
+    );
+    // Observers: each client hosts a chat view; the room pushes lines to it.
+    let mut views = Vec::new();
+    for c in [&ann_client, &bob_client] {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let view: ChatViewRef = c.observe(ChatLines(tx));
+        c.grain::<RoomRef>(room.id().key.clone()).subscribe(view).await?;
+        views.push(rx);
+    }
+    // The player grain (play-1) calls its room grain (play-2), which pushes to both clients.
+    let n = ann.say("gg".into()).await?;
+    for (who, rx) in ["ann", "bob"].iter().zip(&mut views) {
+        let line = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await?;
+        println!(
+            "{who}'s client got a pushed line: {:?} (line {n} of {room})",
+            line.ok_or("closed")?
+        );
+    }
+    // Presence: bob closes the game; the room drops his viewer without polling.
+    bob_client.disconnect().await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while b.stats().sessions_told == 0 {
+        if Instant::now() > deadline {
+            return Err("the room never learned that bob left".into());
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let n = ann.say("bob left".into()).await?;
+    let line = tokio::time::timeout(Duration::from_secs(5), views[0].recv()).await?;
+    println!("bob closes the game: the room is told (presence); line {n} goes to ann: {line:?}");
+    ann_client.disconnect().await;
+    a.shutdown().await;
+    b.shutdown().await;
+    Ok(())
 }
 
 /// Where each player lives.
@@ -319,6 +386,7 @@ a client given only eu-1 as its seed found {ids:?}"
     for s in pair {
         s.shutdown().await;
     }
+    calls_both_ways().await?;
 
     // Players on the open internet: a server that requires connect tokens. A stranger without
     // one is refused with the reason; a player whose backend issued it a token is served over

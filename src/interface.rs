@@ -9,11 +9,12 @@ use crate::proto::ids::{GrainType, InterfaceId, MethodId};
 /// What a grain interface is, for routing and compatibility checks.
 #[derive(Debug)]
 pub struct InterfaceInfo {
-    /// The trait's name (also the grain type's name).
+    /// The interface's name (the trait's, unless `#[grain(name = "...")]`).
     pub name: &'static str,
     /// The interface id.
     pub id: InterfaceId,
-    /// The grain type implementing it.
+    /// The grain type implementing it (named like the interface unless
+    /// `#[grain(grain_type = "...")]`: a grain type may implement several interfaces).
     pub grain_type: GrainType,
     /// The interface version (`#[grain(version = N)]`).
     pub version: u8,
@@ -62,6 +63,9 @@ pub struct MethodInfo {
     pub name: &'static str,
     /// Its id (from its name).
     pub id: MethodId,
+    /// Hash of its signature (name, argument and result types, kind): a caller and a host
+    /// that agree on it agree on the method, whatever else their versions changed.
+    pub signature: u64,
     /// What its caller waits for.
     pub kind: MethodKind,
     /// How its messages travel.

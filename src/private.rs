@@ -7,11 +7,12 @@ pub use std::time::Duration;
 pub use bytes::Bytes;
 
 pub use crate::client::{GrainInterface, GrainRef};
-pub use crate::error::CallError;
+pub use crate::error::{CallError, ReferenceError};
 pub use crate::interface::{DeliveryClass, Interface, InterfaceInfo, MethodInfo, MethodKind};
 pub use crate::proto::ids::{GrainId, GrainKey, GrainType, InterfaceId, MethodId, ServerId};
 pub use crate::proto::route::Affinity;
 pub use crate::proto::wire::rpc::Status;
+pub use crate::rpc::context::SessionEnded;
 pub use crate::rpc::dispatch::{
     Dispatch, Reply, SharedCall, decode_args, encode_app_err, encode_ok,
 };

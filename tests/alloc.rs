@@ -226,8 +226,8 @@ fn grain_call_allocations() {
 fn routing_picks_allocate_nothing() {
     use std::sync::Arc;
 
-    use grainwire::proto::ids::{GrainType, InterfaceId, PeerId, ServerId};
-    use grainwire::proto::manifest::{HostedGrain, Manifest};
+    use grainwire::proto::ids::{GrainType, InterfaceId, MethodId, PeerId, ServerId};
+    use grainwire::proto::manifest::{HostedGrain, HostedMethod, Manifest};
     use grainwire::proto::route::{
         Affinity, ConsistentHash, Load, LowestLatency, RoundRobin, RouteTable, ServerEntry,
         Strategies, Strategy, Target, Tiered,
@@ -253,6 +253,7 @@ fn routing_picks_allocate_nothing() {
                     version: 1,
                     contract: 0,
                     index: 0,
+                    methods: vec![HostedMethod { id: MethodId(0), signature: 0 }],
                 }],
             }),
             load: Arc::new(Load::new(Duration::from_micros(100 + i))),
@@ -262,7 +263,8 @@ fn routing_picks_allocate_nothing() {
         grain_type: GrainType::of("Player"),
         interface: InterfaceId::of("Player"),
         version: 1,
-        contract: 0,
+        method: MethodId(0),
+        signature: 0,
     };
     let strategies: [Arc<dyn Strategy>; 5] = [
         Arc::new(ConsistentHash),

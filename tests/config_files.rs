@@ -117,6 +117,7 @@ fn odd_server() -> ServerConfig {
         observer_grace: ms(2500),
         max_observers_per_session: d.max_observers_per_session + 1,
         max_observer_calls_per_session: d.max_observer_calls_per_session + 1,
+        max_watches_per_session: d.max_watches_per_session + 1,
         default_deadline: ms(3000),
         shutdown_timeout: ms(4000),
         advertise: Some("game-eu-1.example.net:7777".parse().unwrap()),

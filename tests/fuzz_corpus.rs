@@ -7,7 +7,7 @@ use grainwire::fuzz::{self, FUZZ_NONCE, FUZZ_TAG};
 use grainwire::proto::ids::{
     GrainId, GrainKey, GrainType, InterfaceId, MethodId, RequestId, ServerId,
 };
-use grainwire::proto::manifest::{HostedGrain, Manifest};
+use grainwire::proto::manifest::{HostedGrain, HostedMethod, Manifest};
 use grainwire::proto::rng::SplitMix64;
 use grainwire::proto::wire::rpc::{self, CallHeader, Status};
 use grainwire::proto::wire::{self, Class, CloseKind, Cookie, Handshake, MessageHeader};
@@ -199,6 +199,7 @@ fn valid_rpc_frames() -> Vec<Vec<u8>> {
             version: 1,
             contract: 0x1234_5678_9abc_def0,
             index: 0,
+            methods: vec![HostedMethod { id: MethodId(7), signature: 0x0bad_cafe }],
         }],
     };
     out.push(manifest.encode());

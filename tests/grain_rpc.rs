@@ -445,9 +445,12 @@ async fn at_the_activation_cap_the_least_recently_used_idle_grain_makes_room() {
     assert_eq!(refs[3].work(6).await.unwrap(), 6, "room again");
 }
 
+/// `Worker` as a later version: `work` unchanged, `rest` added, `history` changed.
 #[grainwire::grain(name = "Worker", version = 2)]
 trait WorkerV2 {
     async fn work(&mut self, n: u64) -> u64;
+    async fn rest(&mut self) -> u64;
+    async fn history(&self) -> Vec<u32>;
 }
 
 #[grainwire::grain]
@@ -465,12 +468,19 @@ async fn unknown_types_and_other_versions_fail_with_typed_errors() {
         client.grain::<StrangerRef>(1).hello().await,
         Err(CallError::UnknownGrainType)
     ));
-    match client.grain::<WorkerV2Ref>(1).work(1).await {
+    // Compatibility is per method: what version 2 added or changed is refused, typed...
+    let v2 = client.grain::<WorkerV2Ref>(1);
+    match v2.rest().await {
         Err(CallError::IncompatibleVersion { ours: 2, theirs: 1 }) => {}
         other => panic!("{other:?}"),
     }
-    // Nothing of it reached a grain.
+    match v2.history().await {
+        Err(CallError::IncompatibleVersion { ours: 2, theirs: 1 }) => {}
+        other => panic!("{other:?}"),
+    }
+    // ...and nothing of it reached a grain; what it left unchanged is served.
     assert!(log.runs.lock().unwrap().is_empty());
+    assert_eq!(v2.work(7).await.unwrap(), 7);
 }
 
 #[tokio::test(start_paused = true)]

@@ -253,7 +253,9 @@ fn references_are_values() {
     assert_eq!(ordered.into_iter().collect::<Vec<_>>(), [a.clone(), b.clone()]);
     assert_eq!(a.to_string(), "Player/ann");
     assert_eq!(c.grain::<RoomRef>(7).to_string(), "Room/7");
-    assert_eq!(format!("{a:?}").split('(').next(), Some("PlayerRef"));
+    // Debug is short (what it names), `{:#?}` tells how it calls too.
+    assert_eq!(format!("{a:?}"), "PlayerRef(Player/ann)");
+    assert!(format!("{a:#?}").contains("grain: Player/ann"));
 
     // Serde: compact (postcard) and readable (JSON), alone and inside other values; decoded
     // outside any call, it is unbound and says so when called.
@@ -261,6 +263,7 @@ fn references_are_values() {
     let back: PlayerRef = postcard::from_bytes(&bytes).unwrap();
     assert_eq!(back, a);
     assert!(!back.grain_ref().is_bound());
+    assert!(format!("{:#?}", back).contains("unbound: true"));
     let unbound = rt.block_on(back.name());
     assert!(matches!(unbound, Err(CallError::Unbound)), "{unbound:?}");
     let json = serde_json::to_string(&a).unwrap();

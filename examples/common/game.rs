@@ -1,10 +1,13 @@
 //! The demo game's grains, shared by the examples (`demo`, `game_server`, `game_client`,
-//! `bench`).
+//! `bench`). References are values: the lobby returns a `RoomRef`, a room keeps `PlayerRef`s
+//! and calls them, a player grain calls its room (wherever it lives), and a room pushes its
+//! chat lines to the `ChatView` observers players' clients host, dropping a viewer when its
+//! session ends (presence).
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 
 use grainwire::GrainId;
-use grainwire::server::Host;
+use grainwire::server::{Host, SessionEnded, SessionId, caller, context};
 use serde::{Deserialize, Serialize};
 
 /// A player was hit with more damage than it had health.
@@ -30,15 +33,41 @@ pub(crate) trait Player {
     /// The id of the server the player's activation lives on (safe to ask twice).
     #[idempotent]
     async fn server(&self) -> String;
+    /// A room tells the player it entered it.
+    async fn entered(&mut self, room: RoomRef);
+    /// Says `text` in the player's room: the player grain calls the room grain, on whichever
+    /// server hosts it. How many lines the room has seen.
+    async fn say(&self, text: String) -> Result<u64, String>;
 }
 
 /// A chat room.
 #[grainwire::grain]
 pub(crate) trait Room {
-    /// Posts a line; returns how many lines the room has seen.
+    /// Posts a line, pushed to every viewer; returns how many lines the room has seen.
     async fn say(&mut self, who: String, text: String) -> u64;
     /// The last lines.
     async fn recent(&self) -> Vec<String>;
+    /// `player` enters: the room keeps its reference and tells the player grain. The members.
+    async fn enter(&mut self, player: PlayerRef) -> Result<Vec<PlayerRef>, String>;
+    /// The caller's client watches the room through `view` (an observer it hosts) until its
+    /// session ends. How many viewers the room has.
+    async fn subscribe(&mut self, view: ChatViewRef) -> u32;
+}
+
+/// Finds rooms for players.
+#[grainwire::grain]
+pub(crate) trait Lobby {
+    /// A room for `player` (four per room), which the player has entered.
+    async fn find_room(&mut self, player: PlayerRef) -> Result<RoomRef, String>;
+}
+
+/// What a player's client shows of a room: an observer, hosted by the client
+/// (`Client::observe`) and called by the room.
+#[grainwire::grain]
+pub(crate) trait ChatView {
+    /// A line said in the room.
+    #[one_way]
+    async fn line(&mut self, text: String);
 }
 
 /// Echoes and derives values: what the load tools call.
@@ -59,6 +88,7 @@ pub(crate) struct PlayerState {
     health: u32,
     position: (f32, f32),
     server: std::sync::Arc<str>,
+    room: Option<RoomRef>,
 }
 
 impl Player for PlayerState {
@@ -85,6 +115,18 @@ impl Player for PlayerState {
     async fn server(&self) -> String {
         self.server.to_string()
     }
+    async fn entered(&mut self, room: RoomRef) {
+        self.room = Some(room);
+    }
+    async fn say(&self, text: String) -> Result<u64, String> {
+        let room = self.room.as_ref().ok_or("in no room")?;
+        // A call from inside a call: it carries what is left of this call's deadline.
+        let who = match context().map(|cx| cx.id().key.clone()) {
+            Some(grainwire::GrainKey::Str(name)) => name.to_string(),
+            other => format!("{other:?}"),
+        };
+        room.say(who, text).await.map_err(|e| e.to_string())
+    }
 }
 
 /// The room grain's state.
@@ -92,11 +134,26 @@ impl Player for PlayerState {
 pub(crate) struct RoomState {
     lines: VecDeque<String>,
     count: u64,
+    members: Vec<PlayerRef>,
+    /// Viewers by the session that subscribed them.
+    viewers: BTreeMap<SessionId, ChatViewRef>,
 }
 
 impl Room for RoomState {
     async fn say(&mut self, who: String, text: String) -> u64 {
-        self.lines.push_back(format!("{who}: {text}"));
+        let line = format!("{who}: {text}");
+        // Server push: one-way calls to the clients' observers (done once queued, in order);
+        // a viewer whose client is gone is dropped.
+        let mut gone = Vec::new();
+        for (session, view) in &self.viewers {
+            if view.line(line.clone()).await.is_err() {
+                gone.push(*session);
+            }
+        }
+        for session in gone {
+            self.viewers.remove(&session);
+        }
+        self.lines.push_back(line);
         if self.lines.len() > 16 {
             self.lines.pop_front();
         }
@@ -105,6 +162,41 @@ impl Room for RoomState {
     }
     async fn recent(&self) -> Vec<String> {
         self.lines.iter().cloned().collect()
+    }
+    async fn enter(&mut self, player: PlayerRef) -> Result<Vec<PlayerRef>, String> {
+        let me: RoomRef = context().ok_or("no context")?.this().map_err(|e| e.to_string())?;
+        player.entered(me).await.map_err(|e| e.to_string())?;
+        if !self.members.contains(&player) {
+            self.members.push(player);
+        }
+        Ok(self.members.clone())
+    }
+    async fn subscribe(&mut self, view: ChatViewRef) -> u32 {
+        if let (Some(cx), Some(who)) = (context(), caller()) {
+            // Presence: told (`on_session_ended`) when the subscriber's session ends.
+            cx.watch(who.session());
+            self.viewers.insert(who.session(), view);
+        }
+        self.viewers.len() as u32
+    }
+    async fn on_session_ended(&mut self, ended: SessionEnded) {
+        self.viewers.remove(&ended.session);
+    }
+}
+
+/// The lobby's state: how many players it placed.
+#[derive(Debug, Default)]
+pub(crate) struct LobbyState {
+    placed: u32,
+}
+
+impl Lobby for LobbyState {
+    async fn find_room(&mut self, player: PlayerRef) -> Result<RoomRef, String> {
+        let cx = context().ok_or("no context")?;
+        let room: RoomRef = cx.grain(format!("room-{}", self.placed / 4));
+        room.enter(player).await.map_err(|e| e.to_string())?;
+        self.placed += 1;
+        Ok(room)
     }
 }
 
@@ -127,7 +219,7 @@ impl Echo for EchoState {
 }
 
 /// The grain types, by the names `--grains` takes.
-pub(crate) const GRAIN_NAMES: [&str; 3] = ["player", "room", "echo"];
+pub(crate) const GRAIN_NAMES: [&str; 4] = ["player", "room", "lobby", "echo"];
 
 /// The host for the grain type named `name` (see [`GRAIN_NAMES`]) on the server `server`.
 pub(crate) fn host(name: &str, server: &str) -> Option<Host> {
@@ -140,9 +232,11 @@ pub(crate) fn host(name: &str, server: &str) -> Option<Host> {
                 health: 100,
                 position: (0.0, 0.0),
                 server: server.clone(),
+                room: None,
             })
         }
         "room" => Room::host(|_: &GrainId| RoomState::default()),
+        "lobby" => Lobby::host(|_: &GrainId| LobbyState::default()),
         "echo" => Echo::host(move |_: &GrainId| EchoState { server: server.clone() }),
         _ => return None,
     })

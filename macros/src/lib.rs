@@ -15,8 +15,9 @@
 //! generates
 //!
 //! * the trait servers implement: the same methods as `fn … -> impl Future<Output = T> + Send`
-//!   (implement them with `async fn`), activation hooks `on_activate`/`on_deactivate` with empty
-//!   defaults, and `Player::host(factory)` to host the grain on a server;
+//!   (implement them with `async fn`), hooks `on_activate`/`on_deactivate` and
+//!   `on_session_ended` (presence) with empty defaults, and `Player::host(factory)` to host
+//!   the grain on a server;
 //! * `PlayerRef`, the typed reference clients call: the same methods, taking `&self` and
 //!   returning `Result<T, CallError>` (`Result<T, CallError<E>>` for `Result<T, E>`).
 //!
@@ -24,8 +25,8 @@
 //! never from declaration order. Arguments and results are serde types. Generated code only
 //! names `::grainwire::__private`, and its locals are `__`-prefixed, so argument names never
 //! clash with it; method names the hooks and the reference use (`host`, `on_activate`,
-//! `on_deactivate`, `info`, `id`, `with_timeout`, `with_affinity`, `prefer`, `require`) are
-//! refused. Every error in a trait is reported at once.
+//! `on_deactivate`, `on_session_ended`, `info`, `id`, `with_timeout`, `with_affinity`, `cast`, `prefer`,
+//! `require`) are refused. Every error in a trait is reported at once.
 //!
 //! One generator per item: the server trait, the ids and metadata, the reference, the
 //! dispatch (`gen_*`), all reading one validated model of the trait (`model`).
@@ -54,10 +55,12 @@ pub fn grain(attr: TokenStream, item: TokenStream) -> TokenStream {
 struct Options {
     name: Option<String>,
     version: u8,
+    /// The grain type the interface belongs to (default: its name).
+    grain_type: Option<String>,
 }
 
 fn parse_options(attr: TokenStream2) -> syn::Result<Options> {
-    let mut o = Options { name: None, version: 1 };
+    let mut o = Options { name: None, version: 1, grain_type: None };
     let metas = Punctuated::<Meta, Token![,]>::parse_terminated.parse2(attr)?;
     for meta in metas {
         let nv = match &meta {
@@ -65,7 +68,7 @@ fn parse_options(attr: TokenStream2) -> syn::Result<Options> {
             other => {
                 return Err(syn::Error::new(
                     other.span(),
-                    "expected `name = \"...\"` or `version = N`",
+                    "expected `name = \"...\"`, `version = N` or `grain_type = \"...\"`",
                 ));
             }
         };
@@ -73,10 +76,12 @@ fn parse_options(attr: TokenStream2) -> syn::Result<Options> {
             o.name = Some(lit_str(&nv.value)?);
         } else if nv.path.is_ident("version") {
             o.version = lit_int(&nv.value)?;
+        } else if nv.path.is_ident("grain_type") {
+            o.grain_type = Some(lit_str(&nv.value)?);
         } else {
             return Err(syn::Error::new(
                 nv.path.span(),
-                "unknown option: expected `name` or `version`",
+                "unknown option: expected `name`, `version` or `grain_type`",
             ));
         }
     }
@@ -122,11 +127,13 @@ struct Method {
 const RESERVED: &[&str] = &[
     "on_activate",
     "on_deactivate",
+    "on_session_ended",
     "host",
     "info",
     "id",
     "with_timeout",
     "with_affinity",
+    "cast",
     "prefer",
     "require",
 ];
@@ -395,6 +402,8 @@ struct Grain {
     methods: Vec<Method>,
     name: String,
     version: u8,
+    /// The grain type's name (the interface's unless `grain_type = "..."`).
+    grain_type: String,
     /// `PlayerRef`.
     ref_name: syn::Ident,
     /// The statics holding the interface's and the methods' metadata.
@@ -426,22 +435,17 @@ impl Grain {
             .collect()
     }
 
-    /// The contract: name, version and every method's id, shape and types, sorted by name.
+    /// One method's part of the contract: its name, shape and types (what a caller and a host
+    /// must agree on for a call of it).
+    fn signature(m: &Method) -> String {
+        let args: Vec<String> = m.args.iter().map(|(_, t)| norm(t)).collect();
+        let one_way = if m.one_way { "!" } else { "" };
+        format!("{}({})->{}{}", m.name, args.join(","), norm(&m.output), one_way)
+    }
+
+    /// The contract: name, version and every method's signature, sorted by name.
     fn contract(&self) -> String {
-        let mut contract: Vec<String> = self
-            .methods
-            .iter()
-            .map(|m| {
-                let args: Vec<String> = m.args.iter().map(|(_, t)| norm(t)).collect();
-                format!(
-                    "{}({})->{}{}",
-                    m.name,
-                    args.join(","),
-                    norm(&m.output),
-                    if m.one_way { "!" } else { "" }
-                )
-            })
-            .collect();
+        let mut contract: Vec<String> = self.methods.iter().map(Self::signature).collect();
         contract.sort();
         format!("{} v{}: {}", self.name, self.version, contract.join("; "))
     }
@@ -454,7 +458,7 @@ fn model(attr: TokenStream2, item: TokenStream2) -> syn::Result<Grain> {
         Ok(o) => o,
         Err(e) => {
             errors.push(e);
-            Options { name: None, version: 1 }
+            Options { name: None, version: 1, grain_type: None }
         }
     };
     let tr: ItemTrait = match syn::parse2(item) {
@@ -477,8 +481,10 @@ fn model(attr: TokenStream2, item: TokenStream2) -> syn::Result<Grain> {
     errors.finish()?;
     let trait_name = &tr.ident;
     let upper = trait_name.to_string().to_uppercase();
+    let name = opts.name.unwrap_or_else(|| trait_name.to_string());
     Ok(Grain {
-        name: opts.name.unwrap_or_else(|| trait_name.to_string()),
+        grain_type: opts.grain_type.unwrap_or_else(|| name.clone()),
+        name,
         version: opts.version,
         ref_name: format_ident!("{}Ref", trait_name),
         info_static: format_ident!("__GRAINWIRE_{}_INFO", upper),
@@ -526,6 +532,13 @@ fn gen_server_trait(g: &Grain) -> TokenStream2 {
                 async {}
             }
 
+            /// Runs, as a turn of its own, when a session the grain watched ended
+            /// (`GrainContext::watch`: presence).
+            fn on_session_ended(&mut self, ended: #p::SessionEnded) -> impl ::core::future::Future<Output = ()> + ::core::marker::Send {
+                let _ = ended;
+                async {}
+            }
+
             #[doc = #host_doc]
             fn host<__F>(factory: __F) -> #p::Host
             where
@@ -544,6 +557,7 @@ fn gen_ids(g: &Grain) -> TokenStream2 {
     let p = &g.p;
     let (ref_name, info_static, methods_static) = (&g.ref_name, &g.info_static, &g.methods_static);
     let grain_name = &g.name;
+    let grain_type = &g.grain_type;
     let version = g.version;
     let contract = g.contract();
     let id_consts = g.id_consts();
@@ -559,8 +573,9 @@ fn gen_ids(g: &Grain) -> TokenStream2 {
             None => quote!(::core::option::Option::None),
         };
         let size_hint = 16 * m.args.len();
+        let signature = Grain::signature(m);
         quote! {
-            #p::MethodInfo { name: #name_str, id: #id_const, kind: #kind, delivery: #p::DeliveryClass::ReliableOrdered, idempotent: #idempotent, shared: #shared, interleave: #interleave, timeout: #timeout, size_hint: #size_hint }
+            #p::MethodInfo { name: #name_str, id: #id_const, signature: #p::contract_hash(#signature), kind: #kind, delivery: #p::DeliveryClass::ReliableOrdered, idempotent: #idempotent, shared: #shared, interleave: #interleave, timeout: #timeout, size_hint: #size_hint }
         }
     });
     let n_methods = g.methods.len();
@@ -575,7 +590,7 @@ fn gen_ids(g: &Grain) -> TokenStream2 {
         static #info_static: #p::InterfaceInfo = #p::InterfaceInfo {
             name: #grain_name,
             id: #p::InterfaceId::of(#grain_name),
-            grain_type: #p::GrainType::of(#grain_name),
+            grain_type: #p::GrainType::of(#grain_type),
             version: #version,
             contract: #p::contract_hash(#contract),
             methods: &#methods_static,
@@ -661,6 +676,12 @@ fn gen_reference(g: &Grain) -> TokenStream2 {
                 self.inner.get().id()
             }
 
+            /// The same grain through another interface of its grain type (or another version
+            /// of this one), checked against the servers' manifests: see `GrainRef::cast`.
+            pub fn cast<__R: #p::GrainInterface>(&self) -> ::core::result::Result<__R, #p::ReferenceError> {
+                self.inner.get().cast::<__R>()
+            }
+
             /// The same reference with every call's deadline set to `timeout`.
             pub fn with_timeout(&self, timeout: #p::Duration) -> Self {
                 Self { inner: self.inner.with_timeout(timeout) }
@@ -729,7 +750,12 @@ fn gen_reference(g: &Grain) -> TokenStream2 {
 
         impl ::core::fmt::Debug for #ref_name {
             fn fmt(&self, __f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
-                __f.debug_tuple(#ref_str).field(self.inner.get()).finish()
+                let __r = self.inner.get();
+                if __f.alternate() {
+                    __f.debug_tuple(#ref_str).field(__r).finish()
+                } else {
+                    __f.debug_tuple(#ref_str).field(&::core::format_args!("{}", __r)).finish()
+                }
             }
         }
 
@@ -842,6 +868,10 @@ fn gen_dispatch(g: &Grain) -> TokenStream2 {
 
             fn deactivate(__grain: &mut __G) -> impl ::core::future::Future<Output = ()> + ::core::marker::Send + '_ {
                 <__G as #trait_name>::on_deactivate(__grain)
+            }
+
+            fn session_ended(__grain: &mut __G, __ended: #p::SessionEnded) -> impl ::core::future::Future<Output = ()> + ::core::marker::Send + '_ {
+                <__G as #trait_name>::on_session_ended(__grain, __ended)
             }
         }
     }

@@ -9,8 +9,8 @@ use std::time::Duration;
 use super::ClientShared;
 use super::service::{Again, ClientCmd};
 use crate::error::CallError;
-use crate::interface::InterfaceInfo;
-use crate::proto::ids::PeerId;
+use crate::interface::{InterfaceInfo, MethodInfo};
+use crate::proto::ids::{GrainType, InterfaceId, PeerId};
 use crate::proto::route::Target;
 use crate::rpc::call::{CallCell, CallKind};
 use crate::rpc::encode::Request;
@@ -62,7 +62,7 @@ impl Calls for Handle {
     ) -> Result<(), CallError<Infallible>> {
         let shared = &self.shared;
         let (iface, method) = (request.iface, request.method);
-        let target = target_of(iface);
+        let target = target_of(iface, method);
         let to = shared.route(&target, r)?;
         if shared.pending.fetch_add(1, Ordering::AcqRel) >= shared.config.max_pending_calls {
             shared.finished_one();
@@ -98,13 +98,24 @@ impl Calls for Handle {
     fn recycle(&self, cell: Arc<CallCell>) {
         let _ = self.shared.spare_cells.push(cell);
     }
+
+    fn implements(&self, grain_type: GrainType, interface: InterfaceId) -> Option<bool> {
+        if self.shared.starting() {
+            return None;
+        }
+        self.shared.with_routes(|routes| {
+            (routes.server_count() > 0).then(|| routes.implements(grain_type, interface))
+        })
+    }
 }
 
-pub(super) fn target_of(iface: &InterfaceInfo) -> Target {
+/// What a call of `method` of `iface` routes by.
+pub(super) fn target_of(iface: &InterfaceInfo, method: &MethodInfo) -> Target {
     Target {
         grain_type: iface.grain_type,
         interface: iface.id,
         version: iface.version,
-        contract: iface.contract,
+        method: method.id,
+        signature: method.signature,
     }
 }

@@ -16,7 +16,7 @@ use super::service::ClientCmd;
 use super::{Client, GrainInterface, GrainRef};
 use crate::error::CallError;
 use crate::interface::InterfaceInfo;
-use crate::proto::ids::{GrainId, GrainKey, IdMap, PeerId, RequestId};
+use crate::proto::ids::{GrainId, GrainKey, GrainType, IdMap, InterfaceId, PeerId, RequestId};
 use crate::rpc::call::{CallCell, CallKind};
 use crate::rpc::context::Activation;
 use crate::rpc::dispatch::Dispatch;
@@ -105,7 +105,7 @@ impl Client {
         // keeping it alive.
         let weak = Arc::new(WeakCalls(Arc::downgrade(&self.calls)));
         let binding = Binding { grains: Via::Calls(weak), observers: Via::Unbound };
-        let here = Arc::new(Activation { id, binding });
+        let here = Arc::new(Activation { id, binding, presence: None });
         let mailbox = Arc::new(Mailbox::default());
         let done = observers.done.0.clone();
         let task = tokio::spawn(turns::serve::<R, O>(object, here, mailbox.clone(), move |job| {
@@ -189,5 +189,9 @@ impl Calls for WeakCalls {
         if let Some(h) = self.get() {
             h.recycle(cell);
         }
+    }
+
+    fn implements(&self, grain_type: GrainType, interface: InterfaceId) -> Option<bool> {
+        self.get().and_then(|h| h.implements(grain_type, interface))
     }
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::ids::{GrainType, InterfaceId, ServerId};
+use super::ids::{GrainType, InterfaceId, MethodId, ServerId};
 use super::wire::{WireError, rpc};
 
 /// One hosted grain type.
@@ -24,8 +24,28 @@ pub struct HostedGrain {
     /// Hash of the interface's methods and signatures, to catch a contract that changed
     /// without a version bump.
     pub contract: u64,
-    /// The number requests use for this type on the wire (unique within the server).
+    /// The number requests use for this interface of the type on the wire (unique within the
+    /// server).
     pub index: u32,
+    /// Its methods and their signatures' hashes: a caller is served here for a method whose
+    /// signature it knows the same (see [`Manifest::serving`]).
+    pub methods: Vec<HostedMethod>,
+}
+
+/// One method of a hosted interface.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostedMethod {
+    /// The method's id.
+    pub id: MethodId,
+    /// Its signature's hash ([`MethodInfo::signature`](crate::interface::MethodInfo)).
+    pub signature: u64,
+}
+
+impl HostedGrain {
+    /// Whether it has `method` with `signature`.
+    pub fn has(&self, method: MethodId, signature: u64) -> bool {
+        self.methods.iter().any(|m| m.id == method && m.signature == signature)
+    }
 }
 
 /// A small typed value of a server's metadata.
@@ -99,14 +119,15 @@ pub struct Manifest {
     pub grains: Vec<HostedGrain>,
 }
 
-/// Why a caller's interface cannot be used with a server's.
+/// Why a caller's call of a method cannot be served by a server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum Incompatibility {
     /// The server does not host the grain type.
     #[error("the server does not host this grain type")]
     NotHosted,
-    /// The server's interface version differs.
+    /// The server hosts other versions of the interface, none with the method as the caller
+    /// knows it (removed or changed).
     #[error("interface version mismatch: caller {caller}, server {server}")]
     Version {
         /// The caller's version.
@@ -114,8 +135,8 @@ pub enum Incompatibility {
         /// The server's version.
         server: u8,
     },
-    /// Same version, different methods or signatures: the interface changed without a version
-    /// bump on one side.
+    /// Same version, the method different: the interface changed without a version bump on
+    /// one side.
     #[error("interface contract mismatch at version {version}")]
     Contract {
         /// The version both claim.
@@ -138,30 +159,42 @@ impl Manifest {
             .map_err(|_| WireError::OutOfRange { field: "manifest", value: payload.len() as u64 })
     }
 
-    /// The entry for `grain_type`, if hosted.
+    /// The first entry for `grain_type`, if hosted.
     pub fn find(&self, grain_type: GrainType) -> Option<&HostedGrain> {
         self.grains.iter().find(|g| g.grain_type == grain_type)
     }
 
-    /// The entry for `grain_type` if the server's interface matches the caller's.
-    pub fn compatible(
+    /// Whether the server hosts `grain_type` with `interface` (in any version): what a cast
+    /// to that interface is checked against.
+    pub fn implements(&self, grain_type: GrainType, interface: InterfaceId) -> bool {
+        self.grains.iter().any(|g| g.grain_type == grain_type && g.interface == interface)
+    }
+
+    /// The entry serving a call of `method` (with `signature`) of `interface` at `version` to a
+    /// `grain_type` grain: the compatibility rule is per method. A host serves the call when
+    /// it has the method as the caller knows it, whatever its version (methods added since,
+    /// or changed or removed that the call does not use, do not matter). Among entries that
+    /// serve it, the caller's own version is preferred.
+    pub fn serving(
         &self,
         grain_type: GrainType,
         interface: InterfaceId,
         version: u8,
-        contract: u64,
+        (method, signature): (MethodId, u64),
     ) -> Result<&HostedGrain, Incompatibility> {
-        let g = self.find(grain_type).ok_or(Incompatibility::NotHosted)?;
-        if g.interface != interface {
-            return Err(Incompatibility::NotHosted);
+        let mut of_interface =
+            self.grains.iter().filter(|g| g.grain_type == grain_type && g.interface == interface);
+        let mut serving = of_interface.clone().filter(|g| g.has(method, signature));
+        match serving.clone().find(|g| g.version == version).or_else(|| serving.next()) {
+            Some(g) => Ok(g),
+            None => match of_interface.find(|g| g.version != version) {
+                Some(g) => Err(Incompatibility::Version { caller: version, server: g.version }),
+                None if self.implements(grain_type, interface) => {
+                    Err(Incompatibility::Contract { version })
+                }
+                None => Err(Incompatibility::NotHosted),
+            },
         }
-        if g.version != version {
-            return Err(Incompatibility::Version { caller: version, server: g.version });
-        }
-        if g.contract != contract {
-            return Err(Incompatibility::Contract { version });
-        }
-        Ok(g)
     }
 }
 
@@ -171,6 +204,10 @@ mod tests {
     use crate::proto::wire::rpc::{RpcFrame, decode_rpc};
 
     fn grain(name: &str, version: u8, contract: u64, index: u32) -> HostedGrain {
+        let methods = vec![
+            HostedMethod { id: MethodId(1), signature: 10 },
+            HostedMethod { id: MethodId(2), signature: contract },
+        ];
         HostedGrain {
             name: name.into(),
             grain_type: GrainType::of(name),
@@ -178,6 +215,7 @@ mod tests {
             version,
             contract,
             index,
+            methods,
         }
     }
 
@@ -192,26 +230,37 @@ mod tests {
             priority: 2,
             metadata: [("datacenter".into(), "eu-west".into()), ("build".into(), 1042i64.into())]
                 .into(),
-            grains: vec![grain("Player", 2, 77, 0), grain("Room", 1, 5, 1)],
+            grains: vec![
+                grain("Player", 2, 77, 0),
+                grain("Room", 1, 5, 1),
+                grain("Player", 3, 78, 2),
+            ],
         };
         let bytes = m.encode();
         let Ok(RpcFrame::Manifest(payload)) = decode_rpc(&bytes) else { panic!() };
         assert_eq!(Manifest::decode(payload).unwrap(), m);
         let player = GrainType::of("Player");
         let iface = InterfaceId::of("Player");
-        assert_eq!(m.compatible(player, iface, 2, 77).unwrap().index, 0);
+        // The caller's version is preferred; a method unchanged across versions is served by
+        // any of them; a changed one only by a version that has it as the caller knows it.
+        assert_eq!(m.serving(player, iface, 2, (MethodId(1), 10)).unwrap().index, 0);
+        assert_eq!(m.serving(player, iface, 3, (MethodId(1), 10)).unwrap().index, 2);
+        assert_eq!(m.serving(player, iface, 1, (MethodId(1), 10)).unwrap().index, 0);
+        assert_eq!(m.serving(player, iface, 1, (MethodId(2), 78)).unwrap().index, 2);
         assert_eq!(
-            m.compatible(player, iface, 1, 77),
+            m.serving(player, iface, 1, (MethodId(2), 79)),
             Err(Incompatibility::Version { caller: 1, server: 2 })
         );
+        let room = GrainType::of("Room");
         assert_eq!(
-            m.compatible(player, iface, 2, 78),
-            Err(Incompatibility::Contract { version: 2 })
+            m.serving(room, InterfaceId::of("Room"), 1, (MethodId(2), 6)),
+            Err(Incompatibility::Contract { version: 1 })
         );
         assert_eq!(
-            m.compatible(GrainType::of("Nope"), iface, 2, 77),
+            m.serving(GrainType::of("Nope"), iface, 2, (MethodId(1), 10)),
             Err(Incompatibility::NotHosted)
         );
+        assert!(m.implements(player, iface) && !m.implements(player, InterfaceId::of("Room")));
         assert!(Manifest::decode(&payload[..payload.len() - 1]).is_err());
         assert!(Manifest::decode(&[0xff; 9]).is_err());
     }

@@ -6,8 +6,10 @@
 //! turns unhealthy or changes its manifest; routing a call reads it and allocates nothing.
 //!
 //! For one call: the candidates are the servers hosting the grain type with the caller's
-//! interface, version and contract; the reference's [`Affinity`] may fix the server; else the
-//! grain type's [`Strategy`] picks one:
+//! interface and the called method as the caller knows it (its signature: the compatibility
+//! rule is per method, so servers of another version of the interface serve the methods it did
+//! not change); the reference's [`Affinity`] may fix the server; else the grain type's
+//! [`Strategy`] picks one:
 //!
 //! - [`RoundRobin`]: each candidate in turn (one counter per grain type).
 //! - [`ConsistentHash`]: weighted rendezvous hashing (highest random weight) of the grain's
@@ -29,7 +31,7 @@ pub use self::strategy::{
     ByPriority, Candidate, Candidates, ConsistentHash, Load, LowestLatency, PickContext,
     RoundRobin, Strategy, Tiered, Tiering, TypeState,
 };
-use super::ids::{GrainType, IdHasher, InterfaceId, PeerId, ServerId, fmix64};
+use super::ids::{GrainType, IdHasher, InterfaceId, MethodId, PeerId, ServerId, fmix64};
 use super::manifest::Manifest;
 use super::siphash::stable_hash;
 
@@ -51,17 +53,19 @@ pub enum Affinity {
     Required(ServerId),
 }
 
-/// What a call routes by: the caller's view of the grain's interface.
+/// What a call routes by: the caller's view of the grain's interface and the method it calls.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Target {
     /// The grain type.
     pub grain_type: GrainType,
     /// The interface the caller uses.
     pub interface: InterfaceId,
-    /// Its version.
+    /// Its version (for errors: what serves a call is the method's signature).
     pub version: u8,
-    /// Its contract hash.
-    pub contract: u64,
+    /// The method called.
+    pub method: MethodId,
+    /// The method's signature hash as the caller knows it.
+    pub signature: u64,
 }
 
 /// Why a server was chosen.
@@ -99,8 +103,9 @@ pub enum RouteError {
     NoServers,
     /// No connected server hosts the grain type.
     NotHosted,
-    /// Servers host the grain type, none with the caller's interface version and contract.
-    /// `theirs` is a version they host (equal to `ours` when only the contract differs).
+    /// Servers host the grain type's interface, none with the called method as the caller
+    /// knows it. `theirs` is a version they host (equal to `ours` when the method changed
+    /// without a version bump).
     Incompatible {
         /// The caller's version.
         ours: u8,
@@ -113,12 +118,9 @@ pub enum RouteError {
     Draining,
 }
 
-/// The hosts of one grain type with one interface, version and contract.
+/// The hosts of some methods of a grain type (those hosted by exactly the same servers).
 #[derive(Debug)]
 struct Variant {
-    interface: InterfaceId,
-    version: u8,
-    contract: u64,
     uniform: bool,
     /// Where the best tier ends and whether its weights are equal.
     best: (usize, bool),
@@ -132,6 +134,37 @@ struct TypeRoutes {
     strategy_name: &'static str,
     state: TypeState,
     variants: SmallVec<[Variant; 1]>,
+    /// Each hosted (interface, method, signature) and its variant's index, sorted.
+    methods: Box<[(MethodKey, usize)]>,
+    /// The interfaces and versions hosted (for a precise error).
+    hosted: SmallVec<[(InterfaceId, u8); 2]>,
+}
+
+/// An interface's method as a caller knows it.
+type MethodKey = (InterfaceId, MethodId, u64);
+
+impl TypeRoutes {
+    /// The variant serving `target`'s method, or why there is none.
+    fn variant_of(&self, target: &Target) -> Result<&Variant, RouteError> {
+        let key = (target.interface, target.method, target.signature);
+        match self.methods.binary_search_by(|(k, _)| k.cmp(&key)) {
+            Ok(i) => Ok(&self.variants[self.methods[i].1]),
+            Err(_) => {
+                let mut versions =
+                    self.hosted.iter().filter(|(i, _)| *i == target.interface).map(|(_, v)| *v);
+                let ours = target.version;
+                match versions.clone().find(|v| *v != ours).or_else(|| versions.next()) {
+                    Some(theirs) => Err(RouteError::Incompatible { ours, theirs }),
+                    None => Err(RouteError::NotHosted),
+                }
+            }
+        }
+    }
+
+    /// Whether `interface` is hosted (in any version).
+    fn implements(&self, interface: InterfaceId) -> bool {
+        self.hosted.iter().any(|(i, _)| *i == interface)
+    }
 }
 
 /// One server as the table builder sees it.
@@ -202,6 +235,9 @@ impl RouteTable {
     pub fn build(servers: &[ServerEntry], strategies: &Strategies) -> Self {
         let mut types: HashMap<GrainType, TypeRoutes, BuildHasherDefault<IdHasher>> =
             HashMap::default();
+        // Per grain type, each method (as callers know it) and the servers serving it.
+        let mut serving: HashMap<GrainType, std::collections::BTreeMap<MethodKey, Vec<Candidate>>> =
+            HashMap::new();
         let mut draining = Vec::new();
         for s in servers {
             let m = &s.manifest;
@@ -217,7 +253,12 @@ impl RouteTable {
                     strategy_name: strategies.get(g.grain_type).name(),
                     state: TypeState::seeded(fmix64(strategies.seed ^ g.grain_type.0 as u64)),
                     variants: SmallVec::new(),
+                    methods: Box::default(),
+                    hosted: SmallVec::new(),
                 });
+                if !t.hosted.contains(&(g.interface, g.version)) {
+                    t.hosted.push((g.interface, g.version));
+                }
                 let mut candidate = Candidate {
                     server: m.server_id.clone(),
                     peer: s.peer,
@@ -230,35 +271,39 @@ impl RouteTable {
                     load: s.load.clone(),
                 };
                 candidate.tier = t.strategy.tier(&candidate);
-                match t.variants.iter_mut().find(|v| {
-                    v.interface == g.interface && v.version == g.version && v.contract == g.contract
-                }) {
-                    Some(v) => {
-                        let mut list = std::mem::take(&mut v.candidates).into_vec();
-                        list.push(candidate);
-                        v.candidates = list.into_boxed_slice();
+                let methods = serving.entry(g.grain_type).or_default();
+                for m in &g.methods {
+                    let list = methods.entry((g.interface, m.id, m.signature)).or_default();
+                    // A server hosting two versions that both have the method serves it once.
+                    if !list.iter().any(|c| c.peer == s.peer) {
+                        list.push(candidate.clone());
                     }
-                    None => t.variants.push(Variant {
-                        interface: g.interface,
-                        version: g.version,
-                        contract: g.contract,
-                        uniform: true,
-                        best: (1, true),
-                        candidates: vec![candidate].into_boxed_slice(),
-                        hashes: Box::default(),
-                    }),
                 }
             }
         }
-        for t in types.values_mut() {
-            for v in &mut t.variants {
+        for (ty, methods) in serving {
+            let Some(t) = types.get_mut(&ty) else { continue };
+            // Methods served by exactly the same servers (and entries) share one variant.
+            let mut by_hosts: HashMap<Vec<(PeerId, u32)>, usize> = HashMap::new();
+            let mut index = Vec::with_capacity(methods.len());
+            for (key, mut candidates) in methods {
                 // By tier (the strategy's; a prefix is the best), then by server id.
-                v.candidates
+                candidates
                     .sort_by(|a, b| (a.tier, &a.server, a.peer).cmp(&(b.tier, &b.server, b.peer)));
-                v.uniform = v.candidates.iter().all(|c| c.weight == v.candidates[0].weight);
-                v.best = strategy::best_tier_of(&v.candidates);
-                v.hashes = v.candidates.iter().map(|c| c.hash).collect();
+                let hosts = candidates.iter().map(|c| (c.peer, c.type_index)).collect();
+                let v = *by_hosts.entry(hosts).or_insert_with(|| {
+                    t.variants.push(Variant {
+                        uniform: candidates.iter().all(|c| c.weight == candidates[0].weight),
+                        best: strategy::best_tier_of(&candidates),
+                        hashes: candidates.iter().map(|c| c.hash).collect(),
+                        candidates: candidates.into_boxed_slice(),
+                    });
+                    t.variants.len() - 1
+                });
+                index.push((key, v));
             }
+            // The map iterated in key order: sorted for the binary search.
+            t.methods = index.into_boxed_slice();
         }
         Self { types, draining, servers: servers.len() }
     }
@@ -268,19 +313,23 @@ impl RouteTable {
         self.servers
     }
 
+    /// Whether a server routed to hosts `interface` for `grain_type` grains (in any version):
+    /// what casting a reference to another interface is checked against.
+    pub fn implements(&self, grain_type: GrainType, interface: InterfaceId) -> bool {
+        self.types.get(&grain_type).is_some_and(|t| t.implements(interface))
+    }
+
     /// The candidates for `target` (empty when none).
     pub fn candidates(&self, target: &Target) -> Candidates<'_> {
-        self.types
-            .get(&target.grain_type)
-            .and_then(|t| t.variants.iter().find(|v| v.matches(target)))
-            .map_or(Candidates { list: &[], hashes: &[], uniform: true, best: (0, true) }, |v| {
-                Candidates {
-                    list: &v.candidates,
-                    hashes: &v.hashes,
-                    uniform: v.uniform,
-                    best: v.best,
-                }
-            })
+        self.types.get(&target.grain_type).and_then(|t| t.variant_of(target).ok()).map_or(
+            Candidates { list: &[], hashes: &[], uniform: true, best: (0, true) },
+            |v| Candidates {
+                list: &v.candidates,
+                hashes: &v.hashes,
+                uniform: v.uniform,
+                best: v.best,
+            },
+        )
     }
 
     /// Routes one call: see the [module docs](self).
@@ -363,16 +412,11 @@ impl RouteTable {
                 _ => RouteError::NotHosted,
             });
         };
-        let Some(v) = t.variants.iter().find(|v| v.matches(target)) else {
-            if let Affinity::Required(s) = affinity {
-                return Err(unavailable(s));
-            }
-            return Err(match t.variants.iter().find(|v| v.interface == target.interface) {
-                Some(v) => RouteError::Incompatible { ours: target.version, theirs: v.version },
-                None => RouteError::NotHosted,
-            });
-        };
-        Ok((t, v))
+        match (t.variant_of(target), affinity) {
+            (Ok(v), _) => Ok((t, v)),
+            (Err(_), Affinity::Required(s)) => Err(unavailable(s)),
+            (Err(e), _) => Err(e),
+        }
     }
 
     /// The strategy's pick among the variant's candidates but `skip` (a retry elsewhere): a
@@ -394,12 +438,6 @@ impl RouteTable {
         let i = t.strategy.pick(ctx, candidates).min(rest.len() - 1);
         let peer = rest[i].peer;
         Ok(list.iter().position(|c| c.peer == peer).unwrap_or(0))
-    }
-}
-
-impl Variant {
-    fn matches(&self, t: &Target) -> bool {
-        self.interface == t.interface && self.version == t.version && self.contract == t.contract
     }
 }
 

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use super::reference::{GrainInterface, GrainRef};
 use super::value::Binding;
-use crate::error::ReferenceError;
+use crate::error::{DisconnectReason, ReferenceError};
 use crate::proto::ids::{GrainId, GrainKey, ServerId};
 use crate::transport::ClientIdentity;
 
@@ -27,6 +27,8 @@ tokio::task_local! {
 /// chain of grains waiting on it. Cheap to clone.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Caller {
+    /// The session the call came over.
+    session: SessionId,
     addr: SocketAddr,
     identity: Option<Arc<ClientIdentity>>,
     /// The grains waiting on this call, outermost first, the calling grain last (none for a
@@ -35,8 +37,17 @@ pub struct Caller {
 }
 
 impl Caller {
-    pub(crate) fn new(addr: SocketAddr, identity: Option<Arc<ClientIdentity>>) -> Self {
-        Self { addr, identity, chain: None }
+    pub(crate) fn new(
+        session: SessionId,
+        addr: SocketAddr,
+        identity: Option<Arc<ClientIdentity>>,
+    ) -> Self {
+        Self { session, addr, identity, chain: None }
+    }
+
+    /// The session the call came over: what [`GrainContext::watch`] watches.
+    pub fn session(&self) -> SessionId {
+        self.session
     }
 
     /// The same caller, for a call made by the last grain of `chain` (empty: by no grain).
@@ -89,6 +100,36 @@ impl Caller {
     }
 }
 
+/// A session between a host and one of its callers (a player's client, another server's
+/// client of the fleet), unique within the host while it runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SessionId(pub(crate) u64);
+
+impl std::fmt::Display for SessionId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "session {}", self.0)
+    }
+}
+
+/// A session a grain watched ended (see [`GrainContext::watch`]): given to the grain's
+/// `on_session_ended` hook, as a turn of its own.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct SessionEnded {
+    /// The session.
+    pub session: SessionId,
+    /// Who called over it (its address and, with tokens, its client id).
+    pub caller: Caller,
+    /// Why it ended (`ClosedByPeer`: the player closed the game; `TimedOut`: it went silent).
+    pub reason: DisconnectReason,
+}
+
+/// What tells a host's service which sessions its grains watch.
+pub(crate) trait Presence: Send + Sync + std::fmt::Debug + 'static {
+    /// `grain` watches (`on`) or stops watching `session`.
+    fn watch(&self, session: SessionId, grain: &GrainId, on: bool);
+}
+
 /// What a host knows of one of its grains, for as long as it is active.
 #[derive(Debug)]
 pub(crate) struct Activation {
@@ -96,6 +137,9 @@ pub(crate) struct Activation {
     /// How references made or decoded in its calls call: grains (a game server's fleet
     /// client) and observers (over their clients' sessions with this server).
     pub(crate) binding: Binding,
+    /// Where its watches of sessions go (none where nothing ends sessions for it: a
+    /// client's observers).
+    pub(crate) presence: Option<Arc<dyn Presence>>,
 }
 
 /// The grain whose code runs now, and the call it serves (none in its hooks).
@@ -187,5 +231,27 @@ impl GrainContext {
             return Err(ReferenceError::WrongType { grain: id.clone(), interface: info.name });
         }
         Ok(self.grain(id.key.clone()))
+    }
+
+    /// Presence: asks to be told when `session` ends (a player closed the game, or went
+    /// silent past the transport's timeout). The grain's `on_session_ended` hook then runs as
+    /// a turn of its own, once per ended session however often it was watched, while the
+    /// grain is active (a grain deactivated meanwhile is not activated for it). A session
+    /// that already ended is told at once. Typically `cx.watch(caller().session())` when a
+    /// player joins a room. Returns `false` where nothing can tell (a client's observers).
+    ///
+    /// The session is the one a call came over: a player's own calls come over its client's
+    /// session; a call another grain made (even for a player) over its server's. A host keeps
+    /// at most `max_watches_per_session` watches of one session (later ones are dropped,
+    /// counted in `ServerStats::watches_dropped`).
+    pub fn watch(&self, session: SessionId) -> bool {
+        self.0.presence.as_ref().map(|p| p.watch(session, &self.0.id, true)).is_some()
+    }
+
+    /// Stops watching `session` (the player left the room): its end is not told.
+    pub fn unwatch(&self, session: SessionId) {
+        if let Some(p) = &self.0.presence {
+            p.watch(session, &self.0.id, false);
+        }
     }
 }

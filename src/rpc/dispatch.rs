@@ -8,6 +8,7 @@ use bytes::{Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 
 use super::call::CallKind;
+use super::context::SessionEnded;
 use crate::arena;
 use crate::interface::Interface;
 use crate::proto::ids::{GrainId, MethodId, RequestId};
@@ -40,6 +41,8 @@ pub trait Dispatch<G>: Interface {
     fn activate<'a>(grain: &'a mut G, id: &'a GrainId) -> impl Future<Output = ()> + Send + 'a;
     /// The deactivation hook.
     fn deactivate(grain: &mut G) -> impl Future<Output = ()> + Send + '_;
+    /// The presence hook: a session the grain watched ended.
+    fn session_ended(grain: &mut G, ended: SessionEnded) -> impl Future<Output = ()> + Send + '_;
 }
 
 /// A `&self` method's call on a shared borrow of its grain (see

@@ -175,6 +175,13 @@ pub(crate) trait Calls: Send + Sync + fmt::Debug + 'static {
     fn cancelled(&self, sent: Option<(crate::proto::ids::PeerId, crate::proto::ids::RequestId)>);
     /// A finished call's cell, nobody else holding it: kept for another call.
     fn recycle(&self, cell: Arc<CallCell>);
+    /// Whether the servers it knows host `interface` for `grain_type` grains; `None` before it
+    /// knows any (what a cast is checked against).
+    fn implements(
+        &self,
+        grain_type: crate::proto::ids::GrainType,
+        interface: crate::proto::ids::InterfaceId,
+    ) -> Option<bool>;
 }
 
 /// How a reference's calls travel.
@@ -267,6 +274,28 @@ impl GrainRef {
     /// ([`ReferenceError::WrongInterface`] otherwise).
     pub fn typed<R: GrainInterface>(&self) -> Result<R, ReferenceError> {
         Checked::of(self.clone()).map(R::from_checked)
+    }
+
+    /// The same grain through interface `R`, another interface of its grain type (a player
+    /// that is also an inventory: `player.cast::<InventoryRef>()`), or another version of its
+    /// interface. Checked against the manifests of the servers its client knows: a grain type
+    /// none of them hosts with `R` is [`ReferenceError::WrongType`], as is a grain of another
+    /// type, or an observer (it implements the one interface its client hosts it as). Before
+    /// its client knows any server (and for stubs) the check is the call's: it fails
+    /// `UnknownGrainType` if no server has `R`.
+    pub fn cast<R: GrainInterface>(&self) -> Result<R, ReferenceError> {
+        let info = R::info();
+        let wrong = || ReferenceError::WrongType { grain: self.id.clone(), interface: info.name };
+        if info.grain_type != self.id.ty || (self.observer && info.id != self.info.id) {
+            return Err(wrong());
+        }
+        if let Via::Calls(calls) = &self.via
+            && calls.implements(info.grain_type, info.id) == Some(false)
+        {
+            return Err(wrong());
+        }
+        let cast = Self { info, ..self.clone() };
+        Checked::of(cast).map(R::from_checked)
     }
 
     /// Whether it names an observer a client hosts (`Client::observe`) rather than a grain.
@@ -487,8 +516,15 @@ impl Ord for GrainRef {
 
 impl fmt::Debug for GrainRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Short: what it names and how it calls, not the whole client it calls through.
         let mut d = f.debug_struct("GrainRef");
-        d.field("grain", &format_args!("{self}")).field("via", &self.via);
+        d.field("grain", &format_args!("{self}"));
+        match self.via {
+            Via::Calls(_) if self.observer => d.field("observer", &true),
+            Via::Calls(_) => &mut d,
+            Via::Invoker(_) => d.field("via", &format_args!("Invoker")),
+            Via::Unbound => d.field("unbound", &true),
+        };
         if let Some(t) = self.timeout {
             d.field("timeout", &t);
         }

@@ -17,7 +17,7 @@ use std::task::Poll;
 use bytes::Bytes;
 
 use super::call::CallKind;
-use super::context::{Activation, Caller, Current, Served, scope};
+use super::context::{Activation, Caller, Current, Served, SessionEnded, scope};
 use super::dispatch::{self, Dispatch, Reply};
 use crate::proto::ids::{MethodId, RequestId};
 use crate::proto::wire::rpc::Status;
@@ -34,12 +34,17 @@ pub(crate) struct Job {
     /// Where to answer a call (the caller's session and the call's id); nowhere for a one-way
     /// call.
     pub(crate) reply: CallKind<(Connection, RequestId)>,
+    /// Which of its host's interfaces the call is for: 0 the first, `n` the `n`th given to
+    /// `Host::with`.
+    pub(crate) iface: u8,
     pub(crate) method: MethodId,
     pub(crate) args: Bytes,
     /// Who made it (the method reads it with `caller()`).
     pub(crate) caller: Caller,
     /// When its caller stops waiting (what calls the grain makes meanwhile may take).
     pub(crate) deadline: tokio::time::Instant,
+    /// Not a call: a session the grain watched ended (its `on_session_ended` hook runs).
+    pub(crate) ended: Option<Box<SessionEnded>>,
 }
 
 /// A mailbox's queue: jobs in token order (tokens only grow, and a mailbox gets its jobs in
@@ -356,10 +361,12 @@ mod tests {
     use super::*;
 
     fn job(token: u64) -> Job {
-        let caller = Caller::new("127.0.0.1:1".parse().unwrap(), None);
+        let caller =
+            Caller::new(crate::rpc::context::SessionId(1), "127.0.0.1:1".parse().unwrap(), None);
         let reply = CallKind::OneWay;
         let deadline = tokio::time::Instant::now();
-        Job { token, reply, method: MethodId(0), args: Bytes::new(), caller, deadline }
+        let args = Bytes::new();
+        Job { token, reply, iface: 0, method: MethodId(0), args, caller, deadline, ended: None }
     }
 
     #[test]

@@ -54,6 +54,8 @@ pub(crate) struct Reporter {
     /// How references in its grains call: grains through the server's fleet client, observers
     /// over their clients' sessions.
     pub(crate) binding: Binding,
+    /// Where its grains' watches of sessions go.
+    pub(crate) presence: Arc<dyn context::Presence>,
 }
 
 impl Reporter {
@@ -84,12 +86,64 @@ pub(crate) trait Spawn: Send + Sync + 'static {
         reporter: Reporter,
         claim: Option<(Arc<Claims>, DirectoryUse)>,
     ) -> tokio::task::JoinHandle<()>;
+
+    /// Also serves `extra`, an [`Extra`] of the grain struct, if it is one of this host's
+    /// (`Host::with`); whether it is.
+    fn add(&mut self, extra: Box<dyn std::any::Any + Send>) -> bool;
+}
+
+/// A future a boxed dispatch or hook returns.
+type Boxed<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Another interface `G` implements, served by the same activations (`Host::with`): its
+/// dispatch and hooks, type-erased (a call of it costs one allocation more than a call of the
+/// host's first interface).
+pub(crate) struct Extra<G> {
+    dispatch: for<'a> fn(&'a mut G, MethodId, &'a [u8], &'a mut Reply) -> Boxed<'a, Status>,
+    activate: for<'a> fn(&'a mut G, &'a GrainId) -> Boxed<'a, ()>,
+    deactivate: for<'a> fn(&'a mut G) -> Boxed<'a, ()>,
+    session_ended: fn(&mut G, context::SessionEnded) -> Boxed<'_, ()>,
+}
+
+impl<G: Send + 'static> Extra<G> {
+    pub(crate) fn of<I: Dispatch<G>>() -> Self {
+        fn dispatch<'a, I: Dispatch<G>, G: Send + 'static>(
+            g: &'a mut G,
+            method: MethodId,
+            args: &'a [u8],
+            out: &'a mut Reply,
+        ) -> Boxed<'a, Status> {
+            Box::pin(I::dispatch(g, method, args, out))
+        }
+        fn activate<'a, I: Dispatch<G>, G: Send + 'static>(
+            g: &'a mut G,
+            id: &'a GrainId,
+        ) -> Boxed<'a, ()> {
+            Box::pin(I::activate(g, id))
+        }
+        fn deactivate<I: Dispatch<G>, G: Send + 'static>(g: &mut G) -> Boxed<'_, ()> {
+            Box::pin(I::deactivate(g))
+        }
+        fn session_ended<I: Dispatch<G>, G: Send + 'static>(
+            g: &mut G,
+            ended: context::SessionEnded,
+        ) -> Boxed<'_, ()> {
+            Box::pin(I::session_ended(g, ended))
+        }
+        Self {
+            dispatch: dispatch::<I, G>,
+            activate: activate::<I, G>,
+            deactivate: deactivate::<I, G>,
+            session_ended: session_ended::<I, G>,
+        }
+    }
 }
 
 /// [`Spawn`] for interface `I` implemented by `G`, made by factory `F`, running calls as `T`
-/// says.
+/// says, and serving the `extras` interfaces beside `I`.
 pub(crate) struct Typed<I, G, F, T = Alone> {
     pub(crate) factory: Arc<F>,
+    pub(crate) extras: Arc<[Extra<G>]>,
     pub(crate) _types: PhantomData<Types<I, G, T>>,
 }
 
@@ -104,10 +158,17 @@ pub(crate) trait Turns<I: Dispatch<G>, G: Send + 'static>: 'static {
     fn run_job<'a>(
         g: &'a mut G,
         job: Job,
-        here: &'a Arc<context::Activation>,
+        here: &'a Here<G>,
         mailbox: &'a Mailbox,
         reporter: &'a Reporter,
     ) -> impl Future<Output = bool> + Send + 'a;
+}
+
+/// What an activation's task knows of itself: the grain's context and the host's other
+/// interfaces.
+pub(crate) struct Here<G> {
+    context: Arc<context::Activation>,
+    extras: Arc<[Extra<G>]>,
 }
 
 /// Every call alone.
@@ -120,7 +181,7 @@ impl<I: Dispatch<G>, G: Send + 'static> Turns<I, G> for Alone {
     fn run_job<'a>(
         g: &'a mut G,
         job: Job,
-        here: &'a Arc<context::Activation>,
+        here: &'a Here<G>,
         mailbox: &'a Mailbox,
         reporter: &'a Reporter,
     ) -> impl Future<Output = bool> + Send + 'a {
@@ -132,12 +193,13 @@ impl<I: Dispatch<G>, G: Send + Sync + 'static> Turns<I, G> for Beside {
     async fn run_job<'a>(
         g: &'a mut G,
         job: Job,
-        here: &'a Arc<context::Activation>,
+        here: &'a Here<G>,
         mailbox: &'a Mailbox,
         reporter: &'a Reporter,
     ) -> bool {
-        if shared::<I, G>(job.method) {
-            shared_turn::<I, G>(g, job, here, mailbox, reporter).await
+        // Only the first interface interleaves (`Host::with` refuses others that would).
+        if job.iface == 0 && shared::<I, G>(job.method) {
+            shared_turn::<I, G>(g, job, &here.context, mailbox, reporter).await
         } else {
             exclusive_turn::<I, G>(g, job, here, mailbox, reporter).await
         }
@@ -159,6 +221,7 @@ where
         claim: Option<(Arc<Claims>, DirectoryUse)>,
     ) -> tokio::task::JoinHandle<()> {
         let factory = self.factory.clone();
+        let extras = self.extras.clone();
         tokio::spawn(async move {
             let gate = match &claim {
                 Some((claims, how)) => claims.claim(&grain, *how).await,
@@ -166,7 +229,7 @@ where
             };
             match gate {
                 Gate::Serve => {
-                    run::<I, G, F, T>(factory, grain.clone(), mailbox, reporter).await;
+                    run::<I, G, F, T>(factory, extras, grain.clone(), mailbox, reporter).await;
                     if let Some((claims, _)) = claim {
                         claims.release(&grain).await;
                     }
@@ -180,6 +243,25 @@ where
                 }
             }
         })
+    }
+
+    fn add(&mut self, extra: Box<dyn std::any::Any + Send>) -> bool {
+        let Ok(extra) = extra.downcast::<Extra<G>>() else { return false };
+        let mut extras: Vec<Extra<G>> = self.extras.iter().map(Extra::copy).collect();
+        extras.push(*extra);
+        self.extras = extras.into();
+        true
+    }
+}
+
+impl<G> Extra<G> {
+    fn copy(&self) -> Self {
+        Self {
+            dispatch: self.dispatch,
+            activate: self.activate,
+            deactivate: self.deactivate,
+            session_ended: self.session_ended,
+        }
     }
 }
 
@@ -208,15 +290,20 @@ async fn refuse(
     reporter.report(Report::Gone { grain: id });
 }
 
-/// Makes a grain instance and runs its activation hook; `None` if either panicked.
+/// Makes a grain instance and runs its interfaces' activation hooks; `None` if any
+/// panicked.
 async fn activate<I: Dispatch<G>, G, F: Fn(&GrainId) -> G>(
     factory: &F,
-    here: &Arc<context::Activation>,
+    here: &Here<G>,
 ) -> Option<G> {
-    let id = &here.id;
+    let id = &here.context.id;
     let mut grain = std::panic::catch_unwind(AssertUnwindSafe(|| factory(id))).ok()?;
     let hook = I::activate(&mut grain, id);
-    catch_unwind(context::scope(hook_scope(here), hook)).await?;
+    catch_unwind(context::scope(hook_scope(&here.context), hook)).await?;
+    for extra in here.extras.iter() {
+        let hook = (extra.activate)(&mut grain, id);
+        catch_unwind(context::scope(hook_scope(&here.context), hook)).await?;
+    }
     Some(grain)
 }
 
@@ -261,15 +348,52 @@ fn served(job: &Job, here: &Arc<context::Activation>) -> context::Current {
 async fn exclusive_turn<I: Dispatch<G>, G>(
     g: &mut G,
     job: Job,
-    here: &Arc<context::Activation>,
+    here: &Here<G>,
     mailbox: &Mailbox,
     reporter: &Reporter,
 ) -> bool {
     let mut reply = Reply::new(job.reply.as_ref().map(|(_, rid)| *rid));
-    let dispatch = I::dispatch(g, job.method, &job.args, &mut reply);
-    let call = catch_unwind(context::scope(served(&job, here), dispatch));
-    let ran = mailbox.turn(job.token, call).await;
-    ended(job, ran, &mut reply, &here.id, reporter)
+    let scope = served(&job, &here.context);
+    let ran = match usize::from(job.iface).checked_sub(1).map(|i| here.extras.get(i)) {
+        None => {
+            let dispatch = I::dispatch(g, job.method, &job.args, &mut reply);
+            mailbox.turn(job.token, catch_unwind(context::scope(scope, dispatch))).await
+        }
+        Some(Some(extra)) => {
+            let dispatch = (extra.dispatch)(g, job.method, &job.args, &mut reply);
+            mailbox.turn(job.token, catch_unwind(context::scope(scope, dispatch))).await
+        }
+        // The registry gives only slots its host has.
+        Some(None) => Turn::Done(Some(Status::UnknownMethod)),
+    };
+    ended(job, ran, &mut reply, &here.context.id, reporter)
+}
+
+/// Runs the grain's presence hooks (every interface's) for `ended` as `job`'s turn; whether
+/// one panicked.
+async fn session_turn<I: Dispatch<G>, G>(
+    g: &mut G,
+    job: Job,
+    ended: context::SessionEnded,
+    here: &Here<G>,
+    mailbox: &Mailbox,
+    reporter: &Reporter,
+) -> bool {
+    let hooks = async {
+        for extra in here.extras.iter() {
+            (extra.session_ended)(g, ended.clone()).await;
+        }
+        I::session_ended(g, ended).await;
+        Status::Ok
+    };
+    let scope = served(&job, &here.context);
+    let ran = mailbox.turn(job.token, catch_unwind(context::scope(scope, hooks))).await;
+    let panicked = matches!(ran, Turn::Done(None));
+    if panicked {
+        tracing::warn!(grain = %here.context.id, "presence hook panicked; replacing the instance");
+    }
+    finish(&job, None, reporter);
+    panicked
 }
 
 /// Runs `job`, a `&self` call, on a shared borrow of the grain, and beside it the
@@ -345,19 +469,36 @@ fn finish(job: &Job, status: Option<Status>, reporter: &Reporter) {
     reporter.report(Report::Done { token: job.token });
 }
 
-async fn run<I, G, F, T>(factory: Arc<F>, id: GrainId, mailbox: Arc<Mailbox>, reporter: Reporter)
-where
+async fn run<I, G, F, T>(
+    factory: Arc<F>,
+    extras: Arc<[Extra<G>]>,
+    id: GrainId,
+    mailbox: Arc<Mailbox>,
+    reporter: Reporter,
+) where
     I: Dispatch<G>,
     G: Send + 'static,
     F: Fn(&GrainId) -> G + Send + Sync + 'static,
     T: Turns<I, G>,
 {
     let binding = reporter.binding.clone();
-    let here = Arc::new(context::Activation { id: id.clone(), binding });
+    let presence = Some(reporter.presence.clone());
+    let context = Arc::new(context::Activation { id: id.clone(), binding, presence });
+    let here = Here { context, extras };
     let mut grain = activate::<I, G, F>(&factory, &here).await;
     let budget = reporter.budget;
-    while let Some(job) = mailbox.next().await {
-        if caller_not_draining(&job, &budget) {
+    while let Some(mut job) = mailbox.next().await {
+        if let Some(ended) = job.ended.take() {
+            match grain.as_mut() {
+                Some(g) => {
+                    if session_turn::<I, G>(g, job, *ended, &here, &mailbox, &reporter).await {
+                        grain = activate::<I, G, F>(&factory, &here).await;
+                    }
+                }
+                // No instance to tell (its activation failed): nothing to do.
+                None => finish(&job, None, &reporter),
+            }
+        } else if caller_not_draining(&job, &budget) {
             reporter.counters.overloaded_send_queue.fetch_add(1, Ordering::Relaxed);
             finish(&job, Some(Status::Overloaded), &reporter);
         } else if let Some(g) = grain.as_mut() {
@@ -377,7 +518,11 @@ where
         }
     }
     if let Some(g) = grain.as_mut() {
-        let _ = catch_unwind(context::scope(hook_scope(&here), I::deactivate(g))).await;
+        let _ = catch_unwind(context::scope(hook_scope(&here.context), I::deactivate(g))).await;
+        for extra in here.extras.iter() {
+            let hook = (extra.deactivate)(g);
+            let _ = catch_unwind(context::scope(hook_scope(&here.context), hook)).await;
+        }
     }
     reporter.report(Report::Gone { grain: id });
 }

@@ -125,13 +125,20 @@ impl ServerBuilder {
             if registry.iter().any(|r| r.info.grain_type == h.info.grain_type) {
                 return Err(ServerError::DuplicateGrainType(h.info.name));
             }
-            registry.push(Registered {
-                info: h.info,
-                spawn: h.spawn,
-                hosted: AtomicBool::new(hosted),
-                directory: h.directory,
-                authorize: h.authorize,
-            });
+            h.check()?;
+            let (host, hosted) = (registry.len(), Arc::new(AtomicBool::new(hosted)));
+            for (slot, info) in h.interfaces().enumerate() {
+                registry.push(Registered {
+                    info,
+                    spawn: h.spawn.clone(),
+                    slot: u8::try_from(slot)
+                        .map_err(|_| ServerError::Config("a host serves at most 256 interfaces"))?,
+                    host,
+                    hosted: hosted.clone(),
+                    directory: h.directory,
+                    authorize: h.authorize.clone(),
+                });
+            }
         }
         Ok((config, registry, server_id, directory, security))
     }

@@ -93,6 +93,9 @@ pub struct ServerConfig {
     /// Grains' calls to one session's observers that may await their answers at once; a
     /// client that lets more pile up is closed (`Stalled`). Default 1,024.
     pub max_observer_calls_per_session: usize,
+    /// Grains that may watch one session's end (`GrainContext::watch`); later watches are
+    /// dropped (counted in `ServerStats::watches_dropped`). Default 4,096.
+    pub max_watches_per_session: usize,
     /// The deadline of a call that carries none (one-way calls). Default 30 s.
     #[serde(with = "duration")]
     pub default_deadline: Duration,
@@ -139,6 +142,7 @@ impl Default for ServerConfig {
             observer_grace: Duration::from_secs(10),
             max_observers_per_session: 1024,
             max_observer_calls_per_session: 1024,
+            max_watches_per_session: 4096,
             default_deadline: Duration::from_secs(30),
             shutdown_timeout: Duration::from_secs(10),
             advertise: None,
@@ -163,6 +167,17 @@ pub enum ServerError {
     /// Two hosted grain types have the same name (or names whose ids collide).
     #[error("grain type `{0}` is hosted twice (or its id collides with another's)")]
     DuplicateGrainType(&'static str),
+    /// An interface given to [`Host::with`](super::Host::with) cannot be hosted with the
+    /// grain type's first.
+    #[error("interface `{interface}` cannot be hosted with `{host}`: {reason}")]
+    Interface {
+        /// The interface given to `with`.
+        interface: &'static str,
+        /// The interface the host was made for.
+        host: &'static str,
+        /// Why.
+        reason: &'static str,
+    },
     /// The grain type was never given to the builder (`host` or `register`).
     #[error("grain type {0} is not registered on this server")]
     NotRegistered(GrainType),

@@ -20,7 +20,7 @@ use tokio::sync::{mpsc, watch};
 use super::service::{ObserverCall, ServerCmd};
 use crate::client::{Client, ClientConfig, ConnectMode};
 use crate::error::CallError;
-use crate::proto::ids::{GrainKey, PeerId, RequestId, ServerId};
+use crate::proto::ids::{GrainKey, GrainType, InterfaceId, PeerId, RequestId, ServerId};
 use crate::proto::token::TokenKey;
 use crate::proto::topology::Topology;
 use crate::rpc::call::{CallCell, CallKind};
@@ -173,6 +173,10 @@ impl Calls for FleetCalls {
             c.recycle(cell);
         }
     }
+
+    fn implements(&self, grain_type: GrainType, interface: InterfaceId) -> Option<bool> {
+        self.calls().and_then(|c| c.implements(grain_type, interface))
+    }
 }
 
 /// The fleet the server knows, as the topology source of its fleet client.
@@ -259,4 +263,10 @@ impl Calls for ObserverCalls {
     }
 
     fn recycle(&self, _cell: Arc<CallCell>) {}
+
+    /// An observer implements the one interface its client hosts it as (`GrainRef::cast`
+    /// checks that before asking).
+    fn implements(&self, _: GrainType, _: InterfaceId) -> Option<bool> {
+        None
+    }
 }

@@ -45,7 +45,7 @@ pub use self::builder::ServerBuilder;
 pub use self::claims::{DirectoryConfig, DirectoryUse};
 pub use self::config::{ServerConfig, ServerError};
 use self::context::Authorize;
-pub use self::context::{CallInfo, Caller, GrainContext, caller, context};
+pub use self::context::{CallInfo, Caller, GrainContext, SessionEnded, SessionId, caller, context};
 use self::dispatch::Dispatch;
 pub use self::security::{AuthConfig, KeyError, KeyFile};
 use self::service::{ServerCmd, ServerService};
@@ -56,7 +56,7 @@ use crate::error::BindError;
 use crate::interface::{Interface, InterfaceInfo};
 use crate::proto::addr::ServerAddr;
 use crate::proto::ids::{GrainId, GrainType, ServerId};
-use crate::proto::manifest::{HostedGrain, Manifest};
+use crate::proto::manifest::{HostedGrain, HostedMethod, Manifest};
 pub use crate::proto::manifest::{MetaValue, Metadata};
 use crate::proto::topology::{ClusterNode, Topology};
 use crate::rpc::reference::Via;
@@ -72,6 +72,8 @@ pub struct Host {
     spawn: Arc<dyn Spawn>,
     directory: DirectoryUse,
     authorize: Option<Authorize>,
+    /// Other interfaces of the grain (`with`), and whether the grain's type implements each.
+    also: Vec<(&'static InterfaceInfo, bool)>,
 }
 
 impl std::fmt::Debug for Host {
@@ -88,13 +90,52 @@ impl Host {
         F: Fn(&GrainId) -> G + Send + Sync + 'static,
         T: activation::Turns<I, G>,
     {
-        let typed = Typed::<I, G, F, T> { factory: Arc::new(factory), _types: PhantomData };
+        let typed = Typed::<I, G, F, T> {
+            factory: Arc::new(factory),
+            extras: Arc::new([]),
+            _types: PhantomData,
+        };
         Self {
             info: I::info(),
             spawn: Arc::new(typed),
             directory: DirectoryUse::default(),
             authorize: None,
+            also: Vec::new(),
         }
+    }
+
+    /// Also serves interface `I` (another `#[grain]` trait the grain struct `G` implements)
+    /// on the same activations: a grain type with several interfaces (a player that is also an
+    /// inventory: `#[grain(grain_type = "Player")] trait Inventory`), or another version of
+    /// the same interface (`#[grain(name = "Player", version = 1)] trait PlayerV1`, so
+    /// callers that know a method as version 1 did are served while it changes). Every
+    /// interface's calls run one at a time with the others' (`#[interleave]` methods are
+    /// served only on the first interface), every interface's hooks run; the manifest lists
+    /// each. The server refuses to start (`ServerError::Interface`) when `G` is not the struct
+    /// the host was made for, `I` belongs to another grain type, is hosted twice, or has
+    /// `#[interleave]` methods.
+    ///
+    /// ```
+    /// # use grainwire::GrainId;
+    /// #[grainwire::grain]
+    /// trait Player { async fn name(&self) -> String; }
+    /// #[grainwire::grain(grain_type = "Player")]
+    /// trait Inventory { async fn items(&self) -> Vec<String>; }
+    ///
+    /// struct PlayerState;
+    /// impl Player for PlayerState { async fn name(&self) -> String { "ann".into() } }
+    /// impl Inventory for PlayerState { async fn items(&self) -> Vec<String> { vec![] } }
+    ///
+    /// let host = Player::host(|_: &GrainId| PlayerState).with::<InventoryRef, PlayerState>();
+    /// # let _ = host;
+    /// ```
+    pub fn with<I: Dispatch<G>, G: Send + 'static>(mut self) -> Self {
+        let extra: Box<dyn std::any::Any + Send> = Box::new(activation::Extra::<G>::of::<I>());
+        // A host is built by value and shared only once the server starts: it is its
+        // spawner's one owner here.
+        let fits = Arc::get_mut(&mut self.spawn).is_some_and(|s| s.add(extra));
+        self.also.push((I::info(), fits));
+        self
     }
 
     /// Decides who may call this grain type's grains, per call: `false` answers the call
@@ -125,18 +166,54 @@ impl Host {
         self
     }
 
-    /// The interface it hosts.
+    /// The interface it hosts first.
     pub fn interface(&self) -> &'static InterfaceInfo {
         self.info
     }
+
+    /// Every interface it hosts: the first, then those given to [`with`](Self::with).
+    pub fn interfaces(&self) -> impl Iterator<Item = &'static InterfaceInfo> + '_ {
+        std::iter::once(self.info).chain(self.also.iter().map(|(i, _)| *i))
+    }
+
+    /// Why an interface given to `with` cannot be hosted, if one cannot.
+    fn check(&self) -> Result<(), ServerError> {
+        let refuse = |i: &InterfaceInfo, reason| ServerError::Interface {
+            interface: i.name,
+            host: self.info.name,
+            reason,
+        };
+        for (n, (i, fits)) in self.also.iter().enumerate() {
+            if !fits {
+                return Err(refuse(i, "`with` names another grain struct than the host's"));
+            }
+            if i.grain_type != self.info.grain_type {
+                return Err(refuse(i, "it belongs to another grain type (`#[grain(grain_type)]`)"));
+            }
+            if self.interfaces().take(n + 1).any(|o| (o.id, o.version) == (i.id, i.version)) {
+                return Err(refuse(i, "this interface and version is hosted twice"));
+            }
+            if i.methods.iter().any(|m| m.interleave) {
+                return Err(refuse(
+                    i,
+                    "`#[interleave]` methods are served on the first interface only",
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
-/// One registered grain type, at its index in the manifest.
+/// One registered interface of a grain type, at its index in the manifest.
 pub(crate) struct Registered {
     pub(crate) info: &'static InterfaceInfo,
     pub(crate) spawn: Arc<dyn Spawn>,
-    /// Whether it is hosted now (in the manifest, calls admitted).
-    pub(crate) hosted: AtomicBool,
+    /// Which of its host's interfaces (0: the first; see `Job::iface`).
+    pub(crate) slot: u8,
+    /// The index of its host's first interface (whose entry stands for the grain type).
+    pub(crate) host: usize,
+    /// Whether it is hosted now (in the manifest, calls admitted): one flag per host.
+    pub(crate) hosted: Arc<AtomicBool>,
     pub(crate) directory: DirectoryUse,
     pub(crate) authorize: Option<Authorize>,
 }
@@ -203,6 +280,12 @@ impl ServerShared {
                 version: r.info.version,
                 contract: r.info.contract,
                 index: i as u32,
+                methods: r
+                    .info
+                    .methods
+                    .iter()
+                    .map(|m| HostedMethod { id: m.id, signature: m.signature })
+                    .collect(),
             })
             .collect();
         Manifest {
@@ -344,6 +427,7 @@ impl Server {
         let shared = Arc::new(shared);
         let (cmd_tx, cmd_rx) = crossbeam::channel::unbounded();
         let observer_cmds = cmd_tx.clone();
+        let presence_cmds = cmd_tx.clone();
         let (report_tx, report_rx) = crossbeam::channel::unbounded();
         let s = shared.clone();
         let budget = AnswerBudget {
@@ -364,8 +448,16 @@ impl Server {
                     max_request: s.config.transport.max_message_size,
                 })),
             };
-            let reporter =
-                Reporter { tx: report_tx, endpoint: ep.clone(), budget, counters, binding };
+            let presence =
+                Arc::new(service::PresenceCmds { cmds: presence_cmds, endpoint: ep.clone() });
+            let reporter = Reporter {
+                tx: report_tx,
+                endpoint: ep.clone(),
+                budget,
+                counters,
+                binding,
+                presence,
+            };
             ServerService::new(s, reporter, report_rx, cmd_rx)
         })?;
         if let Some(claims) = shared.claims.clone() {
@@ -522,6 +614,8 @@ impl Server {
             calls_preempted: get(&c.calls_preempted),
             observer_calls: get(&c.observer_calls),
             observer_sessions_stalled: get(&c.observer_sessions_stalled),
+            sessions_told: get(&c.sessions_told),
+            watches_dropped: get(&c.watches_dropped),
         }
     }
 

@@ -5,7 +5,7 @@
 //! activation table's LRU queue; none of this needs a timer per call or per grain.
 //!
 //! Admission, in order (the first that fails answers the call; see `ServerConfig`):
-//! the server accepts calls; the type is hosted in the caller's version and has the method;
+//! the server accepts calls; the type's interface is hosted, with the method;
 //! the caller's connection is under its pending-call count and bytes, and drains its answers
 //! (under the transport's `send_buffer` and the pending-call count in unacknowledged answers);
 //! the server as a whole is under its queued answer bytes, pending calls and pending bytes, or
@@ -43,11 +43,14 @@ use crate::transport::{Connection, Delivery, Event, Service};
 mod elsewhere;
 mod ends;
 mod observers;
+mod presence;
 mod room;
 
 use self::elsewhere::Elsewhere;
 pub(crate) use self::observers::ObserverCall;
 use self::observers::Observers;
+pub(crate) use self::presence::PresenceCmds;
+use self::presence::Watches;
 
 /// What a call costs the server beyond its arguments: its job, its record and their entries.
 const CALL_COST: usize = 256;
@@ -76,6 +79,8 @@ pub(crate) enum ServerCmd {
     ObserverCall(ObserverCall),
     /// A grain gave up on an observer call (sent over `peer` as `id`).
     ObserverCancel { peer: PeerId, id: RequestId },
+    /// `grain` watches (`on`) or stops watching `peer`'s session (presence).
+    Watch { peer: PeerId, grain: GrainId, on: bool },
 }
 
 struct CallRecord {
@@ -165,6 +170,7 @@ pub(crate) struct ServerService {
     elsewhere: Elsewhere,
     /// Observers clients host, and grains' calls to them.
     observers: Observers,
+    watches: Watches,
 }
 
 impl ServerService {
@@ -199,6 +205,7 @@ impl ServerService {
             all_gone: Vec::new(),
             elsewhere,
             observers: Observers::default(),
+            watches: Watches::default(),
         }
     }
 
@@ -255,7 +262,8 @@ impl ServerService {
         let index = admitted.index;
         let info = self.shared.registry[index].info;
         let grain = GrainId { ty: info.grain_type, key: call.key };
-        // An interleaving call joins a shared turn of its grain rather than wait behind it.
+        // An interleaving call joins a shared turn of its grain rather than wait behind it
+        // (only the first interface of a host may have such methods: see `Host::with`).
         let interleave = info.method(call.method).is_some_and(|m| m.interleave);
         let joins =
             interleave && self.table.by_grain(&grain).is_some_and(|a| a.mailbox.is_shared());
@@ -304,7 +312,9 @@ impl ServerService {
         // The endpoint's clock is the tokio clock's base (real or simulated time).
         let job_deadline = tokio::time::Instant::from_std(deadline);
         let method = call.method;
-        let job = Job { token, reply, method, args, caller, deadline: job_deadline };
+        let iface = self.shared.registry[index].slot;
+        let job =
+            Job { token, reply, iface, method, args, caller, deadline: job_deadline, ended: None };
         let mailbox = self.route(creator, grain.clone(), index, job, interleave, now);
         self.calls.insert(token, CallRecord { peer, id, grain, mailbox, bytes: cost, chain });
         self.deadlines.push(Reverse((deadline, token)));
@@ -370,7 +380,8 @@ impl ServerService {
             .filter(|_| reg.directory != DirectoryUse::Off)
             .map(|c| (c.clone(), reg.directory));
         let task = reg.spawn.spawn(grain.clone(), mailbox.clone(), self.reporter.clone(), claim);
-        let a = Activation::new(grain, mailbox.clone(), task, index, creator, now);
+        // One activation serves all its host's interfaces: it belongs to the first.
+        let a = Activation::new(grain, mailbox.clone(), task, reg.host, creator, now);
         let key = self.table.insert(a);
         self.table.call_started(key, now);
         if let Some(p) = self.peers.get_mut(&creator.peer) {
@@ -458,6 +469,7 @@ impl ServerService {
         match cmd {
             ServerCmd::ObserverCall(call) => self.observer_call(call, now),
             ServerCmd::ObserverCancel { peer, id } => self.observer_cancel(peer, id),
+            ServerCmd::Watch { peer, grain, on } => self.watch(peer, grain, on, now),
             ServerCmd::Drain(done) => {
                 self.accepting = false;
                 // Tell clients at once: they route new calls elsewhere while the pending ones
@@ -562,7 +574,9 @@ impl Service for ServerService {
             Event::Connected(conn) => {
                 conn.push(Delivery::reliable_ordered(0), self.shared.manifest_frame());
                 let peer = conn.peer_id();
-                let caller = Caller::new(conn.remote_addr(), conn.client_identity().cloned());
+                let session = presence::session_of(peer);
+                let identity = conn.client_identity().cloned();
+                let caller = Caller::new(session, conn.remote_addr(), identity);
                 let addr = self.loads.join(address_key(conn.remote_addr().ip()));
                 self.peers.insert(
                     peer,
@@ -589,7 +603,12 @@ impl Service for ServerService {
                 // A client that closed its session left for good: its observers with it.
                 let left = matches!(reason, crate::error::DisconnectReason::ClosedByPeer { .. });
                 self.observers_gone(peer, left, now);
+                let caller = self.peers.get(&peer).map(|p| p.caller.clone());
                 self.on_disconnected(peer, now);
+                // After its queued calls are dropped: the watchers' turns are not its calls.
+                if let Some(caller) = caller {
+                    self.tell_watchers(peer, caller, reason, now);
+                }
             }
         }
     }

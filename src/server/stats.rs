@@ -26,6 +26,8 @@ pub(crate) struct ServerCounters {
     pub(crate) calls_preempted: AtomicU64,
     pub(crate) observer_calls: AtomicU64,
     pub(crate) observer_sessions_stalled: AtomicU64,
+    pub(crate) sessions_told: AtomicU64,
+    pub(crate) watches_dropped: AtomicU64,
 }
 
 /// A server's counters: what it holds, and what it refused and why. A snapshot
@@ -79,4 +81,8 @@ pub struct ServerStats {
     /// Sessions closed (`Stalled`) because their client did not take its observer calls
     /// (too many pending, or not acknowledged).
     pub observer_sessions_stalled: u64,
+    /// Ended sessions told to the grains that watched them (one per grain and session).
+    pub sessions_told: u64,
+    /// Watches of a session beyond `max_watches_per_session`, dropped.
+    pub watches_dropped: u64,
 }

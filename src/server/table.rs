@@ -31,7 +31,7 @@ pub(super) struct Activation {
     pub(super) busy: usize,
     pub(super) last_used: Instant,
     pub(super) task: tokio::task::JoinHandle<()>,
-    /// Its grain type's index in the registry.
+    /// Its grain type's index in the registry (its host's first interface).
     pub(super) index: usize,
     /// The connection whose call activated it (its share of activations).
     pub(super) creator: PeerId,

@@ -16,7 +16,7 @@ use bytes::Bytes;
 use grainwire::TransportConfig;
 use grainwire::interface::InterfaceInfo;
 use grainwire::proto::ids::{RequestId, ServerId};
-use grainwire::proto::manifest::{HostedGrain, Manifest};
+use grainwire::proto::manifest::{HostedGrain, HostedMethod, Manifest};
 use grainwire::proto::wire::rpc::{self, CallHeader, RpcFrame, Status};
 use grainwire::transport::sim::SimNetwork;
 use grainwire::transport::{Connection, Delivery, Endpoint, Event};
@@ -157,6 +157,11 @@ impl ScriptedServer {
                     version: info.version,
                     contract: info.contract,
                     index: i as u32,
+                    methods: info
+                        .methods
+                        .iter()
+                        .map(|m| HostedMethod { id: m.id, signature: m.signature })
+                        .collect(),
                 })
                 .collect(),
         };

@@ -5,7 +5,7 @@ use super::*;
 use crate::client::observers::{MAX_OBSERVER_CALLS, MAX_QUEUED_PER_OBSERVER};
 use crate::proto::ids::GrainKey;
 use crate::proto::wire::rpc::{CallHeader, MAX_OBSERVERS_FRAME};
-use crate::rpc::context::Caller;
+use crate::rpc::context::{Caller, SessionId};
 use crate::rpc::dispatch;
 use crate::rpc::turns::Job;
 
@@ -69,9 +69,10 @@ impl ClientService {
             + call
                 .deadline_ms
                 .map_or(self.shared.config.default_timeout, |ms| Duration::from_millis(ms.into()));
-        let caller = Caller::new(conn.remote_addr(), None);
+        let caller = Caller::new(SessionId(peer.0), conn.remote_addr(), None);
         let reply = id.map(|id| (conn.clone(), id));
-        let job = Job { token, reply, method: call.method, args, caller, deadline };
+        let method = call.method;
+        let job = Job { token, reply, iface: 0, method, args, caller, deadline, ended: None };
         if let CallKind::Call(id) = id {
             self.observed.insert((peer, id), (mailbox.clone(), token));
         }

@@ -2,7 +2,7 @@ use std::time::Duration;
 
 use super::*;
 use crate::proto::ids::GrainId;
-use crate::proto::manifest::{HostedGrain, MetaValue};
+use crate::proto::manifest::{HostedGrain, HostedMethod, MetaValue};
 use crate::proto::rng::SplitMix64;
 
 fn hosted(name: &str, version: u8, index: u32) -> HostedGrain {
@@ -13,6 +13,11 @@ fn hosted(name: &str, version: u8, index: u32) -> HostedGrain {
         version,
         contract: 7,
         index,
+        // Method 1 changes with every version; method 2 never does.
+        methods: vec![
+            HostedMethod { id: MethodId(1), signature: version.into() },
+            HostedMethod { id: MethodId(2), signature: 100 },
+        ],
     }
 }
 
@@ -44,7 +49,8 @@ fn target(name: &str, version: u8) -> Target {
         grain_type: GrainType::of(name),
         interface: InterfaceId::of(name),
         version,
-        contract: 7,
+        method: MethodId(1),
+        signature: version.into(),
     }
 }
 
@@ -247,7 +253,7 @@ fn only_hosts_of_the_type_at_a_compatible_version_are_candidates() {
         Err(RouteError::Incompatible { ours: 3, .. })
     ));
     let mut other_contract = target("Room", 1);
-    other_contract.contract = 8;
+    other_contract.signature = 8;
     assert_eq!(
         table.route(&other_contract, 0, &Affinity::None).unwrap_err(),
         RouteError::Incompatible { ours: 1, theirs: 1 }
@@ -261,6 +267,33 @@ fn only_hosts_of_the_type_at_a_compatible_version_are_candidates() {
         empty.route(&target("Room", 1), 0, &Affinity::None).unwrap_err(),
         RouteError::NoServers
     );
+    // A method no version changed is served by every version's hosts (a rolling upgrade).
+    let mut unchanged = target("Player", 1);
+    (unchanged.method, unchanged.signature) = (MethodId(2), 100);
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..10 {
+        let d = table.route(&unchanged, 0, &Affinity::None).unwrap();
+        assert_eq!(d.candidates, 3);
+        seen.insert(d.candidate.server.0.to_string());
+    }
+    assert_eq!(seen.len(), 3);
+    assert!(table.implements(GrainType::of("Player"), InterfaceId::of("Player")));
+    assert!(!table.implements(GrainType::of("Player"), InterfaceId::of("Room")));
+}
+
+#[test]
+fn a_server_hosting_two_versions_serves_a_method_both_have_once() {
+    let servers = vec![
+        server("a", 1, 1, vec![hosted("Player", 1, 0), hosted("Player", 2, 1)]),
+        server("b", 2, 1, vec![hosted("Player", 2, 0)]),
+    ];
+    let table = RouteTable::build(&servers, &strategies(RoundRobin));
+    let d = table.route(&target("Player", 1), 0, &Affinity::None).unwrap();
+    assert_eq!((d.candidate.server.0.as_ref(), d.candidate.type_index, d.candidates), ("a", 0, 1));
+    let mut unchanged = target("Player", 2);
+    (unchanged.method, unchanged.signature) = (MethodId(2), 100);
+    let candidates = table.candidates(&unchanged);
+    assert_eq!(candidates.list.len(), 2);
 }
 
 #[test]

@@ -1,0 +1,386 @@
+//! What calls both ways cost, over real loopback UDP, laid out like `bench` (the servers on
+//! their own thread with their own single-threaded runtime, the client on the main thread).
+//! Prints one JSON line per round.
+//!
+//! ```sh
+//! cargo run --release --example bench_both_ways -- push    # observer push vs client one-way
+//! cargo run --release --example bench_both_ways -- hop     # grain -> grain vs client -> grain
+//! cargo run --release --example bench_both_ways -- sizes   # request bytes: reference vs key
+//! ```
+//!
+//! * `push`: the same 32-byte one-way message (`Sink::data`), paced one at a time (the next
+//!   goes once the last arrived), either from a grain to an observer its client hosts
+//!   (server → client) or from the client to a grain (client → server). Per message: the
+//!   latency from send to arrival (p50, p99; both ends in this process, one clock), and the
+//!   server thread's CPU time (user + system, from `/proc`). `--rounds` interleaved rounds of
+//!   `--messages` each way.
+//! * `hop`: two servers that know each other; `Front` on the first calls `Back` on the second
+//!   from inside a call. Per round, `--calls` client calls straight to `Back` and as many to
+//!   `Front` (which time their inner call): p50/p99 of the client's direct call, of the grain's
+//!   call to the other server, and of the whole relayed call.
+//! * `sizes`: the bytes of a request datagram whose argument is a reference (`RoomRef`) and of
+//!   the same request with the reference's key (`GrainKey`) instead, measured on the wire of
+//!   the simulated network.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock, mpsc};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use grainwire::server::context;
+use grainwire::{Client, GrainId, GrainKey, Server, ServerConfig};
+
+/// What to measure.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    /// Observer push (server → client) vs a client's one-way call (client → server).
+    Push,
+    /// A grain's call to a grain on another server vs a client's call.
+    Hop,
+    /// Request bytes with a reference argument vs its key.
+    Sizes,
+}
+
+/// Calls both ways, measured; prints one JSON line per round.
+#[derive(clap::Parser, Debug)]
+#[command(name = "bench_both_ways")]
+struct Args {
+    /// What to measure.
+    #[arg(value_enum)]
+    mode: Mode,
+    /// Interleaved rounds.
+    #[arg(long, default_value_t = 3)]
+    rounds: u32,
+    /// Messages per round and direction (`push`).
+    #[arg(long, default_value_t = 20_000)]
+    messages: u64,
+    /// Calls per round and kind (`hop`).
+    #[arg(long, default_value_t = 5_000)]
+    calls: u64,
+}
+
+/// The one-way message both directions send: a send time and padding to 32 bytes of
+/// arguments.
+#[grainwire::grain]
+trait Sink {
+    #[one_way]
+    async fn data(&mut self, sent_ns: u64, pad: Vec<u8>);
+}
+
+/// Pushes to an observer from a grain.
+#[grainwire::grain]
+trait Pusher {
+    /// Sends `n` messages to `sink`, each once the last arrived.
+    async fn push(&self, sink: SinkRef, n: u64) -> u64;
+}
+
+#[grainwire::grain]
+trait Back {
+    async fn derive(&self, n: u64) -> u64;
+}
+
+#[grainwire::grain]
+trait Front {
+    /// Calls `Back` (key `n % 64`) on whichever server hosts it; the inner call's time (ns).
+    async fn relay(&self, n: u64) -> (u64, u64);
+}
+
+/// The process's one clock, in ns since the first read.
+fn now_ns() -> u64 {
+    static BASE: OnceLock<Instant> = OnceLock::new();
+    BASE.get_or_init(Instant::now).elapsed().as_nanos() as u64
+}
+
+/// Arrivals: each message's latency (ns), and a signal to send the next.
+static ARRIVED: Mutex<Vec<u64>> = Mutex::new(Vec::new());
+static NEXT: tokio::sync::Notify = tokio::sync::Notify::const_new();
+/// The server thread's id (for its CPU time).
+static SERVER_TID: AtomicU64 = AtomicU64::new(0);
+
+/// 24 bytes of padding: with the send time and the tuple's framing, 32 bytes of arguments.
+const PAD: usize = 23;
+
+struct Arrivals;
+
+impl Sink for Arrivals {
+    async fn data(&mut self, sent_ns: u64, pad: Vec<u8>) {
+        assert_eq!(pad.len(), PAD);
+        ARRIVED.lock().unwrap().push(now_ns() - sent_ns);
+        NEXT.notify_one();
+    }
+}
+
+struct PushState;
+
+impl Pusher for PushState {
+    async fn push(&self, sink: SinkRef, n: u64) -> u64 {
+        for _ in 0..n {
+            let next = NEXT.notified();
+            if sink.data(now_ns(), vec![7; PAD]).await.is_err() {
+                return 0;
+            }
+            next.await;
+        }
+        n
+    }
+}
+
+struct BackState;
+
+impl Back for BackState {
+    async fn derive(&self, n: u64) -> u64 {
+        n * 2 + 1
+    }
+}
+
+struct FrontState;
+
+impl Front for FrontState {
+    async fn relay(&self, n: u64) -> (u64, u64) {
+        let back: BackRef = context().expect("in a call").grain((n % 64) as i64);
+        let t0 = now_ns();
+        let v = back.derive(n).await.expect("the other server answers");
+        (v, now_ns() - t0)
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a tokio runtime")
+}
+
+/// The server thread's CPU time so far (user + system), from `/proc`.
+fn server_cpu() -> Duration {
+    let tid = SERVER_TID.load(Ordering::Relaxed);
+    let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).unwrap_or_default();
+    // Fields after the command's closing parenthesis: utime is the 14th, stime the 15th.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<u64> = rest.split_whitespace().filter_map(|x| x.parse().ok()).collect();
+    let ticks = f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0);
+    // The kernel's USER_HZ is 100 on Linux.
+    Duration::from_millis(ticks * 10)
+}
+
+/// Starts the servers on their own thread: two that know each other, hosting `Sink` and
+/// `Pusher` (the first) and `Front` (the first) and `Back` (the second).
+fn start_servers() -> Vec<SocketAddr> {
+    let (tx, rx) = mpsc::channel();
+    thread::Builder::new()
+        .name("server".into())
+        .spawn(move || {
+            let tid = std::fs::read_link("/proc/thread-self")
+                .ok()
+                .and_then(|p| p.file_name()?.to_str()?.parse().ok())
+                .unwrap_or(0);
+            SERVER_TID.store(tid, Ordering::Relaxed);
+            runtime().block_on(async move {
+                let config = |id: &str| ServerConfig {
+                    server_id: Some(id.into()),
+                    ..ServerConfig::default()
+                };
+                let any: SocketAddr = "127.0.0.1:0".parse().expect("an address");
+                let a = Server::builder(config("a"))
+                    .host(Sink::host(|_: &GrainId| Arrivals))
+                    .host(Pusher::host(|_: &GrainId| PushState))
+                    .host(Front::host(|_: &GrainId| FrontState))
+                    .bind(any)
+                    .expect("bind");
+                let b = Server::builder(config("b"))
+                    .host(Back::host(|_: &GrainId| BackState))
+                    .bind(any)
+                    .expect("bind");
+                a.set_peers([b.local_addr().into()]);
+                b.set_peers([a.local_addr().into()]);
+                tx.send(vec![a.local_addr(), b.local_addr()]).expect("main waits");
+                std::future::pending::<()>().await;
+                drop((a, b));
+            })
+        })
+        .expect("a server thread");
+    rx.recv().expect("addresses")
+}
+
+fn percentile(sorted: &[u64], p: f64) -> f64 {
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize] as f64 / 1000.0
+}
+
+/// p50 and p99 of `ns`, in µs.
+fn p50_p99(mut ns: Vec<u64>) -> (f64, f64) {
+    ns.sort_unstable();
+    (percentile(&ns, 0.5), percentile(&ns, 0.99))
+}
+
+fn take_arrivals() -> Vec<u64> {
+    std::mem::take(&mut *ARRIVED.lock().unwrap())
+}
+
+async fn push(client: &Client, rounds: u32, n: u64) {
+    let pusher: PusherRef = client.grain(0);
+    let view: SinkRef = client.observe(Arrivals);
+    let sink: SinkRef = client.grain(0);
+    // Warm up both paths.
+    pusher.push(view.clone(), 1000).await.expect("push");
+    for _ in 0..1000 {
+        let next = NEXT.notified();
+        sink.data(now_ns(), vec![7; PAD]).await.expect("one-way");
+        next.await;
+    }
+    take_arrivals();
+    for round in 0..rounds {
+        let cpu = server_cpu();
+        let pushed = pusher.push(view.clone(), n).await.expect("push");
+        assert_eq!(pushed, n);
+        let push_cpu = server_cpu() - cpu;
+        let (push_p50, push_p99) = p50_p99(take_arrivals());
+        let cpu = server_cpu();
+        for _ in 0..n {
+            let next = NEXT.notified();
+            sink.data(now_ns(), vec![7; PAD]).await.expect("one-way");
+            next.await;
+        }
+        let call_cpu = server_cpu() - cpu;
+        let (call_p50, call_p99) = p50_p99(take_arrivals());
+        let per = |d: Duration| d.as_secs_f64() * 1e6 / n as f64;
+        println!(
+            "{{\"mode\":\"push\",\"round\":{round},\"messages\":{n},\"observer_p50_us\":{push_p50:.1},\"observer_p99_us\":{push_p99:.1},\"one_way_p50_us\":{call_p50:.1},\"one_way_p99_us\":{call_p99:.1},\"observer_server_cpu_us\":{:.2},\"one_way_server_cpu_us\":{:.2}}}",
+            per(push_cpu),
+            per(call_cpu)
+        );
+    }
+}
+
+async fn hop(client: &Client, rounds: u32, n: u64) {
+    let warm: FrontRef = client.grain(0);
+    for i in 0..1000 {
+        warm.relay(i).await.expect("relay");
+        client.grain::<BackRef>((i % 64) as i64).derive(i).await.expect("derive");
+    }
+    for round in 0..rounds {
+        let mut direct = Vec::with_capacity(n as usize);
+        for i in 0..n {
+            let back: BackRef = client.grain((i % 64) as i64);
+            let t0 = now_ns();
+            assert_eq!(back.derive(i).await.expect("derive"), i * 2 + 1);
+            direct.push(now_ns() - t0);
+        }
+        let (mut inner, mut whole) = (Vec::new(), Vec::new());
+        for i in 0..n {
+            let front: FrontRef = client.grain((i % 64) as i64);
+            let t0 = now_ns();
+            let (v, ns) = front.relay(i).await.expect("relay");
+            assert_eq!(v, i * 2 + 1);
+            whole.push(now_ns() - t0);
+            inner.push(ns);
+        }
+        let (d50, d99) = p50_p99(direct);
+        let (i50, i99) = p50_p99(inner);
+        let (w50, w99) = p50_p99(whole);
+        println!(
+            "{{\"mode\":\"hop\",\"round\":{round},\"calls\":{n},\"client_p50_us\":{d50:.1},\"client_p99_us\":{d99:.1},\"grain_to_grain_p50_us\":{i50:.1},\"grain_to_grain_p99_us\":{i99:.1},\"relayed_p50_us\":{w50:.1},\"relayed_p99_us\":{w99:.1},\"ratio_p50\":{:.2}}}",
+            i50 / d50
+        );
+    }
+}
+
+#[grainwire::grain]
+trait Room {
+    async fn size(&self) -> u32;
+}
+
+#[grainwire::grain]
+trait Lobby {
+    /// Takes a room reference.
+    async fn by_ref(&self, room: RoomRef) -> u32;
+    /// Takes the same room's key.
+    async fn by_key(&self, room: GrainKey) -> u32;
+}
+
+struct Rooms;
+
+impl Room for Rooms {
+    async fn size(&self) -> u32 {
+        0
+    }
+}
+
+impl Lobby for Rooms {
+    async fn by_ref(&self, _: RoomRef) -> u32 {
+        1
+    }
+    async fn by_key(&self, _: GrainKey) -> u32 {
+        1
+    }
+}
+
+/// Request datagram sizes on the simulated network: a reference argument vs its key.
+async fn sizes() {
+    use grainwire::transport::sim::{SimConfig, SimNetwork};
+    let net = SimNetwork::new(1, SimConfig::default());
+    let at: SocketAddr = "10.0.0.1:7000".parse().expect("an address");
+    let _server = Server::builder(ServerConfig::default())
+        .host(Lobby::host(|_: &GrainId| Rooms))
+        .host(Room::host(|_: &GrainId| Rooms))
+        .bind_sim(&net, at)
+        .expect("bind");
+    let client = Client::builder()
+        .servers([at])
+        .connect_sim(&net, "10.0.1.1:5000".parse().expect("an address"))
+        .await
+        .expect("connect");
+    let lobby: LobbyRef = client.grain(0);
+    lobby.by_key(GrainKey::Int(0)).await.expect("warm");
+    for key in [
+        GrainKey::Int(7),
+        GrainKey::Str("room-0".into()),
+        GrainKey::Str("a-much-longer-room-name-for-a-tournament".into()),
+    ] {
+        let room: RoomRef = client.grain(key.clone());
+        let mut sent = Vec::new();
+        for by_ref in [true, false] {
+            net.record_sizes();
+            if by_ref {
+                lobby.by_ref(room.clone()).await.expect("by_ref");
+            } else {
+                lobby.by_key(key.clone()).await.expect("by_key");
+            }
+            // The request: the largest datagram from the client to the server (the others
+            // are acknowledgements).
+            let request = net
+                .recorded_sizes()
+                .into_iter()
+                .filter(|(from, to, _)| from.port() == 5000 && *to == at)
+                .map(|(_, _, n)| n)
+                .max()
+                .unwrap_or(0);
+            sent.push(request);
+        }
+        let key_bytes = postcard::to_allocvec(&key).expect("encode").len();
+        let ref_bytes = postcard::to_allocvec(&room).expect("encode").len();
+        println!(
+            "{{\"mode\":\"sizes\",\"key\":\"{key}\",\"key_bytes\":{key_bytes},\"reference_bytes\":{ref_bytes},\"request_datagram_with_reference\":{},\"request_datagram_with_key\":{}}}",
+            sent[0], sent[1]
+        );
+    }
+}
+
+fn main() {
+    let args = <Args as clap::Parser>::parse();
+    let rt = runtime();
+    match args.mode {
+        Mode::Sizes => rt.block_on(sizes()),
+        mode => {
+            let addrs = start_servers();
+            rt.block_on(async {
+                let client = Client::builder()
+                    .servers(addrs)
+                    .connect()
+                    .await
+                    .unwrap_or_else(|e| panic!("connect: {e}"));
+                match mode {
+                    Mode::Push => push(&client, args.rounds, args.messages).await,
+                    _ => hop(&client, args.rounds, args.calls).await,
+                }
+            });
+        }
+    }
+}
