@@ -53,7 +53,7 @@ struct Args {
     #[arg(long, default_value_t = 3)]
     rounds: u32,
     /// Messages per round and direction (`push`).
-    #[arg(long, default_value_t = 20_000)]
+    #[arg(long, default_value_t = 50_000)]
     messages: u64,
     /// Calls per round and kind (`hop`).
     #[arg(long, default_value_t = 5_000)]
@@ -98,7 +98,8 @@ static NEXT: tokio::sync::Notify = tokio::sync::Notify::const_new();
 /// The server thread's id (for its CPU time).
 static SERVER_TID: AtomicU64 = AtomicU64::new(0);
 
-/// 24 bytes of padding: with the send time and the tuple's framing, 32 bytes of arguments.
+/// Padding: with the send time (a varint, 5-8 bytes here) and the vector's length, about 32
+/// bytes of arguments.
 const PAD: usize = 23;
 
 struct Arrivals;
@@ -153,10 +154,12 @@ fn runtime() -> tokio::runtime::Runtime {
 fn server_cpu() -> Duration {
     let tid = SERVER_TID.load(Ordering::Relaxed);
     let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).unwrap_or_default();
-    // Fields after the command's closing parenthesis: utime is the 14th, stime the 15th.
+    // Fields after the command's closing parenthesis, from the 3rd (state): utime is the
+    // 14th field, stime the 15th.
     let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let f: Vec<u64> = rest.split_whitespace().filter_map(|x| x.parse().ok()).collect();
-    let ticks = f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let field = |n: usize| f.get(n - 3).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0);
+    let ticks = field(14) + field(15);
     // The kernel's USER_HZ is 100 on Linux.
     Duration::from_millis(ticks * 10)
 }
@@ -357,8 +360,10 @@ async fn sizes() {
         let key_bytes = postcard::to_allocvec(&key).expect("encode").len();
         let ref_bytes = postcard::to_allocvec(&room).expect("encode").len();
         println!(
-            "{{\"mode\":\"sizes\",\"key\":\"{key}\",\"key_bytes\":{key_bytes},\"reference_bytes\":{ref_bytes},\"request_datagram_with_reference\":{},\"request_datagram_with_key\":{}}}",
-            sent[0], sent[1]
+            "{{\"mode\":\"sizes\",\"key\":{},\"key_bytes\":{key_bytes},\"reference_bytes\":{ref_bytes},\"request_datagram_with_reference\":{},\"request_datagram_with_key\":{}}}",
+            serde_json::to_string(&key.to_string()).expect("a string"),
+            sent[0],
+            sent[1]
         );
     }
 }

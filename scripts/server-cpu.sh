@@ -3,7 +3,8 @@
 # 16 calls in flight each, for `secs` (5) seconds; the server's CPU time (utime + stime from
 # /proc) over the run divided by the calls answered (the clients' `ok`):
 #   scripts/server-cpu.sh [clients=16] [secs=5]
-# SERVER_BIN runs another game_server binary (an earlier build, say).
+# SERVER_BIN runs another game_server binary (an earlier build, say); CLIENT_BIN another
+# game_client (the same build's, when the wire changed in between).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 clients=${1:-16}
@@ -11,6 +12,7 @@ secs=${2:-5}
 cargo build -q --release --examples
 bin=target/release/examples
 server_bin=${SERVER_BIN:-$bin/game_server}
+client_bin=${CLIENT_BIN:-$bin/game_client}
 port=7961
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 hz=$(getconf CLK_TCK)
@@ -21,7 +23,7 @@ sleep 0.5
 before=$(ticks "$server")
 pids=()
 for i in $(seq "$clients"); do
-  "$bin/game_client" --connect "127.0.0.1:$port" --calls 100000000 --concurrency 16 \
+  "$client_bin" --connect "127.0.0.1:$port" --calls 100000000 --concurrency 16 \
     --keys 1024 --secs "$secs" > "target/server-cpu-$i.json" 2> /dev/null &
   pids+=($!)
 done
