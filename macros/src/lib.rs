@@ -31,16 +31,18 @@
 //! One generator per item: the server trait, the ids and metadata, the reference, the
 //! dispatch (`gen_*`), all reading one validated model of the trait (`model`).
 
+mod method;
+mod reference;
+
 use proc_macro::TokenStream;
+
+use self::method::{Method, method};
 use proc_macro2::TokenStream as TokenStream2;
 use quote::{format_ident, quote};
 use syn::parse::Parser;
 use syn::punctuated::Punctuated;
 use syn::spanned::Spanned;
-use syn::{
-    Attribute, Expr, ExprLit, FnArg, GenericArgument, ItemTrait, Lit, Meta, Pat, PathArguments,
-    ReturnType, Token, TraitItem, TraitItemFn, Type,
-};
+use syn::{Expr, ExprLit, ItemTrait, Lit, Meta, Token};
 
 /// Turns a trait into a grain interface; see the crate docs.
 #[proc_macro_attribute]
@@ -104,40 +106,6 @@ fn lit_int<N: std::str::FromStr<Err = std::num::ParseIntError> + std::fmt::Displ
     }
 }
 
-/// One method, validated.
-struct Method {
-    sig_fn: TraitItemFn,
-    name: syn::Ident,
-    args: Vec<(syn::Ident, Type)>,
-    /// `(T, Some(E))` for `Result<T, E>`.
-    output: Type,
-    app_error: Option<(Type, Type)>,
-    one_way: bool,
-    idempotent: bool,
-    /// `#[interleave]`.
-    interleave: bool,
-    /// Takes `&self`.
-    shared: bool,
-    timeout_ms: Option<u64>,
-    id: Option<u16>,
-    docs: Vec<Attribute>,
-}
-
-/// Names the generated items use: the server trait's hooks, the reference's own methods.
-const RESERVED: &[&str] = &[
-    "on_activate",
-    "on_deactivate",
-    "on_session_ended",
-    "host",
-    "info",
-    "id",
-    "with_timeout",
-    "with_affinity",
-    "cast",
-    "prefer",
-    "require",
-];
-
 /// Every error found, reported together (a trait with three bad methods shows three errors).
 #[derive(Default)]
 struct Errors(Option<syn::Error>);
@@ -161,223 +129,6 @@ impl Errors {
     }
 }
 
-/// Validates one method; every problem in it goes to `errors`. `None` if it cannot be used.
-fn method(item: &TraitItem, errors: &mut Errors) -> Option<Method> {
-    let f = match item {
-        TraitItem::Fn(f) => f,
-        other => {
-            errors.push(syn::Error::new(
-                other.span(),
-                "a #[grain] trait may only contain methods (no types, constants or macros)",
-            ));
-            return None;
-        }
-    };
-    let mut bad = false;
-    let mut fail = |e: syn::Error| {
-        bad = true;
-        errors.push(e);
-    };
-    let sig = &f.sig;
-    if sig.asyncness.is_none() {
-        fail(syn::Error::new(sig.fn_token.span, "grain methods must be `async fn`"));
-    }
-    if let Some(d) = &f.default {
-        fail(syn::Error::new(d.span(), "grain methods cannot have a default body"));
-    }
-    if !sig.generics.params.is_empty() || sig.generics.where_clause.is_some() {
-        fail(syn::Error::new(sig.generics.span(), "grain methods cannot be generic"));
-    }
-    if let Some(v) = &sig.variadic {
-        fail(syn::Error::new(v.span(), "grain methods cannot be variadic"));
-    }
-    if sig.unsafety.is_some() || sig.constness.is_some() || sig.abi.is_some() {
-        fail(syn::Error::new(sig.span(), "grain methods must be plain `async fn`"));
-    }
-    let name = sig.ident.clone();
-    if RESERVED.contains(&name.to_string().as_str()) {
-        fail(syn::Error::new(
-            name.span(),
-            format!(
-                "`{name}` is reserved: the grain's hooks and its reference's own methods use it"
-            ),
-        ));
-    }
-    let mut inputs = sig.inputs.iter();
-    let mut shared = false;
-    match inputs.next() {
-        Some(FnArg::Receiver(r)) if r.reference.is_some() && r.colon_token.is_none() => {
-            shared = r.mutability.is_none();
-        }
-        Some(other) => {
-            fail(syn::Error::new(other.span(), "grain methods take `&self` or `&mut self` first"));
-        }
-        None => {
-            fail(syn::Error::new(
-                sig.paren_token.span.join(),
-                "grain methods take `&self` or `&mut self`",
-            ));
-        }
-    }
-    let mut args = Vec::new();
-    for a in inputs {
-        let FnArg::Typed(pt) = a else {
-            fail(syn::Error::new(a.span(), "unexpected receiver"));
-            continue;
-        };
-        let plain = match &*pt.pat {
-            Pat::Ident(pi) if pi.by_ref.is_none() && pi.subpat.is_none() => Some(pi),
-            _ => None,
-        };
-        let Some(pi) = plain else {
-            fail(syn::Error::new(
-                pt.pat.span(),
-                "grain method arguments must be plain names (`name: Type`)",
-            ));
-            continue;
-        };
-        if let Err(e) = check_owned(&pt.ty) {
-            fail(e);
-        }
-        args.push((pi.ident.clone(), (*pt.ty).clone()));
-    }
-    let output: Type = match &sig.output {
-        ReturnType::Default => syn::parse_quote!(()),
-        ReturnType::Type(_, t) => {
-            if let Err(e) = check_owned(t) {
-                fail(e);
-            }
-            (**t).clone()
-        }
-    };
-    let app_error = result_types(&output);
-    let mut one_way = false;
-    let mut idempotent = false;
-    let mut interleave = None;
-    let mut timeout_ms = None;
-    let mut id = None;
-    let mut docs = Vec::new();
-    for a in &f.attrs {
-        let r: syn::Result<()> = if a.path().is_ident("one_way") {
-            one_way = true;
-            a.meta.require_path_only().map(|_| ())
-        } else if a.path().is_ident("idempotent") {
-            idempotent = true;
-            a.meta.require_path_only().map(|_| ())
-        } else if a.path().is_ident("interleave") {
-            interleave = Some(a.span());
-            a.meta.require_path_only().map(|_| ())
-        } else if a.path().is_ident("timeout_ms") {
-            a.meta.require_name_value().and_then(|nv| lit_int::<u64>(&nv.value)).map(|v| {
-                timeout_ms = Some(v);
-            })
-        } else if a.path().is_ident("id") {
-            a.meta.require_name_value().and_then(|nv| lit_int::<u16>(&nv.value)).map(|v| {
-                id = Some(v);
-            })
-        } else if ["doc", "allow", "warn", "deny", "expect"].iter().any(|n| a.path().is_ident(n)) {
-            // Documentation and lint levels: kept on the server trait's and the reference's
-            // methods.
-            docs.push(a.clone());
-            Ok(())
-        } else {
-            Err(syn::Error::new(
-                a.span(),
-                "unknown attribute on a grain method: expected #[one_way], #[idempotent], #[interleave], #[timeout_ms = N], #[id = N], docs or lint levels",
-            ))
-        };
-        if let Err(e) = r {
-            fail(e);
-        }
-    }
-    if one_way && !matches!(&output, Type::Tuple(t) if t.elems.is_empty()) {
-        fail(syn::Error::new(output.span(), "#[one_way] methods return nothing"));
-    }
-    if let Some(span) = interleave
-        && !shared
-    {
-        fail(syn::Error::new(
-            span,
-            "#[interleave] methods take `&self`: they run beside other `&self` calls of the grain",
-        ));
-    }
-    if bad {
-        return None;
-    }
-    let mut sig_fn = f.clone();
-    sig_fn.attrs.retain(|a| {
-        ["doc", "allow", "warn", "deny", "expect"].iter().any(|n| a.path().is_ident(n))
-    });
-    Some(Method {
-        sig_fn,
-        name,
-        args,
-        output,
-        app_error,
-        one_way,
-        idempotent,
-        interleave: interleave.is_some(),
-        shared,
-        timeout_ms,
-        id,
-        docs,
-    })
-}
-
-/// Arguments and results travel by value: no references, no `impl Trait`.
-fn check_owned(t: &Type) -> syn::Result<()> {
-    match t {
-        Type::Reference(r) => Err(syn::Error::new(
-            r.span(),
-            "grain method arguments and results must be owned types (e.g. `String`, not `&str`): they cross the network",
-        )),
-        Type::ImplTrait(i) => {
-            Err(syn::Error::new(i.span(), "`impl Trait` is not supported in grain methods"))
-        }
-        Type::BareFn(b) => {
-            Err(syn::Error::new(b.span(), "function pointers cannot cross the network"))
-        }
-        Type::Tuple(tt) => tt.elems.iter().try_for_each(check_owned),
-        Type::Paren(p) => check_owned(&p.elem),
-        Type::Path(p) => {
-            for seg in &p.path.segments {
-                if let PathArguments::AngleBracketed(ab) = &seg.arguments {
-                    for ga in &ab.args {
-                        match ga {
-                            GenericArgument::Type(t) => check_owned(t)?,
-                            GenericArgument::Lifetime(l) => {
-                                return Err(syn::Error::new(
-                                    l.span(),
-                                    "grain method types cannot borrow (no lifetimes)",
-                                ));
-                            }
-                            _ => {}
-                        }
-                    }
-                }
-            }
-            Ok(())
-        }
-        _ => Ok(()),
-    }
-}
-
-/// `Some((T, E))` when `t` is `Result<T, E>` (by its last path segment).
-fn result_types(t: &Type) -> Option<(Type, Type)> {
-    let Type::Path(p) = t else { return None };
-    let seg = p.path.segments.last()?;
-    if seg.ident != "Result" {
-        return None;
-    }
-    let PathArguments::AngleBracketed(ab) = &seg.arguments else { return None };
-    let mut tys = ab.args.iter().filter_map(|a| match a {
-        GenericArgument::Type(t) => Some(t.clone()),
-        _ => None,
-    });
-    let (ok, err) = (tys.next()?, tys.next()?);
-    tys.next().is_none().then_some((ok, err))
-}
-
 fn norm(ts: impl quote::ToTokens) -> String {
     ts.to_token_stream().to_string().split_whitespace().collect::<Vec<_>>().join(" ")
 }
@@ -386,7 +137,7 @@ fn expand(attr: TokenStream2, item: TokenStream2) -> syn::Result<TokenStream2> {
     let g = model(attr, item)?;
     let server_trait = gen_server_trait(&g);
     let ids = gen_ids(&g);
-    let reference = gen_reference(&g);
+    let reference = reference::gen_reference(&g);
     let dispatch = gen_dispatch(&g);
     Ok(quote! {
         #server_trait
@@ -604,170 +355,6 @@ fn gen_ids(g: &Grain) -> TokenStream2 {
         impl #p::Interface for #ref_name {
             fn info() -> &'static #p::InterfaceInfo {
                 &#info_static
-            }
-        }
-    }
-}
-
-/// `PlayerRef`: the typed reference clients call.
-fn gen_reference(g: &Grain) -> TokenStream2 {
-    let p = &g.p;
-    let (vis, trait_name, ref_name) = (&g.tr.vis, &g.tr.ident, &g.ref_name);
-    let (info_static, methods_static) = (&g.info_static, &g.methods_static);
-    let methods = g.methods.iter().enumerate().map(|(i, m)| {
-        let name = &m.name;
-        let docs = &m.docs;
-        let call_doc = format!("Calls `{name}` on the grain.");
-        let arg_names: Vec<&syn::Ident> = m.args.iter().map(|(n, _)| n).collect();
-        let arg_decls = m.args.iter().map(|(n, t)| quote!(#n: #t));
-        let arg_tys = m.args.iter().map(|(_, t)| t);
-        let tuple = quote!((#(#arg_names,)*));
-        let tuple_ty = quote!((#(#arg_tys,)*));
-        let info = quote!(&#methods_static[#i]);
-        let out = &m.output;
-        if m.one_way {
-            quote! {
-                #[doc = #call_doc]
-                #(#docs)*
-                /// One-way: queued reliably, in order with this grain's other calls; no response.
-                pub async fn #name(&self, #(#arg_decls),*) -> ::core::result::Result<(), #p::CallError> {
-                    self.inner.get().call_one_way::<#tuple_ty>(#info, &#tuple).await
-                }
-            }
-        } else if let Some((ok, err)) = &m.app_error {
-            quote! {
-                #[doc = #call_doc]
-                #(#docs)*
-                pub async fn #name(&self, #(#arg_decls),*) -> ::core::result::Result<#ok, #p::CallError<#err>> {
-                    self.inner.get().call_result::<#tuple_ty, #ok, #err>(#info, &#tuple).await
-                }
-            }
-        } else {
-            quote! {
-                #[doc = #call_doc]
-                #(#docs)*
-                pub async fn #name(&self, #(#arg_decls),*) -> ::core::result::Result<#out, #p::CallError> {
-                    self.inner.get().call::<#tuple_ty, #out>(#info, &#tuple).await
-                }
-            }
-        }
-    });
-    let ref_doc = format!(
-        "A reference to a `{trait_name}` grain, made by `Client::grain`: call its methods through the client. A value: compare, hash, order, print and send it in calls like any other."
-    );
-    let ref_str = ref_name.to_string();
-    quote! {
-        #[doc = #ref_doc]
-        #[derive(Clone)]
-        #vis struct #ref_name {
-            inner: #p::Checked<#ref_name>,
-        }
-
-        impl #ref_name {
-            #(#methods)*
-
-            /// The interface's metadata: name, ids, version, contract hash, methods.
-            pub fn info() -> &'static #p::InterfaceInfo {
-                &#info_static
-            }
-
-            /// The grain's id.
-            pub fn id(&self) -> &#p::GrainId {
-                self.inner.get().id()
-            }
-
-            /// The same grain through another interface of its grain type (or another version
-            /// of this one), checked against the servers' manifests: see `GrainRef::cast`.
-            pub fn cast<__R: #p::GrainInterface>(&self) -> ::core::result::Result<__R, #p::ReferenceError> {
-                self.inner.get().cast::<__R>()
-            }
-
-            /// The same reference with every call's deadline set to `timeout`.
-            pub fn with_timeout(&self, timeout: #p::Duration) -> Self {
-                Self { inner: self.inner.with_timeout(timeout) }
-            }
-
-            /// The same reference with calls routed by `affinity` (a preferred or a required
-            /// server).
-            pub fn with_affinity(&self, affinity: #p::Affinity) -> Self {
-                Self { inner: self.inner.with_affinity(affinity) }
-            }
-
-            /// The same reference, sent to `server` while it is available (else routed as usual).
-            pub fn prefer(&self, server: &#p::ServerId) -> Self {
-                self.with_affinity(#p::Affinity::Preferred(server.clone()))
-            }
-
-            /// The same reference, sent only to `server` (`CallError::ServerUnavailable` when it
-            /// is not available).
-            pub fn require(&self, server: &#p::ServerId) -> Self {
-                self.with_affinity(#p::Affinity::Required(server.clone()))
-            }
-        }
-
-        impl #p::GrainInterface for #ref_name {
-            fn from_checked(r: #p::Checked<Self>) -> Self {
-                Self { inner: r }
-            }
-            fn grain_ref(&self) -> &#p::GrainRef {
-                self.inner.get()
-            }
-        }
-
-        // A value: equal, ordered and hashed by grain (and interface), shown as `Player/ann`,
-        // serialized as its surrogate (a few bytes) and bound where it is decoded.
-        impl ::core::cmp::PartialEq for #ref_name {
-            fn eq(&self, __other: &Self) -> bool {
-                self.inner.get() == __other.inner.get()
-            }
-        }
-
-        impl ::core::cmp::Eq for #ref_name {}
-
-        impl ::core::hash::Hash for #ref_name {
-            fn hash<__H: ::core::hash::Hasher>(&self, __state: &mut __H) {
-                ::core::hash::Hash::hash(self.inner.get(), __state)
-            }
-        }
-
-        impl ::core::cmp::PartialOrd for #ref_name {
-            fn partial_cmp(&self, __other: &Self) -> ::core::option::Option<::core::cmp::Ordering> {
-                ::core::option::Option::Some(::core::cmp::Ord::cmp(self, __other))
-            }
-        }
-
-        impl ::core::cmp::Ord for #ref_name {
-            fn cmp(&self, __other: &Self) -> ::core::cmp::Ordering {
-                ::core::cmp::Ord::cmp(self.inner.get(), __other.inner.get())
-            }
-        }
-
-        impl ::core::fmt::Display for #ref_name {
-            fn fmt(&self, __f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
-                ::core::fmt::Display::fmt(self.inner.get(), __f)
-            }
-        }
-
-        impl ::core::fmt::Debug for #ref_name {
-            fn fmt(&self, __f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
-                let __r = self.inner.get();
-                if __f.alternate() {
-                    __f.debug_tuple(#ref_str).field(__r).finish()
-                } else {
-                    __f.debug_tuple(#ref_str).field(&::core::format_args!("{}", __r)).finish()
-                }
-            }
-        }
-
-        impl #p::serde::Serialize for #ref_name {
-            fn serialize<__S: #p::serde::Serializer>(&self, __s: __S) -> ::core::result::Result<__S::Ok, __S::Error> {
-                #p::serde::Serialize::serialize(self.inner.get(), __s)
-            }
-        }
-
-        impl<'__de> #p::serde::Deserialize<'__de> for #ref_name {
-            fn deserialize<__D: #p::serde::Deserializer<'__de>>(__d: __D) -> ::core::result::Result<Self, __D::Error> {
-                #p::deserialize_typed::<Self, __D>(__d).map(|__r| Self { inner: __r })
             }
         }
     }
