@@ -126,7 +126,7 @@ pub struct SessionEnded {
     pub session: SessionId,
     /// Who called over it (its address and, with tokens, its client id).
     pub caller: Caller,
-    /// Why it ended (`ClosedByPeer`: the player closed the game; `TimedOut`: it went silent).
+    /// Why it ended (`ClosedByPeer`: the player closed the game; `Timeout`: it went silent).
     pub reason: DisconnectReason,
 }
 
