@@ -19,7 +19,8 @@
 //!   `Front` (which time their inner call): p50/p99 of the client's direct call, of the grain's
 //!   call to the other server, and of the whole relayed call.
 //! * `sizes`: the bytes of a request datagram whose argument is a reference (`RoomRef`) and of
-//!   the same request with the reference's key (`GrainKey`) instead, measured on the wire of
+//!   the same request with the reference's key (`GrainKey`) instead, and of a 32-byte
+//!   `#[sequenced]` update and the same as a reliable one-way call, measured on the wire of
 //!   the simulated network.
 
 use std::net::SocketAddr;
@@ -300,6 +301,21 @@ trait Lobby {
 
 struct Rooms;
 
+#[grainwire::grain]
+trait Mover {
+    /// A 32-byte position update, latest wins.
+    #[sequenced]
+    async fn update(&mut self, state: [u8; 32]);
+    /// The same, reliable and ordered.
+    #[one_way]
+    async fn reliable(&mut self, state: [u8; 32]);
+}
+
+impl Mover for Rooms {
+    async fn update(&mut self, _: [u8; 32]) {}
+    async fn reliable(&mut self, _: [u8; 32]) {}
+}
+
 impl Room for Rooms {
     async fn size(&self) -> u32 {
         0
@@ -323,6 +339,7 @@ async fn sizes() {
     let _server = Server::builder(ServerConfig::default())
         .host(Lobby::host(|_: &GrainId| Rooms))
         .host(Room::host(|_: &GrainId| Rooms))
+        .host(Mover::host(|_: &GrainId| Rooms))
         .bind_sim(&net, at)
         .expect("bind");
     let client = Client::builder()
@@ -364,6 +381,35 @@ async fn sizes() {
             serde_json::to_string(&key.to_string()).expect("a string"),
             sent[0],
             sent[1]
+        );
+    }
+    // A 32-byte update, sequenced vs reliable one-way: the largest datagram the client sends
+    // while it goes (each sent alone, after the last one's acknowledgements went).
+    let mover: MoverRef = client.grain(1);
+    mover.reliable([0; 32]).await.expect("warm");
+    for sequenced in [true, false] {
+        let mut largest = 0;
+        for n in 1..=5u8 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            net.record_sizes();
+            if sequenced {
+                mover.update([n; 32]).await.expect("update");
+            } else {
+                mover.reliable([n; 32]).await.expect("one-way");
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            let sent = net
+                .recorded_sizes()
+                .into_iter()
+                .filter(|(from, to, _)| from.port() == 5000 && *to == at)
+                .map(|(_, _, n)| n)
+                .max()
+                .unwrap_or(0);
+            largest = largest.max(sent);
+        }
+        let what = if sequenced { "sequenced update" } else { "reliable one-way call" };
+        println!(
+            "{{\"mode\":\"sizes\",\"message\":\"{what}\",\"argument_bytes\":32,\"largest_datagram\":{largest}}}"
         );
     }
 }

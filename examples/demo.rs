@@ -218,6 +218,21 @@ async fn main() -> Result<(), Error> {
         ann.move_by(1.5, -0.5).await?; // one-way: no response, in order with ann's other calls
     }
     println!("ann moved three times, now at {:?}", ann.position().await?);
+    // 60 frames of position updates: sent once each, latest wins (no order with the reliable
+    // calls, so the read waits until the last update is there).
+    for frame in 1..=60u16 {
+        ann.set_position(f32::from(frame), 0.0).await?;
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let mut at = ann.position().await?;
+    for _ in 0..100 {
+        if at == (60.0, 0.0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        at = ann.position().await?;
+    }
+    println!("ann sent 60 position updates (#[sequenced]); the grain has the latest: {at:?}");
 
     // eu-3 stops while calls keep coming.
     let stop = Arc::new(AtomicBool::new(false));

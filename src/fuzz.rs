@@ -202,6 +202,17 @@ pub fn rpc_frame(data: &[u8]) {
                     "observe round trip"
                 );
             }
+            if *kind == rpc::EXT_UPDATE
+                && let Ok((seq, call, args)) = rpc::decode_update(body)
+            {
+                let mut back = Vec::new();
+                rpc::encode_update(&mut back, seq, &call);
+                back.extend_from_slice(args);
+                let Ok(RpcFrame::Extended { body, .. }) = rpc::decode_rpc(&back) else {
+                    panic!("an update frame decodes")
+                };
+                assert_eq!(rpc::decode_update(body), Ok((seq, call, args)), "update round trip");
+            }
             rpc::encode_extended(&mut again, *kind, body)
         }
     }

@@ -47,13 +47,30 @@ pub enum MethodKind {
     OneWay,
 }
 
-/// How a method's messages travel. Part of the interface's contract.
+/// How a method's messages travel. Part of the interface's contract (its signature).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum DeliveryClass {
-    /// Retransmitted until acknowledged, in the order made with the grain's other calls (the
-    /// only class so far).
+    /// Retransmitted until acknowledged, in the order made with the grain's other reliable
+    /// calls from the same caller (the default).
     ReliableOrdered,
+    /// `#[unreliable]`: sent once, never retransmitted; may arrive out of order or not at all
+    /// (a lost request or answer of a call with a result ends in `Timeout` at its deadline).
+    /// No order with the grain's reliable calls. Must fit one datagram.
+    Unreliable,
+    /// `#[sequenced]`: a one-way update, sent once, latest wins: an update older than one
+    /// already delivered for the same (caller, grain, method) is dropped, and a queued, not
+    /// yet started older one is replaced by the newer (a busy grain runs only the latest).
+    /// Updates to other grains or methods never drop each other. No order with the grain's
+    /// reliable calls. Must fit one datagram.
+    Sequenced,
+}
+
+impl DeliveryClass {
+    /// Sent once, never retransmitted.
+    pub fn is_unreliable(self) -> bool {
+        !matches!(self, Self::ReliableOrdered)
+    }
 }
 
 /// One method of a grain interface.

@@ -157,6 +157,11 @@ fn valid_rpc_frames() -> Vec<Vec<u8>> {
         rpc::encode_call(&mut v, None, &call);
         v.extend_from_slice(&postcard::to_allocvec(&("one way",)).unwrap());
         out.push(v);
+        // The same call as a sequenced update.
+        let mut v = Vec::new();
+        rpc::encode_update(&mut v, 1 << (7 * i), &CallHeader { deadline_ms: None, ..call.clone() });
+        v.extend_from_slice(&postcard::to_allocvec(&("update",)).unwrap());
+        out.push(v);
         // The same call made by a grain serving a call: with its chain.
         let chain = (0..=i).map(|n| GrainId::new(GrainType::of("Room"), n as i64)).collect();
         let mut v = Vec::new();

@@ -30,6 +30,10 @@ pub(crate) trait Player {
     /// Where the player is.
     #[timeout_ms = 500]
     async fn position(&self) -> (f32, f32);
+    /// Where the player is now, as the game sends it every frame: sent once, latest wins (an
+    /// older update is dropped, a queued one replaced by the newer).
+    #[sequenced]
+    async fn set_position(&mut self, x: f32, y: f32);
     /// The id of the server the player's activation lives on (safe to ask twice).
     #[idempotent]
     async fn server(&self) -> String;
@@ -111,6 +115,9 @@ impl Player for PlayerState {
     }
     async fn position(&self) -> (f32, f32) {
         self.position
+    }
+    async fn set_position(&mut self, x: f32, y: f32) {
+        self.position = (x, y);
     }
     async fn server(&self) -> String {
         self.server.to_string()

@@ -6,6 +6,8 @@
 //!     async fn join(&mut self, name: String) -> u32;
 //!     async fn damage(&mut self, hp: u32) -> Result<u32, Dead>;   // application error `Dead`
 //!     #[one_way] async fn ping(&mut self, n: u64);                // reliable, no response
+//!     #[sequenced] async fn aim(&mut self, x: f32, y: f32);       // once, latest wins
+//!     #[unreliable] async fn rtt(&self, n: u64) -> u64;            // once; lost = Timeout
 //!     #[timeout_ms = 250] async fn position(&self) -> (f32, f32);  // this method's deadline
 //!     #[idempotent] async fn name(&self) -> String;               // retried once elsewhere
 //!     #[interleave] async fn hp(&self) -> u32;                     // runs beside &self calls
@@ -36,7 +38,7 @@ mod reference;
 
 use proc_macro::TokenStream;
 
-use self::method::{Method, method};
+use self::method::{Delivery, Method, method};
 use proc_macro2::TokenStream as TokenStream2;
 use quote::{format_ident, quote};
 use syn::parse::Parser;
@@ -191,7 +193,14 @@ impl Grain {
     fn signature(m: &Method) -> String {
         let args: Vec<String> = m.args.iter().map(|(_, t)| norm(t)).collect();
         let one_way = if m.one_way { "!" } else { "" };
-        format!("{}({})->{}{}", m.name, args.join(","), norm(&m.output), one_way)
+        // The delivery class is part of the contract (reliable-ordered adds nothing, so
+        // signatures from before classes existed stay the same).
+        let class = match m.delivery {
+            Delivery::ReliableOrdered => "",
+            Delivery::Unreliable => "~unreliable",
+            Delivery::Sequenced => "~sequenced",
+        };
+        format!("{}({})->{}{}{}", m.name, args.join(","), norm(&m.output), one_way, class)
     }
 
     /// The contract: name, version and every method's signature, sorted by name.
@@ -325,8 +334,13 @@ fn gen_ids(g: &Grain) -> TokenStream2 {
         };
         let size_hint = 16 * m.args.len();
         let signature = Grain::signature(m);
+        let delivery = match m.delivery {
+            Delivery::ReliableOrdered => quote!(#p::DeliveryClass::ReliableOrdered),
+            Delivery::Unreliable => quote!(#p::DeliveryClass::Unreliable),
+            Delivery::Sequenced => quote!(#p::DeliveryClass::Sequenced),
+        };
         quote! {
-            #p::MethodInfo { name: #name_str, id: #id_const, signature: #p::contract_hash(#signature), kind: #kind, delivery: #p::DeliveryClass::ReliableOrdered, idempotent: #idempotent, shared: #shared, interleave: #interleave, timeout: #timeout, size_hint: #size_hint }
+            #p::MethodInfo { name: #name_str, id: #id_const, signature: #p::contract_hash(#signature), kind: #kind, delivery: #delivery, idempotent: #idempotent, shared: #shared, interleave: #interleave, timeout: #timeout, size_hint: #size_hint }
         }
     });
     let n_methods = g.methods.len();

@@ -17,6 +17,8 @@ pub(crate) struct Method {
     pub(crate) output: Type,
     pub(crate) app_error: Option<(Type, Type)>,
     pub(crate) one_way: bool,
+    /// `#[unreliable]` / `#[sequenced]` (a sequenced method is one-way).
+    pub(crate) delivery: Delivery,
     pub(crate) idempotent: bool,
     /// `#[interleave]`.
     pub(crate) interleave: bool,
@@ -25,6 +27,14 @@ pub(crate) struct Method {
     pub(crate) timeout_ms: Option<u64>,
     pub(crate) id: Option<u16>,
     pub(crate) docs: Vec<Attribute>,
+}
+
+/// A method's delivery class.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Delivery {
+    ReliableOrdered,
+    Unreliable,
+    Sequenced,
 }
 
 /// Names the generated items use: the server trait's hooks, the reference's own methods.
@@ -133,6 +143,7 @@ pub(crate) fn method(item: &TraitItem, errors: &mut Errors) -> Option<Method> {
     };
     let app_error = result_types(&output);
     let mut one_way = false;
+    let mut delivery: Option<(Delivery, proc_macro2::Span)> = None;
     let mut idempotent = false;
     let mut interleave = None;
     let mut timeout_ms = None;
@@ -142,6 +153,22 @@ pub(crate) fn method(item: &TraitItem, errors: &mut Errors) -> Option<Method> {
         let r: syn::Result<()> = if a.path().is_ident("one_way") {
             one_way = true;
             a.meta.require_path_only().map(|_| ())
+        } else if a.path().is_ident("unreliable") || a.path().is_ident("sequenced") {
+            let class = if a.path().is_ident("unreliable") {
+                Delivery::Unreliable
+            } else {
+                Delivery::Sequenced
+            };
+            match delivery {
+                Some(_) => Err(syn::Error::new(
+                    a.span(),
+                    "a method has one delivery class: #[unreliable] or #[sequenced], not both",
+                )),
+                None => {
+                    delivery = Some((class, a.span()));
+                    a.meta.require_path_only().map(|_| ())
+                }
+            }
         } else if a.path().is_ident("idempotent") {
             idempotent = true;
             a.meta.require_path_only().map(|_| ())
@@ -164,7 +191,7 @@ pub(crate) fn method(item: &TraitItem, errors: &mut Errors) -> Option<Method> {
         } else {
             Err(syn::Error::new(
                 a.span(),
-                "unknown attribute on a grain method: expected #[one_way], #[idempotent], #[interleave], #[timeout_ms = N], #[id = N], docs or lint levels",
+                "unknown attribute on a grain method: expected #[one_way], #[unreliable], #[sequenced], #[idempotent], #[interleave], #[timeout_ms = N], #[id = N], docs or lint levels",
             ))
         };
         if let Err(e) = r {
@@ -173,6 +200,16 @@ pub(crate) fn method(item: &TraitItem, errors: &mut Errors) -> Option<Method> {
     }
     if one_way && !matches!(&output, Type::Tuple(t) if t.elems.is_empty()) {
         fail(syn::Error::new(output.span(), "#[one_way] methods return nothing"));
+    }
+    if let Some((Delivery::Sequenced, span)) = delivery {
+        if !matches!(&output, Type::Tuple(t) if t.elems.is_empty()) {
+            fail(syn::Error::new(
+                span,
+                "#[sequenced] methods are one-way updates: they return nothing (latest wins; an older one is dropped)",
+            ));
+        }
+        // A sequenced update has no answer: it is one-way.
+        one_way = true;
     }
     if let Some(span) = interleave
         && !shared
@@ -196,6 +233,7 @@ pub(crate) fn method(item: &TraitItem, errors: &mut Errors) -> Option<Method> {
         output,
         app_error,
         one_way,
+        delivery: delivery.map_or(Delivery::ReliableOrdered, |(d, _)| d),
         idempotent,
         interleave: interleave.is_some(),
         shared,

@@ -9,10 +9,11 @@ use std::time::Duration;
 use super::ClientShared;
 use super::service::{Again, ClientCmd};
 use crate::error::CallError;
-use crate::interface::{InterfaceInfo, MethodInfo};
+use crate::interface::{DeliveryClass, InterfaceInfo, MethodInfo};
 use crate::proto::ids::{GrainType, InterfaceId, PeerId};
 use crate::proto::route::Target;
 use crate::rpc::call::{CallCell, CallKind};
+use crate::rpc::encode::PREFIX_GAP;
 use crate::rpc::encode::Request;
 use crate::rpc::reference::{Calls, GrainRef};
 use crate::sync::lock;
@@ -42,8 +43,8 @@ impl Calls for Handle {
         self.shared.config.default_timeout
     }
 
-    fn max_request(&self) -> usize {
-        self.shared.config.transport.max_message_size
+    fn max_request(&self, class: DeliveryClass) -> usize {
+        max_request(&self.shared.config.transport, class)
     }
 
     fn cell(&self) -> Arc<CallCell> {
@@ -74,6 +75,7 @@ impl Calls for Handle {
             affinity: r.affinity.clone(),
             idempotent: method.idempotent,
             retry: shared.retry.index(iface.grain_type, method.id),
+            delivery: method.delivery,
         };
         let (frame, flags, timeout) = (request.frame, request.flags, request.timeout);
         let cmd = ClientCmd::Call { to, frame, flags, stream: r.stream, timeout, kind, again };
@@ -106,6 +108,15 @@ impl Calls for Handle {
         self.shared.with_routes(|routes| {
             (routes.server_count() > 0).then(|| routes.implements(grain_type, interface))
         })
+    }
+}
+
+/// The largest request body of `class` over a transport configured as `cfg`: an unreliable
+/// one (with its prefix, at most [`PREFIX_GAP`]) must fit one datagram.
+pub(crate) fn max_request(cfg: &crate::config::TransportConfig, class: DeliveryClass) -> usize {
+    match class.is_unreliable() {
+        true => cfg.chunk_size().saturating_sub(PREFIX_GAP),
+        false => cfg.max_message_size,
     }
 }
 

@@ -48,6 +48,7 @@ use std::time::Duration;
 use tokio::sync::broadcast;
 
 pub use self::builder::ClientBuilder;
+pub(crate) use self::calls::max_request;
 use self::calls::{Handle, Owner};
 pub use self::options::{
     AddrParseError, ClientConfig, ClientError, ClientEvent, ClusterMismatch, ClusterNode,

@@ -159,8 +159,8 @@ impl Calls for WeakCalls {
         self.get().map_or(Duration::ZERO, |h| h.default_timeout())
     }
 
-    fn max_request(&self) -> usize {
-        self.get().map_or(0, |h| h.max_request())
+    fn max_request(&self, class: crate::interface::DeliveryClass) -> usize {
+        self.get().map_or(0, |h| h.max_request(class))
     }
 
     fn cell(&self) -> Arc<CallCell> {

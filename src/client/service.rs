@@ -24,6 +24,7 @@ use super::{
     route_error,
 };
 use crate::error::{CallError, CallErrorKind, DisconnectReason};
+use crate::interface::DeliveryClass;
 use crate::proto::ids::{GrainType, IdMap, PeerId, RequestId, ServerId};
 use crate::proto::manifest::Manifest;
 use crate::proto::rng::SplitMix64;
@@ -33,7 +34,7 @@ use crate::proto::topology::Topology;
 use crate::proto::wire::rpc::{self, RpcFrame, Status};
 use crate::rpc::call::{CallCell, CallKind};
 use crate::rpc::encode::PREFIX_GAP;
-use crate::rpc::outbound::{Awaited, Outbound, Sent, resend_frame};
+use crate::rpc::outbound::{Awaited, Lane, Outbound, Sent, resend_frame};
 use crate::sync::lock;
 use crate::transport::{Connection, Delivery, Event, Service};
 
@@ -52,6 +53,8 @@ pub(crate) struct Again {
     pub(crate) idempotent: bool,
     /// Its retry policy (an index into the client's `RetryTable`).
     pub(crate) retry: u16,
+    /// How its request travels (`#[unreliable]`, `#[sequenced]`, or reliable-ordered).
+    pub(crate) delivery: DeliveryClass,
 }
 
 /// What call futures and connection tasks ask of the service.
@@ -136,6 +139,8 @@ struct PeerState {
     stats: Arc<std::sync::Mutex<CallAccounting>>,
     /// Discovery watches its topology here.
     watch: Option<TopologyWatch>,
+    /// The number of the last sequenced update sent on this session.
+    update_seq: u64,
 }
 
 impl PeerState {
@@ -436,9 +441,21 @@ impl ClientService {
             self.fail(call.kind.call().map(Arc::as_ref), CallError::NotConnected, false, now);
             return;
         };
-        let delivery = Delivery::reliable_ordered(call.stream);
+        let class = call.again.delivery;
+        let seq = if class == DeliveryClass::Sequenced {
+            p.update_seq += 1;
+            p.update_seq
+        } else {
+            0
+        };
+        let lane = Lane { stream: call.stream, class, seq };
         let size = call.frame.len() - PREFIX_GAP;
-        let max = p.conn.max_message_size(delivery);
+        // An unreliable message must fit one datagram (with its prefix, at most
+        // `PREFIX_GAP`): it is never lost in pieces.
+        let max = match class.is_unreliable() {
+            true => p.conn.max_single_datagram().saturating_sub(PREFIX_GAP),
+            false => p.conn.max_message_size(lane.delivery()),
+        };
         if size > max {
             self.fail(
                 call.kind.call().map(Arc::as_ref),
@@ -463,8 +480,7 @@ impl ClientService {
             deadline: call.deadline,
             kept,
         });
-        let id =
-            p.in_flight.send(&p.conn, call.frame, call.flags, type_index, call.stream, awaited);
+        let id = p.in_flight.send(&p.conn, call.frame, call.flags, type_index, lane, awaited);
         let (Some(cell), Some(id)) = (cell, id) else {
             // A one-way call is done once written.
             self.shared.one_way_sent.fetch_add(1, Ordering::Relaxed);
@@ -552,6 +568,7 @@ impl Service for ClientService {
                         closed: false,
                         stats: Arc::new(std::sync::Mutex::new(CallAccounting::new(now))),
                         watch: None,
+                        update_seq: 0,
                     },
                 );
                 self.order.push(peer);

@@ -117,10 +117,14 @@ pub(crate) fn status(id: RequestId, status: Status, payload: &[u8]) -> Bytes {
 
 /// Sends a call's answer over `conn`, or says why it could not go: a frame over the
 /// connection's limit becomes a `ResponseTooLarge` status with the sizes (`false`).
-pub(crate) fn answer(conn: &Connection, rid: RequestId, frame: Bytes) -> bool {
-    let max = conn.max_message_size(Delivery::ReliableUnordered);
+pub(crate) fn answer(conn: &Connection, rid: RequestId, frame: Bytes, unreliable: bool) -> bool {
+    // The answer of an `#[unreliable]` call is sent once, and must fit one datagram.
+    let (delivery, max) = match unreliable {
+        true => (Delivery::Unreliable, conn.max_single_datagram()),
+        false => (Delivery::ReliableUnordered, conn.max_message_size(Delivery::ReliableUnordered)),
+    };
     if frame.len() <= max {
-        conn.push(Delivery::ReliableUnordered, frame);
+        conn.push(delivery, frame);
         return true;
     }
     conn.push(Delivery::ReliableUnordered, too_large(rid, frame.len(), max));

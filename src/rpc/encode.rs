@@ -15,8 +15,9 @@ use crate::error::{CallError, CodecError};
 use crate::interface::{InterfaceInfo, MethodInfo};
 use crate::proto::wire::rpc::{self, CallHeader, MAX_CHAIN};
 
-/// Room left in front of an encoded call for its head byte, request id and type index.
-pub(crate) const PREFIX_GAP: usize = 16;
+/// Room left in front of an encoded call for its head byte, request id and type index (or a
+/// sequenced update's extended head, kind and sequence number before its one-way head).
+pub(crate) const PREFIX_GAP: usize = 24;
 
 /// A call encoded for its sender: [`PREFIX_GAP`] free bytes, then the request's body;
 /// `flags` go into the head byte.

@@ -12,6 +12,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use super::call::{CallCell, CallKind};
 use super::encode::PREFIX_GAP;
+use crate::interface::DeliveryClass;
 use crate::proto::ids::RequestId;
 use crate::proto::in_flight::InFlight;
 use crate::proto::wire::rpc;
@@ -29,6 +30,26 @@ pub(crate) struct Sent<K> {
     pub(crate) body: Bytes,
     /// What the sender's policies keep with it.
     pub(crate) kept: K,
+}
+
+/// How a request travels: the grain's ordered stream (reliable calls), or once, unreliably
+/// (`#[unreliable]`), or once as a sequenced update numbered `seq` (`#[sequenced]`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Lane {
+    pub(crate) stream: u8,
+    pub(crate) class: DeliveryClass,
+    /// A sequenced update's number (grows with every update the session sends).
+    pub(crate) seq: u64,
+}
+
+impl Lane {
+    /// The transport's delivery for it.
+    pub(crate) fn delivery(self) -> Delivery {
+        match self.class {
+            DeliveryClass::ReliableOrdered => Delivery::reliable_ordered(self.stream),
+            _ => Delivery::Unreliable,
+        }
+    }
 }
 
 /// A call about to be sent: what waits for its answer, and what goes in the table with it.
@@ -54,17 +75,19 @@ impl<K> Default for Outbound<K> {
 
 impl<K> Outbound<K> {
     /// Writes request `frame` ([`PREFIX_GAP`] bytes of room, then its body; `flags` for its
-    /// head byte) on `conn`'s `stream`, to a callee that hosts its grain type at `type_index`.
-    /// A call gets an id and a place in the table, returned; a one-way call none.
+    /// head byte) on `conn` as `lane` says, to a callee that hosts its grain type at
+    /// `type_index`. A call gets an id and a place in the table, returned; a one-way call (or
+    /// a sequenced update) none.
     pub(crate) fn send(
         &mut self,
         conn: &Connection,
         mut frame: BytesMut,
         flags: u8,
         type_index: u32,
-        stream: u8,
+        lane: Lane,
         kind: CallKind<Awaited<K>>,
     ) -> Option<RequestId> {
+        let stream = lane.stream;
         let id = kind.into_call().map(|a| {
             let deadline = a.deadline;
             let sent = Sent {
@@ -78,15 +101,22 @@ impl<K> Outbound<K> {
             };
             self.table.insert(sent, deadline)
         });
-        let start = PREFIX_GAP - rpc::request_prefix_len(id, type_index);
-        rpc::encode_request_prefix(&mut frame[start..PREFIX_GAP], id, type_index, flags);
+        let start = if lane.class == DeliveryClass::Sequenced && id.is_none() {
+            let start = PREFIX_GAP - rpc::update_prefix_len(lane.seq, type_index);
+            rpc::encode_update_prefix(&mut frame[start..PREFIX_GAP], lane.seq, type_index, flags);
+            start
+        } else {
+            let start = PREFIX_GAP - rpc::request_prefix_len(id, type_index);
+            rpc::encode_request_prefix(&mut frame[start..PREFIX_GAP], id, type_index, flags);
+            start
+        };
         let mut frame = frame.freeze();
         if let Some(sent) = id.and_then(|id| self.table.get_mut(id)) {
             // A reference to the same buffer (no copy), in case it must go elsewhere.
             sent.body = frame.slice(PREFIX_GAP..);
         }
         frame.advance(start);
-        conn.push(Delivery::reliable_ordered(stream), frame);
+        conn.push(lane.delivery(), frame);
         id
     }
 

@@ -158,9 +158,9 @@ pub trait Invoker: Send + Sync + 'static {
 pub(crate) trait Calls: Send + Sync + fmt::Debug + 'static {
     /// The deadline of a call whose reference and method give none.
     fn default_timeout(&self) -> Duration;
-    /// The largest request it sends (a one-way call is checked before it goes: nobody could
-    /// be told later).
-    fn max_request(&self) -> usize;
+    /// The largest request of `class` it sends (a one-way call is checked before it goes:
+    /// nobody could be told later); an unreliable one must fit one datagram.
+    fn max_request(&self, class: crate::interface::DeliveryClass) -> usize;
     /// A cell for a new call (one kept from a finished call, or a new one).
     fn cell(&self) -> Arc<CallCell>;
     /// Sends `request` to `r`'s grain: a call completes its cell with its outcome.
@@ -466,7 +466,7 @@ impl GrainRef {
         args: &A,
     ) -> Result<(), CallError<Infallible>> {
         let request = encode::request(self, method, args, self.timeout(calls, method), true)?;
-        let (size, max) = (request.size(), calls.max_request());
+        let (size, max) = (request.size(), calls.max_request(method.delivery));
         if size > max {
             return Err(CallError::TooLarge { size, max });
         }

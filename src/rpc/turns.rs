@@ -37,6 +37,8 @@ pub(crate) struct Job {
     /// Which of its host's interfaces the call is for: 0 the first, `n` the `n`th given to
     /// `Host::with`.
     pub(crate) iface: u8,
+    /// Its method is `#[unreliable]`: its answer is sent once too.
+    pub(crate) unreliable: bool,
     pub(crate) method: MethodId,
     pub(crate) args: Bytes,
     /// Who made it (the method reads it with `caller()`).
@@ -329,7 +331,7 @@ pub(crate) async fn serve<I: Dispatch<O>, O: Send>(
         let status = match ran {
             Turn::Done(Some(status)) => reply.take().map_or(Some(status), |frame| {
                 if let Some((conn, rid)) = job.reply.call() {
-                    dispatch::answer(conn, *rid, frame.freeze());
+                    dispatch::answer(conn, *rid, frame.freeze(), false);
                 }
                 None
             }),
@@ -366,7 +368,8 @@ mod tests {
         let reply = CallKind::OneWay;
         let deadline = tokio::time::Instant::now();
         let args = Bytes::new();
-        Job { token, reply, iface: 0, method: MethodId(0), args, caller, deadline, ended: None }
+        let (iface, unreliable, method, ended) = (0, false, MethodId(0), None);
+        Job { token, reply, iface, unreliable, method, args, caller, deadline, ended }
     }
 
     #[test]

@@ -327,8 +327,8 @@ fn caller_not_draining(job: &Job, budget: &AnswerBudget) -> bool {
 
 /// Sends a call's answer (counting one too large for its connection, answered
 /// `ResponseTooLarge` instead).
-fn answer(conn: &Connection, rid: RequestId, frame: Bytes, counters: &ServerCounters) {
-    if !dispatch::answer(conn, rid, frame) {
+fn answer(conn: &Connection, job: &Job, rid: RequestId, frame: Bytes, counters: &ServerCounters) {
+    if !dispatch::answer(conn, rid, frame, job.unreliable) {
         counters.responses_too_large.fetch_add(1, Ordering::Relaxed);
     }
 }
@@ -442,7 +442,7 @@ fn ended(
         Turn::Done(Some(status)) => match (job.reply.call(), reply.take()) {
             // The value (or application error) was encoded with its response header.
             (Some((conn, rid)), Some(frame)) => {
-                answer(conn, *rid, frame.freeze(), &reporter.counters);
+                answer(conn, &job, *rid, frame.freeze(), &reporter.counters);
                 None
             }
             (Some(_), None) => Some(status),

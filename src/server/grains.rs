@@ -67,13 +67,11 @@ pub(crate) struct FleetCalls {
     client: OnceLock<Option<Client>>,
     /// `client`'s seam.
     calls: OnceLock<Option<Arc<dyn Calls>>>,
-    max_request: usize,
 }
 
 impl FleetCalls {
     pub(crate) fn new(spec: FleetSpec) -> Self {
-        let max_request = crate::config::TransportConfig::default().max_message_size;
-        Self { spec, client: OnceLock::new(), calls: OnceLock::new(), max_request }
+        Self { spec, client: OnceLock::new(), calls: OnceLock::new() }
     }
 
     /// The client's seam, making the client on first use.
@@ -139,8 +137,8 @@ impl Calls for FleetCalls {
         self.spec.default_timeout
     }
 
-    fn max_request(&self) -> usize {
-        self.max_request
+    fn max_request(&self, class: crate::interface::DeliveryClass) -> usize {
+        crate::client::max_request(&crate::config::TransportConfig::default(), class)
     }
 
     fn cell(&self) -> Arc<CallCell> {
@@ -232,7 +230,8 @@ impl Calls for ObserverCalls {
         self.default_timeout
     }
 
-    fn max_request(&self) -> usize {
+    /// Calls to observers travel reliable-ordered whatever their class.
+    fn max_request(&self, _: crate::interface::DeliveryClass) -> usize {
         self.max_request
     }
 

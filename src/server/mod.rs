@@ -462,6 +462,8 @@ impl Server {
             observer_calls: get(&c.observer_calls),
             observer_sessions_stalled: get(&c.observer_sessions_stalled),
             sessions_told: get(&c.sessions_told),
+            updates_stale: get(&c.updates_stale),
+            updates_coalesced: get(&c.updates_coalesced),
             watches_dropped: get(&c.watches_dropped),
         }
     }

@@ -46,6 +46,7 @@ mod ends;
 mod observers;
 mod presence;
 mod room;
+mod updates;
 
 use self::elsewhere::Elsewhere;
 pub(crate) use self::observers::ObserverCall;
@@ -254,6 +255,19 @@ impl ServerService {
                 self.observer_answer(peer, id, status, body);
                 return;
             }
+            Ok(RpcFrame::Extended { kind, body }) if kind == rpc::EXT_UPDATE => {
+                match rpc::decode_update(body) {
+                    Ok((seq, call, args)) => {
+                        let args = payload.slice_ref(args);
+                        self.call(peer, CallKind::OneWay, call, args, Some(seq), now);
+                    }
+                    Err(error) => {
+                        self.shared.counters.bad_requests.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!(?peer, %error, "undecodable update from a client");
+                    }
+                }
+                return;
+            }
             Ok(RpcFrame::Extended { kind, body })
                 if kind == rpc::EXT_OBSERVE || kind == rpc::EXT_UNOBSERVE =>
             {
@@ -291,7 +305,7 @@ impl ServerService {
         };
         let mut args = payload;
         args.advance(head);
-        self.call(peer, id, call, args, now);
+        self.call(peer, id, call, args, None, now);
     }
 
     fn command(&mut self, cmd: ServerCmd, now: Instant) {

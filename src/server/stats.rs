@@ -27,6 +27,8 @@ pub(crate) struct ServerCounters {
     pub(crate) observer_calls: AtomicU64,
     pub(crate) observer_sessions_stalled: AtomicU64,
     pub(crate) sessions_told: AtomicU64,
+    pub(crate) updates_stale: AtomicU64,
+    pub(crate) updates_coalesced: AtomicU64,
     pub(crate) watches_dropped: AtomicU64,
 }
 
@@ -83,6 +85,10 @@ pub struct ServerStats {
     pub observer_sessions_stalled: u64,
     /// Ended sessions told to the grains that watched them (one per grain and session).
     pub sessions_told: u64,
+    /// `#[sequenced]` updates dropped: older than one already taken from the same sender.
+    pub updates_stale: u64,
+    /// `#[sequenced]` updates replaced, still queued, by a newer one from the same sender.
+    pub updates_coalesced: u64,
     /// Watches of a session beyond `max_watches_per_session`, dropped.
     pub watches_dropped: u64,
 }

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use slab::Slab;
 
 use super::budget::AddrId;
-use crate::proto::ids::{GrainId, PeerId};
+use crate::proto::ids::{GrainId, IdMap, PeerId};
 use crate::rpc::turns::{Job, Mailbox};
 
 pub(super) enum Life {
@@ -39,6 +39,9 @@ pub(super) struct Activation {
     pub(super) creator_addr: AddrId,
     /// What it is charged against the activation bytes (see `budget::activation_cost`).
     pub(super) cost: usize,
+    /// Sequenced updates (see `service::updates`): per (session, method), the number of the
+    /// last one taken and the token of its job.
+    pub(super) updates: IdMap<u64, (u64, u64)>,
     /// Its stamp in the LRU queue while idle; 0 while busy.
     stamp: u64,
 }
@@ -71,6 +74,7 @@ impl Activation {
             creator: creator.peer,
             creator_addr: creator.addr,
             cost: creator.cost,
+            updates: IdMap::default(),
             stamp: 0,
         }
     }

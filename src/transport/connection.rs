@@ -189,6 +189,12 @@ impl Connection {
         max_message_for(cfg, self.shared.peer_window.load(Ordering::Acquire), delivery.split().0)
     }
 
+    /// The largest message that travels in one datagram (one chunk): what an unreliable
+    /// message must fit, so that it is never lost in pieces.
+    pub fn max_single_datagram(&self) -> usize {
+        self.shared.endpoint.config.chunk_size()
+    }
+
     /// Queues a message. Never blocks: fails at once if the message is too large, the send
     /// buffer is full, or the session is closed.
     pub fn send(&self, delivery: Delivery, payload: impl Into<Bytes>) -> Result<(), SendError> {

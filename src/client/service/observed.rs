@@ -72,7 +72,8 @@ impl ClientService {
         let caller = Caller::new(SessionId(peer.0), conn.remote_addr(), None);
         let reply = id.map(|id| (conn.clone(), id));
         let method = call.method;
-        let job = Job { token, reply, iface: 0, method, args, caller, deadline, ended: None };
+        let (iface, unreliable, ended) = (0, false, None);
+        let job = Job { token, reply, iface, unreliable, method, args, caller, deadline, ended };
         if let CallKind::Call(id) = id {
             self.observed.insert((peer, id), (mailbox.clone(), token));
         }

@@ -60,6 +60,10 @@ pub const EXT_OBSERVE: u32 = 1;
 pub const EXT_UNOBSERVE: u32 = 2;
 /// The most observers one observe frame names.
 pub const MAX_OBSERVERS_FRAME: usize = 4096;
+/// Extended frame: a sequenced update, `seq varint | one-way frame`. `seq` grows with every
+/// update its sender sends on the session; a host drops an update older than one it took
+/// for the same (session, grain, method).
+pub const EXT_UPDATE: u32 = 3;
 
 /// The close code a server that stops gracefully ends a session with once every call of that
 /// client it ran has been answered and the answers acknowledged: a call still unanswered when
@@ -427,6 +431,41 @@ pub fn encode_extended(out: &mut Vec<u8>, kind: u32, body: &[u8]) {
     out.put_u8(KIND_EXTENDED);
     put_varint(out, kind.into());
     out.extend_from_slice(body);
+}
+
+/// The bytes a sequenced update's prefix takes: the extended head and kind, `seq`, and the
+/// one-way request's head and type index (see [`encode_update_prefix`]).
+pub fn update_prefix_len(seq: u64, type_index: u32) -> usize {
+    2 + super::varint_len(seq) + request_prefix_len(None, type_index)
+}
+
+/// Writes a sequenced update's prefix into `out` (exactly [`update_prefix_len`] bytes), in
+/// front of a one-way request's body (see [`encode_request_body`]).
+pub fn encode_update_prefix(mut out: &mut [u8], seq: u64, type_index: u32, flags: u8) {
+    out.put_u8(KIND_EXTENDED);
+    put_varint(&mut out, EXT_UPDATE.into());
+    put_varint(&mut out, seq);
+    encode_request_prefix(out, None, type_index, flags);
+}
+
+/// Writes a whole sequenced update's header (the caller appends the arguments): what
+/// [`encode_update_prefix`] and [`encode_request_body`] write in place, in one go.
+pub fn encode_update(out: &mut impl BufMut, seq: u64, call: &CallHeader) {
+    out.put_u8(KIND_EXTENDED);
+    put_varint(out, EXT_UPDATE.into());
+    put_varint(out, seq);
+    encode_call(out, None, call);
+}
+
+/// Reads a sequenced update's body (after the extended kind): its sequence number, the
+/// one-way call and its arguments.
+pub fn decode_update(body: &[u8]) -> Result<(u64, CallHeader, &[u8]), WireError> {
+    let mut r = Reader::new(body);
+    let seq = r.varint()?;
+    match decode_rpc(r.rest())? {
+        RpcFrame::OneWay { call, args } => Ok((seq, call, args)),
+        _ => Err(WireError::OutOfRange { field: "update frame", value: body.len() as u64 }),
+    }
 }
 
 /// Writes an observe (`observe`) or unobserve frame: client observer `instance` hosts (or no

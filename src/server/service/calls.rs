@@ -3,6 +3,7 @@
 //! or answered at once with why not.
 
 use super::*;
+use crate::interface::DeliveryClass;
 
 impl ServerService {
     pub(super) fn call(
@@ -11,6 +12,7 @@ impl ServerService {
         id: CallKind<RequestId>,
         call: CallHeader,
         args: Bytes,
+        update: Option<u64>,
         now: Instant,
     ) {
         let cost = args.len() + CALL_COST;
@@ -44,7 +46,19 @@ impl ServerService {
         let grain = GrainId { ty: info.grain_type, key: call.key };
         // An interleaving call joins a shared turn of its grain rather than wait behind it
         // (only the first interface of a host may have such methods: see `Host::with`).
-        let interleave = info.method(call.method).is_some_and(|m| m.interleave);
+        let method = info.method(call.method).expect("admit checked the method");
+        let interleave = method.interleave;
+        let unreliable = method.delivery.is_unreliable();
+        if let Some(seq) = update {
+            // A sequenced update: only for a `#[sequenced]` method; dropped when stale.
+            if method.delivery != DeliveryClass::Sequenced {
+                self.shared.counters.bad_requests.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            if self.stale_update(peer, &grain, call.method, seq, now) {
+                return;
+            }
+        }
         let joins =
             interleave && self.table.by_grain(&grain).is_some_and(|a| a.mailbox.is_shared());
         if !call.chain.is_empty()
@@ -93,9 +107,21 @@ impl ServerService {
         let job_deadline = tokio::time::Instant::from_std(deadline);
         let method = call.method;
         let iface = self.shared.registry[index].slot;
-        let job =
-            Job { token, reply, iface, method, args, caller, deadline: job_deadline, ended: None };
+        let job = Job {
+            token,
+            reply,
+            iface,
+            unreliable,
+            method,
+            args,
+            caller,
+            deadline: job_deadline,
+            ended: None,
+        };
         let mailbox = self.route(creator, grain.clone(), index, job, interleave, now);
+        if let Some(seq) = update {
+            self.record_update(peer, &grain, method, (seq, token));
+        }
         self.calls.insert(token, CallRecord { peer, id, grain, mailbox, bytes: cost, chain });
         self.deadlines.push(Reverse((deadline, token)));
         self.publish();

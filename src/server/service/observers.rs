@@ -20,7 +20,8 @@ use bytes::BytesMut;
 
 use super::*;
 use crate::error::{CallError, DisconnectReason};
-use crate::rpc::outbound::Awaited;
+use crate::interface::DeliveryClass;
+use crate::rpc::outbound::{Awaited, Lane};
 
 /// What the service knows of observers (see the module docs).
 #[derive(Debug, Default)]
@@ -119,7 +120,10 @@ impl ServerService {
         }
         let cell = call.kind.call().cloned();
         let kind = call.kind.map(|cell| Awaited { cell, started: now, deadline, kept: () });
-        let id = p.outbound.send(&p.conn, call.frame, call.flags, 0, call.stream, kind);
+        // Calls to observers travel reliable-ordered whatever their method's class (a client
+        // hosting observers keeps no sequence state; see the README's known limits).
+        let lane = Lane { stream: call.stream, class: DeliveryClass::ReliableOrdered, seq: 0 };
+        let id = p.outbound.send(&p.conn, call.frame, call.flags, 0, lane, kind);
         if let (Some(id), Some(cell)) = (id, cell) {
             self.observers.busy.insert(peer);
             if !cell.set_id(peer, id) {

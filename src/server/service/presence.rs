@@ -116,6 +116,7 @@ impl ServerService {
             token,
             reply: CallKind::OneWay,
             iface: 0,
+            unreliable: false,
             method: crate::proto::ids::MethodId(0),
             args: Bytes::new(),
             caller,

@@ -188,3 +188,32 @@ fn a_request_that_does_not_decode_still_names_its_id() {
     assert_eq!(decode_too_large(&p), Some((5 << 20, 1 << 20)));
     assert_eq!(decode_too_large(&p[..1]), None);
 }
+
+#[test]
+fn updates_round_trip_in_place_and_bad_ones_are_typed_errors() {
+    let c = call(GrainKey::Str("ann".into()), None);
+    for seq in [1u64, 300, u64::MAX] {
+        // Whole, and as the sender writes it: body first, prefix in front.
+        let mut whole = Vec::new();
+        encode_update(&mut whole, seq, &c);
+        whole.extend_from_slice(b"\x01\x02");
+        let mut body = Vec::new();
+        let flags = encode_request_body(&mut body, &c);
+        let n = update_prefix_len(seq, c.type_index);
+        let mut in_place = vec![0; n];
+        encode_update_prefix(&mut in_place, seq, c.type_index, flags);
+        in_place.extend_from_slice(&body);
+        in_place.extend_from_slice(b"\x01\x02");
+        assert_eq!(in_place, whole);
+        let Ok(RpcFrame::Extended { kind: EXT_UPDATE, body }) = decode_rpc(&whole) else {
+            panic!("an update is an extended frame")
+        };
+        assert_eq!(decode_update(body), Ok((seq, c.clone(), &b"\x01\x02"[..])));
+    }
+    // Not a one-way call inside, or cut short: typed errors.
+    let mut request = vec![5];
+    encode_call(&mut request, Some(RequestId { slot: 1, generation: 1 }), &c);
+    assert!(decode_update(&request).is_err());
+    assert!(decode_update(&[0x80]).is_err());
+    assert!(decode_update(&[]).is_err());
+}
