@@ -10,6 +10,7 @@
 //! cargo run --release --example bench -- latency --servers 10       # routed over 10 servers
 //! cargo run --release --example bench -- placement                  # placement quality, 1M keys
 //! cargo run --release --example bench -- latency --discover         # the client follows the fleet
+//! cargo run --release --example bench -- game --players 1000 --update-hz 30 --call-hz 1 --secs 10
 //! ```
 //!
 //! `--help` lists every flag with its default. `--protected`: the servers require connect
@@ -35,6 +36,10 @@
 //! * `busy`: `--calls` (1,000) calls queued at once on one grain whose method burns `--spin-us`
 //!   (700) µs of CPU, on the server thread with the endpoint's task, while a probe calls another
 //!   grain one call at a time: `probe_max_us` is the longest the server did not answer.
+//! * `game`: a game's load (see `common/game_load.rs`): `--players` sessions, each sending
+//!   `#[sequenced]` position updates `--update-hz` times a second and calling
+//!   `--call-hz` times a second, against `--target` or a `game_server` it starts in a process
+//!   of its own (then it reports that server's CPU, memory and dropped updates), with a probe.
 //! * `throughput`: `--inflight` calls kept outstanding, each caller on its own grain (keys
 //!   `0..inflight`, so activations and ordered streams do not serialize the callers);
 //!   completions counted over a `--secs` window that starts 0.5 s after the first call;
@@ -44,6 +49,9 @@
 //! would (a `block_on` root future is woken through the runtime's eventfd; a spawned task
 //! through the local run queue). A failed call aborts the run with exit status 1. With
 //! `GRAINWIRE_BENCH_VERBOSE=1` the client's transport counters go to stderr.
+
+#[path = "common/game_load.rs"]
+mod game_load;
 
 #[path = "common/game.rs"]
 #[allow(dead_code)] // the bench hosts and calls only the echo grain
@@ -71,6 +79,8 @@ enum Mode {
     Placement,
     /// A busy grain beside a probe: the longest the server did not answer.
     Busy,
+    /// A game's load: `--players` sessions sending `#[sequenced]` updates and calls, a probe.
+    Game,
 }
 
 /// The grain RPC benchmark over loopback UDP; prints one JSON line.
@@ -112,6 +122,19 @@ struct Args {
     /// encrypted and authenticated.
     #[arg(long)]
     protected: bool,
+    /// Players (game).
+    #[arg(long, value_name = "N", default_value_t = 1000)]
+    players: u64,
+    /// Updates each player sends per second (game).
+    #[arg(long, value_name = "HZ", default_value_t = 30.0)]
+    update_hz: f64,
+    /// Calls each player makes per second (game).
+    #[arg(long, value_name = "HZ", default_value_t = 1.0)]
+    call_hz: f64,
+    /// A running `game_server` to load (game); without it the bench starts one in a process
+    /// of its own (the `game_server` example next to this binary).
+    #[arg(long, value_name = "ADDR")]
+    target: Option<SocketAddr>,
 }
 
 /// `--discover`: the client follows the fleet from a seed.
@@ -396,6 +419,21 @@ fn main() {
     let a = <Args as clap::Parser>::parse();
     if a.mode == Mode::Placement {
         println!("{}", placement::run(1_000_000));
+        return;
+    }
+    if a.mode == Mode::Game {
+        let rates = [a.update_hz, a.call_hz, a.secs];
+        if a.players == 0 || rates.iter().any(|r| !r.is_finite() || *r <= 0.0) {
+            fail("--players, --update-hz, --call-hz and --secs must be positive");
+        }
+        let load = game_load::Load {
+            players: a.players,
+            update_hz: a.update_hz,
+            call_hz: a.call_hz,
+            secs: a.secs,
+            target: a.target,
+        };
+        println!("{}", game_load::run(load));
         return;
     }
     let calls = a.calls.unwrap_or(if a.mode == Mode::Busy { 1000 } else { 20_000 });
