@@ -84,7 +84,10 @@ pub struct ClientConfig {
     /// `transport.keepalive_interval`) is judged dead before the transport's idle timeout:
     /// it leaves routing at once, its pending calls fail (`#[idempotent]` ones are retried
     /// elsewhere), its session is dropped and reconnected. Default 3 s (three missed pings);
-    /// at least twice the keepalive interval.
+    /// at least twice the keepalive interval. Only while some other server is heard from:
+    /// when every server is silent at once the client's own network is the likelier culprit,
+    /// and its sessions wait up to the transport's `idle_timeout` (10 s), going on with
+    /// nothing lost if the network comes back in time.
     #[serde(with = "duration")]
     pub health_timeout: Duration,
     /// Time constant of the peak-EWMA latency estimate that [`LowestLatency`](super::LowestLatency) uses.

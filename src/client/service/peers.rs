@@ -235,10 +235,15 @@ impl ClientService {
             self.next_health_check = Some(now + period);
             return;
         }
+        let silence = |p: &PeerState| now.saturating_duration_since(p.conn.stats().last_received);
+        // Every server silent at once: our own network is the likelier culprit (a phone between
+        // networks, a dropped Wi-Fi). Judge no one; the sessions wait, as the servers do, up to
+        // the transport's `idle_timeout`, and go on if the network comes back in time.
+        let heard_any = self.peers.values().any(|p| silence(p) <= limit);
         let mut dead = Vec::new();
         for (peer, p) in &self.peers {
-            let silent = now.saturating_duration_since(p.conn.stats().last_received);
-            if silent > limit {
+            let silent = silence(p);
+            if silent > limit && heard_any {
                 dead.push(*peer);
             } else if silent >= period && !p.in_flight.is_empty() {
                 p.conn.ping();
