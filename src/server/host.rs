@@ -88,8 +88,9 @@ impl Host {
 
     /// Decides who may call this grain type's grains, per call: `false` answers the call
     /// `CallError::Unauthorized` before any activation (the grain is not activated for it).
-    /// It sees the caller ([`Caller`]: a verified client id and user data with tokens), the
-    /// grain's key and the method, e.g. "a player may call only its own player grain":
+    /// It sees the caller ([`Caller`](super::Caller): a verified client id and user data with
+    /// tokens), the grain's key and the method, e.g. "a player may call only its own player
+    /// grain":
     ///
     /// ```
     /// # use grainwire::{GrainKey, server::CallInfo};
