@@ -227,6 +227,10 @@ pub(crate) struct ClientService {
         std::collections::HashMap<(PeerId, RequestId), (Arc<crate::rpc::turns::Mailbox>, u64)>,
     /// The next observer call's token.
     next_token: u64,
+    /// Sequenced updates to this client's observers: per (session, observer, method), the
+    /// last one taken and its job's token (see `observed::observer_update`).
+    observer_updates:
+        std::collections::HashMap<(PeerId, u64, crate::proto::ids::MethodId), (u64, u64)>,
 }
 
 impl ClientService {
@@ -251,6 +255,7 @@ impl ClientService {
             next_health_check: None,
             last_health_check: None,
             observed: Default::default(),
+            observer_updates: Default::default(),
             next_token: 1,
         }
     }

@@ -438,6 +438,11 @@ impl GrainRef {
     ) -> Result<CallFuture, CallError<E>> {
         let queued = encode::request(self, method, args, self.timeout(calls, method), false)
             .and_then(|request| {
+                // An unreliable call must fit one datagram, whoever sends it.
+                let (size, max) = (request.size(), calls.max_request(method.delivery));
+                if method.delivery.is_unreliable() && size > max {
+                    return Err(CallError::TooLarge { size, max });
+                }
                 let cell = calls.cell();
                 match calls.submit(self, request, CallKind::Call(cell.clone())) {
                     Ok(()) => Ok(CallFuture::new(cell, calls.clone())),

@@ -331,7 +331,7 @@ pub(crate) async fn serve<I: Dispatch<O>, O: Send>(
         let status = match ran {
             Turn::Done(Some(status)) => reply.take().map_or(Some(status), |frame| {
                 if let Some((conn, rid)) = job.reply.call() {
-                    dispatch::answer(conn, *rid, frame.freeze(), false);
+                    dispatch::answer(conn, *rid, frame.freeze(), job.unreliable);
                 }
                 None
             }),

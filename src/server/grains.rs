@@ -230,9 +230,11 @@ impl Calls for ObserverCalls {
         self.default_timeout
     }
 
-    /// Calls to observers travel reliable-ordered whatever their class.
-    fn max_request(&self, _: crate::interface::DeliveryClass) -> usize {
-        self.max_request
+    fn max_request(&self, class: crate::interface::DeliveryClass) -> usize {
+        match class.is_unreliable() {
+            true => crate::client::max_request(&self.endpoint.config, class),
+            false => self.max_request,
+        }
     }
 
     fn cell(&self) -> Arc<CallCell> {
@@ -247,7 +249,8 @@ impl Calls for ObserverCalls {
     ) -> Result<(), CallError<Infallible>> {
         let GrainKey::Id(key) = r.id().key else { return Err(CallError::ObserverGone) };
         let (frame, flags, timeout) = (request.frame, request.flags, request.timeout);
-        let call = ObserverCall { key, stream: r.stream, frame, flags, timeout, kind };
+        let class = request.method.delivery;
+        let call = ObserverCall { key, stream: r.stream, frame, flags, timeout, kind, class };
         match self.command(ServerCmd::ObserverCall(call)) {
             true => Ok(()),
             // The server's task is gone.

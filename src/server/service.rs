@@ -125,6 +125,8 @@ struct PeerState {
     instance: Option<u64>,
     observers: IdSet<u64>,
     outbound: Outbound<()>,
+    /// The number of the last sequenced update sent to its observers.
+    update_seq: u64,
 }
 
 /// Why a call is refused, to count it.
@@ -438,6 +440,7 @@ impl Service for ServerService {
                         instance: None,
                         observers: IdSet::default(),
                         outbound: Outbound::default(),
+                        update_seq: 0,
                     },
                 );
             }

@@ -97,6 +97,16 @@ impl ClientService {
                 self.observer_call(peer, CallKind::OneWay, call, args);
                 return;
             }
+            Ok(RpcFrame::Extended { kind, body }) if kind == rpc::EXT_UPDATE => {
+                match rpc::decode_update(body) {
+                    Ok((seq, call, args)) => {
+                        let args = payload.slice_ref(args);
+                        self.observer_update(peer, seq, call, args);
+                    }
+                    Err(error) => tracing::debug!(?peer, %error, "undecodable update; ignored"),
+                }
+                return;
+            }
             Ok(RpcFrame::Cancel { id }) => {
                 self.observer_cancel(peer, id);
                 return;

@@ -35,34 +35,76 @@ impl ClientService {
         }
     }
 
-    /// A server calls an observer: into its mailbox, or answered at once when it cannot run.
+    /// A server sends an observer a sequenced update: dropped when older than one taken from
+    /// the same session for the same observer and method; a queued older one is replaced (the
+    /// observer runs only the latest), as a server does for its grains.
+    pub(super) fn observer_update(
+        &mut self,
+        peer: PeerId,
+        seq: u64,
+        call: CallHeader,
+        args: Bytes,
+    ) {
+        let GrainKey::Id(key) = call.key else { return };
+        let observers = &self.shared.observers;
+        let (instance, n) = ((key >> 64) as u64, key as u64);
+        let hosted = (instance == observers.instance).then(|| observers.get(n)).flatten();
+        let Some((mailbox, info)) = hosted else { return };
+        let sequenced = info.method(call.method).map(|m| m.delivery);
+        if sequenced != Some(crate::interface::DeliveryClass::Sequenced) {
+            return;
+        }
+        let entry = (peer, n, call.method);
+        if let Some(&(last, token)) = self.observer_updates.get(&entry) {
+            if seq <= last {
+                return;
+            }
+            mailbox.remove(token);
+        }
+        if let Some(token) = self.observer_call(peer, CallKind::OneWay, call, args) {
+            self.observer_updates.insert(entry, (seq, token));
+        }
+    }
+
+    /// A server calls an observer: into its mailbox (its job's token), or answered at once
+    /// when it cannot run.
     pub(super) fn observer_call(
         &mut self,
         peer: PeerId,
         id: CallKind<RequestId>,
         call: CallHeader,
         args: Bytes,
-    ) {
-        let Some(conn) = self.peers.get(&peer).map(|p| p.conn.clone()) else { return };
+    ) -> Option<u64> {
+        let conn = self.peers.get(&peer).map(|p| p.conn.clone())?;
         let refuse = |status: Status, payload: &[u8]| {
             if let CallKind::Call(id) = id {
                 conn.push(Delivery::ReliableUnordered, dispatch::status(id, status, payload));
             }
         };
         let observers = &self.shared.observers;
-        let GrainKey::Id(key) = call.key else { return refuse(Status::ObserverGone, &[]) };
+        let GrainKey::Id(key) = call.key else {
+            refuse(Status::ObserverGone, &[]);
+            return None;
+        };
         let (instance, n) = ((key >> 64) as u64, key as u64);
         let hosted = (instance == observers.instance).then(|| observers.get(n)).flatten();
-        let Some((mailbox, info)) = hosted else { return refuse(Status::ObserverGone, &[]) };
-        if info.method(call.method).is_none() {
-            return refuse(Status::UnknownMethod, &[]);
-        }
+        let Some((mailbox, info)) = hosted else {
+            refuse(Status::ObserverGone, &[]);
+            return None;
+        };
+        let Some(method) = info.method(call.method) else {
+            refuse(Status::UnknownMethod, &[]);
+            return None;
+        };
         if call.version != info.version {
-            return refuse(Status::IncompatibleVersion, &[info.version]);
+            refuse(Status::IncompatibleVersion, &[info.version]);
+            return None;
         }
         if self.observed.len() >= MAX_OBSERVER_CALLS || mailbox.len() >= MAX_QUEUED_PER_OBSERVER {
-            return refuse(Status::Overloaded, &[]);
+            refuse(Status::Overloaded, &[]);
+            return None;
         }
+        let unreliable = method.delivery.is_unreliable();
         let token = self.next_token;
         self.next_token += 1;
         let deadline = tokio::time::Instant::now()
@@ -72,12 +114,13 @@ impl ClientService {
         let caller = Caller::new(SessionId(peer.0), conn.remote_addr(), None);
         let reply = id.map(|id| (conn.clone(), id));
         let method = call.method;
-        let (iface, unreliable, ended) = (0, false, None);
+        let (iface, ended) = (0, None);
         let job = Job { token, reply, iface, unreliable, method, args, caller, deadline, ended };
         if let CallKind::Call(id) = id {
             self.observed.insert((peer, id), (mailbox.clone(), token));
         }
         mailbox.push(job);
+        Some(token)
     }
 
     /// A server gave up on an observer call.
@@ -92,6 +135,7 @@ impl ClientService {
     /// Session `peer` ended: its servers' queued observer calls will not be answered there;
     /// they do not run.
     pub(super) fn observers_lost(&mut self, peer: PeerId) {
+        self.observer_updates.retain(|(p, _, _), _| *p != peer);
         self.observed.retain(|(p, _), (mailbox, token)| {
             if *p == peer {
                 mailbox.remove(*token);

@@ -57,6 +57,8 @@ pub(crate) struct ObserverCall {
     pub(crate) flags: u8,
     pub(crate) timeout: Duration,
     pub(crate) kind: CallKind<Arc<CallCell>>,
+    /// Its method's delivery class.
+    pub(crate) class: DeliveryClass,
 }
 
 #[derive(Debug)]
@@ -120,9 +122,16 @@ impl ServerService {
         }
         let cell = call.kind.call().cloned();
         let kind = call.kind.map(|cell| Awaited { cell, started: now, deadline, kept: () });
-        // Calls to observers travel reliable-ordered whatever their method's class (a client
-        // hosting observers keeps no sequence state; see the README's known limits).
-        let lane = Lane { stream: call.stream, class: DeliveryClass::ReliableOrdered, seq: 0 };
+        // As its method's class says: a sequenced update numbered for this session (the
+        // client keeps the latest per observer and method, as a server does for grains).
+        let seq = match call.class {
+            DeliveryClass::Sequenced => {
+                p.update_seq += 1;
+                p.update_seq
+            }
+            _ => 0,
+        };
+        let lane = Lane { stream: call.stream, class: call.class, seq };
         let id = p.outbound.send(&p.conn, call.frame, call.flags, 0, lane, kind);
         if let (Some(id), Some(cell)) = (id, cell) {
             self.observers.busy.insert(peer);
