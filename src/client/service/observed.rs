@@ -29,7 +29,10 @@ impl ClientService {
     }
 
     /// Observer `n` was added (`observe`) or dropped: every session learns it.
-    pub(super) fn observer_changed(&self, n: u64, observe: bool) {
+    pub(super) fn observer_changed(&mut self, n: u64, observe: bool) {
+        if !observe {
+            self.observer_updates.retain(|(_, o, _), _| *o != n);
+        }
         for p in self.peers.values().filter(|p| !p.closed) {
             self.send_observe(&p.conn, observe, &[n]);
         }
