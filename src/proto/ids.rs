@@ -136,6 +136,18 @@ pub enum GrainKey {
 }
 
 impl GrainKey {
+    /// Its kind as a number (0 `Int` … 4 `IdExt`): what a request's head and a reference's
+    /// surrogate carry to say which kind of key follows.
+    pub(crate) fn tag(&self) -> u8 {
+        match self {
+            GrainKey::Int(_) => 0,
+            GrainKey::Str(_) => 1,
+            GrainKey::Id(_) => 2,
+            GrainKey::IntExt(..) => 3,
+            GrainKey::IdExt(..) => 4,
+        }
+    }
+
     /// Appends the canonical bytes of the key (the input of its stable hash).
     pub(crate) fn canonical(&self, out: &mut smallvec::SmallVec<[u8; 64]>) {
         let ext = |out: &mut smallvec::SmallVec<[u8; 64]>, s: &str| {

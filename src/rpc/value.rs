@@ -87,22 +87,11 @@ fn binding(observer: bool) -> Via {
         .unwrap_or(Via::Unbound)
 }
 
-fn key_tag(key: &GrainKey) -> u8 {
-    match key {
-        GrainKey::Int(_) => 0,
-        GrainKey::Str(_) => 1,
-        GrainKey::Id(_) => 2,
-        GrainKey::IntExt(..) => 3,
-        GrainKey::IdExt(..) => 4,
-    }
-}
-
 /// The head byte and the interface/version bytes of `r`'s surrogate.
 fn head(r: &GrainRef) -> (u8, [u8; 4]) {
     let other = r.id.ty != r.info.grain_type;
-    let head = key_tag(&r.id.key)
-        | if other { OTHER_TYPE } else { 0 }
-        | if r.observer { OBSERVER } else { 0 };
+    let head =
+        r.id.key.tag() | if other { OTHER_TYPE } else { 0 } | if r.observer { OBSERVER } else { 0 };
     let [a, b, c, _] = r.info.id.0.to_le_bytes();
     (head, [a, b, c, r.info.version])
 }
@@ -136,7 +125,7 @@ impl Serialize for Body<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let r = self.0;
         let other = r.id.ty != r.info.grain_type;
-        let mut t = s.serialize_tuple(body_len(key_tag(&r.id.key), other))?;
+        let mut t = s.serialize_tuple(body_len(r.id.key.tag(), other))?;
         if other {
             t.serialize_element(&r.id.ty.0.to_le_bytes())?;
         }

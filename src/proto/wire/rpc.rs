@@ -219,16 +219,6 @@ fn read_id(r: &mut Reader<'_>) -> Result<RequestId, WireError> {
     Ok(RequestId { slot: r.varint_u32("request slot")?, generation: u32::from(r.u16()?) })
 }
 
-fn key_tag(key: &GrainKey) -> u8 {
-    match key {
-        GrainKey::Int(_) => 0,
-        GrainKey::Str(_) => 1,
-        GrainKey::Id(_) => 2,
-        GrainKey::IntExt(..) => 3,
-        GrainKey::IdExt(..) => 4,
-    }
-}
-
 fn zigzag(i: i64) -> u64 {
     ((i << 1) ^ (i >> 63)) as u64
 }
@@ -298,7 +288,7 @@ pub fn put_chain(out: &mut impl BufMut, ids: &[GrainId], last: Option<&GrainId>)
     put_varint(out, n as u64);
     for id in ids.iter().chain(last).take(n) {
         out.put_slice(&id.ty.0.to_le_bytes());
-        out.put_u8(key_tag(&id.key));
+        out.put_u8(id.key.tag());
         put_key(out, &id.key);
     }
     HAS_CHAIN
@@ -333,7 +323,7 @@ pub fn decode_deadlock(payload: &[u8]) -> Result<Vec<GrainId>, WireError> {
 /// appends the postcard-encoded arguments right after.
 pub fn encode_call(out: &mut impl BufMut, id: Option<RequestId>, call: &CallHeader) {
     let kind = if id.is_some() { KIND_REQUEST } else { KIND_ONE_WAY };
-    let mut head = kind | (key_tag(&call.key) << KEY_SHIFT);
+    let mut head = kind | (call.key.tag() << KEY_SHIFT);
     if call.deadline_ms.is_some() {
         head |= HAS_DEADLINE;
     }
@@ -391,7 +381,7 @@ pub fn encode_request_prefix(
 /// [`encode_request_prefix`]). `call.type_index` and `call.chain` are not written: the caller
 /// appends a chain with [`put_chain`] (and ORs its flag into these) before the arguments.
 pub fn encode_request_body(out: &mut impl BufMut, call: &CallHeader) -> u8 {
-    let mut flags = key_tag(&call.key) << KEY_SHIFT;
+    let mut flags = call.key.tag() << KEY_SHIFT;
     if call.deadline_ms.is_some() {
         flags |= HAS_DEADLINE;
     }
