@@ -4,12 +4,15 @@
 //! deadlines and a panic among them replaces the instance once they are done. Over the
 //! simulated network, in virtual time.
 
+mod support;
+
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use grainwire::server::context;
 use grainwire::transport::sim::{SimConfig, SimNetwork};
 use grainwire::{CallError, Client, ClientConfig, GrainId, Server, ServerConfig};
+use support::{paused, server_addr};
 
 #[grainwire::grain]
 trait Desk {
@@ -99,10 +102,6 @@ fn flat(r: Result<u32, CallError<String>>) -> Result<u32, String> {
     }
 }
 
-fn server_addr(i: usize) -> std::net::SocketAddr {
-    format!("10.0.0.{}:7000", i + 1).parse().unwrap()
-}
-
 fn fleet(net: &SimNetwork, n: usize) -> Vec<Server> {
     (0..n)
         .map(|i| {
@@ -120,12 +119,7 @@ fn fleet(net: &SimNetwork, n: usize) -> Vec<Server> {
 }
 
 fn run(test: impl AsyncFnOnce(Client) + 'static) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .start_paused(true)
-        .build()
-        .unwrap();
-    rt.block_on(async {
+    paused(async {
         let net = SimNetwork::new(
             31,
             SimConfig {

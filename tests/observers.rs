@@ -6,12 +6,15 @@
 //! observer as `ObserverGone`; a client that never answers its observer calls is bounded and
 //! closed. Over the simulated network in virtual time, and over real UDP.
 
+mod support;
+
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use grainwire::transport::sim::{SimConfig, SimNetwork};
+use grainwire::transport::sim::SimNetwork;
 use grainwire::{Client, ClientConfig, GrainId, GrainInterface, Server, ServerConfig};
+use support::{fleet_client, lossy, paused, server_addr};
 
 #[grainwire::grain]
 trait ChatView {
@@ -122,10 +125,6 @@ impl Room for RoomState {
     }
 }
 
-fn server_addr(i: usize) -> SocketAddr {
-    format!("10.0.0.{}:7000", i + 1).parse().unwrap()
-}
-
 fn serve(net: &SimNetwork, i: usize, n: usize, config: ServerConfig) -> Server {
     let id = format!("s{i}");
     let config = ServerConfig {
@@ -137,42 +136,6 @@ fn serve(net: &SimNetwork, i: usize, n: usize, config: ServerConfig) -> Server {
         .host(Room::host(move |_: &GrainId| RoomState { server: id.clone(), views: Vec::new() }))
         .bind_sim(net, server_addr(i))
         .unwrap()
-}
-
-fn lossy(seed: u64) -> SimNetwork {
-    SimNetwork::new(
-        seed,
-        SimConfig {
-            delay: Duration::from_millis(4),
-            jitter: Duration::from_millis(2),
-            loss: 0.05,
-            duplicate: 0.02,
-            reorder: 0.05,
-            reorder_delay: Duration::from_millis(6),
-            ..SimConfig::default()
-        },
-    )
-}
-
-async fn client(net: &SimNetwork, at: &str, servers: usize) -> Client {
-    Client::builder()
-        .config(ClientConfig {
-            default_timeout: Duration::from_secs(30),
-            ..ClientConfig::default()
-        })
-        .servers((0..servers).map(server_addr))
-        .connect_sim(net, at.parse().unwrap())
-        .await
-        .unwrap()
-}
-
-fn paused(test: impl std::future::Future<Output = ()>) {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .start_paused(true)
-        .build()
-        .unwrap()
-        .block_on(test);
 }
 
 /// Waits (virtual time) until `f` holds, at most `limit`.
@@ -189,7 +152,7 @@ fn pushes_arrive_in_order_and_calls_get_results() {
     paused(async {
         let net = lossy(40);
         let server = serve(&net, 0, 1, ServerConfig::default());
-        let c = client(&net, "10.0.1.1:0", 1).await;
+        let c = fleet_client(&net, "10.0.1.1:0", 1).await;
         let lines = Lines::default();
         let view: ChatViewRef = c.observe(View { lines: lines.clone() });
         assert!(view.grain_ref().is_observer());
@@ -219,8 +182,8 @@ fn pushes_wait_for_a_reconnecting_client_and_fail_once_it_is_gone() {
             ServerConfig { observer_grace: Duration::from_secs(20), ..ServerConfig::default() };
         let server = serve(&net, 0, 1, config);
         let at: SocketAddr = "10.0.1.1:5000".parse().unwrap();
-        let c = client(&net, "10.0.1.1:5000", 1).await;
-        let other = client(&net, "10.0.1.2:0", 1).await;
+        let c = fleet_client(&net, "10.0.1.1:5000", 1).await;
+        let other = fleet_client(&net, "10.0.1.2:0", 1).await;
         let lines = Lines::default();
         let view: ChatViewRef = c.observe(View { lines: lines.clone() });
         let room: RoomRef = other.grain("r");
@@ -256,7 +219,7 @@ fn observers_survive_a_failover() {
         let net = lossy(42);
         let mut servers: Vec<Option<Server>> =
             (0..2).map(|i| Some(serve(&net, i, 2, ServerConfig::default()))).collect();
-        let c = client(&net, "10.0.1.1:0", 2).await;
+        let c = fleet_client(&net, "10.0.1.1:0", 2).await;
         let lines = Lines::default();
         let view: ChatViewRef = c.observe(View { lines: lines.clone() });
         // A room placed on server 0, the one that dies.
@@ -305,8 +268,8 @@ fn a_client_that_never_answers_is_bounded_and_closed() {
             ..ServerConfig::default()
         };
         let server = serve(&net, 0, 1, config);
-        let c = client(&net, "10.0.1.1:0", 1).await;
-        let other = client(&net, "10.0.1.2:0", 1).await;
+        let c = fleet_client(&net, "10.0.1.1:0", 1).await;
+        let other = fleet_client(&net, "10.0.1.2:0", 1).await;
         let view: ChatViewRef = c.observe(View { lines: Lines::default() });
         let room: RoomRef = other.grain("r");
         room.subscribe(view).await.unwrap();

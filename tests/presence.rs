@@ -8,14 +8,13 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use grainwire::error::DisconnectReason;
 use grainwire::server::{SessionEnded, caller, context};
-use grainwire::transport::sim::{SimConfig, SimNetwork};
-use grainwire::{Client, ClientConfig, GrainId, Server, ServerConfig};
-use support::wait_until;
+use grainwire::transport::sim::SimNetwork;
+use grainwire::{Client, GrainId, Server, ServerConfig};
+use support::{fleet_client, lossy, paused, wait_until};
 
 #[grainwire::grain]
 trait Room {
@@ -73,21 +72,6 @@ impl Room for RoomState {
 
 const SERVER: &str = "10.0.0.1:7000";
 
-fn lossy(seed: u64) -> SimNetwork {
-    SimNetwork::new(
-        seed,
-        SimConfig {
-            delay: Duration::from_millis(5),
-            jitter: Duration::from_millis(2),
-            loss: 0.05,
-            duplicate: 0.02,
-            reorder: 0.05,
-            reorder_delay: Duration::from_millis(8),
-            ..SimConfig::default()
-        },
-    )
-}
-
 fn server(net: &SimNetwork) -> Server {
     Server::builder(ServerConfig::default())
         .host(Room::host(|_: &GrainId| RoomState::default()))
@@ -95,34 +79,18 @@ fn server(net: &SimNetwork) -> Server {
         .unwrap()
 }
 
-async fn client(net: &SimNetwork, at: &str) -> Client {
-    Client::builder()
-        .config(ClientConfig {
-            default_timeout: Duration::from_secs(30),
-            ..ClientConfig::default()
-        })
-        .servers([SERVER.parse::<SocketAddr>().unwrap()])
-        .connect_sim(net, at.parse().unwrap())
-        .await
-        .unwrap()
-}
-
-fn paused() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread().enable_all().start_paused(true).build().unwrap()
-}
-
 /// Four players join two rooms; one closes the game, one goes silent, one leaves first then
 /// closes, one stays: each room is told exactly of the sessions that ended while watched, once
 /// each, with the reason.
 #[test]
 fn presence_fires_once_per_ended_session() {
-    paused().block_on(async {
+    paused(async {
         let net = lossy(41);
         let s = server(&net);
-        let ann = client(&net, "10.0.1.1:5000").await;
-        let bob = client(&net, "10.0.1.2:5000").await;
-        let cy = client(&net, "10.0.1.3:5000").await;
-        let dee = client(&net, "10.0.1.4:5000").await;
+        let ann = fleet_client(&net, "10.0.1.1:5000", 1).await;
+        let bob = fleet_client(&net, "10.0.1.2:5000", 1).await;
+        let cy = fleet_client(&net, "10.0.1.3:5000", 1).await;
+        let dee = fleet_client(&net, "10.0.1.4:5000", 1).await;
         for (c, name) in [(&ann, "ann"), (&bob, "bob"), (&cy, "cy"), (&dee, "dee")] {
             let room: RoomRef = c.grain("main");
             room.join(name.into()).await.unwrap();
@@ -197,14 +165,14 @@ impl Latecomer for LatecomerState {
 /// is told at once.
 #[test]
 fn a_watch_of_a_session_already_ended_is_told_at_once() {
-    paused().block_on(async {
+    paused(async {
         let net = lossy(42);
         let s = Server::builder(ServerConfig::default())
             .host(Latecomer::host(|_: &GrainId| LatecomerState::default()))
             .bind_sim(&net, SERVER.parse().unwrap())
             .unwrap();
-        let a = client(&net, "10.0.1.1:5000").await;
-        let b = client(&net, "10.0.1.2:5000").await;
+        let a = fleet_client(&net, "10.0.1.1:5000", 1).await;
+        let b = fleet_client(&net, "10.0.1.2:5000", 1).await;
         let grain: LatecomerRef = a.grain("x");
         // A call that watches a's session 2 s after it started; a closes meanwhile.
         let send = tokio::spawn(async move { grain.watch_later(2_000).await });

@@ -8,6 +8,8 @@
 //! caller, and a chain that would wait on itself fails at once, naming the chain. Over the
 //! simulated network with loss, duplication and reordering (virtual time), and over real UDP.
 
+mod support;
+
 use std::collections::{BTreeSet, HashSet};
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -15,10 +17,9 @@ use std::time::Duration;
 use grainwire::error::ReferenceError;
 use grainwire::server::context;
 use grainwire::transport::sim::{SimConfig, SimNetwork};
-use grainwire::{
-    CallError, Client, ClientConfig, GrainId, GrainInterface, GrainKey, Server, ServerConfig,
-};
+use grainwire::{CallError, Client, GrainId, GrainInterface, GrainKey, Server, ServerConfig};
 use serde::{Deserialize, Serialize};
+use support::{fleet_client, lossy, paused, server_addr};
 
 #[grainwire::grain]
 trait Player {
@@ -181,10 +182,6 @@ impl Lobby for LobbyState {
     }
 }
 
-fn server_addr(i: usize) -> SocketAddr {
-    format!("10.0.0.{}:7000", i + 1).parse().unwrap()
-}
-
 /// Servers 0..n on `net`, each hosting every type, each knowing the others as peers.
 fn fleet(net: &SimNetwork, n: usize) -> Vec<Server> {
     (0..n)
@@ -208,39 +205,12 @@ fn fleet(net: &SimNetwork, n: usize) -> Vec<Server> {
         .collect()
 }
 
-fn lossy(seed: u64) -> SimNetwork {
-    SimNetwork::new(
-        seed,
-        SimConfig {
-            delay: Duration::from_millis(5),
-            jitter: Duration::from_millis(2),
-            loss: 0.05,
-            duplicate: 0.02,
-            reorder: 0.05,
-            reorder_delay: Duration::from_millis(8),
-            ..SimConfig::default()
-        },
-    )
-}
-
-async fn client(net: &SimNetwork, at: &str, servers: usize) -> Client {
-    Client::builder()
-        .config(ClientConfig {
-            default_timeout: Duration::from_secs(30),
-            ..ClientConfig::default()
-        })
-        .servers((0..servers).map(server_addr))
-        .connect_sim(net, at.parse().unwrap())
-        .await
-        .unwrap()
-}
-
 #[test]
 fn references_are_values() {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let net = SimNetwork::new(1, SimConfig::default());
     let _servers = rt.block_on(async { fleet(&net, 1) });
-    let c = rt.block_on(client(&net, "10.0.1.1:0", 1));
+    let c = rt.block_on(fleet_client(&net, "10.0.1.1:0", 1));
     let a: PlayerRef = c.grain("ann");
     let a2 = c.grain::<PlayerRef>("ann").with_timeout(Duration::from_secs(1));
     let b: PlayerRef = c.grain("bob");
@@ -330,15 +300,10 @@ fn references_are_values() {
 /// with loss, duplication and reordering.
 #[test]
 fn references_flow_through_calls_and_are_callable_at_once() {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .start_paused(true)
-        .build()
-        .unwrap();
-    rt.block_on(async {
+    paused(async {
         let net = lossy(20);
         let servers = fleet(&net, 2);
-        let c = client(&net, "10.0.1.1:0", 2).await;
+        let c = fleet_client(&net, "10.0.1.1:0", 2).await;
         let lobby: LobbyRef = c.grain("main");
         let players: Vec<PlayerRef> =
             ["ann", "bob", "cy", "dee", "eve"].iter().map(|n| c.grain(*n)).collect();
@@ -383,15 +348,10 @@ fn references_flow_through_calls_and_are_callable_at_once() {
 /// calling grain as its caller.
 #[test]
 fn grain_calls_carry_the_deadline_and_the_caller() {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .start_paused(true)
-        .build()
-        .unwrap();
-    rt.block_on(async {
+    paused(async {
         let net = lossy(21);
         let servers = fleet(&net, 2);
-        let c = client(&net, "10.0.1.1:0", 2).await;
+        let c = fleet_client(&net, "10.0.1.1:0", 2).await;
         let room: RoomRef = c.grain("r");
         let player: PlayerRef = c.grain("p");
         // Plenty of time: the relayed call is served.
@@ -425,15 +385,10 @@ fn grain_calls_carry_the_deadline_and_the_caller() {
 /// A -> B -> A while A is busy, and A -> A, fail at once with the chain.
 #[test]
 fn a_call_that_would_wait_on_itself_fails_at_once_naming_the_chain() {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .start_paused(true)
-        .build()
-        .unwrap();
-    rt.block_on(async {
+    paused(async {
         let net = lossy(22);
         let servers = fleet(&net, 2);
-        let c = client(&net, "10.0.1.1:0", 2).await;
+        let c = fleet_client(&net, "10.0.1.1:0", 2).await;
         let lobby: LobbyRef = c.grain("l");
         let ann: PlayerRef = c.grain("ann");
         let room = lobby.find_room(ann.clone()).await.unwrap();

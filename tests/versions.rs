@@ -8,14 +8,13 @@
 
 mod support;
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use grainwire::error::ReferenceError;
 use grainwire::server::{Host, ServerError, context};
 use grainwire::transport::sim::{SimConfig, SimNetwork};
-use grainwire::{CallError, Client, ClientConfig, GrainId, GrainKey, Server, ServerConfig};
-use support::wait_until;
+use grainwire::{CallError, Client, GrainId, GrainKey, Server, ServerConfig};
+use support::{fleet_client, lossy, paused, server_addr, wait_until};
 
 /// `Player` as the fleet first shipped it.
 #[grainwire::grain(name = "Player", version = 1)]
@@ -155,43 +154,12 @@ fn player_host(build: Build) -> Host {
     }
 }
 
-fn server_addr(i: usize) -> SocketAddr {
-    format!("10.0.0.{}:7000", i + 1).parse().unwrap()
-}
-
 fn start(net: &SimNetwork, i: usize, build: Build) -> Server {
     let config = ServerConfig { server_id: Some(format!("s{i}")), ..ServerConfig::default() };
     Server::builder(config)
         .host(player_host(build))
         .host(Room::host(|_: &GrainId| RoomState))
         .bind_sim(net, server_addr(i))
-        .unwrap()
-}
-
-fn lossy(seed: u64) -> SimNetwork {
-    SimNetwork::new(
-        seed,
-        SimConfig {
-            delay: Duration::from_millis(5),
-            jitter: Duration::from_millis(2),
-            loss: 0.05,
-            duplicate: 0.02,
-            reorder: 0.05,
-            reorder_delay: Duration::from_millis(8),
-            ..SimConfig::default()
-        },
-    )
-}
-
-async fn client(net: &SimNetwork, at: &str, servers: usize) -> Client {
-    Client::builder()
-        .config(ClientConfig {
-            default_timeout: Duration::from_secs(30),
-            ..ClientConfig::default()
-        })
-        .servers((0..servers).map(server_addr))
-        .connect_sim(net, at.parse().unwrap())
-        .await
         .unwrap()
 }
 
@@ -298,17 +266,12 @@ fn count(list: &[String], what: &str) -> usize {
 /// both versions named, and what is served is exactly what the rule says.
 #[test]
 fn a_rolling_upgrade_serves_every_call_it_can_and_refuses_the_rest_typed() {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .start_paused(true)
-        .build()
-        .unwrap();
-    rt.block_on(async {
+    paused(async {
         let net = lossy(31);
         let mut fleet: Vec<Option<Server>> =
             (0..3).map(|i| Some(start(&net, i, Build::V1))).collect();
-        let old = client(&net, "10.0.1.1:0", 3).await;
-        let new = client(&net, "10.0.1.2:0", 3).await;
+        let old = fleet_client(&net, "10.0.1.1:0", 3).await;
+        let new = fleet_client(&net, "10.0.1.2:0", 3).await;
         let keys = ["ann", "bob", "cy", "dee", "eve", "fay", "gus", "hal", "ivy", "jo", "kim"];
         let (k, all) = (keys.len(), 3 * keys.len());
 
@@ -356,15 +319,10 @@ fn a_rolling_upgrade_serves_every_call_it_can_and_refuses_the_rest_typed() {
 /// them, and a cast the fleet cannot serve is a typed error.
 #[test]
 fn a_grain_with_several_interfaces_is_cast_between_them() {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .start_paused(true)
-        .build()
-        .unwrap();
-    rt.block_on(async {
+    paused(async {
         let net = lossy(32);
         let _fleet: Vec<Server> = (0..2).map(|i| start(&net, i, Build::V2)).collect();
-        let c = client(&net, "10.0.1.1:0", 2).await;
+        let c = fleet_client(&net, "10.0.1.1:0", 2).await;
         let ann: PlayerRef = c.grain("ann");
         let bag: InventoryRef = ann.cast().unwrap();
         assert_eq!(bag.id(), ann.id(), "the same grain");
