@@ -14,7 +14,7 @@ use grainwire::interface::DeliveryClass;
 use grainwire::server::context;
 use grainwire::transport::sim::{SimConfig, SimNetwork};
 use grainwire::{CallError, Client, ClientConfig, GrainId, GrainKey, Server, ServerConfig};
-use support::wait_until;
+use support::{paused, wait_until};
 
 #[grainwire::grain]
 trait Avatar {
@@ -135,10 +135,6 @@ async fn client(net: &SimNetwork) -> Client {
         .unwrap()
 }
 
-fn paused() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread().enable_all().start_paused(true).build().unwrap()
-}
-
 fn increasing(v: &[u64]) -> bool {
     v.windows(2).all(|w| w[0] < w[1])
 }
@@ -150,7 +146,7 @@ fn increasing(v: &[u64]) -> bool {
 #[test]
 fn sequenced_updates_never_go_backwards_and_reliable_calls_are_unaffected() {
     for (seed, loss) in [(1, 0.0), (2, 0.05), (3, 0.2)] {
-        paused().block_on(async {
+        paused(async {
             let net = net(seed, loss);
             let log = Log::default();
             let s = server(&net, &log);
@@ -197,7 +193,7 @@ fn sequenced_updates_never_go_backwards_and_reliable_calls_are_unaffected() {
 /// Two grains and two methods of one grain: their updates never drop each other's.
 #[test]
 fn updates_to_other_grains_and_methods_never_drop_each_other() {
-    paused().block_on(async {
+    paused(async {
         let net = net(4, 0.0);
         let log = Log::default();
         let s = server(&net, &log);
@@ -235,7 +231,7 @@ fn updates_to_other_grains_and_methods_never_drop_each_other() {
 /// A grain busy applying an update runs only the latest of those queued behind it.
 #[test]
 fn a_busy_grain_runs_only_the_latest_queued_update() {
-    paused().block_on(async {
+    paused(async {
         let net = net(5, 0.0);
         let log = Log::default();
         let s = server(&net, &log);
@@ -267,7 +263,7 @@ fn a_busy_grain_runs_only_the_latest_queued_update() {
 /// resent); the next one is answered. An unreliable one-way message that is lost is gone.
 #[test]
 fn an_unreliable_call_whose_packet_is_lost_times_out() {
-    paused().block_on(async {
+    paused(async {
         let net = net(6, 0.0);
         let log = Log::default();
         let _s = server(&net, &log);
@@ -300,7 +296,7 @@ fn an_unreliable_call_whose_packet_is_lost_times_out() {
 /// An unreliable message must fit one datagram: a larger one is a typed error, not sent.
 #[test]
 fn an_unreliable_message_larger_than_a_datagram_is_a_typed_error() {
-    paused().block_on(async {
+    paused(async {
         let net = net(7, 0.0);
         let log = Log::default();
         let _s = server(&net, &log);
@@ -331,7 +327,7 @@ trait ReliableAvatar {
 /// incompatible (typed), never served with the wrong class.
 #[test]
 fn a_caller_and_a_host_that_disagree_on_a_class_are_incompatible() {
-    paused().block_on(async {
+    paused(async {
         let net = net(8, 0.0);
         let log = Log::default();
         let _s = server(&net, &log);
@@ -425,7 +421,7 @@ impl Radar for Screen {
 /// unreliable observer call is answered.
 #[test]
 fn sequenced_pushes_to_an_observer_never_go_backwards_and_coalesce() {
-    paused().block_on(async {
+    paused(async {
         let net = net(9, 0.2);
         let s = Server::builder(ServerConfig::default())
             .host(Tower::host(|_: &GrainId| TowerState))

@@ -7,6 +7,8 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+mod support;
+
 use grainwire::auth::{ConnectToken, TokenKey};
 use grainwire::transport::sim::{SimConfig, SimNetwork};
 use grainwire::{Client, ClientConfig, GrainId, Server, ServerConfig};
@@ -51,12 +53,7 @@ const PLAYER: &str = "10.0.1.1:5000";
 #[test]
 fn a_few_seconds_without_network_keep_the_session() {
     for protected in [false, true] {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .start_paused(true)
-            .build()
-            .unwrap();
-        rt.block_on(async {
+        support::paused(async {
             let net = SimNetwork::new(
                 9,
                 SimConfig { delay: Duration::from_millis(20), ..SimConfig::default() },
