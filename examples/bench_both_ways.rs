@@ -331,6 +331,13 @@ impl Lobby for Rooms {
     }
 }
 
+/// The largest datagram the client (port 5000) sent `at` since sizes were last recorded.
+fn largest_sent(net: &grainwire::transport::sim::SimNetwork, at: SocketAddr) -> usize {
+    let sizes = net.recorded_sizes().into_iter();
+    let sent = sizes.filter(|(from, to, _)| from.port() == 5000 && *to == at).map(|(_, _, n)| n);
+    sent.max().unwrap_or(0)
+}
+
 /// Request datagram sizes on the simulated network: a reference argument vs its key.
 async fn sizes() {
     use grainwire::transport::sim::{SimConfig, SimNetwork};
@@ -365,14 +372,7 @@ async fn sizes() {
             }
             // The request: the largest datagram from the client to the server (the others
             // are acknowledgements).
-            let request = net
-                .recorded_sizes()
-                .into_iter()
-                .filter(|(from, to, _)| from.port() == 5000 && *to == at)
-                .map(|(_, _, n)| n)
-                .max()
-                .unwrap_or(0);
-            sent.push(request);
+            sent.push(largest_sent(&net, at));
         }
         let key_bytes = postcard::to_allocvec(&key).expect("encode").len();
         let ref_bytes = postcard::to_allocvec(&room).expect("encode").len();
@@ -398,14 +398,7 @@ async fn sizes() {
                 mover.reliable([n; 32]).await.expect("one-way");
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
-            let sent = net
-                .recorded_sizes()
-                .into_iter()
-                .filter(|(from, to, _)| from.port() == 5000 && *to == at)
-                .map(|(_, _, n)| n)
-                .max()
-                .unwrap_or(0);
-            largest = largest.max(sent);
+            largest = largest.max(largest_sent(&net, at));
         }
         let what = if sequenced { "sequenced update" } else { "reliable one-way call" };
         println!(
