@@ -4,7 +4,7 @@
 //! (`ClientBuilder::token`), servers that hold the key (`ServerBuilder::token_keys`,
 //! [`AuthConfig`]) verify it before keeping any state, may [`Approve`] the client, protect
 //! every packet of its session with the token's secrets, and tell grains who calls
-//! ([`caller`], [`Caller`]; `Host::authorize`). The README's security model says what is
+//! ([`caller`], [`Caller`]; `Host::authorize`). GUIDE.md's security model says what is
 //! protected and what is not.
 //!
 //! ```

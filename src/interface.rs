@@ -93,7 +93,7 @@ pub struct MethodInfo {
     /// It takes `&self` (a shared borrow of the grain).
     pub shared: bool,
     /// It may run while the grain awaits in a call of another `&self` method
-    /// (`#[interleave]`; see the README's "Interleaving").
+    /// (`#[interleave]`; see GUIDE.md's "References and calls both ways" for its risks).
     pub interleave: bool,
     /// Its deadline if set on the method (`#[timeout_ms = N]`).
     pub timeout: Option<Duration>,

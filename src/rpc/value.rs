@@ -48,7 +48,7 @@ const OBSERVER: u8 = 0x10;
 /// The head's bits a reference may set (the rest are for later versions, and refused now).
 const KNOWN: u8 = 0x1f;
 /// The interface id's bits carried: a reference of another interface is refused unless their
-/// ids agree in all 24 (see the README's "References").
+/// ids agree in all 24 (see GUIDE.md's "References and calls both ways").
 const IFACE_BITS: u32 = 0x00ff_ffff;
 
 /// What decoded references call through: grains' and observers'.

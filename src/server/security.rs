@@ -1,5 +1,5 @@
 //! Who may connect to a server: the explicit choice between a trusted network and connect
-//! tokens, and the keys tokens are sealed with (see the README's security model).
+//! tokens, and the keys tokens are sealed with (see GUIDE.md's security model).
 
 use std::path::PathBuf;
 
