@@ -3,9 +3,10 @@
 //! completed, expired, cancelled and retried by their one owner, and a response completes its
 //! call within the pass that received it.
 //!
-//! It also judges servers' health (nothing heard for `health_timeout` while another server is heard = dead), rebuilds and
-//! publishes the routing snapshot when servers, health or manifests change, holds calls that
-//! wait for a server in on-demand mode, and reports server events.
+//! It also judges servers' health (nothing heard for `health_timeout` while another server
+//! is heard = dead), rebuilds and publishes the routing snapshot when servers, health or
+//! manifests change, holds calls that wait for a server in on-demand mode, and reports server
+//! events.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
