@@ -15,6 +15,23 @@ pub(crate) struct RedisServer {
     child: Option<Child>,
 }
 
+/// A loopback port free now and never handed to another Redis of this test process: the
+/// kernel may give a port that was just probed and released to the next probe, and two tests
+/// starting their servers at once on one port would share (and kill) one Redis.
+fn free_port() -> u16 {
+    static TAKEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut taken = TAKEN.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    // Bounded: a handful of probes always finds a port no earlier test of ours took.
+    for _ in 0..1000 {
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        if !taken.contains(&port) {
+            taken.push(port);
+            return port;
+        }
+    }
+    panic!("no free loopback port for redis-server");
+}
+
 fn binary() -> Option<String> {
     let found = Command::new("redis-server")
         .arg("--version")
@@ -37,8 +54,7 @@ impl RedisServer {
             );
             return None;
         }
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let mut r = Self { port, child: None };
+        let mut r = Self { port: free_port(), child: None };
         r.up();
         Some(r)
     }
