@@ -146,6 +146,17 @@ pub enum CallError<E = std::convert::Infallible> {
     /// server waits (`ServerConfig::observer_grace`), or did not answer its observer calls
     /// (its session was closed). A call pending when its client went may have run.
     ObserverGone,
+    /// A stream's session to its server was lost while it ran, after `received` items (read
+    /// them as delivered: resume from the game's own position).
+    StreamLost {
+        /// Items that arrived before the loss.
+        received: u64,
+        /// Why the session ended.
+        reason: DisconnectReason,
+    },
+    /// A stream's grain activation ended while the stream ran (deactivated, evicted, or moved
+    /// to another server): the items before this were delivered.
+    Deactivated,
 }
 
 impl<E: std::fmt::Debug> std::fmt::Display for CallError<E> {
@@ -190,6 +201,10 @@ impl<E: std::fmt::Debug> std::fmt::Display for CallError<E> {
             Self::ObserverGone => {
                 f.write_str("the observer is gone (its client closed or is away)")
             }
+            Self::StreamLost { received, reason } => {
+                write!(f, "the stream's session was lost after {received} items: {reason}")
+            }
+            Self::Deactivated => f.write_str("the stream's grain activation ended"),
         }
     }
 }
@@ -251,6 +266,10 @@ pub enum CallErrorKind {
     ChainTooDeep,
     /// [`CallError::ObserverGone`].
     ObserverGone,
+    /// [`CallError::StreamLost`].
+    StreamLost,
+    /// [`CallError::Deactivated`].
+    Deactivated,
 }
 
 impl CallErrorKind {
@@ -306,6 +325,8 @@ impl<E> CallError<E> {
             Self::Deadlock { .. } => CallErrorKind::Deadlock,
             Self::ChainTooDeep => CallErrorKind::ChainTooDeep,
             Self::ObserverGone => CallErrorKind::ObserverGone,
+            Self::StreamLost { .. } => CallErrorKind::StreamLost,
+            Self::Deactivated => CallErrorKind::Deactivated,
         }
     }
 
@@ -338,6 +359,8 @@ impl<E> CallError<E> {
             Self::Deadlock { chain } => CallError::Deadlock { chain },
             Self::ChainTooDeep => CallError::ChainTooDeep,
             Self::ObserverGone => CallError::ObserverGone,
+            Self::StreamLost { received, reason } => CallError::StreamLost { received, reason },
+            Self::Deactivated => CallError::Deactivated,
         }
     }
 

@@ -213,6 +213,47 @@ pub fn rpc_frame(data: &[u8]) {
                 };
                 assert_eq!(rpc::decode_update(body), Ok((seq, call, args)), "update round trip");
             }
+            if *kind == rpc::EXT_STREAM_OPEN
+                && let Ok(open) = rpc::decode_stream_open(body)
+            {
+                let mut inner = Vec::new();
+                crate::proto::wire::put_varint(&mut inner, open.window.into());
+                inner.push(open.lane);
+                rpc::encode_call(&mut inner, Some(open.id), &open.call);
+                inner.extend_from_slice(open.args);
+                let mut back = Vec::new();
+                rpc::encode_extended(&mut back, rpc::EXT_STREAM_OPEN, &inner);
+                let Ok(RpcFrame::Extended { body, .. }) = rpc::decode_rpc(&back) else {
+                    panic!("a stream open decodes")
+                };
+                assert_eq!(rpc::decode_stream_open(body), Ok(open), "stream open round trip");
+            }
+            if *kind == rpc::EXT_STREAM_ITEMS
+                && let Ok((id, items)) = rpc::decode_stream_items(body)
+            {
+                let mut back = Vec::new();
+                rpc::encode_stream_items_head(&mut back, id);
+                let mut rest = items.bytes();
+                for _ in 0..items.count {
+                    let item = rpc::next_stream_item(&mut rest).expect("checked items read");
+                    rpc::put_stream_item(&mut back, item);
+                }
+                assert!(rest.is_empty(), "every item read");
+                let Ok(RpcFrame::Extended { body, .. }) = rpc::decode_rpc(&back) else {
+                    panic!("an items frame decodes")
+                };
+                assert_eq!(rpc::decode_stream_items(body), Ok((id, items)), "items round trip");
+            }
+            if *kind == rpc::EXT_STREAM_CREDIT
+                && let Ok((id, more)) = rpc::decode_stream_credit(body)
+            {
+                let mut back = Vec::new();
+                rpc::encode_stream_credit(&mut back, id, more);
+                let Ok(RpcFrame::Extended { body, .. }) = rpc::decode_rpc(&back) else {
+                    panic!("a credit frame decodes")
+                };
+                assert_eq!(rpc::decode_stream_credit(body), Ok((id, more)), "credit round trip");
+            }
             rpc::encode_extended(&mut again, *kind, body)
         }
     }

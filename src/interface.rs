@@ -45,6 +45,9 @@ pub enum MethodKind {
     Call,
     /// A one-way call (`#[one_way]`): no response; done once queued.
     OneWay,
+    /// A stream (`-> GrainStream<T>`): its caller reads items as the grain produces them,
+    /// under flow control, until a typed end.
+    Stream,
 }
 
 /// How a method's messages travel. Part of the interface's contract (its signature).

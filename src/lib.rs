@@ -82,6 +82,7 @@ pub use config::TransportConfig;
 pub use error::CallError;
 pub use grainwire_macros::grain;
 pub use proto::ids::{GrainId, GrainKey, GrainType, ServerId};
+pub use rpc::stream::{CallStream, GrainStream, StreamSender};
 pub use server::{Server, ServerConfig};
 
 #[doc(hidden)]

@@ -14,9 +14,11 @@ pub use crate::proto::route::Affinity;
 pub use crate::proto::wire::rpc::Status;
 pub use crate::rpc::context::SessionEnded;
 pub use crate::rpc::dispatch::{
-    Dispatch, Reply, SharedCall, decode_args, encode_app_err, encode_ok,
+    Dispatch, Reply, SharedCall, decode_args, encode_app_err, encode_ok, encode_stream,
+    encode_stream_result,
 };
 pub use crate::rpc::reference::Checked;
+pub use crate::rpc::stream::{CallStream, GrainStream};
 pub use crate::rpc::value::deserialize_typed;
 pub use crate::server::Host;
 pub use crate::server::dispatch::{host, host_interleaving};

@@ -11,6 +11,7 @@
 //!     #[timeout_ms = 250] async fn position(&self) -> (f32, f32);  // this method's deadline
 //!     #[idempotent] async fn name(&self) -> String;               // retried once elsewhere
 //!     #[interleave] async fn hp(&self) -> u32;                     // runs beside &self calls
+//!     async fn log(&self, from: u64) -> GrainStream<String>;       // a stream of items
 //! }
 //! ```
 //!
@@ -327,7 +328,13 @@ fn gen_ids(g: &Grain) -> TokenStream2 {
         let id_const = Grain::id_const(m);
         let idempotent = m.idempotent;
         let (shared, interleave) = (m.shared, m.interleave);
-        let kind = if m.one_way { quote!(#p::MethodKind::OneWay) } else { quote!(#p::MethodKind::Call) };
+        let kind = if m.one_way {
+            quote!(#p::MethodKind::OneWay)
+        } else if m.stream.is_some() {
+            quote!(#p::MethodKind::Stream)
+        } else {
+            quote!(#p::MethodKind::Call)
+        };
         let timeout = match m.timeout_ms {
             Some(ms) => quote!(::core::option::Option::Some(#p::Duration::from_millis(#ms))),
             None => quote!(::core::option::Option::None),
@@ -389,7 +396,12 @@ fn gen_dispatch(g: &Grain) -> TokenStream2 {
         let tuple = quote!((#(#arg_names,)*));
         let tuple_ty = quote!((#(#arg_tys,)*));
         let call = quote!(<__G as #trait_name>::#name(__grain, #(#arg_names),*).await);
-        let encode = if m.app_error.is_some() {
+        let encode = if let Some((_, error)) = &m.stream {
+            match error {
+                Some(_) => quote!(#p::encode_stream_result(__out, #call)),
+                None => quote!(#p::encode_stream(__out, #call)),
+            }
+        } else if m.app_error.is_some() {
             quote! {
                 match #call {
                     ::core::result::Result::Ok(__v) => #p::encode_ok(__out, &__v),

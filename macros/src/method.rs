@@ -16,6 +16,8 @@ pub(crate) struct Method {
     /// `(T, Some(E))` for `Result<T, E>`.
     pub(crate) output: Type,
     pub(crate) app_error: Option<(Type, Type)>,
+    /// `(T, Some(E))` for a stream method (`-> GrainStream<T>` or `GrainStream<T, E>`).
+    pub(crate) stream: Option<(Type, Option<Type>)>,
     pub(crate) one_way: bool,
     /// `#[unreliable]` / `#[sequenced]` (a sequenced method is one-way).
     pub(crate) delivery: Delivery,
@@ -142,6 +144,7 @@ pub(crate) fn method(item: &TraitItem, errors: &mut Errors) -> Option<Method> {
         }
     };
     let app_error = result_types(&output);
+    let stream = stream_types(&output);
     let mut one_way = false;
     let mut delivery: Option<(Delivery, proc_macro2::Span)> = None;
     let mut idempotent = false;
@@ -211,6 +214,27 @@ pub(crate) fn method(item: &TraitItem, errors: &mut Errors) -> Option<Method> {
         // A sequenced update has no answer: it is one-way.
         one_way = true;
     }
+    if stream.is_some() {
+        let what = if one_way {
+            Some("#[one_way]")
+        } else if idempotent {
+            Some("#[idempotent]")
+        } else {
+            match delivery {
+                Some((Delivery::Unreliable, _)) => Some("#[unreliable]"),
+                Some((Delivery::Sequenced, _)) => Some("#[sequenced]"),
+                _ => None,
+            }
+        };
+        if let Some(what) = what {
+            fail(syn::Error::new(
+                output.span(),
+                format!(
+                    "a stream method (`-> GrainStream<T>`) cannot be {what}: its items travel reliably, in order, under flow control, and it is never sent twice"
+                ),
+            ));
+        }
+    }
     if let Some(span) = interleave
         && !shared
     {
@@ -232,6 +256,7 @@ pub(crate) fn method(item: &TraitItem, errors: &mut Errors) -> Option<Method> {
         args,
         output,
         app_error,
+        stream,
         one_way,
         delivery: delivery.map_or(Delivery::ReliableOrdered, |(d, _)| d),
         idempotent,
@@ -279,6 +304,24 @@ fn check_owned(t: &Type) -> syn::Result<()> {
         }
         _ => Ok(()),
     }
+}
+
+/// `Some((T, E))` when `t` is `GrainStream<T>` (no `E`) or `GrainStream<T, E>` (by its last
+/// path segment).
+fn stream_types(t: &Type) -> Option<(Type, Option<Type>)> {
+    let Type::Path(p) = t else { return None };
+    let seg = p.path.segments.last()?;
+    if seg.ident != "GrainStream" {
+        return None;
+    }
+    let PathArguments::AngleBracketed(ab) = &seg.arguments else { return None };
+    let mut tys = ab.args.iter().filter_map(|a| match a {
+        GenericArgument::Type(t) => Some(t.clone()),
+        _ => None,
+    });
+    let item = tys.next()?;
+    let error = tys.next();
+    tys.next().is_none().then_some((item, error))
 }
 
 /// `Some((T, E))` when `t` is `Result<T, E>` (by its last path segment).

@@ -23,7 +23,24 @@ pub(crate) fn gen_reference(g: &Grain) -> TokenStream2 {
         let tuple_ty = quote!((#(#arg_tys,)*));
         let info = quote!(&#methods_static[#i]);
         let out = &m.output;
-        if m.one_way {
+        if let Some((item, error)) = &m.stream {
+            let (out, open) = match error {
+                Some(e) => (
+                    quote!(#p::CallStream<#item, #e>),
+                    quote!(stream_result::<#tuple_ty, #item, #e>),
+                ),
+                None => (quote!(#p::CallStream<#item>), quote!(stream::<#tuple_ty, #item>)),
+            };
+            quote! {
+                #[doc = #call_doc]
+                #(#docs)*
+                /// A stream: opened now; read its items (in order, each once) and its typed end
+                /// from what this returns. Dropping it stops the grain's producer.
+                pub fn #name(&self, #(#arg_decls),*) -> #out {
+                    self.inner.get().#open(#info, &#tuple)
+                }
+            }
+        } else if m.one_way {
             quote! {
                 #[doc = #call_doc]
                 #(#docs)*

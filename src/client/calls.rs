@@ -76,6 +76,7 @@ impl Calls for Handle {
             idempotent: method.idempotent,
             retry: shared.retry.index(iface.grain_type, method.id),
             delivery: method.delivery,
+            inbox: request.stream,
         };
         let (frame, flags, timeout) = (request.frame, request.flags, request.timeout);
         let cmd = ClientCmd::Call { to, frame, flags, stream: r.stream, timeout, kind, again };
@@ -99,6 +100,16 @@ impl Calls for Handle {
 
     fn recycle(&self, cell: Arc<CallCell>) {
         let _ = self.shared.spare_cells.push(cell);
+    }
+
+    fn stream_window(&self) -> u32 {
+        self.shared.config.grain_stream_window
+    }
+
+    fn credit(&self, (peer, id): (PeerId, crate::proto::ids::RequestId), more: u32) {
+        if self.shared.cmds.send(ClientCmd::Credit { peer, id, more }).is_ok() {
+            self.shared.wake();
+        }
     }
 
     fn implements(&self, grain_type: GrainType, interface: InterfaceId) -> Option<bool> {

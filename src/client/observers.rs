@@ -194,4 +194,14 @@ impl Calls for WeakCalls {
     fn implements(&self, grain_type: GrainType, interface: InterfaceId) -> Option<bool> {
         self.get().and_then(|h| h.implements(grain_type, interface))
     }
+
+    fn stream_window(&self) -> u32 {
+        self.get().map_or(1, |h| h.stream_window())
+    }
+
+    fn credit(&self, to: (PeerId, RequestId), more: u32) {
+        if let Some(h) = self.get() {
+            h.credit(to, more);
+        }
+    }
 }

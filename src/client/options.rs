@@ -71,6 +71,10 @@ pub struct ClientConfig {
     /// Calls that may be pending at once; more fail at once with `CallError::Overloaded`.
     /// Default 65536.
     pub max_pending_calls: usize,
+    /// The items a stream's server may send before the stream is read further (credit is
+    /// granted back half a window at a time as it is read): what one stream may hold in this
+    /// client unread. Servers cap it (`ServerConfig::max_grain_stream_window`). Default 1,024.
+    pub grain_stream_window: u32,
     /// Which servers to connect to, and when. Default [`ConnectMode::Multi`].
     pub mode: ConnectMode,
     /// First wait before reconnecting to a server; doubled after each failed attempt, up to
@@ -244,6 +248,7 @@ impl Default for ClientConfig {
             default_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(5),
             max_pending_calls: 65536,
+            grain_stream_window: crate::rpc::stream::DEFAULT_STREAM_WINDOW,
             mode: ConnectMode::Multi,
             reconnect_min: Duration::from_millis(200),
             reconnect_max: Duration::from_secs(5),
@@ -327,6 +332,11 @@ impl ClientConfig {
         }
         if self.latency_decay.is_zero() {
             return bad("latency_decay", "must be non-zero");
+        }
+        if self.grain_stream_window == 0
+            || self.grain_stream_window > crate::proto::wire::rpc::MAX_STREAM_WINDOW
+        {
+            return bad("grain_stream_window", "must be within 1..=65536");
         }
         self.transport.validate().map_err(BindError::from)?;
         self.discovery.validate().map_err(ClientError::Discovery)?;

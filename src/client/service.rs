@@ -36,6 +36,7 @@ use crate::proto::wire::rpc::{self, RpcFrame, Status};
 use crate::rpc::call::{CallCell, CallKind};
 use crate::rpc::encode::PREFIX_GAP;
 use crate::rpc::outbound::{Awaited, Lane, Outbound, Sent, resend_frame};
+use crate::rpc::stream::StreamInbox;
 use crate::sync::lock;
 use crate::transport::{Connection, Delivery, Event, Service};
 
@@ -57,6 +58,8 @@ pub(crate) struct Again {
     pub(crate) retry: u16,
     /// How its request travels (`#[unreliable]`, `#[sequenced]`, or reliable-ordered).
     pub(crate) delivery: DeliveryClass,
+    /// A stream call: where its items go (never sent again once one arrived).
+    pub(crate) inbox: Option<Arc<StreamInbox>>,
 }
 
 /// What call futures and connection tasks ask of the service.
@@ -80,6 +83,8 @@ pub(crate) enum ClientCmd {
     },
     /// A caller gave up on a call.
     Cancel { peer: PeerId, id: RequestId },
+    /// The reader of stream call `id` on `peer` read `more` items: grant them.
+    Credit { peer: PeerId, id: RequestId, more: u32 },
     /// A connection task changed state.
     Poke,
     /// Take server `server` out of the client (`Client::remove_server`); `done` gets whether
@@ -305,6 +310,11 @@ impl ClientService {
                 self.dispatch(call, to, now);
             }
             ClientCmd::Cancel { peer, id } => self.cancel(peer, id, now),
+            ClientCmd::Credit { peer, id, more } => {
+                if let Some(p) = self.peers.get(&peer) {
+                    p.in_flight.credit(&p.conn, id, more);
+                }
+            }
             ClientCmd::Poke => self.retry_parked(now),
             ClientCmd::Observe { n, observe } => self.observer_changed(n, observe),
             ClientCmd::Remove { server, how, done } => self.remove(&server, how, done, now),

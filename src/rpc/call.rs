@@ -106,6 +106,17 @@ impl CallCell {
         }
     }
 
+    /// Where the call went (the session's peer and its id there), once sent and until it
+    /// ends.
+    pub(crate) fn sent_to(&self) -> Option<(PeerId, RequestId)> {
+        if self.state.load(Ordering::Acquire) != SENT {
+            return None;
+        }
+        let peer = PeerId(self.peer.load(Ordering::Relaxed));
+        let packed = self.request.load(Ordering::Relaxed);
+        Some((peer, RequestId { slot: (packed >> 32) as u32, generation: packed as u32 }))
+    }
+
     /// Whether the caller gave up.
     pub(crate) fn is_cancelled(&self) -> bool {
         self.state.load(Ordering::Acquire) == CANCELLED
@@ -216,6 +227,16 @@ impl CallFuture {
         Self { cell, calls }
     }
 
+    /// Whether the call has its outcome.
+    pub(crate) fn is_finished(&self) -> bool {
+        self.cell.is_finished()
+    }
+
+    /// Where the call went, once sent and until it ends.
+    pub(crate) fn sent_to(&self) -> Option<(PeerId, RequestId)> {
+        self.cell.sent_to()
+    }
+
     /// The call's outcome, once the future is ready.
     pub(crate) fn outcome(&self) -> &Outcome {
         const GONE: Outcome = Err(CallError::NotConnected);
@@ -289,6 +310,7 @@ pub(crate) fn status_error<E>(status: Status, version: u8, payload: &[u8]) -> Ca
         Status::Unauthorized => CallError::Unauthorized,
         Status::Redirect => CallError::RedirectLoop,
         Status::ObserverGone => CallError::ObserverGone,
+        Status::Deactivated => CallError::Deactivated,
         Status::Deadlock => match rpc::decode_deadlock(payload) {
             Ok(chain) => CallError::Deadlock { chain },
             Err(_) => CallError::BadRequest,

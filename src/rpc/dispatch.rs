@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::call::CallKind;
 use super::context::SessionEnded;
+use super::stream::{GrainStream, NoError, Source};
 use crate::arena;
 use crate::interface::Interface;
 use crate::proto::ids::{GrainId, MethodId, RequestId};
@@ -59,23 +60,64 @@ pub fn decode_args<T: for<'de> Deserialize<'de>>(args: &[u8]) -> Result<T, Statu
 }
 
 /// Where a dispatched method leaves its encoded answer: the whole response frame (header
-/// and value), built only when the caller waits for one.
-#[derive(Debug)]
+/// and value), built only when the caller waits for one; or the stream a stream method
+/// returned.
 pub struct Reply {
     to: CallKind<RequestId>,
     frame: Option<BytesMut>,
+    stream: Option<Box<dyn Source>>,
+}
+
+impl std::fmt::Debug for Reply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reply")
+            .field("to", &self.to)
+            .field("frame", &self.frame)
+            .field("stream", &self.stream.is_some())
+            .finish()
+    }
 }
 
 impl Reply {
     /// An answer to call `to`; nothing is encoded for a one-way call.
     pub(crate) fn new(to: CallKind<RequestId>) -> Self {
-        Self { to, frame: None }
+        Self { to, frame: None, stream: None }
     }
 
     /// The response frame, if a value or application error was encoded.
     pub(crate) fn take(&mut self) -> Option<BytesMut> {
         self.frame.take()
     }
+
+    /// The stream a stream method returned, if it did.
+    pub(crate) fn take_stream(&mut self) -> Option<Box<dyn Source>> {
+        self.stream.take()
+    }
+}
+
+/// Keeps a stream method's stream (with an error type) as the answer: its items go out after
+/// the method's turn.
+pub fn encode_stream_result<T, E>(out: &mut Reply, stream: GrainStream<T, E>) -> Status
+where
+    T: Serialize + Send + 'static,
+    E: Serialize + Send + 'static,
+{
+    keep_stream(out, Box::new(stream))
+}
+
+/// Keeps a stream method's stream (no error type) as the answer.
+pub fn encode_stream<T: Serialize + Send + 'static>(
+    out: &mut Reply,
+    stream: GrainStream<T, std::convert::Infallible>,
+) -> Status {
+    keep_stream(out, Box::new(NoError(stream)))
+}
+
+fn keep_stream(out: &mut Reply, stream: Box<dyn Source>) -> Status {
+    if let CallKind::Call(_) = out.to {
+        out.stream = Some(stream);
+    }
+    Status::Ok
 }
 
 /// Encodes a method's return value as the answer.

@@ -27,9 +27,16 @@ pub(crate) struct Request<'a> {
     pub(crate) method: &'a MethodInfo,
     pub(crate) frame: BytesMut,
     pub(crate) flags: u8,
-    /// The call's deadline (for a one-way call: how long it may wait for a callee).
+    /// The call's deadline (for a one-way call: how long it may wait for a callee; for a
+    /// stream without one, [`NO_DEADLINE`]).
     pub(crate) timeout: Duration,
+    /// A stream call: where its items go (and the window it opens with).
+    pub(crate) stream: Option<std::sync::Arc<super::stream::StreamInbox>>,
 }
+
+/// How long a stream without a deadline may run, as far as its caller's table counts (a
+/// year): the callee gets no deadline at all.
+pub(crate) const NO_DEADLINE: Duration = Duration::from_secs(365 * 24 * 3600);
 
 impl Request<'_> {
     /// The request's size on the wire, without its prefix.
@@ -39,7 +46,7 @@ impl Request<'_> {
 }
 
 /// Encodes a call of `method` on `r` with `args`, its deadline `timeout` (carried only by calls
-/// that wait for an answer: a one-way call has none on the callee).
+/// that wait for an answer: a one-way call has none on the callee; [`NO_DEADLINE`] is none).
 pub(crate) fn request<'a, A: Serialize + ?Sized>(
     r: &GrainRef,
     method: &'a MethodInfo,
@@ -47,12 +54,13 @@ pub(crate) fn request<'a, A: Serialize + ?Sized>(
     timeout: Duration,
     one_way: bool,
 ) -> Result<Request<'a>, CallError<Infallible>> {
+    let carries_deadline = !one_way && timeout < NO_DEADLINE;
     let iface = r.info;
     let call = CallHeader {
         type_index: 0, // written by the sender once the callee is known
         version: iface.version,
         method: method.id,
-        deadline_ms: (!one_way).then(|| timeout.as_millis().min(u128::from(u32::MAX)) as u32),
+        deadline_ms: carries_deadline.then(|| timeout.as_millis().min(u128::from(u32::MAX)) as u32),
         key: r.id.key.clone(),
         chain: Vec::new(),
     };
@@ -71,5 +79,5 @@ pub(crate) fn request<'a, A: Serialize + ?Sized>(
         arena::encode(out, args).map(|()| flags)
     });
     let flags = encoded.map_err(|e| CallError::Encode(CodecError(e)))?;
-    Ok(Request { iface, method, frame, flags, timeout })
+    Ok(Request { iface, method, frame, flags, timeout, stream: None })
 }

@@ -12,6 +12,8 @@
 //! * [`context`]: who made the call being run (`caller()`), a task-local set around each call;
 //! * [`value`]: references as values (their surrogate on the wire, and what a decoded one is
 //!   bound to);
+//! * [`stream`]: streams from grains: what a grain returns, the pump that sends its items under
+//!   its caller's credit, and what the caller reads;
 //! * `turns`: one object's calls one turn at a time (the mailbox between whoever admits calls
 //!   and the task that runs them);
 //! * [`reference`](mod@reference): grain references (`GrainRef`, what generated references wrap), and the
@@ -26,5 +28,6 @@ pub mod dispatch;
 pub(crate) mod encode;
 pub(crate) mod outbound;
 pub mod reference;
+pub mod stream;
 pub(crate) mod turns;
 pub mod value;

@@ -40,6 +40,8 @@ pub(crate) struct Lane {
     pub(crate) class: DeliveryClass,
     /// A sequenced update's number (grows with every update the session sends).
     pub(crate) seq: u64,
+    /// A stream call: the window it opens with (its items come back on `stream`).
+    pub(crate) open: Option<u32>,
 }
 
 impl Lane {
@@ -101,7 +103,12 @@ impl<K> Outbound<K> {
             };
             self.table.insert(sent, deadline)
         });
-        let start = if lane.class == DeliveryClass::Sequenced && id.is_none() {
+        let start = if let (Some(window), Some(id)) = (lane.open, id) {
+            let start = PREFIX_GAP - rpc::stream_open_prefix_len(id, type_index, window);
+            let prefix = &mut frame[start..PREFIX_GAP];
+            rpc::encode_stream_open_prefix(prefix, id, type_index, flags, window, stream);
+            start
+        } else if lane.class == DeliveryClass::Sequenced && id.is_none() {
             let start = PREFIX_GAP - rpc::update_prefix_len(lane.seq, type_index);
             rpc::encode_update_prefix(&mut frame[start..PREFIX_GAP], lane.seq, type_index, flags);
             start
@@ -118,6 +125,20 @@ impl<K> Outbound<K> {
         frame.advance(start);
         conn.push(lane.delivery(), frame);
         id
+    }
+
+    /// The call `id`, pending.
+    pub(crate) fn get(&self, id: RequestId) -> Option<&Sent<K>> {
+        self.table.get(id)
+    }
+
+    /// Grants the callee of stream call `id` `more` items (nothing if it ended).
+    pub(crate) fn credit(&self, conn: &Connection, id: RequestId, more: u32) {
+        if let Some(sent) = self.table.get(id) {
+            let mut out = Vec::with_capacity(12);
+            rpc::encode_stream_credit(&mut out, id, more);
+            conn.push(Delivery::reliable_ordered(sent.stream), Bytes::from(out));
+        }
     }
 
     /// The call `id` was answered: out of the table (`None`: late, or cancelled).

@@ -19,6 +19,7 @@ use bytes::Bytes;
 use super::call::CallKind;
 use super::context::{Activation, Caller, Current, Served, SessionEnded, scope};
 use super::dispatch::{self, Dispatch, Reply};
+use super::stream::StreamCtl;
 use crate::proto::ids::{MethodId, RequestId};
 use crate::proto::wire::rpc::Status;
 use crate::sync::{Signal, lock};
@@ -47,6 +48,8 @@ pub(crate) struct Job {
     pub(crate) deadline: tokio::time::Instant,
     /// Not a call: a session the grain watched ended (its `on_session_ended` hook runs).
     pub(crate) ended: Option<Box<SessionEnded>>,
+    /// A stream call: its credit and stop, and the caller's ordered stream its items go on.
+    pub(crate) stream: Option<(Arc<StreamCtl>, u8)>,
 }
 
 /// A mailbox's queue: jobs in token order (tokens only grow, and a mailbox gets its jobs in
@@ -369,7 +372,7 @@ mod tests {
         let deadline = tokio::time::Instant::now();
         let args = Bytes::new();
         let (iface, unreliable, method, ended) = (0, false, MethodId(0), None);
-        Job { token, reply, iface, unreliable, method, args, caller, deadline, ended }
+        Job { token, reply, iface, unreliable, method, args, caller, deadline, ended, stream: None }
     }
 
     #[test]

@@ -27,6 +27,7 @@ use crate::proto::wire::rpc::Status;
 use crate::rpc::call::CallKind;
 use crate::rpc::context;
 use crate::rpc::dispatch::{self, Dispatch, Reply};
+use crate::rpc::stream;
 use crate::rpc::turns::{Job, Mailbox, Turn, catch_unwind};
 use crate::rpc::value::Binding;
 use crate::transport::{Connection, Delivery, EndpointShared};
@@ -437,6 +438,21 @@ fn ended(
     grain: &GrainId,
     reporter: &Reporter,
 ) -> bool {
+    if let (Turn::Done(Some(_)), Some((ctl, lane)), Some((conn, rid))) =
+        (&ran, &job.stream, job.reply.call())
+        && let Some(source) = reply.take_stream()
+    {
+        // A stream method returned its stream: its items go out from a task of their own, so
+        // the grain's next call runs meanwhile. The call is done when the stream ends.
+        let (ctl, lane, conn, rid) = (ctl.clone(), *lane, conn.clone(), *rid);
+        let (token, reporter) = (job.token, reporter.clone());
+        tokio::spawn(async move {
+            let items = &reporter.counters.stream_items;
+            stream::pump(&ctl, source, &conn, (rid, lane), items).await;
+            reporter.report(Report::Done { token });
+        });
+        return false;
+    }
     let status = match ran {
         // `catch_unwind` gave the method's status.
         Turn::Done(Some(status)) => match (job.reply.call(), reply.take()) {

@@ -96,6 +96,13 @@ pub struct ServerConfig {
     /// Grains that may watch one session's end (`GrainContext::watch`); later watches are
     /// dropped (counted in `ServerStats::watches_dropped`). Default 4,096.
     pub max_watches_per_session: usize,
+    /// Streams one session may have running; more are refused `Overloaded` (counted in
+    /// `ServerStats::streams_refused`). Each is also a pending call. Default 64.
+    pub max_grain_streams_per_session: usize,
+    /// The most items a stream sends ahead of what its caller read (a caller's window larger
+    /// than this is cut to it): with the session's send buffer, what a slow reader makes the
+    /// server hold. Default 4,096.
+    pub max_grain_stream_window: u32,
     /// The deadline of a call that carries none (one-way calls). Default 30 s.
     #[serde(with = "duration")]
     pub default_deadline: Duration,
@@ -143,6 +150,8 @@ impl Default for ServerConfig {
             max_observers_per_session: 1024,
             max_observer_calls_per_session: 1024,
             max_watches_per_session: 4096,
+            max_grain_streams_per_session: 64,
+            max_grain_stream_window: 4096,
             default_deadline: Duration::from_secs(30),
             shutdown_timeout: Duration::from_secs(10),
             advertise: None,

@@ -175,6 +175,16 @@ impl Calls for FleetCalls {
     fn implements(&self, grain_type: GrainType, interface: InterfaceId) -> Option<bool> {
         self.calls().and_then(|c| c.implements(grain_type, interface))
     }
+
+    fn stream_window(&self) -> u32 {
+        self.calls().map_or(1, |c| c.stream_window())
+    }
+
+    fn credit(&self, to: (PeerId, RequestId), more: u32) {
+        if let Some(c) = self.calls() {
+            c.credit(to, more);
+        }
+    }
 }
 
 /// The fleet the server knows, as the topology source of its fleet client.
@@ -248,6 +258,10 @@ impl Calls for ObserverCalls {
         kind: CallKind<Arc<CallCell>>,
     ) -> Result<(), CallError<Infallible>> {
         let GrainKey::Id(key) = r.id().key else { return Err(CallError::ObserverGone) };
+        if request.stream.is_some() {
+            // Observers answer calls; a grain streams to a client, not the other way.
+            return Err(CallError::UnknownMethod);
+        }
         let (frame, flags, timeout) = (request.frame, request.flags, request.timeout);
         let class = request.method.delivery;
         let call = ObserverCall { key, stream: r.stream, frame, flags, timeout, kind, class };
@@ -265,6 +279,9 @@ impl Calls for ObserverCalls {
     }
 
     fn recycle(&self, _cell: Arc<CallCell>) {}
+
+    /// Streams are never sent to observers (see `submit`).
+    fn credit(&self, _to: (PeerId, RequestId), _more: u32) {}
 
     /// An observer implements the one interface its client hosts it as (`GrainRef::cast`
     /// checks that before asking).

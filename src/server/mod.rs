@@ -465,6 +465,9 @@ impl Server {
             updates_stale: get(&c.updates_stale),
             updates_coalesced: get(&c.updates_coalesced),
             watches_dropped: get(&c.watches_dropped),
+            streams_open: c.streams_open.load(Ordering::Relaxed),
+            stream_items: get(&c.stream_items),
+            streams_refused: get(&c.streams_refused),
         }
     }
 

@@ -37,6 +37,7 @@ use crate::proto::wire::rpc::{self, CallHeader, RpcFrame, Status};
 use crate::rpc::call::{CallCell, CallKind};
 use crate::rpc::dispatch;
 use crate::rpc::outbound::Outbound;
+use crate::rpc::stream::StreamCtl;
 use crate::rpc::turns::{Job, Mailbox};
 use crate::transport::{Connection, Delivery, Event, Service};
 
@@ -96,6 +97,17 @@ struct CallRecord {
     /// The grains waiting on it (a call a grain made while serving another), to refuse a call
     /// that would wait on itself.
     chain: Option<Arc<[GrainId]>>,
+    /// A stream: its credit and stop, shared with its pump.
+    stream: Option<Arc<StreamCtl>>,
+}
+
+/// How a call came: a plain request or one-way call, a sequenced update (its number), or a
+/// stream open (its caller's window and ordered stream).
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Came {
+    Plain,
+    Update(u64),
+    Stream { window: u32, lane: u8 },
 }
 
 struct PeerState {
@@ -127,6 +139,8 @@ struct PeerState {
     outbound: Outbound<()>,
     /// The number of the last sequenced update sent to its observers.
     update_seq: u64,
+    /// Its streams running now.
+    streams: usize,
 }
 
 /// Why a call is refused, to count it.
@@ -261,11 +275,35 @@ impl ServerService {
                 match rpc::decode_update(body) {
                     Ok((seq, call, args)) => {
                         let args = payload.slice_ref(args);
-                        self.call(peer, CallKind::OneWay, call, args, Some(seq), now);
+                        self.call(peer, CallKind::OneWay, call, args, Came::Update(seq), now);
                     }
                     Err(error) => {
                         self.shared.counters.bad_requests.fetch_add(1, Ordering::Relaxed);
                         tracing::debug!(?peer, %error, "undecodable update from a client");
+                    }
+                }
+                return;
+            }
+            Ok(RpcFrame::Extended { kind, body }) if kind == rpc::EXT_STREAM_OPEN => {
+                match rpc::decode_stream_open(body) {
+                    Ok(open) => {
+                        let args = payload.slice_ref(open.args);
+                        let came = Came::Stream { window: open.window, lane: open.lane };
+                        self.call(peer, CallKind::Call(open.id), open.call, args, came, now);
+                    }
+                    Err(error) => {
+                        self.shared.counters.bad_requests.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!(?peer, %error, "undecodable stream open from a client");
+                    }
+                }
+                return;
+            }
+            Ok(RpcFrame::Extended { kind, body }) if kind == rpc::EXT_STREAM_CREDIT => {
+                match rpc::decode_stream_credit(body) {
+                    Ok((id, more)) => self.stream_credit(peer, id, more),
+                    Err(error) => {
+                        self.shared.counters.bad_requests.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!(?peer, %error, "undecodable stream credit from a client");
                     }
                 }
                 return;
@@ -307,7 +345,25 @@ impl ServerService {
         };
         let mut args = payload;
         args.advance(head);
-        self.call(peer, id, call, args, None, now);
+        self.call(peer, id, call, args, Came::Plain, now);
+    }
+
+    /// The caller of stream call `id` read `more` items.
+    fn stream_credit(&mut self, peer: PeerId, id: RequestId, more: u32) {
+        let token = self.peers.get(&peer).and_then(|p| p.by_id.get(&id).copied());
+        if let Some(ctl) = token.and_then(|t| self.calls.get(&t)).and_then(|r| r.stream.as_ref()) {
+            ctl.grant(more);
+        }
+    }
+
+    /// Stops the stream of every call that `f` picks (running, or yet to start), with
+    /// `status` as its end.
+    fn stop_streams(&self, status: Status, f: impl Fn(&CallRecord, &StreamCtl) -> bool) {
+        for rec in self.calls.values() {
+            if let Some(ctl) = rec.stream.as_ref().filter(|c| f(rec, c)) {
+                ctl.stop(Some(status));
+            }
+        }
     }
 
     fn command(&mut self, cmd: ServerCmd, now: Instant) {
@@ -317,6 +373,9 @@ impl ServerService {
             ServerCmd::Watch { peer, grain, on } => self.watch(peer, grain, on, now),
             ServerCmd::Drain(done) => {
                 self.accepting = false;
+                // A stream may run for ever: it ends now (`ShuttingDown`, with the items sent
+                // so far delivered), so that the drain does not wait for it.
+                self.stop_streams(Status::ShuttingDown, |_, _| true);
                 // Tell clients at once: they route new calls elsewhere while the pending ones
                 // finish here.
                 let draining = Manifest { draining: true, ..(*self.shared.manifest()).clone() };
@@ -441,6 +500,7 @@ impl Service for ServerService {
                         observers: IdSet::default(),
                         outbound: Outbound::default(),
                         update_seq: 0,
+                        streams: 0,
                     },
                 );
             }
@@ -479,9 +539,12 @@ impl Service for ServerService {
 
 impl Drop for ServerService {
     fn drop(&mut self) {
-        // The endpoint's task is ending: activations go with it.
+        // The endpoint's task is ending: activations go with it, and streams.
         for a in self.table.values() {
             a.task.abort();
+        }
+        for ctl in self.calls.values().filter_map(|r| r.stream.as_ref()) {
+            ctl.stop(None);
         }
     }
 }

@@ -30,6 +30,9 @@ pub(crate) struct ServerCounters {
     pub(crate) updates_stale: AtomicU64,
     pub(crate) updates_coalesced: AtomicU64,
     pub(crate) watches_dropped: AtomicU64,
+    pub(crate) streams_open: AtomicUsize,
+    pub(crate) stream_items: AtomicU64,
+    pub(crate) streams_refused: AtomicU64,
 }
 
 /// A server's counters: what it holds, and what it refused and why. A snapshot
@@ -91,4 +94,10 @@ pub struct ServerStats {
     pub updates_coalesced: u64,
     /// Watches of a session beyond `max_watches_per_session`, dropped.
     pub watches_dropped: u64,
+    /// Streams running now (their methods called, not ended).
+    pub streams_open: usize,
+    /// Stream items sent so far.
+    pub stream_items: u64,
+    /// Streams refused (`Overloaded`): their session had `max_grain_streams_per_session` open.
+    pub streams_refused: u64,
 }

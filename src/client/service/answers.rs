@@ -18,7 +18,10 @@ impl ClientService {
         let Some(pending) = p.in_flight.take(id) else { return }; // late, or cancelled
         let latency = now.saturating_duration_since(pending.started);
         p.load.finished(Some(latency), t, decay);
-        let pending = if status == Status::Redirect {
+        // A stream that delivered items ends here, however it ended: sent again, it would
+        // deliver them twice.
+        let streamed = pending.kept.again.inbox.as_ref().is_some_and(|i| i.arrived() > 0);
+        let pending = if status == Status::Redirect && !streamed {
             match self.redirect(pending, peer, &payload, now) {
                 None => {
                     if !self.moving.is_empty() {
@@ -35,7 +38,7 @@ impl ClientService {
             .then(|| crate::rpc::call::status_error::<Infallible>(status, 0, &payload).kind());
         let pending = match kind {
             // The server refused it (it did not run there): the policy may send it elsewhere.
-            Some(kind) if kind.not_executed() => {
+            Some(kind) if kind.not_executed() && !streamed => {
                 match self.retry(pending, peer, Why::Refused(kind), now) {
                     None => {
                         if let Some(p) = self.peers.get(&peer) {
@@ -62,6 +65,20 @@ impl ClientService {
                 let mut acc = lock(acc);
                 if ok { acc.success(latency, now) } else { acc.failure(false, now) }
             }
+        }
+    }
+
+    /// Items of stream call `id` arrived: to its reader. A server that sends more than it was
+    /// granted broke flow control: its session is closed (`CLOSE_PROTOCOL`), as QUIC closes a
+    /// connection that overruns its credit.
+    fn stream_items(&mut self, peer: PeerId, id: RequestId, batch: Bytes, count: u32) {
+        let Some(p) = self.peers.get(&peer) else { return };
+        let Some(inbox) = p.in_flight.get(id).and_then(|s| s.kept.again.inbox.as_ref()) else {
+            return; // late (the stream was cancelled), or not a stream
+        };
+        if !inbox.push(batch, count) {
+            tracing::warn!(?peer, "a server sent a stream more items than granted: closing");
+            p.conn.close(rpc::CLOSE_PROTOCOL);
         }
     }
 
@@ -95,6 +112,18 @@ impl ClientService {
             Ok(RpcFrame::OneWay { call, args }) => {
                 let args = payload.slice_ref(args);
                 self.observer_call(peer, CallKind::OneWay, call, args);
+                return;
+            }
+            Ok(RpcFrame::Extended { kind, body }) if kind == rpc::EXT_STREAM_ITEMS => {
+                match rpc::decode_stream_items(body) {
+                    Ok((id, items)) => {
+                        let batch = payload.slice_ref(items.bytes());
+                        self.stream_items(peer, id, batch, items.count);
+                    }
+                    Err(error) => {
+                        tracing::debug!(?peer, %error, "undecodable stream items; ignored")
+                    }
+                }
                 return;
             }
             Ok(RpcFrame::Extended { kind, body }) if kind == rpc::EXT_UPDATE => {

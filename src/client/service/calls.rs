@@ -132,7 +132,8 @@ impl ClientService {
         } else {
             0
         };
-        let lane = Lane { stream: call.stream, class, seq };
+        let open = call.again.inbox.as_ref().map(|i| i.window);
+        let lane = Lane { stream: call.stream, class, seq, open };
         let size = call.frame.len() - PREFIX_GAP;
         // An unreliable message must fit one datagram (with its prefix, at most
         // `PREFIX_GAP`): it is never lost in pieces.

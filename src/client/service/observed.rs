@@ -118,7 +118,9 @@ impl ClientService {
         let reply = id.map(|id| (conn.clone(), id));
         let method = call.method;
         let (iface, ended) = (0, None);
-        let job = Job { token, reply, iface, unreliable, method, args, caller, deadline, ended };
+        let stream = None;
+        let job =
+            Job { token, reply, iface, unreliable, method, args, caller, deadline, ended, stream };
         if let CallKind::Call(id) = id {
             self.observed.insert((peer, id), (mailbox.clone(), token));
         }

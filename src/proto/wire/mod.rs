@@ -31,7 +31,7 @@ pub use handshake::{
     encode_handshake, encode_handshake_version, is_data,
 };
 
-pub(crate) use codec::varint_len;
+pub(crate) use codec::{put_varint, varint_len};
 
 /// Why a datagram could not be decoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]

@@ -64,6 +64,17 @@ pub const MAX_OBSERVERS_FRAME: usize = 4096;
 /// update its sender sends on the session; a host drops an update older than one it took
 /// for the same (session, grain, method).
 pub const EXT_UPDATE: u32 = 3;
+/// Extended frame: a call of a stream method, `window varint | lane u8 | request frame`. The
+/// callee sends at most `window` items before the caller grants more, as items frames on the
+/// caller's ordered transport stream `lane`, and ends the stream with the call's response on
+/// the same stream (after every item).
+pub const EXT_STREAM_OPEN: u32 = 4;
+/// Extended frame: items of a stream, `slot varint | gen u16 | (len varint | item)...`.
+pub const EXT_STREAM_ITEMS: u32 = 5;
+/// Extended frame: a stream's caller takes more items, `slot varint | gen u16 | more varint`.
+pub const EXT_STREAM_CREDIT: u32 = 6;
+/// The largest window a stream open may ask for.
+pub const MAX_STREAM_WINDOW: u32 = 1 << 16;
 
 /// The close code a server that stops gracefully ends a session with once every call of that
 /// client it ran has been answered and the answers acknowledged: a call still unanswered when
@@ -72,6 +83,10 @@ pub const CLOSE_DRAINED: u32 = 1;
 
 /// The close code of a client that found the server to be of another cluster or service.
 pub const CLOSE_WRONG_CLUSTER: u32 = 2;
+
+/// The close code of a peer that broke the RPC protocol (e.g. sent a stream more items than
+/// its reader granted).
+pub const CLOSE_PROTOCOL: u32 = 3;
 
 /// How a call ended, as the server says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -115,6 +130,9 @@ pub enum Status {
     Deadlock = 14,
     /// The observer called is not hosted by the client (any more): it did not run.
     ObserverGone = 15,
+    /// A stream's grain activation ended while the stream ran (deactivated, evicted or moved):
+    /// the stream ends here; the items sent before this were delivered.
+    Deactivated = 16,
 }
 
 impl Status {
@@ -136,6 +154,7 @@ impl Status {
             13 => Self::Unauthorized,
             14 => Self::Deadlock,
             15 => Self::ObserverGone,
+            16 => Self::Deactivated,
             other => return Err(WireError::OutOfRange { field: "status", value: other.into() }),
         })
     }

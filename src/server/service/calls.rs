@@ -3,7 +3,11 @@
 //! or answered at once with why not.
 
 use super::*;
-use crate::interface::DeliveryClass;
+use crate::interface::{DeliveryClass, MethodKind};
+
+/// What a stream without a deadline tells its grain's code as its deadline (a year): what
+/// calls the grain makes while producing it may take.
+const NO_STREAM_DEADLINE: Duration = Duration::from_secs(365 * 24 * 3600);
 
 impl ServerService {
     pub(super) fn call(
@@ -12,7 +16,7 @@ impl ServerService {
         id: CallKind<RequestId>,
         call: CallHeader,
         args: Bytes,
-        update: Option<u64>,
+        came: Came,
         now: Instant,
     ) {
         let cost = args.len() + CALL_COST;
@@ -49,6 +53,31 @@ impl ServerService {
         let method = info.method(call.method).expect("admit checked the method");
         let interleave = method.interleave;
         let unreliable = method.delivery.is_unreliable();
+        // A stream method is called by a stream open, and only it; a stream open calls only
+        // a stream method.
+        if (method.kind == MethodKind::Stream) != matches!(came, Came::Stream { .. }) {
+            self.shared.counters.bad_requests.fetch_add(1, Ordering::Relaxed);
+            return self.answer(peer, id, Status::BadRequest, &[]);
+        }
+        let stream = match came {
+            Came::Stream { window, lane } => {
+                if self
+                    .peers
+                    .get(&peer)
+                    .is_some_and(|p| p.streams >= self.shared.config.max_grain_streams_per_session)
+                {
+                    self.shared.counters.streams_refused.fetch_add(1, Ordering::Relaxed);
+                    return self.answer(peer, id, Status::Overloaded, &[]);
+                }
+                let ctl = StreamCtl::new(window, self.shared.config.max_grain_stream_window.max(1));
+                Some((Arc::new(ctl), lane))
+            }
+            _ => None,
+        };
+        let update = match came {
+            Came::Update(seq) => Some(seq),
+            _ => None,
+        };
         if let Some(seq) = update {
             // A sequenced update: only for a `#[sequenced]` method; dropped when stale.
             if method.delivery != DeliveryClass::Sequenced {
@@ -81,10 +110,12 @@ impl ServerService {
             }
         }
         let Some(p) = self.peers.get_mut(&peer) else { return };
-        let deadline = now
-            + call
-                .deadline_ms
-                .map_or(self.shared.config.default_deadline, |ms| Duration::from_millis(ms.into()));
+        // A stream without a deadline has none (it runs while its caller reads it).
+        let deadline = match (call.deadline_ms, &stream) {
+            (Some(ms), _) => Some(now + Duration::from_millis(ms.into())),
+            (None, Some(_)) => None,
+            (None, None) => Some(now + self.shared.config.default_deadline),
+        };
         let caller = match call.chain.is_empty() {
             true => p.caller.clone(),
             false => p.caller.with_chain(call.chain),
@@ -104,7 +135,8 @@ impl ServerService {
             l.call_bytes += cost;
         });
         // The endpoint's clock is the tokio clock's base (real or simulated time).
-        let job_deadline = tokio::time::Instant::from_std(deadline);
+        let job_deadline =
+            tokio::time::Instant::from_std(deadline.unwrap_or(now + NO_STREAM_DEADLINE));
         let method = call.method;
         let iface = self.shared.registry[index].slot;
         let job = Job {
@@ -117,13 +149,22 @@ impl ServerService {
             caller,
             deadline: job_deadline,
             ended: None,
+            stream: stream.clone(),
         };
+        if stream.is_some() {
+            p.streams += 1;
+            self.shared.counters.streams_open.fetch_add(1, Ordering::Relaxed);
+        }
         let mailbox = self.route(creator, grain.clone(), index, job, interleave, now);
         if let Some(seq) = update {
             self.record_update(peer, &grain, method, (seq, token));
         }
-        self.calls.insert(token, CallRecord { peer, id, grain, mailbox, bytes: cost, chain });
-        self.deadlines.push(Reverse((deadline, token)));
+        let stream = stream.map(|(ctl, _)| ctl);
+        let rec = CallRecord { peer, id, grain, mailbox, bytes: cost, chain, stream };
+        self.calls.insert(token, rec);
+        if let Some(deadline) = deadline {
+            self.deadlines.push(Reverse((deadline, token)));
+        }
         self.publish();
     }
 

@@ -13,8 +13,14 @@ impl ServerService {
     pub(super) fn finished(&mut self, token: u64, now: Instant) {
         let Some(rec) = self.calls.remove(&token) else { return };
         self.pending_bytes -= rec.bytes;
+        if rec.stream.is_some() {
+            self.shared.counters.streams_open.fetch_sub(1, Ordering::Relaxed);
+        }
         if let Some(p) = self.peers.get_mut(&rec.peer) {
             p.calls.remove(&token);
+            if rec.stream.is_some() {
+                p.streams -= 1;
+            }
             p.pending_bytes -= rec.bytes;
             if let CallKind::Call(id) = rec.id {
                 p.by_id.remove(&id);
@@ -40,9 +46,13 @@ impl ServerService {
     }
 
     /// Stops a call: removes it from its mailbox if queued (answering with `status` if any),
-    /// or cuts it short if running (its activation answers and reports).
+    /// or cuts it short if running (its activation answers and reports), or stops its stream
+    /// (its pump ends it with `status`, if any, and reports).
     pub(super) fn stop(&mut self, token: u64, status: Option<Status>, now: Instant) {
         let Some(rec) = self.calls.get(&token) else { return };
+        if let Some(ctl) = &rec.stream {
+            ctl.stop(status);
+        }
         match rec.mailbox.remove(token) {
             Some(job) => {
                 if let (Some(status), Some((conn, id))) = (status, job.reply.call()) {
@@ -56,6 +66,9 @@ impl ServerService {
 
     pub(super) fn gone(&mut self, grain: GrainId, now: Instant) {
         let Some(a) = self.table.remove(&grain) else { return };
+        // Its streams cannot outlive it: they end typed (the calls that came in while it
+        // deactivated, streams among them, go to a fresh activation below).
+        self.stop_streams(Status::Deactivated, |r, c| r.grain == grain && c.started());
         if let Some(p) = self.peers.get_mut(&a.creator) {
             p.activations = p.activations.saturating_sub(1);
         }
@@ -102,9 +115,11 @@ impl ServerService {
         let tokens: Vec<u64> =
             self.peers.get(&peer).map(|p| p.calls.iter().copied().collect()).unwrap_or_default();
         for t in tokens {
-            if let Some(rec) = self.calls.get(&t)
-                && rec.mailbox.remove(t).is_some()
-            {
+            let Some(rec) = self.calls.get(&t) else { continue };
+            if let Some(ctl) = &rec.stream {
+                ctl.stop(None); // nobody reads it any more
+            }
+            if rec.mailbox.remove(t).is_some() {
                 self.finished(t, now);
             }
         }

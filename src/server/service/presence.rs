@@ -122,6 +122,7 @@ impl ServerService {
             caller,
             deadline: tokio::time::Instant::from_std(deadline),
             ended: Some(Box::new(ended)),
+            stream: None,
         };
         a.mailbox.push(job);
         let mailbox = a.mailbox.clone();
@@ -131,7 +132,15 @@ impl ServerService {
             p.calls.insert(token);
             self.loads.update(p.addr, |l| l.calls += 1);
         }
-        let rec = CallRecord { peer, id: CallKind::OneWay, grain, mailbox, bytes: 0, chain: None };
+        let rec = CallRecord {
+            peer,
+            id: CallKind::OneWay,
+            grain,
+            mailbox,
+            bytes: 0,
+            chain: None,
+            stream: None,
+        };
         self.calls.insert(token, rec);
         self.deadlines.push(Reverse((deadline, token)));
         self.shared.counters.sessions_told.fetch_add(1, Ordering::Relaxed);
