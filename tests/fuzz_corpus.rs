@@ -162,6 +162,15 @@ fn valid_rpc_frames() -> Vec<Vec<u8>> {
         rpc::encode_update(&mut v, 1 << (7 * i), &CallHeader { deadline_ms: None, ..call.clone() });
         v.extend_from_slice(&postcard::to_allocvec(&("update",)).unwrap());
         out.push(v);
+        // The same call as a stream open (window, ordered stream), written in place.
+        let mut body = Vec::new();
+        let flags = rpc::encode_request_body(&mut body, &call);
+        let window = 16 << i;
+        let mut v = vec![0; rpc::stream_open_prefix_len(id, call.type_index, window)];
+        rpc::encode_stream_open_prefix(&mut v, id, call.type_index, flags, window, i as u8);
+        v.extend_from_slice(&body);
+        v.extend_from_slice(&args);
+        out.push(v);
         // The same call made by a grain serving a call: with its chain.
         let chain = (0..=i).map(|n| GrainId::new(GrainType::of("Room"), n as i64)).collect();
         let mut v = Vec::new();
@@ -169,6 +178,16 @@ fn valid_rpc_frames() -> Vec<Vec<u8>> {
         v.extend_from_slice(&args);
         out.push(v);
     }
+    // Stream items (many per frame) and credit.
+    let mut v = Vec::new();
+    rpc::encode_stream_items_head(&mut v, RequestId { slot: 70, generation: 3 });
+    for n in 0..20u64 {
+        rpc::put_stream_item(&mut v, &postcard::to_allocvec(&(n, "event")).unwrap());
+    }
+    out.push(v);
+    let mut v = Vec::new();
+    rpc::encode_stream_credit(&mut v, RequestId { slot: 70, generation: 3 }, 512);
+    out.push(v);
     for observe in [true, false] {
         let mut v = Vec::new();
         rpc::encode_observe(&mut v, observe, 0xfeed_beef, &[1, 2, 300, u64::MAX]);

@@ -217,3 +217,67 @@ fn updates_round_trip_in_place_and_bad_ones_are_typed_errors() {
     assert!(decode_update(&[0x80]).is_err());
     assert!(decode_update(&[]).is_err());
 }
+
+#[test]
+fn stream_frames_round_trip_and_bad_ones_are_typed_errors() {
+    let id = RequestId { slot: 7, generation: 9 };
+    let c = call(GrainKey::Int(4), None);
+    // An open: prefix written in place in front of the request's body.
+    let mut body = Vec::new();
+    let flags = encode_request_body(&mut body, &c);
+    let mut frame = vec![0u8; stream_open_prefix_len(id, c.type_index, 1024)];
+    encode_stream_open_prefix(&mut frame, id, c.type_index, flags, 1024, 42);
+    frame.extend_from_slice(&body);
+    frame.extend_from_slice(b"args");
+    let Ok(RpcFrame::Extended { kind: EXT_STREAM_OPEN, body }) = decode_rpc(&frame) else {
+        panic!("an extended frame")
+    };
+    let open = decode_stream_open(body).unwrap();
+    assert_eq!(
+        (open.window, open.lane, open.id, &open.call, open.args),
+        (1024, 42, id, &c, &b"args"[..])
+    );
+    // A window of 0 or over the bound, or a one-way call inside, is refused.
+    for window in [0, MAX_STREAM_WINDOW + 1] {
+        let mut bad = Vec::new();
+        put_varint(&mut bad, window.into());
+        bad.push(0);
+        encode_call(&mut bad, Some(id), &c);
+        assert!(decode_stream_open(&bad).is_err(), "window {window}");
+    }
+    let mut one_way = vec![8, 0];
+    encode_call(&mut one_way, None, &c);
+    assert!(decode_stream_open(&one_way).is_err());
+
+    // Items: three of them, read back in order.
+    let mut items = Vec::new();
+    encode_stream_items_head(&mut items, id);
+    for item in [&b"a"[..], b"", b"xyz"] {
+        put_stream_item(&mut items, item);
+    }
+    let Ok(RpcFrame::Extended { kind: EXT_STREAM_ITEMS, body }) = decode_rpc(&items) else {
+        panic!("an items frame")
+    };
+    let (got, list) = decode_stream_items(body).unwrap();
+    assert_eq!((got, list.count), (id, 3));
+    let mut rest = list.bytes();
+    let read: Vec<&[u8]> = (0..3).map(|_| next_stream_item(&mut rest).unwrap()).collect();
+    assert_eq!(read, [&b"a"[..], b"", b"xyz"]);
+    // An item longer than the frame, or no item at all, is refused.
+    let mut short = Vec::new();
+    put_id(&mut short, id);
+    assert!(decode_stream_items(&short).is_err(), "no items");
+    short.extend_from_slice(&[10, 1, 2]);
+    assert!(decode_stream_items(&short).is_err(), "an item past the end");
+
+    // Credit.
+    let mut credit = Vec::new();
+    encode_stream_credit(&mut credit, id, 512);
+    let Ok(RpcFrame::Extended { kind: EXT_STREAM_CREDIT, body }) = decode_rpc(&credit) else {
+        panic!("a credit frame")
+    };
+    assert_eq!(decode_stream_credit(body), Ok((id, 512)));
+    let mut trailing = body.to_vec();
+    trailing.push(0);
+    assert!(decode_stream_credit(&trailing).is_err());
+}
