@@ -6,6 +6,7 @@
 //! cargo run --release --example bench_both_ways -- push    # observer push vs client one-way
 //! cargo run --release --example bench_both_ways -- hop     # grain -> grain vs client -> grain
 //! cargo run --release --example bench_both_ways -- sizes   # request bytes: reference vs key
+//! cargo run --release --example bench_both_ways -- stream  # items/s of a grain's stream
 //! ```
 //!
 //! * `push`: the same 32-byte one-way message (`Sink::data`), paced one at a time (the next
@@ -22,6 +23,11 @@
 //!   the same request with the reference's key (`GrainKey`) instead, and of a 32-byte
 //!   `#[sequenced]` update and the same as a reliable one-way call, measured on the wire of
 //!   the simulated network.
+//! * `stream`: one reader reads `--items` 32-byte items (`[u8; 32]`) of a grain's stream
+//!   (`GrainStream::iter`) per round, with `--window` items of credit: items/s, the server
+//!   thread's CPU per item, and the most items the server sent ahead of the reader (sampled
+//!   from `ServerStats::stream_items` every 1,000 items read), which flow control bounds by
+//!   the window.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -41,6 +47,8 @@ enum Mode {
     Hop,
     /// Request bytes with a reference argument vs its key.
     Sizes,
+    /// A grain's stream of 32-byte items to one reader.
+    Stream,
 }
 
 /// Calls both ways, measured; prints one JSON line per round.
@@ -59,7 +67,30 @@ struct Args {
     /// Calls per round and kind (`hop`).
     #[arg(long, default_value_t = 5_000)]
     calls: u64,
+    /// Items per round (`stream`).
+    #[arg(long, default_value_t = 1_000_000)]
+    items: u64,
+    /// The reader's window, in items (`stream`; `ClientConfig::grain_stream_window`).
+    #[arg(long, default_value_t = grainwire::rpc::stream::DEFAULT_STREAM_WINDOW)]
+    window: u32,
 }
+
+/// A stream of 32-byte items.
+#[grainwire::grain]
+trait Feed {
+    async fn items(&self, n: u64) -> grainwire::GrainStream<[u8; 32]>;
+}
+
+struct FeedState;
+
+impl Feed for FeedState {
+    async fn items(&self, n: u64) -> grainwire::GrainStream<[u8; 32]> {
+        grainwire::GrainStream::iter((0..n).map(|i| [i as u8; 32]))
+    }
+}
+
+/// The first server (its statistics, read from the client's thread).
+static SERVER_A: OnceLock<Server> = OnceLock::new();
 
 /// The one-way message both directions send: a send time and padding to 32 bytes of
 /// arguments.
@@ -187,6 +218,7 @@ fn start_servers() -> Vec<SocketAddr> {
                     .host(Sink::host(|_: &GrainId| Arrivals))
                     .host(Pusher::host(|_: &GrainId| PushState))
                     .host(Front::host(|_: &GrainId| FrontState))
+                    .host(Feed::host(|_: &GrainId| FeedState))
                     .bind(any)
                     .expect("bind");
                 let b = Server::builder(config("b"))
@@ -196,8 +228,9 @@ fn start_servers() -> Vec<SocketAddr> {
                 a.set_peers([b.local_addr().into()]);
                 b.set_peers([a.local_addr().into()]);
                 tx.send(vec![a.local_addr(), b.local_addr()]).expect("main waits");
+                let _ = SERVER_A.set(a);
                 std::future::pending::<()>().await;
-                drop((a, b));
+                drop(b);
             })
         })
         .expect("a server thread");
@@ -216,6 +249,36 @@ fn p50_p99(mut ns: Vec<u64>) -> (f64, f64) {
 
 fn take_arrivals() -> Vec<u64> {
     std::mem::take(&mut *ARRIVED.lock().unwrap())
+}
+
+async fn stream(client: &Client, rounds: u32, n: u64, window: u32) {
+    let feed: FeedRef = client.grain(0);
+    let stats = || SERVER_A.get().expect("the server is up").stats().stream_items;
+    // Warm up.
+    let mut warm = feed.items(10_000);
+    while let Some(item) = warm.next().await {
+        item.expect("an item");
+    }
+    for round in 0..rounds {
+        let (cpu, start, sent0) = (server_cpu(), Instant::now(), stats());
+        let mut items = feed.items(n);
+        let (mut read, mut ahead) = (0u64, 0u64);
+        while let Some(item) = items.next().await {
+            let item = item.expect("an item");
+            assert_eq!(item[0], read as u8, "in order");
+            read += 1;
+            if read % 1000 == 0 {
+                ahead = ahead.max((stats() - sent0).saturating_sub(read));
+            }
+        }
+        assert_eq!(read, n);
+        let (secs, cpu) = (start.elapsed().as_secs_f64(), server_cpu() - cpu);
+        println!(
+            "{{\"mode\":\"stream\",\"round\":{round},\"items\":{n},\"item_bytes\":32,\"window\":{window},\"items_per_s\":{:.0},\"server_cpu_ns_per_item\":{:.0},\"most_ahead_of_reader\":{ahead}}}",
+            n as f64 / secs,
+            cpu.as_secs_f64() * 1e9 / n as f64
+        );
+    }
 }
 
 async fn push(client: &Client, rounds: u32, n: u64) {
@@ -415,13 +478,19 @@ fn main() {
         mode => {
             let addrs = start_servers();
             rt.block_on(async {
+                let config = grainwire::ClientConfig {
+                    grain_stream_window: args.window,
+                    ..grainwire::ClientConfig::default()
+                };
                 let client = Client::builder()
+                    .config(config)
                     .servers(addrs)
                     .connect()
                     .await
                     .unwrap_or_else(|e| panic!("connect: {e}"));
                 match mode {
                     Mode::Push => push(&client, args.rounds, args.messages).await,
+                    Mode::Stream => stream(&client, args.rounds, args.items, args.window).await,
                     _ => hop(&client, args.rounds, args.calls).await,
                 }
             });
