@@ -260,7 +260,8 @@ async fn stream(client: &Client, rounds: u32, n: u64, window: u32) {
         item.expect("an item");
     }
     for round in 0..rounds {
-        let (cpu, start, sent0) = (server_cpu(), Instant::now(), stats());
+        let packets = || client.servers().iter().map(|s| s.transport.packets_received).sum::<u64>();
+        let (cpu, start, sent0, packets0) = (server_cpu(), Instant::now(), stats(), packets());
         let mut items = feed.items(n);
         let (mut read, mut ahead) = (0u64, 0u64);
         while let Some(item) = items.next().await {
@@ -273,10 +274,12 @@ async fn stream(client: &Client, rounds: u32, n: u64, window: u32) {
         }
         assert_eq!(read, n);
         let (secs, cpu) = (start.elapsed().as_secs_f64(), server_cpu() - cpu);
+        let datagrams = packets() - packets0;
         println!(
-            "{{\"mode\":\"stream\",\"round\":{round},\"items\":{n},\"item_bytes\":32,\"window\":{window},\"items_per_s\":{:.0},\"server_cpu_ns_per_item\":{:.0},\"most_ahead_of_reader\":{ahead}}}",
+            "{{\"mode\":\"stream\",\"round\":{round},\"items\":{n},\"item_bytes\":32,\"window\":{window},\"items_per_s\":{:.0},\"server_cpu_ns_per_item\":{:.0},\"datagrams_received\":{datagrams},\"items_per_datagram\":{:.1},\"most_ahead_of_reader\":{ahead}}}",
             n as f64 / secs,
-            cpu.as_secs_f64() * 1e9 / n as f64
+            cpu.as_secs_f64() * 1e9 / n as f64,
+            n as f64 / datagrams.max(1) as f64
         );
     }
 }

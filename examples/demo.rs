@@ -180,6 +180,12 @@ async fn main() -> Result<(), Error> {
     lobby.say("ann".into(), "hi".into()).await?;
     let n = lobby.say("bob".into(), "hello ann".into()).await?;
     println!("\nthe lobby (only eu-2 hosts rooms) has seen {n} lines: {:?}", lobby.recent().await?);
+    // A stream: the room's log, read item by item (in order, each once, under flow control).
+    let mut log = lobby.log(1);
+    while let Some(line) = log.next().await {
+        let (n, text) = line?;
+        println!("  log line {n} (streamed): {text}");
+    }
     // Nobody hosts leaderboards: a typed error, nothing is sent.
     match client.grain::<LeaderboardRef>(1).top().await {
         Err(CallError::UnknownGrainType) => {

@@ -2,12 +2,12 @@
 //! `bench`). References are values: the lobby returns a `RoomRef`, a room keeps `PlayerRef`s
 //! and calls them, a player grain calls its room (wherever it lives), and a room pushes its
 //! chat lines to the `ChatView` observers players' clients host, dropping a viewer when its
-//! session ends (presence).
+//! session ends (presence), and streams its log to whoever reads it.
 
 use std::collections::{BTreeMap, VecDeque};
 
-use grainwire::GrainId;
 use grainwire::server::{Host, SessionEnded, SessionId, caller, context};
+use grainwire::{GrainId, GrainStream};
 use serde::{Deserialize, Serialize};
 
 /// A player was hit with more damage than it had health.
@@ -51,6 +51,9 @@ pub(crate) trait Room {
     async fn say(&mut self, who: String, text: String) -> u64;
     /// The last lines.
     async fn recent(&self) -> Vec<String>;
+    /// The room's log from line `from` on (the last 16 lines kept), numbered, as a stream:
+    /// read item by item while the room serves its other calls.
+    async fn log(&self, from: u64) -> GrainStream<(u64, String)>;
     /// `player` enters: the room keeps its reference and tells the player grain. The members.
     async fn enter(&mut self, player: PlayerRef) -> Result<Vec<PlayerRef>, String>;
     /// The caller's client watches the room through `view` (an observer it hosts) until its
@@ -169,6 +172,12 @@ impl Room for RoomState {
     }
     async fn recent(&self) -> Vec<String> {
         self.lines.iter().cloned().collect()
+    }
+    async fn log(&self, from: u64) -> GrainStream<(u64, String)> {
+        let first = self.count + 1 - self.lines.len() as u64;
+        let lines: Vec<(u64, String)> =
+            (first..).zip(self.lines.iter().cloned()).filter(|(n, _)| *n >= from).collect();
+        GrainStream::iter(lines)
     }
     async fn enter(&mut self, player: PlayerRef) -> Result<Vec<PlayerRef>, String> {
         let me: RoomRef = context().ok_or("no context")?.this().map_err(|e| e.to_string())?;
