@@ -292,6 +292,16 @@ fn valid_datagrams() -> Vec<Vec<u8>> {
     wire::encode_data_header(&mut close, FUZZ_TAG, 9, 2);
     wire::encode_close(&mut close, CloseKind::Application(3));
     out.push(close);
+    // Path validation: a challenge, and a response beside a ping.
+    let mut path = Vec::new();
+    wire::encode_data_header(&mut path, FUZZ_TAG, 10, 1);
+    wire::encode_path(&mut path, false, 0x0123_4567_89ab_cdef);
+    out.push(path);
+    let mut path = Vec::new();
+    wire::encode_data_header(&mut path, FUZZ_TAG, 11, 1);
+    wire::encode_ping(&mut path);
+    wire::encode_path(&mut path, true, u64::MAX);
+    out.push(path);
     out
 }
 

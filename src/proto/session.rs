@@ -202,6 +202,11 @@ impl Session {
         matches!(self.state, State::Established)
     }
 
+    /// The smoothed round-trip time (the configured initial one before any sample).
+    pub fn rtt(&self) -> std::time::Duration {
+        self.channel.as_ref().map_or(self.cfg.initial_rtt, Channel::rtt)
+    }
+
     /// Whether the session is over and may be dropped.
     pub fn is_closed(&self) -> bool {
         matches!(self.state, State::Closed)
@@ -339,6 +344,10 @@ impl Session {
                 }
                 if self.keys.is_some() {
                     self.on_protected(now, h.pn_truncated, h.pn_len, data);
+                    // A response from the session's own address validates nothing.
+                    if let Some(ch) = self.channel.as_mut() {
+                        ch.take_path_response();
+                    }
                     return;
                 }
                 if let State::Draining { .. } = self.state {

@@ -29,7 +29,10 @@ const CLOSED: u8 = 2;
 #[derive(Debug)]
 pub(crate) struct ConnShared {
     pub(crate) peer: PeerId,
-    pub(crate) addr: SocketAddr,
+    /// The peer's address now (a protected session moves with its client: see `conn`).
+    addr: Mutex<SocketAddr>,
+    /// The address it was opened from: what its budgets are charged to, for its whole life.
+    pub(crate) opened_from: SocketAddr,
     pub(crate) endpoint: Arc<EndpointShared>,
     /// What the sessions of its address hold together (it charges its queued bytes there too).
     pub(crate) address: Arc<AddressUsage>,
@@ -72,7 +75,8 @@ impl ConnShared {
     ) -> Self {
         Self {
             peer,
-            addr,
+            addr: Mutex::new(addr),
+            opened_from: addr,
             endpoint,
             address,
             inbox,
@@ -89,6 +93,16 @@ impl ConnShared {
             incoming: false,
             shedding: AtomicBool::new(false),
         }
+    }
+
+    /// The peer's address now.
+    pub(crate) fn addr(&self) -> SocketAddr {
+        *crate::sync::lock(&self.addr)
+    }
+
+    /// The session moved with its peer to `addr`.
+    pub(crate) fn set_addr(&self, addr: SocketAddr) {
+        *crate::sync::lock(&self.addr) = addr;
     }
 
     pub(crate) fn set_open(&self, peer_window: u64) {
@@ -119,7 +133,7 @@ impl ConnShared {
         // Paired with the task's parking (a SeqCst store, then a look at the inbox): either
         // the task sees this command, or this sees the session parked and asks for it.
         if self.parked.load(Ordering::SeqCst) {
-            crate::sync::lock(&self.endpoint.ready).push(self.addr);
+            crate::sync::lock(&self.endpoint.ready).push(self.addr());
             self.endpoint.any_ready.store(true, Ordering::Release);
         }
     }
@@ -146,7 +160,7 @@ impl fmt::Debug for Connection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Connection")
             .field("peer", &self.shared.peer)
-            .field("addr", &self.shared.addr)
+            .field("addr", &self.shared.addr())
             .finish()
     }
 }
@@ -157,9 +171,10 @@ impl Connection {
         self.shared.peer
     }
 
-    /// The peer's address.
+    /// The peer's address now: a protected session follows its client to a new address (see
+    /// `EndpointStats::sessions_migrated`).
     pub fn remote_addr(&self) -> SocketAddr {
-        self.shared.addr
+        self.shared.addr()
     }
 
     /// The client its verified connect token names (server side of a session opened with a

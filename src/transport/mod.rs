@@ -174,6 +174,9 @@ pub(crate) struct EndpointCounters {
     pub(crate) rejected_token: AtomicU64,
     pub(crate) rejected_by_app: AtomicU64,
     pub(crate) displaced: AtomicU64,
+    pub(crate) migrated: AtomicU64,
+    pub(crate) path_challenges: AtomicU64,
+    pub(crate) moved_refused: AtomicU64,
     pub(crate) parked: AtomicUsize,
     /// What every session holds received and not yet delivered, together.
     pub(crate) receive_held: AtomicU64,
@@ -223,6 +226,15 @@ pub struct EndpointStats {
     /// endpoint was full: each the longest-idle of the address holding the most sessions, over
     /// its share.
     pub sessions_displaced: u64,
+    /// Protected sessions moved to their client's new address (a NAT rebinding, another
+    /// network) once it answered a path challenge there.
+    pub sessions_migrated: u64,
+    /// Path challenges sent to the new addresses of protected sessions' clients (each no
+    /// larger than what had come from that address).
+    pub path_challenges: u64,
+    /// Data packets from an address without a session that named a protected session but were
+    /// not authentic or fresh (forged or replayed): dropped, nothing moved, nothing answered.
+    pub moved_refused: u64,
 }
 
 /// State shared between an endpoint's handles and its task.
@@ -274,6 +286,9 @@ impl EndpointShared {
             rejected_token: get(&c.rejected_token),
             rejected_by_app: get(&c.rejected_by_app),
             sessions_displaced: get(&c.displaced),
+            sessions_migrated: get(&c.migrated),
+            path_challenges: get(&c.path_challenges),
+            moved_refused: get(&c.moved_refused),
         }
     }
 }

@@ -115,6 +115,9 @@ struct Inner {
     overrides: HashMap<(SocketAddr, SocketAddr), SimConfig>,
     down: HashMap<SocketAddr, bool>,
     drop_next: HashMap<(SocketAddr, SocketAddr), u32>,
+    /// NAT: the address a bound socket appears as (`rebind`), and back.
+    nat_out: HashMap<SocketAddr, SocketAddr>,
+    nat_in: HashMap<SocketAddr, SocketAddr>,
     /// Sizes of the datagrams sent, when recording.
     recorded: Option<Vec<(SocketAddr, SocketAddr, usize)>>,
     /// Whole datagrams sent since `capture` (at most [`MAX_CAPTURED`]).
@@ -156,6 +159,8 @@ impl SimNetwork {
             overrides: HashMap::new(),
             down: HashMap::new(),
             drop_next: HashMap::new(),
+            nat_out: HashMap::new(),
+            nat_in: HashMap::new(),
             recorded: None,
             captured: None,
             links: HashMap::new(),
@@ -198,6 +203,18 @@ impl SimNetwork {
     /// precise loss for tests (the lost tail of a burst, one handshake packet).
     pub fn drop_next(&self, from: SocketAddr, to: SocketAddr, n: u32) {
         self.lock().drop_next.insert((from, to), n);
+    }
+
+    /// Puts the socket bound at `inside` behind a NAT that now maps it to `outside` (a NAT
+    /// rebinding, or the host moving to another network): what it sends comes from `outside`,
+    /// what is sent to `outside` reaches it, and nothing reaches it at `inside` or at the
+    /// outside address it had before.
+    pub fn rebind(&self, inside: SocketAddr, outside: SocketAddr) {
+        let mut inner = self.lock();
+        if let Some(before) = inner.nat_out.insert(inside, outside) {
+            inner.nat_in.remove(&before);
+        }
+        inner.nat_in.insert(outside, inside);
     }
 
     /// Starts recording the size of every datagram sent (and clears what was recorded).
@@ -273,6 +290,16 @@ impl SimNetwork {
         let mut guard = self.lock();
         let inner = &mut *guard;
         inner.stats.sent += 1;
+        // Behind a NAT, a socket sends as its outside address and is reached only there.
+        let from = inner.nat_out.get(&from).copied().unwrap_or(from);
+        let deliver_to = match inner.nat_in.get(&to) {
+            Some(inside) => *inside,
+            None if inner.nat_out.contains_key(&to) => {
+                inner.stats.undeliverable += 1;
+                return;
+            }
+            None => to,
+        };
         if let Some(c) = inner.captured.as_mut()
             && c.len() < MAX_CAPTURED
         {
@@ -318,7 +345,7 @@ impl SimNetwork {
         for arrival in &arrivals[..copies as usize] {
             link.seq += 1;
             let seq = link.seq;
-            match inner.sockets.get_mut(&to) {
+            match inner.sockets.get_mut(&deliver_to) {
                 Some(s) if s.queue.len() < cfg.queue_limit => {
                     s.queue.push(Reverse((now + *arrival, from, seq, data.to_vec())));
                     s.arrived = true;

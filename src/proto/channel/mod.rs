@@ -130,6 +130,10 @@ pub struct Channel {
     progress_mark: u64,
     /// What the peer must take after `last_progress` for it to count as progress again.
     progress_need: u64,
+    /// A `PATH_CHALLENGE` to echo in the next packet (the latest one heard).
+    path_respond: Option<u64>,
+    /// The latest `PATH_RESPONSE` heard, for the session to take.
+    path_heard: Option<u64>,
     stats: ConnectionStats,
 }
 
@@ -180,8 +184,15 @@ impl Channel {
             last_progress: now,
             progress_mark: 0,
             progress_need: 1,
+            path_respond: None,
+            path_heard: None,
             stats: ConnectionStats::new(now),
         }
+    }
+
+    /// The latest `PATH_RESPONSE` heard since the last call (see `Session::handle_moved`).
+    pub fn take_path_response(&mut self) -> Option<u64> {
+        self.path_heard.take()
     }
 
     /// Seeds the RTT estimate (the handshake's round trip).
@@ -293,6 +304,12 @@ impl Channel {
             match frame {
                 Frame::Ack(a) => self.on_ack(now, &a)?,
                 Frame::Ping => eliciting = true,
+                Frame::PathChallenge(token) => {
+                    // Echoed in the next packet, sent at once.
+                    eliciting = true;
+                    self.path_respond = Some(token);
+                }
+                Frame::PathResponse(token) => self.path_heard = Some(token),
                 Frame::Close(kind) => close = Some(kind),
                 Frame::MaxData(max) => {
                     eliciting = true;

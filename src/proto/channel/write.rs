@@ -26,6 +26,7 @@ impl Channel {
         if !ack_due
             && !ping
             && close.is_none()
+            && self.path_respond.is_none()
             && !self.has_new_data()
             && self.max_data_due().is_none()
         {
@@ -60,6 +61,10 @@ impl Channel {
         }
         if ping {
             wire::encode_ping(out);
+            eliciting = true;
+        }
+        if let Some(token) = self.path_respond.take() {
+            wire::encode_path(out, true, token);
             eliciting = true;
         }
         let mut chunks = self.sender.take_chunk_vec();
@@ -99,6 +104,19 @@ impl Channel {
         }
         self.record_sent(now, out.len(), eliciting, chunks, ack_largest, max_data);
         true
+    }
+
+    /// Writes a packet holding only a `PATH_CHALLENGE` with `token` into `out` (cleared first):
+    /// what a server sends to a client's new address to check the client receives there.
+    /// Not ack-eliciting for us (nothing in it is resent: another challenge is).
+    pub fn write_path_challenge(&mut self, now: Instant, tag: u32, token: u64, out: &mut Vec<u8>) {
+        out.clear();
+        let pn = self.next_pn;
+        let pn_len = seq::pn_len(pn, self.largest_acked);
+        wire::encode_data_header(out, tag, pn as u32, pn_len);
+        wire::encode_path(out, false, token);
+        let chunks = self.sender.take_chunk_vec();
+        self.record_sent(now, out.len(), false, chunks, None, None);
     }
 
     fn record_sent(

@@ -16,20 +16,21 @@ thread_local! {
 
 impl Session {
     /// A protected data packet: the replay window, then the tag, and only then the frames.
+    /// Whether it was authentic and fresh.
     pub(super) fn on_protected(
         &mut self,
         now: Instant,
         pn_truncated: u32,
         pn_len: u8,
         data: &[u8],
-    ) {
+    ) -> bool {
         let (Some(ch), Some(keys)) = (self.channel.as_mut(), self.keys.as_ref()) else {
-            return;
+            return false;
         };
         let pn = ch.expand_pn(pn_truncated, pn_len);
         if !self.replay.fresh(pn) {
             ch.count_replayed();
-            return;
+            return false;
         }
         let header_len = wire::data_header_len(data[0]);
         // One buffer per thread, not per session (idle sessions hold none).
@@ -38,6 +39,7 @@ impl Session {
         plain.extend_from_slice(data);
         let (header, body) = plain.split_at_mut(header_len);
         let opened = keys.open(pn, header, body).map(|p| p.len());
+        let authentic = opened.is_ok();
         match opened {
             Err(_) => ch.count_unauthentic(),
             Ok(n) => {
@@ -55,6 +57,36 @@ impl Session {
             }
         }
         PLAIN.set(plain);
+        authentic
+    }
+
+    /// A data packet of this session from an address other than the session's: its peer moved
+    /// (a NAT rebinding, another network), or someone replays or forges its packets. Only a
+    /// protected session can tell: an authentic, fresh packet is taken like any other of its
+    /// packets, and `Some` says so, with the `PATH_RESPONSE` it carried, if any (what the
+    /// transport validates the new address with). `None`: not taken (plain, not authentic,
+    /// replayed, or the session is not open).
+    pub fn handle_moved(&mut self, now: Instant, data: &[u8]) -> Option<Option<u64>> {
+        if self.keys.is_none() || self.channel.is_none() || self.is_closed() {
+            return None;
+        }
+        let Ok(wire::Packet::Data(h, _)) = wire::decode_packet(data) else { return None };
+        if h.tag != self.tag || !self.on_protected(now, h.pn_truncated, h.pn_len, data) {
+            return None;
+        }
+        Some(self.channel.as_mut().and_then(|ch| ch.take_path_response()))
+    }
+
+    /// Writes into `out` a sealed packet holding only a `PATH_CHALLENGE` with `token`, for the
+    /// transport to send to the address a moved peer's packets came from; false when the
+    /// session cannot (plain, or not open).
+    pub fn write_path_challenge(&mut self, now: Instant, token: u64, out: &mut Vec<u8>) -> bool {
+        if self.keys.is_none() || self.is_closed() {
+            return false;
+        }
+        let Some(ch) = self.channel.as_mut() else { return false };
+        ch.write_path_challenge(now, self.tag, token, out);
+        self.protect(out)
     }
 
     /// Seals the data packet just written into `out`, if the session is protected.

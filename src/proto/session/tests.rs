@@ -598,6 +598,48 @@ mod protected {
         assert!(p.client.stats().bytes_sent > 0 && p.client.stats().unauthentic == 0);
     }
 
+    /// A packet from another address (`handle_moved`): taken once if authentic and fresh,
+    /// never if replayed or forged; the challenge is echoed by the client and the echo is what
+    /// the server reads back. A plain session takes none.
+    #[test]
+    fn a_moved_packet_is_taken_once_if_authentic_and_its_challenge_is_echoed() {
+        let mut p = establish_protected();
+        p.client.send(Class::ReliableOrdered, 0, Bytes::from_static(b"from-afar")).unwrap();
+        let wire = drain(&mut p.client, p.now);
+        assert_eq!(p.server.handle_moved(p.now, &wire[0]), Some(None), "authentic, no echo");
+        assert_eq!(messages(&events(&mut p.server)), vec![Bytes::from_static(b"from-afar")]);
+        assert_eq!(p.server.handle_moved(p.now, &wire[0]), None, "replayed");
+        let mut forged = wire[0].clone();
+        let last = forged.len() - 1;
+        forged[last] ^= 1;
+        assert_eq!(p.server.handle_moved(p.now, &forged), None, "forged");
+        // The challenge: small, sealed; the client echoes it in its next packet, at once.
+        let mut challenge = Vec::new();
+        assert!(p.server.write_path_challenge(p.now, 0xdead_beef, &mut challenge));
+        assert!(challenge.len() <= 1 + 4 + 4 + 9 + crate::proto::crypt::AUTH_TAG_LEN);
+        p.client.handle_datagram(p.now, &challenge);
+        let echo = drain(&mut p.client, p.now);
+        assert!(!echo.is_empty(), "answered at once");
+        let heard: Vec<_> = echo.iter().filter_map(|d| p.server.handle_moved(p.now, d)).collect();
+        assert!(heard.contains(&Some(0xdead_beef)), "{heard:?}");
+        // From the session's own address, an echo validates nothing (it is dropped).
+        p.server.write_path_challenge(p.now, 7, &mut challenge);
+        p.client.handle_datagram(p.now, &challenge);
+        for d in drain(&mut p.client, p.now) {
+            p.server.handle_datagram(p.now, &d);
+        }
+        p.client.send(Class::ReliableOrdered, 0, Bytes::from_static(b"x")).unwrap();
+        let next = drain(&mut p.client, p.now);
+        assert_eq!(p.server.handle_moved(p.now, &next[0]), Some(None));
+
+        // A plain session cannot tell its client from a forger: it takes nothing moved.
+        let mut plain = establish();
+        plain.client.send(Class::ReliableOrdered, 0, Bytes::from_static(b"y")).unwrap();
+        let d = drain(&mut plain.client, plain.now);
+        assert_eq!(plain.server.handle_moved(plain.now, &d[0]), None);
+        assert!(!plain.server.write_path_challenge(plain.now, 1, &mut challenge));
+    }
+
     #[test]
     fn a_client_with_a_token_ignores_an_accept_without_proof() {
         let now = crate::test_epoch();

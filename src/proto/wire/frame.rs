@@ -1,4 +1,6 @@
-//! Frames inside a data packet: `ACK`, `PING`, `CLOSE`, `MAX_DATA` and message frames.
+//! Frames inside a data packet: `ACK`, `PING`, `CLOSE`, `MAX_DATA`, `PATH_CHALLENGE`,
+//! `PATH_RESPONSE` (8 bytes each: a server validating a client's new address) and message
+//! frames.
 //!
 //! A message frame's type byte is `0b01cc_ksl0`: `cc` the delivery class, `k` chunked, `s` an
 //! explicit stream byte follows (otherwise stream 0), `l` an explicit length follows (otherwise
@@ -17,6 +19,8 @@ const FRAME_ACK: u8 = 0x01;
 const FRAME_PING: u8 = 0x02;
 const FRAME_CLOSE: u8 = 0x03;
 const FRAME_MAX_DATA: u8 = 0x04;
+const FRAME_PATH_CHALLENGE: u8 = 0x05;
+const FRAME_PATH_RESPONSE: u8 = 0x06;
 const MSG_MARK: u8 = 0x40;
 const MSG_CHUNKED: u8 = 0x08;
 const MSG_STREAM: u8 = 0x04;
@@ -195,6 +199,11 @@ pub enum Frame<'a> {
     Close(CloseKind),
     /// Flow-control credit: the sender will accept reliable payload bytes up to this total.
     MaxData(u64),
+    /// The sender checks that we receive at the address this came to: echo it in a
+    /// `PATH_RESPONSE`.
+    PathChallenge(u64),
+    /// The echo of a `PATH_CHALLENGE`.
+    PathResponse(u64),
     /// A message or a chunk of one.
     Message(MessageFrame<'a>),
 }
@@ -253,6 +262,8 @@ impl<'a> FrameReader<'a> {
                 Ok(Frame::Close(kind))
             }
             FRAME_MAX_DATA => Ok(Frame::MaxData(self.r.varint()?)),
+            FRAME_PATH_CHALLENGE => Ok(Frame::PathChallenge(self.r.u64()?)),
+            FRAME_PATH_RESPONSE => Ok(Frame::PathResponse(self.r.u64()?)),
             t if t & 0xc0 == MSG_MARK => self.message(t).map(Frame::Message),
             other => Err(WireError::UnknownFrame(other)),
         }
@@ -353,6 +364,12 @@ pub fn encode_close(out: &mut Vec<u8>, kind: CloseKind) {
         CloseKind::Stalled => out.push(2),
         CloseKind::Shed => out.push(3),
     }
+}
+
+/// Appends a `PATH_CHALLENGE` (`response` false) or `PATH_RESPONSE` frame carrying `token`.
+pub fn encode_path(out: &mut Vec<u8>, response: bool, token: u64) {
+    out.push(if response { FRAME_PATH_RESPONSE } else { FRAME_PATH_CHALLENGE });
+    out.extend_from_slice(&token.to_le_bytes());
 }
 
 /// Appends a `MAX_DATA` frame.

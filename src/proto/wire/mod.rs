@@ -23,7 +23,7 @@ pub mod rpc;
 pub use frame::{
     AckFrame, AckRanges, Class, CloseKind, Frame, FrameReader, MAX_ACK_RANGES, MAX_CHUNKS,
     MessageFrame, MessageHeader, encode_ack, encode_close, encode_max_data, encode_message_header,
-    encode_ping, message_header_len,
+    encode_path, encode_ping, message_header_len,
 };
 pub use handshake::{
     Cookie, DataHeader, HELLO_LEN, Handshake, HandshakePacket, MAGIC, Packet, RESET_LEN,
@@ -31,7 +31,9 @@ pub use handshake::{
     encode_handshake, encode_handshake_version, is_data,
 };
 
-pub(crate) use codec::{put_varint, varint_len};
+#[cfg(feature = "test-util")]
+pub(crate) use codec::put_varint;
+pub(crate) use codec::varint_len;
 
 /// Why a datagram could not be decoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]

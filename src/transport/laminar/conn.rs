@@ -18,6 +18,20 @@
 //! which takes it from the table) when a datagram arrives from its peer, its deadline is due,
 //! or a handle queues a command for it (the handle sees the `parked` flag and puts the address
 //! on the endpoint's ready list).
+//!
+//! **Moving.** A protected session follows its client to a new address (a NAT rebinding, Wi-Fi
+//! to LTE), as QUIC's connection migration does. The socket hands a data packet from an
+//! address without a session to the protected session its tag names, saying where it really
+//! came from ([`set_moved_from`]). The session takes it only if it is authentic and fresh
+//! (`Session::handle_moved`: a forged or replayed packet moves nothing and is answered with
+//! nothing). Then the new address is validated before anything but a challenge goes there: a
+//! `PATH_CHALLENGE` (a sealed packet of ~34 bytes, sent only once the new address has sent at
+//! least as many authentic bytes: no amplification toward an address that did not ask), again
+//! after two round trips while authentic packets keep coming. The `PATH_RESPONSE` from the new
+//! address moves the session there: taken out of this connection, parked under the new
+//! address and brought back into the manager there, with its channel, calls and streams as
+//! they were (what was sent to the old address meanwhile is retransmitted). The driver moves
+//! its bookkeeping (`Moved`): the known address, the tag, the token's binding.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -84,6 +98,9 @@ pub(crate) struct Sink {
     /// connection lowers it in `update`, the driver resets it before each pass.
     pub(crate) next_deadline: AtomicU64,
     pub(crate) epoch: Instant,
+    /// What path challenges' tokens are made from: a random key and a count.
+    pub(crate) path_key: u64,
+    pub(crate) path_count: AtomicU64,
 }
 
 impl Sink {
@@ -101,6 +118,13 @@ impl Sink {
                 let _ = tx.send(e);
             }
         }
+    }
+
+    /// A fresh token for a path challenge (unpredictable without the key; it also travels
+    /// sealed).
+    fn path_token(&self) -> u64 {
+        let n = self.path_count.fetch_add(1, Ordering::Relaxed);
+        crate::proto::rng::SplitMix64::new(self.path_key ^ n).next_u64()
     }
 
     fn report_deadline(&self, at: Instant) {
@@ -156,7 +180,44 @@ pub(crate) struct Scope {
     pub(crate) just_parked: Vec<(SocketAddr, Option<Instant>, u64)>,
     /// Sessions whose peers proved they hold their tokens' secrets during the pass.
     pub(crate) proven: Vec<(SocketAddr, TokenProof)>,
+    /// Sessions that moved with their clients during the pass.
+    pub(crate) moved: Vec<Moved>,
     pub(crate) next_generation: u64,
+}
+
+/// A session that moved from `old` to `new` (see the module docs); its token (if proven) is
+/// bound to the new address.
+#[derive(Debug)]
+pub(crate) struct Moved {
+    pub(crate) old: SocketAddr,
+    pub(crate) new: SocketAddr,
+    pub(crate) proof: Option<TokenProof>,
+}
+
+thread_local! {
+    /// Where the datagram the socket returned last really came from, when it returned it to
+    /// the session its tag names rather than to its source (see the module docs).
+    static MOVED_FROM: std::cell::Cell<Option<SocketAddr>> = const { std::cell::Cell::new(None) };
+}
+
+/// Says where the datagram about to be returned by the socket came from (`None`: from the
+/// address it is returned for).
+pub(super) fn set_moved_from(from: Option<SocketAddr>) {
+    MOVED_FROM.set(from);
+}
+
+/// The bytes of a sealed packet holding only a `PATH_CHALLENGE`, at most: a data header with
+/// a 4-byte packet number, the frame, the tag.
+const CHALLENGE_MAX: usize = 1 + 4 + 4 + 9 + crate::proto::crypt::AUTH_TAG_LEN;
+
+/// A new address of a session's client being validated.
+#[derive(Debug)]
+struct Probe {
+    addr: SocketAddr,
+    token: u64,
+    /// Authentic bytes that came from `addr` and were not yet answered by a challenge.
+    credit: usize,
+    sent: Option<Instant>,
 }
 
 thread_local! {
@@ -223,8 +284,11 @@ struct Live {
     stats_at: Option<Instant>,
     stats_stale: bool,
     /// Server, with a token: what binds the token once the peer proves it holds its secrets
-    /// (taken when reported).
+    /// (taken when reported), and what was reported (bound again when the session moves).
     proof: Option<TokenProof>,
+    bound: Option<TokenProof>,
+    /// The client's new address being validated (protected sessions).
+    probe: Option<Probe>,
 }
 
 /// Statistics reach the handle at most this often (each copy takes its lock: twice per call
@@ -270,6 +334,8 @@ impl Live {
             held: 0,
             buf,
             proof,
+            bound: None,
+            probe: None,
         }
     }
 
@@ -381,6 +447,77 @@ impl Live {
     }
 }
 
+impl Conn {
+    /// A packet of this session from `from`, another address (see the module docs).
+    fn packet_from_elsewhere(
+        &mut self,
+        messenger: &mut impl ConnectionMessenger<SocketEvent>,
+        from: SocketAddr,
+        payload: &[u8],
+        time: Instant,
+    ) {
+        let Some(live) = self.live.as_mut() else { return };
+        let counters = &live.sink.endpoint.counters;
+        let Some(response) = live.session.handle_moved(time, payload) else {
+            counters.moved_refused.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        live.dirty = true;
+        live.worked = true;
+        let probe = match &mut live.probe {
+            Some(p) if p.addr == from => p,
+            other => {
+                let token = live.sink.path_token();
+                other.insert(Probe { addr: from, token, credit: 0, sent: None })
+            }
+        };
+        probe.credit += payload.len();
+        if response == Some(probe.token) {
+            // Validated: the session moves there, whole.
+            live.account_held();
+            live.pump();
+            if let Some(mut live) = self.live.take() {
+                live.probe = None;
+                live.shared.set_addr(from);
+                counters_of(&live).migrated.fetch_add(1, Ordering::Relaxed);
+                move_to(self.addr, from, live, time);
+            }
+            return;
+        }
+        let again = (live.session.rtt() * 2).max(Duration::from_millis(20));
+        if probe.credit >= CHALLENGE_MAX
+            && probe.sent.is_none_or(|t| time >= t + again)
+            && live.session.write_path_challenge(time, probe.token, &mut live.buf)
+        {
+            probe.credit -= live.buf.len();
+            probe.sent = Some(time);
+            messenger.send_packet(&from, &live.buf);
+            counters.path_challenges.fetch_add(1, Ordering::Relaxed);
+        }
+        live.account_held();
+        live.pump();
+    }
+}
+
+fn counters_of(live: &Live) -> &crate::transport::EndpointCounters {
+    &live.sink.endpoint.counters
+}
+
+/// Parks a session that moved from `old` to `new` under its new address, due at once, and
+/// tells the driver.
+fn move_to(old: SocketAddr, new: SocketAddr, live: Box<Live>, now: Instant) {
+    live.shared.parked.store(true, Ordering::SeqCst);
+    let proof = live.bound;
+    SCOPE.with(|s| {
+        let mut s = s.borrow_mut();
+        let generation = s.next_generation;
+        s.next_generation += 1;
+        s.just_parked.push((new, Some(now), generation));
+        s.parked.insert(new, Parked { live, generation, deadline: Some(now) });
+        s.moved.push(Moved { old, new, proof });
+    });
+}
+
 impl laminar::Connection for Conn {
     type SendEvent = Packet;
     type ReceiveEvent = SocketEvent;
@@ -430,10 +567,14 @@ impl laminar::Connection for Conn {
 
     fn process_packet(
         &mut self,
-        _messenger: &mut impl ConnectionMessenger<SocketEvent>,
+        messenger: &mut impl ConnectionMessenger<SocketEvent>,
         payload: &[u8],
         time: Instant,
     ) {
+        if let Some(from) = MOVED_FROM.take().filter(|a| *a != self.addr) {
+            self.packet_from_elsewhere(messenger, from, payload, time);
+            return;
+        }
         if let Some(live) = self.live.as_mut() {
             live.session.handle_datagram(time, payload);
             live.dirty = true;
@@ -441,6 +582,7 @@ impl laminar::Connection for Conn {
             if live.session.is_proven()
                 && let Some(proof) = live.proof.take()
             {
+                live.bound = Some(proof);
                 SCOPE.with(|s| s.borrow_mut().proven.push((self.addr, proof)));
             }
             live.account_held();

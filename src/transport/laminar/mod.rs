@@ -161,6 +161,8 @@ impl<I: Io, S: Service> Driver<I, S> {
             endpoint: shared.clone(),
             next_deadline: AtomicU64::new(u64::MAX),
             epoch: now,
+            path_key: rng.next_u64(),
+            path_count: AtomicU64::new(0),
         });
         let service = make_service(&shared);
         let driver = Self {
@@ -197,6 +199,10 @@ impl<I: Io, S: Service> Driver<I, S> {
             }
         }
         let shared = Arc::new(shared);
+        if let Role::Server { tag, client: Some(_), .. } = &role {
+            // A protected session may follow its client to another address.
+            self.mgr.socket_mut().register_tag(addr, *tag);
+        }
         self.conns.insert(addr, shared.clone());
         let init = conn::Init { shared, inbox, sink: self.sink.clone(), role };
         self.scope.inits.push((addr, init));
@@ -245,7 +251,7 @@ impl<I: Io, S: Service> Driver<I, S> {
                 .conns
                 .values()
                 .filter(|c| c.incoming && !c.shedding.load(Ordering::Relaxed))
-                .filter(|c| crate::proto::gate::address_key(c.addr.ip()) == key)
+                .filter(|c| crate::proto::gate::address_key(c.addr().ip()) == key)
                 .min_by_key(|c| crate::sync::lock(&c.stats).last_received);
             if let Some(c) = victim {
                 c.shedding.store(true, Ordering::Relaxed);
@@ -264,6 +270,25 @@ impl<I: Io, S: Service> Driver<I, S> {
             {
                 c.command(Command::Abort { reason: DisconnectReason::Replaced });
             }
+        }
+    }
+
+    /// Moves the bookkeeping of sessions that moved with their clients during the pass (see
+    /// `conn`): the session table, the socket's known address and tag, the token's binding.
+    /// Each is parked under its new address, due now: it comes back in the next pass.
+    fn note_moved(&mut self) {
+        for m in std::mem::take(&mut self.scope.moved) {
+            tracing::debug!(old = %m.old, new = %m.new, "a session moved with its client");
+            if let Some(c) = self.conns.remove(&m.old) {
+                self.conns.insert(m.new, c);
+            }
+            let socket = self.mgr.socket_mut();
+            socket.migrate(m.old, m.new);
+            if let Some(proof) = m.proof {
+                // Bound to the new address; the old one was this session's own.
+                socket.prove(m.new, proof);
+            }
+            self.sink.endpoint.wake.notify();
         }
     }
 
@@ -365,13 +390,14 @@ impl<I: Io, S: Service> Driver<I, S> {
         // Every init is taken in the pass after it was made; one left over means laminar did
         // not create the connection, and its waiter learns through the dropped `done`.
         self.scope.inits.clear();
+        self.note_moved();
         self.note_parked();
         self.note_proven();
         while let Ok(ev) = self.mgr.event_receiver().try_recv() {
             if let laminar::SocketEvent::Disconnect(addr) = ev {
                 self.mgr.socket_mut().forget(&addr);
-                if self.conns.remove(&addr).is_some() {
-                    self.addresses.leave(addr);
+                if let Some(c) = self.conns.remove(&addr) {
+                    self.addresses.leave(c.opened_from);
                 }
             }
         }

@@ -60,6 +60,11 @@ pub(crate) struct GatedSocket<I: Io> {
     now: Instant,
     /// Addresses with a session; the flag says whether the peer opened it.
     known: HashMap<SocketAddr, bool>,
+    /// Protected incoming sessions by their tag, and back: a data packet from an address
+    /// without a session that names one goes to that session to be checked (its client may
+    /// have moved; see `conn`).
+    tags: HashMap<u32, SocketAddr>,
+    tag_of: HashMap<SocketAddr, u32>,
     incoming: usize,
     /// Incoming sessions per address key (see [`address_key`]); only keys with sessions.
     per_ip: HashMap<IpAddr, u32>,
@@ -106,6 +111,8 @@ impl<I: Io> GatedSocket<I> {
             gate,
             now,
             known: HashMap::new(),
+            tags: HashMap::new(),
+            tag_of: HashMap::new(),
             incoming: 0,
             per_ip: HashMap::new(),
             limits,
@@ -154,8 +161,56 @@ impl<I: Io> GatedSocket<I> {
         tokens.prove(proof.token_id, proof.client_id, proof.expires, addr, unix)
     }
 
+    /// The protected incoming session at `addr` has tag `tag`.
+    pub(crate) fn register_tag(&mut self, addr: SocketAddr, tag: u32) {
+        self.tags.insert(tag, addr);
+        self.tag_of.insert(addr, tag);
+    }
+
+    /// The session at `old` moved with its client to `new`.
+    pub(crate) fn migrate(&mut self, old: SocketAddr, new: SocketAddr) {
+        let Some(incoming) = self.known.remove(&old) else { return };
+        self.known.insert(new, incoming);
+        if incoming {
+            let key = address_key(old.ip());
+            if let Some(n) = self.per_ip.get_mut(&key) {
+                *n -= 1;
+                if *n == 0 {
+                    self.per_ip.remove(&key);
+                }
+            }
+            *self.per_ip.entry(address_key(new.ip())).or_default() += 1;
+        }
+        if let Some(tag) = self.tag_of.remove(&old) {
+            self.tag_of.insert(new, tag);
+            self.tags.insert(tag, new);
+        }
+    }
+
+    /// For a data packet from `from`, an address without a session: `None` if it names no
+    /// protected session by its tag; else the session's address, or `Some(None)` when `from`
+    /// is over its handshake rate (checking the packet costs a decryption, budgeted as
+    /// unproven traffic is).
+    fn moved_session(&mut self, from: SocketAddr, datagram: &[u8]) -> Option<Option<SocketAddr>> {
+        if self.tags.is_empty() || !wire::is_data(datagram) {
+            return None;
+        }
+        let Ok(wire::Packet::Data(h, _)) = wire::decode_packet(datagram) else { return None };
+        let session = *self.tags.get(&h.tag)?;
+        if !self.limiter.allow(self.now, from) {
+            self.counters.rate_limited.fetch_add(1, Ordering::Relaxed);
+            return Some(None);
+        }
+        Some(Some(session))
+    }
+
     /// A session ended: its address is a stranger again.
     pub(crate) fn forget(&mut self, addr: &SocketAddr) {
+        if let Some(tag) = self.tag_of.remove(addr)
+            && self.tags.get(&tag) == Some(addr)
+        {
+            self.tags.remove(&tag);
+        }
         if self.known.remove(addr) == Some(true) {
             self.incoming -= 1;
             let key = address_key(addr.ip());
@@ -249,9 +304,18 @@ impl<I: Io> laminar::DatagramSocket for GatedSocket<I> {
             }
             let known = self.known.contains_key(&from);
             let datagram = &buffer[..len];
+            super::conn::set_moved_from(None);
             if known && wire::is_data(datagram) {
                 let buffer: &'a [u8] = buffer;
                 return Ok((&buffer[..len], from)); // its session decodes it
+            }
+            if !known && let Some(session) = self.moved_session(from, datagram) {
+                let Some(session) = session else { continue }; // over its rate
+                // To the session it names, which checks it and validates `from` (never a
+                // `RESET`: its client may have moved).
+                super::conn::set_moved_from(Some(from));
+                let buffer: &'a [u8] = buffer;
+                return Ok((&buffer[..len], session));
             }
             // Everything else is budgeted before the gate works on it: a `CONNECT` that proves
             // its address apart from the rest (see `HandshakeLimiter`).
