@@ -160,6 +160,24 @@ async fn client(net: &SimNetwork, window: u32) -> Client {
         .unwrap()
 }
 
+/// A server and a client on a seeded network (`loss`), the client's stream window `window`.
+struct Game {
+    net: SimNetwork,
+    seen: Arc<Seen>,
+    s: Server,
+    c: Client,
+    room: RoomRef,
+}
+
+async fn game(seed: u64, loss: f64, window: u32, config: ServerConfig) -> Game {
+    let net = net(seed, loss);
+    let seen = Arc::new(Seen::default());
+    let s = server(&net, &seen, config);
+    let c = client(&net, window).await;
+    let room: RoomRef = c.grain("lobby");
+    Game { net, seen, s, c, room }
+}
+
 /// Reads a stream to its end: its items, and the error that ended it (if any).
 async fn read_all<T, E>(s: &mut CallStream<T, E>) -> (Vec<T>, Option<CallError<E>>)
 where
@@ -184,11 +202,8 @@ where
 fn ten_thousand_items_arrive_once_in_order_under_loss() {
     for (seed, loss) in [(1, 0.0), (2, 0.2)] {
         paused(async {
-            let net = net(seed, loss);
-            let seen = Arc::new(Seen::default());
-            let s = server(&net, &seen, ServerConfig::default());
-            let c = client(&net, 256).await;
-            let room: RoomRef = c.grain("lobby");
+            let Game { net: _net, seen: _seen, s, c, room } =
+                game(seed, loss, 256, ServerConfig::default()).await;
             let mut items = room.range(0, 10_000);
             let (got, end) = read_all(&mut items).await;
             assert!(end.is_none(), "loss {loss}: ended {end:?}");
@@ -210,11 +225,8 @@ fn ten_thousand_items_arrive_once_in_order_under_loss() {
 #[test]
 fn a_reader_that_stops_holds_the_producer_after_one_window() {
     paused(async {
-        let net = net(3, 0.0);
-        let seen = Arc::new(Seen::default());
-        let s = server(&net, &seen, ServerConfig::default());
-        let c = client(&net, 64).await;
-        let room: RoomRef = c.grain("lobby");
+        let Game { net: _net, seen, s, c: _c, room } =
+            game(3, 0.0, 64, ServerConfig::default()).await;
         let mut items = room.endless();
         assert_eq!(items.next().await.unwrap().unwrap(), 0);
         // The reader stops. The server sends the window (64) and waits.
@@ -240,11 +252,8 @@ fn a_reader_that_stops_holds_the_producer_after_one_window() {
 #[test]
 fn dropping_the_stream_stops_the_producer() {
     paused(async {
-        let net = net(4, 0.0);
-        let seen = Arc::new(Seen::default());
-        let s = server(&net, &seen, ServerConfig::default());
-        let c = client(&net, 64).await;
-        let room: RoomRef = c.grain("lobby");
+        let Game { net: _net, seen, s, c: _c, room } =
+            game(4, 0.0, 64, ServerConfig::default()).await;
         let mut items = room.endless();
         for n in 0..100 {
             assert_eq!(items.next().await.unwrap().unwrap(), n);
@@ -265,11 +274,8 @@ fn dropping_the_stream_stops_the_producer() {
 #[test]
 fn the_grain_serves_calls_while_its_streams_run() {
     paused(async {
-        let net = net(5, 0.05);
-        let seen = Arc::new(Seen::default());
-        let _s = server(&net, &seen, ServerConfig::default());
-        let c = client(&net, 64).await;
-        let room: RoomRef = c.grain("lobby");
+        let Game { net: _net, seen: _seen, s: _s, c: _c, room } =
+            game(5, 0.05, 64, ServerConfig::default()).await;
         room.say("hello".into()).await.unwrap();
         room.say("hi".into()).await.unwrap();
         let mut from_start = room.lines(0);
@@ -303,11 +309,7 @@ fn the_grain_serves_calls_while_its_streams_run() {
 #[test]
 fn each_kind_of_end_is_typed() {
     paused(async {
-        let net = net(6, 0.0);
-        let seen = Arc::new(Seen::default());
-        let s = server(&net, &seen, ServerConfig::default());
-        let c = client(&net, 64).await;
-        let room: RoomRef = c.grain("lobby");
+        let Game { net, seen: _seen, s, c, room } = game(6, 0.0, 64, ServerConfig::default()).await;
 
         let (got, end) = read_all(&mut room.range(0, 3)).await;
         assert_eq!(got, vec![0, 1, 2]);
@@ -369,11 +371,8 @@ fn each_kind_of_end_is_typed() {
 #[test]
 fn a_draining_server_ends_its_streams() {
     paused(async {
-        let net = net(7, 0.0);
-        let seen = Arc::new(Seen::default());
-        let s = server(&net, &seen, ServerConfig::default());
-        let c = client(&net, 64).await;
-        let room: RoomRef = c.grain("lobby");
+        let Game { net: _net, seen: _seen, s, c: _c, room } =
+            game(7, 0.0, 64, ServerConfig::default()).await;
         let mut items = room.endless();
         assert_eq!(items.next().await.unwrap().unwrap(), 0);
         let reader = tokio::spawn(async move { read_all(&mut items).await.1 });
@@ -390,10 +389,8 @@ fn a_draining_server_ends_its_streams() {
 #[test]
 fn a_grain_reads_another_grains_stream() {
     paused(async {
-        let net = net(8, 0.05);
-        let seen = Arc::new(Seen::default());
-        let _s = server(&net, &seen, ServerConfig::default());
-        let c = client(&net, 64).await;
+        let Game { net: _net, seen: _seen, s: _s, c, room: _room } =
+            game(8, 0.05, 64, ServerConfig::default()).await;
         let room: RoomRef = c.grain("a");
         assert_eq!(room.sum_of("b".into(), 1_000).await.unwrap(), (0..1_000).sum::<u64>());
     });
@@ -404,12 +401,8 @@ fn a_grain_reads_another_grains_stream() {
 #[test]
 fn a_caller_that_opens_many_streams_is_bounded() {
     paused(async {
-        let net = net(9, 0.0);
-        let seen = Arc::new(Seen::default());
         let config = ServerConfig { max_grain_streams_per_session: 4, ..ServerConfig::default() };
-        let s = server(&net, &seen, config);
-        let c = client(&net, 16).await;
-        let room: RoomRef = c.grain("lobby");
+        let Game { net: _net, seen: _seen, s, c: _c, room } = game(9, 0.0, 16, config).await;
         let mut open = Vec::new();
         for _ in 0..4 {
             let mut items = room.endless();
