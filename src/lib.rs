@@ -61,6 +61,7 @@ pub mod error;
 pub mod fuzz;
 pub mod grain;
 pub mod interface;
+pub mod persistence;
 /// The sans-IO core: wire formats, reliability, sessions, the gate, ids, routing snapshots.
 /// Public for the fuzz targets, the benches and wire-level tests, not as an API: it changes
 /// when the protocol does. What users need of it is re-exported where they look for it (ids at
@@ -68,6 +69,7 @@ pub mod interface;
 /// statistics in [`transport`], options in [`config`], errors in [`error`]).
 #[doc(hidden)]
 pub mod proto;
+mod redis_conn;
 pub mod rpc;
 pub mod server;
 pub(crate) mod sync;

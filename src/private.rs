@@ -9,6 +9,7 @@ pub use bytes::Bytes;
 pub use crate::client::{GrainInterface, GrainRef};
 pub use crate::error::{CallError, ReferenceError};
 pub use crate::interface::{DeliveryClass, Interface, InterfaceInfo, MethodInfo, MethodKind};
+pub use crate::persistence::{Persisted, Stateful, Storage};
 pub use crate::proto::ids::{GrainId, GrainKey, GrainType, InterfaceId, MethodId, ServerId};
 pub use crate::proto::route::Affinity;
 pub use crate::proto::wire::rpc::Status;
@@ -21,7 +22,9 @@ pub use crate::rpc::reference::Checked;
 pub use crate::rpc::stream::{CallStream, GrainStream};
 pub use crate::rpc::value::deserialize_typed;
 pub use crate::server::Host;
-pub use crate::server::dispatch::{host, host_interleaving};
+pub use crate::server::dispatch::{
+    host, host_interleaving, host_with_state, host_with_state_interleaving,
+};
 pub use serde;
 
 /// The stable hash of a contract description.

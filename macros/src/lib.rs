@@ -272,11 +272,18 @@ fn gen_server_trait(g: &Grain) -> TokenStream2 {
     let host_doc =
         format!("Hosts `{trait_name}` grains, each activation made by `factory` from its id.");
     // `#[interleave]` methods run beside other `&self` calls: the grain is shared.
-    let (sync_bound, host_fn) = if g.methods.iter().any(|m| m.interleave) {
-        (quote!(+ ::core::marker::Sync), quote!(host_interleaving))
+    let (sync_bound, host_fn, state_fn) = if g.methods.iter().any(|m| m.interleave) {
+        (
+            quote!(+ ::core::marker::Sync),
+            quote!(host_interleaving),
+            quote!(host_with_state_interleaving),
+        )
     } else {
-        (quote!(), quote!(host))
+        (quote!(), quote!(host), quote!(host_with_state))
     };
+    let state_doc = format!(
+        "Hosts `{trait_name}` grains with persisted state: each activation's state is loaded from `storage` before its first call and given to `factory` (with the grain's id), and written when the activation ends if it changed (the grain writes it when it matters with `Persisted::write`)."
+    );
     quote! {
         #(#attrs)*
         #vis trait #trait_name: ::core::marker::Send + 'static {
@@ -307,6 +314,15 @@ fn gen_server_trait(g: &Grain) -> TokenStream2 {
                 __F: ::core::ops::Fn(&#p::GrainId) -> Self + ::core::marker::Send + ::core::marker::Sync + 'static,
             {
                 #p::#host_fn::<#ref_name, Self, __F>(factory)
+            }
+
+            #[doc = #state_doc]
+            fn host_with_state<__F>(storage: #p::Storage, factory: __F) -> #p::Host
+            where
+                Self: ::core::marker::Sized + #p::Stateful #sync_bound,
+                __F: ::core::ops::Fn(&#p::GrainId, #p::Persisted<<Self as #p::Stateful>::State>) -> Self + ::core::marker::Send + ::core::marker::Sync + 'static,
+            {
+                #p::#state_fn::<#ref_name, Self, __F>(storage, factory)
             }
         }
     }

@@ -45,6 +45,7 @@ pub(crate) const RESERVED: &[&str] = &[
     "on_deactivate",
     "on_session_ended",
     "host",
+    "host_with_state",
     "info",
     "id",
     "with_timeout",

@@ -17,8 +17,11 @@
 
 use std::time::Duration;
 
+use std::sync::LazyLock;
+
 use super::{BoxFuture, Claim, DirectoryError, GrainDirectory, Owner, grain_key};
 use crate::proto::ids::{GrainId, ServerId};
+use crate::redis_conn::{Failure, Redis};
 
 /// Claims a grain. KEYS: the entry, the claimant's owned set. ARGV: claimant id, its entry
 /// (JSON), lease ms, the membership's member-key prefix, the membership's index key, the
@@ -90,15 +93,15 @@ return n
 /// A grain directory in Redis, for one cluster and service.
 #[derive(Debug, Clone)]
 pub struct RedisDirectory {
-    client: redis::Client,
-    con: std::sync::Arc<tokio::sync::Mutex<Option<redis::aio::MultiplexedConnection>>>,
+    redis: Redis,
     base: String,
-    timeout: Duration,
 }
 
-fn unavailable(e: redis::RedisError) -> DirectoryError {
-    DirectoryError::Unavailable(e.to_string())
-}
+/// The scripts, hashed once.
+static SCRIPTS: LazyLock<[redis::Script; 5]> =
+    LazyLock::new(|| [LOOKUP, CLAIM, RENEW, RELEASE, RELEASE_ALL].map(redis::Script::new));
+
+const LOOKUP: &str = "return redis.call('GET', KEYS[1])";
 
 impl RedisDirectory {
     /// The directory of cluster `cluster`, service `service`, in the Redis at `url`; each
@@ -109,14 +112,8 @@ impl RedisDirectory {
         service: &str,
         timeout: Duration,
     ) -> Result<Self, DirectoryError> {
-        let client = redis::Client::open(url)
-            .map_err(|e| DirectoryError::Unavailable(format!("bad Redis URL {url:?}: {e}")))?;
-        Ok(Self {
-            client,
-            con: Default::default(),
-            base: format!("grainwire:{{{cluster}}}:{service}"),
-            timeout,
-        })
+        let redis = Redis::open(url, timeout).map_err(DirectoryError::Unavailable)?;
+        Ok(Self { redis, base: format!("grainwire:{{{cluster}}}:{service}") })
     }
 
     fn entry(&self, grain: &GrainId) -> String {
@@ -127,44 +124,19 @@ impl RedisDirectory {
         format!("{}:owned:{}", self.base, server.0)
     }
 
-    /// Runs `script` with `keys` and `args` on the shared connection (made on first use, and
-    /// again after a failure), within the timeout.
+    /// Runs script `n` of [`SCRIPTS`] with `keys` and `args`.
     async fn run<T: redis::FromRedisValue>(
         &self,
-        script: &str,
+        n: usize,
         keys: &[String],
         args: &[String],
     ) -> Result<T, DirectoryError> {
-        let work = async {
-            let mut slot = self.con.lock().await;
-            if slot.is_none() {
-                *slot = Some(
-                    self.client.get_multiplexed_async_connection().await.map_err(unavailable)?,
-                );
-            }
-            let mut con = slot.clone().expect("set above");
-            drop(slot);
-            let script = redis::Script::new(script);
-            let mut inv = script.prepare_invoke();
-            for k in keys {
-                inv.key(k);
-            }
-            for a in args {
-                inv.arg(a);
-            }
-            let r = inv.invoke_async(&mut con).await;
-            if r.is_err() {
-                *self.con.lock().await = None;
-            }
-            r.map_err(unavailable)
-        };
-        match tokio::time::timeout(self.timeout, work).await {
-            Ok(r) => r,
-            Err(_) => {
-                *self.con.lock().await = None;
-                Err(DirectoryError::Timeout)
-            }
-        }
+        let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+        let args: Vec<&[u8]> = args.iter().map(String::as_bytes).collect();
+        self.redis.run(&SCRIPTS[n], &keys, &args).await.map_err(|f| match f {
+            Failure::Timeout => DirectoryError::Timeout,
+            Failure::Failed(why) => DirectoryError::Unavailable(why),
+        })
     }
 }
 
@@ -178,8 +150,7 @@ impl GrainDirectory for RedisDirectory {
         grain: &'a GrainId,
     ) -> BoxFuture<'a, Result<Option<Owner>, DirectoryError>> {
         Box::pin(async move {
-            let v: Option<String> =
-                self.run("return redis.call('GET', KEYS[1])", &[self.entry(grain)], &[]).await?;
+            let v: Option<String> = self.run(0, &[self.entry(grain)], &[]).await?;
             v.map(|j| parse_owner(&j)).transpose()
         })
     }
@@ -202,7 +173,7 @@ impl GrainDirectory for RedisDirectory {
                 format!("{}:members", self.base),
                 format!("{}:owned:", self.base),
             ];
-            let cur: Option<String> = self.run(CLAIM, &keys, &args).await?;
+            let cur: Option<String> = self.run(1, &keys, &args).await?;
             match cur {
                 None => Ok(Claim::Won),
                 Some(j) => Ok(Claim::Owned(parse_owner(&j)?)),
@@ -223,7 +194,7 @@ impl GrainDirectory for RedisDirectory {
                 let mut keys = vec![self.owned(me)];
                 keys.extend(batch.iter().map(|g| self.entry(g)));
                 let args = [me.0.to_string(), lease.as_millis().max(1).to_string()];
-                let idx: Vec<usize> = self.run(RENEW, &keys, &args).await?;
+                let idx: Vec<usize> = self.run(2, &keys, &args).await?;
                 lost.extend(idx.into_iter().filter_map(|i| batch.get(i.checked_sub(1)?).cloned()));
             }
             Ok(lost)
@@ -236,9 +207,8 @@ impl GrainDirectory for RedisDirectory {
         me: &'a ServerId,
     ) -> BoxFuture<'a, Result<(), DirectoryError>> {
         Box::pin(async move {
-            let _: i64 = self
-                .run(RELEASE, &[self.entry(grain), self.owned(me)], &[me.0.to_string()])
-                .await?;
+            let _: i64 =
+                self.run(3, &[self.entry(grain), self.owned(me)], &[me.0.to_string()]).await?;
             Ok(())
         })
     }
@@ -248,8 +218,7 @@ impl GrainDirectory for RedisDirectory {
         server: &'a ServerId,
     ) -> BoxFuture<'a, Result<usize, DirectoryError>> {
         Box::pin(async move {
-            let n: i64 =
-                self.run(RELEASE_ALL, &[self.owned(server)], &[server.0.to_string()]).await?;
+            let n: i64 = self.run(4, &[self.owned(server)], &[server.0.to_string()]).await?;
             Ok(usize::try_from(n).unwrap_or(0))
         })
     }

@@ -11,7 +11,6 @@
 
 use std::future::Future;
 use std::marker::PhantomData;
-use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -22,6 +21,7 @@ use crossbeam::channel::Sender;
 use super::ServerCounters;
 use super::budget::{AnswerBudget, Room};
 use super::claims::{Claims, DirectoryUse, Gate};
+use super::make::Make;
 use crate::proto::ids::{GrainId, MethodId, RequestId};
 use crate::proto::wire::rpc::Status;
 use crate::rpc::call::CallKind;
@@ -140,7 +140,7 @@ impl<G: Send + 'static> Extra<G> {
     }
 }
 
-/// [`Spawn`] for interface `I` implemented by `G`, made by factory `F`, running calls as `T`
+/// [`Spawn`] for interface `I` implemented by `G`, made by `F` (a [`Make`]), running calls as `T`
 /// says, and serving the `extras` interfaces beside `I`.
 pub(crate) struct Typed<I, G, F, T = Alone> {
     pub(crate) factory: Arc<F>,
@@ -211,7 +211,7 @@ impl<I, G, F, T> Spawn for Typed<I, G, F, T>
 where
     I: Dispatch<G>,
     G: Send + 'static,
-    F: Fn(&GrainId) -> G + Send + Sync + 'static,
+    F: Make<G>,
     T: Turns<I, G>,
 {
     fn spawn(
@@ -291,21 +291,20 @@ async fn refuse(
     reporter.report(Report::Gone { grain: id });
 }
 
-/// Makes a grain instance and runs its interfaces' activation hooks; `None` if any
-/// panicked.
-async fn activate<I: Dispatch<G>, G, F: Fn(&GrainId) -> G>(
-    factory: &F,
-    here: &Here<G>,
-) -> Option<G> {
+/// Makes a grain instance (loading its state, if it has some) and runs its interfaces'
+/// activation hooks; `Err` with what its calls are answered if that failed (a panic, or state
+/// that could not be loaded).
+async fn activate<I: Dispatch<G>, G, F: Make<G>>(factory: &F, here: &Here<G>) -> Result<G, Status> {
     let id = &here.context.id;
-    let mut grain = std::panic::catch_unwind(AssertUnwindSafe(|| factory(id))).ok()?;
+    let mut grain = factory.make(id).await?;
     let hook = I::activate(&mut grain, id);
-    catch_unwind(context::scope(hook_scope(&here.context), hook)).await?;
+    let panicked = Status::HandlerPanicked;
+    catch_unwind(context::scope(hook_scope(&here.context), hook)).await.ok_or(panicked)?;
     for extra in here.extras.iter() {
         let hook = (extra.activate)(&mut grain, id);
-        catch_unwind(context::scope(hook_scope(&here.context), hook)).await?;
+        catch_unwind(context::scope(hook_scope(&here.context), hook)).await.ok_or(panicked)?;
     }
-    Some(grain)
+    Ok(grain)
 }
 
 /// What a hook runs in: the grain, no call.
@@ -494,7 +493,7 @@ async fn run<I, G, F, T>(
 ) where
     I: Dispatch<G>,
     G: Send + 'static,
-    F: Fn(&GrainId) -> G + Send + Sync + 'static,
+    F: Make<G>,
     T: Turns<I, G>,
 {
     let binding = reporter.binding.clone();
@@ -506,26 +505,40 @@ async fn run<I, G, F, T>(
     while let Some(mut job) = mailbox.next().await {
         if let Some(ended) = job.ended.take() {
             match grain.as_mut() {
-                Some(g) => {
+                Ok(g) => {
                     if session_turn::<I, G>(g, job, *ended, &here, &mailbox, &reporter).await {
                         grain = activate::<I, G, F>(&factory, &here).await;
                     }
                 }
                 // No instance to tell (its activation failed): nothing to do.
-                None => finish(&job, None, &reporter),
+                Err(_) => finish(&job, None, &reporter),
             }
         } else if caller_not_draining(&job, &budget) {
             reporter.counters.overloaded_send_queue.fetch_add(1, Ordering::Relaxed);
             finish(&job, Some(Status::Overloaded), &reporter);
-        } else if let Some(g) = grain.as_mut() {
-            if T::run_job(g, job, &here, &mailbox, &reporter).await {
-                // The instance's state may be broken: start over with a fresh one.
+        } else {
+            if grain.is_err() {
+                // Activation failed (a panic, or state that could not be loaded): try again
+                // for each call, failing it while it cannot be made.
                 grain = activate::<I, G, F>(&factory, &here).await;
             }
-        } else {
-            // Activation failed (its hook or factory panicked): fail calls until replaced.
+            match grain.as_mut() {
+                Ok(g) => {
+                    if T::run_job(g, job, &here, &mailbox, &reporter).await {
+                        // The instance's state may be broken: start over with a fresh one.
+                        grain = activate::<I, G, F>(&factory, &here).await;
+                    }
+                }
+                Err(status) => finish(&job, Some(*status), &reporter),
+            }
+        }
+        if let Ok(g) = grain.as_mut()
+            && factory.stale(g)
+        {
+            // A write found it stale (another activation loaded since): start over from what
+            // is stored.
+            tracing::info!(grain = %id, "stale state: the activation starts over from storage");
             grain = activate::<I, G, F>(&factory, &here).await;
-            finish(&job, Some(Status::HandlerPanicked), &reporter);
         }
         if !mailbox.is_empty() {
             // More calls wait: let the endpoint's task and other grains run first, so a busy
@@ -533,12 +546,14 @@ async fn run<I, G, F, T>(
             tokio::task::yield_now().await;
         }
     }
-    if let Some(g) = grain.as_mut() {
+    if let Ok(g) = grain.as_mut() {
         let _ = catch_unwind(context::scope(hook_scope(&here.context), I::deactivate(g))).await;
         for extra in here.extras.iter() {
             let hook = (extra.deactivate)(g);
             let _ = catch_unwind(context::scope(hook_scope(&here.context), hook)).await;
         }
+        // What must outlive the activation (its state, if it changed) is kept now.
+        factory.unmake(g).await;
     }
     reporter.report(Report::Gone { grain: id });
 }

@@ -3,6 +3,9 @@
 //! hosts one with [`host`].
 
 use super::Host;
+use super::activation::{Alone, Beside};
+use super::make::{Plain, WithState};
+use crate::persistence::{Persisted, Stateful, Storage};
 use crate::proto::ids::GrainId;
 pub use crate::rpc::dispatch::{Dispatch, Reply, decode_args, encode_app_err, encode_ok};
 
@@ -13,7 +16,7 @@ where
     G: Send + 'static,
     F: Fn(&GrainId) -> G + Send + Sync + 'static,
 {
-    Host::new::<I, G, F, super::activation::Alone>(factory)
+    Host::new::<I, G, _, Alone>(Plain(factory))
 }
 
 /// A [`Host`] for interface `I`, which has `#[interleave]` methods, implemented by `G`: its
@@ -24,5 +27,27 @@ where
     G: Send + Sync + 'static,
     F: Fn(&GrainId) -> G + Send + Sync + 'static,
 {
-    Host::new::<I, G, F, super::activation::Beside>(factory)
+    Host::new::<I, G, _, Beside>(Plain(factory))
+}
+
+/// A [`Host`] for interface `I` implemented by `G`, a grain with persisted state: each
+/// activation's state is loaded from `storage` before its first call and given to
+/// `factory`, and written when the activation ends if it changed.
+pub fn host_with_state<I, G, F>(storage: Storage, factory: F) -> Host
+where
+    I: Dispatch<G>,
+    G: Stateful,
+    F: Fn(&GrainId, Persisted<G::State>) -> G + Send + Sync + 'static,
+{
+    Host::new::<I, G, _, Alone>(WithState { storage, factory })
+}
+
+/// [`host_with_state`] for an interface with `#[interleave]` methods.
+pub fn host_with_state_interleaving<I, G, F>(storage: Storage, factory: F) -> Host
+where
+    I: Dispatch<G>,
+    G: Stateful + Sync,
+    F: Fn(&GrainId, Persisted<G::State>) -> G + Send + Sync + 'static,
+{
+    Host::new::<I, G, _, Beside>(WithState { storage, factory })
 }

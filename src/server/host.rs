@@ -11,7 +11,6 @@ use super::config::ServerError;
 use super::context::{Authorize, CallInfo};
 use super::dispatch::Dispatch;
 use crate::interface::InterfaceInfo;
-use crate::proto::ids::GrainId;
 
 /// A grain type to host: made by the `host` function of a `#[grain]` trait, e.g.
 /// `Player::host(|id| PlayerState::new(id))`.
@@ -35,7 +34,7 @@ impl Host {
     where
         I: Dispatch<G>,
         G: Send + 'static,
-        F: Fn(&GrainId) -> G + Send + Sync + 'static,
+        F: super::make::Make<G>,
         T: activation::Turns<I, G>,
     {
         let typed = Typed::<I, G, F, T> {

@@ -27,6 +27,7 @@ pub mod dispatch;
 mod fleet;
 mod grains;
 mod host;
+mod make;
 mod security;
 mod service;
 mod stats;

@@ -28,6 +28,7 @@ use tokio::sync::mpsc;
 use super::{ClusterNode, DiscoveryError, ServerAddr, StreamingSource, Topology, TopologyStream};
 use crate::config::duration;
 use crate::proto::manifest::Metadata;
+use crate::redis_conn::{Failure, Redis};
 
 /// One member's entry in Redis.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -132,26 +133,14 @@ async fn bounded<T>(
     }
 }
 
-/// A connection to one Redis (its client, and the multiplexed connection once made).
+/// The Redis of a membership (see `redis_conn`).
 struct Conn {
-    client: redis::Client,
-    con: Option<redis::aio::MultiplexedConnection>,
-    timeout: Duration,
+    redis: Redis,
 }
 
 impl Conn {
     fn open(url: &str, timeout: Duration) -> Result<Self, DiscoveryError> {
-        let client = redis::Client::open(url)
-            .map_err(|e| DiscoveryError::Failed(format!("bad Redis URL {url:?}: {e}")))?;
-        Ok(Self { client, con: None, timeout })
-    }
-
-    async fn con(&mut self) -> Result<&mut redis::aio::MultiplexedConnection, DiscoveryError> {
-        if self.con.is_none() {
-            let con = bounded(self.timeout, self.client.get_multiplexed_async_connection()).await?;
-            self.con = Some(con);
-        }
-        Ok(self.con.as_mut().expect("set above"))
+        Ok(Self { redis: Redis::open(url, timeout).map_err(DiscoveryError::Failed)? })
     }
 
     /// Runs `script`; a failure drops the connection (the next call makes a new one).
@@ -161,20 +150,11 @@ impl Conn {
         keys: &[&str],
         args: &[&str],
     ) -> Result<T, DiscoveryError> {
-        let timeout = self.timeout;
-        let con = self.con().await?;
-        let mut inv = script.prepare_invoke();
-        for k in keys {
-            inv.key(*k);
-        }
-        for a in args {
-            inv.arg(*a);
-        }
-        let r = bounded(timeout, inv.invoke_async(con)).await;
-        if r.is_err() {
-            self.con = None;
-        }
-        r
+        let args: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
+        self.redis.run(script, keys, &args).await.map_err(|f| match f {
+            Failure::Timeout => DiscoveryError::Timeout,
+            Failure::Failed(why) => DiscoveryError::Failed(why),
+        })
     }
 
     async fn fetch(&mut self, keys: &Keys) -> Result<Topology, DiscoveryError> {
@@ -312,7 +292,7 @@ async fn follow(
 ) -> Result<(), DiscoveryError> {
     let timeout = interval.clamp(Duration::from_secs(1), Duration::from_secs(5));
     let mut conn = Conn::open(url, timeout)?;
-    let mut pubsub = bounded(timeout, conn.client.get_async_pubsub()).await?;
+    let mut pubsub = bounded(timeout, conn.redis.client().get_async_pubsub()).await?;
     bounded(timeout, pubsub.subscribe(&keys.channel)).await?;
     let mut messages = pubsub.on_message();
     loop {
@@ -440,7 +420,7 @@ pub async fn run_membership(
             }
         }
         if pushes.is_none() && healthy {
-            pushes = subscribe(&conn.client, &keys.channel, timeout).await;
+            pushes = subscribe(conn.redis.client(), &keys.channel, timeout).await;
         }
         let next = async {
             match pushes.as_mut() {

@@ -1,6 +1,7 @@
 //! A throwaway `redis-server` for one test: started on a free loopback port with no
-//! persistence, stopped (killed) when dropped, restartable on the same port (empty, as a
-//! crashed Redis without persistence comes back).
+//! persistence (or with an append-only file: `start_persistent`), stopped (killed) when
+//! dropped, restartable on the same port (empty, as a crashed Redis without persistence comes
+//! back; or with its data).
 //!
 //! Tests that need Redis call [`RedisServer::start`]. Without `redis-server` on PATH it says
 //! loudly that the test is skipped and returns `None`, unless `GRAINWIRE_REQUIRE_REDIS` is set
@@ -13,6 +14,8 @@ use std::time::{Duration, Instant};
 pub(crate) struct RedisServer {
     port: u16,
     child: Option<Child>,
+    /// With persistence: its directory (an append-only file written at every command).
+    dir: Option<std::path::PathBuf>,
 }
 
 /// A loopback port free now and never handed to another Redis of this test process: the
@@ -54,7 +57,21 @@ impl RedisServer {
             );
             return None;
         }
-        let mut r = Self { port: free_port(), child: None };
+        let mut r = Self { port: free_port(), child: None, dir: None };
+        r.up();
+        Some(r)
+    }
+
+    /// A running Redis that keeps its data across [`start_again`](Self::start_again) (an
+    /// append-only file, synced at every write, in a directory of its own removed when it is
+    /// dropped), or `None` as [`start`](Self::start) says.
+    pub(crate) fn start_persistent(test: &str) -> Option<Self> {
+        let mut r = Self::start(test)?;
+        r.stop();
+        let dir =
+            std::env::temp_dir().join(format!("grainwire-redis-{}-{}", std::process::id(), r.port));
+        std::fs::create_dir_all(&dir).expect("a directory for redis-server");
+        r.dir = Some(dir);
         r.up();
         Some(r)
     }
@@ -65,9 +82,17 @@ impl RedisServer {
     }
 
     fn up(&mut self) {
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no", "--protected-mode", "yes"])
+        let mut cmd = Command::new("redis-server");
+        cmd.args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"]);
+        match &self.dir {
+            Some(dir) => cmd
+                .args(["--save", "", "--appendonly", "yes", "--appendfsync", "always"])
+                .arg("--dir")
+                .arg(dir),
+            None => cmd.args(["--save", "", "--appendonly", "no"]),
+        };
+        let child = cmd
+            .args(["--protected-mode", "yes"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -91,7 +116,8 @@ impl RedisServer {
         }
     }
 
-    /// Starts it again on the same port, empty (after [`stop`](Self::stop)).
+    /// Starts it again on the same port: empty, or with what it had written if it was started
+    /// persistent.
     pub(crate) fn start_again(&mut self) {
         self.stop();
         self.up();
@@ -101,5 +127,8 @@ impl RedisServer {
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.stop();
+        if let Some(dir) = &self.dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }

@@ -1,0 +1,86 @@
+//! How an activation's grain instance is made and let go: from a factory alone, or with its
+//! persisted state loaded first and written when the activation ends (`host_with_state`).
+
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+
+use crate::persistence::{Persisted, Stateful, Storage};
+use crate::proto::ids::GrainId;
+use crate::proto::wire::rpc::Status;
+
+/// A future a maker returns.
+pub(crate) type Boxed<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Makes and lets go of a grain type's instances.
+pub(crate) trait Make<G>: Send + Sync + 'static {
+    /// The instance for `id`; `Err` with what its calls are answered while it cannot be made
+    /// (`HandlerPanicked`: the factory panicked; `Unavailable`: its state could not be
+    /// loaded).
+    fn make<'a>(&'a self, id: &'a GrainId) -> Boxed<'a, Result<G, Status>>;
+    /// The activation ends: keep what must outlive it.
+    fn unmake<'a>(&'a self, grain: &'a mut G) -> Boxed<'a, ()>;
+    /// Whether the instance must be made anew before its next call (its state went stale).
+    fn stale(&self, grain: &mut G) -> bool;
+}
+
+/// Instances from a factory alone.
+pub(crate) struct Plain<F>(pub(crate) F);
+
+impl<G, F> Make<G> for Plain<F>
+where
+    G: Send + 'static,
+    F: Fn(&GrainId) -> G + Send + Sync + 'static,
+{
+    fn make<'a>(&'a self, id: &'a GrainId) -> Boxed<'a, Result<G, Status>> {
+        let made = std::panic::catch_unwind(AssertUnwindSafe(|| (self.0)(id)));
+        Box::pin(std::future::ready(made.map_err(|_| Status::HandlerPanicked)))
+    }
+
+    fn unmake<'a>(&'a self, _grain: &'a mut G) -> Boxed<'a, ()> {
+        Box::pin(std::future::ready(()))
+    }
+
+    fn stale(&self, _grain: &mut G) -> bool {
+        false
+    }
+}
+
+/// Instances whose state is loaded from `storage` first (one round trip), given to the
+/// factory, and written when the activation ends if it changed.
+pub(crate) struct WithState<F> {
+    pub(crate) storage: Storage,
+    pub(crate) factory: F,
+}
+
+impl<G, F> Make<G> for WithState<F>
+where
+    G: Stateful,
+    F: Fn(&GrainId, Persisted<G::State>) -> G + Send + Sync + 'static,
+{
+    fn make<'a>(&'a self, id: &'a GrainId) -> Boxed<'a, Result<G, Status>> {
+        Box::pin(async move {
+            let state = match self.storage.load::<G::State>(id).await {
+                Ok(s) => s,
+                Err(error) => {
+                    tracing::warn!(grain = %id, %error, "could not load the grain's state");
+                    return Err(Status::Unavailable);
+                }
+            };
+            std::panic::catch_unwind(AssertUnwindSafe(|| (self.factory)(id, state)))
+                .map_err(|_| Status::HandlerPanicked)
+        })
+    }
+
+    fn unmake<'a>(&'a self, grain: &'a mut G) -> Boxed<'a, ()> {
+        Box::pin(async move {
+            if let Err(error) = grain.state().write_if_changed().await {
+                tracing::warn!(%error, "the grain's state was not written as it deactivated");
+            }
+        })
+    }
+
+    fn stale(&self, grain: &mut G) -> bool {
+        grain.state().is_stale()
+    }
+}
