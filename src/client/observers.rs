@@ -105,7 +105,7 @@ impl Client {
         // keeping it alive.
         let weak = Arc::new(WeakCalls(Arc::downgrade(&self.calls)));
         let binding = Binding { grains: Via::Calls(weak), observers: Via::Unbound };
-        let here = Arc::new(Activation { id, binding, presence: None });
+        let here = Arc::new(Activation::new(id, binding, None));
         let mailbox = Arc::new(Mailbox::default());
         let done = observers.done.0.clone();
         let task = tokio::spawn(turns::serve::<R, O>(object, here, mailbox.clone(), move |job| {

@@ -130,10 +130,24 @@ pub struct SessionEnded {
     pub reason: DisconnectReason,
 }
 
-/// What tells a host's service which sessions its grains watch.
-pub(crate) trait Presence: Send + Sync + std::fmt::Debug + 'static {
+/// What a host's service does for its grains' code: presence (which sessions they watch),
+/// timers (turns they queue for themselves) and deactivation on request.
+pub(crate) trait Hooks: Send + Sync + std::fmt::Debug + 'static {
     /// `grain` watches (`on`) or stops watching `session`.
     fn watch(&self, session: SessionId, grain: &GrainId, on: bool);
+    /// Queues a turn of `grain`, active, running `method` of `interface` with `args`, unless
+    /// the turn of timer `timer` is still queued or running (a timer never piles up turns).
+    fn timer_turn(&self, grain: &GrainId, timer: u64, call: TimerCall);
+    /// `grain`'s activation ends after the calls queued for it now.
+    fn deactivate(&self, grain: &GrainId);
+}
+
+/// What a timer's turn runs.
+#[derive(Debug)]
+pub(crate) struct TimerCall {
+    pub(crate) interface: &'static crate::interface::InterfaceInfo,
+    pub(crate) method: crate::proto::ids::MethodId,
+    pub(crate) args: bytes::Bytes,
 }
 
 /// What a host knows of one of its grains, for as long as it is active.
@@ -143,9 +157,24 @@ pub(crate) struct Activation {
     /// How references made or decoded in its calls call: grains (a game server's fleet
     /// client) and observers (over their clients' sessions with this server).
     pub(crate) binding: Binding,
-    /// Where its watches of sessions go (none where nothing ends sessions for it: a
-    /// client's observers).
-    pub(crate) presence: Option<Arc<dyn Presence>>,
+    /// What its host does for it (none for a client's observers: no presence, no timers).
+    pub(crate) hooks: Option<Arc<dyn Hooks>>,
+    /// Its timers' tasks, aborted when it ends.
+    pub(crate) timers: std::sync::Mutex<Vec<tokio::task::AbortHandle>>,
+}
+
+impl Activation {
+    /// What a host knows of grain `id` as it activates.
+    pub(crate) fn new(id: GrainId, binding: Binding, hooks: Option<Arc<dyn Hooks>>) -> Self {
+        Self { id, binding, hooks, timers: Default::default() }
+    }
+
+    /// Stops its timers (it ends).
+    pub(crate) fn stop_timers(&self) {
+        for t in std::mem::take(&mut *crate::sync::lock(&self.timers)) {
+            t.abort();
+        }
+    }
 }
 
 /// The grain whose code runs now, and the call it serves (none in its hooks).
@@ -251,13 +280,111 @@ impl GrainContext {
     /// at most `max_watches_per_session` watches of one session (later ones are dropped,
     /// counted in `ServerStats::watches_dropped`).
     pub fn watch(&self, session: SessionId) -> bool {
-        self.0.presence.as_ref().map(|p| p.watch(session, &self.0.id, true)).is_some()
+        self.0.hooks.as_ref().map(|p| p.watch(session, &self.0.id, true)).is_some()
     }
 
     /// Stops watching `session` (the player left the room): its end is not told.
     pub fn unwatch(&self, session: SessionId) {
-        if let Some(p) = &self.0.presence {
+        if let Some(p) = &self.0.hooks {
             p.watch(session, &self.0.id, false);
         }
+    }
+
+    /// A timer: every `period` (the first after one period), `tick` is given a reference to
+    /// this grain through which its calls become **turns of this grain** (queued behind its
+    /// calls, run one at a time with them, `&mut self`): `|me: RoomRef| async move { let _ =
+    /// me.tick().await; }`. Call methods that return nothing (`#[one_way]` or `()`): the
+    /// reference answers once the turn is queued, not with its result. A timer whose last
+    /// turn has not run yet skips its tick (a busy grain never piles up timer turns). It ends
+    /// when [`Timer::cancel`] is called or the activation ends (timers do not keep a grain
+    /// active: one that only ticks deactivates when idle). A timer turn has no deadline.
+    /// Outside a host that runs timers (a client's observer), it never fires.
+    pub fn every<R, F, Fut>(&self, period: Duration, tick: F) -> Timer
+    where
+        R: GrainInterface,
+        F: FnMut(R) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        self.timer(period, Some(period), tick)
+    }
+
+    /// A timer that fires once, after `delay` (see [`every`](Self::every)).
+    pub fn after<R, F, Fut>(&self, delay: Duration, tick: F) -> Timer
+    where
+        R: GrainInterface,
+        F: FnMut(R) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        self.timer(delay, None, tick)
+    }
+
+    fn timer<R, F, Fut>(&self, first: Duration, period: Option<Duration>, mut tick: F) -> Timer
+    where
+        R: GrainInterface,
+        F: FnMut(R) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let id = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let Some(hooks) = self.0.hooks.clone() else {
+            return Timer(None);
+        };
+        let invoker = TimerInvoker { hooks, timer: id, interface: R::info() };
+        let me: R = GrainRef::make(
+            super::reference::Via::Invoker(Arc::new(invoker)),
+            self.0.id.key.clone(),
+        );
+        let task = tokio::spawn(async move {
+            let mut at = tokio::time::Instant::now() + first;
+            loop {
+                tokio::time::sleep_until(at).await;
+                tick(me.clone()).await;
+                match period {
+                    Some(p) => at += p,
+                    None => return,
+                }
+            }
+        });
+        let handle = task.abort_handle();
+        let mut timers = crate::sync::lock(&self.0.timers);
+        timers.retain(|t| !t.is_finished());
+        timers.push(handle.clone());
+        Timer(Some(handle))
+    }
+
+    /// Asks for this grain's activation to end once the calls queued for it now have run (its
+    /// state, if it has some, is written as it ends). The next call activates it again.
+    pub fn deactivate(&self) {
+        if let Some(h) = &self.0.hooks {
+            h.deactivate(&self.0.id);
+        }
+    }
+}
+
+/// A grain's timer (see [`GrainContext::every`]). Dropping it leaves the timer running.
+#[derive(Debug)]
+pub struct Timer(Option<tokio::task::AbortHandle>);
+
+impl Timer {
+    /// Stops the timer (a turn already queued still runs).
+    pub fn cancel(&self) {
+        if let Some(t) = &self.0 {
+            t.abort();
+        }
+    }
+}
+
+/// The reference a timer's tick calls through: each call becomes a turn of the grain.
+struct TimerInvoker {
+    hooks: Arc<dyn Hooks>,
+    timer: u64,
+    interface: &'static crate::interface::InterfaceInfo,
+}
+
+impl super::reference::Invoker for TimerInvoker {
+    fn invoke(&self, call: super::reference::Invocation) -> super::reference::Invoked {
+        let turn = TimerCall { interface: self.interface, method: call.method.id, args: call.args };
+        self.hooks.timer_turn(&call.grain, self.timer, turn);
+        Box::pin(std::future::ready(Ok(super::reference::Answer::empty())))
     }
 }

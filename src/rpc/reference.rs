@@ -106,7 +106,7 @@ pub struct Invocation {
     pub grain: GrainId,
     /// The method called.
     pub method: &'static MethodInfo,
-    args: Bytes,
+    pub(crate) args: Bytes,
 }
 
 impl Invocation {
@@ -134,6 +134,11 @@ impl Answer {
     /// The method failed with its application error `error`.
     pub fn app_error<E: Serialize + ?Sized>(error: &E) -> Result<Self, CallError> {
         Self::encode(Status::AppError, error)
+    }
+
+    /// `Ok` with nothing (what a method returning `()` answers).
+    pub(crate) fn empty() -> Self {
+        Self { status: Status::Ok, payload: Bytes::new() }
     }
 
     fn encode<T: Serialize + ?Sized>(status: Status, value: &T) -> Result<Self, CallError> {

@@ -56,7 +56,7 @@ pub(crate) struct Reporter {
     /// over their clients' sessions.
     pub(crate) binding: Binding,
     /// Where its grains' watches of sessions go.
-    pub(crate) presence: Arc<dyn context::Presence>,
+    pub(crate) hooks: Arc<dyn context::Hooks>,
 }
 
 impl Reporter {
@@ -497,8 +497,8 @@ async fn run<I, G, F, T>(
     T: Turns<I, G>,
 {
     let binding = reporter.binding.clone();
-    let presence = Some(reporter.presence.clone());
-    let context = Arc::new(context::Activation { id: id.clone(), binding, presence });
+    let hooks = Some(reporter.hooks.clone());
+    let context = Arc::new(context::Activation::new(id.clone(), binding, hooks));
     let here = Here { context, extras };
     let mut grain = activate::<I, G, F>(&factory, &here).await;
     let budget = reporter.budget;
@@ -546,6 +546,7 @@ async fn run<I, G, F, T>(
             tokio::task::yield_now().await;
         }
     }
+    here.context.stop_timers();
     if let Ok(g) = grain.as_mut() {
         let _ = catch_unwind(context::scope(hook_scope(&here.context), I::deactivate(g))).await;
         for extra in here.extras.iter() {

@@ -7,7 +7,9 @@ use std::sync::Arc;
 
 use crate::interface::MethodInfo;
 use crate::proto::ids::GrainKey;
-pub use crate::rpc::context::{Caller, GrainContext, SessionEnded, SessionId, caller, context};
+pub use crate::rpc::context::{
+    Caller, GrainContext, SessionEnded, SessionId, Timer, caller, context,
+};
 
 /// What a grain type's authorization decides about: who calls which grain's which method.
 #[derive(Debug, Clone, Copy)]

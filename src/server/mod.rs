@@ -45,7 +45,9 @@ use self::budget::AnswerBudget;
 pub use self::builder::ServerBuilder;
 pub use self::claims::{DirectoryConfig, DirectoryUse};
 pub use self::config::{ServerConfig, ServerError};
-pub use self::context::{CallInfo, Caller, GrainContext, SessionEnded, SessionId, caller, context};
+pub use self::context::{
+    CallInfo, Caller, GrainContext, SessionEnded, SessionId, Timer, caller, context,
+};
 pub use self::host::Host;
 pub(crate) use self::host::Registered;
 pub use self::security::{AuthConfig, KeyError, KeyFile};
@@ -275,7 +277,7 @@ impl Server {
         let shared = Arc::new(shared);
         let (cmd_tx, cmd_rx) = crossbeam::channel::unbounded();
         let observer_cmds = cmd_tx.clone();
-        let presence_cmds = cmd_tx.clone();
+        let hook_cmds = cmd_tx.clone();
         let (report_tx, report_rx) = crossbeam::channel::unbounded();
         let s = shared.clone();
         let budget = AnswerBudget {
@@ -296,16 +298,9 @@ impl Server {
                     max_request: s.config.transport.max_message_size,
                 })),
             };
-            let presence =
-                Arc::new(service::PresenceCmds { cmds: presence_cmds, endpoint: ep.clone() });
-            let reporter = Reporter {
-                tx: report_tx,
-                endpoint: ep.clone(),
-                budget,
-                counters,
-                binding,
-                presence,
-            };
+            let hooks = Arc::new(service::HookCmds { cmds: hook_cmds, endpoint: ep.clone() });
+            let reporter =
+                Reporter { tx: report_tx, endpoint: ep.clone(), budget, counters, binding, hooks };
             ServerService::new(s, reporter, report_rx, cmd_rx)
         })?;
         if let Some(claims) = shared.claims.clone() {

@@ -47,13 +47,14 @@ mod ends;
 mod observers;
 mod presence;
 mod room;
+mod timers;
 mod updates;
 
 use self::elsewhere::Elsewhere;
 pub(crate) use self::observers::ObserverCall;
 use self::observers::Observers;
-pub(crate) use self::presence::PresenceCmds;
 use self::presence::Watches;
+pub(crate) use self::timers::HookCmds;
 
 /// What a call costs the server beyond its arguments: its job, its record and their entries.
 const CALL_COST: usize = 256;
@@ -84,6 +85,10 @@ pub(crate) enum ServerCmd {
     ObserverCancel { peer: PeerId, id: RequestId },
     /// `grain` watches (`on`) or stops watching `peer`'s session (presence).
     Watch { peer: PeerId, grain: GrainId, on: bool },
+    /// A timer of `grain` fired: queue its turn.
+    Timer { grain: GrainId, timer: u64, call: crate::rpc::context::TimerCall },
+    /// `grain` asked for its activation to end.
+    Deactivate(GrainId),
 }
 
 struct CallRecord {
@@ -189,6 +194,8 @@ pub(crate) struct ServerService {
     /// Observers clients host, and grains' calls to them.
     observers: Observers,
     watches: Watches,
+    /// Timers whose turns are queued or running.
+    timers: timers::Timers,
 }
 
 impl ServerService {
@@ -224,6 +231,7 @@ impl ServerService {
             elsewhere,
             observers: Observers::default(),
             watches: Watches::default(),
+            timers: timers::Timers::default(),
         }
     }
 
@@ -371,6 +379,12 @@ impl ServerService {
             ServerCmd::ObserverCall(call) => self.observer_call(call, now),
             ServerCmd::ObserverCancel { peer, id } => self.observer_cancel(peer, id),
             ServerCmd::Watch { peer, grain, on } => self.watch(peer, grain, on, now),
+            ServerCmd::Timer { grain, timer, call } => self.timer_turn(grain, timer, call),
+            ServerCmd::Deactivate(grain) => {
+                if let Some(key) = self.table.key_of(&grain) {
+                    self.table.deactivate(key);
+                }
+            }
             ServerCmd::Drain(done) => {
                 self.accepting = false;
                 // A stream may run for ever: it ends now (`ShuttingDown`, with the items sent
@@ -438,7 +452,12 @@ impl Service for ServerService {
     fn poll(&mut self, now: Instant) {
         while let Ok(r) = self.reports.try_recv() {
             match r {
-                Report::Done { token } => self.finished(token, now),
+                Report::Done { token } => {
+                    if !self.timers.pending.is_empty() {
+                        self.timers.done(token);
+                    }
+                    self.finished(token, now)
+                }
                 Report::Gone { grain } => self.gone(grain, now),
                 Report::Refused { grain, redirect } => {
                     // It may not run here: end it now (its calls are answered as it goes),

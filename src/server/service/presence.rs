@@ -14,7 +14,7 @@ use std::collections::{HashSet, VecDeque};
 
 use super::*;
 use crate::error::DisconnectReason;
-use crate::rpc::context::{Presence, SessionEnded, SessionId};
+use crate::rpc::context::{SessionEnded, SessionId};
 
 /// Ended sessions remembered, to tell a watch that comes late at once.
 const RECENT: usize = 4096;
@@ -26,22 +26,6 @@ pub(super) struct Watches {
     ended: IdMap<PeerId, (Caller, DisconnectReason)>,
     /// `ended`'s sessions, oldest first.
     order: VecDeque<PeerId>,
-}
-
-/// How a server's grains watch sessions ([`Presence`]): commands to its service.
-#[derive(Debug)]
-pub(crate) struct PresenceCmds {
-    pub(crate) cmds: crossbeam::channel::Sender<ServerCmd>,
-    pub(crate) endpoint: Arc<crate::transport::EndpointShared>,
-}
-
-impl Presence for PresenceCmds {
-    fn watch(&self, session: SessionId, grain: &GrainId, on: bool) {
-        let cmd = ServerCmd::Watch { peer: PeerId(session.0), grain: grain.clone(), on };
-        if self.cmds.send(cmd).is_ok() {
-            self.endpoint.wake.notify();
-        }
-    }
 }
 
 /// The session a peer is, as grains see it.

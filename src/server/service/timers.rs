@@ -1,0 +1,100 @@
+//! Grains' timers and requests (`GrainContext::every`, `after`, `deactivate`): a timer's task
+//! sends its fire here, and the service queues the turn in the grain's mailbox, as a one-way
+//! call of the grain's own (it runs one at a time with its calls, `&mut self`). A timer whose
+//! last turn is still queued or running skips its fire. Timer turns are not calls of any
+//! session: they do not keep a grain active, have no deadline, and an inactive grain is not
+//! activated for one.
+
+use super::*;
+use crate::interface::InterfaceInfo;
+use crate::rpc::context::{Hooks, SessionId, TimerCall};
+
+/// How a server's grains reach its service ([`Hooks`]): commands.
+#[derive(Debug)]
+pub(crate) struct HookCmds {
+    pub(crate) cmds: crossbeam::channel::Sender<ServerCmd>,
+    pub(crate) endpoint: Arc<crate::transport::EndpointShared>,
+}
+
+impl HookCmds {
+    fn send(&self, cmd: ServerCmd) {
+        if self.cmds.send(cmd).is_ok() {
+            self.endpoint.wake.notify();
+        }
+    }
+}
+
+impl Hooks for HookCmds {
+    fn watch(&self, session: SessionId, grain: &GrainId, on: bool) {
+        self.send(ServerCmd::Watch { peer: PeerId(session.0), grain: grain.clone(), on });
+    }
+
+    fn timer_turn(&self, grain: &GrainId, timer: u64, call: TimerCall) {
+        self.send(ServerCmd::Timer { grain: grain.clone(), timer, call });
+    }
+
+    fn deactivate(&self, grain: &GrainId) {
+        self.send(ServerCmd::Deactivate(grain.clone()));
+    }
+}
+
+/// The timers whose turns are queued or running: by timer, and the token of each turn.
+#[derive(Debug, Default)]
+pub(super) struct Timers {
+    pub(super) pending: IdMap<u64, u64>,
+    by_timer: IdSet<u64>,
+}
+
+impl Timers {
+    /// The turn `token` ended: its timer may fire again.
+    pub(super) fn done(&mut self, token: u64) {
+        if let Some(timer) = self.pending.remove(&token) {
+            self.by_timer.remove(&timer);
+        }
+    }
+}
+
+impl ServerService {
+    /// Queues the turn of `grain`'s timer `timer`, if the grain is active and the timer's last
+    /// turn has ended.
+    pub(super) fn timer_turn(&mut self, grain: GrainId, timer: u64, call: TimerCall) {
+        if self.timers.by_timer.contains(&timer) {
+            return; // its last turn has not run yet
+        }
+        let Some(iface) = self.slot_of(&grain, call.interface) else { return };
+        let Some(a) = self.table.by_grain(&grain) else { return };
+        let Life::Active = a.life else { return };
+        let token = self.next_token;
+        self.next_token += 1;
+        let caller = Caller::new(SessionId(0), std::net::SocketAddr::from(([0, 0, 0, 0], 0)), None);
+        let job = Job {
+            token,
+            reply: CallKind::OneWay,
+            iface,
+            unreliable: false,
+            method: call.method,
+            args: call.args,
+            caller,
+            // No deadline of a caller: what calls the turn makes may take a default's.
+            deadline: tokio::time::Instant::now() + self.shared.config.default_deadline,
+            ended: None,
+            stream: None,
+        };
+        a.mailbox.push(job);
+        self.timers.by_timer.insert(timer);
+        self.timers.pending.insert(token, timer);
+    }
+
+    /// Which of its host's interfaces `interface` is, for `grain`'s type.
+    fn slot_of(&self, grain: &GrainId, interface: &InterfaceInfo) -> Option<u8> {
+        self.shared
+            .registry
+            .iter()
+            .find(|r| {
+                r.info.grain_type == grain.ty
+                    && r.info.id == interface.id
+                    && r.info.version == interface.version
+            })
+            .map(|r| r.slot)
+    }
+}
