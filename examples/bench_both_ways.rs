@@ -7,6 +7,7 @@
 //! cargo run --release --example bench_both_ways -- hop     # grain -> grain vs client -> grain
 //! cargo run --release --example bench_both_ways -- sizes   # request bytes: reference vs key
 //! cargo run --release --example bench_both_ways -- stream  # items/s of a grain's stream
+//! cargo run --release --example bench_both_ways -- timer   # a timer turn vs a one-way call
 //! ```
 //!
 //! * `push`: the same 32-byte one-way message (`Sink::data`), paced one at a time (the next
@@ -28,6 +29,9 @@
 //!   thread's CPU per item, and the most items the server sent ahead of the reader (sampled
 //!   from `ServerStats::stream_items` every 1,000 items read), which flow control bounds by
 //!   the window.
+//! * `timer`: server CPU per turn of a grain's timer (`every(1 ms)`, `--messages` ticks per
+//!   round) and per one-way call from the client at the same pace (one per millisecond), in
+//!   interleaved rounds.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -49,6 +53,8 @@ enum Mode {
     Sizes,
     /// A grain's stream of 32-byte items to one reader.
     Stream,
+    /// A timer's turn vs a client's one-way call.
+    Timer,
 }
 
 /// Calls both ways, measured; prints one JSON line per round.
@@ -86,6 +92,43 @@ struct FeedState;
 impl Feed for FeedState {
     async fn items(&self, n: u64) -> grainwire::GrainStream<[u8; 32]> {
         grainwire::GrainStream::iter((0..n).map(|i| [i as u8; 32]))
+    }
+}
+
+/// A grain ticking: its timer's turns, counted.
+#[grainwire::grain]
+trait Ticker {
+    /// Ticks every millisecond until `n` ticks.
+    async fn run(&mut self, n: u64);
+    #[one_way]
+    async fn tick(&mut self);
+    async fn count(&self) -> u64;
+}
+
+static TICKS: AtomicU64 = AtomicU64::new(0);
+
+struct TickerState {
+    timer: Option<grainwire::server::Timer>,
+    goal: u64,
+}
+
+impl Ticker for TickerState {
+    async fn run(&mut self, n: u64) {
+        self.goal = TICKS.load(Ordering::SeqCst) + n;
+        let cx = context().expect("in a call");
+        self.timer = Some(cx.every(Duration::from_millis(1), |me: TickerRef| async move {
+            let _ = me.tick().await;
+        }));
+    }
+    async fn tick(&mut self) {
+        if TICKS.fetch_add(1, Ordering::SeqCst) + 1 >= self.goal
+            && let Some(t) = self.timer.take()
+        {
+            t.cancel();
+        }
+    }
+    async fn count(&self) -> u64 {
+        TICKS.load(Ordering::SeqCst)
     }
 }
 
@@ -219,6 +262,7 @@ fn start_servers() -> Vec<SocketAddr> {
                     .host(Pusher::host(|_: &GrainId| PushState))
                     .host(Front::host(|_: &GrainId| FrontState))
                     .host(Feed::host(|_: &GrainId| FeedState))
+                    .host(Ticker::host(|_: &GrainId| TickerState { timer: None, goal: 0 }))
                     .bind(any)
                     .expect("bind");
                 let b = Server::builder(config("b"))
@@ -249,6 +293,35 @@ fn p50_p99(mut ns: Vec<u64>) -> (f64, f64) {
 
 fn take_arrivals() -> Vec<u64> {
     std::mem::take(&mut *ARRIVED.lock().unwrap())
+}
+
+async fn timer(client: &Client, rounds: u32, n: u64) {
+    let ticker: TickerRef = client.grain(0);
+    for round in 0..rounds {
+        let (cpu, start) = (server_cpu(), TICKS.load(Ordering::SeqCst));
+        ticker.run(n).await.expect("run");
+        while TICKS.load(Ordering::SeqCst) < start + n {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let timer_cpu = server_cpu() - cpu;
+        let (cpu, start) = (server_cpu(), TICKS.load(Ordering::SeqCst));
+        let mut at = tokio::time::Instant::now();
+        for _ in 0..n {
+            at += Duration::from_millis(1);
+            tokio::time::sleep_until(at).await;
+            ticker.tick().await.expect("one-way");
+        }
+        while TICKS.load(Ordering::SeqCst) < start + n {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let call_cpu = server_cpu() - cpu;
+        let per = |d: Duration| d.as_secs_f64() * 1e6 / n as f64;
+        println!(
+            "{{\"mode\":\"timer\",\"round\":{round},\"turns\":{n},\"timer_turn_server_cpu_us\":{:.2},\"one_way_server_cpu_us\":{:.2}}}",
+            per(timer_cpu),
+            per(call_cpu)
+        );
+    }
 }
 
 async fn stream(client: &Client, rounds: u32, n: u64, window: u32) {
@@ -494,6 +567,7 @@ fn main() {
                 match mode {
                     Mode::Push => push(&client, args.rounds, args.messages).await,
                     Mode::Stream => stream(&client, args.rounds, args.items, args.window).await,
+                    Mode::Timer => timer(&client, args.rounds, args.messages).await,
                     _ => hop(&client, args.rounds, args.calls).await,
                 }
             });
