@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 use game::{ChatView, ChatViewRef, Defeated, EchoRef, LobbyRef, PlayerRef, RoomRef};
 use grainwire::auth::ConnectToken;
 use grainwire::client::{ClientEvent, ConnectMode, ConsistentHash, RoundRobin};
+use grainwire::persistence::Storage;
 use grainwire::{CallError, Client, GrainKey, Server, ServerConfig};
 use tokio::sync::broadcast;
 
@@ -45,11 +46,15 @@ fn us(d: Duration) -> f64 {
 const FLEET: [(&str, &[&str]); 3] =
     [("eu-1", &["player", "echo"]), ("eu-2", &["room", "echo"]), ("eu-3", &["player", "echo"])];
 
+/// Where the fleet's players keep their state: this process's memory, shared by the demo's
+/// servers (`game_server --state redis` keeps it in Redis).
+static STATE: std::sync::LazyLock<Storage> = std::sync::LazyLock::new(Storage::memory);
+
 fn start(id: &str, grains: &[&str], addr: SocketAddr) -> Result<Server, Error> {
     let config = ServerConfig { server_id: Some(id.into()), ..ServerConfig::default() };
     let mut builder = Server::builder(config);
     for g in grains {
-        builder = builder.host(game::host(g, id).ok_or("unknown grain type")?);
+        builder = builder.host(game::host(g, id, &STATE).ok_or("unknown grain type")?);
     }
     Ok(builder.bind(addr)?)
 }
@@ -132,6 +137,18 @@ async fn calls_both_ways() -> Result<(), Error> {
     let n = ann.say("bob left".into()).await?;
     let line = tokio::time::timeout(Duration::from_secs(5), views[0].recv()).await?;
     println!("bob closes the game: the room is told (presence); line {n} goes to ann: {line:?}");
+    // Time in grains: the room's round clock is a timer whose ticks are turns of the room.
+    let clock_of = ann_client.grain::<RoomRef>(room.id().key.clone());
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let mut clock = clock_of.clock().await?;
+    while clock < 1 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        clock = clock_of.clock().await?;
+    }
+    if clock < 1 {
+        return Err("the room's clock never ticked".into());
+    }
+    println!("the room's round clock (a timer ticking every second, as turns): {clock} s");
     ann_client.disconnect().await;
     a.shutdown().await;
     b.shutdown().await;
@@ -267,9 +284,14 @@ async fn main() -> Result<(), Error> {
         })
     };
     tokio::time::sleep(Duration::from_millis(100)).await;
+    // A player living on eu-3 is hit: its health is persisted state.
+    let on_eu3 = before.iter().find(|(_, s)| s.as_str() == "eu-3").map(|(p, _)| p.clone());
+    let on_eu3 = on_eu3.ok_or("no player lives on eu-3")?;
+    let hurt: PlayerRef = client.grain(on_eu3.as_str());
+    let health = hurt.hit(25).await?;
     let eu3_addr = addrs[2];
     let eu3 = servers[2].take().ok_or("eu-3 runs")?;
-    println!("\nstopping eu-3 with calls in flight ...");
+    println!("\nstopping eu-3 with calls in flight ({on_eu3}, who lives there, has {health} health) ...");
     eu3.shutdown().await;
     let gone = wait_for(&mut events, |e| matches!(e, ClientEvent::Disconnected { .. })).await?;
     if let ClientEvent::Disconnected { server, reason, .. } = gone {
@@ -285,6 +307,12 @@ async fn main() -> Result<(), Error> {
     );
     if before.iter().any(|(p, s)| s != "eu-3" && during[p] != *s) {
         return Err("a player moved although its server stayed".into());
+    }
+    // The drain wrote its state: the player's new activation (on eu-1) has it.
+    let kept = hurt.hit(0).await?;
+    println!("{on_eu3} now lives on {} with {kept} health: its state moved with it", hurt.server().await?);
+    if kept != health {
+        return Err("a drained player's state was lost".into());
     }
 
     // eu-3 comes back on the same address with the same id: reconnected in the background.
@@ -374,7 +402,7 @@ a client given only eu-1 as its seed found {ids:?}"
     let mut pair = Vec::new();
     for id in ["dir-1", "dir-2"] {
         let config = ServerConfig { server_id: Some(id.into()), ..ServerConfig::default() };
-        let host = game::host("player", id).ok_or("player")?;
+        let host = game::host("player", id, &Storage::memory()).ok_or("player")?;
         let s = Server::builder(config)
             .directory(directory.clone())
             .host(host)
@@ -415,7 +443,7 @@ a client given only eu-1 as its seed found {ids:?}"
     let key = grainwire::auth::generate_key(1)?;
     let guarded = {
         let config = ServerConfig { server_id: Some("secure-1".into()), ..ServerConfig::default() };
-        let host = game::host("player", "secure-1").ok_or("player")?.authorize(
+        let host = game::host("player", "secure-1", &Storage::memory()).ok_or("player")?.authorize(
             |call| matches!(call.key, GrainKey::Str(k) if k.as_bytes() == call.caller.user_data()),
         );
         Server::builder(config).token_keys([key.clone()]).host(host).bind("127.0.0.1:0".parse()?)?

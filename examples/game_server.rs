@@ -5,6 +5,7 @@
 //! cargo run --release --example game_server -- --bind 127.0.0.1:0 --redis redis://127.0.0.1:6379/ --cluster eu
 //! cargo run --release --example game_server -- --bind 127.0.0.1:7778 --peer 127.0.0.1:7777
 //! cargo run --release --example game_server -- --bind 127.0.0.1:7777 --key-file key.hex --own-player-only
+//! cargo run --release --example game_server -- --bind 127.0.0.1:0 --redis redis://127.0.0.1:6379/ --state redis
 //! ```
 //!
 //! `--help` lists every flag with its default. `--server-id` and `--advertise` (the address
@@ -16,7 +17,10 @@
 //! it, and its Redis keys are the cluster's. `--priority N` and `--meta KEY=VALUE`
 //! (repeatable) go to clients in its manifest and the fleet, for tiered strategies.
 //! `--stats-every S` prints the server's statistics to stderr every S seconds. `--config FILE`
-//! loads a server configuration (TOML or JSON) that the flags then override.
+//! loads a server configuration (TOML or JSON) that the flags then override. `--state redis`
+//! (with `--redis`) keeps player grains' state (health, position) in that Redis: a player
+//! keeps it across a server kill (up to its last write: joining, a hit), a drain (written as
+//! it deactivates) and the fleet; `--state memory` (the default) in the process.
 //!
 //! `--key-file [ID=]FILE` (repeatable, for a rotation; the id defaults to 1) requires every
 //! client to present a connect token sealed with one of those keys and naming this server
@@ -42,6 +46,7 @@ use std::path::PathBuf;
 use clap::Parser;
 use grainwire::client::ServerAddr;
 use grainwire::config::ConfigFile;
+use grainwire::persistence::Storage;
 use grainwire::server::{AuthConfig, MetaValue};
 use grainwire::{GrainKey, Server, ServerConfig};
 
@@ -98,6 +103,18 @@ struct Args {
     /// A server configuration file (TOML or JSON); the flags override it.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
+    /// Where player grains keep their state (health, position): `memory` (this process:
+    /// lost when it stops) or `redis` (the --redis URL, under the cluster's hash tag: kept
+    /// across a kill, a drain and the fleet).
+    #[arg(long, value_name = "WHERE", default_value = "memory")]
+    state: StateWhere,
+}
+
+/// Where player grains keep their state.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum StateWhere {
+    Memory,
+    Redis,
 }
 
 fn parse_meta(kv: &str) -> Result<(String, MetaValue), String> {
@@ -148,6 +165,15 @@ async fn main() {
     t.max_connections = a.max_connections.unwrap_or(t.max_connections);
     t.max_connections_per_ip = a.max_connections_per_ip.unwrap_or(t.max_connections_per_ip);
     let cluster = config.cluster_id.clone();
+    let storage = match (a.state, &a.redis) {
+        (StateWhere::Memory, _) => Storage::memory(),
+        (StateWhere::Redis, Some(url)) => {
+            let timeout = std::time::Duration::from_secs(2);
+            Storage::redis(url, &cluster, &config.service_id, timeout)
+                .unwrap_or_else(|e| fail(&format!("--state redis: {e}")))
+        }
+        (StateWhere::Redis, None) => fail("--state redis needs --redis URL"),
+    };
     let keys: Vec<_> =
         a.key_files.iter().map(|f| keys::read_key(f).unwrap_or_else(|e| fail(&e))).collect();
     let protected = !keys.is_empty() || matches!(config.auth, AuthConfig::Tokens { .. });
@@ -161,7 +187,7 @@ async fn main() {
             builder.approve(move |c| if banned.contains(&c.client_id) { Err(403) } else { Ok(()) });
     }
     for g in &a.grains {
-        let mut host = game::host(g, &server_id).unwrap_or_else(|| {
+        let mut host = game::host(g, &server_id, &storage).unwrap_or_else(|| {
             fail(&format!("unknown grain type {g}; known: {}", game::GRAIN_NAMES.join(",")))
         });
         if a.own_player_only && g == "player" {

@@ -6,7 +6,8 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use grainwire::server::{Host, SessionEnded, SessionId, caller, context};
+use grainwire::server::{Host, SessionEnded, SessionId, Timer, caller, context};
+use grainwire::persistence::{Persisted, Stateful, Storage};
 use grainwire::{GrainId, GrainStream};
 use serde::{Deserialize, Serialize};
 
@@ -54,6 +55,11 @@ pub(crate) trait Room {
     /// The room's log from line `from` on (the last 16 lines kept), numbered, as a stream:
     /// read item by item while the room serves its other calls.
     async fn log(&self, from: u64) -> GrainStream<(u64, String)>;
+    /// The round clock: seconds since the first player entered (a timer ticks it).
+    async fn clock(&self) -> u64;
+    /// The clock's tick: a turn of the room, queued by its timer.
+    #[one_way]
+    async fn tick(&mut self);
     /// `player` enters: the room keeps its reference and tells the player grain. The members.
     async fn enter(&mut self, player: PlayerRef) -> Result<Vec<PlayerRef>, String>;
     /// The caller's client watches the room through `view` (an observer it hosts) until its
@@ -88,39 +94,75 @@ pub(crate) trait Echo {
     async fn derive_at(&mut self, n: u64) -> (u64, String);
 }
 
-/// The player grain's state.
-#[derive(Debug)]
-pub(crate) struct PlayerState {
+/// What a player keeps across activations and servers (`#[serde(default)]`: a field added
+/// later reads older records).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub(crate) struct PlayerData {
     name: String,
     health: u32,
     position: (f32, f32),
+}
+
+impl Default for PlayerData {
+    fn default() -> Self {
+        Self { name: String::new(), health: 100, position: (0.0, 0.0) }
+    }
+}
+
+/// The player grain's state.
+pub(crate) struct PlayerState {
+    /// Loaded before the activation's first call; written when it matters (joining, a hit)
+    /// and when the activation ends (positions change every frame: not written each time).
+    data: Persisted<PlayerData>,
     server: std::sync::Arc<str>,
     room: Option<RoomRef>,
 }
 
+impl Stateful for PlayerState {
+    type State = PlayerData;
+    fn state(&mut self) -> &mut Persisted<PlayerData> {
+        &mut self.data
+    }
+}
+
+impl PlayerState {
+    /// Writes the state now (a storage that fails is logged: the game goes on).
+    async fn save(&mut self) {
+        if let Err(error) = self.data.write().await {
+            tracing::warn!(%error, "the player's state was not written");
+        }
+    }
+}
+
 impl Player for PlayerState {
     async fn join(&mut self, name: String) -> u32 {
-        self.name = name;
+        self.data.name = name;
+        self.save().await;
         1
     }
     async fn hit(&mut self, damage: u32) -> Result<u32, Defeated> {
-        match self.health.checked_sub(damage) {
+        let health = self.data.health;
+        match health.checked_sub(damage) {
             Some(h) => {
-                self.health = h;
+                if damage > 0 {
+                    self.data.health = h;
+                    self.save().await;
+                }
                 Ok(h)
             }
-            None => Err(Defeated { overkill: damage - self.health }),
+            None => Err(Defeated { overkill: damage - health }),
         }
     }
     async fn move_by(&mut self, dx: f32, dy: f32) {
-        self.position.0 += dx;
-        self.position.1 += dy;
+        self.data.position.0 += dx;
+        self.data.position.1 += dy;
     }
     async fn position(&self) -> (f32, f32) {
-        self.position
+        self.data.position
     }
     async fn set_position(&mut self, x: f32, y: f32) {
-        self.position = (x, y);
+        self.data.position = (x, y);
     }
     async fn server(&self) -> String {
         self.server.to_string()
@@ -147,6 +189,9 @@ pub(crate) struct RoomState {
     members: Vec<PlayerRef>,
     /// Viewers by the session that subscribed them.
     viewers: BTreeMap<SessionId, ChatViewRef>,
+    /// The round clock, and its timer (started when the first player enters).
+    clock: u64,
+    timer: Option<Timer>,
 }
 
 impl Room for RoomState {
@@ -173,6 +218,12 @@ impl Room for RoomState {
     async fn recent(&self) -> Vec<String> {
         self.lines.iter().cloned().collect()
     }
+    async fn clock(&self) -> u64 {
+        self.clock
+    }
+    async fn tick(&mut self) {
+        self.clock += 1;
+    }
     async fn log(&self, from: u64) -> GrainStream<(u64, String)> {
         let first = self.count + 1 - self.lines.len() as u64;
         let lines: Vec<(u64, String)> =
@@ -184,6 +235,14 @@ impl Room for RoomState {
         player.entered(me).await.map_err(|e| e.to_string())?;
         if !self.members.contains(&player) {
             self.members.push(player);
+        }
+        if self.timer.is_none() {
+            let every_second = std::time::Duration::from_secs(1);
+            self.timer = Some(context().ok_or("no context")?.every(every_second, |me: RoomRef| {
+                async move {
+                    let _ = me.tick().await;
+                }
+            }));
         }
         Ok(self.members.clone())
     }
@@ -238,15 +297,13 @@ impl Echo for EchoState {
 pub(crate) const GRAIN_NAMES: [&str; 4] = ["player", "room", "lobby", "echo"];
 
 /// The host for the grain type named `name` (see [`GRAIN_NAMES`]) on the server `server`.
-pub(crate) fn host(name: &str, server: &str) -> Option<Host> {
+pub(crate) fn host(name: &str, server: &str, storage: &Storage) -> Option<Host> {
     let server: std::sync::Arc<str> = server.into();
     Some(match name {
         "player" => {
             let server = server.clone();
-            Player::host(move |_: &GrainId| PlayerState {
-                name: String::new(),
-                health: 100,
-                position: (0.0, 0.0),
+            Player::host_with_state(storage.clone(), move |_: &GrainId, data| PlayerState {
+                data,
                 server: server.clone(),
                 room: None,
             })
