@@ -291,7 +291,9 @@ async fn main() -> Result<(), Error> {
     let health = hurt.hit(25).await?;
     let eu3_addr = addrs[2];
     let eu3 = servers[2].take().ok_or("eu-3 runs")?;
-    println!("\nstopping eu-3 with calls in flight ({on_eu3}, who lives there, has {health} health) ...");
+    println!(
+        "\nstopping eu-3 with calls in flight ({on_eu3}, who lives there, has {health} health) ..."
+    );
     eu3.shutdown().await;
     let gone = wait_for(&mut events, |e| matches!(e, ClientEvent::Disconnected { .. })).await?;
     if let ClientEvent::Disconnected { server, reason, .. } = gone {
@@ -310,7 +312,10 @@ async fn main() -> Result<(), Error> {
     }
     // The drain wrote its state: the player's new activation (on eu-1) has it.
     let kept = hurt.hit(0).await?;
-    println!("{on_eu3} now lives on {} with {kept} health: its state moved with it", hurt.server().await?);
+    println!(
+        "{on_eu3} now lives on {} with {kept} health: its state moved with it",
+        hurt.server().await?
+    );
     if kept != health {
         return Err("a drained player's state was lost".into());
     }

@@ -6,8 +6,8 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use grainwire::server::{Host, SessionEnded, SessionId, Timer, caller, context};
 use grainwire::persistence::{Persisted, Stateful, Storage};
+use grainwire::server::{Host, SessionEnded, SessionId, Timer, caller, context};
 use grainwire::{GrainId, GrainStream};
 use serde::{Deserialize, Serialize};
 
@@ -238,11 +238,12 @@ impl Room for RoomState {
         }
         if self.timer.is_none() {
             let every_second = std::time::Duration::from_secs(1);
-            self.timer = Some(context().ok_or("no context")?.every(every_second, |me: RoomRef| {
-                async move {
+            self.timer = Some(context().ok_or("no context")?.every(
+                every_second,
+                |me: RoomRef| async move {
                     let _ = me.tick().await;
-                }
-            }));
+                },
+            ));
         }
         Ok(self.members.clone())
     }

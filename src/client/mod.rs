@@ -219,6 +219,13 @@ impl Client {
         lock(&self.shared.view).servers.iter().find_map(|s| s.manifest.clone())
     }
 
+    /// Whether the server at `addr` was lost (its session ended, or it was judged dead after
+    /// `health_timeout` of silence) or could not be reached, and no session to it is up
+    /// since. False for an address this client does not know.
+    pub(crate) fn unreachable(&self, addr: &ServerAddr) -> bool {
+        self.shared.slots().iter().any(|s| s.addrs.contains(addr) && s.is_down())
+    }
+
     /// The connected servers (with their manifests), in the order they connected.
     pub fn servers(&self) -> Vec<ServerInfo> {
         lock(&self.shared.view)

@@ -54,6 +54,9 @@ pub(crate) struct Slot {
     retired: AtomicBool,
     /// Cuts a pause short when the slot is retired.
     stop: Notify,
+    /// Its server was lost (its session ended, or it was judged dead) or could not be
+    /// reached, and no session is up since.
+    down: AtomicBool,
 }
 
 impl Slot {
@@ -66,6 +69,7 @@ impl Slot {
             demand: Notify::new(),
             retired: AtomicBool::new(false),
             stop: Notify::new(),
+            down: AtomicBool::new(false),
         }
     }
 
@@ -145,8 +149,14 @@ impl Slot {
         }
     }
 
+    /// Whether its server was lost or could not be reached, and no session is up since.
+    pub(crate) fn is_down(&self) -> bool {
+        self.down.load(Ordering::Acquire)
+    }
+
     /// The session to address `i` is up.
     fn connected(&self, i: usize) {
+        self.down.store(false, Ordering::Release);
         let mut s = lock(&self.state);
         // The manifest may have been handled before this task ran again.
         if s.phase == Phase::Connecting {
@@ -158,6 +168,7 @@ impl Slot {
     /// Connecting to address `i` failed; true if every address has now been tried (the slot
     /// waits before the next round).
     fn failed(&self, i: usize, error: ConnectError) -> bool {
+        self.down.store(true, Ordering::Release);
         let mut s = lock(&self.state);
         s.errors[i] = Some(error);
         let wrapped = i + 1 == self.addrs.len();
@@ -241,6 +252,7 @@ pub(crate) async fn run(
                 backoff = cfg.reconnect_min;
                 shared.poke();
                 let reason = conn.closed().await;
+                slot.down.store(true, Ordering::Release);
                 tracing::debug!(%addr, %reason, "session ended");
                 next = 0;
                 if on_demand {

@@ -118,6 +118,9 @@ struct Call {
     seq: u64,
     /// Redirected: where its owner is reached (it waits for that server while it connects).
     owner_at: Option<ServerAddr>,
+    /// Redirected: its affinity before (the redirect requires the owner); it routes by it again
+    /// if the owner turns out unreachable.
+    before_redirect: Option<Affinity>,
 }
 
 /// What the client keeps with a call it sent, to route it again.
@@ -197,8 +200,8 @@ struct Moving {
 struct Delayed {
     at: Instant,
     call: Call,
-    /// The server it left (the retry goes elsewhere).
-    from: PeerId,
+    /// The server it left (the retry goes elsewhere); none: any.
+    from: Option<PeerId>,
     /// What it fails with if no server takes it then.
     fallback: CallError,
 }
@@ -305,6 +308,7 @@ impl ClientService {
                     redirected: false,
                     seq: self.next_seq,
                     owner_at: None,
+                    before_redirect: None,
                 };
                 self.next_seq += 1;
                 self.dispatch(call, to, now);

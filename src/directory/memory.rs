@@ -15,6 +15,8 @@ use crate::sync::lock;
 #[derive(Debug, Default)]
 pub struct MemoryDirectory {
     entries: Mutex<HashMap<GrainId, (Owner, Instant)>>,
+    /// Votes that a server is dead: by whom, until when.
+    votes: Mutex<HashMap<ServerId, HashMap<ServerId, Instant>>>,
 }
 
 impl MemoryDirectory {
@@ -98,6 +100,28 @@ impl GrainDirectory for MemoryDirectory {
             entries.remove(grain);
         }
         ready(Ok(()))
+    }
+
+    fn suspect<'a>(
+        &'a self,
+        server: &'a ServerId,
+        by: &'a ServerId,
+        quorum: usize,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<bool, DirectoryError>> {
+        let now = Instant::now();
+        let dead = {
+            let mut votes = lock(&self.votes);
+            let v = votes.entry(server.clone()).or_default();
+            v.retain(|_, until| *until > now);
+            v.insert(by.clone(), now + ttl);
+            v.len() >= quorum.max(1)
+        };
+        if dead {
+            let mut entries = lock(&self.entries);
+            entries.retain(|_, (o, _)| o.server != *server);
+        }
+        ready(Ok(dead))
     }
 
     fn release_all<'a>(

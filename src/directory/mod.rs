@@ -99,6 +99,23 @@ pub trait GrainDirectory: Send + Sync + 'static {
         &'a self,
         server: &'a ServerId,
     ) -> BoxFuture<'a, Result<usize, DirectoryError>>;
+
+    /// `by` finds `server` unreachable (its session to it went silent for its health timeout):
+    /// a vote that `server` is dead, good for `ttl`. Once votes of `quorum` distinct servers
+    /// are current, `server` is declared dead: every grain it owns is released at once (other
+    /// servers then claim them as they are called). Returns whether it is declared dead now.
+    /// One server's vote alone never declares another dead unless `quorum` is 1 (a fleet of
+    /// two). A directory that keeps no votes declares nobody dead (leases lapse instead).
+    fn suspect<'a>(
+        &'a self,
+        server: &'a ServerId,
+        by: &'a ServerId,
+        quorum: usize,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<bool, DirectoryError>> {
+        let _ = (server, by, quorum, ttl);
+        Box::pin(std::future::ready(Ok(false)))
+    }
 }
 
 /// Directory keys longer than this name their grain by a digest instead (see [`grain_key`]).

@@ -90,6 +90,27 @@ redis.call('DEL', KEYS[1])
 return n
 ";
 
+/// A vote that a server is dead. KEYS: its votes (a sorted set: voter → until, ms), its owned
+/// set. ARGV: voter id, ttl ms, quorum, the server's id. Drops lapsed votes, adds this one;
+/// with a quorum, releases everything the server owns (as `RELEASE_ALL`) and returns 1.
+const SUSPECT: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[3]) then return 0 end
+for _, key in ipairs(redis.call('SMEMBERS', KEYS[2])) do
+  local cur = redis.call('GET', key)
+  if cur then
+    local ok, owner = pcall(cjson.decode, cur)
+    if ok and owner['server'] == ARGV[4] then redis.call('DEL', key) end
+  end
+end
+redis.call('DEL', KEYS[2])
+return 1
+";
+
 /// A grain directory in Redis, for one cluster and service.
 #[derive(Debug, Clone)]
 pub struct RedisDirectory {
@@ -98,8 +119,8 @@ pub struct RedisDirectory {
 }
 
 /// The scripts, hashed once.
-static SCRIPTS: LazyLock<[redis::Script; 5]> =
-    LazyLock::new(|| [LOOKUP, CLAIM, RENEW, RELEASE, RELEASE_ALL].map(redis::Script::new));
+static SCRIPTS: LazyLock<[redis::Script; 6]> =
+    LazyLock::new(|| [LOOKUP, CLAIM, RENEW, RELEASE, RELEASE_ALL, SUSPECT].map(redis::Script::new));
 
 const LOOKUP: &str = "return redis.call('GET', KEYS[1])";
 
@@ -220,6 +241,26 @@ impl GrainDirectory for RedisDirectory {
         Box::pin(async move {
             let n: i64 = self.run(4, &[self.owned(server)], &[server.0.to_string()]).await?;
             Ok(usize::try_from(n).unwrap_or(0))
+        })
+    }
+
+    fn suspect<'a>(
+        &'a self,
+        server: &'a ServerId,
+        by: &'a ServerId,
+        quorum: usize,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<bool, DirectoryError>> {
+        Box::pin(async move {
+            let keys = [format!("{}:suspects:{}", self.base, server.0), self.owned(server)];
+            let args = [
+                by.0.to_string(),
+                ttl.as_millis().max(1).to_string(),
+                quorum.max(1).to_string(),
+                server.0.to_string(),
+            ];
+            let dead: i64 = self.run(5, &keys, &args).await?;
+            Ok(dead == 1)
         })
     }
 }

@@ -73,9 +73,24 @@ pub(crate) enum Gate {
     Unavailable,
 }
 
+/// What a server knows of its peers' health: through its own fleet client, which keeps a
+/// session to every server of the fleet and judges one dead after its `health_timeout` of
+/// silence (see `grains::FleetCalls`).
+pub(crate) trait PeerHealth: Send + Sync + 'static {
+    /// Whether the server reached at `endpoint` was lost (or never reached) and is not back.
+    fn unreachable(&self, endpoint: &crate::proto::addr::ServerAddr) -> bool;
+    /// Servers in the fleet, this one included.
+    fn fleet_size(&self) -> usize;
+}
+
+/// How long a vote that a peer is dead counts.
+const VOTE_TTL: Duration = Duration::from_secs(10);
+
 /// The grains this server holds in the directory (their leases), and how it uses it.
 pub(crate) struct Claims {
     pub(crate) leases: Arc<Leases>,
+    /// Its peers' health, to take over the grains of one found dead.
+    peers: std::sync::OnceLock<Arc<dyn PeerHealth>>,
 }
 
 impl std::fmt::Debug for Claims {
@@ -98,7 +113,12 @@ impl Claims {
         config: DirectoryConfig,
     ) -> Self {
         let leases = Arc::new(Leases::new(directory, me, config.lease, config.timeout));
-        Self { leases }
+        Self { leases, peers: std::sync::OnceLock::new() }
+    }
+
+    /// What it learns its peers' health from.
+    pub(crate) fn set_peers(&self, peers: Arc<dyn PeerHealth>) {
+        let _ = self.peers.set(peers);
     }
 
     /// The directory.
@@ -111,13 +131,45 @@ impl Claims {
         if how == DirectoryUse::Off {
             return Gate::Serve;
         }
-        match self.leases.claim(grain).await {
+        let mut claim = self.leases.claim(grain).await;
+        if let Ok(Claim::Owned(owner)) = &claim
+            && self.dead(owner).await
+        {
+            // Its owner was declared dead (its grains released): claim it again.
+            claim = self.leases.claim(grain).await;
+        }
+        match claim {
             Ok(Claim::Won) => Gate::Serve,
             Ok(Claim::Owned(owner)) => {
                 let payload = redirect_payload(&owner);
                 Gate::Redirect(owner, payload)
             }
             Err(error) => self.unavailable(grain, how, &error.to_string()),
+        }
+    }
+
+    /// Whether `owner`, found owning a grain, is dead: this server finds it unreachable, votes
+    /// so, and the votes of its peers make a quorum (two servers; one in a fleet of two), so
+    /// one slow link never takes a live server's grains. Then the directory released its
+    /// grains.
+    async fn dead(&self, owner: &Owner) -> bool {
+        let Some(peers) = self.peers.get() else { return false };
+        if owner.server == self.leases.owner().server || !peers.unreachable(&owner.endpoint) {
+            return false;
+        }
+        let quorum = if peers.fleet_size() <= 2 { 1 } else { 2 };
+        let me = &self.leases.owner().server;
+        match self.directory().suspect(&owner.server, me, quorum, VOTE_TTL).await {
+            Ok(dead) => {
+                if dead {
+                    tracing::warn!(server = %owner.server, "declared dead by its peers: its grains are taken over");
+                }
+                dead
+            }
+            Err(error) => {
+                tracing::debug!(%error, "could not vote in the directory");
+                false
+            }
         }
     }
 

@@ -132,6 +132,23 @@ impl FleetCalls {
     }
 }
 
+impl FleetCalls {
+    /// Starts the client now (a server with a directory watches its peers' health through it).
+    pub(crate) fn start_now(&self) {
+        let _ = self.client();
+    }
+}
+
+impl super::claims::PeerHealth for FleetCalls {
+    fn unreachable(&self, endpoint: &crate::proto::addr::ServerAddr) -> bool {
+        self.client.get().and_then(Option::as_ref).is_some_and(|c| c.unreachable(endpoint))
+    }
+
+    fn fleet_size(&self) -> usize {
+        self.spec.fleet.borrow().nodes().len()
+    }
+}
+
 impl Calls for FleetCalls {
     fn default_timeout(&self) -> Duration {
         self.spec.default_timeout

@@ -303,6 +303,12 @@ impl Server {
                 Reporter { tx: report_tx, endpoint: ep.clone(), budget, counters, binding, hooks };
             ServerService::new(s, reporter, report_rx, cmd_rx)
         })?;
+        if let Some(claims) = &shared.claims {
+            // A server with a directory watches its peers' health through its fleet client
+            // (a session to each), to take over the grains of one found dead (see `claims`).
+            shared.grains.start_now();
+            claims.set_peers(shared.grains.clone());
+        }
         if let Some(claims) = shared.claims.clone() {
             let (cmds, wake) = (cmd_tx.clone(), endpoint.waker());
             let task = tokio::spawn(claims.renew_forever(move |lost| {

@@ -52,13 +52,15 @@ impl ClientService {
             redirected: pending.kept.redirected,
             seq: pending.kept.seq,
             owner_at: None,
+            before_redirect: None,
         };
         if !delay.is_zero() {
             if delay >= remaining {
                 return Some(pending);
             }
             tracing::debug!(?from, ?delay, attempt = call.attempts, "call sent again after a wait");
-            self.delayed.push(Delayed { at: now + delay, call, from, fallback: why.error() });
+            let fallback = why.error();
+            self.delayed.push(Delayed { at: now + delay, call, from: Some(from), fallback });
             return None;
         }
         match self.reroute(&call, Some(from)) {
@@ -99,7 +101,8 @@ impl ClientService {
             return Some(pending);
         }
         let mut again = pending.kept.again.clone();
-        again.affinity = Affinity::Required(owner.clone());
+        let before_redirect =
+            Some(std::mem::replace(&mut again.affinity, Affinity::Required(owner.clone())));
         let call = Call {
             frame: resend_frame(&pending, remaining),
             flags: pending.flags,
@@ -112,6 +115,7 @@ impl ClientService {
             redirected: true,
             seq: pending.kept.seq,
             owner_at: endpoint.parse().ok(),
+            before_redirect,
         };
         if self.reroute(&call, None).is_err() {
             // Not connected to the owner (a list without it, or discovery behind): connect it.
@@ -210,7 +214,7 @@ impl ClientService {
             if d.call.kind.call().is_some_and(|c| c.is_cancelled()) {
                 continue;
             }
-            match self.reroute(&d.call, Some(d.from)) {
+            match self.reroute(&d.call, d.from) {
                 Ok(to) => {
                     lock(&self.shared.accounting).retried();
                     self.send(d.call, to, now);

@@ -3,6 +3,11 @@
 
 use super::*;
 
+/// How long a call redirected to an owner found gone waits before it is routed again (its
+/// deadline allowing): the owner's peers declare it dead within their health timeout, and a
+/// server that claims the grain then gets it.
+const OWNER_GONE_WAIT: Duration = Duration::from_millis(100);
+
 impl ClientService {
     /// Sends `call` to `to` if that server is still there, else routes it again.
     pub(super) fn dispatch(&mut self, call: Call, to: Option<(PeerId, u32)>, now: Instant) {
@@ -68,29 +73,46 @@ impl ClientService {
 
     /// On-demand: keeps a call that no connected server takes until a server connects; else
     /// fails it.
-    pub(super) fn park_or_fail(&mut self, call: Call, error: CallError, now: Instant) {
+    pub(super) fn park_or_fail(&mut self, mut call: Call, error: CallError, now: Instant) {
         if call.redirected {
-            // Waits for the owner it was sent to while that server is being connected; fails
-            // (`ServerUnavailable`) once connecting it failed: the owner may be dead, and the
-            // directory says so only when its membership lapses.
+            // Waits for the owner it was sent to while that server is being connected for the
+            // first time. An owner that was lost (or could not be reached) is likely dead: its
+            // peers find it so within their health timeout and take its grains over, so the
+            // call is routed again, a little later, within its deadline (see `OWNER_GONE_WAIT`).
             let connecting = call.owner_at.as_ref().is_some_and(|at| {
-                self.shared
-                    .slots()
-                    .iter()
-                    .any(|s| s.addrs.contains(at) && s.phase() != Phase::Backoff)
+                let slots = self.shared.slots();
+                let mut owners = slots.iter().filter(|s| s.addrs.contains(at)).peekable();
+                owners.peek().is_some()
+                    && owners.clone().all(|s| !s.is_down())
+                    && owners.any(|s| s.phase() != Phase::Backoff)
             });
             if connecting {
                 self.parked.push(call);
-            } else {
-                let key = (call.again.target.grain_type, call.again.hash);
-                if self.locations.remove(&key).is_some() {
-                    self.location_order.retain(|k| *k != key);
+                return;
+            }
+            let key = (call.again.target.grain_type, call.again.hash);
+            if self.locations.remove(&key).is_some() {
+                self.location_order.retain(|k| *k != key);
+            }
+            match call.before_redirect.take() {
+                Some(before)
+                    if !matches!(before, Affinity::Required(_))
+                        && call.deadline > now + OWNER_GONE_WAIT =>
+                {
+                    tracing::debug!(owner = ?call.again.affinity, "the grain's owner is gone: routing again soon");
+                    call.again.affinity = before;
+                    call.redirected = false;
+                    call.owner_at = None;
+                    let at = now + OWNER_GONE_WAIT;
+                    self.delayed.push(Delayed { at, call, from: None, fallback: error });
                 }
-                let error = match &call.again.affinity {
-                    Affinity::Required(owner) => CallError::ServerUnavailable(owner.clone()),
-                    _ => error,
-                };
-                self.fail(call.kind.call().map(Arc::as_ref), error, false, now);
+                _ => {
+                    let error = match &call.again.affinity {
+                        Affinity::Required(owner) => CallError::ServerUnavailable(owner.clone()),
+                        _ => error,
+                    };
+                    self.fail(call.kind.call().map(Arc::as_ref), error, false, now);
+                }
             }
         } else if (self.shared.config.mode == ConnectMode::OnDemand && self.demand_next())
             || (self.shared.wait_while_starting && self.shared.starting())

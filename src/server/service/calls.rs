@@ -102,8 +102,12 @@ impl ServerService {
             if !self.elsewhere.map.is_empty()
                 && let Some(payload) = self.elsewhere.get(&grain, now)
             {
-                self.shared.counters.redirects.fetch_add(1, Ordering::Relaxed);
-                return self.answer(peer, id, Status::Redirect, &payload);
+                if !self.owner_unreachable(&payload) {
+                    self.shared.counters.redirects.fetch_add(1, Ordering::Relaxed);
+                    return self.answer(peer, id, Status::Redirect, &payload);
+                }
+                // Its owner went silent: ask the directory again (its peers may take over).
+                self.elsewhere.map.remove(&grain);
             }
             if let Err((status, payload)) = self.room_for_activation(peer, creator.cost) {
                 return self.answer(peer, id, status, &payload);
@@ -166,6 +170,14 @@ impl ServerService {
             self.deadlines.push(Reverse((deadline, token)));
         }
         self.publish();
+    }
+
+    /// Whether the owner a redirect payload names is unreachable from here (this server's
+    /// fleet client lost it, or never reached it).
+    fn owner_unreachable(&self, payload: &[u8]) -> bool {
+        use crate::server::claims::PeerHealth;
+        let Ok((_, endpoint)) = rpc::decode_redirect(payload) else { return false };
+        endpoint.parse().is_ok_and(|at| self.shared.grains.unreachable(&at))
     }
 
     /// Whether a call to `grain` made by the grains of `chain` would wait on itself: the grain
