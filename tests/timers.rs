@@ -29,6 +29,8 @@ trait Clock {
     async fn ticks(&self) -> (u64, bool);
     /// Asks to be deactivated.
     async fn done(&mut self);
+    /// Asks to be kept for `ms` more, idle or not.
+    async fn hold(&mut self, ms: u64);
 }
 
 /// What the test reads without a call: ticks of every activation.
@@ -75,25 +77,34 @@ impl Clock for ClockGrain {
     async fn done(&mut self) {
         context().expect("in a call").deactivate();
     }
+    async fn hold(&mut self, ms: u64) {
+        context().expect("in a call").keep_alive(Duration::from_millis(ms));
+    }
 }
 
 fn setup(idle: Duration) -> (SimNetwork, Arc<Seen>, Server) {
+    setup_typed(idle, None)
+}
+
+/// A server whose idle time is `idle`, hosting clocks idle after `type_idle` if given.
+fn setup_typed(idle: Duration, type_idle: Option<Duration>) -> (SimNetwork, Arc<Seen>, Server) {
     let net =
         SimNetwork::new(1, SimConfig { delay: Duration::from_millis(1), ..SimConfig::default() });
     let seen = Arc::new(Seen::default());
     let s = {
         let seen = seen.clone();
         let config = ServerConfig { idle_deactivation: idle, ..ServerConfig::default() };
-        Server::builder(config)
-            .host(Clock::host(move |_: &GrainId| ClockGrain {
-                seen: seen.clone(),
-                ticks: 0,
-                in_call: false,
-                overlapped: false,
-                timer: None,
-            }))
-            .bind_sim(&net, server_addr(0))
-            .unwrap()
+        let mut host = Clock::host(move |_: &GrainId| ClockGrain {
+            seen: seen.clone(),
+            ticks: 0,
+            in_call: false,
+            overlapped: false,
+            timer: None,
+        });
+        if let Some(d) = type_idle {
+            host = host.idle_after(d);
+        }
+        Server::builder(config).host(host).bind_sim(&net, server_addr(0)).unwrap()
     };
     (net, seen, s)
 }
@@ -179,4 +190,26 @@ fn each_grain_ticks_its_own() {
     });
     let t = ticks.lock().unwrap();
     assert!((24..=26).contains(&t[0]) && (9..=11).contains(&t[1]), "{t:?}");
+}
+
+/// A grain type's own idle time (shorter than the server's), and a grain asking to be kept
+/// longer than it.
+#[test]
+fn a_types_idle_time_and_keep_alive() {
+    paused(async {
+        let (net, _seen, s) = setup_typed(Duration::from_secs(300), Some(Duration::from_secs(1)));
+        let c = support::fleet_client(&net, "10.0.1.1:5000", 1).await;
+        let a: ClockRef = c.grain(1);
+        a.ticks().await.unwrap();
+        let start = tokio::time::Instant::now();
+        wait_until("the type's idle time", Duration::from_secs(5), || s.activation_count() == 0)
+            .await;
+        let took = start.elapsed();
+        assert!(took >= Duration::from_secs(1) && took < Duration::from_secs(3), "{took:?}");
+        // Kept for 5 s: still there after 3, gone within a sweep of 5.
+        a.hold(5_000).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        assert_eq!(s.activation_count(), 1, "kept");
+        wait_until("its keep ran out", Duration::from_secs(4), || s.activation_count() == 0).await;
+    });
 }

@@ -140,6 +140,8 @@ pub(crate) trait Hooks: Send + Sync + std::fmt::Debug + 'static {
     fn timer_turn(&self, grain: &GrainId, timer: u64, call: TimerCall);
     /// `grain`'s activation ends after the calls queued for it now.
     fn deactivate(&self, grain: &GrainId);
+    /// `grain`'s activation is kept (not deactivated for idleness) for `for_at_least` more.
+    fn keep_alive(&self, grain: &GrainId, for_at_least: Duration);
 }
 
 /// What a timer's turn runs.
@@ -350,6 +352,15 @@ impl GrainContext {
         timers.retain(|t| !t.is_finished());
         timers.push(handle.clone());
         Timer(Some(handle))
+    }
+
+    /// Asks for this grain's activation to be kept for at least `duration` more, idle or not
+    /// (a room waiting for its players to come back; its type's or the server's idle time
+    /// counts again after that). Eviction under `max_activations` may still take it.
+    pub fn keep_alive(&self, duration: Duration) {
+        if let Some(h) = &self.0.hooks {
+            h.keep_alive(&self.0.id, duration);
+        }
     }
 
     /// Asks for this grain's activation to end once the calls queued for it now have run (its

@@ -137,6 +137,7 @@ impl ServerBuilder {
                     hosted: hosted.clone(),
                     directory: h.directory,
                     authorize: h.authorize.clone(),
+                    idle: h.idle,
                 });
             }
         }

@@ -4,6 +4,7 @@
 use std::marker::PhantomData;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
+use std::time::Duration;
 
 use super::activation::{self, Spawn, Typed};
 use super::claims::DirectoryUse;
@@ -19,6 +20,7 @@ pub struct Host {
     pub(super) spawn: Arc<dyn Spawn>,
     pub(super) directory: DirectoryUse,
     pub(super) authorize: Option<Authorize>,
+    pub(super) idle: Option<Duration>,
     /// Other interfaces of the grain (`with`), and whether the grain's type implements each.
     also: Vec<(&'static InterfaceInfo, bool)>,
 }
@@ -47,6 +49,7 @@ impl Host {
             spawn: Arc::new(typed),
             directory: DirectoryUse::default(),
             authorize: None,
+            idle: None,
             also: Vec::new(),
         }
     }
@@ -114,6 +117,15 @@ impl Host {
         self
     }
 
+    /// How long this grain type's activations may stay idle before they are deactivated
+    /// (default: the server's `idle_deactivation`, 5 min): a lobby kept for an hour, a
+    /// short-lived match for ten seconds. A grain can also ask to be kept longer
+    /// (`GrainContext::keep_alive`) or to go now (`GrainContext::deactivate`).
+    pub fn idle_after(mut self, idle: Duration) -> Self {
+        self.idle = Some(idle);
+        self
+    }
+
     /// The interface it hosts first.
     pub fn interface(&self) -> &'static InterfaceInfo {
         self.info
@@ -164,4 +176,6 @@ pub(crate) struct Registered {
     pub(crate) hosted: Arc<AtomicBool>,
     pub(crate) directory: DirectoryUse,
     pub(crate) authorize: Option<Authorize>,
+    /// How long its activations may stay idle (`Host::idle_after`; else the server's).
+    pub(crate) idle: Option<Duration>,
 }

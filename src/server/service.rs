@@ -89,6 +89,8 @@ pub(crate) enum ServerCmd {
     Timer { grain: GrainId, timer: u64, call: crate::rpc::context::TimerCall },
     /// `grain` asked for its activation to end.
     Deactivate(GrainId),
+    /// `grain` asked to be kept for at least this long.
+    KeepAlive(GrainId, Duration),
 }
 
 struct CallRecord {
@@ -383,6 +385,11 @@ impl ServerService {
             ServerCmd::Deactivate(grain) => {
                 if let Some(key) = self.table.key_of(&grain) {
                     self.table.deactivate(key);
+                }
+            }
+            ServerCmd::KeepAlive(grain, d) => {
+                if let Some(key) = self.table.key_of(&grain) {
+                    self.table.keep_until(key, now + d);
                 }
             }
             ServerCmd::Drain(done) => {

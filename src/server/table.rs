@@ -7,7 +7,8 @@
 //! activation's (it got busy again, or left) is stale and skipped. Stale entries are dropped
 //! when they reach the front, and the queue is rebuilt when they outnumber the live ones.
 
-use std::collections::{HashMap, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -44,6 +45,10 @@ pub(super) struct Activation {
     pub(super) updates: IdMap<u64, (u64, u64)>,
     /// Its stamp in the LRU queue while idle; 0 while busy.
     stamp: u64,
+    /// How long it may stay idle, if its type says (`Host::idle_after`); else the server's.
+    pub(super) idle: Option<Duration>,
+    /// It asked to be kept until then, idle or not (`GrainContext::keep_alive`).
+    pub(super) keep_until: Option<Instant>,
 }
 
 /// Who made an activation: the connection, its address, and what the activation costs.
@@ -76,11 +81,19 @@ impl Activation {
             cost: creator.cost,
             updates: IdMap::default(),
             stamp: 0,
+            idle: None,
+            keep_until: None,
         }
     }
 
     pub(super) fn is_active(&self) -> bool {
         matches!(self.life, Life::Active)
+    }
+
+    /// When its idle time runs out (`idle`: the server's), if it stays idle.
+    fn expiry(&self, idle: Duration) -> Instant {
+        let at = self.last_used + self.idle.unwrap_or(idle);
+        self.keep_until.map_or(at, |k| k.max(at))
     }
 }
 
@@ -91,6 +104,9 @@ pub(super) struct Table {
     index: HashMap<GrainId, usize>,
     /// (slab key, stamp) of activations that became idle, oldest first.
     lru: VecDeque<(usize, u64)>,
+    /// Idle ones that outlast the shortest idle time (their type's is longer, or they asked to
+    /// be kept), by when theirs runs out: the sweep moves them here from the LRU queue's front.
+    later: BinaryHeap<Reverse<(Instant, usize, u64)>>,
     next_stamp: u64,
     /// Activations told to deactivate and not gone yet.
     deactivating: usize,
@@ -193,6 +209,7 @@ impl Table {
     fn compact(&mut self) {
         let slab = &self.slab;
         self.lru.retain(|(k, s)| slab.get(*k).is_some_and(|a| a.stamp == *s));
+        self.later.retain(|Reverse((_, k, s))| slab.get(*k).is_some_and(|a| a.stamp == *s));
     }
 
     /// Tells activation `key` to deactivate (its queued calls run first).
@@ -207,14 +224,30 @@ impl Table {
         }
     }
 
-    /// The least recently used idle activation, taken out of the LRU queue.
+    /// The least recently used idle activation, taken out of the LRU queue (or, when that is
+    /// empty, the idle one whose time runs out first).
     fn pop_idle(&mut self) -> Option<usize> {
+        let live = |slab: &Slab<Activation>, key: usize, stamp: u64| {
+            slab.get(key).is_some_and(|a| a.stamp == stamp && a.busy == 0)
+        };
         while let Some((key, stamp)) = self.lru.pop_front() {
-            if self.slab.get(key).is_some_and(|a| a.stamp == stamp && a.busy == 0) {
+            if live(&self.slab, key, stamp) {
+                return Some(key);
+            }
+        }
+        while let Some(Reverse((_, key, stamp))) = self.later.pop() {
+            if live(&self.slab, key, stamp) {
                 return Some(key);
             }
         }
         None
+    }
+
+    /// Keeps activation `key` until `until` at least, idle or not.
+    pub(super) fn keep_until(&mut self, key: usize, until: Instant) {
+        if let Some(a) = self.slab.get_mut(key) {
+            a.keep_until = Some(a.keep_until.map_or(until, |k| k.max(until)));
+        }
     }
 
     /// Deactivates the least recently used idle activation, to make room; false if every
@@ -257,38 +290,64 @@ impl Table {
         }
     }
 
-    /// Deactivates every activation idle for `idle` or longer; returns how many.
-    pub(super) fn sweep(&mut self, now: Instant, idle: Duration) -> usize {
+    /// Deactivates every activation idle for its idle time or longer (`idle`: the server's;
+    /// `shortest`: the shortest of any type's, at most `idle`); returns how many.
+    pub(super) fn sweep(&mut self, now: Instant, idle: Duration, shortest: Duration) -> usize {
         let mut n = 0;
         while let Some(&(key, stamp)) = self.lru.front() {
             match self.slab.get(key) {
                 Some(a) if a.stamp == stamp => {
-                    if now < a.last_used + idle {
+                    if now < a.last_used + shortest {
                         break; // the rest became idle later
                     }
                     self.lru.pop_front();
-                    self.deactivate(key);
-                    n += 1;
+                    let at = a.expiry(idle);
+                    if now >= at {
+                        self.deactivate(key);
+                        n += 1;
+                    } else {
+                        self.later.push(Reverse((at, key, stamp)));
+                    }
                 }
                 _ => {
                     self.lru.pop_front();
                 }
+            }
+        }
+        while let Some(Reverse((at, key, stamp))) = self.later.peek().copied() {
+            if at > now {
+                break;
+            }
+            self.later.pop();
+            let Some(a) = self.slab.get(key).filter(|a| a.stamp == stamp) else { continue };
+            // It may have asked to be kept longer meanwhile.
+            let at = a.expiry(idle);
+            if now >= at {
+                self.deactivate(key);
+                n += 1;
+            } else {
+                self.later.push(Reverse((at, key, stamp)));
             }
         }
         n
     }
 
-    /// When the oldest idle activation's idle time runs out.
-    pub(super) fn next_expiry(&mut self, idle: Duration) -> Option<Instant> {
+    /// When the next idle activation's idle time may run out (see [`sweep`](Self::sweep)).
+    pub(super) fn next_expiry(&mut self, shortest: Duration) -> Option<Instant> {
+        let mut lru = None;
         while let Some(&(key, stamp)) = self.lru.front() {
             match self.slab.get(key) {
-                Some(a) if a.stamp == stamp => return Some(a.last_used + idle),
+                Some(a) if a.stamp == stamp => {
+                    lru = Some(a.last_used + shortest);
+                    break;
+                }
                 _ => {
                     self.lru.pop_front();
                 }
             }
         }
-        None
+        let later = self.later.peek().map(|Reverse((at, _, _))| *at);
+        [lru, later].into_iter().flatten().min()
     }
 
     /// Deactivates every activation for which `f` holds.
@@ -339,12 +398,42 @@ mod tests {
         t.call_done(keys[0], t0 + Duration::from_secs(20));
         let idle = Duration::from_secs(30);
         assert_eq!(t.next_expiry(idle), Some(t0 + Duration::from_secs(40)));
-        assert_eq!(t.sweep(t0 + Duration::from_secs(45), idle), 1);
+        assert_eq!(t.sweep(t0 + Duration::from_secs(45), idle, idle), 1);
         assert!(!t.slab[keys[1]].is_active() && t.slab[keys[0]].is_active());
         assert_eq!(t.next_expiry(idle), Some(t0 + Duration::from_secs(50)));
         assert!(t.remove(&grain(3)).is_some());
         assert_eq!((t.len(), t.deactivating()), (4, 2));
         assert_eq!((t.bytes(), t.leaving_bytes()), (40, 20));
+    }
+
+    /// A long-idle type's activation at the LRU queue's front does not hold back a short-idle
+    /// one behind it; one kept alive outlasts its idle time.
+    #[tokio::test]
+    async fn idle_times_per_type_and_keep_alive() {
+        let t0 = crate::test_epoch();
+        let mut t = Table::default();
+        let s = Duration::from_secs;
+        let mut keys = Vec::new();
+        for (i, idle) in [(0, Some(s(100))), (1, Some(s(5))), (2, None)] {
+            let task = tokio::spawn(async {});
+            let creator = Creator { peer: PeerId(1), addr: AddrId::test(1), cost: 10 };
+            let mut a = Activation::new(grain(i), Arc::default(), task, 0, creator, t0);
+            a.idle = idle;
+            let k = t.insert(a);
+            t.call_started(k, t0);
+            t.call_done(k, t0 + s(i as u64));
+            keys.push(k);
+        }
+        t.keep_until(keys[2], t0 + s(60));
+        let (idle, shortest) = (s(30), s(5));
+        assert_eq!(t.next_expiry(shortest), Some(t0 + s(5)));
+        assert_eq!(t.sweep(t0 + s(10), idle, shortest), 1, "the short one, behind the long one");
+        assert!(!t.slab[keys[1]].is_active());
+        assert_eq!(t.sweep(t0 + s(40), idle, shortest), 0, "the kept one outlasts 30 s");
+        assert_eq!(t.next_expiry(shortest), Some(t0 + s(60)));
+        assert_eq!(t.sweep(t0 + s(61), idle, shortest), 1);
+        assert!(!t.slab[keys[2]].is_active() && t.slab[keys[0]].is_active());
+        assert_eq!(t.sweep(t0 + s(100), idle, shortest), 1, "its type's 100 s");
     }
 
     #[tokio::test]

@@ -246,7 +246,8 @@ impl ServerService {
             .map(|c| (c.clone(), reg.directory));
         let task = reg.spawn.spawn(grain.clone(), mailbox.clone(), self.reporter.clone(), claim);
         // One activation serves all its host's interfaces: it belongs to the first.
-        let a = Activation::new(grain, mailbox.clone(), task, reg.host, creator, now);
+        let mut a = Activation::new(grain, mailbox.clone(), task, reg.host, creator, now);
+        a.idle = reg.idle;
         let key = self.table.insert(a);
         self.table.call_started(key, now);
         if let Some(p) = self.peers.get_mut(&creator.peer) {

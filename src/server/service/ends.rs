@@ -6,7 +6,7 @@ use super::*;
 
 impl ServerService {
     pub(super) fn sweep_period(&self) -> Duration {
-        (self.idle() / 4).max(Duration::from_millis(10))
+        (self.shortest_idle() / 4).max(Duration::from_millis(10))
     }
 
     /// A call ended: forget it.
@@ -102,12 +102,18 @@ impl ServerService {
     }
 
     pub(super) fn sweep(&mut self, now: Instant) {
-        let idle = self.idle();
-        self.table.sweep(now, idle);
+        let (idle, shortest) = (self.idle(), self.shortest_idle());
+        self.table.sweep(now, idle, shortest);
         self.next_sweep = (!self.table.is_empty()).then(|| {
             let period = now + self.sweep_period();
-            self.table.next_expiry(idle).map_or(period, |t| t.max(period))
+            self.table.next_expiry(shortest).map_or(period, |t| t.max(period))
         });
+    }
+
+    /// The shortest idle time of any grain type (the server's, or a type's shorter one).
+    pub(super) fn shortest_idle(&self) -> Duration {
+        let types = self.shared.registry.iter().filter_map(|r| r.idle);
+        types.fold(self.idle(), Duration::min)
     }
 
     pub(super) fn on_disconnected(&mut self, peer: PeerId, now: Instant) {

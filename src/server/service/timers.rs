@@ -36,6 +36,10 @@ impl Hooks for HookCmds {
     fn deactivate(&self, grain: &GrainId) {
         self.send(ServerCmd::Deactivate(grain.clone()));
     }
+
+    fn keep_alive(&self, grain: &GrainId, for_at_least: std::time::Duration) {
+        self.send(ServerCmd::KeepAlive(grain.clone(), for_at_least));
+    }
 }
 
 /// The timers whose turns are queued or running: by timer, and the token of each turn.
