@@ -228,6 +228,23 @@ pub fn rpc_frame(data: &[u8]) {
                 };
                 assert_eq!(rpc::decode_stream_open(body), Ok(open), "stream open round trip");
             }
+            if *kind == rpc::EXT_ONCE
+                && let Ok((call_id, id, call, args)) = rpc::decode_once(body)
+            {
+                let mut inner = call_id.to_le_bytes().to_vec();
+                rpc::encode_call(&mut inner, Some(id), &call);
+                inner.extend_from_slice(args);
+                let mut back = Vec::new();
+                rpc::encode_extended(&mut back, rpc::EXT_ONCE, &inner);
+                let Ok(RpcFrame::Extended { body, .. }) = rpc::decode_rpc(&back) else {
+                    panic!("a once frame decodes")
+                };
+                assert_eq!(
+                    rpc::decode_once(body),
+                    Ok((call_id, id, call, args)),
+                    "once round trip"
+                );
+            }
             if *kind == rpc::EXT_STREAM_ITEMS
                 && let Ok((id, items)) = rpc::decode_stream_items(body)
             {

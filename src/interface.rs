@@ -93,6 +93,11 @@ pub struct MethodInfo {
     /// Safe to run twice (`#[idempotent]`): sent again to another server (as the client's
     /// retry policy says) when its server is lost while the call is pending.
     pub idempotent: bool,
+    /// Its effect and answer are kept with the grain's persisted state (`#[exactly_once]`):
+    /// a call sent again after its server was lost (same call id) is answered from the record
+    /// if it ran, and runs if it did not; the retry policy may send it again like an
+    /// idempotent one.
+    pub exactly_once: bool,
     /// It takes `&self` (a shared borrow of the grain).
     pub shared: bool,
     /// It may run while the grain awaits in a call of another `&self` method

@@ -10,6 +10,7 @@
 //!     #[unreliable] async fn rtt(&self, n: u64) -> u64;            // once; lost = Timeout
 //!     #[timeout_ms = 250] async fn position(&self) -> (f32, f32);  // this method's deadline
 //!     #[idempotent] async fn name(&self) -> String;               // retried once elsewhere
+//!     #[exactly_once] async fn buy(&mut self, item: u32) -> u32;  // answer kept with the state
 //!     #[interleave] async fn hp(&self) -> u32;                     // runs beside &self calls
 //!     async fn log(&self, from: u64) -> GrainStream<String>;       // a stream of items
 //! }
@@ -196,12 +197,13 @@ impl Grain {
         let one_way = if m.one_way { "!" } else { "" };
         // The delivery class is part of the contract (reliable-ordered adds nothing, so
         // signatures from before classes existed stay the same).
+        let once = if m.exactly_once { "~once" } else { "" };
         let class = match m.delivery {
             Delivery::ReliableOrdered => "",
             Delivery::Unreliable => "~unreliable",
             Delivery::Sequenced => "~sequenced",
         };
-        format!("{}({})->{}{}{}", m.name, args.join(","), norm(&m.output), one_way, class)
+        format!("{}({})->{}{}{}{}", m.name, args.join(","), norm(&m.output), one_way, class, once)
     }
 
     /// The contract: name, version and every method's signature, sorted by name.
@@ -342,7 +344,7 @@ fn gen_ids(g: &Grain) -> TokenStream2 {
     let infos = g.methods.iter().map(|m| {
         let name_str = m.name.to_string();
         let id_const = Grain::id_const(m);
-        let idempotent = m.idempotent;
+        let (idempotent, exactly_once) = (m.idempotent, m.exactly_once);
         let (shared, interleave) = (m.shared, m.interleave);
         let kind = if m.one_way {
             quote!(#p::MethodKind::OneWay)
@@ -363,7 +365,7 @@ fn gen_ids(g: &Grain) -> TokenStream2 {
             Delivery::Sequenced => quote!(#p::DeliveryClass::Sequenced),
         };
         quote! {
-            #p::MethodInfo { name: #name_str, id: #id_const, signature: #p::contract_hash(#signature), kind: #kind, delivery: #delivery, idempotent: #idempotent, shared: #shared, interleave: #interleave, timeout: #timeout, size_hint: #size_hint }
+            #p::MethodInfo { name: #name_str, id: #id_const, signature: #p::contract_hash(#signature), kind: #kind, delivery: #delivery, idempotent: #idempotent, exactly_once: #exactly_once, shared: #shared, interleave: #interleave, timeout: #timeout, size_hint: #size_hint }
         }
     });
     let n_methods = g.methods.len();

@@ -22,6 +22,8 @@ pub(crate) struct Method {
     /// `#[unreliable]` / `#[sequenced]` (a sequenced method is one-way).
     pub(crate) delivery: Delivery,
     pub(crate) idempotent: bool,
+    /// `#[exactly_once]`.
+    pub(crate) exactly_once: bool,
     /// `#[interleave]`.
     pub(crate) interleave: bool,
     /// Takes `&self`.
@@ -149,6 +151,7 @@ pub(crate) fn method(item: &TraitItem, errors: &mut Errors) -> Option<Method> {
     let mut one_way = false;
     let mut delivery: Option<(Delivery, proc_macro2::Span)> = None;
     let mut idempotent = false;
+    let mut exactly_once = None;
     let mut interleave = None;
     let mut timeout_ms = None;
     let mut id = None;
@@ -176,6 +179,9 @@ pub(crate) fn method(item: &TraitItem, errors: &mut Errors) -> Option<Method> {
         } else if a.path().is_ident("idempotent") {
             idempotent = true;
             a.meta.require_path_only().map(|_| ())
+        } else if a.path().is_ident("exactly_once") {
+            exactly_once = Some(a.span());
+            a.meta.require_path_only().map(|_| ())
         } else if a.path().is_ident("interleave") {
             interleave = Some(a.span());
             a.meta.require_path_only().map(|_| ())
@@ -195,7 +201,7 @@ pub(crate) fn method(item: &TraitItem, errors: &mut Errors) -> Option<Method> {
         } else {
             Err(syn::Error::new(
                 a.span(),
-                "unknown attribute on a grain method: expected #[one_way], #[unreliable], #[sequenced], #[idempotent], #[interleave], #[timeout_ms = N], #[id = N], docs or lint levels",
+                "unknown attribute on a grain method: expected #[one_way], #[unreliable], #[sequenced], #[idempotent], #[exactly_once], #[interleave], #[timeout_ms = N], #[id = N], docs or lint levels",
             ))
         };
         if let Err(e) = r {
@@ -236,6 +242,14 @@ pub(crate) fn method(item: &TraitItem, errors: &mut Errors) -> Option<Method> {
             ));
         }
     }
+    if let Some(span) = exactly_once
+        && (one_way || idempotent || delivery.is_some() || stream.is_some())
+    {
+        fail(syn::Error::new(
+            span,
+            "#[exactly_once] is for reliable calls with an answer (not #[one_way], #[sequenced], #[unreliable], #[idempotent] or a stream): the answer is recorded with the grain's state",
+        ));
+    }
     if let Some(span) = interleave
         && !shared
     {
@@ -261,6 +275,7 @@ pub(crate) fn method(item: &TraitItem, errors: &mut Errors) -> Option<Method> {
         one_way,
         delivery: delivery.map_or(Delivery::ReliableOrdered, |(d, _)| d),
         idempotent,
+        exactly_once: exactly_once.is_some(),
         interleave: interleave.is_some(),
         shared,
         timeout_ms,

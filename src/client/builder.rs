@@ -3,7 +3,7 @@
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::atomic::{AtomicBool, AtomicUsize};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
@@ -354,7 +354,9 @@ impl ClientBuilder {
             _ => addrs.iter().map(|a| vec![a.clone()]).collect(),
         };
         let v6 = io.local_addr().map(|a| a.is_ipv6()).unwrap_or(false);
+        let first_call_id = config.seed.map_or_else(crate::sync::os_seed, |s| s ^ 0x9e37_79b9);
         let shared = Arc::new(ClientShared {
+            next_call_id: AtomicU64::new(first_call_id),
             config: config.clone(),
             endpoint: Mutex::new(None),
             task: OnceLock::new(),

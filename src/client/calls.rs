@@ -73,10 +73,13 @@ impl Calls for Handle {
             target,
             hash: r.hash,
             affinity: r.affinity.clone(),
-            idempotent: method.idempotent,
+            // An `#[exactly_once]` call is answered from the record if it ran: safe to send
+            // again after its server was lost.
+            idempotent: method.idempotent || method.exactly_once,
             retry: shared.retry.index(iface.grain_type, method.id),
             delivery: method.delivery,
             inbox: request.stream,
+            once: method.exactly_once.then(|| shared.next_call_id.fetch_add(1, Ordering::Relaxed)),
         };
         let (frame, flags, timeout) = (request.frame, request.flags, request.timeout);
         let cmd = ClientCmd::Call { to, frame, flags, stream: r.stream, timeout, kind, again };

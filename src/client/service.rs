@@ -60,6 +60,8 @@ pub(crate) struct Again {
     pub(crate) delivery: DeliveryClass,
     /// A stream call: where its items go (never sent again once one arrived).
     pub(crate) inbox: Option<Arc<StreamInbox>>,
+    /// An `#[exactly_once]` call: its id, the same each time it is sent.
+    pub(crate) once: Option<u64>,
 }
 
 /// What call futures and connection tasks ask of the service.

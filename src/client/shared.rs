@@ -88,6 +88,9 @@ pub(crate) struct ClientShared {
     /// Calls wait for a server while the client is [`starting`](Self::starting) (a game
     /// server's fleet client, which nobody waits for to connect).
     pub(crate) wait_while_starting: bool,
+    /// The next `#[exactly_once]` call's id: a random start, then one more per call (unique
+    /// within the client; across clients, as a random 64-bit start is).
+    pub(crate) next_call_id: AtomicU64,
     /// The observers it hosts.
     pub(crate) observers: super::observers::Observers,
 }

@@ -20,6 +20,7 @@
 mod memory;
 pub mod redis;
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::future::Future;
 use std::ops::{Deref, DerefMut};
@@ -165,17 +166,20 @@ impl Storage {
         grain: &GrainId,
     ) -> Result<Persisted<S>, StateError> {
         let stored = self.inner.load(grain).await?;
-        let (value, existed) = match &stored.data {
+        let (record, existed) = match &stored.data {
             Some(d) if d.len() > self.max_bytes => {
                 return Err(StateError::TooLarge { size: d.len(), max: self.max_bytes });
             }
-            Some(d) => {
-                (serde_json::from_slice(d).map_err(|e| StateError::Corrupt(e.to_string()))?, true)
-            }
-            None => (S::default(), false),
+            Some(d) => (
+                serde_json::from_slice::<Record<S>>(d)
+                    .map_err(|e| StateError::Corrupt(e.to_string()))?,
+                true,
+            ),
+            None => (Record { state: S::default(), applied: VecDeque::new() }, false),
         };
         Ok(Persisted {
-            value,
+            value: record.state,
+            applied: record.applied,
             storage: self.clone(),
             grain: grain.clone(),
             fence: stored.fence,
@@ -193,6 +197,8 @@ impl Storage {
 /// changes matter (a score at the end of a round, not each position).
 pub struct Persisted<S> {
     value: S,
+    /// The last `#[exactly_once]` calls applied to it: their ids and answers (written with it).
+    applied: VecDeque<Applied>,
     storage: Storage,
     grain: GrainId,
     fence: Fence,
@@ -230,8 +236,8 @@ impl<S: Serialize> Persisted<S> {
     /// stale (another loaded or wrote since); nothing was written and the activation starts
     /// over from what is stored before its next call.
     pub async fn write(&mut self) -> Result<(), StateError> {
-        let data =
-            serde_json::to_vec(&self.value).map_err(|e| StateError::Corrupt(e.to_string()))?;
+        let data = serde_json::to_vec(&RecordRef { state: &self.value, applied: &self.applied })
+            .map_err(|e| StateError::Corrupt(e.to_string()))?;
         if data.len() > self.storage.max_bytes {
             return Err(StateError::TooLarge { size: data.len(), max: self.storage.max_bytes });
         }
@@ -274,6 +280,25 @@ impl<S: Serialize> Persisted<S> {
 }
 
 impl<S> Persisted<S> {
+    /// The answer recorded for `#[exactly_once]` call `id`, if it was applied.
+    pub(crate) fn applied(&self, id: u64) -> Option<(u8, &[u8])> {
+        self.applied.iter().find(|a| a.id == id).map(|a| (a.status, &a.answer[..]))
+    }
+
+    /// Records that `#[exactly_once]` call `id` was applied with this answer (written with the
+    /// state next; the oldest of more than [`MAX_APPLIED`] is forgotten).
+    pub(crate) fn record_applied(&mut self, id: u64, status: u8, answer: Vec<u8>) {
+        self.applied.push_back(Applied { id, status, answer });
+        while self.applied.len() > MAX_APPLIED {
+            self.applied.pop_front();
+        }
+    }
+
+    /// The activation must start over from what is stored (what it holds may not be).
+    pub(crate) fn mark_stale(&mut self) {
+        self.stale = true;
+    }
+
     /// Whether state was stored for the grain when it was loaded (or has been written since).
     pub fn existed(&self) -> bool {
         self.existed
@@ -293,6 +318,33 @@ impl<S> Persisted<S> {
     pub fn is_stale(&self) -> bool {
         self.stale
     }
+}
+
+/// How many `#[exactly_once]` calls' answers a grain's record keeps: a call sent again after
+/// more than this many others were applied to the grain runs again.
+pub const MAX_APPLIED: usize = 64;
+
+/// An `#[exactly_once]` call applied to the state: its id, and its answer (status and
+/// payload) to give again.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+struct Applied {
+    id: u64,
+    status: u8,
+    answer: Vec<u8>,
+}
+
+/// What is stored: the state, and the answers of the last `#[exactly_once]` calls.
+#[derive(serde::Deserialize)]
+struct Record<S> {
+    state: S,
+    #[serde(default)]
+    applied: VecDeque<Applied>,
+}
+
+#[derive(Serialize)]
+struct RecordRef<'a, S> {
+    state: &'a S,
+    applied: &'a VecDeque<Applied>,
 }
 
 /// A grain type whose instances hold a [`Persisted`] state: what hosting it with state

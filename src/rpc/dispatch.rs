@@ -89,6 +89,11 @@ impl Reply {
         self.frame.take()
     }
 
+    /// Puts back a response frame taken with [`take`](Self::take).
+    pub(crate) fn restore(&mut self, frame: BytesMut) {
+        self.frame = Some(frame);
+    }
+
     /// The stream a stream method returned, if it did.
     pub(crate) fn take_stream(&mut self) -> Option<Box<dyn Source>> {
         self.stream.take()

@@ -42,6 +42,8 @@ pub(crate) struct Lane {
     pub(crate) seq: u64,
     /// A stream call: the window it opens with (its items come back on `stream`).
     pub(crate) open: Option<u32>,
+    /// An `#[exactly_once]` call: its id (the same each time it is sent).
+    pub(crate) once: Option<u64>,
 }
 
 impl Lane {
@@ -107,6 +109,10 @@ impl<K> Outbound<K> {
             let start = PREFIX_GAP - rpc::stream_open_prefix_len(id, type_index, window);
             let prefix = &mut frame[start..PREFIX_GAP];
             rpc::encode_stream_open_prefix(prefix, id, type_index, flags, window, stream);
+            start
+        } else if let (Some(call_id), Some(id)) = (lane.once, id) {
+            let start = PREFIX_GAP - rpc::once_prefix_len(id, type_index);
+            rpc::encode_once_prefix(&mut frame[start..PREFIX_GAP], call_id, id, type_index, flags);
             start
         } else if lane.class == DeliveryClass::Sequenced && id.is_none() {
             let start = PREFIX_GAP - rpc::update_prefix_len(lane.seq, type_index);

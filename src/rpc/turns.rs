@@ -50,6 +50,8 @@ pub(crate) struct Job {
     pub(crate) ended: Option<Box<SessionEnded>>,
     /// A stream call: its credit and stop, and the caller's ordered stream its items go on.
     pub(crate) stream: Option<(Arc<StreamCtl>, u8)>,
+    /// An `#[exactly_once]` call: its caller's id for it.
+    pub(crate) once: Option<u64>,
 }
 
 /// A mailbox's queue: jobs in token order (tokens only grow, and a mailbox gets its jobs in
@@ -372,7 +374,8 @@ mod tests {
         let deadline = tokio::time::Instant::now();
         let args = Bytes::new();
         let (iface, unreliable, method, ended) = (0, false, MethodId(0), None);
-        Job { token, reply, iface, unreliable, method, args, caller, deadline, ended, stream: None }
+        let (stream, once) = (None, None);
+        Job { token, reply, iface, unreliable, method, args, caller, deadline, ended, stream, once }
     }
 
     #[test]

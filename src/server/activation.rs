@@ -23,7 +23,7 @@ use super::budget::{AnswerBudget, Room};
 use super::claims::{Claims, DirectoryUse, Gate};
 use super::make::Make;
 use crate::proto::ids::{GrainId, MethodId, RequestId};
-use crate::proto::wire::rpc::Status;
+use crate::proto::wire::rpc::{self, Status};
 use crate::rpc::call::CallKind;
 use crate::rpc::context;
 use crate::rpc::dispatch::{self, Dispatch, Reply};
@@ -91,6 +91,9 @@ pub(crate) trait Spawn: Send + Sync + 'static {
     /// Also serves `extra`, an [`Extra`] of the grain struct, if it is one of this host's
     /// (`Host::with`); whether it is.
     fn add(&mut self, extra: Box<dyn std::any::Any + Send>) -> bool;
+
+    /// Whether its grains keep state that `#[exactly_once]` calls are recorded with.
+    fn durable(&self) -> bool;
 }
 
 /// A future a boxed dispatch or hook returns.
@@ -170,6 +173,8 @@ pub(crate) trait Turns<I: Dispatch<G>, G: Send + 'static>: 'static {
 pub(crate) struct Here<G> {
     context: Arc<context::Activation>,
     extras: Arc<[Extra<G>]>,
+    /// What makes its instances (and records `#[exactly_once]` calls with their state).
+    make: Arc<dyn Make<G>>,
 }
 
 /// Every call alone.
@@ -244,6 +249,10 @@ where
                 }
             }
         })
+    }
+
+    fn durable(&self) -> bool {
+        self.factory.durable()
     }
 
     fn add(&mut self, extra: Box<dyn std::any::Any + Send>) -> bool {
@@ -345,13 +354,25 @@ fn served(job: &Job, here: &Arc<context::Activation>) -> context::Current {
 }
 
 /// Runs `job` alone on the grain; whether the method panicked.
-async fn exclusive_turn<I: Dispatch<G>, G>(
+async fn exclusive_turn<I: Dispatch<G>, G: Send + 'static>(
     g: &mut G,
     job: Job,
     here: &Here<G>,
     mailbox: &Mailbox,
     reporter: &Reporter,
 ) -> bool {
+    if let (Some(call), Some((conn, rid))) = (job.once, job.reply.call())
+        && let Some((status, recorded)) = here.make.applied(g, call)
+    {
+        // It ran before (its answer was lost with its server, or with the session): the
+        // recorded answer, not a second run.
+        let mut frame = Vec::with_capacity(8 + recorded.len());
+        rpc::encode_response(&mut frame, *rid, status);
+        frame.extend_from_slice(&recorded);
+        answer(conn, &job, *rid, Bytes::from(frame), &reporter.counters);
+        finish(&job, None, reporter);
+        return false;
+    }
     let mut reply = Reply::new(job.reply.as_ref().map(|(_, rid)| *rid));
     let scope = served(&job, &here.context);
     let ran = match usize::from(job.iface).checked_sub(1).map(|i| here.extras.get(i)) {
@@ -366,7 +387,38 @@ async fn exclusive_turn<I: Dispatch<G>, G>(
         // The registry gives only slots its host has.
         Some(None) => Turn::Done(Some(Status::UnknownMethod)),
     };
+    let ran = match (job.once, ran) {
+        (Some(call), Turn::Done(Some(status @ (Status::Ok | Status::AppError)))) => {
+            record_once(g, call, status, &mut reply, &here.make).await
+        }
+        (_, ran) => ran,
+    };
     ended(job, ran, &mut reply, &here.context.id, reporter)
+}
+
+/// Records an `#[exactly_once]` call's answer with the grain's state before it is sent: if
+/// that fails, the call is undone (the instance starts over from storage) and answered
+/// `Unavailable` (it did not take effect: its caller may send it again).
+async fn record_once<G: Send + 'static>(
+    g: &mut G,
+    call: u64,
+    status: Status,
+    reply: &mut Reply,
+    make: &Arc<dyn Make<G>>,
+) -> Turn<Option<Status>> {
+    let frame = reply.take();
+    let payload = match frame.as_deref().map(rpc::decode_rpc) {
+        Some(Ok(rpc::RpcFrame::Response { payload, .. })) => payload.to_vec(),
+        _ => Vec::new(),
+    };
+    if make.record(g, call, (status, payload)).await {
+        if let Some(frame) = frame {
+            reply.restore(frame);
+        }
+        Turn::Done(Some(status))
+    } else {
+        Turn::Done(Some(Status::Unavailable))
+    }
 }
 
 /// Runs the grain's presence hooks (every interface's) for `ended` as `job`'s turn; whether
@@ -499,7 +551,7 @@ async fn run<I, G, F, T>(
     let binding = reporter.binding.clone();
     let hooks = Some(reporter.hooks.clone());
     let context = Arc::new(context::Activation::new(id.clone(), binding, hooks));
-    let here = Here { context, extras };
+    let here = Here { context, extras, make: factory.clone() };
     let mut grain = activate::<I, G, F>(&factory, &here).await;
     let budget = reporter.budget;
     while let Some(mut job) = mailbox.next().await {

@@ -143,6 +143,14 @@ impl Host {
             host: self.info.name,
             reason,
         };
+        for i in self.interfaces() {
+            if i.methods.iter().any(|m| m.exactly_once) && !self.spawn.durable() {
+                return Err(refuse(
+                    i,
+                    "its #[exactly_once] methods record their answers with the grain's state: host it with state (`host_with_state`)",
+                ));
+            }
+        }
         for (n, (i, fits)) in self.also.iter().enumerate() {
             if !fits {
                 return Err(refuse(i, "`with` names another grain struct than the host's"));

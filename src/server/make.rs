@@ -22,6 +22,19 @@ pub(crate) trait Make<G>: Send + Sync + 'static {
     fn unmake<'a>(&'a self, grain: &'a mut G) -> Boxed<'a, ()>;
     /// Whether the instance must be made anew before its next call (its state went stale).
     fn stale(&self, grain: &mut G) -> bool;
+    /// Whether its instances keep state that `#[exactly_once]` calls are recorded with.
+    fn durable(&self) -> bool;
+    /// The answer recorded for `#[exactly_once]` call `call`, if it was applied.
+    fn applied(&self, grain: &mut G, call: u64) -> Option<(Status, Vec<u8>)>;
+    /// Records `#[exactly_once]` call `call`'s answer with the state and writes both (one round
+    /// trip); false if that failed (the instance then starts over from what is stored, and the
+    /// call's effect with it).
+    fn record<'a>(
+        &'a self,
+        grain: &'a mut G,
+        call: u64,
+        answer: (Status, Vec<u8>),
+    ) -> Boxed<'a, bool>;
 }
 
 /// Instances from a factory alone.
@@ -43,6 +56,18 @@ where
 
     fn stale(&self, _grain: &mut G) -> bool {
         false
+    }
+
+    fn durable(&self) -> bool {
+        false
+    }
+
+    fn applied(&self, _grain: &mut G, _call: u64) -> Option<(Status, Vec<u8>)> {
+        None
+    }
+
+    fn record<'a>(&'a self, _: &'a mut G, _: u64, _: (Status, Vec<u8>)) -> Boxed<'a, bool> {
+        Box::pin(std::future::ready(false))
     }
 }
 
@@ -82,5 +107,34 @@ where
 
     fn stale(&self, grain: &mut G) -> bool {
         grain.state().is_stale()
+    }
+
+    fn durable(&self) -> bool {
+        true
+    }
+
+    fn applied(&self, grain: &mut G, call: u64) -> Option<(Status, Vec<u8>)> {
+        let (status, answer) = grain.state().applied(call)?;
+        Some((Status::from_bits(status).ok()?, answer.to_vec()))
+    }
+
+    fn record<'a>(
+        &'a self,
+        grain: &'a mut G,
+        call: u64,
+        (status, answer): (Status, Vec<u8>),
+    ) -> Boxed<'a, bool> {
+        Box::pin(async move {
+            let state = grain.state();
+            state.record_applied(call, status as u8, answer);
+            match state.write().await {
+                Ok(()) => true,
+                Err(error) => {
+                    tracing::warn!(%error, "an exactly-once call's answer was not recorded: the call is undone");
+                    state.mark_stale();
+                    false
+                }
+            }
+        })
     }
 }

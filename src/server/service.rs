@@ -114,7 +114,12 @@ struct CallRecord {
 pub(super) enum Came {
     Plain,
     Update(u64),
-    Stream { window: u32, lane: u8 },
+    Stream {
+        window: u32,
+        lane: u8,
+    },
+    /// An `#[exactly_once]` call, with its caller's id for it.
+    Once(u64),
 }
 
 struct PeerState {
@@ -304,6 +309,19 @@ impl ServerService {
                     Err(error) => {
                         self.shared.counters.bad_requests.fetch_add(1, Ordering::Relaxed);
                         tracing::debug!(?peer, %error, "undecodable stream open from a client");
+                    }
+                }
+                return;
+            }
+            Ok(RpcFrame::Extended { kind, body }) if kind == rpc::EXT_ONCE => {
+                match rpc::decode_once(body) {
+                    Ok((call_id, id, call, args)) => {
+                        let args = payload.slice_ref(args);
+                        self.call(peer, CallKind::Call(id), call, args, Came::Once(call_id), now);
+                    }
+                    Err(error) => {
+                        self.shared.counters.bad_requests.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!(?peer, %error, "undecodable exactly-once call");
                     }
                 }
                 return;

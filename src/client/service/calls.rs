@@ -155,7 +155,8 @@ impl ClientService {
             0
         };
         let open = call.again.inbox.as_ref().map(|i| i.window);
-        let lane = Lane { stream: call.stream, class, seq, open };
+        let once = call.again.once;
+        let lane = Lane { stream: call.stream, class, seq, open, once };
         let size = call.frame.len() - PREFIX_GAP;
         // An unreliable message must fit one datagram (with its prefix, at most
         // `PREFIX_GAP`): it is never lost in pieces.

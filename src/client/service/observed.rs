@@ -118,9 +118,20 @@ impl ClientService {
         let reply = id.map(|id| (conn.clone(), id));
         let method = call.method;
         let (iface, ended) = (0, None);
-        let stream = None;
-        let job =
-            Job { token, reply, iface, unreliable, method, args, caller, deadline, ended, stream };
+        let (stream, once) = (None, None);
+        let job = Job {
+            token,
+            reply,
+            iface,
+            unreliable,
+            method,
+            args,
+            caller,
+            deadline,
+            ended,
+            stream,
+            once,
+        };
         if let CallKind::Call(id) = id {
             self.observed.insert((peer, id), (mailbox.clone(), token));
         }

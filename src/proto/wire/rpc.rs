@@ -73,6 +73,10 @@ pub const EXT_STREAM_OPEN: u32 = 4;
 pub const EXT_STREAM_ITEMS: u32 = 5;
 /// Extended frame: a stream's caller takes more items, `slot varint | gen u16 | more varint`.
 pub const EXT_STREAM_CREDIT: u32 = 6;
+/// Extended frame: a call of an `#[exactly_once]` method, `call id u64 | request frame`. The id
+/// is the caller's for the call, the same when it is sent again (to another server, after its
+/// server was lost): a host that recorded an answer for it answers from the record.
+pub const EXT_ONCE: u32 = 7;
 /// The largest window a stream open may ask for.
 pub const MAX_STREAM_WINDOW: u32 = 1 << 16;
 
@@ -136,7 +140,8 @@ pub enum Status {
 }
 
 impl Status {
-    fn from_bits(b: u8) -> Result<Self, WireError> {
+    /// The status of its wire value.
+    pub(crate) fn from_bits(b: u8) -> Result<Self, WireError> {
         Ok(match b {
             0 => Self::Ok,
             1 => Self::AppError,

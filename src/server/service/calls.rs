@@ -52,6 +52,7 @@ impl ServerService {
         // (only the first interface of a host may have such methods: see `Host::with`).
         let method = info.method(call.method).expect("admit checked the method");
         let interleave = method.interleave;
+        let method_once = method.exactly_once;
         let unreliable = method.delivery.is_unreliable();
         // A stream method is called by a stream open, and only it; a stream open calls only
         // a stream method.
@@ -154,6 +155,10 @@ impl ServerService {
             deadline: job_deadline,
             ended: None,
             stream: stream.clone(),
+            once: match came {
+                Came::Once(call) if method_once => Some(call),
+                _ => None,
+            },
         };
         if stream.is_some() {
             p.streams += 1;

@@ -131,7 +131,7 @@ impl ServerService {
             }
             _ => 0,
         };
-        let lane = Lane { stream: call.stream, class: call.class, seq, open: None };
+        let lane = Lane { stream: call.stream, class: call.class, seq, open: None, once: None };
         let id = p.outbound.send(&p.conn, call.frame, call.flags, 0, lane, kind);
         if let (Some(id), Some(cell)) = (id, cell) {
             self.observers.busy.insert(peer);

@@ -107,6 +107,7 @@ impl ServerService {
             deadline: tokio::time::Instant::from_std(deadline),
             ended: Some(Box::new(ended)),
             stream: None,
+            once: None,
         };
         a.mailbox.push(job);
         let mailbox = a.mailbox.clone();

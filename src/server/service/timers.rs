@@ -83,6 +83,7 @@ impl ServerService {
             deadline: tokio::time::Instant::now() + self.shared.config.default_deadline,
             ended: None,
             stream: None,
+            once: None,
         };
         a.mailbox.push(job);
         self.timers.by_timer.insert(timer);

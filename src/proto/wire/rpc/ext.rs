@@ -215,3 +215,35 @@ pub fn decode_stream_credit(body: &[u8]) -> Result<(RequestId, u32), WireError> 
     }
     Ok((id, more))
 }
+
+/// The bytes an `#[exactly_once]` call's prefix takes: the extended head and kind, the call id,
+/// and the request's head, id and type index (see [`encode_once_prefix`]).
+pub fn once_prefix_len(id: RequestId, type_index: u32) -> usize {
+    2 + 8 + request_prefix_len(Some(id), type_index)
+}
+
+/// Writes an `#[exactly_once]` call's prefix into `out` (exactly [`once_prefix_len`] bytes), in
+/// front of a request's body.
+pub fn encode_once_prefix(
+    mut out: &mut [u8],
+    call_id: u64,
+    id: RequestId,
+    type_index: u32,
+    flags: u8,
+) {
+    out.put_u8(KIND_EXTENDED);
+    put_varint(&mut out, EXT_ONCE.into());
+    out.put_u64_le(call_id);
+    encode_request_prefix(out, Some(id), type_index, flags);
+}
+
+/// Reads an `#[exactly_once]` call's body (after the extended kind): its call id, the request
+/// and its arguments.
+pub fn decode_once(body: &[u8]) -> Result<(u64, RequestId, CallHeader, &[u8]), WireError> {
+    let mut r = Reader::new(body);
+    let call_id = r.u64()?;
+    match decode_rpc(r.rest())? {
+        RpcFrame::Request { id, call, args } => Ok((call_id, id, call, args)),
+        _ => Err(WireError::OutOfRange { field: "once frame", value: body.len() as u64 }),
+    }
+}
