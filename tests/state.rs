@@ -293,3 +293,49 @@ async fn state_in_redis_survives_a_redis_restart_and_the_server() {
     assert_eq!(got, Some(8), "what Redis had written came back with it");
     assert_eq!(app(a.forget().await), Ok(()));
 }
+
+/// What state costs in Redis round trips (`INFO commandstats`: scripts run): one to load on
+/// a grain's first call, one per write, none for calls that do not write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_costs_one_round_trip_per_load_and_per_write() {
+    let Some(redis) = RedisServer::start("state_costs") else { return };
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut con = client.get_multiplexed_async_connection().await.unwrap();
+    let scripts = |info: &str| -> u64 {
+        info.lines()
+            .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
+            .filter_map(|l| l.split("calls=").nth(1)?.split(',').next()?.parse::<u64>().ok())
+            .sum()
+    };
+    let storage = Storage::redis(&redis.url(), "c", "game", Duration::from_secs(2)).unwrap();
+    let s = Server::builder(ServerConfig::default())
+        .host(host(&storage))
+        .bind("127.0.0.1:0".parse().unwrap())
+        .unwrap();
+    let c = Client::builder().servers([s.local_addr()]).connect().await.unwrap();
+    // Warm the scripts (a script's first run on a connection may take a second round trip).
+    let warm: CounterRef = c.grain("warm");
+    app(warm.add(1, true).await).unwrap();
+    let mut count = || {
+        let mut con = con.clone();
+        async move {
+            let info: String =
+                redis::cmd("INFO").arg("commandstats").query_async(&mut con).await.unwrap();
+            scripts(&info)
+        }
+    };
+    let a: CounterRef = c.grain("a");
+    let before = count().await;
+    app(a.add(1, false).await).unwrap();
+    let first = count().await - before;
+    for _ in 0..10 {
+        app(a.add(1, false).await).unwrap();
+    }
+    let no_writes = count().await - before - first;
+    app(a.add(1, true).await).unwrap();
+    let write = count().await - before - first - no_writes;
+    eprintln!(
+        "scripts run: first call {first}, ten calls without writing {no_writes}, a write {write}"
+    );
+    assert_eq!((first, no_writes, write), (1, 0, 1));
+}
