@@ -300,7 +300,7 @@ async fn state_in_redis_survives_a_redis_restart_and_the_server() {
 async fn state_costs_one_round_trip_per_load_and_per_write() {
     let Some(redis) = RedisServer::start("state_costs") else { return };
     let client = redis::Client::open(redis.url()).unwrap();
-    let mut con = client.get_multiplexed_async_connection().await.unwrap();
+    let con = client.get_multiplexed_async_connection().await.unwrap();
     let scripts = |info: &str| -> u64 {
         info.lines()
             .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
