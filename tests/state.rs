@@ -316,7 +316,7 @@ async fn state_costs_one_round_trip_per_load_and_per_write() {
     // Warm the scripts (a script's first run on a connection may take a second round trip).
     let warm: CounterRef = c.grain("warm");
     app(warm.add(1, true).await).unwrap();
-    let mut count = || {
+    let count = || {
         let mut con = con.clone();
         async move {
             let info: String =
