@@ -171,6 +171,12 @@ fn valid_rpc_frames() -> Vec<Vec<u8>> {
         v.extend_from_slice(&body);
         v.extend_from_slice(&args);
         out.push(v);
+        // The same call as an exactly-once call (its caller's id in front).
+        let mut v = vec![0; rpc::once_prefix_len(id, call.type_index)];
+        rpc::encode_once_prefix(&mut v, 0xfeed_0000 + i as u64, id, call.type_index, flags);
+        v.extend_from_slice(&body);
+        v.extend_from_slice(&args);
+        out.push(v);
         // The same call made by a grain serving a call: with its chain.
         let chain = (0..=i).map(|n| GrainId::new(GrainType::of("Room"), n as i64)).collect();
         let mut v = Vec::new();
