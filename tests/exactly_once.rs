@@ -65,7 +65,7 @@ impl Fleet {
             SimConfig { delay: Duration::from_millis(2), ..SimConfig::default() },
         );
         let memory = Arc::new(MemoryStorage::default());
-        let storage = Storage::custom(memory.clone());
+        let storage = Storage::shared(memory.clone());
         Self { net, directory: Arc::new(MemoryDirectory::new()), memory, storage }
     }
 

@@ -245,7 +245,7 @@ async fn storage_rules(storage: Storage) {
 #[test]
 fn memory_storage_keeps_the_rules() {
     let memory = Arc::new(MemoryStorage::default());
-    paused(storage_rules(Storage::custom(memory.clone())));
+    paused(storage_rules(Storage::shared(memory.clone())));
     assert_eq!(memory.len(), 1);
 }
 

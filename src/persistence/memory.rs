@@ -83,26 +83,3 @@ impl StateStorage for MemoryStorage {
         Box::pin(std::future::ready(r))
     }
 }
-
-impl StateStorage for std::sync::Arc<MemoryStorage> {
-    fn load<'a>(&'a self, grain: &'a GrainId) -> BoxFuture<'a, Result<Stored, StateError>> {
-        (**self).load(grain)
-    }
-
-    fn write<'a>(
-        &'a self,
-        grain: &'a GrainId,
-        data: &'a [u8],
-        fence: Fence,
-    ) -> BoxFuture<'a, Result<u64, StateError>> {
-        (**self).write(grain, data, fence)
-    }
-
-    fn clear<'a>(
-        &'a self,
-        grain: &'a GrainId,
-        fence: Fence,
-    ) -> BoxFuture<'a, Result<u64, StateError>> {
-        (**self).clear(grain, fence)
-    }
-}

@@ -145,7 +145,12 @@ impl Storage {
 
     /// State kept by your own storage.
     pub fn custom(storage: impl StateStorage) -> Self {
-        Self { inner: Arc::new(storage), max_bytes: DEFAULT_MAX_STATE_BYTES }
+        Self::shared(Arc::new(storage))
+    }
+
+    /// State kept by a storage you also hold (to look into it: `MemoryStorage::peek`).
+    pub fn shared(storage: Arc<dyn StateStorage>) -> Self {
+        Self { inner: storage, max_bytes: DEFAULT_MAX_STATE_BYTES }
     }
 
     /// The largest record written (default 1 MiB); a larger state fails its write with
