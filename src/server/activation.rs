@@ -389,36 +389,11 @@ async fn exclusive_turn<I: Dispatch<G>, G: Send + 'static>(
     };
     let ran = match (job.once, ran) {
         (Some(call), Turn::Done(Some(status @ (Status::Ok | Status::AppError)))) => {
-            record_once(g, call, status, &mut reply, &here.make).await
+            super::make::record_once(g, call, status, &mut reply, &here.make).await
         }
         (_, ran) => ran,
     };
     ended(job, ran, &mut reply, &here.context.id, reporter)
-}
-
-/// Records an `#[exactly_once]` call's answer with the grain's state before it is sent: if
-/// that fails, the call is undone (the instance starts over from storage) and answered
-/// `Unavailable` (it did not take effect: its caller may send it again).
-async fn record_once<G: Send + 'static>(
-    g: &mut G,
-    call: u64,
-    status: Status,
-    reply: &mut Reply,
-    make: &Arc<dyn Make<G>>,
-) -> Turn<Option<Status>> {
-    let frame = reply.take();
-    let payload = match frame.as_deref().map(rpc::decode_rpc) {
-        Some(Ok(rpc::RpcFrame::Response { payload, .. })) => payload.to_vec(),
-        _ => Vec::new(),
-    };
-    if make.record(g, call, (status, payload)).await {
-        if let Some(frame) = frame {
-            reply.restore(frame);
-        }
-        Turn::Done(Some(status))
-    } else {
-        Turn::Done(Some(Status::Unavailable))
-    }
 }
 
 /// Runs the grain's presence hooks (every interface's) for `ended` as `job`'s turn; whether

@@ -5,9 +5,14 @@ use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 
+use std::sync::Arc;
+
 use crate::persistence::{Persisted, Stateful, Storage};
 use crate::proto::ids::GrainId;
+use crate::proto::wire::rpc;
 use crate::proto::wire::rpc::Status;
+use crate::rpc::dispatch::Reply;
+use crate::rpc::turns::Turn;
 
 /// A future a maker returns.
 pub(crate) type Boxed<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -136,5 +141,30 @@ where
                 }
             }
         })
+    }
+}
+
+/// Records an `#[exactly_once]` call's answer with the grain's state before it is sent: if
+/// that fails, the call is undone (the instance starts over from storage) and answered
+/// `Unavailable` (it did not take effect: its caller may send it again).
+pub(crate) async fn record_once<G: Send + 'static>(
+    g: &mut G,
+    call: u64,
+    status: Status,
+    reply: &mut Reply,
+    make: &Arc<dyn Make<G>>,
+) -> Turn<Option<Status>> {
+    let frame = reply.take();
+    let payload = match frame.as_deref().map(rpc::decode_rpc) {
+        Some(Ok(rpc::RpcFrame::Response { payload, .. })) => payload.to_vec(),
+        _ => Vec::new(),
+    };
+    if make.record(g, call, (status, payload)).await {
+        if let Some(frame) = frame {
+            reply.restore(frame);
+        }
+        Turn::Done(Some(status))
+    } else {
+        Turn::Done(Some(Status::Unavailable))
     }
 }
