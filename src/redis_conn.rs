@@ -2,6 +2,11 @@
 //! first use, made again after a failure) and Lua scripts run on it within a timeout. The
 //! membership (`topology::redis`), the grain directory (`directory::redis`) and grain state
 //! (`persistence::redis`) all go through it.
+//!
+//! A URL `redis://host:port/` names one Redis; `redis-cluster://h1:p1,h2:p2,...` a Redis Cluster
+//! (any of its nodes: the rest are discovered). Every key grainwire writes carries its cluster's
+//! hash tag (`grainwire:{<cluster>}:...`), so a cluster keeps one fleet's keys in one slot and
+//! each script runs on the node that owns them; publications reach every node.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,9 +24,18 @@ pub(crate) enum Failure {
 /// share the connection).
 #[derive(Clone)]
 pub(crate) struct Redis {
+    /// One node (or, for a cluster, its first node: for what is not a script).
     client: redis::Client,
-    con: Arc<tokio::sync::Mutex<Option<redis::aio::MultiplexedConnection>>>,
+    cluster: Option<redis::cluster::ClusterClient>,
+    con: Arc<tokio::sync::Mutex<Option<Con>>>,
     timeout: Duration,
+}
+
+/// A connection: to one Redis, or to a cluster (routed by key).
+#[derive(Clone)]
+enum Con {
+    One(redis::aio::MultiplexedConnection),
+    Cluster(redis::cluster_async::ClusterConnection),
 }
 
 impl std::fmt::Debug for Redis {
@@ -33,11 +47,32 @@ impl std::fmt::Debug for Redis {
 impl Redis {
     /// The Redis at `url` (not connected yet), each request bounded by `timeout`.
     pub(crate) fn open(url: &str, timeout: Duration) -> Result<Self, String> {
-        let client = redis::Client::open(url).map_err(|e| format!("bad Redis URL {url:?}: {e}"))?;
-        Ok(Self { client, con: Default::default(), timeout })
+        let bad = |e: redis::RedisError| format!("bad Redis URL {url:?}: {e}");
+        if let Some(rest) = url.strip_prefix("redis-cluster://") {
+            let nodes: Vec<String> = rest
+                .trim_end_matches('/')
+                .split(',')
+                .filter(|n| !n.is_empty())
+                .map(|n| format!("redis://{n}/"))
+                .collect();
+            let first = nodes.first().ok_or_else(|| format!("no node in {url:?}"))?;
+            let client = redis::Client::open(first.as_str()).map_err(bad)?;
+            let cluster = redis::cluster::ClusterClient::new(nodes.clone()).map_err(bad)?;
+            return Ok(Self { client, cluster: Some(cluster), con: Default::default(), timeout });
+        }
+        let client = redis::Client::open(url).map_err(bad)?;
+        Ok(Self { client, cluster: None, con: Default::default(), timeout })
     }
 
-    /// The client (for what is not a script: a subscription).
+    async fn connect(&self) -> redis::RedisResult<Con> {
+        Ok(match &self.cluster {
+            Some(c) => Con::Cluster(c.get_async_connection().await?),
+            None => Con::One(self.client.get_multiplexed_async_connection().await?),
+        })
+    }
+
+    /// A client of one node (for what is not a script: a subscription, which a cluster
+    /// delivers from every node).
     pub(crate) fn client(&self) -> &redis::Client {
         &self.client
     }
@@ -53,10 +88,10 @@ impl Redis {
         let work = async {
             let mut slot = self.con.lock().await;
             if slot.is_none() {
-                let con = self.client.get_multiplexed_async_connection().await;
+                let con = self.connect().await;
                 *slot = Some(con.map_err(|e| Failure::Failed(e.to_string()))?);
             }
-            let mut con = slot.clone().expect("set above");
+            let con = slot.clone().expect("set above");
             drop(slot);
             let mut inv = script.prepare_invoke();
             for k in keys {
@@ -65,7 +100,10 @@ impl Redis {
             for a in args {
                 inv.arg(*a);
             }
-            let r = inv.invoke_async(&mut con).await;
+            let r = match con {
+                Con::One(mut c) => inv.invoke_async(&mut c).await,
+                Con::Cluster(mut c) => inv.invoke_async(&mut c).await,
+            };
             if r.is_err() {
                 *self.con.lock().await = None;
             }

@@ -240,8 +240,7 @@ impl RedisSource {
             return Err(DiscoveryError::Config { field: "redis", problem: "no Redis URL" });
         }
         for u in &urls {
-            redis::Client::open(u.as_str())
-                .map_err(|e| DiscoveryError::Failed(format!("bad Redis URL {u:?}: {e}")))?;
+            Redis::open(u, interval).map_err(DiscoveryError::Failed)?;
         }
         Ok(Self {
             urls,
@@ -342,7 +341,8 @@ impl MembershipConfig {
             return Err("membership.heartbeat must be non-zero and at most a third of ttl");
         }
         if let Some(url) = &self.redis {
-            redis::Client::open(url.as_str()).map_err(|_| "membership.redis: not a Redis URL")?;
+            Redis::open(url, Duration::from_secs(1))
+                .map_err(|_| "membership.redis: not a Redis URL")?;
         }
         Ok(())
     }

@@ -132,3 +132,79 @@ impl Drop for RedisServer {
         }
     }
 }
+
+/// A throwaway Redis Cluster: three `redis-server --cluster-enabled yes` on free loopback
+/// ports (each with its own directory, removed when dropped), joined with `redis-cli
+/// --cluster create` (no replicas), ready once every node says `cluster_state:ok`.
+pub(crate) struct RedisCluster {
+    nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    /// A running cluster, or `None` (skipped, said loudly) as [`RedisServer::start`] says.
+    pub(crate) fn start(test: &str) -> Option<Self> {
+        let mut nodes = Vec::new();
+        for _ in 0..3 {
+            let mut r = RedisServer::start(test)?;
+            r.stop();
+            let dir = std::env::temp_dir().join(format!(
+                "grainwire-cluster-{}-{}",
+                std::process::id(),
+                r.port
+            ));
+            std::fs::create_dir_all(&dir).expect("a directory for redis-server");
+            let child = Command::new("redis-server")
+                .args(["--port", &r.port.to_string(), "--bind", "127.0.0.1"])
+                .args(["--cluster-enabled", "yes", "--save", "", "--appendonly", "no"])
+                .arg("--dir")
+                .arg(&dir)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start redis-server");
+            r.child = Some(child);
+            r.dir = Some(dir);
+            let addr = SocketAddr::from(([127, 0, 0, 1], r.port));
+            let start = Instant::now();
+            while TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_err() {
+                assert!(start.elapsed() < Duration::from_secs(10), "redis-server did not start");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            nodes.push(r);
+        }
+        let hosts: Vec<String> = nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
+        let created = Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("create")
+            .args(&hosts)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("redis-cli (it comes with redis-server)");
+        assert!(created.success(), "redis-cli --cluster create failed");
+        // Ready once every node sees every slot served (bounded: 20 s).
+        let start = Instant::now();
+        for n in &nodes {
+            loop {
+                let out = Command::new("redis-cli")
+                    .args(["-p", &n.port.to_string(), "cluster", "info"])
+                    .output()
+                    .expect("redis-cli");
+                if String::from_utf8_lossy(&out.stdout).contains("cluster_state:ok") {
+                    break;
+                }
+                assert!(start.elapsed() < Duration::from_secs(20), "the cluster never formed");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        Some(Self { nodes })
+    }
+
+    /// Its URL: every node.
+    pub(crate) fn url(&self) -> String {
+        let nodes: Vec<String> =
+            self.nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
+        format!("redis-cluster://{}/", nodes.join(","))
+    }
+}
