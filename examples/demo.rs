@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use game::{ChatView, ChatViewRef, Defeated, EchoRef, LobbyRef, PlayerRef, RoomRef};
 use grainwire::auth::ConnectToken;
 use grainwire::client::{ClientEvent, ConnectMode, ConsistentHash, RoundRobin};
-use grainwire::persistence::Storage;
+use grainwire::persistence::{Reminders, Storage};
 use grainwire::{CallError, Client, GrainKey, Server, ServerConfig};
 use tokio::sync::broadcast;
 
@@ -49,10 +49,12 @@ const FLEET: [(&str, &[&str]); 3] =
 /// Where the fleet's players keep their state: this process's memory, shared by the demo's
 /// servers (`game_server --state redis` keeps it in Redis).
 static STATE: std::sync::LazyLock<Storage> = std::sync::LazyLock::new(Storage::memory);
+/// And their reminders (a daily reward, set on joining).
+static REMINDERS: std::sync::LazyLock<Reminders> = std::sync::LazyLock::new(Reminders::memory);
 
 fn start(id: &str, grains: &[&str], addr: SocketAddr) -> Result<Server, Error> {
     let config = ServerConfig { server_id: Some(id.into()), ..ServerConfig::default() };
-    let mut builder = Server::builder(config);
+    let mut builder = Server::builder(config).reminders(REMINDERS.clone());
     for g in grains {
         builder = builder.host(game::host(g, id, &STATE).ok_or("unknown grain type")?);
     }

@@ -20,7 +20,8 @@
 //! loads a server configuration (TOML or JSON) that the flags then override. `--state redis`
 //! (with `--redis`) keeps player grains' state (health, position) in that Redis: a player
 //! keeps it across a server kill (up to its last write: joining, a hit), a drain (written as
-//! it deactivates) and the fleet; `--state memory` (the default) in the process.
+//! it deactivates) and the fleet, and their daily-reward reminders; `--state memory` (the
+//! default) in the process.
 //!
 //! `--key-file [ID=]FILE` (repeatable, for a rotation; the id defaults to 1) requires every
 //! client to present a connect token sealed with one of those keys and naming this server
@@ -46,7 +47,7 @@ use std::path::PathBuf;
 use clap::Parser;
 use grainwire::client::ServerAddr;
 use grainwire::config::ConfigFile;
-use grainwire::persistence::Storage;
+use grainwire::persistence::{Reminders, Storage};
 use grainwire::server::{AuthConfig, MetaValue};
 use grainwire::{GrainKey, Server, ServerConfig};
 
@@ -165,12 +166,18 @@ async fn main() {
     t.max_connections = a.max_connections.unwrap_or(t.max_connections);
     t.max_connections_per_ip = a.max_connections_per_ip.unwrap_or(t.max_connections_per_ip);
     let cluster = config.cluster_id.clone();
-    let storage = match (a.state, &a.redis) {
-        (StateWhere::Memory, _) => Storage::memory(),
+    let (storage, reminders) = match (a.state, &a.redis) {
+        (StateWhere::Memory, _) => (Storage::memory(), Reminders::memory()),
         (StateWhere::Redis, Some(url)) => {
             let timeout = std::time::Duration::from_secs(2);
-            Storage::redis(url, &cluster, &config.service_id, timeout)
-                .unwrap_or_else(|e| fail(&format!("--state redis: {e}")))
+            let service = &config.service_id;
+            let failed = |e: grainwire::persistence::StateError| -> ! {
+                fail(&format!("--state redis: {e}"))
+            };
+            (
+                Storage::redis(url, &cluster, service, timeout).unwrap_or_else(|e| failed(e)),
+                Reminders::redis(url, &cluster, service, timeout).unwrap_or_else(|e| failed(e)),
+            )
         }
         (StateWhere::Redis, None) => fail("--state redis needs --redis URL"),
     };
@@ -180,7 +187,7 @@ async fn main() {
     if !protected && (a.own_player_only || !a.banned.is_empty()) {
         fail("--own-player-only and --ban need --key-file (no identities without tokens)");
     }
-    let mut builder = Server::builder(config).token_keys(keys);
+    let mut builder = Server::builder(config).token_keys(keys).reminders(reminders);
     if !a.banned.is_empty() {
         let banned = a.banned.clone();
         builder =

@@ -59,6 +59,27 @@ async fn membership_directory_and_state_work_on_a_redis_cluster() {
     second.write().await.unwrap();
     assert_eq!(*storage.load::<Vec<u64>>(&g).await.unwrap(), vec![2]);
 
+    // Reminders: kept, taken when due (with a lease), fired.
+    let reminders =
+        grainwire::persistence::Reminders::redis(&url, "c1", "game", Duration::from_secs(2))
+            .unwrap();
+    let r = grainwire::persistence::Reminder {
+        grain: g.clone(),
+        name: "daily".into(),
+        interface: grainwire::proto::ids::InterfaceId::of("Echo"),
+        version: 1,
+        method: grainwire::proto::ids::MethodId(1),
+        args: Vec::new(),
+        due_ms: 1_000,
+        period_ms: 1_000,
+    };
+    let store = reminders.store();
+    store.set(&r).await.unwrap();
+    assert_eq!(store.take_due(1_000, 500, 10).await.unwrap(), vec![r.clone()]);
+    assert!(store.take_due(1_200, 500, 10).await.unwrap().is_empty(), "leased");
+    store.fired(&r, None).await.unwrap();
+    assert!(store.take_due(9_000, 500, 10).await.unwrap().is_empty(), "a one-shot is gone");
+
     // Membership: two servers register in the cluster; a client given only its URL finds
     // both and calls them.
     let serve = |id: &str| {

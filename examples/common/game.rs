@@ -43,6 +43,8 @@ pub(crate) trait Player {
     /// Says `text` in the player's room: the player grain calls the room grain, on whichever
     /// server hosts it. How many lines the room has seen.
     async fn say(&self, text: String) -> Result<u64, String>;
+    /// The daily reward (a durable reminder set on joining calls it once a day): health back.
+    async fn daily_reward(&mut self);
 }
 
 /// A chat room.
@@ -139,7 +141,20 @@ impl Player for PlayerState {
     async fn join(&mut self, name: String) -> u32 {
         self.data.name = name;
         self.save().await;
+        // A daily reward: a durable reminder, fired by whichever server finds it due (kept
+        // where the server keeps reminders: `game_server --state redis` keeps them in Redis).
+        if let Some(cx) = context() {
+            let day = std::time::Duration::from_secs(24 * 3600);
+            cx.remind("daily reward", day, Some(day), |me: PlayerRef| async move {
+                let _ = me.daily_reward().await;
+            })
+            .await;
+        }
         1
+    }
+    async fn daily_reward(&mut self) {
+        self.data.health = 100;
+        self.save().await;
     }
     async fn hit(&mut self, damage: u32) -> Result<u32, Defeated> {
         let health = self.data.health;

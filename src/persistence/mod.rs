@@ -19,6 +19,7 @@
 
 mod memory;
 pub mod redis;
+pub mod reminders;
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -33,6 +34,7 @@ use serde::de::DeserializeOwned;
 
 pub use self::memory::MemoryStorage;
 pub use self::redis::RedisStorage;
+pub use self::reminders::{MemoryReminders, Reminder, ReminderStore, Reminders};
 use crate::proto::ids::GrainId;
 
 /// A boxed future, as storage methods return them.

@@ -142,6 +142,20 @@ pub(crate) trait Hooks: Send + Sync + std::fmt::Debug + 'static {
     fn deactivate(&self, grain: &GrainId);
     /// `grain`'s activation is kept (not deactivated for idleness) for `for_at_least` more.
     fn keep_alive(&self, grain: &GrainId, for_at_least: Duration);
+    /// Sets `grain`'s reminder (kept by the host's reminder store); false if the host keeps
+    /// none.
+    fn remind(&self, grain: &GrainId, reminder: ReminderCall) -> bool;
+    /// Removes `grain`'s reminder `name`.
+    fn forget_reminder(&self, grain: &GrainId, name: &str);
+}
+
+/// A reminder as a grain sets it: its name, the call it makes, when.
+#[derive(Debug)]
+pub(crate) struct ReminderCall {
+    pub(crate) name: String,
+    pub(crate) call: TimerCall,
+    pub(crate) first: Duration,
+    pub(crate) period: Option<Duration>,
 }
 
 /// What a timer's turn runs.
@@ -354,6 +368,43 @@ impl GrainContext {
         Timer(Some(handle))
     }
 
+    /// A durable reminder named `name`: the call `call` makes through the reference it is given
+    /// (one call, to a method of this grain that returns nothing: `|me: PlayerRef| async move {
+    /// let _ = me.daily_reward().await; }`) is kept by the host's reminder store and made to
+    /// this grain after `first`, then every `period` (none: once) — by whichever server of the
+    /// fleet finds it due, reaching the grain wherever it lives then (activating it if need
+    /// be), across server restarts and failovers. At least once; within the store's poll
+    /// interval of its time. Setting a reminder of the same name replaces it. False when the
+    /// host keeps no reminders (`ServerBuilder::reminders`) or `call` made no call.
+    pub async fn remind<R, F, Fut>(
+        &self,
+        name: &str,
+        first: Duration,
+        period: Option<Duration>,
+        call: F,
+    ) -> bool
+    where
+        R: GrainInterface,
+        F: FnOnce(R) -> Fut,
+        Fut: Future<Output = ()>,
+    {
+        let Some(hooks) = self.0.hooks.clone() else { return false };
+        let recorder = Arc::new(Recorder(std::sync::Mutex::new(None), R::info()));
+        let me: R =
+            GrainRef::make(super::reference::Via::Invoker(recorder.clone()), self.0.id.key.clone());
+        call(me).await;
+        let Some(recorded) = crate::sync::lock(&recorder.0).take() else { return false };
+        let reminder = ReminderCall { name: name.to_string(), call: recorded, first, period };
+        hooks.remind(&self.0.id, reminder)
+    }
+
+    /// Removes this grain's reminder `name` (if it has one).
+    pub fn forget_reminder(&self, name: &str) {
+        if let Some(h) = &self.0.hooks {
+            h.forget_reminder(&self.0.id, name);
+        }
+    }
+
     /// Asks for this grain's activation to be kept for at least `duration` more, idle or not
     /// (a room waiting for its players to come back; its type's or the server's idle time
     /// counts again after that). Eviction under `max_activations` may still take it.
@@ -382,6 +433,17 @@ impl Timer {
         if let Some(t) = &self.0 {
             t.abort();
         }
+    }
+}
+
+/// The reference a reminder's call is recorded through (the call is kept, not made).
+struct Recorder(std::sync::Mutex<Option<TimerCall>>, &'static crate::interface::InterfaceInfo);
+
+impl super::reference::Invoker for Recorder {
+    fn invoke(&self, call: super::reference::Invocation) -> super::reference::Invoked {
+        let recorded = TimerCall { interface: self.1, method: call.method.id, args: call.args };
+        *crate::sync::lock(&self.0) = Some(recorded);
+        Box::pin(std::future::ready(Ok(super::reference::Answer::empty())))
     }
 }
 

@@ -54,6 +54,17 @@ pub(crate) fn request<'a, A: Serialize + ?Sized>(
     timeout: Duration,
     one_way: bool,
 ) -> Result<Request<'a>, CallError<Infallible>> {
+    request_of(r, method, Args::Value(args), timeout, one_way)
+}
+
+/// [`request`] with its arguments given either way.
+pub(crate) fn request_of<'a, A: Serialize + ?Sized>(
+    r: &GrainRef,
+    method: &'a MethodInfo,
+    args: Args<'_, A>,
+    timeout: Duration,
+    one_way: bool,
+) -> Result<Request<'a>, CallError<Infallible>> {
     let carries_deadline = !one_way && timeout < NO_DEADLINE;
     let iface = r.info;
     let call = CallHeader {
@@ -76,8 +87,20 @@ pub(crate) fn request<'a, A: Serialize + ?Sized>(
             flags |=
                 context::with_chain(|chain, me| rpc::put_chain(out, chain, Some(me))).unwrap_or(0);
         }
-        arena::encode(out, args).map(|()| flags)
+        match args {
+            Args::Value(args) => arena::encode(out, args).map(|()| flags),
+            Args::Encoded(bytes) => {
+                out.extend_from_slice(bytes);
+                Ok(flags)
+            }
+        }
     });
     let flags = encoded.map_err(|e| CallError::Encode(CodecError(e)))?;
     Ok(Request { iface, method, frame, flags, timeout, stream: None })
+}
+
+/// A call's arguments: a value to encode, or already encoded (a reminder's, kept in storage).
+pub(crate) enum Args<'a, A: ?Sized> {
+    Value(&'a A),
+    Encoded(&'a [u8]),
 }

@@ -537,6 +537,20 @@ impl GrainRef {
         }
     }
 
+    /// Queues a one-way call of `method` with arguments already encoded (a reminder's, kept in
+    /// storage): done once queued, as [`one_way`](Self::one_way).
+    pub(crate) fn one_way_encoded(
+        &self,
+        method: &'static MethodInfo,
+        args: &[u8],
+    ) -> Result<(), CallError<Infallible>> {
+        let Via::Calls(calls) = &self.via else { return Err(CallError::Unbound) };
+        let timeout = self.timeout(calls, method);
+        let request =
+            encode::request_of::<()>(self, method, encode::Args::Encoded(args), timeout, true)?;
+        calls.submit(self, request, CallKind::OneWay)
+    }
+
     /// Queues a one-way call. It is done once queued: the sender writes it on the grain's
     /// stream in the order calls were made, and a failure there (its callee left meanwhile) is
     /// only counted, as a one-way call lost with its connection would be.

@@ -14,8 +14,15 @@ use crate::proto::token::TokenKey;
 use crate::transport::{Approve, ClientIdentity, Security};
 
 /// What `ServerBuilder::prepare` gives `Server::start`.
-type Prepared =
-    (ServerConfig, Vec<Registered>, ServerId, Option<Arc<dyn GrainDirectory>>, Security);
+type Prepared = (ServerConfig, Vec<Registered>, ServerId, Stores, Security);
+
+/// Where a server keeps what outlives it, when it is given one: its grain directory and its
+/// reminders.
+#[derive(Default)]
+pub(crate) struct Stores {
+    pub(crate) directory: Option<Arc<dyn GrainDirectory>>,
+    pub(crate) reminders: Option<crate::persistence::Reminders>,
+}
 
 /// Builds a [`Server`].
 #[must_use = "a builder does nothing until `bind`"]
@@ -23,6 +30,7 @@ pub struct ServerBuilder {
     config: ServerConfig,
     hosts: Vec<(Host, bool)>,
     directory: Option<Arc<dyn GrainDirectory>>,
+    reminders: Option<crate::persistence::Reminders>,
     keys: Vec<TokenKey>,
     approve: Option<Arc<dyn Approve>>,
 }
@@ -46,7 +54,14 @@ impl std::fmt::Debug for dyn GrainDirectory {
 
 impl ServerBuilder {
     pub(super) fn new(config: ServerConfig) -> Self {
-        Self { config, hosts: Vec::new(), directory: None, keys: Vec::new(), approve: None }
+        Self {
+            config,
+            hosts: Vec::new(),
+            directory: None,
+            reminders: None,
+            keys: Vec::new(),
+            approve: None,
+        }
     }
 
     /// Claims grains in `directory` before activating them (one activation per grain among
@@ -54,6 +69,14 @@ impl ServerBuilder {
     /// process. Without it, a server with a Redis membership uses a directory in that Redis.
     pub fn directory(mut self, directory: Arc<dyn GrainDirectory>) -> Self {
         self.directory = Some(directory);
+        self
+    }
+
+    /// Where this server's grains keep their reminders (`GrainContext::remind`), and looks
+    /// for due ones: `Reminders::memory()` (shared by the servers of one process by cloning it)
+    /// or `Reminders::redis(..)` (the fleet's). Without it, grains cannot set reminders.
+    pub fn reminders(mut self, reminders: crate::persistence::Reminders) -> Self {
+        self.reminders = Some(reminders);
         self
     }
 
@@ -141,26 +164,27 @@ impl ServerBuilder {
                 });
             }
         }
-        Ok((config, registry, server_id, directory, security))
+        let stores = Stores { directory, reminders: self.reminders };
+        Ok((config, registry, server_id, stores, security))
     }
 
     /// Starts the server on a UDP socket at `addr`, on the current tokio runtime.
     pub fn bind(self, addr: SocketAddr) -> Result<Server, ServerError> {
-        let (config, registry, server_id, directory, security) = self.prepare()?;
+        let (config, registry, server_id, stores, security) = self.prepare()?;
         let buffer = config.transport.socket_buffer_size;
         let io = crate::transport::io::UdpIo::bind(addr, buffer).map_err(BindError::from)?;
         let net = FleetNet::Udp { buffer };
-        Server::start(io, net, config, registry, server_id, directory, security)
+        Server::start(io, net, config, registry, server_id, stores, security)
     }
 
     /// Starts the server on a UDP socket the application bound (to learn the port the OS
     /// picked for `:0` before naming the server, or to bind it its own way).
     pub fn bind_socket(self, socket: std::net::UdpSocket) -> Result<Server, ServerError> {
-        let (config, registry, server_id, directory, security) = self.prepare()?;
+        let (config, registry, server_id, stores, security) = self.prepare()?;
         let buffer = config.transport.socket_buffer_size;
         let io = crate::transport::io::UdpIo::from_std(socket, buffer).map_err(BindError::from)?;
         let net = FleetNet::Udp { buffer };
-        Server::start(io, net, config, registry, server_id, directory, security)
+        Server::start(io, net, config, registry, server_id, stores, security)
     }
 
     /// Starts the server on the simulated network at `addr`.
@@ -170,9 +194,9 @@ impl ServerBuilder {
         net: &crate::transport::sim::SimNetwork,
         addr: SocketAddr,
     ) -> Result<Server, ServerError> {
-        let (config, registry, server_id, directory, security) = self.prepare()?;
+        let (config, registry, server_id, stores, security) = self.prepare()?;
         let io = net.bind_io(addr).map_err(BindError::from)?;
         let net = FleetNet::Sim(net.clone());
-        Server::start(io, net, config, registry, server_id, directory, security)
+        Server::start(io, net, config, registry, server_id, stores, security)
     }
 }

@@ -28,6 +28,7 @@ mod fleet;
 mod grains;
 mod host;
 mod make;
+mod reminders;
 mod security;
 mod service;
 mod stats;
@@ -98,11 +99,16 @@ pub struct Server {
     member: Option<tokio::sync::mpsc::UnboundedSender<MemberCmd>>,
     /// The directory lease renewal task, with a directory.
     renewals: Option<tokio::task::JoinHandle<()>>,
+    /// Its task that fires due reminders.
+    reminders: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Drop for Server {
     fn drop(&mut self) {
         if let Some(t) = self.renewals.take() {
+            t.abort();
+        }
+        if let Some(t) = self.reminders.take() {
             t.abort();
         }
         self.shared.grains.close();
@@ -186,9 +192,10 @@ impl Server {
         config: ServerConfig,
         registry: Vec<Registered>,
         server_id: ServerId,
-        directory: Option<Arc<dyn GrainDirectory>>,
+        stores: builder::Stores,
         mut security: Security,
     ) -> Result<Self, ServerError> {
+        let directory = stores.directory;
         let local = io.local_addr().map_err(BindError::from)?;
         // A token names the servers it may join as each advertises itself (or by its bound
         // address, when it advertises none).
@@ -278,6 +285,7 @@ impl Server {
         let (cmd_tx, cmd_rx) = crossbeam::channel::unbounded();
         let observer_cmds = cmd_tx.clone();
         let hook_cmds = cmd_tx.clone();
+        let hook_reminders = stores.reminders.clone();
         let (report_tx, report_rx) = crossbeam::channel::unbounded();
         let s = shared.clone();
         let budget = AnswerBudget {
@@ -298,11 +306,17 @@ impl Server {
                     max_request: s.config.transport.max_message_size,
                 })),
             };
-            let hooks = Arc::new(service::HookCmds { cmds: hook_cmds, endpoint: ep.clone() });
+            let hooks = Arc::new(service::HookCmds {
+                cmds: hook_cmds,
+                endpoint: ep.clone(),
+                reminders: hook_reminders,
+            });
             let reporter =
                 Reporter { tx: report_tx, endpoint: ep.clone(), budget, counters, binding, hooks };
             ServerService::new(s, reporter, report_rx, cmd_rx)
         })?;
+        let reminders =
+            stores.reminders.map(|r| tokio::spawn(reminders::fire_due(r, shared.clone())));
         if let Some(claims) = &shared.claims {
             // A server with a directory watches its peers' health through its fleet client
             // (a session to each), to take over the grains of one found dead (see `claims`).
@@ -350,7 +364,7 @@ impl Server {
             ));
             tx
         });
-        Ok(Self { shared, endpoint, cmds: cmd_tx, member, renewals })
+        Ok(Self { shared, endpoint, cmds: cmd_tx, member, renewals, reminders })
     }
 
     /// The fleet this server serves to clients that ask: itself, and its static peers or the

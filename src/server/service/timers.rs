@@ -14,6 +14,8 @@ use crate::rpc::context::{Hooks, SessionId, TimerCall};
 pub(crate) struct HookCmds {
     pub(crate) cmds: crossbeam::channel::Sender<ServerCmd>,
     pub(crate) endpoint: Arc<crate::transport::EndpointShared>,
+    /// Where its grains' reminders are kept, if anywhere.
+    pub(crate) reminders: Option<crate::persistence::Reminders>,
 }
 
 impl HookCmds {
@@ -39,6 +41,36 @@ impl Hooks for HookCmds {
 
     fn keep_alive(&self, grain: &GrainId, for_at_least: std::time::Duration) {
         self.send(ServerCmd::KeepAlive(grain.clone(), for_at_least));
+    }
+
+    fn remind(&self, grain: &GrainId, r: crate::rpc::context::ReminderCall) -> bool {
+        let Some(store) = self.reminders.as_ref().map(|r| r.store.clone()) else { return false };
+        let reminder = crate::persistence::Reminder {
+            grain: grain.clone(),
+            name: r.name,
+            interface: r.call.interface.id,
+            version: r.call.interface.version,
+            method: r.call.method,
+            args: r.call.args.to_vec(),
+            due_ms: super::super::reminders::now_ms() + r.first.as_millis() as u64,
+            period_ms: r.period.map_or(0, |p| p.as_millis().max(1) as u64),
+        };
+        tokio::spawn(async move {
+            if let Err(error) = store.set(&reminder).await {
+                tracing::warn!(%error, grain = %reminder.grain, "a reminder was not kept");
+            }
+        });
+        true
+    }
+
+    fn forget_reminder(&self, grain: &GrainId, name: &str) {
+        let Some(store) = self.reminders.as_ref().map(|r| r.store.clone()) else { return };
+        let (grain, name) = (grain.clone(), name.to_string());
+        tokio::spawn(async move {
+            if let Err(error) = store.remove(&grain, &name).await {
+                tracing::warn!(%error, %grain, "a reminder was not removed");
+            }
+        });
     }
 }
 
