@@ -145,3 +145,61 @@ async fn redis_reminders_keep_the_rules() {
     let Some(redis) = support::redis::RedisServer::start("redis reminders") else { return };
     store_rules(Reminders::redis(&redis.url(), "c", "game", Duration::from_secs(2)).unwrap()).await;
 }
+
+/// The server a grain with a reminder lives on is killed (its socket gone at once, its process
+/// doing nothing more): the reminder is fired by a surviving server, which reaches the grain
+/// once the killed server's peers found it dead and took its grains over. Simulated network,
+/// virtual time.
+#[test]
+fn a_reminder_fires_after_its_server_was_killed() {
+    use grainwire::transport::sim::{SimConfig, SimNetwork};
+    support::paused(async {
+        let net = SimNetwork::new(
+            9,
+            SimConfig { delay: Duration::from_millis(1), ..SimConfig::default() },
+        );
+        let log = Log::default();
+        let dir: Arc<dyn GrainDirectory> = Arc::new(MemoryDirectory::new());
+        let reminders = Reminders::memory().poll_every(Duration::from_millis(50));
+        let peers: Vec<_> = (0..3).map(|i| support::server_addr(i).into()).collect();
+        let mut servers: Vec<Option<Server>> = (0..3)
+            .map(|i| {
+                let id = format!("s{i}");
+                let config = ServerConfig {
+                    server_id: Some(id.clone()),
+                    peers: peers.clone(),
+                    ..ServerConfig::default()
+                };
+                let log = log.clone();
+                Some(
+                    Server::builder(config)
+                        .directory(dir.clone())
+                        .reminders(reminders.clone())
+                        .host(Daily::host(move |_: &GrainId| DailyGrain {
+                            server: id.clone(),
+                            log: log.clone(),
+                        }))
+                        .bind_sim(&net, support::server_addr(i))
+                        .unwrap(),
+                )
+            })
+            .collect();
+        let c = support::fleet_client(&net, "10.0.1.1:5000", 3).await;
+        let daily = c.grain::<DailyRef>(1);
+        assert!(daily.start().await.unwrap());
+        support::wait_until("a first reward", Duration::from_secs(5), || {
+            !log.lock().unwrap().is_empty()
+        })
+        .await;
+        let home = log.lock().unwrap()[0].clone();
+        let i: usize = home[1..].parse().unwrap();
+        net.kill(support::server_addr(i));
+        std::mem::forget(servers[i].take());
+        let before = log.lock().unwrap().len();
+        support::wait_until("rewards after the kill, elsewhere", Duration::from_secs(15), || {
+            let log = log.lock().unwrap();
+            log[before..].iter().filter(|s| **s != home).count() >= 3
+        })
+        .await;
+    });
+}

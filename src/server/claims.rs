@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::duration;
 use crate::directory::{Claim, GrainDirectory, Leases, Owner};
-use crate::proto::ids::GrainId;
+use crate::proto::ids::{GrainId, ServerId};
 use crate::proto::wire::rpc;
 
 /// How a grain type uses the directory.
@@ -81,7 +81,12 @@ pub(crate) trait PeerHealth: Send + Sync + 'static {
     fn unreachable(&self, endpoint: &crate::proto::addr::ServerAddr) -> bool;
     /// Servers in the fleet, this one included.
     fn fleet_size(&self) -> usize;
+    /// The servers it has known (their ids and where it reached them), dead ones included.
+    fn known(&self) -> Vec<(ServerId, crate::proto::addr::ServerAddr)>;
 }
+
+/// How often a server looks at its peers' health to vote for the dead ones.
+const WATCH_PERIOD: Duration = Duration::from_millis(500);
 
 /// How long a vote that a peer is dead counts.
 const VOTE_TTL: Duration = Duration::from_secs(10);
@@ -145,6 +150,21 @@ impl Claims {
                 Gate::Redirect(owner, payload)
             }
             Err(error) => self.unavailable(grain, how, &error.to_string()),
+        }
+    }
+
+    /// Watches its peers for ever (the task ends with its server): every peer it finds
+    /// unreachable gets its vote (see [`dead`](Self::dead)), whether or not a call needed one
+    /// of its grains, so that a quorum forms even when only one server is asked for them.
+    pub(crate) async fn watch_peers(self: Arc<Self>) {
+        loop {
+            tokio::time::sleep(WATCH_PERIOD).await;
+            let Some(peers) = self.peers.get().cloned() else { continue };
+            for (server, endpoint) in peers.known() {
+                if server != self.leases.owner().server && peers.unreachable(&endpoint) {
+                    self.dead(&Owner { server, endpoint }).await;
+                }
+            }
         }
     }
 

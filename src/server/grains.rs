@@ -67,11 +67,14 @@ pub(crate) struct FleetCalls {
     client: OnceLock<Option<Client>>,
     /// `client`'s seam.
     calls: OnceLock<Option<Arc<dyn Calls>>>,
+    /// The servers its client has reached, by address (kept after they go: their ids name
+    /// them in the directory's votes).
+    seen: std::sync::Mutex<std::collections::HashMap<crate::proto::addr::ServerAddr, ServerId>>,
 }
 
 impl FleetCalls {
     pub(crate) fn new(spec: FleetSpec) -> Self {
-        Self { spec, client: OnceLock::new(), calls: OnceLock::new() }
+        Self { spec, client: OnceLock::new(), calls: OnceLock::new(), seen: Default::default() }
     }
 
     /// The client's seam, making the client on first use.
@@ -146,6 +149,16 @@ impl super::claims::PeerHealth for FleetCalls {
 
     fn fleet_size(&self) -> usize {
         self.spec.fleet.borrow().nodes().len()
+    }
+
+    fn known(&self) -> Vec<(ServerId, crate::proto::addr::ServerAddr)> {
+        let mut seen = crate::sync::lock(&self.seen);
+        if let Some(Some(c)) = self.client.get() {
+            for s in c.servers() {
+                seen.insert(s.addr.into(), s.id);
+            }
+        }
+        seen.iter().map(|(addr, id)| (id.clone(), addr.clone())).collect()
     }
 }
 

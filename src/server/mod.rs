@@ -101,6 +101,8 @@ pub struct Server {
     renewals: Option<tokio::task::JoinHandle<()>>,
     /// Its task that fires due reminders.
     reminders: Option<tokio::task::JoinHandle<()>>,
+    /// Its task that watches its peers' health (to vote for the dead ones).
+    watch: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Drop for Server {
@@ -109,6 +111,9 @@ impl Drop for Server {
             t.abort();
         }
         if let Some(t) = self.reminders.take() {
+            t.abort();
+        }
+        if let Some(t) = self.watch.take() {
             t.abort();
         }
         self.shared.grains.close();
@@ -286,6 +291,7 @@ impl Server {
         let observer_cmds = cmd_tx.clone();
         let hook_cmds = cmd_tx.clone();
         let hook_reminders = stores.reminders.clone();
+        let clock = reminders::Clock::start();
         let (report_tx, report_rx) = crossbeam::channel::unbounded();
         let s = shared.clone();
         let budget = AnswerBudget {
@@ -310,19 +316,21 @@ impl Server {
                 cmds: hook_cmds,
                 endpoint: ep.clone(),
                 reminders: hook_reminders,
+                clock,
             });
             let reporter =
                 Reporter { tx: report_tx, endpoint: ep.clone(), budget, counters, binding, hooks };
             ServerService::new(s, reporter, report_rx, cmd_rx)
         })?;
         let reminders =
-            stores.reminders.map(|r| tokio::spawn(reminders::fire_due(r, shared.clone())));
+            stores.reminders.map(|r| tokio::spawn(reminders::fire_due(r, shared.clone(), clock)));
         if let Some(claims) = &shared.claims {
             // A server with a directory watches its peers' health through its fleet client
             // (a session to each), to take over the grains of one found dead (see `claims`).
             shared.grains.start_now();
             claims.set_peers(shared.grains.clone());
         }
+        let watch = shared.claims.clone().map(|c| tokio::spawn(c.watch_peers()));
         if let Some(claims) = shared.claims.clone() {
             let (cmds, wake) = (cmd_tx.clone(), endpoint.waker());
             let task = tokio::spawn(claims.renew_forever(move |lost| {
@@ -364,7 +372,7 @@ impl Server {
             ));
             tx
         });
-        Ok(Self { shared, endpoint, cmds: cmd_tx, member, renewals, reminders })
+        Ok(Self { shared, endpoint, cmds: cmd_tx, member, renewals, reminders, watch })
     }
 
     /// The fleet this server serves to clients that ask: itself, and its static peers or the

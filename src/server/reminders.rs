@@ -11,21 +11,36 @@ use super::ServerShared;
 use crate::persistence::{Reminder, Reminders};
 use crate::rpc::reference::{Calls, GrainRef, Via};
 
-/// Milliseconds since the Unix epoch (what reminders' times count in).
-pub(crate) fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+/// What reminders' times count in: milliseconds since the Unix epoch, read from the wall clock
+/// once (when the server starts) and advanced by the runtime's clock since (virtual time on the
+/// simulated network, so reminders run there too).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Clock {
+    wall_ms: u64,
+    at: tokio::time::Instant,
+}
+
+impl Clock {
+    pub(crate) fn start() -> Self {
+        let wall = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis());
+        Self { wall_ms: wall as u64, at: tokio::time::Instant::now() }
+    }
+
+    pub(crate) fn now_ms(&self) -> u64 {
+        self.wall_ms + self.at.elapsed().as_millis() as u64
+    }
 }
 
 /// The most reminders taken at once.
 const BATCH: usize = 256;
 
 /// Fires due reminders for ever (the task is aborted with its server).
-pub(crate) async fn fire_due(reminders: Reminders, shared: Arc<ServerShared>) {
+pub(crate) async fn fire_due(reminders: Reminders, shared: Arc<ServerShared>, clock: Clock) {
     // A reminder taken and not reported fired comes back after this (its server died).
     let lease_ms = (reminders.poll * 10).max(Duration::from_secs(10)).as_millis() as u64;
     loop {
         tokio::time::sleep(reminders.poll).await;
-        let now = now_ms();
+        let now = clock.now_ms();
         let due = match reminders.store.take_due(now, lease_ms, BATCH).await {
             Ok(due) => due,
             Err(error) => {

@@ -14,8 +14,9 @@ use crate::rpc::context::{Hooks, SessionId, TimerCall};
 pub(crate) struct HookCmds {
     pub(crate) cmds: crossbeam::channel::Sender<ServerCmd>,
     pub(crate) endpoint: Arc<crate::transport::EndpointShared>,
-    /// Where its grains' reminders are kept, if anywhere.
+    /// Where its grains' reminders are kept, if anywhere, and the clock they count time by.
     pub(crate) reminders: Option<crate::persistence::Reminders>,
+    pub(crate) clock: crate::server::reminders::Clock,
 }
 
 impl HookCmds {
@@ -52,7 +53,7 @@ impl Hooks for HookCmds {
             version: r.call.interface.version,
             method: r.call.method,
             args: r.call.args.to_vec(),
-            due_ms: super::super::reminders::now_ms() + r.first.as_millis() as u64,
+            due_ms: self.clock.now_ms() + r.first.as_millis() as u64,
             period_ms: r.period.map_or(0, |p| p.as_millis().max(1) as u64),
         };
         tokio::spawn(async move {
