@@ -89,6 +89,14 @@ pub enum StateError {
     Corrupt(String),
 }
 
+/// A Redis request's failure, as state storage reports it.
+pub(crate) fn failed(f: crate::redis_conn::Failure) -> StateError {
+    match f {
+        crate::redis_conn::Failure::Timeout => StateError::Timeout,
+        crate::redis_conn::Failure::Failed(why) => StateError::Unavailable(why),
+    }
+}
+
 /// Where grains' state is kept. Implementations must make `load` take a new epoch atomically
 /// with reading, and `write`/`clear` compare both parts of the fence atomically with
 /// writing (see the module docs).

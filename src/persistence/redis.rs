@@ -10,10 +10,10 @@
 use std::sync::LazyLock;
 use std::time::Duration;
 
-use super::{BoxFuture, Fence, StateError, StateStorage, Stored};
+use super::{BoxFuture, Fence, StateError, StateStorage, Stored, failed};
 use crate::directory::grain_key;
 use crate::proto::ids::GrainId;
-use crate::redis_conn::{Failure, Redis};
+use crate::redis_conn::Redis;
 
 /// Loads. KEYS: the record. Returns [data or false, etag, the new epoch].
 const LOAD: &str = r"
@@ -45,13 +45,6 @@ static SCRIPTS: LazyLock<[redis::Script; 2]> =
 pub struct RedisStorage {
     redis: Redis,
     base: String,
-}
-
-fn failed(f: Failure) -> StateError {
-    match f {
-        Failure::Timeout => StateError::Timeout,
-        Failure::Failed(why) => StateError::Unavailable(why),
-    }
 }
 
 impl RedisStorage {

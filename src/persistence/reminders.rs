@@ -12,10 +12,10 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{BoxFuture, StateError};
+use super::{BoxFuture, StateError, failed};
 use crate::directory::grain_key;
 use crate::proto::ids::{GrainId, InterfaceId, MethodId};
-use crate::redis_conn::{Failure, Redis};
+use crate::redis_conn::Redis;
 use crate::sync::lock;
 
 /// One reminder: whose, which call, when.
@@ -239,13 +239,6 @@ return 1
 
 static SCRIPTS: std::sync::LazyLock<[redis::Script; 4]> =
     std::sync::LazyLock::new(|| [SET, REMOVE, TAKE_DUE, FIRED].map(redis::Script::new));
-
-fn failed(f: Failure) -> StateError {
-    match f {
-        Failure::Timeout => StateError::Timeout,
-        Failure::Failed(why) => StateError::Unavailable(why),
-    }
-}
 
 impl RedisReminders {
     fn set_key(&self) -> String {

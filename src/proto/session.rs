@@ -1,6 +1,10 @@
 //! One session with one peer: the handshake, then a [`Channel`], keepalive, idle timeout and
 //! close. Sans-IO.
 //!
+//! (Somewhat over the ~600-line budget on purpose: the handshake and close states are one
+//! state machine that reads best in one place; packet protection and a peer's move to a new
+//! address live in `protect.rs`, the tests in `tests.rs`.)
+//!
 //! Client: `HELLO` (until a `CHALLENGE`) → `CONNECT` with the cookie (until an `ACCEPT`) →
 //! established. Both are retransmitted every `handshake_retry`, backing off to twice that, until
 //! `handshake_timeout`: a lossy link gets many attempts. A cookie proves only the client's

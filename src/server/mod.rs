@@ -127,6 +127,20 @@ impl std::fmt::Debug for ServerShared {
 }
 
 impl ServerShared {
+    /// The registered interface `interface` (id) at `version` of grain type `ty`, if this server
+    /// hosts it.
+    pub(crate) fn registered(
+        &self,
+        ty: crate::proto::ids::GrainType,
+        interface: crate::proto::ids::InterfaceId,
+        version: u8,
+    ) -> Option<&Registered> {
+        let ours = |r: &&Registered| {
+            r.info.grain_type == ty && r.info.id == interface && r.info.version == version
+        };
+        self.registry.iter().find(ours)
+    }
+
     /// The manifest of what is hosted now.
     fn build_manifest(&self) -> Manifest {
         let grains = self

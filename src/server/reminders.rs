@@ -64,11 +64,7 @@ pub(crate) async fn fire_due(reminders: Reminders, shared: Arc<ServerShared>, cl
 
 /// Sends reminder `r`'s call; false when this server does not know its interface.
 fn fire(r: &Reminder, shared: &Arc<ServerShared>) -> bool {
-    let Some(info) = shared
-        .registry
-        .iter()
-        .map(|reg| reg.info)
-        .find(|i| i.grain_type == r.grain.ty && i.id == r.interface && i.version == r.version)
+    let Some(info) = shared.registered(r.grain.ty, r.interface, r.version).map(|reg| reg.info)
     else {
         return false;
     };

@@ -1,6 +1,9 @@
 //! The receiving half of a channel: ordering, duplicate suppression, reassembly of chunked
 //! messages and flow-control accounting.
 //!
+//! (A little over the ~600-line budget: the three receive paths share their accounting and
+//! read best beside it; its tests are in `recv/tests.rs`.)
+//!
 //! Memory is bounded, and what is held is what is counted:
 //!
 //! * reliable data waiting here (out of order, or partly reassembled) is covered by the

@@ -125,14 +125,6 @@ impl ServerService {
 
     /// Which of its host's interfaces `interface` is, for `grain`'s type.
     fn slot_of(&self, grain: &GrainId, interface: &InterfaceInfo) -> Option<u8> {
-        self.shared
-            .registry
-            .iter()
-            .find(|r| {
-                r.info.grain_type == grain.ty
-                    && r.info.id == interface.id
-                    && r.info.version == interface.version
-            })
-            .map(|r| r.slot)
+        self.shared.registered(grain.ty, interface.id, interface.version).map(|r| r.slot)
     }
 }
