@@ -47,7 +47,7 @@ use std::path::PathBuf;
 use clap::Parser;
 use grainwire::client::ServerAddr;
 use grainwire::config::ConfigFile;
-use grainwire::persistence::{Reminders, Storage};
+use grainwire::persistence::{RedisStorage, Reminders, Storage};
 use grainwire::server::{AuthConfig, MetaValue};
 use grainwire::{GrainKey, Server, ServerConfig};
 
@@ -109,6 +109,11 @@ struct Args {
     /// across a kill, a drain and the fleet).
     #[arg(long, value_name = "WHERE", default_value = "memory")]
     state: StateWhere,
+    /// With `--state redis`: each state load and write waits until N replicas have it (Redis
+    /// `WAIT`, up to 500 ms), so a failover that promotes one of them loses no acknowledged
+    /// write. 0 (the default): nothing waits.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    state_replicas: u32,
 }
 
 /// Where player grains keep their state.
@@ -174,13 +179,20 @@ async fn main() {
             let failed = |e: grainwire::persistence::StateError| -> ! {
                 fail(&format!("--state redis: {e}"))
             };
+            let wait = std::time::Duration::from_millis(500);
+            let state = RedisStorage::new(url, &cluster, service, timeout)
+                .unwrap_or_else(|e| failed(e))
+                .replicas(a.state_replicas, wait);
             (
-                Storage::redis(url, &cluster, service, timeout).unwrap_or_else(|e| failed(e)),
+                Storage::custom(state),
                 Reminders::redis(url, &cluster, service, timeout).unwrap_or_else(|e| failed(e)),
             )
         }
         (StateWhere::Redis, None) => fail("--state redis needs --redis URL"),
     };
+    if a.state_replicas > 0 && a.state != StateWhere::Redis {
+        fail("--state-replicas needs --state redis");
+    }
     let keys: Vec<_> =
         a.key_files.iter().map(|f| keys::read_key(f).unwrap_or_else(|e| fail(&e))).collect();
     let protected = !keys.is_empty() || matches!(config.auth, AuthConfig::Tokens { .. });

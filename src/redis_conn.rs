@@ -8,6 +8,7 @@
 //! hash tag (`grainwire:{<cluster>}:...`), so a cluster keeps one fleet's keys in one slot and
 //! each script runs on the node that owns them; publications reach every node.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -85,36 +86,97 @@ impl Redis {
         keys: &[&str],
         args: &[&[u8]],
     ) -> Result<T, Failure> {
-        let work = async {
-            let mut slot = self.con.lock().await;
-            if slot.is_none() {
-                let con = self.connect().await;
-                *slot = Some(con.map_err(|e| Failure::Failed(e.to_string()))?);
-            }
-            let con = slot.clone().expect("set above");
-            drop(slot);
-            let mut inv = script.prepare_invoke();
-            for k in keys {
-                inv.key(*k);
-            }
-            for a in args {
-                inv.arg(*a);
-            }
-            let r = match con {
+        self.bounded(self.timeout, async {
+            let inv = invocation(script, keys, args);
+            match self.con().await? {
                 Con::One(mut c) => inv.invoke_async(&mut c).await,
                 Con::Cluster(mut c) => inv.invoke_async(&mut c).await,
-            };
-            if r.is_err() {
-                *self.con.lock().await = None;
             }
-            r.map_err(|e| Failure::Failed(e.to_string()))
-        };
-        match tokio::time::timeout(self.timeout, work).await {
-            Ok(r) => r,
-            Err(_) => {
-                *self.con.lock().await = None;
-                Err(Failure::Timeout)
-            }
-        }
+        })
+        .await
     }
+
+    /// Runs `script` as [`run`](Self::run) does, then `WAIT replicas wait` in the same round
+    /// trip (a pipeline on the same connection, so on the node that ran the script): the
+    /// script's answer and how many replicas acknowledged every write made on this connection
+    /// so far, the script's included. (`WAIT` cannot run inside a script. Redis holds the
+    /// connection's later requests until it returns: at most `wait`.)
+    pub(crate) async fn run_replicated<T: redis::FromRedisValue>(
+        &self,
+        script: &redis::Script,
+        keys: &[&str],
+        args: &[&[u8]],
+        replicas: u32,
+        wait: Duration,
+    ) -> Result<(T, u32), Failure> {
+        let ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1);
+        self.bounded(self.timeout + wait, async {
+            let inv = invocation(script, keys, args);
+            let mut pipe = redis::pipe();
+            pipe.invoke_script(&inv).cmd("WAIT").arg(replicas).arg(ms);
+            let mut con = self.con().await?;
+            for attempt in 0..2 {
+                let r = match &mut con {
+                    Con::One(c) => pipe.query_async(c).await,
+                    Con::Cluster(c) => pipe.query_async(c).await,
+                };
+                match r {
+                    Err(e) if attempt == 0 && e.kind() == no_script() => {}
+                    r => return r,
+                }
+                // The node does not know the script yet (a new or restarted Redis): load it.
+                match &mut con {
+                    Con::One(c) => inv.load_async(c).await?,
+                    Con::Cluster(c) => inv.load_async(c).await?,
+                };
+            }
+            unreachable!("the second attempt returns")
+        })
+        .await
+    }
+
+    /// The shared connection, made if there is none.
+    async fn con(&self) -> redis::RedisResult<Con> {
+        let mut slot = self.con.lock().await;
+        if slot.is_none() {
+            *slot = Some(self.connect().await?);
+        }
+        Ok(slot.clone().expect("set above"))
+    }
+
+    /// Runs `work` within `limit`; a failure or a timeout drops the shared connection (the
+    /// next request makes a new one).
+    async fn bounded<T>(
+        &self,
+        limit: Duration,
+        work: impl Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, Failure> {
+        let r = match tokio::time::timeout(limit, work).await {
+            Ok(Ok(v)) => return Ok(v),
+            Ok(Err(e)) => Failure::Failed(e.to_string()),
+            Err(_) => Failure::Timeout,
+        };
+        *self.con.lock().await = None;
+        Err(r)
+    }
+}
+
+fn no_script() -> redis::ErrorKind {
+    redis::ErrorKind::Server(redis::ServerErrorKind::NoScript)
+}
+
+/// `script` invoked with `keys` and `args`.
+fn invocation<'a>(
+    script: &'a redis::Script,
+    keys: &[&str],
+    args: &[&[u8]],
+) -> redis::ScriptInvocation<'a> {
+    let mut inv = script.prepare_invoke();
+    for k in keys {
+        inv.key(*k);
+    }
+    for a in args {
+        inv.arg(*a);
+    }
+    inv
 }

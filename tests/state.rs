@@ -9,7 +9,9 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use grainwire::persistence::{MemoryStorage, Persisted, StateError, Stateful, Storage};
+use grainwire::persistence::{
+    MemoryStorage, Persisted, RedisStorage, StateError, Stateful, Storage,
+};
 use grainwire::transport::sim::{SimConfig, SimNetwork};
 use grainwire::{Client, ClientConfig, GrainId, Server, ServerConfig};
 use serde::{Deserialize, Serialize};
@@ -254,6 +256,32 @@ async fn redis_storage_keeps_the_rules() {
     let Some(redis) = RedisServer::start("redis_storage_keeps_the_rules") else { return };
     let storage = Storage::redis(&redis.url(), "c", "game", Duration::from_secs(2)).unwrap();
     storage_rules(storage).await;
+}
+
+/// Waiting for replicas: the rules hold with a replica that acknowledges; with none left, a
+/// load activates nothing, and a write is made on the primary only: both `NotReplicated`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_storage_waits_for_replicas() {
+    let test = "redis_storage_waits_for_replicas";
+    let Some(primary) = RedisServer::start(test) else { return };
+    let replica = RedisServer::start_replica_of(test, primary.port()).unwrap();
+    let wait = Duration::from_millis(100);
+    let redis = || RedisStorage::new(&primary.url(), "c", "game", Duration::from_secs(2)).unwrap();
+    storage_rules(Storage::custom(redis().replicas(1, wait))).await;
+    drop(replica);
+    let lone = Storage::custom(redis().replicas(1, wait));
+    let g = GrainId::new(grainwire::GrainType::of("Counter"), 8i64);
+    let not_replicated =
+        |r| matches!(r, Err(StateError::NotReplicated { acknowledged: 0, wanted: 1, .. }));
+    let loaded = lone.load::<Score>(&g).await.map(|_| ());
+    assert!(not_replicated(loaded.clone()), "{loaded:?}");
+    let plain = Storage::custom(redis());
+    let fence = plain.storage().load(&g).await.unwrap().fence;
+    let record = br#"{"state":{"points":5}}"#;
+    let written = lone.storage().write(&g, record, fence).await;
+    assert!(matches!(written, Err(StateError::NotReplicated { etag: 1, .. })), "{written:?}");
+    let on_primary = plain.load::<Score>(&g).await.unwrap();
+    assert_eq!((on_primary.points, on_primary.etag()), (5, 1), "on the primary only");
 }
 
 /// Over real UDP and a real Redis with persistence: state written by a grain survives its

@@ -84,6 +84,19 @@ pub enum StateError {
     /// The storage cannot be reached.
     #[error("the state storage is unavailable: {0}")]
     Unavailable(String),
+    /// Written (or, for a load, read) on the primary, but fewer replicas acknowledged it in
+    /// time than the storage asks for (see `RedisStorage::replicas`): a failover may lose it.
+    /// A write is kept as the new version `etag` here (a later write of this activation
+    /// builds on it, or finds it lost and the activation stale); a load activates nothing.
+    #[error("the state storage's replicas did not all acknowledge it ({acknowledged} of {wanted})")]
+    NotReplicated {
+        /// The record's version on the primary.
+        etag: u64,
+        /// Replicas that acknowledged it in time.
+        acknowledged: u32,
+        /// Replicas asked for.
+        wanted: u32,
+    },
     /// What is stored (or the state given) cannot be encoded or decoded.
     #[error("the stored state is unreadable: {0}")]
     Corrupt(String),
@@ -265,7 +278,7 @@ impl<S: Serialize> Persisted<S> {
     pub async fn clear(&mut self) -> Result<(), StateError> {
         let r = self.storage.inner.clear(&self.grain, self.fence).await;
         let done = self.settle(r);
-        if done.is_ok() {
+        if matches!(done, Ok(()) | Err(StateError::NotReplicated { .. })) {
             self.existed = false;
         }
         done
@@ -282,6 +295,12 @@ impl<S: Serialize> Persisted<S> {
             Err(StateError::Conflict) => {
                 self.stale = true;
                 Err(StateError::Conflict)
+            }
+            Err(e @ StateError::NotReplicated { etag, .. }) => {
+                // On the primary, not yet safe: build on it, and write it again at the end.
+                self.fence.etag = etag;
+                self.existed = true;
+                Err(e)
             }
             Err(e) => Err(e),
         }

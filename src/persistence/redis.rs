@@ -3,9 +3,11 @@
 //! under the cluster's hash tag, beside the directory's:
 //! `grainwire:{<cluster>}:<service>:state:<type>:<key>` (so a Redis Cluster keeps a
 //! cluster's keys in one slot). State lasts as Redis keeps it: with persistence (AOF or RDB)
-//! across a Redis restart, up to what Redis had written; a Redis failover may lose the last
-//! writes (replication is asynchronous), which fencing then reports as conflicts rather than
-//! silently overwriting.
+//! across a Redis restart, up to what Redis had written. Replication is asynchronous: a
+//! failover may lose the last writes, which fencing then reports as conflicts rather than
+//! silently overwriting — unless writes wait for replicas
+//! ([`replicas`](RedisStorage::replicas)): then a load or write succeeds only once that many
+//! replicas have it, and a failover that promotes one of them loses nothing acknowledged.
 
 use std::sync::LazyLock;
 use std::time::Duration;
@@ -45,6 +47,8 @@ static SCRIPTS: LazyLock<[redis::Script; 2]> =
 pub struct RedisStorage {
     redis: Redis,
     base: String,
+    /// Replicas each load and write waits for, and how long at most.
+    replicas: Option<(u32, Duration)>,
 }
 
 impl RedisStorage {
@@ -57,7 +61,36 @@ impl RedisStorage {
         timeout: Duration,
     ) -> Result<Self, StateError> {
         let redis = Redis::open(url, timeout).map_err(StateError::Unavailable)?;
-        Ok(Self { redis, base: format!("grainwire:{{{cluster}}}:{service}") })
+        Ok(Self { redis, base: format!("grainwire:{{{cluster}}}:{service}"), replicas: None })
+    }
+
+    /// Each load and write also waits (Redis `WAIT`, in the same round trip) until `replicas`
+    /// replicas have it, at most `wait`; fewer in time fail it with
+    /// [`StateError::NotReplicated`] (a write is then on the primary only, and a failover may
+    /// lose it; a load's grain is not activated). With this, an acknowledged write (and an
+    /// `#[exactly_once]` call's answer) survives a failover that promotes a replica that
+    /// acknowledged it — Sentinel promotes the most up-to-date one. Without it (the default)
+    /// nothing waits. The wait holds this storage's other requests behind it (Redis serves
+    /// one connection's requests in order): a healthy replica answers within a round trip.
+    pub fn replicas(mut self, replicas: u32, wait: Duration) -> Self {
+        self.replicas = (replicas > 0).then_some((replicas, wait));
+        self
+    }
+
+    /// Runs `script`; with replicas asked for, waits for them too: the script's answer, and
+    /// whether enough replicas acknowledged (`Err` with how many did).
+    async fn run<T: ::redis::FromRedisValue>(
+        &self,
+        script: &::redis::Script,
+        key: &str,
+        args: &[&[u8]],
+    ) -> Result<(T, Result<(), (u32, u32)>), StateError> {
+        let Some((wanted, wait)) = self.replicas else {
+            return Ok((self.redis.run(script, &[key], args).await.map_err(failed)?, Ok(())));
+        };
+        let (v, acknowledged) =
+            self.redis.run_replicated(script, &[key], args, wanted, wait).await.map_err(failed)?;
+        Ok((v, if acknowledged >= wanted { Ok(()) } else { Err((acknowledged, wanted)) }))
     }
 
     fn key(&self, grain: &GrainId) -> String {
@@ -75,8 +108,13 @@ impl RedisStorage {
         let (etag, epoch) = (fence.etag.to_string(), fence.epoch.to_string());
         let args: [&[u8]; 4] =
             [data, etag.as_bytes(), epoch.as_bytes(), if clear { b"1" } else { b"0" }];
-        let r: i64 = self.redis.run(&SCRIPTS[1], &[&key], &args).await.map_err(failed)?;
-        u64::try_from(r).map_err(|_| StateError::Conflict)
+        let (r, replicated): (i64, _) = self.run(&SCRIPTS[1], &key, &args).await?;
+        let etag = u64::try_from(r).map_err(|_| StateError::Conflict)?;
+        replicated.map(|()| etag).map_err(|(acknowledged, wanted)| StateError::NotReplicated {
+            etag,
+            acknowledged,
+            wanted,
+        })
     }
 }
 
@@ -84,8 +122,13 @@ impl StateStorage for RedisStorage {
     fn load<'a>(&'a self, grain: &'a GrainId) -> BoxFuture<'a, Result<Stored, StateError>> {
         Box::pin(async move {
             let key = self.key(grain);
-            let (data, etag, epoch): (Option<Vec<u8>>, u64, u64) =
-                self.redis.run(&SCRIPTS[0], &[&key], &[]).await.map_err(failed)?;
+            let ((data, etag, epoch), replicated): ((Option<Vec<u8>>, u64, u64), _) =
+                self.run(&SCRIPTS[0], &key, &[]).await?;
+            replicated.map_err(|(acknowledged, wanted)| StateError::NotReplicated {
+                etag,
+                acknowledged,
+                wanted,
+            })?;
             Ok(Stored { data, fence: Fence { etag, epoch } })
         })
     }

@@ -9,11 +9,15 @@
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub(crate) struct RedisServer {
     port: u16,
     child: Option<Child>,
+    /// A replica of the Redis on this port.
+    replica_of: Option<u16>,
     /// With persistence: its directory (an append-only file written at every command).
     dir: Option<std::path::PathBuf>,
 }
@@ -57,7 +61,7 @@ impl RedisServer {
             );
             return None;
         }
-        let mut r = Self { port: free_port(), child: None, dir: None };
+        let mut r = Self { port: free_port(), child: None, replica_of: None, dir: None };
         r.up();
         Some(r)
     }
@@ -76,9 +80,64 @@ impl RedisServer {
         Some(r)
     }
 
+    /// A replica of the Redis on loopback port `primary` (no persistence), in sync with it, or
+    /// `None` as [`start`](Self::start) says.
+    pub(crate) fn start_replica_of(test: &str, primary: u16) -> Option<Self> {
+        let mut r = Self::start(test)?;
+        r.stop();
+        r.replica_of = Some(primary);
+        r.up();
+        // In sync once its link to the primary is up (bounded: 10 s).
+        let start = Instant::now();
+        while !r.cli(&["info", "replication"]).contains("master_link_status:up") {
+            assert!(start.elapsed() < Duration::from_secs(10), "the replica never synced");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Some(r)
+    }
+
     /// Its URL.
     pub(crate) fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// Its port.
+    pub(crate) fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// What `redis-cli` prints for `args` sent to it.
+    pub(crate) fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .expect("redis-cli (it comes with redis-server)");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// How far it has replicated (a replica) or written (a primary): `INFO replication`'s
+    /// offset.
+    pub(crate) fn replication_offset(&self) -> u64 {
+        let info = self.cli(&["info", "replication"]);
+        let field =
+            if self.replica_of.is_some() { "slave_repl_offset:" } else { "master_repl_offset:" };
+        info.lines()
+            .find_map(|l| l.strip_prefix(field))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// What a failover does to a replica: it becomes a primary (`REPLICAOF NO ONE`), or
+    /// follows another (`REPLICAOF`).
+    pub(crate) fn follow(&mut self, primary: Option<&RedisServer>) {
+        let port = primary.map(|p| p.port.to_string());
+        let out = match &port {
+            Some(p) => self.cli(&["replicaof", "127.0.0.1", p]),
+            None => self.cli(&["replicaof", "no", "one"]),
+        };
+        assert!(out.starts_with("OK"), "REPLICAOF: {out}");
+        self.replica_of = primary.map(|p| p.port);
     }
 
     fn up(&mut self) {
@@ -91,6 +150,9 @@ impl RedisServer {
                 .arg(dir),
             None => cmd.args(["--save", "", "--appendonly", "no"]),
         };
+        if let Some(primary) = self.replica_of {
+            cmd.args(["--replicaof", "127.0.0.1", &primary.to_string()]);
+        }
         let child = cmd
             .args(["--protected-mode", "yes"])
             .stdout(Stdio::null())
@@ -129,6 +191,117 @@ impl Drop for RedisServer {
         self.stop();
         if let Some(dir) = &self.dir {
             let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+/// A TCP proxy on a free loopback port in front of a Redis: what a failover's clients see
+/// (HAProxy or DNS in front of Sentinel), or a replication link that can fall behind.
+/// [`switch`](Self::switch) sends new connections to another Redis and cuts the open ones;
+/// [`stall`](Self::stall) stops passing on what the Redis sends (it stays unread, and is
+/// lost when the connection is cut). Runs on the test's runtime (a multi-threaded one, if the
+/// test blocks); stopped when dropped.
+pub(crate) struct Proxy {
+    port: u16,
+    backend: Arc<AtomicU16>,
+    stalled: tokio::sync::watch::Sender<bool>,
+    pipes: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    /// A proxy to the Redis on loopback port `backend`.
+    pub(crate) async fn start(backend: u16) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let to = Arc::new(AtomicU16::new(backend));
+        let pipes = Arc::new(Mutex::new(Vec::<tokio::task::AbortHandle>::new()));
+        let (stalled, _) = tokio::sync::watch::channel(false);
+        let accept = tokio::spawn({
+            let (to, pipes, stalled) = (to.clone(), pipes.clone(), stalled.clone());
+            async move {
+                while let Ok((down, _)) = listener.accept().await {
+                    let backend = to.load(Ordering::SeqCst);
+                    let stalled = stalled.subscribe();
+                    let pipe = tokio::spawn(async move {
+                        let Ok(up) = tokio::net::TcpStream::connect(("127.0.0.1", backend)).await
+                        else {
+                            return;
+                        };
+                        let ((down_r, down_w), (up_r, up_w)) = (down.into_split(), up.into_split());
+                        let never = tokio::sync::watch::channel(false).1;
+                        tokio::select! {
+                            () = pump(down_r, up_w, never) => {}
+                            () = pump(up_r, down_w, stalled) => {}
+                        }
+                    });
+                    let mut pipes = pipes.lock().unwrap();
+                    pipes.retain(|p| !p.is_finished());
+                    pipes.push(pipe.abort_handle());
+                }
+            }
+        });
+        Self { port, backend: to, stalled, pipes, accept }
+    }
+
+    /// Its URL.
+    pub(crate) fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// Its port.
+    pub(crate) fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// New connections go to the Redis on `backend`; open ones are cut.
+    pub(crate) fn switch(&self, backend: u16) {
+        self.backend.store(backend, Ordering::SeqCst);
+        for p in self.pipes.lock().unwrap().drain(..) {
+            p.abort();
+        }
+    }
+
+    /// From now on, nothing the Redis sends is passed on.
+    pub(crate) fn stall(&self) {
+        self.stalled.send_replace(true);
+    }
+}
+
+/// Copies `from` to `to` until either ends, reading nothing while `stalled` says so.
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut stalled: tokio::sync::watch::Receiver<bool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0; 16 * 1024];
+    loop {
+        if *stalled.borrow_and_update() {
+            if stalled.changed().await.is_err() {
+                return;
+            }
+            continue;
+        }
+        tokio::select! {
+            r = from.read(&mut buf) => match r {
+                Ok(0) | Err(_) => return,
+                Ok(n) => {
+                    if to.write_all(&buf[..n]).await.is_err() {
+                        return;
+                    }
+                }
+            },
+            _ = stalled.changed() => {}
+        }
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+        for p in self.pipes.lock().unwrap().drain(..) {
+            p.abort();
         }
     }
 }
