@@ -268,6 +268,20 @@ async fn redis_storage_waits_for_replicas() {
     let wait = Duration::from_millis(100);
     let redis = || RedisStorage::new(&primary.url(), "c", "game", Duration::from_secs(2)).unwrap();
     storage_rules(Storage::custom(redis().replicas(1, wait))).await;
+    // What the wait costs (printed for BENCHMARKS.md; not asserted: timing).
+    for (what, storage) in [
+        ("no wait", Storage::custom(redis())),
+        ("WAIT 1", Storage::custom(redis().replicas(1, wait))),
+    ] {
+        let g = GrainId::new(grainwire::GrainType::of("Counter"), what);
+        let mut s = storage.load::<Score>(&g).await.unwrap();
+        let start = std::time::Instant::now();
+        for i in 0..500 {
+            s.points = i;
+            s.write().await.unwrap();
+        }
+        eprintln!("state write, {what}: {:?} each", start.elapsed() / 500);
+    }
     drop(replica);
     let lone = Storage::custom(redis().replicas(1, wait));
     let g = GrainId::new(grainwire::GrainType::of("Counter"), 8i64);
