@@ -15,6 +15,16 @@
 //!
 //! `latency`: 2,000 calls unrecorded, then 20,000 timed one by one. `throughput`: 64 calls kept
 //! in flight, completions counted over 3 s after a 0.5 s warm-up.
+//!
+//! The floor for `scripts/server-cpu.sh`: a bare tokio UDP echo server in a process of its own
+//! (one task on a current-thread runtime: one `recv_from` and one `send_to` per datagram,
+//! nothing else), and a load client keeping datagrams in flight against it, as `game_client`
+//! keeps calls in flight against a `game_server`:
+//!
+//! ```sh
+//! grainwire-peers echo-server 127.0.0.1:7970
+//! grainwire-peers echo-load 127.0.0.1:7970 16 5     # 16 in flight for 5 s; prints {"ok":N}
+//! ```
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -193,7 +203,9 @@ async fn connect(peer: &str) -> Caller {
 }
 
 fn usage(problem: &str) -> ! {
-    eprintln!("{problem}\nusage: grainwire-peers udp|tarpc|quinn latency|throughput");
+    eprintln!(
+        "{problem}\nusage: grainwire-peers udp|tarpc|quinn latency|throughput\n       grainwire-peers echo-server ADDR | echo-load ADDR INFLIGHT SECS"
+    );
     std::process::exit(2)
 }
 
@@ -254,8 +266,57 @@ async fn throughput(peer: &str, caller: Caller) -> String {
     )
 }
 
+/// The bare echo server, until killed.
+async fn echo_server(addr: &str) {
+    let socket = tokio::net::UdpSocket::bind(addr).await.expect("bind");
+    let mut buf = vec![0u8; 2048];
+    loop {
+        let Ok((n, from)) = socket.recv_from(&mut buf).await else { continue };
+        let _ = socket.send_to(&buf[..n], from).await;
+    }
+}
+
+/// Keeps `inflight` 32-byte datagrams in flight to the echo server at `addr` for `secs`
+/// seconds (a new one for each echo; all again after 20 ms without one, as losses are
+/// possible); prints `{"ok":<echoes>}`.
+async fn echo_load(addr: &str, inflight: usize, secs: f64) {
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+    socket.connect(addr).await.expect("connect");
+    let payload = [7u8; PAYLOAD];
+    let mut buf = [0u8; 2048];
+    let end = Instant::now() + Duration::from_secs_f64(secs);
+    let mut ok = 0u64;
+    while Instant::now() < end {
+        for _ in 0..inflight {
+            let _ = socket.send(&payload).await;
+        }
+        loop {
+            match tokio::time::timeout(Duration::from_millis(20), socket.recv(&mut buf)).await {
+                Ok(Ok(_)) => {
+                    ok += 1;
+                    if Instant::now() >= end {
+                        break;
+                    }
+                    let _ = socket.send(&payload).await;
+                }
+                _ => break, // lost (or refused): start the window again
+            }
+        }
+    }
+    println!("{{\"ok\":{ok}}}");
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+        ["echo-server", addr] => return runtime().block_on(echo_server(addr)),
+        ["echo-load", addr, inflight, secs] => {
+            let inflight = inflight.parse().unwrap_or_else(|_| usage("in flight: a number"));
+            let secs = secs.parse().unwrap_or_else(|_| usage("seconds: a number"));
+            return runtime().block_on(echo_load(addr, inflight, secs));
+        }
+        _ => {}
+    }
     let [peer, mode] = args.as_slice() else { usage("two arguments") };
     if peer == "udp" && mode == "throughput" {
         usage("udp measures latency only (a datagram is not a call)");
