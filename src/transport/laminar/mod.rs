@@ -403,6 +403,8 @@ impl<I: Io, S: Service> Driver<I, S> {
         }
         self.sink.endpoint.sessions.store(self.conns.len(), Ordering::Release);
         self.sink.endpoint.addresses.store(self.addresses.len(), Ordering::Release);
+        // What the pass sent leaves now, gathered (GSO) where it can be.
+        self.mgr.socket_mut().flush();
         pass::enter(&self.sink.endpoint, Phase::Events);
         if let Some(rx) = &self.service_events {
             while let Ok(e) = rx.try_recv() {

@@ -134,6 +134,14 @@ impl<I: Io> GatedSocket<I> {
         self.budget = budget;
     }
 
+    /// Sends what the pass gathered (see `Io::flush`), counting what the kernel refused.
+    pub(crate) fn flush(&mut self) {
+        let dropped = self.io.flush();
+        if dropped > 0 {
+            self.counters.sends_dropped.fetch_add(dropped as u64, Ordering::Relaxed);
+        }
+    }
+
     /// Whether the last pass stopped reading because its budget ran out (more may be waiting).
     pub(crate) fn budget_exhausted(&self) -> bool {
         self.budget == 0 && !self.paused
