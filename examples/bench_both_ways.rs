@@ -79,6 +79,10 @@ struct Args {
     /// The reader's window, in items (`stream`; `ClientConfig::grain_stream_window`).
     #[arg(long, default_value_t = grainwire::rpc::stream::DEFAULT_STREAM_WINDOW)]
     window: u32,
+    /// Datagrams the servers gather into one GSO send (`TransportConfig::gso_segments`; 1:
+    /// none).
+    #[arg(long, default_value_t = 1)]
+    gso_segments: usize,
 }
 
 /// A stream of 32-byte items.
@@ -241,7 +245,7 @@ fn server_cpu() -> Duration {
 
 /// Starts the servers on their own thread: two that know each other, hosting `Sink` and
 /// `Pusher` (the first) and `Front` (the first) and `Back` (the second).
-fn start_servers() -> Vec<SocketAddr> {
+fn start_servers(gso_segments: usize) -> Vec<SocketAddr> {
     let (tx, rx) = mpsc::channel();
     thread::Builder::new()
         .name("server".into())
@@ -252,9 +256,11 @@ fn start_servers() -> Vec<SocketAddr> {
                 .unwrap_or(0);
             SERVER_TID.store(tid, Ordering::Relaxed);
             runtime().block_on(async move {
-                let config = |id: &str| ServerConfig {
-                    server_id: Some(id.into()),
-                    ..ServerConfig::default()
+                let config = |id: &str| {
+                    let mut c =
+                        ServerConfig { server_id: Some(id.into()), ..ServerConfig::default() };
+                    c.transport.gso_segments = gso_segments;
+                    c
                 };
                 let any: SocketAddr = "127.0.0.1:0".parse().expect("an address");
                 let a = Server::builder(config("a"))
@@ -552,7 +558,7 @@ fn main() {
     match args.mode {
         Mode::Sizes => rt.block_on(sizes()),
         mode => {
-            let addrs = start_servers();
+            let addrs = start_servers(args.gso_segments);
             rt.block_on(async {
                 let config = grainwire::ClientConfig {
                     grain_stream_window: args.window,

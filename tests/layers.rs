@@ -163,8 +163,8 @@ fn the_checker_sees_what_it_must() {
 /// Only the modules that implement something over Redis name the `redis` crate (the one
 /// connection and script runner in `redis_conn.rs`, the membership and the source in
 /// `topology/redis.rs`, the grain directory in `directory/redis.rs`, grain state in
-/// `persistence/redis.rs`, reminders in `persistence/reminders.rs`), and laminar stays in
-/// `transport/laminar`.
+/// `persistence/redis.rs`, reminders in `persistence/reminders.rs`), laminar stays in
+/// `transport/laminar`, and `quinn_udp` (batched datagram I/O) in `transport/io.rs`.
 #[test]
 fn redis_and_laminar_are_named_only_where_they_are_implemented() {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
@@ -191,6 +191,9 @@ fn redis_and_laminar_are_named_only_where_they_are_implemented() {
         }
         if names_crate(&code, "laminar") && !rel.starts_with("transport/laminar/") {
             broken.push(format!("{rel} names laminar"));
+        }
+        if names_crate(&code, "quinn_udp") && rel != "transport/io.rs" {
+            broken.push(format!("{rel} names quinn_udp"));
         }
     }
     assert!(broken.is_empty(), "{}", broken.join("\n"));

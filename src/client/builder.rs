@@ -26,6 +26,7 @@ use crate::proto::stats::CallAccounting;
 use crate::proto::token::{PlayerToken, TokenKey};
 use crate::sync::lock;
 use crate::topology::{PollingSource, RefreshPolicy, StreamingSource};
+use crate::transport::io::{UdpIo, UdpOptions};
 use crate::transport::{Endpoint, Security};
 
 fn unspecified_for(addr: SocketAddr) -> SocketAddr {
@@ -191,11 +192,8 @@ impl ClientBuilder {
             if this.discovers() {
                 // Only a store to ask (Redis, a source of the application's): IPv4.
                 let any = SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), 0);
-                let io = crate::transport::io::UdpIo::bind(
-                    any,
-                    this.config.transport.socket_buffer_size,
-                )
-                .map_err(BindError::from)?;
+                let options = UdpOptions::from(&this.config.transport);
+                let io = UdpIo::bind(any, options).map_err(BindError::from)?;
                 return this.start(io).await;
             }
             return Err(ClientError::NoServers);
@@ -213,11 +211,8 @@ impl ClientBuilder {
                     ClientError::Unreachable(vec![(first.clone(), Some(ConnectError::Unresolved))])
                 })?,
         };
-        let io = crate::transport::io::UdpIo::bind(
-            unspecified_for(first),
-            this.config.transport.socket_buffer_size,
-        )
-        .map_err(BindError::from)?;
+        let options = UdpOptions::from(&this.config.transport);
+        let io = UdpIo::bind(unspecified_for(first), options).map_err(BindError::from)?;
         this.start(io).await
     }
 

@@ -11,6 +11,7 @@ use crate::error::BindError;
 use crate::proto::ids::ServerId;
 use crate::proto::rng::SplitMix64;
 use crate::proto::token::TokenKey;
+use crate::transport::io::UdpOptions;
 use crate::transport::{Approve, ClientIdentity, Security};
 
 /// What `ServerBuilder::prepare` gives `Server::start`.
@@ -171,9 +172,9 @@ impl ServerBuilder {
     /// Starts the server on a UDP socket at `addr`, on the current tokio runtime.
     pub fn bind(self, addr: SocketAddr) -> Result<Server, ServerError> {
         let (config, registry, server_id, stores, security) = self.prepare()?;
-        let buffer = config.transport.socket_buffer_size;
-        let io = crate::transport::io::UdpIo::bind(addr, buffer).map_err(BindError::from)?;
-        let net = FleetNet::Udp { buffer };
+        let options = UdpOptions::from(&config.transport);
+        let io = crate::transport::io::UdpIo::bind(addr, options).map_err(BindError::from)?;
+        let net = FleetNet::Udp { options };
         Server::start(io, net, config, registry, server_id, stores, security)
     }
 
@@ -181,9 +182,9 @@ impl ServerBuilder {
     /// picked for `:0` before naming the server, or to bind it its own way).
     pub fn bind_socket(self, socket: std::net::UdpSocket) -> Result<Server, ServerError> {
         let (config, registry, server_id, stores, security) = self.prepare()?;
-        let buffer = config.transport.socket_buffer_size;
-        let io = crate::transport::io::UdpIo::from_std(socket, buffer).map_err(BindError::from)?;
-        let net = FleetNet::Udp { buffer };
+        let options = UdpOptions::from(&config.transport);
+        let io = crate::transport::io::UdpIo::from_std(socket, options).map_err(BindError::from)?;
+        let net = FleetNet::Udp { options };
         Server::start(io, net, config, registry, server_id, stores, security)
     }
 

@@ -35,7 +35,7 @@ use crate::transport::io::UdpIo;
 #[derive(Debug, Clone)]
 pub(crate) enum FleetNet {
     /// Real UDP, with this socket buffer size.
-    Udp { buffer: usize },
+    Udp { options: crate::transport::io::UdpOptions },
     /// The simulated network.
     #[cfg(feature = "test-util")]
     Sim(crate::transport::sim::SimNetwork),
@@ -111,8 +111,8 @@ impl FleetCalls {
         let local = SocketAddr::new(spec.ip, 0);
         let bind = |e: std::io::Error| crate::client::ClientError::Bind(e.into());
         match &spec.net {
-            FleetNet::Udp { buffer } => {
-                builder.start_background(UdpIo::bind(local, *buffer).map_err(bind)?)
+            FleetNet::Udp { options } => {
+                builder.start_background(UdpIo::bind(local, *options).map_err(bind)?)
             }
             #[cfg(feature = "test-util")]
             FleetNet::Sim(net) => builder.start_background(net.bind_io(local).map_err(bind)?),

@@ -40,8 +40,9 @@ pub(crate) trait Io: Debug + Send + Sync + 'static {
 /// one sender); [`recv_from`](Io::recv_from) hands them out one at a time and reads again
 /// only once they are all taken. **Writing**: a datagram to the same address as the one
 /// before, no longer than it, joins it in one `sendmsg` with UDP GSO (the kernel splits them;
-/// up to [`GSO_SEGMENTS`] or what the kernel allows, at most 64 KB); anything else first sends
-/// what was gathered, and a lone datagram goes out with a plain `sendto`. [`flush`](Io::flush) sends the rest: the endpoint calls it at the end of every
+/// up to `TransportConfig::gso_segments` — 1 by default: no gathering — or what the kernel
+/// allows, at most 64 KB); anything else first sends what was gathered, and a lone datagram
+/// goes out with a plain `sendto`. [`flush`](Io::flush) sends the rest: the endpoint calls it at the end of every
 /// pass, before it waits. Where the platform has neither, one datagram per system call.
 ///
 /// Registered with tokio for *read* readiness only (an `AsyncFd`): a UDP socket becomes
@@ -53,6 +54,8 @@ pub(crate) trait Io: Debug + Send + Sync + 'static {
 pub(crate) struct UdpIo {
     fd: tokio::io::unix::AsyncFd<std::net::UdpSocket>,
     state: quinn_udp::UdpSocketState,
+    /// The most datagrams gathered into one send.
+    gso_segments: usize,
     rx: Batch,
     tx: Gather,
 }
@@ -64,6 +67,21 @@ impl std::fmt::Debug for UdpIo {
             .field("gso_segments", &self.state.max_gso_segments())
             .field("gro_segments", &self.state.gro_segments())
             .finish_non_exhaustive()
+    }
+}
+
+/// How a UDP socket is set up, from its `TransportConfig`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct UdpOptions {
+    /// Kernel buffer size asked for, receive and send (0: the system's default).
+    pub(crate) buffer: usize,
+    /// The most datagrams gathered into one GSO send (1: none).
+    pub(crate) gso_segments: usize,
+}
+
+impl From<&crate::proto::config::TransportConfig> for UdpOptions {
+    fn from(c: &crate::proto::config::TransportConfig) -> Self {
+        Self { buffer: c.socket_buffer_size, gso_segments: c.gso_segments }
     }
 }
 
@@ -134,32 +152,25 @@ struct Gather {
 /// The most a GSO send carries (the kernel's limit for a UDP payload, with headers).
 const GSO_BYTES: usize = 65_000;
 
-/// The most datagrams gathered into one GSO send. More saves more system calls, but holds the
-/// first datagrams back until the last is made: measured on a stream of 32-byte items to one
-/// reader (BENCHMARKS.md), 8 sends the most items per second at 160 ns of server CPU per item
-/// (64: 140 ns but fewer items per second; none: 200–220 ns).
-const GSO_SEGMENTS: usize = 8;
-
 impl UdpIo {
-    /// Binds `addr`, sizing the kernel buffers to `buffer_size` bytes when non-zero. Must be
-    /// called inside a tokio runtime.
-    pub(crate) fn bind(addr: SocketAddr, buffer_size: usize) -> io::Result<Self> {
+    /// Binds `addr` with `options`. Must be called inside a tokio runtime.
+    pub(crate) fn bind(addr: SocketAddr, options: UdpOptions) -> io::Result<Self> {
         use socket2::{Domain, Protocol, Socket, Type};
         let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
         socket.bind(&addr.into())?;
-        Self::from_socket(socket, buffer_size)
+        Self::from_socket(socket, options)
     }
 
     /// Takes over a socket bound by the application.
-    pub(crate) fn from_std(socket: std::net::UdpSocket, buffer_size: usize) -> io::Result<Self> {
-        Self::from_socket(socket2::Socket::from(socket), buffer_size)
+    pub(crate) fn from_std(socket: std::net::UdpSocket, options: UdpOptions) -> io::Result<Self> {
+        Self::from_socket(socket2::Socket::from(socket), options)
     }
 
-    fn from_socket(socket: socket2::Socket, buffer_size: usize) -> io::Result<Self> {
-        if buffer_size > 0 {
+    fn from_socket(socket: socket2::Socket, options: UdpOptions) -> io::Result<Self> {
+        if options.buffer > 0 {
             // Best effort: the kernel clamps these to its limits (net.core.rmem_max).
-            let _ = socket.set_recv_buffer_size(buffer_size);
-            let _ = socket.set_send_buffer_size(buffer_size);
+            let _ = socket.set_recv_buffer_size(options.buffer);
+            let _ = socket.set_send_buffer_size(options.buffer);
         }
         socket.set_nonblocking(true)?;
         // Turns on what the platform offers (GRO, the options GSO and ECN need).
@@ -173,7 +184,8 @@ impl UdpIo {
             std::net::UdpSocket::from(socket),
             tokio::io::Interest::READABLE,
         )?;
-        Ok(Self { fd, state, rx: Batch::new(), tx: Gather::default() })
+        let gso_segments = options.gso_segments.max(1);
+        Ok(Self { fd, state, gso_segments, rx: Batch::new(), tx: Gather::default() })
     }
 
     /// Sends what was gathered, if anything.
@@ -228,7 +240,7 @@ impl Io for UdpIo {
     }
 
     fn send_to(&mut self, _now: Instant, to: SocketAddr, buf: &[u8]) -> io::Result<usize> {
-        let max = self.state.max_gso_segments().min(GSO_SEGMENTS);
+        let max = self.state.max_gso_segments().min(self.gso_segments);
         let tx = &self.tx;
         let joins = tx.to == Some(to)
             && buf.len() <= tx.segment
@@ -300,9 +312,10 @@ mod tests {
     #[tokio::test]
     async fn batched_datagrams_arrive_whole_and_in_order() {
         let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
-        let mut a = UdpIo::bind(any, 0).unwrap();
-        let mut b = UdpIo::bind(any, 0).unwrap();
-        let mut c = UdpIo::bind(any, 0).unwrap();
+        let gather = UdpOptions { buffer: 0, gso_segments: 8 };
+        let mut a = UdpIo::bind(any, gather).unwrap();
+        let mut b = UdpIo::bind(any, gather).unwrap();
+        let mut c = UdpIo::bind(any, gather).unwrap();
         let (to_b, to_c) = (b.local_addr().unwrap(), c.local_addr().unwrap());
         let mut sent_b = Vec::new();
         for i in 0..20u8 {
@@ -337,7 +350,7 @@ mod tests {
     #[tokio::test]
     async fn a_datagram_longer_than_the_buffer_fills_it() {
         let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
-        let mut b = UdpIo::bind(any, 0).unwrap();
+        let mut b = UdpIo::bind(any, UdpOptions { buffer: 0, gso_segments: 1 }).unwrap();
         let raw = std::net::UdpSocket::bind(any).unwrap();
         raw.send_to(&[1; 3000], b.local_addr().unwrap()).unwrap();
         raw.send_to(&[2; 10], b.local_addr().unwrap()).unwrap();

@@ -310,7 +310,7 @@ impl Endpoint {
     /// Binds a UDP socket at `addr` and starts its task on the current tokio runtime.
     pub fn bind(addr: SocketAddr, config: TransportConfig) -> Result<Self, BindError> {
         config.validate()?;
-        let io = io::UdpIo::bind(addr, config.socket_buffer_size)?;
+        let io = io::UdpIo::bind(addr, io::UdpOptions::from(&config))?;
         Self::start(io, config)
     }
 
