@@ -79,8 +79,11 @@ struct Args {
     /// The reader's window, in items (`stream`; `ClientConfig::grain_stream_window`).
     #[arg(long, default_value_t = grainwire::rpc::stream::DEFAULT_STREAM_WINDOW)]
     window: u32,
-    /// Datagrams the servers gather into one GSO send (`TransportConfig::gso_segments`; 1:
-    /// none).
+    /// The servers read and write in batches (`TransportConfig::batched_io`).
+    #[arg(long)]
+    batched: bool,
+    /// With `--batched`: datagrams the servers gather into one GSO send
+    /// (`TransportConfig::gso_segments`; 1: none).
     #[arg(long, default_value_t = 1)]
     gso_segments: usize,
 }
@@ -245,7 +248,7 @@ fn server_cpu() -> Duration {
 
 /// Starts the servers on their own thread: two that know each other, hosting `Sink` and
 /// `Pusher` (the first) and `Front` (the first) and `Back` (the second).
-fn start_servers(gso_segments: usize) -> Vec<SocketAddr> {
+fn start_servers(batched: bool, gso_segments: usize) -> Vec<SocketAddr> {
     let (tx, rx) = mpsc::channel();
     thread::Builder::new()
         .name("server".into())
@@ -259,6 +262,7 @@ fn start_servers(gso_segments: usize) -> Vec<SocketAddr> {
                 let config = |id: &str| {
                     let mut c =
                         ServerConfig { server_id: Some(id.into()), ..ServerConfig::default() };
+                    c.transport.batched_io = batched;
                     c.transport.gso_segments = gso_segments;
                     c
                 };
@@ -558,7 +562,7 @@ fn main() {
     match args.mode {
         Mode::Sizes => rt.block_on(sizes()),
         mode => {
-            let addrs = start_servers(args.gso_segments);
+            let addrs = start_servers(args.batched, args.gso_segments);
             rt.block_on(async {
                 let config = grainwire::ClientConfig {
                     grain_stream_window: args.window,

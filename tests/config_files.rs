@@ -43,6 +43,7 @@ fn odd_transport() -> TransportConfig {
         cookie_lifetime: ms(9000),
         accept_incoming: !d.accept_incoming,
         max_datagrams_per_poll: d.max_datagrams_per_poll + 1,
+        batched_io: !d.batched_io,
         gso_segments: d.gso_segments + 7,
         event_backlog: d.event_backlog + 1,
         socket_buffer_size: d.socket_buffer_size + 1,

@@ -419,15 +419,25 @@ fn a_caller_that_opens_many_streams_is_bounded() {
     });
 }
 
-/// Over real UDP: a stream of 20,000 items to a client, and one from grain to grain.
+/// Over real UDP: a stream of 20,000 items to a client, and one from grain to grain; one
+/// datagram per system call, and batched (`recvmmsg`, GRO, GSO sends of 8) on both sides.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streams_over_real_udp() {
+    for batched in [false, true] {
+        over_real_udp(batched).await;
+    }
+}
+
+async fn over_real_udp(batched: bool) {
     let seen = Arc::new(Seen::default());
-    let s = Server::builder(ServerConfig::default())
-        .host(host(&seen))
-        .bind("127.0.0.1:0".parse().unwrap())
-        .unwrap();
-    let c = Client::builder().servers([s.local_addr()]).connect().await.unwrap();
+    let mut config = ServerConfig::default();
+    config.transport.batched_io = batched;
+    config.transport.gso_segments = 8;
+    let s = Server::builder(config).host(host(&seen)).bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let mut client = grainwire::ClientConfig::default();
+    client.transport.batched_io = batched;
+    client.transport.gso_segments = 8;
+    let c = Client::builder().config(client).servers([s.local_addr()]).connect().await.unwrap();
     let room: RoomRef = c.grain("lobby");
     let (got, end) = read_all(&mut room.range(0, 20_000)).await;
     assert!(end.is_none(), "{end:?}");

@@ -119,13 +119,20 @@ pub struct TransportConfig {
     /// Datagrams read per pass of the endpoint's loop before timers and sends get a turn.
     /// Default 256.
     pub max_datagrams_per_poll: usize,
-    /// Datagrams to one address gathered into one send with UDP GSO, where the kernel has it
-    /// (Linux): up to this many, sent when the pass ends. Default 1: each datagram leaves as
-    /// it is made. More costs the sender less CPU on bulk traffic to one peer (a grain
-    /// stream: 110–140 instead of 200–220 ns of server CPU per 32-byte item, at 64) but holds
-    /// datagrams back until the pass ends (about 10 % fewer stream items and 19 % fewer calls
-    /// per second with one busy peer); measured in BENCHMARKS.md. Range 1..=64. (Reading is
-    /// always batched.)
+    /// Read and write the UDP socket in batches, through `quinn-udp`: up to 32 datagrams per
+    /// `recvmmsg` (with UDP GRO where the kernel has it), and GSO sends of up to
+    /// `gso_segments`. Default false: one datagram per system call. Measured here
+    /// (BENCHMARKS.md): batching cut the server's system calls per call from 1.17 to 0.48 but
+    /// not measurably its CPU per call under 16 clients (on loopback the kernel's work per
+    /// datagram, not the system call, dominates).
+    pub batched_io: bool,
+    /// With `batched_io`: datagrams to one address gathered into one send with UDP GSO,
+    /// where the kernel has it (Linux): up to this many, sent when the pass ends. Default 1:
+    /// each datagram leaves as it is made. More costs the sender less CPU on bulk traffic to
+    /// one peer (a grain stream of 32-byte items: 130–190 instead of 200–230 ns of server CPU
+    /// per item at 8, at the same rate; 64 saves a little more but sends 10–35 % fewer items
+    /// per second) but holds datagrams back until the pass ends (19 % fewer calls per second
+    /// with one busy peer, at 8); measured in BENCHMARKS.md. Range 1..=64.
     pub gso_segments: usize,
 }
 
@@ -161,6 +168,7 @@ impl Default for TransportConfig {
             event_backlog: 65536,
             socket_buffer_size: 4 << 20,
             max_datagrams_per_poll: 256,
+            batched_io: false,
             gso_segments: 1,
         }
     }

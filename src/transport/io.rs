@@ -33,17 +33,19 @@ pub(crate) trait Io: Debug + Send + Sync + 'static {
     }
 }
 
-/// A UDP socket driven by tokio, read and written in batches through `quinn-udp`.
+/// A UDP socket driven by tokio: one datagram per system call, or, with
+/// `TransportConfig::batched_io`, read and written in batches through `quinn-udp`.
 ///
-/// **Reading**: one `recvmmsg` takes up to [`quinn_udp::BATCH_SIZE`] (32 on Linux) datagrams,
-/// each buffer possibly several coalesced by the kernel (UDP GRO: segments of one size from
-/// one sender); [`recv_from`](Io::recv_from) hands them out one at a time and reads again
-/// only once they are all taken. **Writing**: a datagram to the same address as the one
-/// before, no longer than it, joins it in one `sendmsg` with UDP GSO (the kernel splits them;
-/// up to `TransportConfig::gso_segments` — 1 by default: no gathering — or what the kernel
-/// allows, at most 64 KB); anything else first sends what was gathered, and a lone datagram
-/// goes out with a plain `sendto`. [`flush`](Io::flush) sends the rest: the endpoint calls it at the end of every
-/// pass, before it waits. Where the platform has neither, one datagram per system call.
+/// **Batched reading**: one `recvmmsg` takes up to [`quinn_udp::BATCH_SIZE`] (32 on Linux)
+/// datagrams, each buffer possibly several coalesced by the kernel (UDP GRO: segments of one
+/// size from one sender); [`recv_from`](Io::recv_from) hands them out one at a time and reads
+/// again only once they are all taken. **Batched writing**: a datagram to the same address as
+/// the one before, no longer than it, joins it in one `sendmsg` with UDP GSO (the kernel
+/// splits them; up to `TransportConfig::gso_segments` — 1 by default: no gathering — or what
+/// the kernel allows, at most 64 KB); anything else first sends what was gathered, and a lone
+/// datagram goes out with a plain `sendto`. [`flush`](Io::flush) sends the rest: the endpoint
+/// calls it at the end of every pass, before it waits. Where the platform has neither, one
+/// datagram per system call.
 ///
 /// Registered with tokio for *read* readiness only (an `AsyncFd`): a UDP socket becomes
 /// writable again after nearly every send, and a registration that also asked for write
@@ -53,6 +55,12 @@ pub(crate) trait Io: Debug + Send + Sync + 'static {
 /// try before it has seen the socket become writable, dropping the first datagrams.)
 pub(crate) struct UdpIo {
     fd: tokio::io::unix::AsyncFd<std::net::UdpSocket>,
+    /// With batched I/O: its state.
+    batched: Option<Box<Batched>>,
+}
+
+/// What batched I/O keeps.
+struct Batched {
     state: quinn_udp::UdpSocketState,
     /// The most datagrams gathered into one send.
     gso_segments: usize,
@@ -62,11 +70,13 @@ pub(crate) struct UdpIo {
 
 impl std::fmt::Debug for UdpIo {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("UdpIo")
-            .field("local", &self.fd.get_ref().local_addr().ok())
-            .field("gso_segments", &self.state.max_gso_segments())
-            .field("gro_segments", &self.state.gro_segments())
-            .finish_non_exhaustive()
+        let mut d = f.debug_struct("UdpIo");
+        d.field("local", &self.fd.get_ref().local_addr().ok());
+        if let Some(b) = &self.batched {
+            d.field("gso_segments", &b.state.max_gso_segments().min(b.gso_segments));
+            d.field("gro_segments", &b.state.gro_segments());
+        }
+        d.finish_non_exhaustive()
     }
 }
 
@@ -75,13 +85,15 @@ impl std::fmt::Debug for UdpIo {
 pub(crate) struct UdpOptions {
     /// Kernel buffer size asked for, receive and send (0: the system's default).
     pub(crate) buffer: usize,
-    /// The most datagrams gathered into one GSO send (1: none).
+    /// Read and write in batches.
+    pub(crate) batched: bool,
+    /// With `batched`: the most datagrams gathered into one GSO send (1: none).
     pub(crate) gso_segments: usize,
 }
 
 impl From<&crate::proto::config::TransportConfig> for UdpOptions {
     fn from(c: &crate::proto::config::TransportConfig) -> Self {
-        Self { buffer: c.socket_buffer_size, gso_segments: c.gso_segments }
+        Self { buffer: c.socket_buffer_size, batched: c.batched_io, gso_segments: c.gso_segments }
     }
 }
 
@@ -173,8 +185,14 @@ impl UdpIo {
             let _ = socket.set_send_buffer_size(options.buffer);
         }
         socket.set_nonblocking(true)?;
-        // Turns on what the platform offers (GRO, the options GSO and ECN need).
-        let state = quinn_udp::UdpSocketState::new((&socket).into())?;
+        let batched = if options.batched {
+            // Turns on what the platform offers (GRO, the options GSO and ECN need).
+            let state = quinn_udp::UdpSocketState::new((&socket).into())?;
+            let gso_segments = options.gso_segments.max(1);
+            Some(Box::new(Batched { state, gso_segments, rx: Batch::new(), tx: Gather::default() }))
+        } else {
+            None
+        };
         // `with_interest` is deprecated because a registered fd that its owner closes or
         // replaces breaks I/O safety; here the `AsyncFd` owns the socket and only lends `&`
         // to it, so the fd lives exactly as long as the registration. The replacement,
@@ -184,17 +202,18 @@ impl UdpIo {
             std::net::UdpSocket::from(socket),
             tokio::io::Interest::READABLE,
         )?;
-        let gso_segments = options.gso_segments.max(1);
-        Ok(Self { fd, state, gso_segments, rx: Batch::new(), tx: Gather::default() })
+        Ok(Self { fd, batched })
     }
+}
 
+impl Batched {
     /// Sends what was gathered, if anything.
-    fn send_gathered(&mut self) {
+    fn send_gathered(&mut self, socket: &std::net::UdpSocket) {
         let Some(to) = self.tx.to.take() else { return };
         let tx = &mut self.tx;
         if tx.count == 1 {
             // One datagram: a plain `sendto` (no control messages to build or parse).
-            if let Err(e) = self.fd.get_ref().send_to(&tx.buf, to)
+            if let Err(e) = socket.send_to(&tx.buf, to)
                 && e.kind() == io::ErrorKind::WouldBlock
             {
                 tx.dropped += 1;
@@ -212,7 +231,7 @@ impl UdpIo {
         };
         // `send` reports only a full buffer; other errors (rare for UDP: the datagrams are
         // lost, as on the wire) it logs, and a GSO refusal turns GSO off for later sends.
-        if let Err(e) = self.state.send(self.fd.get_ref().into(), &transmit)
+        if let Err(e) = self.state.send(socket.into(), &transmit)
             && e.kind() == io::ErrorKind::WouldBlock
         {
             tx.dropped += tx.count;
@@ -224,12 +243,15 @@ impl UdpIo {
 
 impl Io for UdpIo {
     fn recv_from(&mut self, _now: Instant, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
+        let Some(b) = &mut self.batched else {
+            return self.fd.try_io(tokio::io::Interest::READABLE, |s| s.recv_from(buf));
+        };
         loop {
-            if let Some(got) = self.rx.take(buf) {
+            if let Some(got) = b.rx.take(buf) {
                 return Ok(got);
             }
-            let Self { fd, state, rx, .. } = self;
-            let n = fd.try_io(tokio::io::Interest::READABLE, |s| {
+            let Batched { state, rx, .. } = &mut **b;
+            let n = self.fd.try_io(tokio::io::Interest::READABLE, |s| {
                 let mut chunks = rx.buf.chunks_mut(SLOT);
                 let mut slices: [io::IoSliceMut<'_>; quinn_udp::BATCH_SIZE] =
                     std::array::from_fn(|_| io::IoSliceMut::new(chunks.next().unwrap_or_default()));
@@ -240,29 +262,32 @@ impl Io for UdpIo {
     }
 
     fn send_to(&mut self, _now: Instant, to: SocketAddr, buf: &[u8]) -> io::Result<usize> {
-        let max = self.state.max_gso_segments().min(self.gso_segments);
-        let tx = &self.tx;
+        let socket = self.fd.get_ref();
+        let Some(b) = &mut self.batched else { return socket.send_to(buf, to) };
+        let max = b.state.max_gso_segments().min(b.gso_segments);
+        let tx = &b.tx;
         let joins = tx.to == Some(to)
             && buf.len() <= tx.segment
             && tx.buf.len() == tx.segment * tx.count // none shorter yet
             && tx.count < max
             && tx.buf.len() + buf.len() <= GSO_BYTES;
         if !joins {
-            self.send_gathered();
-            self.tx.to = Some(to);
-            self.tx.segment = buf.len();
+            b.send_gathered(socket);
+            b.tx.to = Some(to);
+            b.tx.segment = buf.len();
         }
-        self.tx.buf.extend_from_slice(buf);
-        self.tx.count += 1;
+        b.tx.buf.extend_from_slice(buf);
+        b.tx.count += 1;
         if max <= 1 {
-            self.send_gathered(); // no GSO: nothing to wait for
+            b.send_gathered(socket); // no GSO: nothing to wait for
         }
         Ok(buf.len())
     }
 
     fn flush(&mut self) -> usize {
-        self.send_gathered();
-        std::mem::take(&mut self.tx.dropped)
+        let Some(b) = &mut self.batched else { return 0 };
+        b.send_gathered(self.fd.get_ref());
+        std::mem::take(&mut b.tx.dropped)
     }
 
     fn local_addr(&self) -> io::Result<SocketAddr> {
@@ -270,7 +295,7 @@ impl Io for UdpIo {
     }
 
     fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        if !self.rx.is_empty() {
+        if self.batched.as_ref().is_some_and(|b| !b.rx.is_empty()) {
             return Poll::Ready(Ok(()));
         }
         self.fd.poll_read_ready(cx).map_ok(|mut guard| guard.retain_ready())
@@ -312,7 +337,7 @@ mod tests {
     #[tokio::test]
     async fn batched_datagrams_arrive_whole_and_in_order() {
         let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
-        let gather = UdpOptions { buffer: 0, gso_segments: 8 };
+        let gather = UdpOptions { buffer: 0, batched: true, gso_segments: 8 };
         let mut a = UdpIo::bind(any, gather).unwrap();
         let mut b = UdpIo::bind(any, gather).unwrap();
         let mut c = UdpIo::bind(any, gather).unwrap();
@@ -349,8 +374,14 @@ mod tests {
     /// large), and the next datagram is read whole.
     #[tokio::test]
     async fn a_datagram_longer_than_the_buffer_fills_it() {
+        for batched in [false, true] {
+            longer_than_the_buffer(UdpOptions { buffer: 0, batched, gso_segments: 1 }).await;
+        }
+    }
+
+    async fn longer_than_the_buffer(options: UdpOptions) {
         let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
-        let mut b = UdpIo::bind(any, UdpOptions { buffer: 0, gso_segments: 1 }).unwrap();
+        let mut b = UdpIo::bind(any, options).unwrap();
         let raw = std::net::UdpSocket::bind(any).unwrap();
         raw.send_to(&[1; 3000], b.local_addr().unwrap()).unwrap();
         raw.send_to(&[2; 10], b.local_addr().unwrap()).unwrap();
