@@ -135,6 +135,10 @@ struct Args {
     /// of its own (the `game_server` example next to this binary).
     #[arg(long, value_name = "ADDR")]
     target: Option<SocketAddr>,
+    /// The runtime of the `game_server` the bench starts (game): `multi` or `current` (its
+    /// `--runtime`) [default: the server's].
+    #[arg(long, value_name = "KIND")]
+    server_runtime: Option<String>,
 }
 
 /// `--discover`: the client follows the fleet from a seed.
@@ -432,6 +436,7 @@ fn main() {
             call_hz: a.call_hz,
             secs: a.secs,
             target: a.target,
+            runtime: a.server_runtime.clone(),
         };
         println!("{}", game_load::run(load));
         return;

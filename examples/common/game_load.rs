@@ -29,6 +29,8 @@ pub(crate) struct Load {
     pub(crate) call_hz: f64,
     pub(crate) secs: f64,
     pub(crate) target: Option<SocketAddr>,
+    /// The started server's `--runtime` (`multi`, `current`), if given.
+    pub(crate) runtime: Option<String>,
 }
 
 /// Players per loopback address (a server admits 64 sessions per address by default).
@@ -61,7 +63,7 @@ impl Drop for OwnServer {
 }
 
 /// Starts `game_server` (next to this binary) with room for `players` sessions.
-fn start_server(players: u64) -> OwnServer {
+fn start_server(players: u64, runtime: Option<&str>) -> OwnServer {
     let exe = std::env::current_exe().expect("this binary's path");
     let bin = exe.with_file_name("game_server");
     let config =
@@ -74,6 +76,7 @@ fn start_server(players: u64) -> OwnServer {
     let mut child = Command::new(&bin)
         .args(["--bind", "127.0.0.1:0", "--grains", "player", "--stats-every", "0.5", "--config"])
         .arg(&config)
+        .args(runtime.map(|r| ["--runtime", r]).into_iter().flatten())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -275,7 +278,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 
 /// Plays the load; the JSON line.
 pub(crate) fn run(load: Load) -> String {
-    let own = load.target.is_none().then(|| start_server(load.players));
+    let own = load.target.is_none().then(|| start_server(load.players, load.runtime.as_deref()));
     let server = load.target.unwrap_or_else(|| own.as_ref().expect("started").addr);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
     let counts = Arc::new(Counts::default());
