@@ -49,11 +49,12 @@ use clap::Parser;
 use grainwire::client::ServerAddr;
 use grainwire::config::ConfigFile;
 use grainwire::persistence::{RedisStorage, Reminders, Storage};
+use grainwire::server::Shards;
 use grainwire::server::{AuthConfig, MetaValue};
 use grainwire::{GrainKey, Server, ServerConfig};
 
 /// A grainwire game server hosting the demo grains.
-#[derive(Parser, Debug)]
+#[derive(Parser, Debug, Clone)]
 #[command(name = "game_server")]
 struct Args {
     /// The UDP address to bind (port 0: the OS picks one).
@@ -120,6 +121,11 @@ struct Args {
     /// about a third less CPU per call in BENCHMARKS.md).
     #[arg(long, value_name = "KIND", default_value = "multi")]
     runtime: Runtime,
+    /// Runs N servers in this process, one per thread, each on a current-thread runtime
+    /// (`grainwire::server::Shards`): shard i binds the `--bind` port + i (or a port of its
+    /// own with port 0) and is a fleet member of its own; give clients every shard's address.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    shards: usize,
 }
 
 /// The tokio runtime to run on.
@@ -154,26 +160,78 @@ fn fail(problem: &str) -> ! {
 
 fn main() {
     let a = Args::parse();
-    let mut runtime = match a.runtime {
-        Runtime::Multi => tokio::runtime::Builder::new_multi_thread(),
-        Runtime::Current => tokio::runtime::Builder::new_current_thread(),
+    if a.shards == 0 {
+        fail("--shards: at least 1");
+    }
+    let mut runtime = match (a.runtime, a.shards) {
+        (Runtime::Multi, 1) => tokio::runtime::Builder::new_multi_thread(),
+        // Shards run on runtimes of their own; this one only waits for a signal.
+        _ => tokio::runtime::Builder::new_current_thread(),
     };
     let runtime = runtime.enable_all().build().unwrap_or_else(|e| fail(&format!("runtime: {e}")));
     runtime.block_on(serve(a));
 }
 
 async fn serve(a: Args) {
+    if a.shards == 1 {
+        let server = start(&a, None);
+        run_until_signal(&a, || eprintln!("{:?}", server.stats())).await;
+        eprintln!("shutting down");
+        server.shutdown().await;
+        return;
+    }
+    let args = std::sync::Arc::new(a.clone());
+    let shards = Shards::start(a.shards, move |i| Ok(start(&args, Some(i))))
+        .unwrap_or_else(|e| fail(&format!("cannot start the shards: {e}")));
+    run_until_signal(&a, || shards.servers().for_each(|s| eprintln!("{:?}", s.stats()))).await;
+    eprintln!("shutting down");
+    shards.shutdown().await;
+}
+
+/// Prints statistics (`stats`) every `--stats-every` seconds until SIGINT or SIGTERM.
+async fn run_until_signal(a: &Args, stats: impl Fn()) {
+    if a.stats_every > 0.0 {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs_f64(a.stats_every));
+        tick.tick().await;
+        let signal = wait_for_signal();
+        tokio::pin!(signal);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => stats(),
+                () = &mut signal => break,
+            }
+        }
+    } else {
+        wait_for_signal().await;
+    }
+}
+
+/// Builds and binds the server (shard `shard`: the port `--bind` names plus `shard`, unless it
+/// is 0; its id, if `--server-id` names one, with `-<shard>`) on the current runtime.
+fn start(a: &Args, shard: Option<usize>) -> Server {
     let mut config = match &a.config {
         Some(path) => ServerConfig::load(path).unwrap_or_else(|e| fail(&format!("--config: {e}"))),
         None => ServerConfig::default(),
     };
+    let mut bind = a.bind;
+    if let Some(i) = shard
+        && bind.port() != 0
+    {
+        let port = usize::from(bind.port()) + i;
+        bind.set_port(u16::try_from(port).unwrap_or_else(|_| fail("--shards: ports past 65535")));
+    }
     // Bound first, so that the server can be named by the address it really has.
-    let socket = std::net::UdpSocket::bind(a.bind)
-        .unwrap_or_else(|e| fail(&format!("cannot bind {}: {e}", a.bind)));
+    let socket = std::net::UdpSocket::bind(bind)
+        .unwrap_or_else(|e| fail(&format!("cannot bind {bind}: {e}")));
     let bound = socket.local_addr().unwrap_or_else(|e| fail(&format!("local address: {e}")));
     // The bound address names the server by default: stable across restarts on a fixed port,
     // so a restarted server gets its grains back under consistent placement.
-    let server_id = a.server_id.clone().or(config.server_id.clone()).unwrap_or(bound.to_string());
+    let named = a.server_id.clone().or(config.server_id.clone());
+    let named = match shard {
+        Some(i) => named.map(|id| format!("{id}-{i}")),
+        None => named,
+    };
+    let server_id = named.unwrap_or(bound.to_string());
     config.server_id = Some(server_id.clone());
     if let Some(c) = &a.cluster {
         config.cluster_id = c.clone();
@@ -255,22 +313,7 @@ async fn serve(a: Args) {
         a.redis.as_ref().map(|r| format!(", registered in {r}")).unwrap_or_default(),
         if protected { "connect tokens required" } else { "trusted network (no tokens)" }
     );
-    if a.stats_every > 0.0 {
-        let mut tick = tokio::time::interval(std::time::Duration::from_secs_f64(a.stats_every));
-        tick.tick().await;
-        let signal = wait_for_signal();
-        tokio::pin!(signal);
-        loop {
-            tokio::select! {
-                _ = tick.tick() => eprintln!("{:?}", server.stats()),
-                () = &mut signal => break,
-            }
-        }
-    } else {
-        wait_for_signal().await;
-    }
-    eprintln!("shutting down");
-    server.shutdown().await;
+    server
 }
 
 async fn wait_for_signal() {

@@ -9,7 +9,9 @@
 # and, where `perf` may count them, its system calls and context switches per call or echo.
 # Prints one JSON line per run, then the medians of both and their ratio (grainwire / echo).
 # SERVER_BIN runs another game_server binary (an earlier build, say); CLIENT_BIN another
-# game_client (the same build's, when the wire changed in between); SERVER_ARGS adds flags.
+# game_client (the same build's, when the wire changed in between); SERVER_ARGS adds flags;
+# SHARDS=N runs `game_server --shards N` (N servers in its process, on ports port..port+N-1)
+# and gives every client all of them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 clients=${1:-16}
@@ -47,7 +49,7 @@ run() {
   fi
   for i in $(seq "$clients"); do
     if [ "$kind" = grainwire ]; then
-      "$client_bin" --connect "127.0.0.1:$port" --calls 100000000 --concurrency 16 \
+      "$client_bin" "${connect[@]}" --calls 100000000 --concurrency 16 \
         --keys 1024 --secs "$secs" > "$out/client-$i.json" 2> /dev/null &
     else
       "$peers" echo-load "127.0.0.1:$port" 16 "$secs" > "$out/client-$i.json" &
@@ -88,8 +90,13 @@ open(f"{out}/{kind}-{rnd}.json", "w").write(json.dumps(r))
 PY
 }
 
+shards=${SHARDS:-1}
+connect=()
+for s in $(seq 0 $((shards - 1))); do connect+=(--connect "127.0.0.1:$((port + s))"); done
+shard_args=()
+[ "$shards" -gt 1 ] && shard_args=(--shards "$shards")
 for round in $(seq "$rounds"); do
-  "$server_bin" --bind "127.0.0.1:$port" ${SERVER_ARGS:-} > /dev/null 2>&1 &
+  "$server_bin" --bind "127.0.0.1:$port" "${shard_args[@]}" ${SERVER_ARGS:-} > /dev/null 2>&1 &
   server=$!
   run grainwire "$round"
   "$peers" echo-server "127.0.0.1:$port" &

@@ -31,6 +31,7 @@ mod make;
 mod reminders;
 mod security;
 mod service;
+mod shards;
 mod stats;
 mod table;
 
@@ -53,6 +54,7 @@ pub use self::host::Host;
 pub(crate) use self::host::Registered;
 pub use self::security::{AuthConfig, KeyError, KeyFile};
 use self::service::{ServerCmd, ServerService};
+pub use self::shards::Shards;
 pub(crate) use self::stats::ServerCounters;
 pub use self::stats::ServerStats;
 use crate::directory::{GrainDirectory, Owner};
