@@ -6,9 +6,10 @@
 //! Shards are fleet members: each binds its own port and has its own server id, sessions and
 //! activations; clients connect to all of them and place each grain on one by their strategy
 //! (consistent hashing by default keeps a grain's calls on one shard, from every client, with
-//! no hop between shards). What a shard's grains call on another shard goes through its fleet
-//! client like any grain-to-grain call. Give the shards a shared grain directory (or Redis) for
-//! one activation per grain whatever the clients do.
+//! no hop between shards). A shard's own fleet is what its configuration says: its grains'
+//! calls to other grains are placed over that fleet, which does not include the other shards
+//! unless the configuration names them (`peers`, Redis membership). Give the shards a shared
+//! grain directory (or Redis) for one activation per grain whatever the callers know.
 
 use std::net::SocketAddr;
 use std::thread::JoinHandle;
