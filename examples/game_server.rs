@@ -124,6 +124,8 @@ struct Args {
     /// Runs N servers in this process, one per thread, each on a current-thread runtime
     /// (`grainwire::server::Shards`): shard i binds the `--bind` port + i (or a port of its
     /// own with port 0) and is a fleet member of its own; give clients every shard's address.
+    /// A shard's grains call other grains over the shard's own fleet (`--peer`, `--redis`):
+    /// with `--redis` (a directory) one activation per grain holds across shards.
     #[arg(long, value_name = "N", default_value_t = 1)]
     shards: usize,
 }
