@@ -12,6 +12,13 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// The prefix of every key of cluster `cluster`, service `service`:
+/// `grainwire:{<cluster>}:<service>` — the hash tag that keeps one fleet's keys (membership,
+/// directory, state, reminders) in one Redis Cluster slot, so each script runs on one node.
+pub(crate) fn key_base(cluster: &str, service: &str) -> String {
+    format!("grainwire:{{{cluster}}}:{service}")
+}
+
 /// Why a script did not run.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Failure {

@@ -134,7 +134,7 @@ impl RedisDirectory {
         timeout: Duration,
     ) -> Result<Self, DirectoryError> {
         let redis = Redis::open(url, timeout).map_err(DirectoryError::Unavailable)?;
-        Ok(Self { redis, base: format!("grainwire:{{{cluster}}}:{service}") })
+        Ok(Self { redis, base: crate::redis_conn::key_base(cluster, service) })
     }
 
     fn entry(&self, grain: &GrainId) -> String {

@@ -61,7 +61,7 @@ impl RedisStorage {
         timeout: Duration,
     ) -> Result<Self, StateError> {
         let redis = Redis::open(url, timeout).map_err(StateError::Unavailable)?;
-        Ok(Self { redis, base: format!("grainwire:{{{cluster}}}:{service}"), replicas: None })
+        Ok(Self { redis, base: crate::redis_conn::key_base(cluster, service), replicas: None })
     }
 
     /// Each load and write also waits (Redis `WAIT`, in the same round trip) until `replicas`
@@ -78,19 +78,20 @@ impl RedisStorage {
     }
 
     /// Runs `script`; with replicas asked for, waits for them too: the script's answer, and
-    /// whether enough replicas acknowledged (`Err` with how many did).
+    /// how many replicas acknowledged it of how many were asked for.
     async fn run<T: ::redis::FromRedisValue>(
         &self,
         script: &::redis::Script,
         key: &str,
         args: &[&[u8]],
-    ) -> Result<(T, Result<(), (u32, u32)>), StateError> {
+    ) -> Result<(T, Acks), StateError> {
         let Some((wanted, wait)) = self.replicas else {
-            return Ok((self.redis.run(script, &[key], args).await.map_err(failed)?, Ok(())));
+            let v = self.redis.run(script, &[key], args).await.map_err(failed)?;
+            return Ok((v, Acks { acknowledged: 0, wanted: 0 }));
         };
         let (v, acknowledged) =
             self.redis.run_replicated(script, &[key], args, wanted, wait).await.map_err(failed)?;
-        Ok((v, if acknowledged >= wanted { Ok(()) } else { Err((acknowledged, wanted)) }))
+        Ok((v, Acks { acknowledged, wanted }))
     }
 
     fn key(&self, grain: &GrainId) -> String {
@@ -108,13 +109,28 @@ impl RedisStorage {
         let (etag, epoch) = (fence.etag.to_string(), fence.epoch.to_string());
         let args: [&[u8]; 4] =
             [data, etag.as_bytes(), epoch.as_bytes(), if clear { b"1" } else { b"0" }];
-        let (r, replicated): (i64, _) = self.run(&SCRIPTS[1], &key, &args).await?;
+        let (r, acks): (i64, _) = self.run(&SCRIPTS[1], &key, &args).await?;
         let etag = u64::try_from(r).map_err(|_| StateError::Conflict)?;
-        replicated.map(|()| etag).map_err(|(acknowledged, wanted)| StateError::NotReplicated {
-            etag,
-            acknowledged,
-            wanted,
-        })
+        acks.check(etag).map(|()| etag)
+    }
+}
+
+/// How many replicas acknowledged a request, of how many were asked for.
+#[derive(Debug, Clone, Copy)]
+struct Acks {
+    acknowledged: u32,
+    wanted: u32,
+}
+
+impl Acks {
+    /// [`StateError::NotReplicated`] (the record now at version `etag`) if too few did.
+    fn check(self, etag: u64) -> Result<(), StateError> {
+        let Self { acknowledged, wanted } = self;
+        if acknowledged >= wanted {
+            Ok(())
+        } else {
+            Err(StateError::NotReplicated { etag, acknowledged, wanted })
+        }
     }
 }
 
@@ -122,13 +138,9 @@ impl StateStorage for RedisStorage {
     fn load<'a>(&'a self, grain: &'a GrainId) -> BoxFuture<'a, Result<Stored, StateError>> {
         Box::pin(async move {
             let key = self.key(grain);
-            let ((data, etag, epoch), replicated): ((Option<Vec<u8>>, u64, u64), _) =
+            let ((data, etag, epoch), acks): ((Option<Vec<u8>>, u64, u64), _) =
                 self.run(&SCRIPTS[0], &key, &[]).await?;
-            replicated.map_err(|(acknowledged, wanted)| StateError::NotReplicated {
-                etag,
-                acknowledged,
-                wanted,
-            })?;
+            acks.check(etag)?;
             Ok(Stored { data, fence: Fence { etag, epoch } })
         })
     }

@@ -104,7 +104,7 @@ impl Reminders {
         timeout: Duration,
     ) -> Result<Self, StateError> {
         let redis = Redis::open(url, timeout).map_err(StateError::Unavailable)?;
-        let base = format!("grainwire:{{{cluster}}}:{service}");
+        let base = crate::redis_conn::key_base(cluster, service);
         Ok(Self::custom(RedisReminders { redis, base }))
     }
 

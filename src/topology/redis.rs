@@ -67,7 +67,7 @@ struct Keys {
 
 impl Keys {
     fn new(cluster: &str, service: &str) -> Self {
-        let base = format!("grainwire:{{{cluster}}}:{service}");
+        let base = crate::redis_conn::key_base(cluster, service);
         Self {
             members: format!("{base}:members"),
             member_prefix: format!("{base}:member:"),
