@@ -211,29 +211,22 @@ impl Batched {
     fn send_gathered(&mut self, socket: &std::net::UdpSocket) {
         let Some(to) = self.tx.to.take() else { return };
         let tx = &mut self.tx;
-        if tx.count == 1 {
+        let sent = if tx.count == 1 {
             // One datagram: a plain `sendto` (no control messages to build or parse).
-            if let Err(e) = socket.send_to(&tx.buf, to)
-                && e.kind() == io::ErrorKind::WouldBlock
-            {
-                tx.dropped += 1;
-            }
-            tx.buf.clear();
-            tx.count = 0;
-            return;
-        }
-        let transmit = quinn_udp::Transmit {
-            destination: to,
-            ecn: None,
-            contents: &tx.buf,
-            segment_size: (tx.count > 1).then_some(tx.segment),
-            src_ip: None,
+            socket.send_to(&tx.buf, to).map(drop)
+        } else {
+            let transmit = quinn_udp::Transmit {
+                destination: to,
+                ecn: None,
+                contents: &tx.buf,
+                segment_size: Some(tx.segment),
+                src_ip: None,
+            };
+            // `send` reports only a full buffer; other errors (rare for UDP: the datagrams are
+            // lost, as on the wire) it logs, and a GSO refusal turns GSO off for later sends.
+            self.state.send(socket.into(), &transmit)
         };
-        // `send` reports only a full buffer; other errors (rare for UDP: the datagrams are
-        // lost, as on the wire) it logs, and a GSO refusal turns GSO off for later sends.
-        if let Err(e) = self.state.send(socket.into(), &transmit)
-            && e.kind() == io::ErrorKind::WouldBlock
-        {
+        if sent.is_err_and(|e| e.kind() == io::ErrorKind::WouldBlock) {
             tx.dropped += tx.count;
         }
         tx.buf.clear();
