@@ -18,7 +18,10 @@ pub(crate) struct RedisServer {
     child: Option<Child>,
     /// A replica of the Redis on this port.
     replica_of: Option<u16>,
-    /// With persistence: its directory (an append-only file written at every command).
+    /// A node of a Redis Cluster (its state file in `dir`).
+    cluster: bool,
+    /// Its own directory, removed when it is dropped: for a node that is not a cluster's,
+    /// persistence (an append-only file written at every command).
     dir: Option<std::path::PathBuf>,
 }
 
@@ -52,6 +55,12 @@ fn binary() -> Option<String> {
 impl RedisServer {
     /// A running Redis, or `None` (skipped, said loudly) when `redis-server` is missing.
     pub(crate) fn start(test: &str) -> Option<Self> {
+        Self::configured(test, |_| {})
+    }
+
+    /// A Redis on a free port, set up by `setup` before it starts, or `None` as
+    /// [`start`](Self::start) says.
+    fn configured(test: &str, setup: impl FnOnce(&mut Self)) -> Option<Self> {
         if binary().is_none() {
             if std::env::var_os("GRAINWIRE_REQUIRE_REDIS").is_some() {
                 panic!("{test}: redis-server is not on PATH, and GRAINWIRE_REQUIRE_REDIS is set");
@@ -61,32 +70,35 @@ impl RedisServer {
             );
             return None;
         }
-        let mut r = Self { port: free_port(), child: None, replica_of: None, dir: None };
+        let mut r =
+            Self { port: free_port(), child: None, replica_of: None, cluster: false, dir: None };
+        setup(&mut r);
         r.up();
         Some(r)
+    }
+
+    /// Gives it a directory of its own (removed when it is dropped).
+    fn own_dir(&mut self) {
+        let dir = std::env::temp_dir().join(format!(
+            "grainwire-redis-{}-{}",
+            std::process::id(),
+            self.port
+        ));
+        std::fs::create_dir_all(&dir).expect("a directory for redis-server");
+        self.dir = Some(dir);
     }
 
     /// A running Redis that keeps its data across [`start_again`](Self::start_again) (an
     /// append-only file, synced at every write, in a directory of its own removed when it is
     /// dropped), or `None` as [`start`](Self::start) says.
     pub(crate) fn start_persistent(test: &str) -> Option<Self> {
-        let mut r = Self::start(test)?;
-        r.stop();
-        let dir =
-            std::env::temp_dir().join(format!("grainwire-redis-{}-{}", std::process::id(), r.port));
-        std::fs::create_dir_all(&dir).expect("a directory for redis-server");
-        r.dir = Some(dir);
-        r.up();
-        Some(r)
+        Self::configured(test, Self::own_dir)
     }
 
     /// A replica of the Redis on loopback port `primary` (no persistence), in sync with it, or
     /// `None` as [`start`](Self::start) says.
     pub(crate) fn start_replica_of(test: &str, primary: u16) -> Option<Self> {
-        let mut r = Self::start(test)?;
-        r.stop();
-        r.replica_of = Some(primary);
-        r.up();
+        let r = Self::configured(test, |r| r.replica_of = Some(primary))?;
         // In sync once its link to the primary is up (bounded: 10 s).
         let start = Instant::now();
         while !r.cli(&["info", "replication"]).contains("master_link_status:up") {
@@ -144,6 +156,10 @@ impl RedisServer {
         let mut cmd = Command::new("redis-server");
         cmd.args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"]);
         match &self.dir {
+            Some(dir) if self.cluster => cmd
+                .args(["--cluster-enabled", "yes", "--save", "", "--appendonly", "no"])
+                .arg("--dir")
+                .arg(dir),
             Some(dir) => cmd
                 .args(["--save", "", "--appendonly", "yes", "--appendfsync", "always"])
                 .arg("--dir")
@@ -318,32 +334,10 @@ impl RedisCluster {
     pub(crate) fn start(test: &str) -> Option<Self> {
         let mut nodes = Vec::new();
         for _ in 0..3 {
-            let mut r = RedisServer::start(test)?;
-            r.stop();
-            let dir = std::env::temp_dir().join(format!(
-                "grainwire-cluster-{}-{}",
-                std::process::id(),
-                r.port
-            ));
-            std::fs::create_dir_all(&dir).expect("a directory for redis-server");
-            let child = Command::new("redis-server")
-                .args(["--port", &r.port.to_string(), "--bind", "127.0.0.1"])
-                .args(["--cluster-enabled", "yes", "--save", "", "--appendonly", "no"])
-                .arg("--dir")
-                .arg(&dir)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("start redis-server");
-            r.child = Some(child);
-            r.dir = Some(dir);
-            let addr = SocketAddr::from(([127, 0, 0, 1], r.port));
-            let start = Instant::now();
-            while TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_err() {
-                assert!(start.elapsed() < Duration::from_secs(10), "redis-server did not start");
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            nodes.push(r);
+            nodes.push(RedisServer::configured(test, |r| {
+                r.cluster = true;
+                r.own_dir();
+            })?);
         }
         let hosts: Vec<String> = nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
         let created = Command::new("redis-cli")
@@ -360,11 +354,7 @@ impl RedisCluster {
         let start = Instant::now();
         for n in &nodes {
             loop {
-                let out = Command::new("redis-cli")
-                    .args(["-p", &n.port.to_string(), "cluster", "info"])
-                    .output()
-                    .expect("redis-cli");
-                if String::from_utf8_lossy(&out.stdout).contains("cluster_state:ok") {
+                if n.cli(&["cluster", "info"]).contains("cluster_state:ok") {
                     break;
                 }
                 assert!(start.elapsed() < Duration::from_secs(20), "the cluster never formed");
