@@ -8,17 +8,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${1:-3}
-command -v redis-server > /dev/null || { echo "needs redis-server (apt-get install redis-server)"; exit 1; }
+source scripts/lib/throwaway-redis.sh
 if [ -z "${BIN:-}" ]; then
   cargo build -q --release --examples
 fi
 bin=${BIN:-target/release/examples}
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no > /dev/null &
-redis=$!
-trap 'kill $redis 2> /dev/null || true' EXIT
-sleep 0.3
-url="redis://127.0.0.1:$port/"
 for round in $(seq "$rounds"); do
   cluster="failover-$round"
   pids=()
