@@ -302,12 +302,7 @@ impl Table {
                     }
                     self.lru.pop_front();
                     let at = a.expiry(idle);
-                    if now >= at {
-                        self.deactivate(key);
-                        n += 1;
-                    } else {
-                        self.later.push(Reverse((at, key, stamp)));
-                    }
+                    n += usize::from(self.expire_or_defer(key, stamp, at, now));
                 }
                 _ => {
                     self.lru.pop_front();
@@ -322,14 +317,21 @@ impl Table {
             let Some(a) = self.slab.get(key).filter(|a| a.stamp == stamp) else { continue };
             // It may have asked to be kept longer meanwhile.
             let at = a.expiry(idle);
-            if now >= at {
-                self.deactivate(key);
-                n += 1;
-            } else {
-                self.later.push(Reverse((at, key, stamp)));
-            }
+            n += usize::from(self.expire_or_defer(key, stamp, at, now));
         }
         n
+    }
+
+    /// Deactivates the activation at `key` if `at`, when it expires, has come (true); else
+    /// looks at it again then.
+    fn expire_or_defer(&mut self, key: usize, stamp: u64, at: Instant, now: Instant) -> bool {
+        if now >= at {
+            self.deactivate(key);
+            true
+        } else {
+            self.later.push(Reverse((at, key, stamp)));
+            false
+        }
     }
 
     /// When the next idle activation's idle time may run out (see [`sweep`](Self::sweep)).
