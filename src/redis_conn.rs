@@ -122,22 +122,14 @@ impl Redis {
             let mut pipe = redis::pipe();
             pipe.invoke_script(&inv).cmd("WAIT").arg(replicas).arg(ms);
             let mut con = self.con().await?;
-            for attempt in 0..2 {
-                let r = match &mut con {
-                    Con::One(c) => pipe.query_async(c).await,
-                    Con::Cluster(c) => pipe.query_async(c).await,
-                };
-                match r {
-                    Err(e) if attempt == 0 && e.kind() == no_script() => {}
-                    r => return r,
+            match con.query(&pipe).await {
+                Err(e) if e.kind() == no_script() => {
+                    // The node does not know the script yet (a new or restarted Redis).
+                    con.load(&inv).await?;
+                    con.query(&pipe).await
                 }
-                // The node does not know the script yet (a new or restarted Redis): load it.
-                match &mut con {
-                    Con::One(c) => inv.load_async(c).await?,
-                    Con::Cluster(c) => inv.load_async(c).await?,
-                };
+                r => r,
             }
-            unreachable!("the second attempt returns")
         })
         .await
     }
@@ -165,6 +157,27 @@ impl Redis {
         };
         *self.con.lock().await = None;
         Err(r)
+    }
+}
+
+impl Con {
+    /// Runs `pipe` (on a cluster: on the node of its first key).
+    async fn query<T: redis::FromRedisValue>(
+        &mut self,
+        pipe: &redis::Pipeline,
+    ) -> redis::RedisResult<T> {
+        match self {
+            Con::One(c) => pipe.query_async(c).await,
+            Con::Cluster(c) => pipe.query_async(c).await,
+        }
+    }
+
+    /// Loads the script `inv` invokes.
+    async fn load(&mut self, inv: &redis::ScriptInvocation<'_>) -> redis::RedisResult<String> {
+        match self {
+            Con::One(c) => inv.load_async(c).await,
+            Con::Cluster(c) => inv.load_async(c).await,
+        }
     }
 }
 
